@@ -1,0 +1,125 @@
+//! Hot path of ingestion: decode a 20-feature JSON prediction, assign its
+//! event-time window, update every sketch (with reference bins).
+//!
+//! Run: `cargo bench -p detectors --bench hot_path`. Throughput is reported
+//! in events per second on one core (criterion runs single-threaded).
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use detectors::aggregate::{Catalog, Recorded};
+use detectors::reference::{ReferenceBuilder, TrainingValue};
+use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
+use detectors::window::{Arrival, EventTimeClock, WindowSize};
+use detectors::WindowAggregates;
+use events::EventKind;
+
+const FEATURES: usize = 20;
+const EVENTS: usize = 10_000;
+
+fn spec() -> ModelSpec {
+    let features = (0..FEATURES)
+        .map(|i| FeatureSpec {
+            name: format!("f{i:02}"),
+            kind: if i % 5 == 4 { FeatureKind::Categorical } else { FeatureKind::Numeric },
+        })
+        .collect();
+    ModelSpec::new("bench", Task::Classification, features, vec!["country".into()], 50, 100).unwrap()
+}
+
+fn payloads() -> Vec<String> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..EVENTS)
+        .map(|i| {
+            let features: Vec<String> = (0..FEATURES)
+                .map(|f| {
+                    if f % 5 == 4 {
+                        format!("\"f{f:02}\":\"c{}\"", (next() * 8.0) as u32)
+                    } else {
+                        format!("\"f{f:02}\":{:.4}", next() * 100.0 - 20.0)
+                    }
+                })
+                .collect();
+            format!(
+                r#"{{"model":"bench","model_version":"1","prediction_id":"p{i}","timestamp":{},"features":{{{}}},"prediction":{{"score":{:.3}}},"latency_ms":{:.2},"segments":{{"country":"{}"}}}}"#,
+                1_700_000_000_000i64 + i as i64 * 50,
+                features.join(","),
+                next(),
+                next() * 30.0,
+                ["DE", "FR", "US"][i % 3]
+            )
+        })
+        .collect()
+}
+
+fn catalog() -> Catalog {
+    let spec = spec();
+    let mut builder = ReferenceBuilder::new(&spec, "1", "bench");
+    for i in 0..5_000 {
+        builder.add_row();
+        for f in 0..FEATURES {
+            let name = format!("f{f:02}");
+            if f % 5 == 4 {
+                builder.add(&name, TrainingValue::Text(["c0", "c1", "c2", "c3"][i % 4]));
+            } else {
+                builder.add(&name, TrainingValue::Number((i % 1000) as f64 / 10.0));
+            }
+        }
+        builder.add("prediction.score", TrainingValue::Number((i % 100) as f64 / 100.0));
+    }
+    let profile = builder.build().unwrap();
+    let mut catalog = Catalog::new([spec]);
+    catalog.set_reference(profile).unwrap();
+    catalog
+}
+
+fn hot_path(c: &mut Criterion) {
+    let payloads = payloads();
+    let catalog = catalog();
+    let mut group = c.benchmark_group("hot_path");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.bench_function("decode_window_sketch_20_features", |b| {
+        b.iter_batched_ref(
+            || {
+                (
+                    WindowAggregates::new(100_000),
+                    EventTimeClock::new(WindowSize::from_millis(60_000).unwrap(), 5_000),
+                )
+            },
+            |(aggregates, clock)| {
+                for payload in &payloads {
+                    let event = events::decode(payload.as_bytes(), EventKind::Prediction).unwrap();
+                    let Arrival::OnTime { window_start } = clock.observe(event.timestamp_ms) else {
+                        continue;
+                    };
+                    let recorded = aggregates.record(&catalog, window_start, &event);
+                    debug_assert_eq!(recorded, Recorded::Added);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("sketch_updates_only_20_features", |b| {
+        let decoded: Vec<_> = payloads
+            .iter()
+            .map(|p| events::decode(p.as_bytes(), EventKind::Prediction).unwrap())
+            .collect();
+        b.iter_batched_ref(
+            || WindowAggregates::new(100_000),
+            |aggregates| {
+                for event in &decoded {
+                    aggregates.record(&catalog, 0, event);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);

@@ -1,0 +1,559 @@
+//! Routing decoded events into per-window, per-series sketches.
+//!
+//! [`WindowAggregates`] keeps one [`FeatureSketch`] per
+//! (window_start, model, model_version, segment, series). Each event updates
+//! the segment `all` and, for every segment key of its model, the segment
+//! `key=value` (values beyond the model's `max_segment_values` become
+//! `key=__other__`, an absent key `key=__missing__`).
+//!
+//! ## Bounds
+//! - `max_series`: the number of (window, model, version, segment) groups.
+//!   When full, events that would open a new group are refused with
+//!   [`Recorded::GroupLimit`] and counted by the caller; existing groups keep
+//!   updating. The caller should close windows (which frees groups) before
+//!   that happens; the limit is a safety net, not a flow-control mechanism.
+//! - categories per sketch: the model's `max_categories`.
+//! - distinct segment values per key: the model's `max_segment_values`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use events::{Event, EventKind, FeatureValue, Label};
+use serde::{Deserialize, Serialize};
+
+use crate::categorical::CategoricalSketch;
+use crate::numeric::NumericSketch;
+use crate::reference::{format_category, CompiledReference};
+use crate::spec::{
+    FeatureKind, ModelSpec, SeriesSource, ALL_SEGMENT, MISSING_SEGMENT_VALUE, OTHER_SEGMENT_VALUE,
+};
+use crate::Error;
+
+/// The sketch of one series in one window. Externally tagged so that the
+/// compact postcard encoding can carry it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureSketch {
+    /// A numeric series.
+    Numeric(NumericSketch),
+    /// A categorical series.
+    Categorical(CategoricalSketch),
+}
+
+impl FeatureSketch {
+    /// An empty sketch for a series of `kind`.
+    pub fn new(kind: FeatureKind, spec: &ModelSpec, edges: Option<&crate::numeric::BinEdges>) -> Self {
+        match kind {
+            FeatureKind::Numeric => FeatureSketch::Numeric(NumericSketch::new(edges)),
+            FeatureKind::Categorical => {
+                FeatureSketch::Categorical(CategoricalSketch::new(spec.max_categories()))
+            }
+        }
+    }
+
+    /// The kind of series this sketch summarises.
+    pub fn kind(&self) -> FeatureKind {
+        match self {
+            FeatureSketch::Numeric(_) => FeatureKind::Numeric,
+            FeatureSketch::Categorical(_) => FeatureKind::Categorical,
+        }
+    }
+
+    /// Merges another sketch of the same series.
+    pub fn merge(&mut self, other: &FeatureSketch) -> Result<(), Error> {
+        match (self, other) {
+            (FeatureSketch::Numeric(a), FeatureSketch::Numeric(b)) => a.merge(b),
+            (FeatureSketch::Categorical(a), FeatureSketch::Categorical(b)) => a.merge(b),
+            _ => Err(Error::IncompatibleMerge(
+                "a numeric and a categorical sketch".into(),
+            )),
+        }
+    }
+
+    /// Values seen (valid + missing + mismatched).
+    pub fn observations(&self) -> u64 {
+        match self {
+            FeatureSketch::Numeric(s) => s.moments().count() + s.missing() + s.type_mismatch(),
+            FeatureSketch::Categorical(s) => s.total() + s.missing() + s.type_mismatch(),
+        }
+    }
+
+    /// Compact binary encoding (postcard) for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("sketches always serialize")
+    }
+
+    /// Decodes [`FeatureSketch::to_bytes`] output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
+        postcard::from_bytes(bytes).map_err(|error| Error::Corrupt(error.to_string()))
+    }
+
+    /// Approximate heap size in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            FeatureSketch::Numeric(s) => s.heap_bytes(),
+            FeatureSketch::Categorical(s) => s.heap_bytes(),
+        }
+    }
+
+    #[inline]
+    fn record_value(&mut self, value: &FeatureValue<'_>, edges: Option<&crate::numeric::BinEdges>) {
+        match (self, value) {
+            (FeatureSketch::Numeric(sketch), FeatureValue::Number(number)) => sketch.add(*number, edges),
+            (FeatureSketch::Numeric(sketch), FeatureValue::Text(_)) => sketch.add_type_mismatch(),
+            (FeatureSketch::Numeric(sketch), FeatureValue::Null) => sketch.add_missing(),
+            (FeatureSketch::Categorical(sketch), FeatureValue::Text(text)) => sketch.add(text),
+            (FeatureSketch::Categorical(sketch), FeatureValue::Number(number)) => {
+                if number.is_finite() {
+                    sketch.add(&format_category(*number))
+                } else {
+                    sketch.add_type_mismatch()
+                }
+            }
+            (FeatureSketch::Categorical(sketch), FeatureValue::Null) => sketch.add_missing(),
+        }
+    }
+
+    fn record_missing(&mut self) {
+        match self {
+            FeatureSketch::Numeric(sketch) => sketch.add_missing(),
+            FeatureSketch::Categorical(sketch) => sketch.add_missing(),
+        }
+    }
+}
+
+/// Identifies one series in one window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SeriesKey {
+    /// Window start, ms since the epoch.
+    pub window_start: i64,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Segment (`all` or `key=value`).
+    pub segment: String,
+    /// Series name (feature or derived series).
+    pub feature: String,
+}
+
+/// The models Tidewatch monitors and their current reference profiles.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    models: HashMap<String, ModelSpec>,
+    references: HashMap<String, HashMap<String, CompiledReference>>,
+}
+
+impl Catalog {
+    /// A catalog of the given models, with no references yet.
+    pub fn new(models: impl IntoIterator<Item = ModelSpec>) -> Self {
+        Self {
+            models: models.into_iter().map(|m| (m.name().to_owned(), m)).collect(),
+            references: HashMap::new(),
+        }
+    }
+
+    /// The spec of a model.
+    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
+        self.models.get(name)
+    }
+
+    /// All model specs.
+    pub fn models(&self) -> impl Iterator<Item = &ModelSpec> {
+        self.models.values()
+    }
+
+    /// Installs (or replaces) the reference of a model version.
+    pub fn set_reference(&mut self, profile: crate::ReferenceProfile) -> Result<(), Error> {
+        let spec = self.models.get(&profile.model).ok_or_else(|| {
+            Error::InvalidReference(format!("model `{}` is not configured", profile.model))
+        })?;
+        let model = profile.model.clone();
+        let version = profile.model_version.clone();
+        let compiled = CompiledReference::new(spec, profile)?;
+        self.references.entry(model).or_default().insert(version, compiled);
+        Ok(())
+    }
+
+    /// The reference of a model version.
+    pub fn reference(&self, model: &str, version: &str) -> Option<&CompiledReference> {
+        self.references.get(model)?.get(version)
+    }
+}
+
+/// What happened to an event handed to [`WindowAggregates::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Added to its window.
+    Added,
+    /// Its model is not configured; nothing was recorded.
+    UnknownModel,
+    /// A new group was needed but `max_groups` was reached.
+    GroupLimit,
+}
+
+type SegmentGroups = HashMap<String, Vec<FeatureSketch>>;
+type VersionGroups = HashMap<String, SegmentGroups>;
+
+/// Per-window sketches of every model, version, segment and series.
+#[derive(Debug, Clone)]
+pub struct WindowAggregates {
+    max_groups: usize,
+    groups: usize,
+    /// window_start → model → version → segment → sketches by series position.
+    windows: BTreeMap<i64, HashMap<String, VersionGroups>>,
+    /// model → segment key → distinct values admitted so far.
+    segment_values: HashMap<String, HashMap<String, HashSet<String>>>,
+}
+
+impl WindowAggregates {
+    /// Empty aggregates holding at most `max_groups` (window, model, version, segment) groups.
+    pub fn new(max_groups: usize) -> Self {
+        Self {
+            max_groups,
+            groups: 0,
+            windows: BTreeMap::new(),
+            segment_values: HashMap::new(),
+        }
+    }
+
+    /// Number of open groups.
+    pub fn group_count(&self) -> usize {
+        self.groups
+    }
+
+    /// True when no window is held.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+    }
+
+    /// Starts of the windows held, ascending.
+    pub fn window_starts(&self) -> impl Iterator<Item = i64> + '_ {
+        self.windows.keys().copied()
+    }
+
+    /// Records one event in the window starting at `window_start`.
+    pub fn record(&mut self, catalog: &Catalog, window_start: i64, event: &Event<'_>) -> Recorded {
+        let Some(spec) = catalog.model(&event.model) else {
+            return Recorded::UnknownModel;
+        };
+        let reference = catalog.reference(&event.model, &event.model_version);
+        let segments = self.segments_of(spec, event);
+        let mut seen = vec![false; spec.configured_feature_count()];
+        for segment in segments.iter() {
+            let Some(sketches) =
+                self.group_mut(spec, reference, window_start, &event.model_version, segment)
+            else {
+                return Recorded::GroupLimit;
+            };
+            record_into(spec, reference, sketches, event, &mut seen);
+        }
+        Recorded::Added
+    }
+
+    fn segments_of(&mut self, spec: &ModelSpec, event: &Event<'_>) -> Vec<Cow<'static, str>> {
+        let mut segments = Vec::with_capacity(1 + spec.segment_keys().len());
+        segments.push(Cow::Borrowed(ALL_SEGMENT));
+        for key in spec.segment_keys() {
+            let value = event
+                .segments
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_ref())
+                .unwrap_or(MISSING_SEGMENT_VALUE);
+            let admitted = self
+                .segment_values
+                .entry(spec.name().to_owned())
+                .or_default()
+                .entry(key.clone())
+                .or_default();
+            let value = if admitted.contains(value) {
+                value
+            } else if admitted.len() < spec.max_segment_values() {
+                admitted.insert(value.to_owned());
+                value
+            } else {
+                OTHER_SEGMENT_VALUE
+            };
+            segments.push(Cow::Owned(format!("{key}={value}")));
+        }
+        segments
+    }
+
+    fn group_mut(
+        &mut self,
+        spec: &ModelSpec,
+        reference: Option<&CompiledReference>,
+        window_start: i64,
+        version: &str,
+        segment: &str,
+    ) -> Option<&mut Vec<FeatureSketch>> {
+        let exists = self
+            .windows
+            .get(&window_start)
+            .and_then(|models| models.get(spec.name()))
+            .and_then(|versions| versions.get(version))
+            .is_some_and(|segments| segments.contains_key(segment));
+        if !exists {
+            if self.groups >= self.max_groups {
+                return None;
+            }
+            self.groups += 1;
+            let sketches = new_group(spec, reference);
+            self.windows
+                .entry(window_start)
+                .or_default()
+                .entry(spec.name().to_owned())
+                .or_default()
+                .entry(version.to_owned())
+                .or_default()
+                .insert(segment.to_owned(), sketches);
+        }
+        self.windows
+            .get_mut(&window_start)?
+            .get_mut(spec.name())?
+            .get_mut(version)?
+            .get_mut(segment)
+    }
+
+    /// Merges a stored sketch into the aggregates (restoring state).
+    pub fn merge_series(
+        &mut self,
+        catalog: &Catalog,
+        key: &SeriesKey,
+        sketch: &FeatureSketch,
+    ) -> Result<(), Error> {
+        let spec = catalog
+            .model(&key.model)
+            .ok_or_else(|| Error::InvalidSpec(format!("model `{}` is not configured", key.model)))?;
+        let position = spec.series_position(&key.feature).ok_or_else(|| {
+            Error::InvalidSpec(format!("model `{}` has no series `{}`", key.model, key.feature))
+        })?;
+        let reference = catalog.reference(&key.model, &key.model_version);
+        let group = self
+            .group_mut(spec, reference, key.window_start, &key.model_version, &key.segment)
+            .ok_or_else(|| Error::InvalidSpec("group limit reached while restoring".into()))?;
+        group[position].merge(sketch)
+    }
+
+    /// Every non-empty series, in key order, without removing anything.
+    pub fn snapshot(&self, catalog: &Catalog) -> Vec<(SeriesKey, FeatureSketch)> {
+        let mut out = Vec::new();
+        for (window_start, models) in &self.windows {
+            collect_window(catalog, *window_start, models, &mut out);
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Removes and returns the windows for which `closed(window_start)` holds.
+    pub fn take_windows(
+        &mut self,
+        catalog: &Catalog,
+        mut closed: impl FnMut(i64) -> bool,
+    ) -> Vec<(SeriesKey, FeatureSketch)> {
+        let starts: Vec<i64> = self.windows.keys().copied().filter(|s| closed(*s)).collect();
+        let mut out = Vec::new();
+        for start in starts {
+            if let Some(models) = self.windows.remove(&start) {
+                self.groups -= models
+                    .values()
+                    .flat_map(|versions| versions.values())
+                    .map(|segments| segments.len())
+                    .sum::<usize>();
+                collect_window(catalog, start, &models, &mut out);
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+fn new_group(spec: &ModelSpec, reference: Option<&CompiledReference>) -> Vec<FeatureSketch> {
+    spec.series()
+        .enumerate()
+        .map(|(position, series)| {
+            FeatureSketch::new(series.kind, spec, reference.and_then(|r| r.edges(position)))
+        })
+        .collect()
+}
+
+fn collect_window(
+    catalog: &Catalog,
+    window_start: i64,
+    models: &HashMap<String, VersionGroups>,
+    out: &mut Vec<(SeriesKey, FeatureSketch)>,
+) {
+    for (model, versions) in models {
+        let Some(spec) = catalog.model(model) else { continue };
+        for (version, segments) in versions {
+            for (segment, sketches) in segments {
+                for (position, sketch) in sketches.iter().enumerate() {
+                    if sketch.observations() == 0 {
+                        continue;
+                    }
+                    out.push((
+                        SeriesKey {
+                            window_start,
+                            model: model.clone(),
+                            model_version: version.clone(),
+                            segment: segment.clone(),
+                            feature: spec.series_at(position).name.clone(),
+                        },
+                        sketch.clone(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn record_into(
+    spec: &ModelSpec,
+    reference: Option<&CompiledReference>,
+    sketches: &mut [FeatureSketch],
+    event: &Event<'_>,
+    seen: &mut [bool],
+) {
+    let edges = |position: usize| reference.and_then(|r| r.edges(position));
+    if event.kind == EventKind::Actual {
+        if let (Some(position), Some(label)) =
+            (spec.derived_position(SeriesSource::ActualLabel), &event.label)
+        {
+            let value = match label {
+                Label::Number(number) => FeatureValue::Number(*number),
+                Label::Class(class) => FeatureValue::Text(class.clone()),
+            };
+            sketches[position].record_value(&value, edges(position));
+        }
+        return;
+    }
+    seen.iter_mut().for_each(|flag| *flag = false);
+    for (name, value) in &event.features {
+        if let Some(position) = spec.feature_position(name) {
+            seen[position] = true;
+            sketches[position].record_value(value, edges(position));
+        }
+    }
+    for (position, was_seen) in seen.iter().enumerate() {
+        if !was_seen {
+            sketches[position].record_missing();
+        }
+    }
+    if let Some(prediction) = &event.prediction {
+        if let Some(position) = spec.derived_position(SeriesSource::PredictionScore) {
+            match prediction.effective_score() {
+                Some(score) => sketches[position].record_value(&FeatureValue::Number(score), edges(position)),
+                None => sketches[position].record_missing(),
+            }
+        }
+        if let Some(position) = spec.derived_position(SeriesSource::PredictionClass) {
+            match prediction.predicted_class() {
+                Some(class) => sketches[position]
+                    .record_value(&FeatureValue::Text(class.into()), edges(position)),
+                None => sketches[position].record_missing(),
+            }
+        }
+    }
+    if let (Some(latency), Some(position)) =
+        (event.latency_ms, spec.derived_position(SeriesSource::Latency))
+    {
+        sketches[position].record_value(&FeatureValue::Number(latency), edges(position));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FeatureSpec, Task};
+
+    fn catalog() -> Catalog {
+        Catalog::new([ModelSpec::new(
+            "m",
+            Task::Classification,
+            vec![
+                FeatureSpec { name: "x".into(), kind: FeatureKind::Numeric },
+                FeatureSpec { name: "c".into(), kind: FeatureKind::Categorical },
+            ],
+            vec!["country".into()],
+            2,
+            10,
+        )
+        .unwrap()])
+    }
+
+    fn event(x: &str, country: &str) -> String {
+        format!(
+            r#"{{"model":"m","model_version":"1","prediction_id":"p","timestamp":0,
+               "features":{{"x":{x},"c":"a"}},"prediction":{{"score":0.5,"class":"yes"}},
+               "segments":{{"country":"{country}"}}}}"#
+        )
+    }
+
+    fn decode(payload: &str) -> Event<'_> {
+        events::decode(payload.as_bytes(), EventKind::Prediction).unwrap()
+    }
+
+    #[test]
+    fn records_every_segment_and_bounds_segment_values() {
+        let catalog = catalog();
+        let mut aggregates = WindowAggregates::new(100);
+        for (x, country) in [("1", "DE"), ("2", "FR"), ("null", "US"), ("\"bad\"", "DE")] {
+            let payload = event(x, country);
+            assert_eq!(aggregates.record(&catalog, 0, &decode(&payload)), Recorded::Added);
+        }
+        let snapshot = aggregates.snapshot(&catalog);
+        let find = |segment: &str, feature: &str| {
+            snapshot
+                .iter()
+                .find(|(k, _)| k.segment == segment && k.feature == feature)
+                .map(|(_, s)| s.clone())
+        };
+        let Some(FeatureSketch::Numeric(all_x)) = find("all", "x") else { panic!() };
+        assert_eq!(all_x.moments().count(), 2);
+        assert_eq!(all_x.missing(), 1);
+        assert_eq!(all_x.type_mismatch(), 1);
+        assert!(find("country=DE", "x").is_some());
+        assert!(find("country=__other__", "x").is_some(), "third country overflows");
+        assert!(find("all", "latency_ms").is_none(), "no latency logged, no series");
+        let Some(FeatureSketch::Categorical(class)) = find("all", "prediction.class") else { panic!() };
+        assert_eq!(class.counts().get("yes"), Some(&4));
+    }
+
+    #[test]
+    fn group_limit_refuses_new_groups_only() {
+        let catalog = catalog();
+        let mut aggregates = WindowAggregates::new(2);
+        let payload = event("1", "DE");
+        assert_eq!(aggregates.record(&catalog, 0, &decode(&payload)), Recorded::Added);
+        assert_eq!(aggregates.group_count(), 2);
+        assert_eq!(aggregates.record(&catalog, 1000, &decode(&payload)), Recorded::GroupLimit);
+        assert_eq!(aggregates.record(&catalog, 0, &decode(&payload)), Recorded::Added);
+        let taken = aggregates.take_windows(&catalog, |start| start == 0);
+        assert!(!taken.is_empty());
+        assert_eq!(aggregates.group_count(), 0);
+    }
+
+    #[test]
+    fn unknown_models_are_reported() {
+        let catalog = catalog();
+        let mut aggregates = WindowAggregates::new(10);
+        let payload = r#"{"model":"other","model_version":"1","timestamp":0,"features":{"x":1}}"#;
+        let event = events::decode(payload.as_bytes(), EventKind::Feature).unwrap();
+        assert_eq!(aggregates.record(&catalog, 0, &event), Recorded::UnknownModel);
+    }
+
+    #[test]
+    fn sketches_round_trip_through_bytes() {
+        let catalog = catalog();
+        let mut aggregates = WindowAggregates::new(10);
+        let payload = event("3.5", "DE");
+        aggregates.record(&catalog, 0, &decode(&payload));
+        for (_, sketch) in aggregates.snapshot(&catalog) {
+            let decoded = FeatureSketch::from_bytes(&sketch.to_bytes()).unwrap();
+            assert_eq!(decoded.to_bytes(), sketch.to_bytes());
+        }
+        assert!(FeatureSketch::from_bytes(b"\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! # detectors — Tidewatch's pure drift math
+//!
+//! Values in, numbers out: no I/O, no async runtime, no Kafka or database
+//! types. Everything here is deterministic and testable against exact oracles.
+//!
+//! ## Layout
+//! - [`window`]: event-time tumbling windows aligned to `window_start`, and the
+//!   [`window::EventTimeClock`] that turns the largest event time seen into a
+//!   watermark with an allowed lateness.
+//! - [`moments`]: count / mean / variance / min / max, merged exactly with
+//!   Chan's parallel formula.
+//! - [`numeric`]: [`numeric::NumericSketch`], the per-window state of a numeric
+//!   feature: moments, a DDSketch for quantiles, and exact counts over the
+//!   reference profile's quantile bins.
+//! - [`categorical`]: [`categorical::CategoricalSketch`], bounded category
+//!   counts with an overflow bucket.
+//! - [`reference`]: [`reference::ReferenceProfile`], what training data looked
+//!   like, built exactly from values or approximately from warm-up windows.
+//! - [`drift`]: PSI, Kolmogorov–Smirnov and chi-square, with p-values.
+//! - [`spec`]: [`spec::ModelSpec`], the validated description of a model's
+//!   features and segment keys.
+//! - [`aggregate`]: [`aggregate::WindowAggregates`], which routes decoded
+//!   events into one sketch per (window, model, version, segment, feature).
+//! - [`metrics`]: [`metrics::FeatureWindowMetrics`], the numbers a closed window
+//!   reports for one feature, computed from a sketch and a reference.
+//!
+//! ## Data flow
+//! ```text
+//! events::Event ──► WindowAggregates::record ──► FeatureSketch (per series)
+//!                                                   │  merge (across partitions,
+//!                                                   │  consumers, checkpoints)
+//!                                                   ▼
+//!                    ReferenceProfile ──► metrics::compute ──► FeatureWindowMetrics
+//! ```
+//!
+//! Every sketch is mergeable: merging the sketches of two disjoint sets of
+//! events gives the sketch of their union (exactly for counts and bins, within
+//! floating-point rounding for moments, and within DDSketch's 1 % relative
+//! accuracy for quantiles). That is what lets several consumer instances, or a
+//! consumer that checkpointed many times, produce the same window as a single
+//! pass over all events.
+
+pub mod aggregate;
+pub mod categorical;
+pub mod drift;
+pub mod metrics;
+pub mod moments;
+pub mod numeric;
+pub mod reference;
+pub mod spec;
+pub mod window;
+
+pub use aggregate::{FeatureSketch, SeriesKey, WindowAggregates};
+pub use metrics::FeatureWindowMetrics;
+pub use reference::ReferenceProfile;
+pub use spec::{FeatureKind, FeatureSpec, ModelSpec};
+
+/// Errors of the detectors crate. All are the caller's fault (invalid
+/// arguments or incompatible inputs); none is worth retrying.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// A window size must be a positive number of milliseconds.
+    #[error("window size must be positive, got {0} ms")]
+    InvalidWindowSize(i64),
+    /// Two sketches of different shapes (kind, bins or accuracy) cannot merge.
+    #[error("cannot merge sketches: {0}")]
+    IncompatibleMerge(String),
+    /// A model spec broke one of its rules (message says which).
+    #[error("invalid model spec: {0}")]
+    InvalidSpec(String),
+    /// A reference profile could not be built (message says why).
+    #[error("invalid reference profile: {0}")]
+    InvalidReference(String),
+    /// Serialized sketch bytes could not be decoded.
+    #[error("corrupt serialized sketch: {0}")]
+    Corrupt(String),
+}

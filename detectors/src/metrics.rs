@@ -1,0 +1,270 @@
+//! The numbers a closed window reports for one series.
+//!
+//! [`compute`] turns a merged [`FeatureSketch`] and, if the model version has
+//! one, its reference into [`FeatureWindowMetrics`]. Absent numbers are `None`
+//! (an empty window has no mean; a series without reference has no PSI).
+//!
+//! Drift decision (the full set of tests and thresholds has its own issue):
+//! a series is `drifted` when its PSI reaches [`DriftThresholds::psi`]
+//! (default 0.2, the usual "significant shift" level); `drifted` is `None`
+//! when there is no reference or no value to compare.
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::FeatureSketch;
+use crate::drift;
+use crate::reference::{CategoricalReference, FeatureReference, NumericReference};
+use crate::spec::FeatureKind;
+
+/// Thresholds for the drift flag.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DriftThresholds {
+    /// PSI at or above which a series is flagged.
+    pub psi: f64,
+}
+
+impl Default for DriftThresholds {
+    fn default() -> Self {
+        Self { psi: 0.2 }
+    }
+}
+
+/// Metrics of one series in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureWindowMetrics {
+    /// Numeric or categorical.
+    pub kind: FeatureKind,
+    /// Valid values.
+    pub count: u64,
+    /// Missing values.
+    pub missing: u64,
+    /// Values of the wrong type.
+    pub type_mismatch: u64,
+    /// `missing / (count + missing + type_mismatch)`.
+    pub missing_rate: Option<f64>,
+    /// Mean (numeric).
+    pub mean: Option<f64>,
+    /// Sample standard deviation (numeric).
+    pub std_dev: Option<f64>,
+    /// Minimum (numeric).
+    pub min: Option<f64>,
+    /// Maximum (numeric).
+    pub max: Option<f64>,
+    /// Quantiles 5, 25, 50, 75, 95 % (numeric, 1 % relative error).
+    pub quantiles: Option<[f64; 5]>,
+    /// Distinct categories named in the window (categorical).
+    pub distinct_categories: Option<u64>,
+    /// Values in categories absent from the reference (categorical).
+    pub unseen_categories: Option<u64>,
+    /// PSI against the reference.
+    pub psi: Option<f64>,
+    /// Binned KS statistic against the reference (numeric).
+    pub ks_statistic: Option<f64>,
+    /// KS p-value (numeric).
+    pub ks_p_value: Option<f64>,
+    /// Chi-square statistic against the reference (categorical).
+    pub chi_square: Option<f64>,
+    /// Chi-square p-value (categorical).
+    pub chi_square_p_value: Option<f64>,
+    /// PSI threshold used for `drifted`.
+    pub psi_threshold: f64,
+    /// Whether the series drifted; `None` without reference or values.
+    pub drifted: Option<bool>,
+}
+
+/// Quantile levels reported in [`FeatureWindowMetrics::quantiles`].
+pub const REPORTED_QUANTILES: [f64; 5] = [0.05, 0.25, 0.5, 0.75, 0.95];
+
+/// Computes a window's metrics for one series.
+pub fn compute(
+    sketch: &FeatureSketch,
+    reference: Option<&FeatureReference>,
+    thresholds: DriftThresholds,
+) -> FeatureWindowMetrics {
+    let mut metrics = match sketch {
+        FeatureSketch::Numeric(numeric) => {
+            let moments = numeric.moments();
+            let quantiles = (moments.count() > 0).then(|| {
+                REPORTED_QUANTILES.map(|q| numeric.quantile(q).expect("non-empty sketch has quantiles"))
+            });
+            let mut metrics = empty(FeatureKind::Numeric, moments.count(), numeric.missing(), numeric.type_mismatch(), thresholds);
+            metrics.mean = moments.mean();
+            metrics.std_dev = moments.std_dev();
+            metrics.min = moments.min();
+            metrics.max = moments.max();
+            metrics.quantiles = quantiles;
+            if let (Some(FeatureReference::Numeric(reference)), Some(bins)) = (reference, numeric.bin_counts()) {
+                numeric_drift(&mut metrics, reference, &bins.counts);
+            }
+            metrics
+        }
+        FeatureSketch::Categorical(categorical) => {
+            let mut metrics = empty(
+                FeatureKind::Categorical,
+                categorical.total(),
+                categorical.missing(),
+                categorical.type_mismatch(),
+                thresholds,
+            );
+            metrics.distinct_categories = Some(categorical.counts().len() as u64);
+            if let Some(FeatureReference::Categorical(reference)) = reference {
+                categorical_drift(&mut metrics, reference, categorical);
+            }
+            metrics
+        }
+    };
+    metrics.drifted = metrics.psi.map(|psi| psi >= thresholds.psi);
+    metrics
+}
+
+fn empty(kind: FeatureKind, count: u64, missing: u64, type_mismatch: u64, thresholds: DriftThresholds) -> FeatureWindowMetrics {
+    let observed = count + missing + type_mismatch;
+    FeatureWindowMetrics {
+        kind,
+        count,
+        missing,
+        type_mismatch,
+        missing_rate: (observed > 0).then(|| missing as f64 / observed as f64),
+        mean: None,
+        std_dev: None,
+        min: None,
+        max: None,
+        quantiles: None,
+        distinct_categories: None,
+        unseen_categories: None,
+        psi: None,
+        ks_statistic: None,
+        ks_p_value: None,
+        chi_square: None,
+        chi_square_p_value: None,
+        psi_threshold: thresholds.psi,
+        drifted: None,
+    }
+}
+
+fn numeric_drift(metrics: &mut FeatureWindowMetrics, reference: &NumericReference, current: &[u64]) {
+    if current.len() != reference.counts.len() {
+        return;
+    }
+    metrics.psi = drift::psi(
+        &reference.group_for_psi(&reference.counts),
+        &reference.group_for_psi(current),
+    );
+    if let Some(ks) = drift::ks_binned(&reference.counts, current) {
+        metrics.ks_statistic = Some(ks.statistic);
+        metrics.ks_p_value = Some(ks.p_value);
+    }
+}
+
+/// Aligns categorical counts on the reference's categories plus one last bin
+/// for everything else (unseen categories and the overflow bucket).
+pub fn align_categories(
+    reference: &CategoricalReference,
+    current: &crate::categorical::CategoricalSketch,
+) -> (Vec<u64>, Vec<u64>, u64) {
+    let mut reference_counts: Vec<u64> = reference.counts.values().copied().collect();
+    reference_counts.push(reference.other);
+    let mut current_counts: Vec<u64> = reference
+        .counts
+        .keys()
+        .map(|category| current.counts().get(category).copied().unwrap_or(0))
+        .collect();
+    let unseen: u64 = current
+        .counts()
+        .iter()
+        .filter(|(category, _)| !reference.counts.contains_key(*category))
+        .map(|(_, count)| count)
+        .sum::<u64>()
+        + current.other();
+    current_counts.push(unseen);
+    (reference_counts, current_counts, unseen)
+}
+
+fn categorical_drift(
+    metrics: &mut FeatureWindowMetrics,
+    reference: &CategoricalReference,
+    current: &crate::categorical::CategoricalSketch,
+) {
+    let (reference_counts, current_counts, unseen) = align_categories(reference, current);
+    metrics.unseen_categories = Some(unseen);
+    metrics.psi = drift::psi(&reference_counts, &current_counts);
+    if let Some(chi) = drift::chi_square(&reference_counts, &current_counts) {
+        metrics.chi_square = Some(chi.statistic);
+        metrics.chi_square_p_value = Some(chi.p_value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::categorical::CategoricalSketch;
+    use crate::numeric::{BinEdges, NumericSketch};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn numeric_metrics_use_exact_reference_bins() {
+        let reference_values: Vec<f64> = (0..1000).map(|i| i as f64 / 10.0).collect();
+        let reference = NumericReference::from_values(reference_values, 0).unwrap();
+        let edges = BinEdges::new(reference.edges.clone()).unwrap();
+        // Current: the same distribution shifted right by 20.
+        let mut sketch = NumericSketch::new(Some(&edges));
+        for i in 0..1000 {
+            sketch.add(i as f64 / 10.0 + 20.0, Some(&edges));
+        }
+        sketch.add_missing();
+        let metrics = compute(
+            &FeatureSketch::Numeric(sketch),
+            Some(&FeatureReference::Numeric(reference.clone())),
+            DriftThresholds::default(),
+        );
+        assert_eq!(metrics.count, 1000);
+        assert_eq!(metrics.missing_rate, Some(1.0 / 1001.0));
+        assert!((metrics.mean.unwrap() - 69.95).abs() < 1e-9);
+        // Exact KS of two uniform grids shifted by 20% of the range is 0.2.
+        assert!((metrics.ks_statistic.unwrap() - 0.2).abs() <= 0.01);
+        // PSI oracle on the decile bins: the first two reference deciles get
+        // no current values, the last bin gets 30 % of them.
+        let grouped_reference = [100u64; 10];
+        let current_values: Vec<f64> = (0..1000).map(|i| i as f64 / 10.0 + 20.0).collect();
+        let decile_edges: Vec<f64> = (1..10).map(|k| (k * 100 - 1) as f64 / 10.0).collect();
+        let mut grouped_current = [0u64; 10];
+        for v in current_values {
+            grouped_current[decile_edges.partition_point(|e| *e < v)] += 1;
+        }
+        let expected = drift::psi(&grouped_reference, &grouped_current).unwrap();
+        assert!((metrics.psi.unwrap() - expected).abs() < 1e-12);
+        assert_eq!(metrics.drifted, Some(true));
+    }
+
+    #[test]
+    fn categorical_metrics_count_unseen_categories() {
+        let reference = CategoricalReference {
+            counts: BTreeMap::from([("a".to_owned(), 50), ("b".to_owned(), 50)]),
+            other: 0,
+            missing: 0,
+        };
+        let mut current = CategoricalSketch::new(10);
+        for value in ["a", "a", "b", "z", "z"] {
+            current.add(value);
+        }
+        let metrics = compute(
+            &FeatureSketch::Categorical(current),
+            Some(&FeatureReference::Categorical(reference)),
+            DriftThresholds::default(),
+        );
+        assert_eq!(metrics.unseen_categories, Some(2));
+        assert_eq!(metrics.distinct_categories, Some(3));
+        assert!(metrics.chi_square.unwrap().is_finite());
+        assert_eq!(metrics.drifted, Some(true));
+    }
+
+    #[test]
+    fn without_reference_there_is_no_drift_verdict() {
+        let mut sketch = NumericSketch::new(None);
+        sketch.add(1.0, None);
+        let metrics = compute(&FeatureSketch::Numeric(sketch), None, DriftThresholds::default());
+        assert_eq!(metrics.psi, None);
+        assert_eq!(metrics.drifted, None);
+        assert_eq!(metrics.std_dev, None, "one value has no sample std");
+    }
+}

@@ -1,0 +1,472 @@
+//! Reference profiles: what a model's inputs and outputs looked like in
+//! training data.
+//!
+//! A [`ReferenceProfile`] holds, per series:
+//! - numeric: [`REFERENCE_BINS`] quantile bins (edges at the empirical
+//!   quantiles k/100, duplicates removed), the exact count of reference values
+//!   in each, which of the edges are the deciles used for PSI, and moments;
+//! - categorical: category counts (bounded like window sketches).
+//!
+//! Two ways to build one:
+//! - [`ReferenceBuilder`] from training rows: exact (every value is seen and
+//!   sorted once).
+//! - [`ReferenceProfile::from_windows`] from the merged sketches of a model's
+//!   first windows, when no training data was supplied: edges come from the
+//!   DDSketch quantiles (1 % relative accuracy) and each bin's count is its
+//!   quantile share of the total, so this profile is approximate.
+//!
+//! Empirical quantile used for edges: the smallest value `x` with at least
+//! `k/100` of the values `<= x` (`sorted[ceil(k·n/100) − 1]`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::FeatureSketch;
+use crate::categorical::CategoricalSketch;
+use crate::moments::Moments;
+use crate::numeric::BinEdges;
+use crate::spec::{FeatureKind, ModelSpec};
+use crate::Error;
+
+/// Number of quantile bins a numeric reference aims for (fewer with ties).
+pub const REFERENCE_BINS: usize = 100;
+/// Number of quantile bins PSI is computed over (deciles).
+pub const PSI_BINS: usize = 10;
+
+/// Reference summary of one numeric series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NumericReference {
+    /// Strictly increasing bin edges (right-closed bins).
+    pub edges: Vec<f64>,
+    /// Reference values per bin (`edges.len() + 1` entries).
+    pub counts: Vec<u64>,
+    /// Indices into `edges` of the decile edges used for PSI.
+    pub psi_edge_indices: Vec<usize>,
+    /// Exact moments of the reference values.
+    pub moments: Moments,
+    /// Missing values in the reference.
+    pub missing: u64,
+}
+
+impl NumericReference {
+    /// Builds exactly from values (non-finite values count as missing).
+    pub fn from_values(mut values: Vec<f64>, mut missing: u64) -> Result<Self, Error> {
+        let before = values.len();
+        values.retain(|v| v.is_finite());
+        missing += (before - values.len()) as u64;
+        if values.is_empty() {
+            return Err(Error::InvalidReference("numeric series has no finite values".into()));
+        }
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let quantile = |level: usize, of: usize| values[(level * n).div_ceil(of).max(1) - 1];
+        let mut edges: Vec<f64> = (1..REFERENCE_BINS).map(|k| quantile(k, REFERENCE_BINS)).collect();
+        edges.dedup();
+        let psi_edges: Vec<f64> = (1..PSI_BINS).map(|k| quantile(k, PSI_BINS)).collect();
+        let psi_edge_indices = psi_edge_positions(&edges, &psi_edges);
+        let bin_edges = BinEdges::new(edges)?;
+        let mut counts = vec![0u64; bin_edges.bin_count()];
+        let mut moments = Moments::default();
+        for value in &values {
+            counts[bin_edges.bin_of(*value)] += 1;
+            moments.add(*value);
+        }
+        Ok(Self {
+            edges: bin_edges.edges().to_vec(),
+            counts,
+            psi_edge_indices,
+            moments,
+            missing,
+        })
+    }
+
+    /// Builds approximately from a merged window sketch (see module docs).
+    fn from_sketch(sketch: &crate::numeric::NumericSketch) -> Result<Self, Error> {
+        let n = sketch.moments().count();
+        if n == 0 {
+            return Err(Error::InvalidReference("warm-up windows have no values".into()));
+        }
+        // (edge value, cumulative share) for each quantile level, deduplicated
+        // by keeping the highest level reaching the same value.
+        let mut cuts: Vec<(f64, f64)> = Vec::with_capacity(REFERENCE_BINS);
+        for k in 1..REFERENCE_BINS {
+            let level = k as f64 / REFERENCE_BINS as f64;
+            let Some(value) = sketch.quantile(level) else { continue };
+            match cuts.last_mut() {
+                Some(last) if last.0 >= value => last.1 = level,
+                _ => cuts.push((value, level)),
+            }
+        }
+        let edges: Vec<f64> = cuts.iter().map(|(value, _)| *value).collect();
+        let mut counts = Vec::with_capacity(edges.len() + 1);
+        let mut previous_level = 0.0;
+        for (_, level) in &cuts {
+            counts.push(((level - previous_level) * n as f64).round() as u64);
+            previous_level = *level;
+        }
+        counts.push(((1.0 - previous_level) * n as f64).round() as u64);
+        let psi_edges: Vec<f64> = (1..PSI_BINS)
+            .filter_map(|k| {
+                let level = k as f64 / PSI_BINS as f64;
+                cuts.iter().find(|(_, cut_level)| *cut_level >= level - 1e-12).map(|(v, _)| *v)
+            })
+            .collect();
+        let psi_edge_indices = psi_edge_positions(&edges, &psi_edges);
+        BinEdges::new(edges.clone())?;
+        Ok(Self {
+            edges,
+            counts,
+            psi_edge_indices,
+            moments: sketch.moments().clone(),
+            missing: sketch.missing(),
+        })
+    }
+
+    /// Groups fine-bin counts into the PSI (decile) bins.
+    pub fn group_for_psi(&self, fine_counts: &[u64]) -> Vec<u64> {
+        let mut grouped = vec![0u64; self.psi_edge_indices.len() + 1];
+        for (bin, count) in fine_counts.iter().enumerate() {
+            // Fine bin `bin` lies above edge `bin - 1`; its PSI bin is the
+            // number of PSI edges strictly below its upper edge index.
+            let psi_bin = self.psi_edge_indices.partition_point(|index| *index < bin);
+            grouped[psi_bin] += count;
+        }
+        grouped
+    }
+}
+
+fn psi_edge_positions(edges: &[f64], psi_edges: &[f64]) -> Vec<usize> {
+    let mut positions: Vec<usize> = psi_edges
+        .iter()
+        .filter_map(|value| edges.iter().position(|edge| edge == value))
+        .collect();
+    positions.dedup();
+    positions
+}
+
+/// Reference summary of one categorical series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CategoricalReference {
+    /// Reference counts by category.
+    pub counts: BTreeMap<String, u64>,
+    /// Reference values beyond the category bound.
+    pub other: u64,
+    /// Missing values in the reference.
+    pub missing: u64,
+}
+
+/// Reference summary of one series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeatureReference {
+    /// A numeric series.
+    Numeric(NumericReference),
+    /// A categorical series.
+    Categorical(CategoricalReference),
+}
+
+/// A model version's reference profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceProfile {
+    /// Model name.
+    pub model: String,
+    /// Model version the profile describes.
+    pub model_version: String,
+    /// Where it came from (`file:train.csv`, `warmup:3 windows`…).
+    pub source: String,
+    /// Rows it was built from.
+    pub row_count: u64,
+    /// Reference per series name.
+    pub features: BTreeMap<String, FeatureReference>,
+}
+
+impl ReferenceProfile {
+    /// Builds an approximate profile from merged warm-up window sketches,
+    /// one per series name.
+    pub fn from_windows(
+        model: &str,
+        model_version: &str,
+        window_count: usize,
+        sketches: &BTreeMap<String, FeatureSketch>,
+    ) -> Result<Self, Error> {
+        let mut features = BTreeMap::new();
+        let mut row_count = 0;
+        for (name, sketch) in sketches {
+            let reference = match sketch {
+                FeatureSketch::Numeric(numeric) => {
+                    if numeric.moments().count() == 0 {
+                        continue;
+                    }
+                    row_count = row_count.max(numeric.moments().count() + numeric.missing());
+                    FeatureReference::Numeric(NumericReference::from_sketch(numeric)?)
+                }
+                FeatureSketch::Categorical(categorical) => {
+                    if categorical.total() == 0 {
+                        continue;
+                    }
+                    row_count = row_count.max(categorical.total() + categorical.missing());
+                    FeatureReference::Categorical(CategoricalReference {
+                        counts: categorical.counts().clone(),
+                        other: categorical.other(),
+                        missing: categorical.missing(),
+                    })
+                }
+            };
+            features.insert(name.clone(), reference);
+        }
+        Ok(Self {
+            model: model.to_owned(),
+            model_version: model_version.to_owned(),
+            source: format!("warmup:{window_count} windows"),
+            row_count,
+            features,
+        })
+    }
+
+    /// Serializes for storage.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("reference profiles always serialize")
+    }
+
+    /// Reads a stored profile.
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        serde_json::from_str(text).map_err(|error| Error::Corrupt(error.to_string()))
+    }
+}
+
+/// Collects training rows, then builds an exact [`ReferenceProfile`].
+#[derive(Debug)]
+pub struct ReferenceBuilder {
+    model: String,
+    model_version: String,
+    source: String,
+    max_categories: usize,
+    rows: u64,
+    numeric: BTreeMap<String, (Vec<f64>, u64)>,
+    categorical: BTreeMap<String, CategoricalSketch>,
+}
+
+/// One training value handed to the [`ReferenceBuilder`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TrainingValue<'a> {
+    /// A number.
+    Number(f64),
+    /// A string.
+    Text(&'a str),
+    /// Missing.
+    Missing,
+}
+
+impl ReferenceBuilder {
+    /// A builder for the series of `spec` (configured features and derived series).
+    pub fn new(spec: &ModelSpec, model_version: &str, source: &str) -> Self {
+        let mut numeric = BTreeMap::new();
+        let mut categorical = BTreeMap::new();
+        for series in spec.series() {
+            match series.kind {
+                FeatureKind::Numeric => {
+                    numeric.insert(series.name.clone(), (Vec::new(), 0));
+                }
+                FeatureKind::Categorical => {
+                    categorical.insert(series.name.clone(), CategoricalSketch::new(spec.max_categories()));
+                }
+            }
+        }
+        Self {
+            model: spec.name().to_owned(),
+            model_version: model_version.to_owned(),
+            source: source.to_owned(),
+            max_categories: spec.max_categories(),
+            rows: 0,
+            numeric,
+            categorical,
+        }
+    }
+
+    /// Counts one more training row (call once per row).
+    pub fn add_row(&mut self) {
+        self.rows += 1;
+    }
+
+    /// Adds a value of the series `name`; unknown names are ignored and
+    /// reported as `false`.
+    pub fn add(&mut self, name: &str, value: TrainingValue<'_>) -> bool {
+        if let Some((values, missing)) = self.numeric.get_mut(name) {
+            match value {
+                TrainingValue::Number(number) => values.push(number),
+                TrainingValue::Text(text) => match text.trim().parse::<f64>() {
+                    Ok(number) => values.push(number),
+                    Err(_) => *missing += 1,
+                },
+                TrainingValue::Missing => *missing += 1,
+            }
+            return true;
+        }
+        if let Some(sketch) = self.categorical.get_mut(name) {
+            match value {
+                TrainingValue::Text(text) => sketch.add(text),
+                TrainingValue::Number(number) => sketch.add(&format_category(number)),
+                TrainingValue::Missing => sketch.add_missing(),
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Builds the profile. Series without any value are left out.
+    pub fn build(self) -> Result<ReferenceProfile, Error> {
+        let _ = self.max_categories;
+        let mut features = BTreeMap::new();
+        for (name, (values, missing)) in self.numeric {
+            if values.is_empty() {
+                continue;
+            }
+            let reference = NumericReference::from_values(values, missing)
+                .map_err(|error| Error::InvalidReference(format!("series `{name}`: {error}")))?;
+            features.insert(name, FeatureReference::Numeric(reference));
+        }
+        for (name, sketch) in self.categorical {
+            if sketch.total() == 0 {
+                continue;
+            }
+            features.insert(
+                name,
+                FeatureReference::Categorical(CategoricalReference {
+                    counts: sketch.counts().clone(),
+                    other: sketch.other(),
+                    missing: sketch.missing(),
+                }),
+            );
+        }
+        if features.is_empty() {
+            return Err(Error::InvalidReference(
+                "no configured feature has a value in the training data".into(),
+            ));
+        }
+        Ok(ReferenceProfile {
+            model: self.model,
+            model_version: self.model_version,
+            source: self.source,
+            row_count: self.rows,
+            features,
+        })
+    }
+}
+
+/// Text of a number used as a category: integers without a fraction.
+pub fn format_category(number: f64) -> String {
+    if number.fract() == 0.0 && number.abs() < 1e15 {
+        format!("{}", number as i64)
+    } else {
+        format!("{number}")
+    }
+}
+
+/// A reference profile resolved against a model spec for the hot path:
+/// the bin edges of each numeric series by series position.
+#[derive(Debug, Clone)]
+pub struct CompiledReference {
+    profile: ReferenceProfile,
+    edges_by_position: Vec<Option<BinEdges>>,
+}
+
+impl CompiledReference {
+    /// Resolves `profile` against `spec`. Series the profile lacks, or whose
+    /// kind differs from the spec, get no reference.
+    pub fn new(spec: &ModelSpec, profile: ReferenceProfile) -> Result<Self, Error> {
+        let mut edges_by_position = Vec::with_capacity(spec.series_count());
+        for series in spec.series() {
+            let edges = match (series.kind, profile.features.get(&series.name)) {
+                (FeatureKind::Numeric, Some(FeatureReference::Numeric(numeric))) => {
+                    Some(BinEdges::new(numeric.edges.clone())?)
+                }
+                _ => None,
+            };
+            edges_by_position.push(edges);
+        }
+        Ok(Self {
+            profile,
+            edges_by_position,
+        })
+    }
+
+    /// The profile.
+    pub fn profile(&self) -> &ReferenceProfile {
+        &self.profile
+    }
+
+    /// Bin edges of the series at `position`, if it is numeric and referenced.
+    #[inline]
+    pub fn edges(&self, position: usize) -> Option<&BinEdges> {
+        self.edges_by_position.get(position).and_then(Option::as_ref)
+    }
+
+    /// Reference of the series named `name`.
+    pub fn feature(&self, name: &str) -> Option<&FeatureReference> {
+        self.profile.features.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FeatureSpec, Task};
+
+    #[test]
+    fn numeric_edges_are_empirical_percentiles_and_counts_are_exact() {
+        let values: Vec<f64> = (1..=1000).map(f64::from).collect();
+        let reference = NumericReference::from_values(values, 2).unwrap();
+        assert_eq!(reference.edges.len(), 99);
+        assert_eq!(reference.edges[0], 10.0);
+        assert_eq!(reference.edges[98], 990.0);
+        assert!(reference.counts.iter().all(|c| *c == 10));
+        assert_eq!(reference.missing, 2);
+        assert_eq!(reference.psi_edge_indices, vec![9, 19, 29, 39, 49, 59, 69, 79, 89]);
+        let grouped = reference.group_for_psi(&reference.counts);
+        assert_eq!(grouped, vec![100; 10]);
+    }
+
+    #[test]
+    fn ties_collapse_edges() {
+        let mut values = vec![0.0; 900];
+        values.extend((1..=100).map(f64::from));
+        let reference = NumericReference::from_values(values, 0).unwrap();
+        assert_eq!(reference.edges[0], 0.0);
+        assert_eq!(reference.counts[0], 900, "all zeros fall in the first bin");
+        assert_eq!(reference.counts.iter().sum::<u64>(), 1000);
+        assert_eq!(reference.group_for_psi(&reference.counts).iter().sum::<u64>(), 1000);
+    }
+
+    #[test]
+    fn builder_covers_configured_and_derived_series() {
+        let spec = ModelSpec::new(
+            "m",
+            Task::Classification,
+            vec![
+                FeatureSpec { name: "x".into(), kind: FeatureKind::Numeric },
+                FeatureSpec { name: "c".into(), kind: FeatureKind::Categorical },
+            ],
+            vec![],
+            5,
+            5,
+        )
+        .unwrap();
+        let mut builder = ReferenceBuilder::new(&spec, "1", "file:test.csv");
+        for i in 0..100 {
+            builder.add_row();
+            builder.add("x", TrainingValue::Number(i as f64));
+            builder.add("c", TrainingValue::Number((i % 3) as f64));
+            builder.add("prediction.class", TrainingValue::Text(if i % 2 == 0 { "yes" } else { "no" }));
+        }
+        assert!(!builder.add("unknown", TrainingValue::Missing));
+        let profile = builder.build().unwrap();
+        assert_eq!(profile.row_count, 100);
+        let Some(FeatureReference::Categorical(c)) = profile.features.get("c") else { panic!() };
+        assert_eq!(c.counts.get("0"), Some(&34));
+        assert!(profile.features.contains_key("prediction.class"));
+        assert!(!profile.features.contains_key("latency_ms"), "no values, no reference");
+        let round_trip = ReferenceProfile::from_json(&profile.to_json()).unwrap();
+        assert_eq!(round_trip, profile);
+    }
+}

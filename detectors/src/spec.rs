@@ -1,0 +1,288 @@
+//! Validated description of a monitored model.
+//!
+//! A [`ModelSpec`] lists the model's features with their kind, its segment
+//! keys and its bounds. Besides the configured features, every model has
+//! *derived series* that the aggregator fills from the event envelope:
+//!
+//! | series | kind | from |
+//! |---|---|---|
+//! | `prediction.score` | numeric | `prediction.score`, or the highest class probability |
+//! | `prediction.class` | categorical (classification only) | `prediction.class`, or the most probable class |
+//! | `latency_ms` | numeric | `latency_ms` |
+//! | `actual.label` | categorical for classification, numeric for regression | actual events' `label` |
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Name of the derived prediction-score series.
+pub const PREDICTION_SCORE: &str = "prediction.score";
+/// Name of the derived predicted-class series.
+pub const PREDICTION_CLASS: &str = "prediction.class";
+/// Name of the derived latency series.
+pub const LATENCY_MS: &str = "latency_ms";
+/// Name of the derived label series (from actual events).
+pub const ACTUAL_LABEL: &str = "actual.label";
+/// Segment that every event belongs to.
+pub const ALL_SEGMENT: &str = "all";
+/// Segment value used once a key has `max_segment_values` distinct values.
+pub const OTHER_SEGMENT_VALUE: &str = "__other__";
+/// Segment value used when an event lacks a segment key.
+pub const MISSING_SEGMENT_VALUE: &str = "__missing__";
+
+/// How a feature's values are summarised and compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    /// Real numbers: moments, quantiles, reference-bin counts; PSI and KS.
+    Numeric,
+    /// Labels: category counts; PSI and chi-square.
+    Categorical,
+}
+
+/// What the model predicts, which decides the kinds of its derived series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Predicts a class (binary or multiclass).
+    Classification,
+    /// Predicts a number.
+    Regression,
+}
+
+/// One monitored series of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    /// Feature name as it appears in events' `features` object.
+    pub name: String,
+    /// How the feature is summarised.
+    pub kind: FeatureKind,
+}
+
+/// Where a series' values come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeriesSource {
+    /// A configured feature.
+    Feature,
+    /// The prediction score.
+    PredictionScore,
+    /// The predicted class.
+    PredictionClass,
+    /// Serving latency.
+    Latency,
+    /// The actual label.
+    ActualLabel,
+}
+
+/// A validated model description. Construct with [`ModelSpec::new`].
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    name: String,
+    task: Task,
+    /// Configured features first, derived series after.
+    series: Vec<(FeatureSpec, SeriesSource)>,
+    configured_features: usize,
+    segment_keys: Vec<String>,
+    max_segment_values: usize,
+    max_categories: usize,
+    index: HashMap<String, usize>,
+}
+
+impl ModelSpec {
+    /// Validates a model description.
+    pub fn new(
+        name: impl Into<String>,
+        task: Task,
+        features: Vec<FeatureSpec>,
+        segment_keys: Vec<String>,
+        max_segment_values: usize,
+        max_categories: usize,
+    ) -> Result<Self, Error> {
+        let name = name.into();
+        if name.trim().is_empty() {
+            return Err(Error::InvalidSpec("model name is empty".into()));
+        }
+        if max_segment_values == 0 || max_categories == 0 {
+            return Err(Error::InvalidSpec(format!(
+                "model `{name}`: max_segment_values and max_categories must be at least 1"
+            )));
+        }
+        let derived = derived_series(task);
+        let mut index = HashMap::new();
+        for (position, feature) in features.iter().enumerate() {
+            if feature.name.is_empty() {
+                return Err(Error::InvalidSpec(format!("model `{name}`: a feature has an empty name")));
+            }
+            if derived.iter().any(|(spec, _)| spec.name == feature.name) {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: feature name `{}` is reserved for a derived series",
+                    feature.name
+                )));
+            }
+            if index.insert(feature.name.clone(), position).is_some() {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: feature `{}` is listed twice",
+                    feature.name
+                )));
+            }
+        }
+        let configured_features = features.len();
+        let mut series: Vec<(FeatureSpec, SeriesSource)> = features
+            .into_iter()
+            .map(|feature| (feature, SeriesSource::Feature))
+            .collect();
+        series.extend(derived);
+        let mut seen_keys = std::collections::HashSet::new();
+        for key in &segment_keys {
+            if key.is_empty() || !seen_keys.insert(key) {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: segment key `{key}` is empty or repeated"
+                )));
+            }
+        }
+        Ok(Self {
+            name,
+            task,
+            series,
+            configured_features,
+            segment_keys,
+            max_segment_values,
+            max_categories,
+            index,
+        })
+    }
+
+    /// Model name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the model predicts.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// All series: configured features first, then derived ones.
+    pub fn series(&self) -> impl ExactSizeIterator<Item = &FeatureSpec> {
+        self.series.iter().map(|(spec, _)| spec)
+    }
+
+    /// Number of series (configured + derived).
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Position of a series by name.
+    pub fn series_position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied().or_else(|| {
+            self.series[self.configured_features..]
+                .iter()
+                .position(|(spec, _)| spec.name == name)
+                .map(|offset| self.configured_features + offset)
+        })
+    }
+
+    /// Position of a configured feature by name (hot path: one hash lookup).
+    #[inline]
+    pub fn feature_position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Number of configured features.
+    pub fn configured_feature_count(&self) -> usize {
+        self.configured_features
+    }
+
+    /// Position of the series fed by `source` (derived series only).
+    pub fn derived_position(&self, source: SeriesSource) -> Option<usize> {
+        self.series
+            .iter()
+            .position(|(_, series_source)| *series_source == source)
+    }
+
+    /// The series at `position`.
+    pub fn series_at(&self, position: usize) -> &FeatureSpec {
+        &self.series[position].0
+    }
+
+    /// Segment keys, in configured order.
+    pub fn segment_keys(&self) -> &[String] {
+        &self.segment_keys
+    }
+
+    /// Distinct values kept per segment key before values go to `__other__`.
+    pub fn max_segment_values(&self) -> usize {
+        self.max_segment_values
+    }
+
+    /// Distinct categories named per categorical sketch.
+    pub fn max_categories(&self) -> usize {
+        self.max_categories
+    }
+}
+
+fn derived_series(task: Task) -> Vec<(FeatureSpec, SeriesSource)> {
+    let spec = |name: &str, kind| FeatureSpec {
+        name: name.to_owned(),
+        kind,
+    };
+    let label_kind = match task {
+        Task::Classification => FeatureKind::Categorical,
+        Task::Regression => FeatureKind::Numeric,
+    };
+    let mut derived = vec![(spec(PREDICTION_SCORE, FeatureKind::Numeric), SeriesSource::PredictionScore)];
+    if task == Task::Classification {
+        derived.push((spec(PREDICTION_CLASS, FeatureKind::Categorical), SeriesSource::PredictionClass));
+    }
+    derived.push((spec(LATENCY_MS, FeatureKind::Numeric), SeriesSource::Latency));
+    derived.push((spec(ACTUAL_LABEL, label_kind), SeriesSource::ActualLabel));
+    derived
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feature(name: &str, kind: FeatureKind) -> FeatureSpec {
+        FeatureSpec {
+            name: name.into(),
+            kind,
+        }
+    }
+
+    #[test]
+    fn derived_series_follow_the_configured_features() {
+        let spec = ModelSpec::new(
+            "churn",
+            Task::Classification,
+            vec![feature("age", FeatureKind::Numeric), feature("plan", FeatureKind::Categorical)],
+            vec!["country".into()],
+            10,
+            50,
+        )
+        .unwrap();
+        let names: Vec<&str> = spec.series().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["age", "plan", "prediction.score", "prediction.class", "latency_ms", "actual.label"]
+        );
+        assert_eq!(spec.feature_position("plan"), Some(1));
+        assert_eq!(spec.series_position("latency_ms"), Some(4));
+        assert_eq!(spec.derived_position(SeriesSource::ActualLabel), Some(5));
+    }
+
+    #[test]
+    fn rejects_duplicates_reserved_names_and_zero_bounds() {
+        let twice = vec![feature("a", FeatureKind::Numeric), feature("a", FeatureKind::Numeric)];
+        assert!(ModelSpec::new("m", Task::Regression, twice, vec![], 1, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("listed twice"));
+        let reserved = vec![feature("latency_ms", FeatureKind::Numeric)];
+        assert!(ModelSpec::new("m", Task::Regression, reserved, vec![], 1, 1).is_err());
+        assert!(ModelSpec::new("m", Task::Regression, vec![], vec![], 0, 1).is_err());
+        assert!(ModelSpec::new("", Task::Regression, vec![], vec![], 1, 1).is_err());
+    }
+}
