@@ -1,0 +1,281 @@
+//! The ClickHouse backend.
+//!
+//! SQL written for ClickHouse 18.16 and current releases alike (see the crate
+//! docs). Reads use `FINAL` so that rows replaced by a newer version are never
+//! seen twice, even before ClickHouse merges the parts in the background.
+
+use clickhouse::Client;
+use detectors::ReferenceProfile;
+
+use crate::rows::{lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, ReferenceRow, SketchRow, METRICS_COLUMNS};
+use crate::{
+    latest_by, Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics, WindowSketch,
+};
+
+/// Schema migrations, applied in order at start-up; each is idempotent.
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS window_partials (
+        model String, model_version String, segment String, feature String,
+        window_start DateTime,
+        source String, range_start UInt64, range_end UInt64,
+        sketch String
+    ) ENGINE = ReplacingMergeTree(range_end)
+    PARTITION BY toYYYYMMDD(window_start)
+    ORDER BY (model, window_start, model_version, segment, feature, source, range_start)",
+    "CREATE TABLE IF NOT EXISTS window_sketches (
+        model String, model_version String, segment String, feature String,
+        window_start DateTime, window_end DateTime,
+        sketch String, computed_at UInt64
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMMDD(window_start)
+    ORDER BY (model, model_version, segment, feature, window_start)",
+    "CREATE TABLE IF NOT EXISTS window_metrics (
+        model String, model_version String, segment String, feature String, kind String,
+        window_start DateTime, window_end DateTime,
+        count UInt64, missing UInt64, type_mismatch UInt64,
+        missing_rate Nullable(Float64),
+        mean Nullable(Float64), std_dev Nullable(Float64), min Nullable(Float64), max Nullable(Float64),
+        p05 Nullable(Float64), p25 Nullable(Float64), p50 Nullable(Float64), p75 Nullable(Float64), p95 Nullable(Float64),
+        distinct_categories Nullable(UInt64), unseen_categories Nullable(UInt64),
+        psi Nullable(Float64), ks_statistic Nullable(Float64), ks_p_value Nullable(Float64),
+        chi_square Nullable(Float64), chi_square_p_value Nullable(Float64),
+        psi_threshold Float64, drifted Nullable(UInt8),
+        reference_source String, computed_at UInt64
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMMDD(window_start)
+    ORDER BY (model, model_version, segment, feature, window_start)",
+    "CREATE TABLE IF NOT EXISTS reference_profiles (
+        model String, model_version String, source String, row_count UInt64,
+        profile String, created_at UInt64
+    ) ENGINE = ReplacingMergeTree(created_at)
+    ORDER BY (model, model_version)",
+];
+
+/// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
+#[derive(Clone)]
+pub struct ClickHouseStore {
+    client: Client,
+}
+
+impl ClickHouseStore {
+    /// Connects to `url` (e.g. `http://127.0.0.1:8123`), creates `database`
+    /// and the tables if needed.
+    pub async fn connect(url: &str, database: &str, user: Option<&str>, password: Option<&str>) -> Result<Self> {
+        if database.is_empty() || !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::Config(format!(
+                "database name `{database}` must be non-empty ASCII letters, digits or `_`"
+            )));
+        }
+        let mut base = Client::default().with_url(url).with_validation(false);
+        if let Some(user) = user {
+            base = base.with_user(user);
+        }
+        if let Some(password) = password {
+            base = base.with_password(password);
+        }
+        base.query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+            .execute()
+            .await?;
+        let client = base.with_database(database);
+        for migration in MIGRATIONS {
+            client.query(migration).execute().await?;
+        }
+        Ok(Self { client })
+    }
+
+    /// The underlying client (for tests and ad-hoc queries).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) async fn write_partials(&self, rows: Vec<PartialSketch>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<PartialRow>("window_partials").await?;
+        for row in rows {
+            insert.write(&PartialRow::from_record(row)?).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn partials_for_window(&self, model: &str, window_start: i64) -> Result<Vec<PartialSketch>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT toString(model), toString(model_version), toString(segment), toString(feature),
+                        toUInt32(window_start), toString(source), toUInt64(range_start),
+                        toUInt64(range_end), toString(sketch)
+                 FROM window_partials FINAL
+                 WHERE model = ? AND window_start = toDateTime(?)",
+            )
+            .bind(model)
+            .bind(to_seconds(window_start)?)
+            .fetch_all::<PartialRow>()
+            .await?;
+        // FINAL already keeps one row per key; this guards against a replica
+        // or a table engine that does not.
+        let rows = latest_by(
+            rows,
+            |r| (r.model_version.clone(), r.segment.clone(), r.feature.clone(), r.source.clone(), r.range_start),
+            |r| r.range_end,
+        );
+        Ok(rows.into_iter().map(PartialRow::into_record).collect())
+    }
+
+    pub(crate) async fn partial_windows(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<i64>> {
+        let starts = self
+            .client
+            .query(
+                "SELECT DISTINCT toUInt32(window_start) FROM window_partials
+                 WHERE model = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?)
+                 ORDER BY 1",
+            )
+            .bind(model)
+            .bind(lower_bound_seconds(from_ms))
+            .bind(upper_bound_seconds(to_ms))
+            .fetch_all::<u32>()
+            .await?;
+        Ok(starts.into_iter().map(crate::rows::to_millis).collect())
+    }
+
+    pub(crate) async fn write_window_results(&self, metrics: Vec<WindowMetrics>, sketches: Vec<WindowSketch>) -> Result<()> {
+        if !sketches.is_empty() {
+            let mut insert = self.client.insert::<SketchRow>("window_sketches").await?;
+            for sketch in sketches {
+                insert.write(&SketchRow::from_record(sketch)?).await?;
+            }
+            insert.end().await?;
+        }
+        if !metrics.is_empty() {
+            let mut insert = self.client.insert::<MetricsRow>("window_metrics").await?;
+            for record in &metrics {
+                insert.write(&MetricsRow::from_record(record)?).await?;
+            }
+            insert.end().await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn window_metrics(&self, query: &MetricsQuery) -> Result<Vec<WindowMetrics>> {
+        let columns = METRICS_COLUMNS
+            .iter()
+            .map(|column| match *column {
+                "window_start" | "window_end" => format!("toUInt32({column})"),
+                other => other.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!("SELECT {columns} FROM window_metrics FINAL WHERE 1 = 1");
+        let mut filters: Vec<&str> = Vec::new();
+        if let Some(model) = &query.model {
+            sql.push_str(" AND model = ?");
+            filters.push(model);
+        }
+        if let Some(segment) = &query.segment {
+            sql.push_str(" AND segment = ?");
+            filters.push(segment);
+        }
+        if let Some(feature) = &query.feature {
+            sql.push_str(" AND feature = ?");
+            filters.push(feature);
+        }
+        if query.from_ms.is_some() {
+            sql.push_str(" AND window_start >= toDateTime(?)");
+        }
+        if query.to_ms.is_some() {
+            sql.push_str(" AND window_start < toDateTime(?)");
+        }
+        sql.push_str(" ORDER BY model, model_version, segment, feature, window_start");
+        if let Some(limit) = query.limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut statement = self.client.query(&sql);
+        for filter in filters {
+            statement = statement.bind(filter);
+        }
+        if let Some(from) = query.from_ms {
+            statement = statement.bind(lower_bound_seconds(from));
+        }
+        if let Some(to) = query.to_ms {
+            statement = statement.bind(upper_bound_seconds(to));
+        }
+        let rows = statement.fetch_all::<MetricsRow>().await?;
+        rows.into_iter().map(MetricsRow::into_record).collect()
+    }
+
+    pub(crate) async fn window_sketches(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<WindowSketch>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT toString(model), toString(model_version), toString(segment), toString(feature),
+                        toUInt32(window_start), toUInt32(window_end), toString(sketch), toUInt64(computed_at)
+                 FROM window_sketches FINAL
+                 WHERE model = ? AND window_start >= toDateTime(?) AND window_start < toDateTime(?)
+                 ORDER BY model_version, segment, feature, window_start",
+            )
+            .bind(model)
+            .bind(lower_bound_seconds(from_ms))
+            .bind(upper_bound_seconds(to_ms))
+            .fetch_all::<SketchRow>()
+            .await?;
+        Ok(rows.into_iter().map(SketchRow::into_record).collect())
+    }
+
+    pub(crate) async fn put_reference(&self, profile: &ReferenceProfile, created_at: u64) -> Result<()> {
+        let mut insert = self.client.insert::<ReferenceRow>("reference_profiles").await?;
+        insert
+            .write(&ReferenceRow {
+                model: profile.model.clone(),
+                model_version: profile.model_version.clone(),
+                source: profile.source.clone(),
+                row_count: profile.row_count,
+                profile: profile.to_json(),
+                created_at,
+            })
+            .await?;
+        insert.end().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn reference(&self, model: &str, model_version: &str) -> Result<Option<ReferenceProfile>> {
+        let row = self
+            .client
+            .query(
+                "SELECT toString(model), toString(model_version), toString(source), toUInt64(row_count),
+                        toString(profile), toUInt64(created_at)
+                 FROM reference_profiles FINAL
+                 WHERE model = ? AND model_version = ?
+                 ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(model)
+            .bind(model_version)
+            .fetch_optional::<ReferenceRow>()
+            .await?;
+        row.map(|row| ReferenceProfile::from_json(&row.profile).map_err(|e| Error::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    pub(crate) async fn references(&self) -> Result<Vec<ReferenceSummary>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT toString(model), toString(model_version), toString(source), toUInt64(row_count),
+                        '' AS profile, toUInt64(created_at)
+                 FROM reference_profiles FINAL ORDER BY model, model_version",
+            )
+            .fetch_all::<ReferenceRow>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| ReferenceSummary {
+                model: row.model,
+                model_version: row.model_version,
+                source: row.source,
+                row_count: row.row_count,
+                created_at: row.created_at,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,404 @@
+//! The embedded backend: SQLite through `rusqlite` (bundled, so no system
+//! library is needed).
+//!
+//! The same tables as ClickHouse, with primary keys instead of sorting keys;
+//! an upsert replaces a row only when the new version is at least the stored
+//! one, which gives `ReplacingMergeTree` semantics. Every call runs on
+//! tokio's blocking pool behind one connection mutex (SQLite allows a single
+//! writer anyway); WAL mode lets readers in other processes proceed.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use detectors::ReferenceProfile;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::rows::{lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, SketchRow, METRICS_COLUMNS};
+use crate::{Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics, WindowSketch};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS window_partials (
+    model TEXT NOT NULL, model_version TEXT NOT NULL, segment TEXT NOT NULL, feature TEXT NOT NULL,
+    window_start INTEGER NOT NULL, source TEXT NOT NULL, range_start INTEGER NOT NULL,
+    range_end INTEGER NOT NULL, sketch BLOB NOT NULL,
+    PRIMARY KEY (model, window_start, model_version, segment, feature, source, range_start)
+);
+CREATE TABLE IF NOT EXISTS window_sketches (
+    model TEXT NOT NULL, model_version TEXT NOT NULL, segment TEXT NOT NULL, feature TEXT NOT NULL,
+    window_start INTEGER NOT NULL, window_end INTEGER NOT NULL, sketch BLOB NOT NULL,
+    computed_at INTEGER NOT NULL,
+    PRIMARY KEY (model, model_version, segment, feature, window_start)
+);
+CREATE TABLE IF NOT EXISTS window_metrics (
+    model TEXT NOT NULL, model_version TEXT NOT NULL, segment TEXT NOT NULL, feature TEXT NOT NULL,
+    kind TEXT NOT NULL, window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+    count INTEGER NOT NULL, missing INTEGER NOT NULL, type_mismatch INTEGER NOT NULL,
+    missing_rate REAL, mean REAL, std_dev REAL, min REAL, max REAL,
+    p05 REAL, p25 REAL, p50 REAL, p75 REAL, p95 REAL,
+    distinct_categories INTEGER, unseen_categories INTEGER,
+    psi REAL, ks_statistic REAL, ks_p_value REAL, chi_square REAL, chi_square_p_value REAL,
+    psi_threshold REAL NOT NULL, drifted INTEGER, reference_source TEXT NOT NULL,
+    computed_at INTEGER NOT NULL,
+    PRIMARY KEY (model, model_version, segment, feature, window_start)
+);
+CREATE TABLE IF NOT EXISTS reference_profiles (
+    model TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
+    row_count INTEGER NOT NULL, profile TEXT NOT NULL, created_at INTEGER NOT NULL,
+    PRIMARY KEY (model, model_version)
+);
+";
+
+/// A SQLite-backed store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_owned();
+        let connection = tokio::task::spawn_blocking(move || -> Result<Connection> {
+            if let Some(parent) = path.parent() {
+                if !parent.as_os_str().is_empty() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::Config(format!("cannot create {}: {e}", parent.display())))?;
+                }
+            }
+            let connection = Connection::open(&path)?;
+            connection.pragma_update(None, "journal_mode", "WAL")?;
+            connection.pragma_update(None, "synchronous", "NORMAL")?;
+            connection.execute_batch(SCHEMA)?;
+            Ok(connection)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// An in-memory database (tests, throw-away demos).
+    pub fn in_memory() -> Result<Self> {
+        let connection = Connection::open_in_memory()?;
+        connection.execute_batch(SCHEMA)?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection
+                .lock()
+                .map_err(|_| Error::Task("embedded store mutex poisoned".into()))?;
+            work(&mut guard)
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    pub(crate) async fn write_partials(&self, rows: Vec<PartialSketch>) -> Result<()> {
+        let rows: Vec<PartialRow> = rows.into_iter().map(PartialRow::from_record).collect::<Result<_>>()?;
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let mut statement = transaction.prepare_cached(
+                    "INSERT INTO window_partials VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT DO UPDATE SET range_end = excluded.range_end, sketch = excluded.sketch
+                     WHERE excluded.range_end >= window_partials.range_end",
+                )?;
+                for row in &rows {
+                    statement.execute(params![
+                        row.model,
+                        row.model_version,
+                        row.segment,
+                        row.feature,
+                        row.window_start,
+                        row.source,
+                        row.range_start as i64,
+                        row.range_end as i64,
+                        row.sketch
+                    ])?;
+                }
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn partials_for_window(&self, model: String, window_start: i64) -> Result<Vec<PartialSketch>> {
+        let start = to_seconds(window_start)?;
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT model, model_version, segment, feature, window_start, source, range_start, range_end, sketch
+                 FROM window_partials WHERE model = ?1 AND window_start = ?2
+                 ORDER BY model_version, segment, feature, source, range_start",
+            )?;
+            let rows = statement
+                .query_map(params![model, start], |row| {
+                    Ok(PartialRow {
+                        model: row.get(0)?,
+                        model_version: row.get(1)?,
+                        segment: row.get(2)?,
+                        feature: row.get(3)?,
+                        window_start: row.get(4)?,
+                        source: row.get(5)?,
+                        range_start: row.get::<_, i64>(6)? as u64,
+                        range_end: row.get::<_, i64>(7)? as u64,
+                        sketch: row.get(8)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().map(PartialRow::into_record).collect())
+        })
+        .await
+    }
+
+    pub(crate) async fn partial_windows(&self, model: String, from_ms: i64, to_ms: i64) -> Result<Vec<i64>> {
+        let (from, to) = (lower_bound_seconds(from_ms), upper_bound_seconds(to_ms));
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT DISTINCT window_start FROM window_partials
+                 WHERE model = ?1 AND window_start >= ?2 AND window_start < ?3 ORDER BY 1",
+            )?;
+            let starts = statement
+                .query_map(params![model, from, to], |row| row.get::<_, i64>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(starts.into_iter().map(|s| s * 1000).collect())
+        })
+        .await
+    }
+
+    pub(crate) async fn write_window_results(&self, metrics: Vec<WindowMetrics>, sketches: Vec<WindowSketch>) -> Result<()> {
+        let metrics: Vec<MetricsRow> = metrics.iter().map(MetricsRow::from_record).collect::<Result<_>>()?;
+        let sketches: Vec<SketchRow> = sketches.into_iter().map(SketchRow::from_record).collect::<Result<_>>()?;
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let mut statement = transaction.prepare_cached(
+                    "INSERT INTO window_sketches VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT DO UPDATE SET window_end = excluded.window_end, sketch = excluded.sketch,
+                       computed_at = excluded.computed_at
+                     WHERE excluded.computed_at >= window_sketches.computed_at",
+                )?;
+                for row in &sketches {
+                    statement.execute(params![
+                        row.model,
+                        row.model_version,
+                        row.segment,
+                        row.feature,
+                        row.window_start,
+                        row.window_end,
+                        row.sketch,
+                        row.computed_at as i64
+                    ])?;
+                }
+                let placeholders = (1..=METRICS_COLUMNS.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                let updates = METRICS_COLUMNS[5..]
+                    .iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut statement = transaction.prepare_cached(&format!(
+                    "INSERT INTO window_metrics VALUES ({placeholders})
+                     ON CONFLICT DO UPDATE SET {updates}
+                     WHERE excluded.computed_at >= window_metrics.computed_at"
+                ))?;
+                for row in &metrics {
+                    statement.execute(params![
+                        row.model,
+                        row.model_version,
+                        row.segment,
+                        row.feature,
+                        row.kind,
+                        row.window_start,
+                        row.window_end,
+                        row.count as i64,
+                        row.missing as i64,
+                        row.type_mismatch as i64,
+                        row.missing_rate,
+                        row.mean,
+                        row.std_dev,
+                        row.min,
+                        row.max,
+                        row.p05,
+                        row.p25,
+                        row.p50,
+                        row.p75,
+                        row.p95,
+                        row.distinct_categories.map(|v| v as i64),
+                        row.unseen_categories.map(|v| v as i64),
+                        row.psi,
+                        row.ks_statistic,
+                        row.ks_p_value,
+                        row.chi_square,
+                        row.chi_square_p_value,
+                        row.psi_threshold,
+                        row.drifted,
+                        row.reference_source,
+                        row.computed_at as i64
+                    ])?;
+                }
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn window_metrics(&self, query: MetricsQuery) -> Result<Vec<WindowMetrics>> {
+        self.with(move |connection| {
+            let mut sql = format!("SELECT {} FROM window_metrics WHERE 1 = 1", METRICS_COLUMNS.join(", "));
+            let mut values: Vec<rusqlite::types::Value> = Vec::new();
+            for (column, value) in [("model", &query.model), ("segment", &query.segment), ("feature", &query.feature)] {
+                if let Some(value) = value {
+                    values.push(value.clone().into());
+                    sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+                }
+            }
+            if let Some(from) = query.from_ms {
+                values.push(i64::from(lower_bound_seconds(from)).into());
+                sql.push_str(&format!(" AND window_start >= ?{}", values.len()));
+            }
+            if let Some(to) = query.to_ms {
+                values.push(i64::from(upper_bound_seconds(to)).into());
+                sql.push_str(&format!(" AND window_start < ?{}", values.len()));
+            }
+            sql.push_str(" ORDER BY model, model_version, segment, feature, window_start");
+            if let Some(limit) = query.limit {
+                sql.push_str(&format!(" LIMIT {limit}"));
+            }
+            let mut statement = connection.prepare(&sql)?;
+            let rows = statement
+                .query_map(rusqlite::params_from_iter(values), |row| {
+                    Ok(MetricsRow {
+                        model: row.get(0)?,
+                        model_version: row.get(1)?,
+                        segment: row.get(2)?,
+                        feature: row.get(3)?,
+                        kind: row.get(4)?,
+                        window_start: row.get(5)?,
+                        window_end: row.get(6)?,
+                        count: row.get::<_, i64>(7)? as u64,
+                        missing: row.get::<_, i64>(8)? as u64,
+                        type_mismatch: row.get::<_, i64>(9)? as u64,
+                        missing_rate: row.get(10)?,
+                        mean: row.get(11)?,
+                        std_dev: row.get(12)?,
+                        min: row.get(13)?,
+                        max: row.get(14)?,
+                        p05: row.get(15)?,
+                        p25: row.get(16)?,
+                        p50: row.get(17)?,
+                        p75: row.get(18)?,
+                        p95: row.get(19)?,
+                        distinct_categories: row.get::<_, Option<i64>>(20)?.map(|v| v as u64),
+                        unseen_categories: row.get::<_, Option<i64>>(21)?.map(|v| v as u64),
+                        psi: row.get(22)?,
+                        ks_statistic: row.get(23)?,
+                        ks_p_value: row.get(24)?,
+                        chi_square: row.get(25)?,
+                        chi_square_p_value: row.get(26)?,
+                        psi_threshold: row.get(27)?,
+                        drifted: row.get(28)?,
+                        reference_source: row.get(29)?,
+                        computed_at: row.get::<_, i64>(30)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(MetricsRow::into_record).collect()
+        })
+        .await
+    }
+
+    pub(crate) async fn window_sketches(&self, model: String, from_ms: i64, to_ms: i64) -> Result<Vec<WindowSketch>> {
+        let (from, to) = (lower_bound_seconds(from_ms), upper_bound_seconds(to_ms));
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT model, model_version, segment, feature, window_start, window_end, sketch, computed_at
+                 FROM window_sketches WHERE model = ?1 AND window_start >= ?2 AND window_start < ?3
+                 ORDER BY model_version, segment, feature, window_start",
+            )?;
+            let rows = statement
+                .query_map(params![model, from, to], |row| {
+                    Ok(SketchRow {
+                        model: row.get(0)?,
+                        model_version: row.get(1)?,
+                        segment: row.get(2)?,
+                        feature: row.get(3)?,
+                        window_start: row.get(4)?,
+                        window_end: row.get(5)?,
+                        sketch: row.get(6)?,
+                        computed_at: row.get::<_, i64>(7)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().map(SketchRow::into_record).collect())
+        })
+        .await
+    }
+
+    pub(crate) async fn put_reference(&self, profile: ReferenceProfile, created_at: u64) -> Result<()> {
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT INTO reference_profiles VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT DO UPDATE SET source = excluded.source, row_count = excluded.row_count,
+                   profile = excluded.profile, created_at = excluded.created_at
+                 WHERE excluded.created_at >= reference_profiles.created_at",
+                params![
+                    profile.model,
+                    profile.model_version,
+                    profile.source,
+                    profile.row_count as i64,
+                    profile.to_json(),
+                    created_at as i64
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn reference(&self, model: String, model_version: String) -> Result<Option<ReferenceProfile>> {
+        self.with(move |connection| {
+            let text: Option<String> = connection
+                .query_row(
+                    "SELECT profile FROM reference_profiles WHERE model = ?1 AND model_version = ?2",
+                    params![model, model_version],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            text.map(|text| ReferenceProfile::from_json(&text).map_err(|e| Error::Corrupt(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+
+    pub(crate) async fn references(&self) -> Result<Vec<ReferenceSummary>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT model, model_version, source, row_count, created_at FROM reference_profiles
+                 ORDER BY model, model_version",
+            )?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok(ReferenceSummary {
+                        model: row.get(0)?,
+                        model_version: row.get(1)?,
+                        source: row.get(2)?,
+                        row_count: row.get::<_, i64>(3)? as u64,
+                        created_at: row.get::<_, i64>(4)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}

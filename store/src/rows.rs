@@ -1,0 +1,298 @@
+//! Flat row structs shared by both backends, and their conversions.
+//!
+//! Field order is column order: ClickHouse's RowBinary format has no names,
+//! so a struct and its `SELECT` list must agree position by position (the
+//! round-trip tests in `clickhouse_store` check that against a real server).
+//! Times are `DateTime` columns, i.e. whole seconds since the epoch as `u32`.
+
+use detectors::spec::FeatureKind;
+use detectors::{FeatureWindowMetrics, SeriesKey};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, PartialSketch, WindowMetrics, WindowSketch};
+
+pub(crate) fn to_seconds(millis: i64) -> Result<u32, Error> {
+    u32::try_from(millis.div_euclid(1000))
+        .map_err(|_| Error::Corrupt(format!("time {millis} ms is outside the DateTime range")))
+}
+
+/// Seconds for an exclusive upper bound: rounds up, so `< bound` keeps every
+/// window starting before `millis`. Clamped to the `DateTime` range.
+pub(crate) fn upper_bound_seconds(millis: i64) -> u32 {
+    let seconds = millis.div_euclid(1000) + i64::from(millis.rem_euclid(1000) != 0);
+    seconds.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// Seconds for an inclusive lower bound, clamped to the `DateTime` range.
+pub(crate) fn lower_bound_seconds(millis: i64) -> u32 {
+    upper_bound_seconds(millis)
+}
+
+pub(crate) fn to_millis(seconds: u32) -> i64 {
+    i64::from(seconds) * 1000
+}
+
+/// One row of `window_metrics`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub struct MetricsRow {
+    pub model: String,
+    pub model_version: String,
+    pub segment: String,
+    pub feature: String,
+    pub kind: String,
+    pub window_start: u32,
+    pub window_end: u32,
+    pub count: u64,
+    pub missing: u64,
+    pub type_mismatch: u64,
+    pub missing_rate: Option<f64>,
+    pub mean: Option<f64>,
+    pub std_dev: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub p05: Option<f64>,
+    pub p25: Option<f64>,
+    pub p50: Option<f64>,
+    pub p75: Option<f64>,
+    pub p95: Option<f64>,
+    pub distinct_categories: Option<u64>,
+    pub unseen_categories: Option<u64>,
+    pub psi: Option<f64>,
+    pub ks_statistic: Option<f64>,
+    pub ks_p_value: Option<f64>,
+    pub chi_square: Option<f64>,
+    pub chi_square_p_value: Option<f64>,
+    pub psi_threshold: f64,
+    pub drifted: Option<u8>,
+    pub reference_source: String,
+    pub computed_at: u64,
+}
+
+/// Columns of `window_metrics`, in [`MetricsRow`] order.
+pub(crate) const METRICS_COLUMNS: [&str; 31] = [
+    "model",
+    "model_version",
+    "segment",
+    "feature",
+    "kind",
+    "window_start",
+    "window_end",
+    "count",
+    "missing",
+    "type_mismatch",
+    "missing_rate",
+    "mean",
+    "std_dev",
+    "min",
+    "max",
+    "p05",
+    "p25",
+    "p50",
+    "p75",
+    "p95",
+    "distinct_categories",
+    "unseen_categories",
+    "psi",
+    "ks_statistic",
+    "ks_p_value",
+    "chi_square",
+    "chi_square_p_value",
+    "psi_threshold",
+    "drifted",
+    "reference_source",
+    "computed_at",
+];
+
+impl MetricsRow {
+    pub(crate) fn from_record(record: &WindowMetrics) -> Result<Self, Error> {
+        let m = &record.metrics;
+        let quantile = |i: usize| m.quantiles.map(|q| q[i]);
+        Ok(Self {
+            model: record.key.model.clone(),
+            model_version: record.key.model_version.clone(),
+            segment: record.key.segment.clone(),
+            feature: record.key.feature.clone(),
+            kind: kind_name(m.kind).to_owned(),
+            window_start: to_seconds(record.key.window_start)?,
+            window_end: to_seconds(record.window_end)?,
+            count: m.count,
+            missing: m.missing,
+            type_mismatch: m.type_mismatch,
+            missing_rate: m.missing_rate,
+            mean: m.mean,
+            std_dev: m.std_dev,
+            min: m.min,
+            max: m.max,
+            p05: quantile(0),
+            p25: quantile(1),
+            p50: quantile(2),
+            p75: quantile(3),
+            p95: quantile(4),
+            distinct_categories: m.distinct_categories,
+            unseen_categories: m.unseen_categories,
+            psi: m.psi,
+            ks_statistic: m.ks_statistic,
+            ks_p_value: m.ks_p_value,
+            chi_square: m.chi_square,
+            chi_square_p_value: m.chi_square_p_value,
+            psi_threshold: m.psi_threshold,
+            drifted: m.drifted.map(u8::from),
+            reference_source: record.reference_source.clone().unwrap_or_default(),
+            computed_at: record.computed_at,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> Result<WindowMetrics, Error> {
+        let kind = match self.kind.as_str() {
+            "numeric" => FeatureKind::Numeric,
+            "categorical" => FeatureKind::Categorical,
+            other => return Err(Error::Corrupt(format!("unknown feature kind `{other}`"))),
+        };
+        let quantiles = match (self.p05, self.p25, self.p50, self.p75, self.p95) {
+            (Some(a), Some(b), Some(c), Some(d), Some(e)) => Some([a, b, c, d, e]),
+            _ => None,
+        };
+        Ok(WindowMetrics {
+            key: SeriesKey {
+                window_start: to_millis(self.window_start),
+                model: self.model,
+                model_version: self.model_version,
+                segment: self.segment,
+                feature: self.feature,
+            },
+            window_end: to_millis(self.window_end),
+            metrics: FeatureWindowMetrics {
+                kind,
+                count: self.count,
+                missing: self.missing,
+                type_mismatch: self.type_mismatch,
+                missing_rate: self.missing_rate,
+                mean: self.mean,
+                std_dev: self.std_dev,
+                min: self.min,
+                max: self.max,
+                quantiles,
+                distinct_categories: self.distinct_categories,
+                unseen_categories: self.unseen_categories,
+                psi: self.psi,
+                ks_statistic: self.ks_statistic,
+                ks_p_value: self.ks_p_value,
+                chi_square: self.chi_square,
+                chi_square_p_value: self.chi_square_p_value,
+                psi_threshold: self.psi_threshold,
+                drifted: self.drifted.map(|flag| flag != 0),
+            },
+            reference_source: (!self.reference_source.is_empty()).then_some(self.reference_source),
+            computed_at: self.computed_at,
+        })
+    }
+}
+
+fn kind_name(kind: FeatureKind) -> &'static str {
+    match kind {
+        FeatureKind::Numeric => "numeric",
+        FeatureKind::Categorical => "categorical",
+    }
+}
+
+/// One row of `window_partials`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct PartialRow {
+    pub model: String,
+    pub model_version: String,
+    pub segment: String,
+    pub feature: String,
+    pub window_start: u32,
+    pub source: String,
+    pub range_start: u64,
+    pub range_end: u64,
+    #[serde(with = "serde_bytes")]
+    pub sketch: Vec<u8>,
+}
+
+impl PartialRow {
+    pub(crate) fn from_record(record: PartialSketch) -> Result<Self, Error> {
+        Ok(Self {
+            window_start: to_seconds(record.key.window_start)?,
+            model: record.key.model,
+            model_version: record.key.model_version,
+            segment: record.key.segment,
+            feature: record.key.feature,
+            source: record.source,
+            range_start: record.range_start,
+            range_end: record.range_end,
+            sketch: record.sketch,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> PartialSketch {
+        PartialSketch {
+            source: self.source,
+            range_start: self.range_start,
+            range_end: self.range_end,
+            key: SeriesKey {
+                window_start: to_millis(self.window_start),
+                model: self.model,
+                model_version: self.model_version,
+                segment: self.segment,
+                feature: self.feature,
+            },
+            sketch: self.sketch,
+        }
+    }
+}
+
+/// One row of `window_sketches`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct SketchRow {
+    pub model: String,
+    pub model_version: String,
+    pub segment: String,
+    pub feature: String,
+    pub window_start: u32,
+    pub window_end: u32,
+    #[serde(with = "serde_bytes")]
+    pub sketch: Vec<u8>,
+    pub computed_at: u64,
+}
+
+impl SketchRow {
+    pub(crate) fn from_record(record: WindowSketch) -> Result<Self, Error> {
+        Ok(Self {
+            window_start: to_seconds(record.key.window_start)?,
+            window_end: to_seconds(record.window_end)?,
+            model: record.key.model,
+            model_version: record.key.model_version,
+            segment: record.key.segment,
+            feature: record.key.feature,
+            sketch: record.sketch,
+            computed_at: record.computed_at,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> WindowSketch {
+        WindowSketch {
+            key: SeriesKey {
+                window_start: to_millis(self.window_start),
+                model: self.model,
+                model_version: self.model_version,
+                segment: self.segment,
+                feature: self.feature,
+            },
+            window_end: to_millis(self.window_end),
+            sketch: self.sketch,
+            computed_at: self.computed_at,
+        }
+    }
+}
+
+/// One row of `reference_profiles`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct ReferenceRow {
+    pub model: String,
+    pub model_version: String,
+    pub source: String,
+    pub row_count: u64,
+    pub profile: String,
+    pub created_at: u64,
+}
