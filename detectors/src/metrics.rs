@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::FeatureSketch;
 use crate::drift;
+use crate::numeric::{BinCounts, BinEdges};
 use crate::reference::{CategoricalReference, FeatureReference, NumericReference};
 use crate::spec::FeatureKind;
 
@@ -94,7 +95,7 @@ pub fn compute(
             metrics.max = moments.max();
             metrics.quantiles = quantiles;
             if let (Some(FeatureReference::Numeric(reference)), Some(bins)) = (reference, numeric.bin_counts()) {
-                numeric_drift(&mut metrics, reference, &bins.counts);
+                numeric_drift(&mut metrics, reference, bins);
             }
             metrics
         }
@@ -142,10 +143,15 @@ fn empty(kind: FeatureKind, count: u64, missing: u64, type_mismatch: u64, thresh
     }
 }
 
-fn numeric_drift(metrics: &mut FeatureWindowMetrics, reference: &NumericReference, current: &[u64]) {
-    if current.len() != reference.counts.len() {
+fn numeric_drift(metrics: &mut FeatureWindowMetrics, reference: &NumericReference, current: &BinCounts) {
+    // Counts taken over another reference's bins (the profile was replaced
+    // while the window was open) cannot be compared with this one.
+    let same_bins = BinEdges::new(reference.edges.clone())
+        .is_ok_and(|edges| edges.fingerprint() == current.fingerprint);
+    if !same_bins || current.counts.len() != reference.counts.len() {
         return;
     }
+    let current = &current.counts;
     metrics.psi = drift::psi(
         &reference.group_for_psi(&reference.counts),
         &reference.group_for_psi(current),
@@ -198,7 +204,7 @@ fn categorical_drift(
 mod tests {
     use super::*;
     use crate::categorical::CategoricalSketch;
-    use crate::numeric::{BinEdges, NumericSketch};
+    use crate::numeric::NumericSketch;
     use std::collections::BTreeMap;
 
     #[test]

@@ -176,12 +176,10 @@ impl NumericSketch {
             // A side with no values says nothing about the bins.
             (Some(bins), None) if other.moments.count() == 0 => Some(bins.clone()),
             (None, Some(bins)) if self.moments.count() == 0 => Some(bins.clone()),
-            (None, None) => None,
-            _ => {
-                return Err(Error::IncompatibleMerge(
-                    "one numeric sketch has reference bins and the other has not".into(),
-                ))
-            }
+            // One side was recorded before the reference existed: the merged
+            // window cannot have exact bin counts, so it has none (and no
+            // binned drift score) rather than wrong ones.
+            _ => None,
         };
         self.quantiles
             .merge(&other.quantiles)
@@ -321,6 +319,18 @@ mod tests {
         for q in [0.1, 0.5, 0.9] {
             assert_eq!(merged.quantile(q), whole.quantile(q), "DDSketch merge is exact");
         }
+    }
+
+    #[test]
+    fn merge_with_an_unbinned_sketch_drops_the_bins() {
+        let edges = edges();
+        let mut binned = NumericSketch::new(Some(&edges));
+        binned.add(1.0, Some(&edges));
+        let mut unbinned = NumericSketch::new(None);
+        unbinned.add(2.0, None);
+        binned.merge(&unbinned).unwrap();
+        assert_eq!(binned.bin_counts(), None);
+        assert_eq!(binned.moments().count(), 2);
     }
 
     #[test]

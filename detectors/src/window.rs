@@ -111,6 +111,20 @@ impl EventTimeClock {
         Arrival::OnTime { window_start }
     }
 
+    /// Largest event time seen; `None` before the first event.
+    pub fn max_event_time(&self) -> Option<i64> {
+        self.max_event_time
+    }
+
+    /// Advances the watermark past the window of the latest event, closing
+    /// every window this clock has seen (end of a replay, or an idle source).
+    pub fn close_all(&mut self) {
+        if let Some(latest) = self.max_event_time {
+            let end = self.window_size.window_end(self.window_size.window_start(latest));
+            self.advance_to(end.saturating_add(self.allowed_lateness_ms));
+        }
+    }
+
     /// Advances the watermark as if an event at `timestamp_ms` had been seen
     /// (used to close every window at the end of a replay or on idleness).
     pub fn advance_to(&mut self, timestamp_ms: i64) {
@@ -162,5 +176,11 @@ mod tests {
         assert!(clock.is_closed(0));
         clock.advance_to(5);
         assert_eq!(clock.watermark(), Some(1_000), "advance never goes backwards");
+        let mut lagging = EventTimeClock::new(size, 300);
+        lagging.observe(1_500);
+        assert!(!lagging.is_closed(1_000));
+        lagging.close_all();
+        assert!(lagging.is_closed(1_000));
+        assert!(!lagging.is_closed(2_000));
     }
 }

@@ -1,1 +1,62 @@
-//! placeholder
+//! # ingest — from Kafka (or a file) to stored windows
+//!
+//! ## Layout
+//! - [`engine`]: the synchronous core. Decodes payloads, assigns event-time
+//!   windows per source, keeps sketches per fixed offset range, and says
+//!   which windows are closed. No I/O.
+//! - [`driver`]: binds an engine to a [`store::Store`]: checkpoints (store
+//!   first, then hand back the offsets to commit), finalizes closed windows,
+//!   builds warm-up references, refreshes references.
+//! - [`finalize`]: merges every stored partial of a window and computes its
+//!   metrics.
+//! - [`kafka`]: the consumer-group member (`run`) and the file-to-topic
+//!   producer (`replay_file`).
+//! - [`file`]: replays a JSON-lines file through the engine without Kafka.
+//! - [`dead_letter`]: where undecodable payloads go, with their reason.
+//!
+//! ## Data flow
+//! ```text
+//! Kafka partition ─► kafka::run ─► Engine::ingest ─► (malformed) ─► dead-letter topic
+//!                                      │
+//!                        every checkpoint_interval / sealed range
+//!                                      ▼
+//!                    Driver::checkpoint ─► store.window_partials ─► commit offsets
+//!                                      │
+//!                          watermark passed a window end
+//!                                      ▼
+//!   Driver::finalize_closed ─► merge partials ─► metrics ─► store.window_metrics / window_sketches
+//! ```
+//!
+//! The delivery guarantee is spelled out in [`kafka`] and [`engine`]:
+//! offsets follow storage, and rewinding to a checkpoint range start makes
+//! the stored aggregates exactly-once across crashes and rebalances.
+
+pub mod dead_letter;
+pub mod driver;
+pub mod engine;
+pub mod file;
+pub mod finalize;
+pub mod kafka;
+
+/// Ingestion errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed (see [`store::Error::is_retryable`]).
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A sketch or reference could not be merged or decoded.
+    #[error(transparent)]
+    Detectors(#[from] detectors::Error),
+    /// Kafka client error (configuration or broker).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A dead letter could not be written; the pipeline stops rather than lose it.
+    #[error("dead letter could not be written: {0}")]
+    DeadLetter(String),
+    /// A file could not be read or written.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// A background task failed.
+    #[error("task failed: {0}")]
+    Task(String),
+}

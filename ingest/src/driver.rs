@@ -1,0 +1,203 @@
+//! Drives an [`Engine`] against a [`Store`]: checkpoints, window
+//! finalization, warm-up references and reference refresh. Shared by the
+//! Kafka consumer and the file replay, which differ only in where payloads
+//! come from and how offsets are committed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use detectors::metrics::DriftThresholds;
+use detectors::reference::ReferenceProfile;
+use detectors::FeatureSketch;
+use store::{Store, WindowMetrics};
+
+use crate::engine::Engine;
+use crate::finalize::{finalize_window, now_millis};
+use crate::Error;
+
+/// Settings of the driver beyond the engine's.
+#[derive(Debug, Clone)]
+pub struct DriverSettings {
+    /// Thresholds for drift flags.
+    pub thresholds: DriftThresholds,
+    /// Windows used to build a reference for a model version that has none;
+    /// 0 disables warm-up references.
+    pub warmup_windows: usize,
+    /// Store writes are retried this many times (exponential backoff from
+    /// 100 ms) before the error is returned.
+    pub store_retries: u32,
+}
+
+/// Windows finalized in one call, with their metrics.
+#[derive(Debug, Default)]
+pub struct Finalized {
+    /// (model, window_start, metrics of every series).
+    pub windows: Vec<(String, i64, Vec<WindowMetrics>)>,
+}
+
+/// An engine bound to a store.
+pub struct Driver {
+    engine: Engine,
+    store: Store,
+    settings: DriverSettings,
+    /// (model, version) → windows finalized without a reference, for warm-up.
+    warmup: BTreeMap<(String, String), Vec<i64>>,
+    /// (model, version) → `created_at` of the installed reference.
+    installed_references: BTreeMap<(String, String), u64>,
+    /// Windows finalized so far.
+    windows_finalized: u64,
+}
+
+impl Driver {
+    /// Binds `engine` to `store` and installs the references already stored.
+    pub async fn new(engine: Engine, store: Store, settings: DriverSettings) -> Result<Self, Error> {
+        let mut driver = Self {
+            engine,
+            store,
+            settings,
+            warmup: BTreeMap::new(),
+            installed_references: BTreeMap::new(),
+            windows_finalized: 0,
+        };
+        driver.refresh_references().await?;
+        Ok(driver)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Mutable engine access (ingest, revoke).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Windows finalized so far.
+    pub fn windows_finalized(&self) -> u64 {
+        self.windows_finalized
+    }
+
+    /// Installs stored references that are new or newer than the installed ones.
+    pub async fn refresh_references(&mut self) -> Result<(), Error> {
+        let summaries = self.store.references().await?;
+        for summary in summaries {
+            if self.engine.catalog().model(&summary.model).is_none() {
+                continue;
+            }
+            let key = (summary.model.clone(), summary.model_version.clone());
+            if self.installed_references.get(&key).is_some_and(|at| *at >= summary.created_at) {
+                continue;
+            }
+            if let Some(profile) = self.store.reference(&summary.model, &summary.model_version).await? {
+                self.engine.catalog_mut().set_reference(profile)?;
+                self.installed_references.insert(key, summary.created_at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores everything read since the last checkpoint and returns the
+    /// offsets that may now be committed.
+    pub async fn checkpoint(&mut self) -> Result<Vec<(String, u64)>, Error> {
+        let checkpoint = self.engine.checkpoint();
+        if checkpoint.commits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut attempt = 0;
+        loop {
+            match self.store.write_partials(checkpoint.partials.clone()).await {
+                Ok(()) => break,
+                Err(error) if error.is_retryable() && attempt < self.settings.store_retries => {
+                    attempt += 1;
+                    let delay = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+                    tracing::warn!(%error, attempt, ?delay, "checkpoint write failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.engine.checkpoint_stored();
+        Ok(checkpoint.commits)
+    }
+
+    /// Finalizes every closed window. The caller must have committed (or
+    /// be about to commit) the offsets of the checkpoint this makes first.
+    pub async fn finalize_closed(&mut self) -> Result<(Vec<(String, u64)>, Finalized), Error> {
+        let closed = self.engine.closed_windows();
+        if closed.is_empty() {
+            return Ok((Vec::new(), Finalized::default()));
+        }
+        let commits = self.checkpoint().await?;
+        let mut finalized = Finalized::default();
+        for (window_start, model) in closed {
+            let metrics = finalize_window(
+                &self.store,
+                self.engine.catalog(),
+                self.engine.settings().window_size,
+                self.settings.thresholds,
+                &model,
+                window_start,
+            )
+            .await?;
+            self.engine.window_finalized(window_start, &model);
+            self.windows_finalized += 1;
+            self.note_for_warmup(&model, window_start, &metrics).await?;
+            tracing::debug!(model = %model, window_start, series = metrics.len(), "window finalized");
+            finalized.windows.push((model, window_start, metrics));
+        }
+        Ok((commits, finalized))
+    }
+
+    async fn note_for_warmup(&mut self, model: &str, window_start: i64, metrics: &[WindowMetrics]) -> Result<(), Error> {
+        if self.settings.warmup_windows == 0 {
+            return Ok(());
+        }
+        let versions: std::collections::BTreeSet<&str> =
+            metrics.iter().map(|m| m.key.model_version.as_str()).collect();
+        for version in versions {
+            if self.engine.catalog().reference(model, version).is_some() {
+                continue;
+            }
+            let windows = self.warmup.entry((model.to_owned(), version.to_owned())).or_default();
+            windows.push(window_start);
+            if windows.len() < self.settings.warmup_windows {
+                continue;
+            }
+            let windows = self.warmup.remove(&(model.to_owned(), version.to_owned())).unwrap_or_default();
+            let profile = self.warmup_reference(model, version, &windows).await?;
+            let created_at = now_millis();
+            self.store.put_reference(&profile, created_at).await?;
+            self.engine.catalog_mut().set_reference(profile)?;
+            self.installed_references.insert((model.to_owned(), version.to_owned()), created_at);
+            tracing::info!(model, version, windows = windows.len(), "warm-up reference built");
+        }
+        Ok(())
+    }
+
+    async fn warmup_reference(&self, model: &str, version: &str, windows: &[i64]) -> Result<ReferenceProfile, Error> {
+        let from = windows.iter().copied().min().unwrap_or_default();
+        let to = windows.iter().copied().max().unwrap_or_default() + 1;
+        let stored = self.store.window_sketches(model, from, to).await?;
+        let mut merged: BTreeMap<String, FeatureSketch> = BTreeMap::new();
+        for row in stored.iter().filter(|row| {
+            row.key.model_version == version
+                && row.key.segment == detectors::spec::ALL_SEGMENT
+                && windows.contains(&row.key.window_start)
+        }) {
+            let sketch = FeatureSketch::from_bytes(&row.sketch)?;
+            match merged.get_mut(&row.key.feature) {
+                Some(existing) => existing.merge(&sketch)?,
+                None => {
+                    merged.insert(row.key.feature.clone(), sketch);
+                }
+            }
+        }
+        Ok(ReferenceProfile::from_windows(model, version, windows.len(), &merged)?)
+    }
+}

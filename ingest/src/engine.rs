@@ -1,0 +1,453 @@
+//! The synchronous core of ingestion: payloads in, checkpoint partials and
+//! closed windows out. No I/O: the Kafka loop and the file replay both drive it.
+//!
+//! ## Sources and offset ranges
+//! A *source* is one ordered stream with offsets: a Kafka `topic/partition`,
+//! or a replayed file (`file:NAME`, offsets = line numbers). Offsets are cut
+//! into fixed ranges of `range_size` (`[k·R, (k+1)·R)`); the engine keeps the
+//! sketches of the current range of each source, and a checkpoint writes them
+//! as `window_partials` rows keyed by (source, range start, series), with the
+//! next offset as the row's version.
+//!
+//! Because Kafka partitions are immutable logs, the sketch of the first `n`
+//! offsets of a range is the same whoever computes it, so a row with a higher
+//! version always contains a row with a lower one. A consumer that restarts
+//! rewinds to the start of the range holding its committed offset
+//! ([`range_start_of`]) and recomputes: rewrites are idempotent and nothing is
+//! counted twice. (Exception: late-event decisions depend on the watermark,
+//! which a restarted consumer rebuilds from the range start, so an event
+//! dropped as late before a crash may be counted after it.)
+//!
+//! ## Windows
+//! Each source has an [`EventTimeClock`]. The engine's watermark is the
+//! minimum over its sources; a window is *closed* once that watermark passes
+//! its end. The caller then checkpoints and finalizes it (see
+//! [`crate::finalize`]). [`Engine::close_all`] closes everything (end of a
+//! replay, or no event for `idle_close_after`).
+//!
+//! ## Bounds
+//! - groups per range: `max_groups` (see `detectors::aggregate`); events that
+//!   would exceed it are refused and counted in `group_limit_events`.
+//! - sealed ranges wait for the next checkpoint; [`Engine::needs_checkpoint`]
+//!   turns true as soon as one exists, and the driver checkpoints before
+//!   reading on.
+//! - open windows tracked for finalization: one entry per (model, window).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use detectors::aggregate::{Catalog, Recorded};
+use detectors::window::{Arrival, EventTimeClock, WindowSize};
+use detectors::WindowAggregates;
+use events::EventKind;
+use store::PartialSketch;
+
+/// Validated engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Tumbling window size.
+    pub window_size: WindowSize,
+    /// How far behind the largest event time an event may arrive, ms.
+    pub allowed_lateness_ms: i64,
+    /// Offsets per checkpoint range.
+    pub range_size: u64,
+    /// Groups (window × model × version × segment) per range.
+    pub max_groups: usize,
+}
+
+/// The start of the fixed range holding `offset`.
+pub fn range_start_of(offset: u64, range_size: u64) -> u64 {
+    offset / range_size * range_size
+}
+
+/// What happened to one payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Recorded in its window.
+    Recorded,
+    /// Its window had closed; dropped and counted.
+    Late,
+    /// Not decodable; the reason goes to the dead-letter destination.
+    Malformed(String),
+    /// Its model is not configured; dropped and counted.
+    UnknownModel,
+    /// The range's group limit was reached; dropped and counted.
+    GroupLimit,
+}
+
+/// Counters of what the engine did (monotonic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Events recorded in a window.
+    pub recorded: u64,
+    /// Events dropped because their window had closed.
+    pub late: u64,
+    /// Payloads that could not be decoded.
+    pub malformed: u64,
+    /// Events of models not in the config.
+    pub unknown_model: u64,
+    /// Events refused by the group limit.
+    pub group_limit: u64,
+}
+
+#[derive(Debug)]
+struct RangeState {
+    range_start: u64,
+    /// One past the last offset read.
+    next_offset: u64,
+    aggregates: WindowAggregates,
+    /// Read since the last checkpoint.
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct SourceState {
+    clock: EventTimeClock,
+    current: Option<RangeState>,
+    sealed: Vec<RangeState>,
+}
+
+/// What a checkpoint must store, then commit.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    /// Rows for `window_partials`.
+    pub partials: Vec<PartialSketch>,
+    /// Per source, the next offset to commit once the partials are stored.
+    pub commits: Vec<(String, u64)>,
+}
+
+/// The ingestion core. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    settings: EngineSettings,
+    catalog: Catalog,
+    sources: BTreeMap<String, SourceState>,
+    /// (window_start, model) seen and not yet finalized.
+    open_windows: BTreeSet<(i64, String)>,
+    counters: EngineCounters,
+}
+
+impl Engine {
+    /// An engine with no sources yet.
+    pub fn new(settings: EngineSettings, catalog: Catalog) -> Self {
+        Self {
+            settings,
+            catalog,
+            sources: BTreeMap::new(),
+            open_windows: BTreeSet::new(),
+            counters: EngineCounters::default(),
+        }
+    }
+
+    /// The models and references in use.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Mutable access to the catalog (to install a reference profile).
+    pub fn catalog_mut(&mut self) -> &mut Catalog {
+        &mut self.catalog
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// What the engine has done so far.
+    pub fn counters(&self) -> &EngineCounters {
+        &self.counters
+    }
+
+    /// Decodes and records one payload read at `offset` of `source`.
+    pub fn ingest(&mut self, source: &str, offset: u64, payload: &[u8], kind: EventKind) -> Ingested {
+        let settings = &self.settings;
+        let state = self.sources.entry(source.to_owned()).or_insert_with(|| SourceState {
+            clock: EventTimeClock::new(settings.window_size, settings.allowed_lateness_ms),
+            current: None,
+            sealed: Vec::new(),
+        });
+        let range_start = range_start_of(offset, settings.range_size);
+        if state.current.as_ref().is_some_and(|range| range.range_start != range_start) {
+            state.sealed.extend(state.current.take());
+        }
+        let range = state.current.get_or_insert_with(|| RangeState {
+            range_start,
+            next_offset: offset,
+            aggregates: WindowAggregates::new(settings.max_groups),
+            dirty: false,
+        });
+        range.next_offset = range.next_offset.max(offset + 1);
+        range.dirty = true;
+
+        let event = match events::decode(payload, kind) {
+            Ok(event) => event,
+            Err(error) => {
+                self.counters.malformed += 1;
+                return Ingested::Malformed(error.to_string());
+            }
+        };
+        let window_start = match state.clock.observe(event.timestamp_ms) {
+            Arrival::OnTime { window_start } => window_start,
+            Arrival::Late { .. } => {
+                self.counters.late += 1;
+                return Ingested::Late;
+            }
+        };
+        match range.aggregates.record(&self.catalog, window_start, &event) {
+            Recorded::Added => {
+                self.counters.recorded += 1;
+                if !self.open_windows.contains(&(window_start, event.model.to_string())) {
+                    self.open_windows.insert((window_start, event.model.into_owned()));
+                }
+                Ingested::Recorded
+            }
+            Recorded::UnknownModel => {
+                self.counters.unknown_model += 1;
+                Ingested::UnknownModel
+            }
+            Recorded::GroupLimit => {
+                self.counters.group_limit += 1;
+                Ingested::GroupLimit
+            }
+        }
+    }
+
+    /// True when a range was sealed and should be stored before reading on.
+    pub fn needs_checkpoint(&self) -> bool {
+        self.sources.values().any(|source| !source.sealed.is_empty())
+    }
+
+    /// The partials of every range read since the last checkpoint, and the
+    /// offsets to commit once they are stored. Sealed ranges are released;
+    /// call again after a failed store write (the rows are recomputed from
+    /// what is still held, plus what the store already has).
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        let mut checkpoint = Checkpoint::default();
+        for (source, state) in &mut self.sources {
+            let mut commit = None;
+            for range in state.sealed.iter().chain(state.current.iter()) {
+                if !range.dirty {
+                    continue;
+                }
+                for (key, sketch) in range.aggregates.snapshot(&self.catalog) {
+                    checkpoint.partials.push(PartialSketch {
+                        source: source.clone(),
+                        range_start: range.range_start,
+                        range_end: range.next_offset,
+                        key,
+                        sketch: sketch.to_bytes(),
+                    });
+                }
+                commit = Some(range.next_offset);
+            }
+            if let Some(next_offset) = commit {
+                checkpoint.commits.push((source.clone(), next_offset));
+            }
+        }
+        checkpoint
+    }
+
+    /// Marks the last [`Engine::checkpoint`] as stored: sealed ranges are
+    /// dropped and the current ones become clean.
+    pub fn checkpoint_stored(&mut self) {
+        for state in self.sources.values_mut() {
+            state.sealed.clear();
+            if let Some(range) = &mut state.current {
+                range.dirty = false;
+            }
+        }
+    }
+
+    /// The engine's watermark: the minimum over sources that have seen events.
+    pub fn watermark(&self) -> Option<i64> {
+        self.sources.values().filter_map(|state| state.clock.watermark()).min()
+    }
+
+    /// Windows (window_start, model) that are closed and not yet finalized.
+    pub fn closed_windows(&self) -> Vec<(i64, String)> {
+        let Some(watermark) = self.watermark() else {
+            return Vec::new();
+        };
+        let size = self.settings.window_size;
+        self.open_windows
+            .iter()
+            .take_while(|(start, _)| size.window_end(*start) <= watermark)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets a finalized window: it leaves the open set, and its sketches
+    /// leave the current ranges once they are stored (call after a checkpoint).
+    pub fn window_finalized(&mut self, window_start: i64, model: &str) {
+        self.open_windows.remove(&(window_start, model.to_owned()));
+        let still_open: BTreeSet<i64> = self.open_windows.iter().map(|(start, _)| *start).collect();
+        for state in self.sources.values_mut() {
+            if let Some(range) = &mut state.current {
+                if !range.dirty {
+                    range
+                        .aggregates
+                        .take_windows(&self.catalog, |start| start == window_start && !still_open.contains(&start));
+                }
+            }
+        }
+    }
+
+    /// Closes every window of every source (end of input, or idleness).
+    pub fn close_all(&mut self) {
+        let latest = self.sources.values().filter_map(|state| state.clock.max_event_time()).max();
+        let Some(latest) = latest else { return };
+        for state in self.sources.values_mut() {
+            // Every source moves to the latest event time of any source, so
+            // the minimum watermark passes every window held.
+            state.clock.advance_to(latest);
+            state.clock.close_all();
+        }
+    }
+
+    /// Drops the state of a source (its partition was revoked). Nothing is
+    /// committed for it: the next owner rewinds to the range start.
+    pub fn revoke(&mut self, source: &str) {
+        self.sources.remove(source);
+    }
+
+    /// Sources currently held.
+    pub fn sources(&self) -> impl Iterator<Item = &str> {
+        self.sources.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
+    use detectors::FeatureSketch;
+
+    fn engine(range_size: u64) -> Engine {
+        let spec = ModelSpec::new(
+            "m",
+            Task::Regression,
+            vec![FeatureSpec { name: "x".into(), kind: FeatureKind::Numeric }],
+            vec![],
+            10,
+            10,
+        )
+        .unwrap();
+        Engine::new(
+            EngineSettings {
+                window_size: WindowSize::from_millis(1_000).unwrap(),
+                allowed_lateness_ms: 0,
+                range_size,
+                max_groups: 100,
+            },
+            Catalog::new([spec]),
+        )
+    }
+
+    fn payload(timestamp: i64, x: f64) -> Vec<u8> {
+        format!(r#"{{"model":"m","model_version":"1","prediction_id":"p","timestamp":{timestamp},"features":{{"x":{x}}},"prediction":{{"score":1}}}}"#)
+            .into_bytes()
+    }
+
+    fn count_of(partials: &[PartialSketch], feature: &str) -> u64 {
+        partials
+            .iter()
+            .filter(|p| p.key.feature == feature)
+            .map(|p| match FeatureSketch::from_bytes(&p.sketch).unwrap() {
+                FeatureSketch::Numeric(n) => n.moments().count(),
+                FeatureSketch::Categorical(c) => c.total(),
+            })
+            .sum()
+    }
+
+    #[test]
+    fn ranges_seal_at_fixed_offsets_and_checkpoint_commits_the_next_offset() {
+        let mut engine = engine(3);
+        for offset in 0..5 {
+            let ingested = engine.ingest("t/0", offset, &payload(100 + offset as i64, 1.0), EventKind::Prediction);
+            assert_eq!(ingested, Ingested::Recorded);
+        }
+        assert!(engine.needs_checkpoint(), "offset 3 sealed range [0, 3)");
+        let checkpoint = engine.checkpoint();
+        assert_eq!(checkpoint.commits, vec![("t/0".to_owned(), 5)]);
+        let ranges: BTreeSet<(u64, u64)> =
+            checkpoint.partials.iter().map(|p| (p.range_start, p.range_end)).collect();
+        assert_eq!(ranges, BTreeSet::from([(0, 3), (3, 5)]));
+        assert_eq!(count_of(&checkpoint.partials, "x"), 5);
+        engine.checkpoint_stored();
+        assert!(!engine.needs_checkpoint());
+        assert!(engine.checkpoint().partials.is_empty(), "nothing new since the checkpoint");
+    }
+
+    #[test]
+    fn rewinding_to_the_range_start_rewrites_the_same_rows() {
+        let events: Vec<Vec<u8>> = (0..10).map(|i| payload(i * 10, i as f64)).collect();
+        let mut first = engine(4);
+        for (offset, event) in events.iter().enumerate().take(6) {
+            first.ingest("t/0", offset as u64, event, EventKind::Prediction);
+        }
+        let before_crash = first.checkpoint().partials;
+        // Committed offset 6 → a restarted consumer rewinds to 4.
+        let mut restarted = engine(4);
+        let rewind = range_start_of(6, 4);
+        assert_eq!(rewind, 4);
+        for (offset, event) in events.iter().enumerate().skip(rewind as usize) {
+            restarted.ingest("t/0", offset as u64, event, EventKind::Prediction);
+        }
+        let after = restarted.checkpoint().partials;
+        let row = |rows: &[PartialSketch], start: u64| {
+            rows.iter()
+                .filter(|p| p.range_start == start && p.key.feature == "x")
+                .map(|p| (p.range_end, p.sketch.clone()))
+                .collect::<Vec<_>>()
+        };
+        // Range 4: before the crash it covered [4, 6), now [4, 8): a superset with a higher version.
+        let (old_end, _) = row(&before_crash, 4)[0].clone();
+        let (new_end, _) = row(&after, 4)[0].clone();
+        assert!(new_end > old_end);
+        // Keeping the highest version per key counts every event exactly once.
+        let mut latest: BTreeMap<(u64, i64), (u64, Vec<u8>)> = BTreeMap::new();
+        for p in before_crash.iter().chain(&after).filter(|p| p.key.feature == "x") {
+            let entry = latest.entry((p.range_start, p.key.window_start)).or_insert((0, Vec::new()));
+            if p.range_end >= entry.0 {
+                *entry = (p.range_end, p.sketch.clone());
+            }
+        }
+        let total: u64 = latest
+            .values()
+            .map(|(_, bytes)| match FeatureSketch::from_bytes(bytes).unwrap() {
+                FeatureSketch::Numeric(n) => n.moments().count(),
+                FeatureSketch::Categorical(c) => c.total(),
+            })
+            .sum();
+        assert_eq!(total, 10);
+    }
+
+    #[test]
+    fn windows_close_on_the_minimum_watermark_and_late_events_are_counted() {
+        let mut engine = engine(100);
+        engine.ingest("t/0", 0, &payload(500, 1.0), EventKind::Prediction);
+        engine.ingest("t/1", 0, &payload(2_500, 1.0), EventKind::Prediction);
+        assert!(engine.closed_windows().is_empty(), "t/0 still at 500");
+        engine.ingest("t/0", 1, &payload(1_200, 1.0), EventKind::Prediction);
+        assert_eq!(engine.closed_windows(), vec![(0, "m".to_owned())]);
+        assert_eq!(engine.ingest("t/0", 2, &payload(10, 1.0), EventKind::Prediction), Ingested::Late);
+        assert_eq!(engine.counters().late, 1);
+        engine.window_finalized(0, "m");
+        assert!(engine.closed_windows().is_empty());
+        engine.close_all();
+        let closed: Vec<i64> = engine.closed_windows().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(closed, vec![1_000, 2_000]);
+    }
+
+    #[test]
+    fn malformed_and_unknown_events_are_counted_and_still_advance_offsets() {
+        let mut engine = engine(100);
+        assert!(matches!(engine.ingest("t/0", 0, b"{oops", EventKind::Prediction), Ingested::Malformed(_)));
+        let other = br#"{"model":"other","model_version":"1","timestamp":1,"features":{"x":1}}"#;
+        assert_eq!(engine.ingest("t/0", 1, other, EventKind::Feature), Ingested::UnknownModel);
+        let checkpoint = engine.checkpoint();
+        assert_eq!(checkpoint.commits, vec![("t/0".to_owned(), 2)]);
+        assert_eq!(engine.counters().malformed, 1);
+        assert_eq!(engine.counters().unknown_model, 1);
+    }
+}

@@ -1,0 +1,90 @@
+//! Finalizing a closed window: merge every stored partial of the window
+//! (all sources, all ranges, all consumer instances), compute the metrics of
+//! each series against its reference, and store both.
+//!
+//! Each instance finalizes a window only after storing its own partials of
+//! it, and later events of that window are late, so the instance that
+//! finalizes last has seen every partial. Results are versioned by
+//! `computed_at`, so that last computation is the one readers get.
+
+use std::collections::BTreeMap;
+
+use detectors::aggregate::Catalog;
+use detectors::metrics::{compute, DriftThresholds};
+use detectors::window::WindowSize;
+use detectors::{FeatureSketch, SeriesKey};
+use store::{Store, WindowMetrics, WindowSketch};
+
+use crate::Error;
+
+/// Merges partial rows by series (the store already kept the latest row of
+/// each source range).
+pub fn merge_partials(partials: &[store::PartialSketch]) -> Result<BTreeMap<SeriesKey, FeatureSketch>, Error> {
+    let mut merged: BTreeMap<SeriesKey, FeatureSketch> = BTreeMap::new();
+    for partial in partials {
+        let sketch = FeatureSketch::from_bytes(&partial.sketch)?;
+        match merged.get_mut(&partial.key) {
+            Some(existing) => existing.merge(&sketch)?,
+            None => {
+                merged.insert(partial.key.clone(), sketch);
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// Computes the metrics of merged window sketches.
+pub fn window_results(
+    catalog: &Catalog,
+    window_size: WindowSize,
+    merged: &BTreeMap<SeriesKey, FeatureSketch>,
+    thresholds: DriftThresholds,
+    computed_at: u64,
+) -> (Vec<WindowMetrics>, Vec<WindowSketch>) {
+    let mut metrics = Vec::with_capacity(merged.len());
+    let mut sketches = Vec::with_capacity(merged.len());
+    for (key, sketch) in merged {
+        let reference = catalog.reference(&key.model, &key.model_version);
+        let window_end = window_size.window_end(key.window_start);
+        metrics.push(WindowMetrics {
+            key: key.clone(),
+            window_end,
+            metrics: compute(sketch, reference.and_then(|r| r.feature(&key.feature)), thresholds),
+            reference_source: reference.map(|r| r.profile().source.clone()),
+            computed_at,
+        });
+        sketches.push(WindowSketch {
+            key: key.clone(),
+            window_end,
+            sketch: sketch.to_bytes(),
+            computed_at,
+        });
+    }
+    (metrics, sketches)
+}
+
+/// Reads, merges, computes and stores one window of one model. Returns the
+/// metrics written.
+pub async fn finalize_window(
+    store: &Store,
+    catalog: &Catalog,
+    window_size: WindowSize,
+    thresholds: DriftThresholds,
+    model: &str,
+    window_start: i64,
+) -> Result<Vec<WindowMetrics>, Error> {
+    let partials = store.partials_for_window(model, window_start).await?;
+    let merged = merge_partials(&partials)?;
+    let computed_at = now_millis();
+    let (metrics, sketches) = window_results(catalog, window_size, &merged, thresholds, computed_at);
+    store.write_window_results(metrics.clone(), sketches).await?;
+    Ok(metrics)
+}
+
+/// Wall-clock milliseconds, used as the version of computed rows.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
