@@ -19,10 +19,22 @@ fn spec() -> ModelSpec {
     let features = (0..FEATURES)
         .map(|i| FeatureSpec {
             name: format!("f{i:02}"),
-            kind: if i % 5 == 4 { FeatureKind::Categorical } else { FeatureKind::Numeric },
+            kind: if i % 5 == 4 {
+                FeatureKind::Categorical
+            } else {
+                FeatureKind::Numeric
+            },
         })
         .collect();
-    ModelSpec::new("bench", Task::Classification, features, vec!["country".into()], 50, 100).unwrap()
+    ModelSpec::new(
+        "bench",
+        Task::Classification,
+        features,
+        vec!["country".into()],
+        50,
+        100,
+    )
+    .unwrap()
 }
 
 fn payloads() -> Vec<String> {
@@ -69,7 +81,10 @@ fn catalog() -> Catalog {
                 builder.add(&name, TrainingValue::Number((i % 1000) as f64 / 10.0));
             }
         }
-        builder.add("prediction.score", TrainingValue::Number((i % 100) as f64 / 100.0));
+        builder.add(
+            "prediction.score",
+            TrainingValue::Number((i % 100) as f64 / 100.0),
+        );
     }
     let profile = builder.build().unwrap();
     let mut catalog = Catalog::new([spec]);

@@ -31,6 +31,10 @@ use crate::Error;
 
 /// The sketch of one series in one window. Externally tagged so that the
 /// compact postcard encoding can carry it.
+///
+/// Not boxed: most series are numeric, and a group's sketches live in one
+/// `Vec`, so boxing would add an allocation and a pointer chase per update.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureSketch {
@@ -42,7 +46,11 @@ pub enum FeatureSketch {
 
 impl FeatureSketch {
     /// An empty sketch for a series of `kind`.
-    pub fn new(kind: FeatureKind, spec: &ModelSpec, edges: Option<&crate::numeric::BinEdges>) -> Self {
+    pub fn new(
+        kind: FeatureKind,
+        spec: &ModelSpec,
+        edges: Option<&crate::numeric::BinEdges>,
+    ) -> Self {
         match kind {
             FeatureKind::Numeric => FeatureSketch::Numeric(NumericSketch::new(edges)),
             FeatureKind::Categorical => {
@@ -99,7 +107,9 @@ impl FeatureSketch {
     #[inline]
     fn record_value(&mut self, value: &FeatureValue<'_>, edges: Option<&crate::numeric::BinEdges>) {
         match (self, value) {
-            (FeatureSketch::Numeric(sketch), FeatureValue::Number(number)) => sketch.add(*number, edges),
+            (FeatureSketch::Numeric(sketch), FeatureValue::Number(number)) => {
+                sketch.add(*number, edges)
+            }
             (FeatureSketch::Numeric(sketch), FeatureValue::Text(_)) => sketch.add_type_mismatch(),
             (FeatureSketch::Numeric(sketch), FeatureValue::Null) => sketch.add_missing(),
             (FeatureSketch::Categorical(sketch), FeatureValue::Text(text)) => sketch.add(text),
@@ -148,7 +158,10 @@ impl Catalog {
     /// A catalog of the given models, with no references yet.
     pub fn new(models: impl IntoIterator<Item = ModelSpec>) -> Self {
         Self {
-            models: models.into_iter().map(|m| (m.name().to_owned(), m)).collect(),
+            models: models
+                .into_iter()
+                .map(|m| (m.name().to_owned(), m))
+                .collect(),
             references: HashMap::new(),
         }
     }
@@ -171,7 +184,10 @@ impl Catalog {
         let model = profile.model.clone();
         let version = profile.model_version.clone();
         let compiled = CompiledReference::new(spec, profile)?;
-        self.references.entry(model).or_default().insert(version, compiled);
+        self.references
+            .entry(model)
+            .or_default()
+            .insert(version, compiled);
         Ok(())
     }
 
@@ -323,15 +339,24 @@ impl WindowAggregates {
         key: &SeriesKey,
         sketch: &FeatureSketch,
     ) -> Result<(), Error> {
-        let spec = catalog
-            .model(&key.model)
-            .ok_or_else(|| Error::InvalidSpec(format!("model `{}` is not configured", key.model)))?;
+        let spec = catalog.model(&key.model).ok_or_else(|| {
+            Error::InvalidSpec(format!("model `{}` is not configured", key.model))
+        })?;
         let position = spec.series_position(&key.feature).ok_or_else(|| {
-            Error::InvalidSpec(format!("model `{}` has no series `{}`", key.model, key.feature))
+            Error::InvalidSpec(format!(
+                "model `{}` has no series `{}`",
+                key.model, key.feature
+            ))
         })?;
         let reference = catalog.reference(&key.model, &key.model_version);
         let group = self
-            .group_mut(spec, reference, key.window_start, &key.model_version, &key.segment)
+            .group_mut(
+                spec,
+                reference,
+                key.window_start,
+                &key.model_version,
+                &key.segment,
+            )
             .ok_or_else(|| Error::InvalidSpec("group limit reached while restoring".into()))?;
         group[position].merge(sketch)
     }
@@ -352,7 +377,12 @@ impl WindowAggregates {
         catalog: &Catalog,
         mut closed: impl FnMut(i64) -> bool,
     ) -> Vec<(SeriesKey, FeatureSketch)> {
-        let starts: Vec<i64> = self.windows.keys().copied().filter(|s| closed(*s)).collect();
+        let starts: Vec<i64> = self
+            .windows
+            .keys()
+            .copied()
+            .filter(|s| closed(*s))
+            .collect();
         let mut out = Vec::new();
         for start in starts {
             if let Some(models) = self.windows.remove(&start) {
@@ -385,7 +415,9 @@ fn collect_window(
     out: &mut Vec<(SeriesKey, FeatureSketch)>,
 ) {
     for (model, versions) in models {
-        let Some(spec) = catalog.model(model) else { continue };
+        let Some(spec) = catalog.model(model) else {
+            continue;
+        };
         for (version, segments) in versions {
             for (segment, sketches) in segments {
                 for (position, sketch) in sketches.iter().enumerate() {
@@ -418,9 +450,10 @@ fn record_into(
 ) {
     let edges = |position: usize| reference.and_then(|r| r.edges(position));
     if event.kind == EventKind::Actual {
-        if let (Some(position), Some(label)) =
-            (spec.derived_position(SeriesSource::ActualLabel), &event.label)
-        {
+        if let (Some(position), Some(label)) = (
+            spec.derived_position(SeriesSource::ActualLabel),
+            &event.label,
+        ) {
             let value = match label {
                 Label::Number(number) => FeatureValue::Number(*number),
                 Label::Class(class) => FeatureValue::Text(class.clone()),
@@ -444,7 +477,9 @@ fn record_into(
     if let Some(prediction) = &event.prediction {
         if let Some(position) = spec.derived_position(SeriesSource::PredictionScore) {
             match prediction.effective_score() {
-                Some(score) => sketches[position].record_value(&FeatureValue::Number(score), edges(position)),
+                Some(score) => {
+                    sketches[position].record_value(&FeatureValue::Number(score), edges(position))
+                }
                 None => sketches[position].record_missing(),
             }
         }
@@ -456,9 +491,10 @@ fn record_into(
             }
         }
     }
-    if let (Some(latency), Some(position)) =
-        (event.latency_ms, spec.derived_position(SeriesSource::Latency))
-    {
+    if let (Some(latency), Some(position)) = (
+        event.latency_ms,
+        spec.derived_position(SeriesSource::Latency),
+    ) {
         sketches[position].record_value(&FeatureValue::Number(latency), edges(position));
     }
 }
@@ -473,8 +509,14 @@ mod tests {
             "m",
             Task::Classification,
             vec![
-                FeatureSpec { name: "x".into(), kind: FeatureKind::Numeric },
-                FeatureSpec { name: "c".into(), kind: FeatureKind::Categorical },
+                FeatureSpec {
+                    name: "x".into(),
+                    kind: FeatureKind::Numeric,
+                },
+                FeatureSpec {
+                    name: "c".into(),
+                    kind: FeatureKind::Categorical,
+                },
             ],
             vec!["country".into()],
             2,
@@ -501,7 +543,10 @@ mod tests {
         let mut aggregates = WindowAggregates::new(100);
         for (x, country) in [("1", "DE"), ("2", "FR"), ("null", "US"), ("\"bad\"", "DE")] {
             let payload = event(x, country);
-            assert_eq!(aggregates.record(&catalog, 0, &decode(&payload)), Recorded::Added);
+            assert_eq!(
+                aggregates.record(&catalog, 0, &decode(&payload)),
+                Recorded::Added
+            );
         }
         let snapshot = aggregates.snapshot(&catalog);
         let find = |segment: &str, feature: &str| {
@@ -510,14 +555,24 @@ mod tests {
                 .find(|(k, _)| k.segment == segment && k.feature == feature)
                 .map(|(_, s)| s.clone())
         };
-        let Some(FeatureSketch::Numeric(all_x)) = find("all", "x") else { panic!() };
+        let Some(FeatureSketch::Numeric(all_x)) = find("all", "x") else {
+            panic!()
+        };
         assert_eq!(all_x.moments().count(), 2);
         assert_eq!(all_x.missing(), 1);
         assert_eq!(all_x.type_mismatch(), 1);
         assert!(find("country=DE", "x").is_some());
-        assert!(find("country=__other__", "x").is_some(), "third country overflows");
-        assert!(find("all", "latency_ms").is_none(), "no latency logged, no series");
-        let Some(FeatureSketch::Categorical(class)) = find("all", "prediction.class") else { panic!() };
+        assert!(
+            find("country=__other__", "x").is_some(),
+            "third country overflows"
+        );
+        assert!(
+            find("all", "latency_ms").is_none(),
+            "no latency logged, no series"
+        );
+        let Some(FeatureSketch::Categorical(class)) = find("all", "prediction.class") else {
+            panic!()
+        };
         assert_eq!(class.counts().get("yes"), Some(&4));
     }
 
@@ -526,10 +581,19 @@ mod tests {
         let catalog = catalog();
         let mut aggregates = WindowAggregates::new(2);
         let payload = event("1", "DE");
-        assert_eq!(aggregates.record(&catalog, 0, &decode(&payload)), Recorded::Added);
+        assert_eq!(
+            aggregates.record(&catalog, 0, &decode(&payload)),
+            Recorded::Added
+        );
         assert_eq!(aggregates.group_count(), 2);
-        assert_eq!(aggregates.record(&catalog, 1000, &decode(&payload)), Recorded::GroupLimit);
-        assert_eq!(aggregates.record(&catalog, 0, &decode(&payload)), Recorded::Added);
+        assert_eq!(
+            aggregates.record(&catalog, 1000, &decode(&payload)),
+            Recorded::GroupLimit
+        );
+        assert_eq!(
+            aggregates.record(&catalog, 0, &decode(&payload)),
+            Recorded::Added
+        );
         let taken = aggregates.take_windows(&catalog, |start| start == 0);
         assert!(!taken.is_empty());
         assert_eq!(aggregates.group_count(), 0);
@@ -541,7 +605,10 @@ mod tests {
         let mut aggregates = WindowAggregates::new(10);
         let payload = r#"{"model":"other","model_version":"1","timestamp":0,"features":{"x":1}}"#;
         let event = events::decode(payload.as_bytes(), EventKind::Feature).unwrap();
-        assert_eq!(aggregates.record(&catalog, 0, &event), Recorded::UnknownModel);
+        assert_eq!(
+            aggregates.record(&catalog, 0, &event),
+            Recorded::UnknownModel
+        );
     }
 
     #[test]

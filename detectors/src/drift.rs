@@ -47,7 +47,11 @@ fn smoothed(proportion: f64) -> f64 {
 
 /// Population stability index of `current` against `reference` (same bins).
 pub fn psi(reference: &[u64], current: &[u64]) -> Option<f64> {
-    assert_eq!(reference.len(), current.len(), "psi needs the same bins on both sides");
+    assert_eq!(
+        reference.len(),
+        current.len(),
+        "psi needs the same bins on both sides"
+    );
     let reference = proportions(reference)?;
     let current = proportions(current)?;
     Some(
@@ -73,7 +77,11 @@ pub struct KsResult {
 
 /// Two-sample KS over shared right-closed bins (see module docs).
 pub fn ks_binned(reference: &[u64], current: &[u64]) -> Option<KsResult> {
-    assert_eq!(reference.len(), current.len(), "ks needs the same bins on both sides");
+    assert_eq!(
+        reference.len(),
+        current.len(),
+        "ks needs the same bins on both sides"
+    );
     let n: u64 = reference.iter().sum();
     let m: u64 = current.iter().sum();
     if n == 0 || m == 0 {
@@ -134,7 +142,11 @@ pub struct ChiSquareResult {
 
 /// Chi-square goodness of fit of `current` counts to `reference` proportions.
 pub fn chi_square(reference: &[u64], current: &[u64]) -> Option<ChiSquareResult> {
-    assert_eq!(reference.len(), current.len(), "chi-square needs the same bins on both sides");
+    assert_eq!(
+        reference.len(),
+        current.len(),
+        "chi-square needs the same bins on both sides"
+    );
     if reference.len() < 2 {
         return None;
     }
@@ -226,7 +238,10 @@ mod tests {
             (2.0, 0.000_670_925_255_779_695_3),
         ] {
             let got = kolmogorov_survival(lambda);
-            assert!((got - expected).abs() < 1e-10, "Q({lambda}) = {got}, expected {expected}");
+            assert!(
+                (got - expected).abs() < 1e-10,
+                "Q({lambda}) = {got}, expected {expected}"
+            );
         }
     }
 

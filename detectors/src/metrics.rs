@@ -7,7 +7,8 @@
 //! Drift decision (the full set of tests and thresholds has its own issue):
 //! a series is `drifted` when its PSI reaches [`DriftThresholds::psi`]
 //! (default 0.2, the usual "significant shift" level); `drifted` is `None`
-//! when there is no reference or no value to compare.
+//! when there is no reference, no value to compare, or fewer than
+//! [`DriftThresholds::min_count`] values.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,11 +23,18 @@ use crate::spec::FeatureKind;
 pub struct DriftThresholds {
     /// PSI at or above which a series is flagged.
     pub psi: f64,
+    /// Fewest valid values a window needs for a drift verdict: PSI over a
+    /// handful of values is noise (ten values cannot fill ten bins), so
+    /// smaller windows report their scores but `drifted` stays `None`.
+    pub min_count: u64,
 }
 
 impl Default for DriftThresholds {
     fn default() -> Self {
-        Self { psi: 0.2 }
+        Self {
+            psi: 0.2,
+            min_count: 100,
+        }
     }
 }
 
@@ -86,15 +94,24 @@ pub fn compute(
         FeatureSketch::Numeric(numeric) => {
             let moments = numeric.moments();
             let quantiles = (moments.count() > 0).then(|| {
-                REPORTED_QUANTILES.map(|q| numeric.quantile(q).expect("non-empty sketch has quantiles"))
+                REPORTED_QUANTILES
+                    .map(|q| numeric.quantile(q).expect("non-empty sketch has quantiles"))
             });
-            let mut metrics = empty(FeatureKind::Numeric, moments.count(), numeric.missing(), numeric.type_mismatch(), thresholds);
+            let mut metrics = empty(
+                FeatureKind::Numeric,
+                moments.count(),
+                numeric.missing(),
+                numeric.type_mismatch(),
+                thresholds,
+            );
             metrics.mean = moments.mean();
             metrics.std_dev = moments.std_dev();
             metrics.min = moments.min();
             metrics.max = moments.max();
             metrics.quantiles = quantiles;
-            if let (Some(FeatureReference::Numeric(reference)), Some(bins)) = (reference, numeric.bin_counts()) {
+            if let (Some(FeatureReference::Numeric(reference)), Some(bins)) =
+                (reference, numeric.bin_counts())
+            {
                 numeric_drift(&mut metrics, reference, bins);
             }
             metrics
@@ -114,11 +131,19 @@ pub fn compute(
             metrics
         }
     };
-    metrics.drifted = metrics.psi.map(|psi| psi >= thresholds.psi);
+    if metrics.count >= thresholds.min_count {
+        metrics.drifted = metrics.psi.map(|psi| psi >= thresholds.psi);
+    }
     metrics
 }
 
-fn empty(kind: FeatureKind, count: u64, missing: u64, type_mismatch: u64, thresholds: DriftThresholds) -> FeatureWindowMetrics {
+fn empty(
+    kind: FeatureKind,
+    count: u64,
+    missing: u64,
+    type_mismatch: u64,
+    thresholds: DriftThresholds,
+) -> FeatureWindowMetrics {
     let observed = count + missing + type_mismatch;
     FeatureWindowMetrics {
         kind,
@@ -143,7 +168,11 @@ fn empty(kind: FeatureKind, count: u64, missing: u64, type_mismatch: u64, thresh
     }
 }
 
-fn numeric_drift(metrics: &mut FeatureWindowMetrics, reference: &NumericReference, current: &BinCounts) {
+fn numeric_drift(
+    metrics: &mut FeatureWindowMetrics,
+    reference: &NumericReference,
+    current: &BinCounts,
+) {
     // Counts taken over another reference's bins (the profile was replaced
     // while the window was open) cannot be compared with this one.
     let same_bins = BinEdges::new(reference.edges.clone())
@@ -256,7 +285,10 @@ mod tests {
         let metrics = compute(
             &FeatureSketch::Categorical(current),
             Some(&FeatureReference::Categorical(reference)),
-            DriftThresholds::default(),
+            DriftThresholds {
+                psi: 0.2,
+                min_count: 1,
+            },
         );
         assert_eq!(metrics.unseen_categories, Some(2));
         assert_eq!(metrics.distinct_categories, Some(3));
@@ -265,10 +297,35 @@ mod tests {
     }
 
     #[test]
+    fn small_windows_get_scores_but_no_verdict() {
+        let reference = CategoricalReference {
+            counts: BTreeMap::from([("a".to_owned(), 50), ("b".to_owned(), 50)]),
+            other: 0,
+            missing: 0,
+        };
+        let mut current = CategoricalSketch::new(10);
+        current.add("z");
+        let metrics = compute(
+            &FeatureSketch::Categorical(current),
+            Some(&FeatureReference::Categorical(reference)),
+            DriftThresholds {
+                psi: 0.2,
+                min_count: 2,
+            },
+        );
+        assert!(metrics.psi.unwrap() > 0.2);
+        assert_eq!(metrics.drifted, None);
+    }
+
+    #[test]
     fn without_reference_there_is_no_drift_verdict() {
         let mut sketch = NumericSketch::new(None);
         sketch.add(1.0, None);
-        let metrics = compute(&FeatureSketch::Numeric(sketch), None, DriftThresholds::default());
+        let metrics = compute(
+            &FeatureSketch::Numeric(sketch),
+            None,
+            DriftThresholds::default(),
+        );
         assert_eq!(metrics.psi, None);
         assert_eq!(metrics.drifted, None);
         assert_eq!(metrics.std_dev, None, "one value has no sample std");

@@ -99,7 +99,9 @@ mod tests {
 
     #[test]
     fn matches_two_pass_computation() {
-        let values: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1000) as f64 * 0.37 - 50.0).collect();
+        let values: Vec<f64> = (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f64 * 0.37 - 50.0)
+            .collect();
         let mut moments = Moments::default();
         values.iter().for_each(|v| moments.add(*v));
         let (mean, std) = exact(&values);

@@ -29,7 +29,11 @@ pub const QUANTILE_MAX_BINS: u32 = 1024;
 pub const QUANTILE_MIN_VALUE: f64 = 1e-9;
 
 fn quantile_config() -> DdConfig {
-    DdConfig::new(QUANTILE_RELATIVE_ACCURACY, QUANTILE_MAX_BINS, QUANTILE_MIN_VALUE)
+    DdConfig::new(
+        QUANTILE_RELATIVE_ACCURACY,
+        QUANTILE_MAX_BINS,
+        QUANTILE_MIN_VALUE,
+    )
 }
 
 /// The bin edges of a reference profile, with the fingerprint that keeps
@@ -165,13 +169,23 @@ impl NumericSketch {
     pub fn merge(&mut self, other: &NumericSketch) -> Result<(), Error> {
         let bins = match (&self.bins, &other.bins) {
             (Some(mine), Some(theirs)) => {
-                if mine.fingerprint != theirs.fingerprint || mine.counts.len() != theirs.counts.len() {
+                if mine.fingerprint != theirs.fingerprint
+                    || mine.counts.len() != theirs.counts.len()
+                {
                     return Err(Error::IncompatibleMerge(
                         "numeric sketches were binned against different reference profiles".into(),
                     ));
                 }
-                let counts = mine.counts.iter().zip(&theirs.counts).map(|(a, b)| a + b).collect();
-                Some(BinCounts { fingerprint: mine.fingerprint, counts })
+                let counts = mine
+                    .counts
+                    .iter()
+                    .zip(&theirs.counts)
+                    .map(|(a, b)| a + b)
+                    .collect();
+                Some(BinCounts {
+                    fingerprint: mine.fingerprint,
+                    counts,
+                })
             }
             // A side with no values says nothing about the bins.
             (Some(bins), None) if other.moments.count() == 0 => Some(bins.clone()),
@@ -275,9 +289,15 @@ mod tests {
     fn quantiles_are_within_relative_accuracy() {
         let mut rng = StdRng::seed_from_u64(11);
         let samples: [Vec<f64>; 3] = [
-            (0..20_000).map(|_| Normal::new(50.0, 10.0).unwrap().sample(&mut rng)).collect(),
-            (0..20_000).map(|_| LogNormal::new(0.0, 1.5).unwrap().sample(&mut rng)).collect(),
-            (0..20_000).map(|_| -rng.random_range(1.0..1000.0)).collect(),
+            (0..20_000)
+                .map(|_| Normal::new(50.0, 10.0).unwrap().sample(&mut rng))
+                .collect(),
+            (0..20_000)
+                .map(|_| LogNormal::new(0.0, 1.5).unwrap().sample(&mut rng))
+                .collect(),
+            (0..20_000)
+                .map(|_| -rng.random_range(1.0..1000.0))
+                .collect(),
         ];
         for values in samples {
             let mut sketch = NumericSketch::new(None);
@@ -317,7 +337,11 @@ mod tests {
         assert_eq!(merged.moments().count(), whole.moments().count());
         assert!((merged.moments().mean().unwrap() - whole.moments().mean().unwrap()).abs() < 1e-12);
         for q in [0.1, 0.5, 0.9] {
-            assert_eq!(merged.quantile(q), whole.quantile(q), "DDSketch merge is exact");
+            assert_eq!(
+                merged.quantile(q),
+                whole.quantile(q),
+                "DDSketch merge is exact"
+            );
         }
     }
 

@@ -56,12 +56,16 @@ impl NumericReference {
         values.retain(|v| v.is_finite());
         missing += (before - values.len()) as u64;
         if values.is_empty() {
-            return Err(Error::InvalidReference("numeric series has no finite values".into()));
+            return Err(Error::InvalidReference(
+                "numeric series has no finite values".into(),
+            ));
         }
         values.sort_by(f64::total_cmp);
         let n = values.len();
         let quantile = |level: usize, of: usize| values[(level * n).div_ceil(of).max(1) - 1];
-        let mut edges: Vec<f64> = (1..REFERENCE_BINS).map(|k| quantile(k, REFERENCE_BINS)).collect();
+        let mut edges: Vec<f64> = (1..REFERENCE_BINS)
+            .map(|k| quantile(k, REFERENCE_BINS))
+            .collect();
         edges.dedup();
         let psi_edges: Vec<f64> = (1..PSI_BINS).map(|k| quantile(k, PSI_BINS)).collect();
         let psi_edge_indices = psi_edge_positions(&edges, &psi_edges);
@@ -85,14 +89,18 @@ impl NumericReference {
     fn from_sketch(sketch: &crate::numeric::NumericSketch) -> Result<Self, Error> {
         let n = sketch.moments().count();
         if n == 0 {
-            return Err(Error::InvalidReference("warm-up windows have no values".into()));
+            return Err(Error::InvalidReference(
+                "warm-up windows have no values".into(),
+            ));
         }
         // (edge value, cumulative share) for each quantile level, deduplicated
         // by keeping the highest level reaching the same value.
         let mut cuts: Vec<(f64, f64)> = Vec::with_capacity(REFERENCE_BINS);
         for k in 1..REFERENCE_BINS {
             let level = k as f64 / REFERENCE_BINS as f64;
-            let Some(value) = sketch.quantile(level) else { continue };
+            let Some(value) = sketch.quantile(level) else {
+                continue;
+            };
             match cuts.last_mut() {
                 Some(last) if last.0 >= value => last.1 = level,
                 _ => cuts.push((value, level)),
@@ -109,7 +117,9 @@ impl NumericReference {
         let psi_edges: Vec<f64> = (1..PSI_BINS)
             .filter_map(|k| {
                 let level = k as f64 / PSI_BINS as f64;
-                cuts.iter().find(|(_, cut_level)| *cut_level >= level - 1e-12).map(|(v, _)| *v)
+                cuts.iter()
+                    .find(|(_, cut_level)| *cut_level >= level - 1e-12)
+                    .map(|(v, _)| *v)
             })
             .collect();
         let psi_edge_indices = psi_edge_positions(&edges, &psi_edges);
@@ -269,7 +279,10 @@ impl ReferenceBuilder {
                     numeric.insert(series.name.clone(), (Vec::new(), 0));
                 }
                 FeatureKind::Categorical => {
-                    categorical.insert(series.name.clone(), CategoricalSketch::new(spec.max_categories()));
+                    categorical.insert(
+                        series.name.clone(),
+                        CategoricalSketch::new(spec.max_categories()),
+                    );
                 }
             }
         }
@@ -399,7 +412,9 @@ impl CompiledReference {
     /// Bin edges of the series at `position`, if it is numeric and referenced.
     #[inline]
     pub fn edges(&self, position: usize) -> Option<&BinEdges> {
-        self.edges_by_position.get(position).and_then(Option::as_ref)
+        self.edges_by_position
+            .get(position)
+            .and_then(Option::as_ref)
     }
 
     /// Reference of the series named `name`.
@@ -422,7 +437,10 @@ mod tests {
         assert_eq!(reference.edges[98], 990.0);
         assert!(reference.counts.iter().all(|c| *c == 10));
         assert_eq!(reference.missing, 2);
-        assert_eq!(reference.psi_edge_indices, vec![9, 19, 29, 39, 49, 59, 69, 79, 89]);
+        assert_eq!(
+            reference.psi_edge_indices,
+            vec![9, 19, 29, 39, 49, 59, 69, 79, 89]
+        );
         let grouped = reference.group_for_psi(&reference.counts);
         assert_eq!(grouped, vec![100; 10]);
     }
@@ -435,7 +453,13 @@ mod tests {
         assert_eq!(reference.edges[0], 0.0);
         assert_eq!(reference.counts[0], 900, "all zeros fall in the first bin");
         assert_eq!(reference.counts.iter().sum::<u64>(), 1000);
-        assert_eq!(reference.group_for_psi(&reference.counts).iter().sum::<u64>(), 1000);
+        assert_eq!(
+            reference
+                .group_for_psi(&reference.counts)
+                .iter()
+                .sum::<u64>(),
+            1000
+        );
     }
 
     #[test]
@@ -444,8 +468,14 @@ mod tests {
             "m",
             Task::Classification,
             vec![
-                FeatureSpec { name: "x".into(), kind: FeatureKind::Numeric },
-                FeatureSpec { name: "c".into(), kind: FeatureKind::Categorical },
+                FeatureSpec {
+                    name: "x".into(),
+                    kind: FeatureKind::Numeric,
+                },
+                FeatureSpec {
+                    name: "c".into(),
+                    kind: FeatureKind::Categorical,
+                },
             ],
             vec![],
             5,
@@ -457,15 +487,23 @@ mod tests {
             builder.add_row();
             builder.add("x", TrainingValue::Number(i as f64));
             builder.add("c", TrainingValue::Number((i % 3) as f64));
-            builder.add("prediction.class", TrainingValue::Text(if i % 2 == 0 { "yes" } else { "no" }));
+            builder.add(
+                "prediction.class",
+                TrainingValue::Text(if i % 2 == 0 { "yes" } else { "no" }),
+            );
         }
         assert!(!builder.add("unknown", TrainingValue::Missing));
         let profile = builder.build().unwrap();
         assert_eq!(profile.row_count, 100);
-        let Some(FeatureReference::Categorical(c)) = profile.features.get("c") else { panic!() };
+        let Some(FeatureReference::Categorical(c)) = profile.features.get("c") else {
+            panic!()
+        };
         assert_eq!(c.counts.get("0"), Some(&34));
         assert!(profile.features.contains_key("prediction.class"));
-        assert!(!profile.features.contains_key("latency_ms"), "no values, no reference");
+        assert!(
+            !profile.features.contains_key("latency_ms"),
+            "no values, no reference"
+        );
         let round_trip = ReferenceProfile::from_json(&profile.to_json()).unwrap();
         assert_eq!(round_trip, profile);
     }

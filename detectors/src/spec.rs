@@ -113,7 +113,9 @@ impl ModelSpec {
         let mut index = HashMap::new();
         for (position, feature) in features.iter().enumerate() {
             if feature.name.is_empty() {
-                return Err(Error::InvalidSpec(format!("model `{name}`: a feature has an empty name")));
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: a feature has an empty name"
+                )));
             }
             if derived.iter().any(|(spec, _)| spec.name == feature.name) {
                 return Err(Error::InvalidSpec(format!(
@@ -232,11 +234,20 @@ fn derived_series(task: Task) -> Vec<(FeatureSpec, SeriesSource)> {
         Task::Classification => FeatureKind::Categorical,
         Task::Regression => FeatureKind::Numeric,
     };
-    let mut derived = vec![(spec(PREDICTION_SCORE, FeatureKind::Numeric), SeriesSource::PredictionScore)];
+    let mut derived = vec![(
+        spec(PREDICTION_SCORE, FeatureKind::Numeric),
+        SeriesSource::PredictionScore,
+    )];
     if task == Task::Classification {
-        derived.push((spec(PREDICTION_CLASS, FeatureKind::Categorical), SeriesSource::PredictionClass));
+        derived.push((
+            spec(PREDICTION_CLASS, FeatureKind::Categorical),
+            SeriesSource::PredictionClass,
+        ));
     }
-    derived.push((spec(LATENCY_MS, FeatureKind::Numeric), SeriesSource::Latency));
+    derived.push((
+        spec(LATENCY_MS, FeatureKind::Numeric),
+        SeriesSource::Latency,
+    ));
     derived.push((spec(ACTUAL_LABEL, label_kind), SeriesSource::ActualLabel));
     derived
 }
@@ -257,7 +268,10 @@ mod tests {
         let spec = ModelSpec::new(
             "churn",
             Task::Classification,
-            vec![feature("age", FeatureKind::Numeric), feature("plan", FeatureKind::Categorical)],
+            vec![
+                feature("age", FeatureKind::Numeric),
+                feature("plan", FeatureKind::Categorical),
+            ],
             vec!["country".into()],
             10,
             50,
@@ -266,7 +280,14 @@ mod tests {
         let names: Vec<&str> = spec.series().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["age", "plan", "prediction.score", "prediction.class", "latency_ms", "actual.label"]
+            [
+                "age",
+                "plan",
+                "prediction.score",
+                "prediction.class",
+                "latency_ms",
+                "actual.label"
+            ]
         );
         assert_eq!(spec.feature_position("plan"), Some(1));
         assert_eq!(spec.series_position("latency_ms"), Some(4));
@@ -275,7 +296,10 @@ mod tests {
 
     #[test]
     fn rejects_duplicates_reserved_names_and_zero_bounds() {
-        let twice = vec![feature("a", FeatureKind::Numeric), feature("a", FeatureKind::Numeric)];
+        let twice = vec![
+            feature("a", FeatureKind::Numeric),
+            feature("a", FeatureKind::Numeric),
+        ];
         assert!(ModelSpec::new("m", Task::Regression, twice, vec![], 1, 1)
             .unwrap_err()
             .to_string()

@@ -120,7 +120,9 @@ impl EventTimeClock {
     /// every window this clock has seen (end of a replay, or an idle source).
     pub fn close_all(&mut self) {
         if let Some(latest) = self.max_event_time {
-            let end = self.window_size.window_end(self.window_size.window_start(latest));
+            let end = self
+                .window_size
+                .window_end(self.window_size.window_start(latest));
             self.advance_to(end.saturating_add(self.allowed_lateness_ms));
         }
     }
@@ -128,7 +130,10 @@ impl EventTimeClock {
     /// Advances the watermark as if an event at `timestamp_ms` had been seen
     /// (used to close every window at the end of a replay or on idleness).
     pub fn advance_to(&mut self, timestamp_ms: i64) {
-        self.max_event_time = Some(self.max_event_time.map_or(timestamp_ms, |t| t.max(timestamp_ms)));
+        self.max_event_time = Some(
+            self.max_event_time
+                .map_or(timestamp_ms, |t| t.max(timestamp_ms)),
+        );
     }
 }
 
@@ -153,15 +158,30 @@ mod tests {
         let size = WindowSize::from_millis(1_000).unwrap();
         let mut clock = EventTimeClock::new(size, 500);
         assert_eq!(clock.watermark(), None);
-        assert_eq!(clock.observe(1_200), Arrival::OnTime { window_start: 1_000 });
+        assert_eq!(
+            clock.observe(1_200),
+            Arrival::OnTime {
+                window_start: 1_000
+            }
+        );
         // Watermark 700: window [0, 1000) still open.
         assert_eq!(clock.observe(100), Arrival::OnTime { window_start: 0 });
-        assert_eq!(clock.observe(2_400), Arrival::OnTime { window_start: 2_000 });
+        assert_eq!(
+            clock.observe(2_400),
+            Arrival::OnTime {
+                window_start: 2_000
+            }
+        );
         // Watermark 1900: window [0, 1000) closed, [1000, 2000) open.
         assert!(clock.is_closed(0));
         assert!(!clock.is_closed(1_000));
         assert_eq!(clock.observe(999), Arrival::Late { window_start: 0 });
-        assert_eq!(clock.observe(1_999), Arrival::OnTime { window_start: 1_000 });
+        assert_eq!(
+            clock.observe(1_999),
+            Arrival::OnTime {
+                window_start: 1_000
+            }
+        );
         // A late event does not move the clock backwards or forwards.
         assert_eq!(clock.watermark(), Some(1_900));
     }
@@ -175,7 +195,11 @@ mod tests {
         clock.advance_to(1_000);
         assert!(clock.is_closed(0));
         clock.advance_to(5);
-        assert_eq!(clock.watermark(), Some(1_000), "advance never goes backwards");
+        assert_eq!(
+            clock.watermark(),
+            Some(1_000),
+            "advance never goes backwards"
+        );
         let mut lagging = EventTimeClock::new(size, 300);
         lagging.observe(1_500);
         assert!(!lagging.is_closed(1_000));

@@ -196,16 +196,18 @@ pub fn decode(payload: &[u8], default_kind: EventKind) -> Result<Event<'_>, Deco
     let raw: RawEvent<'_> =
         serde_json::from_slice(payload).map_err(|error| DecodeError::Json(error.to_string()))?;
     let kind = match raw.schema.as_ref().map(|schema| &schema.0) {
-        Some(id) => {
-            EventKind::from_schema_id(id).ok_or_else(|| DecodeError::UnknownSchema(id.to_string()))?
-        }
+        Some(id) => EventKind::from_schema_id(id)
+            .ok_or_else(|| DecodeError::UnknownSchema(id.to_string()))?,
         None => default_kind,
     };
     let missing = |field: &'static str| DecodeError::MissingField {
         field,
         kind: kind.as_str(),
     };
-    let model = raw.model.map(|model| model.0).ok_or_else(|| missing("model"))?;
+    let model = raw
+        .model
+        .map(|model| model.0)
+        .ok_or_else(|| missing("model"))?;
     let model_version = raw
         .model_version
         .map(|version| version.0)
@@ -404,7 +406,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for FeatureValue<'a> {
                 Ok(FeatureValue::Number(v as f64))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(FeatureValue::Text(Cow::Borrowed(if v { "true" } else { "false" })))
+                Ok(FeatureValue::Text(Cow::Borrowed(if v {
+                    "true"
+                } else {
+                    "false"
+                })))
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(FeatureValue::Text(Cow::Borrowed(v)))
@@ -445,7 +451,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for Label<'a> {
                 Ok(Label::Number(v as f64))
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(Label::Class(Cow::Borrowed(if v { "true" } else { "false" })))
+                Ok(Label::Class(Cow::Borrowed(if v {
+                    "true"
+                } else {
+                    "false"
+                })))
             }
             fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
                 Ok(Label::Class(Cow::Borrowed(v)))
@@ -499,7 +509,11 @@ ordered_map!(
     f64,
     "an object of class name to probability"
 );
-ordered_map!(SegmentMap, SegmentValue<'a>, "an object of segment key to value");
+ordered_map!(
+    SegmentMap,
+    SegmentValue<'a>,
+    "an object of segment key to value"
+);
 
 /// Segment values are strings; numbers and booleans are accepted and turned into text.
 struct SegmentValue<'a>(Cow<'a, str>);
@@ -538,7 +552,11 @@ mod tests {
     #[test]
     fn decodes_a_full_prediction_and_ignores_unknown_fields() {
         let event = decode(PREDICTION.as_bytes(), EventKind::Feature).unwrap();
-        assert_eq!(event.kind, EventKind::Prediction, "schema overrides the topic kind");
+        assert_eq!(
+            event.kind,
+            EventKind::Prediction,
+            "schema overrides the topic kind"
+        );
         assert_eq!(event.model, "churn");
         assert_eq!(event.model_version, "3");
         assert_eq!(event.prediction_id.as_deref(), Some("p-1"));
@@ -568,7 +586,8 @@ mod tests {
 
     #[test]
     fn epoch_millis_and_numeric_versions_are_accepted() {
-        let payload = br#"{"model":"m","model_version":7,"timestamp":1700000000123,"features":{"x":1.5}}"#;
+        let payload =
+            br#"{"model":"m","model_version":7,"timestamp":1700000000123,"features":{"x":1.5}}"#;
         let event = decode(payload, EventKind::Feature).unwrap();
         assert_eq!(event.timestamp_ms, 1_700_000_000_123);
         assert_eq!(event.model_version, "7");
@@ -586,7 +605,8 @@ mod tests {
 
     #[test]
     fn actual_needs_a_label_and_a_prediction_id() {
-        let ok = br#"{"model":"m","model_version":"1","prediction_id":"a","timestamp":5,"label":"yes"}"#;
+        let ok =
+            br#"{"model":"m","model_version":"1","prediction_id":"a","timestamp":5,"label":"yes"}"#;
         let event = decode(ok, EventKind::Actual).unwrap();
         assert_eq!(event.label, Some(Label::Class("yes".into())));
         let no_label = br#"{"model":"m","model_version":"1","prediction_id":"a","timestamp":5}"#;
@@ -622,7 +642,9 @@ mod tests {
             ),
         ];
         for (payload, expected) in cases {
-            let error = decode(payload, EventKind::Prediction).unwrap_err().to_string();
+            let error = decode(payload, EventKind::Prediction)
+                .unwrap_err()
+                .to_string();
             assert!(
                 error.contains(expected),
                 "error {error:?} should contain {expected:?}"
@@ -645,9 +667,31 @@ mod tests {
     #[test]
     fn published_schemas_are_json_and_name_the_required_fields() {
         for (schema, required) in [
-            (PREDICTION_SCHEMA, &["model", "model_version", "prediction_id", "timestamp", "features", "prediction"][..]),
-            (FEATURE_SCHEMA, &["model", "model_version", "timestamp", "features"][..]),
-            (ACTUAL_SCHEMA, &["model", "model_version", "prediction_id", "timestamp", "label"][..]),
+            (
+                PREDICTION_SCHEMA,
+                &[
+                    "model",
+                    "model_version",
+                    "prediction_id",
+                    "timestamp",
+                    "features",
+                    "prediction",
+                ][..],
+            ),
+            (
+                FEATURE_SCHEMA,
+                &["model", "model_version", "timestamp", "features"][..],
+            ),
+            (
+                ACTUAL_SCHEMA,
+                &[
+                    "model",
+                    "model_version",
+                    "prediction_id",
+                    "timestamp",
+                    "label",
+                ][..],
+            ),
         ] {
             let value: serde_json::Value = serde_json::from_str(schema).unwrap();
             let listed: Vec<&str> = value["required"]

@@ -62,7 +62,10 @@ impl DeadLetterSink {
             .append(true)
             .open(path)
             .map_err(|e| Error::Io(path.display().to_string(), e))?;
-        Ok(DeadLetterSink::File { path: path.to_owned(), writer: std::io::BufWriter::new(file) })
+        Ok(DeadLetterSink::File {
+            path: path.to_owned(),
+            writer: std::io::BufWriter::new(file),
+        })
     }
 
     /// Writes one dead letter, retrying a Kafka send up to five times.
@@ -74,17 +77,32 @@ impl DeadLetterSink {
                 let mut attempt: u32 = 0;
                 loop {
                     let headers = OwnedHeaders::new()
-                        .insert(Header { key: REASON_HEADER, value: Some(letter.reason) })
-                        .insert(Header { key: SOURCE_TOPIC_HEADER, value: Some(letter.source_topic) })
-                        .insert(Header { key: SOURCE_PARTITION_HEADER, value: Some(&partition) })
-                        .insert(Header { key: SOURCE_OFFSET_HEADER, value: Some(&offset) });
-                    let record = FutureRecord::<(), [u8]>::to(topic).payload(letter.payload).headers(headers);
+                        .insert(Header {
+                            key: REASON_HEADER,
+                            value: Some(letter.reason),
+                        })
+                        .insert(Header {
+                            key: SOURCE_TOPIC_HEADER,
+                            value: Some(letter.source_topic),
+                        })
+                        .insert(Header {
+                            key: SOURCE_PARTITION_HEADER,
+                            value: Some(&partition),
+                        })
+                        .insert(Header {
+                            key: SOURCE_OFFSET_HEADER,
+                            value: Some(&offset),
+                        });
+                    let record = FutureRecord::<(), [u8]>::to(topic)
+                        .payload(letter.payload)
+                        .headers(headers);
                     match producer.send(record, Duration::from_secs(5)).await {
                         Ok(_) => return Ok(()),
                         Err((error, _)) if attempt < 5 => {
                             attempt += 1;
                             tracing::warn!(%error, attempt, "dead-letter send failed, retrying");
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                                .await;
                         }
                         Err((error, _)) => return Err(Error::DeadLetter(error.to_string())),
                     }

@@ -50,7 +50,11 @@ pub struct Driver {
 
 impl Driver {
     /// Binds `engine` to `store` and installs the references already stored.
-    pub async fn new(engine: Engine, store: Store, settings: DriverSettings) -> Result<Self, Error> {
+    pub async fn new(
+        engine: Engine,
+        store: Store,
+        settings: DriverSettings,
+    ) -> Result<Self, Error> {
         let mut driver = Self {
             engine,
             store,
@@ -91,10 +95,18 @@ impl Driver {
                 continue;
             }
             let key = (summary.model.clone(), summary.model_version.clone());
-            if self.installed_references.get(&key).is_some_and(|at| *at >= summary.created_at) {
+            if self
+                .installed_references
+                .get(&key)
+                .is_some_and(|at| *at >= summary.created_at)
+            {
                 continue;
             }
-            if let Some(profile) = self.store.reference(&summary.model, &summary.model_version).await? {
+            if let Some(profile) = self
+                .store
+                .reference(&summary.model, &summary.model_version)
+                .await?
+            {
                 self.engine.catalog_mut().set_reference(profile)?;
                 self.installed_references.insert(key, summary.created_at);
             }
@@ -154,33 +166,57 @@ impl Driver {
         Ok((commits, finalized))
     }
 
-    async fn note_for_warmup(&mut self, model: &str, window_start: i64, metrics: &[WindowMetrics]) -> Result<(), Error> {
+    async fn note_for_warmup(
+        &mut self,
+        model: &str,
+        window_start: i64,
+        metrics: &[WindowMetrics],
+    ) -> Result<(), Error> {
         if self.settings.warmup_windows == 0 {
             return Ok(());
         }
-        let versions: std::collections::BTreeSet<&str> =
-            metrics.iter().map(|m| m.key.model_version.as_str()).collect();
+        let versions: std::collections::BTreeSet<&str> = metrics
+            .iter()
+            .map(|m| m.key.model_version.as_str())
+            .collect();
         for version in versions {
             if self.engine.catalog().reference(model, version).is_some() {
                 continue;
             }
-            let windows = self.warmup.entry((model.to_owned(), version.to_owned())).or_default();
+            let windows = self
+                .warmup
+                .entry((model.to_owned(), version.to_owned()))
+                .or_default();
             windows.push(window_start);
             if windows.len() < self.settings.warmup_windows {
                 continue;
             }
-            let windows = self.warmup.remove(&(model.to_owned(), version.to_owned())).unwrap_or_default();
+            let windows = self
+                .warmup
+                .remove(&(model.to_owned(), version.to_owned()))
+                .unwrap_or_default();
             let profile = self.warmup_reference(model, version, &windows).await?;
             let created_at = now_millis();
             self.store.put_reference(&profile, created_at).await?;
             self.engine.catalog_mut().set_reference(profile)?;
-            self.installed_references.insert((model.to_owned(), version.to_owned()), created_at);
-            tracing::info!(model, version, windows = windows.len(), "warm-up reference built");
+            self.installed_references
+                .insert((model.to_owned(), version.to_owned()), created_at);
+            tracing::info!(
+                model,
+                version,
+                windows = windows.len(),
+                "warm-up reference built"
+            );
         }
         Ok(())
     }
 
-    async fn warmup_reference(&self, model: &str, version: &str, windows: &[i64]) -> Result<ReferenceProfile, Error> {
+    async fn warmup_reference(
+        &self,
+        model: &str,
+        version: &str,
+        windows: &[i64],
+    ) -> Result<ReferenceProfile, Error> {
         let from = windows.iter().copied().min().unwrap_or_default();
         let to = windows.iter().copied().max().unwrap_or_default() + 1;
         let stored = self.store.window_sketches(model, from, to).await?;
@@ -198,6 +234,11 @@ impl Driver {
                 }
             }
         }
-        Ok(ReferenceProfile::from_windows(model, version, windows.len(), &merged)?)
+        Ok(ReferenceProfile::from_windows(
+            model,
+            version,
+            windows.len(),
+            &merged,
+        )?)
     }
 }

@@ -159,15 +159,28 @@ impl Engine {
     }
 
     /// Decodes and records one payload read at `offset` of `source`.
-    pub fn ingest(&mut self, source: &str, offset: u64, payload: &[u8], kind: EventKind) -> Ingested {
+    pub fn ingest(
+        &mut self,
+        source: &str,
+        offset: u64,
+        payload: &[u8],
+        kind: EventKind,
+    ) -> Ingested {
         let settings = &self.settings;
-        let state = self.sources.entry(source.to_owned()).or_insert_with(|| SourceState {
-            clock: EventTimeClock::new(settings.window_size, settings.allowed_lateness_ms),
-            current: None,
-            sealed: Vec::new(),
-        });
+        let state = self
+            .sources
+            .entry(source.to_owned())
+            .or_insert_with(|| SourceState {
+                clock: EventTimeClock::new(settings.window_size, settings.allowed_lateness_ms),
+                current: None,
+                sealed: Vec::new(),
+            });
         let range_start = range_start_of(offset, settings.range_size);
-        if state.current.as_ref().is_some_and(|range| range.range_start != range_start) {
+        if state
+            .current
+            .as_ref()
+            .is_some_and(|range| range.range_start != range_start)
+        {
             state.sealed.extend(state.current.take());
         }
         let range = state.current.get_or_insert_with(|| RangeState {
@@ -196,8 +209,12 @@ impl Engine {
         match range.aggregates.record(&self.catalog, window_start, &event) {
             Recorded::Added => {
                 self.counters.recorded += 1;
-                if !self.open_windows.contains(&(window_start, event.model.to_string())) {
-                    self.open_windows.insert((window_start, event.model.into_owned()));
+                if !self
+                    .open_windows
+                    .contains(&(window_start, event.model.to_string()))
+                {
+                    self.open_windows
+                        .insert((window_start, event.model.into_owned()));
                 }
                 Ingested::Recorded
             }
@@ -214,7 +231,9 @@ impl Engine {
 
     /// True when a range was sealed and should be stored before reading on.
     pub fn needs_checkpoint(&self) -> bool {
-        self.sources.values().any(|source| !source.sealed.is_empty())
+        self.sources
+            .values()
+            .any(|source| !source.sealed.is_empty())
     }
 
     /// The partials of every range read since the last checkpoint, and the
@@ -260,7 +279,10 @@ impl Engine {
 
     /// The engine's watermark: the minimum over sources that have seen events.
     pub fn watermark(&self) -> Option<i64> {
-        self.sources.values().filter_map(|state| state.clock.watermark()).min()
+        self.sources
+            .values()
+            .filter_map(|state| state.clock.watermark())
+            .min()
     }
 
     /// Windows (window_start, model) that are closed and not yet finalized.
@@ -284,9 +306,9 @@ impl Engine {
         for state in self.sources.values_mut() {
             if let Some(range) = &mut state.current {
                 if !range.dirty {
-                    range
-                        .aggregates
-                        .take_windows(&self.catalog, |start| start == window_start && !still_open.contains(&start));
+                    range.aggregates.take_windows(&self.catalog, |start| {
+                        start == window_start && !still_open.contains(&start)
+                    });
                 }
             }
         }
@@ -294,7 +316,11 @@ impl Engine {
 
     /// Closes every window of every source (end of input, or idleness).
     pub fn close_all(&mut self) {
-        let latest = self.sources.values().filter_map(|state| state.clock.max_event_time()).max();
+        let latest = self
+            .sources
+            .values()
+            .filter_map(|state| state.clock.max_event_time())
+            .max();
         let Some(latest) = latest else { return };
         for state in self.sources.values_mut() {
             // Every source moves to the latest event time of any source, so
@@ -326,7 +352,10 @@ mod tests {
         let spec = ModelSpec::new(
             "m",
             Task::Regression,
-            vec![FeatureSpec { name: "x".into(), kind: FeatureKind::Numeric }],
+            vec![FeatureSpec {
+                name: "x".into(),
+                kind: FeatureKind::Numeric,
+            }],
             vec![],
             10,
             10,
@@ -363,19 +392,30 @@ mod tests {
     fn ranges_seal_at_fixed_offsets_and_checkpoint_commits_the_next_offset() {
         let mut engine = engine(3);
         for offset in 0..5 {
-            let ingested = engine.ingest("t/0", offset, &payload(100 + offset as i64, 1.0), EventKind::Prediction);
+            let ingested = engine.ingest(
+                "t/0",
+                offset,
+                &payload(100 + offset as i64, 1.0),
+                EventKind::Prediction,
+            );
             assert_eq!(ingested, Ingested::Recorded);
         }
         assert!(engine.needs_checkpoint(), "offset 3 sealed range [0, 3)");
         let checkpoint = engine.checkpoint();
         assert_eq!(checkpoint.commits, vec![("t/0".to_owned(), 5)]);
-        let ranges: BTreeSet<(u64, u64)> =
-            checkpoint.partials.iter().map(|p| (p.range_start, p.range_end)).collect();
+        let ranges: BTreeSet<(u64, u64)> = checkpoint
+            .partials
+            .iter()
+            .map(|p| (p.range_start, p.range_end))
+            .collect();
         assert_eq!(ranges, BTreeSet::from([(0, 3), (3, 5)]));
         assert_eq!(count_of(&checkpoint.partials, "x"), 5);
         engine.checkpoint_stored();
         assert!(!engine.needs_checkpoint());
-        assert!(engine.checkpoint().partials.is_empty(), "nothing new since the checkpoint");
+        assert!(
+            engine.checkpoint().partials.is_empty(),
+            "nothing new since the checkpoint"
+        );
     }
 
     #[test]
@@ -406,18 +446,26 @@ mod tests {
         assert!(new_end > old_end);
         // Keeping the highest version per key counts every event exactly once.
         let mut latest: BTreeMap<(u64, i64), (u64, Vec<u8>)> = BTreeMap::new();
-        for p in before_crash.iter().chain(&after).filter(|p| p.key.feature == "x") {
-            let entry = latest.entry((p.range_start, p.key.window_start)).or_insert((0, Vec::new()));
+        for p in before_crash
+            .iter()
+            .chain(&after)
+            .filter(|p| p.key.feature == "x")
+        {
+            let entry = latest
+                .entry((p.range_start, p.key.window_start))
+                .or_insert((0, Vec::new()));
             if p.range_end >= entry.0 {
                 *entry = (p.range_end, p.sketch.clone());
             }
         }
         let total: u64 = latest
             .values()
-            .map(|(_, bytes)| match FeatureSketch::from_bytes(bytes).unwrap() {
-                FeatureSketch::Numeric(n) => n.moments().count(),
-                FeatureSketch::Categorical(c) => c.total(),
-            })
+            .map(
+                |(_, bytes)| match FeatureSketch::from_bytes(bytes).unwrap() {
+                    FeatureSketch::Numeric(n) => n.moments().count(),
+                    FeatureSketch::Categorical(c) => c.total(),
+                },
+            )
             .sum();
         assert_eq!(total, 10);
     }
@@ -430,21 +478,34 @@ mod tests {
         assert!(engine.closed_windows().is_empty(), "t/0 still at 500");
         engine.ingest("t/0", 1, &payload(1_200, 1.0), EventKind::Prediction);
         assert_eq!(engine.closed_windows(), vec![(0, "m".to_owned())]);
-        assert_eq!(engine.ingest("t/0", 2, &payload(10, 1.0), EventKind::Prediction), Ingested::Late);
+        assert_eq!(
+            engine.ingest("t/0", 2, &payload(10, 1.0), EventKind::Prediction),
+            Ingested::Late
+        );
         assert_eq!(engine.counters().late, 1);
         engine.window_finalized(0, "m");
         assert!(engine.closed_windows().is_empty());
         engine.close_all();
-        let closed: Vec<i64> = engine.closed_windows().into_iter().map(|(s, _)| s).collect();
+        let closed: Vec<i64> = engine
+            .closed_windows()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(closed, vec![1_000, 2_000]);
     }
 
     #[test]
     fn malformed_and_unknown_events_are_counted_and_still_advance_offsets() {
         let mut engine = engine(100);
-        assert!(matches!(engine.ingest("t/0", 0, b"{oops", EventKind::Prediction), Ingested::Malformed(_)));
+        assert!(matches!(
+            engine.ingest("t/0", 0, b"{oops", EventKind::Prediction),
+            Ingested::Malformed(_)
+        ));
         let other = br#"{"model":"other","model_version":"1","timestamp":1,"features":{"x":1}}"#;
-        assert_eq!(engine.ingest("t/0", 1, other, EventKind::Feature), Ingested::UnknownModel);
+        assert_eq!(
+            engine.ingest("t/0", 1, other, EventKind::Feature),
+            Ingested::UnknownModel
+        );
         let checkpoint = engine.checkpoint();
         assert_eq!(checkpoint.commits, vec![("t/0".to_owned(), 2)]);
         assert_eq!(engine.counters().malformed, 1);

@@ -31,8 +31,13 @@ pub async fn replay_into(
     default_kind: EventKind,
     dead_letters: &mut DeadLetterSink,
 ) -> Result<FileReport, Error> {
-    let text = tokio::fs::read(path).await.map_err(|e| Error::Io(path.display().to_string(), e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let text = tokio::fs::read(path)
+        .await
+        .map_err(|e| Error::Io(path.display().to_string(), e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let source = format!("file:{name}");
     let mut report = FileReport::default();
     for (line_number, line) in text.split(|byte| *byte == b'\n').enumerate() {
@@ -41,10 +46,20 @@ pub async fn replay_into(
         }
         report.lines += 1;
         let offset = line_number as u64;
-        if let Ingested::Malformed(reason) = driver.engine_mut().ingest(&source, offset, line, default_kind) {
+        if let Ingested::Malformed(reason) =
+            driver
+                .engine_mut()
+                .ingest(&source, offset, line, default_kind)
+        {
             report.dead_lettered += 1;
             dead_letters
-                .send(DeadLetter { source_topic: &source, source_partition: 0, source_offset: offset, payload: line, reason: &reason })
+                .send(DeadLetter {
+                    source_topic: &source,
+                    source_partition: 0,
+                    source_offset: offset,
+                    payload: line,
+                    reason: &reason,
+                })
                 .await?;
         }
         if driver.engine().needs_checkpoint() {

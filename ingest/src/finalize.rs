@@ -19,7 +19,9 @@ use crate::Error;
 
 /// Merges partial rows by series (the store already kept the latest row of
 /// each source range).
-pub fn merge_partials(partials: &[store::PartialSketch]) -> Result<BTreeMap<SeriesKey, FeatureSketch>, Error> {
+pub fn merge_partials(
+    partials: &[store::PartialSketch],
+) -> Result<BTreeMap<SeriesKey, FeatureSketch>, Error> {
     let mut merged: BTreeMap<SeriesKey, FeatureSketch> = BTreeMap::new();
     for partial in partials {
         let sketch = FeatureSketch::from_bytes(&partial.sketch)?;
@@ -49,7 +51,11 @@ pub fn window_results(
         metrics.push(WindowMetrics {
             key: key.clone(),
             window_end,
-            metrics: compute(sketch, reference.and_then(|r| r.feature(&key.feature)), thresholds),
+            metrics: compute(
+                sketch,
+                reference.and_then(|r| r.feature(&key.feature)),
+                thresholds,
+            ),
             reference_source: reference.map(|r| r.profile().source.clone()),
             computed_at,
         });
@@ -76,8 +82,11 @@ pub async fn finalize_window(
     let partials = store.partials_for_window(model, window_start).await?;
     let merged = merge_partials(&partials)?;
     let computed_at = now_millis();
-    let (metrics, sketches) = window_results(catalog, window_size, &merged, thresholds, computed_at);
-    store.write_window_results(metrics.clone(), sketches).await?;
+    let (metrics, sketches) =
+        window_results(catalog, window_size, &merged, thresholds, computed_at);
+    store
+        .write_window_results(metrics.clone(), sketches)
+        .await?;
     Ok(metrics)
 }
 

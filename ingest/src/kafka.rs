@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use events::EventKind;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
@@ -101,8 +103,16 @@ struct RewindContext {
 impl ClientContext for RewindContext {}
 
 impl ConsumerContext for RewindContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, error: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 match consumer.committed_offsets(partitions.clone(), Duration::from_secs(10)) {
@@ -125,9 +135,15 @@ impl ConsumerContext for RewindContext {
                             }
                         }
                     }
-                    Err(error) => tracing::error!(%error, "cannot read committed offsets on assignment"),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot read committed offsets on assignment")
+                    }
                 }
-                let result = if cooperative { consumer.incremental_assign(partitions) } else { consumer.assign(partitions) };
+                let result = if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
+                };
                 if let Err(error) = result {
                     tracing::error!(%error, "assign failed");
                 }
@@ -141,7 +157,11 @@ impl ConsumerContext for RewindContext {
                 if let Ok(mut notes) = self.notes.lock() {
                     notes.push(RebalanceNote::Revoked(revoked));
                 }
-                let result = if cooperative { consumer.incremental_unassign(partitions) } else { consumer.unassign() };
+                let result = if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                };
                 if let Err(error) = result {
                     tracing::error!(%error, "unassign failed");
                 }
@@ -179,7 +199,10 @@ pub async fn run(
     loop_settings: LoopSettings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, Error> {
-    let context = RewindContext { range_size: driver.engine().settings().range_size, notes: Mutex::new(Vec::new()) };
+    let context = RewindContext {
+        range_size: driver.engine().settings().range_size,
+        notes: Mutex::new(Vec::new()),
+    };
     let mut config = client_config(&settings);
     config
         .set("group.id", &settings.group_id)
@@ -188,11 +211,19 @@ pub async fn run(
     if config.get("auto.offset.reset").is_none() {
         config.set("auto.offset.reset", "earliest");
     }
-    let consumer: Arc<StreamConsumer<RewindContext>> = Arc::new(config.create_with_context(context)?);
+    let consumer: Arc<StreamConsumer<RewindContext>> =
+        Arc::new(config.create_with_context(context)?);
     let topics: Vec<&str> = settings.topics.iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
-    let kinds: HashMap<String, EventKind> = settings.topics.iter().map(|t| (t.name.clone(), t.kind)).collect();
-    let mut dead_letters = DeadLetterSink::Kafka { producer: producer(&settings)?, topic: settings.dead_letter_topic.clone() };
+    let kinds: HashMap<String, EventKind> = settings
+        .topics
+        .iter()
+        .map(|t| (t.name.clone(), t.kind))
+        .collect();
+    let mut dead_letters = DeadLetterSink::Kafka {
+        producer: producer(&settings)?,
+        topic: settings.dead_letter_topic.clone(),
+    };
     let mut report = RunReport::default();
     let mut ticker = tokio::time::interval(loop_settings.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -258,7 +289,13 @@ pub async fn run(
     let final_consumer = Arc::clone(&consumer);
     let mut final_report = report.clone();
     let final_report = tokio::task::spawn_blocking(move || {
-        commit(&final_consumer, &commits, CommitMode::Sync, &mut final_report).map(|()| final_report)
+        commit(
+            &final_consumer,
+            &commits,
+            CommitMode::Sync,
+            &mut final_report,
+        )
+        .map(|()| final_report)
     })
     .await
     .map_err(|e| Error::Task(e.to_string()))??;
@@ -295,8 +332,12 @@ fn commit(
     let assignment = consumer.assignment()?;
     let mut offsets = TopicPartitionList::new();
     for (source, next_offset) in commits {
-        let Some((topic, partition)) = source.rsplit_once('/') else { continue };
-        let Ok(partition) = partition.parse::<i32>() else { continue };
+        let Some((topic, partition)) = source.rsplit_once('/') else {
+            continue;
+        };
+        let Ok(partition) = partition.parse::<i32>() else {
+            continue;
+        };
         // Never commit for a partition this member no longer owns.
         if assignment.find_partition(topic, partition).is_none() {
             continue;
@@ -333,13 +374,23 @@ pub struct ReplayOptions {
 /// Produces every non-empty line of a JSON-lines file as one message
 /// (keyed by line number so a partition sees lines in file order), waiting
 /// for every delivery. Returns the number of messages delivered.
-pub async fn replay_file(settings: &KafkaSettings, path: &std::path::Path, options: &ReplayOptions) -> Result<u64, Error> {
-    let text = tokio::fs::read_to_string(path).await.map_err(|e| Error::Io(path.display().to_string(), e))?;
+pub async fn replay_file(
+    settings: &KafkaSettings,
+    path: &std::path::Path,
+    options: &ReplayOptions,
+) -> Result<u64, Error> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| Error::Io(path.display().to_string(), e))?;
     let producer = producer(settings)?;
     let started = Instant::now();
     let mut in_flight = tokio::task::JoinSet::new();
     let mut delivered = 0u64;
-    for (index, line) in text.lines().filter(|line| !line.trim().is_empty()).enumerate() {
+    for (index, line) in text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .enumerate()
+    {
         if let Some(rate) = options.rate {
             let due = Duration::from_secs_f64(index as f64 / f64::from(rate.max(1)));
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -352,7 +403,10 @@ pub async fn replay_file(settings: &KafkaSettings, path: &std::path::Path, optio
         in_flight.spawn(async move {
             let key = index.to_string();
             producer
-                .send(FutureRecord::to(&topic).payload(&payload).key(&key), Duration::from_secs(30))
+                .send(
+                    FutureRecord::to(&topic).payload(&payload).key(&key),
+                    Duration::from_secs(30),
+                )
                 .await
                 .map(|_| ())
                 .map_err(|(error, _)| error)

@@ -7,9 +7,13 @@
 use clickhouse::Client;
 use detectors::ReferenceProfile;
 
-use crate::rows::{lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, ReferenceRow, SketchRow, METRICS_COLUMNS};
+use crate::rows::{
+    lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, ReferenceRow,
+    SketchRow, METRICS_COLUMNS,
+};
 use crate::{
-    latest_by, Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics, WindowSketch,
+    latest_by, Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics,
+    WindowSketch,
 };
 
 /// Schema migrations, applied in order at start-up; each is idempotent.
@@ -60,8 +64,17 @@ pub struct ClickHouseStore {
 impl ClickHouseStore {
     /// Connects to `url` (e.g. `http://127.0.0.1:8123`), creates `database`
     /// and the tables if needed.
-    pub async fn connect(url: &str, database: &str, user: Option<&str>, password: Option<&str>) -> Result<Self> {
-        if database.is_empty() || !database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    pub async fn connect(
+        url: &str,
+        database: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Self> {
+        if database.is_empty()
+            || !database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(Error::Config(format!(
                 "database name `{database}` must be non-empty ASCII letters, digits or `_`"
             )));
@@ -100,7 +113,11 @@ impl ClickHouseStore {
         Ok(())
     }
 
-    pub(crate) async fn partials_for_window(&self, model: &str, window_start: i64) -> Result<Vec<PartialSketch>> {
+    pub(crate) async fn partials_for_window(
+        &self,
+        model: &str,
+        window_start: i64,
+    ) -> Result<Vec<PartialSketch>> {
         let rows = self
             .client
             .query(
@@ -118,13 +135,26 @@ impl ClickHouseStore {
         // or a table engine that does not.
         let rows = latest_by(
             rows,
-            |r| (r.model_version.clone(), r.segment.clone(), r.feature.clone(), r.source.clone(), r.range_start),
+            |r| {
+                (
+                    r.model_version.clone(),
+                    r.segment.clone(),
+                    r.feature.clone(),
+                    r.source.clone(),
+                    r.range_start,
+                )
+            },
             |r| r.range_end,
         );
         Ok(rows.into_iter().map(PartialRow::into_record).collect())
     }
 
-    pub(crate) async fn partial_windows(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<i64>> {
+    pub(crate) async fn partial_windows(
+        &self,
+        model: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<i64>> {
         let starts = self
             .client
             .query(
@@ -140,7 +170,11 @@ impl ClickHouseStore {
         Ok(starts.into_iter().map(crate::rows::to_millis).collect())
     }
 
-    pub(crate) async fn write_window_results(&self, metrics: Vec<WindowMetrics>, sketches: Vec<WindowSketch>) -> Result<()> {
+    pub(crate) async fn write_window_results(
+        &self,
+        metrics: Vec<WindowMetrics>,
+        sketches: Vec<WindowSketch>,
+    ) -> Result<()> {
         if !sketches.is_empty() {
             let mut insert = self.client.insert::<SketchRow>("window_sketches").await?;
             for sketch in sketches {
@@ -205,7 +239,12 @@ impl ClickHouseStore {
         rows.into_iter().map(MetricsRow::into_record).collect()
     }
 
-    pub(crate) async fn window_sketches(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<WindowSketch>> {
+    pub(crate) async fn window_sketches(
+        &self,
+        model: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<WindowSketch>> {
         let rows = self
             .client
             .query(
@@ -223,8 +262,15 @@ impl ClickHouseStore {
         Ok(rows.into_iter().map(SketchRow::into_record).collect())
     }
 
-    pub(crate) async fn put_reference(&self, profile: &ReferenceProfile, created_at: u64) -> Result<()> {
-        let mut insert = self.client.insert::<ReferenceRow>("reference_profiles").await?;
+    pub(crate) async fn put_reference(
+        &self,
+        profile: &ReferenceProfile,
+        created_at: u64,
+    ) -> Result<()> {
+        let mut insert = self
+            .client
+            .insert::<ReferenceRow>("reference_profiles")
+            .await?;
         insert
             .write(&ReferenceRow {
                 model: profile.model.clone(),
@@ -239,7 +285,11 @@ impl ClickHouseStore {
         Ok(())
     }
 
-    pub(crate) async fn reference(&self, model: &str, model_version: &str) -> Result<Option<ReferenceProfile>> {
+    pub(crate) async fn reference(
+        &self,
+        model: &str,
+        model_version: &str,
+    ) -> Result<Option<ReferenceProfile>> {
         let row = self
             .client
             .query(
@@ -253,8 +303,10 @@ impl ClickHouseStore {
             .bind(model_version)
             .fetch_optional::<ReferenceRow>()
             .await?;
-        row.map(|row| ReferenceProfile::from_json(&row.profile).map_err(|e| Error::Corrupt(e.to_string())))
-            .transpose()
+        row.map(|row| {
+            ReferenceProfile::from_json(&row.profile).map_err(|e| Error::Corrupt(e.to_string()))
+        })
+        .transpose()
     }
 
     pub(crate) async fn references(&self) -> Result<Vec<ReferenceSummary>> {

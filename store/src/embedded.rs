@@ -13,8 +13,13 @@ use std::sync::{Arc, Mutex};
 use detectors::ReferenceProfile;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::rows::{lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, SketchRow, METRICS_COLUMNS};
-use crate::{Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics, WindowSketch};
+use crate::rows::{
+    lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, SketchRow,
+    METRICS_COLUMNS,
+};
+use crate::{
+    Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics, WindowSketch,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS window_partials (
@@ -61,8 +66,9 @@ impl EmbeddedStore {
         let connection = tokio::task::spawn_blocking(move || -> Result<Connection> {
             if let Some(parent) = path.parent() {
                 if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| Error::Config(format!("cannot create {}: {e}", parent.display())))?;
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        Error::Config(format!("cannot create {}: {e}", parent.display()))
+                    })?;
                 }
             }
             let connection = Connection::open(&path)?;
@@ -103,7 +109,10 @@ impl EmbeddedStore {
     }
 
     pub(crate) async fn write_partials(&self, rows: Vec<PartialSketch>) -> Result<()> {
-        let rows: Vec<PartialRow> = rows.into_iter().map(PartialRow::from_record).collect::<Result<_>>()?;
+        let rows: Vec<PartialRow> = rows
+            .into_iter()
+            .map(PartialRow::from_record)
+            .collect::<Result<_>>()?;
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             {
@@ -132,7 +141,11 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn partials_for_window(&self, model: String, window_start: i64) -> Result<Vec<PartialSketch>> {
+    pub(crate) async fn partials_for_window(
+        &self,
+        model: String,
+        window_start: i64,
+    ) -> Result<Vec<PartialSketch>> {
         let start = to_seconds(window_start)?;
         self.with(move |connection| {
             let mut statement = connection.prepare_cached(
@@ -160,7 +173,12 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn partial_windows(&self, model: String, from_ms: i64, to_ms: i64) -> Result<Vec<i64>> {
+    pub(crate) async fn partial_windows(
+        &self,
+        model: String,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<i64>> {
         let (from, to) = (lower_bound_seconds(from_ms), upper_bound_seconds(to_ms));
         self.with(move |connection| {
             let mut statement = connection.prepare_cached(
@@ -175,9 +193,19 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn write_window_results(&self, metrics: Vec<WindowMetrics>, sketches: Vec<WindowSketch>) -> Result<()> {
-        let metrics: Vec<MetricsRow> = metrics.iter().map(MetricsRow::from_record).collect::<Result<_>>()?;
-        let sketches: Vec<SketchRow> = sketches.into_iter().map(SketchRow::from_record).collect::<Result<_>>()?;
+    pub(crate) async fn write_window_results(
+        &self,
+        metrics: Vec<WindowMetrics>,
+        sketches: Vec<WindowSketch>,
+    ) -> Result<()> {
+        let metrics: Vec<MetricsRow> = metrics
+            .iter()
+            .map(MetricsRow::from_record)
+            .collect::<Result<_>>()?;
+        let sketches: Vec<SketchRow> = sketches
+            .into_iter()
+            .map(SketchRow::from_record)
+            .collect::<Result<_>>()?;
         self.with(move |connection| {
             let transaction = connection.transaction()?;
             {
@@ -254,9 +282,16 @@ impl EmbeddedStore {
 
     pub(crate) async fn window_metrics(&self, query: MetricsQuery) -> Result<Vec<WindowMetrics>> {
         self.with(move |connection| {
-            let mut sql = format!("SELECT {} FROM window_metrics WHERE 1 = 1", METRICS_COLUMNS.join(", "));
+            let mut sql = format!(
+                "SELECT {} FROM window_metrics WHERE 1 = 1",
+                METRICS_COLUMNS.join(", ")
+            );
             let mut values: Vec<rusqlite::types::Value> = Vec::new();
-            for (column, value) in [("model", &query.model), ("segment", &query.segment), ("feature", &query.feature)] {
+            for (column, value) in [
+                ("model", &query.model),
+                ("segment", &query.segment),
+                ("feature", &query.feature),
+            ] {
                 if let Some(value) = value {
                     values.push(value.clone().into());
                     sql.push_str(&format!(" AND {column} = ?{}", values.len()));
@@ -317,7 +352,12 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn window_sketches(&self, model: String, from_ms: i64, to_ms: i64) -> Result<Vec<WindowSketch>> {
+    pub(crate) async fn window_sketches(
+        &self,
+        model: String,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<WindowSketch>> {
         let (from, to) = (lower_bound_seconds(from_ms), upper_bound_seconds(to_ms));
         self.with(move |connection| {
             let mut statement = connection.prepare_cached(
@@ -344,7 +384,11 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn put_reference(&self, profile: ReferenceProfile, created_at: u64) -> Result<()> {
+    pub(crate) async fn put_reference(
+        &self,
+        profile: ReferenceProfile,
+        created_at: u64,
+    ) -> Result<()> {
         self.with(move |connection| {
             connection.execute(
                 "INSERT INTO reference_profiles VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -365,7 +409,11 @@ impl EmbeddedStore {
         .await
     }
 
-    pub(crate) async fn reference(&self, model: String, model_version: String) -> Result<Option<ReferenceProfile>> {
+    pub(crate) async fn reference(
+        &self,
+        model: String,
+        model_version: String,
+    ) -> Result<Option<ReferenceProfile>> {
         self.with(move |connection| {
             let text: Option<String> = connection
                 .query_row(

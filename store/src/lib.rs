@@ -149,11 +149,12 @@ pub struct ReferenceSummary {
     pub created_at: u64,
 }
 
-/// The store, ClickHouse or embedded.
+/// The store, ClickHouse or embedded. One per process, cloned rarely, so
+/// the ClickHouse client is boxed only to keep the enum small.
 #[derive(Clone)]
 pub enum Store {
     /// A ClickHouse server.
-    ClickHouse(clickhouse_store::ClickHouseStore),
+    ClickHouse(Box<clickhouse_store::ClickHouseStore>),
     /// A local SQLite file.
     Embedded(embedded::EmbeddedStore),
 }
@@ -168,10 +169,18 @@ impl Store {
     }
 
     /// The latest partials of every series of `model` in the window starting at `window_start`.
-    pub async fn partials_for_window(&self, model: &str, window_start: i64) -> Result<Vec<PartialSketch>> {
+    pub async fn partials_for_window(
+        &self,
+        model: &str,
+        window_start: i64,
+    ) -> Result<Vec<PartialSketch>> {
         match self {
             Store::ClickHouse(store) => store.partials_for_window(model, window_start).await,
-            Store::Embedded(store) => store.partials_for_window(model.to_owned(), window_start).await,
+            Store::Embedded(store) => {
+                store
+                    .partials_for_window(model.to_owned(), window_start)
+                    .await
+            }
         }
     }
 
@@ -179,12 +188,20 @@ impl Store {
     pub async fn partial_windows(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<i64>> {
         match self {
             Store::ClickHouse(store) => store.partial_windows(model, from_ms, to_ms).await,
-            Store::Embedded(store) => store.partial_windows(model.to_owned(), from_ms, to_ms).await,
+            Store::Embedded(store) => {
+                store
+                    .partial_windows(model.to_owned(), from_ms, to_ms)
+                    .await
+            }
         }
     }
 
     /// Writes the results of closed windows.
-    pub async fn write_window_results(&self, metrics: Vec<WindowMetrics>, sketches: Vec<WindowSketch>) -> Result<()> {
+    pub async fn write_window_results(
+        &self,
+        metrics: Vec<WindowMetrics>,
+        sketches: Vec<WindowSketch>,
+    ) -> Result<()> {
         match self {
             Store::ClickHouse(store) => store.write_window_results(metrics, sketches).await,
             Store::Embedded(store) => store.write_window_results(metrics, sketches).await,
@@ -200,10 +217,19 @@ impl Store {
     }
 
     /// Reads merged window sketches of `model` with windows starting in `[from_ms, to_ms)`.
-    pub async fn window_sketches(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<WindowSketch>> {
+    pub async fn window_sketches(
+        &self,
+        model: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<WindowSketch>> {
         match self {
             Store::ClickHouse(store) => store.window_sketches(model, from_ms, to_ms).await,
-            Store::Embedded(store) => store.window_sketches(model.to_owned(), from_ms, to_ms).await,
+            Store::Embedded(store) => {
+                store
+                    .window_sketches(model.to_owned(), from_ms, to_ms)
+                    .await
+            }
         }
     }
 
@@ -216,10 +242,18 @@ impl Store {
     }
 
     /// The reference profile of a model version.
-    pub async fn reference(&self, model: &str, model_version: &str) -> Result<Option<ReferenceProfile>> {
+    pub async fn reference(
+        &self,
+        model: &str,
+        model_version: &str,
+    ) -> Result<Option<ReferenceProfile>> {
         match self {
             Store::ClickHouse(store) => store.reference(model, model_version).await,
-            Store::Embedded(store) => store.reference(model.to_owned(), model_version.to_owned()).await,
+            Store::Embedded(store) => {
+                store
+                    .reference(model.to_owned(), model_version.to_owned())
+                    .await
+            }
         }
     }
 
@@ -233,7 +267,11 @@ impl Store {
 }
 
 /// Keeps the row with the highest version per key, in key order.
-pub(crate) fn latest_by<T, K: Ord + Clone>(rows: Vec<T>, key: impl Fn(&T) -> K, version: impl Fn(&T) -> u64) -> Vec<T> {
+pub(crate) fn latest_by<T, K: Ord + Clone>(
+    rows: Vec<T>,
+    key: impl Fn(&T) -> K,
+    version: impl Fn(&T) -> u64,
+) -> Vec<T> {
     let mut latest: std::collections::BTreeMap<K, T> = std::collections::BTreeMap::new();
     for row in rows {
         let row_key = key(&row);

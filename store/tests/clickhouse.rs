@@ -14,12 +14,14 @@ async fn store(test: &str) -> Store {
          which installs and starts ClickHouse",
     );
     let database = format!("tidewatch_test_{test}_{}", std::process::id());
-    let store = ClickHouseStore::connect(&url, &database, None, None).await.unwrap_or_else(|error| {
-        panic!("cannot reach ClickHouse at {url}: {error}")
-    });
+    let store = ClickHouseStore::connect(&url, &database, None, None)
+        .await
+        .unwrap_or_else(|error| panic!("cannot reach ClickHouse at {url}: {error}"));
     // The migrations are idempotent: running them twice must succeed.
-    ClickHouseStore::connect(&url, &database, None, None).await.unwrap();
-    Store::ClickHouse(store)
+    ClickHouseStore::connect(&url, &database, None, None)
+        .await
+        .unwrap();
+    Store::ClickHouse(Box::new(store))
 }
 
 #[tokio::test]

@@ -1,1 +1,302 @@
-fn main() {}
+//! The `tidewatch` command line. See `tidewatch --help` and README.md.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidewatch::config::Config;
+use tidewatch::fixtures::{self, DemoShape};
+
+#[derive(Parser)]
+#[command(
+    name = "tidewatch",
+    version,
+    about = "Streaming ML monitoring and drift detection"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline in one process on a bundled fixture stream (no Kafka, no ClickHouse).
+    Demo {
+        /// Where the generated stream, training data and embedded store go.
+        #[arg(long, default_value = ".tidewatch/demo")]
+        workdir: PathBuf,
+        /// Seed of the fixture generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Consume the configured Kafka topics into the configured store until interrupted.
+    Run {
+        /// Config file.
+        #[arg(long, short, default_value = "tidewatch.toml")]
+        config: PathBuf,
+    },
+    /// Produce a JSON-lines file to a Kafka topic, one message per line.
+    Replay {
+        /// The file.
+        file: PathBuf,
+        /// Broker list (bootstrap.servers).
+        #[arg(long)]
+        to: String,
+        /// Topic.
+        #[arg(long)]
+        topic: String,
+        /// Messages per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// Reference profiles.
+    Reference {
+        #[command(subcommand)]
+        command: ReferenceCommand,
+    },
+    /// Print the stored drift table of a model.
+    Windows {
+        /// Config file.
+        #[arg(long, short, default_value = "tidewatch.toml")]
+        config: PathBuf,
+        /// Model.
+        #[arg(long)]
+        model: String,
+        /// Segment.
+        #[arg(long, default_value = "all")]
+        segment: String,
+    },
+    /// Fixture files.
+    Fixtures {
+        #[command(subcommand)]
+        command: FixturesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReferenceCommand {
+    /// Build a model version's reference profile from training data and store it.
+    Build {
+        /// Config file.
+        #[arg(long, short, default_value = "tidewatch.toml")]
+        config: PathBuf,
+        /// Model (as configured).
+        #[arg(long)]
+        model: String,
+        /// Model version the profile describes.
+        #[arg(long)]
+        version: String,
+        /// Training data: .csv, .parquet, .jsonl.
+        #[arg(long)]
+        input: PathBuf,
+        /// Also write the profile as JSON here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// List stored reference profiles.
+    List {
+        /// Config file.
+        #[arg(long, short, default_value = "tidewatch.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FixturesCommand {
+    /// Write the full demo stream and training data.
+    Generate {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Rewrite the small committed samples (fixtures/demo-sample*.{jsonl,csv}).
+    Sample {
+        /// Output directory.
+        #[arg(long, default_value = "fixtures")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "tidewatch=info,ingest=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo { workdir, seed } => {
+            let outcome = tidewatch::demo::run(&workdir, seed, DemoShape::full()).await?;
+            print!("{}", outcome.report);
+        }
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let report = tidewatch::service::run(&config, shutdown_signal()).await?;
+            eprintln!("stopped: {report:?}");
+        }
+        Command::Replay {
+            file,
+            to,
+            topic,
+            rate,
+        } => {
+            let settings = ingest::kafka::KafkaSettings {
+                brokers: to,
+                group_id: String::new(),
+                topics: Vec::new(),
+                dead_letter_topic: String::new(),
+                properties: Vec::new(),
+            };
+            let options = ingest::kafka::ReplayOptions {
+                topic: topic.clone(),
+                rate,
+            };
+            let delivered = ingest::kafka::replay_file(&settings, &file, &options)
+                .await
+                .with_context(|| format!("replaying {} to {topic}", file.display()))?;
+            println!("delivered {delivered} messages to {topic}");
+        }
+        Command::Reference {
+            command:
+                ReferenceCommand::Build {
+                    config,
+                    model,
+                    version,
+                    input,
+                    output,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let spec = config
+                .models
+                .iter()
+                .find(|m| m.name() == model)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}: no model `{model}` in `models`", config.file.display())
+                })?;
+            let training = tokio::task::spawn_blocking(move || {
+                tidewatch::training::build_reference(&spec, &version, &input)
+            })
+            .await??;
+            if let Some(output) = output {
+                std::fs::write(&output, training.profile.to_json())
+                    .with_context(|| output.display().to_string())?;
+            }
+            let store = tidewatch::service::open_store(&config.store).await?;
+            store
+                .put_reference(&training.profile, ingest::finalize::now_millis())
+                .await?;
+            println!(
+                "stored reference of {} v{} from {} ({} rows, {} series)",
+                training.profile.model,
+                training.profile.model_version,
+                training.profile.source,
+                training.profile.row_count,
+                training.profile.features.len()
+            );
+            if !training.ignored_columns.is_empty() {
+                println!(
+                    "ignored columns (no such series): {}",
+                    training.ignored_columns.join(", ")
+                );
+            }
+        }
+        Command::Reference {
+            command: ReferenceCommand::List { config },
+        } => {
+            let config = Config::load(&config)?;
+            let store = tidewatch::service::open_store(&config.store).await?;
+            for summary in store.references().await? {
+                println!(
+                    "{}\tv{}\t{}\t{} rows\tstored {}",
+                    summary.model,
+                    summary.model_version,
+                    summary.source,
+                    summary.row_count,
+                    tidewatch::report::format_time(summary.created_at as i64)
+                );
+            }
+        }
+        Command::Windows {
+            config,
+            model,
+            segment,
+        } => {
+            let config = Config::load(&config)?;
+            let spec = config
+                .models
+                .iter()
+                .find(|m| m.name() == model)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{}: no model `{model}` in `models`", config.file.display())
+                })?;
+            let series: Vec<String> = spec.series().map(|s| s.name.clone()).collect();
+            let store = tidewatch::service::open_store(&config.store).await?;
+            let metrics = store
+                .window_metrics(store::MetricsQuery {
+                    model: Some(model),
+                    ..Default::default()
+                })
+                .await?;
+            print!(
+                "{}",
+                tidewatch::report::drift_table(&metrics, &segment, &series)
+            );
+        }
+        Command::Fixtures {
+            command: FixturesCommand::Generate { out, seed },
+        } => {
+            let generated = fixtures::generate(DemoShape::full(), seed);
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("stream.jsonl"), generated.stream)?;
+            std::fs::write(out.join("train.csv"), generated.training_csv)?;
+            println!(
+                "wrote {} predictions and {} actuals to {}",
+                generated.predictions,
+                generated.actuals,
+                out.display()
+            );
+        }
+        Command::Fixtures {
+            command: FixturesCommand::Sample { out },
+        } => {
+            let generated = fixtures::generate(DemoShape::sample(), 42);
+            std::fs::write(out.join("demo-sample.jsonl"), generated.stream)?;
+            std::fs::write(out.join("demo-sample-train.csv"), generated.training_csv)?;
+            println!("wrote samples to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use detectors::metrics::{compute, DriftThresholds};
-use detectors::reference::{FeatureReference, NumericReference, ReferenceProfile};
 use detectors::numeric::{BinEdges, NumericSketch};
+use detectors::reference::{FeatureReference, NumericReference, ReferenceProfile};
 use detectors::{FeatureSketch, SeriesKey};
 use store::{MetricsQuery, PartialSketch, Store, WindowMetrics, WindowSketch};
 
@@ -29,18 +29,37 @@ pub async fn partials_keep_the_latest_range_end(store: &Store) {
         key: key("age", window),
         sketch: vec![1, 2, 3],
     };
-    let replayed = PartialSketch { range_end: 25, sketch: vec![4, 5, 6, 0, 255], ..first.clone() };
-    let other_range = PartialSketch { range_start: 1000, range_end: 1003, sketch: vec![9], ..first.clone() };
-    store.write_partials(vec![first.clone(), other_range.clone()]).await.unwrap();
+    let replayed = PartialSketch {
+        range_end: 25,
+        sketch: vec![4, 5, 6, 0, 255],
+        ..first.clone()
+    };
+    let other_range = PartialSketch {
+        range_start: 1000,
+        range_end: 1003,
+        sketch: vec![9],
+        ..first.clone()
+    };
+    store
+        .write_partials(vec![first.clone(), other_range.clone()])
+        .await
+        .unwrap();
     store.write_partials(vec![replayed.clone()]).await.unwrap();
     // An older version written later must not win.
     store.write_partials(vec![first.clone()]).await.unwrap();
     let mut rows = store.partials_for_window("churn", window).await.unwrap();
     rows.sort_by_key(|r| r.range_start);
     assert_eq!(rows, vec![replayed, other_range]);
-    assert!(store.partials_for_window("churn", window + 60_000).await.unwrap().is_empty());
+    assert!(store
+        .partials_for_window("churn", window + 60_000)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
-        store.partial_windows("churn", window - 1, window + 1).await.unwrap(),
+        store
+            .partial_windows("churn", window - 1, window + 1)
+            .await
+            .unwrap(),
         vec![window]
     );
 }
@@ -54,7 +73,11 @@ pub async fn window_results_round_trip(store: &Store) {
     (0..300).for_each(|i| numeric.add(i as f64 * 1.5, Some(&edges)));
     numeric.add_missing();
     let sketch = FeatureSketch::Numeric(numeric);
-    let metrics = compute(&sketch, Some(&FeatureReference::Numeric(reference)), DriftThresholds::default());
+    let metrics = compute(
+        &sketch,
+        Some(&FeatureReference::Numeric(reference)),
+        DriftThresholds::default(),
+    );
     assert!(metrics.psi.is_some() && metrics.chi_square.is_none());
     let record = WindowMetrics {
         key: key("age", window),
@@ -74,22 +97,44 @@ pub async fn window_results_round_trip(store: &Store) {
         reference_source: None,
         computed_at: 7,
     };
-    let window_sketch = WindowSketch { key: key("age", window), window_end: window + 60_000, sketch: sketch.to_bytes(), computed_at: 7 };
+    let window_sketch = WindowSketch {
+        key: key("age", window),
+        window_end: window + 60_000,
+        sketch: sketch.to_bytes(),
+        computed_at: 7,
+    };
     store
-        .write_window_results(vec![record.clone(), empty_record.clone()], vec![window_sketch.clone()])
+        .write_window_results(
+            vec![record.clone(), empty_record.clone()],
+            vec![window_sketch.clone()],
+        )
         .await
         .unwrap();
     // A recomputation with a newer version replaces the row.
     let mut newer = record.clone();
     newer.computed_at = 8;
     newer.metrics.count += 1;
-    store.write_window_results(vec![newer.clone()], vec![]).await.unwrap();
-    let query = MetricsQuery { model: Some("churn".into()), from_ms: Some(window), to_ms: Some(window + 1), ..Default::default() };
+    store
+        .write_window_results(vec![newer.clone()], vec![])
+        .await
+        .unwrap();
+    let query = MetricsQuery {
+        model: Some("churn".into()),
+        from_ms: Some(window),
+        to_ms: Some(window + 1),
+        ..Default::default()
+    };
     let rows = store.window_metrics(query).await.unwrap();
     assert_eq!(rows, vec![newer, empty_record]);
-    let feature_only = MetricsQuery { feature: Some("plan".into()), ..Default::default() };
+    let feature_only = MetricsQuery {
+        feature: Some("plan".into()),
+        ..Default::default()
+    };
     assert_eq!(store.window_metrics(feature_only).await.unwrap().len(), 1);
-    let sketches = store.window_sketches("churn", window, window + 1).await.unwrap();
+    let sketches = store
+        .window_sketches("churn", window, window + 1)
+        .await
+        .unwrap();
     assert_eq!(sketches, vec![window_sketch]);
     let decoded = FeatureSketch::from_bytes(&sketches[0].sketch).unwrap();
     assert_eq!(decoded.to_bytes(), sketch.to_bytes());
@@ -104,7 +149,9 @@ pub async fn references_round_trip(store: &Store) {
         row_count: 3,
         features: BTreeMap::from([(
             "age".to_owned(),
-            FeatureReference::Numeric(NumericReference::from_values(vec![1.0, 2.0, 3.0], 0).unwrap()),
+            FeatureReference::Numeric(
+                NumericReference::from_values(vec![1.0, 2.0, 3.0], 0).unwrap(),
+            ),
         )]),
     };
     store.put_reference(&profile, 100).await.unwrap();

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Tidewatch's test command: installs and starts what the integration tests
+# need (ClickHouse, a Kafka-protocol broker), all on 127.0.0.1, runs the whole
+# test suite against them, and stops them again.
+#
+#   scripts/test.sh [extra cargo test arguments]
+#
+# Needs only the Rust toolchain and root (or sudo) for apt-get on a fresh
+# Debian machine. The broker (nisshi, a Kafka-compatible broker written in
+# Rust) is built once with cargo into a cache outside the clone (about 11
+# minutes on 2 cores the first time) and reused afterwards.
+#
+# Environment:
+#   TIDEWATCH_CACHE_DIR   where the broker binary is cached (default: ~/.cache/tidewatch)
+#   TIDEWATCH_TEST_PORTS  base port (default 18000): ClickHouse HTTP +123, TCP +900, broker +92
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+cache_dir=${TIDEWATCH_CACHE_DIR:-$HOME/.cache/tidewatch}
+base=${TIDEWATCH_TEST_PORTS:-18000}
+clickhouse_http=$((base + 123))
+clickhouse_tcp=$((base + 900))
+clickhouse_interserver=$((base + 9))
+broker_port=$((base + 92))
+nisshi_version=0.8.1
+nisshi="$cache_dir/nisshi-$nisshi_version/bin/nisshi"
+
+log() { printf '[test.sh] %s\n' "$*" >&2; }
+fail() { printf '[test.sh] FAILED: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else fail "need root or sudo to run: $*"; fi
+}
+
+# --- ClickHouse -----------------------------------------------------------
+if ! command -v clickhouse-server >/dev/null 2>&1; then
+  log "installing clickhouse-server from Debian's packages"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client >/dev/null \
+    || fail "apt-get install clickhouse-server failed"
+fi
+
+# --- Kafka-protocol broker ------------------------------------------------
+if [ ! -x "$nisshi" ]; then
+  log "building the nisshi broker $nisshi_version into $cache_dir (first run only, ~11 minutes)"
+  mkdir -p "$cache_dir"
+  cargo install nisshi --version "$nisshi_version" --locked --ignore-rust-version \
+    --no-default-features --features dynostore --root "$cache_dir/nisshi-$nisshi_version" \
+    || fail "building the nisshi broker failed"
+fi
+
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$run_dir"
+}
+trap cleanup EXIT
+
+# A plain HTTP GET over bash's /dev/tcp, so the script needs no curl.
+http_get() {
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+  cat <&3
+  exec 3>&-
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in "$clickhouse_http" "$clickhouse_tcp" "$clickhouse_interserver" "$broker_port"; do
+  port_free "$port" || fail "port $port on 127.0.0.1 is taken; set TIDEWATCH_TEST_PORTS to another base"
+done
+
+log "starting ClickHouse on 127.0.0.1:$clickhouse_http"
+mkdir -p "$run_dir/clickhouse/tmp" "$run_dir/clickhouse/user_files" "$run_dir/clickhouse/format_schemas"
+clickhouse-server --config-file=/etc/clickhouse-server/config.xml -- \
+  --path="$run_dir/clickhouse/" --tmp_path="$run_dir/clickhouse/tmp/" \
+  --user_files_path="$run_dir/clickhouse/user_files/" --format_schema_path="$run_dir/clickhouse/format_schemas/" \
+  --logger.log="$run_dir/clickhouse/server.log" --logger.errorlog="$run_dir/clickhouse/error.log" \
+  --listen_host=127.0.0.1 --http_port="$clickhouse_http" --tcp_port="$clickhouse_tcp" \
+  --interserver_http_port="$clickhouse_interserver" \
+  >"$run_dir/clickhouse.out" 2>&1 &
+pids+=($!)
+
+log "starting the broker on 127.0.0.1:$broker_port"
+"$nisshi" broker --listener-url "tcp://127.0.0.1:$broker_port" \
+  --advertised-listener-url "tcp://127.0.0.1:$broker_port" --storage-engine memory://nisshi/ \
+  >"$run_dir/broker.log" 2>&1 &
+pids+=($!)
+
+ready=""
+for _ in $(seq 1 100); do
+  if http_get "$clickhouse_http" "/?query=SELECT%201" 2>/dev/null | tail -n 1 | grep -qx '1'; then ready=yes; break; fi
+  sleep 0.2
+done
+[ -n "$ready" ] || { tail -20 "$run_dir/clickhouse/error.log" >&2 || true; fail "ClickHouse did not become ready"; }
+
+ready=""
+for _ in $(seq 1 60); do
+  if timeout 2 "$nisshi" topic list --broker "tcp://127.0.0.1:$broker_port" >/dev/null 2>&1; then ready=yes; break; fi
+  sleep 0.5
+done
+[ -n "$ready" ] || { tail -20 "$run_dir/broker.log" >&2 || true; fail "the broker did not become ready"; }
+
+export TIDEWATCH_TEST_CLICKHOUSE_URL="http://127.0.0.1:$clickhouse_http"
+export TIDEWATCH_TEST_KAFKA_BROKERS="127.0.0.1:$broker_port"
+log "services ready; running cargo test"
+set +e
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one per binary).
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$run_dir/cargo-test.log" | grep -Eo '[0-9]+ passed' | awk '{s += $1} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$run_dir/cargo-test.log" | awk '{s += $1} END {print s + 0}')
+echo "tests: $passed passed, $failed failed"
+exit "$status"

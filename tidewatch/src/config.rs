@@ -1,0 +1,653 @@
+//! `tidewatch.toml`: the raw file format, and its validation into settings
+//! that cannot be invalid.
+//!
+//! [`RawConfig`] mirrors the file (`deny_unknown_fields` everywhere, so a typo
+//! is an error, not a silently ignored key). [`Config::load`] parses and
+//! validates once; every error names the file and the key at fault.
+//! See `fixtures/tidewatch.example.toml` for a documented example.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use detectors::metrics::DriftThresholds;
+use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
+use detectors::window::WindowSize;
+use events::EventKind;
+use ingest::engine::EngineSettings;
+use ingest::kafka::{KafkaSettings, LoopSettings, TopicSpec};
+use serde::Deserialize;
+
+/// The config format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// A config error, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The config file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has the wrong type.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
+    /// A key has a value that breaks a rule.
+    #[error("{file}: `{key}`: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// Dotted path of the key.
+        key: String,
+        /// The rule broken.
+        message: String,
+    },
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Format version; must be 1.
+    pub version: u32,
+    /// Kafka source; optional for the demo and offline commands.
+    #[serde(default)]
+    pub kafka: Option<RawKafka>,
+    /// Where results go.
+    #[serde(default)]
+    pub store: RawStore,
+    /// Event-time windows.
+    #[serde(default)]
+    pub windows: RawWindows,
+    /// Drift thresholds.
+    #[serde(default)]
+    pub drift: RawDrift,
+    /// Reference profiles.
+    #[serde(default)]
+    pub reference: RawReference,
+    /// Monitored models.
+    pub models: Vec<RawModel>,
+}
+
+/// `[kafka]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    /// `bootstrap.servers`, e.g. `"127.0.0.1:9092"`.
+    pub brokers: String,
+    /// Consumer group id.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Topics to read.
+    pub topics: Vec<RawTopic>,
+    /// Where undecodable payloads go.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// Any librdkafka property (`security.protocol`, `sasl.*`…), passed through.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "tidewatch".into()
+}
+
+fn default_dead_letter_topic() -> String {
+    "tidewatch.dead-letter".into()
+}
+
+/// `[[kafka.topics]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopic {
+    /// Topic name.
+    pub name: String,
+    /// Kind of event for payloads without a `schema` field.
+    pub kind: EventKind,
+}
+
+/// `[store]`: `type = "embedded"` (default) or `type = "clickhouse"`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RawStore {
+    /// SQLite file.
+    Embedded(RawEmbedded),
+    /// ClickHouse server.
+    #[serde(rename = "clickhouse")]
+    ClickHouse(RawClickHouse),
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore::Embedded(RawEmbedded {
+            path: default_embedded_path(),
+        })
+    }
+}
+
+/// `[store] type = "embedded"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbedded {
+    /// SQLite file; relative paths are relative to the config file.
+    #[serde(default = "default_embedded_path")]
+    pub path: PathBuf,
+}
+
+fn default_embedded_path() -> PathBuf {
+    PathBuf::from(".tidewatch/tidewatch.db")
+}
+
+/// `[store] type = "clickhouse"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClickHouse {
+    /// HTTP endpoint, e.g. `"http://127.0.0.1:8123"`.
+    pub url: String,
+    /// Database (created if missing).
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User, if not `default`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Name of the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_database() -> String {
+    "tidewatch".into()
+}
+
+/// `[windows]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindows {
+    /// Tumbling window size, 1 minute to 1 day, whole seconds (`"1h"`).
+    #[serde(default = "default_window_size", with = "humantime_serde")]
+    pub size: Duration,
+    /// How late an event may arrive behind the largest event time seen.
+    #[serde(default = "default_lateness", with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Close all windows when no event arrived for this long (`"0s"`: never).
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle_close_after: Duration,
+    /// How often to store a checkpoint and commit offsets.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Offsets per checkpoint range (the most a restart re-reads per partition).
+    #[serde(default = "default_range_size")]
+    pub range_size: u64,
+    /// Bound on (window × model × version × segment) groups per range.
+    #[serde(default = "default_max_groups")]
+    pub max_groups: usize,
+}
+
+fn default_window_size() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_lateness() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_range_size() -> u64 {
+    100_000
+}
+fn default_max_groups() -> usize {
+    50_000
+}
+
+impl Default for RawWindows {
+    fn default() -> Self {
+        Self {
+            size: default_window_size(),
+            allowed_lateness: default_lateness(),
+            idle_close_after: default_idle(),
+            checkpoint_interval: default_checkpoint_interval(),
+            range_size: default_range_size(),
+            max_groups: default_max_groups(),
+        }
+    }
+}
+
+/// `[drift]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDrift {
+    /// PSI at or above which a series is flagged as drifted.
+    #[serde(default = "default_psi_threshold")]
+    pub psi_threshold: f64,
+    /// Fewest values a window needs before a series can be flagged.
+    #[serde(default = "default_min_window_count")]
+    pub min_window_count: u64,
+}
+
+fn default_min_window_count() -> u64 {
+    DriftThresholds::default().min_count
+}
+
+fn default_psi_threshold() -> f64 {
+    DriftThresholds::default().psi
+}
+
+impl Default for RawDrift {
+    fn default() -> Self {
+        Self {
+            psi_threshold: default_psi_threshold(),
+            min_window_count: default_min_window_count(),
+        }
+    }
+}
+
+/// `[reference]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawReference {
+    /// For a model version with no stored profile: build one from its first
+    /// this-many windows (0: never; such versions get no drift scores).
+    #[serde(default)]
+    pub warmup_windows: usize,
+}
+
+/// `[[models]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// Model name, as in events' `model`.
+    pub name: String,
+    /// `classification` or `regression`.
+    pub task: Task,
+    /// Segment keys, as in events' `segments`.
+    #[serde(default)]
+    pub segment_keys: Vec<String>,
+    /// Distinct values per segment key before `__other__`.
+    #[serde(default = "default_max_segment_values")]
+    pub max_segment_values: usize,
+    /// Distinct categories per categorical sketch before the overflow bucket.
+    #[serde(default = "default_max_categories")]
+    pub max_categories: usize,
+    /// Monitored features.
+    pub features: Vec<RawFeature>,
+}
+
+fn default_max_segment_values() -> usize {
+    50
+}
+fn default_max_categories() -> usize {
+    100
+}
+
+/// `[[models.features]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeature {
+    /// Feature name, as in events' `features`.
+    pub name: String,
+    /// `numeric` or `categorical`.
+    pub kind: FeatureKind,
+}
+
+/// Validated store settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSettings {
+    /// SQLite at this path.
+    Embedded {
+        /// Database file.
+        path: PathBuf,
+    },
+    /// ClickHouse.
+    ClickHouse {
+        /// HTTP endpoint.
+        url: String,
+        /// Database.
+        database: String,
+        /// User.
+        user: Option<String>,
+        /// Password read from the environment.
+        password: Option<String>,
+    },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Kafka, if configured.
+    pub kafka: Option<KafkaSettings>,
+    /// Store.
+    pub store: StoreSettings,
+    /// Engine settings.
+    pub engine: EngineSettings,
+    /// Consumer loop timing.
+    pub loop_settings: LoopSettings,
+    /// Drift thresholds.
+    pub thresholds: DriftThresholds,
+    /// Warm-up windows for references.
+    pub warmup_windows: usize,
+    /// Model specs.
+    pub models: Vec<ModelSpec>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, file)
+    }
+
+    /// Validates config text; `file` is used in messages and to resolve relative paths.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            file: file.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        raw.validate(file)
+    }
+}
+
+impl RawConfig {
+    /// Checks every rule and builds the validated [`Config`].
+    pub fn validate(self, file: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if self.version != CONFIG_VERSION {
+            return Err(invalid(
+                "version",
+                format!(
+                    "this build reads version {CONFIG_VERSION}, the file says {}",
+                    self.version
+                ),
+            ));
+        }
+
+        let kafka = match self.kafka {
+            None => None,
+            Some(kafka) => {
+                if kafka.brokers.trim().is_empty() {
+                    return Err(invalid(
+                        "kafka.brokers",
+                        "must list at least one broker".into(),
+                    ));
+                }
+                if kafka.group_id.trim().is_empty() {
+                    return Err(invalid("kafka.group_id", "must not be empty".into()));
+                }
+                if kafka.topics.is_empty() {
+                    return Err(invalid(
+                        "kafka.topics",
+                        "must list at least one topic".into(),
+                    ));
+                }
+                for (index, topic) in kafka.topics.iter().enumerate() {
+                    if topic.name.trim().is_empty() {
+                        return Err(invalid(
+                            &format!("kafka.topics[{index}].name"),
+                            "must not be empty".into(),
+                        ));
+                    }
+                    if topic.name == kafka.dead_letter_topic {
+                        return Err(invalid(
+                            "kafka.dead_letter_topic",
+                            "must differ from the topics read".into(),
+                        ));
+                    }
+                }
+                for reserved in ["group.id", "enable.auto.commit", "enable.auto.offset.store"] {
+                    if kafka.properties.contains_key(reserved) {
+                        return Err(invalid(
+                            &format!("kafka.properties.\"{reserved}\""),
+                            "is set by Tidewatch (offsets are committed only after storage); remove it".into(),
+                        ));
+                    }
+                }
+                Some(KafkaSettings {
+                    brokers: kafka.brokers,
+                    group_id: kafka.group_id,
+                    topics: kafka
+                        .topics
+                        .into_iter()
+                        .map(|t| TopicSpec {
+                            name: t.name,
+                            kind: t.kind,
+                        })
+                        .collect(),
+                    dead_letter_topic: kafka.dead_letter_topic,
+                    properties: kafka.properties.into_iter().collect(),
+                })
+            }
+        };
+
+        let store = match self.store {
+            RawStore::Embedded(embedded) => {
+                let path = if embedded.path.is_relative() {
+                    file.parent().unwrap_or(Path::new(".")).join(&embedded.path)
+                } else {
+                    embedded.path
+                };
+                StoreSettings::Embedded { path }
+            }
+            RawStore::ClickHouse(clickhouse) => {
+                if !(clickhouse.url.starts_with("http://")
+                    || clickhouse.url.starts_with("https://"))
+                {
+                    return Err(invalid(
+                        "store.url",
+                        format!("`{}` must start with http:// or https://", clickhouse.url),
+                    ));
+                }
+                if clickhouse.database.is_empty()
+                    || !clickhouse
+                        .database
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                {
+                    return Err(invalid(
+                        "store.database",
+                        "must be ASCII letters, digits or `_`".into(),
+                    ));
+                }
+                let password = match &clickhouse.password_env {
+                    None => None,
+                    Some(variable) => Some(std::env::var(variable).map_err(|_| {
+                        invalid(
+                            "store.password_env",
+                            format!("environment variable `{variable}` is not set"),
+                        )
+                    })?),
+                };
+                StoreSettings::ClickHouse {
+                    url: clickhouse.url,
+                    database: clickhouse.database,
+                    user: clickhouse.user,
+                    password,
+                }
+            }
+        };
+
+        let windows = self.windows;
+        let size_ms = windows.size.as_millis() as i64;
+        if !(60_000..=86_400_000).contains(&size_ms) || size_ms % 1000 != 0 {
+            return Err(invalid(
+                "windows.size",
+                "must be whole seconds between 1m and 1d".into(),
+            ));
+        }
+        if windows.range_size == 0 {
+            return Err(invalid("windows.range_size", "must be at least 1".into()));
+        }
+        if windows.max_groups == 0 {
+            return Err(invalid("windows.max_groups", "must be at least 1".into()));
+        }
+        if windows.checkpoint_interval.is_zero() {
+            return Err(invalid(
+                "windows.checkpoint_interval",
+                "must be positive".into(),
+            ));
+        }
+        let window_size =
+            WindowSize::from_millis(size_ms).map_err(|e| invalid("windows.size", e.to_string()))?;
+
+        if !(self.drift.psi_threshold.is_finite() && self.drift.psi_threshold > 0.0) {
+            return Err(invalid(
+                "drift.psi_threshold",
+                "must be a positive number".into(),
+            ));
+        }
+
+        if self.models.is_empty() {
+            return Err(invalid("models", "must list at least one model".into()));
+        }
+        let mut models = Vec::with_capacity(self.models.len());
+        for (index, model) in self.models.into_iter().enumerate() {
+            let key = format!("models[{index}]");
+            if models.iter().any(|m: &ModelSpec| m.name() == model.name) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("model `{}` is listed twice", model.name),
+                ));
+            }
+            let features = model
+                .features
+                .into_iter()
+                .map(|f| FeatureSpec {
+                    name: f.name,
+                    kind: f.kind,
+                })
+                .collect();
+            let spec = ModelSpec::new(
+                model.name,
+                model.task,
+                features,
+                model.segment_keys,
+                model.max_segment_values,
+                model.max_categories,
+            )
+            .map_err(|error| invalid(&key, error.to_string()))?;
+            models.push(spec);
+        }
+
+        Ok(Config {
+            file: file.to_owned(),
+            kafka,
+            store,
+            engine: EngineSettings {
+                window_size,
+                allowed_lateness_ms: windows.allowed_lateness.as_millis() as i64,
+                range_size: windows.range_size,
+                max_groups: windows.max_groups,
+            },
+            loop_settings: LoopSettings {
+                checkpoint_interval: windows.checkpoint_interval,
+                idle_close_after: (!windows.idle_close_after.is_zero())
+                    .then_some(windows.idle_close_after),
+                reference_refresh: Duration::from_secs(60),
+            },
+            thresholds: DriftThresholds {
+                psi: self.drift.psi_threshold,
+                min_count: self.drift.min_window_count,
+            },
+            warmup_windows: self.reference.warmup_windows,
+            models,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_file(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("fixtures")
+            .join(name)
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let config = Config::load(&repo_file("tidewatch.example.toml")).unwrap();
+        assert_eq!(config.models.len(), 1);
+        assert_eq!(config.engine.window_size.millis(), 3_600_000);
+        let kafka = config.kafka.unwrap();
+        assert_eq!(kafka.topics.len(), 2);
+        assert!(matches!(config.store, StoreSettings::ClickHouse { .. }));
+    }
+
+    #[test]
+    fn the_broken_fixture_fails_naming_file_and_key() {
+        let error = Config::load(&repo_file("broken.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("broken.toml"), "{error}");
+        assert!(error.contains("`windows.size`"), "{error}");
+        assert!(error.contains("between 1m and 1d"), "{error}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_name() {
+        let text = "version = 1\n[windows]\nsise = \"1h\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []\n";
+        let error = Config::parse(text, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("t.toml:"), "{error}");
+        assert!(error.contains("unknown field `sise`"), "{error}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("version = 2\nmodels = []", "`version`"),
+            ("version = 1\nmodels = []", "`models`"),
+            (
+                "version = 1\n[kafka]\nbrokers = \"b:9092\"\ntopics = [{name = \"p\", kind = \"prediction\"}]\n[kafka.properties]\n\"enable.auto.commit\" = \"true\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`kafka.properties.\"enable.auto.commit\"`",
+            ),
+            (
+                "version = 1\n[store]\ntype = \"clickhouse\"\nurl = \"127.0.0.1:8123\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`store.url`",
+            ),
+            (
+                "version = 1\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = [{name = \"a\", kind = \"numeric\"}, {name = \"a\", kind = \"numeric\"}]",
+                "`models[0]`",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = Config::parse(text, Path::new("t.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(key), "{error} should name {key}");
+        }
+    }
+
+    #[test]
+    fn embedded_paths_are_relative_to_the_config_file() {
+        let text = "version = 1\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []";
+        let config = Config::parse(text, Path::new("/etc/tidewatch/tidewatch.toml")).unwrap();
+        assert_eq!(
+            config.store,
+            StoreSettings::Embedded {
+                path: PathBuf::from("/etc/tidewatch/.tidewatch/tidewatch.db")
+            }
+        );
+    }
+}

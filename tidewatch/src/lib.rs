@@ -1,0 +1,22 @@
+//! # tidewatch — the service and its command line
+//!
+//! The binary (`src/main.rs`) is thin; this library holds what it wires:
+//! - [`config`]: `tidewatch.toml`, parsed and validated once into settings
+//!   that cannot be invalid (errors name the file and the key).
+//! - [`training`]: training data (CSV, Parquet, JSON lines, via `arrow`)
+//!   into a reference profile.
+//! - [`fixtures`]: the seeded generator of the demo stream and training data.
+//! - [`demo`]: the whole pipeline in one process on the embedded store.
+//! - [`report`]: text tables of window metrics.
+//! - [`service`]: opening the configured store and running the Kafka pipeline.
+//!
+//! The crates below do the work: `events` (event model), `detectors` (pure
+//! math), `store` (ClickHouse / SQLite), `ingest` (Kafka and file ingestion),
+//! `alerting` (rules and channels).
+
+pub mod config;
+pub mod demo;
+pub mod fixtures;
+pub mod report;
+pub mod service;
+pub mod training;

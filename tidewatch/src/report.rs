@@ -1,0 +1,85 @@
+//! Plain-text tables of window metrics, for the demo and `tidewatch windows`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use store::WindowMetrics;
+
+/// Formats a window start (ms since the epoch) as `YYYY-MM-DD HH:MM` UTC.
+pub fn format_time(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|time| time.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|| millis.to_string())
+}
+
+/// One row per window, one column per series: the PSI against the reference,
+/// suffixed with `*` when the series drifted; `-` without reference.
+/// Only rows of `segment` are shown; `series` gives the column order.
+pub fn drift_table(metrics: &[WindowMetrics], segment: &str, series: &[String]) -> String {
+    let mut by_window: BTreeMap<i64, BTreeMap<&str, &WindowMetrics>> = BTreeMap::new();
+    for record in metrics.iter().filter(|m| m.key.segment == segment) {
+        by_window
+            .entry(record.key.window_start)
+            .or_default()
+            .insert(record.key.feature.as_str(), record);
+    }
+    let present: BTreeSet<&str> = by_window
+        .values()
+        .flat_map(|row| row.keys().copied())
+        .collect();
+    let columns: Vec<&str> = series
+        .iter()
+        .map(String::as_str)
+        .filter(|name| present.contains(name))
+        .collect();
+    let width = |name: &str| name.len().max(8);
+    let mut out = String::new();
+    let _ = write!(out, "{:<16}  {:>7}", "window (UTC)", "events");
+    for column in &columns {
+        let _ = write!(out, "  {:>w$}", column, w = width(column));
+    }
+    out.push('\n');
+    for (window_start, row) in &by_window {
+        let events = row.get("prediction.score").map_or_else(
+            || {
+                row.values()
+                    .map(|m| m.metrics.count + m.metrics.missing + m.metrics.type_mismatch)
+                    .max()
+                    .unwrap_or(0)
+            },
+            |m| m.metrics.count + m.metrics.missing,
+        );
+        let _ = write!(out, "{:<16}  {:>7}", format_time(*window_start), events);
+        for column in &columns {
+            let cell = match row.get(column) {
+                None => String::new(),
+                Some(record) => match (record.metrics.psi, record.metrics.drifted) {
+                    (Some(psi), Some(true)) => format!("{psi:.3}*"),
+                    (Some(psi), _) => format!("{psi:.3} "),
+                    (None, _) => "- ".to_owned(),
+                },
+            };
+            let _ = write!(out, "  {:>w$}", cell, w = width(column));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The first window in which any series drifted, and which series did.
+pub fn drift_onset(metrics: &[WindowMetrics], segment: &str) -> Option<(i64, Vec<String>)> {
+    let mut drifted: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for record in metrics
+        .iter()
+        .filter(|m| m.key.segment == segment && m.metrics.drifted == Some(true))
+    {
+        drifted
+            .entry(record.key.window_start)
+            .or_default()
+            .insert(record.key.feature.clone());
+    }
+    drifted
+        .into_iter()
+        .next()
+        .map(|(start, features)| (start, features.into_iter().collect()))
+}

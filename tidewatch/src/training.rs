@@ -1,0 +1,174 @@
+//! Reading training data (CSV, Parquet, JSON lines) with `arrow` into a
+//! reference profile.
+//!
+//! Columns are matched to the model's series by name: feature names as
+//! configured, plus `prediction.score`, `prediction.class`, `latency_ms` and
+//! `actual.label` for the derived series. Other columns are ignored (and
+//! listed in the result). Numeric columns of any width are read as `f64`;
+//! strings and booleans as text; nulls and empty CSV cells as missing.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type};
+use detectors::reference::{ReferenceBuilder, ReferenceProfile, TrainingValue};
+use detectors::spec::ModelSpec;
+
+/// Why training data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    /// The file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Arrow could not parse the file.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// Arrow's or Parquet's message.
+        message: String,
+    },
+    /// The extension is not one of csv, parquet, jsonl/json/ndjson.
+    #[error("{0}: unsupported file type (expected .csv, .parquet, .jsonl, .ndjson or .json)")]
+    UnsupportedType(String),
+    /// The profile could not be built.
+    #[error(transparent)]
+    Reference(#[from] detectors::Error),
+}
+
+/// A built profile and the columns that matched no series.
+#[derive(Debug)]
+pub struct TrainingProfile {
+    /// The profile.
+    pub profile: ReferenceProfile,
+    /// Columns not used.
+    pub ignored_columns: Vec<String>,
+}
+
+/// Reads `path` and builds the reference profile of `spec` at `model_version`.
+pub fn build_reference(
+    spec: &ModelSpec,
+    model_version: &str,
+    path: &Path,
+) -> Result<TrainingProfile, TrainingError> {
+    let display = path.display().to_string();
+    let format_error = |message: String| TrainingError::Format {
+        path: display.clone(),
+        message,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut builder = ReferenceBuilder::new(spec, model_version, &format!("file:{name}"));
+    let mut ignored = std::collections::BTreeSet::new();
+    let mut consume = |batch: RecordBatch| {
+        for _ in 0..batch.num_rows() {
+            builder.add_row();
+        }
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+            if spec.series_position(field.name()).is_none() {
+                ignored.insert(field.name().clone());
+                continue;
+            }
+            add_column(&mut builder, field.name(), column.as_ref());
+        }
+    };
+    let open = || {
+        File::open(path).map_err(|source| TrainingError::Io {
+            path: display.clone(),
+            source,
+        })
+    };
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match extension.as_str() {
+        "csv" => {
+            let format = arrow::csv::reader::Format::default().with_header(true);
+            let (schema, _) = format
+                .infer_schema(open()?, Some(10_000))
+                .map_err(|e| format_error(e.to_string()))?;
+            let reader = arrow::csv::ReaderBuilder::new(Arc::new(schema))
+                .with_format(format)
+                .build(open()?)
+                .map_err(|e| format_error(e.to_string()))?;
+            for batch in reader {
+                consume(batch.map_err(|e| format_error(e.to_string()))?);
+            }
+        }
+        "jsonl" | "ndjson" | "json" => {
+            let mut reader = std::io::BufReader::new(open()?);
+            let (schema, _) =
+                arrow::json::reader::infer_json_schema_from_seekable(&mut reader, Some(10_000))
+                    .map_err(|e| format_error(e.to_string()))?;
+            let reader = arrow::json::ReaderBuilder::new(Arc::new(schema))
+                .build(std::io::BufReader::new(open()?))
+                .map_err(|e| format_error(e.to_string()))?;
+            for batch in reader {
+                consume(batch.map_err(|e| format_error(e.to_string()))?);
+            }
+        }
+        "parquet" => {
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open()?)
+                    .and_then(|builder| builder.build())
+                    .map_err(|e| format_error(e.to_string()))?;
+            for batch in reader {
+                consume(batch.map_err(|e| format_error(e.to_string()))?);
+            }
+        }
+        _ => return Err(TrainingError::UnsupportedType(display)),
+    }
+    let profile = builder.build()?;
+    Ok(TrainingProfile {
+        profile,
+        ignored_columns: ignored.into_iter().collect(),
+    })
+}
+
+fn add_column(builder: &mut ReferenceBuilder, name: &str, column: &dyn Array) {
+    match column.data_type() {
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Utf8View
+        | DataType::Boolean
+        | DataType::Dictionary(_, _) => {
+            let Ok(text) = arrow::compute::cast(column, &DataType::Utf8) else {
+                return;
+            };
+            let text = text.as_string::<i32>();
+            for value in text.iter() {
+                builder.add(
+                    name,
+                    value.map_or(TrainingValue::Missing, TrainingValue::Text),
+                );
+            }
+        }
+        data_type if data_type.is_numeric() => {
+            let Ok(numbers) = arrow::compute::cast(column, &DataType::Float64) else {
+                return;
+            };
+            for value in numbers.as_primitive::<Float64Type>().iter() {
+                builder.add(
+                    name,
+                    value.map_or(TrainingValue::Missing, TrainingValue::Number),
+                );
+            }
+        }
+        _ => {
+            for _ in 0..column.len() {
+                builder.add(name, TrainingValue::Missing);
+            }
+        }
+    }
+}
