@@ -372,8 +372,9 @@ pub struct ReplayOptions {
 }
 
 /// Produces every non-empty line of a JSON-lines file as one message
-/// (keyed by line number so a partition sees lines in file order), waiting
-/// for every delivery. Returns the number of messages delivered.
+/// (keyed by line number), in file order: records are handed to librdkafka
+/// one by one, which keeps their order within a partition. At most 10,000
+/// deliveries are awaited at once. Returns the number of messages delivered.
 pub async fn replay_file(
     settings: &KafkaSettings,
     path: &std::path::Path,
@@ -384,7 +385,7 @@ pub async fn replay_file(
         .map_err(|e| Error::Io(path.display().to_string(), e))?;
     let producer = producer(settings)?;
     let started = Instant::now();
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut in_flight = std::collections::VecDeque::new();
     let mut delivered = 0u64;
     for (index, line) in text
         .lines()
@@ -397,31 +398,41 @@ pub async fn replay_file(
                 tokio::time::sleep(wait).await;
             }
         }
-        let producer = producer.clone();
-        let topic = options.topic.clone();
-        let payload = line.to_owned();
-        in_flight.spawn(async move {
-            let key = index.to_string();
-            producer
-                .send(
-                    FutureRecord::to(&topic).payload(&payload).key(&key),
-                    Duration::from_secs(30),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|(error, _)| error)
-        });
-        // Bound the number of unacknowledged messages.
-        while in_flight.len() >= 10_000 {
-            if let Some(result) = in_flight.join_next().await {
-                result.map_err(|e| Error::Task(e.to_string()))??;
-                delivered += 1;
+        let key = index.to_string();
+        loop {
+            match producer.send_result(FutureRecord::to(&options.topic).payload(line).key(&key)) {
+                Ok(delivery) => {
+                    in_flight.push_back(delivery);
+                    break;
+                }
+                // librdkafka's queue is full: wait for the oldest delivery, then retry.
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    _,
+                )) => {
+                    delivered += await_delivery(in_flight.pop_front()).await?;
+                }
+                Err((error, _)) => return Err(error.into()),
             }
         }
+        while in_flight.len() >= 10_000 {
+            delivered += await_delivery(in_flight.pop_front()).await?;
+        }
     }
-    while let Some(result) = in_flight.join_next().await {
-        result.map_err(|e| Error::Task(e.to_string()))??;
-        delivered += 1;
+    while !in_flight.is_empty() {
+        delivered += await_delivery(in_flight.pop_front()).await?;
     }
     Ok(delivered)
+}
+
+async fn await_delivery(delivery: Option<rdkafka::producer::DeliveryFuture>) -> Result<u64, Error> {
+    let Some(delivery) = delivery else {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        return Ok(0);
+    };
+    match delivery.await {
+        Ok(Ok(_)) => Ok(1),
+        Ok(Err((error, _))) => Err(error.into()),
+        Err(_) => Err(Error::Task("the producer dropped a delivery".into())),
+    }
 }

@@ -1,0 +1,505 @@
+//! End-to-end tests against a real Kafka-protocol broker and a real
+//! ClickHouse server, both started by `scripts/test.sh`:
+//!
+//! - events produced with `tidewatch replay` become window aggregates in
+//!   ClickHouse equal to the in-process computation on the same events (and
+//!   to an independent count/mean oracle);
+//! - a consumer killed mid-stream and restarted neither loses nor double counts;
+//! - malformed messages land in the dead-letter topic with their reason;
+//! - two consumers in one group produce, merged, the same aggregates as one.
+//!
+//! Without `TIDEWATCH_TEST_KAFKA_BROKERS` / `TIDEWATCH_TEST_CLICKHOUSE_URL`
+//! the tests fail and say why.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use detectors::SeriesKey;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use store::{MetricsQuery, Store, WindowMetrics};
+use tidewatch::config::Config;
+use tidewatch::fixtures::{self, DemoShape, DEMO_MODEL, DEMO_VERSION};
+
+fn brokers() -> String {
+    std::env::var("TIDEWATCH_TEST_KAFKA_BROKERS").expect(
+        "TIDEWATCH_TEST_KAFKA_BROKERS is not set: run the integration suite through scripts/test.sh, \
+         which builds and starts the broker",
+    )
+}
+
+fn clickhouse_url() -> String {
+    std::env::var("TIDEWATCH_TEST_CLICKHOUSE_URL").expect(
+        "TIDEWATCH_TEST_CLICKHOUSE_URL is not set: run the integration suite through scripts/test.sh, \
+         which installs and starts ClickHouse",
+    )
+}
+
+/// A test's private topic, dead-letter topic, group, database and files.
+struct Scenario {
+    name: String,
+    directory: PathBuf,
+    stream: PathBuf,
+    training: PathBuf,
+    predictions: u64,
+    actuals: u64,
+}
+
+impl Scenario {
+    fn new(name: &str, shape: DemoShape) -> Self {
+        let name = format!("{name}_{}", std::process::id());
+        let directory = std::env::temp_dir().join(format!("tidewatch-it-{name}"));
+        std::fs::create_dir_all(&directory).unwrap();
+        let generated = fixtures::generate(shape, 1234);
+        let stream = directory.join("stream.jsonl");
+        let training = directory.join("train.csv");
+        std::fs::write(&stream, &generated.stream).unwrap();
+        std::fs::write(&training, &generated.training_csv).unwrap();
+        Self {
+            name,
+            directory,
+            stream,
+            training,
+            predictions: generated.predictions,
+            actuals: generated.actuals,
+        }
+    }
+
+    fn topic(&self) -> String {
+        format!("predictions-{}", self.name)
+    }
+
+    fn dead_letter_topic(&self) -> String {
+        format!("dead-letters-{}", self.name)
+    }
+
+    fn config(&self, range_size: u64) -> Config {
+        let text = format!(
+            r#"
+version = 1
+[kafka]
+brokers = "{brokers}"
+group_id = "tidewatch-{name}"
+dead_letter_topic = "{dead_letters}"
+topics = [{{ name = "{topic}", kind = "prediction" }}]
+[kafka.properties]
+"session.timeout.ms" = "10000"
+"heartbeat.interval.ms" = "1000"
+[store]
+type = "clickhouse"
+url = "{url}"
+database = "tw_{name}"
+[windows]
+size = "1h"
+allowed_lateness = "5m"
+idle_close_after = "3s"
+checkpoint_interval = "500ms"
+range_size = {range_size}
+[[models]]
+name = "{DEMO_MODEL}"
+task = "classification"
+segment_keys = ["country"]
+features = [
+  {{ name = "age", kind = "numeric" }},
+  {{ name = "tenure_months", kind = "numeric" }},
+  {{ name = "monthly_charges", kind = "numeric" }},
+  {{ name = "support_calls", kind = "numeric" }},
+  {{ name = "contract", kind = "categorical" }},
+  {{ name = "payment_method", kind = "categorical" }},
+]
+"#,
+            brokers = brokers(),
+            name = self.name,
+            dead_letters = self.dead_letter_topic(),
+            topic = self.topic(),
+            url = clickhouse_url(),
+        );
+        let path = self.directory.join("tidewatch.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path).unwrap()
+    }
+
+    async fn create_topics(&self, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin client");
+        let topic = self.topic();
+        let dead_letters = self.dead_letter_topic();
+        let topics = [
+            NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&dead_letters, 1, TopicReplication::Fixed(1)),
+        ];
+        let results = admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics");
+        for result in results {
+            result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code:?}"));
+        }
+    }
+
+    /// Stores the reference profile built from the training CSV.
+    async fn store_reference(&self, config: &Config) -> Store {
+        let store = tidewatch::service::open_store(&config.store).await.unwrap();
+        let spec = config.models[0].clone();
+        let profile = tidewatch::training::build_reference(&spec, DEMO_VERSION, &self.training)
+            .unwrap()
+            .profile;
+        store.put_reference(&profile, 1).await.unwrap();
+        store
+    }
+
+    /// Runs `tidewatch replay` on the stream.
+    fn replay(&self, rate: Option<u32>) -> std::process::Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        command
+            .arg("replay")
+            .arg(&self.stream)
+            .arg("--to")
+            .arg(brokers())
+            .arg("--topic")
+            .arg(self.topic());
+        if let Some(rate) = rate {
+            command.arg("--rate").arg(rate.to_string());
+        }
+        command.spawn().expect("starting tidewatch replay")
+    }
+
+    /// The in-process computation: the same events through the file replay
+    /// into an in-memory embedded store.
+    async fn expected(&self, config: &Config) -> Vec<WindowMetrics> {
+        let store = Store::Embedded(store::embedded::EmbeddedStore::in_memory().unwrap());
+        let spec = config.models[0].clone();
+        let profile = tidewatch::training::build_reference(&spec, DEMO_VERSION, &self.training)
+            .unwrap()
+            .profile;
+        store.put_reference(&profile, 1).await.unwrap();
+        let mut driver = tidewatch::service::driver(config, store.clone())
+            .await
+            .unwrap();
+        let mut dead_letters =
+            ingest::dead_letter::DeadLetterSink::file(&self.directory.join("expected-dead.jsonl"))
+                .unwrap();
+        ingest::file::replay_into(
+            &mut driver,
+            &self.stream,
+            events::EventKind::Prediction,
+            &mut dead_letters,
+        )
+        .await
+        .unwrap();
+        store.window_metrics(MetricsQuery::default()).await.unwrap()
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// Starts the pipeline in a task; returns its handle and the shutdown sender.
+fn start_pipeline(
+    config: &Config,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<ingest::kafka::RunReport>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = config.clone();
+    let handle = tokio::spawn(async move {
+        tidewatch::service::run(&config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (handle, stop)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+fn close_option(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => close(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Compares stored metrics with the expected ones, field by field.
+fn compare(actual: &[WindowMetrics], expected: &[WindowMetrics]) -> Result<(), String> {
+    let actual: HashMap<&SeriesKey, &WindowMetrics> = actual.iter().map(|m| (&m.key, m)).collect();
+    if actual.len() != expected.len() {
+        return Err(format!(
+            "{} series-windows stored, {} expected",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    for expected in expected {
+        let Some(stored) = actual.get(&expected.key) else {
+            return Err(format!("missing {:?}", expected.key));
+        };
+        let (a, e) = (&stored.metrics, &expected.metrics);
+        let exact = a.count == e.count
+            && a.missing == e.missing
+            && a.type_mismatch == e.type_mismatch
+            && a.distinct_categories == e.distinct_categories
+            && a.unseen_categories == e.unseen_categories
+            && a.drifted == e.drifted;
+        let floats = [
+            (a.mean, e.mean),
+            (a.std_dev, e.std_dev),
+            (a.min, e.min),
+            (a.max, e.max),
+            (a.psi, e.psi),
+            (a.ks_statistic, e.ks_statistic),
+            (a.ks_p_value, e.ks_p_value),
+            (a.chi_square, e.chi_square),
+            (a.chi_square_p_value, e.chi_square_p_value),
+            (a.missing_rate, e.missing_rate),
+        ]
+        .iter()
+        .all(|(x, y)| close_option(*x, *y));
+        let quantiles = match (a.quantiles, e.quantiles) {
+            (Some(x), Some(y)) => x.iter().zip(y.iter()).all(|(p, q)| close(*p, *q)),
+            (None, None) => true,
+            _ => false,
+        };
+        if !(exact && floats && quantiles) {
+            return Err(format!("{:?}: stored {a:?} expected {e:?}", expected.key));
+        }
+    }
+    Ok(())
+}
+
+/// Polls ClickHouse until its metrics equal `expected` (windows are
+/// finalized asynchronously), or fails with the last difference.
+async fn wait_for_metrics(store: &Store, expected: &[WindowMetrics], timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let stored = store.window_metrics(MetricsQuery::default()).await.unwrap();
+        match compare(&stored, expected) {
+            Ok(()) => return,
+            Err(difference) if started.elapsed() > timeout => {
+                panic!("ClickHouse never matched the in-process computation: {difference}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Independent oracle: predictions per hourly window and the mean of
+/// `monthly_charges` per window, straight from the JSON lines.
+fn oracle(stream: &Path) -> BTreeMap<i64, (u64, f64, u64)> {
+    let mut windows: BTreeMap<i64, (u64, f64, u64)> = BTreeMap::new();
+    for line in std::fs::read_to_string(stream).unwrap().lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if value["schema"] != "tidewatch.prediction.v1" || value["prediction_id"].is_null() {
+            continue;
+        }
+        let Some(timestamp) = value["timestamp"].as_i64() else {
+            continue;
+        };
+        if !value["features"]["age"].is_number() {
+            continue;
+        }
+        let entry = windows
+            .entry(timestamp.div_euclid(3_600_000) * 3_600_000)
+            .or_default();
+        entry.0 += 1;
+        if let Some(charges) = value["features"]["monthly_charges"].as_f64() {
+            entry.1 += charges;
+            entry.2 += 1;
+        }
+    }
+    windows
+}
+
+fn small_shape() -> DemoShape {
+    DemoShape {
+        hours: 3,
+        predictions_per_hour: 1_500,
+        drift_onset_hour: 2,
+        training_rows: 2_000,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_events_become_the_in_process_aggregates_and_malformed_ones_are_dead_lettered() {
+    let scenario = Scenario::new("replay", small_shape());
+    let config = scenario.config(1_000);
+    scenario.create_topics(3).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+
+    let status = scenario.replay(None).wait().unwrap();
+    assert!(status.success(), "tidewatch replay failed");
+    let (handle, stop) = start_pipeline(&config);
+    wait_for_metrics(&store, &expected, Duration::from_secs(90)).await;
+
+    // The independent oracle agrees on counts and means.
+    let stored = store.window_metrics(MetricsQuery::default()).await.unwrap();
+    for (window_start, (predictions, charges_sum, charges_count)) in oracle(&scenario.stream) {
+        let find = |feature: &str| {
+            stored
+                .iter()
+                .find(|m| {
+                    m.key.window_start == window_start
+                        && m.key.segment == "all"
+                        && m.key.feature == feature
+                })
+                .unwrap_or_else(|| panic!("no {feature} metrics for window {window_start}"))
+        };
+        assert_eq!(find("prediction.score").metrics.count, predictions);
+        let charges = find("monthly_charges");
+        assert_eq!(charges.metrics.count, charges_count);
+        assert!(close(
+            charges.metrics.mean.unwrap(),
+            charges_sum / charges_count as f64
+        ));
+    }
+    let total: u64 = stored
+        .iter()
+        .filter(|m| m.key.segment == "all" && m.key.feature == "prediction.score")
+        .map(|m| m.metrics.count)
+        .sum();
+    assert_eq!(total, scenario.predictions);
+    let labels: u64 = stored
+        .iter()
+        .filter(|m| m.key.segment == "all" && m.key.feature == "actual.label")
+        .map(|m| m.metrics.count)
+        .sum();
+    assert_eq!(labels, scenario.actuals);
+
+    // The three malformed payloads are in the dead-letter topic, with reasons.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("dead-letter-reader-{}", scenario.name))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&scenario.dead_letter_topic()])
+        .unwrap();
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("dead letters did not arrive")
+            .unwrap();
+        let headers = message.headers().expect("dead letters carry headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| panic!("header {name} missing"))
+        };
+        assert_eq!(header("tidewatch-source-topic"), scenario.topic());
+        assert!(header("tidewatch-source-offset").parse::<u64>().is_ok());
+        assert!(message.payload().is_some_and(|p| !p.is_empty()));
+        reasons.push(header("tidewatch-error"));
+    }
+    reasons.sort();
+    assert!(
+        reasons.iter().any(|r| r.contains("timestamp")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("EOF") || r.contains("invalid event json")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("a number, a string, a boolean or null")),
+        "{reasons:?}"
+    );
+
+    stop.send(()).unwrap();
+    let report = handle.await.unwrap().unwrap();
+    assert_eq!(report.dead_lettered, 3);
+    assert!(report.commits > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_mid_stream_and_restarted_neither_loses_nor_double_counts() {
+    let scenario = Scenario::new("restart", small_shape());
+    let config = scenario.config(700);
+    scenario.create_topics(2).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+
+    // Produce slowly so the first consumer is killed while data still flows.
+    let mut producer = scenario.replay(Some(600));
+    let (first, _first_stop) = start_pipeline(&config);
+    let started = Instant::now();
+    // Wait until the first consumer has stored something, then kill it without a clean shutdown.
+    loop {
+        let windows = store
+            .partial_windows(DEMO_MODEL, 0, i64::MAX / 2)
+            .await
+            .unwrap();
+        if !windows.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first consumer never checkpointed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    first.abort();
+    let _ = first.await;
+    assert!(
+        producer.try_wait().unwrap().is_none(),
+        "the replay should still be running when the consumer dies"
+    );
+
+    let (second, second_stop) = start_pipeline(&config);
+    assert!(producer.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(120)).await;
+    second_stop.send(()).unwrap();
+    second.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_in_one_group_merge_to_the_single_consumer_result() {
+    let scenario = Scenario::new("group", small_shape());
+    let config = scenario.config(500);
+    scenario.create_topics(4).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+
+    let mut producer = scenario.replay(Some(3_000));
+    let (first, first_stop) = start_pipeline(&config);
+    let (second, second_stop) = start_pipeline(&config);
+    assert!(producer.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(120)).await;
+    first_stop.send(()).unwrap();
+    second_stop.send(()).unwrap();
+    let reports = [
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    ];
+    assert!(
+        reports.iter().all(|report| report.messages > 0),
+        "both members of the group should have consumed: {reports:?}"
+    );
+}
