@@ -2,6 +2,12 @@
 //! finalization, warm-up references and reference refresh. Shared by the
 //! Kafka consumer and the file replay, which differ only in where payloads
 //! come from and how offsets are committed.
+//!
+//! A reference installed while windows are open (a warm-up reference, or
+//! one built with `tidewatch reference build` and picked up by the refresh)
+//! applies to windows opened afterwards: sketches recorded before it have
+//! no reference bins, so those windows report moments and quantiles but no
+//! binned drift scores.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
