@@ -15,8 +15,10 @@
 //! - categories per sketch: the model's `max_categories`.
 //! - distinct segment values per key: the model's `max_segment_values`.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use events::{Event, EventKind, FeatureValue, Label};
 use serde::{Deserialize, Serialize};
@@ -208,8 +210,8 @@ pub enum Recorded {
     GroupLimit,
 }
 
-type SegmentGroups = HashMap<String, Vec<FeatureSketch>>;
-type VersionGroups = HashMap<String, SegmentGroups>;
+type SegmentGroups = FxHashMap<String, Vec<FeatureSketch>>;
+type VersionGroups = FxHashMap<String, SegmentGroups>;
 
 /// Per-window sketches of every model, version, segment and series.
 #[derive(Debug, Clone)]
@@ -217,9 +219,16 @@ pub struct WindowAggregates {
     max_groups: usize,
     groups: usize,
     /// window_start → model → version → segment → sketches by series position.
-    windows: BTreeMap<i64, HashMap<String, VersionGroups>>,
-    /// model → segment key → distinct values admitted so far.
-    segment_values: HashMap<String, HashMap<String, HashSet<String>>>,
+    windows: BTreeMap<i64, FxHashMap<String, VersionGroups>>,
+    /// model → per segment key (in spec order) → admitted value → its label.
+    /// Holds at most `max_segment_values` values (plus `__other__`) per key.
+    segment_labels: FxHashMap<String, Vec<FxHashMap<String, Arc<str>>>>,
+    /// The `all` label, shared.
+    all_segment: Arc<str>,
+    /// Reused per event to avoid allocating.
+    scratch_segments: Vec<Arc<str>>,
+    /// Reused per event to avoid allocating.
+    scratch_seen: Vec<bool>,
 }
 
 impl WindowAggregates {
@@ -229,7 +238,10 @@ impl WindowAggregates {
             max_groups,
             groups: 0,
             windows: BTreeMap::new(),
-            segment_values: HashMap::new(),
+            segment_labels: FxHashMap::default(),
+            all_segment: Arc::from(ALL_SEGMENT),
+            scratch_segments: Vec::new(),
+            scratch_seen: Vec::new(),
         }
     }
 
@@ -254,46 +266,69 @@ impl WindowAggregates {
             return Recorded::UnknownModel;
         };
         let reference = catalog.reference(&event.model, &event.model_version);
-        let segments = self.segments_of(spec, event);
-        let mut seen = vec![false; spec.configured_feature_count()];
-        for segment in segments.iter() {
+        let mut segments = std::mem::take(&mut self.scratch_segments);
+        let mut seen = std::mem::take(&mut self.scratch_seen);
+        self.segments_of(spec, event, &mut segments);
+        seen.resize(spec.configured_feature_count(), false);
+        let mut outcome = Recorded::Added;
+        for segment in &segments {
             let Some(sketches) =
                 self.group_mut(spec, reference, window_start, &event.model_version, segment)
             else {
-                return Recorded::GroupLimit;
+                outcome = Recorded::GroupLimit;
+                break;
             };
             record_into(spec, reference, sketches, event, &mut seen);
         }
-        Recorded::Added
+        segments.clear();
+        self.scratch_segments = segments;
+        self.scratch_seen = seen;
+        outcome
     }
 
-    fn segments_of(&mut self, spec: &ModelSpec, event: &Event<'_>) -> Vec<Cow<'static, str>> {
-        let mut segments = Vec::with_capacity(1 + spec.segment_keys().len());
-        segments.push(Cow::Borrowed(ALL_SEGMENT));
-        for key in spec.segment_keys() {
+    /// Fills `segments` with the labels of the event's segments: `all`, then
+    /// `key=value` per segment key (interned, so no allocation per event).
+    fn segments_of(&mut self, spec: &ModelSpec, event: &Event<'_>, segments: &mut Vec<Arc<str>>) {
+        segments.push(Arc::clone(&self.all_segment));
+        if spec.segment_keys().is_empty() {
+            return;
+        }
+        if !self.segment_labels.contains_key(spec.name()) {
+            let per_key = spec
+                .segment_keys()
+                .iter()
+                .map(|_| FxHashMap::default())
+                .collect();
+            self.segment_labels.insert(spec.name().to_owned(), per_key);
+        }
+        let per_key = self
+            .segment_labels
+            .get_mut(spec.name())
+            .expect("inserted above");
+        for (key, admitted) in spec.segment_keys().iter().zip(per_key.iter_mut()) {
             let value = event
                 .segments
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.as_ref())
                 .unwrap_or(MISSING_SEGMENT_VALUE);
-            let admitted = self
-                .segment_values
-                .entry(spec.name().to_owned())
-                .or_default()
-                .entry(key.clone())
-                .or_default();
-            let value = if admitted.contains(value) {
-                value
-            } else if admitted.len() < spec.max_segment_values() {
-                admitted.insert(value.to_owned());
-                value
-            } else {
-                OTHER_SEGMENT_VALUE
+            let label = match admitted.get(value) {
+                Some(label) => Arc::clone(label),
+                None if admitted.len() < spec.max_segment_values() => {
+                    let label: Arc<str> = Arc::from(format!("{key}={value}"));
+                    admitted.insert(value.to_owned(), Arc::clone(&label));
+                    label
+                }
+                // Values beyond the bound share one `key=__other__` label,
+                // kept beside the admitted values.
+                None => Arc::clone(
+                    admitted
+                        .entry(OTHER_SEGMENT_VALUE.to_owned())
+                        .or_insert_with(|| Arc::from(format!("{key}={OTHER_SEGMENT_VALUE}"))),
+                ),
             };
-            segments.push(Cow::Owned(format!("{key}={value}")));
+            segments.push(label);
         }
-        segments
     }
 
     fn group_mut(
@@ -411,7 +446,7 @@ fn new_group(spec: &ModelSpec, reference: Option<&CompiledReference>) -> Vec<Fea
 fn collect_window(
     catalog: &Catalog,
     window_start: i64,
-    models: &HashMap<String, VersionGroups>,
+    models: &FxHashMap<String, VersionGroups>,
     out: &mut Vec<(SeriesKey, FeatureSketch)>,
 ) {
     for (model, versions) in models {
