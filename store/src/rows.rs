@@ -28,6 +28,22 @@ pub(crate) fn lower_bound_seconds(millis: i64) -> u32 {
     upper_bound_seconds(millis)
 }
 
+fn series_key(
+    window_start: u32,
+    model: String,
+    model_version: String,
+    segment: String,
+    feature: String,
+) -> SeriesKey {
+    SeriesKey {
+        window_start: to_millis(window_start),
+        model,
+        model_version,
+        segment,
+        feature,
+    }
+}
+
 pub(crate) fn to_millis(seconds: u32) -> i64 {
     i64::from(seconds) * 1000
 }
@@ -153,13 +169,13 @@ impl MetricsRow {
             _ => None,
         };
         Ok(WindowMetrics {
-            key: SeriesKey {
-                window_start: to_millis(self.window_start),
-                model: self.model,
-                model_version: self.model_version,
-                segment: self.segment,
-                feature: self.feature,
-            },
+            key: series_key(
+                self.window_start,
+                self.model,
+                self.model_version,
+                self.segment,
+                self.feature,
+            ),
             window_end: to_millis(self.window_end),
             metrics: FeatureWindowMetrics {
                 kind,
@@ -230,13 +246,13 @@ impl PartialRow {
             source: self.source,
             range_start: self.range_start,
             range_end: self.range_end,
-            key: SeriesKey {
-                window_start: to_millis(self.window_start),
-                model: self.model,
-                model_version: self.model_version,
-                segment: self.segment,
-                feature: self.feature,
-            },
+            key: series_key(
+                self.window_start,
+                self.model,
+                self.model_version,
+                self.segment,
+                self.feature,
+            ),
             sketch: self.sketch,
         }
     }
@@ -272,13 +288,13 @@ impl SketchRow {
 
     pub(crate) fn into_record(self) -> WindowSketch {
         WindowSketch {
-            key: SeriesKey {
-                window_start: to_millis(self.window_start),
-                model: self.model,
-                model_version: self.model_version,
-                segment: self.segment,
-                feature: self.feature,
-            },
+            key: series_key(
+                self.window_start,
+                self.model,
+                self.model_version,
+                self.segment,
+                self.feature,
+            ),
             window_end: to_millis(self.window_end),
             sketch: self.sketch,
             computed_at: self.computed_at,

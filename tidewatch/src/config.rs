@@ -362,6 +362,20 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The spec of a configured model; the error names the file and `models`.
+    pub fn model(&self, name: &str) -> Result<&ModelSpec, ConfigError> {
+        self.models
+            .iter()
+            .find(|model| model.name() == name)
+            .ok_or_else(|| ConfigError::Invalid {
+                file: self.file.clone(),
+                key: "models".into(),
+                message: format!("no model named `{name}`"),
+            })
+    }
+}
+
 impl RawConfig {
     /// Checks every rule and builds the validated [`Config`].
     pub fn validate(self, file: &Path) -> Result<Config, ConfigError> {

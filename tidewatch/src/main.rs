@@ -179,14 +179,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let config = Config::load(&config)?;
-            let spec = config
-                .models
-                .iter()
-                .find(|m| m.name() == model)
-                .cloned()
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{}: no model `{model}` in `models`", config.file.display())
-                })?;
+            let spec = config.model(&model)?.clone();
             let training = tokio::task::spawn_blocking(move || {
                 tidewatch::training::build_reference(&spec, &version, &input)
             })
@@ -236,13 +229,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             segment,
         } => {
             let config = Config::load(&config)?;
-            let spec = config
-                .models
-                .iter()
-                .find(|m| m.name() == model)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{}: no model `{model}` in `models`", config.file.display())
-                })?;
+            let spec = config.model(&model)?;
             let series: Vec<String> = spec.series().map(|s| s.name.clone()).collect();
             let store = tidewatch::service::open_store(&config.store).await?;
             let metrics = store

@@ -34,7 +34,7 @@ pub fn drift_table(metrics: &[WindowMetrics], segment: &str, series: &[String]) 
         .collect();
     let width = |name: &str| name.len().max(8);
     let mut out = String::new();
-    let _ = write!(out, "{:<16}  {:>7}", "window (UTC)", "events");
+    let _ = write!(out, "{:<16}  {:>11}", "window (UTC)", "predictions");
     for column in &columns {
         let _ = write!(out, "  {:>w$}", column, w = width(column));
     }

@@ -1,0 +1,158 @@
+//! The command line as a user runs it: the binary, a config file, the
+//! embedded store, and the demo.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tidewatch::fixtures::DemoShape;
+
+fn tidewatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(args)
+        .output()
+        .expect("running tidewatch")
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let directory =
+        std::env::temp_dir().join(format!("tidewatch-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+#[test]
+fn reference_build_stores_a_profile_that_reference_list_shows() {
+    let directory = temp_dir("reference");
+    let config = directory.join("tidewatch.toml");
+    let example = std::fs::read_to_string(repo("fixtures/tidewatch.example.toml")).unwrap();
+    // The example with the embedded store instead of ClickHouse.
+    let start = example.find("[store]").unwrap();
+    let end = example.find("[windows]").unwrap();
+    let embedded = format!(
+        "{}[store]\ntype = \"embedded\"\npath = \"state/tidewatch.db\"\n\n{}",
+        &example[..start],
+        &example[end..]
+    );
+    std::fs::write(&config, embedded).unwrap();
+    let config = config.to_str().unwrap();
+    let training = repo("fixtures/demo-sample-train.csv");
+
+    let built = tidewatch(&[
+        "reference",
+        "build",
+        "--config",
+        config,
+        "--model",
+        "churn",
+        "--version",
+        "7",
+        "--input",
+        training.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(
+        stdout.contains("stored reference of churn v7 from file:demo-sample-train.csv (300 rows"),
+        "{stdout}"
+    );
+    assert!(
+        directory.join("state/tidewatch.db").exists(),
+        "the embedded path is relative to the config file"
+    );
+
+    let listed = tidewatch(&["reference", "list", "--config", config]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success());
+    assert!(
+        stdout.starts_with("churn\tv7\tfile:demo-sample-train.csv\t300 rows"),
+        "{stdout}"
+    );
+
+    let unknown = tidewatch(&[
+        "reference",
+        "build",
+        "--config",
+        config,
+        "--model",
+        "nope",
+        "--version",
+        "1",
+        "--input",
+        training.to_str().unwrap(),
+    ]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no model named `nope`"));
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[test]
+fn a_broken_config_fails_with_the_file_and_the_key() {
+    let broken = repo("fixtures/broken.toml");
+    let output = tidewatch(&["run", "--config", broken.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("broken.toml: `windows.size`: must be whole seconds between 1m and 1d"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_finds_the_injected_drift_and_only_it() {
+    let directory = temp_dir("demo");
+    let shape = DemoShape {
+        hours: 6,
+        predictions_per_hour: 1_000,
+        drift_onset_hour: 4,
+        training_rows: 5_000,
+    };
+    let outcome = tidewatch::demo::run(&directory, 42, shape).await.unwrap();
+    let report = outcome.report;
+    assert!(report.contains("3 dead-lettered"), "{report}");
+    assert!(
+        report.contains(
+            "drift onset: window 2026-01-05 04:00 UTC, in monthly_charges, payment_method"
+        ),
+        "{report}"
+    );
+    let metrics = outcome
+        .store
+        .window_metrics(store::MetricsQuery::default())
+        .await
+        .unwrap();
+    for record in metrics
+        .iter()
+        .filter(|m| m.key.segment == "all" && m.metrics.count >= 100)
+    {
+        let hour = (record.key.window_start - tidewatch::fixtures::DEMO_START_MS) / 3_600_000;
+        let injected = matches!(
+            record.key.feature.as_str(),
+            "monthly_charges" | "support_calls" | "payment_method"
+        );
+        if matches!(
+            record.key.feature.as_str(),
+            "age" | "tenure_months" | "contract"
+        ) {
+            assert_eq!(record.metrics.drifted, Some(false), "{:?}", record.key);
+        }
+        if injected {
+            assert_eq!(
+                record.metrics.drifted,
+                Some(hour >= 4),
+                "{:?} psi {:?}",
+                record.key,
+                record.metrics.psi
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&directory);
+}
