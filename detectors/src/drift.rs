@@ -23,6 +23,16 @@
 //!   reference gives a large statistic rather than a division by zero;
 //!   `k − 1` degrees of freedom for `k` bins, p-value from the chi-square
 //!   survival function (`statrs`).
+//! - **Jensen–Shannon distance**: `√(½·KL(r‖m) + ½·KL(c‖m))`, `m = (r + c)/2`,
+//!   logarithms base 2, so it lies in `[0, 1]` (SciPy's
+//!   `jensenshannon(r, c, base=2)`). Needs no smoothing.
+//! - **Hellinger distance**: `√(1 − Σ √(r_i·c_i))`, in `[0, 1]`.
+//! - **KL divergence** `KL(c‖r) = Σ c_i·ln(c_i / r_i)`, natural log, with
+//!   zero reference proportions smoothed like PSI (otherwise infinite).
+//! - **L-infinity**: `max_i |c_i − r_i|`, the largest change of one bin's share.
+//! - **Wasserstein-1**: `∫₀¹ |Q_r(u) − Q_c(u)| du` from the two quantile
+//!   functions, by the midpoint rule over the given levels (see
+//!   [`wasserstein_from_quantiles`]).
 
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
@@ -75,7 +85,9 @@ pub struct KsResult {
     pub p_value: f64,
 }
 
-/// Two-sample KS over shared right-closed bins (see module docs).
+/// Two-sample KS over shared right-closed bins (see module docs). The
+/// p-value is exact (lattice-path count) when `n·m <= EXACT_KS_MAX_PRODUCT`
+/// and asymptotic otherwise.
 pub fn ks_binned(reference: &[u64], current: &[u64]) -> Option<KsResult> {
     assert_eq!(
         reference.len(),
@@ -96,10 +108,67 @@ pub fn ks_binned(reference: &[u64], current: &[u64]) -> Option<KsResult> {
             (cumulative_reference as f64 / n as f64 - cumulative_current as f64 / m as f64).abs();
         statistic = statistic.max(difference);
     }
-    Some(KsResult {
-        statistic,
-        p_value: ks_p_value(statistic, n, m),
-    })
+    let p_value = if n.saturating_mul(m) <= EXACT_KS_MAX_PRODUCT {
+        ks_exact_p_value(statistic, n, m)
+    } else {
+        ks_p_value(statistic, n, m)
+    };
+    Some(KsResult { statistic, p_value })
+}
+
+/// Largest `n·m` for which [`ks_binned`] computes the exact p-value.
+pub const EXACT_KS_MAX_PRODUCT: u64 = 1_000_000;
+
+/// Exact two-sided p-value `P(D >= d)` of the two-sample KS statistic for
+/// sample sizes `n` and `m` without ties: the share of the `C(n+m, n)`
+/// monotone lattice paths from `(0, 0)` to `(n, m)` that reach a point with
+/// `|i/n − j/m| >= d`. Computed as the probability that a uniformly random
+/// path stays strictly inside the band, O(n·m) time, O(m) memory.
+pub fn ks_exact_p_value(statistic: f64, n: u64, m: u64) -> f64 {
+    if n == 0 || m == 0 {
+        return 1.0;
+    }
+    let (n_f, m_f) = (n as f64, m as f64);
+    // |i/n − j/m| >= d  ⇔  |i·m − j·n| >= d·n·m; the tolerance absorbs the
+    // rounding of a statistic that is a multiple of 1/(n·m).
+    let bound = statistic * n_f * m_f - 1e-7 * n_f.max(m_f);
+    let inside = |i: u64, j: u64| ((i * m) as f64 - (j * n) as f64).abs() < bound;
+    let m_usize = m as usize;
+    let mut row = vec![0.0f64; m_usize + 1];
+    row[0] = 1.0;
+    for i in 0..=n {
+        for j in 0..=m {
+            let index = j as usize;
+            if !inside(i, j) {
+                row[index] = 0.0;
+                continue;
+            }
+            if i == 0 && j == 0 {
+                continue;
+            }
+            // Probability of arriving from the left (j − 1) within this row
+            // was accumulated below; from (i − 1, j) it is already in row[j].
+            let from_below = if i > 0 { row[index] } else { 0.0 };
+            let from_left = if j > 0 {
+                row[index - 1] * step_right(i, j - 1, n, m)
+            } else {
+                0.0
+            };
+            let from_below = from_below * if i > 0 { step_up(i - 1, j, n, m) } else { 0.0 };
+            row[index] = from_below + from_left;
+        }
+    }
+    (1.0 - row[m_usize]).clamp(0.0, 1.0)
+}
+
+/// Probability that a uniformly random path at `(i, j)` steps to `(i + 1, j)`.
+fn step_up(i: u64, j: u64, n: u64, m: u64) -> f64 {
+    (n - i) as f64 / ((n - i) + (m - j)) as f64
+}
+
+/// Probability that a uniformly random path at `(i, j)` steps to `(i, j + 1)`.
+fn step_right(i: u64, j: u64, n: u64, m: u64) -> f64 {
+    (m - j) as f64 / ((n - i) + (m - j)) as f64
 }
 
 /// Asymptotic two-sided p-value of a two-sample KS statistic.
@@ -171,6 +240,115 @@ pub fn chi_square(reference: &[u64], current: &[u64]) -> Option<ChiSquareResult>
         degrees_of_freedom,
         p_value: distribution.sf(statistic),
     })
+}
+
+/// Jensen–Shannon distance (base 2) between two binned distributions.
+pub fn jensen_shannon_distance(reference: &[u64], current: &[u64]) -> Option<f64> {
+    let (reference, current) = (proportions(reference)?, proportions(current)?);
+    let divergence: f64 = reference
+        .iter()
+        .zip(&current)
+        .map(|(r, c)| {
+            let mean = (r + c) / 2.0;
+            let term = |p: f64| if p > 0.0 { p * (p / mean).log2() } else { 0.0 };
+            (term(*r) + term(*c)) / 2.0
+        })
+        .sum();
+    Some(divergence.max(0.0).sqrt())
+}
+
+/// Hellinger distance between two binned distributions.
+pub fn hellinger_distance(reference: &[u64], current: &[u64]) -> Option<f64> {
+    let (reference, current) = (proportions(reference)?, proportions(current)?);
+    let affinity: f64 = reference
+        .iter()
+        .zip(&current)
+        .map(|(r, c)| (r * c).sqrt())
+        .sum();
+    Some((1.0 - affinity).max(0.0).sqrt())
+}
+
+/// `KL(current ‖ reference)` with smoothed zero proportions (natural log).
+pub fn kl_divergence(reference: &[u64], current: &[u64]) -> Option<f64> {
+    let (reference, current) = (proportions(reference)?, proportions(current)?);
+    Some(
+        reference
+            .iter()
+            .zip(&current)
+            .map(|(r, c)| {
+                if *c > 0.0 {
+                    c * (c / smoothed(*r)).ln()
+                } else {
+                    0.0
+                }
+            })
+            .sum(),
+    )
+}
+
+/// Largest absolute difference of one bin's share.
+pub fn l_infinity(reference: &[u64], current: &[u64]) -> Option<f64> {
+    let (reference, current) = (proportions(reference)?, proportions(current)?);
+    Some(
+        reference
+            .iter()
+            .zip(&current)
+            .map(|(r, c)| (r - c).abs())
+            .fold(0.0, f64::max),
+    )
+}
+
+/// Quantile levels used for Wasserstein-1: the midpoints `(k + ½)/K`.
+pub fn wasserstein_levels(count: usize) -> Vec<f64> {
+    (0..count)
+        .map(|k| (k as f64 + 0.5) / count as f64)
+        .collect()
+}
+
+/// Wasserstein-1 distance from the two quantile functions evaluated at the
+/// same [`wasserstein_levels`]: the mean of `|Q_r(u) − Q_c(u)|`. The error
+/// against the exact distance is the midpoint-rule error (it shrinks as
+/// 1/K for smooth quantile functions) plus the quantiles' own error.
+pub fn wasserstein_from_quantiles(reference: &[f64], current: &[f64]) -> Option<f64> {
+    if reference.is_empty() || reference.len() != current.len() {
+        return None;
+    }
+    Some(
+        reference
+            .iter()
+            .zip(current)
+            .map(|(r, c)| (r - c).abs())
+            .sum::<f64>()
+            / reference.len() as f64,
+    )
+}
+
+/// Which of `p_values` are significant at family-wise level `alpha` with
+/// Bonferroni's correction (`p <= alpha / k`).
+pub fn bonferroni(p_values: &[f64], alpha: f64) -> Vec<bool> {
+    let k = p_values.len().max(1) as f64;
+    p_values.iter().map(|p| *p <= alpha / k).collect()
+}
+
+/// Which of `p_values` are discoveries at false-discovery rate `alpha`
+/// (Benjamini–Hochberg): with ascending `p_(1) <= … <= p_(k)`, reject the
+/// `r` smallest where `r` is the largest rank with `p_(r) <= r·alpha/k`.
+pub fn benjamini_hochberg(p_values: &[f64], alpha: f64) -> Vec<bool> {
+    let k = p_values.len();
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|a, b| p_values[*a].total_cmp(&p_values[*b]));
+    let cutoff = order
+        .iter()
+        .enumerate()
+        .filter(|(rank, index)| p_values[**index] <= (rank + 1) as f64 * alpha / k as f64)
+        .map(|(rank, _)| rank + 1)
+        .max()
+        .unwrap_or(0);
+    let mut rejected = vec![false; k];
+    for index in &order[..cutoff] {
+        rejected[*index] = true;
+    }
+    rejected
 }
 
 #[cfg(test)]
@@ -253,6 +431,100 @@ mod tests {
         assert_eq!(result.degrees_of_freedom, 2);
         // Survival of chi-square(2) is exp(-x/2).
         assert!((result.p_value - (-expected / 2.0).exp()).abs() < 1e-12);
+    }
+
+    /// Exact p-value by enumerating every lattice path (tiny samples only).
+    fn brute_force_ks_p_value(d: f64, n: u64, m: u64) -> f64 {
+        fn walk(i: u64, j: u64, n: u64, m: u64, d: f64, touched: bool, out: &mut (u64, u64)) {
+            let here = ((i as f64 / n as f64) - (j as f64 / m as f64)).abs() >= d - 1e-12;
+            let touched = touched || here;
+            if i == n && j == m {
+                out.1 += 1;
+                if touched {
+                    out.0 += 1;
+                }
+                return;
+            }
+            if i < n {
+                walk(i + 1, j, n, m, d, touched, out);
+            }
+            if j < m {
+                walk(i, j + 1, n, m, d, touched, out);
+            }
+        }
+        let mut counts = (0, 0);
+        walk(0, 0, n, m, d, false, &mut counts);
+        counts.0 as f64 / counts.1 as f64
+    }
+
+    #[test]
+    fn exact_ks_p_value_matches_path_enumeration() {
+        for (n, m) in [(3, 4), (5, 5), (6, 9), (8, 7)] {
+            for numerator in 1..=(n * m) {
+                let d = numerator as f64 / (n * m) as f64;
+                let exact = ks_exact_p_value(d, n, m);
+                let brute = brute_force_ks_p_value(d, n, m);
+                assert!(
+                    (exact - brute).abs() < 1e-12,
+                    "n={n} m={m} d={d}: {exact} vs {brute}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn distances_match_hand_computation() {
+        let reference = [50u64, 30, 20, 0];
+        let current = [25u64, 25, 25, 25];
+        let (r, c) = ([0.5, 0.3, 0.2, 0.0], [0.25, 0.25, 0.25, 0.25]);
+        let m: Vec<f64> = r.iter().zip(&c).map(|(a, b)| (a + b) / 2.0).collect();
+        let kl2 = |p: &[f64]| {
+            p.iter()
+                .zip(&m)
+                .map(|(p, m)| if *p > 0.0 { p * (p / m).log2() } else { 0.0 })
+                .sum::<f64>()
+        };
+        let js = ((kl2(&r) + kl2(&c)) / 2.0).sqrt();
+        assert!((jensen_shannon_distance(&reference, &current).unwrap() - js).abs() < 1e-12);
+        let hellinger = (1.0
+            - r.iter()
+                .zip(&c)
+                .map(|(a, b): (&f64, &f64)| (a * b).sqrt())
+                .sum::<f64>())
+        .sqrt();
+        assert!((hellinger_distance(&reference, &current).unwrap() - hellinger).abs() < 1e-12);
+        let kl = 0.25f64 * (0.25f64 / 0.5).ln()
+            + 0.25 * (0.25f64 / 0.3).ln()
+            + 0.25 * (0.25f64 / 0.2).ln()
+            + 0.25 * (0.25f64 / 1e-4).ln();
+        assert!((kl_divergence(&reference, &current).unwrap() - kl).abs() < 1e-12);
+        assert!((l_infinity(&reference, &current).unwrap() - 0.25).abs() < 1e-12);
+        assert_eq!(jensen_shannon_distance(&reference, &reference), Some(0.0));
+        assert_eq!(hellinger_distance(&[1, 0], &[0, 1]), Some(1.0));
+        assert_eq!(jensen_shannon_distance(&[1, 0], &[0, 1]), Some(1.0));
+        assert_eq!(l_infinity(&[], &[]), None);
+    }
+
+    #[test]
+    fn wasserstein_of_a_shift_is_the_shift() {
+        let levels = wasserstein_levels(100);
+        let reference: Vec<f64> = levels.iter().map(|u| u * 10.0).collect();
+        let current: Vec<f64> = levels.iter().map(|u| u * 10.0 + 3.0).collect();
+        assert!((wasserstein_from_quantiles(&reference, &current).unwrap() - 3.0).abs() < 1e-12);
+        assert_eq!(wasserstein_from_quantiles(&reference, &current[..3]), None);
+    }
+
+    #[test]
+    fn multiple_testing_corrections() {
+        let p = [0.01, 0.04, 0.03, 0.005, 0.5];
+        assert_eq!(bonferroni(&p, 0.05), vec![true, false, false, true, false]);
+        // BH at 0.05 over 5: thresholds 0.01, 0.02, 0.03, 0.04, 0.05 on the
+        // sorted 0.005, 0.01, 0.03, 0.04, 0.5 → ranks 1..4 pass (0.04 <= 0.04).
+        assert_eq!(
+            benjamini_hochberg(&p, 0.05),
+            vec![true, true, true, true, false]
+        );
+        assert_eq!(benjamini_hochberg(&[], 0.05), Vec::<bool>::new());
     }
 
     #[test]
