@@ -16,7 +16,10 @@
 //!   counts with an overflow bucket.
 //! - [`reference`]: [`reference::ReferenceProfile`], what training data looked
 //!   like, built exactly from values or approximately from warm-up windows.
-//! - [`drift`]: PSI, Kolmogorov–Smirnov and chi-square, with p-values.
+//! - [`drift`]: PSI, Kolmogorov–Smirnov (exact and asymptotic p-values),
+//!   chi-square, Jensen–Shannon, Hellinger, KL, L-infinity, Wasserstein-1,
+//!   Bonferroni and Benjamini–Hochberg corrections.
+//! - [`change`]: streaming change detectors (ADWIN, Page-Hinkley, DDM).
 //! - [`spec`]: [`spec::ModelSpec`], the validated description of a model's
 //!   features and segment keys.
 //! - [`aggregate`]: [`aggregate::WindowAggregates`], which routes decoded
@@ -42,6 +45,7 @@
 
 pub mod aggregate;
 pub mod categorical;
+pub mod change;
 pub mod drift;
 pub mod metrics;
 pub mod moments;

@@ -75,6 +75,18 @@ pub struct FeatureWindowMetrics {
     pub chi_square: Option<f64>,
     /// Chi-square p-value (categorical).
     pub chi_square_p_value: Option<f64>,
+    /// Jensen–Shannon distance (base 2) over the reference bins or categories.
+    pub js_distance: Option<f64>,
+    /// Hellinger distance over the reference bins or categories.
+    pub hellinger: Option<f64>,
+    /// `KL(current ‖ reference)` over the reference bins or categories.
+    pub kl_divergence: Option<f64>,
+    /// Largest change of one category's share (categorical).
+    pub l_infinity: Option<f64>,
+    /// Wasserstein-1 distance to the reference (numeric, from quantiles).
+    pub wasserstein: Option<f64>,
+    /// Wasserstein-1 divided by the reference's standard deviation.
+    pub wasserstein_normalized: Option<f64>,
     /// PSI threshold used for `drifted`.
     pub psi_threshold: f64,
     /// Whether the series drifted; `None` without reference or values.
@@ -113,6 +125,9 @@ pub fn compute(
                 (reference, numeric.bin_counts())
             {
                 numeric_drift(&mut metrics, reference, bins);
+            }
+            if let Some(FeatureReference::Numeric(reference)) = reference {
+                wasserstein(&mut metrics, reference, numeric);
             }
             metrics
         }
@@ -163,6 +178,12 @@ fn empty(
         ks_p_value: None,
         chi_square: None,
         chi_square_p_value: None,
+        js_distance: None,
+        hellinger: None,
+        kl_divergence: None,
+        l_infinity: None,
+        wasserstein: None,
+        wasserstein_normalized: None,
         psi_threshold: thresholds.psi,
         drifted: None,
     }
@@ -189,6 +210,37 @@ fn numeric_drift(
         metrics.ks_statistic = Some(ks.statistic);
         metrics.ks_p_value = Some(ks.p_value);
     }
+    binned_distances(metrics, &reference.counts, current);
+}
+
+fn binned_distances(metrics: &mut FeatureWindowMetrics, reference: &[u64], current: &[u64]) {
+    metrics.js_distance = drift::jensen_shannon_distance(reference, current);
+    metrics.hellinger = drift::hellinger_distance(reference, current);
+    metrics.kl_divergence = drift::kl_divergence(reference, current);
+}
+
+/// Wasserstein-1 from the reference's quantile grid and the window's
+/// DDSketch quantiles at the same levels (needs no reference bins, so it is
+/// available even for windows opened before their reference).
+fn wasserstein(
+    metrics: &mut FeatureWindowMetrics,
+    reference: &NumericReference,
+    current: &crate::numeric::NumericSketch,
+) {
+    if reference.quantiles.is_empty() || current.moments().count() == 0 {
+        return;
+    }
+    let levels = drift::wasserstein_levels(reference.quantiles.len());
+    let current_quantiles: Vec<f64> = levels
+        .iter()
+        .filter_map(|level| current.quantile(*level))
+        .collect();
+    metrics.wasserstein =
+        drift::wasserstein_from_quantiles(&reference.quantiles, &current_quantiles);
+    metrics.wasserstein_normalized = match (metrics.wasserstein, reference.moments.std_dev()) {
+        (Some(distance), Some(std)) if std > 0.0 => Some(distance / std),
+        _ => None,
+    };
 }
 
 /// Aligns categorical counts on the reference's categories plus one last bin
@@ -227,6 +279,8 @@ fn categorical_drift(
         metrics.chi_square = Some(chi.statistic);
         metrics.chi_square_p_value = Some(chi.p_value);
     }
+    binned_distances(metrics, &reference_counts, &current_counts);
+    metrics.l_infinity = drift::l_infinity(&reference_counts, &current_counts);
 }
 
 #[cfg(test)]
@@ -269,6 +323,20 @@ mod tests {
         let expected = drift::psi(&grouped_reference, &grouped_current).unwrap();
         assert!((metrics.psi.unwrap() - expected).abs() < 1e-12);
         assert_eq!(metrics.drifted, Some(true));
+        // A pure shift by 20: Wasserstein-1 is 20 up to DDSketch's 1 %
+        // relative accuracy on values up to 120, and the reference std is
+        // that of the uniform grid 0..100 (≈ 28.88).
+        assert!(
+            (metrics.wasserstein.unwrap() - 20.0).abs() < 0.01 * 120.0,
+            "{:?}",
+            metrics.wasserstein
+        );
+        let std = reference.moments.std_dev().unwrap();
+        assert!(
+            (metrics.wasserstein_normalized.unwrap() - metrics.wasserstein.unwrap() / std).abs()
+                < 1e-12
+        );
+        assert!(metrics.js_distance.unwrap() > 0.3 && metrics.hellinger.unwrap() > 0.3);
     }
 
     #[test]

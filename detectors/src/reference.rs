@@ -47,7 +47,15 @@ pub struct NumericReference {
     pub moments: Moments,
     /// Missing values in the reference.
     pub missing: u64,
+    /// Quantiles at the [`WASSERSTEIN_LEVELS`] midpoint levels
+    /// (`sorted[floor(u·n)]`), for the Wasserstein distance. Empty in
+    /// profiles stored before they existed.
+    #[serde(default)]
+    pub quantiles: Vec<f64>,
 }
+
+/// Number of quantile levels kept for the Wasserstein distance.
+pub const WASSERSTEIN_LEVELS: usize = 100;
 
 impl NumericReference {
     /// Builds exactly from values (non-finite values count as missing).
@@ -76,12 +84,17 @@ impl NumericReference {
             counts[bin_edges.bin_of(*value)] += 1;
             moments.add(*value);
         }
+        let quantiles = crate::drift::wasserstein_levels(WASSERSTEIN_LEVELS)
+            .iter()
+            .map(|level| values[((level * n as f64) as usize).min(n - 1)])
+            .collect();
         Ok(Self {
             edges: bin_edges.edges().to_vec(),
             counts,
             psi_edge_indices,
             moments,
             missing,
+            quantiles,
         })
     }
 
@@ -124,12 +137,17 @@ impl NumericReference {
             .collect();
         let psi_edge_indices = psi_edge_positions(&edges, &psi_edges);
         BinEdges::new(edges.clone())?;
+        let quantiles = crate::drift::wasserstein_levels(WASSERSTEIN_LEVELS)
+            .iter()
+            .filter_map(|level| sketch.quantile(*level))
+            .collect();
         Ok(Self {
             edges,
             counts,
             psi_edge_indices,
             moments: sketch.moments().clone(),
             missing: sketch.missing(),
+            quantiles,
         })
     }
 

@@ -9,7 +9,7 @@ use detectors::ReferenceProfile;
 
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, ReferenceRow,
-    SketchRow, METRICS_COLUMNS,
+    SketchRow, ADDED_METRICS_COLUMNS, METRICS_COLUMNS,
 };
 use crate::{
     latest_by, Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics,
@@ -44,7 +44,9 @@ const MIGRATIONS: &[&str] = &[
         psi Nullable(Float64), ks_statistic Nullable(Float64), ks_p_value Nullable(Float64),
         chi_square Nullable(Float64), chi_square_p_value Nullable(Float64),
         psi_threshold Float64, drifted Nullable(UInt8),
-        reference_source String, computed_at UInt64
+        reference_source String, computed_at UInt64,
+        js_distance Nullable(Float64), hellinger Nullable(Float64), kl_divergence Nullable(Float64),
+        l_infinity Nullable(Float64), wasserstein Nullable(Float64), wasserstein_normalized Nullable(Float64)
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMMDD(window_start)
     ORDER BY (model, model_version, segment, feature, window_start)",
@@ -92,6 +94,22 @@ impl ClickHouseStore {
         let client = base.with_database(database);
         for migration in MIGRATIONS {
             client.query(migration).execute().await?;
+        }
+        // ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: look first.
+        let existing = client
+            .query("SELECT toString(name) FROM system.columns WHERE database = ? AND table = 'window_metrics'")
+            .bind(database)
+            .fetch_all::<String>()
+            .await?;
+        for column in ADDED_METRICS_COLUMNS {
+            if !existing.iter().any(|name| name == column) {
+                client
+                    .query(&format!(
+                        "ALTER TABLE window_metrics ADD COLUMN {column} Nullable(Float64)"
+                    ))
+                    .execute()
+                    .await?;
+            }
         }
         Ok(Self { client })
     }

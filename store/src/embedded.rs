@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, SketchRow,
-    METRICS_COLUMNS,
+    ADDED_METRICS_COLUMNS, METRICS_COLUMNS,
 };
 use crate::{
     Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics, WindowSketch,
@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS window_metrics (
     psi REAL, ks_statistic REAL, ks_p_value REAL, chi_square REAL, chi_square_p_value REAL,
     psi_threshold REAL NOT NULL, drifted INTEGER, reference_source TEXT NOT NULL,
     computed_at INTEGER NOT NULL,
+    js_distance REAL, hellinger REAL, kl_divergence REAL, l_infinity REAL,
+    wasserstein REAL, wasserstein_normalized REAL,
     PRIMARY KEY (model, model_version, segment, feature, window_start)
 );
 CREATE TABLE IF NOT EXISTS reference_profiles (
@@ -52,6 +54,23 @@ CREATE TABLE IF NOT EXISTS reference_profiles (
     PRIMARY KEY (model, model_version)
 );
 ";
+
+/// Creates the tables and adds the columns an older file lacks.
+fn migrate(connection: &Connection) -> rusqlite::Result<()> {
+    connection.execute_batch(SCHEMA)?;
+    let existing: Vec<String> = connection
+        .prepare("SELECT name FROM pragma_table_info('window_metrics')")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for column in ADDED_METRICS_COLUMNS {
+        if !existing.iter().any(|name| name == column) {
+            connection.execute_batch(&format!(
+                "ALTER TABLE window_metrics ADD COLUMN {column} REAL"
+            ))?;
+        }
+    }
+    Ok(())
+}
 
 /// A SQLite-backed store. Cheap to clone.
 #[derive(Clone)]
@@ -74,7 +93,7 @@ impl EmbeddedStore {
             let connection = Connection::open(&path)?;
             connection.pragma_update(None, "journal_mode", "WAL")?;
             connection.pragma_update(None, "synchronous", "NORMAL")?;
-            connection.execute_batch(SCHEMA)?;
+            migrate(&connection)?;
             Ok(connection)
         })
         .await
@@ -87,7 +106,7 @@ impl EmbeddedStore {
     /// An in-memory database (tests, throw-away demos).
     pub fn in_memory() -> Result<Self> {
         let connection = Connection::open_in_memory()?;
-        connection.execute_batch(SCHEMA)?;
+        migrate(&connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -270,7 +289,13 @@ impl EmbeddedStore {
                         row.psi_threshold,
                         row.drifted,
                         row.reference_source,
-                        row.computed_at as i64
+                        row.computed_at as i64,
+                        row.js_distance,
+                        row.hellinger,
+                        row.kl_divergence,
+                        row.l_infinity,
+                        row.wasserstein,
+                        row.wasserstein_normalized
                     ])?;
                 }
             }
@@ -344,6 +369,12 @@ impl EmbeddedStore {
                         drifted: row.get(28)?,
                         reference_source: row.get(29)?,
                         computed_at: row.get::<_, i64>(30)? as u64,
+                        js_distance: row.get(31)?,
+                        hellinger: row.get(32)?,
+                        kl_divergence: row.get(33)?,
+                        l_infinity: row.get(34)?,
+                        wasserstein: row.get(35)?,
+                        wasserstein_normalized: row.get(36)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

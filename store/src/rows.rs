@@ -82,10 +82,16 @@ pub struct MetricsRow {
     pub drifted: Option<u8>,
     pub reference_source: String,
     pub computed_at: u64,
+    pub js_distance: Option<f64>,
+    pub hellinger: Option<f64>,
+    pub kl_divergence: Option<f64>,
+    pub l_infinity: Option<f64>,
+    pub wasserstein: Option<f64>,
+    pub wasserstein_normalized: Option<f64>,
 }
 
 /// Columns of `window_metrics`, in [`MetricsRow`] order.
-pub(crate) const METRICS_COLUMNS: [&str; 31] = [
+pub(crate) const METRICS_COLUMNS: [&str; 37] = [
     "model",
     "model_version",
     "segment",
@@ -117,6 +123,23 @@ pub(crate) const METRICS_COLUMNS: [&str; 31] = [
     "drifted",
     "reference_source",
     "computed_at",
+    "js_distance",
+    "hellinger",
+    "kl_divergence",
+    "l_infinity",
+    "wasserstein",
+    "wasserstein_normalized",
+];
+
+/// Columns added to `window_metrics` after its first version (all
+/// `Nullable(Float64)` / `REAL`): start-up adds those an existing table lacks.
+pub(crate) const ADDED_METRICS_COLUMNS: [&str; 6] = [
+    "js_distance",
+    "hellinger",
+    "kl_divergence",
+    "l_infinity",
+    "wasserstein",
+    "wasserstein_normalized",
 ];
 
 impl MetricsRow {
@@ -155,6 +178,12 @@ impl MetricsRow {
             drifted: m.drifted.map(u8::from),
             reference_source: record.reference_source.clone().unwrap_or_default(),
             computed_at: record.computed_at,
+            js_distance: m.js_distance,
+            hellinger: m.hellinger,
+            kl_divergence: m.kl_divergence,
+            l_infinity: m.l_infinity,
+            wasserstein: m.wasserstein,
+            wasserstein_normalized: m.wasserstein_normalized,
         })
     }
 
@@ -195,6 +224,12 @@ impl MetricsRow {
                 ks_p_value: self.ks_p_value,
                 chi_square: self.chi_square,
                 chi_square_p_value: self.chi_square_p_value,
+                js_distance: self.js_distance,
+                hellinger: self.hellinger,
+                kl_divergence: self.kl_divergence,
+                l_infinity: self.l_infinity,
+                wasserstein: self.wasserstein,
+                wasserstein_normalized: self.wasserstein_normalized,
                 psi_threshold: self.psi_threshold,
                 drifted: self.drifted.map(|flag| flag != 0),
             },

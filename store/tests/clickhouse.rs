@@ -38,3 +38,43 @@ async fn window_results_round_trip() {
 async fn references_round_trip() {
     common::references_round_trip(&store("references").await).await;
 }
+
+#[tokio::test]
+async fn an_older_table_gains_the_new_metrics_columns() {
+    let url = std::env::var("TIDEWATCH_TEST_CLICKHOUSE_URL")
+        .expect("TIDEWATCH_TEST_CLICKHOUSE_URL is not set");
+    let database = format!("tidewatch_test_migrate_{}", std::process::id());
+    let client = clickhouse::Client::default().with_url(&url);
+    client
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {database}"))
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query(&format!(
+            "CREATE TABLE {database}.window_metrics (
+                model String, model_version String, segment String, feature String, kind String,
+                window_start DateTime, window_end DateTime,
+                count UInt64, missing UInt64, type_mismatch UInt64,
+                missing_rate Nullable(Float64),
+                mean Nullable(Float64), std_dev Nullable(Float64), min Nullable(Float64), max Nullable(Float64),
+                p05 Nullable(Float64), p25 Nullable(Float64), p50 Nullable(Float64), p75 Nullable(Float64), p95 Nullable(Float64),
+                distinct_categories Nullable(UInt64), unseen_categories Nullable(UInt64),
+                psi Nullable(Float64), ks_statistic Nullable(Float64), ks_p_value Nullable(Float64),
+                chi_square Nullable(Float64), chi_square_p_value Nullable(Float64),
+                psi_threshold Float64, drifted Nullable(UInt8),
+                reference_source String, computed_at UInt64
+            ) ENGINE = ReplacingMergeTree(computed_at)
+            PARTITION BY toYYYYMMDD(window_start)
+            ORDER BY (model, model_version, segment, feature, window_start)"
+        ))
+        .execute()
+        .await
+        .unwrap();
+    let store = Store::ClickHouse(Box::new(
+        ClickHouseStore::connect(&url, &database, None, None)
+            .await
+            .unwrap(),
+    ));
+    common::window_results_round_trip(&store).await;
+}

@@ -36,3 +36,32 @@ async fn file_store_survives_reopening() {
     assert!(reopened.reference("churn", "3").await.unwrap().is_some());
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+#[tokio::test]
+async fn an_older_file_gains_the_new_metrics_columns() {
+    let directory = std::env::temp_dir().join(format!("tidewatch-migrate-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let path = directory.join("old.db");
+    let _ = std::fs::remove_file(&path);
+    {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE window_metrics (
+                    model TEXT NOT NULL, model_version TEXT NOT NULL, segment TEXT NOT NULL, feature TEXT NOT NULL,
+                    kind TEXT NOT NULL, window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+                    count INTEGER NOT NULL, missing INTEGER NOT NULL, type_mismatch INTEGER NOT NULL,
+                    missing_rate REAL, mean REAL, std_dev REAL, min REAL, max REAL,
+                    p05 REAL, p25 REAL, p50 REAL, p75 REAL, p95 REAL,
+                    distinct_categories INTEGER, unseen_categories INTEGER,
+                    psi REAL, ks_statistic REAL, ks_p_value REAL, chi_square REAL, chi_square_p_value REAL,
+                    psi_threshold REAL NOT NULL, drifted INTEGER, reference_source TEXT NOT NULL,
+                    computed_at INTEGER NOT NULL,
+                    PRIMARY KEY (model, model_version, segment, feature, window_start));",
+            )
+            .unwrap();
+    }
+    let store = Store::Embedded(EmbeddedStore::open(&path).await.unwrap());
+    common::window_results_round_trip(&store).await;
+    let _ = std::fs::remove_dir_all(&directory);
+}

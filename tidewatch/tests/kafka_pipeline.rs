@@ -267,6 +267,12 @@ fn compare(actual: &[WindowMetrics], expected: &[WindowMetrics]) -> Result<(), S
             (a.chi_square, e.chi_square),
             (a.chi_square_p_value, e.chi_square_p_value),
             (a.missing_rate, e.missing_rate),
+            (a.js_distance, e.js_distance),
+            (a.hellinger, e.hellinger),
+            (a.kl_divergence, e.kl_divergence),
+            (a.l_infinity, e.l_infinity),
+            (a.wasserstein, e.wasserstein),
+            (a.wasserstein_normalized, e.wasserstein_normalized),
         ]
         .iter()
         .all(|(x, y)| close_option(*x, *y));
