@@ -100,7 +100,7 @@ impl Adwin {
         self.tick += 1;
         self.insert(value);
         self.compress();
-        if self.tick % self.config.clock == 0 && self.width > self.config.grace_period {
+        if self.tick.is_multiple_of(self.config.clock) && self.width > self.config.grace_period {
             return self.detect();
         }
         false
