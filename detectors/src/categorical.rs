@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::distinct::HyperLogLog;
 use crate::Error;
 
 /// Per-window category counts. See the module docs.
@@ -22,6 +23,9 @@ pub struct CategoricalSketch {
     counts: BTreeMap<String, u64>,
     /// Values of categories beyond the bound.
     other: u64,
+    /// Distinct categories among the overflowed values; created on the first
+    /// overflow, so bounded sketches pay nothing for it.
+    overflow_distinct: Option<HyperLogLog>,
 }
 
 impl CategoricalSketch {
@@ -33,6 +37,7 @@ impl CategoricalSketch {
             type_mismatch: 0,
             counts: BTreeMap::new(),
             other: 0,
+            overflow_distinct: None,
         }
     }
 
@@ -49,6 +54,9 @@ impl CategoricalSketch {
             self.counts.insert(category.to_owned(), count);
         } else {
             self.other += count;
+            self.overflow_distinct
+                .get_or_insert_with(HyperLogLog::default)
+                .add(category);
         }
     }
 
@@ -74,6 +82,11 @@ impl CategoricalSketch {
             self.add_count(category, *count);
         }
         self.other += other.other;
+        if let Some(theirs) = &other.overflow_distinct {
+            self.overflow_distinct
+                .get_or_insert_with(HyperLogLog::default)
+                .merge(theirs);
+        }
         self.missing += other.missing;
         self.type_mismatch += other.type_mismatch;
         Ok(())
@@ -87,6 +100,16 @@ impl CategoricalSketch {
     /// Values counted in the overflow bucket.
     pub fn other(&self) -> u64 {
         self.other
+    }
+
+    /// Distinct categories: exact while within the bound, otherwise the
+    /// named ones plus a HyperLogLog estimate of the overflowed ones (±3.3 %).
+    pub fn distinct_estimate(&self) -> u64 {
+        let overflowed = self
+            .overflow_distinct
+            .as_ref()
+            .map_or(0.0, HyperLogLog::estimate);
+        self.counts.len() as u64 + overflowed.round() as u64
     }
 
     /// Valid (non-missing) values.
@@ -106,7 +129,14 @@ impl CategoricalSketch {
 
     /// Approximate heap size in bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.counts.keys().map(|key| key.len() + 8 + 32).sum()
+        self.counts
+            .keys()
+            .map(|key| key.len() + 8 + 32)
+            .sum::<usize>()
+            + self
+                .overflow_distinct
+                .as_ref()
+                .map_or(0, |_| 1 << crate::distinct::PRECISION)
     }
 }
 
@@ -126,6 +156,7 @@ mod tests {
         assert_eq!(sketch.other(), 2);
         assert_eq!(sketch.total(), 6);
         assert_eq!(sketch.missing(), 1);
+        assert_eq!(sketch.distinct_estimate(), 4, "a, b named; c, d estimated");
     }
 
     #[test]

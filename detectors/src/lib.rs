@@ -46,6 +46,7 @@
 pub mod aggregate;
 pub mod categorical;
 pub mod change;
+pub mod distinct;
 pub mod drift;
 pub mod metrics;
 pub mod moments;

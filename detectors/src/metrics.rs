@@ -61,8 +61,13 @@ pub struct FeatureWindowMetrics {
     pub max: Option<f64>,
     /// Quantiles 5, 25, 50, 75, 95 % (numeric, 1 % relative error).
     pub quantiles: Option<[f64; 5]>,
-    /// Distinct categories named in the window (categorical).
+    /// Distinct categories in the window (categorical; exact within the
+    /// category bound, HyperLogLog-estimated beyond it).
     pub distinct_categories: Option<u64>,
+    /// Values outside the reference's [min, max] (numeric).
+    pub out_of_range: Option<u64>,
+    /// Whether every valid value was the same (numeric, at least two values).
+    pub constant: Option<bool>,
     /// Values in categories absent from the reference (categorical).
     pub unseen_categories: Option<u64>,
     /// PSI against the reference.
@@ -121,6 +126,7 @@ pub fn compute(
             metrics.min = moments.min();
             metrics.max = moments.max();
             metrics.quantiles = quantiles;
+            metrics.constant = (moments.count() >= 2).then(|| moments.min() == moments.max());
             if let (Some(FeatureReference::Numeric(reference)), Some(bins)) =
                 (reference, numeric.bin_counts())
             {
@@ -139,7 +145,7 @@ pub fn compute(
                 categorical.type_mismatch(),
                 thresholds,
             );
-            metrics.distinct_categories = Some(categorical.counts().len() as u64);
+            metrics.distinct_categories = Some(categorical.distinct_estimate());
             if let Some(FeatureReference::Categorical(reference)) = reference {
                 categorical_drift(&mut metrics, reference, categorical);
             }
@@ -172,6 +178,8 @@ fn empty(
         max: None,
         quantiles: None,
         distinct_categories: None,
+        out_of_range: None,
+        constant: None,
         unseen_categories: None,
         psi: None,
         ks_statistic: None,
@@ -202,6 +210,9 @@ fn numeric_drift(
         return;
     }
     let current = &current.counts;
+    if reference.range_bins {
+        metrics.out_of_range = Some(current[0] + current[current.len() - 1]);
+    }
     metrics.psi = drift::psi(
         &reference.group_for_psi(&reference.counts),
         &reference.group_for_psi(current),
@@ -337,6 +348,9 @@ mod tests {
                 < 1e-12
         );
         assert!(metrics.js_distance.unwrap() > 0.3 && metrics.hellinger.unwrap() > 0.3);
+        // Reference range [0, 99.9]: the shifted values above 99.9 are out of range.
+        assert_eq!(metrics.out_of_range, Some(200));
+        assert_eq!(metrics.constant, Some(false));
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub struct NumericReference {
     pub moments: Moments,
     /// Missing values in the reference.
     pub missing: u64,
+    /// True when the first edge lies just below the reference minimum and
+    /// the last edge is the maximum, so the first and last bins count the
+    /// values outside the reference range.
+    #[serde(default)]
+    pub range_bins: bool,
     /// Quantiles at the [`WASSERSTEIN_LEVELS`] midpoint levels
     /// (`sorted[floor(u·n)]`), for the Wasserstein distance. Empty in
     /// profiles stored before they existed.
@@ -71,8 +76,11 @@ impl NumericReference {
         values.sort_by(f64::total_cmp);
         let n = values.len();
         let quantile = |level: usize, of: usize| values[(level * n).div_ceil(of).max(1) - 1];
-        let mut edges: Vec<f64> = (1..REFERENCE_BINS)
-            .map(|k| quantile(k, REFERENCE_BINS))
+        // Edges: just below the minimum, the percentiles, the maximum. The
+        // first and last bins then hold exactly the out-of-range values.
+        let mut edges: Vec<f64> = std::iter::once(values[0].next_down())
+            .chain((1..REFERENCE_BINS).map(|k| quantile(k, REFERENCE_BINS)))
+            .chain(std::iter::once(values[n - 1]))
             .collect();
         edges.dedup();
         let psi_edges: Vec<f64> = (1..PSI_BINS).map(|k| quantile(k, PSI_BINS)).collect();
@@ -94,6 +102,7 @@ impl NumericReference {
             psi_edge_indices,
             moments,
             missing,
+            range_bins: true,
             quantiles,
         })
     }
@@ -147,6 +156,7 @@ impl NumericReference {
             psi_edge_indices,
             moments: sketch.moments().clone(),
             missing: sketch.missing(),
+            range_bins: false,
             quantiles,
         })
     }
@@ -450,14 +460,22 @@ mod tests {
     fn numeric_edges_are_empirical_percentiles_and_counts_are_exact() {
         let values: Vec<f64> = (1..=1000).map(f64::from).collect();
         let reference = NumericReference::from_values(values, 2).unwrap();
-        assert_eq!(reference.edges.len(), 99);
-        assert_eq!(reference.edges[0], 10.0);
-        assert_eq!(reference.edges[98], 990.0);
-        assert!(reference.counts.iter().all(|c| *c == 10));
+        assert_eq!(
+            reference.edges.len(),
+            101,
+            "99 percentiles plus the range edges"
+        );
+        assert_eq!(reference.edges[0], 1.0f64.next_down());
+        assert_eq!(reference.edges[1], 10.0);
+        assert_eq!(reference.edges[99], 990.0);
+        assert_eq!(reference.edges[100], 1000.0);
+        assert_eq!(reference.counts[0], 0, "nothing below the minimum");
+        assert_eq!(reference.counts[101], 0, "nothing above the maximum");
+        assert!(reference.counts[1..101].iter().all(|c| *c == 10));
         assert_eq!(reference.missing, 2);
         assert_eq!(
             reference.psi_edge_indices,
-            vec![9, 19, 29, 39, 49, 59, 69, 79, 89]
+            vec![10, 20, 30, 40, 50, 60, 70, 80, 90]
         );
         let grouped = reference.group_for_psi(&reference.counts);
         assert_eq!(grouped, vec![100; 10]);
@@ -468,8 +486,11 @@ mod tests {
         let mut values = vec![0.0; 900];
         values.extend((1..=100).map(f64::from));
         let reference = NumericReference::from_values(values, 0).unwrap();
-        assert_eq!(reference.edges[0], 0.0);
-        assert_eq!(reference.counts[0], 900, "all zeros fall in the first bin");
+        assert_eq!(reference.edges[1], 0.0);
+        assert_eq!(
+            reference.counts[1], 900,
+            "all zeros fall in the first in-range bin"
+        );
         assert_eq!(reference.counts.iter().sum::<u64>(), 1000);
         assert_eq!(
             reference

@@ -53,7 +53,7 @@ fn distributions() -> Vec<(&'static str, Generator)> {
             } else if draw < (if shifted { 0.6 } else { 0.5 }) {
                 -rng.random_range(0.5..50.0)
             } else {
-                (rng.random_range(1.0..500.0) as f64).round()
+                rng.random_range(1.0f64..500.0).round()
             }
         }),
     ]

@@ -46,7 +46,8 @@ const MIGRATIONS: &[&str] = &[
         psi_threshold Float64, drifted Nullable(UInt8),
         reference_source String, computed_at UInt64,
         js_distance Nullable(Float64), hellinger Nullable(Float64), kl_divergence Nullable(Float64),
-        l_infinity Nullable(Float64), wasserstein Nullable(Float64), wasserstein_normalized Nullable(Float64)
+        l_infinity Nullable(Float64), wasserstein Nullable(Float64), wasserstein_normalized Nullable(Float64),
+        out_of_range Nullable(UInt64), constant Nullable(UInt8)
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMMDD(window_start)
     ORDER BY (model, model_version, segment, feature, window_start)",
@@ -101,11 +102,11 @@ impl ClickHouseStore {
             .bind(database)
             .fetch_all::<String>()
             .await?;
-        for column in ADDED_METRICS_COLUMNS {
+        for (column, column_type, _) in ADDED_METRICS_COLUMNS {
             if !existing.iter().any(|name| name == column) {
                 client
                     .query(&format!(
-                        "ALTER TABLE window_metrics ADD COLUMN {column} Nullable(Float64)"
+                        "ALTER TABLE window_metrics ADD COLUMN {column} {column_type}"
                     ))
                     .execute()
                     .await?;

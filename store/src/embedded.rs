@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS window_metrics (
     psi_threshold REAL NOT NULL, drifted INTEGER, reference_source TEXT NOT NULL,
     computed_at INTEGER NOT NULL,
     js_distance REAL, hellinger REAL, kl_divergence REAL, l_infinity REAL,
-    wasserstein REAL, wasserstein_normalized REAL,
+    wasserstein REAL, wasserstein_normalized REAL, out_of_range INTEGER, constant INTEGER,
     PRIMARY KEY (model, model_version, segment, feature, window_start)
 );
 CREATE TABLE IF NOT EXISTS reference_profiles (
@@ -62,10 +62,10 @@ fn migrate(connection: &Connection) -> rusqlite::Result<()> {
         .prepare("SELECT name FROM pragma_table_info('window_metrics')")?
         .query_map([], |row| row.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    for column in ADDED_METRICS_COLUMNS {
+    for (column, _, column_type) in ADDED_METRICS_COLUMNS {
         if !existing.iter().any(|name| name == column) {
             connection.execute_batch(&format!(
-                "ALTER TABLE window_metrics ADD COLUMN {column} REAL"
+                "ALTER TABLE window_metrics ADD COLUMN {column} {column_type}"
             ))?;
         }
     }
@@ -295,7 +295,9 @@ impl EmbeddedStore {
                         row.kl_divergence,
                         row.l_infinity,
                         row.wasserstein,
-                        row.wasserstein_normalized
+                        row.wasserstein_normalized,
+                        row.out_of_range.map(|v| v as i64),
+                        row.constant
                     ])?;
                 }
             }
@@ -375,6 +377,8 @@ impl EmbeddedStore {
                         l_infinity: row.get(34)?,
                         wasserstein: row.get(35)?,
                         wasserstein_normalized: row.get(36)?,
+                        out_of_range: row.get::<_, Option<i64>>(37)?.map(|v| v as u64),
+                        constant: row.get(38)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

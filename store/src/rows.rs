@@ -88,10 +88,12 @@ pub struct MetricsRow {
     pub l_infinity: Option<f64>,
     pub wasserstein: Option<f64>,
     pub wasserstein_normalized: Option<f64>,
+    pub out_of_range: Option<u64>,
+    pub constant: Option<u8>,
 }
 
 /// Columns of `window_metrics`, in [`MetricsRow`] order.
-pub(crate) const METRICS_COLUMNS: [&str; 37] = [
+pub(crate) const METRICS_COLUMNS: [&str; 39] = [
     "model",
     "model_version",
     "segment",
@@ -129,17 +131,22 @@ pub(crate) const METRICS_COLUMNS: [&str; 37] = [
     "l_infinity",
     "wasserstein",
     "wasserstein_normalized",
+    "out_of_range",
+    "constant",
 ];
 
-/// Columns added to `window_metrics` after its first version (all
-/// `Nullable(Float64)` / `REAL`): start-up adds those an existing table lacks.
-pub(crate) const ADDED_METRICS_COLUMNS: [&str; 6] = [
-    "js_distance",
-    "hellinger",
-    "kl_divergence",
-    "l_infinity",
-    "wasserstein",
-    "wasserstein_normalized",
+/// Columns added to `window_metrics` after its first version, as
+/// (name, ClickHouse type, SQLite type): start-up adds those an existing
+/// table lacks.
+pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 8] = [
+    ("js_distance", "Nullable(Float64)", "REAL"),
+    ("hellinger", "Nullable(Float64)", "REAL"),
+    ("kl_divergence", "Nullable(Float64)", "REAL"),
+    ("l_infinity", "Nullable(Float64)", "REAL"),
+    ("wasserstein", "Nullable(Float64)", "REAL"),
+    ("wasserstein_normalized", "Nullable(Float64)", "REAL"),
+    ("out_of_range", "Nullable(UInt64)", "INTEGER"),
+    ("constant", "Nullable(UInt8)", "INTEGER"),
 ];
 
 impl MetricsRow {
@@ -184,6 +191,8 @@ impl MetricsRow {
             l_infinity: m.l_infinity,
             wasserstein: m.wasserstein,
             wasserstein_normalized: m.wasserstein_normalized,
+            out_of_range: m.out_of_range,
+            constant: m.constant.map(u8::from),
         })
     }
 
@@ -230,6 +239,8 @@ impl MetricsRow {
                 l_infinity: self.l_infinity,
                 wasserstein: self.wasserstein,
                 wasserstein_normalized: self.wasserstein_normalized,
+                out_of_range: self.out_of_range,
+                constant: self.constant.map(|flag| flag != 0),
                 psi_threshold: self.psi_threshold,
                 drifted: self.drifted.map(|flag| flag != 0),
             },

@@ -255,6 +255,8 @@ fn compare(actual: &[WindowMetrics], expected: &[WindowMetrics]) -> Result<(), S
             && a.type_mismatch == e.type_mismatch
             && a.distinct_categories == e.distinct_categories
             && a.unseen_categories == e.unseen_categories
+            && a.out_of_range == e.out_of_range
+            && a.constant == e.constant
             && a.drifted == e.drifted;
         let floats = [
             (a.mean, e.mean),
