@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::categorical::CategoricalSketch;
 use crate::numeric::NumericSketch;
+use crate::operational::OperationalSketch;
 use crate::reference::{format_category, CompiledReference};
 use crate::spec::{
     FeatureKind, ModelSpec, SeriesSource, ALL_SEGMENT, MISSING_SEGMENT_VALUE, OTHER_SEGMENT_VALUE,
@@ -44,6 +45,8 @@ pub enum FeatureSketch {
     Numeric(NumericSketch),
     /// A categorical series.
     Categorical(CategoricalSketch),
+    /// The operational series.
+    Operational(OperationalSketch),
 }
 
 impl FeatureSketch {
@@ -58,6 +61,7 @@ impl FeatureSketch {
             FeatureKind::Categorical => {
                 FeatureSketch::Categorical(CategoricalSketch::new(spec.max_categories()))
             }
+            FeatureKind::Operational => FeatureSketch::Operational(OperationalSketch::default()),
         }
     }
 
@@ -66,6 +70,7 @@ impl FeatureSketch {
         match self {
             FeatureSketch::Numeric(_) => FeatureKind::Numeric,
             FeatureSketch::Categorical(_) => FeatureKind::Categorical,
+            FeatureSketch::Operational(_) => FeatureKind::Operational,
         }
     }
 
@@ -74,8 +79,9 @@ impl FeatureSketch {
         match (self, other) {
             (FeatureSketch::Numeric(a), FeatureSketch::Numeric(b)) => a.merge(b),
             (FeatureSketch::Categorical(a), FeatureSketch::Categorical(b)) => a.merge(b),
+            (FeatureSketch::Operational(a), FeatureSketch::Operational(b)) => a.merge(b),
             _ => Err(Error::IncompatibleMerge(
-                "a numeric and a categorical sketch".into(),
+                "sketches of different kinds".into(),
             )),
         }
     }
@@ -85,6 +91,7 @@ impl FeatureSketch {
         match self {
             FeatureSketch::Numeric(s) => s.moments().count() + s.missing() + s.type_mismatch(),
             FeatureSketch::Categorical(s) => s.total() + s.missing() + s.type_mismatch(),
+            FeatureSketch::Operational(s) => s.predictions(),
         }
     }
 
@@ -103,6 +110,7 @@ impl FeatureSketch {
         match self {
             FeatureSketch::Numeric(s) => s.heap_bytes(),
             FeatureSketch::Categorical(s) => s.heap_bytes(),
+            FeatureSketch::Operational(s) => s.heap_bytes(),
         }
     }
 
@@ -123,6 +131,8 @@ impl FeatureSketch {
                 }
             }
             (FeatureSketch::Categorical(sketch), FeatureValue::Null) => sketch.add_missing(),
+            // The operational series is fed by `record_into`, never by a value.
+            (FeatureSketch::Operational(_), _) => {}
         }
     }
 
@@ -130,6 +140,7 @@ impl FeatureSketch {
         match self {
             FeatureSketch::Numeric(sketch) => sketch.add_missing(),
             FeatureSketch::Categorical(sketch) => sketch.add_missing(),
+            FeatureSketch::Operational(_) => {}
         }
     }
 }
@@ -526,6 +537,16 @@ fn record_into(
             }
         }
     }
+    if event.kind == EventKind::Prediction {
+        if let Some(position) = spec.derived_position(SeriesSource::Operations) {
+            if let FeatureSketch::Operational(operations) = &mut sketches[position] {
+                let has_output = event.prediction.as_ref().is_some_and(|p| {
+                    p.effective_score().is_some() || p.predicted_class().is_some()
+                });
+                operations.record(event.error.is_some(), has_output, event.latency_ms);
+            }
+        }
+    }
     if let (Some(latency), Some(position)) = (
         event.latency_ms,
         spec.derived_position(SeriesSource::Latency),
@@ -609,6 +630,33 @@ mod tests {
             panic!()
         };
         assert_eq!(class.counts().get("yes"), Some(&4));
+    }
+
+    #[test]
+    fn prediction_events_feed_the_operations_series() {
+        let catalog = catalog();
+        let mut aggregates = WindowAggregates::new(100);
+        let payloads = [
+            r#"{"model":"m","model_version":"1","prediction_id":"a","timestamp":0,"features":{"x":1},"prediction":{"score":0.5},"latency_ms":10}"#,
+            r#"{"model":"m","model_version":"1","prediction_id":"b","timestamp":0,"features":{"x":1},"error":"timeout","latency_ms":2000}"#,
+            r#"{"model":"m","model_version":"1","prediction_id":"c","timestamp":0,"features":{"x":1},"prediction":{"score":0.7},"latency_ms":30}"#,
+        ];
+        for payload in payloads {
+            aggregates.record(&catalog, 0, &decode(payload));
+        }
+        let snapshot = aggregates.snapshot(&catalog);
+        let (_, sketch) = snapshot
+            .iter()
+            .find(|(k, _)| k.segment == "all" && k.feature == "operations")
+            .unwrap();
+        let FeatureSketch::Operational(operations) = sketch else {
+            panic!()
+        };
+        assert_eq!(operations.predictions(), 3);
+        assert_eq!(operations.errors(), 1);
+        assert_eq!(operations.null_predictions(), 1);
+        let max = operations.latency_max().unwrap();
+        assert!((max - 2000.0).abs() <= 2.0, "{max}");
     }
 
     #[test]

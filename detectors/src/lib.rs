@@ -12,6 +12,8 @@
 //! - [`numeric`]: [`numeric::NumericSketch`], the per-window state of a numeric
 //!   feature: moments, a DDSketch for quantiles, and exact counts over the
 //!   reference profile's quantile bins.
+//! - [`operational`]: [`operational::OperationalSketch`], prediction
+//!   count, serving errors, null predictions and HDR-histogram latency.
 //! - [`categorical`]: [`categorical::CategoricalSketch`], bounded category
 //!   counts with an overflow bucket.
 //! - [`reference`]: [`reference::ReferenceProfile`], what training data looked
@@ -51,6 +53,7 @@ pub mod drift;
 pub mod metrics;
 pub mod moments;
 pub mod numeric;
+pub mod operational;
 pub mod reference;
 pub mod spec;
 pub mod window;

@@ -64,6 +64,18 @@ pub struct FeatureWindowMetrics {
     /// Distinct categories in the window (categorical; exact within the
     /// category bound, HyperLogLog-estimated beyond it).
     pub distinct_categories: Option<u64>,
+    /// Latency percentiles 50/95/99 % in ms (operational, within 0.1 %).
+    pub latency_p50: Option<f64>,
+    /// 95th latency percentile, ms.
+    pub latency_p95: Option<f64>,
+    /// 99th latency percentile, ms.
+    pub latency_p99: Option<f64>,
+    /// Largest latency, ms.
+    pub latency_max: Option<f64>,
+    /// Share of predictions reporting a serving error (operational).
+    pub error_rate: Option<f64>,
+    /// Share of predictions with neither score nor class (operational).
+    pub null_prediction_rate: Option<f64>,
     /// Values outside the reference's [min, max] (numeric).
     pub out_of_range: Option<u64>,
     /// Whether every valid value was the same (numeric, at least two values).
@@ -137,6 +149,18 @@ pub fn compute(
             }
             metrics
         }
+        FeatureSketch::Operational(operations) => {
+            let predictions = operations.predictions();
+            let mut metrics = empty(FeatureKind::Operational, predictions, 0, 0, thresholds);
+            let rate = |part: u64| (predictions > 0).then(|| part as f64 / predictions as f64);
+            metrics.error_rate = rate(operations.errors());
+            metrics.null_prediction_rate = rate(operations.null_predictions());
+            metrics.latency_p50 = operations.latency_quantile(0.5);
+            metrics.latency_p95 = operations.latency_quantile(0.95);
+            metrics.latency_p99 = operations.latency_quantile(0.99);
+            metrics.latency_max = operations.latency_max();
+            metrics
+        }
         FeatureSketch::Categorical(categorical) => {
             let mut metrics = empty(
                 FeatureKind::Categorical,
@@ -180,6 +204,12 @@ fn empty(
         distinct_categories: None,
         out_of_range: None,
         constant: None,
+        latency_p50: None,
+        latency_p95: None,
+        latency_p99: None,
+        latency_max: None,
+        error_rate: None,
+        null_prediction_rate: None,
         unseen_categories: None,
         psi: None,
         ks_statistic: None,

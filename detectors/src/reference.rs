@@ -232,6 +232,7 @@ impl ReferenceProfile {
         let mut row_count = 0;
         for (name, sketch) in sketches {
             let reference = match sketch {
+                FeatureSketch::Operational(_) => continue,
                 FeatureSketch::Numeric(numeric) => {
                     if numeric.moments().count() == 0 {
                         continue;
@@ -312,6 +313,8 @@ impl ReferenceBuilder {
                         CategoricalSketch::new(spec.max_categories()),
                     );
                 }
+                // Operational health has no training-data reference.
+                FeatureKind::Operational => {}
             }
         }
         Self {

@@ -10,6 +10,7 @@
 //! | `prediction.class` | categorical (classification only) | `prediction.class`, or the most probable class |
 //! | `latency_ms` | numeric | `latency_ms` |
 //! | `actual.label` | categorical for classification, numeric for regression | actual events' `label` |
+//! | `operations` | operational | every prediction event: count, `error`, missing output, `latency_ms` |
 
 use std::collections::HashMap;
 
@@ -25,6 +26,8 @@ pub const PREDICTION_CLASS: &str = "prediction.class";
 pub const LATENCY_MS: &str = "latency_ms";
 /// Name of the derived label series (from actual events).
 pub const ACTUAL_LABEL: &str = "actual.label";
+/// Name of the derived operational series.
+pub const OPERATIONS: &str = "operations";
 /// Segment that every event belongs to.
 pub const ALL_SEGMENT: &str = "all";
 /// Segment value used once a key has `max_segment_values` distinct values.
@@ -40,6 +43,9 @@ pub enum FeatureKind {
     Numeric,
     /// Labels: category counts; PSI and chi-square.
     Categorical,
+    /// Operational health (the derived `operations` series only): prediction
+    /// count, errors, null predictions, latency percentiles.
+    Operational,
 }
 
 /// What the model predicts, which decides the kinds of its derived series.
@@ -74,6 +80,8 @@ pub enum SeriesSource {
     Latency,
     /// The actual label.
     ActualLabel,
+    /// Operational health.
+    Operations,
 }
 
 /// A validated model description. Construct with [`ModelSpec::new`].
@@ -115,6 +123,12 @@ impl ModelSpec {
             if feature.name.is_empty() {
                 return Err(Error::InvalidSpec(format!(
                     "model `{name}`: a feature has an empty name"
+                )));
+            }
+            if feature.kind == FeatureKind::Operational {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: feature `{}` cannot be operational (that kind is reserved for the `operations` series)",
+                    feature.name
                 )));
             }
             if derived.iter().any(|(spec, _)| spec.name == feature.name) {
@@ -249,6 +263,10 @@ fn derived_series(task: Task) -> Vec<(FeatureSpec, SeriesSource)> {
         SeriesSource::Latency,
     ));
     derived.push((spec(ACTUAL_LABEL, label_kind), SeriesSource::ActualLabel));
+    derived.push((
+        spec(OPERATIONS, FeatureKind::Operational),
+        SeriesSource::Operations,
+    ));
     derived
 }
 
@@ -286,7 +304,8 @@ mod tests {
                 "prediction.score",
                 "prediction.class",
                 "latency_ms",
-                "actual.label"
+                "actual.label",
+                "operations"
             ]
         );
         assert_eq!(spec.feature_position("plan"), Some(1));

@@ -7,7 +7,7 @@
 //!
 //! | kind | schema id | required fields |
 //! |---|---|---|
-//! | [`EventKind::Prediction`] | `tidewatch.prediction.v1` | `model`, `model_version`, `prediction_id`, `timestamp`, `features`, `prediction` |
+//! | [`EventKind::Prediction`] | `tidewatch.prediction.v1` | `model`, `model_version`, `prediction_id`, `timestamp`, `features`, `prediction` (or `error`) |
 //! | [`EventKind::Feature`] | `tidewatch.feature.v1` | `model`, `model_version`, `timestamp`, `features` |
 //! | [`EventKind::Actual`] | `tidewatch.actual.v1` | `model`, `model_version`, `prediction_id`, `timestamp`, `label` |
 //!
@@ -188,6 +188,9 @@ pub struct Event<'a> {
     pub segments: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     /// The ground-truth label (actuals only).
     pub label: Option<Label<'a>>,
+    /// A serving error reported with the prediction (predictions only); a
+    /// prediction event with an error may omit `prediction`.
+    pub error: Option<Cow<'a, str>>,
 }
 
 /// Decodes one payload. `default_kind` is the kind of the topic it came from,
@@ -232,11 +235,14 @@ pub fn decode(payload: &[u8], default_kind: EventKind) -> Result<Event<'_>, Deco
         latency_ms: raw.latency_ms,
         segments: raw.segments.map(SegmentMap::into_pairs).unwrap_or_default(),
         label: raw.label,
+        error: raw.error.map(|error| error.0),
     };
     match kind {
         EventKind::Prediction => {
             require(event.prediction_id.is_some(), || missing("prediction_id"))?;
-            require(event.prediction.is_some(), || missing("prediction"))?;
+            require(event.prediction.is_some() || event.error.is_some(), || {
+                missing("prediction")
+            })?;
             require(raw_has_features(&event), || missing("features"))?;
         }
         EventKind::Feature => {
@@ -284,6 +290,8 @@ struct RawEvent<'a> {
     segments: Option<SegmentMap<'a>>,
     #[serde(borrow, default)]
     label: Option<Label<'a>>,
+    #[serde(borrow, default)]
+    error: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -653,6 +661,15 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_prediction_carries_an_error_instead_of_an_output() {
+        let payload = br#"{"model":"m","model_version":"1","prediction_id":"a","timestamp":1,
+            "features":{"x":1},"error":"upstream timeout","latency_ms":3000}"#;
+        let event = decode(payload, EventKind::Prediction).unwrap();
+        assert_eq!(event.error.as_deref(), Some("upstream timeout"));
+        assert_eq!(event.prediction, None);
+    }
+
+    #[test]
     fn missing_model_is_reported() {
         let payload = br#"{"model_version":"1","timestamp":1,"features":{"x":1}}"#;
         assert_eq!(
@@ -675,7 +692,6 @@ mod tests {
                     "prediction_id",
                     "timestamp",
                     "features",
-                    "prediction",
                 ][..],
             ),
             (
@@ -702,5 +718,11 @@ mod tests {
                 .collect();
             assert_eq!(listed, required);
         }
+        // A prediction needs an output or an error.
+        let prediction: serde_json::Value = serde_json::from_str(PREDICTION_SCHEMA).unwrap();
+        assert_eq!(
+            prediction["anyOf"],
+            serde_json::json!([{ "required": ["prediction"] }, { "required": ["error"] }])
+        );
     }
 }

@@ -381,10 +381,7 @@ mod tests {
         partials
             .iter()
             .filter(|p| p.key.feature == feature)
-            .map(|p| match FeatureSketch::from_bytes(&p.sketch).unwrap() {
-                FeatureSketch::Numeric(n) => n.moments().count(),
-                FeatureSketch::Categorical(c) => c.total(),
-            })
+            .map(|p| FeatureSketch::from_bytes(&p.sketch).unwrap().observations())
             .sum()
     }
 
@@ -460,12 +457,7 @@ mod tests {
         }
         let total: u64 = latest
             .values()
-            .map(
-                |(_, bytes)| match FeatureSketch::from_bytes(bytes).unwrap() {
-                    FeatureSketch::Numeric(n) => n.moments().count(),
-                    FeatureSketch::Categorical(c) => c.total(),
-                },
-            )
+            .map(|(_, bytes)| FeatureSketch::from_bytes(bytes).unwrap().observations())
             .sum();
         assert_eq!(total, 10);
     }

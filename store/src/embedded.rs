@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS window_metrics (
     computed_at INTEGER NOT NULL,
     js_distance REAL, hellinger REAL, kl_divergence REAL, l_infinity REAL,
     wasserstein REAL, wasserstein_normalized REAL, out_of_range INTEGER, constant INTEGER,
+    latency_p50 REAL, latency_p95 REAL, latency_p99 REAL, latency_max REAL, error_rate REAL, null_prediction_rate REAL,
     PRIMARY KEY (model, model_version, segment, feature, window_start)
 );
 CREATE TABLE IF NOT EXISTS reference_profiles (
@@ -297,7 +298,13 @@ impl EmbeddedStore {
                         row.wasserstein,
                         row.wasserstein_normalized,
                         row.out_of_range.map(|v| v as i64),
-                        row.constant
+                        row.constant,
+                        row.latency_p50,
+                        row.latency_p95,
+                        row.latency_p99,
+                        row.latency_max,
+                        row.error_rate,
+                        row.null_prediction_rate
                     ])?;
                 }
             }
@@ -379,6 +386,12 @@ impl EmbeddedStore {
                         wasserstein_normalized: row.get(36)?,
                         out_of_range: row.get::<_, Option<i64>>(37)?.map(|v| v as u64),
                         constant: row.get(38)?,
+                        latency_p50: row.get(39)?,
+                        latency_p95: row.get(40)?,
+                        latency_p99: row.get(41)?,
+                        latency_max: row.get(42)?,
+                        error_rate: row.get(43)?,
+                        null_prediction_rate: row.get(44)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

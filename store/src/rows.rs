@@ -90,10 +90,16 @@ pub struct MetricsRow {
     pub wasserstein_normalized: Option<f64>,
     pub out_of_range: Option<u64>,
     pub constant: Option<u8>,
+    pub latency_p50: Option<f64>,
+    pub latency_p95: Option<f64>,
+    pub latency_p99: Option<f64>,
+    pub latency_max: Option<f64>,
+    pub error_rate: Option<f64>,
+    pub null_prediction_rate: Option<f64>,
 }
 
 /// Columns of `window_metrics`, in [`MetricsRow`] order.
-pub(crate) const METRICS_COLUMNS: [&str; 39] = [
+pub(crate) const METRICS_COLUMNS: [&str; 45] = [
     "model",
     "model_version",
     "segment",
@@ -133,12 +139,18 @@ pub(crate) const METRICS_COLUMNS: [&str; 39] = [
     "wasserstein_normalized",
     "out_of_range",
     "constant",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "latency_max",
+    "error_rate",
+    "null_prediction_rate",
 ];
 
 /// Columns added to `window_metrics` after its first version, as
 /// (name, ClickHouse type, SQLite type): start-up adds those an existing
 /// table lacks.
-pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 8] = [
+pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 14] = [
     ("js_distance", "Nullable(Float64)", "REAL"),
     ("hellinger", "Nullable(Float64)", "REAL"),
     ("kl_divergence", "Nullable(Float64)", "REAL"),
@@ -147,6 +159,12 @@ pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 8] = [
     ("wasserstein_normalized", "Nullable(Float64)", "REAL"),
     ("out_of_range", "Nullable(UInt64)", "INTEGER"),
     ("constant", "Nullable(UInt8)", "INTEGER"),
+    ("latency_p50", "Nullable(Float64)", "REAL"),
+    ("latency_p95", "Nullable(Float64)", "REAL"),
+    ("latency_p99", "Nullable(Float64)", "REAL"),
+    ("latency_max", "Nullable(Float64)", "REAL"),
+    ("error_rate", "Nullable(Float64)", "REAL"),
+    ("null_prediction_rate", "Nullable(Float64)", "REAL"),
 ];
 
 impl MetricsRow {
@@ -193,6 +211,12 @@ impl MetricsRow {
             wasserstein_normalized: m.wasserstein_normalized,
             out_of_range: m.out_of_range,
             constant: m.constant.map(u8::from),
+            latency_p50: m.latency_p50,
+            latency_p95: m.latency_p95,
+            latency_p99: m.latency_p99,
+            latency_max: m.latency_max,
+            error_rate: m.error_rate,
+            null_prediction_rate: m.null_prediction_rate,
         })
     }
 
@@ -200,6 +224,7 @@ impl MetricsRow {
         let kind = match self.kind.as_str() {
             "numeric" => FeatureKind::Numeric,
             "categorical" => FeatureKind::Categorical,
+            "operational" => FeatureKind::Operational,
             other => return Err(Error::Corrupt(format!("unknown feature kind `{other}`"))),
         };
         let quantiles = match (self.p05, self.p25, self.p50, self.p75, self.p95) {
@@ -241,6 +266,12 @@ impl MetricsRow {
                 wasserstein_normalized: self.wasserstein_normalized,
                 out_of_range: self.out_of_range,
                 constant: self.constant.map(|flag| flag != 0),
+                latency_p50: self.latency_p50,
+                latency_p95: self.latency_p95,
+                latency_p99: self.latency_p99,
+                latency_max: self.latency_max,
+                error_rate: self.error_rate,
+                null_prediction_rate: self.null_prediction_rate,
                 psi_threshold: self.psi_threshold,
                 drifted: self.drifted.map(|flag| flag != 0),
             },
@@ -254,6 +285,7 @@ fn kind_name(kind: FeatureKind) -> &'static str {
     match kind {
         FeatureKind::Numeric => "numeric",
         FeatureKind::Categorical => "categorical",
+        FeatureKind::Operational => "operational",
     }
 }
 

@@ -123,7 +123,7 @@ pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<
     let series: Vec<String> = spec
         .series()
         .map(|s| s.name.clone())
-        .filter(|name| name != "latency_ms")
+        .filter(|name| name != "latency_ms" && name != "operations")
         .collect();
     let counters = driver.engine().counters().clone();
     let mut out = String::new();

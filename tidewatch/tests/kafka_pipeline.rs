@@ -275,6 +275,12 @@ fn compare(actual: &[WindowMetrics], expected: &[WindowMetrics]) -> Result<(), S
             (a.l_infinity, e.l_infinity),
             (a.wasserstein, e.wasserstein),
             (a.wasserstein_normalized, e.wasserstein_normalized),
+            (a.latency_p50, e.latency_p50),
+            (a.latency_p95, e.latency_p95),
+            (a.latency_p99, e.latency_p99),
+            (a.latency_max, e.latency_max),
+            (a.error_rate, e.error_rate),
+            (a.null_prediction_rate, e.null_prediction_rate),
         ]
         .iter()
         .all(|(x, y)| close_option(*x, *y));
