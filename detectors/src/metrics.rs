@@ -4,11 +4,25 @@
 //! one, its reference into [`FeatureWindowMetrics`]. Absent numbers are `None`
 //! (an empty window has no mean; a series without reference has no PSI).
 //!
-//! Drift decision (the full set of tests and thresholds has its own issue):
-//! a series is `drifted` when its PSI reaches [`DriftThresholds::psi`]
-//! (default 0.2, the usual "significant shift" level); `drifted` is `None`
-//! when there is no reference, no value to compare, or fewer than
-//! [`DriftThresholds::min_count`] values.
+//! Every drift score that could be computed is also reported as a
+//! [`TestResult`]: its value, the threshold applied and the verdict.
+//!
+//! | test | value | drifted when | default threshold |
+//! |---|---|---|---|
+//! | `psi` | PSI | value ≥ threshold | 0.2 |
+//! | `ks` | KS p-value | value ≤ threshold (α, corrected across series) | 0.05 |
+//! | `chi_square` | chi-square p-value | value ≤ threshold (α, corrected) | 0.05 |
+//! | `jensen_shannon` | JS distance | value ≥ threshold | 0.1 |
+//! | `hellinger` | Hellinger distance | value ≥ threshold | 0.1 |
+//! | `kl_divergence` | KL(current ‖ reference) | value ≥ threshold | 0.1 |
+//! | `wasserstein_normalized` | W1 / reference std | value ≥ threshold | 0.1 |
+//!
+//! p-values of one window (all series of a model version and segment) are
+//! corrected together with [`apply_p_value_correction`] (Benjamini–Hochberg
+//! by default). The series-level `drifted` flag is the PSI verdict; it is
+//! `None` when there is no reference, no value to compare, or fewer than
+//! [`DriftThresholds::min_count`] values (then every test's `drifted` is
+//! false and a warning says why).
 
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +41,22 @@ pub struct DriftThresholds {
     /// handful of values is noise (ten values cannot fill ten bins), so
     /// smaller windows report their scores but `drifted` stays `None`.
     pub min_count: u64,
+    /// Significance level of the p-value tests (KS, chi-square).
+    pub alpha: f64,
+    /// How p-values of one window are corrected for testing many series.
+    pub correction: Correction,
+    /// Jensen–Shannon distance at or above which the test flags drift.
+    pub jensen_shannon: f64,
+    /// Hellinger distance threshold.
+    pub hellinger: f64,
+    /// KL divergence threshold.
+    pub kl_divergence: f64,
+    /// Normalized Wasserstein threshold.
+    pub wasserstein_normalized: f64,
+    /// Cap on each sample size in the KS p-value (`None`: no cap). On
+    /// large windows any shift is significant; capping the effective sample
+    /// size asks "would this shift be significant in a sample of this size?".
+    pub ks_sample_cap: Option<u64>,
 }
 
 impl Default for DriftThresholds {
@@ -34,9 +64,48 @@ impl Default for DriftThresholds {
         Self {
             psi: 0.2,
             min_count: 100,
+            alpha: 0.05,
+            correction: Correction::BenjaminiHochberg,
+            jensen_shannon: 0.1,
+            hellinger: 0.1,
+            kl_divergence: 0.1,
+            wasserstein_normalized: 0.1,
+            ks_sample_cap: None,
         }
     }
 }
+
+/// Multiple-testing correction of a window's p-values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Correction {
+    /// Each p-value against α.
+    None,
+    /// Against α / k for k tests (family-wise error rate).
+    Bonferroni,
+    /// Benjamini–Hochberg (false-discovery rate).
+    BenjaminiHochberg,
+}
+
+/// Above this effective KS sample size `n·m/(n+m)` without a cap, a warning
+/// says that the p-value flags practically any shift.
+pub const LARGE_SAMPLE_WARNING: f64 = 10_000.0;
+
+/// One test's outcome for one series in one window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    /// Test name (see the module table).
+    pub test: String,
+    /// Score or p-value.
+    pub value: f64,
+    /// Threshold applied (after correction for p-values).
+    pub threshold: f64,
+    /// The verdict.
+    pub drifted: bool,
+}
+
+/// Names of the tests whose value is a p-value.
+pub const P_VALUE_TESTS: [&str; 2] = ["ks", "chi_square"];
 
 /// Metrics of one series in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +177,10 @@ pub struct FeatureWindowMetrics {
     pub psi_threshold: f64,
     /// Whether the series drifted; `None` without reference or values.
     pub drifted: Option<bool>,
+    /// Every test computed, with threshold and verdict.
+    pub tests: Vec<TestResult>,
+    /// Caveats about the numbers (too few values, oversensitive p-values…).
+    pub warnings: Vec<String>,
 }
 
 /// Quantile levels reported in [`FeatureWindowMetrics::quantiles`].
@@ -142,7 +215,7 @@ pub fn compute(
             if let (Some(FeatureReference::Numeric(reference)), Some(bins)) =
                 (reference, numeric.bin_counts())
             {
-                numeric_drift(&mut metrics, reference, bins);
+                numeric_drift(&mut metrics, reference, bins, thresholds.ks_sample_cap);
             }
             if let Some(FeatureReference::Numeric(reference)) = reference {
                 wasserstein(&mut metrics, reference, numeric);
@@ -176,8 +249,59 @@ pub fn compute(
             metrics
         }
     };
-    if metrics.count >= thresholds.min_count {
+    let enough = metrics.count >= thresholds.min_count;
+    if enough {
         metrics.drifted = metrics.psi.map(|psi| psi >= thresholds.psi);
+    }
+    let scored = [
+        ("psi", metrics.psi, thresholds.psi, false),
+        ("ks", metrics.ks_p_value, thresholds.alpha, true),
+        (
+            "chi_square",
+            metrics.chi_square_p_value,
+            thresholds.alpha,
+            true,
+        ),
+        (
+            "jensen_shannon",
+            metrics.js_distance,
+            thresholds.jensen_shannon,
+            false,
+        ),
+        ("hellinger", metrics.hellinger, thresholds.hellinger, false),
+        (
+            "kl_divergence",
+            metrics.kl_divergence,
+            thresholds.kl_divergence,
+            false,
+        ),
+        (
+            "wasserstein_normalized",
+            metrics.wasserstein_normalized,
+            thresholds.wasserstein_normalized,
+            false,
+        ),
+    ];
+    for (test, value, threshold, is_p_value) in scored {
+        let Some(value) = value else { continue };
+        let drifted = enough
+            && if is_p_value {
+                value <= threshold
+            } else {
+                value >= threshold
+            };
+        metrics.tests.push(TestResult {
+            test: test.to_owned(),
+            value,
+            threshold,
+            drifted,
+        });
+    }
+    if !metrics.tests.is_empty() && !enough {
+        metrics.warnings.push(format!(
+            "only {} values (fewer than {}): scores reported without a drift verdict",
+            metrics.count, thresholds.min_count
+        ));
     }
     metrics
 }
@@ -224,6 +348,8 @@ fn empty(
         wasserstein_normalized: None,
         psi_threshold: thresholds.psi,
         drifted: None,
+        tests: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -231,6 +357,7 @@ fn numeric_drift(
     metrics: &mut FeatureWindowMetrics,
     reference: &NumericReference,
     current: &BinCounts,
+    ks_sample_cap: Option<u64>,
 ) {
     // Counts taken over another reference's bins (the profile was replaced
     // while the window was open) cannot be compared with this one.
@@ -249,7 +376,23 @@ fn numeric_drift(
     );
     if let Some(ks) = drift::ks_binned(&reference.counts, current) {
         metrics.ks_statistic = Some(ks.statistic);
-        metrics.ks_p_value = Some(ks.p_value);
+        let (n, m) = (
+            reference.counts.iter().sum::<u64>(),
+            current.iter().sum::<u64>(),
+        );
+        metrics.ks_p_value = Some(match ks_sample_cap {
+            Some(cap) if n > cap || m > cap => {
+                drift::ks_p_value(ks.statistic, n.min(cap), m.min(cap))
+            }
+            _ => ks.p_value,
+        });
+        let effective = (n as f64 * m as f64) / (n + m) as f64;
+        if ks_sample_cap.is_none() && effective > LARGE_SAMPLE_WARNING {
+            metrics.warnings.push(format!(
+                "ks p-value over an effective sample of {effective:.0}: practically any shift is significant; \
+                 judge by the statistic or set a KS sample cap"
+            ));
+        }
     }
     binned_distances(metrics, &reference.counts, current);
 }
@@ -282,6 +425,48 @@ fn wasserstein(
         (Some(distance), Some(std)) if std > 0.0 => Some(distance / std),
         _ => None,
     };
+}
+
+/// Corrects the p-value tests of one window's series together (all series
+/// of one model version and segment): with `k` p-values, Bonferroni tests
+/// each against `α/k`; Benjamini–Hochberg rejects the `r` smallest where `r`
+/// is the largest rank with `p_(r) <= r·α/k` and reports `r·α/k` (or `α/k`
+/// when nothing is rejected) as the threshold applied.
+pub fn apply_p_value_correction(window: &mut [FeatureWindowMetrics], thresholds: DriftThresholds) {
+    let mut positions = Vec::new();
+    let mut p_values = Vec::new();
+    for (series, metrics) in window.iter().enumerate() {
+        for (index, test) in metrics.tests.iter().enumerate() {
+            if P_VALUE_TESTS.contains(&test.test.as_str()) {
+                positions.push((series, index));
+                p_values.push(test.value);
+            }
+        }
+    }
+    let k = p_values.len();
+    if k == 0 {
+        return;
+    }
+    let alpha = thresholds.alpha;
+    let (decisions, threshold) = match thresholds.correction {
+        Correction::None => (
+            p_values.iter().map(|p| *p <= alpha).collect::<Vec<_>>(),
+            alpha,
+        ),
+        Correction::Bonferroni => (drift::bonferroni(&p_values, alpha), alpha / k as f64),
+        Correction::BenjaminiHochberg => {
+            let decisions = drift::benjamini_hochberg(&p_values, alpha);
+            let rejected = decisions.iter().filter(|d| **d).count().max(1);
+            (decisions, rejected as f64 * alpha / k as f64)
+        }
+    };
+    for ((series, index), decision) in positions.into_iter().zip(decisions) {
+        let metrics = &mut window[series];
+        let enough = metrics.count >= thresholds.min_count;
+        let test = &mut metrics.tests[index];
+        test.threshold = threshold;
+        test.drifted = enough && decision;
+    }
 }
 
 /// Aligns categorical counts on the reference's categories plus one last bin
@@ -398,8 +583,8 @@ mod tests {
             &FeatureSketch::Categorical(current),
             Some(&FeatureReference::Categorical(reference)),
             DriftThresholds {
-                psi: 0.2,
                 min_count: 1,
+                ..Default::default()
             },
         );
         assert_eq!(metrics.unseen_categories, Some(2));
@@ -421,12 +606,116 @@ mod tests {
             &FeatureSketch::Categorical(current),
             Some(&FeatureReference::Categorical(reference)),
             DriftThresholds {
-                psi: 0.2,
                 min_count: 2,
+                ..Default::default()
             },
         );
         assert!(metrics.psi.unwrap() > 0.2);
         assert_eq!(metrics.drifted, None);
+    }
+
+    fn with_p_values(p_values: &[f64], count: u64) -> Vec<FeatureWindowMetrics> {
+        p_values
+            .iter()
+            .map(|p| {
+                let mut metrics = empty(
+                    FeatureKind::Numeric,
+                    count,
+                    0,
+                    0,
+                    DriftThresholds::default(),
+                );
+                metrics.tests.push(TestResult {
+                    test: "ks".into(),
+                    value: *p,
+                    threshold: 0.05,
+                    drifted: *p <= 0.05,
+                });
+                metrics.tests.push(TestResult {
+                    test: "psi".into(),
+                    value: 0.01,
+                    threshold: 0.2,
+                    drifted: false,
+                });
+                metrics
+            })
+            .collect()
+    }
+
+    #[test]
+    fn p_values_are_corrected_across_a_window() {
+        let p = [0.01, 0.04, 0.03, 0.005, 0.5];
+        let verdicts = |window: &[FeatureWindowMetrics]| -> Vec<bool> {
+            window.iter().map(|m| m.tests[0].drifted).collect()
+        };
+        let mut bh = with_p_values(&p, 1_000);
+        apply_p_value_correction(&mut bh, DriftThresholds::default());
+        assert_eq!(verdicts(&bh), [true, true, true, true, false]);
+        assert!((bh[0].tests[0].threshold - 4.0 * 0.05 / 5.0).abs() < 1e-15);
+        let mut bonferroni = with_p_values(&p, 1_000);
+        let thresholds = DriftThresholds {
+            correction: Correction::Bonferroni,
+            ..Default::default()
+        };
+        apply_p_value_correction(&mut bonferroni, thresholds);
+        assert_eq!(verdicts(&bonferroni), [true, false, false, true, false]);
+        assert!((bonferroni[0].tests[0].threshold - 0.01).abs() < 1e-15);
+        assert!(
+            !bonferroni[0].tests[1].drifted,
+            "non-p-value tests are untouched"
+        );
+        let mut small = with_p_values(&p, 10);
+        apply_p_value_correction(&mut small, DriftThresholds::default());
+        assert!(
+            verdicts(&small).iter().all(|d| !d),
+            "too few values: no verdict"
+        );
+    }
+
+    #[test]
+    fn large_samples_warn_and_the_cap_tempers_the_p_value() {
+        let reference =
+            NumericReference::from_values((0..100_000).map(|i| (i % 1000) as f64).collect(), 0)
+                .unwrap();
+        let edges = BinEdges::new(reference.edges.clone()).unwrap();
+        let mut sketch = NumericSketch::new(Some(&edges));
+        for i in 0..100_000 {
+            sketch.add((i % 1000) as f64 + 20.0, Some(&edges));
+        }
+        let sketch = FeatureSketch::Numeric(sketch);
+        let feature = FeatureReference::Numeric(reference);
+        let uncapped = compute(&sketch, Some(&feature), DriftThresholds::default());
+        assert!(
+            uncapped.ks_p_value.unwrap() < 1e-6,
+            "a 2 % shift is significant at n = 100,000"
+        );
+        assert!(uncapped
+            .warnings
+            .iter()
+            .any(|w| w.contains("effective sample")));
+        let capped = compute(
+            &sketch,
+            Some(&feature),
+            DriftThresholds {
+                ks_sample_cap: Some(1_000),
+                ..Default::default()
+            },
+        );
+        assert!(capped.ks_p_value.unwrap() > 0.5, "{:?}", capped.ks_p_value);
+        assert!(capped.warnings.is_empty());
+        assert_eq!(capped.ks_statistic, uncapped.ks_statistic);
+        let names: Vec<&str> = capped.tests.iter().map(|t| t.test.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "psi",
+                "ks",
+                "jensen_shannon",
+                "hellinger",
+                "kl_divergence",
+                "wasserstein_normalized"
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use detectors::aggregate::Catalog;
-use detectors::metrics::{compute, DriftThresholds};
+use detectors::metrics::{apply_p_value_correction, compute, DriftThresholds};
 use detectors::window::WindowSize;
 use detectors::{FeatureSketch, SeriesKey};
 use store::{Store, WindowMetrics, WindowSketch};
@@ -66,7 +66,39 @@ pub fn window_results(
             computed_at,
         });
     }
+    correct_per_group(&mut metrics, thresholds);
     (metrics, sketches)
+}
+
+/// Corrects p-values across the series of each (model, version, segment,
+/// window): `metrics` is in key order, so each group is contiguous.
+fn correct_per_group(metrics: &mut [WindowMetrics], thresholds: DriftThresholds) {
+    let group_of = |m: &WindowMetrics| {
+        (
+            m.key.window_start,
+            m.key.model.clone(),
+            m.key.model_version.clone(),
+            m.key.segment.clone(),
+        )
+    };
+    let mut start = 0;
+    while start < metrics.len() {
+        let group = group_of(&metrics[start]);
+        let end = start
+            + metrics[start..]
+                .iter()
+                .take_while(|m| group_of(m) == group)
+                .count();
+        let mut window: Vec<_> = metrics[start..end]
+            .iter()
+            .map(|m| m.metrics.clone())
+            .collect();
+        apply_p_value_correction(&mut window, thresholds);
+        for (record, corrected) in metrics[start..end].iter_mut().zip(window) {
+            record.metrics = corrected;
+        }
+        start = end;
+    }
 }
 
 /// Reads, merges, computes and stores one window of one model. Returns the

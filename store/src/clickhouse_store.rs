@@ -48,7 +48,9 @@ const MIGRATIONS: &[&str] = &[
         js_distance Nullable(Float64), hellinger Nullable(Float64), kl_divergence Nullable(Float64),
         l_infinity Nullable(Float64), wasserstein Nullable(Float64), wasserstein_normalized Nullable(Float64),
         out_of_range Nullable(UInt64), constant Nullable(UInt8),
-        latency_p50 Nullable(Float64), latency_p95 Nullable(Float64), latency_p99 Nullable(Float64), latency_max Nullable(Float64), error_rate Nullable(Float64), null_prediction_rate Nullable(Float64)
+        latency_p50 Nullable(Float64), latency_p95 Nullable(Float64), latency_p99 Nullable(Float64), latency_max Nullable(Float64), error_rate Nullable(Float64), null_prediction_rate Nullable(Float64),
+        test_names Array(String), test_values Array(Float64), test_thresholds Array(Float64),
+        test_drifted Array(UInt8), warnings Array(String)
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMMDD(window_start)
     ORDER BY (model, model_version, segment, feature, window_start)",

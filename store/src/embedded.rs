@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS window_metrics (
     js_distance REAL, hellinger REAL, kl_divergence REAL, l_infinity REAL,
     wasserstein REAL, wasserstein_normalized REAL, out_of_range INTEGER, constant INTEGER,
     latency_p50 REAL, latency_p95 REAL, latency_p99 REAL, latency_max REAL, error_rate REAL, null_prediction_rate REAL,
+    test_names TEXT, test_values TEXT, test_thresholds TEXT, test_drifted TEXT, warnings TEXT,
     PRIMARY KEY (model, model_version, segment, feature, window_start)
 );
 CREATE TABLE IF NOT EXISTS reference_profiles (
@@ -55,6 +56,29 @@ CREATE TABLE IF NOT EXISTS reference_profiles (
     PRIMARY KEY (model, model_version)
 );
 ";
+
+/// Arrays are stored as JSON text in SQLite.
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain arrays serialize")
+}
+
+/// Reads a JSON array column; NULL (a row written before the column existed) is empty.
+fn from_json<T: serde::de::DeserializeOwned + Default>(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<T> {
+    let text: Option<String> = row.get(index)?;
+    match text {
+        None => Ok(T::default()),
+        Some(text) => serde_json::from_str(&text).map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                index,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        }),
+    }
+}
 
 /// Creates the tables and adds the columns an older file lacks.
 fn migrate(connection: &Connection) -> rusqlite::Result<()> {
@@ -304,7 +328,12 @@ impl EmbeddedStore {
                         row.latency_p99,
                         row.latency_max,
                         row.error_rate,
-                        row.null_prediction_rate
+                        row.null_prediction_rate,
+                        json(&row.test_names),
+                        json(&row.test_values),
+                        json(&row.test_thresholds),
+                        json(&row.test_drifted),
+                        json(&row.warnings)
                     ])?;
                 }
             }
@@ -392,6 +421,11 @@ impl EmbeddedStore {
                         latency_max: row.get(42)?,
                         error_rate: row.get(43)?,
                         null_prediction_rate: row.get(44)?,
+                        test_names: from_json(row, 45)?,
+                        test_values: from_json(row, 46)?,
+                        test_thresholds: from_json(row, 47)?,
+                        test_drifted: from_json(row, 48)?,
+                        warnings: from_json(row, 49)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -5,6 +5,7 @@
 //! round-trip tests in `clickhouse_store` check that against a real server).
 //! Times are `DateTime` columns, i.e. whole seconds since the epoch as `u32`.
 
+use detectors::metrics::TestResult;
 use detectors::spec::FeatureKind;
 use detectors::{FeatureWindowMetrics, SeriesKey};
 use serde::{Deserialize, Serialize};
@@ -96,10 +97,15 @@ pub struct MetricsRow {
     pub latency_max: Option<f64>,
     pub error_rate: Option<f64>,
     pub null_prediction_rate: Option<f64>,
+    pub test_names: Vec<String>,
+    pub test_values: Vec<f64>,
+    pub test_thresholds: Vec<f64>,
+    pub test_drifted: Vec<u8>,
+    pub warnings: Vec<String>,
 }
 
 /// Columns of `window_metrics`, in [`MetricsRow`] order.
-pub(crate) const METRICS_COLUMNS: [&str; 45] = [
+pub(crate) const METRICS_COLUMNS: [&str; 50] = [
     "model",
     "model_version",
     "segment",
@@ -145,12 +151,17 @@ pub(crate) const METRICS_COLUMNS: [&str; 45] = [
     "latency_max",
     "error_rate",
     "null_prediction_rate",
+    "test_names",
+    "test_values",
+    "test_thresholds",
+    "test_drifted",
+    "warnings",
 ];
 
 /// Columns added to `window_metrics` after its first version, as
 /// (name, ClickHouse type, SQLite type): start-up adds those an existing
 /// table lacks.
-pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 14] = [
+pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 19] = [
     ("js_distance", "Nullable(Float64)", "REAL"),
     ("hellinger", "Nullable(Float64)", "REAL"),
     ("kl_divergence", "Nullable(Float64)", "REAL"),
@@ -165,6 +176,11 @@ pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 14] = [
     ("latency_max", "Nullable(Float64)", "REAL"),
     ("error_rate", "Nullable(Float64)", "REAL"),
     ("null_prediction_rate", "Nullable(Float64)", "REAL"),
+    ("test_names", "Array(String)", "TEXT"),
+    ("test_values", "Array(Float64)", "TEXT"),
+    ("test_thresholds", "Array(Float64)", "TEXT"),
+    ("test_drifted", "Array(UInt8)", "TEXT"),
+    ("warnings", "Array(String)", "TEXT"),
 ];
 
 impl MetricsRow {
@@ -217,6 +233,11 @@ impl MetricsRow {
             latency_max: m.latency_max,
             error_rate: m.error_rate,
             null_prediction_rate: m.null_prediction_rate,
+            test_names: m.tests.iter().map(|t| t.test.clone()).collect(),
+            test_values: m.tests.iter().map(|t| t.value).collect(),
+            test_thresholds: m.tests.iter().map(|t| t.threshold).collect(),
+            test_drifted: m.tests.iter().map(|t| u8::from(t.drifted)).collect(),
+            warnings: m.warnings.clone(),
         })
     }
 
@@ -272,6 +293,20 @@ impl MetricsRow {
                 latency_max: self.latency_max,
                 error_rate: self.error_rate,
                 null_prediction_rate: self.null_prediction_rate,
+                tests: self
+                    .test_names
+                    .into_iter()
+                    .zip(self.test_values)
+                    .zip(self.test_thresholds)
+                    .zip(self.test_drifted)
+                    .map(|(((test, value), threshold), drifted)| TestResult {
+                        test,
+                        value,
+                        threshold,
+                        drifted: drifted != 0,
+                    })
+                    .collect(),
+                warnings: self.warnings,
                 psi_threshold: self.psi_threshold,
                 drifted: self.drifted.map(|flag| flag != 0),
             },

@@ -579,6 +579,7 @@ impl RawConfig {
             thresholds: DriftThresholds {
                 psi: self.drift.psi_threshold,
                 min_count: self.drift.min_window_count,
+                ..DriftThresholds::default()
             },
             warmup_windows: self.reference.warmup_windows,
             models,

@@ -289,7 +289,15 @@ fn compare(actual: &[WindowMetrics], expected: &[WindowMetrics]) -> Result<(), S
             (None, None) => true,
             _ => false,
         };
-        if !(exact && floats && quantiles) {
+        let tests = a.tests.len() == e.tests.len()
+            && a.tests.iter().zip(&e.tests).all(|(x, y)| {
+                x.test == y.test
+                    && x.drifted == y.drifted
+                    && close(x.value, y.value)
+                    && close(x.threshold, y.threshold)
+            })
+            && a.warnings == e.warnings;
+        if !(exact && floats && quantiles && tests) {
             return Err(format!("{:?}: stored {a:?} expected {e:?}", expected.key));
         }
     }
