@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use detectors::metrics::DriftThresholds;
+use detectors::metrics::{Correction, DriftThresholds};
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::WindowSize;
 use events::EventKind;
@@ -233,6 +233,39 @@ pub struct RawDrift {
     /// Fewest values a window needs before a series can be flagged.
     #[serde(default = "default_min_window_count")]
     pub min_window_count: u64,
+    /// Significance level of the KS and chi-square tests.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// `none`, `bonferroni` or `benjamini_hochberg` across a window's series.
+    #[serde(default = "default_correction")]
+    pub correction: Correction,
+    /// Jensen–Shannon distance threshold.
+    #[serde(default = "default_distance_threshold")]
+    pub jensen_shannon_threshold: f64,
+    /// Hellinger distance threshold.
+    #[serde(default = "default_distance_threshold")]
+    pub hellinger_threshold: f64,
+    /// KL divergence threshold.
+    #[serde(default = "default_distance_threshold")]
+    pub kl_divergence_threshold: f64,
+    /// Normalized Wasserstein threshold.
+    #[serde(default = "default_distance_threshold")]
+    pub wasserstein_normalized_threshold: f64,
+    /// Cap on each sample size in the KS p-value (unset: no cap).
+    #[serde(default)]
+    pub ks_sample_cap: Option<u64>,
+}
+
+fn default_alpha() -> f64 {
+    DriftThresholds::default().alpha
+}
+
+fn default_correction() -> Correction {
+    DriftThresholds::default().correction
+}
+
+fn default_distance_threshold() -> f64 {
+    DriftThresholds::default().jensen_shannon
 }
 
 fn default_min_window_count() -> u64 {
@@ -248,6 +281,13 @@ impl Default for RawDrift {
         Self {
             psi_threshold: default_psi_threshold(),
             min_window_count: default_min_window_count(),
+            alpha: default_alpha(),
+            correction: default_correction(),
+            jensen_shannon_threshold: default_distance_threshold(),
+            hellinger_threshold: default_distance_threshold(),
+            kl_divergence_threshold: default_distance_threshold(),
+            wasserstein_normalized_threshold: default_distance_threshold(),
+            ks_sample_cap: None,
         }
     }
 }
@@ -521,11 +561,32 @@ impl RawConfig {
         let window_size =
             WindowSize::from_millis(size_ms).map_err(|e| invalid("windows.size", e.to_string()))?;
 
-        if !(self.drift.psi_threshold.is_finite() && self.drift.psi_threshold > 0.0) {
-            return Err(invalid(
-                "drift.psi_threshold",
-                "must be a positive number".into(),
-            ));
+        let drift = &self.drift;
+        for (key, value) in [
+            ("drift.psi_threshold", drift.psi_threshold),
+            (
+                "drift.jensen_shannon_threshold",
+                drift.jensen_shannon_threshold,
+            ),
+            ("drift.hellinger_threshold", drift.hellinger_threshold),
+            (
+                "drift.kl_divergence_threshold",
+                drift.kl_divergence_threshold,
+            ),
+            (
+                "drift.wasserstein_normalized_threshold",
+                drift.wasserstein_normalized_threshold,
+            ),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(invalid(key, "must be a positive number".into()));
+            }
+        }
+        if !(drift.alpha > 0.0 && drift.alpha < 1.0) {
+            return Err(invalid("drift.alpha", "must be between 0 and 1".into()));
+        }
+        if drift.ks_sample_cap == Some(0) {
+            return Err(invalid("drift.ks_sample_cap", "must be at least 1".into()));
         }
 
         if self.models.is_empty() {
@@ -579,7 +640,13 @@ impl RawConfig {
             thresholds: DriftThresholds {
                 psi: self.drift.psi_threshold,
                 min_count: self.drift.min_window_count,
-                ..DriftThresholds::default()
+                alpha: self.drift.alpha,
+                correction: self.drift.correction,
+                jensen_shannon: self.drift.jensen_shannon_threshold,
+                hellinger: self.drift.hellinger_threshold,
+                kl_divergence: self.drift.kl_divergence_threshold,
+                wasserstein_normalized: self.drift.wasserstein_normalized_threshold,
+                ks_sample_cap: self.drift.ks_sample_cap,
             },
             warmup_windows: self.reference.warmup_windows,
             models,
@@ -631,6 +698,14 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_key() {
         let cases = [
+            (
+                "version = 1\n[drift]\nalpha = 2.0\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`drift.alpha`",
+            ),
+            (
+                "version = 1\n[drift]\ncorrection = \"holm\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "unknown variant `holm`",
+            ),
             ("version = 2\nmodels = []", "`version`"),
             ("version = 1\nmodels = []", "`models`"),
             (
