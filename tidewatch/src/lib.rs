@@ -1,6 +1,8 @@
 //! # tidewatch — the service and its command line
 //!
 //! The binary (`src/main.rs`) is thin; this library holds what it wires:
+//! - [`analyze`]: `tidewatch analyze`, the detectors on reference and
+//!   current files, chunk by chunk.
 //! - [`config`]: `tidewatch.toml`, parsed and validated once into settings
 //!   that cannot be invalid (errors name the file and the key).
 //! - [`training`]: training data (CSV, Parquet, JSON lines, via `arrow`)
@@ -14,6 +16,7 @@
 //! math), `store` (ClickHouse / SQLite), `ingest` (Kafka and file ingestion),
 //! `alerting` (rules and channels).
 
+pub mod analyze;
 pub mod config;
 pub mod demo;
 pub mod fixtures;

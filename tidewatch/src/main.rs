@@ -66,11 +66,63 @@ enum Command {
         #[arg(long, default_value = "all")]
         segment: String,
     },
+    /// Compare a current data file with a reference file, chunk by chunk, with every drift test.
+    Analyze {
+        /// Reference data (.csv, .parquet, .arrow, .jsonl).
+        #[arg(long)]
+        reference: PathBuf,
+        /// Current data.
+        #[arg(long)]
+        current: PathBuf,
+        /// Chunks of this many rows (default: the whole file is one chunk).
+        #[arg(long, conflicts_with = "chunk_period")]
+        chunk_size: Option<usize>,
+        /// Chunks of this period (`1h`, `1d`…) by --timestamp-column.
+        #[arg(long, requires = "timestamp_column", value_parser = humantime::parse_duration)]
+        chunk_period: Option<std::time::Duration>,
+        /// Timestamp column for --chunk-period.
+        #[arg(long)]
+        timestamp_column: Option<String>,
+        /// Only these columns (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        /// Columns to treat as numeric (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        numeric: Vec<String>,
+        /// Columns to treat as categorical (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        categorical: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Test that decides whether a column drifted (psi, ks, chi_square, jensen_shannon, hellinger, kl_divergence, wasserstein_normalized, any).
+        #[arg(long, default_value = "psi")]
+        decide_by: String,
+        /// Exit with status 1 when any column drifted (for CI pipelines).
+        #[arg(long)]
+        fail_on_drift: bool,
+        /// PSI threshold.
+        #[arg(long, default_value_t = 0.2)]
+        psi_threshold: f64,
+        /// Significance level of the KS and chi-square tests.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+        /// Cap on each sample size in the KS p-value.
+        #[arg(long)]
+        ks_sample_cap: Option<u64>,
+    },
     /// Fixture files.
     Fixtures {
         #[command(subcommand)]
         command: FixturesCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -242,6 +294,69 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 tidewatch::report::drift_table(&metrics, &segment, &series)
             );
+        }
+        Command::Analyze {
+            reference,
+            current,
+            chunk_size,
+            chunk_period,
+            timestamp_column,
+            columns,
+            numeric,
+            categorical,
+            format,
+            decide_by,
+            fail_on_drift,
+            psi_threshold,
+            alpha,
+            ks_sample_cap,
+        } => {
+            use tidewatch::analyze::{self, AnalyzeOptions, Chunking};
+            let chunking = match (chunk_size, chunk_period, timestamp_column) {
+                (Some(rows), _, _) => Chunking::Rows(rows),
+                (None, Some(period), Some(column)) => Chunking::Period {
+                    millis: period.as_millis() as i64,
+                    column,
+                },
+                _ => Chunking::Whole,
+            };
+            let options = AnalyzeOptions {
+                reference,
+                current,
+                chunking,
+                columns,
+                numeric,
+                categorical,
+                thresholds: detectors::metrics::DriftThresholds {
+                    psi: psi_threshold,
+                    alpha,
+                    ks_sample_cap,
+                    ..Default::default()
+                },
+                decide_by,
+            };
+            let report = tokio::task::spawn_blocking(move || {
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                let report = analyze::analyze(&options, |done, total| {
+                    if total > 1 {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64);
+                    }
+                });
+                bar.finish_and_clear();
+                report
+            })
+            .await??;
+            let text = match format {
+                Format::Table => analyze::render_table(&report),
+                Format::Json => analyze::render_json(&report),
+                Format::Csv => analyze::render_csv(&report),
+            };
+            print!("{text}");
+            if fail_on_drift && report.any_drift() {
+                std::process::exit(1);
+            }
         }
         Command::Fixtures {
             command: FixturesCommand::Generate { out, seed },

@@ -36,7 +36,9 @@ pub enum TrainingError {
         message: String,
     },
     /// The extension is not one of csv, parquet, jsonl/json/ndjson.
-    #[error("{0}: unsupported file type (expected .csv, .parquet, .jsonl, .ndjson or .json)")]
+    #[error(
+        "{0}: unsupported file type (expected .csv, .parquet, .arrow, .jsonl, .ndjson or .json)"
+    )]
     UnsupportedType(String),
     /// The profile could not be built.
     #[error(transparent)]
@@ -58,18 +60,13 @@ pub fn build_reference(
     model_version: &str,
     path: &Path,
 ) -> Result<TrainingProfile, TrainingError> {
-    let display = path.display().to_string();
-    let format_error = |message: String| TrainingError::Format {
-        path: display.clone(),
-        message,
-    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut builder = ReferenceBuilder::new(spec, model_version, &format!("file:{name}"));
     let mut ignored = std::collections::BTreeSet::new();
-    let mut consume = |batch: RecordBatch| {
+    for_each_batch(path, |batch| {
         for _ in 0..batch.num_rows() {
             builder.add_row();
         }
@@ -80,6 +77,25 @@ pub fn build_reference(
             }
             add_column(&mut builder, field.name(), column.as_ref());
         }
+    })?;
+    let profile = builder.build()?;
+    Ok(TrainingProfile {
+        profile,
+        ignored_columns: ignored.into_iter().collect(),
+    })
+}
+
+/// Reads a CSV (with header), JSON-lines, Parquet or Arrow IPC file (by
+/// extension) and hands every record batch to `consume`. Schemas of CSV and
+/// JSON are inferred from the first 10,000 rows.
+pub fn for_each_batch(
+    path: &Path,
+    mut consume: impl FnMut(RecordBatch),
+) -> Result<(), TrainingError> {
+    let display = path.display().to_string();
+    let format_error = |message: String| TrainingError::Format {
+        path: display.clone(),
+        message,
     };
     let open = || {
         File::open(path).map_err(|source| TrainingError::Io {
@@ -100,6 +116,7 @@ pub fn build_reference(
                 .map_err(|e| format_error(e.to_string()))?;
             let reader = arrow::csv::ReaderBuilder::new(Arc::new(schema))
                 .with_format(format)
+                .with_batch_size(65_536)
                 .build(open()?)
                 .map_err(|e| format_error(e.to_string()))?;
             for batch in reader {
@@ -121,19 +138,22 @@ pub fn build_reference(
         "parquet" => {
             let reader =
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open()?)
-                    .and_then(|builder| builder.build())
+                    .and_then(|builder| builder.with_batch_size(65_536).build())
                     .map_err(|e| format_error(e.to_string()))?;
+            for batch in reader {
+                consume(batch.map_err(|e| format_error(e.to_string()))?);
+            }
+        }
+        "arrow" | "ipc" | "feather" => {
+            let reader = arrow::ipc::reader::FileReader::try_new(open()?, None)
+                .map_err(|e| format_error(e.to_string()))?;
             for batch in reader {
                 consume(batch.map_err(|e| format_error(e.to_string()))?);
             }
         }
         _ => return Err(TrainingError::UnsupportedType(display)),
     }
-    let profile = builder.build()?;
-    Ok(TrainingProfile {
-        profile,
-        ignored_columns: ignored.into_iter().collect(),
-    })
+    Ok(())
 }
 
 fn add_column(builder: &mut ReferenceBuilder, name: &str, column: &dyn Array) {

@@ -1,0 +1,644 @@
+//! `tidewatch analyze`: the streaming detectors, offline, on files.
+//!
+//! Reads a reference and a current file (CSV, Parquet, Arrow IPC, JSON
+//! lines) with `arrow`, builds an exact reference per column (numeric:
+//! percentile bins and moments; categorical: category counts), splits the
+//! current data into chunks (by row count or by time period), and computes
+//! for every chunk and column every applicable test of `detectors::metrics`,
+//! with p-values corrected across the chunk's columns. Columns of numeric
+//! arrow types are numeric, the others categorical, unless overridden.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
+use detectors::categorical::CategoricalSketch;
+use detectors::metrics::{
+    apply_p_value_correction, compute, DriftThresholds, FeatureWindowMetrics,
+};
+use detectors::numeric::{BinEdges, NumericSketch};
+use detectors::reference::{
+    format_category, CategoricalReference, FeatureReference, NumericReference,
+};
+use detectors::spec::FeatureKind;
+use detectors::FeatureSketch;
+use serde::Serialize;
+
+use crate::training::{for_each_batch, TrainingError};
+
+/// How the current data is cut into chunks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunking {
+    /// One chunk with every row.
+    Whole,
+    /// Consecutive chunks of this many rows.
+    Rows(usize),
+    /// Calendar-aligned periods of `millis` by the timestamp `column`.
+    Period {
+        /// Period length, ms.
+        millis: i64,
+        /// Timestamp column (timestamp type, epoch ms integers or RFC 3339 text).
+        column: String,
+    },
+}
+
+/// What `analyze` needs.
+#[derive(Debug, Clone)]
+pub struct AnalyzeOptions {
+    /// Reference file.
+    pub reference: PathBuf,
+    /// Current file.
+    pub current: PathBuf,
+    /// Chunking of the current file.
+    pub chunking: Chunking,
+    /// Only these columns (default: every column present in both files,
+    /// except the timestamp column).
+    pub columns: Option<Vec<String>>,
+    /// Columns forced numeric.
+    pub numeric: Vec<String>,
+    /// Columns forced categorical.
+    pub categorical: Vec<String>,
+    /// Test thresholds.
+    pub thresholds: DriftThresholds,
+    /// Which test decides whether a column drifted in a chunk (`psi`, `ks`,
+    /// `chi_square`, `jensen_shannon`, `hellinger`, `kl_divergence`,
+    /// `wasserstein_normalized`, or `any`).
+    pub decide_by: String,
+}
+
+/// Why analyze failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    /// A file could not be read.
+    #[error(transparent)]
+    Read(#[from] TrainingError),
+    /// A requested column is missing.
+    #[error("column `{column}` is not in {file}")]
+    MissingColumn {
+        /// The column.
+        column: String,
+        /// The file.
+        file: String,
+    },
+    /// The timestamp column has values that are not times.
+    #[error("timestamp column `{0}` must hold timestamps, integer epoch milliseconds or RFC 3339 strings")]
+    Timestamp(String),
+    /// A reference column has no usable value.
+    #[error("reference column `{0}` has no value to compare with")]
+    EmptyReference(String),
+    /// Unknown `decide_by` test.
+    #[error("unknown test `{0}` for --decide-by")]
+    UnknownTest(String),
+}
+
+/// One chunk of the current data.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chunk {
+    /// Position, from 0.
+    pub index: usize,
+    /// `rows 0-9999` or the period start (UTC).
+    pub label: String,
+    /// Rows in the chunk.
+    pub rows: usize,
+}
+
+/// Results of one column in one chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColumnResult {
+    /// Chunk index.
+    pub chunk: usize,
+    /// Column name.
+    pub column: String,
+    /// Whether the column drifted by the deciding test.
+    pub drifted: bool,
+    /// Every number, test and warning.
+    pub metrics: FeatureWindowMetrics,
+}
+
+/// The whole analysis.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyzeReport {
+    /// The chunks, in order.
+    pub chunks: Vec<Chunk>,
+    /// Columns compared, with their kind.
+    pub columns: Vec<(String, FeatureKind)>,
+    /// One entry per chunk and column.
+    pub results: Vec<ColumnResult>,
+    /// Drifted columns per chunk.
+    pub drifted_per_chunk: Vec<usize>,
+    /// First chunk in which any column drifted.
+    pub first_drift_chunk: Option<usize>,
+    /// Test deciding the per-column verdict.
+    pub decided_by: String,
+}
+
+impl AnalyzeReport {
+    /// True when any column drifted in any chunk.
+    pub fn any_drift(&self) -> bool {
+        self.first_drift_chunk.is_some()
+    }
+}
+
+/// Values of one column as read.
+#[derive(Debug, Clone)]
+enum Column {
+    Numbers(Vec<Option<f64>>),
+    Texts(Vec<Option<String>>),
+}
+
+impl Column {
+    fn len(&self) -> usize {
+        match self {
+            Column::Numbers(values) => values.len(),
+            Column::Texts(values) => values.len(),
+        }
+    }
+}
+
+/// Reads every column of a file.
+fn read_columns(
+    path: &std::path::Path,
+) -> Result<(Vec<String>, BTreeMap<String, Column>), TrainingError> {
+    let mut order = Vec::new();
+    let mut columns: BTreeMap<String, Column> = BTreeMap::new();
+    for_each_batch(path, |batch: RecordBatch| {
+        for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
+            let name = field.name().clone();
+            if !columns.contains_key(&name) {
+                order.push(name.clone());
+                let column = if array.data_type().is_numeric() {
+                    Column::Numbers(Vec::new())
+                } else {
+                    Column::Texts(Vec::new())
+                };
+                columns.insert(name.clone(), column);
+            }
+            append(
+                columns.get_mut(&name).expect("inserted above"),
+                array.as_ref(),
+            );
+        }
+    })?;
+    Ok((order, columns))
+}
+
+fn append(column: &mut Column, array: &dyn Array) {
+    match column {
+        Column::Numbers(values) => match arrow::compute::cast(array, &DataType::Float64) {
+            Ok(numbers) => values.extend(numbers.as_primitive::<Float64Type>().iter()),
+            Err(_) => values.extend(std::iter::repeat_n(None, array.len())),
+        },
+        Column::Texts(values) => {
+            let as_text = match array.data_type() {
+                DataType::Timestamp(_, _) => arrow::compute::cast(array, &DataType::Int64)
+                    .and_then(|ints| arrow::compute::cast(&ints, &DataType::Utf8)),
+                _ => arrow::compute::cast(array, &DataType::Utf8),
+            };
+            match as_text {
+                Ok(text) => {
+                    values.extend(text.as_string::<i32>().iter().map(|v| v.map(str::to_owned)))
+                }
+                Err(_) => values.extend(std::iter::repeat_n(None, array.len())),
+            }
+        }
+    }
+}
+
+/// Epoch milliseconds of a timestamp column read separately (its arrow type matters).
+fn read_timestamps(path: &std::path::Path, column: &str) -> Result<Vec<Option<i64>>, AnalyzeError> {
+    let mut timestamps = Vec::new();
+    let mut bad = false;
+    let mut found = false;
+    for_each_batch(path, |batch| {
+        let Some(array) = batch.column_by_name(column) else {
+            return;
+        };
+        found = true;
+        let millis = match array.data_type() {
+            DataType::Timestamp(_, _) => {
+                arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                    .and_then(|t| arrow::compute::cast(&t, &DataType::Int64))
+            }
+            data_type if data_type.is_integer() => arrow::compute::cast(array, &DataType::Int64),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                let Ok(text) = arrow::compute::cast(array, &DataType::Utf8) else {
+                    bad = true;
+                    return;
+                };
+                for value in text.as_string::<i32>().iter() {
+                    match value.map(chrono::DateTime::parse_from_rfc3339) {
+                        Some(Ok(time)) => timestamps.push(Some(time.timestamp_millis())),
+                        Some(Err(_)) => bad = true,
+                        None => timestamps.push(None),
+                    }
+                }
+                return;
+            }
+            _ => {
+                bad = true;
+                return;
+            }
+        };
+        match millis {
+            Ok(ints) => timestamps.extend(ints.as_primitive::<Int64Type>().iter()),
+            Err(_) => bad = true,
+        }
+    })?;
+    if !found {
+        return Err(AnalyzeError::MissingColumn {
+            column: column.to_owned(),
+            file: path.display().to_string(),
+        });
+    }
+    if bad {
+        return Err(AnalyzeError::Timestamp(column.to_owned()));
+    }
+    Ok(timestamps)
+}
+
+/// The reference of one column, with the kind it is compared as.
+enum ColumnReference {
+    Numeric(NumericReference, BinEdges),
+    Categorical(CategoricalReference),
+}
+
+const ANALYZE_MAX_CATEGORIES: usize = 10_000;
+
+fn numbers_of(column: &Column) -> Vec<Option<f64>> {
+    match column {
+        Column::Numbers(values) => values.clone(),
+        Column::Texts(values) => values
+            .iter()
+            .map(|v| v.as_deref().and_then(|t| t.trim().parse().ok()))
+            .collect(),
+    }
+}
+
+fn texts_of(column: &Column) -> Vec<Option<String>> {
+    match column {
+        Column::Texts(values) => values.clone(),
+        Column::Numbers(values) => values.iter().map(|v| v.map(format_category)).collect(),
+    }
+}
+
+fn build_reference(
+    name: &str,
+    kind: FeatureKind,
+    column: &Column,
+) -> Result<ColumnReference, AnalyzeError> {
+    match kind {
+        FeatureKind::Numeric => {
+            let values = numbers_of(column);
+            let missing = values.iter().filter(|v| v.is_none()).count() as u64;
+            let present: Vec<f64> = values.into_iter().flatten().collect();
+            let reference = NumericReference::from_values(present, missing)
+                .map_err(|_| AnalyzeError::EmptyReference(name.to_owned()))?;
+            let edges = BinEdges::new(reference.edges.clone())
+                .map_err(|_| AnalyzeError::EmptyReference(name.to_owned()))?;
+            Ok(ColumnReference::Numeric(reference, edges))
+        }
+        _ => {
+            let mut sketch = CategoricalSketch::new(ANALYZE_MAX_CATEGORIES);
+            for value in texts_of(column) {
+                match value {
+                    Some(text) => sketch.add(&text),
+                    None => sketch.add_missing(),
+                }
+            }
+            if sketch.total() == 0 {
+                return Err(AnalyzeError::EmptyReference(name.to_owned()));
+            }
+            Ok(ColumnReference::Categorical(CategoricalReference {
+                counts: sketch.counts().clone(),
+                other: sketch.other(),
+                missing: sketch.missing(),
+            }))
+        }
+    }
+}
+
+fn chunk_metrics(
+    reference: &ColumnReference,
+    column: &Column,
+    rows: &[usize],
+    thresholds: DriftThresholds,
+) -> FeatureWindowMetrics {
+    match reference {
+        ColumnReference::Numeric(profile, edges) => {
+            let mut sketch = NumericSketch::new(Some(edges));
+            let numbers = match column {
+                Column::Numbers(values) => std::borrow::Cow::Borrowed(values),
+                other => std::borrow::Cow::Owned(numbers_of(other)),
+            };
+            for row in rows {
+                match numbers[*row] {
+                    Some(value) => sketch.add(value, Some(edges)),
+                    None => sketch.add_missing(),
+                }
+            }
+            compute(
+                &FeatureSketch::Numeric(sketch),
+                Some(&FeatureReference::Numeric(profile.clone())),
+                thresholds,
+            )
+        }
+        ColumnReference::Categorical(profile) => {
+            let mut sketch = CategoricalSketch::new(ANALYZE_MAX_CATEGORIES);
+            let texts = texts_of(column);
+            for row in rows {
+                match &texts[*row] {
+                    Some(text) => sketch.add(text),
+                    None => sketch.add_missing(),
+                }
+            }
+            compute(
+                &FeatureSketch::Categorical(sketch),
+                Some(&FeatureReference::Categorical(profile.clone())),
+                thresholds,
+            )
+        }
+    }
+}
+
+const TESTS: [&str; 7] = [
+    "psi",
+    "ks",
+    "chi_square",
+    "jensen_shannon",
+    "hellinger",
+    "kl_divergence",
+    "wasserstein_normalized",
+];
+
+/// Runs the analysis.
+pub fn analyze(
+    options: &AnalyzeOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<AnalyzeReport, AnalyzeError> {
+    if options.decide_by != "any" && !TESTS.contains(&options.decide_by.as_str()) {
+        return Err(AnalyzeError::UnknownTest(options.decide_by.clone()));
+    }
+    let (reference_order, reference_columns) = read_columns(&options.reference)?;
+    let (_, current_columns) = read_columns(&options.current)?;
+    let timestamp_column = match &options.chunking {
+        Chunking::Period { column, .. } => Some(column.as_str()),
+        _ => None,
+    };
+    let names: Vec<String> = match &options.columns {
+        Some(columns) => columns.clone(),
+        None => reference_order
+            .iter()
+            .filter(|name| {
+                current_columns.contains_key(*name) && Some(name.as_str()) != timestamp_column
+            })
+            .cloned()
+            .collect(),
+    };
+    let mut compared = Vec::new();
+    let mut references = Vec::new();
+    for name in &names {
+        let missing = |file: &PathBuf| AnalyzeError::MissingColumn {
+            column: name.clone(),
+            file: file.display().to_string(),
+        };
+        let reference_column = reference_columns
+            .get(name)
+            .ok_or_else(|| missing(&options.reference))?;
+        if !current_columns.contains_key(name) {
+            return Err(missing(&options.current));
+        }
+        let kind = if options.categorical.contains(name) {
+            FeatureKind::Categorical
+        } else if options.numeric.contains(name) {
+            FeatureKind::Numeric
+        } else if matches!(reference_column, Column::Numbers(_)) {
+            FeatureKind::Numeric
+        } else {
+            FeatureKind::Categorical
+        };
+        references.push(build_reference(name, kind, reference_column)?);
+        compared.push((name.clone(), kind));
+    }
+
+    let rows = current_columns.values().next().map_or(0, Column::len);
+    let chunks: Vec<(Chunk, Vec<usize>)> = match &options.chunking {
+        Chunking::Whole => vec![(
+            Chunk {
+                index: 0,
+                label: format!("rows 0-{}", rows.saturating_sub(1)),
+                rows,
+            },
+            (0..rows).collect(),
+        )],
+        Chunking::Rows(size) => (0..rows)
+            .step_by((*size).max(1))
+            .enumerate()
+            .map(|(index, start)| {
+                let end = (start + size).min(rows);
+                (
+                    Chunk {
+                        index,
+                        label: format!("rows {start}-{}", end - 1),
+                        rows: end - start,
+                    },
+                    (start..end).collect(),
+                )
+            })
+            .collect(),
+        Chunking::Period { millis, column } => {
+            let timestamps = read_timestamps(&options.current, column)?;
+            let mut periods: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+            for (row, timestamp) in timestamps.iter().enumerate() {
+                if let Some(timestamp) = timestamp {
+                    periods
+                        .entry(timestamp.div_euclid(*millis) * millis)
+                        .or_default()
+                        .push(row);
+                }
+            }
+            periods
+                .into_iter()
+                .enumerate()
+                .map(|(index, (start, rows))| {
+                    (
+                        Chunk {
+                            index,
+                            label: crate::report::format_time(start),
+                            rows: rows.len(),
+                        },
+                        rows,
+                    )
+                })
+                .collect()
+        }
+    };
+
+    let mut results = Vec::new();
+    let mut drifted_per_chunk = Vec::new();
+    for (position, (chunk, rows)) in chunks.iter().enumerate() {
+        let mut window: Vec<FeatureWindowMetrics> = compared
+            .iter()
+            .zip(&references)
+            .map(|((name, _), reference)| {
+                chunk_metrics(reference, &current_columns[name], rows, options.thresholds)
+            })
+            .collect();
+        apply_p_value_correction(&mut window, options.thresholds);
+        let mut drifted = 0;
+        for ((name, _), metrics) in compared.iter().zip(window) {
+            let verdict = metrics.tests.iter().any(|test| {
+                test.drifted && (options.decide_by == "any" || test.test == options.decide_by)
+            });
+            drifted += usize::from(verdict);
+            results.push(ColumnResult {
+                chunk: chunk.index,
+                column: name.clone(),
+                drifted: verdict,
+                metrics,
+            });
+        }
+        drifted_per_chunk.push(drifted);
+        progress(position + 1, chunks.len());
+    }
+    let first_drift_chunk = drifted_per_chunk.iter().position(|count| *count > 0);
+    Ok(AnalyzeReport {
+        chunks: chunks.into_iter().map(|(chunk, _)| chunk).collect(),
+        columns: compared,
+        results,
+        drifted_per_chunk,
+        first_drift_chunk,
+        decided_by: options.decide_by.clone(),
+    })
+}
+
+fn test_value(metrics: &FeatureWindowMetrics, test: &str) -> String {
+    metrics.tests.iter().find(|t| t.test == test).map_or_else(
+        || "-".to_owned(),
+        |t| format!("{:.4}{}", t.value, if t.drifted { "*" } else { "" }),
+    )
+}
+
+/// A plain-text table: one block per chunk, one line per column.
+pub fn render_table(report: &AnalyzeReport) -> String {
+    let mut out = String::new();
+    let width = report
+        .columns
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    for chunk in &report.chunks {
+        let _ = writeln!(
+            out,
+            "chunk {} ({}, {} rows): {} of {} columns drifted",
+            chunk.index,
+            chunk.label,
+            chunk.rows,
+            report.drifted_per_chunk[chunk.index],
+            report.columns.len()
+        );
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "column", "kind", "psi", "ks p", "chi2 p", "js", "wass/std", "missing"
+        );
+        for result in report.results.iter().filter(|r| r.chunk == chunk.index) {
+            let m = &result.metrics;
+            let kind = match m.kind {
+                FeatureKind::Numeric => "numeric",
+                FeatureKind::Categorical => "categorical",
+                FeatureKind::Operational => "operational",
+            };
+            let _ = writeln!(
+                out,
+                "{} {:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+                if result.drifted { "!" } else { " " },
+                result.column,
+                kind,
+                test_value(m, "psi"),
+                test_value(m, "ks"),
+                test_value(m, "chi_square"),
+                test_value(m, "jensen_shannon"),
+                test_value(m, "wasserstein_normalized"),
+                m.missing_rate.map_or("-".to_owned(), |r| format!("{r:.4}")),
+            );
+            for warning in &m.warnings {
+                let _ = writeln!(out, "    note: {warning}");
+            }
+        }
+    }
+    match report.first_drift_chunk {
+        Some(first) => {
+            let columns: Vec<&str> = report
+                .results
+                .iter()
+                .filter(|r| r.chunk == first && r.drifted)
+                .map(|r| r.column.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "\ndrift from chunk {first} ({}) on, by {}: {}",
+                report.chunks[first].label,
+                report.decided_by,
+                columns.join(", ")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "\nno drift by {}", report.decided_by);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "* = test flags drift; ! = column drifted by {}",
+        report.decided_by
+    );
+    out
+}
+
+/// Long-format CSV: one line per chunk, column and test.
+pub fn render_csv(report: &AnalyzeReport) -> String {
+    let mut out = String::from(
+        "chunk,chunk_label,column,kind,count,missing_rate,test,value,threshold,drifted\n",
+    );
+    for result in &report.results {
+        let m = &result.metrics;
+        let kind = match m.kind {
+            FeatureKind::Numeric => "numeric",
+            FeatureKind::Categorical => "categorical",
+            FeatureKind::Operational => "operational",
+        };
+        for test in &m.tests {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{},{}",
+                result.chunk,
+                csv_field(&report.chunks[result.chunk].label),
+                csv_field(&result.column),
+                kind,
+                m.count,
+                m.missing_rate.map_or(String::new(), |r| r.to_string()),
+                test.test,
+                test.value,
+                test.threshold,
+                test.drifted
+            );
+        }
+    }
+    out
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The report as JSON.
+pub fn render_json(report: &AnalyzeReport) -> String {
+    serde_json::to_string_pretty(report).expect("reports serialize")
+}

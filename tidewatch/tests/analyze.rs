@@ -1,0 +1,184 @@
+//! `tidewatch analyze` on files, as a user runs it.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let directory =
+        std::env::temp_dir().join(format!("tidewatch-analyze-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+/// `rows` rows of: ts (epoch ms, one row a minute), amount (numeric),
+/// plan (categorical), stable (numeric, never drifts). From row `drift_from`
+/// on, amount shifts up and plan gains "enterprise".
+fn write_csv(path: &std::path::Path, rows: usize, drift_from: usize) {
+    let mut text = String::from("ts,amount,plan,stable\n");
+    for i in 0..rows {
+        let drifted = i >= drift_from;
+        let amount = (i * 7919 % 1000) as f64 / 10.0 + if drifted { 40.0 } else { 0.0 };
+        let plan = match (i % 4, drifted) {
+            (0, true) | (1, true) => "enterprise",
+            (0, _) => "basic",
+            (1, _) | (2, _) => "pro",
+            _ => "team",
+        };
+        let stable = (i * 104_729 % 997) as f64;
+        let _ = writeln!(
+            text,
+            "{},{amount},{plan},{stable}",
+            1_767_571_200_000i64 + i as i64 * 60_000
+        );
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn analyze(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .arg("analyze")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn chunks_by_rows_find_the_drifted_chunk_and_gate_ci() {
+    let directory = temp_dir("rows");
+    let (reference, current) = (
+        directory.join("reference.csv"),
+        directory.join("current.csv"),
+    );
+    write_csv(&reference, 5_000, usize::MAX);
+    write_csv(&current, 3_000, 2_000);
+    let args = [
+        "--reference",
+        reference.to_str().unwrap(),
+        "--current",
+        current.to_str().unwrap(),
+        "--chunk-size",
+        "1000",
+        "--columns",
+        "amount,plan,stable",
+        "--format",
+        "json",
+        "--fail-on-drift",
+    ];
+    let output = analyze(&args);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "drift with --fail-on-drift exits 1: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["first_drift_chunk"], 2);
+    assert_eq!(report["drifted_per_chunk"], serde_json::json!([0, 0, 2]));
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 9);
+    let find = |chunk: u64, column: &str| {
+        results
+            .iter()
+            .find(|r| r["chunk"] == chunk && r["column"] == column)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find(2, "amount")["drifted"], true);
+    assert_eq!(find(2, "plan")["drifted"], true);
+    assert_eq!(find(2, "stable")["drifted"], false);
+    assert_eq!(find(0, "amount")["metrics"]["count"], 1000);
+    assert_eq!(find(2, "plan")["metrics"]["unseen_categories"], 500);
+    assert_eq!(find(2, "plan")["metrics"]["kind"], "categorical");
+
+    // Without the gate the same drift exits 0; the table names the onset.
+    let table = analyze(&args[..8]);
+    assert!(table.status.success());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("drift from chunk 2 (rows 2000-2999) on, by psi: amount, plan"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[test]
+fn chunks_by_period_and_csv_output() {
+    let directory = temp_dir("period");
+    let (reference, current) = (
+        directory.join("reference.csv"),
+        directory.join("current.csv"),
+    );
+    write_csv(&reference, 3_000, usize::MAX);
+    write_csv(&current, 1_440, 720);
+    let output = analyze(&[
+        "--reference",
+        reference.to_str().unwrap(),
+        "--current",
+        current.to_str().unwrap(),
+        "--chunk-period",
+        "6h",
+        "--timestamp-column",
+        "ts",
+        "--format",
+        "csv",
+        "--decide-by",
+        "any",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let csv = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "chunk,chunk_label,column,kind,count,missing_rate,test,value,threshold,drifted"
+    );
+    // Four 6-hour chunks of 360 rows; the timestamp column is not compared.
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("3,2026-01-05 18:00,amount,numeric,360,0,psi,")));
+    assert!(!csv.contains(",ts,"));
+    let psi_drifted = |chunk: &str, column: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l.starts_with(&format!("{chunk},"))
+                    && l.contains(&format!(",{column},"))
+                    && l.contains(",psi,")
+            })
+            .map(|l| l.ends_with(",true"))
+            .unwrap()
+    };
+    assert!(!psi_drifted("0", "amount"));
+    assert!(psi_drifted("2", "amount"));
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[test]
+fn unknown_columns_and_types_are_clear_errors() {
+    let directory = temp_dir("errors");
+    let reference = directory.join("reference.csv");
+    write_csv(&reference, 100, usize::MAX);
+    let output = analyze(&[
+        "--reference",
+        reference.to_str().unwrap(),
+        "--current",
+        reference.to_str().unwrap(),
+        "--columns",
+        "nope",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("column `nope` is not in"));
+    let output = analyze(&[
+        "--reference",
+        reference.to_str().unwrap(),
+        "--current",
+        "data.xlsx",
+    ]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unsupported file type"));
+    let _ = std::fs::remove_dir_all(&directory);
+}
