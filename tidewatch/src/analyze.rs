@@ -409,11 +409,10 @@ pub fn analyze(
         if !current_columns.contains_key(name) {
             return Err(missing(&options.current));
         }
-        let kind = if options.categorical.contains(name) {
-            FeatureKind::Categorical
-        } else if options.numeric.contains(name) {
-            FeatureKind::Numeric
-        } else if matches!(reference_column, Column::Numbers(_)) {
+        let numeric = options.numeric.contains(name)
+            || (!options.categorical.contains(name)
+                && matches!(reference_column, Column::Numbers(_)));
+        let kind = if numeric {
             FeatureKind::Numeric
         } else {
             FeatureKind::Categorical
