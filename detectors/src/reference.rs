@@ -73,7 +73,7 @@ impl NumericReference {
                 "numeric series has no finite values".into(),
             ));
         }
-        values.sort_by(f64::total_cmp);
+        values.sort_unstable_by(f64::total_cmp);
         let n = values.len();
         let quantile = |level: usize, of: usize| values[(level * n).div_ceil(of).max(1) - 1];
         // Edges: just below the minimum, the percentiles, the maximum. The
@@ -86,10 +86,15 @@ impl NumericReference {
         let psi_edges: Vec<f64> = (1..PSI_BINS).map(|k| quantile(k, PSI_BINS)).collect();
         let psi_edge_indices = psi_edge_positions(&edges, &psi_edges);
         let bin_edges = BinEdges::new(edges)?;
+        // The values are sorted: one pass assigns them to bins in order.
         let mut counts = vec![0u64; bin_edges.bin_count()];
         let mut moments = Moments::default();
+        let mut bin = 0;
         for value in &values {
-            counts[bin_edges.bin_of(*value)] += 1;
+            while bin < bin_edges.edges().len() && bin_edges.edges()[bin] < *value {
+                bin += 1;
+            }
+            counts[bin] += 1;
             moments.add(*value);
         }
         let quantiles = crate::drift::wasserstein_levels(WASSERSTEIN_LEVELS)

@@ -362,6 +362,31 @@ fn chunk_metrics(
     }
 }
 
+/// Maps `items` with `f` on every available core (scoped threads, items
+/// split into contiguous runs), keeping the order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len().max(1));
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let run = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(run)
+            .map(|part| {
+                let f = &f;
+                scope.spawn(move || part.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("analysis thread panicked"))
+            .collect()
+    })
+}
+
 const TESTS: [&str; 7] = [
     "psi",
     "ks",
@@ -397,7 +422,6 @@ pub fn analyze(
             .collect(),
     };
     let mut compared = Vec::new();
-    let mut references = Vec::new();
     for name in &names {
         let missing = |file: &PathBuf| AnalyzeError::MissingColumn {
             column: name.clone(),
@@ -417,9 +441,14 @@ pub fn analyze(
         } else {
             FeatureKind::Categorical
         };
-        references.push(build_reference(name, kind, reference_column)?);
         compared.push((name.clone(), kind));
     }
+    // Columns are independent: build their references on every core.
+    let references: Vec<ColumnReference> = parallel_map(&compared, |(name, kind)| {
+        build_reference(name, *kind, &reference_columns[name])
+    })
+    .into_iter()
+    .collect::<Result<_, _>>()?;
 
     let rows = current_columns.values().next().map_or(0, Column::len);
     let chunks: Vec<(Chunk, Vec<usize>)> = match &options.chunking {
@@ -477,13 +506,15 @@ pub fn analyze(
     let mut results = Vec::new();
     let mut drifted_per_chunk = Vec::new();
     for (position, (chunk, rows)) in chunks.iter().enumerate() {
-        let mut window: Vec<FeatureWindowMetrics> = compared
-            .iter()
-            .zip(&references)
-            .map(|((name, _), reference)| {
-                chunk_metrics(reference, &current_columns[name], rows, options.thresholds)
-            })
-            .collect();
+        let indexed: Vec<usize> = (0..compared.len()).collect();
+        let mut window: Vec<FeatureWindowMetrics> = parallel_map(&indexed, |index| {
+            chunk_metrics(
+                &references[*index],
+                &current_columns[&compared[*index].0],
+                rows,
+                options.thresholds,
+            )
+        });
         apply_p_value_correction(&mut window, options.thresholds);
         let mut drifted = 0;
         for ((name, _), metrics) in compared.iter().zip(window) {

@@ -290,6 +290,57 @@ pub fn generate(shape: DemoShape, seed: u64) -> DemoFixtures {
     }
 }
 
+/// Writes `reference.parquet` and `current.parquet` with `rows` rows of
+/// `columns` numeric columns (`f00`, `f01`…) for the analyze benchmark.
+/// Column `i` follows a different family (normal, log-normal, uniform,
+/// exponential, by `i % 4`); in the current file every third column is
+/// shifted by a quarter of its spread.
+pub fn write_analyze_data(
+    directory: &std::path::Path,
+    rows: usize,
+    columns: usize,
+    seed: u64,
+) -> std::io::Result<()> {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, RecordBatch};
+
+    std::fs::create_dir_all(directory)?;
+    for (file, shifted) in [("reference.parquet", false), ("current.parquet", true)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ u64::from(shifted));
+        let arrays: Vec<(String, ArrayRef)> = (0..columns)
+            .map(|column| {
+                let shift = if shifted && column % 3 == 0 {
+                    0.25
+                } else {
+                    0.0
+                };
+                let values: Vec<f64> = (0..rows)
+                    .map(|_| match column % 4 {
+                        0 => Normal::new(10.0 + 2.0 * shift, 2.0)
+                            .expect("valid")
+                            .sample(&mut rng),
+                        1 => LogNormal::new(shift, 1.0).expect("valid").sample(&mut rng),
+                        2 => rng.random_range(shift..1.0 + shift),
+                        _ => Exp::new(1.0).expect("valid").sample(&mut rng) + shift,
+                    })
+                    .collect();
+                (
+                    format!("f{column:02}"),
+                    Arc::new(Float64Array::from(values)) as ArrayRef,
+                )
+            })
+            .collect();
+        let batch = RecordBatch::try_from_iter(arrays).map_err(std::io::Error::other)?;
+        let output = std::fs::File::create(directory.join(file))?;
+        let mut writer = parquet::arrow::ArrowWriter::try_new(output, batch.schema(), None)
+            .map_err(std::io::Error::other)?;
+        writer.write(&batch).map_err(std::io::Error::other)?;
+        writer.close().map_err(std::io::Error::other)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,6 +164,21 @@ enum FixturesCommand {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Write reference.parquet and current.parquet for the analyze benchmark.
+    AnalyzeData {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows per file.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Numeric columns.
+        #[arg(long, default_value_t = 20)]
+        columns: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Rewrite the small committed samples (fixtures/demo-sample*.{jsonl,csv}).
     Sample {
         /// Output directory.
@@ -371,6 +386,18 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 generated.actuals,
                 out.display()
             );
+        }
+        Command::Fixtures {
+            command:
+                FixturesCommand::AnalyzeData {
+                    out,
+                    rows,
+                    columns,
+                    seed,
+                },
+        } => {
+            fixtures::write_analyze_data(&out, rows, columns, seed)?;
+            println!("wrote reference.parquet and current.parquet ({rows} rows x {columns} columns) to {}", out.display());
         }
         Command::Fixtures {
             command: FixturesCommand::Sample { out },
