@@ -16,6 +16,10 @@ const FEATURES: usize = 20;
 const EVENTS: usize = 10_000;
 
 fn spec() -> ModelSpec {
+    spec_with_segments(vec!["country".into()])
+}
+
+fn spec_with_segments(segment_keys: Vec<String>) -> ModelSpec {
     let features = (0..FEATURES)
         .map(|i| FeatureSpec {
             name: format!("f{i:02}"),
@@ -69,7 +73,10 @@ fn payloads() -> Vec<String> {
 }
 
 fn catalog() -> Catalog {
-    let spec = spec();
+    catalog_for(spec())
+}
+
+fn catalog_for(spec: ModelSpec) -> Catalog {
     let mut builder = ReferenceBuilder::new(&spec, "1", "bench");
     for i in 0..5_000 {
         builder.add_row();
@@ -119,6 +126,22 @@ fn hot_path(c: &mut Criterion) {
         )
     });
     group.bench_function("sketch_updates_only_20_features", |b| {
+        let decoded: Vec<_> = payloads
+            .iter()
+            .map(|p| events::decode(p.as_bytes(), EventKind::Prediction).unwrap())
+            .collect();
+        b.iter_batched_ref(
+            || WindowAggregates::new(100_000),
+            |aggregates| {
+                for event in &decoded {
+                    aggregates.record(&catalog, 0, event);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("sketch_updates_only_20_features_no_segments", |b| {
+        let catalog = catalog_for(spec_with_segments(Vec::new()));
         let decoded: Vec<_> = payloads
             .iter()
             .map(|p| events::decode(p.as_bytes(), EventKind::Prediction).unwrap())

@@ -15,7 +15,7 @@
 //! - categories per sketch: the model's `max_categories`.
 //! - distinct segment values per key: the model's `max_segment_values`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -163,8 +163,8 @@ pub struct SeriesKey {
 /// The models Tidewatch monitors and their current reference profiles.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
-    models: HashMap<String, ModelSpec>,
-    references: HashMap<String, HashMap<String, CompiledReference>>,
+    models: FxHashMap<String, ModelSpec>,
+    references: FxHashMap<String, FxHashMap<String, CompiledReference>>,
 }
 
 impl Catalog {
@@ -175,7 +175,7 @@ impl Catalog {
                 .into_iter()
                 .map(|m| (m.name().to_owned(), m))
                 .collect(),
-            references: HashMap::new(),
+            references: FxHashMap::default(),
         }
     }
 
@@ -509,8 +509,10 @@ fn record_into(
         return;
     }
     seen.iter_mut().for_each(|flag| *flag = false);
+    let mut hint = 0;
     for (name, value) in &event.features {
-        if let Some(position) = spec.feature_position(name) {
+        if let Some(position) = spec.feature_position_hinted(name, hint) {
+            hint = position + 1;
             seen[position] = true;
             sketches[position].record_value(value, edges(position));
         }

@@ -12,8 +12,6 @@
 //! | `actual.label` | categorical for classification, numeric for regression | actual events' `label` |
 //! | `operations` | operational | every prediction event: count, `error`, missing output, `latency_ms` |
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -95,7 +93,7 @@ pub struct ModelSpec {
     segment_keys: Vec<String>,
     max_segment_values: usize,
     max_categories: usize,
-    index: HashMap<String, usize>,
+    index: rustc_hash::FxHashMap<String, usize>,
 }
 
 impl ModelSpec {
@@ -118,7 +116,7 @@ impl ModelSpec {
             )));
         }
         let derived = derived_series(task);
-        let mut index = HashMap::new();
+        let mut index = rustc_hash::FxHashMap::default();
         for (position, feature) in features.iter().enumerate() {
             if feature.name.is_empty() {
                 return Err(Error::InvalidSpec(format!(
@@ -204,6 +202,17 @@ impl ModelSpec {
     #[inline]
     pub fn feature_position(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
+    }
+
+    /// Position of a configured feature, trying `hint` first: producers
+    /// usually log features in a fixed order, so the guess "the next one"
+    /// saves the hash lookup.
+    #[inline]
+    pub fn feature_position_hinted(&self, name: &str, hint: usize) -> Option<usize> {
+        match self.series.get(hint) {
+            Some((spec, SeriesSource::Feature)) if spec.name == name => Some(hint),
+            _ => self.feature_position(name),
+        }
     }
 
     /// Number of configured features.
