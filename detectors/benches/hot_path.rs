@@ -34,7 +34,7 @@ fn spec_with_segments(segment_keys: Vec<String>) -> ModelSpec {
         "bench",
         Task::Classification,
         features,
-        vec!["country".into()],
+        segment_keys,
         50,
         100,
     )
