@@ -16,7 +16,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use detectors::categorical::CategoricalSketch;
 use detectors::metrics::{
-    apply_p_value_correction, compute, DriftThresholds, FeatureWindowMetrics,
+    apply_p_value_correction, compute, DriftThresholds, FeatureWindowMetrics, TestResult,
 };
 use detectors::numeric::{BinEdges, NumericSketch};
 use detectors::reference::{
@@ -66,6 +66,94 @@ pub struct AnalyzeOptions {
     /// `chi_square`, `jensen_shannon`, `hellinger`, `kl_divergence`,
     /// `wasserstein_normalized`, or `any`).
     pub decide_by: String,
+    /// NannyML-style bands: with `Some(k)`, the reference is cut into chunks
+    /// of the current chunk size, each metric is computed per reference
+    /// chunk, and a current chunk is flagged when its metric leaves
+    /// `mean ± k·σ` of the reference chunks (tests `*_band`).
+    pub bands: Option<f64>,
+}
+
+/// Metrics that get a band: distances are flagged above `mean + k·σ`, the
+/// column mean (`mean_band`) when its z-score leaves `±k`.
+const BAND_METRICS: [&str; 4] = ["psi", "jensen_shannon", "wasserstein_normalized", "mean"];
+
+/// (mean, std) of each band metric over the reference chunks of one column.
+type Bands = Vec<(&'static str, f64, f64)>;
+
+fn metric_value(metrics: &FeatureWindowMetrics, name: &str) -> Option<f64> {
+    match name {
+        "psi" => metrics.psi,
+        "jensen_shannon" => metrics.js_distance,
+        "wasserstein_normalized" => metrics.wasserstein_normalized,
+        "mean" => metrics.mean,
+        _ => None,
+    }
+}
+
+fn reference_bands(
+    reference: &ColumnReference,
+    column: &Column,
+    chunk_rows: usize,
+    thresholds: DriftThresholds,
+) -> Option<Bands> {
+    let rows = column.len();
+    if chunk_rows == 0 || rows / chunk_rows < 3 {
+        return None;
+    }
+    let chunk_metrics: Vec<FeatureWindowMetrics> = (0..rows / chunk_rows)
+        .map(|chunk| {
+            let range: Vec<usize> = (chunk * chunk_rows..(chunk + 1) * chunk_rows).collect();
+            chunk_metrics(reference, column, &range, thresholds)
+        })
+        .collect();
+    let mut bands = Vec::new();
+    for name in BAND_METRICS {
+        let values: Vec<f64> = chunk_metrics
+            .iter()
+            .filter_map(|m| metric_value(m, name))
+            .collect();
+        if values.len() < 3 {
+            continue;
+        }
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let variance =
+            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;
+        bands.push((name, mean, variance.sqrt()));
+    }
+    Some(bands)
+}
+
+fn apply_bands(metrics: &mut FeatureWindowMetrics, bands: &Bands, k: f64, enough: bool) {
+    for (name, mean, std) in bands {
+        let Some(value) = metric_value(metrics, name) else {
+            continue;
+        };
+        let test = if *name == "mean" {
+            // Two-sided: the z-score of the chunk mean against the reference chunks.
+            let z = if *std > 0.0 {
+                (value - mean) / std
+            } else if value == *mean {
+                0.0
+            } else {
+                f64::INFINITY
+            };
+            TestResult {
+                test: "mean_band".into(),
+                value: z,
+                threshold: k,
+                drifted: enough && z.abs() > k,
+            }
+        } else {
+            let upper = mean + k * std;
+            TestResult {
+                test: format!("{name}_band"),
+                value,
+                threshold: upper,
+                drifted: enough && value > upper,
+            }
+        };
+        metrics.tests.push(test);
+    }
 }
 
 /// Why analyze failed.
@@ -387,7 +475,11 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
     })
 }
 
-const TESTS: [&str; 7] = [
+const TESTS: [&str; 11] = [
+    "psi_band",
+    "jensen_shannon_band",
+    "wasserstein_normalized_band",
+    "mean_band",
     "psi",
     "ks",
     "chi_square",
@@ -503,6 +595,30 @@ pub fn analyze(
         }
     };
 
+    let bands: Vec<Option<Bands>> = match options.bands {
+        None => vec![None; compared.len()],
+        Some(_) => {
+            let band_rows = match &options.chunking {
+                Chunking::Rows(size) => *size,
+                _ => {
+                    let mut sizes: Vec<usize> =
+                        chunks.iter().map(|(chunk, _)| chunk.rows).collect();
+                    sizes.sort_unstable();
+                    sizes.get(sizes.len() / 2).copied().unwrap_or(0)
+                }
+            };
+            let indexed: Vec<usize> = (0..compared.len()).collect();
+            parallel_map(&indexed, |index| {
+                let name = &compared[*index].0;
+                reference_bands(
+                    &references[*index],
+                    &reference_columns[name],
+                    band_rows,
+                    options.thresholds,
+                )
+            })
+        }
+    };
     let mut results = Vec::new();
     let mut drifted_per_chunk = Vec::new();
     for (position, (chunk, rows)) in chunks.iter().enumerate() {
@@ -516,6 +632,17 @@ pub fn analyze(
             )
         });
         apply_p_value_correction(&mut window, options.thresholds);
+        if let Some(k) = options.bands {
+            for (metrics, column_bands) in window.iter_mut().zip(&bands) {
+                let enough = metrics.count >= options.thresholds.min_count;
+                match column_bands {
+                    Some(column_bands) => apply_bands(metrics, column_bands, k, enough),
+                    None => metrics
+                        .warnings
+                        .push("reference too small for three chunks of this size: no bands".into()),
+                }
+            }
+        }
         let mut drifted = 0;
         for ((name, _), metrics) in compared.iter().zip(window) {
             let verdict = metrics.tests.iter().any(|test| {

@@ -110,6 +110,9 @@ enum Command {
         /// Cap on each sample size in the KS p-value.
         #[arg(long)]
         ks_sample_cap: Option<u64>,
+        /// NannyML-style bands: flag a chunk whose PSI, Jensen-Shannon, normalized Wasserstein or mean leaves mean ± K·σ over reference chunks of the same size.
+        #[arg(long, value_name = "K")]
+        bands: Option<f64>,
     },
     /// Fixture files.
     Fixtures {
@@ -325,6 +328,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             psi_threshold,
             alpha,
             ks_sample_cap,
+            bands,
         } => {
             use tidewatch::analyze::{self, AnalyzeOptions, Chunking};
             let chunking = match (chunk_size, chunk_period, timestamp_column) {
@@ -349,6 +353,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 decide_by,
+                bands,
             };
             let report = tokio::task::spawn_blocking(move || {
                 let bar = indicatif::ProgressBar::new(0);

@@ -16,10 +16,14 @@ fn temp_dir(name: &str) -> PathBuf {
 /// plan (categorical), stable (numeric, never drifts). From row `drift_from`
 /// on, amount shifts up and plan gains "enterprise".
 fn write_csv(path: &std::path::Path, rows: usize, drift_from: usize) {
+    write_csv_shifted(path, rows, drift_from, 40.0);
+}
+
+fn write_csv_shifted(path: &std::path::Path, rows: usize, drift_from: usize, shift: f64) {
     let mut text = String::from("ts,amount,plan,stable\n");
     for i in 0..rows {
         let drifted = i >= drift_from;
-        let amount = (i * 7919 % 1000) as f64 / 10.0 + if drifted { 40.0 } else { 0.0 };
+        let amount = (i * 7919 % 1000) as f64 / 10.0 + if drifted { shift } else { 0.0 };
         let plan = match (i % 4, drifted) {
             (0, true) | (1, true) => "enterprise",
             (0, _) => "basic",
@@ -180,5 +184,64 @@ fn unknown_columns_and_types_are_clear_errors() {
         "data.xlsx",
     ]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("unsupported file type"));
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[test]
+fn bands_catch_a_shift_too_small_for_the_static_psi_threshold() {
+    let directory = temp_dir("bands");
+    let (reference, current) = (
+        directory.join("reference.csv"),
+        directory.join("current.csv"),
+    );
+    write_csv(&reference, 10_000, usize::MAX);
+    // From row 1000 on, amount moves up by 5 (a twentieth of its range).
+    write_csv_shifted(&current, 2_000, 1_000, 5.0);
+    let output = analyze(&[
+        "--reference",
+        reference.to_str().unwrap(),
+        "--current",
+        current.to_str().unwrap(),
+        "--chunk-size",
+        "1000",
+        "--columns",
+        "amount,stable",
+        "--format",
+        "json",
+        "--bands",
+        "3",
+        "--decide-by",
+        "mean_band",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let test = |chunk: u64, column: &str, name: &str| {
+        let result = results
+            .iter()
+            .find(|r| r["chunk"] == chunk && r["column"] == column)
+            .unwrap();
+        result["metrics"]["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["test"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        test(1, "amount", "psi")["drifted"],
+        false,
+        "PSI stays under 0.2"
+    );
+    assert_eq!(test(1, "amount", "mean_band")["drifted"], true);
+    assert!(test(1, "amount", "mean_band")["value"].as_f64().unwrap() > 3.0);
+    assert_eq!(test(0, "amount", "mean_band")["drifted"], false);
+    assert_eq!(test(1, "stable", "mean_band")["drifted"], false);
+    assert_eq!(report["first_drift_chunk"], 1);
     let _ = std::fs::remove_dir_all(&directory);
 }
