@@ -12,6 +12,8 @@
 //! - [`numeric`]: [`numeric::NumericSketch`], the per-window state of a numeric
 //!   feature: moments, a DDSketch for quantiles, and exact counts over the
 //!   reference profile's quantile bins.
+//! - [`quality`]: [`quality::QualitySketch`], model quality from predictions
+//!   joined with actuals (classification and regression).
 //! - [`operational`]: [`operational::OperationalSketch`], prediction
 //!   count, serving errors, null predictions and HDR-histogram latency.
 //! - [`categorical`]: [`categorical::CategoricalSketch`], bounded category
@@ -54,6 +56,7 @@ pub mod metrics;
 pub mod moments;
 pub mod numeric;
 pub mod operational;
+pub mod quality;
 pub mod reference;
 pub mod spec;
 pub mod window;
