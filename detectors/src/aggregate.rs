@@ -26,9 +26,13 @@ use serde::{Deserialize, Serialize};
 use crate::categorical::CategoricalSketch;
 use crate::numeric::NumericSketch;
 use crate::operational::OperationalSketch;
+use crate::quality::{
+    is_positive, ClassificationOutcome, ClassificationQuality, QualitySketch, RegressionQuality,
+};
 use crate::reference::{format_category, CompiledReference};
 use crate::spec::{
-    FeatureKind, ModelSpec, SeriesSource, ALL_SEGMENT, MISSING_SEGMENT_VALUE, OTHER_SEGMENT_VALUE,
+    FeatureKind, ModelSpec, SeriesSource, Task, ALL_SEGMENT, MISSING_SEGMENT_VALUE,
+    OTHER_SEGMENT_VALUE,
 };
 use crate::Error;
 
@@ -47,6 +51,8 @@ pub enum FeatureSketch {
     Categorical(CategoricalSketch),
     /// The operational series.
     Operational(OperationalSketch),
+    /// The model-quality series.
+    Quality(QualitySketch),
 }
 
 impl FeatureSketch {
@@ -62,6 +68,12 @@ impl FeatureSketch {
                 FeatureSketch::Categorical(CategoricalSketch::new(spec.max_categories()))
             }
             FeatureKind::Operational => FeatureSketch::Operational(OperationalSketch::default()),
+            FeatureKind::Quality => FeatureSketch::Quality(match spec.task() {
+                Task::Classification => {
+                    QualitySketch::Classification(ClassificationQuality::new(spec.max_categories()))
+                }
+                Task::Regression => QualitySketch::Regression(RegressionQuality::default()),
+            }),
         }
     }
 
@@ -71,6 +83,7 @@ impl FeatureSketch {
             FeatureSketch::Numeric(_) => FeatureKind::Numeric,
             FeatureSketch::Categorical(_) => FeatureKind::Categorical,
             FeatureSketch::Operational(_) => FeatureKind::Operational,
+            FeatureSketch::Quality(_) => FeatureKind::Quality,
         }
     }
 
@@ -80,6 +93,7 @@ impl FeatureSketch {
             (FeatureSketch::Numeric(a), FeatureSketch::Numeric(b)) => a.merge(b),
             (FeatureSketch::Categorical(a), FeatureSketch::Categorical(b)) => a.merge(b),
             (FeatureSketch::Operational(a), FeatureSketch::Operational(b)) => a.merge(b),
+            (FeatureSketch::Quality(a), FeatureSketch::Quality(b)) => a.merge(b),
             _ => Err(Error::IncompatibleMerge(
                 "sketches of different kinds".into(),
             )),
@@ -92,6 +106,7 @@ impl FeatureSketch {
             FeatureSketch::Numeric(s) => s.moments().count() + s.missing() + s.type_mismatch(),
             FeatureSketch::Categorical(s) => s.total() + s.missing() + s.type_mismatch(),
             FeatureSketch::Operational(s) => s.predictions(),
+            FeatureSketch::Quality(s) => s.matched(),
         }
     }
 
@@ -111,6 +126,7 @@ impl FeatureSketch {
             FeatureSketch::Numeric(s) => s.heap_bytes(),
             FeatureSketch::Categorical(s) => s.heap_bytes(),
             FeatureSketch::Operational(s) => s.heap_bytes(),
+            FeatureSketch::Quality(_) => 2 * crate::quality::SCORE_BINS * 8,
         }
     }
 
@@ -132,7 +148,7 @@ impl FeatureSketch {
             }
             (FeatureSketch::Categorical(sketch), FeatureValue::Null) => sketch.add_missing(),
             // The operational series is fed by `record_into`, never by a value.
-            (FeatureSketch::Operational(_), _) => {}
+            (FeatureSketch::Operational(_) | FeatureSketch::Quality(_), _) => {}
         }
     }
 
@@ -140,7 +156,7 @@ impl FeatureSketch {
         match self {
             FeatureSketch::Numeric(sketch) => sketch.add_missing(),
             FeatureSketch::Categorical(sketch) => sketch.add_missing(),
-            FeatureSketch::Operational(_) => {}
+            FeatureSketch::Operational(_) | FeatureSketch::Quality(_) => {}
         }
     }
 }
@@ -208,6 +224,23 @@ impl Catalog {
     pub fn reference(&self, model: &str, version: &str) -> Option<&CompiledReference> {
         self.references.get(model)?.get(version)
     }
+}
+
+/// A prediction waiting for its actual (see [`WindowAggregates::pending_prediction`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingPrediction {
+    /// Start of the prediction's window.
+    pub window_start: i64,
+    /// The prediction's event time, ms.
+    pub event_time: i64,
+    /// Model version.
+    pub model_version: String,
+    /// Segment labels of the prediction (`all`, `key=value`…).
+    pub segments: Vec<Arc<str>>,
+    /// Score, if any.
+    pub score: Option<f64>,
+    /// Predicted class, if any.
+    pub class: Option<String>,
 }
 
 /// What happened to an event handed to [`WindowAggregates::record`].
@@ -295,6 +328,95 @@ impl WindowAggregates {
         self.scratch_segments = segments;
         self.scratch_seen = seen;
         outcome
+    }
+
+    /// What a prediction event must remember until its actual arrives: its
+    /// window, version, segment labels and output. `None` for events that are
+    /// not predictions, have no id, or belong to an unknown model.
+    pub fn pending_prediction(
+        &mut self,
+        catalog: &Catalog,
+        window_start: i64,
+        event: &Event<'_>,
+    ) -> Option<PendingPrediction> {
+        if event.kind != EventKind::Prediction {
+            return None;
+        }
+        let spec = catalog.model(&event.model)?;
+        event.prediction_id.as_ref()?;
+        let mut segments = Vec::new();
+        self.segments_of(spec, event, &mut segments);
+        let prediction = event.prediction.as_ref();
+        Some(PendingPrediction {
+            window_start,
+            event_time: event.timestamp_ms,
+            model_version: event.model_version.to_string(),
+            segments,
+            score: prediction.and_then(|p| p.effective_score()),
+            class: prediction
+                .and_then(|p| p.predicted_class())
+                .map(str::to_owned),
+        })
+    }
+
+    /// Records the outcome of a joined prediction in the `quality` series of
+    /// the prediction's window (which may be long closed: the caller
+    /// finalizes it again).
+    pub fn record_outcome(
+        &mut self,
+        catalog: &Catalog,
+        model: &str,
+        pending: &PendingPrediction,
+        label: &Label<'_>,
+    ) -> Recorded {
+        let Some(spec) = catalog.model(model) else {
+            return Recorded::UnknownModel;
+        };
+        let Some(position) = spec.derived_position(SeriesSource::Quality) else {
+            return Recorded::UnknownModel;
+        };
+        let reference = catalog.reference(model, &pending.model_version);
+        let actual_text = match label {
+            Label::Class(class) => class.to_string(),
+            Label::Number(number) => format_category(*number),
+        };
+        for segment in &pending.segments {
+            let Some(sketches) = self.group_mut(
+                spec,
+                reference,
+                pending.window_start,
+                &pending.model_version,
+                segment,
+            ) else {
+                return Recorded::GroupLimit;
+            };
+            match &mut sketches[position] {
+                FeatureSketch::Quality(QualitySketch::Classification(quality)) => {
+                    let scored = match (spec.positive_class(), pending.score) {
+                        (Some(positive), Some(score)) => {
+                            Some((score, is_positive(&actual_text, Some(positive))))
+                        }
+                        _ => None,
+                    };
+                    quality.add(ClassificationOutcome {
+                        predicted: pending.class.as_deref(),
+                        actual: &actual_text,
+                        scored,
+                    });
+                }
+                FeatureSketch::Quality(QualitySketch::Regression(quality)) => {
+                    let actual = match label {
+                        Label::Number(number) => Some(*number),
+                        Label::Class(text) => text.trim().parse().ok(),
+                    };
+                    if let (Some(predicted), Some(actual)) = (pending.score, actual) {
+                        quality.add(predicted, actual);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Recorded::Added
     }
 
     /// Fills `segments` with the labels of the event's segments: `all`, then
@@ -412,33 +534,6 @@ impl WindowAggregates {
         let mut out = Vec::new();
         for (window_start, models) in &self.windows {
             collect_window(catalog, *window_start, models, &mut out);
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    /// Removes and returns the windows for which `closed(window_start)` holds.
-    pub fn take_windows(
-        &mut self,
-        catalog: &Catalog,
-        mut closed: impl FnMut(i64) -> bool,
-    ) -> Vec<(SeriesKey, FeatureSketch)> {
-        let starts: Vec<i64> = self
-            .windows
-            .keys()
-            .copied()
-            .filter(|s| closed(*s))
-            .collect();
-        let mut out = Vec::new();
-        for start in starts {
-            if let Some(models) = self.windows.remove(&start) {
-                self.groups -= models
-                    .values()
-                    .flat_map(|versions| versions.values())
-                    .map(|segments| segments.len())
-                    .sum::<usize>();
-                collect_window(catalog, start, &models, &mut out);
-            }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -679,9 +774,6 @@ mod tests {
             aggregates.record(&catalog, 0, &decode(&payload)),
             Recorded::Added
         );
-        let taken = aggregates.take_windows(&catalog, |start| start == 0);
-        assert!(!taken.is_empty());
-        assert_eq!(aggregates.group_count(), 0);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::FeatureSketch;
 use crate::drift;
 use crate::numeric::{BinCounts, BinEdges};
+use crate::quality::QualityMetrics;
 use crate::reference::{CategoricalReference, FeatureReference, NumericReference};
 use crate::spec::FeatureKind;
 
@@ -145,6 +146,9 @@ pub struct FeatureWindowMetrics {
     pub error_rate: Option<f64>,
     /// Share of predictions with neither score nor class (operational).
     pub null_prediction_rate: Option<f64>,
+    /// Model quality (the `quality` series): accuracy, precision, recall,
+    /// F1, ROC AUC, log loss, Brier, calibration error, MAE, RMSE, MAPE, R².
+    pub quality: Option<QualityMetrics>,
     /// Values outside the reference's [min, max] (numeric).
     pub out_of_range: Option<u64>,
     /// Whether every valid value was the same (numeric, at least two values).
@@ -220,6 +224,11 @@ pub fn compute(
             if let Some(FeatureReference::Numeric(reference)) = reference {
                 wasserstein(&mut metrics, reference, numeric);
             }
+            metrics
+        }
+        FeatureSketch::Quality(quality) => {
+            let mut metrics = empty(FeatureKind::Quality, quality.matched(), 0, 0, thresholds);
+            metrics.quality = Some(quality.metrics());
             metrics
         }
         FeatureSketch::Operational(operations) => {
@@ -326,6 +335,7 @@ fn empty(
         max: None,
         quantiles: None,
         distinct_categories: None,
+        quality: None,
         out_of_range: None,
         constant: None,
         latency_p50: None,

@@ -237,7 +237,7 @@ impl ReferenceProfile {
         let mut row_count = 0;
         for (name, sketch) in sketches {
             let reference = match sketch {
-                FeatureSketch::Operational(_) => continue,
+                FeatureSketch::Operational(_) | FeatureSketch::Quality(_) => continue,
                 FeatureSketch::Numeric(numeric) => {
                     if numeric.moments().count() == 0 {
                         continue;
@@ -319,7 +319,7 @@ impl ReferenceBuilder {
                     );
                 }
                 // Operational health has no training-data reference.
-                FeatureKind::Operational => {}
+                FeatureKind::Operational | FeatureKind::Quality => {}
             }
         }
         Self {

@@ -11,6 +11,7 @@
 //! | `latency_ms` | numeric | `latency_ms` |
 //! | `actual.label` | categorical for classification, numeric for regression | actual events' `label` |
 //! | `operations` | operational | every prediction event: count, `error`, missing output, `latency_ms` |
+//! | `quality` | quality | predictions joined with their actuals (in the prediction's window) |
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,8 @@ pub const LATENCY_MS: &str = "latency_ms";
 pub const ACTUAL_LABEL: &str = "actual.label";
 /// Name of the derived operational series.
 pub const OPERATIONS: &str = "operations";
+/// Name of the derived model-quality series.
+pub const QUALITY: &str = "quality";
 /// Segment that every event belongs to.
 pub const ALL_SEGMENT: &str = "all";
 /// Segment value used once a key has `max_segment_values` distinct values.
@@ -44,6 +47,21 @@ pub enum FeatureKind {
     /// Operational health (the derived `operations` series only): prediction
     /// count, errors, null predictions, latency percentiles.
     Operational,
+    /// Model quality (the derived `quality` series only), from predictions
+    /// joined with their actuals.
+    Quality,
+}
+
+impl FeatureKind {
+    /// The snake_case name used in config, storage and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureKind::Numeric => "numeric",
+            FeatureKind::Categorical => "categorical",
+            FeatureKind::Operational => "operational",
+            FeatureKind::Quality => "quality",
+        }
+    }
 }
 
 /// What the model predicts, which decides the kinds of its derived series.
@@ -80,6 +98,8 @@ pub enum SeriesSource {
     ActualLabel,
     /// Operational health.
     Operations,
+    /// Model quality.
+    Quality,
 }
 
 /// A validated model description. Construct with [`ModelSpec::new`].
@@ -94,6 +114,9 @@ pub struct ModelSpec {
     max_segment_values: usize,
     max_categories: usize,
     index: rustc_hash::FxHashMap<String, usize>,
+    /// The positive class of a binary classifier (enables score-based
+    /// quality: ROC AUC, log loss, Brier, calibration).
+    positive_class: Option<String>,
 }
 
 impl ModelSpec {
@@ -123,7 +146,10 @@ impl ModelSpec {
                     "model `{name}`: a feature has an empty name"
                 )));
             }
-            if feature.kind == FeatureKind::Operational {
+            if matches!(
+                feature.kind,
+                FeatureKind::Operational | FeatureKind::Quality
+            ) {
                 return Err(Error::InvalidSpec(format!(
                     "model `{name}`: feature `{}` cannot be operational (that kind is reserved for the `operations` series)",
                     feature.name
@@ -165,7 +191,19 @@ impl ModelSpec {
             max_segment_values,
             max_categories,
             index,
+            positive_class: None,
         })
+    }
+
+    /// Names the positive class of a binary classifier.
+    pub fn with_positive_class(mut self, positive_class: Option<String>) -> Self {
+        self.positive_class = positive_class;
+        self
+    }
+
+    /// The positive class of a binary classifier, if configured.
+    pub fn positive_class(&self) -> Option<&str> {
+        self.positive_class.as_deref()
     }
 
     /// Model name.
@@ -276,6 +314,7 @@ fn derived_series(task: Task) -> Vec<(FeatureSpec, SeriesSource)> {
         spec(OPERATIONS, FeatureKind::Operational),
         SeriesSource::Operations,
     ));
+    derived.push((spec(QUALITY, FeatureKind::Quality), SeriesSource::Quality));
     derived
 }
 
@@ -314,7 +353,8 @@ mod tests {
                 "prediction.class",
                 "latency_ms",
                 "actual.label",
-                "operations"
+                "operations",
+                "quality"
             ]
         );
         assert_eq!(spec.feature_position("plan"), Some(1));

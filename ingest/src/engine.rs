@@ -33,12 +33,13 @@
 //!   reading on.
 //! - open windows tracked for finalization: one entry per (model, window).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use detectors::aggregate::{Catalog, Recorded};
+use detectors::aggregate::{Catalog, PendingPrediction, Recorded};
 use detectors::window::{Arrival, EventTimeClock, WindowSize};
 use detectors::WindowAggregates;
 use events::EventKind;
+use rustc_hash::FxHashMap;
 use store::PartialSketch;
 
 /// Validated engine settings.
@@ -52,6 +53,75 @@ pub struct EngineSettings {
     pub range_size: u64,
     /// Groups (window × model × version × segment) per range.
     pub max_groups: usize,
+    /// How long (event time, ms) a prediction waits for its actual.
+    pub join_window_ms: i64,
+    /// Predictions held for the join; when full, the oldest is dropped
+    /// (counted in `join_evicted`).
+    pub max_pending_predictions: usize,
+}
+
+/// Predictions waiting for their actuals, bounded in count and age.
+///
+/// The join is per engine (consumer instance): an actual finds its
+/// prediction when both were read by the same instance, e.g. when the
+/// prediction and actual topics are co-partitioned by prediction id (same
+/// partition count, prediction id as key). Pending predictions live in
+/// memory only: after a restart, actuals of predictions read before it are
+/// counted as unmatched, and quality windows hold what was joined.
+#[derive(Debug, Default)]
+struct JoinBuffer {
+    /// (model, prediction id) → the pending prediction.
+    pending: FxHashMap<(String, String), PendingPrediction>,
+    /// Insertion order with event time, for expiry and eviction; may hold
+    /// entries already matched (skipped when popped, compacted when long).
+    order: VecDeque<(i64, String, String)>,
+}
+
+impl JoinBuffer {
+    fn insert(
+        &mut self,
+        model: &str,
+        id: &str,
+        prediction: PendingPrediction,
+        max_pending: usize,
+        counters: &mut EngineCounters,
+    ) {
+        while self.pending.len() >= max_pending {
+            let Some((_, model, id)) = self.order.pop_front() else {
+                break;
+            };
+            if self.pending.remove(&(model, id)).is_some() {
+                counters.join_evicted += 1;
+            }
+        }
+        self.order
+            .push_back((prediction.event_time, model.to_owned(), id.to_owned()));
+        self.pending
+            .insert((model.to_owned(), id.to_owned()), prediction);
+        if self.order.len() > 2 * max_pending.max(1024) {
+            let pending = &self.pending;
+            self.order
+                .retain(|(_, model, id)| pending.contains_key(&(model.clone(), id.clone())));
+        }
+    }
+
+    fn take(&mut self, model: &str, id: &str) -> Option<PendingPrediction> {
+        self.pending.remove(&(model.to_owned(), id.to_owned()))
+    }
+
+    /// Drops predictions older than `oldest` (event time).
+    fn expire(&mut self, oldest: i64, counters: &mut EngineCounters) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(time, _, _)| *time < oldest)
+        {
+            let (_, model, id) = self.order.pop_front().expect("checked above");
+            if self.pending.remove(&(model, id)).is_some() {
+                counters.join_expired += 1;
+            }
+        }
+    }
 }
 
 /// The start of the fixed range holding `offset`.
@@ -87,6 +157,14 @@ pub struct EngineCounters {
     pub unknown_model: u64,
     /// Events refused by the group limit.
     pub group_limit: u64,
+    /// Actuals joined with their prediction.
+    pub joined: u64,
+    /// Actuals whose prediction was not (or no longer) held.
+    pub unmatched_actuals: u64,
+    /// Predictions whose actual did not arrive within the join window.
+    pub join_expired: u64,
+    /// Predictions dropped because the join buffer was full.
+    pub join_evicted: u64,
 }
 
 #[derive(Debug)]
@@ -124,6 +202,7 @@ pub struct Engine {
     /// (window_start, model) seen and not yet finalized.
     open_windows: BTreeSet<(i64, String)>,
     counters: EngineCounters,
+    join: JoinBuffer,
 }
 
 impl Engine {
@@ -135,6 +214,7 @@ impl Engine {
             sources: BTreeMap::new(),
             open_windows: BTreeSet::new(),
             counters: EngineCounters::default(),
+            join: JoinBuffer::default(),
         }
     }
 
@@ -199,6 +279,30 @@ impl Engine {
                 return Ingested::Malformed(error.to_string());
             }
         };
+        self.join.expire(
+            event.timestamp_ms.saturating_sub(settings.join_window_ms),
+            &mut self.counters,
+        );
+        // An actual joins its prediction whatever its own lateness: quality
+        // belongs to the prediction's window, however long ago that closed.
+        if let (EventKind::Actual, Some(id), Some(label)) =
+            (event.kind, &event.prediction_id, &event.label)
+        {
+            match self.join.take(&event.model, id) {
+                Some(pending) => {
+                    if range
+                        .aggregates
+                        .record_outcome(&self.catalog, &event.model, &pending, label)
+                        == Recorded::Added
+                    {
+                        self.counters.joined += 1;
+                        self.open_windows
+                            .insert((pending.window_start, event.model.to_string()));
+                    }
+                }
+                None => self.counters.unmatched_actuals += 1,
+            }
+        }
         let window_start = match state.clock.observe(event.timestamp_ms) {
             Arrival::OnTime { window_start } => window_start,
             Arrival::Late { .. } => {
@@ -209,6 +313,20 @@ impl Engine {
         match range.aggregates.record(&self.catalog, window_start, &event) {
             Recorded::Added => {
                 self.counters.recorded += 1;
+                if let (Some(id), Some(pending)) = (
+                    event.prediction_id.as_ref(),
+                    range
+                        .aggregates
+                        .pending_prediction(&self.catalog, window_start, &event),
+                ) {
+                    self.join.insert(
+                        &event.model,
+                        id,
+                        pending,
+                        settings.max_pending_predictions,
+                        &mut self.counters,
+                    );
+                }
                 if !self
                     .open_windows
                     .contains(&(window_start, event.model.to_string()))
@@ -298,20 +416,14 @@ impl Engine {
             .collect()
     }
 
-    /// Forgets a finalized window: it leaves the open set, and its sketches
-    /// leave the current ranges once they are stored (call after a checkpoint).
+    /// Forgets a finalized window: it leaves the set of windows to finalize.
+    ///
+    /// Its sketches stay in the current ranges until those seal: a range's
+    /// stored row must always be the sketch of the whole range so far, and a
+    /// joined actual can still add to a finalized window's `quality` series
+    /// (which puts the window back on the list to finalize).
     pub fn window_finalized(&mut self, window_start: i64, model: &str) {
         self.open_windows.remove(&(window_start, model.to_owned()));
-        let still_open: BTreeSet<i64> = self.open_windows.iter().map(|(start, _)| *start).collect();
-        for state in self.sources.values_mut() {
-            if let Some(range) = &mut state.current {
-                if !range.dirty {
-                    range.aggregates.take_windows(&self.catalog, |start| {
-                        start == window_start && !still_open.contains(&start)
-                    });
-                }
-            }
-        }
     }
 
     /// Closes every window of every source (end of input, or idleness).
@@ -367,6 +479,8 @@ mod tests {
                 allowed_lateness_ms: 0,
                 range_size,
                 max_groups: 100,
+                join_window_ms: 7 * 86_400_000,
+                max_pending_predictions: 1_000_000,
             },
             Catalog::new([spec]),
         )
@@ -484,6 +598,166 @@ mod tests {
             .map(|(s, _)| s)
             .collect();
         assert_eq!(closed, vec![1_000, 2_000]);
+    }
+
+    fn classifier(max_pending_predictions: usize) -> Engine {
+        let spec = ModelSpec::new(
+            "c",
+            Task::Classification,
+            vec![FeatureSpec {
+                name: "x".into(),
+                kind: FeatureKind::Numeric,
+            }],
+            vec![],
+            10,
+            10,
+        )
+        .unwrap()
+        .with_positive_class(Some("yes".into()));
+        Engine::new(
+            EngineSettings {
+                window_size: WindowSize::from_millis(1_000).unwrap(),
+                allowed_lateness_ms: 0,
+                range_size: 100,
+                max_groups: 100,
+                join_window_ms: 10_000,
+                max_pending_predictions,
+            },
+            Catalog::new([spec]),
+        )
+    }
+
+    fn prediction(id: &str, timestamp: i64, score: f64) -> Vec<u8> {
+        let class = if score >= 0.5 { "yes" } else { "no" };
+        format!(r#"{{"model":"c","model_version":"1","prediction_id":"{id}","timestamp":{timestamp},"features":{{"x":1}},"prediction":{{"score":{score},"class":"{class}"}}}}"#).into_bytes()
+    }
+
+    fn actual(id: &str, timestamp: i64, label: &str) -> Vec<u8> {
+        format!(r#"{{"model":"c","model_version":"1","prediction_id":"{id}","timestamp":{timestamp},"label":"{label}"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn actuals_join_their_predictions_into_the_prediction_window() {
+        let mut engine = classifier(10);
+        engine.ingest("p/0", 0, &prediction("a", 100, 0.9), EventKind::Prediction);
+        engine.ingest("p/0", 1, &prediction("b", 200, 0.2), EventKind::Prediction);
+        engine.ingest("p/0", 2, &prediction("c", 300, 0.4), EventKind::Prediction);
+        // The actuals arrive two windows later; prediction b was wrong.
+        engine.ingest("a/0", 0, &actual("a", 2_500, "yes"), EventKind::Actual);
+        engine.ingest("a/0", 1, &actual("b", 2_600, "yes"), EventKind::Actual);
+        engine.ingest("a/0", 2, &actual("c", 2_650, "no"), EventKind::Actual);
+        engine.ingest("a/0", 3, &actual("zzz", 2_700, "no"), EventKind::Actual);
+        assert_eq!(engine.counters().joined, 3);
+        assert_eq!(engine.counters().unmatched_actuals, 1);
+        let partials = engine.checkpoint().partials;
+        let quality: Vec<_> = partials
+            .iter()
+            .filter(|p| p.key.feature == "quality")
+            .collect();
+        assert_eq!(
+            quality.len(),
+            1,
+            "one quality row, in the predictions' window 0, from the actuals' source"
+        );
+        assert_eq!(quality[0].key.window_start, 0);
+        assert_eq!(quality[0].source, "a/0");
+        let FeatureSketch::Quality(sketch) = FeatureSketch::from_bytes(&quality[0].sketch).unwrap()
+        else {
+            panic!()
+        };
+        let metrics = sketch.metrics();
+        assert_eq!(metrics.matched, 3);
+        assert!((metrics.accuracy.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        // Positives scored 0.9 and 0.2, the negative 0.4: one of two pairs ranked right.
+        assert_eq!(metrics.roc_auc, Some(0.5));
+        // Once the prediction source moves on, window 0 closes with its quality.
+        assert!(!engine.closed_windows().contains(&(0, "c".to_owned())));
+        engine.ingest(
+            "p/0",
+            3,
+            &prediction("d", 3_000, 0.5),
+            EventKind::Prediction,
+        );
+        assert!(engine.closed_windows().contains(&(0, "c".to_owned())));
+        engine.window_finalized(0, "c");
+        // A joined actual puts its prediction's window back on the list to finalize.
+        engine.ingest(
+            "p/0",
+            4,
+            &prediction("e", 3_100, 0.5),
+            EventKind::Prediction,
+        );
+        engine.ingest("a/0", 4, &actual("e", 3_200, "yes"), EventKind::Actual);
+        assert!(engine.closed_windows().iter().all(|(start, _)| *start != 0));
+        assert!(engine.open_windows.contains(&(3_000, "c".to_owned())));
+    }
+
+    #[test]
+    fn outcomes_joined_after_finalization_accumulate_in_the_range_row() {
+        let mut engine = classifier(10);
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            engine.ingest(
+                "p/0",
+                i as u64,
+                &prediction(id, 100 * i as i64, 0.8),
+                EventKind::Prediction,
+            );
+        }
+        engine.ingest(
+            "p/0",
+            3,
+            &prediction("z", 5_000, 0.8),
+            EventKind::Prediction,
+        );
+        engine.ingest("a/0", 0, &actual("a", 5_100, "yes"), EventKind::Actual);
+        engine.ingest("a/0", 1, &actual("b", 5_200, "yes"), EventKind::Actual);
+        // Checkpoint, then window 0 is finalized.
+        engine.checkpoint();
+        engine.checkpoint_stored();
+        engine.window_finalized(0, "c");
+        // Another outcome for window 0 in the same range: the range's row must
+        // hold all three, not only the newest (rows replace each other).
+        engine.ingest("a/0", 2, &actual("c", 5_300, "no"), EventKind::Actual);
+        let partials = engine.checkpoint().partials;
+        let row = partials
+            .iter()
+            .find(|p| p.key.feature == "quality" && p.key.window_start == 0 && p.source == "a/0")
+            .expect("a quality row for window 0");
+        let FeatureSketch::Quality(sketch) = FeatureSketch::from_bytes(&row.sketch).unwrap() else {
+            panic!()
+        };
+        assert_eq!(sketch.matched(), 3);
+    }
+
+    #[test]
+    fn pending_predictions_are_bounded_and_expire() {
+        let mut engine = classifier(3);
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            engine.ingest(
+                "p/0",
+                i as u64,
+                &prediction(id, 100 + i as i64, 0.7),
+                EventKind::Prediction,
+            );
+        }
+        assert_eq!(
+            engine.counters().join_evicted,
+            1,
+            "the fourth prediction evicts the first"
+        );
+        engine.ingest("a/0", 0, &actual("a", 200, "yes"), EventKind::Actual);
+        assert_eq!(engine.counters().unmatched_actuals, 1);
+        // 20 s later (join window 10 s) the rest have expired.
+        engine.ingest(
+            "p/0",
+            4,
+            &prediction("e", 20_000, 0.7),
+            EventKind::Prediction,
+        );
+        assert_eq!(engine.counters().join_expired, 3);
+        engine.ingest("a/0", 1, &actual("b", 20_001, "yes"), EventKind::Actual);
+        assert_eq!(engine.counters().unmatched_actuals, 2);
+        assert_eq!(engine.counters().joined, 0);
     }
 
     #[test]

@@ -372,7 +372,7 @@ pub struct ReplayOptions {
 }
 
 /// Produces every non-empty line of a JSON-lines file as one message
-/// (keyed by line number), in file order: records are handed to librdkafka
+/// (keyed by `prediction_id`, or by line number without one), in file order: records are handed to librdkafka
 /// one by one, which keeps their order within a partition. At most 10,000
 /// deliveries are awaited at once. Returns the number of messages delivered.
 pub async fn replay_file(
@@ -398,7 +398,9 @@ pub async fn replay_file(
                 tokio::time::sleep(wait).await;
             }
         }
-        let key = index.to_string();
+        // Key by prediction id when there is one, so a prediction and its
+        // actual share a partition (and a consumer, for the join); else by line.
+        let key = prediction_id_of(line).unwrap_or_else(|| index.to_string());
         loop {
             match producer.send_result(FutureRecord::to(&options.topic).payload(line).key(&key)) {
                 Ok(delivery) => {
@@ -423,6 +425,19 @@ pub async fn replay_file(
         delivered += await_delivery(in_flight.pop_front()).await?;
     }
     Ok(delivered)
+}
+
+/// The `prediction_id` of a JSON line, if it has one.
+fn prediction_id_of(line: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithId {
+        prediction_id: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<WithId>(line).ok()?.prediction_id? {
+        serde_json::Value::String(id) => Some(id),
+        serde_json::Value::Number(id) => Some(id.to_string()),
+        _ => None,
+    }
 }
 
 async fn await_delivery(delivery: Option<rdkafka::producer::DeliveryFuture>) -> Result<u64, Error> {

@@ -34,6 +34,8 @@ fn engine() -> Engine {
             allowed_lateness_ms: 0,
             range_size: 150,
             max_groups: 1_000,
+            join_window_ms: 7 * 86_400_000,
+            max_pending_predictions: 1_000_000,
         },
         Catalog::new([spec]),
     )

@@ -50,7 +50,8 @@ const MIGRATIONS: &[&str] = &[
         out_of_range Nullable(UInt64), constant Nullable(UInt8),
         latency_p50 Nullable(Float64), latency_p95 Nullable(Float64), latency_p99 Nullable(Float64), latency_max Nullable(Float64), error_rate Nullable(Float64), null_prediction_rate Nullable(Float64),
         test_names Array(String), test_values Array(Float64), test_thresholds Array(Float64),
-        test_drifted Array(UInt8), warnings Array(String)
+        test_drifted Array(UInt8), warnings Array(String),
+        accuracy Nullable(Float64), precision Nullable(Float64), recall Nullable(Float64), f1 Nullable(Float64), roc_auc Nullable(Float64), log_loss Nullable(Float64), brier Nullable(Float64), calibration_error Nullable(Float64), mae Nullable(Float64), rmse Nullable(Float64), mape Nullable(Float64), r2 Nullable(Float64)
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMMDD(window_start)
     ORDER BY (model, model_version, segment, feature, window_start)",

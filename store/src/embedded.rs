@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS window_metrics (
     wasserstein REAL, wasserstein_normalized REAL, out_of_range INTEGER, constant INTEGER,
     latency_p50 REAL, latency_p95 REAL, latency_p99 REAL, latency_max REAL, error_rate REAL, null_prediction_rate REAL,
     test_names TEXT, test_values TEXT, test_thresholds TEXT, test_drifted TEXT, warnings TEXT,
+    accuracy REAL, precision REAL, recall REAL, f1 REAL, roc_auc REAL, log_loss REAL, brier REAL, calibration_error REAL, mae REAL, rmse REAL, mape REAL, r2 REAL,
     PRIMARY KEY (model, model_version, segment, feature, window_start)
 );
 CREATE TABLE IF NOT EXISTS reference_profiles (
@@ -333,7 +334,19 @@ impl EmbeddedStore {
                         json(&row.test_values),
                         json(&row.test_thresholds),
                         json(&row.test_drifted),
-                        json(&row.warnings)
+                        json(&row.warnings),
+                        row.accuracy,
+                        row.precision,
+                        row.recall,
+                        row.f1,
+                        row.roc_auc,
+                        row.log_loss,
+                        row.brier,
+                        row.calibration_error,
+                        row.mae,
+                        row.rmse,
+                        row.mape,
+                        row.r2
                     ])?;
                 }
             }
@@ -426,6 +439,18 @@ impl EmbeddedStore {
                         test_thresholds: from_json(row, 47)?,
                         test_drifted: from_json(row, 48)?,
                         warnings: from_json(row, 49)?,
+                        accuracy: row.get(50)?,
+                        precision: row.get(51)?,
+                        recall: row.get(52)?,
+                        f1: row.get(53)?,
+                        roc_auc: row.get(54)?,
+                        log_loss: row.get(55)?,
+                        brier: row.get(56)?,
+                        calibration_error: row.get(57)?,
+                        mae: row.get(58)?,
+                        rmse: row.get(59)?,
+                        mape: row.get(60)?,
+                        r2: row.get(61)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

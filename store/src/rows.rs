@@ -6,6 +6,7 @@
 //! Times are `DateTime` columns, i.e. whole seconds since the epoch as `u32`.
 
 use detectors::metrics::TestResult;
+use detectors::quality::QualityMetrics;
 use detectors::spec::FeatureKind;
 use detectors::{FeatureWindowMetrics, SeriesKey};
 use serde::{Deserialize, Serialize};
@@ -102,10 +103,22 @@ pub struct MetricsRow {
     pub test_thresholds: Vec<f64>,
     pub test_drifted: Vec<u8>,
     pub warnings: Vec<String>,
+    pub accuracy: Option<f64>,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub roc_auc: Option<f64>,
+    pub log_loss: Option<f64>,
+    pub brier: Option<f64>,
+    pub calibration_error: Option<f64>,
+    pub mae: Option<f64>,
+    pub rmse: Option<f64>,
+    pub mape: Option<f64>,
+    pub r2: Option<f64>,
 }
 
 /// Columns of `window_metrics`, in [`MetricsRow`] order.
-pub(crate) const METRICS_COLUMNS: [&str; 50] = [
+pub(crate) const METRICS_COLUMNS: [&str; 62] = [
     "model",
     "model_version",
     "segment",
@@ -156,12 +169,24 @@ pub(crate) const METRICS_COLUMNS: [&str; 50] = [
     "test_thresholds",
     "test_drifted",
     "warnings",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "log_loss",
+    "brier",
+    "calibration_error",
+    "mae",
+    "rmse",
+    "mape",
+    "r2",
 ];
 
 /// Columns added to `window_metrics` after its first version, as
 /// (name, ClickHouse type, SQLite type): start-up adds those an existing
 /// table lacks.
-pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 19] = [
+pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 31] = [
     ("js_distance", "Nullable(Float64)", "REAL"),
     ("hellinger", "Nullable(Float64)", "REAL"),
     ("kl_divergence", "Nullable(Float64)", "REAL"),
@@ -181,6 +206,18 @@ pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 19] = [
     ("test_thresholds", "Array(Float64)", "TEXT"),
     ("test_drifted", "Array(UInt8)", "TEXT"),
     ("warnings", "Array(String)", "TEXT"),
+    ("accuracy", "Nullable(Float64)", "REAL"),
+    ("precision", "Nullable(Float64)", "REAL"),
+    ("recall", "Nullable(Float64)", "REAL"),
+    ("f1", "Nullable(Float64)", "REAL"),
+    ("roc_auc", "Nullable(Float64)", "REAL"),
+    ("log_loss", "Nullable(Float64)", "REAL"),
+    ("brier", "Nullable(Float64)", "REAL"),
+    ("calibration_error", "Nullable(Float64)", "REAL"),
+    ("mae", "Nullable(Float64)", "REAL"),
+    ("rmse", "Nullable(Float64)", "REAL"),
+    ("mape", "Nullable(Float64)", "REAL"),
+    ("r2", "Nullable(Float64)", "REAL"),
 ];
 
 impl MetricsRow {
@@ -192,7 +229,7 @@ impl MetricsRow {
             model_version: record.key.model_version.clone(),
             segment: record.key.segment.clone(),
             feature: record.key.feature.clone(),
-            kind: kind_name(m.kind).to_owned(),
+            kind: m.kind.as_str().to_owned(),
             window_start: to_seconds(record.key.window_start)?,
             window_end: to_seconds(record.window_end)?,
             count: m.count,
@@ -238,6 +275,18 @@ impl MetricsRow {
             test_thresholds: m.tests.iter().map(|t| t.threshold).collect(),
             test_drifted: m.tests.iter().map(|t| u8::from(t.drifted)).collect(),
             warnings: m.warnings.clone(),
+            accuracy: m.quality.as_ref().and_then(|q| q.accuracy),
+            precision: m.quality.as_ref().and_then(|q| q.precision),
+            recall: m.quality.as_ref().and_then(|q| q.recall),
+            f1: m.quality.as_ref().and_then(|q| q.f1),
+            roc_auc: m.quality.as_ref().and_then(|q| q.roc_auc),
+            log_loss: m.quality.as_ref().and_then(|q| q.log_loss),
+            brier: m.quality.as_ref().and_then(|q| q.brier),
+            calibration_error: m.quality.as_ref().and_then(|q| q.calibration_error),
+            mae: m.quality.as_ref().and_then(|q| q.mae),
+            rmse: m.quality.as_ref().and_then(|q| q.rmse),
+            mape: m.quality.as_ref().and_then(|q| q.mape),
+            r2: m.quality.as_ref().and_then(|q| q.r2),
         })
     }
 
@@ -246,6 +295,7 @@ impl MetricsRow {
             "numeric" => FeatureKind::Numeric,
             "categorical" => FeatureKind::Categorical,
             "operational" => FeatureKind::Operational,
+            "quality" => FeatureKind::Quality,
             other => return Err(Error::Corrupt(format!("unknown feature kind `{other}`"))),
         };
         let quantiles = match (self.p05, self.p25, self.p50, self.p75, self.p95) {
@@ -307,20 +357,27 @@ impl MetricsRow {
                     })
                     .collect(),
                 warnings: self.warnings,
+                quality: (kind == FeatureKind::Quality).then_some(QualityMetrics {
+                    matched: self.count,
+                    accuracy: self.accuracy,
+                    precision: self.precision,
+                    recall: self.recall,
+                    f1: self.f1,
+                    roc_auc: self.roc_auc,
+                    log_loss: self.log_loss,
+                    brier: self.brier,
+                    calibration_error: self.calibration_error,
+                    mae: self.mae,
+                    rmse: self.rmse,
+                    mape: self.mape,
+                    r2: self.r2,
+                }),
                 psi_threshold: self.psi_threshold,
                 drifted: self.drifted.map(|flag| flag != 0),
             },
             reference_source: (!self.reference_source.is_empty()).then_some(self.reference_source),
             computed_at: self.computed_at,
         })
-    }
-}
-
-fn kind_name(kind: FeatureKind) -> &'static str {
-    match kind {
-        FeatureKind::Numeric => "numeric",
-        FeatureKind::Categorical => "categorical",
-        FeatureKind::Operational => "operational",
     }
 }
 

@@ -704,11 +704,7 @@ pub fn render_table(report: &AnalyzeReport) -> String {
         );
         for result in report.results.iter().filter(|r| r.chunk == chunk.index) {
             let m = &result.metrics;
-            let kind = match m.kind {
-                FeatureKind::Numeric => "numeric",
-                FeatureKind::Categorical => "categorical",
-                FeatureKind::Operational => "operational",
-            };
+            let kind = m.kind.as_str();
             let _ = writeln!(
                 out,
                 "{} {:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
@@ -762,11 +758,7 @@ pub fn render_csv(report: &AnalyzeReport) -> String {
     );
     for result in &report.results {
         let m = &result.metrics;
-        let kind = match m.kind {
-            FeatureKind::Numeric => "numeric",
-            FeatureKind::Categorical => "categorical",
-            FeatureKind::Operational => "operational",
-        };
+        let kind = m.kind.as_str();
         for test in &m.tests {
             let _ = writeln!(
                 out,

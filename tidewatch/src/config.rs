@@ -189,6 +189,20 @@ pub struct RawWindows {
     /// Bound on (window × model × version × segment) groups per range.
     #[serde(default = "default_max_groups")]
     pub max_groups: usize,
+    /// How long a prediction waits for its actual (event time).
+    #[serde(default = "default_join_window", with = "humantime_serde")]
+    pub join_window: Duration,
+    /// Predictions held for the join; the oldest is dropped when full.
+    #[serde(default = "default_max_pending_predictions")]
+    pub max_pending_predictions: usize,
+}
+
+fn default_join_window() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+
+fn default_max_pending_predictions() -> usize {
+    1_000_000
 }
 
 fn default_window_size() -> Duration {
@@ -219,6 +233,8 @@ impl Default for RawWindows {
             checkpoint_interval: default_checkpoint_interval(),
             range_size: default_range_size(),
             max_groups: default_max_groups(),
+            join_window: default_join_window(),
+            max_pending_predictions: default_max_pending_predictions(),
         }
     }
 }
@@ -321,6 +337,10 @@ pub struct RawModel {
     pub max_categories: usize,
     /// Monitored features.
     pub features: Vec<RawFeature>,
+    /// The positive class of a binary classifier: enables ROC AUC, log
+    /// loss, Brier and calibration from the prediction score.
+    #[serde(default)]
+    pub positive_class: Option<String>,
 }
 
 fn default_max_segment_values() -> usize {
@@ -601,6 +621,7 @@ impl RawConfig {
                     format!("model `{}` is listed twice", model.name),
                 ));
             }
+            let positive_class = model.positive_class;
             let features = model
                 .features
                 .into_iter()
@@ -617,7 +638,8 @@ impl RawConfig {
                 model.max_segment_values,
                 model.max_categories,
             )
-            .map_err(|error| invalid(&key, error.to_string()))?;
+            .map_err(|error| invalid(&key, error.to_string()))?
+            .with_positive_class(positive_class);
             models.push(spec);
         }
 
@@ -630,6 +652,8 @@ impl RawConfig {
                 allowed_lateness_ms: windows.allowed_lateness.as_millis() as i64,
                 range_size: windows.range_size,
                 max_groups: windows.max_groups,
+                join_window_ms: windows.join_window.as_millis() as i64,
+                max_pending_predictions: windows.max_pending_predictions,
             },
             loop_settings: LoopSettings {
                 checkpoint_interval: windows.checkpoint_interval,

@@ -46,6 +46,7 @@ pub fn demo_spec() -> ModelSpec {
         100,
     )
     .expect("the demo spec is valid")
+    .with_positive_class(Some("yes".into()))
 }
 
 /// What the demo produced.
@@ -96,6 +97,8 @@ pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<
             allowed_lateness_ms: 300_000,
             range_size: 100_000,
             max_groups: 50_000,
+            join_window_ms: 7 * 86_400_000,
+            max_pending_predictions: 1_000_000,
         },
         Catalog::new([spec.clone()]),
     );
@@ -123,7 +126,7 @@ pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<
     let series: Vec<String> = spec
         .series()
         .map(|s| s.name.clone())
-        .filter(|name| name != "latency_ms" && name != "operations")
+        .filter(|name| !matches!(name.as_str(), "latency_ms" | "operations" | "quality"))
         .collect();
     let counters = driver.engine().counters().clone();
     let mut out = String::new();
@@ -145,6 +148,8 @@ pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<
         "PSI against the training reference per window (segment `all`); * = drifted (PSI >= 0.2)\n",
     );
     out.push_str(&report::drift_table(&metrics, "all", &series));
+    out.push_str("\nModel quality per window (predictions joined with their delayed actuals)\n");
+    out.push_str(&report::quality_table(&metrics, "all"));
     match report::drift_onset(&metrics, "all") {
         Some((start, features)) => out.push_str(&format!(
             "\ndrift onset: window {} UTC, in {}\n",

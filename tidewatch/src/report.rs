@@ -83,3 +83,44 @@ pub fn drift_onset(metrics: &[WindowMetrics], segment: &str) -> Option<(i64, Vec
         .next()
         .map(|(start, features)| (start, features.into_iter().collect()))
 }
+
+/// One row per window of the `quality` series: joined predictions, label
+/// coverage (joined / predictions), accuracy, F1, ROC AUC, log loss.
+pub fn quality_table(metrics: &[WindowMetrics], segment: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16}  {:>11}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
+        "window (UTC)", "joined", "coverage", "accuracy", "f1", "roc_auc", "log_loss"
+    );
+    let predictions: BTreeMap<i64, u64> = metrics
+        .iter()
+        .filter(|m| m.key.segment == segment && m.key.feature == "operations")
+        .map(|m| (m.key.window_start, m.metrics.count))
+        .collect();
+    let cell = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    for record in metrics
+        .iter()
+        .filter(|m| m.key.segment == segment && m.key.feature == "quality")
+    {
+        let Some(quality) = &record.metrics.quality else {
+            continue;
+        };
+        let coverage = predictions
+            .get(&record.key.window_start)
+            .filter(|count| **count > 0)
+            .map(|count| quality.matched as f64 / *count as f64);
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>11}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}",
+            format_time(record.key.window_start),
+            quality.matched,
+            cell(coverage),
+            cell(quality.accuracy),
+            cell(quality.f1),
+            cell(quality.roc_auc),
+            cell(quality.log_loss)
+        );
+    }
+    out
+}
