@@ -106,7 +106,98 @@ pub struct TestResult {
 }
 
 /// Names of the tests whose value is a p-value.
-pub const P_VALUE_TESTS: [&str; 2] = ["ks", "chi_square"];
+pub const P_VALUE_TESTS: [&str; 3] = ["ks", "chi_square", "ks_vs_previous"];
+
+/// Tests of a window against the previous window of the same series
+/// (`psi_vs_previous`, `ks_vs_previous`, `jensen_shannon_vs_previous`), with
+/// the same thresholds as against the reference. Numeric series compare
+/// their reference-bin counts (both windows must be binned on the same
+/// reference; PSI over the reference deciles), categorical series their
+/// category counts over the union of categories. Empty when the two cannot
+/// be compared or either has fewer than `min_count` values.
+pub fn compare_with_previous(
+    current: &FeatureSketch,
+    previous: &FeatureSketch,
+    reference: Option<&FeatureReference>,
+    thresholds: DriftThresholds,
+) -> Vec<TestResult> {
+    let (current_counts, previous_counts, psi_groups) = match (current, previous) {
+        (FeatureSketch::Numeric(current), FeatureSketch::Numeric(previous)) => {
+            let (Some(a), Some(b)) = (current.bin_counts(), previous.bin_counts()) else {
+                return Vec::new();
+            };
+            if a.fingerprint != b.fingerprint || a.counts.len() != b.counts.len() {
+                return Vec::new();
+            }
+            let grouped = match reference {
+                Some(FeatureReference::Numeric(reference))
+                    if reference.counts.len() == a.counts.len() =>
+                {
+                    Some((
+                        reference.group_for_psi(&a.counts),
+                        reference.group_for_psi(&b.counts),
+                    ))
+                }
+                _ => None,
+            };
+            (a.counts.clone(), b.counts.clone(), grouped)
+        }
+        (FeatureSketch::Categorical(current), FeatureSketch::Categorical(previous)) => {
+            let categories: std::collections::BTreeSet<&String> = current
+                .counts()
+                .keys()
+                .chain(previous.counts().keys())
+                .collect();
+            let align = |sketch: &crate::categorical::CategoricalSketch| -> Vec<u64> {
+                categories
+                    .iter()
+                    .map(|c| sketch.counts().get(*c).copied().unwrap_or(0))
+                    .chain(std::iter::once(sketch.other()))
+                    .collect()
+            };
+            (align(current), align(previous), None)
+        }
+        _ => return Vec::new(),
+    };
+    let total = |counts: &[u64]| counts.iter().sum::<u64>();
+    if total(&current_counts) < thresholds.min_count
+        || total(&previous_counts) < thresholds.min_count
+    {
+        return Vec::new();
+    }
+    let mut tests = Vec::new();
+    let (psi_previous, psi_current) = match &psi_groups {
+        Some((current, previous)) => (previous.as_slice(), current.as_slice()),
+        None => (previous_counts.as_slice(), current_counts.as_slice()),
+    };
+    if let Some(value) = drift::psi(psi_previous, psi_current) {
+        tests.push(TestResult {
+            test: "psi_vs_previous".into(),
+            value,
+            threshold: thresholds.psi,
+            drifted: value >= thresholds.psi,
+        });
+    }
+    if matches!(current, FeatureSketch::Numeric(_)) {
+        if let Some(ks) = drift::ks_binned(&previous_counts, &current_counts) {
+            tests.push(TestResult {
+                test: "ks_vs_previous".into(),
+                value: ks.p_value,
+                threshold: thresholds.alpha,
+                drifted: ks.p_value <= thresholds.alpha,
+            });
+        }
+    }
+    if let Some(value) = drift::jensen_shannon_distance(&previous_counts, &current_counts) {
+        tests.push(TestResult {
+            test: "jensen_shannon_vs_previous".into(),
+            value,
+            threshold: thresholds.jensen_shannon,
+            drifted: value >= thresholds.jensen_shannon,
+        });
+    }
+    tests
+}
 
 /// Metrics of one series in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -726,6 +817,81 @@ mod tests {
                 "wasserstein_normalized"
             ]
         );
+    }
+
+    #[test]
+    fn windows_compare_with_their_predecessor_on_the_same_bins() {
+        let reference =
+            NumericReference::from_values((0..1000).map(|i| i as f64 / 10.0).collect(), 0).unwrap();
+        let edges = BinEdges::new(reference.edges.clone()).unwrap();
+        let window = |shift: f64| {
+            let mut sketch = NumericSketch::new(Some(&edges));
+            (0..1000).for_each(|i| sketch.add(i as f64 / 10.0 + shift, Some(&edges)));
+            FeatureSketch::Numeric(sketch)
+        };
+        let feature = FeatureReference::Numeric(reference.clone());
+        let same = compare_with_previous(
+            &window(0.0),
+            &window(0.0),
+            Some(&feature),
+            DriftThresholds::default(),
+        );
+        let names: Vec<&str> = same.iter().map(|t| t.test.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "psi_vs_previous",
+                "ks_vs_previous",
+                "jensen_shannon_vs_previous"
+            ]
+        );
+        assert!(same.iter().all(|t| !t.drifted));
+        assert_eq!(same[0].value, 0.0);
+        let shifted = compare_with_previous(
+            &window(30.0),
+            &window(0.0),
+            Some(&feature),
+            DriftThresholds::default(),
+        );
+        assert!(shifted.iter().all(|t| t.drifted), "{shifted:?}");
+        // PSI against the previous window uses the reference deciles, like
+        // PSI against the reference: the oracle is psi() on grouped counts.
+        let (FeatureSketch::Numeric(a), FeatureSketch::Numeric(b)) = (window(30.0), window(0.0))
+        else {
+            panic!()
+        };
+        let expected = drift::psi(
+            &reference.group_for_psi(&b.bin_counts().unwrap().counts),
+            &reference.group_for_psi(&a.bin_counts().unwrap().counts),
+        )
+        .unwrap();
+        assert!((shifted[0].value - expected).abs() < 1e-12);
+        // Categorical: over the union of categories.
+        let categorical = |values: &[&str]| {
+            let mut sketch = CategoricalSketch::new(10);
+            for _ in 0..100 {
+                values.iter().for_each(|v| sketch.add(v));
+            }
+            FeatureSketch::Categorical(sketch)
+        };
+        let tests = compare_with_previous(
+            &categorical(&["a", "b", "c"]),
+            &categorical(&["a", "b"]),
+            None,
+            DriftThresholds::default(),
+        );
+        assert_eq!(tests.len(), 2, "no KS for categories");
+        assert!(tests[0].drifted && tests[1].drifted);
+        let too_small = compare_with_previous(
+            &categorical(&["a"]),
+            &categorical(&["a"]),
+            None,
+            DriftThresholds {
+                min_count: 1_000,
+                ..Default::default()
+            },
+        );
+        assert!(too_small.is_empty());
     }
 
     #[test]

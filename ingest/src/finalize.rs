@@ -6,11 +6,16 @@
 //! it, and later events of that window are late, so the instance that
 //! finalizes last has seen every partial. Results are versioned by
 //! `computed_at`, so that last computation is the one readers get.
+//!
+//! Each series is also compared with its previous window (merged from the
+//! partials of `window_start − size`), adding the `*_vs_previous` tests.
 
 use std::collections::BTreeMap;
 
 use detectors::aggregate::Catalog;
-use detectors::metrics::{apply_p_value_correction, compute, DriftThresholds};
+use detectors::metrics::{
+    apply_p_value_correction, compare_with_previous, compute, DriftThresholds,
+};
 use detectors::window::WindowSize;
 use detectors::{FeatureSketch, SeriesKey};
 use store::{Store, WindowMetrics, WindowSketch};
@@ -40,6 +45,7 @@ pub fn window_results(
     catalog: &Catalog,
     window_size: WindowSize,
     merged: &BTreeMap<SeriesKey, FeatureSketch>,
+    previous: &BTreeMap<SeriesKey, FeatureSketch>,
     thresholds: DriftThresholds,
     computed_at: u64,
 ) -> (Vec<WindowMetrics>, Vec<WindowSketch>) {
@@ -51,11 +57,19 @@ pub fn window_results(
         metrics.push(WindowMetrics {
             key: key.clone(),
             window_end,
-            metrics: compute(
-                sketch,
-                reference.and_then(|r| r.feature(&key.feature)),
-                thresholds,
-            ),
+            metrics: {
+                let feature_reference = reference.and_then(|r| r.feature(&key.feature));
+                let mut metrics = compute(sketch, feature_reference, thresholds);
+                if let Some(previous) = previous.get(key) {
+                    metrics.tests.extend(compare_with_previous(
+                        sketch,
+                        previous,
+                        feature_reference,
+                        thresholds,
+                    ));
+                }
+                metrics
+            },
             reference_source: reference.map(|r| r.profile().source.clone()),
             computed_at,
         });
@@ -113,9 +127,36 @@ pub async fn finalize_window(
 ) -> Result<Vec<WindowMetrics>, Error> {
     let partials = store.partials_for_window(model, window_start).await?;
     let merged = merge_partials(&partials)?;
+    let previous_start = window_start - window_size.millis();
+    // The previous window from its partials, not its stored result: whoever
+    // finalizes this window last has stored (or seen stored) every partial of
+    // the previous one, whatever order windows were finalized in.
+    // (No previous window before the epoch: times are stored as DateTime.)
+    let previous: BTreeMap<SeriesKey, FeatureSketch> = if previous_start >= 0 {
+        merge_partials(&store.partials_for_window(model, previous_start).await?)?
+            .into_iter()
+            .map(|(key, sketch)| {
+                (
+                    SeriesKey {
+                        window_start,
+                        ..key
+                    },
+                    sketch,
+                )
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let computed_at = now_millis();
-    let (metrics, sketches) =
-        window_results(catalog, window_size, &merged, thresholds, computed_at);
+    let (metrics, sketches) = window_results(
+        catalog,
+        window_size,
+        &merged,
+        &previous,
+        thresholds,
+        computed_at,
+    );
     store
         .write_window_results(metrics.clone(), sketches)
         .await?;
