@@ -10,8 +10,10 @@
 //! - [`moments`]: count / mean / variance / min / max, merged exactly with
 //!   Chan's parallel formula.
 //! - [`numeric`]: [`numeric::NumericSketch`], the per-window state of a numeric
-//!   feature: moments, a DDSketch for quantiles, and exact counts over the
+//!   feature: moments, a quantile sketch, and exact counts over the
 //!   reference profile's quantile bins.
+//! - [`quantile`]: [`quantile::QuantileSketch`], the DDSketch algorithm with
+//!   a fixed bucket budget (1 % relative error, ≤ 7 KiB).
 //! - [`quality`]: [`quality::QualitySketch`], model quality from predictions
 //!   joined with actuals (classification and regression).
 //! - [`operational`]: [`operational::OperationalSketch`], prediction
@@ -42,7 +44,7 @@
 //!
 //! Every sketch is mergeable: merging the sketches of two disjoint sets of
 //! events gives the sketch of their union (exactly for counts and bins, within
-//! floating-point rounding for moments, and within DDSketch's 1 % relative
+//! floating-point rounding for moments, and within the quantile sketch's 1 % relative
 //! accuracy for quantiles). That is what lets several consumer instances, or a
 //! consumer that checkpointed many times, produce the same window as a single
 //! pass over all events.
@@ -57,6 +59,7 @@ pub mod moments;
 pub mod numeric;
 pub mod operational;
 pub mod quality;
+pub mod quantile;
 pub mod reference;
 pub mod spec;
 pub mod window;

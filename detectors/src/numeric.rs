@@ -4,8 +4,8 @@
 //! - the number of missing values (`null` or absent) and of type mismatches
 //!   (a string where a number was expected, or a non-finite number);
 //! - [`Moments`] (exact count, mean, std, min, max);
-//! - a DDSketch (relative accuracy 1 %, at most [`QUANTILE_MAX_BINS`] buckets
-//!   per sign, values below 1e-9 in magnitude counted as zero) for quantiles;
+//! - a [`QuantileSketch`] (relative accuracy 1 %, at most 7 KiB) for
+//!   quantiles;
 //! - when the model version has a reference profile, the *exact* number of
 //!   values in each of the reference's quantile bins. PSI and the binned KS
 //!   statistic are computed from these counts, so they are exact on the
@@ -16,25 +16,14 @@
 //! bins `0..=i` is exactly the number of values `<= e_{i+1}`.
 
 use serde::{Deserialize, Serialize};
-use sketches_ddsketch::{Config as DdConfig, DDSketch};
+
+use crate::quantile::QuantileSketch;
 
 use crate::moments::Moments;
 use crate::Error;
 
-/// DDSketch relative accuracy used for window quantiles.
-pub const QUANTILE_RELATIVE_ACCURACY: f64 = 0.01;
-/// DDSketch bucket limit per sign (positive and negative stores).
-pub const QUANTILE_MAX_BINS: u32 = 1024;
-/// Magnitudes below this are counted as zero by the DDSketch.
-pub const QUANTILE_MIN_VALUE: f64 = 1e-9;
-
-fn quantile_config() -> DdConfig {
-    DdConfig::new(
-        QUANTILE_RELATIVE_ACCURACY,
-        QUANTILE_MAX_BINS,
-        QUANTILE_MIN_VALUE,
-    )
-}
+/// Relative accuracy of window quantiles.
+pub const QUANTILE_RELATIVE_ACCURACY: f64 = crate::quantile::RELATIVE_ACCURACY;
 
 /// The bin edges of a reference profile, with the fingerprint that keeps
 /// sketches binned against different references from being merged.
@@ -103,25 +92,13 @@ pub struct BinCounts {
 }
 
 /// Per-window state of one numeric feature. See the module docs.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NumericSketch {
     missing: u64,
     type_mismatch: u64,
     moments: Moments,
-    quantiles: DDSketch,
+    quantiles: QuantileSketch,
     bins: Option<BinCounts>,
-}
-
-impl std::fmt::Debug for NumericSketch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NumericSketch")
-            .field("missing", &self.missing)
-            .field("type_mismatch", &self.type_mismatch)
-            .field("moments", &self.moments)
-            .field("quantile_buckets", &self.quantiles.length())
-            .field("bins", &self.bins)
-            .finish()
-    }
 }
 
 impl NumericSketch {
@@ -131,7 +108,7 @@ impl NumericSketch {
             missing: 0,
             type_mismatch: 0,
             moments: Moments::default(),
-            quantiles: DDSketch::new(quantile_config()),
+            quantiles: QuantileSketch::default(),
             bins: edges.map(|edges| BinCounts {
                 fingerprint: edges.fingerprint(),
                 counts: vec![0; edges.bin_count()],
@@ -195,9 +172,7 @@ impl NumericSketch {
             // binned drift score) rather than wrong ones.
             _ => None,
         };
-        self.quantiles
-            .merge(&other.quantiles)
-            .map_err(|error| Error::IncompatibleMerge(error.to_string()))?;
+        self.quantiles.merge(&other.quantiles)?;
         self.moments.merge(&other.moments);
         self.missing += other.missing;
         self.type_mismatch += other.type_mismatch;
@@ -222,7 +197,7 @@ impl NumericSketch {
 
     /// Quantile `q` in `[0, 1]` within 1 % relative error; `None` while empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        self.quantiles.quantile(q).ok().flatten()
+        self.quantiles.quantile(q)
     }
 
     /// Exact counts over the reference bins, if binned.
@@ -232,8 +207,7 @@ impl NumericSketch {
 
     /// Approximate heap size in bytes (for the memory bound).
     pub fn heap_bytes(&self) -> usize {
-        let quantile_bins = self.quantiles.length();
-        quantile_bins * 8 + self.bins.as_ref().map_or(0, |bins| bins.counts.len() * 8)
+        self.quantiles.heap_bytes() + self.bins.as_ref().map_or(0, |bins| bins.counts.len() * 8)
     }
 }
 
@@ -305,7 +279,7 @@ mod tests {
             let mut sorted = values.clone();
             sorted.sort_by(f64::total_cmp);
             for q in [0.05, 0.25, 0.5, 0.75, 0.95] {
-                // DDSketch's rank convention: the value of rank floor(q * (n - 1)).
+                // The sketch's rank convention: the value of rank floor(q * (n - 1)).
                 let exact = sorted[(q * (sorted.len() - 1) as f64).floor() as usize];
                 let estimate = sketch.quantile(q).unwrap();
                 assert!(
@@ -340,7 +314,7 @@ mod tests {
             assert_eq!(
                 merged.quantile(q),
                 whole.quantile(q),
-                "DDSketch merge is exact"
+                "quantile sketch merge is exact"
             );
         }
     }

@@ -198,9 +198,10 @@ fn merging_sketches_equals_sketching_the_union() {
 }
 
 #[test]
-fn sketch_memory_per_window_is_reported() {
+fn sketch_memory_per_window_is_at_most_8_kib() {
     // The quantile sketch grows with the dynamic range of the values (one
-    // bucket per 2 % of magnitude); bins add 8 bytes each.
+    // 4-byte bucket per 2 % of magnitude, at most 896 per sign); bins add 8
+    // bytes each.
     for (name, generator) in distributions() {
         let reference =
             NumericReference::from_values(sample(generator, 5_000, false, 9), 0).unwrap();
@@ -208,9 +209,32 @@ fn sketch_memory_per_window_is_reported() {
         let sketch = sketch_of(&sample(generator, 20_000, true, 10), Some(&edges));
         eprintln!("{name}: {} bytes", sketch.heap_bytes());
         assert!(
-            sketch.heap_bytes() <= 16 * 1024,
+            sketch.heap_bytes() <= 8 * 1024,
             "{name}: {} bytes",
             sketch.heap_bytes()
         );
     }
+}
+
+#[test]
+fn the_worst_case_window_sketch_fits_in_8_kib() {
+    // Both signs over 24 decades: every bucket budget is used.
+    let reference =
+        NumericReference::from_values((0..10_000).map(|i| i as f64 - 5_000.0).collect(), 0)
+            .unwrap();
+    let edges = BinEdges::new(reference.edges.clone()).unwrap();
+    let mut sketch = NumericSketch::new(Some(&edges));
+    for i in 0..200_000 {
+        let magnitude = 10f64.powf(-12.0 + 24.0 * (i as f64 / 200_000.0));
+        sketch.add(
+            if i % 2 == 0 { magnitude } else { -magnitude },
+            Some(&edges),
+        );
+    }
+    eprintln!("worst case: {} bytes", sketch.heap_bytes());
+    assert!(
+        sketch.heap_bytes() <= 8 * 1024,
+        "{} bytes",
+        sketch.heap_bytes()
+    );
 }
