@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::quantile::QuantileSketch;
+use crate::quantile::{self, Bucket, QuantileSketch};
 
 use crate::moments::Moments;
 use crate::Error;
@@ -31,6 +31,160 @@ pub const QUANTILE_RELATIVE_ACCURACY: f64 = crate::quantile::RELATIVE_ACCURACY;
 pub struct BinEdges {
     edges: Vec<f64>,
     fingerprint: u64,
+    /// Bins of positive values by logarithmic bucket.
+    positive: SignLookup,
+    /// Bins of negative values by logarithmic bucket.
+    negative: SignLookup,
+}
+
+/// Bin lookup for the values of one sign.
+#[derive(Debug, Clone, PartialEq)]
+struct SignLookup {
+    /// Buckets over the keys the edges of this sign span (`None` without
+    /// such edges, or when they span too many keys).
+    table: Option<BucketTable>,
+    /// Bin of the values whose key is below the table (smaller magnitudes).
+    below: usize,
+    /// Bin of the values whose key is above the table (larger magnitudes).
+    above: usize,
+    /// Whether `below`/`above` hold (false when the table was too large).
+    constant_outside: bool,
+}
+
+impl SignLookup {
+    fn build(edges: &[f64], sign: f64) -> Self {
+        let has_edges = edges
+            .iter()
+            .any(|edge| *edge * sign > quantile::MIN_MAGNITUDE);
+        if !has_edges {
+            // No edge of this sign: every value of it is above all edges
+            // (positive) or below all (negative).
+            let bin = if sign > 0.0 { edges.len() } else { 0 };
+            return Self {
+                table: None,
+                below: bin,
+                above: bin,
+                constant_outside: true,
+            };
+        }
+        match BucketTable::build(edges, sign) {
+            None => Self {
+                table: None,
+                below: 0,
+                above: 0,
+                constant_outside: false,
+            },
+            Some(table) => {
+                let (boundary, _) = quantile::bucket_bounds(table.offset);
+                let below = edges.partition_point(|edge| *edge < sign * boundary);
+                let above = if sign > 0.0 { edges.len() } else { 0 };
+                Self {
+                    table: Some(table),
+                    below,
+                    above,
+                    constant_outside: true,
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn bin(&self, key: i32, value: f64, edges: &[f64]) -> Option<usize> {
+        match &self.table {
+            Some(table) if key < table.offset => Some(self.below),
+            Some(table)
+                if i64::from(key) - i64::from(table.offset) >= table.entries.len() as i64 =>
+            {
+                Some(self.above)
+            }
+            Some(table) => table.bin(key, value, edges),
+            None if self.constant_outside => Some(self.below),
+            None => None,
+        }
+    }
+}
+
+/// Largest key span a bucket table covers (entries of 2 bytes).
+const MAX_TABLE_KEYS: i64 = 8_192;
+/// In a bucket table entry's edge field: no edge cuts the bucket.
+const NO_EDGE: u16 = u16::MAX;
+/// In a bucket table entry's bin field: several edges cut it, search.
+const SEARCH: u16 = u16::MAX - 1;
+
+/// Bins by logarithmic bucket key over the keys the edges of one sign span.
+/// Entry `(bin, edge)`: the bin of the bucket's lowest values, and the one
+/// edge inside the bucket (values above it are one bin higher), if any.
+#[derive(Debug, Clone, PartialEq)]
+struct BucketTable {
+    offset: i32,
+    entries: Vec<(u16, u16)>,
+}
+
+impl BucketTable {
+    /// The table for values of one sign (`sign` = 1 or −1), or `None` when
+    /// the edges of that sign span too many keys (or none).
+    fn build(edges: &[f64], sign: f64) -> Option<Self> {
+        let magnitudes: Vec<f64> = edges
+            .iter()
+            .filter(|edge| **edge * sign > quantile::MIN_MAGNITUDE)
+            .map(|edge| edge.abs())
+            .collect();
+        let (Some(low), Some(high)) = (
+            magnitudes.iter().copied().reduce(f64::min),
+            magnitudes.iter().copied().reduce(f64::max),
+        ) else {
+            return None;
+        };
+        let key = |magnitude: f64| match quantile::bucket_of(magnitude) {
+            Bucket::Positive(key) => key,
+            _ => 0,
+        };
+        // One bucket of margin on each side; values beyond are searched.
+        let (first, last) = (key(low) - 1, key(high) + 1);
+        if i64::from(last) - i64::from(first) + 1 > MAX_TABLE_KEYS {
+            return None;
+        }
+        let entries = (first..=last)
+            .map(|key| {
+                let (lower, upper) = quantile::bucket_bounds(key);
+                // Widen the bucket so that a value whose key was rounded
+                // into a neighbour still finds the right bin.
+                let (lower, upper) = (lower * (1.0 - 1e-9), upper * (1.0 + 1e-9));
+                let (from, to) = if sign > 0.0 {
+                    (lower, upper)
+                } else {
+                    (-upper, -lower)
+                };
+                let first_inside = edges.partition_point(|edge| *edge <= from);
+                let after_inside = edges.partition_point(|edge| *edge < to);
+                match after_inside.saturating_sub(first_inside) {
+                    // Every value of the bucket is above the same edges.
+                    0 => (first_inside as u16, NO_EDGE),
+                    1 => (first_inside as u16, first_inside as u16),
+                    _ => (SEARCH, NO_EDGE),
+                }
+            })
+            .collect();
+        Some(Self {
+            offset: first,
+            entries,
+        })
+    }
+
+    #[inline]
+    fn bin(&self, key: i32, value: f64, edges: &[f64]) -> Option<usize> {
+        let index = i64::from(key) - i64::from(self.offset);
+        if index < 0 {
+            return None;
+        }
+        match self.entries.get(index as usize) {
+            None | Some((SEARCH, _)) => None,
+            Some((bin, NO_EDGE)) => Some(usize::from(*bin)),
+            Some((bin, edge)) => {
+                Some(usize::from(*bin) + usize::from(edges[usize::from(*edge)] < value))
+            }
+        }
+    }
 }
 
 impl BinEdges {
@@ -45,7 +199,26 @@ impl BinEdges {
             ));
         }
         let fingerprint = fingerprint_edges(&edges);
-        Ok(Self { edges, fingerprint })
+        let searched = SignLookup {
+            table: None,
+            below: 0,
+            above: 0,
+            constant_outside: false,
+        };
+        let (positive, negative) = if edges.len() < usize::from(SEARCH) {
+            (
+                SignLookup::build(&edges, 1.0),
+                SignLookup::build(&edges, -1.0),
+            )
+        } else {
+            (searched.clone(), searched)
+        };
+        Ok(Self {
+            edges,
+            fingerprint,
+            positive,
+            negative,
+        })
     }
 
     /// The edges, strictly increasing.
@@ -66,7 +239,22 @@ impl BinEdges {
     /// Index of the right-closed bin holding `value`.
     #[inline]
     pub fn bin_of(&self, value: f64) -> usize {
-        self.edges.partition_point(|edge| *edge < value)
+        self.bin_of_bucket(value, quantile::bucket_of(value))
+    }
+
+    /// [`BinEdges::bin_of`] when the value's bucket is already known: a table
+    /// lookup for buckets no edge cuts, a binary search otherwise.
+    #[inline]
+    pub fn bin_of_bucket(&self, value: f64, bucket: Bucket) -> usize {
+        let known = match bucket {
+            Bucket::Positive(key) => self.positive.bin(key, value, &self.edges),
+            Bucket::Negative(key) => self.negative.bin(key, value, &self.edges),
+            Bucket::Zero => None,
+        };
+        match known {
+            Some(bin) => bin,
+            None => self.edges.partition_point(|edge| *edge < value),
+        }
     }
 }
 
@@ -125,10 +313,11 @@ impl NumericSketch {
             return;
         }
         self.moments.add(value);
-        self.quantiles.add(value);
+        let bucket = quantile::bucket_of(value);
+        self.quantiles.add_bucket(bucket);
         if let (Some(bins), Some(edges)) = (&mut self.bins, edges) {
             debug_assert_eq!(bins.fingerprint, edges.fingerprint());
-            bins.counts[edges.bin_of(value)] += 1;
+            bins.counts[edges.bin_of_bucket(value, bucket)] += 1;
         }
     }
 
@@ -232,6 +421,47 @@ mod tests {
         assert_eq!(edges.bin_of(2.0001), 4);
         assert!(BinEdges::new(vec![1.0, 1.0]).is_err());
         assert!(BinEdges::new(vec![f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn the_bucket_table_agrees_with_binary_search_everywhere() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let edge_sets: Vec<Vec<f64>> = vec![
+            (0..100).map(|i| (i as f64 - 50.0) * 0.731).collect(),
+            (0..100)
+                .map(|i| 10f64.powf(-3.0 + i as f64 * 0.07))
+                .collect(),
+            vec![-1e6, -3.0, -1e-3, 0.0, 1e-12, 2.5, 7.0, 1e9],
+            (0..60).map(|i| 1.0 + i as f64 * 1e-6).collect(),
+            vec![-50.0, -10.0, -1.0, -0.5],
+            vec![-1.0, 0.0f64.next_down(), f64::MIN_POSITIVE, 5e-10, 3.0],
+            (0..100).map(|i| i as f64 / 10.0).collect(),
+        ];
+        for edges in edge_sets {
+            let bins = BinEdges::new(edges.clone()).unwrap();
+            let mut probes: Vec<f64> = edges.clone();
+            for edge in &edges {
+                probes.push(edge.next_up());
+                probes.push(edge.next_down());
+                probes.push(edge * (1.0 + 1e-12));
+            }
+            for _ in 0..20_000 {
+                let magnitude = 10f64.powf(rng.random_range(-12.0..10.0));
+                probes.push(if rng.random::<bool>() {
+                    magnitude
+                } else {
+                    -magnitude
+                });
+            }
+            probes.extend([0.0, -0.0, 1e-10, -1e-10]);
+            for value in probes {
+                assert_eq!(
+                    bins.bin_of(value),
+                    edges.partition_point(|edge| *edge < value),
+                    "value {value:e} with edges {edges:?}"
+                );
+            }
+        }
     }
 
     #[test]

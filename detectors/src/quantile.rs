@@ -123,13 +123,16 @@ struct Store {
 impl Store {
     #[inline]
     fn add(&mut self, key: i32, count: u64) {
-        let slot = match self.slot(key) {
-            Some(slot) => slot,
-            None => {
-                self.extend_to(key);
-                self.slot(key).unwrap_or(0)
-            }
-        };
+        match self.slot(key) {
+            Some(slot) => self.counts.add(slot, count),
+            None => self.add_outside(key, count),
+        }
+    }
+
+    #[cold]
+    fn add_outside(&mut self, key: i32, count: u64) {
+        self.extend_to(key);
+        let slot = self.slot(key).unwrap_or(0);
         self.counts.add(slot, count);
     }
 
@@ -201,6 +204,47 @@ impl Store {
     }
 }
 
+/// Where a value falls in the logarithmic bucket scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bucket {
+    /// `|v| ≤ MIN_MAGNITUDE`.
+    Zero,
+    /// `v > 0` in bucket `key`: `v ∈ (γ^(key−1), γ^key]` up to rounding.
+    Positive(i32),
+    /// `v < 0` with `|v|` in bucket `key`.
+    Negative(i32),
+}
+
+/// The bucket of a finite value (one `ln`).
+#[inline]
+pub fn bucket_of(value: f64) -> Bucket {
+    if value > MIN_MAGNITUDE {
+        Bucket::Positive(ceil_to_i32(value.ln() * INVERSE_LN_GAMMA))
+    } else if value < -MIN_MAGNITUDE {
+        Bucket::Negative(ceil_to_i32((-value).ln() * INVERSE_LN_GAMMA))
+    } else {
+        Bucket::Zero
+    }
+}
+
+/// `x.ceil() as i32` without the libm call that `ceil` becomes on baseline
+/// x86-64 (no SSE4.1): keys are small, so truncation is exact.
+#[inline]
+fn ceil_to_i32(x: f64) -> i32 {
+    let truncated = x as i32;
+    if (truncated as f64) < x {
+        truncated + 1
+    } else {
+        truncated
+    }
+}
+
+/// The lower and upper magnitude of bucket `key`: `(γ^(key−1), γ^key]`.
+pub fn bucket_bounds(key: i32) -> (f64, f64) {
+    let gamma = gamma();
+    (gamma.powi(key - 1), gamma.powi(key))
+}
+
 /// The quantile sketch. See the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QuantileSketch {
@@ -210,11 +254,6 @@ pub struct QuantileSketch {
 }
 
 impl QuantileSketch {
-    #[inline]
-    fn key(magnitude: f64) -> i32 {
-        (magnitude.ln() * INVERSE_LN_GAMMA).ceil() as i32
-    }
-
     fn representative(key: i32) -> f64 {
         let gamma = gamma();
         2.0 * gamma.powi(key) / (gamma + 1.0)
@@ -223,12 +262,16 @@ impl QuantileSketch {
     /// Adds a finite value.
     #[inline]
     pub fn add(&mut self, value: f64) {
-        if value > MIN_MAGNITUDE {
-            self.positive.add(Self::key(value), 1);
-        } else if value < -MIN_MAGNITUDE {
-            self.negative.add(Self::key(-value), 1);
-        } else {
-            self.zeros += 1;
+        self.add_bucket(bucket_of(value));
+    }
+
+    /// Adds a value whose bucket the caller already computed.
+    #[inline]
+    pub fn add_bucket(&mut self, bucket: Bucket) {
+        match bucket {
+            Bucket::Positive(key) => self.positive.add(key, 1),
+            Bucket::Negative(key) => self.negative.add(key, 1),
+            Bucket::Zero => self.zeros += 1,
         }
     }
 
@@ -369,6 +412,15 @@ mod tests {
     #[test]
     fn the_precomputed_constant_is_one_over_ln_gamma() {
         assert!((INVERSE_LN_GAMMA - 1.0 / gamma().ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ceil_without_libm_matches_ceil() {
+        for x in [
+            -3.5, -3.0, -2.9999999, -0.5, -0.0, 0.0, 0.2, 1.0, 1.0000001, 41.5, 1999.999,
+        ] {
+            assert_eq!(ceil_to_i32(x), x.ceil() as i32, "{x}");
+        }
     }
 
     #[test]
