@@ -348,7 +348,7 @@ fn read_timestamps(path: &std::path::Path, column: &str) -> Result<Vec<Option<i6
 
 /// The reference of one column, with the kind it is compared as.
 enum ColumnReference {
-    Numeric(NumericReference, BinEdges),
+    Numeric(Box<(NumericReference, BinEdges)>),
     Categorical(CategoricalReference),
 }
 
@@ -385,7 +385,7 @@ fn build_reference(
                 .map_err(|_| AnalyzeError::EmptyReference(name.to_owned()))?;
             let edges = BinEdges::new(reference.edges.clone())
                 .map_err(|_| AnalyzeError::EmptyReference(name.to_owned()))?;
-            Ok(ColumnReference::Numeric(reference, edges))
+            Ok(ColumnReference::Numeric(Box::new((reference, edges))))
         }
         _ => {
             let mut sketch = CategoricalSketch::new(ANALYZE_MAX_CATEGORIES);
@@ -414,7 +414,8 @@ fn chunk_metrics(
     thresholds: DriftThresholds,
 ) -> FeatureWindowMetrics {
     match reference {
-        ColumnReference::Numeric(profile, edges) => {
+        ColumnReference::Numeric(numeric) => {
+            let (profile, edges) = &**numeric;
             let mut sketch = NumericSketch::new(Some(edges));
             let numbers = match column {
                 Column::Numbers(values) => std::borrow::Cow::Borrowed(values),
