@@ -248,7 +248,7 @@ impl ModelSpec {
     #[inline]
     pub fn feature_position_hinted(&self, name: &str, hint: usize) -> Option<usize> {
         match self.series.get(hint) {
-            Some((spec, SeriesSource::Feature)) if spec.name == name => Some(hint),
+            Some((spec, SeriesSource::Feature)) if same_name(&spec.name, name) => Some(hint),
             _ => self.feature_position(name),
         }
     }
@@ -284,6 +284,13 @@ impl ModelSpec {
     pub fn max_categories(&self) -> usize {
         self.max_categories
     }
+}
+
+/// String equality without a `memcmp` call: feature names are short, and
+/// this runs for every feature of every event.
+#[inline]
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
 }
 
 fn derived_series(task: Task) -> Vec<(FeatureSpec, SeriesSource)> {
