@@ -1,0 +1,385 @@
+//! From window metrics to alert notifications: consecutive windows, firing,
+//! cooldown, resolution.
+//!
+//! [`AlertEvaluator::evaluate`] takes every series' metrics of one model and
+//! window (all versions and segments) and returns the notifications to send.
+//! Per (rule, model, version, segment):
+//!
+//! ```text
+//!   ok ──condition holds `for_windows` windows in a row──► firing  (notify: firing)
+//!   firing ──still holds, `cooldown_windows` since last──► firing  (notify: repeat)
+//!   firing ──clear for `resolve_after` windows in a row──► ok      (notify: resolved)
+//! ```
+//!
+//! A window is evaluated once per key: a window finalized again (late labels
+//! join its quality) is ignored when it is not newer than the last one seen.
+//! The alert id is stable for one firing episode (rule, model, version,
+//! segment and the window it started in), so channels can deduplicate.
+
+use std::collections::BTreeMap;
+
+use detectors::metrics::FeatureWindowMetrics;
+use serde::{Deserialize, Serialize};
+use store::WindowMetrics;
+
+use crate::rules::{Condition, Rule, Severity};
+
+/// Firing or resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    /// The condition holds.
+    Firing,
+    /// The condition cleared.
+    Resolved,
+}
+
+/// One series behind an alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Series name.
+    pub feature: String,
+    /// Test or metric.
+    pub test: String,
+    /// Its value.
+    pub value: f64,
+    /// The threshold it crossed.
+    pub threshold: f64,
+}
+
+/// A notification to send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable id of the firing episode (idempotency key).
+    pub id: String,
+    /// Rule name.
+    pub rule: String,
+    /// Model.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Segment.
+    pub segment: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Firing or resolved.
+    pub status: AlertStatus,
+    /// True for a reminder of an alert already firing.
+    pub repeat: bool,
+    /// Start of the window that caused this notification, ms.
+    pub window_start: i64,
+    /// End of that window, ms.
+    pub window_end: i64,
+    /// The series behind it, most severe first.
+    pub findings: Vec<Finding>,
+    /// One line for humans.
+    pub summary: String,
+    /// Channels to notify.
+    pub channels: Vec<String>,
+    /// Whether retraining should be requested.
+    pub retrain: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RuleState {
+    consecutive_true: u32,
+    consecutive_false: u32,
+    /// (alert id, windows since the last notification).
+    firing: Option<(String, u32)>,
+    last_window: Option<i64>,
+    /// Values of the quality metric in the first windows (baseline).
+    baseline: Vec<f64>,
+}
+
+/// Evaluates rules window after window. See the module docs.
+#[derive(Debug, Clone)]
+pub struct AlertEvaluator {
+    rules: Vec<Rule>,
+    states: BTreeMap<(String, String, String, String), RuleState>,
+}
+
+/// Series that are not model inputs or outputs.
+const NON_DRIFT_SERIES: [&str; 2] = ["operations", "quality"];
+
+impl AlertEvaluator {
+    /// An evaluator of `rules`.
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self {
+            rules,
+            states: BTreeMap::new(),
+        }
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Evaluates one closed window of `model` (every series, version and
+    /// segment in `metrics`) and returns the notifications to send.
+    pub fn evaluate(&mut self, model: &str, metrics: &[WindowMetrics]) -> Vec<Alert> {
+        let mut by_group: BTreeMap<(&str, &str, i64), Vec<&WindowMetrics>> = BTreeMap::new();
+        for record in metrics.iter().filter(|m| m.key.model == model) {
+            by_group
+                .entry((
+                    record.key.model_version.as_str(),
+                    record.key.segment.as_str(),
+                    record.key.window_start,
+                ))
+                .or_default()
+                .push(record);
+        }
+        let mut alerts = Vec::new();
+        for ((version, segment, window_start), series) in by_group {
+            let window_end = series.first().map_or(window_start, |m| m.window_end);
+            for rule in &self.rules {
+                if rule.segment != segment || !rule.applies_to(model, version) {
+                    continue;
+                }
+                let key = (
+                    rule.name.clone(),
+                    model.to_owned(),
+                    version.to_owned(),
+                    segment.to_owned(),
+                );
+                let state = self.states.entry(key).or_default();
+                if state.last_window.is_some_and(|last| window_start <= last) {
+                    continue;
+                }
+                state.last_window = Some(window_start);
+                let findings = condition_findings(&rule.condition, &series, state);
+                let alert =
+                    |status: AlertStatus, id: &str, repeat: bool, findings: Vec<Finding>| Alert {
+                        id: id.to_owned(),
+                        rule: rule.name.clone(),
+                        model: model.to_owned(),
+                        model_version: version.to_owned(),
+                        segment: segment.to_owned(),
+                        severity: rule.severity,
+                        status,
+                        repeat,
+                        window_start,
+                        window_end,
+                        summary: summary(rule, model, version, status, &findings),
+                        findings,
+                        channels: rule.channels.clone(),
+                        retrain: rule.retrain && status == AlertStatus::Firing && !repeat,
+                    };
+                match findings {
+                    Some(findings) => {
+                        state.consecutive_true += 1;
+                        state.consecutive_false = 0;
+                        match &mut state.firing {
+                            None if state.consecutive_true >= rule.for_windows => {
+                                let id =
+                                    alert_id(&rule.name, model, version, segment, window_start);
+                                alerts.push(alert(AlertStatus::Firing, &id, false, findings));
+                                state.firing = Some((id, 0));
+                            }
+                            None => {}
+                            Some((id, since_notified)) => {
+                                *since_notified += 1;
+                                if *since_notified >= rule.cooldown_windows {
+                                    *since_notified = 0;
+                                    alerts.push(alert(AlertStatus::Firing, id, true, findings));
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        state.consecutive_false += 1;
+                        state.consecutive_true = 0;
+                        if let Some((id, since_notified)) = &mut state.firing {
+                            *since_notified += 1;
+                            if state.consecutive_false >= rule.resolve_after {
+                                let id = id.clone();
+                                alerts.push(alert(AlertStatus::Resolved, &id, false, Vec::new()));
+                                state.firing = None;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        alerts
+    }
+}
+
+/// `Some(findings)` when the condition holds for this window.
+fn condition_findings(
+    condition: &Condition,
+    series: &[&WindowMetrics],
+    state: &mut RuleState,
+) -> Option<Vec<Finding>> {
+    match condition {
+        Condition::Drift { min_features, test } => {
+            let mut findings: Vec<Finding> = series
+                .iter()
+                .filter(|m| !NON_DRIFT_SERIES.contains(&m.key.feature.as_str()))
+                .filter_map(|m| drift_finding(&m.key.feature, &m.metrics, test.as_deref()))
+                .collect();
+            findings.sort_by(|a, b| severity_of(b).total_cmp(&severity_of(a)));
+            (findings.len() >= *min_features).then_some(findings)
+        }
+        Condition::Threshold {
+            feature,
+            metric,
+            above,
+            below,
+        } => {
+            let record = series.iter().find(|m| &m.key.feature == feature)?;
+            let value = metric_value(&record.metrics, metric)?;
+            let crossed = match (above, below) {
+                (Some(limit), _) if value > *limit => Some(*limit),
+                (_, Some(limit)) if value < *limit => Some(*limit),
+                _ => None,
+            };
+            crossed.map(|threshold| {
+                vec![Finding {
+                    feature: feature.clone(),
+                    test: metric.clone(),
+                    value,
+                    threshold,
+                }]
+            })
+        }
+        Condition::QualityDrop {
+            metric,
+            max_drop,
+            baseline_windows,
+        } => {
+            let record = series.iter().find(|m| m.key.feature == "quality")?;
+            let value = metric_value(&record.metrics, metric)?;
+            if state.baseline.len() < *baseline_windows {
+                state.baseline.push(value);
+                return None;
+            }
+            let baseline = state.baseline.iter().sum::<f64>() / state.baseline.len() as f64;
+            (value < baseline - max_drop).then(|| {
+                vec![Finding {
+                    feature: "quality".into(),
+                    test: metric.clone(),
+                    value,
+                    threshold: baseline - max_drop,
+                }]
+            })
+        }
+    }
+}
+
+fn drift_finding(
+    feature: &str,
+    metrics: &FeatureWindowMetrics,
+    test: Option<&str>,
+) -> Option<Finding> {
+    match test {
+        None => {
+            if metrics.drifted != Some(true) {
+                return None;
+            }
+            Some(Finding {
+                feature: feature.to_owned(),
+                test: "psi".into(),
+                value: metrics.psi?,
+                threshold: metrics.psi_threshold,
+            })
+        }
+        Some(name) => metrics
+            .tests
+            .iter()
+            .find(|t| t.test == name && t.drifted)
+            .map(|t| Finding {
+                feature: feature.to_owned(),
+                test: t.test.clone(),
+                value: t.value,
+                threshold: t.threshold,
+            }),
+    }
+}
+
+/// How far past its threshold a finding is (p-values: below is worse).
+fn severity_of(finding: &Finding) -> f64 {
+    if detectors::metrics::P_VALUE_TESTS.contains(&finding.test.as_str()) {
+        finding.threshold / finding.value.max(f64::MIN_POSITIVE)
+    } else {
+        finding.value / finding.threshold.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// A metric of a series by name: summaries, quality, operations, or a test value.
+pub fn metric_value(metrics: &FeatureWindowMetrics, name: &str) -> Option<f64> {
+    let quality = metrics.quality.as_ref();
+    match name {
+        "count" => Some(metrics.count as f64),
+        "missing_rate" => metrics.missing_rate,
+        "mean" => metrics.mean,
+        "std_dev" => metrics.std_dev,
+        "min" => metrics.min,
+        "max" => metrics.max,
+        "out_of_range" => metrics.out_of_range.map(|v| v as f64),
+        "unseen_categories" => metrics.unseen_categories.map(|v| v as f64),
+        "latency_p50" => metrics.latency_p50,
+        "latency_p95" => metrics.latency_p95,
+        "latency_p99" => metrics.latency_p99,
+        "latency_max" => metrics.latency_max,
+        "error_rate" => metrics.error_rate,
+        "null_prediction_rate" => metrics.null_prediction_rate,
+        "accuracy" => quality.and_then(|q| q.accuracy),
+        "precision" => quality.and_then(|q| q.precision),
+        "recall" => quality.and_then(|q| q.recall),
+        "f1" => quality.and_then(|q| q.f1),
+        "roc_auc" => quality.and_then(|q| q.roc_auc),
+        "log_loss" => quality.and_then(|q| q.log_loss),
+        "brier" => quality.and_then(|q| q.brier),
+        "mae" => quality.and_then(|q| q.mae),
+        "rmse" => quality.and_then(|q| q.rmse),
+        "mape" => quality.and_then(|q| q.mape),
+        "r2" => quality.and_then(|q| q.r2),
+        test => metrics
+            .tests
+            .iter()
+            .find(|t| t.test == test)
+            .map(|t| t.value),
+    }
+}
+
+fn summary(
+    rule: &Rule,
+    model: &str,
+    version: &str,
+    status: AlertStatus,
+    findings: &[Finding],
+) -> String {
+    if status == AlertStatus::Resolved {
+        return format!("[resolved] {} on {model} v{version}", rule.name);
+    }
+    let listed: Vec<String> = findings
+        .iter()
+        .take(5)
+        .map(|f| format!("{} {}={:.3}", f.feature, f.test, f.value))
+        .collect();
+    let more = findings.len().saturating_sub(5);
+    let tail = if more > 0 {
+        format!(" (+{more} more)")
+    } else {
+        String::new()
+    };
+    format!(
+        "[{}] {} on {model} v{version}: {}{tail}",
+        rule.severity.as_str(),
+        rule.name,
+        listed.join(", ")
+    )
+}
+
+/// Stable id: FNV-1a of the episode's identity, hex.
+fn alert_id(rule: &str, model: &str, version: &str, segment: &str, window_start: i64) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [rule, model, version, segment, &window_start.to_string()] {
+        for byte in part.bytes().chain(std::iter::once(0u8)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("tw-{hash:016x}")
+}

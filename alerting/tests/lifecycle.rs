@@ -1,0 +1,247 @@
+//! The alert lifecycle over a sequence of windows: one grouped alert when
+//! drift starts, silence during the cooldown, one resolution; quality drops
+//! against a baseline; signatures that verify.
+
+use alerting::lifecycle::{AlertEvaluator, AlertStatus};
+use alerting::payload::{sign, slack_message, verify, webhook_body};
+use alerting::rules::{default_rules, Condition, Rule, Severity};
+use detectors::metrics::{FeatureWindowMetrics, TestResult};
+use detectors::quality::QualityMetrics;
+use detectors::spec::FeatureKind;
+use detectors::SeriesKey;
+use store::WindowMetrics;
+
+const HOUR: i64 = 3_600_000;
+
+fn series(window: i64, feature: &str, psi: f64) -> WindowMetrics {
+    WindowMetrics {
+        key: SeriesKey {
+            window_start: window * HOUR,
+            model: "churn".into(),
+            model_version: "7".into(),
+            segment: "all".into(),
+            feature: feature.into(),
+        },
+        window_end: (window + 1) * HOUR,
+        metrics: FeatureWindowMetrics {
+            kind: FeatureKind::Numeric,
+            count: 1000,
+            missing: 0,
+            type_mismatch: 0,
+            missing_rate: Some(0.0),
+            mean: None,
+            std_dev: None,
+            min: None,
+            max: None,
+            quantiles: None,
+            distinct_categories: None,
+            quality: None,
+            out_of_range: None,
+            constant: None,
+            latency_p50: None,
+            latency_p95: None,
+            latency_p99: None,
+            latency_max: None,
+            error_rate: None,
+            null_prediction_rate: None,
+            unseen_categories: None,
+            psi: Some(psi),
+            ks_statistic: None,
+            ks_p_value: None,
+            chi_square: None,
+            chi_square_p_value: None,
+            js_distance: None,
+            hellinger: None,
+            kl_divergence: None,
+            l_infinity: None,
+            wasserstein: None,
+            wasserstein_normalized: None,
+            psi_threshold: 0.2,
+            drifted: Some(psi >= 0.2),
+            tests: vec![TestResult {
+                test: "psi".into(),
+                value: psi,
+                threshold: 0.2,
+                drifted: psi >= 0.2,
+            }],
+            warnings: Vec::new(),
+        },
+        reference_source: Some("file:train.csv".into()),
+        computed_at: 1,
+    }
+}
+
+/// Window `w` of five features; when `drifting`, four of them drift.
+fn window(w: i64, drifting: bool) -> Vec<WindowMetrics> {
+    ["age", "charges", "calls", "plan", "tenure"]
+        .iter()
+        .enumerate()
+        .map(|(i, feature)| {
+            let psi = if drifting && i < 4 {
+                0.3 + i as f64 * 0.2
+            } else {
+                0.01
+            };
+            series(w, feature, psi)
+        })
+        .collect()
+}
+
+fn drift_rule() -> Rule {
+    let mut rule = default_rules(&["slack".to_owned()]).remove(0);
+    rule.cooldown_windows = 3;
+    rule
+}
+
+#[test]
+fn a_drift_episode_fires_once_repeats_after_the_cooldown_and_resolves_once() {
+    let mut evaluator = AlertEvaluator::new(vec![drift_rule()]);
+    let mut notifications = Vec::new();
+    for w in 0..12 {
+        // Drift from window 3 to window 7 (inclusive), clear afterwards.
+        for alert in evaluator.evaluate("churn", &window(w, (3..8).contains(&w))) {
+            notifications.push((w, alert));
+        }
+    }
+    let kinds: Vec<(i64, AlertStatus, bool)> = notifications
+        .iter()
+        .map(|(w, a)| (*w, a.status, a.repeat))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (3, AlertStatus::Firing, false),
+            (6, AlertStatus::Firing, true),
+            (9, AlertStatus::Resolved, false)
+        ],
+        "fire at the onset, one reminder after 3 windows, resolve after 2 clear windows"
+    );
+    let first = &notifications[0].1;
+    assert_eq!(
+        first.findings.len(),
+        4,
+        "one alert lists every drifted series"
+    );
+    let order: Vec<&str> = first.findings.iter().map(|f| f.feature.as_str()).collect();
+    assert_eq!(
+        order,
+        ["plan", "calls", "charges", "age"],
+        "most severe first"
+    );
+    assert!(
+        notifications.iter().all(|(_, a)| a.id == first.id),
+        "one id per episode"
+    );
+    assert_eq!(first.severity, Severity::Warning);
+    assert!(
+        first
+            .summary
+            .starts_with("[warning] drift_on_features on churn v7: plan psi=0.900"),
+        "{}",
+        first.summary
+    );
+}
+
+#[test]
+fn a_window_finalized_again_is_not_evaluated_twice() {
+    let mut evaluator = AlertEvaluator::new(vec![drift_rule()]);
+    assert_eq!(evaluator.evaluate("churn", &window(0, true)).len(), 1);
+    assert!(evaluator.evaluate("churn", &window(0, true)).is_empty());
+}
+
+#[test]
+fn quality_drop_is_measured_against_the_first_windows() {
+    let rule = default_rules(&[]).remove(1);
+    assert!(matches!(rule.condition, Condition::QualityDrop { .. }));
+    let mut evaluator = AlertEvaluator::new(vec![rule]);
+    let quality = |w: i64, accuracy: f64| {
+        let mut record = series(w, "quality", 0.0);
+        record.metrics.kind = FeatureKind::Quality;
+        record.metrics.quality = Some(QualityMetrics {
+            matched: 500,
+            accuracy: Some(accuracy),
+            ..Default::default()
+        });
+        vec![record]
+    };
+    let accuracies = [0.80, 0.82, 0.81, 0.79, 0.74, 0.73, 0.80, 0.81];
+    let mut fired = Vec::new();
+    for (w, accuracy) in accuracies.iter().enumerate() {
+        for alert in evaluator.evaluate("churn", &quality(w as i64, *accuracy)) {
+            fired.push((w, alert.status));
+        }
+    }
+    // Baseline 0.81 from the first three windows; 0.74 < 0.76 fires, two
+    // clear windows resolve.
+    assert_eq!(
+        fired,
+        vec![(4, AlertStatus::Firing), (7, AlertStatus::Resolved)]
+    );
+}
+
+#[test]
+fn payloads_carry_the_context_and_signatures_verify() {
+    let mut evaluator = AlertEvaluator::new(vec![drift_rule()]);
+    let alert = evaluator.evaluate("churn", &window(5, true)).remove(0);
+    let slack = slack_message(&alert, Some("http://127.0.0.1:3000/models/churn"));
+    let text = slack.to_string();
+    assert!(
+        text.contains("churn v7") && text.contains("plan") && text.contains("threshold 0.2000"),
+        "{text}"
+    );
+    assert!(text.contains("\"url\":\"http://127.0.0.1:3000/models/churn\""));
+    assert_eq!(slack["blocks"][0]["type"], "header");
+
+    let body = webhook_body(&alert);
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(parsed["schema"], "tidewatch.alert.v1");
+    assert_eq!(parsed["id"], alert.id.as_str());
+
+    let secret = b"shared-secret";
+    let signature = sign(secret, 1_767_571_200, &body);
+    assert!(signature.starts_with("v1=") && signature.len() == 67);
+    assert!(verify(
+        secret,
+        1_767_571_200,
+        &body,
+        &signature,
+        1_767_571_260,
+        300
+    ));
+    assert!(
+        !verify(
+            b"wrong",
+            1_767_571_200,
+            &body,
+            &signature,
+            1_767_571_260,
+            300
+        ),
+        "wrong secret"
+    );
+    let mut tampered = body.clone();
+    tampered[10] ^= 1;
+    assert!(
+        !verify(
+            secret,
+            1_767_571_200,
+            &tampered,
+            &signature,
+            1_767_571_260,
+            300
+        ),
+        "tampered body"
+    );
+    assert!(
+        !verify(secret, 1_767_571_200, &body, &signature, 1_767_572_000, 300),
+        "replayed too late"
+    );
+}
+
+#[test]
+fn the_signature_matches_an_independent_hmac() {
+    // hmac.new(b"key", b"1.{}", hashlib.sha256).hexdigest() in Python.
+    assert_eq!(sign(b"key", 1, b"{}"), format!("v1={PYTHON_HMAC}"));
+}
+
+const PYTHON_HMAC: &str = "1ba6b8171186efc613e8bcc0cbdab2748f24984d7c5a84faa2637afa0e40d224";
