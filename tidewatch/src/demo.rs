@@ -49,6 +49,36 @@ pub fn demo_spec() -> ModelSpec {
     .with_positive_class(Some("yes".into()))
 }
 
+/// Runs the default alert rules over the stored windows in time order and
+/// returns one line per notification.
+fn demo_alerts(metrics: &[store::WindowMetrics]) -> Vec<String> {
+    let mut evaluator =
+        alerting::lifecycle::AlertEvaluator::new(alerting::rules::default_rules(&[]));
+    let mut windows: std::collections::BTreeMap<i64, Vec<store::WindowMetrics>> =
+        std::collections::BTreeMap::new();
+    for record in metrics {
+        windows
+            .entry(record.key.window_start)
+            .or_default()
+            .push(record.clone());
+    }
+    let mut lines = Vec::new();
+    for (window_start, records) in windows {
+        for alert in evaluator.evaluate(DEMO_MODEL, &records) {
+            lines.push(format!(
+                "{} UTC  {}  (id {})",
+                report::format_time(window_start),
+                alert.summary,
+                alert.id
+            ));
+        }
+    }
+    if lines.is_empty() {
+        lines.push("none".into());
+    }
+    lines
+}
+
 /// What the demo produced.
 pub struct DemoOutcome {
     /// The printed report.
@@ -150,6 +180,13 @@ pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<
     out.push_str(&report::drift_table(&metrics, "all", &series));
     out.push_str("\nModel quality per window (predictions joined with their delayed actuals)\n");
     out.push_str(&report::quality_table(&metrics, "all"));
+    out.push_str(
+        "\nAlerts (default rules: drift on >= 3 series, accuracy 0.05 below its first 3 windows)\n",
+    );
+    for line in demo_alerts(&metrics) {
+        out.push_str(&line);
+        out.push('\n');
+    }
     match report::drift_onset(&metrics, "all") {
         Some((start, features)) => out.push_str(&format!(
             "\ndrift onset: window {} UTC, in {}\n",
