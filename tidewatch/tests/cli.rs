@@ -124,6 +124,10 @@ async fn the_demo_finds_the_injected_drift_and_only_it() {
         ),
         "{report}"
     );
+    assert!(
+        report.contains("2026-01-05 04:00 UTC  [warning] drift_on_features on churn v7:"),
+        "one grouped alert at the onset: {report}"
+    );
     let metrics = outcome
         .store
         .window_metrics(store::MetricsQuery::default())
