@@ -193,11 +193,16 @@ pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
 }
 
 /// Consumes until `shutdown` resolves. See the module docs.
+///
+/// `on_finalized` sees every finalized window (model, window start, the
+/// metrics of every series), e.g. to evaluate alert rules; it runs on the
+/// consumer task, so it must be quick.
 pub async fn run(
     mut driver: Driver,
     settings: KafkaSettings,
     loop_settings: LoopSettings,
     shutdown: impl Future<Output = ()>,
+    mut on_finalized: impl FnMut(&str, i64, &[store::WindowMetrics]),
 ) -> Result<RunReport, Error> {
     let context = RewindContext {
         range_size: driver.engine().settings().range_size,
@@ -251,6 +256,9 @@ pub async fn run(
                 let (commits, finalized) = driver.finalize_closed().await?;
                 commit(&consumer, &commits, CommitMode::Async, &mut report)?;
                 report.windows_finalized += finalized.windows.len() as u64;
+                for (model, window_start, metrics) in &finalized.windows {
+                    on_finalized(model, *window_start, metrics);
+                }
             }
             message = consumer.recv() => {
                 apply_notes(&consumer, &mut driver);

@@ -75,6 +75,18 @@ pub struct RawConfig {
     pub reference: RawReference,
     /// Monitored models.
     pub models: Vec<RawModel>,
+    /// Alert rules.
+    #[serde(default)]
+    pub alerts: RawAlerts,
+}
+
+/// `[alerts]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    /// `[[alerts.rules]]`; none configured means the default rules.
+    #[serde(default)]
+    pub rules: Vec<alerting::rules::RawRule>,
 }
 
 /// `[kafka]`.
@@ -400,6 +412,8 @@ pub struct Config {
     pub warmup_windows: usize,
     /// Model specs.
     pub models: Vec<ModelSpec>,
+    /// Alert rules (the defaults when none is configured).
+    pub alert_rules: Vec<alerting::rules::Rule>,
 }
 
 impl Config {
@@ -643,6 +657,31 @@ impl RawConfig {
             models.push(spec);
         }
 
+        let mut alert_rules = Vec::with_capacity(self.alerts.rules.len());
+        for (index, raw) in self.alerts.rules.into_iter().enumerate() {
+            let key = format!("alerts.rules[{index}]");
+            if alert_rules
+                .iter()
+                .any(|rule: &alerting::rules::Rule| rule.name == raw.name)
+            {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("rule `{}` is listed twice", raw.name),
+                ));
+            }
+            let rule = alerting::rules::Rule::from_raw(raw, &key).map_err(|error| match error {
+                alerting::Error::InvalidRule { key, message } => ConfigError::Invalid {
+                    file: file.to_owned(),
+                    key,
+                    message,
+                },
+            })?;
+            alert_rules.push(rule);
+        }
+        if alert_rules.is_empty() {
+            alert_rules = alerting::rules::default_rules(&[]);
+        }
+
         Ok(Config {
             file: file.to_owned(),
             kafka,
@@ -674,6 +713,7 @@ impl RawConfig {
             },
             warmup_windows: self.reference.warmup_windows,
             models,
+            alert_rules,
         })
     }
 }
@@ -697,6 +737,8 @@ mod tests {
         let kafka = config.kafka.unwrap();
         assert_eq!(kafka.topics.len(), 2);
         assert!(matches!(config.store, StoreSettings::ClickHouse { .. }));
+        let rules: Vec<&str> = config.alert_rules.iter().map(|rule| rule.name.as_str()).collect();
+        assert_eq!(rules, ["payment_drift"]);
     }
 
     #[test]
@@ -722,6 +764,10 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_key() {
         let cases = [
+            (
+                "version = 1\n[[alerts.rules]]\nname = \"r\"\ncooldown_windows = 0\ncondition = { type = \"drift\" }\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.rules[0].cooldown_windows`",
+            ),
             (
                 "version = 1\n[drift]\nalpha = 2.0\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
                 "`drift.alpha`",
@@ -757,6 +803,8 @@ mod tests {
     fn embedded_paths_are_relative_to_the_config_file() {
         let text = "version = 1\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []";
         let config = Config::parse(text, Path::new("/etc/tidewatch/tidewatch.toml")).unwrap();
+        let defaults: Vec<&str> = config.alert_rules.iter().map(|rule| rule.name.as_str()).collect();
+        assert_eq!(defaults, ["drift_on_features", "quality_dropped"], "no rules: the defaults");
         assert_eq!(
             config.store,
             StoreSettings::Embedded {

@@ -39,7 +39,9 @@ pub async fn driver(config: &Config, store: Store) -> Result<Driver, ingest::Err
     Driver::new(engine, store, settings).await
 }
 
-/// Runs the Kafka pipeline of `config` until `shutdown` resolves.
+/// Runs the Kafka pipeline of `config` until `shutdown` resolves. Alert
+/// rules are evaluated on every finalized window; their notifications are
+/// logged (channels come with the alert outbox).
 pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunReport> {
     let kafka = config.kafka.clone().ok_or_else(|| {
         anyhow::anyhow!(
@@ -49,5 +51,18 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     })?;
     let store = open_store(&config.store).await?;
     let driver = driver(config, store).await?;
-    Ok(ingest::kafka::run(driver, kafka, config.loop_settings.clone(), shutdown).await?)
+    let mut evaluator = alerting::lifecycle::AlertEvaluator::new(config.alert_rules.clone());
+    let on_finalized = move |model: &str, _window_start: i64, metrics: &[store::WindowMetrics]| {
+        for alert in evaluator.evaluate(model, metrics) {
+            tracing::warn!(id = %alert.id, rule = %alert.rule, model = %alert.model, status = ?alert.status, "{}", alert.summary);
+        }
+    };
+    Ok(ingest::kafka::run(
+        driver,
+        kafka,
+        config.loop_settings.clone(),
+        shutdown,
+        on_finalized,
+    )
+    .await?)
 }
