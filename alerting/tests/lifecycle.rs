@@ -5,7 +5,7 @@
 use alerting::lifecycle::{AlertEvaluator, AlertStatus};
 use alerting::payload::{sign, slack_message, verify, webhook_body};
 use alerting::rules::{default_rules, Condition, Rule, Severity};
-use detectors::metrics::{FeatureWindowMetrics, TestResult};
+use detectors::metrics::{DriftThresholds, FeatureWindowMetrics, TestResult};
 use detectors::quality::QualityMetrics;
 use detectors::spec::FeatureKind;
 use detectors::SeriesKey;
@@ -23,48 +23,23 @@ fn series(window: i64, feature: &str, psi: f64) -> WindowMetrics {
             feature: feature.into(),
         },
         window_end: (window + 1) * HOUR,
-        metrics: FeatureWindowMetrics {
-            kind: FeatureKind::Numeric,
-            count: 1000,
-            missing: 0,
-            type_mismatch: 0,
-            missing_rate: Some(0.0),
-            mean: None,
-            std_dev: None,
-            min: None,
-            max: None,
-            quantiles: None,
-            distinct_categories: None,
-            quality: None,
-            out_of_range: None,
-            constant: None,
-            latency_p50: None,
-            latency_p95: None,
-            latency_p99: None,
-            latency_max: None,
-            error_rate: None,
-            null_prediction_rate: None,
-            unseen_categories: None,
-            psi: Some(psi),
-            ks_statistic: None,
-            ks_p_value: None,
-            chi_square: None,
-            chi_square_p_value: None,
-            js_distance: None,
-            hellinger: None,
-            kl_divergence: None,
-            l_infinity: None,
-            wasserstein: None,
-            wasserstein_normalized: None,
-            psi_threshold: 0.2,
-            drifted: Some(psi >= 0.2),
-            tests: vec![TestResult {
+        metrics: {
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::Numeric,
+                1000,
+                0,
+                0,
+                DriftThresholds::default(),
+            );
+            metrics.psi = Some(psi);
+            metrics.drifted = Some(psi >= 0.2);
+            metrics.tests = vec![TestResult {
                 test: "psi".into(),
                 value: psi,
                 threshold: 0.2,
                 drifted: psi >= 0.2,
-            }],
-            warnings: Vec::new(),
+            }];
+            metrics
         },
         reference_source: Some("file:train.csv".into()),
         computed_at: 1,

@@ -294,7 +294,7 @@ pub fn compute(
                 REPORTED_QUANTILES
                     .map(|q| numeric.quantile(q).expect("non-empty sketch has quantiles"))
             });
-            let mut metrics = empty(
+            let mut metrics = FeatureWindowMetrics::empty(
                 FeatureKind::Numeric,
                 moments.count(),
                 numeric.missing(),
@@ -318,13 +318,25 @@ pub fn compute(
             metrics
         }
         FeatureSketch::Quality(quality) => {
-            let mut metrics = empty(FeatureKind::Quality, quality.matched(), 0, 0, thresholds);
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::Quality,
+                quality.matched(),
+                0,
+                0,
+                thresholds,
+            );
             metrics.quality = Some(quality.metrics());
             metrics
         }
         FeatureSketch::Operational(operations) => {
             let predictions = operations.predictions();
-            let mut metrics = empty(FeatureKind::Operational, predictions, 0, 0, thresholds);
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::Operational,
+                predictions,
+                0,
+                0,
+                thresholds,
+            );
             let rate = |part: u64| (predictions > 0).then(|| part as f64 / predictions as f64);
             metrics.error_rate = rate(operations.errors());
             metrics.null_prediction_rate = rate(operations.null_predictions());
@@ -335,7 +347,7 @@ pub fn compute(
             metrics
         }
         FeatureSketch::Categorical(categorical) => {
-            let mut metrics = empty(
+            let mut metrics = FeatureWindowMetrics::empty(
                 FeatureKind::Categorical,
                 categorical.total(),
                 categorical.missing(),
@@ -406,51 +418,55 @@ pub fn compute(
     metrics
 }
 
-fn empty(
-    kind: FeatureKind,
-    count: u64,
-    missing: u64,
-    type_mismatch: u64,
-    thresholds: DriftThresholds,
-) -> FeatureWindowMetrics {
-    let observed = count + missing + type_mismatch;
-    FeatureWindowMetrics {
-        kind,
-        count,
-        missing,
-        type_mismatch,
-        missing_rate: (observed > 0).then(|| missing as f64 / observed as f64),
-        mean: None,
-        std_dev: None,
-        min: None,
-        max: None,
-        quantiles: None,
-        distinct_categories: None,
-        quality: None,
-        out_of_range: None,
-        constant: None,
-        latency_p50: None,
-        latency_p95: None,
-        latency_p99: None,
-        latency_max: None,
-        error_rate: None,
-        null_prediction_rate: None,
-        unseen_categories: None,
-        psi: None,
-        ks_statistic: None,
-        ks_p_value: None,
-        chi_square: None,
-        chi_square_p_value: None,
-        js_distance: None,
-        hellinger: None,
-        kl_divergence: None,
-        l_infinity: None,
-        wasserstein: None,
-        wasserstein_normalized: None,
-        psi_threshold: thresholds.psi,
-        drifted: None,
-        tests: Vec::new(),
-        warnings: Vec::new(),
+impl FeatureWindowMetrics {
+    /// Metrics with counts and no score: the starting point of [`compute`],
+    /// and a convenient base for tests.
+    pub fn empty(
+        kind: FeatureKind,
+        count: u64,
+        missing: u64,
+        type_mismatch: u64,
+        thresholds: DriftThresholds,
+    ) -> FeatureWindowMetrics {
+        let observed = count + missing + type_mismatch;
+        FeatureWindowMetrics {
+            kind,
+            count,
+            missing,
+            type_mismatch,
+            missing_rate: (observed > 0).then(|| missing as f64 / observed as f64),
+            mean: None,
+            std_dev: None,
+            min: None,
+            max: None,
+            quantiles: None,
+            distinct_categories: None,
+            quality: None,
+            out_of_range: None,
+            constant: None,
+            latency_p50: None,
+            latency_p95: None,
+            latency_p99: None,
+            latency_max: None,
+            error_rate: None,
+            null_prediction_rate: None,
+            unseen_categories: None,
+            psi: None,
+            ks_statistic: None,
+            ks_p_value: None,
+            chi_square: None,
+            chi_square_p_value: None,
+            js_distance: None,
+            hellinger: None,
+            kl_divergence: None,
+            l_infinity: None,
+            wasserstein: None,
+            wasserstein_normalized: None,
+            psi_threshold: thresholds.psi,
+            drifted: None,
+            tests: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 }
 
@@ -719,7 +735,7 @@ mod tests {
         p_values
             .iter()
             .map(|p| {
-                let mut metrics = empty(
+                let mut metrics = FeatureWindowMetrics::empty(
                     FeatureKind::Numeric,
                     count,
                     0,

@@ -474,14 +474,7 @@ mod tests {
         )
         .unwrap();
         Engine::new(
-            EngineSettings {
-                window_size: WindowSize::from_millis(1_000).unwrap(),
-                allowed_lateness_ms: 0,
-                range_size,
-                max_groups: 100,
-                join_window_ms: 7 * 86_400_000,
-                max_pending_predictions: 1_000_000,
-            },
+            settings(range_size, 7 * 86_400_000, 1_000_000),
             Catalog::new([spec]),
         )
     }
@@ -600,6 +593,22 @@ mod tests {
         assert_eq!(closed, vec![1_000, 2_000]);
     }
 
+    /// One-second windows, no lateness, 100 groups per range.
+    fn settings(
+        range_size: u64,
+        join_window_ms: i64,
+        max_pending_predictions: usize,
+    ) -> EngineSettings {
+        EngineSettings {
+            window_size: WindowSize::from_millis(1_000).unwrap(),
+            allowed_lateness_ms: 0,
+            range_size,
+            max_groups: 100,
+            join_window_ms,
+            max_pending_predictions,
+        }
+    }
+
     fn classifier(max_pending_predictions: usize) -> Engine {
         let spec = ModelSpec::new(
             "c",
@@ -615,14 +624,7 @@ mod tests {
         .unwrap()
         .with_positive_class(Some("yes".into()));
         Engine::new(
-            EngineSettings {
-                window_size: WindowSize::from_millis(1_000).unwrap(),
-                allowed_lateness_ms: 0,
-                range_size: 100,
-                max_groups: 100,
-                join_window_ms: 10_000,
-                max_pending_predictions,
-            },
+            settings(100, 10_000, max_pending_predictions),
             Catalog::new([spec]),
         )
     }

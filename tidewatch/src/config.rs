@@ -737,7 +737,11 @@ mod tests {
         let kafka = config.kafka.unwrap();
         assert_eq!(kafka.topics.len(), 2);
         assert!(matches!(config.store, StoreSettings::ClickHouse { .. }));
-        let rules: Vec<&str> = config.alert_rules.iter().map(|rule| rule.name.as_str()).collect();
+        let rules: Vec<&str> = config
+            .alert_rules
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
         assert_eq!(rules, ["payment_drift"]);
     }
 
@@ -803,8 +807,16 @@ mod tests {
     fn embedded_paths_are_relative_to_the_config_file() {
         let text = "version = 1\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []";
         let config = Config::parse(text, Path::new("/etc/tidewatch/tidewatch.toml")).unwrap();
-        let defaults: Vec<&str> = config.alert_rules.iter().map(|rule| rule.name.as_str()).collect();
-        assert_eq!(defaults, ["drift_on_features", "quality_dropped"], "no rules: the defaults");
+        let defaults: Vec<&str> = config
+            .alert_rules
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(
+            defaults,
+            ["drift_on_features", "quality_dropped"],
+            "no rules: the defaults"
+        );
         assert_eq!(
             config.store,
             StoreSettings::Embedded {
