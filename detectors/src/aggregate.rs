@@ -757,6 +757,42 @@ mod tests {
     }
 
     #[test]
+    fn interleaved_windows_versions_and_segments_count_exactly() {
+        let catalog = catalog();
+        let mut aggregates = WindowAggregates::new(1_000);
+        let mut expected: std::collections::BTreeMap<(i64, String, String), u64> =
+            Default::default();
+        for i in 0..600i64 {
+            let window = (i % 3) * 1_000;
+            let version = if i % 5 < 2 { "1" } else { "2" };
+            let country = ["DE", "FR"][(i % 7 % 2) as usize];
+            let payload = format!(
+                r#"{{"model":"m","model_version":"{version}","prediction_id":"p","timestamp":0,"features":{{"x":1,"c":"a"}},"prediction":{{"score":0.5}},"segments":{{"country":"{country}"}}}}"#
+            );
+            aggregates.record(&catalog, window, &decode(&payload));
+            *expected
+                .entry((window, version.to_owned(), format!("country={country}")))
+                .or_default() += 1;
+            *expected
+                .entry((window, version.to_owned(), "all".to_owned()))
+                .or_default() += 1;
+        }
+        let counted: std::collections::BTreeMap<(i64, String, String), u64> = aggregates
+            .snapshot(&catalog)
+            .into_iter()
+            .filter(|(key, _)| key.feature == "x")
+            .map(|(key, sketch)| {
+                (
+                    (key.window_start, key.model_version, key.segment),
+                    sketch.observations(),
+                )
+            })
+            .collect();
+        assert_eq!(counted, expected);
+        assert_eq!(aggregates.group_count(), expected.len());
+    }
+
+    #[test]
     fn group_limit_refuses_new_groups_only() {
         let catalog = catalog();
         let mut aggregates = WindowAggregates::new(2);
