@@ -11,6 +11,7 @@ use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, ReferenceRow,
     SketchRow, ADDED_METRICS_COLUMNS, METRICS_COLUMNS,
 };
+use crate::rows::{AlertRow, DeliveryRow};
 use crate::{
     latest_by, Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics,
     WindowSketch,
@@ -60,6 +61,18 @@ const MIGRATIONS: &[&str] = &[
         profile String, created_at UInt64
     ) ENGINE = ReplacingMergeTree(created_at)
     ORDER BY (model, model_version)",
+    "CREATE TABLE IF NOT EXISTS alerts (
+        id String, status String, window_start DateTime, window_end DateTime,
+        rule String, model String, model_version String, segment String,
+        severity String, repeat UInt8, summary String, payload String, created_at UInt64
+    ) ENGINE = ReplacingMergeTree(created_at)
+    PARTITION BY toYYYYMMDD(window_start)
+    ORDER BY (id, status, window_start)",
+    "CREATE TABLE IF NOT EXISTS alert_deliveries (
+        alert_id String, status String, window_start DateTime, channel String,
+        state String, attempts UInt32, next_attempt_at UInt64, last_error String, updated_at UInt64
+    ) ENGINE = ReplacingMergeTree(updated_at)
+    ORDER BY (alert_id, status, window_start, channel)",
 ];
 
 /// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
@@ -352,5 +365,101 @@ impl ClickHouseStore {
                 created_at: row.created_at,
             })
             .collect())
+    }
+
+    pub(crate) async fn record_alerts(
+        &self,
+        alerts: Vec<crate::AlertRecord>,
+        deliveries: Vec<crate::Delivery>,
+    ) -> Result<()> {
+        if !alerts.is_empty() {
+            let mut insert = self.client.insert::<AlertRow>("alerts").await?;
+            for alert in alerts {
+                insert.write(&AlertRow::from_record(alert)?).await?;
+            }
+            insert.end().await?;
+        }
+        // A delivery already recorded (possibly further along) must not be
+        // reset to pending when the same notification is recorded again.
+        let mut fresh = Vec::new();
+        for delivery in deliveries {
+            let existing: u64 = self
+                .client
+                .query(
+                    "SELECT count() FROM alert_deliveries
+                     WHERE alert_id = ? AND status = ? AND window_start = toDateTime(?) AND channel = ?",
+                )
+                .bind(&delivery.alert_id)
+                .bind(&delivery.status)
+                .bind(to_seconds(delivery.window_start)?)
+                .bind(&delivery.channel)
+                .fetch_one::<u64>()
+                .await?;
+            if existing == 0 {
+                fresh.push(delivery);
+            }
+        }
+        self.update_deliveries(fresh).await
+    }
+
+    pub(crate) async fn update_deliveries(&self, deliveries: Vec<crate::Delivery>) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<DeliveryRow>("alert_deliveries")
+            .await?;
+        for delivery in deliveries {
+            insert.write(&DeliveryRow::from_record(delivery)?).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn alerts(
+        &self,
+        model: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<crate::AlertRecord>> {
+        let filter = if model.is_some() {
+            "WHERE model = ?"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT toString(id), toString(status), toUInt32(window_start), toUInt32(window_end), toString(rule),
+                    toString(model), toString(model_version), toString(segment), toString(severity),
+                    toUInt8(repeat), toString(summary), toString(payload), toUInt64(created_at)
+             FROM alerts FINAL {filter}
+             ORDER BY window_start DESC, created_at DESC LIMIT {limit}"
+        );
+        let mut query = self.client.query(&sql);
+        if let Some(model) = model {
+            query = query.bind(model);
+        }
+        let rows = query.fetch_all::<AlertRow>().await?;
+        Ok(rows.into_iter().map(AlertRow::into_record).collect())
+    }
+
+    pub(crate) async fn due_deliveries(
+        &self,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<crate::Delivery>> {
+        let rows = self
+            .client
+            .query(&format!(
+                "SELECT toString(alert_id), toString(status), toUInt32(window_start), toString(channel),
+                        toString(state), toUInt32(attempts), toUInt64(next_attempt_at), toString(last_error),
+                        toUInt64(updated_at)
+                 FROM alert_deliveries FINAL
+                 WHERE state = 'pending' AND next_attempt_at <= ?
+                 ORDER BY next_attempt_at LIMIT {limit}"
+            ))
+            .bind(now)
+            .fetch_all::<DeliveryRow>()
+            .await?;
+        rows.into_iter().map(DeliveryRow::into_record).collect()
     }
 }

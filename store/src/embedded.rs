@@ -17,6 +17,7 @@ use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, MetricsRow, PartialRow, SketchRow,
     ADDED_METRICS_COLUMNS, METRICS_COLUMNS,
 };
+use crate::rows::{AlertRow, DeliveryRow};
 use crate::{
     Error, MetricsQuery, PartialSketch, ReferenceSummary, Result, WindowMetrics, WindowSketch,
 };
@@ -50,6 +51,19 @@ CREATE TABLE IF NOT EXISTS window_metrics (
     test_names TEXT, test_values TEXT, test_thresholds TEXT, test_drifted TEXT, warnings TEXT,
     accuracy REAL, precision REAL, recall REAL, f1 REAL, roc_auc REAL, log_loss REAL, brier REAL, calibration_error REAL, mae REAL, rmse REAL, mape REAL, r2 REAL,
     PRIMARY KEY (model, model_version, segment, feature, window_start)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT NOT NULL, status TEXT NOT NULL, window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+    rule TEXT NOT NULL, model TEXT NOT NULL, model_version TEXT NOT NULL, segment TEXT NOT NULL,
+    severity TEXT NOT NULL, repeat INTEGER NOT NULL, summary TEXT NOT NULL, payload TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (id, status, window_start)
+);
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    alert_id TEXT NOT NULL, status TEXT NOT NULL, window_start INTEGER NOT NULL, channel TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL,
+    last_error TEXT NOT NULL, updated_at INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, status, window_start, channel)
 );
 CREATE TABLE IF NOT EXISTS reference_profiles (
     model TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
@@ -553,6 +567,150 @@ impl EmbeddedStore {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn record_alerts(
+        &self,
+        alerts: Vec<crate::AlertRecord>,
+        deliveries: Vec<crate::Delivery>,
+    ) -> Result<()> {
+        let alerts: Vec<AlertRow> = alerts
+            .into_iter()
+            .map(AlertRow::from_record)
+            .collect::<Result<_>>()?;
+        let deliveries: Vec<DeliveryRow> = deliveries
+            .into_iter()
+            .map(DeliveryRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for row in &alerts {
+                transaction.execute(
+                    "INSERT INTO alerts VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                     ON CONFLICT DO UPDATE SET window_end = excluded.window_end, summary = excluded.summary,
+                       payload = excluded.payload, created_at = excluded.created_at
+                     WHERE excluded.created_at >= alerts.created_at",
+                    params![
+                        row.id, row.status, row.window_start, row.window_end, row.rule, row.model,
+                        row.model_version, row.segment, row.severity, row.repeat, row.summary, row.payload,
+                        row.created_at as i64
+                    ],
+                )?;
+            }
+            // A delivery already recorded keeps its state.
+            for row in &deliveries {
+                transaction.execute(
+                    "INSERT OR IGNORE INTO alert_deliveries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        row.alert_id, row.status, row.window_start, row.channel, row.state, row.attempts,
+                        row.next_attempt_at as i64, row.last_error, row.updated_at as i64
+                    ],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn update_deliveries(&self, deliveries: Vec<crate::Delivery>) -> Result<()> {
+        let rows: Vec<DeliveryRow> = deliveries
+            .into_iter()
+            .map(DeliveryRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for row in &rows {
+                transaction.execute(
+                    "INSERT INTO alert_deliveries VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT DO UPDATE SET state = excluded.state, attempts = excluded.attempts,
+                       next_attempt_at = excluded.next_attempt_at, last_error = excluded.last_error,
+                       updated_at = excluded.updated_at
+                     WHERE excluded.updated_at >= alert_deliveries.updated_at",
+                    params![
+                        row.alert_id,
+                        row.status,
+                        row.window_start,
+                        row.channel,
+                        row.state,
+                        row.attempts,
+                        row.next_attempt_at as i64,
+                        row.last_error,
+                        row.updated_at as i64
+                    ],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn alerts(
+        &self,
+        model: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<crate::AlertRecord>> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, status, window_start, window_end, rule, model, model_version, segment, severity,
+                        repeat, summary, payload, created_at
+                 FROM alerts WHERE (?1 IS NULL OR model = ?1)
+                 ORDER BY window_start DESC, created_at DESC LIMIT ?2",
+            )?;
+            let rows = statement
+                .query_map(params![model, limit as i64], |row| {
+                    Ok(AlertRow {
+                        id: row.get(0)?,
+                        status: row.get(1)?,
+                        window_start: row.get(2)?,
+                        window_end: row.get(3)?,
+                        rule: row.get(4)?,
+                        model: row.get(5)?,
+                        model_version: row.get(6)?,
+                        segment: row.get(7)?,
+                        severity: row.get(8)?,
+                        repeat: row.get(9)?,
+                        summary: row.get(10)?,
+                        payload: row.get(11)?,
+                        created_at: row.get::<_, i64>(12)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().map(AlertRow::into_record).collect())
+        })
+        .await
+    }
+
+    pub(crate) async fn due_deliveries(
+        &self,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<crate::Delivery>> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT alert_id, status, window_start, channel, state, attempts, next_attempt_at, last_error, updated_at
+                 FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ?1
+                 ORDER BY next_attempt_at LIMIT ?2",
+            )?;
+            let rows = statement
+                .query_map(params![now as i64, limit as i64], |row| {
+                    Ok(DeliveryRow {
+                        alert_id: row.get(0)?,
+                        status: row.get(1)?,
+                        window_start: row.get(2)?,
+                        channel: row.get(3)?,
+                        state: row.get(4)?,
+                        attempts: row.get(5)?,
+                        next_attempt_at: row.get::<_, i64>(6)? as u64,
+                        last_error: row.get(7)?,
+                        updated_at: row.get::<_, i64>(8)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter().map(DeliveryRow::into_record).collect()
         })
         .await
     }

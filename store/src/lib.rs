@@ -20,6 +20,8 @@
 //! | `window_sketches` | (series, window): the merged sketch | `computed_at` |
 //! | `window_metrics` | (series, window): counts, moments, quantiles, drift | `computed_at` |
 //! | `reference_profiles` | (model, version) | `created_at` |
+//! | `alerts` | notification (alert id, status, window) | `created_at` |
+//! | `alert_deliveries` | (notification, channel): the outbox | `updated_at` |
 //!
 //! A *series* is (model, model_version, segment, feature). `window_partials`
 //! is the ingest checkpoint: each consumer writes, per Kafka partition and
@@ -149,6 +151,90 @@ pub struct ReferenceSummary {
     pub created_at: u64,
 }
 
+/// One alert notification (firing, repeat or resolved), as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRecord {
+    /// Stable id of the alert episode.
+    pub id: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// Start of the window that caused the notification, ms.
+    pub window_start: i64,
+    /// End of that window, ms.
+    pub window_end: i64,
+    /// Rule name.
+    pub rule: String,
+    /// Model.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Segment.
+    pub segment: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// A reminder of an alert already firing.
+    pub repeat: bool,
+    /// One line for humans.
+    pub summary: String,
+    /// The whole notification as JSON (what channels are sent).
+    pub payload: String,
+    /// When it was recorded, ms.
+    pub created_at: u64,
+}
+
+/// State of one notification's delivery to one channel (the outbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Not delivered yet; due at `next_attempt_at`.
+    Pending,
+    /// Delivered.
+    Sent,
+    /// Given up after the retry budget.
+    Failed,
+}
+
+impl DeliveryState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        match text {
+            "pending" => Ok(DeliveryState::Pending),
+            "sent" => Ok(DeliveryState::Sent),
+            "failed" => Ok(DeliveryState::Failed),
+            other => Err(Error::Corrupt(format!("unknown delivery state `{other}`"))),
+        }
+    }
+}
+
+/// One notification for one channel, in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// Alert id.
+    pub alert_id: String,
+    /// Notification status (`firing` / `resolved`).
+    pub status: String,
+    /// Notification window start, ms (with id and status: the notification).
+    pub window_start: i64,
+    /// Channel name.
+    pub channel: String,
+    /// Where the delivery stands.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due, ms.
+    pub next_attempt_at: u64,
+    /// The last failure, empty if none.
+    pub last_error: String,
+    /// When this state was written, ms (the row's version).
+    pub updated_at: u64,
+}
+
 /// The store, ClickHouse or embedded. One per process, cloned rarely, so
 /// the ClickHouse client is boxed only to keep the enum small.
 #[derive(Clone)]
@@ -262,6 +348,61 @@ impl Store {
         match self {
             Store::ClickHouse(store) => store.references().await,
             Store::Embedded(store) => store.references().await,
+        }
+    }
+
+    /// Records notifications and, for each of their channels, a pending
+    /// delivery due at `created_at` (idempotent: the same notification
+    /// recorded twice is one row, and its deliveries keep their state only
+    /// if they were written later).
+    pub async fn record_alerts(&self, alerts: Vec<(AlertRecord, Vec<String>)>) -> Result<()> {
+        let deliveries = alerts
+            .iter()
+            .flat_map(|(alert, channels)| {
+                channels.iter().map(|channel| Delivery {
+                    alert_id: alert.id.clone(),
+                    status: alert.status.clone(),
+                    window_start: alert.window_start,
+                    channel: channel.clone(),
+                    state: DeliveryState::Pending,
+                    attempts: 0,
+                    next_attempt_at: alert.created_at,
+                    last_error: String::new(),
+                    updated_at: alert.created_at,
+                })
+            })
+            .collect::<Vec<_>>();
+        let records = alerts
+            .into_iter()
+            .map(|(alert, _)| alert)
+            .collect::<Vec<_>>();
+        match self {
+            Store::ClickHouse(store) => store.record_alerts(records, deliveries).await,
+            Store::Embedded(store) => store.record_alerts(records, deliveries).await,
+        }
+    }
+
+    /// Notifications of `model` (all when `None`), newest first, at most `limit`.
+    pub async fn alerts(&self, model: Option<&str>, limit: u64) -> Result<Vec<AlertRecord>> {
+        match self {
+            Store::ClickHouse(store) => store.alerts(model, limit).await,
+            Store::Embedded(store) => store.alerts(model.map(str::to_owned), limit).await,
+        }
+    }
+
+    /// Pending deliveries due at `now` (ms), oldest first, at most `limit`.
+    pub async fn due_deliveries(&self, now: u64, limit: u64) -> Result<Vec<Delivery>> {
+        match self {
+            Store::ClickHouse(store) => store.due_deliveries(now, limit).await,
+            Store::Embedded(store) => store.due_deliveries(now, limit).await,
+        }
+    }
+
+    /// Writes a delivery's new state (versioned by `updated_at`).
+    pub async fn update_delivery(&self, delivery: Delivery) -> Result<()> {
+        match self {
+            Store::ClickHouse(store) => store.update_deliveries(vec![delivery]).await,
+            Store::Embedded(store) => store.update_deliveries(vec![delivery]).await,
         }
     }
 }

@@ -482,3 +482,103 @@ pub(crate) struct ReferenceRow {
     pub profile: String,
     pub created_at: u64,
 }
+
+/// One row of `alerts`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct AlertRow {
+    pub id: String,
+    pub status: String,
+    pub window_start: u32,
+    pub window_end: u32,
+    pub rule: String,
+    pub model: String,
+    pub model_version: String,
+    pub segment: String,
+    pub severity: String,
+    pub repeat: u8,
+    pub summary: String,
+    pub payload: String,
+    pub created_at: u64,
+}
+
+impl AlertRow {
+    pub(crate) fn from_record(record: crate::AlertRecord) -> Result<Self, Error> {
+        Ok(Self {
+            window_start: to_seconds(record.window_start)?,
+            window_end: to_seconds(record.window_end)?,
+            id: record.id,
+            status: record.status,
+            rule: record.rule,
+            model: record.model,
+            model_version: record.model_version,
+            segment: record.segment,
+            severity: record.severity,
+            repeat: u8::from(record.repeat),
+            summary: record.summary,
+            payload: record.payload,
+            created_at: record.created_at,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> crate::AlertRecord {
+        crate::AlertRecord {
+            id: self.id,
+            status: self.status,
+            window_start: to_millis(self.window_start),
+            window_end: to_millis(self.window_end),
+            rule: self.rule,
+            model: self.model,
+            model_version: self.model_version,
+            segment: self.segment,
+            severity: self.severity,
+            repeat: self.repeat != 0,
+            summary: self.summary,
+            payload: self.payload,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// One row of `alert_deliveries`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct DeliveryRow {
+    pub alert_id: String,
+    pub status: String,
+    pub window_start: u32,
+    pub channel: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: u64,
+    pub last_error: String,
+    pub updated_at: u64,
+}
+
+impl DeliveryRow {
+    pub(crate) fn from_record(record: crate::Delivery) -> Result<Self, Error> {
+        Ok(Self {
+            window_start: to_seconds(record.window_start)?,
+            alert_id: record.alert_id,
+            status: record.status,
+            channel: record.channel,
+            state: record.state.as_str().to_owned(),
+            attempts: record.attempts,
+            next_attempt_at: record.next_attempt_at,
+            last_error: record.last_error,
+            updated_at: record.updated_at,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> Result<crate::Delivery, Error> {
+        Ok(crate::Delivery {
+            state: crate::DeliveryState::parse(&self.state)?,
+            alert_id: self.alert_id,
+            status: self.status,
+            window_start: to_millis(self.window_start),
+            channel: self.channel,
+            attempts: self.attempts,
+            next_attempt_at: self.next_attempt_at,
+            last_error: self.last_error,
+            updated_at: self.updated_at,
+        })
+    }
+}

@@ -78,3 +78,8 @@ async fn an_older_table_gains_the_new_metrics_columns() {
     ));
     common::window_results_round_trip(&store).await;
 }
+
+#[tokio::test]
+async fn alert_outbox_round_trip() {
+    common::alert_outbox_round_trip(&store("outbox").await).await;
+}

@@ -65,3 +65,8 @@ async fn an_older_file_gains_the_new_metrics_columns() {
     common::window_results_round_trip(&store).await;
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+#[tokio::test]
+async fn alert_outbox_round_trip() {
+    common::alert_outbox_round_trip(&store()).await;
+}

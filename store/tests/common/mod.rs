@@ -164,3 +164,115 @@ pub async fn references_round_trip(store: &Store) {
     assert_eq!(summaries[0].source, "file:train-v2.csv");
     assert_eq!(summaries[0].created_at, 200);
 }
+
+fn notification(status: &str, window_start: i64) -> store::AlertRecord {
+    store::AlertRecord {
+        id: "tw-0123456789abcdef".into(),
+        status: status.into(),
+        window_start,
+        window_end: window_start + 3_600_000,
+        rule: "drift_on_features".into(),
+        model: "churn".into(),
+        model_version: "7".into(),
+        segment: "all".into(),
+        severity: "warning".into(),
+        repeat: false,
+        summary: format!("[{status}] drift_on_features on churn v7"),
+        payload: "{\"schema\":\"tidewatch.alert.v1\"}".into(),
+        created_at: 100,
+    }
+}
+
+/// The outbox: notifications recorded once, deliveries due until sent,
+/// states never moved backwards, re-recording after a restart harmless.
+pub async fn alert_outbox_round_trip(store: &Store) {
+    use store::{Delivery, DeliveryState};
+    let firing = notification("firing", 1_767_621_600_000);
+    let resolved = notification("resolved", 1_767_632_400_000);
+    store
+        .record_alerts(vec![
+            (firing.clone(), vec!["slack".into(), "email".into()]),
+            (resolved.clone(), vec!["slack".into()]),
+        ])
+        .await
+        .unwrap();
+    let listed = store.alerts(Some("churn"), 10).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![resolved.clone(), firing.clone()],
+        "newest window first"
+    );
+    assert!(store.alerts(Some("other"), 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.due_deliveries(50, 10).await.unwrap().len(),
+        0,
+        "not due before created_at"
+    );
+    let due = store.due_deliveries(100, 10).await.unwrap();
+    assert_eq!(due.len(), 3);
+
+    let slack_firing = due
+        .iter()
+        .find(|d| d.status == "firing" && d.channel == "slack")
+        .unwrap()
+        .clone();
+    store
+        .update_delivery(Delivery {
+            state: DeliveryState::Sent,
+            attempts: 1,
+            updated_at: 200,
+            ..slack_firing.clone()
+        })
+        .await
+        .unwrap();
+    let email = due.iter().find(|d| d.channel == "email").unwrap().clone();
+    store
+        .update_delivery(Delivery {
+            attempts: 1,
+            next_attempt_at: 500,
+            last_error: "connection refused".into(),
+            updated_at: 201,
+            ..email
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.due_deliveries(300, 10).await.unwrap().len(),
+        1,
+        "email waits for its retry time"
+    );
+    let later = store.due_deliveries(600, 10).await.unwrap();
+    assert_eq!(later.len(), 2);
+    let retried = later.iter().find(|d| d.channel == "email").unwrap();
+    assert_eq!(
+        (retried.attempts, retried.last_error.as_str()),
+        (1, "connection refused")
+    );
+
+    // A stale write (older version) does not move a delivery back.
+    store
+        .update_delivery(Delivery {
+            state: DeliveryState::Pending,
+            updated_at: 150,
+            ..slack_firing.clone()
+        })
+        .await
+        .unwrap();
+    // Recording the same notification again (a restart) keeps delivery states.
+    let mut again = firing.clone();
+    again.created_at = 300;
+    store
+        .record_alerts(vec![(again, vec!["slack".into(), "email".into()])])
+        .await
+        .unwrap();
+    let after = store.due_deliveries(600, 10).await.unwrap();
+    assert_eq!(after.len(), 2, "slack firing stays sent: {after:?}");
+    assert!(after
+        .iter()
+        .all(|d| !(d.status == "firing" && d.channel == "slack")));
+    assert_eq!(
+        store.alerts(None, 10).await.unwrap().len(),
+        2,
+        "one row per notification"
+    );
+}
