@@ -80,6 +80,30 @@ pub struct Alert {
     pub retrain: bool,
 }
 
+impl Alert {
+    /// The notification as the store records it (payload: the alert as JSON).
+    pub fn to_record(&self, created_at: u64) -> store::AlertRecord {
+        store::AlertRecord {
+            id: self.id.clone(),
+            status: match self.status {
+                AlertStatus::Firing => "firing".into(),
+                AlertStatus::Resolved => "resolved".into(),
+            },
+            window_start: self.window_start,
+            window_end: self.window_end,
+            rule: self.rule.clone(),
+            model: self.model.clone(),
+            model_version: self.model_version.clone(),
+            segment: self.segment.clone(),
+            severity: self.severity.as_str().into(),
+            repeat: self.repeat,
+            summary: self.summary.clone(),
+            payload: serde_json::to_string(self).expect("alerts serialize"),
+            created_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct RuleState {
     consecutive_true: u32,

@@ -51,7 +51,7 @@ pub fn demo_spec() -> ModelSpec {
 
 /// Runs the default alert rules over the stored windows in time order and
 /// returns one line per notification.
-fn demo_alerts(metrics: &[store::WindowMetrics]) -> Vec<String> {
+fn demo_alerts(metrics: &[store::WindowMetrics]) -> (Vec<String>, Vec<alerting::lifecycle::Alert>) {
     let mut evaluator =
         alerting::lifecycle::AlertEvaluator::new(alerting::rules::default_rules(&[]));
     let mut windows: std::collections::BTreeMap<i64, Vec<store::WindowMetrics>> =
@@ -63,6 +63,7 @@ fn demo_alerts(metrics: &[store::WindowMetrics]) -> Vec<String> {
             .push(record.clone());
     }
     let mut lines = Vec::new();
+    let mut alerts = Vec::new();
     for (window_start, records) in windows {
         for alert in evaluator.evaluate(DEMO_MODEL, &records) {
             lines.push(format!(
@@ -71,12 +72,13 @@ fn demo_alerts(metrics: &[store::WindowMetrics]) -> Vec<String> {
                 alert.summary,
                 alert.id
             ));
+            alerts.push(alert);
         }
     }
     if lines.is_empty() {
         lines.push("none".into());
     }
-    lines
+    (lines, alerts)
 }
 
 /// What the demo produced.
@@ -183,7 +185,17 @@ pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<
     out.push_str(
         "\nAlerts (default rules: drift on >= 3 series, accuracy 0.05 below its first 3 windows)\n",
     );
-    for line in demo_alerts(&metrics) {
+    let (alert_lines, alerts) = demo_alerts(&metrics);
+    let created_at = ingest::finalize::now_millis();
+    store
+        .record_alerts(
+            alerts
+                .iter()
+                .map(|alert| (alert.to_record(created_at), alert.channels.clone()))
+                .collect(),
+        )
+        .await?;
+    for line in alert_lines {
         out.push_str(&line);
         out.push('\n');
     }

@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         command: ReferenceCommand,
     },
+    /// Recorded alerts.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
     /// Print the stored drift table of a model.
     Windows {
         /// Config file.
@@ -118,6 +123,30 @@ enum Command {
     Fixtures {
         #[command(subcommand)]
         command: FixturesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// List recorded notifications, newest first.
+    List {
+        /// Config file.
+        #[arg(long, short, default_value = "tidewatch.toml")]
+        config: PathBuf,
+        /// Only this model.
+        #[arg(long)]
+        model: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Show one alert's notifications (JSON).
+    Show {
+        /// Config file.
+        #[arg(long, short, default_value = "tidewatch.toml")]
+        config: PathBuf,
+        /// Alert id.
+        id: String,
     },
 }
 
@@ -291,6 +320,45 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     summary.row_count,
                     tidewatch::report::format_time(summary.created_at as i64)
                 );
+            }
+        }
+        Command::Alerts {
+            command:
+                AlertsCommand::List {
+                    config,
+                    model,
+                    limit,
+                },
+        } => {
+            let config = Config::load(&config)?;
+            let store = tidewatch::service::open_store(&config.store).await?;
+            for alert in store.alerts(model.as_deref(), limit).await? {
+                println!(
+                    "{}\t{}\t{}\t{} UTC\t{}",
+                    alert.id,
+                    alert.status,
+                    alert.severity,
+                    tidewatch::report::format_time(alert.window_start),
+                    alert.summary
+                );
+            }
+        }
+        Command::Alerts {
+            command: AlertsCommand::Show { config, id },
+        } => {
+            let config = Config::load(&config)?;
+            let store = tidewatch::service::open_store(&config.store).await?;
+            let notifications: Vec<_> = store
+                .alerts(None, u64::MAX >> 1)
+                .await?
+                .into_iter()
+                .filter(|alert| alert.id == id)
+                .collect();
+            if notifications.is_empty() {
+                anyhow::bail!("no alert with id `{id}`");
+            }
+            for alert in notifications {
+                println!("{}", alert.payload);
             }
         }
         Command::Windows {

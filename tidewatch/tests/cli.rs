@@ -158,5 +158,40 @@ async fn the_demo_finds_the_injected_drift_and_only_it() {
             );
         }
     }
+    // The alerts were recorded in the embedded store: the CLI lists them.
+    let config = directory.join("tidewatch.toml");
+    std::fs::write(
+        &config,
+        "version = 1\n[store]\ntype = \"embedded\"\npath = \"tidewatch.db\"\n[[models]]\nname = \"churn\"\ntask = \"classification\"\nfeatures = []\n",
+    )
+    .unwrap();
+    let listed = tidewatch(&[
+        "alerts",
+        "list",
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        "churn",
+    ]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let firing = stdout
+        .lines()
+        .find(|line| {
+            line.contains("\tfiring\twarning\t2026-01-05 04:00 UTC\t[warning] drift_on_features")
+        })
+        .unwrap_or_else(|| panic!("no firing alert listed: {stdout}"));
+    let id = firing.split('\t').next().unwrap();
+    let shown = tidewatch(&["alerts", "show", "--config", config.to_str().unwrap(), id]);
+    let payload = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.status.success());
+    assert!(
+        payload.contains(&format!("\"id\":\"{id}\"")) && payload.contains("\"findings\""),
+        "{payload}"
+    );
     let _ = std::fs::remove_dir_all(&directory);
 }
