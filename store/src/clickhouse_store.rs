@@ -462,4 +462,19 @@ impl ClickHouseStore {
             .await?;
         rows.into_iter().map(DeliveryRow::into_record).collect()
     }
+
+    pub(crate) async fn alerts_by_id(&self, id: &str) -> Result<Vec<crate::AlertRecord>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT toString(id), toString(status), toUInt32(window_start), toUInt32(window_end), toString(rule),
+                        toString(model), toString(model_version), toString(segment), toString(severity),
+                        toUInt8(repeat), toString(summary), toString(payload), toUInt64(created_at)
+                 FROM alerts FINAL WHERE id = ?",
+            )
+            .bind(id)
+            .fetch_all::<AlertRow>()
+            .await?;
+        Ok(rows.into_iter().map(AlertRow::into_record).collect())
+    }
 }

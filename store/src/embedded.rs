@@ -661,23 +661,7 @@ impl EmbeddedStore {
                  ORDER BY window_start DESC, created_at DESC LIMIT ?2",
             )?;
             let rows = statement
-                .query_map(params![model, limit as i64], |row| {
-                    Ok(AlertRow {
-                        id: row.get(0)?,
-                        status: row.get(1)?,
-                        window_start: row.get(2)?,
-                        window_end: row.get(3)?,
-                        rule: row.get(4)?,
-                        model: row.get(5)?,
-                        model_version: row.get(6)?,
-                        segment: row.get(7)?,
-                        severity: row.get(8)?,
-                        repeat: row.get(9)?,
-                        summary: row.get(10)?,
-                        payload: row.get(11)?,
-                        created_at: row.get::<_, i64>(12)? as u64,
-                    })
-                })?
+                .query_map(params![model, limit as i64], alert_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows.into_iter().map(AlertRow::into_record).collect())
         })
@@ -714,4 +698,37 @@ impl EmbeddedStore {
         })
         .await
     }
+
+    pub(crate) async fn alerts_by_id(&self, id: String) -> Result<Vec<crate::AlertRecord>> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, status, window_start, window_end, rule, model, model_version, segment, severity,
+                        repeat, summary, payload, created_at
+                 FROM alerts WHERE id = ?1",
+            )?;
+            let rows = statement
+                .query_map(params![id], alert_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().map(AlertRow::into_record).collect())
+        })
+        .await
+    }
+}
+
+fn alert_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        id: row.get(0)?,
+        status: row.get(1)?,
+        window_start: row.get(2)?,
+        window_end: row.get(3)?,
+        rule: row.get(4)?,
+        model: row.get(5)?,
+        model_version: row.get(6)?,
+        segment: row.get(7)?,
+        severity: row.get(8)?,
+        repeat: row.get(9)?,
+        summary: row.get(10)?,
+        payload: row.get(11)?,
+        created_at: row.get::<_, i64>(12)? as u64,
+    })
 }

@@ -390,6 +390,22 @@ impl Store {
         }
     }
 
+    /// One notification: alert `id`, `status`, `window_start` (ms).
+    pub async fn alert_notification(
+        &self,
+        id: &str,
+        status: &str,
+        window_start: i64,
+    ) -> Result<Option<AlertRecord>> {
+        let candidates = match self {
+            Store::ClickHouse(store) => store.alerts_by_id(id).await?,
+            Store::Embedded(store) => store.alerts_by_id(id.to_owned()).await?,
+        };
+        Ok(candidates
+            .into_iter()
+            .find(|alert| alert.status == status && alert.window_start == window_start))
+    }
+
     /// Pending deliveries due at `now` (ms), oldest first, at most `limit`.
     pub async fn due_deliveries(&self, now: u64, limit: u64) -> Result<Vec<Delivery>> {
         match self {

@@ -83,3 +83,8 @@ async fn an_older_table_gains_the_new_metrics_columns() {
 async fn alert_outbox_round_trip() {
     common::alert_outbox_round_trip(&store("outbox").await).await;
 }
+
+#[tokio::test]
+async fn alert_notification_lookup() {
+    common::alert_notification_lookup(&store("lookup").await).await;
+}

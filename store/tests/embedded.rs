@@ -70,3 +70,8 @@ async fn an_older_file_gains_the_new_metrics_columns() {
 async fn alert_outbox_round_trip() {
     common::alert_outbox_round_trip(&store()).await;
 }
+
+#[tokio::test]
+async fn alert_notification_lookup() {
+    common::alert_notification_lookup(&store()).await;
+}

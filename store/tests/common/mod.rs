@@ -276,3 +276,41 @@ pub async fn alert_outbox_round_trip(store: &Store) {
         "one row per notification"
     );
 }
+
+/// A notification is found by id, status and window.
+pub async fn alert_notification_lookup(store: &Store) {
+    let firing = notification("firing", 1_767_621_600_000);
+    let resolved = notification("resolved", 1_767_632_400_000);
+    store
+        .record_alerts(vec![(firing.clone(), vec![]), (resolved.clone(), vec![])])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .alert_notification(&firing.id, "firing", firing.window_start)
+            .await
+            .unwrap(),
+        Some(firing.clone())
+    );
+    assert_eq!(
+        store
+            .alert_notification(&firing.id, "resolved", resolved.window_start)
+            .await
+            .unwrap(),
+        Some(resolved)
+    );
+    assert_eq!(
+        store
+            .alert_notification(&firing.id, "firing", 0)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .alert_notification("tw-other", "firing", firing.window_start)
+            .await
+            .unwrap(),
+        None
+    );
+}
