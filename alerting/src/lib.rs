@@ -12,9 +12,13 @@
 //! - [`payload`]: Slack Block Kit messages, generic webhook bodies and their
 //!   HMAC-SHA256 signatures (with the verification receivers need).
 //!
-//! Delivery (outbox, retries, email, retraining triggers on the bus) builds
-//! on these and is wired in the service.
+//! - [`delivery`]: [`delivery::Sender`], which sends what the store's outbox
+//!   holds to webhook and Slack channels, with exponential backoff and
+//!   jitter, recording every outcome so a restart loses and repeats nothing.
+//!
+//! Email and retraining triggers on the bus come next.
 
+pub mod delivery;
 pub mod lifecycle;
 pub mod payload;
 pub mod rules;
@@ -30,4 +34,7 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The store failed (see `store::Error::is_retryable`).
+    #[error(transparent)]
+    Store(#[from] store::Error),
 }

@@ -675,6 +675,11 @@ impl RawConfig {
                     key,
                     message,
                 },
+                other => ConfigError::Invalid {
+                    file: file.to_owned(),
+                    key: key.clone(),
+                    message: other.to_string(),
+                },
             })?;
             alert_rules.push(rule);
         }

@@ -1,0 +1,339 @@
+//! Delivering notifications from the outbox, with retries.
+//!
+//! [`Sender::deliver_due`] reads the deliveries due now from the store's
+//! `alert_deliveries` outbox, sends each to its channel, and writes the new
+//! state back: `sent` on a 2xx answer; otherwise another attempt after an
+//! exponential backoff with jitter (`base · 2^(attempts − 1)`, capped, times
+//! a factor in [0.5, 1)), or `failed` once `max_attempts` is reached. Because
+//! the state lives in the store, a restarted sender carries on where the old
+//! one stopped: a notification is sent at most once per channel under normal
+//! operation, and at least once with the same idempotency key
+//! (`X-Tidewatch-Alert-Id`) if the process dies between sending and
+//! recording. One channel failing does not hold up the others.
+//!
+//! This build delivers over plain HTTP (receivers on the local network or
+//! behind a TLS-terminating proxy); `https://` URLs are refused when the
+//! channel is configured.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use store::{Delivery, DeliveryState, Store};
+
+use crate::lifecycle::Alert;
+use crate::payload::{sign, slack_message, webhook_body, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::Error;
+
+/// Header carrying the notification's idempotency key.
+pub const ALERT_ID_HEADER: &str = "X-Tidewatch-Alert-Id";
+
+/// What a channel is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChannelKind {
+    /// A generic webhook: the alert as JSON, signed when a secret is set.
+    Webhook {
+        /// Endpoint.
+        url: String,
+        /// HMAC key for `X-Tidewatch-Signature`.
+        secret: Option<Vec<u8>>,
+    },
+    /// A Slack incoming webhook (Block Kit message).
+    Slack {
+        /// Incoming-webhook URL.
+        url: String,
+        /// Link put in the message.
+        dashboard_url: Option<String>,
+    },
+}
+
+/// A named channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Channel {
+    /// Name referenced by rules.
+    pub name: String,
+    /// Kind and address.
+    pub kind: ChannelKind,
+}
+
+impl Channel {
+    /// Validates a channel; `key` is its place in the config.
+    pub fn new(name: String, kind: ChannelKind, key: &str) -> Result<Self, Error> {
+        let url = match &kind {
+            ChannelKind::Webhook { url, .. } | ChannelKind::Slack { url, .. } => url,
+        };
+        if url.starts_with("https://") {
+            return Err(Error::InvalidRule {
+                key: format!("{key}.url"),
+                message: "https delivery is not in this build yet: use http:// (e.g. through a TLS-terminating proxy)".into(),
+            });
+        }
+        if !url.starts_with("http://") || url.parse::<hyper::Uri>().is_err() {
+            return Err(Error::InvalidRule {
+                key: format!("{key}.url"),
+                message: format!("`{url}` is not an http:// URL"),
+            });
+        }
+        Ok(Self { name, kind })
+    }
+}
+
+/// Retry policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts before a delivery is marked failed.
+    pub max_attempts: u32,
+    /// First backoff, ms.
+    pub base_backoff_ms: u64,
+    /// Largest backoff, ms.
+    pub max_backoff_ms: u64,
+    /// Time allowed for one request.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            base_backoff_ms: 1_000,
+            max_backoff_ms: 300_000,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempts + 1`, with a deterministic jitter in
+    /// [0.5, 1) derived from `seed` (so two senders agree, and tests can check).
+    pub fn backoff_ms(&self, attempts: u32, seed: u64) -> u64 {
+        let exponential = self
+            .base_backoff_ms
+            .saturating_mul(1u64 << attempts.saturating_sub(1).min(32));
+        let capped = exponential.min(self.max_backoff_ms);
+        let jitter =
+            0.5 + (splitmix(seed ^ u64::from(attempts)) >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
+        (capped as f64 * jitter) as u64
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// What one pass of [`Sender::deliver_due`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Delivered.
+    pub sent: u32,
+    /// Failed this time, to be retried.
+    pub retried: u32,
+    /// Failed for good.
+    pub failed: u32,
+}
+
+/// Sends due notifications. See the module docs.
+pub struct Sender {
+    store: Store,
+    channels: BTreeMap<String, Channel>,
+    policy: RetryPolicy,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Sender {
+    /// A sender over `store` for `channels`.
+    pub fn new(store: Store, channels: Vec<Channel>, policy: RetryPolicy) -> Self {
+        Self {
+            store,
+            channels: channels
+                .into_iter()
+                .map(|channel| (channel.name.clone(), channel))
+                .collect(),
+            policy,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends every delivery due at `now` (ms) and records the outcomes.
+    pub async fn deliver_due(&self, now: u64) -> Result<DeliveryReport, Error> {
+        let mut report = DeliveryReport::default();
+        for delivery in self.store.due_deliveries(now, 500).await? {
+            let outcome = self.attempt(&delivery, now).await;
+            let attempts = delivery.attempts + 1;
+            let seed = hash(&[&delivery.alert_id, &delivery.channel]);
+            let next = match outcome {
+                Ok(()) => {
+                    report.sent += 1;
+                    Delivery {
+                        state: DeliveryState::Sent,
+                        attempts,
+                        last_error: String::new(),
+                        updated_at: now,
+                        ..delivery
+                    }
+                }
+                Err(error) if attempts >= self.policy.max_attempts => {
+                    report.failed += 1;
+                    Delivery {
+                        state: DeliveryState::Failed,
+                        attempts,
+                        last_error: error,
+                        updated_at: now,
+                        ..delivery
+                    }
+                }
+                Err(error) => {
+                    report.retried += 1;
+                    Delivery {
+                        attempts,
+                        next_attempt_at: now + self.policy.backoff_ms(attempts, seed),
+                        last_error: error,
+                        updated_at: now,
+                        ..delivery
+                    }
+                }
+            };
+            self.store.update_delivery(next).await?;
+        }
+        Ok(report)
+    }
+
+    /// One attempt; `Err` holds the reason to record.
+    async fn attempt(&self, delivery: &Delivery, now: u64) -> Result<(), String> {
+        let channel = self
+            .channels
+            .get(&delivery.channel)
+            .ok_or_else(|| format!("channel `{}` is not configured", delivery.channel))?;
+        let record = self
+            .store
+            .alert_notification(&delivery.alert_id, &delivery.status, delivery.window_start)
+            .await
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| "notification not found in the alerts table".to_owned())?;
+        let alert: Alert = serde_json::from_str(&record.payload)
+            .map_err(|error| format!("stored payload: {error}"))?;
+        let key = format!(
+            "{}:{}:{}",
+            delivery.alert_id, delivery.status, delivery.window_start
+        );
+        let (url, body, signature) = match &channel.kind {
+            ChannelKind::Webhook { url, secret } => {
+                let body = webhook_body(&alert);
+                let timestamp = now / 1000;
+                let signature = secret
+                    .as_ref()
+                    .map(|secret| (timestamp, sign(secret, timestamp, &body)));
+                (url, body, signature)
+            }
+            ChannelKind::Slack { url, dashboard_url } => {
+                let body = serde_json::to_vec(&slack_message(&alert, dashboard_url.as_deref()))
+                    .map_err(|e| e.to_string())?;
+                (url, body, None)
+            }
+        };
+        let mut request = hyper::Request::post(url.as_str())
+            .header("content-type", "application/json")
+            .header(ALERT_ID_HEADER, key);
+        if let Some((timestamp, signature)) = signature {
+            request = request
+                .header(TIMESTAMP_HEADER, timestamp.to_string())
+                .header(SIGNATURE_HEADER, signature);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|error| error.to_string())?;
+        let response = tokio::time::timeout(self.policy.timeout, self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|error| format!("request failed: {error}"))?;
+        let status = response.status();
+        // Drain the body so the connection can be reused.
+        let _ = response.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}"))
+        }
+    }
+}
+
+fn hash(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain(std::iter::once(0)) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_into_the_upper_half() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            base_backoff_ms: 1_000,
+            max_backoff_ms: 60_000,
+            timeout: Duration::from_secs(1),
+        };
+        for attempts in 1..12u32 {
+            let full = (1_000u64 << (attempts - 1)).min(60_000);
+            let delay = policy.backoff_ms(attempts, 42);
+            assert!(
+                delay >= full / 2 && delay < full,
+                "attempt {attempts}: {delay} for {full}"
+            );
+        }
+        assert_ne!(
+            policy.backoff_ms(3, 1),
+            policy.backoff_ms(3, 2),
+            "jitter spreads senders"
+        );
+    }
+
+    #[test]
+    fn https_and_malformed_urls_are_refused_naming_the_key() {
+        let https = Channel::new(
+            "s".into(),
+            ChannelKind::Slack {
+                url: "https://hooks.example/x".into(),
+                dashboard_url: None,
+            },
+            "alerts.channels[0]",
+        );
+        assert!(https
+            .unwrap_err()
+            .to_string()
+            .contains("`alerts.channels[0].url`: https delivery"));
+        let bad = Channel::new(
+            "w".into(),
+            ChannelKind::Webhook {
+                url: "ftp://x".into(),
+                secret: None,
+            },
+            "alerts.channels[1]",
+        );
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("`alerts.channels[1].url`"));
+        assert!(Channel::new(
+            "w".into(),
+            ChannelKind::Webhook {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: None
+            },
+            "k"
+        )
+        .is_ok());
+    }
+}

@@ -1,0 +1,228 @@
+//! Delivery from the outbox to a real HTTP receiver on 127.0.0.1: a channel
+//! that is down gets the alert once it is back, a restarted sender repeats
+//! nothing, a channel down for good ends failed, and the other channel is
+//! not held up. The receiver verifies the webhook signature.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use alerting::delivery::{Channel, ChannelKind, RetryPolicy, Sender, ALERT_ID_HEADER};
+use alerting::lifecycle::{Alert, AlertEvaluator, AlertStatus};
+use alerting::payload::{verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use alerting::rules::default_rules;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use detectors::metrics::{DriftThresholds, FeatureWindowMetrics};
+use detectors::spec::FeatureKind;
+use detectors::SeriesKey;
+use store::{embedded::EmbeddedStore, Store, WindowMetrics};
+
+const SECRET: &[u8] = b"webhook-secret";
+
+#[derive(Default)]
+struct Receiver {
+    /// Requests to refuse with 503 before accepting.
+    refuse: AtomicUsize,
+    /// (alert id header, body, signature valid) of every request.
+    requests: Mutex<Vec<(String, Vec<u8>, bool)>>,
+}
+
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let timestamp: u64 = header(TIMESTAMP_HEADER).parse().unwrap_or(0);
+    let valid = verify(
+        SECRET,
+        timestamp,
+        &body,
+        &header(SIGNATURE_HEADER),
+        timestamp,
+        300,
+    );
+    receiver
+        .requests
+        .lock()
+        .unwrap()
+        .push((header(ALERT_ID_HEADER), body.to_vec(), valid));
+    if receiver.refuse.load(Ordering::SeqCst) > 0 {
+        receiver.refuse.fetch_sub(1, Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    StatusCode::OK
+}
+
+/// A receiver on 127.0.0.1 refusing its first `refuse` requests.
+async fn start_receiver(refuse: usize) -> (String, Arc<Receiver>) {
+    let receiver = Arc::new(Receiver {
+        refuse: AtomicUsize::new(refuse),
+        ..Default::default()
+    });
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(Arc::clone(&receiver));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}/hook"), receiver)
+}
+
+fn drifted_window() -> Vec<WindowMetrics> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|feature| {
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::Numeric,
+                500,
+                0,
+                0,
+                DriftThresholds::default(),
+            );
+            metrics.psi = Some(0.5);
+            metrics.drifted = Some(true);
+            WindowMetrics {
+                key: SeriesKey {
+                    window_start: 1_767_621_600_000,
+                    model: "churn".into(),
+                    model_version: "7".into(),
+                    segment: "all".into(),
+                    feature: (*feature).into(),
+                },
+                window_end: 1_767_625_200_000,
+                metrics,
+                reference_source: None,
+                computed_at: 1,
+            }
+        })
+        .collect()
+}
+
+async fn recorded_alert(store: &Store, channels: &[&str]) -> Alert {
+    let mut evaluator = AlertEvaluator::new(default_rules(&[]));
+    let alert = evaluator.evaluate("churn", &drifted_window()).remove(0);
+    assert_eq!(alert.status, AlertStatus::Firing);
+    let channels = channels.iter().map(|c| (*c).to_owned()).collect();
+    store
+        .record_alerts(vec![(alert.to_record(1_000), channels)])
+        .await
+        .unwrap();
+    alert
+}
+
+fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        base_backoff_ms: 1_000,
+        max_backoff_ms: 60_000,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothing() {
+    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let (url, receiver) = start_receiver(2).await;
+    let (healthy_url, healthy) = start_receiver(0).await;
+    let alert = recorded_alert(&store, &["hook", "healthy"]).await;
+    let channels = || {
+        vec![
+            Channel::new(
+                "hook".into(),
+                ChannelKind::Webhook {
+                    url: url.clone(),
+                    secret: Some(SECRET.to_vec()),
+                },
+                "k",
+            )
+            .unwrap(),
+            Channel::new(
+                "healthy".into(),
+                ChannelKind::Webhook {
+                    url: healthy_url.clone(),
+                    secret: Some(SECRET.to_vec()),
+                },
+                "k",
+            )
+            .unwrap(),
+        ]
+    };
+    let sender = Sender::new(store.clone(), channels(), policy(5));
+
+    // t = 1 s: the hook is down, the healthy channel is not held up.
+    let first = sender.deliver_due(1_000).await.unwrap();
+    assert_eq!((first.sent, first.retried, first.failed), (1, 1, 0));
+    assert_eq!(
+        sender.deliver_due(1_200).await.unwrap().sent
+            + sender.deliver_due(1_200).await.unwrap().retried,
+        0,
+        "not due yet"
+    );
+    // Still down at its retry, up at the next.
+    assert_eq!(sender.deliver_due(10_000).await.unwrap().retried, 1);
+    assert_eq!(sender.deliver_due(100_000).await.unwrap().sent, 1);
+
+    // A new sender (a restart) finds nothing left to send.
+    let restarted = Sender::new(store.clone(), channels(), policy(5));
+    assert_eq!(
+        restarted.deliver_due(1_000_000).await.unwrap(),
+        Default::default()
+    );
+
+    let requests = receiver.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3, "two refused attempts, one accepted");
+    let key = format!("{}:firing:{}", alert.id, alert.window_start);
+    assert!(
+        requests.iter().all(|(id, _, valid)| id == &key && *valid),
+        "same key, valid signatures"
+    );
+    assert!(
+        requests.iter().all(|(_, body, _)| body == &requests[0].1),
+        "the same body every time"
+    );
+    let delivered: serde_json::Value = serde_json::from_slice(&requests[0].1).unwrap();
+    assert_eq!(delivered["id"], alert.id.as_str());
+    assert_eq!(delivered["findings"].as_array().unwrap().len(), 3);
+    assert_eq!(healthy.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_channel_down_for_good_ends_failed() {
+    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let (url, receiver) = start_receiver(usize::MAX).await;
+    recorded_alert(&store, &["hook"]).await;
+    let channel = Channel::new(
+        "hook".into(),
+        ChannelKind::Webhook { url, secret: None },
+        "k",
+    )
+    .unwrap();
+    let sender = Sender::new(store.clone(), vec![channel], policy(3));
+    let mut failed = 0;
+    for step in 0..10u64 {
+        failed += sender
+            .deliver_due(1_000 + step * 120_000)
+            .await
+            .unwrap()
+            .failed;
+    }
+    assert_eq!(failed, 1);
+    assert_eq!(
+        receiver.requests.lock().unwrap().len(),
+        3,
+        "max_attempts requests, then no more"
+    );
+    assert!(store
+        .due_deliveries(u64::MAX >> 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
