@@ -87,6 +87,35 @@ pub struct RawAlerts {
     /// `[[alerts.rules]]`; none configured means the default rules.
     #[serde(default)]
     pub rules: Vec<alerting::rules::RawRule>,
+    /// `[[alerts.channels]]`.
+    #[serde(default)]
+    pub channels: Vec<RawChannel>,
+}
+
+/// `[[alerts.channels]]`: `type = "webhook"` or `type = "slack"`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RawChannel {
+    /// A generic webhook, signed with the secret from `secret_env`.
+    Webhook {
+        /// Name referenced by rules.
+        name: String,
+        /// Endpoint (http://).
+        url: String,
+        /// Environment variable holding the signing secret.
+        #[serde(default)]
+        secret_env: Option<String>,
+    },
+    /// A Slack incoming webhook.
+    Slack {
+        /// Name referenced by rules.
+        name: String,
+        /// Incoming-webhook URL (http://, e.g. through a proxy).
+        url: String,
+        /// Dashboard link put in messages.
+        #[serde(default)]
+        dashboard_url: Option<String>,
+    },
 }
 
 /// `[kafka]`.
@@ -414,6 +443,8 @@ pub struct Config {
     pub models: Vec<ModelSpec>,
     /// Alert rules (the defaults when none is configured).
     pub alert_rules: Vec<alerting::rules::Rule>,
+    /// Alert channels.
+    pub alert_channels: Vec<alerting::delivery::Channel>,
 }
 
 impl Config {
@@ -657,6 +688,66 @@ impl RawConfig {
             models.push(spec);
         }
 
+        let mut alert_channels: Vec<alerting::delivery::Channel> = Vec::new();
+        for (index, raw) in self.alerts.channels.into_iter().enumerate() {
+            let key = format!("alerts.channels[{index}]");
+            let (name, kind) = match raw {
+                RawChannel::Webhook {
+                    name,
+                    url,
+                    secret_env,
+                } => {
+                    let secret = match secret_env {
+                        None => None,
+                        Some(variable) => Some(
+                            std::env::var(&variable)
+                                .map_err(|_| {
+                                    invalid(
+                                        &format!("{key}.secret_env"),
+                                        format!("environment variable `{variable}` is not set"),
+                                    )
+                                })?
+                                .into_bytes(),
+                        ),
+                    };
+                    (
+                        name,
+                        alerting::delivery::ChannelKind::Webhook { url, secret },
+                    )
+                }
+                RawChannel::Slack {
+                    name,
+                    url,
+                    dashboard_url,
+                } => (
+                    name,
+                    alerting::delivery::ChannelKind::Slack { url, dashboard_url },
+                ),
+            };
+            if name.trim().is_empty() || alert_channels.iter().any(|channel| channel.name == name) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("`{name}` is empty or listed twice"),
+                ));
+            }
+            let channel =
+                alerting::delivery::Channel::new(name, kind, &key).map_err(
+                    |error| match error {
+                        alerting::Error::InvalidRule { key, message } => ConfigError::Invalid {
+                            file: file.to_owned(),
+                            key,
+                            message,
+                        },
+                        other => ConfigError::Invalid {
+                            file: file.to_owned(),
+                            key: key.clone(),
+                            message: other.to_string(),
+                        },
+                    },
+                )?;
+            alert_channels.push(channel);
+        }
+
         let mut alert_rules = Vec::with_capacity(self.alerts.rules.len());
         for (index, raw) in self.alerts.rules.into_iter().enumerate() {
             let key = format!("alerts.rules[{index}]");
@@ -683,8 +774,22 @@ impl RawConfig {
             })?;
             alert_rules.push(rule);
         }
+        for (index, rule) in alert_rules.iter().enumerate() {
+            if let Some(unknown) = rule
+                .channels
+                .iter()
+                .find(|name| !alert_channels.iter().any(|c| &c.name == *name))
+            {
+                return Err(invalid(
+                    &format!("alerts.rules[{index}].channels"),
+                    format!("no channel named `{unknown}` in `alerts.channels`"),
+                ));
+            }
+        }
         if alert_rules.is_empty() {
-            alert_rules = alerting::rules::default_rules(&[]);
+            let every_channel: Vec<String> =
+                alert_channels.iter().map(|c| c.name.clone()).collect();
+            alert_rules = alerting::rules::default_rules(&every_channel);
         }
 
         Ok(Config {
@@ -719,6 +824,7 @@ impl RawConfig {
             warmup_windows: self.reference.warmup_windows,
             models,
             alert_rules,
+            alert_channels,
         })
     }
 }
@@ -748,6 +854,12 @@ mod tests {
             .map(|rule| rule.name.as_str())
             .collect();
         assert_eq!(rules, ["payment_drift"]);
+        let channels: Vec<&str> = config
+            .alert_channels
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(channels, ["pipeline"]);
     }
 
     #[test]
@@ -776,6 +888,18 @@ mod tests {
             (
                 "version = 1\n[[alerts.rules]]\nname = \"r\"\ncooldown_windows = 0\ncondition = { type = \"drift\" }\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
                 "`alerts.rules[0].cooldown_windows`",
+            ),
+            (
+                "version = 1\n[[alerts.channels]]\ntype = \"slack\"\nname = \"s\"\nurl = \"https://hooks.slack.com/x\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.channels[0].url`: https delivery",
+            ),
+            (
+                "version = 1\n[[alerts.rules]]\nname = \"r\"\nchannels = [\"nope\"]\ncondition = { type = \"drift\" }\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.rules[0].channels`: no channel named `nope`",
+            ),
+            (
+                "version = 1\n[[alerts.channels]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"http://127.0.0.1:9/x\"\nsecret_env = \"TIDEWATCH_TEST_UNSET_SECRET\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.channels[0].secret_env`",
             ),
             (
                 "version = 1\n[drift]\nalpha = 2.0\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",

@@ -40,8 +40,10 @@ pub async fn driver(config: &Config, store: Store) -> Result<Driver, ingest::Err
 }
 
 /// Runs the Kafka pipeline of `config` until `shutdown` resolves. Alert
-/// rules are evaluated on every finalized window; their notifications are
-/// logged (channels come with the alert outbox).
+/// rules are evaluated on every finalized window; notifications are logged,
+/// recorded in the store's outbox and delivered to their channels by a
+/// separate task (one pass a second), which survives restarts through the
+/// outbox.
 pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunReport> {
     let kafka = config.kafka.clone().ok_or_else(|| {
         anyhow::anyhow!(
@@ -50,19 +52,57 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         )
     })?;
     let store = open_store(&config.store).await?;
-    let driver = driver(config, store).await?;
+    let driver = driver(config, store.clone()).await?;
     let mut evaluator = alerting::lifecycle::AlertEvaluator::new(config.alert_rules.clone());
+    // Notifications go through a bounded queue to the task that records them
+    // in the outbox and delivers; if it falls 1,024 windows behind, further
+    // notifications are logged as dropped.
+    let (notifications, mut pending) =
+        tokio::sync::mpsc::channel::<Vec<alerting::lifecycle::Alert>>(1024);
     let on_finalized = move |model: &str, _window_start: i64, metrics: &[store::WindowMetrics]| {
-        for alert in evaluator.evaluate(model, metrics) {
+        let alerts = evaluator.evaluate(model, metrics);
+        for alert in &alerts {
             tracing::warn!(id = %alert.id, rule = %alert.rule, model = %alert.model, status = ?alert.status, "{}", alert.summary);
         }
+        if !alerts.is_empty() && notifications.try_send(alerts).is_err() {
+            tracing::error!("alert queue full: the notifications of this window were dropped");
+        }
     };
-    Ok(ingest::kafka::run(
+    let sender = alerting::delivery::Sender::new(
+        store.clone(),
+        config.alert_channels.clone(),
+        alerting::delivery::RetryPolicy::default(),
+    );
+    let delivery = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                batch = pending.recv() => {
+                    let Some(alerts) = batch else { break };
+                    let created_at = ingest::finalize::now_millis();
+                    let records = alerts.iter().map(|a| (a.to_record(created_at), a.channels.clone())).collect();
+                    if let Err(error) = store.record_alerts(records).await {
+                        tracing::error!(%error, "recording alerts failed");
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Err(error) = sender.deliver_due(ingest::finalize::now_millis()).await {
+                        tracing::warn!(%error, "alert delivery pass failed");
+                    }
+                }
+            }
+        }
+        // A last pass for what the final windows raised.
+        let _ = sender.deliver_due(ingest::finalize::now_millis()).await;
+    });
+    let report = ingest::kafka::run(
         driver,
         kafka,
         config.loop_settings.clone(),
         shutdown,
         on_finalized,
     )
-    .await?)
+    .await?;
+    let _ = delivery.await;
+    Ok(report)
 }
