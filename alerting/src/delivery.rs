@@ -221,9 +221,47 @@ impl Sender {
             "{}:{}:{}",
             delivery.alert_id, delivery.status, delivery.window_start
         );
+        self.send(channel, &alert, &key, now).await
+    }
+
+    /// Sends a synthetic alert to channel `name` (for `tidewatch alerts
+    /// test-channel`); nothing is recorded.
+    pub async fn send_test(&self, name: &str, now: u64) -> Result<(), String> {
+        let channel = self
+            .channels
+            .get(name)
+            .ok_or_else(|| format!("no channel named `{name}`"))?;
+        let alert = Alert {
+            id: "tw-test".into(),
+            rule: "test_channel".into(),
+            model: "tidewatch".into(),
+            model_version: "test".into(),
+            segment: "all".into(),
+            severity: crate::rules::Severity::Info,
+            status: crate::lifecycle::AlertStatus::Firing,
+            repeat: false,
+            window_start: now as i64,
+            window_end: now as i64,
+            findings: Vec::new(),
+            summary: format!("[info] test message from Tidewatch to channel `{name}`"),
+            channels: vec![name.to_owned()],
+            retrain: false,
+        };
+        self.send(channel, &alert, &format!("tw-test:{now}"), now)
+            .await
+    }
+
+    /// Sends `alert` to `channel` with idempotency key `key`.
+    async fn send(
+        &self,
+        channel: &Channel,
+        alert: &Alert,
+        key: &str,
+        now: u64,
+    ) -> Result<(), String> {
         let (url, body, signature) = match &channel.kind {
             ChannelKind::Webhook { url, secret } => {
-                let body = webhook_body(&alert);
+                let body = webhook_body(alert);
                 let timestamp = now / 1000;
                 let signature = secret
                     .as_ref()
@@ -231,7 +269,7 @@ impl Sender {
                 (url, body, signature)
             }
             ChannelKind::Slack { url, dashboard_url } => {
-                let body = serde_json::to_vec(&slack_message(&alert, dashboard_url.as_deref()))
+                let body = serde_json::to_vec(&slack_message(alert, dashboard_url.as_deref()))
                     .map_err(|e| e.to_string())?;
                 (url, body, None)
             }

@@ -140,6 +140,14 @@ enum AlertsCommand {
         #[arg(long, default_value_t = 50)]
         limit: u64,
     },
+    /// Send a test message to a configured channel, to check its configuration.
+    TestChannel {
+        /// Config file.
+        #[arg(long, short, default_value = "tidewatch.toml")]
+        config: PathBuf,
+        /// Channel name (as in `[[alerts.channels]]`).
+        name: String,
+    },
     /// Show one alert's notifications (JSON).
     Show {
         /// Config file.
@@ -341,6 +349,25 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     tidewatch::report::format_time(alert.window_start),
                     alert.summary
                 );
+            }
+        }
+        Command::Alerts {
+            command: AlertsCommand::TestChannel { config, name },
+        } => {
+            let config = Config::load(&config)?;
+            // The test message is sent directly; no store is opened or written.
+            let store = store::Store::Embedded(store::embedded::EmbeddedStore::in_memory()?);
+            let sender = alerting::delivery::Sender::new(
+                store,
+                config.alert_channels.clone(),
+                alerting::delivery::RetryPolicy::default(),
+            );
+            match sender
+                .send_test(&name, ingest::finalize::now_millis())
+                .await
+            {
+                Ok(()) => println!("test message delivered to channel `{name}`"),
+                Err(error) => anyhow::bail!("channel `{name}`: {error}"),
             }
         }
         Command::Alerts {

@@ -195,3 +195,112 @@ async fn the_demo_finds_the_injected_drift_and_only_it() {
     );
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// Accepts one HTTP request on 127.0.0.1 and answers `status`; returns the
+/// address and a handle yielding the raw request.
+fn one_request_receiver(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut request = Vec::new();
+        let mut buffer = [0u8; 4096];
+        // Read headers, then the body by Content-Length.
+        loop {
+            let read = stream.read(&mut buffer).unwrap();
+            request.extend_from_slice(&buffer[..read]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text
+                    .lines()
+                    .find_map(|line| {
+                        line.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+            if read == 0 {
+                break;
+            }
+        }
+        let response =
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        stream.write_all(response.as_bytes()).unwrap();
+        String::from_utf8_lossy(&request).to_string()
+    });
+    (format!("http://{address}/hook"), handle)
+}
+
+#[test]
+fn alerts_test_channel_sends_a_signed_test_message() {
+    let directory = temp_dir("test-channel");
+    let (url, request) = one_request_receiver("200 OK");
+    let config = directory.join("tidewatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[[alerts.channels]]\ntype = \"webhook\"\nname = \"hook\"\nurl = \"{url}\"\nsecret_env = \"TIDEWATCH_CLI_TEST_SECRET\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []\n"
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args([
+            "alerts",
+            "test-channel",
+            "--config",
+            config.to_str().unwrap(),
+            "hook",
+        ])
+        .env("TIDEWATCH_CLI_TEST_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .contains("test message delivered to channel `hook`"));
+    let request = request.join().unwrap();
+    assert!(request.starts_with("POST /hook HTTP/1.1"), "{request}");
+    let lowercase = request.to_ascii_lowercase();
+    assert!(
+        lowercase.contains("x-tidewatch-signature: v1="),
+        "{request}"
+    );
+    assert!(request.contains("test message from Tidewatch"), "{request}");
+
+    // A channel that answers an error makes the command fail, saying why.
+    let (url, request) = one_request_receiver("503 Service Unavailable");
+    std::fs::write(
+        &config,
+        format!("version = 1\n[[alerts.channels]]\ntype = \"slack\"\nname = \"slack\"\nurl = \"{url}\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []\n"),
+    )
+    .unwrap();
+    let failed = tidewatch(&[
+        "alerts",
+        "test-channel",
+        "--config",
+        config.to_str().unwrap(),
+        "slack",
+    ]);
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("channel `slack`: HTTP 503"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    assert!(
+        request.join().unwrap().contains("\"blocks\""),
+        "a Block Kit message"
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
