@@ -7,11 +7,12 @@
 //! `key=__other__`, an absent key `key=__missing__`).
 //!
 //! ## Bounds
-//! - `max_series`: the number of (window, model, version, segment) groups.
+//! - `max_groups`: the number of (window, model, version, segment) groups.
 //!   When full, events that would open a new group are refused with
 //!   [`Recorded::GroupLimit`] and counted by the caller; existing groups keep
-//!   updating. The caller should close windows (which frees groups) before
-//!   that happens; the limit is a safety net, not a flow-control mechanism.
+//!   updating. The ingest engine keeps one `WindowAggregates` per offset
+//!   range and drops it when the range seals, so the limit is a safety net,
+//!   not a flow-control mechanism.
 //! - categories per sketch: the model's `max_categories`.
 //! - distinct segment values per key: the model's `max_segment_values`.
 
@@ -200,11 +201,6 @@ impl Catalog {
         self.models.get(name)
     }
 
-    /// All model specs.
-    pub fn models(&self) -> impl Iterator<Item = &ModelSpec> {
-        self.models.values()
-    }
-
     /// Installs (or replaces) the reference of a model version.
     pub fn set_reference(&mut self, profile: crate::ReferenceProfile) -> Result<(), Error> {
         let spec = self.models.get(&profile.model).ok_or_else(|| {
@@ -292,16 +288,6 @@ impl WindowAggregates {
     /// Number of open groups.
     pub fn group_count(&self) -> usize {
         self.groups
-    }
-
-    /// True when no window is held.
-    pub fn is_empty(&self) -> bool {
-        self.windows.is_empty()
-    }
-
-    /// Starts of the windows held, ascending.
-    pub fn window_starts(&self) -> impl Iterator<Item = i64> + '_ {
-        self.windows.keys().copied()
     }
 
     /// Records one event in the window starting at `window_start`.
@@ -498,35 +484,6 @@ impl WindowAggregates {
             .get_mut(spec.name())?
             .get_mut(version)?
             .get_mut(segment)
-    }
-
-    /// Merges a stored sketch into the aggregates (restoring state).
-    pub fn merge_series(
-        &mut self,
-        catalog: &Catalog,
-        key: &SeriesKey,
-        sketch: &FeatureSketch,
-    ) -> Result<(), Error> {
-        let spec = catalog.model(&key.model).ok_or_else(|| {
-            Error::InvalidSpec(format!("model `{}` is not configured", key.model))
-        })?;
-        let position = spec.series_position(&key.feature).ok_or_else(|| {
-            Error::InvalidSpec(format!(
-                "model `{}` has no series `{}`",
-                key.model, key.feature
-            ))
-        })?;
-        let reference = catalog.reference(&key.model, &key.model_version);
-        let group = self
-            .group_mut(
-                spec,
-                reference,
-                key.window_start,
-                &key.model_version,
-                &key.segment,
-            )
-            .ok_or_else(|| Error::InvalidSpec("group limit reached while restoring".into()))?;
-        group[position].merge(sketch)
     }
 
     /// Every non-empty series, in key order, without removing anything.

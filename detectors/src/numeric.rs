@@ -259,7 +259,7 @@ impl BinEdges {
 }
 
 /// FNV-1a over the edges' bit patterns: stable across processes and versions.
-fn fingerprint_edges(edges: &[f64]) -> u64 {
+pub fn fingerprint_edges(edges: &[f64]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for edge in edges {
         for byte in edge.to_bits().to_le_bytes() {

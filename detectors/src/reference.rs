@@ -285,7 +285,6 @@ pub struct ReferenceBuilder {
     model: String,
     model_version: String,
     source: String,
-    max_categories: usize,
     rows: u64,
     numeric: BTreeMap<String, (Vec<f64>, u64)>,
     categorical: BTreeMap<String, CategoricalSketch>,
@@ -326,7 +325,6 @@ impl ReferenceBuilder {
             model: spec.name().to_owned(),
             model_version: model_version.to_owned(),
             source: source.to_owned(),
-            max_categories: spec.max_categories(),
             rows: 0,
             numeric,
             categorical,
@@ -365,7 +363,6 @@ impl ReferenceBuilder {
 
     /// Builds the profile. Series without any value are left out.
     pub fn build(self) -> Result<ReferenceProfile, Error> {
-        let _ = self.max_categories;
         let mut features = BTreeMap::new();
         for (name, (values, missing)) in self.numeric {
             if values.is_empty() {

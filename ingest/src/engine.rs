@@ -447,11 +447,6 @@ impl Engine {
     pub fn revoke(&mut self, source: &str) {
         self.sources.remove(source);
     }
-
-    /// Sources currently held.
-    pub fn sources(&self) -> impl Iterator<Item = &str> {
-        self.sources.keys().map(String::as_str)
-    }
 }
 
 #[cfg(test)]
