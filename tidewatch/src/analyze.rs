@@ -371,6 +371,19 @@ fn texts_of(column: &Column) -> Vec<Option<String>> {
     }
 }
 
+/// A column in the representation of `kind` (numbers for numeric series,
+/// texts for categorical ones), borrowed when it already is.
+fn in_kind(column: &Column, kind: FeatureKind) -> std::borrow::Cow<'_, Column> {
+    match (kind, column) {
+        (FeatureKind::Numeric, Column::Numbers(_))
+        | (FeatureKind::Categorical, Column::Texts(_)) => std::borrow::Cow::Borrowed(column),
+        (FeatureKind::Numeric, other) => {
+            std::borrow::Cow::Owned(Column::Numbers(numbers_of(other)))
+        }
+        (_, other) => std::borrow::Cow::Owned(Column::Texts(texts_of(other))),
+    }
+}
+
 fn build_reference(
     name: &str,
     kind: FeatureKind,
@@ -435,7 +448,10 @@ fn chunk_metrics(
         }
         ColumnReference::Categorical(profile) => {
             let mut sketch = CategoricalSketch::new(ANALYZE_MAX_CATEGORIES);
-            let texts = texts_of(column);
+            let texts = match column {
+                Column::Texts(values) => std::borrow::Cow::Borrowed(values),
+                other => std::borrow::Cow::Owned(texts_of(other)),
+            };
             for row in rows {
                 match &texts[*row] {
                     Some(text) => sketch.add(text),
@@ -543,6 +559,12 @@ pub fn analyze(
     .into_iter()
     .collect::<Result<_, _>>()?;
 
+    // Each current column in its compared representation, converted once
+    // (chunk_metrics would otherwise convert it again for every chunk).
+    let current: Vec<std::borrow::Cow<'_, Column>> = compared
+        .iter()
+        .map(|(name, kind)| in_kind(&current_columns[name], *kind))
+        .collect();
     let rows = current_columns.values().next().map_or(0, Column::len);
     let chunks: Vec<(Chunk, Vec<usize>)> = match &options.chunking {
         Chunking::Whole => vec![(
@@ -610,10 +632,10 @@ pub fn analyze(
             };
             let indexed: Vec<usize> = (0..compared.len()).collect();
             parallel_map(&indexed, |index| {
-                let name = &compared[*index].0;
+                let (name, kind) = &compared[*index];
                 reference_bands(
                     &references[*index],
-                    &reference_columns[name],
+                    &in_kind(&reference_columns[name], *kind),
                     band_rows,
                     options.thresholds,
                 )
@@ -627,7 +649,7 @@ pub fn analyze(
         let mut window: Vec<FeatureWindowMetrics> = parallel_map(&indexed, |index| {
             chunk_metrics(
                 &references[*index],
-                &current_columns[&compared[*index].0],
+                &current[*index],
                 rows,
                 options.thresholds,
             )
