@@ -165,7 +165,7 @@ impl Sender {
         for delivery in self.store.due_deliveries(now, 500).await? {
             let outcome = self.attempt(&delivery, now).await;
             let attempts = delivery.attempts + 1;
-            let seed = hash(&[&delivery.alert_id, &delivery.channel]);
+            let seed = crate::lifecycle::fnv1a(&[&delivery.alert_id, &delivery.channel]);
             let next = match outcome {
                 Ok(()) => {
                     report.sent += 1;
@@ -298,17 +298,6 @@ impl Sender {
             Err(format!("HTTP {status}"))
         }
     }
-}
-
-fn hash(parts: &[&str]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.bytes().chain(std::iter::once(0)) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    hash
 }
 
 #[cfg(test)]

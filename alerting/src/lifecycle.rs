@@ -398,12 +398,19 @@ fn summary(
 
 /// Stable id: FNV-1a of the episode's identity, hex.
 fn alert_id(rule: &str, model: &str, version: &str, segment: &str, window_start: i64) -> String {
+    let hash = fnv1a(&[rule, model, version, segment, &window_start.to_string()]);
+    format!("tw-{hash:016x}")
+}
+
+/// FNV-1a over `parts`, each followed by a zero byte (so `["ab", "c"]` and
+/// `["a", "bc"]` differ): stable across processes and versions.
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [rule, model, version, segment, &window_start.to_string()] {
+    for part in parts {
         for byte in part.bytes().chain(std::iter::once(0u8)) {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    format!("tw-{hash:016x}")
+    hash
 }

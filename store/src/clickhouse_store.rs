@@ -381,21 +381,32 @@ impl ClickHouseStore {
         }
         // A delivery already recorded (possibly further along) must not be
         // reset to pending when the same notification is recorded again.
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<&str> = deliveries.iter().map(|d| d.alert_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let existing: std::collections::HashSet<(String, String, u32, String)> = self
+            .client
+            .query(
+                "SELECT toString(alert_id), toString(status), toUInt32(window_start), toString(channel)
+                 FROM alert_deliveries WHERE has(?, alert_id)",
+            )
+            .bind(ids)
+            .fetch_all::<(String, String, u32, String)>()
+            .await?
+            .into_iter()
+            .collect();
         let mut fresh = Vec::new();
         for delivery in deliveries {
-            let existing: u64 = self
-                .client
-                .query(
-                    "SELECT count() FROM alert_deliveries
-                     WHERE alert_id = ? AND status = ? AND window_start = toDateTime(?) AND channel = ?",
-                )
-                .bind(&delivery.alert_id)
-                .bind(&delivery.status)
-                .bind(to_seconds(delivery.window_start)?)
-                .bind(&delivery.channel)
-                .fetch_one::<u64>()
-                .await?;
-            if existing == 0 {
+            let key = (
+                delivery.alert_id.clone(),
+                delivery.status.clone(),
+                to_seconds(delivery.window_start)?,
+                delivery.channel.clone(),
+            );
+            if !existing.contains(&key) {
                 fresh.push(delivery);
             }
         }

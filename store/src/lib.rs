@@ -390,6 +390,14 @@ impl Store {
         }
     }
 
+    /// Every notification of alert `id` (firing, repeats, resolved).
+    pub async fn alert_notifications(&self, id: &str) -> Result<Vec<AlertRecord>> {
+        match self {
+            Store::ClickHouse(store) => store.alerts_by_id(id).await,
+            Store::Embedded(store) => store.alerts_by_id(id.to_owned()).await,
+        }
+    }
+
     /// One notification: alert `id`, `status`, `window_start` (ms).
     pub async fn alert_notification(
         &self,
@@ -397,10 +405,7 @@ impl Store {
         status: &str,
         window_start: i64,
     ) -> Result<Option<AlertRecord>> {
-        let candidates = match self {
-            Store::ClickHouse(store) => store.alerts_by_id(id).await?,
-            Store::Embedded(store) => store.alerts_by_id(id.to_owned()).await?,
-        };
+        let candidates = self.alert_notifications(id).await?;
         Ok(candidates
             .into_iter()
             .find(|alert| alert.status == status && alert.window_start == window_start))

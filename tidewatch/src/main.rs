@@ -375,12 +375,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             let store = tidewatch::service::open_store(&config.store).await?;
-            let notifications: Vec<_> = store
-                .alerts(None, u64::MAX >> 1)
-                .await?
-                .into_iter()
-                .filter(|alert| alert.id == id)
-                .collect();
+            let notifications = store.alert_notifications(&id).await?;
             if notifications.is_empty() {
                 anyhow::bail!("no alert with id `{id}`");
             }
