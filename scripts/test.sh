@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tidewatch's test command: installs and starts what the integration tests
-# need (ClickHouse, a Kafka-protocol broker), all on 127.0.0.1, runs the whole
+# need (ClickHouse, a Kafka-protocol broker, an SMTP server), all on 127.0.0.1, runs the whole
 # test suite against them, and stops them again.
 #
 #   scripts/test.sh [extra cargo test arguments]
@@ -8,11 +8,15 @@
 # Needs only the Rust toolchain and root (or sudo) for apt-get on a fresh
 # Debian machine. The broker (nisshi, a Kafka-compatible broker written in
 # Rust) is built once with cargo into a cache outside the clone (about 11
-# minutes on 2 cores the first time) and reused afterwards.
+# minutes on 2 cores the first time) and reused afterwards. The SMTP server
+# is Python's aiosmtpd (scripts/smtp_server.py) in a virtualenv in the same
+# cache, with STARTTLS and implicit TLS on the test certificate of
+# fixtures/tls and AUTH required.
 #
 # Environment:
 #   TIDEWATCH_CACHE_DIR   where the broker binary is cached (default: ~/.cache/tidewatch)
-#   TIDEWATCH_TEST_PORTS  base port (default 18000): ClickHouse HTTP +123, TCP +900, broker +92
+#   TIDEWATCH_TEST_PORTS  base port (default 18000): ClickHouse HTTP +123, TCP +900, broker +92,
+#                         SMTP with STARTTLS +25, SMTP over TLS +465
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +28,10 @@ clickhouse_http=$((base + 123))
 clickhouse_tcp=$((base + 900))
 clickhouse_interserver=$((base + 9))
 broker_port=$((base + 92))
+smtp_port=$((base + 25))
+smtps_port=$((base + 465))
+aiosmtpd_version=1.4.6
+smtp_venv="$cache_dir/smtp-venv-$aiosmtpd_version"
 nisshi_version=0.8.1
 nisshi="$cache_dir/nisshi-$nisshi_version/bin/nisshi"
 
@@ -53,6 +61,15 @@ if [ ! -x "$nisshi" ]; then
     || fail "building the nisshi broker failed"
 fi
 
+# --- SMTP server ------------------------------------------------------------
+if [ ! -x "$smtp_venv/bin/python" ] || ! "$smtp_venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+  log "installing aiosmtpd $aiosmtpd_version into $smtp_venv"
+  command -v python3 >/dev/null 2>&1 || fail "python3 is needed for the test SMTP server"
+  rm -rf "$smtp_venv"
+  python3 -m venv "$smtp_venv" || fail "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  "$smtp_venv/bin/pip" install -q "aiosmtpd==$aiosmtpd_version" || fail "pip install aiosmtpd failed"
+fi
+
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
 pids=()
 cleanup() {
@@ -71,7 +88,7 @@ http_get() {
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$clickhouse_http" "$clickhouse_tcp" "$clickhouse_interserver" "$broker_port"; do
+for port in "$clickhouse_http" "$clickhouse_tcp" "$clickhouse_interserver" "$broker_port" "$smtp_port" "$smtps_port"; do
   port_free "$port" || fail "port $port on 127.0.0.1 is taken; set TIDEWATCH_TEST_PORTS to another base"
 done
 
@@ -92,6 +109,14 @@ log "starting the broker on 127.0.0.1:$broker_port"
   >"$run_dir/broker.log" 2>&1 &
 pids+=($!)
 
+log "starting the SMTP server on 127.0.0.1:$smtp_port (STARTTLS) and :$smtps_port (TLS)"
+smtp_user=tidewatch
+smtp_password="test-$RANDOM-$RANDOM"
+"$smtp_venv/bin/python" scripts/smtp_server.py --maildir "$run_dir/mail" \
+  --starttls-port "$smtp_port" --tls-port "$smtps_port" --user "$smtp_user" --password "$smtp_password" \
+  --cert fixtures/tls/server.pem --key fixtures/tls/server.key >"$run_dir/smtp.log" 2>&1 &
+pids+=($!)
+
 ready=""
 for _ in $(seq 1 100); do
   if http_get "$clickhouse_http" "/?query=SELECT%201" 2>/dev/null | tail -n 1 | grep -qx '1'; then ready=yes; break; fi
@@ -106,6 +131,18 @@ for _ in $(seq 1 60); do
 done
 [ -n "$ready" ] || { tail -20 "$run_dir/broker.log" >&2 || true; fail "the broker did not become ready"; }
 
+ready=""
+for _ in $(seq 1 50); do
+  if grep -q '^smtp: ' "$run_dir/smtp.log" 2>/dev/null; then ready=yes; break; fi
+  sleep 0.2
+done
+[ -n "$ready" ] || { tail -20 "$run_dir/smtp.log" >&2 || true; fail "the SMTP server did not become ready"; }
+
+export TIDEWATCH_TEST_SMTP_STARTTLS="127.0.0.1:$smtp_port"
+export TIDEWATCH_TEST_SMTP_TLS="127.0.0.1:$smtps_port"
+export TIDEWATCH_TEST_SMTP_USER="$smtp_user"
+export TIDEWATCH_TEST_SMTP_PASSWORD="$smtp_password"
+export TIDEWATCH_TEST_SMTP_MAILDIR="$run_dir/mail"
 export TIDEWATCH_TEST_CLICKHOUSE_URL="http://127.0.0.1:$clickhouse_http"
 export TIDEWATCH_TEST_KAFKA_BROKERS="127.0.0.1:$broker_port"
 log "services ready; running cargo test"

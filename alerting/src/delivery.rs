@@ -16,30 +16,43 @@
 //! channel is configured.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use store::{Delivery, DeliveryState, Store};
 
+use crate::email::EmailSettings;
 use crate::lifecycle::Alert;
-use crate::payload::{sign, slack_message, webhook_body, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::payload::{
+    retrain_event, sign, slack_message, webhook_body, SIGNATURE_HEADER, TIMESTAMP_HEADER,
+};
 use crate::Error;
 
 /// Header carrying the notification's idempotency key.
 pub const ALERT_ID_HEADER: &str = "X-Tidewatch-Alert-Id";
+/// Content type of CloudEvents in structured mode.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
 
 /// What a channel is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChannelKind {
     /// A generic webhook: the alert as JSON, signed when a secret is set.
     Webhook {
-        /// Endpoint.
+        /// Endpoint (http:// or https://).
         url: String,
         /// HMAC key for `X-Tidewatch-Signature`.
         secret: Option<Vec<u8>>,
+        /// An extra CA (PEM) to trust for this endpoint.
+        ca_pem: Option<Vec<u8>>,
     },
     /// A Slack incoming webhook (Block Kit message).
     Slack {
@@ -47,6 +60,22 @@ pub enum ChannelKind {
         url: String,
         /// Link put in the message.
         dashboard_url: Option<String>,
+    },
+    /// Email over SMTP.
+    Email(Box<EmailSettings>),
+    /// The retrain endpoint: the request's CloudEvent, signed like webhooks.
+    RetrainWebhook {
+        /// Endpoint (http:// or https://).
+        url: String,
+        /// HMAC key for `X-Tidewatch-Signature`.
+        secret: Option<Vec<u8>>,
+        /// An extra CA (PEM) to trust for this endpoint.
+        ca_pem: Option<Vec<u8>>,
+    },
+    /// The request's CloudEvent published on the bus.
+    Bus {
+        /// Kafka topic.
+        topic: String,
     },
 }
 
@@ -62,23 +91,60 @@ pub struct Channel {
 impl Channel {
     /// Validates a channel; `key` is its place in the config.
     pub fn new(name: String, kind: ChannelKind, key: &str) -> Result<Self, Error> {
-        let url = match &kind {
-            ChannelKind::Webhook { url, .. } | ChannelKind::Slack { url, .. } => url,
+        let invalid = |field: &str, message: String| Error::InvalidRule {
+            key: format!("{key}.{field}"),
+            message,
         };
-        if url.starts_with("https://") {
-            return Err(Error::InvalidRule {
-                key: format!("{key}.url"),
-                message: "https delivery is not in this build yet: use http:// (e.g. through a TLS-terminating proxy)".into(),
-            });
-        }
-        if !url.starts_with("http://") || url.parse::<hyper::Uri>().is_err() {
-            return Err(Error::InvalidRule {
-                key: format!("{key}.url"),
-                message: format!("`{url}` is not an http:// URL"),
-            });
+        match &kind {
+            ChannelKind::Webhook { url, ca_pem, .. }
+            | ChannelKind::RetrainWebhook { url, ca_pem, .. } => {
+                check_url(url).map_err(|m| invalid("url", m))?;
+                if let Some(pem) = ca_pem {
+                    parse_pem_certificates(pem).map_err(|m| invalid("ca_file", m))?;
+                }
+            }
+            ChannelKind::Slack { url, .. } => check_url(url).map_err(|m| invalid("url", m))?,
+            ChannelKind::Email(settings) => settings.validate(key)?,
+            ChannelKind::Bus { topic } => {
+                if topic.trim().is_empty() {
+                    return Err(invalid("topic", "is empty".into()));
+                }
+            }
         }
         Ok(Self { name, kind })
     }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed: hyper::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    match parsed.scheme_str() {
+        Some("http" | "https") if parsed.host().is_some() => Ok(()),
+        _ => Err(format!("`{url}` is not an http:// or https:// URL")),
+    }
+}
+
+/// Every certificate in a PEM file (at least one).
+fn parse_pem_certificates(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("not a PEM certificate: {error}"))?;
+    if certificates.is_empty() {
+        return Err("holds no PEM certificate".into());
+    }
+    Ok(certificates)
+}
+
+/// Where bus events go (a Kafka producer in the service; anything in tests).
+pub trait Bus: Send + Sync {
+    /// Publishes `payload` to `topic` under `key` with `headers`; `Err`
+    /// holds the reason to record.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a str,
+        payload: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
 /// Retry policy.
@@ -142,21 +208,68 @@ pub struct Sender {
     store: Store,
     channels: BTreeMap<String, Channel>,
     policy: RetryPolicy,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    smtp: BTreeMap<String, AsyncSmtpTransport<Tokio1Executor>>,
+    bus: Option<Arc<dyn Bus>>,
 }
 
 impl Sender {
-    /// A sender over `store` for `channels`.
-    pub fn new(store: Store, channels: Vec<Channel>, policy: RetryPolicy) -> Self {
-        Self {
+    /// A sender over `store` for `channels`. HTTPS endpoints are checked
+    /// against the Mozilla roots plus every channel's extra CA.
+    pub fn new(store: Store, channels: Vec<Channel>, policy: RetryPolicy) -> Result<Self, Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let mut smtp = BTreeMap::new();
+        for channel in &channels {
+            match &channel.kind {
+                ChannelKind::Webhook {
+                    ca_pem: Some(pem), ..
+                }
+                | ChannelKind::RetrainWebhook {
+                    ca_pem: Some(pem), ..
+                } => {
+                    for certificate in parse_pem_certificates(pem).map_err(Error::Setup)? {
+                        roots
+                            .add(certificate)
+                            .map_err(|e| Error::Setup(format!("{}: {e}", channel.name)))?;
+                    }
+                }
+                ChannelKind::Email(settings) => {
+                    let transport = settings.transport(policy.timeout).map_err(Error::Setup)?;
+                    smtp.insert(channel.name.clone(), transport);
+                }
+                _ => {}
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
             store,
             channels: channels
                 .into_iter()
                 .map(|channel| (channel.name.clone(), channel))
                 .collect(),
             policy,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            smtp,
+            bus: None,
+        })
+    }
+
+    /// Publishes bus events (retrain requests) through `bus`.
+    pub fn with_bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
     /// Sends every delivery due at `now` (ms) and records the outcomes.
@@ -221,7 +334,8 @@ impl Sender {
             "{}:{}:{}",
             delivery.alert_id, delivery.status, delivery.window_start
         );
-        self.send(channel, &alert, &key, now).await
+        self.send(channel, &alert, &key, now, record.created_at)
+            .await
     }
 
     /// Sends a synthetic alert to channel `name` (for `tidewatch alerts
@@ -246,36 +360,89 @@ impl Sender {
             summary: format!("[info] test message from Tidewatch to channel `{name}`"),
             channels: vec![name.to_owned()],
             retrain: false,
+            onset: now as i64,
         };
-        self.send(channel, &alert, &format!("tw-test:{now}"), now)
+        self.send(channel, &alert, &format!("tw-test:{now}"), now, now)
             .await
     }
 
-    /// Sends `alert` to `channel` with idempotency key `key`.
+    /// Sends `alert` to `channel` with idempotency key `key`; `recorded_at`
+    /// (ms) is when the notification was recorded, the `time` of a retrain
+    /// event, so every attempt and channel carries the same document.
     async fn send(
         &self,
         channel: &Channel,
         alert: &Alert,
         key: &str,
         now: u64,
+        recorded_at: u64,
     ) -> Result<(), String> {
-        let (url, body, signature) = match &channel.kind {
-            ChannelKind::Webhook { url, secret } => {
+        let signed = |secret: &Option<Vec<u8>>, body: &[u8]| {
+            let timestamp = now / 1000;
+            secret
+                .as_ref()
+                .map(|secret| (timestamp, sign(secret, timestamp, body)))
+        };
+        match &channel.kind {
+            ChannelKind::Webhook { url, secret, .. } => {
                 let body = webhook_body(alert);
-                let timestamp = now / 1000;
-                let signature = secret
-                    .as_ref()
-                    .map(|secret| (timestamp, sign(secret, timestamp, &body)));
-                (url, body, signature)
+                let signature = signed(secret, &body);
+                self.post(url, "application/json", body, key, signature)
+                    .await
             }
             ChannelKind::Slack { url, dashboard_url } => {
                 let body = serde_json::to_vec(&slack_message(alert, dashboard_url.as_deref()))
                     .map_err(|e| e.to_string())?;
-                (url, body, None)
+                self.post(url, "application/json", body, key, None).await
             }
-        };
-        let mut request = hyper::Request::post(url.as_str())
-            .header("content-type", "application/json")
+            ChannelKind::RetrainWebhook { url, secret, .. } => {
+                let body = serde_json::to_vec(&retrain_event(alert, key, recorded_at))
+                    .map_err(|e| e.to_string())?;
+                let signature = signed(secret, &body);
+                self.post(url, CLOUDEVENTS_JSON, body, key, signature).await
+            }
+            ChannelKind::Email(settings) => {
+                let transport = self
+                    .smtp
+                    .get(&channel.name)
+                    .ok_or("no SMTP transport for this channel")?;
+                let message = settings.message(alert, key)?;
+                tokio::time::timeout(self.policy.timeout, crate::email::send(transport, message))
+                    .await
+                    .map_err(|_| "timed out".to_owned())?
+            }
+            ChannelKind::Bus { topic } => {
+                let bus = self
+                    .bus
+                    .as_ref()
+                    .ok_or("no bus is configured (retrain events need [kafka])")?;
+                let body = serde_json::to_vec(&retrain_event(alert, key, recorded_at))
+                    .map_err(|e| e.to_string())?;
+                let headers = vec![
+                    ("content-type", CLOUDEVENTS_JSON.to_owned()),
+                    (ALERT_ID_HEADER, key.to_owned()),
+                ];
+                tokio::time::timeout(
+                    self.policy.timeout,
+                    bus.publish(topic, &alert.model, body, headers),
+                )
+                .await
+                .map_err(|_| "timed out".to_owned())?
+            }
+        }
+    }
+
+    /// POSTs `body` to `url`; `Err` holds the reason to record.
+    async fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        key: &str,
+        signature: Option<(u64, String)>,
+    ) -> Result<(), String> {
+        let mut request = hyper::Request::post(url)
+            .header("content-type", content_type)
             .header(ALERT_ID_HEADER, key);
         if let Some((timestamp, signature)) = signature {
             request = request
@@ -288,7 +455,7 @@ impl Sender {
         let response = tokio::time::timeout(self.policy.timeout, self.client.request(request))
             .await
             .map_err(|_| "timed out".to_owned())?
-            .map_err(|error| format!("request failed: {error}"))?;
+            .map_err(|error| format!("request failed: {}", error_chain(&error)))?;
         let status = response.status();
         // Drain the body so the connection can be reused.
         let _ = response.into_body().collect().await;
@@ -298,6 +465,18 @@ impl Sender {
             Err(format!("HTTP {status}"))
         }
     }
+}
+
+/// An error and its sources, so a TLS failure says why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -328,24 +507,13 @@ mod tests {
     }
 
     #[test]
-    fn https_and_malformed_urls_are_refused_naming_the_key() {
-        let https = Channel::new(
-            "s".into(),
-            ChannelKind::Slack {
-                url: "https://hooks.example/x".into(),
-                dashboard_url: None,
-            },
-            "alerts.channels[0]",
-        );
-        assert!(https
-            .unwrap_err()
-            .to_string()
-            .contains("`alerts.channels[0].url`: https delivery"));
+    fn malformed_urls_are_refused_naming_the_key() {
         let bad = Channel::new(
             "w".into(),
             ChannelKind::Webhook {
                 url: "ftp://x".into(),
                 secret: None,
+                ca_pem: None,
             },
             "alerts.channels[1]",
         );
@@ -353,14 +521,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("`alerts.channels[1].url`"));
-        assert!(Channel::new(
+        let bad_ca = Channel::new(
             "w".into(),
-            ChannelKind::Webhook {
-                url: "http://127.0.0.1:9/hook".into(),
-                secret: None
+            ChannelKind::RetrainWebhook {
+                url: "https://ml.example/retrain".into(),
+                secret: None,
+                ca_pem: Some(b"nothing here".to_vec()),
             },
-            "k"
-        )
-        .is_ok());
+            "alerts.retrain",
+        );
+        assert!(bad_ca
+            .unwrap_err()
+            .to_string()
+            .contains("`alerts.retrain.ca_file`"));
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "https://hooks.slack.com/services/x",
+        ] {
+            assert!(Channel::new(
+                "s".into(),
+                ChannelKind::Slack {
+                    url: url.into(),
+                    dashboard_url: None
+                },
+                "k"
+            )
+            .is_ok());
+        }
     }
 }

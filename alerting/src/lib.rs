@@ -12,15 +12,29 @@
 //! - [`payload`]: Slack Block Kit messages, generic webhook bodies and their
 //!   HMAC-SHA256 signatures (with the verification receivers need).
 //!
+//!   Email bodies (plain text and HTML) and the CloudEvents document of a
+//!   retrain request are rendered here too.
+//! - [`email`]: SMTP settings (STARTTLS, implicit TLS or plain; credentials
+//!   from the environment) and the `lettre` transport.
+//! - [`retrain`]: [`retrain::RetrainGate`], which turns firing alerts of
+//!   rules with `retrain = true` into retrain requests, debounced per model
+//!   version until a deadline or an acknowledgement on the bus.
 //! - [`delivery`]: [`delivery::Sender`], which sends what the store's outbox
-//!   holds to webhook and Slack channels, with exponential backoff and
-//!   jitter, recording every outcome so a restart loses and repeats nothing.
+//!   holds to webhook, Slack, email, retrain-endpoint and bus channels, with
+//!   exponential backoff and jitter, recording every outcome so a restart
+//!   loses and repeats nothing.
 //!
-//! Email and retraining triggers on the bus come next.
+//! ```text
+//! WindowMetrics ─▶ AlertEvaluator ─▶ Alert ─┬─▶ outbox (alerts, alert_deliveries)
+//!                                           └─▶ RetrainGate ─▶ retrain request ─▶ outbox
+//! outbox ─▶ Sender ─▶ Slack · webhook · email · retrain webhook · bus (Kafka)
+//! ```
 
 pub mod delivery;
+pub mod email;
 pub mod lifecycle;
 pub mod payload;
+pub mod retrain;
 pub mod rules;
 
 /// Alerting errors.
@@ -34,6 +48,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A channel could not be set up (TLS roots, SMTP transport).
+    #[error("channel setup: {0}")]
+    Setup(String),
     /// The store failed (see `store::Error::is_retryable`).
     #[error(transparent)]
     Store(#[from] store::Error),

@@ -22,7 +22,7 @@ use detectors::metrics::FeatureWindowMetrics;
 use serde::{Deserialize, Serialize};
 use store::WindowMetrics;
 
-use crate::rules::{Condition, Rule, Severity};
+use crate::rules::{ChangeDetector, Condition, Rule, Severity};
 
 /// Firing or resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,10 @@ pub struct Alert {
     pub channels: Vec<String>,
     /// Whether retraining should be requested.
     pub retrain: bool,
+    /// Start of the first window of the run of windows that met the
+    /// condition (for a resolution: of the window that resolved it), ms.
+    #[serde(default)]
+    pub onset: i64,
 }
 
 impl Alert {
@@ -108,12 +112,66 @@ impl Alert {
 struct RuleState {
     consecutive_true: u32,
     consecutive_false: u32,
+    /// Start of the first window of the current run meeting the condition.
+    streak_start: i64,
     /// (alert id, windows since the last notification).
     firing: Option<(String, u32)>,
     last_window: Option<i64>,
-    /// Values of the quality metric in the first windows (baseline).
+    /// Values of the metric in the first windows (quality-drop baseline,
+    /// band).
     baseline: Vec<f64>,
+    /// The change detector of a `change` condition.
+    change: Option<ChangeState>,
 }
+
+/// A change detector's state.
+#[derive(Debug, Clone)]
+enum ChangeState {
+    PageHinkley(detectors::change::PageHinkley),
+    Adwin(detectors::change::Adwin),
+}
+
+impl ChangeState {
+    fn new(
+        detector: ChangeDetector,
+        delta: Option<f64>,
+        threshold: Option<f64>,
+        min_windows: Option<u64>,
+    ) -> Self {
+        use detectors::change::{Adwin, AdwinConfig, PageHinkley, PageHinkleyConfig};
+        match detector {
+            ChangeDetector::PageHinkley => {
+                let defaults = PageHinkleyConfig::default();
+                Self::PageHinkley(PageHinkley::new(PageHinkleyConfig {
+                    min_instances: min_windows.unwrap_or(CHANGE_MIN_WINDOWS),
+                    delta: delta.unwrap_or(defaults.delta),
+                    threshold: threshold.unwrap_or(defaults.threshold),
+                    ..defaults
+                }))
+            }
+            ChangeDetector::Adwin => {
+                let defaults = AdwinConfig::default();
+                Self::Adwin(Adwin::new(AdwinConfig {
+                    delta: delta.unwrap_or(defaults.delta),
+                    // One value per window: check at every window.
+                    clock: 1,
+                    grace_period: min_windows.unwrap_or(CHANGE_MIN_WINDOWS),
+                    ..defaults
+                }))
+            }
+        }
+    }
+
+    fn update(&mut self, value: f64) -> bool {
+        match self {
+            Self::PageHinkley(detector) => detector.update(value),
+            Self::Adwin(detector) => detector.update(value),
+        }
+    }
+}
+
+/// Windows a change detector sees before it may fire, unless configured.
+const CHANGE_MIN_WINDOWS: u64 = 5;
 
 /// Evaluates rules window after window. See the module docs.
 #[derive(Debug, Clone)]
@@ -172,6 +230,14 @@ impl AlertEvaluator {
                 }
                 state.last_window = Some(window_start);
                 let findings = condition_findings(&rule.condition, &series, state);
+                if findings.is_some() && state.consecutive_true == 0 {
+                    state.streak_start = window_start;
+                }
+                let onset = if findings.is_some() {
+                    state.streak_start
+                } else {
+                    window_start
+                };
                 let alert =
                     |status: AlertStatus, id: &str, repeat: bool, findings: Vec<Finding>| Alert {
                         id: id.to_owned(),
@@ -188,6 +254,7 @@ impl AlertEvaluator {
                         findings,
                         channels: rule.channels.clone(),
                         retrain: rule.retrain && status == AlertStatus::Firing && !repeat,
+                        onset,
                     };
                 match findings {
                     Some(findings) => {
@@ -285,6 +352,63 @@ fn condition_findings(
                     test: metric.clone(),
                     value,
                     threshold: baseline - max_drop,
+                }]
+            })
+        }
+        Condition::Band {
+            feature,
+            metric,
+            k,
+            baseline_windows,
+        } => {
+            let record = series.iter().find(|m| &m.key.feature == feature)?;
+            let value = metric_value(&record.metrics, metric)?;
+            if state.baseline.len() < *baseline_windows {
+                state.baseline.push(value);
+                return None;
+            }
+            let (lower, upper) = band(&state.baseline, *k);
+            let crossed = if value < lower {
+                Some(lower)
+            } else if value > upper {
+                Some(upper)
+            } else {
+                None
+            };
+            crossed.map(|threshold| {
+                vec![Finding {
+                    feature: feature.clone(),
+                    test: metric.clone(),
+                    value,
+                    threshold,
+                }]
+            })
+        }
+        Condition::Change {
+            feature,
+            metric,
+            detector,
+            delta,
+            threshold,
+            min_windows,
+        } => {
+            let record = series.iter().find(|m| &m.key.feature == feature)?;
+            let value = metric_value(&record.metrics, metric)?;
+            let change = state.change.get_or_insert_with(|| {
+                ChangeState::new(*detector, *delta, *threshold, *min_windows)
+            });
+            change.update(value).then(|| {
+                vec![Finding {
+                    feature: feature.clone(),
+                    test: format!("{metric} ({})", detector_name(*detector)),
+                    value,
+                    threshold: match detector {
+                        ChangeDetector::PageHinkley => threshold
+                            .unwrap_or(detectors::change::PageHinkleyConfig::default().threshold),
+                        ChangeDetector::Adwin => {
+                            delta.unwrap_or(detectors::change::AdwinConfig::default().delta)
+                        }
+                    },
                 }]
             })
         }
@@ -394,6 +518,22 @@ fn summary(
         rule.name,
         listed.join(", ")
     )
+}
+
+/// mean ± k·σ of `values` (σ with n − 1 in the denominator).
+fn band(values: &[f64], k: f64) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    let half = k * variance.sqrt();
+    (mean - half, mean + half)
+}
+
+fn detector_name(detector: ChangeDetector) -> &'static str {
+    match detector {
+        ChangeDetector::PageHinkley => "page_hinkley",
+        ChangeDetector::Adwin => "adwin",
+    }
 }
 
 /// Stable id: FNV-1a of the episode's identity, hex.

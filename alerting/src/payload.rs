@@ -130,3 +130,171 @@ fn format_time(millis: i64) -> String {
         .map(|time| time.format("%Y-%m-%d %H:%M").to_string())
         .unwrap_or_else(|| millis.to_string())
 }
+
+/// An email notification's parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailContent {
+    /// Subject line (the alert's summary).
+    pub subject: String,
+    /// Plain-text part.
+    pub text: String,
+    /// HTML part (the same content, with a findings table).
+    pub html: String,
+}
+
+/// The email for `alert`: what the Slack message says, as plain text and
+/// as HTML (every value escaped).
+pub fn email_message(alert: &Alert, dashboard_url: Option<&str>) -> EmailContent {
+    let status = match alert.status {
+        AlertStatus::Firing if alert.repeat => "still firing",
+        AlertStatus::Firing => "firing",
+        AlertStatus::Resolved => "resolved",
+    };
+    let window = format!(
+        "{} → {} UTC",
+        format_time(alert.window_start),
+        format_time(alert.window_end)
+    );
+    let facts = [
+        ("Rule", alert.rule.clone()),
+        ("Status", status.to_owned()),
+        ("Severity", alert.severity.as_str().to_owned()),
+        ("Model", format!("{} v{}", alert.model, alert.model_version)),
+        ("Segment", alert.segment.clone()),
+        ("Window", window),
+        ("Alert id", alert.id.clone()),
+    ];
+    let mut text = format!("{}\n\n", alert.summary);
+    for (name, value) in &facts {
+        text.push_str(&format!("{name:<9} {value}\n"));
+    }
+    if !alert.findings.is_empty() {
+        text.push_str("\nFindings (most severe first):\n");
+        for f in &alert.findings {
+            text.push_str(&format!(
+                "  {:<28} {:<20} {:>12.4}  threshold {:.4}\n",
+                f.feature, f.test, f.value, f.threshold
+            ));
+        }
+    }
+    if let Some(url) = dashboard_url {
+        text.push_str(&format!("\nDashboard: {url}\n"));
+    }
+
+    let mut html = format!(
+        "<!doctype html><html><body style=\"font-family:sans-serif\"><h2>{}</h2><table>",
+        escape_html(&alert.summary)
+    );
+    for (name, value) in &facts {
+        html.push_str(&format!(
+            "<tr><th align=\"left\">{}</th><td>{}</td></tr>",
+            escape_html(name),
+            escape_html(value)
+        ));
+    }
+    html.push_str("</table>");
+    if !alert.findings.is_empty() {
+        html.push_str("<h3>Findings</h3><table border=\"1\" cellpadding=\"4\" style=\"border-collapse:collapse\"><tr><th>Series</th><th>Test</th><th>Value</th><th>Threshold</th></tr>");
+        for f in &alert.findings {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td align=\"right\">{:.4}</td><td align=\"right\">{:.4}</td></tr>",
+                escape_html(&f.feature),
+                escape_html(&f.test),
+                f.value,
+                f.threshold
+            ));
+        }
+        html.push_str("</table>");
+    }
+    if let Some(url) = dashboard_url {
+        html.push_str(&format!(
+            "<p><a href=\"{}\">Open the dashboard</a></p>",
+            escape_html(url)
+        ));
+    }
+    html.push_str("</body></html>");
+    EmailContent {
+        subject: alert.summary.clone(),
+        text,
+        html,
+    }
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The CloudEvents 1.0 document (structured JSON) of a retrain request:
+/// type [`crate::retrain::REQUESTED`], id = `request_id`, subject =
+/// `model/version`, and as data the model, version, segment, reason, the
+/// drifted features and the window range to train on (from the first
+/// window of the drift to the end of the window that fired, ms and
+/// RFC 3339). `time` is when the request was recorded (`recorded_at`, ms).
+pub fn retrain_event(alert: &Alert, request_id: &str, recorded_at: u64) -> Value {
+    let rfc3339 = |millis: i64| {
+        chrono::DateTime::from_timestamp_millis(millis)
+            .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default()
+    };
+    let features: Vec<Value> = alert
+        .findings
+        .iter()
+        .map(|f| json!({"feature": f.feature, "test": f.test, "value": f.value, "threshold": f.threshold}))
+        .collect();
+    let onset = if alert.onset == 0 {
+        alert.window_start
+    } else {
+        alert.onset
+    };
+    json!({
+        "specversion": "1.0",
+        "type": crate::retrain::REQUESTED,
+        "source": format!("tidewatch/models/{}", alert.model),
+        "id": request_id,
+        "time": rfc3339(recorded_at as i64),
+        "subject": format!("{}/{}", alert.model, alert.model_version),
+        "datacontenttype": "application/json",
+        "data": {
+            "request_id": request_id,
+            "alert_id": alert.id,
+            "model": alert.model,
+            "version": alert.model_version,
+            "segment": alert.segment,
+            "rule": alert.rule,
+            "severity": alert.severity.as_str(),
+            "reason": alert.summary,
+            "drifted_features": features,
+            "train_window": {
+                "start": rfc3339(onset),
+                "end": rfc3339(alert.window_end),
+                "start_ms": onset,
+                "end_ms": alert.window_end,
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_escaping_covers_markup_and_quotes() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+}

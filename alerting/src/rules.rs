@@ -72,6 +72,60 @@ pub enum Condition {
         #[serde(default = "default_baseline_windows")]
         baseline_windows: usize,
     },
+    /// A metric of one series is outside the band mean ± `k`·σ of its values
+    /// over the first `baseline_windows` windows that had it (NannyML's
+    /// thresholds over reference chunks, with the first windows as chunks).
+    Band {
+        /// The series.
+        feature: String,
+        /// The metric.
+        metric: String,
+        /// Band half-width in standard deviations.
+        #[serde(default = "default_band_k")]
+        k: f64,
+        /// Windows the band is computed from (at least 2).
+        #[serde(default = "default_band_windows")]
+        baseline_windows: usize,
+    },
+    /// A change detector over a metric's per-window values fired at this
+    /// window. `detector` is `page_hinkley` or `adwin`; unset parameters take
+    /// River's defaults except `min_instances` (Page-Hinkley) and
+    /// `grace_period` (ADWIN), which default to 5 windows because a series
+    /// of windows is short.
+    Change {
+        /// The series.
+        feature: String,
+        /// The metric.
+        metric: String,
+        /// `page_hinkley` or `adwin`.
+        detector: ChangeDetector,
+        /// Page-Hinkley: tolerated change; ADWIN: confidence.
+        #[serde(default)]
+        delta: Option<f64>,
+        /// Page-Hinkley: alarm threshold on the cumulative deviation.
+        #[serde(default)]
+        threshold: Option<f64>,
+        /// Windows before the detector may fire.
+        #[serde(default)]
+        min_windows: Option<u64>,
+    },
+}
+
+/// The change detectors a `change` condition can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeDetector {
+    /// Page-Hinkley (both directions).
+    PageHinkley,
+    /// ADWIN.
+    Adwin,
+}
+
+fn default_band_k() -> f64 {
+    3.0
+}
+fn default_band_windows() -> usize {
+    10
 }
 
 fn default_min_features() -> usize {
@@ -225,6 +279,48 @@ impl Rule {
                     ));
                 }
             }
+            Condition::Band {
+                k,
+                baseline_windows,
+                ..
+            } => {
+                if !(k.is_finite() && *k > 0.0) {
+                    return Err(invalid("condition.k", "must be a positive number".into()));
+                }
+                if *baseline_windows < 2 {
+                    return Err(invalid(
+                        "condition.baseline_windows",
+                        "must be at least 2 (a band needs a standard deviation)".into(),
+                    ));
+                }
+            }
+            Condition::Change {
+                detector,
+                delta,
+                threshold,
+                ..
+            } => {
+                if delta.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+                    return Err(invalid(
+                        "condition.delta",
+                        "must be a positive number".into(),
+                    ));
+                }
+                if let Some(threshold) = threshold {
+                    if *detector != ChangeDetector::PageHinkley {
+                        return Err(invalid(
+                            "condition.threshold",
+                            "applies to page_hinkley only".into(),
+                        ));
+                    }
+                    if !(threshold.is_finite() && *threshold > 0.0) {
+                        return Err(invalid(
+                            "condition.threshold",
+                            "must be a positive number".into(),
+                        ));
+                    }
+                }
+            }
             _ => {}
         }
         Ok(Self {
@@ -326,6 +422,10 @@ mod tests {
             ("name = \"r\"\ncondition = { type = \"threshold\", feature = \"x\", metric = \"psi\" }", "alerts.rules[0].condition"),
             ("name = \"r\"\ncondition = { type = \"quality_drop\", metric = \"rmse\" }", "alerts.rules[0].condition.metric"),
             ("name = \"\"\ncondition = { type = \"drift\" }", "alerts.rules[0].name"),
+            ("name = \"r\"\ncondition = { type = \"band\", feature = \"x\", metric = \"psi\", k = -1.0 }", "alerts.rules[0].condition.k"),
+            ("name = \"r\"\ncondition = { type = \"band\", feature = \"x\", metric = \"psi\", baseline_windows = 1 }", "alerts.rules[0].condition.baseline_windows"),
+            ("name = \"r\"\ncondition = { type = \"change\", feature = \"x\", metric = \"psi\", detector = \"adwin\", threshold = 3.0 }", "alerts.rules[0].condition.threshold"),
+            ("name = \"r\"\ncondition = { type = \"change\", feature = \"x\", metric = \"psi\", detector = \"page_hinkley\", delta = 0.0 }", "alerts.rules[0].condition.delta"),
         ];
         for (text, key) in cases {
             let error = parse(text).unwrap_err().to_string();

@@ -140,6 +140,7 @@ async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothi
                 ChannelKind::Webhook {
                     url: url.clone(),
                     secret: Some(SECRET.to_vec()),
+                    ca_pem: None,
                 },
                 "k",
             )
@@ -149,13 +150,14 @@ async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothi
                 ChannelKind::Webhook {
                     url: healthy_url.clone(),
                     secret: Some(SECRET.to_vec()),
+                    ca_pem: None,
                 },
                 "k",
             )
             .unwrap(),
         ]
     };
-    let sender = Sender::new(store.clone(), channels(), policy(5));
+    let sender = Sender::new(store.clone(), channels(), policy(5)).unwrap();
 
     // t = 1 s: the hook is down, the healthy channel is not held up.
     let first = sender.deliver_due(1_000).await.unwrap();
@@ -171,7 +173,7 @@ async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothi
     assert_eq!(sender.deliver_due(100_000).await.unwrap().sent, 1);
 
     // A new sender (a restart) finds nothing left to send.
-    let restarted = Sender::new(store.clone(), channels(), policy(5));
+    let restarted = Sender::new(store.clone(), channels(), policy(5)).unwrap();
     assert_eq!(
         restarted.deliver_due(1_000_000).await.unwrap(),
         Default::default()
@@ -201,11 +203,15 @@ async fn a_channel_down_for_good_ends_failed() {
     recorded_alert(&store, &["hook"]).await;
     let channel = Channel::new(
         "hook".into(),
-        ChannelKind::Webhook { url, secret: None },
+        ChannelKind::Webhook {
+            url,
+            secret: None,
+            ca_pem: None,
+        },
         "k",
     )
     .unwrap();
-    let sender = Sender::new(store.clone(), vec![channel], policy(3));
+    let sender = Sender::new(store.clone(), vec![channel], policy(3)).unwrap();
     let mut failed = 0;
     for step in 0..10u64 {
         failed += sender

@@ -220,3 +220,114 @@ fn the_signature_matches_an_independent_hmac() {
 }
 
 const PYTHON_HMAC: &str = "1ba6b8171186efc613e8bcc0cbdab2748f24984d7c5a84faa2637afa0e40d224";
+
+/// Rule `condition` on series `psi` of feature "charges", firing at once.
+fn rule_on(condition: Condition) -> Rule {
+    Rule {
+        name: "watch".into(),
+        model: None,
+        version: None,
+        segment: "all".into(),
+        condition,
+        for_windows: 1,
+        resolve_after: 1,
+        cooldown_windows: 100,
+        severity: Severity::Warning,
+        channels: Vec::new(),
+        retrain: false,
+    }
+}
+
+/// Evaluates one "charges" series per value; the windows where `rule`
+/// fired, with the finding's threshold.
+fn fired_on(rule: Rule, values: &[f64]) -> Vec<(usize, f64)> {
+    let mut evaluator = AlertEvaluator::new(vec![rule]);
+    let mut fired = Vec::new();
+    for (w, value) in values.iter().enumerate() {
+        for alert in evaluator.evaluate("churn", &[series(w as i64, "charges", *value)]) {
+            if alert.status == AlertStatus::Firing {
+                fired.push((w, alert.findings[0].threshold));
+            }
+        }
+    }
+    fired
+}
+
+#[test]
+fn a_band_fires_outside_mean_plus_minus_k_sigma_of_the_first_windows() {
+    let rule = rule_on(Condition::Band {
+        feature: "charges".into(),
+        metric: "psi".into(),
+        k: 2.0,
+        baseline_windows: 4,
+    });
+    // Baseline 0.01, 0.03, 0.02, 0.04: mean 0.025, sample σ = 0.0129099…,
+    // band [-0.000820, 0.050820].
+    let sigma = (0.0005f64 / 3.0).sqrt();
+    let upper = 0.025 + 2.0 * sigma;
+    let values = [0.01, 0.03, 0.02, 0.04, 0.05, 0.051, 0.02, 0.2];
+    let fired = fired_on(rule, &values);
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert_eq!(fired[0].0, 5, "0.05 is inside, 0.051 outside");
+    assert!((fired[0].1 - upper).abs() < 1e-12);
+    assert_eq!(fired[1].0, 7, "resolved at 6, fired again at 7");
+}
+
+#[test]
+fn change_detectors_fire_on_a_shift_in_a_window_series() {
+    // Page-Hinkley with threshold 0.5 over PSI values: stable at 0.02 for
+    // ten windows, then 0.4. Its cumulative sum crosses 0.5 at the second
+    // shifted window (computed by hand from the recurrence: deviations
+    // 0.4 − mean ≈ 0.345 and 0.4 − 0.0517 ≈ 0.348, minus δ each).
+    let page_hinkley = rule_on(Condition::Change {
+        feature: "charges".into(),
+        metric: "psi".into(),
+        detector: alerting::rules::ChangeDetector::PageHinkley,
+        delta: None,
+        threshold: Some(0.5),
+        min_windows: None,
+    });
+    let mut values = vec![0.02; 10];
+    values.extend([0.4; 6]);
+    let fired = fired_on(page_hinkley, &values);
+    assert_eq!(fired.first().map(|f| f.0), Some(11), "{fired:?}");
+    assert!(fired.iter().all(|f| f.1 == 0.5));
+
+    // ADWIN over the same series cuts once the two sub-windows' means
+    // differ beyond its bound; it must not fire on the stable part.
+    let adwin = rule_on(Condition::Change {
+        feature: "charges".into(),
+        metric: "psi".into(),
+        detector: alerting::rules::ChangeDetector::Adwin,
+        delta: None,
+        threshold: None,
+        min_windows: None,
+    });
+    // With δ = 0.002 and values in [0, 1], a jump of 0.88 needs about 20
+    // windows either side before the Hoeffding-style bound is beaten.
+    let mut values = vec![0.02; 40];
+    values.extend([0.9; 40]);
+    let fired = fired_on(adwin, &values);
+    assert!(!fired.is_empty(), "ADWIN saw no change");
+    assert!(
+        (40..70).contains(&fired[0].0),
+        "fired on the stable part or too late: {fired:?}"
+    );
+
+    // A stable series never fires either detector.
+    for detector in [
+        alerting::rules::ChangeDetector::PageHinkley,
+        alerting::rules::ChangeDetector::Adwin,
+    ] {
+        let rule = rule_on(Condition::Change {
+            feature: "charges".into(),
+            metric: "psi".into(),
+            detector,
+            delta: None,
+            threshold: Some(0.5)
+                .filter(|_| detector == alerting::rules::ChangeDetector::PageHinkley),
+            min_windows: None,
+        });
+        assert!(fired_on(rule, &[0.02; 40]).is_empty(), "{detector:?}");
+    }
+}

@@ -192,6 +192,83 @@ pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
     Ok(config.create()?)
 }
 
+/// Publishes one message and waits for the broker's acknowledgement (bus
+/// events: retrain requests). `Err` holds the reason.
+pub async fn publish(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<(), String> {
+    let mut owned = rdkafka::message::OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(rdkafka::message::Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(owned),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(error, _)| format!("kafka: {error}"))
+}
+
+/// Reads every message of `topic` from the beginning, outside any consumer
+/// group (partitions are assigned, nothing is committed), calling
+/// `on_message` with each payload until `shutdown` resolves. For small
+/// control topics such as retrain acknowledgements, which a restarted
+/// process must see again. A topic that does not exist yet is looked for
+/// again every 5 s; partitions added later are not followed.
+pub async fn follow_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+    mut on_message: impl FnMut(&[u8]),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut config = client_config(settings);
+    config
+        .set("group.id", format!("{}-follow-{topic}", settings.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    let consumer: StreamConsumer = config.create()?;
+    tokio::pin!(shutdown);
+    loop {
+        let mut assignment = TopicPartitionList::new();
+        if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+            for found in metadata.topics().iter().filter(|t| t.name() == topic) {
+                for partition in found.partitions() {
+                    assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+                }
+            }
+        }
+        if assignment.count() > 0 {
+            consumer.assign(&assignment)?;
+            break;
+        }
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            message = consumer.recv() => match message {
+                Ok(message) => on_message(message.payload().unwrap_or_default()),
+                Err(error) => tracing::warn!(%error, topic, "reading the topic failed"),
+            },
+        }
+    }
+}
+
 /// Consumes until `shutdown` resolves. See the module docs.
 ///
 /// `on_finalized` sees every finalized window (model, window start, the

@@ -90,32 +90,111 @@ pub struct RawAlerts {
     /// `[[alerts.channels]]`.
     #[serde(default)]
     pub channels: Vec<RawChannel>,
+    /// `[alerts.retrain]`: where retrain requests go.
+    #[serde(default)]
+    pub retrain: Option<RawRetrain>,
 }
 
-/// `[[alerts.channels]]`: `type = "webhook"` or `type = "slack"`.
+/// `[alerts.retrain]`: the retrain endpoint and/or bus topic, and the
+/// debounce.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(deny_unknown_fields)]
+pub struct RawRetrain {
+    /// Endpoint POSTed the request's CloudEvent (http:// or https://).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Environment variable holding the signing secret for `url`.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Extra CA certificate (PEM) to trust for `url`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Kafka topic the request's CloudEvent is published to (needs `[kafka]`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Kafka topic read for acknowledgements (needs `[kafka]`).
+    #[serde(default)]
+    pub ack_topic: Option<String>,
+    /// How long a request blocks the next one for the same model version.
+    #[serde(default = "default_retrain_debounce", with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+fn default_retrain_debounce() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// `[[alerts.channels]]`: `type = "webhook"`, `"slack"` or `"email"`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawChannel {
     /// A generic webhook, signed with the secret from `secret_env`.
     Webhook {
         /// Name referenced by rules.
         name: String,
-        /// Endpoint (http://).
+        /// Endpoint (http:// or https://).
         url: String,
         /// Environment variable holding the signing secret.
         #[serde(default)]
         secret_env: Option<String>,
+        /// Extra CA certificate (PEM) to trust for `url`.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
     },
     /// A Slack incoming webhook.
     Slack {
         /// Name referenced by rules.
         name: String,
-        /// Incoming-webhook URL (http://, e.g. through a proxy).
+        /// Incoming-webhook URL.
         url: String,
         /// Dashboard link put in messages.
         #[serde(default)]
         dashboard_url: Option<String>,
     },
+    /// Email over SMTP.
+    Email {
+        /// Name referenced by rules.
+        name: String,
+        /// SMTP server.
+        smtp_host: String,
+        /// SMTP port (default: 587 for starttls, 465 for tls, 25 for none).
+        #[serde(default)]
+        smtp_port: Option<u16>,
+        /// `starttls` (default), `tls` or `none`.
+        #[serde(default = "default_smtp_security")]
+        security: String,
+        /// Environment variable holding the SMTP user name.
+        #[serde(default)]
+        username_env: Option<String>,
+        /// Environment variable holding the SMTP password.
+        #[serde(default)]
+        password_env: Option<String>,
+        /// Extra CA certificate (PEM) to trust for the SMTP server.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        /// Sender, e.g. `"Tidewatch <tidewatch@example.org>"`.
+        from: String,
+        /// Recipients.
+        to: Vec<String>,
+        /// Dashboard link put in messages.
+        #[serde(default)]
+        dashboard_url: Option<String>,
+    },
+}
+
+fn default_smtp_security() -> String {
+    "starttls".into()
+}
+
+/// Validated `[alerts.retrain]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrainSettings {
+    /// Debounce, ms.
+    pub debounce_ms: u64,
+    /// The reserved retrain channels configured (endpoint and/or bus).
+    pub channels: Vec<String>,
+    /// Topic of acknowledgements, if any.
+    pub ack_topic: Option<String>,
 }
 
 /// `[kafka]`.
@@ -443,8 +522,10 @@ pub struct Config {
     pub models: Vec<ModelSpec>,
     /// Alert rules (the defaults when none is configured).
     pub alert_rules: Vec<alerting::rules::Rule>,
-    /// Alert channels.
+    /// Alert channels (with the retrain endpoint and bus, if configured).
     pub alert_channels: Vec<alerting::delivery::Channel>,
+    /// Retraining triggers, if configured.
+    pub retrain: Option<RetrainSettings>,
 }
 
 impl Config {
@@ -688,6 +769,29 @@ impl RawConfig {
             models.push(spec);
         }
 
+        let base_dir = file.parent().unwrap_or(Path::new("."));
+        let from_env = |key: &str, variable: &str| {
+            std::env::var(variable)
+                .map_err(|_| invalid(key, format!("environment variable `{variable}` is not set")))
+        };
+        let read_ca = |key: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
+            path.as_ref()
+                .map(|path| {
+                    let path = base_dir.join(path);
+                    std::fs::read(&path).map_err(|error| {
+                        invalid(key, format!("cannot read `{}`: {error}", path.display()))
+                    })
+                })
+                .transpose()
+        };
+        let channel_error = |key: &str, error: alerting::Error| match error {
+            alerting::Error::InvalidRule { key, message } => ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message,
+            },
+            other => invalid(key, other.to_string()),
+        };
         let mut alert_channels: Vec<alerting::delivery::Channel> = Vec::new();
         for (index, raw) in self.alerts.channels.into_iter().enumerate() {
             let key = format!("alerts.channels[{index}]");
@@ -696,23 +800,20 @@ impl RawConfig {
                     name,
                     url,
                     secret_env,
+                    ca_file,
                 } => {
-                    let secret = match secret_env {
-                        None => None,
-                        Some(variable) => Some(
-                            std::env::var(&variable)
-                                .map_err(|_| {
-                                    invalid(
-                                        &format!("{key}.secret_env"),
-                                        format!("environment variable `{variable}` is not set"),
-                                    )
-                                })?
-                                .into_bytes(),
-                        ),
-                    };
+                    let secret = secret_env
+                        .map(|variable| from_env(&format!("{key}.secret_env"), &variable))
+                        .transpose()?
+                        .map(String::into_bytes);
+                    let ca_pem = read_ca(&format!("{key}.ca_file"), &ca_file)?;
                     (
                         name,
-                        alerting::delivery::ChannelKind::Webhook { url, secret },
+                        alerting::delivery::ChannelKind::Webhook {
+                            url,
+                            secret,
+                            ca_pem,
+                        },
                     )
                 }
                 RawChannel::Slack {
@@ -723,30 +824,140 @@ impl RawConfig {
                     name,
                     alerting::delivery::ChannelKind::Slack { url, dashboard_url },
                 ),
+                RawChannel::Email {
+                    name,
+                    smtp_host,
+                    smtp_port,
+                    security,
+                    username_env,
+                    password_env,
+                    ca_file,
+                    from,
+                    to,
+                    dashboard_url,
+                } => {
+                    use alerting::email::{Secret, SmtpSecurity};
+                    let (security, default_port) = match security.as_str() {
+                        "starttls" => (SmtpSecurity::StartTls, 587),
+                        "tls" => (SmtpSecurity::Tls, 465),
+                        "none" => (SmtpSecurity::None, 25),
+                        other => {
+                            return Err(invalid(
+                                &format!("{key}.security"),
+                                format!("`{other}` is not one of starttls, tls, none"),
+                            ))
+                        }
+                    };
+                    let credentials = match (username_env, password_env) {
+                        (None, None) => None,
+                        (Some(user), Some(password)) => Some((
+                            from_env(&format!("{key}.username_env"), &user)?,
+                            Secret(from_env(&format!("{key}.password_env"), &password)?),
+                        )),
+                        (None, Some(_)) => {
+                            return Err(invalid(
+                                &format!("{key}.username_env"),
+                                "is needed with `password_env`".into(),
+                            ))
+                        }
+                        (Some(_), None) => {
+                            return Err(invalid(
+                                &format!("{key}.password_env"),
+                                "is needed with `username_env`".into(),
+                            ))
+                        }
+                    };
+                    if credentials.is_some() && security == SmtpSecurity::None {
+                        return Err(invalid(
+                            &format!("{key}.security"),
+                            "`none` would send the SMTP password in clear text: use starttls or tls".into(),
+                        ));
+                    }
+                    let settings = alerting::email::EmailSettings {
+                        host: smtp_host,
+                        port: smtp_port.unwrap_or(default_port),
+                        security,
+                        credentials,
+                        ca_pem: read_ca(&format!("{key}.ca_file"), &ca_file)?,
+                        from,
+                        to,
+                        dashboard_url,
+                    };
+                    (
+                        name,
+                        alerting::delivery::ChannelKind::Email(Box::new(settings)),
+                    )
+                }
             };
-            if name.trim().is_empty() || alert_channels.iter().any(|channel| channel.name == name) {
+            if name.trim().is_empty()
+                || name.starts_with("retrain.")
+                || alert_channels.iter().any(|channel| channel.name == name)
+            {
                 return Err(invalid(
                     &format!("{key}.name"),
-                    format!("`{name}` is empty or listed twice"),
+                    format!("`{name}` is empty, listed twice or reserved (`retrain.*`)"),
                 ));
             }
-            let channel =
-                alerting::delivery::Channel::new(name, kind, &key).map_err(
-                    |error| match error {
-                        alerting::Error::InvalidRule { key, message } => ConfigError::Invalid {
-                            file: file.to_owned(),
-                            key,
-                            message,
-                        },
-                        other => ConfigError::Invalid {
-                            file: file.to_owned(),
-                            key: key.clone(),
-                            message: other.to_string(),
-                        },
-                    },
-                )?;
+            let channel = alerting::delivery::Channel::new(name, kind, &key)
+                .map_err(|error| channel_error(&key, error))?;
             alert_channels.push(channel);
         }
+
+        let retrain = match self.alerts.retrain {
+            None => None,
+            Some(raw) => {
+                let key = "alerts.retrain";
+                let mut channels = Vec::new();
+                if let Some(url) = raw.url {
+                    let secret = raw
+                        .secret_env
+                        .map(|variable| from_env(&format!("{key}.secret_env"), &variable))
+                        .transpose()?
+                        .map(String::into_bytes);
+                    let kind = alerting::delivery::ChannelKind::RetrainWebhook {
+                        url,
+                        secret,
+                        ca_pem: read_ca(&format!("{key}.ca_file"), &raw.ca_file)?,
+                    };
+                    alert_channels.push(
+                        alerting::delivery::Channel::new(
+                            alerting::retrain::WEBHOOK_CHANNEL.into(),
+                            kind,
+                            key,
+                        )
+                        .map_err(|error| channel_error(key, error))?,
+                    );
+                    channels.push(alerting::retrain::WEBHOOK_CHANNEL.to_owned());
+                }
+                for (field, topic) in [("topic", &raw.topic), ("ack_topic", &raw.ack_topic)] {
+                    if topic.is_some() && kafka.is_none() {
+                        return Err(invalid(
+                            &format!("{key}.{field}"),
+                            "needs a `[kafka]` section (the bus)".into(),
+                        ));
+                    }
+                }
+                if let Some(topic) = raw.topic {
+                    alert_channels.push(
+                        alerting::delivery::Channel::new(
+                            alerting::retrain::BUS_CHANNEL.into(),
+                            alerting::delivery::ChannelKind::Bus { topic },
+                            key,
+                        )
+                        .map_err(|error| channel_error(key, error))?,
+                    );
+                    channels.push(alerting::retrain::BUS_CHANNEL.to_owned());
+                }
+                if channels.is_empty() {
+                    return Err(invalid(key, "sets neither `url` nor `topic`".into()));
+                }
+                Some(RetrainSettings {
+                    debounce_ms: raw.debounce.as_millis() as u64,
+                    channels,
+                    ack_topic: raw.ack_topic,
+                })
+            }
+        };
 
         let mut alert_rules = Vec::with_capacity(self.alerts.rules.len());
         for (index, raw) in self.alerts.rules.into_iter().enumerate() {
@@ -760,35 +971,37 @@ impl RawConfig {
                     format!("rule `{}` is listed twice", raw.name),
                 ));
             }
-            let rule = alerting::rules::Rule::from_raw(raw, &key).map_err(|error| match error {
-                alerting::Error::InvalidRule { key, message } => ConfigError::Invalid {
-                    file: file.to_owned(),
-                    key,
-                    message,
-                },
-                other => ConfigError::Invalid {
-                    file: file.to_owned(),
-                    key: key.clone(),
-                    message: other.to_string(),
-                },
-            })?;
+            let rule = alerting::rules::Rule::from_raw(raw, &key)
+                .map_err(|error| channel_error(&key, error))?;
             alert_rules.push(rule);
         }
+        // Channels rules may name: the configured ones, not the retrain targets.
+        let notify_channels: Vec<String> = alert_channels
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|name| !name.starts_with("retrain."))
+            .collect();
         for (index, rule) in alert_rules.iter().enumerate() {
             if let Some(unknown) = rule
                 .channels
                 .iter()
-                .find(|name| !alert_channels.iter().any(|c| &c.name == *name))
+                .find(|name| !notify_channels.contains(name))
             {
                 return Err(invalid(
                     &format!("alerts.rules[{index}].channels"),
                     format!("no channel named `{unknown}` in `alerts.channels`"),
                 ));
             }
+            if rule.retrain && retrain.is_none() {
+                return Err(invalid(
+                    &format!("alerts.rules[{index}].retrain"),
+                    "needs an `[alerts.retrain]` section (an endpoint `url` and/or a bus `topic`)"
+                        .into(),
+                ));
+            }
         }
         if alert_rules.is_empty() {
-            let every_channel: Vec<String> =
-                alert_channels.iter().map(|c| c.name.clone()).collect();
+            let every_channel = notify_channels;
             alert_rules = alerting::rules::default_rules(&every_channel);
         }
 
@@ -825,6 +1038,7 @@ impl RawConfig {
             models,
             alert_rules,
             alert_channels,
+            retrain,
         })
     }
 }
@@ -859,7 +1073,11 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(channels, ["pipeline"]);
+        assert_eq!(channels, ["pipeline", "oncall-email", "retrain.webhook"]);
+        let retrain = config.retrain.unwrap();
+        assert_eq!(retrain.channels, ["retrain.webhook"]);
+        assert_eq!(retrain.debounce_ms, 24 * 3_600_000);
+        assert!(config.alert_rules[0].retrain);
     }
 
     #[test]
@@ -890,8 +1108,40 @@ mod tests {
                 "`alerts.rules[0].cooldown_windows`",
             ),
             (
-                "version = 1\n[[alerts.channels]]\ntype = \"slack\"\nname = \"s\"\nurl = \"https://hooks.slack.com/x\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
-                "`alerts.channels[0].url`: https delivery",
+                "version = 1\n[[alerts.channels]]\ntype = \"slack\"\nname = \"s\"\nurl = \"hooks.slack.com/x\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.channels[0].url`",
+            ),
+            (
+                "version = 1\n[[alerts.channels]]\ntype = \"email\"\nname = \"e\"\nsmtp_host = \"h\"\nsecurity = \"none\"\nusername_env = \"HOME\"\npassword_env = \"HOME\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.channels[0].security`: `none` would send the SMTP password in clear text",
+            ),
+            (
+                "version = 1\n[[alerts.channels]]\ntype = \"email\"\nname = \"e\"\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = [\"not an address\"]\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.channels[0].to`",
+            ),
+            (
+                "version = 1\n[[alerts.channels]]\ntype = \"email\"\nname = \"e\"\nsmtp_host = \"h\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\nca_file = \"missing-ca.pem\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.channels[0].ca_file`: cannot read",
+            ),
+            (
+                "version = 1\n[[alerts.channels]]\ntype = \"webhook\"\nname = \"retrain.x\"\nurl = \"http://h/x\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.channels[0].name`",
+            ),
+            (
+                "version = 1\n[[alerts.rules]]\nname = \"r\"\nretrain = true\ncondition = { type = \"drift\" }\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.rules[0].retrain`: needs an `[alerts.retrain]` section",
+            ),
+            (
+                "version = 1\n[alerts.retrain]\ntopic = \"t\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.retrain.topic`: needs a `[kafka]` section",
+            ),
+            (
+                "version = 1\n[alerts.retrain]\ndebounce = \"1h\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`alerts.retrain`: sets neither",
+            ),
+            (
+                "version = 1\n[[alerts.channels]]\ntype = \"slack\"\nname = \"s\"\nurl = \"http://h/x\"\nsmtp_host = \"h\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "unknown field `smtp_host`",
             ),
             (
                 "version = 1\n[[alerts.rules]]\nname = \"r\"\nchannels = [\"nope\"]\ncondition = { type = \"drift\" }\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",

@@ -34,6 +34,8 @@ pub struct DemoShape {
     pub predictions_per_hour: u32,
     /// First hour with drifted inputs.
     pub drift_onset_hour: u32,
+    /// First hour back to the training distribution (`None`: drift lasts).
+    pub drift_end_hour: Option<u32>,
     /// Training rows.
     pub training_rows: u32,
 }
@@ -45,6 +47,7 @@ impl DemoShape {
             hours: 24,
             predictions_per_hour: 10_000,
             drift_onset_hour: 14,
+            drift_end_hour: None,
             training_rows: 50_000,
         }
     }
@@ -55,6 +58,7 @@ impl DemoShape {
             hours: 3,
             predictions_per_hour: 200,
             drift_onset_hour: 2,
+            drift_end_hour: None,
             training_rows: 300,
         }
     }
@@ -189,7 +193,8 @@ pub fn generate(shape: DemoShape, seed: u64) -> DemoFixtures {
     let mut actuals = 0u64;
     let hour_ms = 3_600_000i64;
     for hour in 0..shape.hours {
-        let drifted = hour >= shape.drift_onset_hour;
+        let drifted =
+            hour >= shape.drift_onset_hour && shape.drift_end_hour.is_none_or(|end| hour < end);
         for index in 0..shape.predictions_per_hour {
             let timestamp = DEMO_START_MS
                 + i64::from(hour) * hour_ms

@@ -357,11 +357,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             // The test message is sent directly; no store is opened or written.
             let store = store::Store::Embedded(store::embedded::EmbeddedStore::in_memory()?);
-            let sender = alerting::delivery::Sender::new(
-                store,
-                config.alert_channels.clone(),
-                alerting::delivery::RetryPolicy::default(),
-            );
+            let sender = tidewatch::service::sender(&config, store)?;
             match sender
                 .send_test(&name, ingest::finalize::now_millis())
                 .await

@@ -1,6 +1,8 @@
 //! Opening the configured store and running the Kafka pipeline.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use detectors::aggregate::Catalog;
 use ingest::driver::{Driver, DriverSettings};
@@ -39,11 +41,53 @@ pub async fn driver(config: &Config, store: Store) -> Result<Driver, ingest::Err
     Driver::new(engine, store, settings).await
 }
 
+/// The bus on Kafka: retrain events are published with the user's
+/// producer properties.
+pub struct KafkaBus(rdkafka::producer::FutureProducer);
+
+impl KafkaBus {
+    /// A bus over the `[kafka]` settings.
+    pub fn new(settings: &ingest::kafka::KafkaSettings) -> Result<Self, ingest::Error> {
+        Ok(Self(ingest::kafka::producer(settings)?))
+    }
+}
+
+impl alerting::delivery::Bus for KafkaBus {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        key: &'a str,
+        payload: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            ingest::kafka::publish(&self.0, topic, key, &payload, &headers).await
+        })
+    }
+}
+
+/// The sender for `config`'s channels, with the Kafka bus when configured.
+pub fn sender(config: &Config, store: Store) -> anyhow::Result<alerting::delivery::Sender> {
+    let sender = alerting::delivery::Sender::new(
+        store,
+        config.alert_channels.clone(),
+        alerting::delivery::RetryPolicy::default(),
+    )?;
+    Ok(match &config.kafka {
+        Some(kafka) => sender.with_bus(Arc::new(KafkaBus::new(kafka)?)),
+        None => sender,
+    })
+}
+
 /// Runs the Kafka pipeline of `config` until `shutdown` resolves. Alert
-/// rules are evaluated on every finalized window; notifications are logged,
-/// recorded in the store's outbox and delivered to their channels by a
-/// separate task (one pass a second), which survives restarts through the
-/// outbox.
+/// rules are evaluated on every finalized window; notifications (and the
+/// retrain requests the retrain gate lets through) are logged, recorded in
+/// the store's outbox and delivered to their channels by a separate task
+/// (one pass a second), which survives restarts through the outbox.
 pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunReport> {
     let kafka = config.kafka.clone().ok_or_else(|| {
         anyhow::anyhow!(
@@ -52,35 +96,82 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         )
     })?;
     let store = open_store(&config.store).await?;
+    let sender = sender(config, store.clone())?;
     let driver = driver(config, store.clone()).await?;
     let mut evaluator = alerting::lifecycle::AlertEvaluator::new(config.alert_rules.clone());
+    warm_up(&mut evaluator, config, &store).await?;
+
+    // Retrain requests: debounced per model version, restored from the
+    // requests already recorded, cleared early by acknowledgements.
+    let gate = Arc::new(Mutex::new(match &config.retrain {
+        Some(retrain) => {
+            alerting::retrain::RetrainGate::new(retrain.debounce_ms, retrain.channels.clone())
+        }
+        None => alerting::retrain::RetrainGate::new(0, Vec::new()),
+    }));
+    if config.retrain.is_some() {
+        let recorded = store.alerts(None, RESTORED_ALERTS).await?;
+        gate.lock().expect("gate lock").restore(&recorded);
+    }
+    let (stop_acks, acks_stopped) = tokio::sync::oneshot::channel::<()>();
+    let acks = config
+        .retrain
+        .as_ref()
+        .and_then(|r| r.ack_topic.clone())
+        .map(|topic| {
+            let gate = Arc::clone(&gate);
+            let kafka = kafka.clone();
+            tokio::spawn(async move {
+                let on_ack = |payload: &[u8]| {
+                    if let Some(request) = alerting::retrain::parse_ack(payload) {
+                        if gate.lock().expect("gate lock").acknowledge(&request) {
+                            tracing::info!(%request, "retrain request acknowledged");
+                        }
+                    }
+                };
+                let stopped = async {
+                    let _ = acks_stopped.await;
+                };
+                if let Err(error) =
+                    ingest::kafka::follow_topic(&kafka, &topic, on_ack, stopped).await
+                {
+                    tracing::error!(%error, %topic, "reading retrain acknowledgements failed");
+                }
+            })
+        });
+
     // Notifications go through a bounded queue to the task that records them
     // in the outbox and delivers; if it falls 1,024 windows behind, further
     // notifications are logged as dropped.
-    let (notifications, mut pending) =
-        tokio::sync::mpsc::channel::<Vec<alerting::lifecycle::Alert>>(1024);
+    type Batch = Vec<(store::AlertRecord, Vec<String>)>;
+    let (notifications, mut pending) = tokio::sync::mpsc::channel::<Batch>(1024);
+    let evaluate_gate = Arc::clone(&gate);
     let on_finalized = move |model: &str, _window_start: i64, metrics: &[store::WindowMetrics]| {
         let alerts = evaluator.evaluate(model, metrics);
+        let now = ingest::finalize::now_millis();
+        let mut batch: Batch = Vec::with_capacity(alerts.len());
         for alert in &alerts {
             tracing::warn!(id = %alert.id, rule = %alert.rule, model = %alert.model, status = ?alert.status, "{}", alert.summary);
+            batch.push((alert.to_record(now), alert.channels.clone()));
+            let request = evaluate_gate.lock().expect("gate lock").admit(alert, now);
+            if let Some(request) = request {
+                tracing::warn!(id = %alert.id, model = %alert.model, version = %alert.model_version, "retraining requested");
+                batch.push((
+                    alerting::retrain::to_record(&request, now),
+                    request.channels,
+                ));
+            }
         }
-        if !alerts.is_empty() && notifications.try_send(alerts).is_err() {
+        if !batch.is_empty() && notifications.try_send(batch).is_err() {
             tracing::error!("alert queue full: the notifications of this window were dropped");
         }
     };
-    let sender = alerting::delivery::Sender::new(
-        store.clone(),
-        config.alert_channels.clone(),
-        alerting::delivery::RetryPolicy::default(),
-    );
     let delivery = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
                 batch = pending.recv() => {
-                    let Some(alerts) = batch else { break };
-                    let created_at = ingest::finalize::now_millis();
-                    let records = alerts.iter().map(|a| (a.to_record(created_at), a.channels.clone())).collect();
+                    let Some(records) = batch else { break };
                     if let Err(error) = store.record_alerts(records).await {
                         tracing::error!(%error, "recording alerts failed");
                     }
@@ -104,5 +195,56 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     )
     .await?;
     let _ = delivery.await;
+    let _ = stop_acks.send(());
+    if let Some(acks) = acks {
+        let _ = acks.await;
+    }
     Ok(report)
 }
+
+/// Windows per model replayed into the alert evaluator at start-up.
+const WARMUP_WINDOWS: i64 = 48;
+
+/// Replays the last [`WARMUP_WINDOWS`] stored windows of every model through
+/// `evaluator`, discarding what it says, so that a restarted service knows
+/// which alerts are firing (and resolves them under the same id) instead of
+/// firing them again. Windows it has seen are not evaluated again when they
+/// are finalized again. A `quality_drop` baseline is taken from these windows.
+async fn warm_up(
+    evaluator: &mut alerting::lifecycle::AlertEvaluator,
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<()> {
+    let size = config.engine.window_size.millis();
+    for model in &config.models {
+        let windows = store.partial_windows(model.name(), 0, i64::MAX / 2).await?;
+        let Some(&latest) = windows.iter().max() else {
+            continue;
+        };
+        let metrics = store
+            .window_metrics(store::MetricsQuery {
+                model: Some(model.name().to_owned()),
+                from_ms: Some(latest - WARMUP_WINDOWS * size),
+                ..Default::default()
+            })
+            .await?;
+        let mut by_window: std::collections::BTreeMap<i64, Vec<store::WindowMetrics>> =
+            Default::default();
+        for record in metrics {
+            by_window
+                .entry(record.key.window_start)
+                .or_default()
+                .push(record);
+        }
+        let count = by_window.len();
+        for records in by_window.values() {
+            evaluator.evaluate(model.name(), records);
+        }
+        tracing::info!(model = %model.name(), windows = count, "alert state restored from stored windows");
+    }
+    Ok(())
+}
+
+/// Most recent notifications read at start-up to restore pending retrain
+/// requests.
+const RESTORED_ALERTS: u64 = 10_000;

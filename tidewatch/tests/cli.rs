@@ -113,6 +113,7 @@ async fn the_demo_finds_the_injected_drift_and_only_it() {
         hours: 6,
         predictions_per_hour: 1_000,
         drift_onset_hour: 4,
+        drift_end_hour: None,
         training_rows: 5_000,
     };
     let outcome = tidewatch::demo::run(&directory, 42, shape).await.unwrap();

@@ -387,6 +387,7 @@ fn small_shape() -> DemoShape {
         hours: 3,
         predictions_per_hour: 1_500,
         drift_onset_hour: 2,
+        drift_end_hour: None,
         training_rows: 2_000,
     }
 }
