@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tidewatch's test command: installs and starts what the integration tests
-# need (ClickHouse, a Kafka-protocol broker, an SMTP server), all on 127.0.0.1, runs the whole
+# need (ClickHouse, a Kafka-protocol broker, an SMTP server, Chromium), all on 127.0.0.1, runs the whole
 # test suite against them, and stops them again.
 #
 #   scripts/test.sh [extra cargo test arguments]
@@ -50,6 +50,16 @@ if ! command -v clickhouse-server >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q clickhouse-server clickhouse-client >/dev/null \
     || fail "apt-get install clickhouse-server failed"
+fi
+
+# --- Chromium, for the browser test of Tidewatch's pages --------------------
+chromium_bin=$(command -v chromium || true)
+if [ -z "$chromium_bin" ]; then
+  log "installing chromium from Debian's packages"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || fail "apt-get install chromium failed"
+  chromium_bin=$(command -v chromium) || fail "chromium is not on PATH after installing it"
 fi
 
 # --- Kafka-protocol broker ------------------------------------------------
@@ -138,6 +148,7 @@ for _ in $(seq 1 50); do
 done
 [ -n "$ready" ] || { tail -20 "$run_dir/smtp.log" >&2 || true; fail "the SMTP server did not become ready"; }
 
+export TIDEWATCH_TEST_CHROMIUM="$chromium_bin"
 export TIDEWATCH_TEST_SMTP_STARTTLS="127.0.0.1:$smtp_port"
 export TIDEWATCH_TEST_SMTP_TLS="127.0.0.1:$smtps_port"
 export TIDEWATCH_TEST_SMTP_USER="$smtp_user"

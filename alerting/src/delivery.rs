@@ -192,8 +192,19 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// What one pass of [`Sender::deliver_due`] did.
+/// Outcomes of one pass, in total or for one channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Delivered.
+    pub sent: u32,
+    /// Failed this time, to be retried.
+    pub retried: u32,
+    /// Failed for good.
+    pub failed: u32,
+}
+
+/// What one pass of [`Sender::deliver_due`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
     /// Delivered.
     pub sent: u32,
@@ -201,6 +212,8 @@ pub struct DeliveryReport {
     pub retried: u32,
     /// Failed for good.
     pub failed: u32,
+    /// The same per channel (channels with an attempt only).
+    pub channels: BTreeMap<String, DeliveryCounts>,
 }
 
 /// Sends due notifications. See the module docs.
@@ -279,9 +292,11 @@ impl Sender {
             let outcome = self.attempt(&delivery, now).await;
             let attempts = delivery.attempts + 1;
             let seed = crate::lifecycle::fnv1a(&[&delivery.alert_id, &delivery.channel]);
+            let counts = report.channels.entry(delivery.channel.clone()).or_default();
             let next = match outcome {
                 Ok(()) => {
                     report.sent += 1;
+                    counts.sent += 1;
                     Delivery {
                         state: DeliveryState::Sent,
                         attempts,
@@ -292,6 +307,7 @@ impl Sender {
                 }
                 Err(error) if attempts >= self.policy.max_attempts => {
                     report.failed += 1;
+                    counts.failed += 1;
                     Delivery {
                         state: DeliveryState::Failed,
                         attempts,
@@ -302,6 +318,7 @@ impl Sender {
                 }
                 Err(error) => {
                     report.retried += 1;
+                    counts.retried += 1;
                     Delivery {
                         attempts,
                         next_attempt_at: now + self.policy.backoff_ms(attempts, seed),

@@ -222,6 +222,11 @@ pub struct FeatureWindowMetrics {
     pub max: Option<f64>,
     /// Quantiles 5, 25, 50, 75, 95 % (numeric, 1 % relative error).
     pub quantiles: Option<[f64; 5]>,
+    /// The reference's quantiles at the same levels (numeric, from the
+    /// profile's 100 quantile midpoints, interpolated), to compare with
+    /// `quantiles`.
+    #[serde(default)]
+    pub reference_quantiles: Option<[f64; 5]>,
     /// Distinct categories in the window (categorical; exact within the
     /// category bound, HyperLogLog-estimated beyond it).
     pub distinct_categories: Option<u64>,
@@ -281,6 +286,22 @@ pub struct FeatureWindowMetrics {
 /// Quantile levels reported in [`FeatureWindowMetrics::quantiles`].
 pub const REPORTED_QUANTILES: [f64; 5] = [0.05, 0.25, 0.5, 0.75, 0.95];
 
+/// [`REPORTED_QUANTILES`] of a reference from its quantiles at the midpoint
+/// levels `(i + 0.5) / n`, linearly interpolated (`None` if there are none).
+fn reference_quantiles(midpoints: &[f64]) -> Option<[f64; 5]> {
+    let n = midpoints.len();
+    if n == 0 {
+        return None;
+    }
+    Some(REPORTED_QUANTILES.map(|q| {
+        let position = (q * n as f64 - 0.5).clamp(0.0, (n - 1) as f64);
+        let low = position.floor() as usize;
+        let high = (low + 1).min(n - 1);
+        let fraction = position - low as f64;
+        midpoints[low] + (midpoints[high] - midpoints[low]) * fraction
+    }))
+}
+
 /// Computes a window's metrics for one series.
 pub fn compute(
     sketch: &FeatureSketch,
@@ -314,6 +335,7 @@ pub fn compute(
             }
             if let Some(FeatureReference::Numeric(reference)) = reference {
                 wasserstein(&mut metrics, reference, numeric);
+                metrics.reference_quantiles = reference_quantiles(&reference.quantiles);
             }
             metrics
         }
@@ -440,6 +462,7 @@ impl FeatureWindowMetrics {
             min: None,
             max: None,
             quantiles: None,
+            reference_quantiles: None,
             distinct_categories: None,
             quality: None,
             out_of_range: None,
@@ -627,6 +650,18 @@ fn categorical_drift(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reference_quantiles_interpolate_the_midpoints() {
+        // Midpoints of 0..100 uniform: the q-quantile is 100 q.
+        let midpoints: Vec<f64> = (0..100).map(|i| i as f64 + 0.5).collect();
+        let quantiles = super::reference_quantiles(&midpoints).unwrap();
+        for (got, want) in quantiles.iter().zip([5.0, 25.0, 50.0, 75.0, 95.0]) {
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        assert_eq!(super::reference_quantiles(&[]), None);
+        assert_eq!(super::reference_quantiles(&[3.0]), Some([3.0; 5]));
+    }
+
     use super::*;
     use crate::categorical::CategoricalSketch;
     use crate::numeric::{BinEdges, NumericSketch};

@@ -38,6 +38,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::driver::Driver;
 use crate::engine::{range_start_of, Ingested};
+use crate::telemetry::Telemetry;
 use crate::Error;
 
 /// A topic to consume and the kind of event it carries.
@@ -98,9 +99,24 @@ enum RebalanceNote {
 struct RewindContext {
     range_size: u64,
     notes: Mutex<Vec<RebalanceNote>>,
+    telemetry: Telemetry,
 }
 
-impl ClientContext for RewindContext {}
+impl ClientContext for RewindContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag
+    /// per topic, summed over the partitions this member fetches.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (name, topic) in &statistics.topics {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.telemetry.set_lag(name, lag);
+        }
+    }
+}
 
 impl ConsumerContext for RewindContext {
     fn rebalance(
@@ -273,17 +289,20 @@ pub async fn follow_topic(
 ///
 /// `on_finalized` sees every finalized window (model, window start, the
 /// metrics of every series), e.g. to evaluate alert rules; it runs on the
-/// consumer task, so it must be quick.
+/// consumer task, so it must be quick. `telemetry` is updated as the loop
+/// goes (see [`crate::telemetry`]).
 pub async fn run(
     mut driver: Driver,
     settings: KafkaSettings,
     loop_settings: LoopSettings,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()>,
     mut on_finalized: impl FnMut(&str, i64, &[store::WindowMetrics]),
 ) -> Result<RunReport, Error> {
     let context = RewindContext {
         range_size: driver.engine().settings().range_size,
         notes: Mutex::new(Vec::new()),
+        telemetry: telemetry.clone(),
     };
     let mut config = client_config(&settings);
     config
@@ -292,6 +311,10 @@ pub async fn run(
         .set("enable.auto.offset.store", "false");
     if config.get("auto.offset.reset").is_none() {
         config.set("auto.offset.reset", "earliest");
+    }
+    if config.get("statistics.interval.ms").is_none() {
+        // Feeds the consumer-lag gauge.
+        config.set("statistics.interval.ms", "5000");
     }
     let consumer: Arc<StreamConsumer<RewindContext>> =
         Arc::new(config.create_with_context(context)?);
@@ -328,11 +351,18 @@ pub async fn run(
                         driver.engine_mut().close_all();
                     }
                 }
+                let started = Instant::now();
                 let commits = driver.checkpoint().await?;
+                telemetry.store_write("checkpoint", started.elapsed().as_secs_f64());
                 commit(&consumer, &commits, CommitMode::Async, &mut report)?;
+                let started = Instant::now();
                 let (commits, finalized) = driver.finalize_closed().await?;
+                if !finalized.windows.is_empty() {
+                    telemetry.store_write("finalize", started.elapsed().as_secs_f64());
+                }
                 commit(&consumer, &commits, CommitMode::Async, &mut report)?;
                 report.windows_finalized += finalized.windows.len() as u64;
+                telemetry.windows_closed(finalized.windows.len() as u64);
                 for (model, window_start, metrics) in &finalized.windows {
                     on_finalized(model, *window_start, metrics);
                 }
@@ -349,20 +379,30 @@ pub async fn run(
                 last_event = Instant::now();
                 report.messages += 1;
                 let topic = message.topic();
+                telemetry.consumed(topic);
                 let partition = message.partition();
                 let offset = message.offset().max(0) as u64;
                 let source = source_name(topic, partition);
                 let kind = kinds.get(topic).copied().unwrap_or(EventKind::Prediction);
                 let payload = message.payload().unwrap_or_default();
-                if let Ingested::Malformed(reason) = driver.engine_mut().ingest(&source, offset, payload, kind) {
-                    report.dead_lettered += 1;
-                    tracing::debug!(%source, offset, %reason, "dead-lettering payload");
-                    dead_letters
-                        .send(DeadLetter { source_topic: topic, source_partition: partition, source_offset: offset, payload, reason: &reason })
-                        .await?;
+                match driver.engine_mut().ingest(&source, offset, payload, kind) {
+                    Ingested::Recorded => {}
+                    Ingested::Late => telemetry.dropped(topic, "late"),
+                    Ingested::UnknownModel => telemetry.dropped(topic, "unknown_model"),
+                    Ingested::GroupLimit => telemetry.dropped(topic, "group_limit"),
+                    Ingested::Malformed(reason) => {
+                        report.dead_lettered += 1;
+                        telemetry.dead_lettered(topic);
+                        tracing::debug!(%source, offset, %reason, "dead-lettering payload");
+                        dead_letters
+                            .send(DeadLetter { source_topic: topic, source_partition: partition, source_offset: offset, payload, reason: &reason })
+                            .await?;
+                    }
                 }
                 if driver.engine().needs_checkpoint() {
+                    let started = Instant::now();
                     let commits = driver.checkpoint().await?;
+                    telemetry.store_write("checkpoint", started.elapsed().as_secs_f64());
                     commit(&consumer, &commits, CommitMode::Async, &mut report)?;
                 }
             }

@@ -13,6 +13,8 @@
 //!   producer (`replay_file`).
 //! - [`file`]: replays a JSON-lines file through the engine without Kafka.
 //! - [`dead_letter`]: where undecodable payloads go, with their reason.
+//! - [`telemetry`]: the pipeline's own metrics (consumed, dead-lettered,
+//!   dropped, lag, windows closed, store write time) for Prometheus.
 //!
 //! ## Data flow
 //! ```text
@@ -37,6 +39,7 @@ pub mod engine;
 pub mod file;
 pub mod finalize;
 pub mod kafka;
+pub mod telemetry;
 
 /// Ingestion errors.
 #[derive(Debug, thiserror::Error)]

@@ -52,7 +52,8 @@ const MIGRATIONS: &[&str] = &[
         latency_p50 Nullable(Float64), latency_p95 Nullable(Float64), latency_p99 Nullable(Float64), latency_max Nullable(Float64), error_rate Nullable(Float64), null_prediction_rate Nullable(Float64),
         test_names Array(String), test_values Array(Float64), test_thresholds Array(Float64),
         test_drifted Array(UInt8), warnings Array(String),
-        accuracy Nullable(Float64), precision Nullable(Float64), recall Nullable(Float64), f1 Nullable(Float64), roc_auc Nullable(Float64), log_loss Nullable(Float64), brier Nullable(Float64), calibration_error Nullable(Float64), mae Nullable(Float64), rmse Nullable(Float64), mape Nullable(Float64), r2 Nullable(Float64)
+        accuracy Nullable(Float64), precision Nullable(Float64), recall Nullable(Float64), f1 Nullable(Float64), roc_auc Nullable(Float64), log_loss Nullable(Float64), brier Nullable(Float64), calibration_error Nullable(Float64), mae Nullable(Float64), rmse Nullable(Float64), mape Nullable(Float64), r2 Nullable(Float64),
+        ref_p05 Nullable(Float64), ref_p25 Nullable(Float64), ref_p50 Nullable(Float64), ref_p75 Nullable(Float64), ref_p95 Nullable(Float64)
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMMDD(window_start)
     ORDER BY (model, model_version, segment, feature, window_start)",
@@ -68,6 +69,12 @@ const MIGRATIONS: &[&str] = &[
     ) ENGINE = ReplacingMergeTree(created_at)
     PARTITION BY toYYYYMMDD(window_start)
     ORDER BY (id, status, window_start)",
+    "CREATE TABLE IF NOT EXISTS pipeline_stats (
+        at DateTime, instance String, topic String,
+        consumed UInt64, dead_lettered UInt64, late UInt64, lag Int64
+    ) ENGINE = MergeTree
+    PARTITION BY toYYYYMMDD(at)
+    ORDER BY (topic, at, instance)",
     "CREATE TABLE IF NOT EXISTS alert_deliveries (
         alert_id String, status String, window_start DateTime, channel String,
         state String, attempts UInt32, next_attempt_at UInt64, last_error String, updated_at UInt64
@@ -228,6 +235,36 @@ impl ClickHouseStore {
         Ok(())
     }
 
+    pub(crate) async fn model_versions(&self) -> Result<Vec<crate::ModelVersionSummary>> {
+        #[derive(clickhouse::Row, serde::Deserialize)]
+        struct Row {
+            model: String,
+            model_version: String,
+            first_window: u32,
+            last_window: u32,
+            windows: u64,
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT model, model_version, toUInt32(min(window_start)), toUInt32(max(window_start)),
+                        toUInt64(uniqExact(window_start))
+                 FROM window_metrics FINAL GROUP BY model, model_version ORDER BY model, model_version",
+            )
+            .fetch_all::<Row>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| crate::ModelVersionSummary {
+                model: row.model,
+                model_version: row.model_version,
+                first_window: i64::from(row.first_window) * 1000,
+                last_window: i64::from(row.last_window) * 1000,
+                windows: row.windows,
+            })
+            .collect())
+    }
+
     pub(crate) async fn window_metrics(&self, query: &MetricsQuery) -> Result<Vec<WindowMetrics>> {
         let columns = METRICS_COLUMNS
             .iter()
@@ -242,6 +279,10 @@ impl ClickHouseStore {
         if let Some(model) = &query.model {
             sql.push_str(" AND model = ?");
             filters.push(model);
+        }
+        if let Some(version) = &query.model_version {
+            sql.push_str(" AND model_version = ?");
+            filters.push(version);
         }
         if let Some(segment) = &query.segment {
             sql.push_str(" AND segment = ?");
@@ -258,8 +299,11 @@ impl ClickHouseStore {
             sql.push_str(" AND window_start < toDateTime(?)");
         }
         sql.push_str(" ORDER BY model, model_version, segment, feature, window_start");
-        if let Some(limit) = query.limit {
-            sql.push_str(&format!(" LIMIT {limit}"));
+        // `LIMIT offset, count`: the form every ClickHouse release reads.
+        match (query.limit, query.offset) {
+            (Some(limit), offset) => sql.push_str(&format!(" LIMIT {offset}, {limit}")),
+            (None, 0) => {}
+            (None, offset) => sql.push_str(&format!(" LIMIT {offset}, {}", u64::MAX >> 1)),
         }
         let mut statement = self.client.query(&sql);
         for filter in filters {
@@ -411,6 +455,47 @@ impl ClickHouseStore {
             }
         }
         self.update_deliveries(fresh).await
+    }
+
+    pub(crate) async fn write_pipeline_stats(&self, rows: Vec<crate::PipelineStats>) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<crate::rows::PipelineStatsRow>("pipeline_stats")
+            .await?;
+        for row in rows {
+            insert
+                .write(&crate::rows::PipelineStatsRow::from_record(row)?)
+                .await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn pipeline_stats(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<crate::PipelineStats>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT toUInt32(at), toString(instance), toString(topic), toUInt64(consumed),
+                        toUInt64(dead_lettered), toUInt64(late), toInt64(lag)
+                 FROM pipeline_stats
+                 WHERE at >= toDateTime(?) AND at < toDateTime(?)
+                 ORDER BY at, topic, instance",
+            )
+            .bind(lower_bound_seconds(from_ms))
+            .bind(upper_bound_seconds(to_ms))
+            .fetch_all::<crate::rows::PipelineStatsRow>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(crate::rows::PipelineStatsRow::into_record)
+            .collect())
     }
 
     pub(crate) async fn update_deliveries(&self, deliveries: Vec<crate::Delivery>) -> Result<()> {

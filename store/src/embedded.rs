@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS window_metrics (
     latency_p50 REAL, latency_p95 REAL, latency_p99 REAL, latency_max REAL, error_rate REAL, null_prediction_rate REAL,
     test_names TEXT, test_values TEXT, test_thresholds TEXT, test_drifted TEXT, warnings TEXT,
     accuracy REAL, precision REAL, recall REAL, f1 REAL, roc_auc REAL, log_loss REAL, brier REAL, calibration_error REAL, mae REAL, rmse REAL, mape REAL, r2 REAL,
+    ref_p05 REAL, ref_p25 REAL, ref_p50 REAL, ref_p75 REAL, ref_p95 REAL,
     PRIMARY KEY (model, model_version, segment, feature, window_start)
 );
 CREATE TABLE IF NOT EXISTS alerts (
@@ -59,6 +60,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (id, status, window_start)
 );
+CREATE TABLE IF NOT EXISTS pipeline_stats (
+    at INTEGER NOT NULL, instance TEXT NOT NULL, topic TEXT NOT NULL,
+    consumed INTEGER NOT NULL, dead_lettered INTEGER NOT NULL, late INTEGER NOT NULL, lag INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pipeline_stats_at ON pipeline_stats (at);
 CREATE TABLE IF NOT EXISTS alert_deliveries (
     alert_id TEXT NOT NULL, status TEXT NOT NULL, window_start INTEGER NOT NULL, channel TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL, next_attempt_at INTEGER NOT NULL,
@@ -360,12 +366,40 @@ impl EmbeddedStore {
                         row.mae,
                         row.rmse,
                         row.mape,
-                        row.r2
+                        row.r2,
+                        row.ref_p05,
+                        row.ref_p25,
+                        row.ref_p50,
+                        row.ref_p75,
+                        row.ref_p95
                     ])?;
                 }
             }
             transaction.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn model_versions(&self) -> Result<Vec<crate::ModelVersionSummary>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT model, model_version, MIN(window_start), MAX(window_start),
+                        COUNT(DISTINCT window_start)
+                 FROM window_metrics GROUP BY model, model_version ORDER BY model, model_version",
+            )?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok(crate::ModelVersionSummary {
+                        model: row.get(0)?,
+                        model_version: row.get(1)?,
+                        first_window: row.get::<_, i64>(2)? * 1000,
+                        last_window: row.get::<_, i64>(3)? * 1000,
+                        windows: row.get::<_, i64>(4)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -379,6 +413,7 @@ impl EmbeddedStore {
             let mut values: Vec<rusqlite::types::Value> = Vec::new();
             for (column, value) in [
                 ("model", &query.model),
+                ("model_version", &query.model_version),
                 ("segment", &query.segment),
                 ("feature", &query.feature),
             ] {
@@ -396,8 +431,10 @@ impl EmbeddedStore {
                 sql.push_str(&format!(" AND window_start < ?{}", values.len()));
             }
             sql.push_str(" ORDER BY model, model_version, segment, feature, window_start");
-            if let Some(limit) = query.limit {
-                sql.push_str(&format!(" LIMIT {limit}"));
+            match (query.limit, query.offset) {
+                (Some(limit), offset) => sql.push_str(&format!(" LIMIT {limit} OFFSET {offset}")),
+                (None, 0) => {}
+                (None, offset) => sql.push_str(&format!(" LIMIT -1 OFFSET {offset}")),
             }
             let mut statement = connection.prepare(&sql)?;
             let rows = statement
@@ -465,6 +502,11 @@ impl EmbeddedStore {
                         rmse: row.get(59)?,
                         mape: row.get(60)?,
                         r2: row.get(61)?,
+                        ref_p05: row.get(62)?,
+                        ref_p25: row.get(63)?,
+                        ref_p50: row.get(64)?,
+                        ref_p75: row.get(65)?,
+                        ref_p95: row.get(66)?,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -611,6 +653,70 @@ impl EmbeddedStore {
             }
             transaction.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn write_pipeline_stats(&self, rows: Vec<crate::PipelineStats>) -> Result<()> {
+        let rows: Vec<crate::rows::PipelineStatsRow> = rows
+            .into_iter()
+            .map(crate::rows::PipelineStatsRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for row in &rows {
+                transaction.execute(
+                    "INSERT INTO pipeline_stats VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        row.at,
+                        row.instance,
+                        row.topic,
+                        row.consumed as i64,
+                        row.dead_lettered as i64,
+                        row.late as i64,
+                        row.lag
+                    ],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn pipeline_stats(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<crate::PipelineStats>> {
+        self.with(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT at, instance, topic, consumed, dead_lettered, late, lag FROM pipeline_stats
+                 WHERE at >= ?1 AND at < ?2 ORDER BY at, topic, instance",
+            )?;
+            let rows = statement
+                .query_map(
+                    params![
+                        i64::from(lower_bound_seconds(from_ms)),
+                        i64::from(upper_bound_seconds(to_ms))
+                    ],
+                    |row| {
+                        Ok(crate::rows::PipelineStatsRow {
+                            at: row.get(0)?,
+                            instance: row.get(1)?,
+                            topic: row.get(2)?,
+                            consumed: row.get::<_, i64>(3)? as u64,
+                            dead_lettered: row.get::<_, i64>(4)? as u64,
+                            late: row.get::<_, i64>(5)? as u64,
+                            lag: row.get(6)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows
+                .into_iter()
+                .map(crate::rows::PipelineStatsRow::into_record)
+                .collect())
         })
         .await
     }

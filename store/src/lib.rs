@@ -123,6 +123,8 @@ pub struct WindowMetrics {
 pub struct MetricsQuery {
     /// Only this model.
     pub model: Option<String>,
+    /// Only this model version.
+    pub model_version: Option<String>,
     /// Only this segment.
     pub segment: Option<String>,
     /// Only this series.
@@ -134,6 +136,43 @@ pub struct MetricsQuery {
     /// At most this many rows (newest windows first are *not* implied; rows
     /// are ordered by model, version, segment, feature, window).
     pub limit: Option<u64>,
+    /// Rows skipped first, in that order (pagination).
+    pub offset: u64,
+}
+
+/// What one consumer instance did with one topic over one interval (the
+/// `pipeline_stats` table behind the Operations dashboard).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineStats {
+    /// End of the interval, ms (stored with second precision).
+    pub time: i64,
+    /// The consumer instance (host and process).
+    pub instance: String,
+    /// Topic.
+    pub topic: String,
+    /// Messages read in the interval.
+    pub consumed: u64,
+    /// Messages dead-lettered in the interval.
+    pub dead_lettered: u64,
+    /// Events dropped as late in the interval.
+    pub late: u64,
+    /// Lag at the end of the interval (messages).
+    pub lag: i64,
+}
+
+/// What the store holds for one model version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelVersionSummary {
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub model_version: String,
+    /// Start of its first finalized window, ms.
+    pub first_window: i64,
+    /// Start of its last finalized window, ms.
+    pub last_window: i64,
+    /// Finalized windows.
+    pub windows: u64,
 }
 
 /// A stored reference profile's header.
@@ -299,6 +338,30 @@ impl Store {
         match self {
             Store::ClickHouse(store) => store.window_metrics(&query).await,
             Store::Embedded(store) => store.window_metrics(query).await,
+        }
+    }
+
+    /// Every model version with finalized windows, by model and version.
+    pub async fn model_versions(&self) -> Result<Vec<ModelVersionSummary>> {
+        match self {
+            Store::ClickHouse(store) => store.model_versions().await,
+            Store::Embedded(store) => store.model_versions().await,
+        }
+    }
+
+    /// Appends pipeline statistics.
+    pub async fn write_pipeline_stats(&self, rows: Vec<PipelineStats>) -> Result<()> {
+        match self {
+            Store::ClickHouse(store) => store.write_pipeline_stats(rows).await,
+            Store::Embedded(store) => store.write_pipeline_stats(rows).await,
+        }
+    }
+
+    /// Pipeline statistics with `time` in `[from_ms, to_ms)`, by time.
+    pub async fn pipeline_stats(&self, from_ms: i64, to_ms: i64) -> Result<Vec<PipelineStats>> {
+        match self {
+            Store::ClickHouse(store) => store.pipeline_stats(from_ms, to_ms).await,
+            Store::Embedded(store) => store.pipeline_stats(from_ms, to_ms).await,
         }
     }
 

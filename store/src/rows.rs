@@ -115,10 +115,15 @@ pub struct MetricsRow {
     pub rmse: Option<f64>,
     pub mape: Option<f64>,
     pub r2: Option<f64>,
+    pub ref_p05: Option<f64>,
+    pub ref_p25: Option<f64>,
+    pub ref_p50: Option<f64>,
+    pub ref_p75: Option<f64>,
+    pub ref_p95: Option<f64>,
 }
 
 /// Columns of `window_metrics`, in [`MetricsRow`] order.
-pub(crate) const METRICS_COLUMNS: [&str; 62] = [
+pub(crate) const METRICS_COLUMNS: [&str; 67] = [
     "model",
     "model_version",
     "segment",
@@ -181,12 +186,17 @@ pub(crate) const METRICS_COLUMNS: [&str; 62] = [
     "rmse",
     "mape",
     "r2",
+    "ref_p05",
+    "ref_p25",
+    "ref_p50",
+    "ref_p75",
+    "ref_p95",
 ];
 
 /// Columns added to `window_metrics` after its first version, as
 /// (name, ClickHouse type, SQLite type): start-up adds those an existing
 /// table lacks.
-pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 31] = [
+pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 36] = [
     ("js_distance", "Nullable(Float64)", "REAL"),
     ("hellinger", "Nullable(Float64)", "REAL"),
     ("kl_divergence", "Nullable(Float64)", "REAL"),
@@ -218,12 +228,18 @@ pub(crate) const ADDED_METRICS_COLUMNS: [(&str, &str, &str); 31] = [
     ("rmse", "Nullable(Float64)", "REAL"),
     ("mape", "Nullable(Float64)", "REAL"),
     ("r2", "Nullable(Float64)", "REAL"),
+    ("ref_p05", "Nullable(Float64)", "REAL"),
+    ("ref_p25", "Nullable(Float64)", "REAL"),
+    ("ref_p50", "Nullable(Float64)", "REAL"),
+    ("ref_p75", "Nullable(Float64)", "REAL"),
+    ("ref_p95", "Nullable(Float64)", "REAL"),
 ];
 
 impl MetricsRow {
     pub(crate) fn from_record(record: &WindowMetrics) -> Result<Self, Error> {
         let m = &record.metrics;
         let quantile = |i: usize| m.quantiles.map(|q| q[i]);
+        let reference_quantile = |i: usize| m.reference_quantiles.map(|q| q[i]);
         Ok(Self {
             model: record.key.model.clone(),
             model_version: record.key.model_version.clone(),
@@ -287,6 +303,11 @@ impl MetricsRow {
             rmse: m.quality.as_ref().and_then(|q| q.rmse),
             mape: m.quality.as_ref().and_then(|q| q.mape),
             r2: m.quality.as_ref().and_then(|q| q.r2),
+            ref_p05: reference_quantile(0),
+            ref_p25: reference_quantile(1),
+            ref_p50: reference_quantile(2),
+            ref_p75: reference_quantile(3),
+            ref_p95: reference_quantile(4),
         })
     }
 
@@ -298,10 +319,18 @@ impl MetricsRow {
             "quality" => FeatureKind::Quality,
             other => return Err(Error::Corrupt(format!("unknown feature kind `{other}`"))),
         };
-        let quantiles = match (self.p05, self.p25, self.p50, self.p75, self.p95) {
-            (Some(a), Some(b), Some(c), Some(d), Some(e)) => Some([a, b, c, d, e]),
+        let five = |values: [Option<f64>; 5]| match values {
+            [Some(a), Some(b), Some(c), Some(d), Some(e)] => Some([a, b, c, d, e]),
             _ => None,
         };
+        let quantiles = five([self.p05, self.p25, self.p50, self.p75, self.p95]);
+        let reference_quantiles = five([
+            self.ref_p05,
+            self.ref_p25,
+            self.ref_p50,
+            self.ref_p75,
+            self.ref_p95,
+        ]);
         Ok(WindowMetrics {
             key: series_key(
                 self.window_start,
@@ -322,6 +351,7 @@ impl MetricsRow {
                 min: self.min,
                 max: self.max,
                 quantiles,
+                reference_quantiles,
                 distinct_categories: self.distinct_categories,
                 unseen_categories: self.unseen_categories,
                 psi: self.psi,
@@ -580,5 +610,43 @@ impl DeliveryRow {
             last_error: self.last_error,
             updated_at: self.updated_at,
         })
+    }
+}
+
+/// One row of `pipeline_stats`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct PipelineStatsRow {
+    pub at: u32,
+    pub instance: String,
+    pub topic: String,
+    pub consumed: u64,
+    pub dead_lettered: u64,
+    pub late: u64,
+    pub lag: i64,
+}
+
+impl PipelineStatsRow {
+    pub(crate) fn from_record(record: crate::PipelineStats) -> Result<Self, Error> {
+        Ok(Self {
+            at: to_seconds(record.time)?,
+            instance: record.instance,
+            topic: record.topic,
+            consumed: record.consumed,
+            dead_lettered: record.dead_lettered,
+            late: record.late,
+            lag: record.lag,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> crate::PipelineStats {
+        crate::PipelineStats {
+            time: to_millis(self.at),
+            instance: self.instance,
+            topic: self.topic,
+            consumed: self.consumed,
+            dead_lettered: self.dead_lettered,
+            late: self.late,
+            lag: self.lag,
+        }
     }
 }

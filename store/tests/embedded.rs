@@ -75,3 +75,8 @@ async fn alert_outbox_round_trip() {
 async fn alert_notification_lookup() {
     common::alert_notification_lookup(&store()).await;
 }
+
+#[tokio::test]
+async fn pipeline_stats_round_trip() {
+    common::pipeline_stats_round_trip(&store()).await;
+}

@@ -78,6 +78,44 @@ pub struct RawConfig {
     /// Alert rules.
     #[serde(default)]
     pub alerts: RawAlerts,
+    /// The HTTP server (API, pages, metrics); none without this section.
+    #[serde(default)]
+    pub http: Option<RawHttp>,
+}
+
+/// `[http]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Address to listen on.
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// Environment variable holding the bearer token of mutating endpoints
+    /// (unset: writes are disabled).
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Largest request body accepted (reference uploads), bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_max_body_bytes() -> usize {
+    256 * 1024 * 1024
+}
+
+/// Validated `[http]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    /// Address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Bearer token of mutating endpoints.
+    pub token: Option<String>,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
 }
 
 /// `[alerts]`.
@@ -526,6 +564,8 @@ pub struct Config {
     pub alert_channels: Vec<alerting::delivery::Channel>,
     /// Retraining triggers, if configured.
     pub retrain: Option<RetrainSettings>,
+    /// The HTTP server, if configured.
+    pub http: Option<HttpSettings>,
 }
 
 impl Config {
@@ -1000,6 +1040,35 @@ impl RawConfig {
                 ));
             }
         }
+        let http = match self.http {
+            None => None,
+            Some(raw) => {
+                let listen = raw.listen.parse().map_err(|_| {
+                    invalid(
+                        "http.listen",
+                        format!("`{}` is not an address like 127.0.0.1:8080", raw.listen),
+                    )
+                })?;
+                let token = raw
+                    .token_env
+                    .map(|variable| from_env("http.token_env", &variable))
+                    .transpose()?;
+                if token.as_ref().is_some_and(|t| t.len() < 16) {
+                    return Err(invalid(
+                        "http.token_env",
+                        "the token must be at least 16 characters".into(),
+                    ));
+                }
+                if raw.max_body_bytes == 0 {
+                    return Err(invalid("http.max_body_bytes", "must be positive".into()));
+                }
+                Some(HttpSettings {
+                    listen,
+                    token,
+                    max_body_bytes: raw.max_body_bytes,
+                })
+            }
+        };
         if alert_rules.is_empty() {
             let every_channel = notify_channels;
             alert_rules = alerting::rules::default_rules(&every_channel);
@@ -1039,6 +1108,7 @@ impl RawConfig {
             alert_rules,
             alert_channels,
             retrain,
+            http,
         })
     }
 }
@@ -1150,6 +1220,14 @@ mod tests {
             (
                 "version = 1\n[[alerts.channels]]\ntype = \"webhook\"\nname = \"w\"\nurl = \"http://127.0.0.1:9/x\"\nsecret_env = \"TIDEWATCH_TEST_UNSET_SECRET\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
                 "`alerts.channels[0].secret_env`",
+            ),
+            (
+                "version = 1\n[http]\nlisten = \"localhost\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`http.listen`",
+            ),
+            (
+                "version = 1\n[http]\ntoken_env = \"TIDEWATCH_TEST_UNSET_TOKEN\"\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
+                "`http.token_env`: environment variable",
             ),
             (
                 "version = 1\n[drift]\nalpha = 2.0\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",

@@ -81,6 +81,18 @@ fn demo_alerts(metrics: &[store::WindowMetrics]) -> (Vec<String>, Vec<alerting::
     (lines, alerts)
 }
 
+/// The HTTP server's state over the demo's store (no token: read-only).
+pub fn http_state(store: Store) -> crate::http::AppState {
+    crate::http::AppState {
+        store,
+        models: vec![demo_spec()],
+        window_ms: 3_600_000,
+        token: None,
+        telemetry: crate::http::Telemetry::default(),
+        max_body_bytes: 1 << 20,
+    }
+}
+
 /// What the demo produced.
 pub struct DemoOutcome {
     /// The printed report.
@@ -91,8 +103,20 @@ pub struct DemoOutcome {
     pub workdir: PathBuf,
 }
 
-/// Runs the demo in `workdir` (created; previous demo files replaced).
+/// Runs the demo in `workdir` (created; previous demo files replaced),
+/// into the embedded store `workdir/tidewatch.db`.
 pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<DemoOutcome> {
+    run_into(workdir, seed, shape, None).await
+}
+
+/// [`run`], into `store` when given (e.g. a ClickHouse store in tests)
+/// instead of the embedded file.
+pub async fn run_into(
+    workdir: &Path,
+    seed: u64,
+    shape: DemoShape,
+    store: Option<Store>,
+) -> anyhow::Result<DemoOutcome> {
     let started = Instant::now();
     std::fs::create_dir_all(workdir)?;
     let stream_path = workdir.join("stream.jsonl");
@@ -118,7 +142,10 @@ pub async fn run(workdir: &Path, seed: u64, shape: DemoShape) -> anyhow::Result<
         })
         .await??
     };
-    let store = Store::Embedded(EmbeddedStore::open(&database_path).await?);
+    let store = match store {
+        Some(store) => store,
+        None => Store::Embedded(EmbeddedStore::open(&database_path).await?),
+    };
     store
         .put_reference(&training.profile, ingest::finalize::now_millis())
         .await?;

@@ -11,6 +11,8 @@
 //! - [`demo`]: the whole pipeline in one process on the embedded store.
 //! - [`report`]: text tables of window metrics.
 //! - [`service`]: opening the configured store and running the Kafka pipeline.
+//! - [`http`]: the HTTP server: JSON API with its OpenAPI document,
+//!   Prometheus metrics, and Tidewatch's own pages.
 //!
 //! The crates below do the work: `events` (event model), `detectors` (pure
 //! math), `store` (ClickHouse / SQLite), `ingest` (Kafka and file ingestion),
@@ -20,6 +22,7 @@ pub mod analyze;
 pub mod config;
 pub mod demo;
 pub mod fixtures;
+pub mod http;
 pub mod report;
 pub mod service;
 pub mod training;

@@ -28,6 +28,13 @@ enum Command {
         /// Seed of the fixture generator.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Keep serving Tidewatch's pages, API and metrics over the demo's
+        /// store until interrupted.
+        #[arg(long)]
+        serve: bool,
+        /// Where `--serve` listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
     },
     /// Consume the configured Kafka topics into the configured store until interrupted.
     Run {
@@ -244,9 +251,30 @@ fn main() -> anyhow::Result<()> {
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo { workdir, seed } => {
+        Command::Demo {
+            workdir,
+            seed,
+            serve,
+            listen,
+        } => {
             let outcome = tidewatch::demo::run(&workdir, seed, DemoShape::full()).await?;
             print!("{}", outcome.report);
+            if serve {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("--listen {listen}"))?;
+                let address = listener.local_addr()?;
+                println!(
+                    "\nTidewatch pages: http://{address}/models/{} (API: http://{address}/api/v1/models, metrics: http://{address}/metrics); Ctrl-C stops",
+                    tidewatch::fixtures::DEMO_MODEL
+                );
+                tidewatch::http::serve(
+                    listener,
+                    std::sync::Arc::new(tidewatch::demo::http_state(outcome.store)),
+                    shutdown_signal(),
+                )
+                .await?;
+            }
         }
         Command::Run { config } => {
             let config = Config::load(&config)?;

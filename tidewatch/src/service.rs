@@ -98,6 +98,15 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let store = open_store(&config.store).await?;
     let sender = sender(config, store.clone())?;
     let driver = driver(config, store.clone()).await?;
+    let telemetry = crate::http::Telemetry::default();
+    let (stop_http, http) = match &config.http {
+        Some(settings) => {
+            let (stop, server) =
+                start_http(config, settings, store.clone(), telemetry.clone()).await?;
+            (Some(stop), Some(server))
+        }
+        None => (None, None),
+    };
     let mut evaluator = alerting::lifecycle::AlertEvaluator::new(config.alert_rules.clone());
     warm_up(&mut evaluator, config, &store).await?;
 
@@ -146,6 +155,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     type Batch = Vec<(store::AlertRecord, Vec<String>)>;
     let (notifications, mut pending) = tokio::sync::mpsc::channel::<Batch>(1024);
     let evaluate_gate = Arc::clone(&gate);
+    let counted = telemetry.clone();
     let on_finalized = move |model: &str, _window_start: i64, metrics: &[store::WindowMetrics]| {
         let alerts = evaluator.evaluate(model, metrics);
         let now = ingest::finalize::now_millis();
@@ -162,10 +172,15 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
                 ));
             }
         }
+        for (record, _) in &batch {
+            counted.raised(&record.status);
+        }
         if !batch.is_empty() && notifications.try_send(batch).is_err() {
             tracing::error!("alert queue full: the notifications of this window were dropped");
         }
     };
+    let delivered = telemetry.clone();
+    let stats_store = store.clone();
     let delivery = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
@@ -177,29 +192,146 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
                     }
                 }
                 _ = tick.tick() => {
-                    if let Err(error) = sender.deliver_due(ingest::finalize::now_millis()).await {
-                        tracing::warn!(%error, "alert delivery pass failed");
+                    match sender.deliver_due(ingest::finalize::now_millis()).await {
+                        Ok(report) => delivered.delivered(&report),
+                        Err(error) => tracing::warn!(%error, "alert delivery pass failed"),
                     }
                 }
             }
         }
         // A last pass for what the final windows raised.
-        let _ = sender.deliver_due(ingest::finalize::now_millis()).await;
+        if let Ok(report) = sender.deliver_due(ingest::finalize::now_millis()).await {
+            delivered.delivered(&report);
+        }
     });
+    let (stop_stats, stats_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stats = tokio::spawn(record_pipeline_stats(
+        stats_store,
+        telemetry.pipeline.clone(),
+        kafka.topics.iter().map(|t| t.name.clone()).collect(),
+        stats_stopped,
+    ));
     let report = ingest::kafka::run(
         driver,
         kafka,
         config.loop_settings.clone(),
+        telemetry.pipeline.clone(),
         shutdown,
         on_finalized,
     )
     .await?;
     let _ = delivery.await;
+    let _ = stop_stats.send(());
+    let _ = stats.await;
     let _ = stop_acks.send(());
     if let Some(acks) = acks {
         let _ = acks.await;
     }
+    if let (Some(stop), Some(server)) = (stop_http, http) {
+        let _ = stop.send(());
+        let _ = server.await;
+    }
     Ok(report)
+}
+
+/// How often pipeline statistics are written to the store.
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes, every [`STATS_INTERVAL`] and once more at the end, what each
+/// topic did since the previous row (the `pipeline_stats` table behind the
+/// Operations dashboard). A failed write is logged and its counts are
+/// carried into the next row.
+async fn record_pipeline_stats(
+    store: Store,
+    telemetry: ingest::telemetry::Telemetry,
+    topics: Vec<String>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let instance = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "tidewatch".into()),
+        std::process::id()
+    );
+    let mut written: std::collections::HashMap<String, ingest::telemetry::TopicTotals> =
+        Default::default();
+    let mut tick = tokio::time::interval(STATS_INTERVAL);
+    tick.tick().await;
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = &mut stop => true,
+        };
+        let time = ingest::finalize::now_millis() as i64;
+        let mut rows = Vec::with_capacity(topics.len());
+        let mut totals = Vec::with_capacity(topics.len());
+        for topic in &topics {
+            let now = telemetry.topic_totals(topic);
+            let before = written.get(topic).copied().unwrap_or_default();
+            rows.push(store::PipelineStats {
+                time,
+                instance: instance.clone(),
+                topic: topic.clone(),
+                consumed: now.consumed - before.consumed,
+                dead_lettered: now.dead_lettered - before.dead_lettered,
+                late: now.late - before.late,
+                lag: now.lag,
+            });
+            totals.push((topic.clone(), now));
+        }
+        match store.write_pipeline_stats(rows).await {
+            Ok(()) => written.extend(totals),
+            Err(error) => tracing::warn!(%error, "writing pipeline statistics failed"),
+        }
+        if last {
+            break;
+        }
+    }
+}
+
+/// Binds `settings.listen` and serves the API, pages and metrics over
+/// `store` in a task until the returned sender fires (or is dropped).
+pub async fn start_http(
+    config: &Config,
+    settings: &crate::config::HttpSettings,
+    store: Store,
+    telemetry: crate::http::Telemetry,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let state = Arc::new(crate::http::AppState {
+        store,
+        models: config.models.clone(),
+        window_ms: config.engine.window_size.millis(),
+        token: settings.token.clone(),
+        telemetry,
+        max_body_bytes: settings.max_body_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "{}: `http.listen`: cannot listen on {}: {error}",
+                config.file.display(),
+                settings.listen
+            )
+        })?;
+    tracing::info!(address = %listener.local_addr()?, "serving the API, pages and /metrics");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(error) = crate::http::serve(listener, state, shutdown).await {
+            tracing::error!(%error, "the HTTP server stopped");
+        }
+    });
+    Ok((stop, server))
 }
 
 /// Windows per model replayed into the alert evaluator at start-up.

@@ -142,6 +142,7 @@ struct Scenario {
     directory: PathBuf,
     config_file: PathBuf,
     recipient: String,
+    http_port: u16,
 }
 
 impl Scenario {
@@ -159,11 +160,18 @@ impl Scenario {
             .rsplit_once(':')
             .map(|(h, p)| (h.to_owned(), p.to_owned()))
             .unwrap();
+        // A free port for `[http]` (the processes run one after the other).
+        let http_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let scenario = Self {
             config_file: directory.join("tidewatch.toml"),
             directory,
             recipient,
             name,
+            http_port,
         };
         let text = format!(
             r#"
@@ -186,6 +194,8 @@ allowed_lateness = "5m"
 idle_close_after = "3s"
 checkpoint_interval = "300ms"
 range_size = 400
+[http]
+listen = "127.0.0.1:{http_port}"
 [[models]]
 name = "{DEMO_MODEL}"
 task = "classification"
@@ -248,6 +258,7 @@ retrain = true
             acks = scenario.topic("retrain-acks"),
             ca = ca.display(),
             recipient = scenario.recipient,
+            http_port = scenario.http_port,
         );
         std::fs::write(&scenario.config_file, text).unwrap();
         scenario
@@ -346,6 +357,22 @@ async fn read_topic(topic: &str, expected: usize, wait: Duration) -> Vec<(String
         }
     }
     messages
+}
+
+/// GET /metrics from a `tidewatch run` on 127.0.0.1:`port`.
+async fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap()
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
@@ -451,8 +478,37 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
     .await;
     // Room for any duplicate to show up before the process stops.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // The restarted process's own metrics.
+    let metrics = scrape(scenario.http_port).await;
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} not in\n{metrics}"))
+    };
+    let topic = scenario.topic("predictions");
+    assert!(
+        value(&format!(
+            "tidewatch_events_consumed_total{{topic=\"{topic}\"}}"
+        )) > 0.0
+    );
+    assert!(value("tidewatch_windows_closed_total") > 0.0);
+    assert_eq!(value("tidewatch_alerts_sent_total{channel=\"hook\"}"), 2.0);
+    assert_eq!(
+        value("tidewatch_alerts_raised_total{status=\"resolved\"}"),
+        1.0
+    );
+    assert!(metrics.contains("tidewatch_store_write_seconds_count{operation=\"checkpoint\"}"));
     second.kill().unwrap();
     second.wait().unwrap();
+    // Pipeline statistics for the Operations dashboard (every 10 s).
+    let stats = store.pipeline_stats(0, i64::MAX / 2).await.unwrap();
+    let consumed: u64 = stats
+        .iter()
+        .filter(|row| row.topic == scenario.topic("predictions"))
+        .map(|row| row.consumed)
+        .sum();
+    assert!(consumed > 0, "{stats:?}");
 
     // The store: one firing, one resolution, one retrain request, one id.
     let recorded = alerts(store.clone()).await;

@@ -131,6 +131,43 @@ pub async fn window_results_round_trip(store: &Store) {
         ..Default::default()
     };
     assert_eq!(store.window_metrics(feature_only).await.unwrap().len(), 1);
+    // Pagination: the same order, page by page; a version filter.
+    let page = |offset: u64| MetricsQuery {
+        model_version: Some("3".into()),
+        limit: Some(1),
+        offset,
+        ..Default::default()
+    };
+    let first = store.window_metrics(page(0)).await.unwrap();
+    let second = store.window_metrics(page(1)).await.unwrap();
+    let third = store.window_metrics(page(2)).await.unwrap();
+    assert_eq!(
+        (
+            first[0].key.feature.as_str(),
+            second[0].key.feature.as_str()
+        ),
+        ("age", "plan")
+    );
+    assert!(third.is_empty());
+    let other_version = MetricsQuery {
+        model_version: Some("4".into()),
+        ..Default::default()
+    };
+    assert!(store
+        .window_metrics(other_version)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.model_versions().await.unwrap(),
+        vec![store::ModelVersionSummary {
+            model: "churn".into(),
+            model_version: "3".into(),
+            first_window: window,
+            last_window: window,
+            windows: 1,
+        }]
+    );
     let sketches = store
         .window_sketches("churn", window, window + 1)
         .await
@@ -313,4 +350,28 @@ pub async fn alert_notification_lookup(store: &Store) {
             .unwrap(),
         None
     );
+}
+
+/// Pipeline statistics: appended rows come back by time.
+pub async fn pipeline_stats_round_trip(store: &Store) {
+    let row = |time: i64, topic: &str, consumed: u64| store::PipelineStats {
+        time,
+        instance: "host-1".into(),
+        topic: topic.into(),
+        consumed,
+        dead_lettered: 1,
+        late: 2,
+        lag: -1,
+    };
+    let rows = vec![
+        row(1_767_225_610_000, "predictions", 100),
+        row(1_767_225_600_000, "actuals", 40),
+        row(1_767_225_620_000, "predictions", 7),
+    ];
+    store.write_pipeline_stats(rows.clone()).await.unwrap();
+    let read = store
+        .pipeline_stats(1_767_225_600_000, 1_767_225_615_000)
+        .await
+        .unwrap();
+    assert_eq!(read, vec![rows[1].clone(), rows[0].clone()]);
 }

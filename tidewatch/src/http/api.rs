@@ -1,0 +1,677 @@
+//! The JSON API under `/api/v1` (documented in `openapi.json`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::{Json, Router};
+use detectors::metrics::FeatureWindowMetrics;
+use serde::{Deserialize, Serialize};
+use store::{MetricsQuery, WindowMetrics};
+
+use super::{ApiError, AppState, DEFAULT_LIMIT, MAX_LIMIT};
+
+/// Most metric rows read to summarise windows in one request.
+const MAX_SUMMARY_ROWS: u64 = 50_000;
+
+/// Every API route: the router is built from this table, and a test checks
+/// that the OpenAPI document describes exactly these paths.
+fn table() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("/api/v1/health", get(health)),
+        ("/api/v1/ready", get(ready)),
+        ("/api/v1/models", get(models)),
+        ("/api/v1/models/{model}/windows", get(windows)),
+        ("/api/v1/models/{model}/metrics", get(metrics)),
+        ("/api/v1/references", get(references)),
+        (
+            "/api/v1/references/{model}/{version}",
+            get(reference).put(put_reference),
+        ),
+        ("/api/v1/alerts", get(alerts)),
+        ("/api/v1/alerts/{id}", get(alert)),
+    ]
+}
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    table()
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.store.model_versions().await?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+/// A time given as RFC 3339 or as milliseconds since the epoch.
+fn parse_time(name: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(value) = value else { return Ok(None) };
+    if let Ok(millis) = value.parse::<i64>() {
+        return Ok(Some(millis));
+    }
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|time| Some(time.timestamp_millis()))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "`{name}`: `{value}` is neither RFC 3339 nor milliseconds since the epoch"
+            ))
+        })
+}
+
+fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(ApiError::bad_request("`limit` must be at least 1")),
+        limit if limit > MAX_LIMIT => Err(ApiError::bad_request(format!(
+            "`limit` must be at most {MAX_LIMIT}"
+        ))),
+        limit => Ok(limit),
+    }
+}
+
+fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    query
+        .map(|Query(value)| value)
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}
+
+fn known_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+    if state.models.iter().any(|spec| spec.name() == model) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no model named `{model}`")))
+    }
+}
+
+#[derive(Serialize)]
+struct VersionView {
+    version: String,
+    first_window: Option<String>,
+    last_window: Option<String>,
+    windows: u64,
+    reference: Option<ReferenceView>,
+}
+
+#[derive(Serialize)]
+struct ModelView {
+    name: String,
+    task: &'static str,
+    features: Vec<FeatureView>,
+    segment_keys: Vec<String>,
+    versions: Vec<VersionView>,
+}
+
+#[derive(Serialize)]
+struct FeatureView {
+    name: String,
+    kind: &'static str,
+}
+
+#[derive(Serialize, Clone)]
+struct ReferenceView {
+    model: String,
+    version: String,
+    source: String,
+    row_count: u64,
+    created_at: String,
+}
+
+impl From<store::ReferenceSummary> for ReferenceView {
+    fn from(summary: store::ReferenceSummary) -> Self {
+        Self {
+            model: summary.model,
+            version: summary.model_version,
+            source: summary.source,
+            row_count: summary.row_count,
+            created_at: rfc3339(summary.created_at as i64),
+        }
+    }
+}
+
+fn kind_name(kind: detectors::spec::FeatureKind) -> &'static str {
+    match kind {
+        detectors::spec::FeatureKind::Numeric => "numeric",
+        detectors::spec::FeatureKind::Categorical => "categorical",
+        detectors::spec::FeatureKind::Operational => "operational",
+        detectors::spec::FeatureKind::Quality => "quality",
+    }
+}
+
+/// Models with their versions: what the store holds, by version.
+pub(super) async fn model_views(state: &AppState) -> Result<Vec<serde_json::Value>, ApiError> {
+    let versions = state.store.model_versions().await?;
+    let references = state.store.references().await?;
+    let mut views = Vec::new();
+    for spec in &state.models {
+        let mut by_version: BTreeMap<String, VersionView> = BTreeMap::new();
+        for summary in versions.iter().filter(|v| v.model == spec.name()) {
+            by_version.insert(
+                summary.model_version.clone(),
+                VersionView {
+                    version: summary.model_version.clone(),
+                    first_window: Some(rfc3339(summary.first_window)),
+                    last_window: Some(rfc3339(summary.last_window)),
+                    windows: summary.windows,
+                    reference: None,
+                },
+            );
+        }
+        for reference in references.iter().filter(|r| r.model == spec.name()) {
+            by_version
+                .entry(reference.model_version.clone())
+                .or_insert_with(|| VersionView {
+                    version: reference.model_version.clone(),
+                    first_window: None,
+                    last_window: None,
+                    windows: 0,
+                    reference: None,
+                })
+                .reference = Some(reference.clone().into());
+        }
+        let view = ModelView {
+            name: spec.name().to_owned(),
+            task: match spec.task() {
+                detectors::spec::Task::Classification => "classification",
+                detectors::spec::Task::Regression => "regression",
+            },
+            features: spec
+                .series()
+                .map(|s| FeatureView {
+                    name: s.name.clone(),
+                    kind: kind_name(s.kind),
+                })
+                .collect(),
+            segment_keys: spec.segment_keys().to_vec(),
+            versions: by_version.into_values().collect(),
+        };
+        views.push(serde_json::to_value(view).expect("views serialize"));
+    }
+    Ok(views)
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::json!({"models": model_views(&state).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsParams {
+    version: Option<String>,
+    segment: Option<String>,
+    feature: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u64>,
+    #[serde(default)]
+    offset: u64,
+}
+
+#[derive(Serialize)]
+struct MetricsRowView {
+    version: String,
+    segment: String,
+    feature: String,
+    window_start: String,
+    window_end: String,
+    window_start_ms: i64,
+    reference_source: Option<String>,
+    metrics: FeatureWindowMetrics,
+}
+
+impl From<WindowMetrics> for MetricsRowView {
+    fn from(row: WindowMetrics) -> Self {
+        Self {
+            version: row.key.model_version,
+            segment: row.key.segment,
+            feature: row.key.feature,
+            window_start: rfc3339(row.key.window_start),
+            window_end: rfc3339(row.window_end),
+            window_start_ms: row.key.window_start,
+            reference_source: row.reference_source,
+            metrics: row.metrics,
+        }
+    }
+}
+
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    params: Result<Query<MetricsParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let params = query(params)?;
+    known_model(&state, &model)?;
+    let limit = page_limit(params.limit)?;
+    let mut rows = state
+        .store
+        .window_metrics(MetricsQuery {
+            model: Some(model),
+            model_version: params.version,
+            segment: params.segment,
+            feature: params.feature,
+            from_ms: parse_time("from", &params.from)?,
+            to_ms: parse_time("to", &params.to)?,
+            limit: Some(limit + 1),
+            offset: params.offset,
+        })
+        .await?;
+    let next_offset = (rows.len() as u64 > limit).then(|| params.offset + limit);
+    rows.truncate(limit as usize);
+    let rows: Vec<MetricsRowView> = rows.into_iter().map(Into::into).collect();
+    Ok(Json(
+        serde_json::json!({"metrics": rows, "next_offset": next_offset}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowParams {
+    version: Option<String>,
+    segment: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<u64>,
+    #[serde(default)]
+    offset: u64,
+}
+
+/// One window of a model version and segment, summarised.
+#[derive(Serialize)]
+pub(super) struct WindowView {
+    pub version: String,
+    pub segment: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub window_start_ms: i64,
+    pub series: usize,
+    pub drifted: Vec<String>,
+    pub predictions: Option<u64>,
+    pub quality: Option<detectors::quality::QualityMetrics>,
+}
+
+/// Groups metric rows into window summaries, oldest first.
+pub(super) fn summarise(rows: Vec<WindowMetrics>) -> Vec<WindowView> {
+    let mut windows: BTreeMap<(i64, String, String), WindowView> = BTreeMap::new();
+    for row in rows {
+        let view = windows
+            .entry((
+                row.key.window_start,
+                row.key.model_version.clone(),
+                row.key.segment.clone(),
+            ))
+            .or_insert_with(|| WindowView {
+                version: row.key.model_version.clone(),
+                segment: row.key.segment.clone(),
+                window_start: rfc3339(row.key.window_start),
+                window_end: rfc3339(row.window_end),
+                window_start_ms: row.key.window_start,
+                series: 0,
+                drifted: Vec::new(),
+                predictions: None,
+                quality: None,
+            });
+        view.series += 1;
+        match row.key.feature.as_str() {
+            "quality" => view.quality = row.metrics.quality,
+            "operations" => view.predictions = Some(row.metrics.count),
+            feature => {
+                if row.metrics.drifted == Some(true) {
+                    view.drifted.push(feature.to_owned());
+                }
+            }
+        }
+    }
+    windows.into_values().collect()
+}
+
+async fn windows(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    params: Result<Query<WindowParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let params = query(params)?;
+    known_model(&state, &model)?;
+    let limit = page_limit(params.limit)?;
+    let rows = state
+        .store
+        .window_metrics(MetricsQuery {
+            model: Some(model),
+            model_version: params.version,
+            segment: Some(params.segment.unwrap_or_else(|| "all".into())),
+            from_ms: parse_time("from", &params.from)?,
+            to_ms: parse_time("to", &params.to)?,
+            limit: Some(MAX_SUMMARY_ROWS + 1),
+            ..Default::default()
+        })
+        .await?;
+    let truncated = rows.len() as u64 > MAX_SUMMARY_ROWS;
+    let all = summarise(rows);
+    let total = all.len() as u64;
+    let page: Vec<WindowView> = all
+        .into_iter()
+        .skip(params.offset as usize)
+        .take(limit as usize)
+        .collect();
+    let next_offset = (params.offset + limit < total).then(|| params.offset + limit);
+    Ok(Json(serde_json::json!({
+        "windows": page,
+        "next_offset": next_offset,
+        "truncated": truncated,
+    })))
+}
+
+async fn references(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let references: Vec<ReferenceView> = state
+        .store
+        .references()
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(serde_json::json!({"references": references})))
+}
+
+async fn reference(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<detectors::ReferenceProfile>, ApiError> {
+    state
+        .store
+        .reference(&model, &version)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no reference profile for {model} v{version}")))
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "writes_disabled",
+            "no API token is configured ([http] token_env), so writes are disabled",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let matches = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <token>` header is required",
+        ))
+    }
+}
+
+/// Builds (from training data) or takes (a profile document) a reference
+/// and stores it.
+async fn put_reference(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let spec = state
+        .models
+        .iter()
+        .find(|spec| spec.name() == model)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("no model named `{model}`")))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let extension = match content_type.as_str() {
+        "application/json" => None,
+        "text/csv" => Some("csv"),
+        "application/x-ndjson" | "application/jsonl" => Some("jsonl"),
+        "application/vnd.apache.parquet" => Some("parquet"),
+        "application/vnd.apache.arrow.file" => Some("arrow"),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "`{other}`: send training data as text/csv, application/x-ndjson, \
+                     application/vnd.apache.parquet or application/vnd.apache.arrow.file, \
+                     or a profile as application/json"
+                ),
+            ))
+        }
+    };
+    let profile = match extension {
+        None => {
+            let profile: detectors::ReferenceProfile = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("not a reference profile: {e}")))?;
+            if profile.model != model || profile.model_version != version {
+                return Err(ApiError::bad_request(format!(
+                    "the profile is for {} v{}, not {model} v{version}",
+                    profile.model, profile.model_version
+                )));
+            }
+            profile
+        }
+        Some(extension) => {
+            let version = version.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+                let file = tempfile_with(extension, &body).map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string())
+                })?;
+                let built = crate::training::build_reference(&spec, &version, file.path())
+                    .map_err(|e| {
+                        ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "invalid_training_data",
+                            format!("{e:#}"),
+                        )
+                    })?;
+                Ok(built.profile)
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "task", e.to_string())
+            })??
+        }
+    };
+    let created_at = ingest::finalize::now_millis();
+    state.store.put_reference(&profile, created_at).await?;
+    let view = ReferenceView {
+        model: profile.model,
+        version: profile.model_version,
+        source: profile.source,
+        row_count: profile.row_count,
+        created_at: rfc3339(created_at as i64),
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// A temporary file holding `bytes`, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile_with(extension: &str, bytes: &[u8]) -> std::io::Result<TempFile> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "tidewatch-upload-{}-{}.{extension}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, bytes)?;
+    Ok(TempFile(path))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertParams {
+    model: Option<String>,
+    limit: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub(super) struct AlertView {
+    pub id: String,
+    pub status: String,
+    pub rule: String,
+    pub model: String,
+    pub version: String,
+    pub segment: String,
+    pub severity: String,
+    pub repeat: bool,
+    pub window_start: String,
+    pub window_end: String,
+    pub summary: String,
+    pub recorded_at: String,
+    pub notification: serde_json::Value,
+}
+
+impl From<store::AlertRecord> for AlertView {
+    fn from(record: store::AlertRecord) -> Self {
+        Self {
+            notification: serde_json::from_str(&record.payload).unwrap_or_default(),
+            id: record.id,
+            status: record.status,
+            rule: record.rule,
+            model: record.model,
+            version: record.model_version,
+            segment: record.segment,
+            severity: record.severity,
+            repeat: record.repeat,
+            window_start: rfc3339(record.window_start),
+            window_end: rfc3339(record.window_end),
+            summary: record.summary,
+            recorded_at: rfc3339(record.created_at as i64),
+        }
+    }
+}
+
+async fn alerts(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<AlertParams>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let params = query(params)?;
+    let limit = page_limit(params.limit)?;
+    let alerts: Vec<AlertView> = state
+        .store
+        .alerts(params.model.as_deref(), limit)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(serde_json::json!({"alerts": alerts})))
+}
+
+async fn alert(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let notifications: Vec<AlertView> = state
+        .store
+        .alert_notifications(&id)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    if notifications.is_empty() {
+        return Err(ApiError::not_found(format!("no alert with id `{id}`")));
+    }
+    Ok(Json(
+        serde_json::json!({"id": id, "notifications": notifications}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes() {
+        let document: serde_json::Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        assert_eq!(document["openapi"], "3.1.0");
+        let documented: Vec<&str> = document["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut routed: Vec<&str> = table().iter().map(|(path, _)| *path).collect();
+        routed.sort_unstable();
+        assert_eq!(documented, routed);
+        // Every $ref resolves.
+        let text = super::super::OPENAPI;
+        for reference in text.split("\"$ref\": \"#/").skip(1) {
+            let pointer = format!("/{}", &reference[..reference.find('"').unwrap()]);
+            assert!(
+                document.pointer(&pointer).is_some(),
+                "{pointer} does not resolve"
+            );
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_or_milliseconds_and_limits_are_bounded() {
+        assert_eq!(
+            parse_time("from", &Some("1767571200000".into())).unwrap(),
+            Some(1_767_571_200_000)
+        );
+        assert_eq!(
+            parse_time("from", &Some("2026-01-05T00:00:00Z".into())).unwrap(),
+            Some(1_767_571_200_000)
+        );
+        assert!(parse_time("to", &Some("yesterday".into()))
+            .unwrap_err()
+            .message
+            .contains("`to`"));
+        assert_eq!(page_limit(None).unwrap(), DEFAULT_LIMIT);
+        assert!(page_limit(Some(0)).is_err());
+        assert!(page_limit(Some(MAX_LIMIT + 1)).is_err());
+    }
+}

@@ -1,0 +1,623 @@
+//! Tidewatch's own pages: server-rendered HTML with the chart data inlined
+//! as JSON, drawn by the embedded uPlot (`assets/vendor`) through
+//! `assets/tidewatch.js`. No build step, no network.
+//!
+//! - `/`: every model, its latest window, drifted series there, the latest
+//!   quality, and open alerts.
+//! - `/models/{model}?version=&segment=&score=`: the drift heatmap (series ×
+//!   window, coloured by score / threshold), per series its score against
+//!   the threshold over time and its reference vs latest-window
+//!   distribution, quality and label coverage over time, and the alerts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use detectors::aggregate::FeatureSketch;
+use detectors::reference::FeatureReference;
+use detectors::spec::{FeatureKind, Task};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use store::{MetricsQuery, WindowMetrics};
+
+use super::api::summarise;
+use super::{ApiError, AppState};
+use alerting::payload::escape_html as escape;
+
+/// Windows shown on a model page.
+const PAGE_WINDOWS: i64 = 48;
+/// Scores the heatmap can show (test names of `FeatureWindowMetrics::tests`).
+const SCORES: [(&str, &str); 5] = [
+    ("psi", "PSI"),
+    ("jensen_shannon", "Jensen–Shannon distance"),
+    ("hellinger", "Hellinger distance"),
+    ("wasserstein_normalized", "Wasserstein / ref. std"),
+    ("kl_divergence", "KL divergence"),
+];
+/// Categories shown in a categorical distribution chart.
+const TOP_CATEGORIES: usize = 12;
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(overview))
+        .route("/models/{model}", get(model_page))
+        .route("/assets/{file}", get(asset))
+}
+
+const UPLOT_JS: &str = include_str!("../../assets/vendor/uplot-1.6.32/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../assets/vendor/uplot-1.6.32/uPlot.min.css");
+const TIDEWATCH_JS: &str = include_str!("../../assets/tidewatch.js");
+const TIDEWATCH_CSS: &str = include_str!("../../assets/tidewatch.css");
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let (content_type, body) = match file.as_str() {
+        "uplot.min.js" => ("text/javascript; charset=utf-8", UPLOT_JS),
+        "uplot.min.css" => ("text/css; charset=utf-8", UPLOT_CSS),
+        "tidewatch.js" => ("text/javascript; charset=utf-8", TIDEWATCH_JS),
+        "tidewatch.css" => ("text/css; charset=utf-8", TIDEWATCH_CSS),
+        _ => return ApiError::not_found(format!("no asset `{file}`")).into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A page with the common head (error capture before anything else runs,
+/// so the browser test sees every error) and navigation.
+fn page(title: &str, body: &str, data: Option<&Value>) -> Html<String> {
+    let data = data
+        .map(|data| {
+            // `</` cannot close the script element inside a JSON string.
+            let text = data.to_string().replace("</", "<\\/");
+            format!("<script id=\"tw-data\" type=\"application/json\">{text}</script>")
+        })
+        .unwrap_or_default();
+    Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title} · Tidewatch</title>\
+<script>window.twErrors=[];window.addEventListener('error',function(e){{window.twErrors.push(String(e.message))}});\
+(function(){{var o=console.error;console.error=function(){{window.twErrors.push(Array.prototype.join.call(arguments,' '));o.apply(console,arguments)}}}})();</script>\
+<link rel=\"stylesheet\" href=\"/assets/uplot.min.css\"><link rel=\"stylesheet\" href=\"/assets/tidewatch.css\">\
+</head><body><header><a class=\"brand\" href=\"/\">Tidewatch</a><span>{title}</span></header><main>{body}</main>{data}\
+<script src=\"/assets/uplot.min.js\"></script><script src=\"/assets/tidewatch.js\"></script></body></html>",
+        title = escape(title),
+    ))
+}
+
+fn time(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_default()
+}
+
+async fn overview(State(state): State<Arc<AppState>>) -> Result<Html<String>, ApiError> {
+    let versions = state.store.model_versions().await?;
+    let mut body = String::from(
+        "<h1>Models</h1><table class=\"list\"><thead><tr><th>Model</th><th>Version</th>\
+<th>Latest window (UTC)</th><th>Windows</th><th>Drifted series (latest)</th><th>Quality (latest)</th>\
+<th>Open alerts</th></tr></thead><tbody>",
+    );
+    for spec in &state.models {
+        let alerts = state.store.alerts(Some(spec.name()), 200).await?;
+        let open = open_alerts(&alerts);
+        let mine: Vec<&store::ModelVersionSummary> =
+            versions.iter().filter(|v| v.model == spec.name()).collect();
+        if mine.is_empty() {
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/models/{m}\">{m}</a></td><td colspan=\"5\">no finalized window yet</td><td>{open}</td></tr>",
+                m = escape(spec.name()),
+            );
+            continue;
+        }
+        for version in mine {
+            let rows = state
+                .store
+                .window_metrics(MetricsQuery {
+                    model: Some(spec.name().to_owned()),
+                    model_version: Some(version.model_version.clone()),
+                    segment: Some("all".into()),
+                    from_ms: Some(version.last_window),
+                    ..Default::default()
+                })
+                .await?;
+            let latest = summarise(rows).pop();
+            let drifted = latest
+                .as_ref()
+                .map(|w| {
+                    if w.drifted.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!(
+                            "<span class=\"bad\">{}</span>: {}",
+                            w.drifted.len(),
+                            escape(&w.drifted.join(", "))
+                        )
+                    }
+                })
+                .unwrap_or_default();
+            let quality = latest
+                .as_ref()
+                .and_then(|w| w.quality.as_ref())
+                .map(|q| quality_line(spec.task(), q))
+                .unwrap_or_else(|| "–".into());
+            let _ = write!(
+                body,
+                "<tr><td><a href=\"/models/{m}?version={v}\">{m}</a></td><td>{v}</td><td>{t}</td><td>{n}</td><td>{drifted}</td><td>{quality}</td><td>{open}</td></tr>",
+                m = escape(spec.name()),
+                v = escape(&version.model_version),
+                t = time(version.last_window),
+                n = version.windows,
+            );
+        }
+    }
+    body.push_str("</tbody></table>");
+    Ok(page("Models", &body, None))
+}
+
+/// Alert ids whose latest notification is not a resolution.
+fn open_alerts(alerts: &[store::AlertRecord]) -> usize {
+    let mut latest: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+    for alert in alerts
+        .iter()
+        .filter(|a| a.status != alerting::retrain::STATUS)
+    {
+        let entry = latest
+            .entry(&alert.id)
+            .or_insert((alert.window_start, &alert.status));
+        if alert.window_start > entry.0 {
+            *entry = (alert.window_start, &alert.status);
+        }
+    }
+    latest.values().filter(|(_, s)| *s != "resolved").count()
+}
+
+fn quality_line(task: Task, quality: &detectors::quality::QualityMetrics) -> String {
+    let pairs: Vec<(&str, Option<f64>)> = match task {
+        Task::Classification => vec![
+            ("accuracy", quality.accuracy),
+            ("F1", quality.f1),
+            ("AUC", quality.roc_auc),
+        ],
+        Task::Regression => vec![("MAE", quality.mae), ("RMSE", quality.rmse)],
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name} {v:.3}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Deserialize)]
+struct ModelParams {
+    version: Option<String>,
+    segment: Option<String>,
+    score: Option<String>,
+}
+
+/// (value, threshold, drifted) of test `score` in `metrics`.
+fn score_of(metrics: &detectors::FeatureWindowMetrics, score: &str) -> Option<(f64, f64, bool)> {
+    metrics
+        .tests
+        .iter()
+        .find(|t| t.test == score)
+        .map(|t| (t.value, t.threshold, t.drifted))
+}
+
+/// Heat colour of `value / threshold`: green below half, amber to the
+/// threshold, red beyond (darker up to three times the threshold).
+fn heat(ratio: f64) -> String {
+    let ratio = ratio.max(0.0);
+    if ratio < 0.5 {
+        "#d8f0dc".into()
+    } else if ratio < 1.0 {
+        "#fbe7a1".into()
+    } else {
+        let t = ((ratio - 1.0) / 2.0).min(1.0);
+        let lightness = 72.0 - 32.0 * t;
+        format!("hsl(4, 75%, {lightness:.0}%)")
+    }
+}
+
+async fn model_page(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    Query(params): Query<ModelParams>,
+) -> Result<Response, ApiError> {
+    let Some(spec) = state.models.iter().find(|s| s.name() == model).cloned() else {
+        return Err(ApiError::not_found(format!("no model named `{model}`")));
+    };
+    let score = params.score.unwrap_or_else(|| "psi".into());
+    let Some(&(_, score_label)) = SCORES.iter().find(|(name, _)| *name == score) else {
+        return Err(ApiError::bad_request(format!(
+            "`score` must be one of {}",
+            SCORES.map(|(name, _)| name).join(", ")
+        )));
+    };
+    let segment = params.segment.unwrap_or_else(|| "all".into());
+    let versions = state.store.model_versions().await?;
+    let mine: Vec<&store::ModelVersionSummary> =
+        versions.iter().filter(|v| v.model == model).collect();
+    let chosen = match &params.version {
+        Some(version) => mine.iter().find(|v| &v.model_version == version).copied(),
+        None => mine.iter().max_by_key(|v| v.last_window).copied(),
+    };
+    let Some(chosen) = chosen else {
+        let body = format!(
+            "<h1>{}</h1><p>No finalized window yet{}.</p>",
+            escape(&model),
+            params
+                .version
+                .map(|v| format!(" for version {}", escape(&v)))
+                .unwrap_or_default()
+        );
+        return Ok(page(&model, &body, None).into_response());
+    };
+    let version = chosen.model_version.clone();
+    let from = chosen.last_window - (PAGE_WINDOWS - 1) * state.window_ms;
+    let rows = state
+        .store
+        .window_metrics(MetricsQuery {
+            model: Some(model.clone()),
+            model_version: Some(version.clone()),
+            segment: Some(segment.clone()),
+            from_ms: Some(from),
+            ..Default::default()
+        })
+        .await?;
+    if rows.is_empty() {
+        let body = format!(
+            "<h1>{}</h1><p>No window for segment <code>{}</code>.</p>",
+            escape(&model),
+            escape(&segment)
+        );
+        return Ok(page(&model, &body, None).into_response());
+    }
+    let windows: Vec<i64> = rows
+        .iter()
+        .map(|r| r.key.window_start)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let series: Vec<(String, FeatureKind)> = spec
+        .series()
+        .filter(|s| matches!(s.kind, FeatureKind::Numeric | FeatureKind::Categorical))
+        .map(|s| (s.name.clone(), s.kind))
+        .collect();
+    let mut by_series: BTreeMap<&str, BTreeMap<i64, &WindowMetrics>> = BTreeMap::new();
+    for row in &rows {
+        by_series
+            .entry(row.key.feature.as_str())
+            .or_default()
+            .insert(row.key.window_start, row);
+    }
+
+    let mut body = format!(
+        "<h1>{m} <small>v{v} · segment {s}</small></h1>",
+        m = escape(&model),
+        v = escape(&version),
+        s = escape(&segment)
+    );
+    // Controls.
+    body.push_str("<form class=\"controls\" method=\"get\">");
+    let _ = write!(
+        body,
+        "<label>Version <select name=\"version\">{}</select></label>",
+        mine.iter()
+            .map(|v| format!(
+                "<option{sel}>{v}</option>",
+                sel = if v.model_version == version {
+                    " selected"
+                } else {
+                    ""
+                },
+                v = escape(&v.model_version)
+            ))
+            .collect::<String>()
+    );
+    let _ = write!(
+        body,
+        "<label>Segment <input name=\"segment\" value=\"{}\"></label>",
+        escape(&segment)
+    );
+    let _ = write!(
+        body,
+        "<label>Score <select name=\"score\">{}</select></label><button>Show</button></form>",
+        SCORES
+            .iter()
+            .map(|(name, label)| format!(
+                "<option value=\"{name}\"{sel}>{label}</option>",
+                sel = if *name == score { " selected" } else { "" }
+            ))
+            .collect::<String>()
+    );
+
+    // Heatmap.
+    let _ = write!(
+        body,
+        "<h2>Drift: {score_label} per series and window (UTC)</h2><p class=\"legend\">\
+<span style=\"background:#d8f0dc\">below half the threshold</span> \
+<span style=\"background:#fbe7a1\">below the threshold</span> \
+<span style=\"background:hsl(4,75%,56%)\">drifted</span> · ● = the test's drift verdict</p>\
+<div class=\"scroll\"><table class=\"heatmap\" id=\"heatmap\"><thead><tr><th></th>"
+    );
+    for window in &windows {
+        let _ = write!(
+            body,
+            "<th title=\"{}\">{}</th>",
+            time(*window),
+            chrono::DateTime::from_timestamp_millis(*window)
+                .map(|t| t.format("%d %Hh").to_string())
+                .unwrap_or_default()
+        );
+    }
+    body.push_str("</tr></thead><tbody>");
+    for (name, _) in &series {
+        let _ = write!(body, "<tr><th>{}</th>", escape(name));
+        for window in &windows {
+            let cell = by_series
+                .get(name.as_str())
+                .and_then(|w| w.get(window))
+                .and_then(|row| score_of(&row.metrics, &score));
+            match cell {
+                Some((value, threshold, drifted)) => {
+                    let ratio = if threshold > 0.0 {
+                        value / threshold
+                    } else {
+                        0.0
+                    };
+                    let _ = write!(
+                        body,
+                        "<td class=\"cell{d}\" style=\"background:{c}\" title=\"{n} {t}: {v:.4} (threshold {th:.4})\">{mark}</td>",
+                        d = if drifted { " drifted" } else { "" },
+                        c = heat(ratio),
+                        n = escape(name),
+                        t = time(*window),
+                        v = value,
+                        th = threshold,
+                        mark = if drifted { "●" } else { "" },
+                    );
+                }
+                None => body.push_str("<td class=\"cell empty\"></td>"),
+            }
+        }
+        body.push_str("</tr>");
+    }
+    body.push_str("</tbody></table></div>");
+
+    // Charts: score over time per series, and its distribution in the
+    // latest window that has it against the reference.
+    let reference = state.store.reference(&model, &version).await?;
+    let latest_of: BTreeMap<&str, i64> = series
+        .iter()
+        .filter_map(|(name, _)| {
+            let points = by_series.get(name.as_str())?;
+            let (window, _) = points.iter().rev().find(|(_, row)| row.metrics.count > 0)?;
+            Some((name.as_str(), *window))
+        })
+        .collect();
+    let mut sketches: BTreeMap<(String, i64), FeatureSketch> = BTreeMap::new();
+    for window in latest_of.values().collect::<BTreeSet<_>>() {
+        for sketch in state
+            .store
+            .window_sketches(&model, *window, *window + 1)
+            .await?
+        {
+            if sketch.key.segment == segment && sketch.key.model_version == version {
+                if let Ok(decoded) = FeatureSketch::from_bytes(&sketch.sketch) {
+                    sketches.insert((sketch.key.feature.clone(), *window), decoded);
+                }
+            }
+        }
+    }
+    let mut charts: Vec<Value> = Vec::new();
+    let x: Vec<i64> = windows.iter().map(|w| w / 1000).collect();
+    body.push_str("<h2>Per series</h2><div class=\"grid\">");
+    for (name, kind) in &series {
+        let points = by_series.get(name.as_str());
+        let values: Vec<Option<f64>> = windows
+            .iter()
+            .map(|w| {
+                points
+                    .and_then(|p| p.get(w))
+                    .and_then(|row| score_of(&row.metrics, &score))
+                    .map(|(v, _, _)| v)
+            })
+            .collect();
+        let threshold = points
+            .and_then(|p| p.values().find_map(|row| score_of(&row.metrics, &score)))
+            .map(|(_, t, _)| t);
+        let _ = write!(body, "<section class=\"card\"><h3>{}</h3>", escape(name));
+        if values.iter().any(Option::is_some) {
+            let _ = write!(
+                body,
+                "<div class=\"chart\" data-chart=\"{}\"></div>",
+                charts.len()
+            );
+            charts.push(json!({
+                "kind": "time",
+                "title": format!("{score_label} vs threshold"),
+                "x": x,
+                "series": [
+                    {"label": score_label, "values": values, "color": "#1f6feb"},
+                    {"label": "threshold", "values": vec![threshold; x.len()], "color": "#d1242f", "dash": true},
+                ],
+            }));
+        } else {
+            body.push_str(
+                "<p class=\"note\">No score: the reference profile has no such series.</p>",
+            );
+        }
+        let distribution = latest_of.get(name.as_str()).and_then(|window| {
+            distribution_chart(
+                *kind,
+                reference.as_ref().and_then(|r| r.features.get(name)),
+                sketches.get(&(name.clone(), *window)),
+                &time(*window),
+            )
+        });
+        if let Some(chart) = distribution {
+            let _ = write!(
+                body,
+                "<div class=\"chart\" data-chart=\"{}\"></div>",
+                charts.len()
+            );
+            charts.push(chart);
+        }
+        body.push_str("</section>");
+    }
+    body.push_str("</div>");
+
+    // Quality and label coverage.
+    if let Some(quality_rows) = by_series.get("quality") {
+        let metric_names: &[&str] = match spec.task() {
+            Task::Classification => &["accuracy", "f1", "roc_auc"],
+            Task::Regression => &["mae", "rmse", "r2"],
+        };
+        let colors = ["#1f6feb", "#8250df", "#1a7f37"];
+        let mut chart_series: Vec<Value> = metric_names
+            .iter()
+            .zip(colors)
+            .map(|(metric, color)| {
+                let values: Vec<Option<f64>> = windows
+                    .iter()
+                    .map(|w| {
+                        quality_rows
+                            .get(w)
+                            .and_then(|row| alerting::lifecycle::metric_value(&row.metrics, metric))
+                    })
+                    .collect();
+                json!({"label": metric, "values": values, "color": color})
+            })
+            .collect();
+        let operations = by_series.get("operations");
+        let coverage: Vec<Option<f64>> = windows
+            .iter()
+            .map(|w| {
+                let matched = quality_rows.get(w)?.metrics.quality.as_ref()?.matched;
+                let predictions = operations?.get(w)?.metrics.count;
+                (predictions > 0).then(|| matched as f64 / predictions as f64)
+            })
+            .collect();
+        chart_series.push(json!({"label": "label coverage", "values": coverage, "color": "#9a6700", "dash": true}));
+        let _ = write!(
+            body,
+            "<h2>Model quality</h2><section class=\"card wide\"><div class=\"chart\" data-chart=\"{}\"></div></section>",
+            charts.len()
+        );
+        charts.push(json!({"kind": "time", "title": "quality and label coverage", "x": x, "series": chart_series}));
+    }
+
+    // Alerts.
+    let alerts = state.store.alerts(Some(&model), 50).await?;
+    body.push_str("<h2>Alerts</h2>");
+    if alerts.is_empty() {
+        body.push_str("<p>No alert.</p>");
+    } else {
+        body.push_str("<table class=\"list\" id=\"alerts\"><thead><tr><th>Window (UTC)</th><th>Status</th><th>Severity</th><th>Summary</th><th>Id</th></tr></thead><tbody>");
+        for alert in &alerts {
+            let _ = write!(
+                body,
+                "<tr class=\"{status}\"><td>{w}</td><td>{status}{repeat}</td><td>{sev}</td><td>{sum}</td><td><code>{id}</code></td></tr>",
+                w = time(alert.window_start),
+                status = escape(&alert.status),
+                repeat = if alert.repeat { " (repeat)" } else { "" },
+                sev = escape(&alert.severity),
+                sum = escape(&alert.summary),
+                id = escape(&alert.id),
+            );
+        }
+        body.push_str("</tbody></table>");
+    }
+    let data = json!({"charts": charts});
+    Ok(page(&model, &body, Some(&data)).into_response())
+}
+
+/// Reference vs current: quantile curves for numeric series, category
+/// shares for categorical ones.
+fn distribution_chart(
+    kind: FeatureKind,
+    reference: Option<&FeatureReference>,
+    current: Option<&FeatureSketch>,
+    window: &str,
+) -> Option<Value> {
+    match (kind, reference, current) {
+        (FeatureKind::Numeric, reference, Some(FeatureSketch::Numeric(sketch))) => {
+            let levels: Vec<f64> = (1..20).map(|i| i as f64 * 0.05).collect();
+            let current: Vec<Option<f64>> = levels.iter().map(|q| sketch.quantile(*q)).collect();
+            let reference: Vec<Option<f64>> = match reference {
+                Some(FeatureReference::Numeric(r)) if !r.quantiles.is_empty() => levels
+                    .iter()
+                    .map(|q| {
+                        let index =
+                            ((q * r.quantiles.len() as f64) as usize).min(r.quantiles.len() - 1);
+                        Some(r.quantiles[index])
+                    })
+                    .collect(),
+                _ => vec![None; levels.len()],
+            };
+            Some(json!({
+                "kind": "quantile",
+                "title": "quantiles: reference vs latest window",
+                "x": levels,
+                "series": [
+                    {"label": "reference", "values": reference, "color": "#57606a", "dash": true},
+                    {"label": format!("window {window}"), "values": current, "color": "#1f6feb"},
+                ],
+            }))
+        }
+        (FeatureKind::Categorical, reference, Some(FeatureSketch::Categorical(sketch))) => {
+            let total = sketch.total().max(1) as f64;
+            let (reference_counts, reference_total) = match reference {
+                Some(FeatureReference::Categorical(r)) => {
+                    let total = (r.counts.values().sum::<u64>() + r.other).max(1) as f64;
+                    (Some(&r.counts), total)
+                }
+                _ => (None, 1.0),
+            };
+            let mut categories: Vec<(&String, u64)> =
+                sketch.counts().iter().map(|(c, n)| (c, *n)).collect();
+            if let Some(counts) = reference_counts {
+                // Categories the window lacks still show their reference share.
+                for category in counts.keys() {
+                    if !sketch.counts().contains_key(category) {
+                        categories.push((category, 0));
+                    }
+                }
+            }
+            categories.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            categories.truncate(TOP_CATEGORIES);
+            let labels: Vec<&String> = categories.iter().map(|(c, _)| *c).collect();
+            let current: Vec<f64> = categories.iter().map(|(_, n)| *n as f64 / total).collect();
+            let reference: Vec<Option<f64>> = categories
+                .iter()
+                .map(|(c, _)| {
+                    reference_counts
+                        .map(|counts| counts.get(*c).copied().unwrap_or(0) as f64 / reference_total)
+                })
+                .collect();
+            Some(json!({
+                "kind": "bars",
+                "title": "category shares: reference vs latest window",
+                "labels": labels,
+                "x": (0..labels.len()).collect::<Vec<_>>(),
+                "series": [
+                    {"label": "reference", "values": reference, "color": "#8c959f"},
+                    {"label": format!("window {window}"), "values": current, "color": "#1f6feb"},
+                ],
+            }))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,537 @@
+//! Tidewatch's HTTP server over a demo store (drift injected at hour 3):
+//!
+//! - the JSON API answers as its OpenAPI document says (required fields,
+//!   pagination, errors with stable codes, bearer token on writes, reference
+//!   upload from CSV);
+//! - `/metrics` is Prometheus text with `tidewatch_*` names;
+//! - the pages load in a real headless browser (Debian's Chromium, path in
+//!   `TIDEWATCH_TEST_CHROMIUM`, installed by `scripts/test.sh`) with no
+//!   console error, every chart drawn with data, and the heatmap showing the
+//!   injected drift.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tidewatch::fixtures::{DemoShape, DEMO_MODEL, DEMO_VERSION};
+
+const TOKEN: &str = "a-test-token-of-some-length";
+
+struct Server {
+    address: SocketAddr,
+    directory: PathBuf,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// A small demo (six hours, drift from hour 3) served on 127.0.0.1.
+async fn serve(name: &str, token: Option<&str>) -> Server {
+    let directory =
+        std::env::temp_dir().join(format!("tidewatch-http-{name}-{}", std::process::id()));
+    let shape = DemoShape {
+        hours: 6,
+        predictions_per_hour: 600,
+        drift_onset_hour: 3,
+        drift_end_hour: None,
+        training_rows: 3_000,
+    };
+    let outcome = tidewatch::demo::run(&directory, 7, shape).await.unwrap();
+    let mut state = tidewatch::demo::http_state(outcome.store);
+    state.token = token.map(str::to_owned);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tidewatch::http::serve(listener, Arc::new(state), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Server {
+        address,
+        directory,
+        _stop: stop,
+    }
+}
+
+/// A raw HTTP/1.1 request over a TcpStream: (status, content type, body).
+async fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let mut body = response[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, content_type, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
+                .unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 2 + size + 2..];
+    }
+}
+
+async fn get_json(address: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, content_type, body) = request(address, "GET", path, &[], b"").await;
+    assert!(
+        content_type.starts_with("application/json"),
+        "{path}: {content_type}"
+    );
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// Checks `value` against `schema` of the OpenAPI document: types and
+/// required fields, recursively (enough to catch an undocumented shape).
+fn conforms(document: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let target = document.pointer(reference.trim_start_matches('#')).unwrap();
+        return conforms(document, target, value, at);
+    }
+    if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
+        assert!(
+            options.iter().any(|option| {
+                std::panic::catch_unwind(|| conforms(document, option, value, at)).is_ok()
+            }),
+            "{at}: {value} matches no option"
+        );
+        return;
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if !types.is_empty() {
+        let actual = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        assert!(
+            types.contains(&actual) || (actual == "integer" && types.contains(&"number")),
+            "{at}: {actual} is not {types:?}"
+        );
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        assert!(allowed.contains(value), "{at}: {value} not in {allowed:?}");
+    }
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for field in required {
+            let field = field.as_str().unwrap();
+            assert!(
+                value.get(field).is_some(),
+                "{at}: `{field}` missing in {value}"
+            );
+        }
+    }
+    if let (Some(properties), Some(object)) = (
+        schema.get("properties").and_then(Value::as_object),
+        value.as_object(),
+    ) {
+        for (name, property) in properties {
+            if let Some(inner) = object.get(name) {
+                conforms(document, property, inner, &format!("{at}.{name}"));
+            }
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (index, item) in array.iter().enumerate() {
+            conforms(document, items, item, &format!("{at}[{index}]"));
+        }
+    }
+}
+
+fn response_schema<'a>(document: &'a Value, path: &str, method: &str, status: u16) -> &'a Value {
+    let response = &document["paths"][path][method]["responses"][status.to_string()];
+    let response = match response.get("$ref").and_then(Value::as_str) {
+        Some(reference) => document.pointer(reference.trim_start_matches('#')).unwrap(),
+        None => response,
+    };
+    &response["content"]["application/json"]["schema"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_as_its_openapi_document_says() {
+    let server = serve("api", Some(TOKEN)).await;
+    let address = server.address;
+    let (status, document) = get_json(address, "/openapi.json").await;
+    assert_eq!(status, 200);
+
+    let alerts = get_json(address, "/api/v1/alerts").await.1;
+    let alert_id = alerts["alerts"][0]["id"]
+        .as_str()
+        .expect("the demo drift raised an alert")
+        .to_owned();
+    let calls = [
+        ("/api/v1/health", "/api/v1/health".to_owned()),
+        ("/api/v1/ready", "/api/v1/ready".to_owned()),
+        ("/api/v1/models", "/api/v1/models".to_owned()),
+        (
+            "/api/v1/models/{model}/windows",
+            format!("/api/v1/models/{DEMO_MODEL}/windows"),
+        ),
+        (
+            "/api/v1/models/{model}/metrics",
+            format!("/api/v1/models/{DEMO_MODEL}/metrics?limit=50"),
+        ),
+        ("/api/v1/references", "/api/v1/references".to_owned()),
+        (
+            "/api/v1/references/{model}/{version}",
+            format!("/api/v1/references/{DEMO_MODEL}/{DEMO_VERSION}"),
+        ),
+        ("/api/v1/alerts", "/api/v1/alerts?limit=5".to_owned()),
+        ("/api/v1/alerts/{id}", format!("/api/v1/alerts/{alert_id}")),
+    ];
+    for (documented, path) in &calls {
+        let (status, body) = get_json(address, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        conforms(
+            &document,
+            response_schema(&document, documented, "get", 200),
+            &body,
+            path,
+        );
+    }
+
+    // The drift shows in the window summaries: none before hour 3, then the
+    // drifted inputs.
+    let windows = get_json(address, &format!("/api/v1/models/{DEMO_MODEL}/windows"))
+        .await
+        .1;
+    let windows = windows["windows"].as_array().unwrap();
+    assert!(windows.len() >= 6);
+    assert!(windows[..3]
+        .iter()
+        .all(|w| w["drifted"].as_array().unwrap().is_empty()));
+    let drifted: Vec<&str> = windows[4]["drifted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    for feature in ["monthly_charges", "support_calls", "payment_method"] {
+        assert!(drifted.contains(&feature), "{drifted:?}");
+    }
+    assert!(!drifted.contains(&"age"));
+
+    // Pagination walks every row once, in order, and stops.
+    let all = get_json(
+        address,
+        &format!("/api/v1/models/{DEMO_MODEL}/metrics?limit=1000&segment=all"),
+    )
+    .await
+    .1;
+    let total = all["metrics"].as_array().unwrap().len();
+    assert!(all["next_offset"].is_null());
+    let mut walked = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = get_json(
+            address,
+            &format!("/api/v1/models/{DEMO_MODEL}/metrics?limit=7&segment=all&offset={offset}"),
+        )
+        .await
+        .1;
+        walked.extend(page["metrics"].as_array().unwrap().iter().cloned());
+        match page["next_offset"].as_u64() {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(walked.len(), total);
+    assert_eq!(&walked, all["metrics"].as_array().unwrap());
+    let only_age = get_json(address, &format!("/api/v1/models/{DEMO_MODEL}/metrics?feature=age&segment=all&from=2026-01-05T01:00:00Z&to=1767582000000")).await.1;
+    let starts: Vec<&str> = only_age["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["window_start"].as_str().unwrap())
+        .collect();
+    assert_eq!(starts, ["2026-01-05T01:00:00Z", "2026-01-05T02:00:00Z"]);
+
+    // Errors: JSON with stable codes.
+    let error_schema = document.pointer("/components/schemas/Error").unwrap();
+    for (path, status, code) in [
+        ("/api/v1/models/nope/metrics", 404, "not_found"),
+        (
+            "/api/v1/models/churn/metrics?limit=100000",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "/api/v1/models/churn/metrics?from=yesterday",
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "/api/v1/models/churn/metrics?colour=blue",
+            400,
+            "invalid_parameter",
+        ),
+        ("/api/v1/references/churn/404", 404, "not_found"),
+        ("/api/v1/alerts/no-such-alert", 404, "not_found"),
+        ("/api/v1/nothing-here", 404, "not_found"),
+    ] {
+        let (actual, body) = get_json(address, path).await;
+        assert_eq!(actual, status, "{path}: {body}");
+        assert_eq!(body["error"]["code"], code, "{path}");
+        conforms(&document, error_schema, &body, path);
+    }
+
+    // Writes need the bearer token; a CSV upload builds a reference.
+    let csv = std::fs::read(server.directory.join("train.csv")).unwrap();
+    let path = format!("/api/v1/references/{DEMO_MODEL}/8");
+    let (status, _, body) =
+        request(address, "PUT", &path, &[("Content-Type", "text/csv")], &csv).await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    let wrong = format!("Bearer {}x", &TOKEN[..TOKEN.len() - 1]);
+    let (status, _, _) = request(
+        address,
+        "PUT",
+        &path,
+        &[("Content-Type", "text/csv"), ("Authorization", &wrong)],
+        &csv,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _, body) = request(
+        address,
+        "PUT",
+        &path,
+        &[
+            ("Content-Type", "application/xml"),
+            ("Authorization", &bearer),
+        ],
+        &csv,
+    )
+    .await;
+    assert_eq!(status, 415, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = request(
+        address,
+        "PUT",
+        &path,
+        &[("Content-Type", "text/csv"), ("Authorization", &bearer)],
+        b"unrelated,columns\n1,2\n",
+    )
+    .await;
+    assert_eq!(status, 422, "{}", String::from_utf8_lossy(&body));
+    let (status, _, body) = request(
+        address,
+        "PUT",
+        &path,
+        &[
+            ("Content-Type", "text/csv; charset=utf-8"),
+            ("Authorization", &bearer),
+        ],
+        &csv,
+    )
+    .await;
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let stored: Value = serde_json::from_slice(&body).unwrap();
+    conforms(
+        &document,
+        response_schema(
+            &document,
+            "/api/v1/references/{model}/{version}",
+            "put",
+            201,
+        ),
+        &stored,
+        "put",
+    );
+    assert_eq!(stored["version"], "8");
+    assert_eq!(stored["row_count"], 3_000);
+    let profile = get_json(address, &path).await.1;
+    assert!(profile["features"]["monthly_charges"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_refused_when_no_token_is_configured_and_metrics_are_prometheus_text() {
+    let server = serve("readonly", None).await;
+    let (status, _, body) = request(
+        server.address,
+        "PUT",
+        &format!("/api/v1/references/{DEMO_MODEL}/9"),
+        &[
+            ("Content-Type", "text/csv"),
+            ("Authorization", "Bearer anything"),
+        ],
+        b"age\n1\n",
+    )
+    .await;
+    assert_eq!(status, 403);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "writes_disabled");
+
+    let (status, content_type, body) = request(server.address, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(body).unwrap();
+    // Labelled families appear once they have a sample (the Kafka test
+    // scrapes those from `tidewatch run`).
+    for family in [
+        "# TYPE tidewatch_windows_closed counter",
+        "tidewatch_windows_closed_total 0",
+        "tidewatch_up 1",
+    ] {
+        assert!(text.contains(family), "{family} not in\n{text}");
+    }
+    assert!(text.trim_end().ends_with("# EOF"));
+}
+
+/// Runs headless Chromium on `url`: (DOM after scripts ran, stderr).
+fn chromium(url: &str) -> (String, String) {
+    let binary = std::env::var("TIDEWATCH_TEST_CHROMIUM").expect(
+        "TIDEWATCH_TEST_CHROMIUM is not set: run the integration suite through scripts/test.sh, \
+         which installs Debian's chromium",
+    );
+    let profile = std::env::temp_dir().join(format!("tidewatch-chromium-{}", std::process::id()));
+    let output = Command::new(binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1400,1000",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("starting chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn body_attribute(dom: &str, name: &str) -> Option<String> {
+    let body = &dom[dom.find("<body")?..];
+    let body = &body[..body.find('>')?];
+    let start = body.find(&format!("{name}=\""))? + name.len() + 2;
+    Some(body[start..start + body[start..].find('"')?].to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_load_in_a_real_browser_with_charts_drawn_and_the_drift_visible() {
+    let server = serve("pages", None).await;
+    for path in [
+        "/",
+        &format!("/models/{DEMO_MODEL}"),
+        &format!("/models/{DEMO_MODEL}?score=jensen_shannon"),
+    ] {
+        let url = format!("http://{}{path}", server.address);
+        let (dom, stderr) = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || chromium(&url)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            body_attribute(&dom, "data-errors").as_deref(),
+            Some("0"),
+            "{path}: {:?}",
+            body_attribute(&dom, "data-error-text")
+        );
+        let console: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
+        assert!(console.is_empty(), "{path}: console output {console:?}");
+        let charts = dom.matches("data-chart=\"").count();
+        let drawn: usize = body_attribute(&dom, "data-charts-drawn")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(drawn, charts, "{path}: every chart drawn");
+        assert_eq!(
+            dom.matches("class=\"uplot").count(),
+            charts,
+            "{path}: uPlot built every chart"
+        );
+        if path.starts_with("/models/") {
+            assert!(charts >= 10, "{path}: {charts} charts");
+            let points: usize = body_attribute(&dom, "data-points")
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(points > charts * 5, "{path}: {points} data points");
+        }
+        if path == format!("/models/{DEMO_MODEL}") {
+            // The heatmap: drifted cells for the drifted inputs, none for age.
+            let row = |feature: &str| {
+                let start = dom.find(&format!("<tr><th>{feature}</th>")).unwrap();
+                dom[start..start + dom[start..].find("</tr>").unwrap()].to_owned()
+            };
+            assert!(row("monthly_charges").matches("cell drifted").count() >= 2);
+            assert_eq!(row("age").matches("cell drifted").count(), 0);
+        } else if path == "/" {
+            assert!(dom.contains(&format!(
+                "href=\"/models/{DEMO_MODEL}?version={DEMO_VERSION}\""
+            )));
+        }
+    }
+}
