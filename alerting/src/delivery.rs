@@ -286,10 +286,34 @@ impl Sender {
     }
 
     /// Sends every delivery due at `now` (ms) and records the outcomes.
+    ///
+    /// Channels are served concurrently, each in order; a channel stops for
+    /// this pass at its first failure (the rest stay due, unattempted), so a
+    /// channel that times out costs one timeout per pass and holds up no
+    /// other channel.
     pub async fn deliver_due(&self, now: u64) -> Result<DeliveryReport, Error> {
-        let mut report = DeliveryReport::default();
+        let mut by_channel: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
         for delivery in self.store.due_deliveries(now, 500).await? {
-            let outcome = self.attempt(&delivery, now).await;
+            by_channel
+                .entry(delivery.channel.clone())
+                .or_default()
+                .push(delivery);
+        }
+        let passes = by_channel.into_values().map(|deliveries| async move {
+            let mut outcomes = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                let outcome = self.attempt(&delivery, now).await;
+                let failed = outcome.is_err();
+                outcomes.push((delivery, outcome));
+                if failed {
+                    break;
+                }
+            }
+            outcomes
+        });
+        let outcomes = futures_util::future::join_all(passes).await;
+        let mut report = DeliveryReport::default();
+        for (delivery, outcome) in outcomes.into_iter().flatten() {
             let attempts = delivery.attempts + 1;
             let seed = crate::lifecycle::fnv1a(&[&delivery.alert_id, &delivery.channel]);
             let counts = report.channels.entry(delivery.channel.clone()).or_default();

@@ -232,3 +232,68 @@ async fn a_channel_down_for_good_ends_failed() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_channel_that_hangs_costs_one_timeout_per_pass_and_holds_up_no_other() {
+    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    // Accepts connections and never answers.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hanging.accept().await {
+            held.push(stream);
+        }
+    });
+    let (healthy_url, healthy) = start_receiver(0).await;
+    // Three notifications (windows 1, 2 and 3 of one drift) for both channels.
+    let alert = recorded_alert(&store, &["hanging", "healthy"]).await;
+    for window in 1..3 {
+        let mut later = alert.clone();
+        later.window_start += window * 3_600_000;
+        later.repeat = true;
+        store
+            .record_alerts(vec![(
+                later.to_record(1_000),
+                vec!["hanging".into(), "healthy".into()],
+            )])
+            .await
+            .unwrap();
+    }
+    let channel = |name: &str, url: &str| {
+        Channel::new(
+            name.into(),
+            ChannelKind::Webhook {
+                url: url.into(),
+                secret: None,
+                ca_pem: None,
+            },
+            "k",
+        )
+        .unwrap()
+    };
+    let sender = Sender::new(
+        store.clone(),
+        vec![
+            channel("hanging", &hanging_url),
+            channel("healthy", &healthy_url),
+        ],
+        RetryPolicy {
+            timeout: std::time::Duration::from_millis(300),
+            ..policy(5)
+        },
+    )
+    .unwrap();
+    let report = sender.deliver_due(1_000).await.unwrap();
+    assert_eq!(report.channels["healthy"].sent, 3);
+    assert_eq!(
+        report.channels["hanging"].retried, 1,
+        "one attempt, then the channel waits for the next pass"
+    );
+    assert_eq!(healthy.requests.lock().unwrap().len(), 3);
+    let due = store.due_deliveries(u64::MAX >> 1, 10).await.unwrap();
+    let attempts: Vec<u32> = due.iter().map(|d| d.attempts).collect();
+    assert_eq!(due.len(), 3, "the hanging channel's three are still due");
+    assert_eq!(attempts.iter().filter(|a| **a == 1).count(), 1);
+    assert!(due.iter().any(|d| d.last_error == "timed out"));
+}
