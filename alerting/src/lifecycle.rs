@@ -296,6 +296,32 @@ impl AlertEvaluator {
     }
 }
 
+/// The value of `metric` of series `feature` in this window.
+fn series_metric(series: &[&WindowMetrics], feature: &str, metric: &str) -> Option<f64> {
+    let record = series.iter().find(|m| m.key.feature == feature)?;
+    metric_value(&record.metrics, metric)
+}
+
+/// One finding: series `feature`'s `test` at `value` past `threshold`.
+fn single(feature: &str, test: String, value: f64, threshold: f64) -> Vec<Finding> {
+    vec![Finding {
+        feature: feature.to_owned(),
+        test,
+        value,
+        threshold,
+    }]
+}
+
+/// Collects `value` into the baseline until it holds `windows` values;
+/// `None` while collecting, then the baseline.
+fn baseline(state: &mut RuleState, windows: usize, value: f64) -> Option<&[f64]> {
+    if state.baseline.len() < windows {
+        state.baseline.push(value);
+        return None;
+    }
+    Some(&state.baseline)
+}
+
 /// `Some(findings)` when the condition holds for this window.
 fn condition_findings(
     condition: &Condition,
@@ -318,42 +344,23 @@ fn condition_findings(
             above,
             below,
         } => {
-            let record = series.iter().find(|m| &m.key.feature == feature)?;
-            let value = metric_value(&record.metrics, metric)?;
+            let value = series_metric(series, feature, metric)?;
             let crossed = match (above, below) {
                 (Some(limit), _) if value > *limit => Some(*limit),
                 (_, Some(limit)) if value < *limit => Some(*limit),
                 _ => None,
             };
-            crossed.map(|threshold| {
-                vec![Finding {
-                    feature: feature.clone(),
-                    test: metric.clone(),
-                    value,
-                    threshold,
-                }]
-            })
+            crossed.map(|threshold| single(feature, metric.clone(), value, threshold))
         }
         Condition::QualityDrop {
             metric,
             max_drop,
             baseline_windows,
         } => {
-            let record = series.iter().find(|m| m.key.feature == "quality")?;
-            let value = metric_value(&record.metrics, metric)?;
-            if state.baseline.len() < *baseline_windows {
-                state.baseline.push(value);
-                return None;
-            }
-            let baseline = state.baseline.iter().sum::<f64>() / state.baseline.len() as f64;
-            (value < baseline - max_drop).then(|| {
-                vec![Finding {
-                    feature: "quality".into(),
-                    test: metric.clone(),
-                    value,
-                    threshold: baseline - max_drop,
-                }]
-            })
+            let value = series_metric(series, "quality", metric)?;
+            let values = baseline(state, *baseline_windows, value)?;
+            let floor = values.iter().sum::<f64>() / values.len() as f64 - max_drop;
+            (value < floor).then(|| single("quality", metric.clone(), value, floor))
         }
         Condition::Band {
             feature,
@@ -361,13 +368,8 @@ fn condition_findings(
             k,
             baseline_windows,
         } => {
-            let record = series.iter().find(|m| &m.key.feature == feature)?;
-            let value = metric_value(&record.metrics, metric)?;
-            if state.baseline.len() < *baseline_windows {
-                state.baseline.push(value);
-                return None;
-            }
-            let (lower, upper) = band(&state.baseline, *k);
+            let value = series_metric(series, feature, metric)?;
+            let (lower, upper) = band(baseline(state, *baseline_windows, value)?, *k);
             let crossed = if value < lower {
                 Some(lower)
             } else if value > upper {
@@ -375,14 +377,7 @@ fn condition_findings(
             } else {
                 None
             };
-            crossed.map(|threshold| {
-                vec![Finding {
-                    feature: feature.clone(),
-                    test: metric.clone(),
-                    value,
-                    threshold,
-                }]
-            })
+            crossed.map(|threshold| single(feature, metric.clone(), value, threshold))
         }
         Condition::Change {
             feature,
@@ -392,24 +387,21 @@ fn condition_findings(
             threshold,
             min_windows,
         } => {
-            let record = series.iter().find(|m| &m.key.feature == feature)?;
-            let value = metric_value(&record.metrics, metric)?;
+            let value = series_metric(series, feature, metric)?;
             let change = state.change.get_or_insert_with(|| {
                 ChangeState::new(*detector, *delta, *threshold, *min_windows)
             });
+            let limit = match detector {
+                ChangeDetector::PageHinkley => {
+                    threshold.unwrap_or(detectors::change::PageHinkleyConfig::default().threshold)
+                }
+                ChangeDetector::Adwin => {
+                    delta.unwrap_or(detectors::change::AdwinConfig::default().delta)
+                }
+            };
             change.update(value).then(|| {
-                vec![Finding {
-                    feature: feature.clone(),
-                    test: format!("{metric} ({})", detector_name(*detector)),
-                    value,
-                    threshold: match detector {
-                        ChangeDetector::PageHinkley => threshold
-                            .unwrap_or(detectors::change::PageHinkleyConfig::default().threshold),
-                        ChangeDetector::Adwin => {
-                            delta.unwrap_or(detectors::change::AdwinConfig::default().delta)
-                        }
-                    },
-                }]
+                let test = format!("{metric} ({})", detector_name(*detector));
+                single(feature, test, value, limit)
             })
         }
     }

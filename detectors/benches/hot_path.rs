@@ -146,6 +146,33 @@ fn hot_path(c: &mut Criterion) {
             )
         });
     }
+    // The same updates with the events already in cache, as in the
+    // pipeline, where each event is recorded right after it is decoded: 500
+    // decoded events (about 1 MB with their payloads) recorded 20 times
+    // over. Above, 10,000 pre-decoded events (about 20 MB) make every
+    // event's first touch a cache miss, which the pipeline does not pay.
+    let resident = &decoded[..EVENTS / 20];
+    for (name, catalog) in [
+        ("sketch_updates_cache_resident_20_features", &catalog),
+        (
+            "sketch_updates_cache_resident_20_features_no_segments",
+            &no_segments,
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || WindowAggregates::new(100_000),
+                |aggregates| {
+                    for _ in 0..20 {
+                        for event in resident {
+                            aggregates.record(catalog, 0, event);
+                        }
+                    }
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 

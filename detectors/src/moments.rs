@@ -36,8 +36,17 @@ impl Moments {
             self.min = Some(value);
             self.max = Some(value);
         } else {
-            self.min = self.min.map(|m| m.min(value));
-            self.max = self.max.map(|m| m.max(value));
+            // Values are finite (callers check), so plain comparisons do.
+            if let Some(min) = &mut self.min {
+                if value < *min {
+                    *min = value;
+                }
+            }
+            if let Some(max) = &mut self.max {
+                if value > *max {
+                    *max = value;
+                }
+            }
         }
         self.count += 1;
         let deviation = value - self.shift;
