@@ -82,6 +82,13 @@ const MIGRATIONS: &[&str] = &[
     ORDER BY (alert_id, status, window_start, channel)",
 ];
 
+/// Columns of `alert_deliveries` in [`DeliveryRow`] order (latest state of each).
+const DELIVERY_SELECT: &str =
+    "SELECT toString(alert_id), toString(status), toUInt32(window_start), toString(channel),
+            toString(state), toUInt32(attempts), toUInt64(next_attempt_at), toString(last_error),
+            toUInt64(updated_at)
+     FROM alert_deliveries FINAL";
+
 /// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
 #[derive(Clone)]
 pub struct ClickHouseStore {
@@ -543,17 +550,26 @@ impl ClickHouseStore {
         now: u64,
         limit: u64,
     ) -> Result<Vec<crate::Delivery>> {
+        let sql = format!(
+            "{DELIVERY_SELECT} WHERE state = 'pending' AND next_attempt_at <= ?
+             ORDER BY next_attempt_at LIMIT {limit}"
+        );
         let rows = self
             .client
-            .query(&format!(
-                "SELECT toString(alert_id), toString(status), toUInt32(window_start), toString(channel),
-                        toString(state), toUInt32(attempts), toUInt64(next_attempt_at), toString(last_error),
-                        toUInt64(updated_at)
-                 FROM alert_deliveries FINAL
-                 WHERE state = 'pending' AND next_attempt_at <= ?
-                 ORDER BY next_attempt_at LIMIT {limit}"
-            ))
+            .query(&sql)
             .bind(now)
+            .fetch_all::<DeliveryRow>()
+            .await?;
+        rows.into_iter().map(DeliveryRow::into_record).collect()
+    }
+
+    pub(crate) async fn deliveries(&self, alert_id: &str) -> Result<Vec<crate::Delivery>> {
+        let sql =
+            format!("{DELIVERY_SELECT} WHERE alert_id = ? ORDER BY window_start, status, channel");
+        let rows = self
+            .client
+            .query(&sql)
+            .bind(alert_id)
             .fetch_all::<DeliveryRow>()
             .await?;
         rows.into_iter().map(DeliveryRow::into_record).collect()

@@ -779,14 +779,33 @@ impl EmbeddedStore {
         now: u64,
         limit: u64,
     ) -> Result<Vec<crate::Delivery>> {
+        self.deliveries_where(
+            "state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2",
+            vec![(now as i64).into(), (limit as i64).into()],
+        )
+        .await
+    }
+
+    pub(crate) async fn deliveries(&self, alert_id: String) -> Result<Vec<crate::Delivery>> {
+        self.deliveries_where(
+            "alert_id = ?1 ORDER BY window_start, status, channel",
+            vec![alert_id.into()],
+        )
+        .await
+    }
+
+    async fn deliveries_where(
+        &self,
+        condition: &'static str,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<Vec<crate::Delivery>> {
         self.with(move |connection| {
-            let mut statement = connection.prepare_cached(
+            let mut statement = connection.prepare_cached(&format!(
                 "SELECT alert_id, status, window_start, channel, state, attempts, next_attempt_at, last_error, updated_at
-                 FROM alert_deliveries WHERE state = 'pending' AND next_attempt_at <= ?1
-                 ORDER BY next_attempt_at LIMIT ?2",
-            )?;
+                 FROM alert_deliveries WHERE {condition}"
+            ))?;
             let rows = statement
-                .query_map(params![now as i64, limit as i64], |row| {
+                .query_map(rusqlite::params_from_iter(values), |row| {
                     Ok(DeliveryRow {
                         alert_id: row.get(0)?,
                         status: row.get(1)?,

@@ -233,7 +233,8 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// `pending`, `sent` or `failed` (as stored).
+    pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
             DeliveryState::Sent => "sent",
@@ -472,6 +473,15 @@ impl Store {
         Ok(candidates
             .into_iter()
             .find(|alert| alert.status == status && alert.window_start == window_start))
+    }
+
+    /// Every delivery of alert `alert_id` (each notification × channel, in
+    /// its latest state), by window, status and channel.
+    pub async fn deliveries(&self, alert_id: &str) -> Result<Vec<Delivery>> {
+        match self {
+            Store::ClickHouse(store) => store.deliveries(alert_id).await,
+            Store::Embedded(store) => store.deliveries(alert_id.to_owned()).await,
+        }
     }
 
     /// Pending deliveries due at `now` (ms), oldest first, at most `limit`.

@@ -406,6 +406,21 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             for alert in notifications {
                 println!("{}", alert.payload);
             }
+            for delivery in store.deliveries(&id).await? {
+                let error = if delivery.last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!("\tlast error: {}", delivery.last_error)
+                };
+                println!(
+                    "delivery\t{} {} UTC\t{}\t{}\t{} attempt(s){error}",
+                    delivery.status,
+                    tidewatch::report::format_time(delivery.window_start),
+                    delivery.channel,
+                    delivery.state.as_str(),
+                    delivery.attempts,
+                );
+            }
         }
         Command::Windows {
             config,

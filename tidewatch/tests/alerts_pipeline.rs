@@ -361,15 +361,22 @@ async fn read_topic(topic: &str, expected: usize, wait: Duration) -> Vec<(String
 
 /// GET /metrics from a `tidewatch run` on 127.0.0.1:`port`.
 async fn scrape(port: u16) -> String {
+    http_get(port, "/metrics").await
+}
+
+/// The body of GET `path` from a `tidewatch run` on 127.0.0.1:`port`.
+async fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or(response)
     })
     .await
     .unwrap()
@@ -499,6 +506,31 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
         1.0
     );
     assert!(metrics.contains("tidewatch_store_write_seconds_count{operation=\"checkpoint\"}"));
+    // The API shows each delivery's attempts: the webhook's firing took
+    // several, across the kill.
+    let id = alerts(store.clone())
+        .await
+        .into_iter()
+        .find(|a| a.status == "firing")
+        .unwrap()
+        .id;
+    let detail: serde_json::Value =
+        serde_json::from_str(&http_get(scenario.http_port, &format!("/api/v1/alerts/{id}")).await)
+            .unwrap();
+    let delivery = |status: &str, channel: &str| {
+        detail["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["status"] == status && d["channel"] == channel)
+            .unwrap_or_else(|| panic!("no {status} delivery to {channel}: {detail}"))
+            .clone()
+    };
+    let hook = delivery("firing", "hook");
+    assert_eq!(hook["state"], "sent");
+    assert!(hook["attempts"].as_u64().unwrap() >= 2, "{hook}");
+    assert_eq!(delivery("firing", "slack")["attempts"], 1);
+    assert_eq!(delivery("retrain", "retrain.bus")["state"], "sent");
     second.kill().unwrap();
     second.wait().unwrap();
     // Pipeline statistics for the Operations dashboard (every 10 s).

@@ -312,6 +312,22 @@ pub async fn alert_outbox_round_trip(store: &Store) {
         2,
         "one row per notification"
     );
+    // Every delivery of the alert, latest state each, sent ones included.
+    let all = store.deliveries(&firing.id).await.unwrap();
+    let states: Vec<(&str, &str, store::DeliveryState)> = all
+        .iter()
+        .map(|d| (d.status.as_str(), d.channel.as_str(), d.state))
+        .collect();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(states.contains(&("firing", "slack", store::DeliveryState::Sent)));
+    assert_eq!(
+        states
+            .iter()
+            .filter(|(_, _, state)| *state == store::DeliveryState::Pending)
+            .count(),
+        2
+    );
+    assert!(store.deliveries("no-such-alert").await.unwrap().is_empty());
 }
 
 /// A notification is found by id, status and window.

@@ -623,9 +623,29 @@ async fn alert(
     if notifications.is_empty() {
         return Err(ApiError::not_found(format!("no alert with id `{id}`")));
     }
-    Ok(Json(
-        serde_json::json!({"id": id, "notifications": notifications}),
-    ))
+    let deliveries: Vec<serde_json::Value> = state
+        .store
+        .deliveries(&id)
+        .await?
+        .into_iter()
+        .map(|d| {
+            serde_json::json!({
+                "status": d.status,
+                "window_start": rfc3339(d.window_start),
+                "channel": d.channel,
+                "state": d.state.as_str(),
+                "attempts": d.attempts,
+                "next_attempt_at": rfc3339(d.next_attempt_at as i64),
+                "last_error": d.last_error,
+                "updated_at": rfc3339(d.updated_at as i64),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "id": id,
+        "notifications": notifications,
+        "deliveries": deliveries,
+    })))
 }
 
 #[cfg(test)]
