@@ -9,11 +9,14 @@
 //! one stopped: a notification is sent at most once per channel under normal
 //! operation, and at least once with the same idempotency key
 //! (`X-Tidewatch-Alert-Id`) if the process dies between sending and
-//! recording. One channel failing does not hold up the others.
+//! recording. Channels are served concurrently and a channel stops for the
+//! pass at its first failure, so one failing channel does not hold up the
+//! others.
 //!
-//! This build delivers over plain HTTP (receivers on the local network or
-//! behind a TLS-terminating proxy); `https://` URLs are refused when the
-//! channel is configured.
+//! Channels: generic webhooks and Slack over HTTP or HTTPS (rustls, Mozilla
+//! roots plus an optional CA per channel), email over SMTP
+//! ([`crate::email`]), the retrain endpoint and the bus ([`Bus`], Kafka in
+//! the service) for retrain requests ([`crate::retrain`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -42,18 +45,22 @@ pub const ALERT_ID_HEADER: &str = "X-Tidewatch-Alert-Id";
 /// Content type of CloudEvents in structured mode.
 pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
 
+/// An HTTP endpoint that receives signed requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// URL (http:// or https://).
+    pub url: String,
+    /// HMAC key for `X-Tidewatch-Signature`; unsigned without one.
+    pub secret: Option<Vec<u8>>,
+    /// An extra CA (PEM) to trust for this endpoint.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
 /// What a channel is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChannelKind {
-    /// A generic webhook: the alert as JSON, signed when a secret is set.
-    Webhook {
-        /// Endpoint (http:// or https://).
-        url: String,
-        /// HMAC key for `X-Tidewatch-Signature`.
-        secret: Option<Vec<u8>>,
-        /// An extra CA (PEM) to trust for this endpoint.
-        ca_pem: Option<Vec<u8>>,
-    },
+    /// A generic webhook: the alert as JSON.
+    Webhook(Endpoint),
     /// A Slack incoming webhook (Block Kit message).
     Slack {
         /// Incoming-webhook URL.
@@ -63,15 +70,8 @@ pub enum ChannelKind {
     },
     /// Email over SMTP.
     Email(Box<EmailSettings>),
-    /// The retrain endpoint: the request's CloudEvent, signed like webhooks.
-    RetrainWebhook {
-        /// Endpoint (http:// or https://).
-        url: String,
-        /// HMAC key for `X-Tidewatch-Signature`.
-        secret: Option<Vec<u8>>,
-        /// An extra CA (PEM) to trust for this endpoint.
-        ca_pem: Option<Vec<u8>>,
-    },
+    /// The retrain endpoint: the request's CloudEvent.
+    RetrainWebhook(Endpoint),
     /// The request's CloudEvent published on the bus.
     Bus {
         /// Kafka topic.
@@ -96,10 +96,9 @@ impl Channel {
             message,
         };
         match &kind {
-            ChannelKind::Webhook { url, ca_pem, .. }
-            | ChannelKind::RetrainWebhook { url, ca_pem, .. } => {
-                check_url(url).map_err(|m| invalid("url", m))?;
-                if let Some(pem) = ca_pem {
+            ChannelKind::Webhook(endpoint) | ChannelKind::RetrainWebhook(endpoint) => {
+                check_url(&endpoint.url).map_err(|m| invalid("url", m))?;
+                if let Some(pem) = &endpoint.ca_pem {
                     parse_pem_certificates(pem).map_err(|m| invalid("ca_file", m))?;
                 }
             }
@@ -235,12 +234,12 @@ impl Sender {
         let mut smtp = BTreeMap::new();
         for channel in &channels {
             match &channel.kind {
-                ChannelKind::Webhook {
+                ChannelKind::Webhook(Endpoint {
                     ca_pem: Some(pem), ..
-                }
-                | ChannelKind::RetrainWebhook {
+                })
+                | ChannelKind::RetrainWebhook(Endpoint {
                     ca_pem: Some(pem), ..
-                } => {
+                }) => {
                     for certificate in parse_pem_certificates(pem).map_err(Error::Setup)? {
                         roots
                             .add(certificate)
@@ -425,10 +424,10 @@ impl Sender {
                 .map(|secret| (timestamp, sign(secret, timestamp, body)))
         };
         match &channel.kind {
-            ChannelKind::Webhook { url, secret, .. } => {
+            ChannelKind::Webhook(endpoint) => {
                 let body = webhook_body(alert);
-                let signature = signed(secret, &body);
-                self.post(url, "application/json", body, key, signature)
+                let signature = signed(&endpoint.secret, &body);
+                self.post(&endpoint.url, "application/json", body, key, signature)
                     .await
             }
             ChannelKind::Slack { url, dashboard_url } => {
@@ -436,11 +435,12 @@ impl Sender {
                     .map_err(|e| e.to_string())?;
                 self.post(url, "application/json", body, key, None).await
             }
-            ChannelKind::RetrainWebhook { url, secret, .. } => {
+            ChannelKind::RetrainWebhook(endpoint) => {
                 let body = serde_json::to_vec(&retrain_event(alert, key, recorded_at))
                     .map_err(|e| e.to_string())?;
-                let signature = signed(secret, &body);
-                self.post(url, CLOUDEVENTS_JSON, body, key, signature).await
+                let signature = signed(&endpoint.secret, &body);
+                self.post(&endpoint.url, CLOUDEVENTS_JSON, body, key, signature)
+                    .await
             }
             ChannelKind::Email(settings) => {
                 let transport = self
@@ -551,11 +551,11 @@ mod tests {
     fn malformed_urls_are_refused_naming_the_key() {
         let bad = Channel::new(
             "w".into(),
-            ChannelKind::Webhook {
+            ChannelKind::Webhook(Endpoint {
                 url: "ftp://x".into(),
                 secret: None,
                 ca_pem: None,
-            },
+            }),
             "alerts.channels[1]",
         );
         assert!(bad
@@ -564,11 +564,11 @@ mod tests {
             .contains("`alerts.channels[1].url`"));
         let bad_ca = Channel::new(
             "w".into(),
-            ChannelKind::RetrainWebhook {
+            ChannelKind::RetrainWebhook(Endpoint {
                 url: "https://ml.example/retrain".into(),
                 secret: None,
                 ca_pem: Some(b"nothing here".to_vec()),
-            },
+            }),
             "alerts.retrain",
         );
         assert!(bad_ca

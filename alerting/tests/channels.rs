@@ -334,21 +334,21 @@ async fn https_webhooks_and_retrain_requests_carry_the_signed_cloudevent() {
     let channels = vec![
         Channel::new(
             "hook".into(),
-            ChannelKind::Webhook {
+            ChannelKind::Webhook(alerting::delivery::Endpoint {
                 url: format!("{base}/hook"),
                 secret: Some(SECRET.to_vec()),
                 ca_pem: Some(ca.clone()),
-            },
+            }),
             "alerts.channels[0]",
         )
         .unwrap(),
         Channel::new(
             retrain::WEBHOOK_CHANNEL.into(),
-            ChannelKind::RetrainWebhook {
+            ChannelKind::RetrainWebhook(alerting::delivery::Endpoint {
                 url: format!("{base}/retrain"),
                 secret: Some(SECRET.to_vec()),
                 ca_pem: Some(ca),
-            },
+            }),
             "alerts.retrain",
         )
         .unwrap(),

@@ -137,21 +137,21 @@ async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothi
         vec![
             Channel::new(
                 "hook".into(),
-                ChannelKind::Webhook {
+                ChannelKind::Webhook(alerting::delivery::Endpoint {
                     url: url.clone(),
                     secret: Some(SECRET.to_vec()),
                     ca_pem: None,
-                },
+                }),
                 "k",
             )
             .unwrap(),
             Channel::new(
                 "healthy".into(),
-                ChannelKind::Webhook {
+                ChannelKind::Webhook(alerting::delivery::Endpoint {
                     url: healthy_url.clone(),
                     secret: Some(SECRET.to_vec()),
                     ca_pem: None,
-                },
+                }),
                 "k",
             )
             .unwrap(),
@@ -203,11 +203,11 @@ async fn a_channel_down_for_good_ends_failed() {
     recorded_alert(&store, &["hook"]).await;
     let channel = Channel::new(
         "hook".into(),
-        ChannelKind::Webhook {
+        ChannelKind::Webhook(alerting::delivery::Endpoint {
             url,
             secret: None,
             ca_pem: None,
-        },
+        }),
         "k",
     )
     .unwrap();
@@ -263,11 +263,11 @@ async fn a_channel_that_hangs_costs_one_timeout_per_pass_and_holds_up_no_other()
     let channel = |name: &str, url: &str| {
         Channel::new(
             name.into(),
-            ChannelKind::Webhook {
+            ChannelKind::Webhook(alerting::delivery::Endpoint {
                 url: url.into(),
                 secret: None,
                 ca_pem: None,
-            },
+            }),
             "k",
         )
         .unwrap()

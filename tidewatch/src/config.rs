@@ -849,11 +849,11 @@ impl RawConfig {
                     let ca_pem = read_ca(&format!("{key}.ca_file"), &ca_file)?;
                     (
                         name,
-                        alerting::delivery::ChannelKind::Webhook {
+                        alerting::delivery::ChannelKind::Webhook(alerting::delivery::Endpoint {
                             url,
                             secret,
                             ca_pem,
-                        },
+                        }),
                     )
                 }
                 RawChannel::Slack {
@@ -954,11 +954,13 @@ impl RawConfig {
                         .map(|variable| from_env(&format!("{key}.secret_env"), &variable))
                         .transpose()?
                         .map(String::into_bytes);
-                    let kind = alerting::delivery::ChannelKind::RetrainWebhook {
-                        url,
-                        secret,
-                        ca_pem: read_ca(&format!("{key}.ca_file"), &raw.ca_file)?,
-                    };
+                    let kind = alerting::delivery::ChannelKind::RetrainWebhook(
+                        alerting::delivery::Endpoint {
+                            url,
+                            secret,
+                            ca_pem: read_ca(&format!("{key}.ca_file"), &raw.ca_file)?,
+                        },
+                    );
                     alert_channels.push(
                         alerting::delivery::Channel::new(
                             alerting::retrain::WEBHOOK_CHANNEL.into(),
