@@ -77,11 +77,7 @@ pub fn slack_message(alert: &Alert, dashboard_url: Option<&str>) -> Value {
         (_, crate::rules::Severity::Warning) => ":warning:",
         (_, crate::rules::Severity::Info) => ":information_source:",
     };
-    let status = match alert.status {
-        AlertStatus::Firing if alert.repeat => "still firing",
-        AlertStatus::Firing => "firing",
-        AlertStatus::Resolved => "resolved",
-    };
+    let status = status_label(alert);
     let window = format!(
         "{} → {}",
         format_time(alert.window_start),
@@ -131,6 +127,15 @@ fn format_time(millis: i64) -> String {
         .unwrap_or_else(|| millis.to_string())
 }
 
+/// "firing", "still firing" (a reminder) or "resolved".
+fn status_label(alert: &Alert) -> &'static str {
+    match alert.status {
+        AlertStatus::Firing if alert.repeat => "still firing",
+        AlertStatus::Firing => "firing",
+        AlertStatus::Resolved => "resolved",
+    }
+}
+
 /// An email notification's parts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmailContent {
@@ -145,11 +150,7 @@ pub struct EmailContent {
 /// The email for `alert`: what the Slack message says, as plain text and
 /// as HTML (every value escaped).
 pub fn email_message(alert: &Alert, dashboard_url: Option<&str>) -> EmailContent {
-    let status = match alert.status {
-        AlertStatus::Firing if alert.repeat => "still firing",
-        AlertStatus::Firing => "firing",
-        AlertStatus::Resolved => "resolved",
-    };
+    let status = status_label(alert);
     let window = format!(
         "{} → {} UTC",
         format_time(alert.window_start),
