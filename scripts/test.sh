@@ -74,9 +74,20 @@ fi
 # --- SMTP server ------------------------------------------------------------
 if [ ! -x "$smtp_venv/bin/python" ] || ! "$smtp_venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
   log "installing aiosmtpd $aiosmtpd_version into $smtp_venv"
-  command -v python3 >/dev/null 2>&1 || fail "python3 is needed for the test SMTP server"
+  if ! command -v python3 >/dev/null 2>&1; then
+    log "installing python3 from Debian's packages (for the test SMTP server)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv >/dev/null \
+      || fail "apt-get install python3 python3-venv failed"
+  fi
   rm -rf "$smtp_venv"
-  python3 -m venv "$smtp_venv" || fail "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  if ! python3 -m venv "$smtp_venv" 2>/dev/null; then
+    # Debian's python3 needs python3-venv for ensurepip.
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null \
+      || fail "apt-get install python3-venv failed"
+    rm -rf "$smtp_venv"
+    python3 -m venv "$smtp_venv" || fail "python3 -m venv failed"
+  fi
   "$smtp_venv/bin/pip" install -q "aiosmtpd==$aiosmtpd_version" || fail "pip install aiosmtpd failed"
 fi
 

@@ -202,6 +202,23 @@ pub struct DeliveryCounts {
     pub failed: u32,
 }
 
+/// The idempotency key of a notification (`X-Tidewatch-Alert-Id`, the
+/// Message-ID, a retrain request's id): `{alert id}:{status}:{window start}`.
+pub fn idempotency_key(alert_id: &str, status: &str, window_start: i64) -> String {
+    format!("{alert_id}:{status}:{window_start}")
+}
+
+/// (alert id, status, window start): one notification.
+type NotificationKey = (String, String, i64);
+
+fn notification_key(delivery: &Delivery) -> NotificationKey {
+    (
+        delivery.alert_id.clone(),
+        delivery.status.clone(),
+        delivery.window_start,
+    )
+}
+
 /// What one pass of [`Sender::deliver_due`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeliveryReport {
@@ -292,16 +309,26 @@ impl Sender {
     /// other channel.
     pub async fn deliver_due(&self, now: u64) -> Result<DeliveryReport, Error> {
         let mut by_channel: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
+        // Each notification is read once, however many channels it goes to.
+        let mut notifications: BTreeMap<NotificationKey, Result<(Alert, u64), String>> =
+            BTreeMap::new();
         for delivery in self.store.due_deliveries(now, 500).await? {
+            if let std::collections::btree_map::Entry::Vacant(entry) =
+                notifications.entry(notification_key(&delivery))
+            {
+                entry.insert(self.notification(&delivery).await);
+            }
             by_channel
                 .entry(delivery.channel.clone())
                 .or_default()
                 .push(delivery);
         }
+        let notifications = &notifications;
         let passes = by_channel.into_values().map(|deliveries| async move {
             let mut outcomes = Vec::with_capacity(deliveries.len());
             for delivery in deliveries {
-                let outcome = self.attempt(&delivery, now).await;
+                let notification = &notifications[&notification_key(&delivery)];
+                let outcome = self.attempt(&delivery, notification, now).await;
                 let failed = outcome.is_err();
                 outcomes.push((delivery, outcome));
                 if failed {
@@ -356,12 +383,9 @@ impl Sender {
         Ok(report)
     }
 
-    /// One attempt; `Err` holds the reason to record.
-    async fn attempt(&self, delivery: &Delivery, now: u64) -> Result<(), String> {
-        let channel = self
-            .channels
-            .get(&delivery.channel)
-            .ok_or_else(|| format!("channel `{}` is not configured", delivery.channel))?;
+    /// The recorded notification a delivery sends and when it was recorded;
+    /// `Err` holds the reason to record against the delivery.
+    async fn notification(&self, delivery: &Delivery) -> Result<(Alert, u64), String> {
         let record = self
             .store
             .alert_notification(&delivery.alert_id, &delivery.status, delivery.window_start)
@@ -370,12 +394,23 @@ impl Sender {
             .ok_or_else(|| "notification not found in the alerts table".to_owned())?;
         let alert: Alert = serde_json::from_str(&record.payload)
             .map_err(|error| format!("stored payload: {error}"))?;
-        let key = format!(
-            "{}:{}:{}",
-            delivery.alert_id, delivery.status, delivery.window_start
-        );
-        self.send(channel, &alert, &key, now, record.created_at)
-            .await
+        Ok((alert, record.created_at))
+    }
+
+    /// One attempt; `Err` holds the reason to record.
+    async fn attempt(
+        &self,
+        delivery: &Delivery,
+        notification: &Result<(Alert, u64), String>,
+        now: u64,
+    ) -> Result<(), String> {
+        let channel = self
+            .channels
+            .get(&delivery.channel)
+            .ok_or_else(|| format!("channel `{}` is not configured", delivery.channel))?;
+        let (alert, recorded_at) = notification.as_ref().map_err(Clone::clone)?;
+        let key = idempotency_key(&delivery.alert_id, &delivery.status, delivery.window_start);
+        self.send(channel, alert, &key, now, *recorded_at).await
     }
 
     /// Sends a synthetic alert to channel `name` (for `tidewatch alerts

@@ -51,7 +51,7 @@ pub fn to_record(request: &Alert, created_at: u64) -> AlertRecord {
 
 /// The id of the request made for notification `alert`.
 pub fn request_id(alert: &Alert) -> String {
-    format!("{}:{}:{}", alert.id, STATUS, alert.window_start)
+    crate::delivery::idempotency_key(&alert.id, STATUS, alert.window_start)
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +98,11 @@ impl RetrainGate {
             self.insert(
                 (record.model.clone(), record.model_version.clone()),
                 Pending {
-                    request_id: format!("{}:{}:{}", record.id, STATUS, record.window_start),
+                    request_id: crate::delivery::idempotency_key(
+                        &record.id,
+                        STATUS,
+                        record.window_start,
+                    ),
                     until,
                 },
                 record.created_at,

@@ -254,16 +254,32 @@ pub async fn follow_topic(
         .set("group.id", format!("{}-follow-{topic}", settings.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
-    let consumer: StreamConsumer = config.create()?;
+    let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
     tokio::pin!(shutdown);
     loop {
-        let mut assignment = TopicPartitionList::new();
-        if let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
-            for found in metadata.topics().iter().filter(|t| t.name() == topic) {
-                for partition in found.partitions() {
-                    assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-                }
+        // A blocking call of up to 10 s: kept off the async workers.
+        let partitions = tokio::task::spawn_blocking({
+            let consumer = Arc::clone(&consumer);
+            let topic = topic.to_owned();
+            move || {
+                consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                    .map(|metadata| {
+                        metadata
+                            .topics()
+                            .iter()
+                            .filter(|t| t.name() == topic)
+                            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                            .collect::<Vec<i32>>()
+                    })
+                    .unwrap_or_default()
             }
+        })
+        .await
+        .map_err(|error| Error::Task(error.to_string()))?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in partitions {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         }
         if assignment.count() > 0 {
             consumer.assign(&assignment)?;

@@ -240,6 +240,8 @@ impl MetricsRow {
         let m = &record.metrics;
         let quantile = |i: usize| m.quantiles.map(|q| q[i]);
         let reference_quantile = |i: usize| m.reference_quantiles.map(|q| q[i]);
+        // Every quality column is null outside the `quality` series.
+        let quality = m.quality.clone().unwrap_or_default();
         Ok(Self {
             model: record.key.model.clone(),
             model_version: record.key.model_version.clone(),
@@ -291,18 +293,18 @@ impl MetricsRow {
             test_thresholds: m.tests.iter().map(|t| t.threshold).collect(),
             test_drifted: m.tests.iter().map(|t| u8::from(t.drifted)).collect(),
             warnings: m.warnings.clone(),
-            accuracy: m.quality.as_ref().and_then(|q| q.accuracy),
-            precision: m.quality.as_ref().and_then(|q| q.precision),
-            recall: m.quality.as_ref().and_then(|q| q.recall),
-            f1: m.quality.as_ref().and_then(|q| q.f1),
-            roc_auc: m.quality.as_ref().and_then(|q| q.roc_auc),
-            log_loss: m.quality.as_ref().and_then(|q| q.log_loss),
-            brier: m.quality.as_ref().and_then(|q| q.brier),
-            calibration_error: m.quality.as_ref().and_then(|q| q.calibration_error),
-            mae: m.quality.as_ref().and_then(|q| q.mae),
-            rmse: m.quality.as_ref().and_then(|q| q.rmse),
-            mape: m.quality.as_ref().and_then(|q| q.mape),
-            r2: m.quality.as_ref().and_then(|q| q.r2),
+            accuracy: quality.accuracy,
+            precision: quality.precision,
+            recall: quality.recall,
+            f1: quality.f1,
+            roc_auc: quality.roc_auc,
+            log_loss: quality.log_loss,
+            brier: quality.brier,
+            calibration_error: quality.calibration_error,
+            mae: quality.mae,
+            rmse: quality.rmse,
+            mape: quality.mape,
+            r2: quality.r2,
             ref_p05: reference_quantile(0),
             ref_p25: reference_quantile(1),
             ref_p50: reference_quantile(2),

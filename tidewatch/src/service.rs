@@ -348,9 +348,14 @@ async fn warm_up(
     store: &Store,
 ) -> anyhow::Result<()> {
     let size = config.engine.window_size.millis();
+    let versions = store.model_versions().await?;
     for model in &config.models {
-        let windows = store.partial_windows(model.name(), 0, i64::MAX / 2).await?;
-        let Some(&latest) = windows.iter().max() else {
+        let Some(latest) = versions
+            .iter()
+            .filter(|v| v.model == model.name())
+            .map(|v| v.last_window)
+            .max()
+        else {
             continue;
         };
         let metrics = store

@@ -4,6 +4,14 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// `reference.csv` and `current.csv` in `directory`.
+fn csv_pair(directory: &std::path::Path) -> (PathBuf, PathBuf) {
+    (
+        directory.join("reference.csv"),
+        directory.join("current.csv"),
+    )
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let directory =
         std::env::temp_dir().join(format!("tidewatch-analyze-{name}-{}", std::process::id()));
@@ -51,10 +59,7 @@ fn analyze(args: &[&str]) -> std::process::Output {
 #[test]
 fn chunks_by_rows_find_the_drifted_chunk_and_gate_ci() {
     let directory = temp_dir("rows");
-    let (reference, current) = (
-        directory.join("reference.csv"),
-        directory.join("current.csv"),
-    );
+    let (reference, current) = csv_pair(&directory);
     write_csv(&reference, 5_000, usize::MAX);
     write_csv(&current, 3_000, 2_000);
     let args = [
@@ -110,10 +115,7 @@ fn chunks_by_rows_find_the_drifted_chunk_and_gate_ci() {
 #[test]
 fn chunks_by_period_and_csv_output() {
     let directory = temp_dir("period");
-    let (reference, current) = (
-        directory.join("reference.csv"),
-        directory.join("current.csv"),
-    );
+    let (reference, current) = csv_pair(&directory);
     write_csv(&reference, 3_000, usize::MAX);
     write_csv(&current, 1_440, 720);
     let output = analyze(&[
@@ -190,10 +192,7 @@ fn unknown_columns_and_types_are_clear_errors() {
 #[test]
 fn bands_catch_a_shift_too_small_for_the_static_psi_threshold() {
     let directory = temp_dir("bands");
-    let (reference, current) = (
-        directory.join("reference.csv"),
-        directory.join("current.csv"),
-    );
+    let (reference, current) = csv_pair(&directory);
     write_csv(&reference, 10_000, usize::MAX);
     // From row 1000 on, amount moves up by 5 (a twentieth of its range).
     write_csv_shifted(&current, 2_000, 1_000, 5.0);

@@ -27,6 +27,7 @@ use store::{MetricsQuery, WindowMetrics};
 
 use super::api::summarise;
 use super::{ApiError, AppState};
+use crate::report::format_time as time;
 use alerting::payload::escape_html as escape;
 
 /// Windows shown on a model page.
@@ -93,12 +94,6 @@ fn page(title: &str, body: &str, data: Option<&Value>) -> Html<String> {
 <script src=\"/assets/uplot.min.js\"></script><script src=\"/assets/tidewatch.js\"></script></body></html>",
         title = escape(title),
     ))
-}
-
-fn time(millis: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(millis)
-        .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
-        .unwrap_or_default()
 }
 
 async fn overview(State(state): State<Arc<AppState>>) -> Result<Html<String>, ApiError> {
