@@ -22,7 +22,13 @@
 //! - a field of the wrong type, or a missing required field, is a
 //!   [`DecodeError`] whose message names the field;
 //! - `timestamp` is either integer milliseconds since the Unix epoch or an
-//!   RFC 3339 string (`2026-01-01T12:00:00Z`);
+//!   RFC 3339 string (`2026-01-01T12:00:00Z`), and must lie in
+//!   [`MIN_EVENT_TIME_MS`, `MAX_EVENT_TIME_MS`] (1970-01-01 to 2105-12-31,
+//!   what every store can hold); how far ahead of the wall clock an event
+//!   may be is the ingest engine's bound, not the decoder's;
+//! - a key repeated inside `features`, `prediction.probabilities` or
+//!   `segments` (or a repeated top-level field) makes the event malformed:
+//!   which of the values is meant cannot be known;
 //! - feature values are numbers, strings, booleans (read as the strings
 //!   `"true"`/`"false"`) or `null` (a missing value). Whether a value has the
 //!   type the model's config expects is a data-quality question answered by the
@@ -42,6 +48,13 @@ pub const PREDICTION_SCHEMA: &str = include_str!("../schemas/prediction.v1.schem
 pub const FEATURE_SCHEMA: &str = include_str!("../schemas/feature.v1.schema.json");
 /// JSON Schema for actual (ground-truth label) events.
 pub const ACTUAL_SCHEMA: &str = include_str!("../schemas/actual.v1.schema.json");
+
+/// The earliest event time accepted: 1970-01-01T00:00:00Z.
+pub const MIN_EVENT_TIME_MS: i64 = 0;
+/// The latest event time accepted: 2105-12-31T23:59:59.999Z. ClickHouse's
+/// `DateTime` ends in February 2106; a window starting before this bound
+/// ends inside that range for any window size up to 30 days.
+pub const MAX_EVENT_TIME_MS: i64 = 4_291_747_199_999;
 
 /// The three kinds of event Tidewatch reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -103,6 +116,9 @@ pub enum DecodeError {
     /// The `timestamp` string is not RFC 3339.
     #[error("field `timestamp`: `{0}` is neither epoch milliseconds nor an RFC 3339 time")]
     Timestamp(String),
+    /// The timestamp lies outside [`MIN_EVENT_TIME_MS`, `MAX_EVENT_TIME_MS`].
+    #[error("field `timestamp`: {0} ms is outside the storable range 1970-01-01 to 2105-12-31")]
+    TimestampOutOfRange(i64),
     /// A number that must be finite is NaN or infinite.
     #[error("field `{0}` must be a finite number")]
     NotFinite(&'static str),
@@ -303,11 +319,16 @@ enum RawTimestamp<'a> {
 
 impl RawTimestamp<'_> {
     fn into_millis(self) -> Result<i64, DecodeError> {
-        match self {
-            RawTimestamp::Millis(millis) => Ok(millis),
+        let millis = match self {
+            RawTimestamp::Millis(millis) => millis,
             RawTimestamp::Text(text) => chrono::DateTime::parse_from_rfc3339(&text)
                 .map(|time| time.timestamp_millis())
-                .map_err(|_| DecodeError::Timestamp(text.into_owned())),
+                .map_err(|_| DecodeError::Timestamp(text.into_owned()))?,
+        };
+        if (MIN_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&millis) {
+            Ok(millis)
+        } else {
+            Err(DecodeError::TimestampOutOfRange(millis))
         }
     }
 }
@@ -476,9 +497,44 @@ impl<'de: 'a, 'a> Deserialize<'de> for Label<'a> {
     }
 }
 
-/// Generates a `Vec<(Cow<str>, V)>` map reader that keeps the logged order.
+/// The first key that appears twice in `entries`, if any.
+///
+/// On the hot path (a few dozen keys) a 256-bit mask over a cheap
+/// fingerprint (length and three bytes) rules most keys out in a few
+/// instructions; only a key whose fingerprint bit is already set is compared
+/// with the keys before it. Past 64 keys a hash set keeps it linear.
+fn first_duplicate<'e, V>(entries: &'e [(Cow<'_, str>, V)]) -> Option<&'e str> {
+    if entries.len() > 64 {
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        return entries
+            .iter()
+            .map(|(key, _)| key.as_ref())
+            .find(|key| !seen.insert(*key));
+    }
+    let mut mask = [0u64; 4];
+    for (index, (key, _)) in entries.iter().enumerate() {
+        let bytes = key.as_bytes();
+        let fingerprint = match bytes {
+            [] => 0,
+            [first, .., last] => {
+                (bytes.len() * 31 + usize::from(*first) * 7 + usize::from(*last) * 131)
+                    ^ (usize::from(bytes[bytes.len() / 2]) * 17)
+            }
+            [only] => usize::from(*only) * 7 + 31,
+        } & 255;
+        let (word, bit) = (fingerprint / 64, 1u64 << (fingerprint % 64));
+        if mask[word] & bit != 0 && entries[..index].iter().any(|(earlier, _)| earlier == key) {
+            return Some(key);
+        }
+        mask[word] |= bit;
+    }
+    None
+}
+
+/// Generates a `Vec<(Cow<str>, V)>` map reader that keeps the logged order
+/// and refuses a repeated key.
 macro_rules! ordered_map {
-    ($name:ident, $value:ty, $expecting:literal) => {
+    ($name:ident, $value:ty, $expecting:literal, $field:literal) => {
         struct $name<'a>(Vec<(Cow<'a, str>, $value)>);
 
         impl<'de: 'a, 'a> Deserialize<'de> for $name<'a> {
@@ -498,6 +554,12 @@ macro_rules! ordered_map {
                             let value = map.next_value()?;
                             entries.push((key.0, value));
                         }
+                        if let Some(key) = first_duplicate(&entries) {
+                            return Err(de::Error::custom(format_args!(
+                                "duplicate key `{key}` in `{}`",
+                                $field
+                            )));
+                        }
                         Ok($name(entries))
                     }
                 }
@@ -510,17 +572,20 @@ macro_rules! ordered_map {
 ordered_map!(
     FeatureMap,
     FeatureValue<'a>,
-    "an object of feature name to number, string, boolean or null"
+    "an object of feature name to number, string, boolean or null",
+    "features"
 );
 ordered_map!(
     ProbabilityMap,
     f64,
-    "an object of class name to probability"
+    "an object of class name to probability",
+    "prediction.probabilities"
 );
 ordered_map!(
     SegmentMap,
     SegmentValue<'a>,
-    "an object of segment key to value"
+    "an object of segment key to value",
+    "segments"
 );
 
 /// Segment values are strings; numbers and booleans are accepted and turned into text.
@@ -667,6 +732,90 @@ mod tests {
         let event = decode(payload, EventKind::Prediction).unwrap();
         assert_eq!(event.error.as_deref(), Some("upstream timeout"));
         assert_eq!(event.prediction, None);
+    }
+
+    #[test]
+    fn timestamps_outside_the_storable_range_are_refused() {
+        let at = |timestamp: &str| {
+            format!(
+                r#"{{"model":"m","model_version":"1","timestamp":{timestamp},"features":{{"x":1}}}}"#
+            )
+        };
+        for (timestamp, millis) in [
+            ("-1", -1),
+            ("\"1969-12-31T23:59:59Z\"", -1_000),
+            ("\"9999-12-31T00:00:00Z\"", 253_402_214_400_000),
+            ("4291747200000", 4_291_747_200_000),
+        ] {
+            assert_eq!(
+                decode(at(timestamp).as_bytes(), EventKind::Feature),
+                Err(DecodeError::TimestampOutOfRange(millis)),
+                "{timestamp}"
+            );
+        }
+        for (timestamp, millis) in [
+            ("0", 0),
+            ("\"2100-01-01T00:00:00Z\"", 4_102_444_800_000),
+            ("4291747199999", MAX_EVENT_TIME_MS),
+        ] {
+            let payload = at(timestamp);
+            let event = decode(payload.as_bytes(), EventKind::Feature).unwrap();
+            assert_eq!(event.timestamp_ms, millis);
+        }
+    }
+
+    #[test]
+    fn repeated_keys_make_an_event_malformed() {
+        let many: String = (0..100)
+            .map(|i| format!(r#""f{i}":{i},"#))
+            .collect::<String>();
+        let cases = [
+            (
+                r#""features":{"age":1,"plan":"a","age":2},"prediction":{"score":1}"#.to_owned(),
+                "duplicate key `age` in `features`",
+            ),
+            (
+                format!(r#""features":{{{many}"f57":0}},"prediction":{{"score":1}}"#),
+                "duplicate key `f57` in `features`",
+            ),
+            (
+                r#""features":{"x":1},"segments":{"c":"DE","c":"FR"},"prediction":{"score":1}"#
+                    .to_owned(),
+                "duplicate key `c` in `segments`",
+            ),
+            (
+                r#""features":{"x":1},"prediction":{"probabilities":{"a":0.5,"a":0.5}}"#.to_owned(),
+                "duplicate key `a` in `prediction.probabilities`",
+            ),
+            (
+                r#""features":{"x":1},"prediction":{"score":1},"model":"again""#.to_owned(),
+                "duplicate field `model`",
+            ),
+        ];
+        for (body, expected) in cases {
+            let payload = format!(
+                r#"{{"model":"m","model_version":"1","prediction_id":"p","timestamp":1,{body}}}"#
+            );
+            let error = decode(payload.as_bytes(), EventKind::Prediction)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should contain {expected:?}"
+            );
+        }
+        // Keys that share a fingerprint but differ are not duplicates.
+        let similar: String = (0..60).map(|i| format!(r#""a{i:02}b":{i},"#)).collect();
+        let payload = format!(
+            r#"{{"model":"m","model_version":"1","timestamp":1,"features":{{{similar}"z":0}}}}"#
+        );
+        assert_eq!(
+            decode(payload.as_bytes(), EventKind::Feature)
+                .unwrap()
+                .features
+                .len(),
+            61
+        );
     }
 
     #[test]

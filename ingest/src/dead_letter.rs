@@ -1,15 +1,37 @@
 //! Where undecodable payloads go: a Kafka topic (production) or a JSON-lines
-//! file (file replay, the demo). Each dead letter carries the original bytes,
-//! the reason, and where it came from. A dead letter is written before the
-//! offset after it is committed, so none is lost.
+//! file (file replay, the demo). Each dead letter carries the original bytes
+//! (up to a bound), the reason, and where it came from.
+//!
+//! ## Guarantee
+//! A dead letter is handed to the producer as soon as its payload is
+//! refused ([`DeadLetterSink::enqueue`]), without waiting for the broker, and
+//! every one is acknowledged before an offset after it is committed
+//! ([`DeadLetterSink::flush`], which the consumer calls before each commit).
+//! None is lost, and none stops the pipeline:
+//! - a payload larger than `max_payload_bytes` is cut to that size (headers
+//!   say it was, and how long the original was); if the broker still refuses
+//!   the message as too large, the payload is halved until it fits, down to
+//!   an empty payload with the reason and the source coordinates;
+//! - any other failure (broker down, topic missing) is retried with a
+//!   backoff growing to 5 s, for as long as it takes: the consumer waits,
+//!   which is visible in the logs and in `tidewatch_dead_letter_failures_total`.
+//!
+//! ## Bounds
+//! At most [`MAX_IN_FLIGHT`] dead letters wait for their acknowledgement;
+//! the next one waits for the oldest. Each holds at most
+//! `max_payload_bytes` of payload and [`MAX_REASON_BYTES`] of reason.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
+use crate::telemetry::Telemetry;
 use crate::Error;
 
 /// Header carrying the reason a payload was rejected.
@@ -20,6 +42,17 @@ pub const SOURCE_TOPIC_HEADER: &str = "tidewatch-source-topic";
 pub const SOURCE_PARTITION_HEADER: &str = "tidewatch-source-partition";
 /// Header carrying the offset the payload was read at.
 pub const SOURCE_OFFSET_HEADER: &str = "tidewatch-source-offset";
+/// Header carrying the original payload's length in bytes, present when the
+/// payload was cut.
+pub const ORIGINAL_SIZE_HEADER: &str = "tidewatch-original-size";
+
+/// Default bound on the payload bytes a dead letter keeps (librdkafka's and
+/// Kafka's default message limit is 1 MB).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Bound on the reason's length in bytes (cut at a character boundary).
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Dead letters awaiting their acknowledgement at once.
+pub const MAX_IN_FLIGHT: usize = 10_000;
 
 /// A rejected payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,15 +69,182 @@ pub struct DeadLetter<'a> {
     pub reason: &'a str,
 }
 
+/// A dead letter as it is sent: owned, bounded, ready to be sent again.
+#[derive(Debug, Clone)]
+struct OwnedLetter {
+    source_topic: String,
+    source_partition: i32,
+    source_offset: u64,
+    payload: Vec<u8>,
+    original_size: usize,
+    reason: String,
+}
+
+impl OwnedLetter {
+    fn new(letter: &DeadLetter<'_>, max_payload_bytes: usize) -> Self {
+        let kept = letter.payload.len().min(max_payload_bytes);
+        Self {
+            source_topic: letter.source_topic.to_owned(),
+            source_partition: letter.source_partition,
+            source_offset: letter.source_offset,
+            payload: letter.payload[..kept].to_vec(),
+            original_size: letter.payload.len(),
+            reason: truncate_at_char(letter.reason, MAX_REASON_BYTES).to_owned(),
+        }
+    }
+
+    fn headers(&self) -> OwnedHeaders {
+        let partition = self.source_partition.to_string();
+        let offset = self.source_offset.to_string();
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: REASON_HEADER,
+                value: Some(&self.reason),
+            })
+            .insert(Header {
+                key: SOURCE_TOPIC_HEADER,
+                value: Some(&self.source_topic),
+            })
+            .insert(Header {
+                key: SOURCE_PARTITION_HEADER,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: SOURCE_OFFSET_HEADER,
+                value: Some(&offset),
+            });
+        if self.payload.len() < self.original_size {
+            let size = self.original_size.to_string();
+            headers = headers.insert(Header {
+                key: ORIGINAL_SIZE_HEADER,
+                value: Some(&size),
+            });
+        }
+        headers
+    }
+
+    /// Halves the payload after a "message too large" refusal; false when
+    /// nothing is left to cut.
+    fn shrink(&mut self) -> bool {
+        if self.payload.is_empty() {
+            return false;
+        }
+        self.payload.truncate(self.payload.len() / 2);
+        true
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn truncate_at_char(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn too_large(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
+    )
+}
+
+/// The Kafka destination: a producer and the letters it has not confirmed.
+pub struct KafkaDeadLetters {
+    producer: FutureProducer,
+    topic: String,
+    max_payload_bytes: usize,
+    in_flight: VecDeque<(DeliveryFuture, OwnedLetter)>,
+    telemetry: Telemetry,
+}
+
+impl KafkaDeadLetters {
+    /// Hands `letter` to the producer; on a local refusal (queue full, too
+    /// large) waits and retries as [`DeadLetterSink::flush`] does.
+    async fn enqueue(&mut self, mut letter: OwnedLetter) {
+        let mut failures: u32 = 0;
+        loop {
+            let record = FutureRecord::<(), [u8]>::to(&self.topic)
+                .payload(&letter.payload)
+                .headers(letter.headers());
+            let outcome = self
+                .producer
+                .send_result(record)
+                .map_err(|(error, _)| error);
+            match outcome {
+                Ok(delivery) => {
+                    self.in_flight.push_back((delivery, letter));
+                    break;
+                }
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                    if !self.in_flight.is_empty() =>
+                {
+                    self.confirm_oldest().await;
+                }
+                Err(error) if too_large(&error) && letter.shrink() => {}
+                Err(error) => {
+                    failures += 1;
+                    self.retry_later(&error, failures).await;
+                }
+            }
+        }
+        while self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.confirm_oldest().await;
+        }
+    }
+
+    /// Waits until the oldest letter in flight is acknowledged, sending it
+    /// again (smaller if it was too large) until it is.
+    async fn confirm_oldest(&mut self) {
+        let Some((delivery, mut letter)) = self.in_flight.pop_front() else {
+            return;
+        };
+        let mut error = match delivery.await {
+            Ok(Ok(_)) => return,
+            Ok(Err((error, _))) => error,
+            Err(_) => KafkaError::Canceled,
+        };
+        let mut failures: u32 = 0;
+        loop {
+            if !(too_large(&error) && letter.shrink()) {
+                failures += 1;
+                self.retry_later(&error, failures).await;
+            }
+            let record = FutureRecord::<(), [u8]>::to(&self.topic)
+                .payload(&letter.payload)
+                .headers(letter.headers());
+            let outcome = self
+                .producer
+                .send_result(record)
+                .map_err(|(error, _)| error);
+            error = match outcome {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => return,
+                    Ok(Err((error, _))) => error,
+                    Err(_) => KafkaError::Canceled,
+                },
+                Err(error) => error,
+            };
+        }
+    }
+
+    async fn retry_later(&self, error: &KafkaError, failures: u32) {
+        self.telemetry.dead_letter_failed();
+        let delay =
+            Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5));
+        tracing::warn!(%error, failures, ?delay, topic = %self.topic, "dead letter not written, retrying (the consumer waits)");
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// A dead-letter destination.
 pub enum DeadLetterSink {
     /// A Kafka topic; reason and origin go in headers.
-    Kafka {
-        /// Producer used for dead letters.
-        producer: FutureProducer,
-        /// Dead-letter topic.
-        topic: String,
-    },
+    Kafka(Box<KafkaDeadLetters>),
     /// A JSON-lines file: `{"source", "offset", "reason", "payload"}`.
     File {
         /// Where the file is.
@@ -55,6 +255,23 @@ pub enum DeadLetterSink {
 }
 
 impl DeadLetterSink {
+    /// A Kafka sink writing to `topic`, keeping at most `max_payload_bytes`
+    /// of each payload.
+    pub fn kafka(
+        producer: FutureProducer,
+        topic: String,
+        max_payload_bytes: usize,
+        telemetry: Telemetry,
+    ) -> Self {
+        DeadLetterSink::Kafka(Box::new(KafkaDeadLetters {
+            producer,
+            topic,
+            max_payload_bytes,
+            in_flight: VecDeque::new(),
+            telemetry,
+        }))
+    }
+
     /// A file sink appending to `path`.
     pub fn file(path: &Path) -> Result<Self, Error> {
         let file = std::fs::OpenOptions::new()
@@ -68,45 +285,15 @@ impl DeadLetterSink {
         })
     }
 
-    /// Writes one dead letter, retrying a Kafka send up to five times.
-    pub async fn send(&mut self, letter: DeadLetter<'_>) -> Result<(), Error> {
+    /// Hands one dead letter over. For Kafka it is on its way, not yet
+    /// acknowledged: call [`DeadLetterSink::flush`] before committing an
+    /// offset after it. A file sink writes it at once.
+    pub async fn enqueue(&mut self, letter: DeadLetter<'_>) -> Result<(), Error> {
         match self {
-            DeadLetterSink::Kafka { producer, topic } => {
-                let partition = letter.source_partition.to_string();
-                let offset = letter.source_offset.to_string();
-                let mut attempt: u32 = 0;
-                loop {
-                    let headers = OwnedHeaders::new()
-                        .insert(Header {
-                            key: REASON_HEADER,
-                            value: Some(letter.reason),
-                        })
-                        .insert(Header {
-                            key: SOURCE_TOPIC_HEADER,
-                            value: Some(letter.source_topic),
-                        })
-                        .insert(Header {
-                            key: SOURCE_PARTITION_HEADER,
-                            value: Some(&partition),
-                        })
-                        .insert(Header {
-                            key: SOURCE_OFFSET_HEADER,
-                            value: Some(&offset),
-                        });
-                    let record = FutureRecord::<(), [u8]>::to(topic)
-                        .payload(letter.payload)
-                        .headers(headers);
-                    match producer.send(record, Duration::from_secs(5)).await {
-                        Ok(_) => return Ok(()),
-                        Err((error, _)) if attempt < 5 => {
-                            attempt += 1;
-                            tracing::warn!(%error, attempt, "dead-letter send failed, retrying");
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
-                                .await;
-                        }
-                        Err((error, _)) => return Err(Error::DeadLetter(error.to_string())),
-                    }
-                }
+            DeadLetterSink::Kafka(kafka) => {
+                let owned = OwnedLetter::new(&letter, kafka.max_payload_bytes);
+                kafka.enqueue(owned).await;
+                Ok(())
             }
             DeadLetterSink::File { path, writer } => {
                 let line = serde_json::json!({
@@ -121,5 +308,64 @@ impl DeadLetterSink {
                     .map_err(|e| Error::Io(path.display().to_string(), e))
             }
         }
+    }
+
+    /// Waits until every dead letter handed over is acknowledged (retrying
+    /// as the module docs say).
+    pub async fn flush(&mut self) {
+        if let DeadLetterSink::Kafka(kafka) = self {
+            while !kafka.in_flight.is_empty() {
+                kafka.confirm_oldest().await;
+            }
+        }
+    }
+
+    /// Dead letters handed over and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            DeadLetterSink::Kafka(kafka) => kafka.in_flight.len(),
+            DeadLetterSink::File { .. } => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_letter_keeps_at_most_the_bound_and_says_what_it_cut() {
+        let payload = vec![b'x'; 5_000_000];
+        let reason = "é".repeat(2_000);
+        let letter = OwnedLetter::new(
+            &DeadLetter {
+                source_topic: "t",
+                source_partition: 3,
+                source_offset: 42,
+                payload: &payload,
+                reason: &reason,
+            },
+            DEFAULT_MAX_PAYLOAD_BYTES,
+        );
+        assert_eq!(letter.payload.len(), DEFAULT_MAX_PAYLOAD_BYTES);
+        assert_eq!(letter.original_size, 5_000_000);
+        assert!(
+            letter.reason.len() <= MAX_REASON_BYTES && letter.reason.len() >= MAX_REASON_BYTES - 1
+        );
+        use rdkafka::message::Headers;
+        let headers = letter.headers();
+        let size = headers
+            .iter()
+            .find(|h| h.key == ORIGINAL_SIZE_HEADER)
+            .and_then(|h| h.value)
+            .expect("the original size header");
+        assert_eq!(size, b"5000000");
+        let mut letter = letter;
+        let mut halvings = 0;
+        while letter.shrink() {
+            halvings += 1;
+        }
+        assert!(letter.payload.is_empty());
+        assert_eq!(halvings, 19);
     }
 }

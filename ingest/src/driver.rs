@@ -3,6 +3,19 @@
 //! Kafka consumer and the file replay, which differ only in where payloads
 //! come from and how offsets are committed.
 //!
+//! ## Store outages
+//! Every store operation the driver makes is retried while the error is
+//! retryable ([`store::Error::is_retryable`]: the server or the network),
+//! without limit, with a backoff doubling from 100 ms up to
+//! `store_retry_max_delay`. The caller awaits it, so consumption waits while
+//! the store is away: nothing is read that cannot be stored, and nothing is
+//! committed. Each failed attempt is logged and counted
+//! (`tidewatch_store_failures_total`), and readiness is false until an
+//! operation succeeds again. Writes are idempotent (versioned rows), so a
+//! write that failed after the server applied it is harmless to repeat.
+//! Errors that are not retryable (a rejected query, corrupt data) are
+//! returned.
+//!
 //! A reference installed while windows are open (a warm-up reference, or
 //! one built with `tidewatch reference build` and picked up by the refresh)
 //! applies to windows opened afterwards: sketches recorded before it have
@@ -10,6 +23,7 @@
 //! binned drift scores.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use detectors::metrics::DriftThresholds;
@@ -19,6 +33,7 @@ use store::{Store, WindowMetrics};
 
 use crate::engine::Engine;
 use crate::finalize::{finalize_window, now_millis};
+use crate::telemetry::Telemetry;
 use crate::Error;
 
 /// Settings of the driver beyond the engine's.
@@ -29,9 +44,43 @@ pub struct DriverSettings {
     /// Windows used to build a reference for a model version that has none;
     /// 0 disables warm-up references.
     pub warmup_windows: usize,
-    /// Store writes are retried this many times (exponential backoff from
-    /// 100 ms) before the error is returned.
-    pub store_retries: u32,
+    /// Longest wait between two attempts of a failing store operation
+    /// (retried without limit while the error is retryable).
+    pub store_retry_max_delay: Duration,
+}
+
+/// Runs `operation` until it succeeds or fails with an error that is not
+/// retryable, as the module docs describe. `name` labels the failures.
+pub async fn retry_store<T, F, Fut>(
+    telemetry: &Telemetry,
+    name: &'static str,
+    max_delay: Duration,
+    mut operation: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut failures: u32 = 0;
+    loop {
+        match operation().await {
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!(operation = name, failures, "store answers again");
+                }
+                telemetry.store_succeeded();
+                return Ok(value);
+            }
+            Err(error) if error.is_retryable() => {
+                failures += 1;
+                telemetry.store_failed(name);
+                let delay = Duration::from_millis(100 * 2u64.pow(failures.min(10))).min(max_delay);
+                tracing::warn!(%error, operation = name, failures, ?delay, "store operation failed, retrying (consumption waits)");
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Windows finalized in one call, with their metrics.
@@ -46,6 +95,7 @@ pub struct Driver {
     engine: Engine,
     store: Store,
     settings: DriverSettings,
+    telemetry: Telemetry,
     /// (model, version) → windows finalized without a reference, for warm-up.
     warmup: BTreeMap<(String, String), Vec<i64>>,
     /// (model, version) → `created_at` of the installed reference.
@@ -60,11 +110,13 @@ impl Driver {
         engine: Engine,
         store: Store,
         settings: DriverSettings,
+        telemetry: Telemetry,
     ) -> Result<Self, Error> {
         let mut driver = Self {
             engine,
             store,
             settings,
+            telemetry,
             warmup: BTreeMap::new(),
             installed_references: BTreeMap::new(),
             windows_finalized: 0,
@@ -93,9 +145,32 @@ impl Driver {
         self.windows_finalized
     }
 
+    /// The telemetry this driver reports store failures to.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Runs one store operation with [`retry_store`]'s policy.
+    async fn retry<T, F, Fut>(&self, name: &'static str, operation: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        retry_store(
+            &self.telemetry,
+            name,
+            self.settings.store_retry_max_delay,
+            operation,
+        )
+        .await
+    }
+
     /// Installs stored references that are new or newer than the installed ones.
     pub async fn refresh_references(&mut self) -> Result<(), Error> {
-        let summaries = self.store.references().await?;
+        let store = &self.store;
+        let summaries = self
+            .retry("references", || async { Ok(store.references().await?) })
+            .await?;
         for summary in summaries {
             if self.engine.catalog().model(&summary.model).is_none() {
                 continue;
@@ -108,11 +183,15 @@ impl Driver {
             {
                 continue;
             }
-            if let Some(profile) = self
-                .store
-                .reference(&summary.model, &summary.model_version)
-                .await?
-            {
+            let store = &self.store;
+            let profile = self
+                .retry("references", || async {
+                    Ok(store
+                        .reference(&summary.model, &summary.model_version)
+                        .await?)
+                })
+                .await?;
+            if let Some(profile) = profile {
                 self.engine.catalog_mut().set_reference(profile)?;
                 self.installed_references.insert(key, summary.created_at);
             }
@@ -127,19 +206,12 @@ impl Driver {
         if checkpoint.commits.is_empty() {
             return Ok(Vec::new());
         }
-        let mut attempt = 0;
-        loop {
-            match self.store.write_partials(checkpoint.partials.clone()).await {
-                Ok(()) => break,
-                Err(error) if error.is_retryable() && attempt < self.settings.store_retries => {
-                    attempt += 1;
-                    let delay = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
-                    tracing::warn!(%error, attempt, ?delay, "checkpoint write failed, retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+        let store = &self.store;
+        let partials = &checkpoint.partials;
+        self.retry("checkpoint", || async {
+            Ok(store.write_partials(partials.clone()).await?)
+        })
+        .await?;
         self.engine.checkpoint_stored();
         Ok(checkpoint.commits)
     }
@@ -154,15 +226,21 @@ impl Driver {
         let commits = self.checkpoint().await?;
         let mut finalized = Finalized::default();
         for (window_start, model) in closed {
-            let metrics = finalize_window(
-                &self.store,
-                self.engine.catalog(),
-                self.engine.settings().window_size,
-                self.settings.thresholds,
-                &model,
-                window_start,
-            )
-            .await?;
+            let (store, catalog) = (&self.store, self.engine.catalog());
+            let (window_size, thresholds) =
+                (self.engine.settings().window_size, self.settings.thresholds);
+            let metrics = self
+                .retry("finalize", || {
+                    finalize_window(
+                        store,
+                        catalog,
+                        window_size,
+                        thresholds,
+                        &model,
+                        window_start,
+                    )
+                })
+                .await?;
             self.engine.window_finalized(window_start, &model);
             self.windows_finalized += 1;
             self.note_for_warmup(&model, window_start, &metrics).await?;
@@ -201,9 +279,17 @@ impl Driver {
                 .warmup
                 .remove(&(model.to_owned(), version.to_owned()))
                 .unwrap_or_default();
-            let profile = self.warmup_reference(model, version, &windows).await?;
+            let profile = self
+                .retry("references", || {
+                    self.warmup_reference(model, version, &windows)
+                })
+                .await?;
             let created_at = now_millis();
-            self.store.put_reference(&profile, created_at).await?;
+            let store = &self.store;
+            self.retry("references", || async {
+                Ok(store.put_reference(&profile, created_at).await?)
+            })
+            .await?;
             self.engine.catalog_mut().set_reference(profile)?;
             self.installed_references
                 .insert((model.to_owned(), version.to_owned()), created_at);

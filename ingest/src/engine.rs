@@ -58,6 +58,11 @@ pub struct EngineSettings {
     /// Predictions held for the join; when full, the oldest is dropped
     /// (counted in `join_evicted`).
     pub max_pending_predictions: usize,
+    /// How far ahead of the wall clock an event time may be, ms. An event
+    /// further ahead would move its partition's event-time clock and make
+    /// every later valid event late, so it is refused as malformed (and
+    /// dead-lettered with the reason).
+    pub max_future_skew_ms: i64,
 }
 
 /// Predictions waiting for their actuals, bounded in count and age.
@@ -203,11 +208,28 @@ pub struct Engine {
     open_windows: BTreeSet<(i64, String)>,
     counters: EngineCounters,
     join: JoinBuffer,
+    /// The wall clock, ms since the epoch (injected so tests can move it).
+    clock: fn() -> i64,
+    /// Event times up to this are accepted without reading the clock:
+    /// the clock plus `max_future_skew_ms` when last read.
+    future_limit_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch by the system clock.
+pub fn system_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 impl Engine {
-    /// An engine with no sources yet.
+    /// An engine with no sources yet, on the system clock.
     pub fn new(settings: EngineSettings, catalog: Catalog) -> Self {
+        Self::with_clock(settings, catalog, system_clock_ms)
+    }
+
+    /// An engine whose wall clock is `clock` (ms since the epoch).
+    pub fn with_clock(settings: EngineSettings, catalog: Catalog, clock: fn() -> i64) -> Self {
         Self {
             settings,
             catalog,
@@ -215,6 +237,8 @@ impl Engine {
             open_windows: BTreeSet::new(),
             counters: EngineCounters::default(),
             join: JoinBuffer::default(),
+            clock,
+            future_limit_ms: i64::MIN,
         }
     }
 
@@ -279,6 +303,19 @@ impl Engine {
                 return Ingested::Malformed(error.to_string());
             }
         };
+        if event.timestamp_ms > self.future_limit_ms {
+            let now = (self.clock)();
+            self.future_limit_ms = now.saturating_add(settings.max_future_skew_ms);
+            if event.timestamp_ms > self.future_limit_ms {
+                self.counters.malformed += 1;
+                return Ingested::Malformed(format!(
+                    "field `timestamp`: {} ms is {} s ahead of the wall clock (at most {} s allowed, `windows.max_future_skew`)",
+                    event.timestamp_ms,
+                    (event.timestamp_ms - now) / 1000,
+                    settings.max_future_skew_ms / 1000
+                ));
+            }
+        }
         self.join.expire(
             event.timestamp_ms.saturating_sub(settings.join_window_ms),
             &mut self.counters,
@@ -601,7 +638,55 @@ mod tests {
             max_groups: 100,
             join_window_ms,
             max_pending_predictions,
+            max_future_skew_ms: 3_600_000,
         }
+    }
+
+    #[test]
+    fn events_too_far_ahead_of_the_wall_clock_are_malformed_and_move_no_clock() {
+        fn clock() -> i64 {
+            10_000_000
+        }
+        let spec = ModelSpec::new(
+            "m",
+            Task::Regression,
+            vec![FeatureSpec {
+                name: "x".into(),
+                kind: FeatureKind::Numeric,
+            }],
+            vec![],
+            10,
+            10,
+        )
+        .unwrap();
+        let mut engine = Engine::with_clock(settings(100, 1_000, 10), Catalog::new([spec]), clock);
+        let limit = 10_000_000 + 3_600_000;
+        assert_eq!(
+            engine.ingest("t/0", 0, &payload(limit, 1.0), EventKind::Prediction),
+            Ingested::Recorded
+        );
+        let Ingested::Malformed(reason) =
+            engine.ingest("t/0", 1, &payload(limit + 1, 1.0), EventKind::Prediction)
+        else {
+            panic!("an event 1 ms past the skew bound must be refused")
+        };
+        assert!(reason.contains("ahead of the wall clock"), "{reason}");
+        assert!(matches!(
+            engine.ingest(
+                "t/0",
+                2,
+                &payload(limit + 10_000, 1.0),
+                EventKind::Prediction
+            ),
+            Ingested::Malformed(_)
+        ));
+        // The refused events moved no clock: an event at the bound is still on time.
+        assert_eq!(
+            engine.ingest("t/0", 3, &payload(limit, 1.0), EventKind::Prediction),
+            Ingested::Recorded
+        );
+        assert_eq!(engine.counters().malformed, 2);
+        assert_eq!(engine.counters().late, 0);
     }
 
     fn classifier(max_pending_predictions: usize) -> Engine {

@@ -53,7 +53,7 @@ pub async fn replay_into(
         {
             report.dead_lettered += 1;
             dead_letters
-                .send(DeadLetter {
+                .enqueue(DeadLetter {
                     source_topic: &source,
                     source_partition: 0,
                     source_offset: offset,

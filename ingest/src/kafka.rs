@@ -12,32 +12,48 @@
 //!   exactly-once even though messages are processed at least once.
 //! - On revocation the partition's in-memory state is dropped without a
 //!   commit; its next owner rewinds the same way.
+//!   A partition whose committed offset cannot be read is not consumed at
+//!   all (see [`crate::poller`]): the member stops with an error instead.
+//! - On revocation the partition's in-memory state is dropped without a
+//!   commit; its next owner rewinds the same way. Messages of a partition
+//!   this member was not told it owns are ignored.
 //! - A payload that cannot be decoded goes to the dead-letter topic (with the
-//!   reason in a header) before its offset can be committed, and is counted.
+//!   reason in a header, the payload cut to a bound) and is acknowledged
+//!   before any offset after it is committed; see [`crate::dead_letter`].
+//! - Windows finalized by a checkpoint are handed to the [`WindowObserver`]
+//!   (which records the alerts they raise) before that checkpoint's offsets
+//!   are committed.
+//! - A store or broker outage makes the loop wait and retry, never exit
+//!   (see [`crate::driver`]); readiness says so meanwhile.
+//!
+//! ## Threads
+//! librdkafka is polled on a thread of its own ([`crate::poller`]); this
+//! module's loop runs on the async runtime and receives batches of messages
+//! and rebalance notes, in order, through a bounded channel.
 //!
 //! ## Shutdown
-//! [`run`] takes the shutdown signal as a future. On shutdown it stores a
-//! last checkpoint and commits synchronously; open windows stay open (their
+//! [`run`] takes the shutdown signal as a future, which also cuts short any
+//! wait on an outage. On shutdown it stores a last checkpoint and commits
+//! synchronously within [`DRAIN_DEADLINE`]; open windows stay open (their
 //! partials are stored and the next run continues them).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use events::EventKind;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::driver::Driver;
-use crate::engine::{range_start_of, Ingested};
+use crate::engine::Ingested;
+use crate::poller::{Note, PollContext, Poller, Record, CHANNEL_BATCHES};
 use crate::telemetry::Telemetry;
 use crate::Error;
 
@@ -61,6 +77,8 @@ pub struct KafkaSettings {
     pub topics: Vec<TopicSpec>,
     /// Topic for undecodable payloads.
     pub dead_letter_topic: String,
+    /// Payload bytes a dead letter keeps (the rest is cut; headers say so).
+    pub dead_letter_max_bytes: usize,
     /// Extra librdkafka properties, passed through as they are.
     pub properties: Vec<(String, String)>,
 }
@@ -74,6 +92,9 @@ pub struct LoopSettings {
     pub idle_close_after: Option<Duration>,
     /// How often to look for new reference profiles in the store.
     pub reference_refresh: Duration,
+    /// The consumer counts as stalled (not ready) when it has lag and has
+    /// read nothing for this long.
+    pub stall_after: Duration,
 }
 
 /// What a run did.
@@ -87,104 +108,6 @@ pub struct RunReport {
     pub windows_finalized: u64,
     /// Offset commits issued.
     pub commits: u64,
-}
-
-#[derive(Debug)]
-enum RebalanceNote {
-    Revoked(Vec<String>),
-}
-
-/// Rewinds assigned partitions to their checkpoint range start, and tells
-/// the loop which partitions were revoked.
-struct RewindContext {
-    range_size: u64,
-    notes: Mutex<Vec<RebalanceNote>>,
-    telemetry: Telemetry,
-}
-
-impl ClientContext for RewindContext {
-    /// librdkafka's statistics (every `statistics.interval.ms`): the lag
-    /// per topic, summed over the partitions this member fetches.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        for (name, topic) in &statistics.topics {
-            let lag: i64 = topic
-                .partitions
-                .values()
-                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-                .map(|p| p.consumer_lag)
-                .sum();
-            self.telemetry.set_lag(name, lag);
-        }
-    }
-}
-
-impl ConsumerContext for RewindContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        error: RDKafkaRespErr,
-        partitions: &mut TopicPartitionList,
-    ) {
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
-        match error {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                match consumer.committed_offsets(partitions.clone(), Duration::from_secs(10)) {
-                    Ok(committed) => {
-                        for element in committed.elements() {
-                            if let Offset::Offset(offset) = element.offset() {
-                                let rewind = range_start_of(offset.max(0) as u64, self.range_size);
-                                let _ = partitions.set_partition_offset(
-                                    element.topic(),
-                                    element.partition(),
-                                    Offset::Offset(rewind as i64),
-                                );
-                                tracing::info!(
-                                    topic = element.topic(),
-                                    partition = element.partition(),
-                                    committed = offset,
-                                    rewind,
-                                    "partition assigned"
-                                );
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "cannot read committed offsets on assignment")
-                    }
-                }
-                let result = if cooperative {
-                    consumer.incremental_assign(partitions)
-                } else {
-                    consumer.assign(partitions)
-                };
-                if let Err(error) = result {
-                    tracing::error!(%error, "assign failed");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked = partitions
-                    .elements()
-                    .iter()
-                    .map(|element| source_name(element.topic(), element.partition()))
-                    .collect();
-                if let Ok(mut notes) = self.notes.lock() {
-                    notes.push(RebalanceNote::Revoked(revoked));
-                }
-                let result = if cooperative {
-                    consumer.incremental_unassign(partitions)
-                } else {
-                    consumer.unassign()
-                };
-                if let Err(error) = result {
-                    tracing::error!(%error, "unassign failed");
-                }
-            }
-            other => tracing::error!(error = ?other, "rebalance error"),
-        }
-    }
 }
 
 /// The source name of a partition in the engine and the store.
@@ -301,25 +224,189 @@ pub async fn follow_topic(
     }
 }
 
+/// What the loop does with each finalized window before the offsets that
+/// closed it are committed: evaluate alert rules and record what they
+/// raise. An error stops the consumer (after the observer's own retries);
+/// nothing after the window is committed then.
+pub trait WindowObserver: Send {
+    /// Called once per finalized window, in order.
+    fn finalized(
+        &mut self,
+        model: &str,
+        window_start: i64,
+        metrics: &[store::WindowMetrics],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Observes nothing.
+impl WindowObserver for () {
+    async fn finalized(
+        &mut self,
+        _model: &str,
+        _window_start: i64,
+        _metrics: &[store::WindowMetrics],
+    ) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// How long a drain may take at shutdown (last checkpoint, dead letters,
+/// commit) before the process gives up on it; what it did not store is read
+/// again by the next owner.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The loop's state besides the driver.
+struct Member<O> {
+    consumer: Arc<BaseConsumer<PollContext>>,
+    topics: Vec<TopicSpec>,
+    dead_letters: DeadLetterSink,
+    telemetry: Telemetry,
+    observer: O,
+    report: RunReport,
+    /// Partitions assigned and rewound; messages of others are ignored.
+    assigned: HashSet<(usize, i32)>,
+}
+
+impl<O: WindowObserver> Member<O> {
+    /// Stores a checkpoint, waits for the dead letters, commits.
+    async fn store_and_commit(&mut self, driver: &mut Driver) -> Result<(), Error> {
+        let started = Instant::now();
+        let commits = driver.checkpoint().await?;
+        self.telemetry
+            .store_write("checkpoint", started.elapsed().as_secs_f64());
+        self.dead_letters.flush().await;
+        self.commit(&commits, CommitMode::Async)
+    }
+
+    /// Finalizes closed windows, lets the observer record what they raise,
+    /// then commits.
+    async fn finalize(&mut self, driver: &mut Driver) -> Result<(), Error> {
+        let started = Instant::now();
+        let (commits, finalized) = driver.finalize_closed().await?;
+        if finalized.windows.is_empty() {
+            return Ok(());
+        }
+        self.telemetry
+            .store_write("finalize", started.elapsed().as_secs_f64());
+        for (model, window_start, metrics) in &finalized.windows {
+            self.observer
+                .finalized(model, *window_start, metrics)
+                .await?;
+        }
+        self.report.windows_finalized += finalized.windows.len() as u64;
+        self.telemetry
+            .windows_closed(finalized.windows.len() as u64);
+        self.dead_letters.flush().await;
+        self.commit(&commits, CommitMode::Async)
+    }
+
+    fn commit(&mut self, commits: &[(String, u64)], mode: CommitMode) -> Result<(), Error> {
+        if commit(&self.consumer, commits, mode)? {
+            self.report.commits += 1;
+        }
+        Ok(())
+    }
+
+    /// Handles one note of the polling thread. `Err` stops the loop.
+    async fn handle(&mut self, driver: &mut Driver, note: Note) -> Result<(), Error> {
+        match note {
+            Note::Records(records, _permit) => {
+                for record in &records {
+                    self.record(driver, record).await?;
+                    if driver.engine().needs_checkpoint() {
+                        self.store_and_commit(driver).await?;
+                    }
+                }
+            }
+            Note::Assigned(partitions) => {
+                for (topic, partition, _) in partitions {
+                    self.assigned.insert((topic, partition));
+                }
+            }
+            Note::Revoked(partitions) => {
+                for (topic, partition) in partitions {
+                    self.assigned.remove(&(topic, partition));
+                    let source = source_name(&self.topics[topic].name, partition);
+                    tracing::info!(%source, "partition revoked, dropping its state");
+                    driver.engine_mut().revoke(&source);
+                }
+            }
+            Note::Failed(reason) => return Err(Error::Rebalance(reason)),
+        }
+        Ok(())
+    }
+
+    async fn record(&mut self, driver: &mut Driver, record: &Record) -> Result<(), Error> {
+        if !self.assigned.contains(&(record.topic, record.partition)) {
+            tracing::debug!(
+                partition = record.partition,
+                offset = record.offset,
+                "message of a partition not assigned here, ignored"
+            );
+            return Ok(());
+        }
+        let spec = &self.topics[record.topic];
+        let topic = spec.name.as_str();
+        self.report.messages += 1;
+        self.telemetry.consumed(topic);
+        let offset = record.offset.max(0) as u64;
+        let source = source_name(topic, record.partition);
+        match driver
+            .engine_mut()
+            .ingest(&source, offset, &record.payload, spec.kind)
+        {
+            Ingested::Recorded => {}
+            Ingested::Late => self.telemetry.dropped(topic, "late"),
+            Ingested::UnknownModel => self.telemetry.dropped(topic, "unknown_model"),
+            Ingested::GroupLimit => self.telemetry.dropped(topic, "group_limit"),
+            Ingested::Malformed(reason) => {
+                self.report.dead_lettered += 1;
+                self.telemetry.dead_lettered(topic);
+                tracing::debug!(%source, offset, %reason, "dead-lettering payload");
+                self.dead_letters
+                    .enqueue(DeadLetter {
+                        source_topic: topic,
+                        source_partition: record.partition,
+                        source_offset: offset,
+                        payload: &record.payload,
+                        reason: &reason,
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the consumer has lag but read nothing for `stall_after`.
+    fn stalled(&self, idle: Duration, stall_after: Duration) -> bool {
+        idle >= stall_after
+            && self
+                .topics
+                .iter()
+                .any(|topic| self.telemetry.topic_totals(&topic.name).lag > 0)
+    }
+}
+
 /// Consumes until `shutdown` resolves. See the module docs.
 ///
-/// `on_finalized` sees every finalized window (model, window start, the
-/// metrics of every series), e.g. to evaluate alert rules; it runs on the
-/// consumer task, so it must be quick. `telemetry` is updated as the loop
-/// goes (see [`crate::telemetry`]).
+/// `observer` sees every finalized window (model, window start, the
+/// metrics of every series) before the offsets behind it are committed.
+/// `telemetry` is updated as the loop goes (see [`crate::telemetry`]).
 pub async fn run(
     mut driver: Driver,
     settings: KafkaSettings,
     loop_settings: LoopSettings,
     telemetry: Telemetry,
     shutdown: impl Future<Output = ()>,
-    mut on_finalized: impl FnMut(&str, i64, &[store::WindowMetrics]),
+    observer: impl WindowObserver,
 ) -> Result<RunReport, Error> {
-    let context = RewindContext {
-        range_size: driver.engine().settings().range_size,
-        notes: Mutex::new(Vec::new()),
-        telemetry: telemetry.clone(),
-    };
+    let (notes_sender, mut notes) = mpsc::channel::<Note>(CHANNEL_BATCHES);
+    let context = PollContext::new(
+        settings.topics.iter().map(|t| t.name.clone()).collect(),
+        driver.engine().settings().range_size,
+        telemetry.clone(),
+        notes_sender,
+    );
     let mut config = client_config(&settings);
     config
         .set("group.id", &settings.group_id)
@@ -329,146 +416,127 @@ pub async fn run(
         config.set("auto.offset.reset", "earliest");
     }
     if config.get("statistics.interval.ms").is_none() {
-        // Feeds the consumer-lag gauge.
+        // Feeds the consumer-lag gauge and broker health.
         config.set("statistics.interval.ms", "5000");
     }
-    let consumer: Arc<StreamConsumer<RewindContext>> =
-        Arc::new(config.create_with_context(context)?);
+    let consumer: Arc<BaseConsumer<PollContext>> = Arc::new(config.create_with_context(context)?);
     let topics: Vec<&str> = settings.topics.iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
-    let kinds: HashMap<String, EventKind> = settings
-        .topics
-        .iter()
-        .map(|t| (t.name.clone(), t.kind))
-        .collect();
-    let mut dead_letters = DeadLetterSink::Kafka {
-        producer: producer(&settings)?,
-        topic: settings.dead_letter_topic.clone(),
+    let poller = Poller::start(Arc::clone(&consumer))
+        .map_err(|error| Error::Task(format!("starting the polling thread: {error}")))?;
+    let mut member = Member {
+        consumer,
+        topics: settings.topics.clone(),
+        dead_letters: DeadLetterSink::kafka(
+            producer(&settings)?,
+            settings.dead_letter_topic.clone(),
+            settings.dead_letter_max_bytes,
+            telemetry.clone(),
+        ),
+        telemetry: telemetry.clone(),
+        observer,
+        report: RunReport::default(),
+        assigned: HashSet::new(),
     };
-    let mut report = RunReport::default();
     let mut ticker = tokio::time::interval(loop_settings.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_event = Instant::now();
     let mut last_refresh = Instant::now();
     tokio::pin!(shutdown);
 
-    loop {
-        tokio::select! {
+    let outcome: Result<(), Error> = loop {
+        // Every step may wait on a store or broker outage; shutdown cuts it
+        // short (nothing after the last commit is lost: it is read again).
+        let step = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = &mut shutdown => break Ok(()),
             _ = ticker.tick() => {
-                apply_notes(&consumer, &mut driver);
-                if last_refresh.elapsed() >= loop_settings.reference_refresh {
-                    driver.refresh_references().await?;
-                    last_refresh = Instant::now();
-                }
-                if let Some(idle) = loop_settings.idle_close_after {
-                    if last_event.elapsed() >= idle {
-                        driver.engine_mut().close_all();
+                let step = async {
+                    if last_refresh.elapsed() >= loop_settings.reference_refresh {
+                        driver.refresh_references().await?;
+                        last_refresh = Instant::now();
                     }
-                }
-                let started = Instant::now();
-                let commits = driver.checkpoint().await?;
-                telemetry.store_write("checkpoint", started.elapsed().as_secs_f64());
-                commit(&consumer, &commits, CommitMode::Async, &mut report)?;
-                let started = Instant::now();
-                let (commits, finalized) = driver.finalize_closed().await?;
-                if !finalized.windows.is_empty() {
-                    telemetry.store_write("finalize", started.elapsed().as_secs_f64());
-                }
-                commit(&consumer, &commits, CommitMode::Async, &mut report)?;
-                report.windows_finalized += finalized.windows.len() as u64;
-                telemetry.windows_closed(finalized.windows.len() as u64);
-                for (model, window_start, metrics) in &finalized.windows {
-                    on_finalized(model, *window_start, metrics);
-                }
-            }
-            message = consumer.recv() => {
-                apply_notes(&consumer, &mut driver);
-                let message = match message {
-                    Ok(message) => message,
-                    Err(error) => {
-                        tracing::warn!(%error, "kafka receive error");
-                        continue;
+                    if let Some(idle) = loop_settings.idle_close_after {
+                        if last_event.elapsed() >= idle {
+                            driver.engine_mut().close_all();
+                        }
                     }
+                    member.store_and_commit(&mut driver).await?;
+                    member.finalize(&mut driver).await?;
+                    telemetry.set_stalled(member.stalled(last_event.elapsed(), loop_settings.stall_after));
+                    Ok::<(), Error>(())
                 };
-                last_event = Instant::now();
-                report.messages += 1;
-                let topic = message.topic();
-                telemetry.consumed(topic);
-                let partition = message.partition();
-                let offset = message.offset().max(0) as u64;
-                let source = source_name(topic, partition);
-                let kind = kinds.get(topic).copied().unwrap_or(EventKind::Prediction);
-                let payload = message.payload().unwrap_or_default();
-                match driver.engine_mut().ingest(&source, offset, payload, kind) {
-                    Ingested::Recorded => {}
-                    Ingested::Late => telemetry.dropped(topic, "late"),
-                    Ingested::UnknownModel => telemetry.dropped(topic, "unknown_model"),
-                    Ingested::GroupLimit => telemetry.dropped(topic, "group_limit"),
-                    Ingested::Malformed(reason) => {
-                        report.dead_lettered += 1;
-                        telemetry.dead_lettered(topic);
-                        tracing::debug!(%source, offset, %reason, "dead-lettering payload");
-                        dead_letters
-                            .send(DeadLetter { source_topic: topic, source_partition: partition, source_offset: offset, payload, reason: &reason })
-                            .await?;
-                    }
-                }
-                if driver.engine().needs_checkpoint() {
-                    let started = Instant::now();
-                    let commits = driver.checkpoint().await?;
-                    telemetry.store_write("checkpoint", started.elapsed().as_secs_f64());
-                    commit(&consumer, &commits, CommitMode::Async, &mut report)?;
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break Ok(()),
+                    result = step => result,
                 }
             }
+            note = notes.recv() => {
+                let Some(note) = note else {
+                    break Err(Error::Task("the polling thread stopped".into()));
+                };
+                if matches!(note, Note::Records(..)) {
+                    last_event = Instant::now();
+                }
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break Ok(()),
+                    result = member.handle(&mut driver, note) => result,
+                }
+            }
+        };
+        if let Err(error) = step {
+            break Err(error);
         }
-    }
-
-    apply_notes(&consumer, &mut driver);
-    let commits = driver.checkpoint().await?;
-    let final_consumer = Arc::clone(&consumer);
-    let mut final_report = report.clone();
-    let final_report = tokio::task::spawn_blocking(move || {
-        commit(
-            &final_consumer,
-            &commits,
-            CommitMode::Sync,
-            &mut final_report,
-        )
-        .map(|()| final_report)
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))??;
-    tracing::info!(?final_report, "kafka consumer stopped");
-    Ok(final_report)
-}
-
-fn apply_notes(consumer: &StreamConsumer<RewindContext>, driver: &mut Driver) {
-    let notes = match consumer.context().notes.lock() {
-        Ok(mut notes) => std::mem::take(&mut *notes),
-        Err(_) => return,
     };
-    for note in notes {
-        match note {
-            RebalanceNote::Revoked(sources) => {
-                for source in sources {
-                    tracing::info!(%source, "partition revoked, dropping its state");
-                    driver.engine_mut().revoke(&source);
-                }
+
+    // Drain: a last checkpoint and a synchronous commit, within the deadline.
+    // Notes still queued are dropped unread (their offsets are not committed).
+    notes.close();
+    while notes.try_recv().is_ok() {}
+    if outcome.is_ok() {
+        let drain = async {
+            let commits = driver.checkpoint().await?;
+            member.dead_letters.flush().await;
+            let consumer = Arc::clone(&member.consumer);
+            tokio::task::spawn_blocking(move || commit(&consumer, &commits, CommitMode::Sync))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+        };
+        match tokio::time::timeout(DRAIN_DEADLINE, drain).await {
+            Ok(Ok(committed)) => member.report.commits += u64::from(committed),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "last checkpoint failed; what it held is read again on restart")
+            }
+            Err(_) => {
+                tracing::warn!(deadline = ?DRAIN_DEADLINE, "last checkpoint timed out; what it held is read again on restart")
             }
         }
     }
+    let report = member.report.clone();
+    let consumer = member.consumer;
+    drop(member.dead_letters);
+    // Stopping the thread and closing the consumer (leaving the group) block.
+    let _ = tokio::task::spawn_blocking(move || {
+        poller.stop_and_join();
+        drop(consumer);
+    })
+    .await;
+    outcome?;
+    tracing::info!(?report, "kafka consumer stopped");
+    Ok(report)
 }
 
+/// Commits `commits` for the partitions this member still owns; true when
+/// a commit was issued.
 fn commit(
-    consumer: &StreamConsumer<RewindContext>,
+    consumer: &BaseConsumer<PollContext>,
     commits: &[(String, u64)],
     mode: CommitMode,
-    report: &mut RunReport,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if commits.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let assignment = consumer.assignment()?;
     let mut offsets = TopicPartitionList::new();
@@ -486,18 +554,15 @@ fn commit(
         offsets.add_partition_offset(topic, partition, Offset::Offset(*next_offset as i64))?;
     }
     if offsets.count() == 0 {
-        return Ok(());
+        return Ok(false);
     }
     match consumer.commit(&offsets, mode) {
-        Ok(()) => {
-            report.commits += 1;
-            Ok(())
-        }
+        Ok(()) => Ok(true),
         // A commit racing a rebalance fails harmlessly: the rows are stored
         // and the next owner rewinds to the range start anyway.
         Err(KafkaError::ConsumerCommit(code)) => {
             tracing::warn!(?code, "offset commit refused");
-            Ok(())
+            Ok(false)
         }
         Err(error) => Err(error.into()),
     }

@@ -12,6 +12,8 @@
 //! - [`kafka`]: the consumer-group member (`run`) and the file-to-topic
 //!   producer (`replay_file`).
 //! - [`file`]: replays a JSON-lines file through the engine without Kafka.
+//! - [`poller`]: the thread that polls librdkafka, rewinds assigned
+//!   partitions and hands batches to the loop.
 //! - [`dead_letter`]: where undecodable payloads go, with their reason.
 //! - [`telemetry`]: the pipeline's own metrics (consumed, dead-lettered,
 //!   dropped, lag, windows closed, store write time) for Prometheus.
@@ -39,7 +41,18 @@ pub mod engine;
 pub mod file;
 pub mod finalize;
 pub mod kafka;
+pub mod poller;
 pub mod telemetry;
+
+impl Error {
+    /// True when trying again may help (the store or the network failed).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Store(error) => error.is_retryable(),
+            _ => false,
+        }
+    }
+}
 
 /// Ingestion errors.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +72,10 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// Partitions could not be assigned safely (their committed offsets
+    /// could not be read); the member leaves the group.
+    #[error("rebalance: {0}")]
+    Rebalance(String),
     /// A background task failed.
     #[error("task failed: {0}")]
     Task(String),

@@ -13,6 +13,15 @@
 //! | `tidewatch_consumer_lag` | gauge | `topic` (messages, summed over assigned partitions) |
 //! | `tidewatch_windows_closed_total` | counter | |
 //! | `tidewatch_store_write_seconds` | histogram | `operation` (`checkpoint`, `finalize`) |
+//! | `tidewatch_store_failures_total` | counter | `operation` (`checkpoint`, `finalize`, `references`, `alerts`): failed attempts, each retried |
+//! | `tidewatch_store_up` | gauge | 1 while the last store operation succeeded, 0 while one is being retried |
+//! | `tidewatch_dead_letter_failures_total` | counter | failed dead-letter sends, each retried |
+//! | `tidewatch_brokers_up` | gauge | 1 while librdkafka reports a broker up (from statistics), else 0 |
+//! | `tidewatch_consumer_stalled` | gauge | 1 while the consumer has lag but has read nothing for `windows.stall_after` |
+//!
+//! [`Health`] turns the same facts into readiness (`/api/v1/ready`): not
+//! ready while the store is being retried, no broker is up, or the consumer
+//! is stalled.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +29,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// `topic` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -63,6 +74,64 @@ fn store_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
 }
 
+/// Why the pipeline is not ready (see [`Health::problems`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// A store operation is failing and being retried; consumption waits.
+    StoreUnavailable,
+    /// librdkafka reports no broker up.
+    BrokersDown,
+    /// The consumer has lag but has read nothing for a while.
+    ConsumerStalled,
+}
+
+impl Problem {
+    /// A short, stable description.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::StoreUnavailable => "store_unavailable",
+            Problem::BrokersDown => "brokers_down",
+            Problem::ConsumerStalled => "consumer_stalled",
+        }
+    }
+}
+
+/// The pipeline's health as last observed, shared by the consumer loop and
+/// the HTTP server.
+#[derive(Debug)]
+pub struct Health {
+    store_up: AtomicBool,
+    brokers_up: AtomicBool,
+    stalled: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            store_up: AtomicBool::new(true),
+            brokers_up: AtomicBool::new(true),
+            stalled: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    /// What currently stands in the way of readiness; empty when ready.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if !self.store_up.load(Ordering::Relaxed) {
+            problems.push(Problem::StoreUnavailable);
+        }
+        if !self.brokers_up.load(Ordering::Relaxed) {
+            problems.push(Problem::BrokersDown);
+        }
+        if self.stalled.load(Ordering::Relaxed) {
+            problems.push(Problem::ConsumerStalled);
+        }
+        problems
+    }
+}
+
 /// The pipeline's metrics. See the module docs.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -72,18 +141,33 @@ pub struct Telemetry {
     lag: Family<TopicLabel, Gauge>,
     windows_closed: Counter,
     store_writes: Family<OperationLabel, Histogram, fn() -> Histogram>,
+    store_failures: Family<OperationLabel, Counter>,
+    store_up: Gauge,
+    dead_letter_failures: Counter,
+    brokers_up: Gauge,
+    stalled: Gauge,
+    health: Arc<Health>,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Self {
+        let telemetry = Self {
             consumed: Family::default(),
             dead_lettered: Family::default(),
             dropped: Family::default(),
             lag: Family::default(),
             windows_closed: Counter::default(),
             store_writes: Family::new_with_constructor(store_histogram),
-        }
+            store_failures: Family::default(),
+            store_up: Gauge::default(),
+            dead_letter_failures: Counter::default(),
+            brokers_up: Gauge::default(),
+            stalled: Gauge::default(),
+            health: Arc::new(Health::default()),
+        };
+        telemetry.store_up.set(1);
+        telemetry.brokers_up.set(1);
+        telemetry
     }
 }
 
@@ -121,6 +205,68 @@ impl Telemetry {
             "Duration of store writes",
             self.store_writes.clone(),
         );
+        registry.register(
+            "store_failures",
+            "Failed store operations (each is retried; consumption waits)",
+            self.store_failures.clone(),
+        );
+        registry.register(
+            "store_up",
+            "1 while the store answers, 0 while an operation is being retried",
+            self.store_up.clone(),
+        );
+        registry.register(
+            "dead_letter_failures",
+            "Failed dead-letter sends (each is retried; consumption waits)",
+            self.dead_letter_failures.clone(),
+        );
+        registry.register(
+            "brokers_up",
+            "1 while librdkafka reports at least one broker up",
+            self.brokers_up.clone(),
+        );
+        registry.register(
+            "consumer_stalled",
+            "1 while the consumer has lag but reads nothing",
+            self.stalled.clone(),
+        );
+    }
+
+    /// The health shared with the HTTP server's readiness check.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
+    /// A store operation failed and will be retried.
+    pub fn store_failed(&self, operation: &'static str) {
+        self.store_failures
+            .get_or_create(&OperationLabel { operation })
+            .inc();
+        self.store_up.set(0);
+        self.health.store_up.store(false, Ordering::Relaxed);
+    }
+
+    /// A store operation succeeded.
+    pub fn store_succeeded(&self) {
+        self.store_up.set(1);
+        self.health.store_up.store(true, Ordering::Relaxed);
+    }
+
+    /// A dead-letter send failed and will be retried.
+    pub fn dead_letter_failed(&self) {
+        self.dead_letter_failures.inc();
+    }
+
+    /// Whether librdkafka reports any broker up.
+    pub fn set_brokers_up(&self, up: bool) {
+        self.brokers_up.set(i64::from(up));
+        self.health.brokers_up.store(up, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer is stalled (lag, nothing read).
+    pub fn set_stalled(&self, stalled: bool) {
+        self.stalled.set(i64::from(stalled));
+        self.health.stalled.store(stalled, Ordering::Relaxed);
     }
 
     /// A registry with the `tidewatch` prefix holding these metrics.

@@ -36,6 +36,7 @@ fn engine() -> Engine {
             max_groups: 1_000,
             join_window_ms: 7 * 86_400_000,
             max_pending_predictions: 1_000_000,
+            max_future_skew_ms: 3_600_000,
         },
         Catalog::new([spec]),
     )
@@ -76,9 +77,9 @@ async fn replay(
     let settings = DriverSettings {
         thresholds: DriftThresholds::default(),
         warmup_windows,
-        store_retries: 0,
+        store_retry_max_delay: std::time::Duration::from_secs(1),
     };
-    let mut driver = Driver::new(engine(), store.clone(), settings)
+    let mut driver = Driver::new(engine(), store.clone(), settings, Default::default())
         .await
         .unwrap();
     let mut dead_letters = DeadLetterSink::file(&directory.join("dead.jsonl")).unwrap();

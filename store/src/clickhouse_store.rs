@@ -80,6 +80,10 @@ const MIGRATIONS: &[&str] = &[
         state String, attempts UInt32, next_attempt_at UInt64, last_error String, updated_at UInt64
     ) ENGINE = ReplacingMergeTree(updated_at)
     ORDER BY (alert_id, status, window_start, channel)",
+    "CREATE TABLE IF NOT EXISTS alert_progress (
+        model String, window_start UInt64
+    ) ENGINE = ReplacingMergeTree(window_start)
+    ORDER BY model",
 ];
 
 /// Columns of `alert_deliveries` in [`DeliveryRow`] order (latest state of each).
@@ -478,6 +482,28 @@ impl ClickHouseStore {
                 .await?;
         }
         insert.end().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn alert_progress(&self, model: &str) -> Result<Option<i64>> {
+        let (rows, latest) = self
+            .client
+            .query(
+                "SELECT count(), toUInt64(max(window_start)) FROM alert_progress WHERE model = ?",
+            )
+            .bind(model)
+            .fetch_one::<(u64, u64)>()
+            .await?;
+        Ok((rows > 0).then_some(latest as i64))
+    }
+
+    pub(crate) async fn record_alert_progress(&self, model: &str, window_start: i64) -> Result<()> {
+        self.client
+            .query("INSERT INTO alert_progress (model, window_start) VALUES (?, ?)")
+            .bind(model)
+            .bind(window_start.max(0) as u64)
+            .execute()
+            .await?;
         Ok(())
     }
 

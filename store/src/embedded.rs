@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     last_error TEXT NOT NULL, updated_at INTEGER NOT NULL,
     PRIMARY KEY (alert_id, status, window_start, channel)
 );
+CREATE TABLE IF NOT EXISTS alert_progress (
+    model TEXT NOT NULL PRIMARY KEY, window_start INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS reference_profiles (
     model TEXT NOT NULL, model_version TEXT NOT NULL, source TEXT NOT NULL,
     row_count INTEGER NOT NULL, profile TEXT NOT NULL, created_at INTEGER NOT NULL,
@@ -679,6 +682,35 @@ impl EmbeddedStore {
                 )?;
             }
             transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn alert_progress(&self, model: String) -> Result<Option<i64>> {
+        self.with(move |connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT window_start FROM alert_progress WHERE model = ?1",
+                    params![model],
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    pub(crate) async fn record_alert_progress(
+        &self,
+        model: String,
+        window_start: i64,
+    ) -> Result<()> {
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT INTO alert_progress VALUES (?1, ?2)
+                 ON CONFLICT(model) DO UPDATE SET window_start = max(window_start, excluded.window_start)",
+                params![model, window_start],
+            )?;
             Ok(())
         })
         .await

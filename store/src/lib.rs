@@ -22,6 +22,7 @@
 //! | `reference_profiles` | (model, version) | `created_at` |
 //! | `alerts` | notification (alert id, status, window) | `created_at` |
 //! | `alert_deliveries` | (notification, channel): the outbox | `updated_at` |
+//! | `alert_progress` | model: the latest window whose alerts are recorded | `window_start` |
 //!
 //! A *series* is (model, model_version, segment, feature). `window_partials`
 //! is the ingest checkpoint: each consumer writes, per Kafka partition and
@@ -443,6 +444,28 @@ impl Store {
         match self {
             Store::ClickHouse(store) => store.record_alerts(records, deliveries).await,
             Store::Embedded(store) => store.record_alerts(records, deliveries).await,
+        }
+    }
+
+    /// The start of the latest window of `model` whose alert notifications
+    /// are all recorded (`None` before the first).
+    pub async fn alert_progress(&self, model: &str) -> Result<Option<i64>> {
+        match self {
+            Store::ClickHouse(store) => store.alert_progress(model).await,
+            Store::Embedded(store) => store.alert_progress(model.to_owned()).await,
+        }
+    }
+
+    /// Notes that every notification raised up to the window starting at
+    /// `window_start` of `model` is recorded (the progress only moves forward).
+    pub async fn record_alert_progress(&self, model: &str, window_start: i64) -> Result<()> {
+        match self {
+            Store::ClickHouse(store) => store.record_alert_progress(model, window_start).await,
+            Store::Embedded(store) => {
+                store
+                    .record_alert_progress(model.to_owned(), window_start)
+                    .await
+            }
         }
     }
 

@@ -93,3 +93,8 @@ async fn alert_notification_lookup() {
 async fn pipeline_stats_round_trip() {
     common::pipeline_stats_round_trip(&store("stats").await).await;
 }
+
+#[tokio::test]
+async fn alert_progress_moves_forward_only() {
+    common::alert_progress_moves_forward_only(&store("progress").await).await;
+}

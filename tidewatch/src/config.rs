@@ -249,6 +249,13 @@ pub struct RawKafka {
     /// Where undecodable payloads go.
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
+    /// Payload bytes a dead letter keeps; the rest is cut (headers say so).
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: usize,
+    /// Readiness turns false when the consumer has lag and has read nothing
+    /// for this long.
+    #[serde(default = "default_stall_after", with = "humantime_serde")]
+    pub stall_after: Duration,
     /// Any librdkafka property (`security.protocol`, `sasl.*`…), passed through.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -260,6 +267,18 @@ fn default_group_id() -> String {
 
 fn default_dead_letter_topic() -> String {
     "tidewatch.dead-letter".into()
+}
+
+fn default_dead_letter_max_bytes() -> usize {
+    ingest::dead_letter::DEFAULT_MAX_PAYLOAD_BYTES
+}
+
+fn default_stall_after() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_store_retry_max_delay() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// `[[kafka.topics]]`.
@@ -287,6 +306,7 @@ impl Default for RawStore {
     fn default() -> Self {
         RawStore::Embedded(RawEmbedded {
             path: default_embedded_path(),
+            retry_max_delay: default_store_retry_max_delay(),
         })
     }
 }
@@ -298,6 +318,10 @@ pub struct RawEmbedded {
     /// SQLite file; relative paths are relative to the config file.
     #[serde(default = "default_embedded_path")]
     pub path: PathBuf,
+    /// Longest wait between attempts of a failing store operation (retried
+    /// without limit; consumption waits).
+    #[serde(default = "default_store_retry_max_delay", with = "humantime_serde")]
+    pub retry_max_delay: Duration,
 }
 
 fn default_embedded_path() -> PathBuf {
@@ -319,6 +343,10 @@ pub struct RawClickHouse {
     /// Name of the environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// Longest wait between attempts of a failing store operation (retried
+    /// without limit; consumption waits).
+    #[serde(default = "default_store_retry_max_delay", with = "humantime_serde")]
+    pub retry_max_delay: Duration,
 }
 
 fn default_database() -> String {
@@ -353,6 +381,14 @@ pub struct RawWindows {
     /// Predictions held for the join; the oldest is dropped when full.
     #[serde(default = "default_max_pending_predictions")]
     pub max_pending_predictions: usize,
+    /// How far ahead of the wall clock an event time may be; events further
+    /// ahead are dead-lettered (they would make later events late).
+    #[serde(default = "default_max_future_skew", with = "humantime_serde")]
+    pub max_future_skew: Duration,
+}
+
+fn default_max_future_skew() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn default_join_window() -> Duration {
@@ -393,6 +429,7 @@ impl Default for RawWindows {
             max_groups: default_max_groups(),
             join_window: default_join_window(),
             max_pending_predictions: default_max_pending_predictions(),
+            max_future_skew: default_max_future_skew(),
         }
     }
 }
@@ -552,6 +589,8 @@ pub struct Config {
     pub engine: EngineSettings,
     /// Consumer loop timing.
     pub loop_settings: LoopSettings,
+    /// Longest wait between attempts of a failing store operation.
+    pub store_retry_max_delay: Duration,
     /// Drift thresholds.
     pub thresholds: DriftThresholds,
     /// Warm-up windows for references.
@@ -620,6 +659,10 @@ impl RawConfig {
             ));
         }
 
+        let stall_after = self
+            .kafka
+            .as_ref()
+            .map_or_else(default_stall_after, |kafka| kafka.stall_after);
         let kafka = match self.kafka {
             None => None,
             Some(kafka) => {
@@ -672,11 +715,19 @@ impl RawConfig {
                         })
                         .collect(),
                     dead_letter_topic: kafka.dead_letter_topic,
+                    dead_letter_max_bytes: kafka.dead_letter_max_bytes,
                     properties: kafka.properties.into_iter().collect(),
                 })
             }
         };
 
+        let store_retry_max_delay = match &self.store {
+            RawStore::Embedded(embedded) => embedded.retry_max_delay,
+            RawStore::ClickHouse(clickhouse) => clickhouse.retry_max_delay,
+        };
+        if store_retry_max_delay.is_zero() {
+            return Err(invalid("store.retry_max_delay", "must be positive".into()));
+        }
         let store = match self.store {
             RawStore::Embedded(embedded) => {
                 let path = if embedded.path.is_relative() {
@@ -1087,13 +1138,16 @@ impl RawConfig {
                 max_groups: windows.max_groups,
                 join_window_ms: windows.join_window.as_millis() as i64,
                 max_pending_predictions: windows.max_pending_predictions,
+                max_future_skew_ms: windows.max_future_skew.as_millis() as i64,
             },
             loop_settings: LoopSettings {
                 checkpoint_interval: windows.checkpoint_interval,
                 idle_close_after: (!windows.idle_close_after.is_zero())
                     .then_some(windows.idle_close_after),
                 reference_refresh: Duration::from_secs(60),
+                stall_after,
             },
+            store_retry_max_delay,
             thresholds: DriftThresholds {
                 psi: self.drift.psi_threshold,
                 min_count: self.drift.min_window_count,

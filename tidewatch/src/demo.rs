@@ -158,15 +158,22 @@ pub async fn run_into(
             max_groups: 50_000,
             join_window_ms: 7 * 86_400_000,
             max_pending_predictions: 1_000_000,
+            max_future_skew_ms: 3_600_000,
         },
         Catalog::new([spec.clone()]),
     );
     let settings = DriverSettings {
         thresholds: DriftThresholds::default(),
         warmup_windows: 0,
-        store_retries: 3,
+        store_retry_max_delay: std::time::Duration::from_secs(5),
     };
-    let mut driver = Driver::new(engine, store.clone(), settings).await?;
+    let mut driver = Driver::new(
+        engine,
+        store.clone(),
+        settings,
+        ingest::telemetry::Telemetry::default(),
+    )
+    .await?;
     let mut dead_letters = DeadLetterSink::file(&dead_letter_path)?;
     let replay = ingest::file::replay_into(
         &mut driver,

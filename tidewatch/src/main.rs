@@ -292,6 +292,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 group_id: String::new(),
                 topics: Vec::new(),
                 dead_letter_topic: String::new(),
+                dead_letter_max_bytes: ingest::dead_letter::DEFAULT_MAX_PAYLOAD_BYTES,
                 properties: Vec::new(),
             };
             let options = ingest::kafka::ReplayOptions {

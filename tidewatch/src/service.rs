@@ -27,18 +27,27 @@ pub async fn open_store(settings: &StoreSettings) -> Result<Store, store::Error>
     }
 }
 
-/// A driver over the configured models and store.
-pub async fn driver(config: &Config, store: Store) -> Result<Driver, ingest::Error> {
+/// A driver over the configured models and store, reporting store
+/// failures to `telemetry`.
+pub async fn driver(
+    config: &Config,
+    store: Store,
+    telemetry: ingest::telemetry::Telemetry,
+) -> Result<Driver, ingest::Error> {
     let engine = Engine::new(
         config.engine.clone(),
         Catalog::new(config.models.iter().cloned()),
     );
-    let settings = DriverSettings {
+    Driver::new(engine, store, driver_settings(config), telemetry).await
+}
+
+/// The driver settings of `config`.
+pub fn driver_settings(config: &Config) -> DriverSettings {
+    DriverSettings {
         thresholds: config.thresholds,
         warmup_windows: config.warmup_windows,
-        store_retries: 5,
-    };
-    Driver::new(engine, store, settings).await
+        store_retry_max_delay: config.store_retry_max_delay,
+    }
 }
 
 /// The bus on Kafka: retrain events are published with the user's
@@ -83,11 +92,170 @@ pub fn sender(config: &Config, store: Store) -> anyhow::Result<alerting::deliver
     })
 }
 
+/// Evaluates alert rules on every finalized window and records what they
+/// raise (notifications, and the retrain requests the gate lets through) in
+/// the store's outbox before the consumer commits the offsets behind the
+/// window. Recording is retried while the store is away (the consumer
+/// waits); the outbox is delivered by a separate task.
+///
+/// `alert_progress` in the store says up to which window of a model the
+/// notifications are recorded; at start-up [`AlertRecorder::warm_up`]
+/// replays the stored windows to rebuild the rule states and records what
+/// windows past that progress raise: a window finalized by a process that
+/// died before recording its alerts gets them after the restart.
+pub struct AlertRecorder {
+    evaluator: alerting::lifecycle::AlertEvaluator,
+    gate: Arc<Mutex<alerting::retrain::RetrainGate>>,
+    store: Store,
+    counters: crate::http::Telemetry,
+    max_delay: std::time::Duration,
+}
+
+impl AlertRecorder {
+    /// What a window's alerts become in the outbox: each notification, and
+    /// a retrain request when the gate admits one.
+    fn batch(
+        &mut self,
+        alerts: &[alerting::lifecycle::Alert],
+        now: u64,
+    ) -> Vec<(store::AlertRecord, Vec<String>)> {
+        let mut batch = Vec::with_capacity(alerts.len());
+        for alert in alerts {
+            tracing::warn!(id = %alert.id, rule = %alert.rule, model = %alert.model, status = ?alert.status, "{}", alert.summary);
+            batch.push((alert.to_record(now), alert.channels.clone()));
+            let request = self.gate.lock().expect("gate lock").admit(alert, now);
+            if let Some(request) = request {
+                tracing::warn!(id = %alert.id, model = %alert.model, version = %alert.model_version, "retraining requested");
+                batch.push((
+                    alerting::retrain::to_record(&request, now),
+                    request.channels,
+                ));
+            }
+        }
+        batch
+    }
+
+    /// Records `batch` and the model's progress, retrying while the store is away.
+    async fn record(
+        &self,
+        model: &str,
+        window_start: i64,
+        batch: Vec<(store::AlertRecord, Vec<String>)>,
+        telemetry: &ingest::telemetry::Telemetry,
+    ) -> Result<(), ingest::Error> {
+        let store = &self.store;
+        if !batch.is_empty() {
+            let statuses: Vec<String> = batch.iter().map(|(r, _)| r.status.clone()).collect();
+            let batch = &batch;
+            ingest::driver::retry_store(telemetry, "alerts", self.max_delay, || async {
+                Ok(store.record_alerts(batch.clone()).await?)
+            })
+            .await?;
+            for status in statuses {
+                self.counters.raised(&status);
+            }
+        }
+        ingest::driver::retry_store(telemetry, "alerts", self.max_delay, || async {
+            Ok(store.record_alert_progress(model, window_start).await?)
+        })
+        .await
+    }
+
+    /// Replays the last [`WARMUP_WINDOWS`] stored windows of every model
+    /// through the evaluator so a restarted service knows which alerts are
+    /// firing (and resolves them under the same id) instead of firing them
+    /// again, and records what windows past the model's alert progress
+    /// raise and is not recorded yet (see the type's docs). Windows it has
+    /// seen are not evaluated again when they are finalized again. A
+    /// `quality_drop` baseline is taken from these windows.
+    pub async fn warm_up(
+        &mut self,
+        config: &Config,
+        telemetry: &ingest::telemetry::Telemetry,
+    ) -> anyhow::Result<()> {
+        let size = config.engine.window_size.millis();
+        let versions = self.store.model_versions().await?;
+        for model in &config.models {
+            let Some(latest) = versions
+                .iter()
+                .filter(|v| v.model == model.name())
+                .map(|v| v.last_window)
+                .max()
+            else {
+                continue;
+            };
+            let progress = self.store.alert_progress(model.name()).await?;
+            let metrics = self
+                .store
+                .window_metrics(store::MetricsQuery {
+                    model: Some(model.name().to_owned()),
+                    from_ms: Some(latest - WARMUP_WINDOWS * size),
+                    ..Default::default()
+                })
+                .await?;
+            let mut by_window: std::collections::BTreeMap<i64, Vec<store::WindowMetrics>> =
+                Default::default();
+            for record in metrics {
+                by_window
+                    .entry(record.key.window_start)
+                    .or_default()
+                    .push(record);
+            }
+            let (count, mut reraised) = (by_window.len(), 0usize);
+            for (window_start, records) in &by_window {
+                let alerts = self.evaluator.evaluate(model.name(), records);
+                if progress.is_some_and(|done| *window_start <= done) {
+                    continue;
+                }
+                let mut missing = Vec::new();
+                for alert in alerts {
+                    let status = alert.to_record(0).status;
+                    let recorded = self
+                        .store
+                        .alert_notification(&alert.id, &status, alert.window_start)
+                        .await?;
+                    if recorded.is_none() {
+                        missing.push(alert);
+                    }
+                }
+                reraised += missing.len();
+                let batch = self.batch(&missing, ingest::finalize::now_millis());
+                self.record(model.name(), *window_start, batch, telemetry)
+                    .await?;
+            }
+            tracing::info!(model = %model.name(), windows = count, reraised, "alert state restored from stored windows");
+        }
+        Ok(())
+    }
+}
+
+/// [`AlertRecorder`] with the consumer's telemetry, as the consumer's
+/// window observer.
+struct RecordingObserver {
+    recorder: AlertRecorder,
+    telemetry: ingest::telemetry::Telemetry,
+}
+
+impl ingest::kafka::WindowObserver for RecordingObserver {
+    async fn finalized(
+        &mut self,
+        model: &str,
+        window_start: i64,
+        metrics: &[store::WindowMetrics],
+    ) -> Result<(), ingest::Error> {
+        let alerts = self.recorder.evaluator.evaluate(model, metrics);
+        let batch = self.recorder.batch(&alerts, ingest::finalize::now_millis());
+        self.recorder
+            .record(model, window_start, batch, &self.telemetry)
+            .await
+    }
+}
+
 /// Runs the Kafka pipeline of `config` until `shutdown` resolves. Alert
-/// rules are evaluated on every finalized window; notifications (and the
-/// retrain requests the retrain gate lets through) are logged, recorded in
-/// the store's outbox and delivered to their channels by a separate task
-/// (one pass a second), which survives restarts through the outbox.
+/// rules are evaluated on every finalized window and what they raise is
+/// recorded in the outbox before the window's offsets are committed (see
+/// [`AlertRecorder`]); a separate task delivers the outbox (one pass a
+/// second), which survives restarts.
 pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunReport> {
     let kafka = config.kafka.clone().ok_or_else(|| {
         anyhow::anyhow!(
@@ -97,8 +265,8 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     })?;
     let store = open_store(&config.store).await?;
     let sender = sender(config, store.clone())?;
-    let driver = driver(config, store.clone()).await?;
     let telemetry = crate::http::Telemetry::default();
+    let driver = driver(config, store.clone(), telemetry.pipeline.clone()).await?;
     let (stop_http, http) = match &config.http {
         Some(settings) => {
             let (stop, server) =
@@ -107,8 +275,6 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         }
         None => (None, None),
     };
-    let mut evaluator = alerting::lifecycle::AlertEvaluator::new(config.alert_rules.clone());
-    warm_up(&mut evaluator, config, &store).await?;
 
     // Retrain requests: debounced per model version, restored from the
     // requests already recorded, cleared early by acknowledgements.
@@ -122,6 +288,14 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         let recorded = store.alerts(None, RESTORED_ALERTS).await?;
         gate.lock().expect("gate lock").restore(&recorded);
     }
+    let mut recorder = AlertRecorder {
+        evaluator: alerting::lifecycle::AlertEvaluator::new(config.alert_rules.clone()),
+        gate: Arc::clone(&gate),
+        store: store.clone(),
+        counters: telemetry.clone(),
+        max_delay: config.store_retry_max_delay,
+    };
+    recorder.warm_up(config, &telemetry.pipeline).await?;
     let (stop_acks, acks_stopped) = tokio::sync::oneshot::channel::<()>();
     let acks = config
         .retrain
@@ -149,48 +323,14 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
             })
         });
 
-    // Notifications go through a bounded queue to the task that records them
-    // in the outbox and delivers; if it falls 1,024 windows behind, further
-    // notifications are logged as dropped.
-    type Batch = Vec<(store::AlertRecord, Vec<String>)>;
-    let (notifications, mut pending) = tokio::sync::mpsc::channel::<Batch>(1024);
-    let evaluate_gate = Arc::clone(&gate);
-    let counted = telemetry.clone();
-    let on_finalized = move |model: &str, _window_start: i64, metrics: &[store::WindowMetrics]| {
-        let alerts = evaluator.evaluate(model, metrics);
-        let now = ingest::finalize::now_millis();
-        let mut batch: Batch = Vec::with_capacity(alerts.len());
-        for alert in &alerts {
-            tracing::warn!(id = %alert.id, rule = %alert.rule, model = %alert.model, status = ?alert.status, "{}", alert.summary);
-            batch.push((alert.to_record(now), alert.channels.clone()));
-            let request = evaluate_gate.lock().expect("gate lock").admit(alert, now);
-            if let Some(request) = request {
-                tracing::warn!(id = %alert.id, model = %alert.model, version = %alert.model_version, "retraining requested");
-                batch.push((
-                    alerting::retrain::to_record(&request, now),
-                    request.channels,
-                ));
-            }
-        }
-        for (record, _) in &batch {
-            counted.raised(&record.status);
-        }
-        if !batch.is_empty() && notifications.try_send(batch).is_err() {
-            tracing::error!("alert queue full: the notifications of this window were dropped");
-        }
-    };
     let delivered = telemetry.clone();
     let stats_store = store.clone();
+    let (stop_delivery, mut delivery_stopped) = tokio::sync::oneshot::channel::<()>();
     let delivery = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
-                batch = pending.recv() => {
-                    let Some(records) = batch else { break };
-                    if let Err(error) = store.record_alerts(records).await {
-                        tracing::error!(%error, "recording alerts failed");
-                    }
-                }
+                _ = &mut delivery_stopped => break,
                 _ = tick.tick() => {
                     match sender.deliver_due(ingest::finalize::now_millis()).await {
                         Ok(report) => delivered.delivered(&report),
@@ -211,15 +351,20 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         kafka.topics.iter().map(|t| t.name.clone()).collect(),
         stats_stopped,
     ));
+    let observer = RecordingObserver {
+        recorder,
+        telemetry: telemetry.pipeline.clone(),
+    };
     let report = ingest::kafka::run(
         driver,
         kafka,
         config.loop_settings.clone(),
         telemetry.pipeline.clone(),
         shutdown,
-        on_finalized,
+        observer,
     )
-    .await?;
+    .await;
+    let _ = stop_delivery.send(());
     let _ = delivery.await;
     let _ = stop_stats.send(());
     let _ = stats.await;
@@ -231,7 +376,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         let _ = stop.send(());
         let _ = server.await;
     }
-    Ok(report)
+    Ok(report?)
 }
 
 /// How often pipeline statistics are written to the store.
@@ -336,51 +481,6 @@ pub async fn start_http(
 
 /// Windows per model replayed into the alert evaluator at start-up.
 const WARMUP_WINDOWS: i64 = 48;
-
-/// Replays the last [`WARMUP_WINDOWS`] stored windows of every model through
-/// `evaluator`, discarding what it says, so that a restarted service knows
-/// which alerts are firing (and resolves them under the same id) instead of
-/// firing them again. Windows it has seen are not evaluated again when they
-/// are finalized again. A `quality_drop` baseline is taken from these windows.
-async fn warm_up(
-    evaluator: &mut alerting::lifecycle::AlertEvaluator,
-    config: &Config,
-    store: &Store,
-) -> anyhow::Result<()> {
-    let size = config.engine.window_size.millis();
-    let versions = store.model_versions().await?;
-    for model in &config.models {
-        let Some(latest) = versions
-            .iter()
-            .filter(|v| v.model == model.name())
-            .map(|v| v.last_window)
-            .max()
-        else {
-            continue;
-        };
-        let metrics = store
-            .window_metrics(store::MetricsQuery {
-                model: Some(model.name().to_owned()),
-                from_ms: Some(latest - WARMUP_WINDOWS * size),
-                ..Default::default()
-            })
-            .await?;
-        let mut by_window: std::collections::BTreeMap<i64, Vec<store::WindowMetrics>> =
-            Default::default();
-        for record in metrics {
-            by_window
-                .entry(record.key.window_start)
-                .or_default()
-                .push(record);
-        }
-        let count = by_window.len();
-        for records in by_window.values() {
-            evaluator.evaluate(model.name(), records);
-        }
-        tracing::info!(model = %model.name(), windows = count, "alert state restored from stored windows");
-    }
-    Ok(())
-}
 
 /// Most recent notifications read at start-up to restore pending retrain
 /// requests.

@@ -181,7 +181,7 @@ features = [
             .unwrap()
             .profile;
         store.put_reference(&profile, 1).await.unwrap();
-        let mut driver = tidewatch::service::driver(config, store.clone())
+        let mut driver = tidewatch::service::driver(config, store.clone(), Default::default())
             .await
             .unwrap();
         let mut dead_letters =

@@ -391,3 +391,27 @@ pub async fn pipeline_stats_round_trip(store: &Store) {
         .unwrap();
     assert_eq!(read, vec![rows[1].clone(), rows[0].clone()]);
 }
+
+/// Alert progress: absent at first, per model, never moves backwards.
+pub async fn alert_progress_moves_forward_only(store: &Store) {
+    assert_eq!(store.alert_progress("churn").await.unwrap(), None);
+    store
+        .record_alert_progress("churn", 1_767_225_600_000)
+        .await
+        .unwrap();
+    store
+        .record_alert_progress("churn", 1_767_229_200_000)
+        .await
+        .unwrap();
+    store
+        .record_alert_progress("churn", 1_767_225_600_000)
+        .await
+        .unwrap();
+    store.record_alert_progress("fraud", 0).await.unwrap();
+    assert_eq!(
+        store.alert_progress("churn").await.unwrap(),
+        Some(1_767_229_200_000)
+    );
+    assert_eq!(store.alert_progress("fraud").await.unwrap(), Some(0));
+    assert_eq!(store.alert_progress("other").await.unwrap(), None);
+}

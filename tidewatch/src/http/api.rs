@@ -50,8 +50,19 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Ready when the store answers and the pipeline reports no problem (no
+/// store operation being retried, a broker up, the consumer not stalled).
 async fn ready(State(state): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
     state.store.model_versions().await?;
+    let problems = state.telemetry.pipeline.health().problems();
+    if !problems.is_empty() {
+        let names: Vec<&str> = problems.iter().map(|p| p.as_str()).collect();
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("not ready: {}", names.join(", ")),
+        ));
+    }
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 

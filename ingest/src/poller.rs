@@ -1,0 +1,373 @@
+//! The consumer's own thread: it polls librdkafka, rewinds every assigned
+//! partition to its checkpoint range start, and hands messages and
+//! rebalance notes, in the order they happened, to the async loop in
+//! [`crate::kafka`] through a bounded channel.
+//!
+//! ## Why a thread
+//! librdkafka runs rebalance and statistics callbacks inside `poll`. The
+//! rebalance callback reads the committed offsets from the group
+//! coordinator, which blocks for up to [`COMMITTED_TIMEOUT`] per attempt; on
+//! a thread of its own that blocks nobody's async work.
+//!
+//! ## Rewind or nothing
+//! On assignment the thread reads the committed offsets of the new
+//! partitions, retrying [`COMMITTED_ATTEMPTS`] times. Only when it has them
+//! does it assign the partitions, each starting at the start of the range
+//! holding its committed offset, and tell the loop ([`Note::Assigned`]).
+//! If the offsets cannot be read, nothing is assigned and the loop is told
+//! ([`Note::Failed`]): it stops with that error, and the member leaves the
+//! group, so its partitions go to a member that can rewind them. A
+//! partition is never consumed from a position that was not rewound. The
+//! loop also ignores messages of partitions it was not told about, so a
+//! message fetched before a revocation cannot recreate a dropped state.
+//!
+//! ## Bounds
+//! The channel holds at most [`CHANNEL_BATCHES`] batches of at most
+//! [`BATCH_MESSAGES`] messages, and at most [`BUFFER_BYTES`] bytes of
+//! payload in all (a larger message passes alone); when full, the thread
+//! stops polling, so librdkafka's own fetch queue
+//! (`queued.max.messages.kbytes`, 64 MiB by default) fills and fetching
+//! pauses.
+//!
+//! ## Fault injection (tests)
+//! `TIDEWATCH_FAULT_COMMITTED_OFFSETS=N` makes the first `N` reads of
+//! committed offsets fail as if the coordinator had timed out. The fault
+//! suite uses it; nothing else should.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use crate::engine::range_start_of;
+use crate::telemetry::Telemetry;
+
+/// Timeout of one read of committed offsets.
+pub const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reads of committed offsets tried on an assignment before giving up.
+pub const COMMITTED_ATTEMPTS: u32 = 3;
+/// Batches waiting in the channel.
+pub const CHANNEL_BATCHES: usize = 64;
+/// Messages per batch.
+pub const BATCH_MESSAGES: usize = 512;
+/// Payload bytes waiting in the channel, in all.
+pub const BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
+/// One message as the loop needs it.
+#[derive(Debug)]
+pub struct Record {
+    /// Index of the topic in the subscription list.
+    pub topic: usize,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Payload (empty for a message without one).
+    pub payload: Vec<u8>,
+}
+
+/// What the thread tells the loop, in order.
+#[derive(Debug)]
+pub enum Note {
+    /// Messages, in the order read.
+    Records(Vec<Record>, OwnedSemaphorePermit),
+    /// Partitions assigned, each rewound: (topic index, partition, first offset read).
+    Assigned(Vec<(usize, i32, Option<i64>)>),
+    /// Partitions revoked (topic index, partition): drop their state, commit nothing for them.
+    Revoked(Vec<(usize, i32)>),
+    /// The thread cannot go on; the loop stops with this error.
+    Failed(String),
+}
+
+/// Callbacks of the polling thread's consumer.
+pub struct PollContext {
+    topics: Vec<String>,
+    range_size: u64,
+    telemetry: Telemetry,
+    notes: mpsc::Sender<Note>,
+    injected_failures: AtomicU32,
+    failed: AtomicBool,
+}
+
+impl PollContext {
+    /// Callbacks for a consumer of `topics` (in subscription order).
+    pub fn new(
+        topics: Vec<String>,
+        range_size: u64,
+        telemetry: Telemetry,
+        notes: mpsc::Sender<Note>,
+    ) -> Self {
+        let injected = std::env::var("TIDEWATCH_FAULT_COMMITTED_OFFSETS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        Self {
+            topics,
+            range_size,
+            telemetry,
+            notes,
+            injected_failures: AtomicU32::new(injected),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<usize> {
+        self.topics.iter().position(|name| name == topic)
+    }
+
+    fn committed(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &TopicPartitionList,
+    ) -> Result<TopicPartitionList, KafkaError> {
+        let mut last = None;
+        for attempt in 1..=COMMITTED_ATTEMPTS {
+            let injected = self
+                .injected_failures
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            let result = if injected {
+                std::thread::sleep(Duration::from_millis(200));
+                Err(KafkaError::MetadataFetch(
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut,
+                ))
+            } else {
+                consumer.committed_offsets(partitions.clone(), COMMITTED_TIMEOUT)
+            };
+            match result {
+                Ok(committed) => return Ok(committed),
+                Err(error) => {
+                    tracing::warn!(%error, attempt, injected, "cannot read committed offsets on assignment");
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn send(&self, note: Note) {
+        // The loop has stopped when this fails; nothing is left to tell.
+        let _ = self.notes.blocking_send(note);
+    }
+}
+
+impl ClientContext for PollContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag
+    /// per topic, summed over the partitions this member fetches, and
+    /// whether any broker is up.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (name, topic) in &statistics.topics {
+            let lag: i64 = topic
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+                .map(|p| p.consumer_lag)
+                .sum();
+            self.telemetry.set_lag(name, lag);
+        }
+        let up = statistics
+            .brokers
+            .values()
+            .filter(|broker| broker.source != "internal" && broker.source != "logical")
+            .any(|broker| broker.state == "UP");
+        self.telemetry.set_brokers_up(up);
+    }
+}
+
+impl ConsumerContext for PollContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        error: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        match error {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if self.failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let committed = match self.committed(consumer, partitions) {
+                    Ok(committed) => committed,
+                    Err(error) => {
+                        // Assign nothing: a partition that was not rewound is never read.
+                        self.failed.store(true, Ordering::Relaxed);
+                        self.send(Note::Failed(format!(
+                            "cannot read the committed offsets of {} assigned partitions after {COMMITTED_ATTEMPTS} attempts ({error}); leaving the group so another member can rewind them",
+                            partitions.count()
+                        )));
+                        return;
+                    }
+                };
+                let mut assigned = Vec::with_capacity(partitions.count());
+                for element in committed.elements() {
+                    let first = match element.offset() {
+                        Offset::Offset(offset) => {
+                            let rewind =
+                                range_start_of(offset.max(0) as u64, self.range_size) as i64;
+                            let _ = partitions.set_partition_offset(
+                                element.topic(),
+                                element.partition(),
+                                Offset::Offset(rewind),
+                            );
+                            tracing::info!(
+                                topic = element.topic(),
+                                partition = element.partition(),
+                                committed = offset,
+                                rewind,
+                                "partition assigned"
+                            );
+                            Some(rewind)
+                        }
+                        // Nothing committed: `auto.offset.reset` decides (earliest by default).
+                        _ => None,
+                    };
+                    if let Some(topic) = self.topic_index(element.topic()) {
+                        assigned.push((topic, element.partition(), first));
+                    }
+                }
+                // Told before any message of these partitions can be read.
+                self.send(Note::Assigned(assigned));
+                let result = if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
+                };
+                if let Err(error) = result {
+                    self.failed.store(true, Ordering::Relaxed);
+                    self.send(Note::Failed(format!(
+                        "assigning partitions failed: {error}"
+                    )));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let revoked = partitions
+                    .elements()
+                    .iter()
+                    .filter_map(|element| {
+                        self.topic_index(element.topic())
+                            .map(|topic| (topic, element.partition()))
+                    })
+                    .collect();
+                self.send(Note::Revoked(revoked));
+                let result = if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(error) = result {
+                    tracing::error!(%error, "unassign failed");
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// The polling thread's handle: stop it, then join it.
+pub struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Poller {
+    /// Starts polling `consumer` on a thread of its own; notes go to the
+    /// sender held by its context.
+    pub fn start(consumer: Arc<BaseConsumer<PollContext>>) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let budget = Arc::new(Semaphore::new(BUFFER_BYTES));
+        let thread = std::thread::Builder::new()
+            .name("tidewatch-kafka-poll".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || poll_until_stopped(&consumer, &stop, &budget)
+            })?;
+        Ok(Self {
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Asks the thread to stop and waits for it (blocking: call it from
+    /// the blocking pool).
+    pub fn stop_and_join(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.lock().ok().and_then(|mut thread| thread.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn poll_until_stopped(
+    consumer: &BaseConsumer<PollContext>,
+    stop: &AtomicBool,
+    budget: &Arc<Semaphore>,
+) {
+    let context = consumer.context();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime for waiting on the byte budget");
+    let mut batch: Vec<Record> = Vec::with_capacity(BATCH_MESSAGES);
+    let mut bytes = 0usize;
+    while !stop.load(Ordering::Relaxed) && !context.failed.load(Ordering::Relaxed) {
+        // Block briefly only when there is nothing to hand over.
+        let timeout = if batch.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            Duration::ZERO
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                let Some(topic) = context.topic_index(message.topic()) else {
+                    continue;
+                };
+                let payload = message.payload().unwrap_or_default().to_vec();
+                bytes += payload.len();
+                batch.push(Record {
+                    topic,
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    payload,
+                });
+                if batch.len() < BATCH_MESSAGES && bytes < BUFFER_BYTES / 16 {
+                    continue;
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, "kafka poll error");
+            }
+            None => {}
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let permits = bytes.clamp(1, BUFFER_BYTES) as u32;
+        let Ok(permit) = runtime.block_on(Arc::clone(budget).acquire_many_owned(permits)) else {
+            return;
+        };
+        let records = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MESSAGES));
+        bytes = 0;
+        if context
+            .notes
+            .blocking_send(Note::Records(records, permit))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
