@@ -13,6 +13,25 @@
 //! pass at its first failure, so one failing channel does not hold up the
 //! others.
 //!
+//! ## Order
+//! One alert's notifications reach a channel in the order they were raised
+//! (by window, firing before resolved): a notification waits while an
+//! earlier one of the same alert to the same channel is still pending, even
+//! if its own attempt is due. So `resolved` never overtakes the `firing` it
+//! resolves, however long the channel was down. (The order is decided over
+//! the oldest [`PENDING_SCAN`] pending deliveries.)
+//!
+//! ## Failures
+//! Every failure is a [`SendError`]: retryable (timeouts, refused
+//! connections, HTTP 408, 425, 429 and 5xx, transient SMTP replies) or not
+//! (other HTTP 4xx such as 400, 401, 403, 404; permanent SMTP replies such
+//! as a rejected recipient or bad credentials; a channel that is not
+//! configured). A retryable failure is tried again after the backoff, or
+//! after the server's `Retry-After` when it is longer (up to
+//! [`MAX_RETRY_AFTER_MS`]); one that is not retryable, or the last
+//! allowed attempt, ends the delivery as `failed` with `last_error` saying
+//! `gave up: …` and why.
+//!
 //! Channels: generic webhooks and Slack over HTTP or HTTPS (rustls, Mozilla
 //! roots plus an optional CA per channel), email over SMTP
 //! ([`crate::email`]), the retrain endpoint and the bus ([`Bus`], Kafka in
@@ -39,6 +58,83 @@ use crate::payload::{
     retrain_event, sign, slack_message, webhook_body, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
 use crate::Error;
+
+/// The longest `Retry-After` honoured (one hour).
+pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
+
+/// Pending deliveries read per pass to decide the order of each alert's
+/// notifications.
+pub const PENDING_SCAN: u64 = 5_000;
+
+/// Why an attempt failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// Try again later (after `retry_after`, when the server said so).
+    Retryable {
+        /// What happened.
+        reason: String,
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// Trying again will fail the same way.
+    Permanent(String),
+}
+
+impl SendError {
+    fn retryable(reason: impl Into<String>) -> Self {
+        SendError::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SendError::Retryable { .. })
+    }
+
+    /// The reason, without the classification.
+    pub fn reason(&self) -> &str {
+        match self {
+            SendError::Retryable { reason, .. } | SendError::Permanent(reason) => reason,
+        }
+    }
+
+    /// The classification of an HTTP answer that is not a success.
+    pub fn from_status(status: hyper::StatusCode, retry_after: Option<Duration>) -> Self {
+        let reason = format!("HTTP {status}");
+        let code = status.as_u16();
+        if status.is_server_error() || matches!(code, 408 | 425 | 429) {
+            SendError::Retryable {
+                reason,
+                retry_after,
+            }
+        } else {
+            SendError::Permanent(reason)
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+/// A `Retry-After` header: delay-seconds or an HTTP date.
+fn retry_after(headers: &hyper::HeaderMap, now_ms: u64) -> Option<Duration> {
+    let value = headers
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at_ms = u64::try_from(at.timestamp_millis()).ok()?;
+    Some(Duration::from_millis(at_ms.saturating_sub(now_ms)))
+}
 
 /// Header carrying the notification's idempotency key.
 pub const ALERT_ID_HEADER: &str = "X-Tidewatch-Alert-Id";
@@ -310,9 +406,14 @@ impl Sender {
     pub async fn deliver_due(&self, now: u64) -> Result<DeliveryReport, Error> {
         let mut by_channel: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
         // Each notification is read once, however many channels it goes to.
-        let mut notifications: BTreeMap<NotificationKey, Result<(Alert, u64), String>> =
+        let mut notifications: BTreeMap<NotificationKey, Result<(Alert, u64), SendError>> =
             BTreeMap::new();
-        for delivery in self.store.due_deliveries(now, 500).await? {
+        for delivery in due_in_order(
+            self.store
+                .due_deliveries(i64::MAX as u64, PENDING_SCAN)
+                .await?,
+            now,
+        ) {
             if let std::collections::btree_map::Entry::Vacant(entry) =
                 notifications.entry(notification_key(&delivery))
             {
@@ -355,13 +456,18 @@ impl Sender {
                         ..delivery
                     }
                 }
-                Err(error) if attempts >= self.policy.max_attempts => {
+                Err(error) if !error.is_retryable() || attempts >= self.policy.max_attempts => {
                     report.failed += 1;
                     counts.failed += 1;
+                    let why = if error.is_retryable() {
+                        format!("gave up after {attempts} attempts: {error}")
+                    } else {
+                        format!("gave up: not retryable: {error}")
+                    };
                     Delivery {
                         state: DeliveryState::Failed,
                         attempts,
-                        last_error: error,
+                        last_error: why,
                         updated_at: now,
                         ..delivery
                     }
@@ -369,10 +475,18 @@ impl Sender {
                 Err(error) => {
                     report.retried += 1;
                     counts.retried += 1;
+                    let backoff = self.policy.backoff_ms(attempts, seed);
+                    let asked = match &error {
+                        SendError::Retryable {
+                            retry_after: Some(delay),
+                            ..
+                        } => (delay.as_millis() as u64).min(MAX_RETRY_AFTER_MS),
+                        _ => 0,
+                    };
                     Delivery {
                         attempts,
-                        next_attempt_at: now + self.policy.backoff_ms(attempts, seed),
-                        last_error: error,
+                        next_attempt_at: now + backoff.max(asked),
+                        last_error: error.to_string(),
                         updated_at: now,
                         ..delivery
                     }
@@ -385,15 +499,17 @@ impl Sender {
 
     /// The recorded notification a delivery sends and when it was recorded;
     /// `Err` holds the reason to record against the delivery.
-    async fn notification(&self, delivery: &Delivery) -> Result<(Alert, u64), String> {
+    async fn notification(&self, delivery: &Delivery) -> Result<(Alert, u64), SendError> {
         let record = self
             .store
             .alert_notification(&delivery.alert_id, &delivery.status, delivery.window_start)
             .await
-            .map_err(|error| error.to_string())?
-            .ok_or_else(|| "notification not found in the alerts table".to_owned())?;
+            .map_err(|error| SendError::retryable(error.to_string()))?
+            .ok_or_else(|| {
+                SendError::Permanent("notification not found in the alerts table".to_owned())
+            })?;
         let alert: Alert = serde_json::from_str(&record.payload)
-            .map_err(|error| format!("stored payload: {error}"))?;
+            .map_err(|error| SendError::Permanent(format!("stored payload: {error}")))?;
         Ok((alert, record.created_at))
     }
 
@@ -401,13 +517,12 @@ impl Sender {
     async fn attempt(
         &self,
         delivery: &Delivery,
-        notification: &Result<(Alert, u64), String>,
+        notification: &Result<(Alert, u64), SendError>,
         now: u64,
-    ) -> Result<(), String> {
-        let channel = self
-            .channels
-            .get(&delivery.channel)
-            .ok_or_else(|| format!("channel `{}` is not configured", delivery.channel))?;
+    ) -> Result<(), SendError> {
+        let channel = self.channels.get(&delivery.channel).ok_or_else(|| {
+            SendError::Permanent(format!("channel `{}` is not configured", delivery.channel))
+        })?;
         let (alert, recorded_at) = notification.as_ref().map_err(Clone::clone)?;
         let key = idempotency_key(&delivery.alert_id, &delivery.status, delivery.window_start);
         self.send(channel, alert, &key, now, *recorded_at).await
@@ -439,6 +554,7 @@ impl Sender {
         };
         self.send(channel, &alert, &format!("tw-test:{now}"), now, now)
             .await
+            .map_err(|error| error.to_string())
     }
 
     /// Sends `alert` to `channel` with idempotency key `key`; `recorded_at`
@@ -451,7 +567,8 @@ impl Sender {
         key: &str,
         now: u64,
         recorded_at: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
+        let encoding = |error: serde_json::Error| SendError::Permanent(error.to_string());
         let signed = |secret: &Option<Vec<u8>>, body: &[u8]| {
             let timestamp = now / 1000;
             secret
@@ -467,33 +584,33 @@ impl Sender {
             }
             ChannelKind::Slack { url, dashboard_url } => {
                 let body = serde_json::to_vec(&slack_message(alert, dashboard_url.as_deref()))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(encoding)?;
                 self.post(url, "application/json", body, key, None).await
             }
             ChannelKind::RetrainWebhook(endpoint) => {
                 let body = serde_json::to_vec(&retrain_event(alert, key, recorded_at))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(encoding)?;
                 let signature = signed(&endpoint.secret, &body);
                 self.post(&endpoint.url, CLOUDEVENTS_JSON, body, key, signature)
                     .await
             }
             ChannelKind::Email(settings) => {
-                let transport = self
-                    .smtp
-                    .get(&channel.name)
-                    .ok_or("no SMTP transport for this channel")?;
-                let message = settings.message(alert, key)?;
+                let transport = self.smtp.get(&channel.name).ok_or_else(|| {
+                    SendError::Permanent("no SMTP transport for this channel".into())
+                })?;
+                let message = settings.message(alert, key).map_err(SendError::Permanent)?;
                 tokio::time::timeout(self.policy.timeout, crate::email::send(transport, message))
                     .await
-                    .map_err(|_| "timed out".to_owned())?
+                    .map_err(|_| SendError::retryable("timed out"))?
             }
             ChannelKind::Bus { topic } => {
-                let bus = self
-                    .bus
-                    .as_ref()
-                    .ok_or("no bus is configured (retrain events need [kafka])")?;
+                let bus = self.bus.as_ref().ok_or_else(|| {
+                    SendError::Permanent(
+                        "no bus is configured (retrain events need [kafka])".into(),
+                    )
+                })?;
                 let body = serde_json::to_vec(&retrain_event(alert, key, recorded_at))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(encoding)?;
                 let headers = vec![
                     ("content-type", CLOUDEVENTS_JSON.to_owned()),
                     (ALERT_ID_HEADER, key.to_owned()),
@@ -503,7 +620,8 @@ impl Sender {
                     bus.publish(topic, &alert.model, body, headers),
                 )
                 .await
-                .map_err(|_| "timed out".to_owned())?
+                .map_err(|_| SendError::retryable("timed out"))?
+                .map_err(SendError::retryable)
             }
         }
     }
@@ -516,7 +634,7 @@ impl Sender {
         body: Vec<u8>,
         key: &str,
         signature: Option<(u64, String)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
         let mut request = hyper::Request::post(url)
             .header("content-type", content_type)
             .header(ALERT_ID_HEADER, key);
@@ -527,20 +645,70 @@ impl Sender {
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
-            .map_err(|error| error.to_string())?;
+            .map_err(|error| SendError::Permanent(error.to_string()))?;
         let response = tokio::time::timeout(self.policy.timeout, self.client.request(request))
             .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|error| format!("request failed: {}", error_chain(&error)))?;
+            .map_err(|_| SendError::retryable("timed out"))?
+            .map_err(|error| {
+                SendError::retryable(format!("request failed: {}", error_chain(&error)))
+            })?;
         let status = response.status();
+        let asked = retry_after(response.headers(), now_millis());
         // Drain the body so the connection can be reused.
         let _ = response.into_body().collect().await;
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("HTTP {status}"))
+            Err(SendError::from_status(status, asked))
         }
     }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Rank of a notification status within one window: firing (and its
+/// retrain request) before resolved.
+fn status_rank(status: &str) -> u8 {
+    match status {
+        "resolved" => 1,
+        _ => 0,
+    }
+}
+
+/// Of `pending` (every pending delivery), those that may be attempted at
+/// `now`: per channel and alert, the notifications in the order they were
+/// raised, up to the first that is not due (it and everything after it
+/// wait). Each alert's sequence stays in order; alerts are ordered by when
+/// their first notification became due.
+fn due_in_order(pending: Vec<Delivery>, now: u64) -> Vec<Delivery> {
+    let mut sequences: BTreeMap<(String, String), Vec<Delivery>> = BTreeMap::new();
+    for delivery in pending {
+        sequences
+            .entry((delivery.channel.clone(), delivery.alert_id.clone()))
+            .or_default()
+            .push(delivery);
+    }
+    let mut ready: Vec<(u64, Vec<Delivery>)> = Vec::new();
+    for mut sequence in sequences.into_values() {
+        sequence.sort_by_key(|d| (d.window_start, status_rank(&d.status)));
+        let due = sequence
+            .iter()
+            .take_while(|d| d.next_attempt_at <= now)
+            .count();
+        sequence.truncate(due);
+        if let Some(first) = sequence.first() {
+            ready.push((first.next_attempt_at, sequence));
+        }
+    }
+    ready.sort_by_key(|(due, _)| *due);
+    ready
+        .into_iter()
+        .flat_map(|(_, sequence)| sequence)
+        .collect()
 }
 
 /// An error and its sources, so a TLS failure says why.
@@ -580,6 +748,85 @@ mod tests {
             policy.backoff_ms(3, 2),
             "jitter spreads senders"
         );
+    }
+
+    fn delivery(alert: &str, status: &str, window_start: i64, channel: &str, due: u64) -> Delivery {
+        Delivery {
+            alert_id: alert.into(),
+            status: status.into(),
+            window_start,
+            channel: channel.into(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_at: due,
+            last_error: String::new(),
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_notification_waits_for_the_earlier_ones_of_its_alert_on_its_channel() {
+        let pending = vec![
+            // The firing is in backoff until 500; its resolution is due now.
+            delivery("a", "firing", 1_000, "hook", 500),
+            delivery("a", "resolved", 4_000, "hook", 10),
+            // On another channel the firing was delivered: the resolution goes.
+            delivery("a", "resolved", 4_000, "mail", 20),
+            // A reminder waits for the first firing too.
+            delivery("a", "firing", 2_000, "hook", 30),
+            // Another alert is not held up.
+            delivery("b", "firing", 1_000, "hook", 40),
+        ];
+        let order = |due: Vec<Delivery>| -> Vec<(String, String, i64, String)> {
+            due.into_iter()
+                .map(|d| (d.alert_id, d.status, d.window_start, d.channel))
+                .collect()
+        };
+        assert_eq!(
+            order(due_in_order(pending.clone(), 100)),
+            vec![
+                ("a".into(), "resolved".into(), 4_000, "mail".into()),
+                ("b".into(), "firing".into(), 1_000, "hook".into()),
+            ]
+        );
+        // Once the firing is due, the whole sequence goes, in order.
+        assert_eq!(
+            order(due_in_order(pending, 600)),
+            vec![
+                ("a".into(), "resolved".into(), 4_000, "mail".into()),
+                ("b".into(), "firing".into(), 1_000, "hook".into()),
+                ("a".into(), "firing".into(), 1_000, "hook".into()),
+                ("a".into(), "firing".into(), 2_000, "hook".into()),
+                ("a".into(), "resolved".into(), 4_000, "hook".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn http_answers_are_classified_and_retry_after_is_read() {
+        use hyper::StatusCode;
+        for code in [400u16, 401, 403, 404, 410, 422] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                !SendError::from_status(status, None).is_retryable(),
+                "{code}"
+            );
+        }
+        for code in [408u16, 425, 429, 500, 502, 503, 504] {
+            let status = StatusCode::from_u16(code).unwrap();
+            assert!(
+                SendError::from_status(status, None).is_retryable(),
+                "{code}"
+            );
+        }
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(hyper::header::RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(retry_after(&headers, 0), Some(Duration::from_secs(120)));
+        headers.insert(
+            hyper::header::RETRY_AFTER,
+            "Thu, 01 Jan 1970 00:01:40 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, 40_000), Some(Duration::from_secs(60)));
     }
 
     #[test]

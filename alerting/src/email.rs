@@ -157,15 +157,23 @@ fn message_id_part(key: &str) -> String {
 }
 
 /// Sends `message` through `transport`.
+/// Sends one message. A permanent SMTP reply (5xx: bad credentials, a
+/// rejected recipient) is not retryable; anything else is.
 pub(crate) async fn send(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     message: Message,
-) -> Result<(), String> {
-    transport
-        .send(message)
-        .await
-        .map(|_| ())
-        .map_err(|error| format!("SMTP: {error}"))
+) -> Result<(), crate::delivery::SendError> {
+    transport.send(message).await.map(|_| ()).map_err(|error| {
+        let reason = format!("SMTP: {error}");
+        if error.is_permanent() {
+            crate::delivery::SendError::Permanent(reason)
+        } else {
+            crate::delivery::SendError::Retryable {
+                reason,
+                retry_after: None,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

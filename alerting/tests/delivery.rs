@@ -22,8 +22,10 @@ const SECRET: &[u8] = b"webhook-secret";
 
 #[derive(Default)]
 struct Receiver {
-    /// Requests to refuse with 503 before accepting.
+    /// Requests to refuse before accepting.
     refuse: AtomicUsize,
+    /// Status of a refusal (503 when unset).
+    refuse_with: Mutex<Option<(StatusCode, Option<&'static str>)>>,
     /// (alert id header, body, signature valid) of every request.
     requests: Mutex<Vec<(String, Vec<u8>, bool)>>,
 }
@@ -32,7 +34,7 @@ async fn receive(
     State(receiver): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
     let header = |name: &str| {
         headers
             .get(name)
@@ -56,9 +58,18 @@ async fn receive(
         .push((header(ALERT_ID_HEADER), body.to_vec(), valid));
     if receiver.refuse.load(Ordering::SeqCst) > 0 {
         receiver.refuse.fetch_sub(1, Ordering::SeqCst);
-        return StatusCode::SERVICE_UNAVAILABLE;
+        let (status, retry_after) = receiver
+            .refuse_with
+            .lock()
+            .unwrap()
+            .unwrap_or((StatusCode::SERVICE_UNAVAILABLE, None));
+        let mut headers = HeaderMap::new();
+        if let Some(retry_after) = retry_after {
+            headers.insert("retry-after", retry_after.parse().unwrap());
+        }
+        return (status, headers);
     }
-    StatusCode::OK
+    (StatusCode::OK, HeaderMap::new())
 }
 
 /// A receiver on 127.0.0.1 refusing its first `refuse` requests.
@@ -296,4 +307,101 @@ async fn a_channel_that_hangs_costs_one_timeout_per_pass_and_holds_up_no_other()
     assert_eq!(due.len(), 3, "the hanging channel's three are still due");
     assert_eq!(attempts.iter().filter(|a| **a == 1).count(), 1);
     assert!(due.iter().any(|d| d.last_error == "timed out"));
+}
+
+fn webhook(name: &str, url: &str) -> Channel {
+    Channel::new(
+        name.into(),
+        ChannelKind::Webhook(alerting::delivery::Endpoint {
+            url: url.into(),
+            secret: Some(SECRET.to_vec()),
+            ca_pem: None,
+        }),
+        "k",
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_gives_up_at_once_and_retry_after_is_honoured() {
+    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let (gone_url, gone) = start_receiver(usize::MAX).await;
+    *gone.refuse_with.lock().unwrap() = Some((StatusCode::NOT_FOUND, None));
+    let (busy_url, busy) = start_receiver(1).await;
+    *busy.refuse_with.lock().unwrap() = Some((StatusCode::TOO_MANY_REQUESTS, Some("120")));
+    let alert = recorded_alert(&store, &["gone", "busy"]).await;
+    let sender = Sender::new(
+        store.clone(),
+        vec![webhook("gone", &gone_url), webhook("busy", &busy_url)],
+        policy(10),
+    )
+    .unwrap();
+    let report = sender.deliver_due(1_000).await.unwrap();
+    assert_eq!((report.sent, report.retried, report.failed), (0, 1, 1));
+    let deliveries = store.deliveries(&alert.id).await.unwrap();
+    let gone_delivery = deliveries.iter().find(|d| d.channel == "gone").unwrap();
+    assert_eq!(gone_delivery.state, store::DeliveryState::Failed);
+    assert_eq!(gone_delivery.attempts, 1, "a 404 is not retried");
+    assert_eq!(
+        gone_delivery.last_error,
+        "gave up: not retryable: HTTP 404 Not Found"
+    );
+    let busy_delivery = deliveries.iter().find(|d| d.channel == "busy").unwrap();
+    assert_eq!(busy_delivery.state, store::DeliveryState::Pending);
+    assert_eq!(
+        busy_delivery.next_attempt_at,
+        1_000 + 120_000,
+        "Retry-After (120 s) outweighs the first backoff (< 1 s)"
+    );
+    // Nothing more is tried before then.
+    let report = sender.deliver_due(100_000).await.unwrap();
+    assert_eq!(report.sent + report.retried + report.failed, 0);
+    let report = sender.deliver_due(121_000).await.unwrap();
+    assert_eq!(report.sent, 1);
+    assert_eq!(gone.requests.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_resolution_never_overtakes_the_firing_it_resolves() {
+    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    // The channel is down for the first two attempts.
+    let (url, receiver) = start_receiver(2).await;
+    let firing = recorded_alert(&store, &["hook"]).await;
+    let sender = Sender::new(store.clone(), vec![webhook("hook", &url)], policy(10)).unwrap();
+    assert_eq!(sender.deliver_due(1_000).await.unwrap().retried, 1);
+    // The resolution is recorded (due at once) while the firing waits for its retry.
+    let mut resolved = firing.clone();
+    resolved.status = AlertStatus::Resolved;
+    resolved.window_start += 3 * 3_600_000;
+    store
+        .record_alerts(vec![(resolved.to_record(1_100), vec!["hook".into()])])
+        .await
+        .unwrap();
+    let report = sender.deliver_due(1_200).await.unwrap();
+    assert_eq!(
+        report.sent + report.retried,
+        0,
+        "the resolution waits for the firing: {report:?}"
+    );
+    // The firing fails once more; then both go, firing first.
+    let mut now = 1_200;
+    let mut sent = 0;
+    while sent < 2 {
+        now += 60_000;
+        sent += sender.deliver_due(now).await.unwrap().sent;
+        assert!(now < 3_600_000, "never delivered");
+    }
+    let requests = receiver.requests.lock().unwrap();
+    let keys: Vec<&str> = requests.iter().map(|(key, _, _)| key.as_str()).collect();
+    let firing_key = format!("{}:firing:{}", firing.id, firing.window_start);
+    let resolved_key = format!("{}:resolved:{}", firing.id, resolved.window_start);
+    assert_eq!(
+        keys,
+        vec![
+            firing_key.as_str(),
+            firing_key.as_str(),
+            firing_key.as_str(),
+            resolved_key.as_str()
+        ]
+    );
 }

@@ -418,7 +418,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                     delivery.status,
                     tidewatch::report::format_time(delivery.window_start),
                     delivery.channel,
-                    delivery.state.as_str(),
+                    match delivery.state {
+                        store::DeliveryState::Failed => "gave up",
+                        state => state.as_str(),
+                    },
                     delivery.attempts,
                 );
             }
