@@ -229,7 +229,12 @@ impl AlertEvaluator {
                     continue;
                 }
                 state.last_window = Some(window_start);
-                let findings = condition_findings(&rule.condition, &series, state);
+                let findings = match condition_verdict(&rule.condition, &series, state) {
+                    // Too little data for a verdict: neither fires nor clears.
+                    Verdict::Undecided => continue,
+                    Verdict::Holds(findings) => Some(findings),
+                    Verdict::Clear => None,
+                };
                 if findings.is_some() && state.consecutive_true == 0 {
                     state.streak_start = window_start;
                 }
@@ -322,21 +327,61 @@ fn baseline(state: &mut RuleState, windows: usize, value: f64) -> Option<&[f64]>
     Some(&state.baseline)
 }
 
-/// `Some(findings)` when the condition holds for this window.
-fn condition_findings(
+/// What a window says about a rule's condition.
+enum Verdict {
+    /// The condition holds, for these reasons.
+    Holds(Vec<Finding>),
+    /// The condition does not hold.
+    Clear,
+    /// The window has too little data to tell (a series without a verdict,
+    /// a metric that could not be computed, a baseline still filling): it
+    /// neither fires nor clears the rule.
+    Undecided,
+}
+
+impl Verdict {
+    /// `Holds` with the findings, else `Clear`.
+    fn from_findings(findings: Option<Vec<Finding>>) -> Self {
+        findings.map_or(Verdict::Clear, Verdict::Holds)
+    }
+}
+
+/// Unwraps a value the verdict needs, or returns `Undecided`.
+macro_rules! or_undecided {
+    ($value:expr) => {
+        match $value {
+            Some(value) => value,
+            None => return Verdict::Undecided,
+        }
+    };
+}
+
+/// The verdict of `condition` on this window's series.
+fn condition_verdict(
     condition: &Condition,
     series: &[&WindowMetrics],
     state: &mut RuleState,
-) -> Option<Vec<Finding>> {
+) -> Verdict {
     match condition {
         Condition::Drift { min_features, test } => {
-            let mut findings: Vec<Finding> = series
-                .iter()
-                .filter(|m| !NON_DRIFT_SERIES.contains(&m.key.feature.as_str()))
+            let inputs = || {
+                series
+                    .iter()
+                    .filter(|m| !NON_DRIFT_SERIES.contains(&m.key.feature.as_str()))
+            };
+            let mut findings: Vec<Finding> = inputs()
                 .filter_map(|m| drift_finding(&m.key.feature, &m.metrics, test.as_deref()))
                 .collect();
             findings.sort_by(|a, b| severity_of(b).total_cmp(&severity_of(a)));
-            (findings.len() >= *min_features).then_some(findings)
+            // A series has a verdict with a reference and enough values.
+            let decided = inputs().filter(|m| m.metrics.drifted.is_some()).count();
+            if findings.len() >= *min_features {
+                Verdict::Holds(findings)
+            } else if decided < *min_features {
+                Verdict::Undecided
+            } else {
+                Verdict::Clear
+            }
         }
         Condition::Threshold {
             feature,
@@ -344,23 +389,27 @@ fn condition_findings(
             above,
             below,
         } => {
-            let value = series_metric(series, feature, metric)?;
+            let value = or_undecided!(series_metric(series, feature, metric));
             let crossed = match (above, below) {
                 (Some(limit), _) if value > *limit => Some(*limit),
                 (_, Some(limit)) if value < *limit => Some(*limit),
                 _ => None,
             };
-            crossed.map(|threshold| single(feature, metric.clone(), value, threshold))
+            Verdict::from_findings(
+                crossed.map(|threshold| single(feature, metric.clone(), value, threshold)),
+            )
         }
         Condition::QualityDrop {
             metric,
             max_drop,
             baseline_windows,
         } => {
-            let value = series_metric(series, "quality", metric)?;
-            let values = baseline(state, *baseline_windows, value)?;
+            let value = or_undecided!(series_metric(series, "quality", metric));
+            let values = or_undecided!(baseline(state, *baseline_windows, value));
             let floor = values.iter().sum::<f64>() / values.len() as f64 - max_drop;
-            (value < floor).then(|| single("quality", metric.clone(), value, floor))
+            Verdict::from_findings(
+                (value < floor).then(|| single("quality", metric.clone(), value, floor)),
+            )
         }
         Condition::Band {
             feature,
@@ -368,8 +417,8 @@ fn condition_findings(
             k,
             baseline_windows,
         } => {
-            let value = series_metric(series, feature, metric)?;
-            let (lower, upper) = band(baseline(state, *baseline_windows, value)?, *k);
+            let value = or_undecided!(series_metric(series, feature, metric));
+            let (lower, upper) = band(or_undecided!(baseline(state, *baseline_windows, value)), *k);
             let crossed = if value < lower {
                 Some(lower)
             } else if value > upper {
@@ -377,7 +426,9 @@ fn condition_findings(
             } else {
                 None
             };
-            crossed.map(|threshold| single(feature, metric.clone(), value, threshold))
+            Verdict::from_findings(
+                crossed.map(|threshold| single(feature, metric.clone(), value, threshold)),
+            )
         }
         Condition::Change {
             feature,
@@ -387,7 +438,7 @@ fn condition_findings(
             threshold,
             min_windows,
         } => {
-            let value = series_metric(series, feature, metric)?;
+            let value = or_undecided!(series_metric(series, feature, metric));
             let change = state.change.get_or_insert_with(|| {
                 ChangeState::new(*detector, *delta, *threshold, *min_windows)
             });
@@ -399,10 +450,10 @@ fn condition_findings(
                     delta.unwrap_or(detectors::change::AdwinConfig::default().delta)
                 }
             };
-            change.update(value).then(|| {
+            Verdict::from_findings(change.update(value).then(|| {
                 let test = format!("{metric} ({})", detector_name(*detector));
                 single(feature, test, value, limit)
-            })
+            }))
         }
     }
 }

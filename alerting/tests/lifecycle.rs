@@ -331,3 +331,42 @@ fn change_detectors_fire_on_a_shift_in_a_window_series() {
         assert!(fired_on(rule, &[0.02; 40]).is_empty(), "{detector:?}");
     }
 }
+
+/// A window with labels only (predictions stopped): its only input series
+/// has too few values for a verdict.
+fn label_only_window(w: i64) -> Vec<WindowMetrics> {
+    let mut labels = series(w, "actual.label", 0.0);
+    labels.metrics.count = 12;
+    labels.metrics.psi = None;
+    labels.metrics.drifted = None;
+    labels.metrics.tests.clear();
+    vec![labels]
+}
+
+#[test]
+fn windows_without_a_verdict_neither_fire_nor_clear() {
+    let mut evaluator = AlertEvaluator::new(vec![drift_rule()]);
+    let mut notifications = Vec::new();
+    for w in 0..10 {
+        let metrics = match w {
+            // Drift, then predictions stop: only late labels arrive.
+            2..=3 => window(w, true),
+            4..=7 => label_only_window(w),
+            // Traffic resumes, still drifting, then clear.
+            8 => window(w, true),
+            _ => window(w, false),
+        };
+        for alert in evaluator.evaluate("churn", &metrics) {
+            notifications.push((w, alert.status));
+        }
+    }
+    assert_eq!(
+        notifications,
+        vec![(2, AlertStatus::Firing)],
+        "the label-only windows must not resolve the alert (nor would one clear window)"
+    );
+    // A second clear window resolves it.
+    let resolved = evaluator.evaluate("churn", &window(10, false));
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].status, AlertStatus::Resolved);
+}

@@ -209,7 +209,7 @@ impl ConsumerContext for PollContext {
                 };
                 let mut assigned = Vec::with_capacity(partitions.count());
                 for element in committed.elements() {
-                    let first = match element.offset() {
+                    let (committed_offset, first) = match element.offset() {
                         Offset::Offset(offset) => {
                             let rewind =
                                 range_start_of(offset.max(0) as u64, self.range_size) as i64;
@@ -218,18 +218,18 @@ impl ConsumerContext for PollContext {
                                 element.partition(),
                                 Offset::Offset(rewind),
                             );
-                            tracing::info!(
-                                topic = element.topic(),
-                                partition = element.partition(),
-                                committed = offset,
-                                rewind,
-                                "partition assigned"
-                            );
-                            Some(rewind)
+                            (Some(offset), Some(rewind))
                         }
                         // Nothing committed: `auto.offset.reset` decides (earliest by default).
-                        _ => None,
+                        _ => (None, None),
                     };
+                    tracing::info!(
+                        topic = element.topic(),
+                        partition = element.partition(),
+                        committed = ?committed_offset,
+                        rewind = ?first,
+                        "partition assigned"
+                    );
                     if let Some(topic) = self.topic_index(element.topic()) {
                         assigned.push((topic, element.partition(), first));
                     }

@@ -253,12 +253,14 @@ impl ClickHouseStore {
             model_version: String,
             first_window: u32,
             last_window: u32,
+            last_input_window: u32,
             windows: u64,
         }
         let rows = self
             .client
             .query(
                 "SELECT model, model_version, toUInt32(min(window_start)), toUInt32(max(window_start)),
+                        toUInt32(max(if(feature NOT IN ('actual.label', 'quality'), window_start, toDateTime(0)))),
                         toUInt64(uniqExact(window_start))
                  FROM window_metrics FINAL GROUP BY model, model_version ORDER BY model, model_version",
             )
@@ -271,6 +273,8 @@ impl ClickHouseStore {
                 model_version: row.model_version,
                 first_window: i64::from(row.first_window) * 1000,
                 last_window: i64::from(row.last_window) * 1000,
+                last_input_window: (row.last_input_window > 0)
+                    .then(|| i64::from(row.last_input_window) * 1000),
                 windows: row.windows,
             })
             .collect())

@@ -388,7 +388,8 @@ impl EmbeddedStore {
         self.with(|connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT model, model_version, MIN(window_start), MAX(window_start),
-                        COUNT(DISTINCT window_start)
+                        COUNT(DISTINCT window_start),
+                        MAX(CASE WHEN feature NOT IN ('actual.label', 'quality') THEN window_start END)
                  FROM window_metrics GROUP BY model, model_version ORDER BY model, model_version",
             )?;
             let rows = statement
@@ -399,6 +400,7 @@ impl EmbeddedStore {
                         first_window: row.get::<_, i64>(2)? * 1000,
                         last_window: row.get::<_, i64>(3)? * 1000,
                         windows: row.get::<_, i64>(4)? as u64,
+                        last_input_window: row.get::<_, Option<i64>>(5)?.map(|s| s * 1000),
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -172,6 +172,9 @@ pub struct ModelVersionSummary {
     pub first_window: i64,
     /// Start of its last finalized window, ms.
     pub last_window: i64,
+    /// Start of its last finalized window with predictions or feature rows
+    /// (not only late labels), ms; `None` if it has none.
+    pub last_input_window: Option<i64>,
     /// Finalized windows.
     pub windows: u64,
 }

@@ -165,6 +165,7 @@ pub async fn window_results_round_trip(store: &Store) {
             model_version: "3".into(),
             first_window: window,
             last_window: window,
+            last_input_window: Some(window),
             windows: 1,
         }]
     );

@@ -116,6 +116,8 @@ struct VersionView {
     version: String,
     first_window: Option<String>,
     last_window: Option<String>,
+    /// The last window with predictions or feature rows (not only labels).
+    last_input_window: Option<String>,
     windows: u64,
     reference: Option<ReferenceView>,
 }
@@ -179,6 +181,7 @@ pub(super) async fn model_views(state: &AppState) -> Result<Vec<serde_json::Valu
                     version: summary.model_version.clone(),
                     first_window: Some(rfc3339(summary.first_window)),
                     last_window: Some(rfc3339(summary.last_window)),
+                    last_input_window: summary.last_input_window.map(rfc3339),
                     windows: summary.windows,
                     reference: None,
                 },
@@ -191,6 +194,7 @@ pub(super) async fn model_views(state: &AppState) -> Result<Vec<serde_json::Valu
                     version: reference.model_version.clone(),
                     first_window: None,
                     last_window: None,
+                    last_input_window: None,
                     windows: 0,
                     reference: None,
                 })

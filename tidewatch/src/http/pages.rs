@@ -117,13 +117,17 @@ async fn overview(State(state): State<Arc<AppState>>) -> Result<Html<String>, Ap
             continue;
         }
         for version in mine {
+            let shown = version.last_input_window.unwrap_or(version.last_window);
             let rows = state
                 .store
                 .window_metrics(MetricsQuery {
                     model: Some(spec.name().to_owned()),
                     model_version: Some(version.model_version.clone()),
                     segment: Some("all".into()),
-                    from_ms: Some(version.last_window),
+                    // A window holding only late labels is not the model's
+                    // latest state: show the last one with predictions.
+                    from_ms: Some(shown),
+                    to_ms: Some(shown + 1),
                     ..Default::default()
                 })
                 .await?;
@@ -152,7 +156,7 @@ async fn overview(State(state): State<Arc<AppState>>) -> Result<Html<String>, Ap
                 "<tr><td><a href=\"/models/{m}?version={v}\">{m}</a></td><td>{v}</td><td>{t}</td><td>{n}</td><td>{drifted}</td><td>{quality}</td><td>{open}</td></tr>",
                 m = escape(spec.name()),
                 v = escape(&version.model_version),
-                t = time(version.last_window),
+                t = time(shown),
                 n = version.windows,
             );
         }

@@ -1,0 +1,424 @@
+//! Helpers shared by the integration tests that need the broker and
+//! ClickHouse started by `scripts/test.sh`: a scenario (its own topics,
+//! group, database and files), the in-process expectation, a field-by-field
+//! comparison, an independent count/mean oracle, a `tidewatch run` child
+//! process and a TCP proxy that can cut a connection on demand.
+//!
+//! Without `TIDEWATCH_TEST_KAFKA_BROKERS` / `TIDEWATCH_TEST_CLICKHOUSE_URL`
+//! the tests fail and say why.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use detectors::SeriesKey;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use store::{MetricsQuery, Store, WindowMetrics};
+use tidewatch::config::Config;
+use tidewatch::fixtures::{self, DemoShape, DEMO_MODEL, DEMO_VERSION};
+
+pub mod child;
+pub mod proxy;
+
+pub fn brokers() -> String {
+    std::env::var("TIDEWATCH_TEST_KAFKA_BROKERS").expect(
+        "TIDEWATCH_TEST_KAFKA_BROKERS is not set: run the integration suite through scripts/test.sh, \
+         which builds and starts the broker",
+    )
+}
+
+pub fn clickhouse_url() -> String {
+    std::env::var("TIDEWATCH_TEST_CLICKHOUSE_URL").expect(
+        "TIDEWATCH_TEST_CLICKHOUSE_URL is not set: run the integration suite through scripts/test.sh, \
+         which installs and starts ClickHouse",
+    )
+}
+
+/// A test's private topic, dead-letter topic, group, database and files.
+pub struct Scenario {
+    pub name: String,
+    pub directory: PathBuf,
+    pub stream: PathBuf,
+    pub training: PathBuf,
+    pub predictions: u64,
+    pub actuals: u64,
+}
+
+/// What differs between the scenarios' configs.
+pub struct ConfigOptions {
+    /// ClickHouse URL (a proxy's), when not the test server's.
+    pub clickhouse_url: Option<String>,
+    /// `[http] listen`, when the scenario reads `/ready` or `/metrics`.
+    pub http_listen: Option<String>,
+    /// librdkafka `session.timeout.ms`.
+    pub session_timeout_ms: u32,
+    /// `windows.idle_close_after`.
+    pub idle_close_after: &'static str,
+}
+
+impl Default for ConfigOptions {
+    fn default() -> Self {
+        Self {
+            clickhouse_url: None,
+            http_listen: None,
+            session_timeout_ms: 10_000,
+            idle_close_after: "3s",
+        }
+    }
+}
+
+impl Scenario {
+    pub fn new(name: &str, shape: DemoShape) -> Self {
+        let name = format!("{name}_{}", std::process::id());
+        let directory = std::env::temp_dir().join(format!("tidewatch-it-{name}"));
+        std::fs::create_dir_all(&directory).unwrap();
+        let generated = fixtures::generate(shape, 1234);
+        let stream = directory.join("stream.jsonl");
+        let training = directory.join("train.csv");
+        std::fs::write(&stream, &generated.stream).unwrap();
+        std::fs::write(&training, &generated.training_csv).unwrap();
+        Self {
+            name,
+            directory,
+            stream,
+            training,
+            predictions: generated.predictions,
+            actuals: generated.actuals,
+        }
+    }
+
+    pub fn topic(&self) -> String {
+        format!("predictions-{}", self.name)
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        format!("dead-letters-{}", self.name)
+    }
+
+    pub fn config(&self, range_size: u64) -> Config {
+        self.config_with(range_size, &ConfigOptions::default()).0
+    }
+
+    /// Writes `tidewatch.toml` with `options` and loads it; returns the
+    /// config and its path (for a `tidewatch run` child).
+    pub fn config_with(&self, range_size: u64, options: &ConfigOptions) -> (Config, PathBuf) {
+        let http = options
+            .http_listen
+            .as_ref()
+            .map(|listen| format!("[http]\nlisten = \"{listen}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"
+version = 1
+[kafka]
+brokers = "{brokers}"
+group_id = "tidewatch-{name}"
+dead_letter_topic = "{dead_letters}"
+topics = [{{ name = "{topic}", kind = "prediction" }}]
+stall_after = "20s"
+[kafka.properties]
+"session.timeout.ms" = "{session_timeout_ms}"
+"heartbeat.interval.ms" = "1000"
+[store]
+type = "clickhouse"
+url = "{url}"
+database = "tw_{name}"
+retry_max_delay = "1s"
+[windows]
+size = "1h"
+allowed_lateness = "5m"
+idle_close_after = "{idle_close_after}"
+checkpoint_interval = "500ms"
+range_size = {range_size}
+max_future_skew = "1h"
+{http}
+[[models]]
+name = "{DEMO_MODEL}"
+task = "classification"
+segment_keys = ["country"]
+features = [
+  {{ name = "age", kind = "numeric" }},
+  {{ name = "tenure_months", kind = "numeric" }},
+  {{ name = "monthly_charges", kind = "numeric" }},
+  {{ name = "support_calls", kind = "numeric" }},
+  {{ name = "contract", kind = "categorical" }},
+  {{ name = "payment_method", kind = "categorical" }},
+]
+"#,
+            brokers = brokers(),
+            name = self.name,
+            dead_letters = self.dead_letter_topic(),
+            topic = self.topic(),
+            url = options
+                .clickhouse_url
+                .clone()
+                .unwrap_or_else(clickhouse_url),
+            session_timeout_ms = options.session_timeout_ms,
+            idle_close_after = options.idle_close_after,
+        );
+        let path = self.directory.join("tidewatch.toml");
+        std::fs::write(&path, text).unwrap();
+        (Config::load(&path).unwrap(), path)
+    }
+
+    pub async fn create_topics(&self, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin client");
+        let topic = self.topic();
+        let dead_letters = self.dead_letter_topic();
+        let topics = [
+            NewTopic::new(&topic, partitions, TopicReplication::Fixed(1)),
+            NewTopic::new(&dead_letters, 1, TopicReplication::Fixed(1)),
+        ];
+        let results = admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics");
+        for result in results {
+            result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code:?}"));
+        }
+    }
+
+    /// Stores the reference profile built from the training CSV.
+    pub async fn store_reference(&self, config: &Config) -> Store {
+        let store = tidewatch::service::open_store(&config.store).await.unwrap();
+        let spec = config.models[0].clone();
+        let profile = tidewatch::training::build_reference(&spec, DEMO_VERSION, &self.training)
+            .unwrap()
+            .profile;
+        store.put_reference(&profile, 1).await.unwrap();
+        store
+    }
+
+    /// Runs `tidewatch replay` on the stream.
+    pub fn replay(&self, rate: Option<u32>) -> std::process::Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
+        command
+            .arg("replay")
+            .arg(&self.stream)
+            .arg("--to")
+            .arg(brokers())
+            .arg("--topic")
+            .arg(self.topic());
+        if let Some(rate) = rate {
+            command.arg("--rate").arg(rate.to_string());
+        }
+        command.spawn().expect("starting tidewatch replay")
+    }
+
+    /// The in-process computation: the same events through the file replay
+    /// into an in-memory embedded store.
+    pub async fn expected(&self, config: &Config) -> Vec<WindowMetrics> {
+        let store = Store::Embedded(store::embedded::EmbeddedStore::in_memory().unwrap());
+        let spec = config.models[0].clone();
+        let profile = tidewatch::training::build_reference(&spec, DEMO_VERSION, &self.training)
+            .unwrap()
+            .profile;
+        store.put_reference(&profile, 1).await.unwrap();
+        let mut driver = tidewatch::service::driver(config, store.clone(), Default::default())
+            .await
+            .unwrap();
+        let mut dead_letters =
+            ingest::dead_letter::DeadLetterSink::file(&self.directory.join("expected-dead.jsonl"))
+                .unwrap();
+        ingest::file::replay_into(
+            &mut driver,
+            &self.stream,
+            events::EventKind::Prediction,
+            &mut dead_letters,
+        )
+        .await
+        .unwrap();
+        store.window_metrics(MetricsQuery::default()).await.unwrap()
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// Starts the pipeline in a task; returns its handle and the shutdown sender.
+pub fn start_pipeline(
+    config: &Config,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<ingest::kafka::RunReport>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = config.clone();
+    let handle = tokio::spawn(async move {
+        tidewatch::service::run(&config, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    (handle, stop)
+}
+
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+pub fn close_option(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => close(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Compares stored metrics with the expected ones, field by field. Model
+/// quality depends on the in-memory join, which a rebalance or restart
+/// resets, so it is compared only where one consumer read everything once.
+pub fn compare(
+    actual: &[WindowMetrics],
+    expected: &[WindowMetrics],
+    with_quality: bool,
+) -> Result<(), String> {
+    let actual: HashMap<&SeriesKey, &WindowMetrics> = actual.iter().map(|m| (&m.key, m)).collect();
+    if actual.len() != expected.len() {
+        return Err(format!(
+            "{} series-windows stored, {} expected",
+            actual.len(),
+            expected.len()
+        ));
+    }
+    for expected in expected {
+        let Some(stored) = actual.get(&expected.key) else {
+            return Err(format!("missing {:?}", expected.key));
+        };
+        let (a, e) = (&stored.metrics, &expected.metrics);
+        let exact = a.count == e.count
+            && a.missing == e.missing
+            && a.type_mismatch == e.type_mismatch
+            && a.distinct_categories == e.distinct_categories
+            && a.unseen_categories == e.unseen_categories
+            && a.out_of_range == e.out_of_range
+            && a.constant == e.constant
+            && a.drifted == e.drifted;
+        let floats = [
+            (a.mean, e.mean),
+            (a.std_dev, e.std_dev),
+            (a.min, e.min),
+            (a.max, e.max),
+            (a.psi, e.psi),
+            (a.ks_statistic, e.ks_statistic),
+            (a.ks_p_value, e.ks_p_value),
+            (a.chi_square, e.chi_square),
+            (a.chi_square_p_value, e.chi_square_p_value),
+            (a.missing_rate, e.missing_rate),
+            (a.js_distance, e.js_distance),
+            (a.hellinger, e.hellinger),
+            (a.kl_divergence, e.kl_divergence),
+            (a.l_infinity, e.l_infinity),
+            (a.wasserstein, e.wasserstein),
+            (a.wasserstein_normalized, e.wasserstein_normalized),
+            (a.latency_p50, e.latency_p50),
+            (a.latency_p95, e.latency_p95),
+            (a.latency_p99, e.latency_p99),
+            (a.latency_max, e.latency_max),
+            (a.error_rate, e.error_rate),
+            (a.null_prediction_rate, e.null_prediction_rate),
+        ]
+        .iter()
+        .all(|(x, y)| close_option(*x, *y));
+        let quantiles = match (a.quantiles, e.quantiles) {
+            (Some(x), Some(y)) => x.iter().zip(y.iter()).all(|(p, q)| close(*p, *q)),
+            (None, None) => true,
+            _ => false,
+        };
+        let tests = a.tests.len() == e.tests.len()
+            && a.tests.iter().zip(&e.tests).all(|(x, y)| {
+                x.test == y.test
+                    && x.drifted == y.drifted
+                    && close(x.value, y.value)
+                    && close(x.threshold, y.threshold)
+            })
+            && a.warnings == e.warnings;
+        let quality = !with_quality
+            || match (&a.quality, &e.quality) {
+                (Some(x), Some(y)) => {
+                    x.matched == y.matched
+                        && [
+                            (x.accuracy, y.accuracy),
+                            (x.f1, y.f1),
+                            (x.roc_auc, y.roc_auc),
+                            (x.log_loss, y.log_loss),
+                            (x.brier, y.brier),
+                        ]
+                        .iter()
+                        .all(|(p, q)| close_option(*p, *q))
+                }
+                (None, None) => true,
+                _ => false,
+            };
+        let exact = if with_quality {
+            exact
+        } else {
+            exact || stored.key.feature == "quality"
+        };
+        if !(exact && floats && quantiles && tests && quality) {
+            return Err(format!("{:?}: stored {a:?} expected {e:?}", expected.key));
+        }
+    }
+    Ok(())
+}
+
+/// Polls ClickHouse until its metrics equal `expected` (windows are
+/// finalized asynchronously), or fails with the last difference.
+pub async fn wait_for_metrics(
+    store: &Store,
+    expected: &[WindowMetrics],
+    timeout: Duration,
+    with_quality: bool,
+) {
+    let started = Instant::now();
+    loop {
+        let stored = store.window_metrics(MetricsQuery::default()).await.unwrap();
+        match compare(&stored, expected, with_quality) {
+            Ok(()) => return,
+            Err(difference) if started.elapsed() > timeout => {
+                panic!("ClickHouse never matched the in-process computation: {difference}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Independent oracle: predictions per hourly window and the mean of
+/// `monthly_charges` per window, straight from the JSON lines.
+pub fn oracle(stream: &Path) -> BTreeMap<i64, (u64, f64, u64)> {
+    let mut windows: BTreeMap<i64, (u64, f64, u64)> = BTreeMap::new();
+    for line in std::fs::read_to_string(stream).unwrap().lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if value["schema"] != "tidewatch.prediction.v1" || value["prediction_id"].is_null() {
+            continue;
+        }
+        let Some(timestamp) = value["timestamp"].as_i64() else {
+            continue;
+        };
+        if !value["features"]["age"].is_number() {
+            continue;
+        }
+        let entry = windows
+            .entry(timestamp.div_euclid(3_600_000) * 3_600_000)
+            .or_default();
+        entry.0 += 1;
+        if let Some(charges) = value["features"]["monthly_charges"].as_f64() {
+            entry.1 += charges;
+            entry.2 += 1;
+        }
+    }
+    windows
+}

@@ -1,0 +1,510 @@
+//! The fault suite: the real `tidewatch run` binary as a child process,
+//! against the real broker and ClickHouse started by `scripts/test.sh`,
+//! under faults. Each case compares what is stored with the in-process
+//! computation over the same events (every count, sum, quantile and test
+//! of every series-window) and with an independent count/mean oracle, and
+//! prints what it did and what it measured.
+//!
+//! | case | fault |
+//! |---|---|
+//! | `sigkill_ten_times_while_consuming` | SIGKILL at random moments, 10 times, while ≥ 300,000 events are produced |
+//! | `adversarial_payloads_are_dead_lettered_and_valid_events_counted_once` | 10,000 malformed payloads of every kind mixed into the stream |
+//! | `clickhouse_down_for_a_minute_mid_stream` | ClickHouse unreachable for 60 s (a proxy cuts every connection) |
+//! | `committed_offsets_unreadable_on_assignment` | reading committed offsets fails (injected) during assignment |
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::child::TidewatchProcess;
+use common::proxy::Proxy;
+use common::{brokers, clickhouse_url, close, oracle, wait_for_metrics, ConfigOptions, Scenario};
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use store::{MetricsQuery, Store};
+use tidewatch::fixtures::DemoShape;
+
+/// Stored totals against the oracle: (predictions stored, predictions
+/// produced); panics on any window whose count or mean differs.
+async fn check_oracle(store: &Store, scenario: &Scenario) -> (u64, u64) {
+    let stored = store.window_metrics(MetricsQuery::default()).await.unwrap();
+    let mut total = 0;
+    for (window_start, (predictions, charges_sum, charges_count)) in oracle(&scenario.stream) {
+        let find = |feature: &str| {
+            stored
+                .iter()
+                .find(|m| {
+                    m.key.window_start == window_start
+                        && m.key.segment == "all"
+                        && m.key.feature == feature
+                })
+                .unwrap_or_else(|| panic!("no {feature} metrics for window {window_start}"))
+        };
+        let score = find("prediction.score");
+        assert_eq!(score.metrics.count, predictions, "window {window_start}");
+        total += score.metrics.count;
+        let charges = find("monthly_charges");
+        assert_eq!(charges.metrics.count, charges_count);
+        assert!(close(
+            charges.metrics.mean.unwrap(),
+            charges_sum / charges_count as f64
+        ));
+    }
+    (total, scenario.predictions)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` on 127.0.0.1:`port`: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_ten_times_while_consuming() {
+    let shape = DemoShape {
+        hours: 5,
+        predictions_per_hour: 40_000,
+        drift_onset_hour: 3,
+        drift_end_hour: None,
+        training_rows: 5_000,
+    };
+    let scenario = Scenario::new("faults_kill", shape);
+    let events = scenario.predictions + scenario.actuals;
+    assert!(events >= 300_000, "{events} events");
+    let (config, path) = scenario.config_with(
+        5_000,
+        &ConfigOptions {
+            session_timeout_ms: 6_000,
+            ..Default::default()
+        },
+    );
+    scenario.create_topics(4).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+
+    // Produce over about 60 s so that every kill lands mid-stream.
+    let rate = (events / 60) as u32;
+    let mut producer = scenario.replay(Some(rate));
+    let seed: u64 = rand::rng().random();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let started = Instant::now();
+    let log = scenario.directory.join("tidewatch.log");
+    let mut kills = Vec::new();
+    for _ in 0..10 {
+        let mut process = TidewatchProcess::start(&path, &log, &[]);
+        process.wait_for_assignment(Duration::from_secs(60));
+        let after = Duration::from_millis(rng.random_range(200..2_500));
+        std::thread::sleep(after);
+        let producing = producer.try_wait().unwrap().is_none();
+        process.kill();
+        kills.push((started.elapsed(), after, producing));
+    }
+    let mid_stream = kills.iter().filter(|(_, _, producing)| *producing).count();
+    let process = TidewatchProcess::start(&path, &log, &[]);
+    assert!(
+        producer.wait().unwrap().success(),
+        "tidewatch replay failed"
+    );
+    wait_for_metrics(&store, &expected, Duration::from_secs(300), false).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    assert!(process.terminate(), "the last process did not stop cleanly");
+    println!(
+        "sigkill: {events} events ({} predictions) produced at {rate}/s over 4 partitions; \
+         10 SIGKILLs (seed {seed}) at {:?} after start, {mid_stream} while the producer ran; \
+         {} series-windows equal the in-process computation; predictions stored {stored} of \
+         {produced}: lost {}, double counted {}; {:.0} s in all",
+        scenario.predictions,
+        kills
+            .iter()
+            .map(|(at, _, _)| format!("{:.1}s", at.as_secs_f64()))
+            .collect::<Vec<_>>(),
+        expected.len(),
+        produced.saturating_sub(stored),
+        stored.saturating_sub(produced),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        mid_stream >= 8,
+        "most kills must land while events flow: {kills:?}"
+    );
+}
+
+/// Every kind of malformed payload, `count` in all, each with the reason
+/// it must be refused for.
+fn adversarial_payloads(count: usize) -> Vec<(Vec<u8>, &'static str)> {
+    let valid = |timestamp: &str, features: &str| {
+        format!(
+            r#"{{"schema":"tidewatch.prediction.v1","model":"churn","model_version":"7","prediction_id":"adv","timestamp":{timestamp},"features":{features},"prediction":{{"score":0.5}}}}"#
+        )
+    };
+    let normal = valid("1767571200000", r#"{"age":30}"#);
+    let mut nested =
+        String::from(r#"{"model":"churn","model_version":"7","timestamp":1,"features":{"age":"#);
+    nested.push_str(&"[".repeat(10_000));
+    let kinds: Vec<(Vec<u8>, &'static str)> = vec![
+        (b"not json at all".to_vec(), "invalid event json"),
+        (vec![0xff, 0xfe, b'{', 0x80, b'}'], "invalid event json"),
+        (
+            normal.as_bytes()[..normal.len() / 2].to_vec(),
+            "invalid event json",
+        ),
+        (nested.into_bytes(), "invalid event json"),
+        (
+            valid("1767571200000", r#"{"age":1e999}"#).into_bytes(),
+            "invalid event json",
+        ),
+        (
+            valid("1767571200000", r#"{"age":NaN}"#).into_bytes(),
+            "invalid event json",
+        ),
+        (
+            valid("1767571200000", r#"{"age":[1,2]}"#).into_bytes(),
+            "a number, a string, a boolean or null",
+        ),
+        (
+            br#"{"schema":"tidewatch.prediction.v1","model":"churn","timestamp":1767571200000,"features":{"age":1},"prediction":{"score":0.5}}"#.to_vec(),
+            "missing required field `model_version`",
+        ),
+        (
+            valid("1767571200000", r#"{"age":1,"age":2}"#).into_bytes(),
+            "duplicate key `age`",
+        ),
+        (
+            valid("-5", r#"{"age":1}"#).into_bytes(),
+            "outside the storable range",
+        ),
+        (
+            valid("\"1969-07-20T20:17:00Z\"", r#"{"age":1}"#).into_bytes(),
+            "outside the storable range",
+        ),
+        (
+            valid("\"9999-12-31T23:59:59Z\"", r#"{"age":1}"#).into_bytes(),
+            "outside the storable range",
+        ),
+        (
+            valid("\"2100-01-01T00:00:00Z\"", r#"{"age":1}"#).into_bytes(),
+            "ahead of the wall clock",
+        ),
+    ];
+    let mut payloads = Vec::with_capacity(count);
+    // One 5 MB payload: more than any broker takes as a dead letter by default.
+    let mut huge = valid("1767571200000", r#"{"age":1}"#).into_bytes();
+    huge.truncate(huge.len() - 1);
+    huge.extend(std::iter::repeat_n(b' ', 5 * 1024 * 1024));
+    huge.extend(b",}");
+    payloads.push((huge, "invalid event json"));
+    while payloads.len() < count {
+        let (payload, reason) = &kinds[payloads.len() % kinds.len()];
+        payloads.push((payload.clone(), reason));
+    }
+    payloads
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() {
+    let scenario = Scenario::new(
+        "faults_adversarial",
+        DemoShape {
+            hours: 3,
+            predictions_per_hour: 1_500,
+            drift_onset_hour: 2,
+            drift_end_hour: None,
+            training_rows: 2_000,
+        },
+    );
+    let (config, path) = scenario.config_with(1_000, &ConfigOptions::default());
+    scenario.create_topics(3).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+    let payloads = adversarial_payloads(10_000);
+    // 100,000 feature names in one event of a model Tidewatch does not
+    // watch: decoded, dropped and counted as an unknown model.
+    let wide: String = (0..100_000)
+        .map(|i| format!(r#""f{i}":{i}"#))
+        .collect::<Vec<_>>()
+        .join(",");
+    let wide = format!(
+        r#"{{"model":"not-configured","model_version":"1","prediction_id":"w","timestamp":1767571200000,"features":{{{wide}}},"prediction":{{"score":0.5}}}}"#
+    );
+
+    let log = scenario.directory.join("tidewatch.log");
+    let mut process = TidewatchProcess::start(&path, &log, &[]);
+    let mut replay = scenario.replay(Some(3_000));
+    // Compressed, so the broker takes the 5 MB payload (its limit applies
+    // to the compressed batch); the consumer sees it whole.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.max.bytes", "10000000")
+        .set("compression.type", "zstd")
+        .create()
+        .unwrap();
+    let topic = scenario.topic();
+    for (index, (payload, _)) in payloads.iter().enumerate() {
+        let key = index.to_string();
+        producer
+            .send(
+                FutureRecord::to(&topic).payload(payload).key(&key),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(error, _)| panic!("producing adversarial payload {index}: {error}"));
+    }
+    producer
+        .send(
+            FutureRecord::to(&topic).payload(&wide).key("wide"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|(error, _)| panic!("producing the wide event: {error}"));
+    assert!(replay.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    assert!(
+        process.wait_exit(Duration::from_millis(10)).is_none(),
+        "tidewatch run must not stop on adversarial input; see {}",
+        log.display()
+    );
+
+    // Every malformed payload, the stream's own three included, is in the
+    // dead-letter topic with the reason it was refused for.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("dead-letter-reader-{}", scenario.name))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&scenario.dead_letter_topic()])
+        .unwrap();
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut letters = 0usize;
+    let mut largest = 0usize;
+    let mut cut = None;
+    while letters < payloads.len() + 3 {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {letters} dead letters arrived"))
+            .unwrap();
+        letters += 1;
+        let headers = message.headers().expect("dead letters carry headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let reason = header("tidewatch-error").expect("a reason");
+        let length = message.payload().map_or(0, <[u8]>::len);
+        largest = largest.max(length);
+        if let Some(original) = header("tidewatch-original-size") {
+            cut = Some((original, length));
+        }
+        // Digits vary (offsets, times); the rest says why.
+        let shape: String = reason
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        *reasons.entry(shape).or_default() += 1;
+    }
+    for (_, expected_reason) in &payloads {
+        assert!(
+            reasons
+                .keys()
+                .any(|reason| reason.contains(expected_reason)),
+            "no dead letter says {expected_reason:?}: {reasons:#?}"
+        );
+    }
+    let (original, kept) = cut.expect("the 5 MB payload was cut");
+    assert!(original.parse::<usize>().unwrap() > 5 * 1024 * 1024);
+    assert!(kept <= ingest::dead_letter::DEFAULT_MAX_PAYLOAD_BYTES);
+    // Nothing more than the malformed payloads was dead-lettered.
+    let extra = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await;
+    assert!(extra.is_err(), "an unexpected dead letter arrived");
+    assert!(process.terminate());
+    println!(
+        "adversarial: {} malformed payloads ({} kinds, one of 5 MB) and a 100,000-feature event \
+         mixed into {} valid events; {letters} dead letters (largest payload {largest} bytes, the \
+         5 MB one cut to {kept} bytes), every one with its reason; no crash; predictions stored \
+         {stored} of {produced}, {} series-windows equal the in-process computation",
+        payloads.len(),
+        14,
+        scenario.predictions + scenario.actuals,
+        expected.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_down_for_a_minute_mid_stream() {
+    let scenario = Scenario::new(
+        "faults_clickhouse",
+        DemoShape {
+            hours: 4,
+            predictions_per_hour: 10_000,
+            drift_onset_hour: 2,
+            drift_end_hour: None,
+            training_rows: 2_000,
+        },
+    );
+    let clickhouse = clickhouse_url();
+    let target = clickhouse.trim_start_matches("http://").to_owned();
+    let proxy = Proxy::start(&target).await;
+    let port = free_port();
+    let (config, path) = scenario.config_with(
+        2_000,
+        &ConfigOptions {
+            clickhouse_url: Some(format!("http://{}", proxy.address)),
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Default::default()
+        },
+    );
+    scenario.create_topics(2).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+    let events = scenario.predictions + scenario.actuals;
+    let log = scenario.directory.join("tidewatch.log");
+    let mut process = TidewatchProcess::start(&path, &log, &[]);
+    // Produce over about 40 s; cut ClickHouse 5 s in, for 60 s.
+    let mut producer = scenario.replay(Some((events / 40) as u32));
+    process.wait_for_assignment(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(5));
+    let before_outage = process.peak_rss_kib();
+    proxy.cut();
+    let cut_at = Instant::now();
+    let mut not_ready = 0;
+    let mut ready_during = 0;
+    while cut_at.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            process.wait_exit(Duration::ZERO).is_none(),
+            "tidewatch run exited during the outage; see {}",
+            log.display()
+        );
+        match http_get(port, "/api/v1/ready") {
+            Some((503, _)) => not_ready += 1,
+            Some((200, _)) => ready_during += 1,
+            _ => {}
+        }
+    }
+    let peak_in_outage = process.peak_rss_kib();
+    proxy.restore();
+    assert!(producer.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics answers");
+    let failures: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("tidewatch_store_failures_total{"))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
+    assert!(process.terminate());
+    println!(
+        "clickhouse down: {events} events; ClickHouse cut for 60 s while consuming; the process \
+         stayed up, /ready answered 503 {not_ready} times (200 {ready_during} times) during the \
+         outage and {ready_after:?} after; {failures} failed store attempts retried; peak RSS \
+         {before_outage} KiB before the outage, {peak_in_outage} KiB at its end; predictions \
+         stored {stored} of {produced}, {} series-windows equal the in-process computation",
+        expected.len()
+    );
+    assert_eq!(
+        ready_during, 0,
+        "/ready must be false while ClickHouse is away"
+    );
+    assert!(not_ready > 0);
+    assert!(failures > 0.0, "store failures must be counted");
+    assert_eq!(ready_after, Some(200));
+    assert!(
+        peak_in_outage < 512 * 1024,
+        "memory during the outage: {peak_in_outage} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_unreadable_on_assignment() {
+    let scenario = Scenario::new(
+        "faults_assign",
+        DemoShape {
+            hours: 3,
+            predictions_per_hour: 4_000,
+            drift_onset_hour: 2,
+            drift_end_hour: None,
+            training_rows: 2_000,
+        },
+    );
+    let (config, path) = scenario.config_with(
+        1_000,
+        &ConfigOptions {
+            session_timeout_ms: 6_000,
+            ..Default::default()
+        },
+    );
+    scenario.create_topics(3).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+    let events = scenario.predictions + scenario.actuals;
+    let mut producer = scenario.replay(Some((events / 30) as u32));
+    let log = scenario.directory.join("tidewatch.log");
+
+    // Two failed reads, then one that works: the member rewinds and consumes.
+    let mut first =
+        TidewatchProcess::start(&path, &log, &[("TIDEWATCH_FAULT_COMMITTED_OFFSETS", "2")]);
+    first.wait_for_assignment(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    first.kill();
+    // Every read fails: no partition is consumed unrewound; the member
+    // stops with the reason, and leaves the group.
+    let mut second =
+        TidewatchProcess::start(&path, &log, &[("TIDEWATCH_FAULT_COMMITTED_OFFSETS", "100")]);
+    let status = second
+        .wait_exit(Duration::from_secs(120))
+        .expect("the member must stop when it cannot rewind");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("cannot read the committed offsets"),
+        "the log must say why"
+    );
+    let third = TidewatchProcess::start(&path, &log, &[]);
+    assert!(producer.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    assert!(third.terminate());
+    println!(
+        "assignment failure: {events} events; a member whose first two reads of committed \
+         offsets failed rewound on the third and was killed; a member whose reads all failed \
+         assigned nothing and stopped ({status}); a third finished: predictions stored {stored} \
+         of {produced}, {} series-windows equal the in-process computation",
+        expected.len()
+    );
+}
