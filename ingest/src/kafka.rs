@@ -456,8 +456,14 @@ pub async fn run(
                         driver.refresh_references().await?;
                         last_refresh = Instant::now();
                     }
+                    // Idle means nothing left to read, not merely nothing
+                    // read: a loop held up by an outage reads nothing either,
+                    // and closing its windows would make the backlog late.
                     if let Some(idle) = loop_settings.idle_close_after {
-                        if last_event.elapsed() >= idle {
+                        if last_event.elapsed() >= idle
+                            && notes.is_empty()
+                            && member.consumer.context().is_caught_up()
+                        {
                             driver.engine_mut().close_all();
                         }
                     }

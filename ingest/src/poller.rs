@@ -92,6 +92,8 @@ pub struct PollContext {
     notes: mpsc::Sender<Note>,
     injected_failures: AtomicU32,
     failed: AtomicBool,
+    /// The last poll found nothing to read (and nothing was left to hand over).
+    caught_up: AtomicBool,
 }
 
 impl PollContext {
@@ -113,7 +115,15 @@ impl PollContext {
             notes,
             injected_failures: AtomicU32::new(injected),
             failed: AtomicBool::new(false),
+            caught_up: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the last poll found nothing new: the member has read all
+    /// there is (for now). Idle-closing windows needs this, not just a quiet
+    /// channel: a loop held up by a store outage reads nothing either.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
     }
 
     fn topic_index(&self, topic: &str) -> Option<usize> {
@@ -333,6 +343,7 @@ fn poll_until_stopped(
         };
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
+                context.caught_up.store(false, Ordering::Relaxed);
                 let Some(topic) = context.topic_index(message.topic()) else {
                     continue;
                 };
@@ -351,7 +362,11 @@ fn poll_until_stopped(
             Some(Err(error)) => {
                 tracing::warn!(%error, "kafka poll error");
             }
-            None => {}
+            None => {
+                if batch.is_empty() {
+                    context.caught_up.store(true, Ordering::Relaxed);
+                }
+            }
         }
         if batch.is_empty() {
             continue;

@@ -97,6 +97,21 @@ pub struct RawHttp {
     /// Largest request body accepted (reference uploads), bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Connections served at once; more are closed as they arrive.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and at most between
+    /// two parts of its body.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_http_listen() -> String {
@@ -116,6 +131,10 @@ pub struct HttpSettings {
     pub token: Option<String>,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Header read timeout, and the longest pause inside a body.
+    pub request_timeout: Duration,
 }
 
 /// `[alerts]`.
@@ -1115,10 +1134,18 @@ impl RawConfig {
                 if raw.max_body_bytes == 0 {
                     return Err(invalid("http.max_body_bytes", "must be positive".into()));
                 }
+                if raw.max_connections == 0 {
+                    return Err(invalid("http.max_connections", "must be positive".into()));
+                }
+                if raw.request_timeout.is_zero() {
+                    return Err(invalid("http.request_timeout", "must be positive".into()));
+                }
                 Some(HttpSettings {
                     listen,
                     token,
                     max_body_bytes: raw.max_body_bytes,
+                    max_connections: raw.max_connections,
+                    request_timeout: raw.request_timeout,
                 })
             }
         };

@@ -90,6 +90,8 @@ pub fn http_state(store: Store) -> crate::http::AppState {
         token: None,
         telemetry: crate::http::Telemetry::default(),
         max_body_bytes: 1 << 20,
+        max_connections: 256,
+        request_timeout: std::time::Duration::from_secs(30),
     }
 }
 

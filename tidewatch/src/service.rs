@@ -456,6 +456,8 @@ pub async fn start_http(
         token: settings.token.clone(),
         telemetry,
         max_body_bytes: settings.max_body_bytes,
+        max_connections: settings.max_connections,
+        request_timeout: settings.request_timeout,
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

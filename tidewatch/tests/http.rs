@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tidewatch::fixtures::{DemoShape, DEMO_MODEL, DEMO_VERSION};
@@ -33,6 +34,15 @@ impl Drop for Server {
 
 /// A small demo (six hours, drift from hour 3) served on 127.0.0.1.
 async fn serve(name: &str, token: Option<&str>) -> Server {
+    serve_with(name, token, |_| {}).await
+}
+
+/// [`serve`] with the server state adjusted by `adjust`.
+async fn serve_with(
+    name: &str,
+    token: Option<&str>,
+    adjust: impl FnOnce(&mut tidewatch::http::AppState),
+) -> Server {
     let directory =
         std::env::temp_dir().join(format!("tidewatch-http-{name}-{}", std::process::id()));
     let shape = DemoShape {
@@ -45,6 +55,7 @@ async fn serve(name: &str, token: Option<&str>) -> Server {
     let outcome = tidewatch::demo::run(&directory, 7, shape).await.unwrap();
     let mut state = tidewatch::demo::http_state(outcome.store);
     state.token = token.map(str::to_owned);
+    adjust(&mut state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -534,4 +545,111 @@ async fn the_pages_load_in_a_real_browser_with_charts_drawn_and_the_drift_visibl
             )));
         }
     }
+}
+
+/// Sends `head` (a request's first lines, without the blank line) and
+/// reads what comes back within `wait`: (status, body), or `None` when the
+/// server closed the connection without an answer.
+async fn head_only(address: SocketAddr, head: &str, wait: Duration) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    Some((
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_clients_get_documented_errors_and_the_server_stays_up() {
+    let server = serve_with("abuse", Some("s3cret"), |state| {
+        state.max_body_bytes = 1 << 20;
+        state.max_connections = 8;
+        state.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let address = server.address;
+    // A 1 GB upload without a token: refused before a byte of it is read.
+    let started = Instant::now();
+    let (status, body) = head_only(
+        address,
+        "PUT /api/v1/references/churn/8 HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 1000000000\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"code\":\"unauthorized\""), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // With the token, a declared size over the limit: 413 at once, as JSON.
+    let (status, body) = head_only(
+        address,
+        "PUT /api/v1/references/churn/8 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: text/csv\r\nContent-Length: 1000000000\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("\"code\":\"payload_too_large\""), "{body}");
+    // A chunked body that grows past the limit: refused while it streams.
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "a".repeat(64 * 1024));
+    let mut chunked = String::from(
+        "PUT /api/v1/references/churn/8 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n",
+    );
+    for _ in 0..20 {
+        chunked.push_str(&chunk);
+    }
+    chunked.push_str("0\r\n\r\n");
+    let (status, body) = head_only(address, &chunked, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(status, 413, "{body}");
+    // An offset beyond a signed 64-bit integer is the client's mistake.
+    let (status, body) = get_json(
+        address,
+        "/api/v1/models/churn/metrics?offset=18446744073709551615",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_parameter");
+    // Slow clients: eight connections that never finish their headers fill
+    // the server; a ninth is closed at once; after the header timeout the
+    // slow ones are dropped and the server answers again.
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /api/v1/health HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = head_only(
+        address,
+        "GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(
+        refused, None,
+        "a connection over the limit is closed unanswered"
+    );
+    for stream in &mut slow {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a slow client must be disconnected after the header timeout"
+        );
+    }
+    let (status, _) = get_json(address, "/api/v1/health").await;
+    assert_eq!(status, 200);
 }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -85,6 +84,17 @@ fn rfc3339(millis: i64) -> String {
     chrono::DateTime::from_timestamp_millis(millis)
         .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+/// An `offset` the stores can take (a signed 64-bit integer in SQL).
+fn page_offset(offset: u64) -> Result<u64, ApiError> {
+    if offset > i64::MAX as u64 {
+        return Err(ApiError::bad_request(format!(
+            "`offset`: {offset} is larger than {}",
+            i64::MAX
+        )));
+    }
+    Ok(offset)
 }
 
 fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
@@ -275,6 +285,7 @@ async fn metrics(
     let params = query(params)?;
     known_model(&state, &model)?;
     let limit = page_limit(params.limit)?;
+    let offset = page_offset(params.offset)?;
     let mut rows = state
         .store
         .window_metrics(MetricsQuery {
@@ -285,10 +296,10 @@ async fn metrics(
             from_ms: parse_time("from", &params.from)?,
             to_ms: parse_time("to", &params.to)?,
             limit: Some(limit + 1),
-            offset: params.offset,
+            offset,
         })
         .await?;
-    let next_offset = (rows.len() as u64 > limit).then(|| params.offset + limit);
+    let next_offset = (rows.len() as u64 > limit).then(|| offset + limit);
     rows.truncate(limit as usize);
     let rows: Vec<MetricsRowView> = rows.into_iter().map(Into::into).collect();
     Ok(Json(
@@ -365,6 +376,7 @@ async fn windows(
     let params = query(params)?;
     known_model(&state, &model)?;
     let limit = page_limit(params.limit)?;
+    let offset = page_offset(params.offset)?;
     let rows = state
         .store
         .window_metrics(MetricsQuery {
@@ -382,10 +394,10 @@ async fn windows(
     let total = all.len() as u64;
     let page: Vec<WindowView> = all
         .into_iter()
-        .skip(params.offset as usize)
+        .skip(usize::try_from(offset).unwrap_or(usize::MAX))
         .take(limit as usize)
         .collect();
-    let next_offset = (params.offset + limit < total).then(|| params.offset + limit);
+    let next_offset = (offset.saturating_add(limit) < total).then(|| offset + limit);
     Ok(Json(serde_json::json!({
         "windows": page,
         "next_offset": next_offset,
@@ -455,8 +467,9 @@ async fn put_reference(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // Nothing of the body is read before the token is checked.
     authorize(&state, &headers)?;
     let spec = state
         .models
@@ -491,8 +504,16 @@ async fn put_reference(
             ))
         }
     };
-    let profile = match extension {
-        None => {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > state.max_body_bytes as u64) {
+        return Err(too_large(state.max_body_bytes));
+    }
+    let upload = receive(body, &state, extension).await?;
+    let profile = match (extension, upload) {
+        (None, Upload::Memory(body)) => {
             let profile: detectors::ReferenceProfile = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("not a reference profile: {e}")))?;
             if profile.model != model || profile.model_version != version {
@@ -503,12 +524,9 @@ async fn put_reference(
             }
             profile
         }
-        Some(extension) => {
+        (_, Upload::File(file)) => {
             let version = version.clone();
             tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-                let file = tempfile_with(extension, &body).map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string())
-                })?;
                 let built = crate::training::build_reference(&spec, &version, file.path())
                     .map_err(|e| {
                         ApiError::new(
@@ -524,6 +542,7 @@ async fn put_reference(
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "task", e.to_string())
             })??
         }
+        (Some(_), Upload::Memory(_)) => unreachable!("training data is received into a file"),
     };
     let created_at = ingest::finalize::now_millis();
     state.store.put_reference(&profile, created_at).await?;
@@ -552,16 +571,86 @@ impl Drop for TempFile {
     }
 }
 
-fn tempfile_with(extension: &str, bytes: &[u8]) -> std::io::Result<TempFile> {
+fn temp_path(extension: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let path = std::env::temp_dir().join(format!(
+    std::env::temp_dir().join(format!(
         "tidewatch-upload-{}-{}.{extension}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, bytes)?;
-    Ok(TempFile(path))
+    ))
+}
+
+/// A received upload: a profile document in memory, or training data in a
+/// temporary file.
+enum Upload {
+    Memory(Vec<u8>),
+    File(TempFile),
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body is larger than [http] max_body_bytes ({limit} bytes)"),
+    )
+}
+
+/// Reads `body` part by part, refusing it as soon as it passes
+/// `max_body_bytes` or pauses longer than `request_timeout`: training data
+/// (`extension`) goes to a temporary file as it arrives, a profile document
+/// to memory; neither is ever held whole beyond the limit.
+async fn receive(
+    body: axum::body::Body,
+    state: &AppState,
+    extension: Option<&str>,
+) -> Result<Upload, ApiError> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    let io =
+        |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
+    let mut body = body;
+    let mut memory = Vec::new();
+    let mut file = match extension {
+        Some(extension) => {
+            let path = temp_path(extension);
+            let handle = tokio::fs::File::create(&path).await.map_err(io)?;
+            Some((TempFile(path), handle))
+        }
+        None => None,
+    };
+    let mut received = 0usize;
+    loop {
+        let frame = tokio::time::timeout(state.request_timeout, body.frame())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the body paused longer than {:?}", state.request_timeout),
+                )
+            })?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > state.max_body_bytes {
+            return Err(too_large(state.max_body_bytes));
+        }
+        match &mut file {
+            Some((_, handle)) => handle.write_all(&data).await.map_err(io)?,
+            None => memory.extend_from_slice(&data),
+        }
+    }
+    Ok(match file {
+        Some((path, mut handle)) => {
+            handle.flush().await.map_err(io)?;
+            Upload::File(path)
+        }
+        None => Upload::Memory(memory),
+    })
 }
 
 #[derive(Deserialize)]

@@ -52,6 +52,11 @@ pub struct AppState {
     pub telemetry: Telemetry,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Time a client has to send its headers, and the longest pause inside
+    /// a request body.
+    pub request_timeout: std::time::Duration,
 }
 
 /// The whole router.
@@ -68,15 +73,63 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves.
+///
+/// At most `max_connections` connections are served at once (a semaphore
+/// per connection); one more is closed as soon as it is accepted, and
+/// counted in the log. A client must send its headers within
+/// `request_timeout` (slow clients are disconnected); bodies are read by the
+/// handlers with the same bound between parts. On shutdown no connection is
+/// accepted any more and open ones get [`DRAIN_DEADLINE`] to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let limit = Arc::new(tokio::sync::Semaphore::new(state.max_connections));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.request_timeout);
+    let app = router(state);
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            tracing::warn!(%peer, "too many connections, closing a new one");
+            drop(stream);
+            continue;
+        };
+        let connection =
+            http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        connections.spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_DEADLINE, drained).await.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
 }
+
+/// How long open connections may take to finish after shutdown.
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The OpenAPI 3.1 document describing `/api/v1`.
 pub const OPENAPI: &str = include_str!("openapi.json");

@@ -241,7 +241,16 @@ features = [
 }
 
 impl Drop for Scenario {
+    /// Removes the scenario's files, unless the test failed: then its logs
+    /// are kept and their place printed.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "kept the files of the failed scenario in {}",
+                self.directory.display()
+            );
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.directory);
     }
 }
