@@ -163,19 +163,22 @@ pub struct KafkaDeadLetters {
 }
 
 impl KafkaDeadLetters {
+    /// Hands `letter` to the producer once.
+    fn send(&self, letter: &OwnedLetter) -> Result<DeliveryFuture, KafkaError> {
+        let record = FutureRecord::<(), [u8]>::to(&self.topic)
+            .payload(&letter.payload)
+            .headers(letter.headers());
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| error)
+    }
+
     /// Hands `letter` to the producer; on a local refusal (queue full, too
     /// large) waits and retries as [`DeadLetterSink::flush`] does.
     async fn enqueue(&mut self, mut letter: OwnedLetter) {
         let mut failures: u32 = 0;
         loop {
-            let record = FutureRecord::<(), [u8]>::to(&self.topic)
-                .payload(&letter.payload)
-                .headers(letter.headers());
-            let outcome = self
-                .producer
-                .send_result(record)
-                .map_err(|(error, _)| error);
-            match outcome {
+            match self.send(&letter) {
                 Ok(delivery) => {
                     self.in_flight.push_back((delivery, letter));
                     break;
@@ -214,14 +217,7 @@ impl KafkaDeadLetters {
                 failures += 1;
                 self.retry_later(&error, failures).await;
             }
-            let record = FutureRecord::<(), [u8]>::to(&self.topic)
-                .payload(&letter.payload)
-                .headers(letter.headers());
-            let outcome = self
-                .producer
-                .send_result(record)
-                .map_err(|(error, _)| error);
-            error = match outcome {
+            error = match self.send(&letter) {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => return,
                     Ok(Err((error, _))) => error,

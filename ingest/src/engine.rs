@@ -492,8 +492,9 @@ mod tests {
     use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
     use detectors::FeatureSketch;
 
-    fn engine(range_size: u64) -> Engine {
-        let spec = ModelSpec::new(
+    /// Model `m`, a regression on one numeric feature `x`.
+    fn regression_spec() -> ModelSpec {
+        ModelSpec::new(
             "m",
             Task::Regression,
             vec![FeatureSpec {
@@ -504,10 +505,13 @@ mod tests {
             10,
             10,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn engine(range_size: u64) -> Engine {
         Engine::new(
             settings(range_size, 7 * 86_400_000, 1_000_000),
-            Catalog::new([spec]),
+            Catalog::new([regression_spec()]),
         )
     }
 
@@ -647,19 +651,11 @@ mod tests {
         fn clock() -> i64 {
             10_000_000
         }
-        let spec = ModelSpec::new(
-            "m",
-            Task::Regression,
-            vec![FeatureSpec {
-                name: "x".into(),
-                kind: FeatureKind::Numeric,
-            }],
-            vec![],
-            10,
-            10,
-        )
-        .unwrap();
-        let mut engine = Engine::with_clock(settings(100, 1_000, 10), Catalog::new([spec]), clock);
+        let mut engine = Engine::with_clock(
+            settings(100, 1_000, 10),
+            Catalog::new([regression_spec()]),
+            clock,
+        );
         let limit = 10_000_000 + 3_600_000;
         assert_eq!(
             engine.ingest("t/0", 0, &payload(limit, 1.0), EventKind::Prediction),

@@ -19,44 +19,14 @@ use std::time::{Duration, Instant};
 
 use common::child::TidewatchProcess;
 use common::proxy::Proxy;
-use common::{brokers, clickhouse_url, close, oracle, wait_for_metrics, ConfigOptions, Scenario};
+use common::{brokers, check_oracle, clickhouse_url, wait_for_metrics, ConfigOptions, Scenario};
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
-use store::{MetricsQuery, Store};
 use tidewatch::fixtures::DemoShape;
-
-/// Stored totals against the oracle: (predictions stored, predictions
-/// produced); panics on any window whose count or mean differs.
-async fn check_oracle(store: &Store, scenario: &Scenario) -> (u64, u64) {
-    let stored = store.window_metrics(MetricsQuery::default()).await.unwrap();
-    let mut total = 0;
-    for (window_start, (predictions, charges_sum, charges_count)) in oracle(&scenario.stream) {
-        let find = |feature: &str| {
-            stored
-                .iter()
-                .find(|m| {
-                    m.key.window_start == window_start
-                        && m.key.segment == "all"
-                        && m.key.feature == feature
-                })
-                .unwrap_or_else(|| panic!("no {feature} metrics for window {window_start}"))
-        };
-        let score = find("prediction.score");
-        assert_eq!(score.metrics.count, predictions, "window {window_start}");
-        total += score.metrics.count;
-        let charges = find("monthly_charges");
-        assert_eq!(charges.metrics.count, charges_count);
-        assert!(close(
-            charges.metrics.mean.unwrap(),
-            charges_sum / charges_count as f64
-        ));
-    }
-    (total, scenario.predictions)
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
