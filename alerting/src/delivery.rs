@@ -579,19 +579,20 @@ impl Sender {
             ChannelKind::Webhook(endpoint) => {
                 let body = webhook_body(alert);
                 let signature = signed(&endpoint.secret, &body);
-                self.post(&endpoint.url, "application/json", body, key, signature)
+                self.post(&endpoint.url, "application/json", body, key, signature, now)
                     .await
             }
             ChannelKind::Slack { url, dashboard_url } => {
                 let body = serde_json::to_vec(&slack_message(alert, dashboard_url.as_deref()))
                     .map_err(encoding)?;
-                self.post(url, "application/json", body, key, None).await
+                self.post(url, "application/json", body, key, None, now)
+                    .await
             }
             ChannelKind::RetrainWebhook(endpoint) => {
                 let body = serde_json::to_vec(&retrain_event(alert, key, recorded_at))
                     .map_err(encoding)?;
                 let signature = signed(&endpoint.secret, &body);
-                self.post(&endpoint.url, CLOUDEVENTS_JSON, body, key, signature)
+                self.post(&endpoint.url, CLOUDEVENTS_JSON, body, key, signature, now)
                     .await
             }
             ChannelKind::Email(settings) => {
@@ -626,7 +627,9 @@ impl Sender {
         }
     }
 
-    /// POSTs `body` to `url`; `Err` holds the reason to record.
+    /// POSTs `body` to `url` at `now` (ms, the pass's clock, which an
+    /// HTTP-date `Retry-After` is measured from); `Err` holds the reason to
+    /// record.
     async fn post(
         &self,
         url: &str,
@@ -634,6 +637,7 @@ impl Sender {
         body: Vec<u8>,
         key: &str,
         signature: Option<(u64, String)>,
+        now: u64,
     ) -> Result<(), SendError> {
         let mut request = hyper::Request::post(url)
             .header("content-type", content_type)
@@ -653,7 +657,7 @@ impl Sender {
                 SendError::retryable(format!("request failed: {}", error_chain(&error)))
             })?;
         let status = response.status();
-        let asked = retry_after(response.headers(), now_millis());
+        let asked = retry_after(response.headers(), now);
         // Drain the body so the connection can be reused.
         let _ = response.into_body().collect().await;
         if status.is_success() {
@@ -664,19 +668,10 @@ impl Sender {
     }
 }
 
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
-
 /// Rank of a notification status within one window: firing (and its
 /// retrain request) before resolved.
 fn status_rank(status: &str) -> u8 {
-    match status {
-        "resolved" => 1,
-        _ => 0,
-    }
+    u8::from(status == crate::lifecycle::AlertStatus::Resolved.as_str())
 }
 
 /// Of `pending` (every pending delivery), those that may be attempted at

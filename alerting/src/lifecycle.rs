@@ -34,6 +34,16 @@ pub enum AlertStatus {
     Resolved,
 }
 
+impl AlertStatus {
+    /// The status as stored and sent: `firing` or `resolved`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
 /// One series behind an alert.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
@@ -89,10 +99,7 @@ impl Alert {
     pub fn to_record(&self, created_at: u64) -> store::AlertRecord {
         store::AlertRecord {
             id: self.id.clone(),
-            status: match self.status {
-                AlertStatus::Firing => "firing".into(),
-                AlertStatus::Resolved => "resolved".into(),
-            },
+            status: self.status.as_str().into(),
             window_start: self.window_start,
             window_end: self.window_end,
             rule: self.rule.clone(),

@@ -131,8 +131,7 @@ fn format_time(millis: i64) -> String {
 fn status_label(alert: &Alert) -> &'static str {
     match alert.status {
         AlertStatus::Firing if alert.repeat => "still firing",
-        AlertStatus::Firing => "firing",
-        AlertStatus::Resolved => "resolved",
+        status => status.as_str(),
     }
 }
 

@@ -201,30 +201,38 @@ impl KafkaDeadLetters {
     }
 
     /// Waits until the oldest letter in flight is acknowledged, sending it
-    /// again (smaller if it was too large) until it is.
+    /// again (smaller if it was too large) until it is. The letter leaves
+    /// the queue only once acknowledged, so a wait cut short loses nothing.
     async fn confirm_oldest(&mut self) {
-        let Some((delivery, mut letter)) = self.in_flight.pop_front() else {
-            return;
-        };
-        let mut error = match delivery.await {
-            Ok(Ok(_)) => return,
-            Ok(Err((error, _))) => error,
-            Err(_) => KafkaError::Canceled,
-        };
         let mut failures: u32 = 0;
         loop {
-            if !(too_large(&error) && letter.shrink()) {
-                failures += 1;
-                self.retry_later(&error, failures).await;
-            }
-            error = match self.send(&letter) {
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => return,
-                    Ok(Err((error, _))) => error,
-                    Err(_) => KafkaError::Canceled,
-                },
-                Err(error) => error,
+            let Some((delivery, _)) = self.in_flight.front_mut() else {
+                return;
             };
+            let error = match delivery.await {
+                Ok(Ok(_)) => {
+                    self.in_flight.pop_front();
+                    return;
+                }
+                Ok(Err((error, _))) => error,
+                Err(_) => KafkaError::Canceled,
+            };
+            let mut error = Some(error);
+            while let Some(failed) = error.take() {
+                let (_, letter) = self
+                    .in_flight
+                    .front_mut()
+                    .expect("the front is still there");
+                if !(too_large(&failed) && letter.shrink()) {
+                    failures += 1;
+                    self.retry_later(&failed, failures).await;
+                }
+                let (_, letter) = self.in_flight.front().expect("the front is still there");
+                match self.send(letter) {
+                    Ok(delivery) => self.in_flight.front_mut().expect("the front").0 = delivery,
+                    Err(refused) => error = Some(refused),
+                }
+            }
         }
     }
 
@@ -363,5 +371,49 @@ mod tests {
         }
         assert!(letter.payload.is_empty());
         assert_eq!(halvings, 19);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_that_cannot_be_written_holds_the_consumer_and_is_counted() {
+        // Nothing listens on port 1: every delivery fails after 200 ms.
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "200")
+            .create()
+            .unwrap();
+        let telemetry = Telemetry::default();
+        let mut sink = DeadLetterSink::kafka(
+            producer,
+            "dead".into(),
+            DEFAULT_MAX_PAYLOAD_BYTES,
+            telemetry.clone(),
+        );
+        sink.enqueue(DeadLetter {
+            source_topic: "t",
+            source_partition: 0,
+            source_offset: 7,
+            payload: b"{oops",
+            reason: "invalid event json",
+        })
+        .await
+        .unwrap();
+        let flushed = tokio::time::timeout(Duration::from_secs(2), sink.flush()).await;
+        assert!(
+            flushed.is_err(),
+            "flush must wait while the letter cannot be written"
+        );
+        assert_eq!(
+            sink.in_flight(),
+            1,
+            "the letter is kept for the next attempt"
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &telemetry.registry()).unwrap();
+        let failures: f64 = text
+            .lines()
+            .find(|line| line.starts_with("tidewatch_dead_letter_failures_total "))
+            .and_then(|line| line.split_whitespace().last()?.parse().ok())
+            .unwrap();
+        assert!(failures >= 1.0, "{text}");
     }
 }

@@ -145,11 +145,6 @@ impl Driver {
         self.windows_finalized
     }
 
-    /// The telemetry this driver reports store failures to.
-    pub fn telemetry(&self) -> &Telemetry {
-        &self.telemetry
-    }
-
     /// Runs one store operation with [`retry_store`]'s policy.
     async fn retry<T, F, Fut>(&self, name: &'static str, operation: F) -> Result<T, Error>
     where

@@ -10,8 +10,6 @@
 //!   rows a crashed member may have half-written are recomputed and replaced
 //!   (the store keeps the highest version). Window aggregates are therefore
 //!   exactly-once even though messages are processed at least once.
-//! - On revocation the partition's in-memory state is dropped without a
-//!   commit; its next owner rewinds the same way.
 //!   A partition whose committed offset cannot be read is not consumed at
 //!   all (see [`crate::poller`]): the member stops with an error instead.
 //! - On revocation the partition's in-memory state is dropped without a
@@ -310,7 +308,7 @@ impl<O: WindowObserver> Member<O> {
     /// Handles one note of the polling thread. `Err` stops the loop.
     async fn handle(&mut self, driver: &mut Driver, note: Note) -> Result<(), Error> {
         match note {
-            Note::Records(records, _permit) => {
+            Note::Records(records) => {
                 for record in &records {
                     self.record(driver, record).await?;
                     if driver.engine().needs_checkpoint() {
@@ -319,7 +317,7 @@ impl<O: WindowObserver> Member<O> {
                 }
             }
             Note::Assigned(partitions) => {
-                for (topic, partition, _) in partitions {
+                for (topic, partition) in partitions {
                     self.assigned.insert((topic, partition));
                 }
             }
@@ -444,6 +442,9 @@ pub async fn run(
     let mut last_refresh = Instant::now();
     tokio::pin!(shutdown);
 
+    // Set when shutdown cut a step short: what it ingested may be half
+    // handled (a dead letter not yet handed over), so nothing is committed.
+    let mut interrupted = false;
     let outcome: Result<(), Error> = loop {
         // Every step may wait on a store or broker outage; shutdown cuts it
         // short (nothing after the last commit is lost: it is read again).
@@ -472,10 +473,15 @@ pub async fn run(
                     telemetry.set_stalled(member.stalled(last_event.elapsed(), loop_settings.stall_after));
                     Ok::<(), Error>(())
                 };
+                // The step first: one that completes without waiting is
+                // never cut; shutdown interrupts only a step that waits.
                 tokio::select! {
                     biased;
-                    () = &mut shutdown => break Ok(()),
                     result = step => result,
+                    () = &mut shutdown => {
+                        interrupted = true;
+                        break Ok(());
+                    }
                 }
             }
             note = notes.recv() => {
@@ -485,10 +491,15 @@ pub async fn run(
                 if matches!(note, Note::Records(..)) {
                     last_event = Instant::now();
                 }
+                // The step first: one that completes without waiting is
+                // never cut; shutdown interrupts only a step that waits.
                 tokio::select! {
                     biased;
-                    () = &mut shutdown => break Ok(()),
                     result = member.handle(&mut driver, note) => result,
+                    () = &mut shutdown => {
+                        interrupted = true;
+                        break Ok(());
+                    }
                 }
             }
         };
@@ -501,7 +512,9 @@ pub async fn run(
     // Notes still queued are dropped unread (their offsets are not committed).
     notes.close();
     while notes.try_recv().is_ok() {}
-    if outcome.is_ok() {
+    if interrupted {
+        tracing::warn!("shutdown interrupted a step: nothing more is committed; the next owner reads from the last commit");
+    } else if outcome.is_ok() {
         let drain = async {
             let commits = driver.checkpoint().await?;
             member.dead_letters.flush().await;

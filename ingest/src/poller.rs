@@ -22,10 +22,11 @@
 //! message fetched before a revocation cannot recreate a dropped state.
 //!
 //! ## Bounds
-//! The channel holds at most [`CHANNEL_BATCHES`] batches of at most
-//! [`BATCH_MESSAGES`] messages, and at most [`BUFFER_BYTES`] bytes of
-//! payload in all (a larger message passes alone); when full, the thread
-//! stops polling, so librdkafka's own fetch queue
+//! The channel holds at most [`CHANNEL_BATCHES`] batches, each of at most
+//! [`BATCH_MESSAGES`] messages and [`BATCH_BYTES`] of payload (a batch is
+//! closed by the message that reaches the byte bound, so it exceeds it by
+//! at most one message): 64 MiB plus 16 messages in all. When the channel
+//! is full the thread waits, so librdkafka's own fetch queue
 //! (`queued.max.messages.kbytes`, 64 MiB by default) fills and fetching
 //! pauses.
 //!
@@ -35,14 +36,14 @@
 //! suite uses it; nothing else should.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::engine::range_start_of;
 use crate::telemetry::Telemetry;
@@ -52,11 +53,11 @@ pub const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads of committed offsets tried on an assignment before giving up.
 pub const COMMITTED_ATTEMPTS: u32 = 3;
 /// Batches waiting in the channel.
-pub const CHANNEL_BATCHES: usize = 64;
+pub const CHANNEL_BATCHES: usize = 16;
 /// Messages per batch.
 pub const BATCH_MESSAGES: usize = 512;
-/// Payload bytes waiting in the channel, in all.
-pub const BUFFER_BYTES: usize = 64 * 1024 * 1024;
+/// Payload bytes per batch (reached by its last message).
+pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 /// One message as the loop needs it.
 #[derive(Debug)]
@@ -75,9 +76,9 @@ pub struct Record {
 #[derive(Debug)]
 pub enum Note {
     /// Messages, in the order read.
-    Records(Vec<Record>, OwnedSemaphorePermit),
-    /// Partitions assigned, each rewound: (topic index, partition, first offset read).
-    Assigned(Vec<(usize, i32, Option<i64>)>),
+    Records(Vec<Record>),
+    /// Partitions assigned, each rewound (topic index, partition).
+    Assigned(Vec<(usize, i32)>),
     /// Partitions revoked (topic index, partition): drop their state, commit nothing for them.
     Revoked(Vec<(usize, i32)>),
     /// The thread cannot go on; the loop stops with this error.
@@ -241,7 +242,7 @@ impl ConsumerContext for PollContext {
                         "partition assigned"
                     );
                     if let Some(topic) = self.topic_index(element.topic()) {
-                        assigned.push((topic, element.partition(), first));
+                        assigned.push((topic, element.partition()));
                     }
                 }
                 // Told before any message of these partitions can be read.
@@ -285,7 +286,7 @@ impl ConsumerContext for PollContext {
 /// The polling thread's handle: stop it, then join it.
 pub struct Poller {
     stop: Arc<AtomicBool>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Poller {
@@ -293,25 +294,23 @@ impl Poller {
     /// sender held by its context.
     pub fn start(consumer: Arc<BaseConsumer<PollContext>>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let budget = Arc::new(Semaphore::new(BUFFER_BYTES));
         let thread = std::thread::Builder::new()
             .name("tidewatch-kafka-poll".into())
             .spawn({
                 let stop = Arc::clone(&stop);
-                move || poll_until_stopped(&consumer, &stop, &budget)
+                move || poll_until_stopped(&consumer, &stop)
             })?;
         Ok(Self {
             stop,
-            thread: Mutex::new(Some(thread)),
+            thread: Some(thread),
         })
     }
 
     /// Asks the thread to stop and waits for it (blocking: call it from
     /// the blocking pool).
-    pub fn stop_and_join(&self) {
+    pub fn stop_and_join(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.lock().ok().and_then(|mut thread| thread.take());
-        if let Some(thread) = thread {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
@@ -323,15 +322,8 @@ impl Drop for Poller {
     }
 }
 
-fn poll_until_stopped(
-    consumer: &BaseConsumer<PollContext>,
-    stop: &AtomicBool,
-    budget: &Arc<Semaphore>,
-) {
+fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
     let context = consumer.context();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a current-thread runtime for waiting on the byte budget");
     let mut batch: Vec<Record> = Vec::with_capacity(BATCH_MESSAGES);
     let mut bytes = 0usize;
     while !stop.load(Ordering::Relaxed) && !context.failed.load(Ordering::Relaxed) {
@@ -355,7 +347,7 @@ fn poll_until_stopped(
                     offset: message.offset(),
                     payload,
                 });
-                if batch.len() < BATCH_MESSAGES && bytes < BUFFER_BYTES / 16 {
+                if batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
                     continue;
                 }
             }
@@ -371,17 +363,9 @@ fn poll_until_stopped(
         if batch.is_empty() {
             continue;
         }
-        let permits = bytes.clamp(1, BUFFER_BYTES) as u32;
-        let Ok(permit) = runtime.block_on(Arc::clone(budget).acquire_many_owned(permits)) else {
-            return;
-        };
         let records = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MESSAGES));
         bytes = 0;
-        if context
-            .notes
-            .blocking_send(Note::Records(records, permit))
-            .is_err()
-        {
+        if context.notes.blocking_send(Note::Records(records)).is_err() {
             return;
         }
     }

@@ -29,8 +29,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// `topic` label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -96,22 +94,25 @@ impl Problem {
     }
 }
 
-/// The pipeline's health as last observed, shared by the consumer loop and
-/// the HTTP server.
-#[derive(Debug)]
+/// The pipeline's health as last observed: the gauges `/metrics` shows,
+/// read back for readiness (cheap to clone; clones share the values).
+#[derive(Debug, Clone)]
 pub struct Health {
-    store_up: AtomicBool,
-    brokers_up: AtomicBool,
-    stalled: AtomicBool,
+    store_up: Gauge,
+    brokers_up: Gauge,
+    stalled: Gauge,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self {
-            store_up: AtomicBool::new(true),
-            brokers_up: AtomicBool::new(true),
-            stalled: AtomicBool::new(false),
-        }
+        let health = Self {
+            store_up: Gauge::default(),
+            brokers_up: Gauge::default(),
+            stalled: Gauge::default(),
+        };
+        health.store_up.set(1);
+        health.brokers_up.set(1);
+        health
     }
 }
 
@@ -119,13 +120,13 @@ impl Health {
     /// What currently stands in the way of readiness; empty when ready.
     pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
-        if !self.store_up.load(Ordering::Relaxed) {
+        if self.store_up.get() == 0 {
             problems.push(Problem::StoreUnavailable);
         }
-        if !self.brokers_up.load(Ordering::Relaxed) {
+        if self.brokers_up.get() == 0 {
             problems.push(Problem::BrokersDown);
         }
-        if self.stalled.load(Ordering::Relaxed) {
+        if self.stalled.get() != 0 {
             problems.push(Problem::ConsumerStalled);
         }
         problems
@@ -142,16 +143,13 @@ pub struct Telemetry {
     windows_closed: Counter,
     store_writes: Family<OperationLabel, Histogram, fn() -> Histogram>,
     store_failures: Family<OperationLabel, Counter>,
-    store_up: Gauge,
     dead_letter_failures: Counter,
-    brokers_up: Gauge,
-    stalled: Gauge,
-    health: Arc<Health>,
+    health: Health,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        let telemetry = Self {
+        Self {
             consumed: Family::default(),
             dead_lettered: Family::default(),
             dropped: Family::default(),
@@ -159,15 +157,9 @@ impl Default for Telemetry {
             windows_closed: Counter::default(),
             store_writes: Family::new_with_constructor(store_histogram),
             store_failures: Family::default(),
-            store_up: Gauge::default(),
             dead_letter_failures: Counter::default(),
-            brokers_up: Gauge::default(),
-            stalled: Gauge::default(),
-            health: Arc::new(Health::default()),
-        };
-        telemetry.store_up.set(1);
-        telemetry.brokers_up.set(1);
-        telemetry
+            health: Health::default(),
+        }
     }
 }
 
@@ -213,7 +205,7 @@ impl Telemetry {
         registry.register(
             "store_up",
             "1 while the store answers, 0 while an operation is being retried",
-            self.store_up.clone(),
+            self.health.store_up.clone(),
         );
         registry.register(
             "dead_letter_failures",
@@ -223,18 +215,18 @@ impl Telemetry {
         registry.register(
             "brokers_up",
             "1 while librdkafka reports at least one broker up",
-            self.brokers_up.clone(),
+            self.health.brokers_up.clone(),
         );
         registry.register(
             "consumer_stalled",
             "1 while the consumer has lag but reads nothing",
-            self.stalled.clone(),
+            self.health.stalled.clone(),
         );
     }
 
     /// The health shared with the HTTP server's readiness check.
-    pub fn health(&self) -> Arc<Health> {
-        Arc::clone(&self.health)
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// A store operation failed and will be retried.
@@ -242,14 +234,12 @@ impl Telemetry {
         self.store_failures
             .get_or_create(&OperationLabel { operation })
             .inc();
-        self.store_up.set(0);
-        self.health.store_up.store(false, Ordering::Relaxed);
+        self.health.store_up.set(0);
     }
 
     /// A store operation succeeded.
     pub fn store_succeeded(&self) {
-        self.store_up.set(1);
-        self.health.store_up.store(true, Ordering::Relaxed);
+        self.health.store_up.set(1);
     }
 
     /// A dead-letter send failed and will be retried.
@@ -259,14 +249,12 @@ impl Telemetry {
 
     /// Whether librdkafka reports any broker up.
     pub fn set_brokers_up(&self, up: bool) {
-        self.brokers_up.set(i64::from(up));
-        self.health.brokers_up.store(up, Ordering::Relaxed);
+        self.health.brokers_up.set(i64::from(up));
     }
 
     /// Whether the consumer is stalled (lag, nothing read).
     pub fn set_stalled(&self, stalled: bool) {
-        self.stalled.set(i64::from(stalled));
-        self.health.stalled.store(stalled, Ordering::Relaxed);
+        self.health.stalled.set(i64::from(stalled));
     }
 
     /// A registry with the `tidewatch` prefix holding these metrics.
@@ -349,6 +337,30 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readiness_follows_the_gauges() {
+        let telemetry = Telemetry::default();
+        assert!(telemetry.health().problems().is_empty());
+        telemetry.store_failed("checkpoint");
+        telemetry.set_brokers_up(false);
+        telemetry.set_stalled(true);
+        assert_eq!(
+            telemetry.health().problems(),
+            vec![
+                Problem::StoreUnavailable,
+                Problem::BrokersDown,
+                Problem::ConsumerStalled
+            ]
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &telemetry.registry()).unwrap();
+        assert!(text.contains("tidewatch_store_up 0"), "{text}");
+        telemetry.store_succeeded();
+        telemetry.set_brokers_up(true);
+        telemetry.set_stalled(false);
+        assert!(telemetry.clone().health().problems().is_empty());
+    }
 
     #[test]
     fn the_text_exposition_carries_names_labels_and_values() {

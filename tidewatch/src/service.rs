@@ -109,6 +109,8 @@ pub struct AlertRecorder {
     store: Store,
     counters: crate::http::Telemetry,
     max_delay: std::time::Duration,
+    /// Per model, the progress last recorded by this process.
+    progress: std::collections::HashMap<String, i64>,
 }
 
 impl AlertRecorder {
@@ -137,7 +139,7 @@ impl AlertRecorder {
 
     /// Records `batch` and the model's progress, retrying while the store is away.
     async fn record(
-        &self,
+        &mut self,
         model: &str,
         window_start: i64,
         batch: Vec<(store::AlertRecord, Vec<String>)>,
@@ -145,20 +147,29 @@ impl AlertRecorder {
     ) -> Result<(), ingest::Error> {
         let store = &self.store;
         if !batch.is_empty() {
-            let statuses: Vec<String> = batch.iter().map(|(r, _)| r.status.clone()).collect();
             let batch = &batch;
             ingest::driver::retry_store(telemetry, "alerts", self.max_delay, || async {
                 Ok(store.record_alerts(batch.clone()).await?)
             })
             .await?;
-            for status in statuses {
-                self.counters.raised(&status);
+            for (record, _) in batch {
+                self.counters.raised(&record.status);
             }
+        }
+        // Windows finalized again (labels arriving) do not move the progress.
+        if self
+            .progress
+            .get(model)
+            .is_some_and(|done| window_start <= *done)
+        {
+            return Ok(());
         }
         ingest::driver::retry_store(telemetry, "alerts", self.max_delay, || async {
             Ok(store.record_alert_progress(model, window_start).await?)
         })
-        .await
+        .await?;
+        self.progress.insert(model.to_owned(), window_start);
+        Ok(())
     }
 
     /// Replays the last [`WARMUP_WINDOWS`] stored windows of every model
@@ -209,10 +220,9 @@ impl AlertRecorder {
                 }
                 let mut missing = Vec::new();
                 for alert in alerts {
-                    let status = alert.to_record(0).status;
                     let recorded = self
                         .store
-                        .alert_notification(&alert.id, &status, alert.window_start)
+                        .alert_notification(&alert.id, alert.status.as_str(), alert.window_start)
                         .await?;
                     if recorded.is_none() {
                         missing.push(alert);
@@ -294,6 +304,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         store: store.clone(),
         counters: telemetry.clone(),
         max_delay: config.store_retry_max_delay,
+        progress: Default::default(),
     };
     recorder.warm_up(config, &telemetry.pipeline).await?;
     let (stop_acks, acks_stopped) = tokio::sync::oneshot::channel::<()>();

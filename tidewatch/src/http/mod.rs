@@ -79,7 +79,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// counted in the log. A client must send its headers within
 /// `request_timeout` (slow clients are disconnected); bodies are read by the
 /// handlers with the same bound between parts. On shutdown no connection is
-/// accepted any more and open ones get [`DRAIN_DEADLINE`] to finish.
+/// accepted any more; open ones finish their request in flight and close
+/// (idle keep-alive connections at once), within [`DRAIN_DEADLINE`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -93,7 +94,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(state.request_timeout);
     let app = router(state);
-    let mut connections = tokio::task::JoinSet::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -113,17 +114,19 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        let connection =
-            http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        connections.spawn(async move {
+        let connection = graceful.watch(
+            http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())),
+        );
+        tokio::spawn(async move {
             let _ = connection.await;
             drop(permit);
         });
-        while connections.try_join_next().is_some() {}
     }
-    let drained = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(DRAIN_DEADLINE, drained).await.is_err() {
-        connections.abort_all();
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(deadline = ?DRAIN_DEADLINE, "stopped waiting for connections still open at shutdown");
     }
     Ok(())
 }
