@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use common::child::TidewatchProcess;
 use common::proxy::Proxy;
-use common::{brokers, check_oracle, clickhouse_url, wait_for_metrics, ConfigOptions, Scenario};
+use common::{
+    brokers, check_oracle, clickhouse_url, header, wait_for_metrics, ConfigOptions, Scenario,
+};
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use tidewatch::fixtures::DemoShape;
@@ -267,15 +267,7 @@ async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() 
 
     // Every malformed payload, the stream's own three included, is in the
     // dead-letter topic with the reason it was refused for.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("dead-letter-reader-{}", scenario.name))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&scenario.dead_letter_topic()])
-        .unwrap();
+    let consumer = scenario.dead_letter_reader();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut letters = 0usize;
     let mut largest = 0usize;
@@ -286,14 +278,7 @@ async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() 
             .unwrap_or_else(|_| panic!("only {letters} dead letters arrived"))
             .unwrap();
         letters += 1;
-        let headers = message.headers().expect("dead letters carry headers");
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
+        let header = |name: &str| header(&message, name);
         let reason = header("tidewatch-error").expect("a reason");
         let length = message.payload().map_or(0, <[u8]>::len);
         largest = largest.max(length);

@@ -15,10 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{brokers, check_oracle, start_pipeline, wait_for_metrics, Scenario};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
+use common::{check_oracle, header, start_pipeline, wait_for_metrics, Scenario};
 use rdkafka::Message;
 use store::MetricsQuery;
 use tidewatch::fixtures::{DemoShape, DEMO_MODEL};
@@ -64,30 +61,15 @@ async fn replayed_events_become_the_in_process_aggregates_and_malformed_ones_are
     assert_eq!(labels, scenario.actuals);
 
     // The three malformed payloads are in the dead-letter topic, with reasons.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", format!("dead-letter-reader-{}", scenario.name))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer
-        .subscribe(&[&scenario.dead_letter_topic()])
-        .unwrap();
+    let consumer = scenario.dead_letter_reader();
     let mut reasons = Vec::new();
     while reasons.len() < 3 {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .expect("dead letters did not arrive")
             .unwrap();
-        let headers = message.headers().expect("dead letters carry headers");
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_else(|| panic!("header {name} missing"))
-        };
+        let header =
+            |name: &str| header(&message, name).unwrap_or_else(|| panic!("header {name} missing"));
         assert_eq!(header("tidewatch-source-topic"), scenario.topic());
         assert!(header("tidewatch-source-offset").parse::<u64>().is_ok());
         assert!(message.payload().is_some_and(|p| !p.is_empty()));

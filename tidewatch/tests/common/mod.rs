@@ -166,6 +166,19 @@ features = [
         (Config::load(&path).unwrap(), path)
     }
 
+    /// A consumer of the scenario's dead-letter topic, from its start.
+    pub fn dead_letter_reader(&self) -> rdkafka::consumer::StreamConsumer {
+        use rdkafka::consumer::Consumer;
+        let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", format!("dead-letter-reader-{}", self.name))
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[&self.dead_letter_topic()]).unwrap();
+        consumer
+    }
+
     pub async fn create_topics(&self, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())
@@ -459,4 +472,15 @@ pub async fn check_oracle(store: &Store, scenario: &Scenario) -> (u64, u64) {
         ));
     }
     (total, scenario.predictions)
+}
+
+/// Header `name` of a message, as text.
+pub fn header(message: &impl rdkafka::Message, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
