@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use common::child::TidewatchProcess;
 use common::proxy::Proxy;
 use common::{
-    brokers, check_oracle, clickhouse_url, header, wait_for_metrics, ConfigOptions, Scenario,
+    brokers, check_oracle, clickhouse_url, header, small_shape, wait_for_metrics, ConfigOptions,
+    Scenario,
 };
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -202,16 +203,7 @@ fn adversarial_payloads(count: usize) -> Vec<(Vec<u8>, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() {
-    let scenario = Scenario::new(
-        "faults_adversarial",
-        DemoShape {
-            hours: 3,
-            predictions_per_hour: 1_500,
-            drift_onset_hour: 2,
-            drift_end_hour: None,
-            training_rows: 2_000,
-        },
-    );
+    let scenario = Scenario::new("faults_adversarial", small_shape());
     let (config, path) = scenario.config_with(1_000, &ConfigOptions::default());
     scenario.create_topics(3).await;
     let store = scenario.store_reference(&config).await;

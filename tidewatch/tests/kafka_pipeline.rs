@@ -15,20 +15,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{check_oracle, header, start_pipeline, wait_for_metrics, Scenario};
+use common::{check_oracle, header, small_shape, start_pipeline, wait_for_metrics, Scenario};
 use rdkafka::Message;
 use store::MetricsQuery;
-use tidewatch::fixtures::{DemoShape, DEMO_MODEL};
-
-fn small_shape() -> DemoShape {
-    DemoShape {
-        hours: 3,
-        predictions_per_hour: 1_500,
-        drift_onset_hour: 2,
-        drift_end_hour: None,
-        training_rows: 2_000,
-    }
-}
+use tidewatch::fixtures::DEMO_MODEL;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_events_become_the_in_process_aggregates_and_malformed_ones_are_dead_lettered() {

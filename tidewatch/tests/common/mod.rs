@@ -484,3 +484,14 @@ pub fn header(message: &impl rdkafka::Message, name: &str) -> Option<String> {
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
+
+/// Three hours of 1,500 predictions, drift from hour 2.
+pub fn small_shape() -> DemoShape {
+    DemoShape {
+        hours: 3,
+        predictions_per_hour: 1_500,
+        drift_onset_hour: 2,
+        drift_end_hour: None,
+        training_rows: 2_000,
+    }
+}
