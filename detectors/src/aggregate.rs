@@ -3,8 +3,8 @@
 //! [`WindowAggregates`] keeps one [`FeatureSketch`] per
 //! (window_start, model, model_version, segment, series). Each event updates
 //! the segment `all` and, for every segment key of its model, the segment
-//! `key=value` (values beyond the model's `max_segment_values` become
-//! `key=__other__`, an absent key `key=__missing__`).
+//! `key=value` when [`crate::segments`] admits the value, else
+//! `key=__other__` (an absent key is `key=__missing__`).
 //!
 //! ## Bounds
 //! - `max_groups`: the number of (window, model, version, segment) groups.
@@ -14,7 +14,9 @@
 //!   range and drops it when the range seals, so the limit is a safety net,
 //!   not a flow-control mechanism.
 //! - categories per sketch: the model's `max_categories`.
-//! - distinct segment values per key: the model's `max_segment_values`.
+//! - distinct segment values per key and window: the model's
+//!   `max_segment_values` (plus `__missing__` and `__other__`); values beyond
+//!   it are counted in [`SegmentOverflow`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use crate::quality::{
     is_positive, ClassificationOutcome, ClassificationQuality, QualitySketch, RegressionQuality,
 };
 use crate::reference::{format_category, CompiledReference};
+use crate::segments::KeyAdmission;
 use crate::spec::{
     FeatureKind, ModelSpec, SeriesSource, Task, ALL_SEGMENT, MISSING_SEGMENT_VALUE,
     OTHER_SEGMENT_VALUE,
@@ -239,6 +242,17 @@ pub struct PendingPrediction {
     pub class: Option<String>,
 }
 
+/// Segment values that did not get a segment of their own (see
+/// [`crate::segments`]), counted by [`WindowAggregates`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentOverflow {
+    /// Event segment values recorded under `key=__other__` on arrival.
+    pub events: u64,
+    /// Admitted values displaced later by a value with a smaller hash (their
+    /// segment was folded into `key=__other__`).
+    pub displaced: u64,
+}
+
 /// What happened to an event handed to [`WindowAggregates::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -260,9 +274,10 @@ pub struct WindowAggregates {
     groups: usize,
     /// window_start → model → version → segment → sketches by series position.
     windows: BTreeMap<i64, FxHashMap<String, VersionGroups>>,
-    /// model → per segment key (in spec order) → admitted value → its label.
-    /// Holds at most `max_segment_values` values (plus `__other__`) per key.
-    segment_labels: FxHashMap<String, Vec<FxHashMap<String, Arc<str>>>>,
+    /// model → window_start → admission state per segment key (in spec
+    /// order), each holding at most `max_segment_values` values.
+    admissions: FxHashMap<String, BTreeMap<i64, Vec<KeyAdmission>>>,
+    overflow: SegmentOverflow,
     /// The `all` label, shared.
     all_segment: Arc<str>,
     /// Reused per event to avoid allocating.
@@ -278,7 +293,8 @@ impl WindowAggregates {
             max_groups,
             groups: 0,
             windows: BTreeMap::new(),
-            segment_labels: FxHashMap::default(),
+            admissions: FxHashMap::default(),
+            overflow: SegmentOverflow::default(),
             all_segment: Arc::from(ALL_SEGMENT),
             scratch_segments: Vec::new(),
             scratch_seen: Vec::new(),
@@ -298,7 +314,7 @@ impl WindowAggregates {
         let reference = catalog.reference(&event.model, &event.model_version);
         let mut segments = std::mem::take(&mut self.scratch_segments);
         let mut seen = std::mem::take(&mut self.scratch_seen);
-        self.segments_of(spec, event, &mut segments);
+        self.segments_of(spec, window_start, event, &mut segments);
         seen.resize(spec.configured_feature_count(), false);
         let mut outcome = Recorded::Added;
         for segment in &segments {
@@ -331,7 +347,10 @@ impl WindowAggregates {
         let spec = catalog.model(&event.model)?;
         event.prediction_id.as_ref()?;
         let mut segments = Vec::new();
-        self.segments_of(spec, event, &mut segments);
+        let overflow = self.overflow.clone();
+        self.segments_of(spec, window_start, event, &mut segments);
+        // Already counted when the event was recorded.
+        self.overflow = overflow;
         let prediction = event.prediction.as_ref();
         Some(PendingPrediction {
             window_start,
@@ -366,13 +385,26 @@ impl WindowAggregates {
             Label::Class(class) => class.to_string(),
             Label::Number(number) => format_category(*number),
         };
-        for segment in &pending.segments {
+        // The prediction's labels are re-admitted here: this range may not
+        // have seen the value in that window yet.
+        for (nth, segment) in pending.segments.iter().enumerate() {
+            let segment = match nth.checked_sub(1) {
+                None => Arc::clone(segment),
+                Some(index) => {
+                    let key = &spec.segment_keys()[index];
+                    let value = segment
+                        .strip_prefix(key.as_str())
+                        .and_then(|rest| rest.strip_prefix('='))
+                        .unwrap_or(OTHER_SEGMENT_VALUE);
+                    self.admit(spec, pending.window_start, index, value).0
+                }
+            };
             let Some(sketches) = self.group_mut(
                 spec,
                 reference,
                 pending.window_start,
                 &pending.model_version,
-                segment,
+                &segment,
             ) else {
                 return Recorded::GroupLimit;
             };
@@ -405,49 +437,98 @@ impl WindowAggregates {
         Recorded::Added
     }
 
-    /// Fills `segments` with the labels of the event's segments: `all`, then
-    /// `key=value` per segment key (interned, so no allocation per event).
-    fn segments_of(&mut self, spec: &ModelSpec, event: &Event<'_>, segments: &mut Vec<Arc<str>>) {
+    /// Fills `segments` with the labels of the event's segments in the
+    /// window starting at `window_start`: `all`, then `key=value` per segment
+    /// key as [`crate::segments`] admits it (interned, so no allocation per
+    /// event once a value is admitted).
+    fn segments_of(
+        &mut self,
+        spec: &ModelSpec,
+        window_start: i64,
+        event: &Event<'_>,
+        segments: &mut Vec<Arc<str>>,
+    ) {
         segments.push(Arc::clone(&self.all_segment));
-        if spec.segment_keys().is_empty() {
-            return;
-        }
-        if !self.segment_labels.contains_key(spec.name()) {
-            let per_key = spec
-                .segment_keys()
-                .iter()
-                .map(|_| FxHashMap::default())
-                .collect();
-            self.segment_labels.insert(spec.name().to_owned(), per_key);
-        }
-        let per_key = self
-            .segment_labels
-            .get_mut(spec.name())
-            .expect("inserted above");
-        for (key, admitted) in spec.segment_keys().iter().zip(per_key.iter_mut()) {
+        for (index, key) in spec.segment_keys().iter().enumerate() {
             let value = event
                 .segments
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.as_ref())
                 .unwrap_or(MISSING_SEGMENT_VALUE);
-            let label = match admitted.get(value) {
-                Some(label) => Arc::clone(label),
-                None if admitted.len() < spec.max_segment_values() => {
-                    let label: Arc<str> = Arc::from(format!("{key}={value}"));
-                    admitted.insert(value.to_owned(), Arc::clone(&label));
-                    label
-                }
-                // Values beyond the bound share one `key=__other__` label,
-                // kept beside the admitted values.
-                None => Arc::clone(
-                    admitted
-                        .entry(OTHER_SEGMENT_VALUE.to_owned())
-                        .or_insert_with(|| Arc::from(format!("{key}={OTHER_SEGMENT_VALUE}"))),
-                ),
-            };
+            let (label, overflowed) = self.admit(spec, window_start, index, value);
+            if overflowed {
+                self.overflow.events += 1;
+            }
             segments.push(label);
         }
+    }
+
+    /// The label of `value` of the `index`-th segment key in a window; folds
+    /// the segment of a value it displaces into `key=__other__`.
+    fn admit(
+        &mut self,
+        spec: &ModelSpec,
+        window_start: i64,
+        index: usize,
+        value: &str,
+    ) -> (Arc<str>, bool) {
+        if !self.admissions.contains_key(spec.name()) {
+            self.admissions
+                .insert(spec.name().to_owned(), BTreeMap::new());
+        }
+        let per_key = self
+            .admissions
+            .get_mut(spec.name())
+            .expect("inserted above")
+            .entry(window_start)
+            .or_insert_with(|| {
+                (0..spec.segment_keys().len())
+                    .map(|index| KeyAdmission::new(spec, index))
+                    .collect()
+            });
+        let admitted = per_key[index].admit(spec, value);
+        if let Some(displaced) = admitted.displaced {
+            let other = Arc::clone(per_key[index].other_label());
+            let key = &spec.segment_keys()[index];
+            self.overflow.displaced += 1;
+            self.fold_into_other(spec, window_start, &format!("{key}={displaced}"), &other);
+        }
+        (admitted.label, admitted.overflowed)
+    }
+
+    /// Moves the groups of `segment` (every version of the model's window)
+    /// into `other`.
+    fn fold_into_other(&mut self, spec: &ModelSpec, window_start: i64, segment: &str, other: &str) {
+        let Some(versions) = self
+            .windows
+            .get_mut(&window_start)
+            .and_then(|models| models.get_mut(spec.name()))
+        else {
+            return;
+        };
+        for segments in versions.values_mut() {
+            let Some(group) = segments.remove(segment) else {
+                continue;
+            };
+            match segments.get_mut(other) {
+                Some(existing) => {
+                    for (into, from) in existing.iter_mut().zip(&group) {
+                        into.merge(from)
+                            .expect("groups of one model version share their layout");
+                    }
+                    self.groups -= 1;
+                }
+                None => {
+                    segments.insert(other.to_owned(), group);
+                }
+            }
+        }
+    }
+
+    /// Segment overflow counted since the last call (see [`SegmentOverflow`]).
+    pub fn take_segment_overflow(&mut self) -> SegmentOverflow {
+        std::mem::take(&mut self.overflow)
     }
 
     fn group_mut(
@@ -684,6 +765,85 @@ mod tests {
             panic!()
         };
         assert_eq!(class.counts().get("yes"), Some(&4));
+    }
+
+    #[test]
+    fn segments_are_the_same_however_events_are_split_into_ranges() {
+        use crate::segments::fold_segment_overflow;
+        use crate::spec::ModelSpec;
+        let spec = ModelSpec::new(
+            "m",
+            Task::Classification,
+            vec![FeatureSpec {
+                name: "x".into(),
+                kind: FeatureKind::Numeric,
+            }],
+            vec!["country".into()],
+            6,
+            10,
+        )
+        .unwrap()
+        .with_segment_values([("country".to_owned(), vec!["c7".to_owned()])])
+        .unwrap();
+        let catalog = Catalog::new([spec]);
+        // 3,000 events over 150 countries with skewed frequencies.
+        let countries: Vec<String> = (0..3_000u64)
+            .map(|i| format!("c{}", (i * i + 7 * i) % 150 % (1 + i % 97)))
+            .collect();
+        let payloads: Vec<String> = countries
+            .iter()
+            .enumerate()
+            .map(|(i, c)| event(&format!("{}.25", i % 13), c))
+            .collect();
+        let counts = |splits: usize, shuffle: u64| {
+            let mut ranges: Vec<WindowAggregates> =
+                (0..splits).map(|_| WindowAggregates::new(10_000)).collect();
+            let mut order: Vec<usize> = (0..payloads.len()).collect();
+            order.sort_by_key(|i| crate::distinct::stable_hash(&format!("{i}/{shuffle}")));
+            for (n, i) in order.into_iter().enumerate() {
+                let range = &mut ranges[n % splits];
+                assert_eq!(
+                    range.record(&catalog, 0, &decode(&payloads[i])),
+                    Recorded::Added
+                );
+            }
+            let mut merged: BTreeMap<SeriesKey, FeatureSketch> = BTreeMap::new();
+            for range in &ranges {
+                for (key, sketch) in range.snapshot(&catalog) {
+                    match merged.get_mut(&key) {
+                        Some(existing) => existing.merge(&sketch).unwrap(),
+                        None => {
+                            merged.insert(key, sketch);
+                        }
+                    }
+                }
+            }
+            fold_segment_overflow(&catalog, &mut merged).unwrap();
+            merged
+                .iter()
+                .filter(|(key, _)| key.feature == "operations")
+                .map(|(key, sketch)| (key.segment.clone(), sketch.observations()))
+                .collect::<BTreeMap<String, u64>>()
+        };
+        // The oracle: pinned c7, then the 5 smallest hashes.
+        let mut distinct: Vec<&String> = countries.iter().filter(|c| *c != "c7").collect();
+        distinct.sort_by_key(|c| (crate::distinct::stable_hash(c), c.as_str()));
+        distinct.dedup();
+        let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+        expected.insert("all".into(), 3_000);
+        for country in &countries {
+            let admitted = country == "c7" || distinct[..5].contains(&country);
+            let segment = if admitted {
+                format!("country={country}")
+            } else {
+                "country=__other__".to_owned()
+            };
+            *expected.entry(segment).or_default() += 1;
+        }
+        assert_eq!(expected.len(), 1 + 6 + 1, "all, six admitted, other");
+        for (splits, shuffle) in [(1, 0), (1, 1), (3, 2), (8, 3), (40, 4)] {
+            assert_eq!(counts(splits, shuffle), expected, "{splits} ranges");
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@
 //!   features and segment keys.
 //! - [`aggregate`]: [`aggregate::WindowAggregates`], which routes decoded
 //!   events into one sketch per (window, model, version, segment, feature).
+//! - [`segments`]: which segment values get a segment of their own (pinned
+//!   values, then a bottom-k sample by stable hash: the same in every
+//!   partition, range and instance).
 //! - [`metrics`]: [`metrics::FeatureWindowMetrics`], the numbers a closed window
 //!   reports for one feature, computed from a sketch and a reference.
 //!
@@ -61,6 +64,7 @@ pub mod operational;
 pub mod quality;
 pub mod quantile;
 pub mod reference;
+pub mod segments;
 pub mod spec;
 pub mod window;
 

@@ -111,6 +111,8 @@ pub struct ModelSpec {
     series: Vec<(FeatureSpec, SeriesSource)>,
     configured_features: usize,
     segment_keys: Vec<String>,
+    /// Per segment key (in key order): values always admitted.
+    pinned_segment_values: Vec<Vec<String>>,
     max_segment_values: usize,
     max_categories: usize,
     index: rustc_hash::FxHashMap<String, usize>,
@@ -187,6 +189,7 @@ impl ModelSpec {
             task,
             series,
             configured_features,
+            pinned_segment_values: vec![Vec::new(); segment_keys.len()],
             segment_keys,
             max_segment_values,
             max_categories,
@@ -199,6 +202,54 @@ impl ModelSpec {
     pub fn with_positive_class(mut self, positive_class: Option<String>) -> Self {
         self.positive_class = positive_class;
         self
+    }
+
+    /// Pins segment values: each listed value of a key is always admitted
+    /// (see [`crate::segments`]), and counts towards `max_segment_values`.
+    pub fn with_segment_values(
+        mut self,
+        pinned: impl IntoIterator<Item = (String, Vec<String>)>,
+    ) -> Result<Self, Error> {
+        for (key, values) in pinned {
+            let name = &self.name;
+            let Some(index) = self.segment_keys.iter().position(|k| *k == key) else {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: segment values are pinned for `{key}`, which is not a segment key"
+                )));
+            };
+            if values.len() > self.max_segment_values {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: {} values pinned for `{key}`, more than max_segment_values ({})",
+                    values.len(),
+                    self.max_segment_values
+                )));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for value in &values {
+                if value.is_empty()
+                    || value == OTHER_SEGMENT_VALUE
+                    || value == MISSING_SEGMENT_VALUE
+                    || !seen.insert(value)
+                {
+                    return Err(Error::InvalidSpec(format!(
+                        "model `{name}`: pinned value `{value}` of `{key}` is empty, reserved or repeated"
+                    )));
+                }
+            }
+            self.pinned_segment_values[index] = values;
+        }
+        Ok(self)
+    }
+
+    /// The pinned values of the `key_index`-th segment key.
+    pub fn pinned_segment_values(&self, key_index: usize) -> &[String] {
+        &self.pinned_segment_values[key_index]
+    }
+
+    /// How many values of the `key_index`-th segment key are admitted by
+    /// hash: `max_segment_values` minus the pinned ones.
+    pub fn hashed_segment_slots(&self, key_index: usize) -> usize {
+        self.max_segment_values - self.pinned_segment_values[key_index].len()
     }
 
     /// The positive class of a binary classifier, if configured.

@@ -31,7 +31,7 @@ use detectors::reference::ReferenceProfile;
 use detectors::FeatureSketch;
 use store::{Store, WindowMetrics};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineCounters};
 use crate::finalize::{finalize_window, now_millis};
 use crate::telemetry::Telemetry;
 use crate::Error;
@@ -102,6 +102,8 @@ pub struct Driver {
     installed_references: BTreeMap<(String, String), u64>,
     /// Windows finalized so far.
     windows_finalized: u64,
+    /// The engine's counters when last added to the telemetry.
+    synced: EngineCounters,
 }
 
 impl Driver {
@@ -120,6 +122,7 @@ impl Driver {
             warmup: BTreeMap::new(),
             installed_references: BTreeMap::new(),
             windows_finalized: 0,
+            synced: EngineCounters::default(),
         };
         driver.refresh_references().await?;
         Ok(driver)
@@ -197,6 +200,7 @@ impl Driver {
     /// Stores everything read since the last checkpoint and returns the
     /// offsets that may now be committed.
     pub async fn checkpoint(&mut self) -> Result<Vec<(String, u64)>, Error> {
+        self.sync_counters();
         let checkpoint = self.engine.checkpoint();
         if checkpoint.commits.is_empty() {
             return Ok(Vec::new());
@@ -209,6 +213,16 @@ impl Driver {
         .await?;
         self.engine.checkpoint_stored();
         Ok(checkpoint.commits)
+    }
+
+    /// Adds what the engine counted since the last call to the telemetry.
+    fn sync_counters(&mut self) {
+        let counters = self.engine.counters();
+        self.telemetry.segment_overflow(
+            counters.segment_overflow_events - self.synced.segment_overflow_events,
+            counters.segment_values_displaced - self.synced.segment_values_displaced,
+        );
+        self.synced = counters.clone();
     }
 
     /// Finalizes every closed window. The caller must have committed (or
@@ -224,7 +238,7 @@ impl Driver {
             let (store, catalog) = (&self.store, self.engine.catalog());
             let (window_size, thresholds) =
                 (self.engine.settings().window_size, self.settings.thresholds);
-            let metrics = self
+            let finalized_window = self
                 .retry("finalize", || {
                     finalize_window(
                         store,
@@ -236,6 +250,9 @@ impl Driver {
                     )
                 })
                 .await?;
+            self.telemetry
+                .segment_values_folded_in_window(finalized_window.folded_segment_values);
+            let metrics = finalized_window.metrics;
             self.engine.window_finalized(window_start, &model);
             self.windows_finalized += 1;
             self.note_for_warmup(&model, window_start, &metrics).await?;

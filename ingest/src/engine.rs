@@ -170,6 +170,10 @@ pub struct EngineCounters {
     pub join_expired: u64,
     /// Predictions dropped because the join buffer was full.
     pub join_evicted: u64,
+    /// Event segment values counted under `key=__other__` on arrival.
+    pub segment_overflow_events: u64,
+    /// Admitted segment values displaced in a range (folded into `__other__`).
+    pub segment_values_displaced: u64,
 }
 
 #[derive(Debug)]
@@ -327,11 +331,15 @@ impl Engine {
         {
             match self.join.take(&event.model, id) {
                 Some(pending) => {
-                    if range
-                        .aggregates
-                        .record_outcome(&self.catalog, &event.model, &pending, label)
-                        == Recorded::Added
-                    {
+                    let recorded = range.aggregates.record_outcome(
+                        &self.catalog,
+                        &event.model,
+                        &pending,
+                        label,
+                    );
+                    self.counters.segment_values_displaced +=
+                        range.aggregates.take_segment_overflow().displaced;
+                    if recorded == Recorded::Added {
                         self.counters.joined += 1;
                         self.open_windows
                             .insert((pending.window_start, event.model.to_string()));
@@ -347,7 +355,11 @@ impl Engine {
                 return Ingested::Late;
             }
         };
-        match range.aggregates.record(&self.catalog, window_start, &event) {
+        let recorded = range.aggregates.record(&self.catalog, window_start, &event);
+        let overflow = range.aggregates.take_segment_overflow();
+        self.counters.segment_overflow_events += overflow.events;
+        self.counters.segment_values_displaced += overflow.displaced;
+        match recorded {
             Recorded::Added => {
                 self.counters.recorded += 1;
                 if let (Some(id), Some(pending)) = (

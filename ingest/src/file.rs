@@ -1,7 +1,9 @@
 //! Replaying a JSON-lines file through the engine, without Kafka: the
 //! embedded demo and offline backfills. The file is one source
 //! (`file:NAME`); a line's offset is its line number, so re-running the same
-//! file rewrites the same checkpoint rows (idempotent, like Kafka).
+//! file rewrites the same checkpoint rows (idempotent, like Kafka). The file
+//! is read one line at a time ([`crate::lines`]); a line over 16 MiB is
+//! dead-lettered, cut, with that reason.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use events::EventKind;
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::driver::{Driver, Finalized};
 use crate::engine::Ingested;
+use crate::lines::{LineReader, DEFAULT_MAX_LINE_BYTES};
 use crate::Error;
 
 /// What a file replay did.
@@ -31,33 +34,42 @@ pub async fn replay_into(
     default_kind: EventKind,
     dead_letters: &mut DeadLetterSink,
 ) -> Result<FileReport, Error> {
-    let text = tokio::fs::read(path)
-        .await
-        .map_err(|e| Error::Io(path.display().to_string(), e))?;
+    let mut lines = LineReader::open(path, DEFAULT_MAX_LINE_BYTES).await?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let source = format!("file:{name}");
     let mut report = FileReport::default();
-    for (line_number, line) in text.split(|byte| *byte == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
+    let mut line = Vec::new();
+    while let Some(read) = lines.next_line(&mut line).await? {
+        if line.iter().all(u8::is_ascii_whitespace) && !read.truncated {
             continue;
         }
         report.lines += 1;
-        let offset = line_number as u64;
-        if let Ingested::Malformed(reason) =
-            driver
+        let offset = read.number;
+        let malformed = if read.truncated {
+            Some(format!(
+                "line of {} bytes, longer than the {DEFAULT_MAX_LINE_BYTES}-byte limit (first bytes kept)",
+                read.length
+            ))
+        } else {
+            match driver
                 .engine_mut()
-                .ingest(&source, offset, line, default_kind)
-        {
+                .ingest(&source, offset, &line, default_kind)
+            {
+                Ingested::Malformed(reason) => Some(reason),
+                _ => None,
+            }
+        };
+        if let Some(reason) = malformed {
             report.dead_lettered += 1;
             dead_letters
                 .enqueue(DeadLetter {
                     source_topic: &source,
                     source_partition: 0,
                     source_offset: offset,
-                    payload: line,
+                    payload: &line,
                     reason: &reason,
                 })
                 .await?;

@@ -16,28 +16,61 @@ use detectors::aggregate::Catalog;
 use detectors::metrics::{
     apply_p_value_correction, compare_with_previous, compute, DriftThresholds,
 };
+use detectors::segments::fold_segment_overflow;
 use detectors::window::WindowSize;
 use detectors::{FeatureSketch, SeriesKey};
 use store::{Store, WindowMetrics, WindowSketch};
 
 use crate::Error;
 
-/// Merges partial rows by series (the store already kept the latest row of
-/// each source range).
+/// Merges partial rows by series, then folds the segments the window as a
+/// whole does not admit into `key=__other__` ([`fold_segment_overflow`]).
+///
+/// Each checkpoint of a source range writes the whole range again, with its
+/// end offset as version; the store keeps the latest row per series, but a
+/// series can leave a range (its segment value displaced and folded into
+/// `__other__`), so only rows of a range's latest version are merged: an
+/// older row would count the folded events twice.
 pub fn merge_partials(
+    catalog: &Catalog,
     partials: &[store::PartialSketch],
-) -> Result<BTreeMap<SeriesKey, FeatureSketch>, Error> {
-    let mut merged: BTreeMap<SeriesKey, FeatureSketch> = BTreeMap::new();
+) -> Result<MergedWindow, Error> {
+    let mut latest: BTreeMap<(&str, u64), u64> = BTreeMap::new();
     for partial in partials {
+        let end = latest
+            .entry((&partial.source, partial.range_start))
+            .or_default();
+        *end = (*end).max(partial.range_end);
+    }
+    let mut sketches: BTreeMap<SeriesKey, FeatureSketch> = BTreeMap::new();
+    for partial in partials {
+        if latest[&(partial.source.as_str(), partial.range_start)] != partial.range_end {
+            continue;
+        }
         let sketch = FeatureSketch::from_bytes(&partial.sketch)?;
-        match merged.get_mut(&partial.key) {
+        match sketches.get_mut(&partial.key) {
             Some(existing) => existing.merge(&sketch)?,
             None => {
-                merged.insert(partial.key.clone(), sketch);
+                sketches.insert(partial.key.clone(), sketch);
             }
         }
     }
-    Ok(merged)
+    let folded_segment_values = fold_segment_overflow(catalog, &mut sketches)?
+        .values()
+        .sum();
+    Ok(MergedWindow {
+        sketches,
+        folded_segment_values,
+    })
+}
+
+/// The merged sketches of a window ([`merge_partials`]).
+#[derive(Debug, Default)]
+pub struct MergedWindow {
+    /// One sketch per series.
+    pub sketches: BTreeMap<SeriesKey, FeatureSketch>,
+    /// Segment values that some range admitted and the window does not.
+    pub folded_segment_values: u64,
 }
 
 /// Computes the metrics of merged window sketches.
@@ -115,8 +148,16 @@ fn correct_per_group(metrics: &mut [WindowMetrics], thresholds: DriftThresholds)
     }
 }
 
-/// Reads, merges, computes and stores one window of one model. Returns the
-/// metrics written.
+/// What [`finalize_window`] wrote.
+#[derive(Debug)]
+pub struct FinalizedWindow {
+    /// The metrics of every series.
+    pub metrics: Vec<WindowMetrics>,
+    /// Segment values folded into `__other__` when merging the partials.
+    pub folded_segment_values: u64,
+}
+
+/// Reads, merges, computes and stores one window of one model.
 pub async fn finalize_window(
     store: &Store,
     catalog: &Catalog,
@@ -124,27 +165,31 @@ pub async fn finalize_window(
     thresholds: DriftThresholds,
     model: &str,
     window_start: i64,
-) -> Result<Vec<WindowMetrics>, Error> {
+) -> Result<FinalizedWindow, Error> {
     let partials = store.partials_for_window(model, window_start).await?;
-    let merged = merge_partials(&partials)?;
+    let merged = merge_partials(catalog, &partials)?;
     let previous_start = window_start - window_size.millis();
     // The previous window from its partials, not its stored result: whoever
     // finalizes this window last has stored (or seen stored) every partial of
     // the previous one, whatever order windows were finalized in.
     // (No previous window before the epoch: times are stored as DateTime.)
     let previous: BTreeMap<SeriesKey, FeatureSketch> = if previous_start >= 0 {
-        merge_partials(&store.partials_for_window(model, previous_start).await?)?
-            .into_iter()
-            .map(|(key, sketch)| {
-                (
-                    SeriesKey {
-                        window_start,
-                        ..key
-                    },
-                    sketch,
-                )
-            })
-            .collect()
+        merge_partials(
+            catalog,
+            &store.partials_for_window(model, previous_start).await?,
+        )?
+        .sketches
+        .into_iter()
+        .map(|(key, sketch)| {
+            (
+                SeriesKey {
+                    window_start,
+                    ..key
+                },
+                sketch,
+            )
+        })
+        .collect()
     } else {
         BTreeMap::new()
     };
@@ -152,7 +197,7 @@ pub async fn finalize_window(
     let (metrics, sketches) = window_results(
         catalog,
         window_size,
-        &merged,
+        &merged.sketches,
         &previous,
         thresholds,
         computed_at,
@@ -160,7 +205,10 @@ pub async fn finalize_window(
     store
         .write_window_results(metrics.clone(), sketches)
         .await?;
-    Ok(metrics)
+    Ok(FinalizedWindow {
+        metrics,
+        folded_segment_values: merged.folded_segment_values,
+    })
 }
 
 /// Wall-clock milliseconds, used as the version of computed rows.
@@ -169,4 +217,53 @@ pub fn now_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use detectors::operational::OperationalSketch;
+    use detectors::spec::{ModelSpec, Task};
+
+    fn row(range_end: u64, segment: &str, events: u64) -> store::PartialSketch {
+        let mut sketch = OperationalSketch::default();
+        for _ in 0..events {
+            sketch.record(false, true, None);
+        }
+        store::PartialSketch {
+            source: "predictions/0".into(),
+            range_start: 0,
+            range_end,
+            key: SeriesKey {
+                window_start: 0,
+                model: "m".into(),
+                model_version: "1".into(),
+                segment: segment.into(),
+                feature: "operations".into(),
+            },
+            sketch: FeatureSketch::Operational(sketch).to_bytes(),
+        }
+    }
+
+    #[test]
+    fn only_the_latest_version_of_a_range_is_merged() {
+        let spec = ModelSpec::new("m", Task::Regression, vec![], vec!["k".into()], 5, 5).unwrap();
+        let catalog = Catalog::new([spec]);
+        // At offset 10 the range had `k=a`; by offset 20 `a` was displaced
+        // and its 3 events moved to `k=__other__`, so the store still holds
+        // the old `k=a` row beside the new rows.
+        let partials = [
+            row(10, "k=a", 3),
+            row(10, "all", 3),
+            row(20, "k=__other__", 7),
+            row(20, "all", 7),
+        ];
+        let merged = merge_partials(&catalog, &partials).unwrap();
+        let counts: BTreeMap<&str, u64> = merged
+            .sketches
+            .iter()
+            .map(|(key, sketch)| (key.segment.as_str(), sketch.observations()))
+            .collect();
+        assert_eq!(counts, BTreeMap::from([("all", 7), ("k=__other__", 7)]));
+    }
 }

@@ -51,6 +51,7 @@ use tokio::sync::mpsc;
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::driver::Driver;
 use crate::engine::Ingested;
+use crate::lines::{LineReader, DEFAULT_MAX_LINE_BYTES};
 use crate::poller::{Note, PollContext, Poller, Record, CHANNEL_BATCHES};
 use crate::telemetry::Telemetry;
 use crate::Error;
@@ -597,35 +598,48 @@ pub struct ReplayOptions {
 }
 
 /// Produces every non-empty line of a JSON-lines file as one message
-/// (keyed by `prediction_id`, or by line number without one), in file order: records are handed to librdkafka
-/// one by one, which keeps their order within a partition. At most 10,000
-/// deliveries are awaited at once. Returns the number of messages delivered.
+/// (keyed by `prediction_id`, or by line number without one), in file
+/// order: records are handed to librdkafka one by one, which keeps their
+/// order within a partition. The file is read one line at a time (a line
+/// over 16 MiB stops the replay with [`Error::LineTooLong`]) and at most
+/// 10,000 deliveries are awaited at once, so memory does not grow with the
+/// file. Returns the number of messages delivered.
 pub async fn replay_file(
     settings: &KafkaSettings,
     path: &std::path::Path,
     options: &ReplayOptions,
 ) -> Result<u64, Error> {
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| Error::Io(path.display().to_string(), e))?;
+    let mut lines = LineReader::open(path, DEFAULT_MAX_LINE_BYTES).await?;
     let producer = producer(settings)?;
     let started = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
     let mut delivered = 0u64;
-    for (index, line) in text
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .enumerate()
-    {
+    let mut index: u64 = 0;
+    let mut buffer = Vec::new();
+    while let Some(read) = lines.next_line(&mut buffer).await? {
+        if read.truncated {
+            return Err(Error::LineTooLong {
+                path: path.display().to_string(),
+                line: read.number + 1,
+                length: read.length,
+                limit: DEFAULT_MAX_LINE_BYTES,
+            });
+        }
+        if buffer.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let line = buffer.as_slice();
+        let position = index;
+        index += 1;
         if let Some(rate) = options.rate {
-            let due = Duration::from_secs_f64(index as f64 / f64::from(rate.max(1)));
+            let due = Duration::from_secs_f64(position as f64 / f64::from(rate.max(1)));
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
         }
         // Key by prediction id when there is one, so a prediction and its
         // actual share a partition (and a consumer, for the join); else by line.
-        let key = prediction_id_of(line).unwrap_or_else(|| index.to_string());
+        let key = prediction_id_of(line).unwrap_or_else(|| position.to_string());
         loop {
             match producer.send_result(FutureRecord::to(&options.topic).payload(line).key(&key)) {
                 Ok(delivery) => {
@@ -653,12 +667,12 @@ pub async fn replay_file(
 }
 
 /// The `prediction_id` of a JSON line, if it has one.
-fn prediction_id_of(line: &str) -> Option<String> {
+fn prediction_id_of(line: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct WithId {
         prediction_id: Option<serde_json::Value>,
     }
-    match serde_json::from_str::<WithId>(line).ok()?.prediction_id? {
+    match serde_json::from_slice::<WithId>(line).ok()?.prediction_id? {
         serde_json::Value::String(id) => Some(id),
         serde_json::Value::Number(id) => Some(id.to_string()),
         _ => None,

@@ -41,6 +41,7 @@ pub mod engine;
 pub mod file;
 pub mod finalize;
 pub mod kafka;
+pub mod lines;
 pub mod poller;
 pub mod telemetry;
 
@@ -72,6 +73,18 @@ pub enum Error {
     /// A file could not be read or written.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// A line of a file to replay is longer than the replay takes.
+    #[error("{path}: line {line} is {length} bytes, longer than the {limit}-byte limit")]
+    LineTooLong {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: u64,
+        /// The line's length.
+        length: u64,
+        /// The limit.
+        limit: usize,
+    },
     /// Partitions could not be assigned safely (their committed offsets
     /// could not be read); the member leaves the group.
     #[error("rebalance: {0}")]

@@ -17,6 +17,8 @@
 //! | `tidewatch_store_up` | gauge | 1 while the last store operation succeeded, 0 while one is being retried |
 //! | `tidewatch_dead_letter_failures_total` | counter | failed dead-letter sends, each retried |
 //! | `tidewatch_brokers_up` | gauge | 1 while librdkafka reports a broker up (from statistics), else 0 |
+//! | `tidewatch_segment_overflow_events_total` | counter | event segment values counted under `key=__other__` on arrival (the model admits no more values of the key in that window) |
+//! | `tidewatch_segment_values_folded_total` | counter | `stage` (`range`: an admitted value displaced in a range; `window`: a value a range admitted that the whole window does not), its segment folded into `key=__other__` |
 //! | `tidewatch_consumer_stalled` | gauge | 1 while the consumer has lag but has read nothing for `windows.stall_after` |
 //!
 //! [`Health`] turns the same facts into readiness (`/api/v1/ready`): not
@@ -144,7 +146,16 @@ pub struct Telemetry {
     store_writes: Family<OperationLabel, Histogram, fn() -> Histogram>,
     store_failures: Family<OperationLabel, Counter>,
     dead_letter_failures: Counter,
+    segment_overflow_events: Counter,
+    segment_values_folded: Family<StageLabel, Counter>,
     health: Health,
+}
+
+/// `stage` label of `tidewatch_segment_values_folded_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StageLabel {
+    /// `range` or `window`.
+    pub stage: &'static str,
 }
 
 impl Default for Telemetry {
@@ -158,6 +169,8 @@ impl Default for Telemetry {
             store_writes: Family::new_with_constructor(store_histogram),
             store_failures: Family::default(),
             dead_letter_failures: Counter::default(),
+            segment_overflow_events: Counter::default(),
+            segment_values_folded: Family::default(),
             health: Health::default(),
         }
     }
@@ -218,6 +231,16 @@ impl Telemetry {
             self.health.brokers_up.clone(),
         );
         registry.register(
+            "segment_overflow_events",
+            "Event segment values counted under key=__other__ on arrival",
+            self.segment_overflow_events.clone(),
+        );
+        registry.register(
+            "segment_values_folded",
+            "Segment values whose segment was folded into key=__other__",
+            self.segment_values_folded.clone(),
+        );
+        registry.register(
             "consumer_stalled",
             "1 while the consumer has lag but reads nothing",
             self.health.stalled.clone(),
@@ -245,6 +268,21 @@ impl Telemetry {
     /// A dead-letter send failed and will be retried.
     pub fn dead_letter_failed(&self) {
         self.dead_letter_failures.inc();
+    }
+
+    /// Segment overflow counted by the engine (see [`detectors::segments`]).
+    pub fn segment_overflow(&self, events: u64, displaced_in_range: u64) {
+        self.segment_overflow_events.inc_by(events);
+        self.segment_values_folded
+            .get_or_create(&StageLabel { stage: "range" })
+            .inc_by(displaced_in_range);
+    }
+
+    /// Segment values folded when a window's partials were merged.
+    pub fn segment_values_folded_in_window(&self, values: u64) {
+        self.segment_values_folded
+            .get_or_create(&StageLabel { stage: "window" })
+            .inc_by(values);
     }
 
     /// Whether librdkafka reports any broker up.

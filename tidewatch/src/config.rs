@@ -543,9 +543,14 @@ pub struct RawModel {
     /// Segment keys, as in events' `segments`.
     #[serde(default)]
     pub segment_keys: Vec<String>,
-    /// Distinct values per segment key before `__other__`.
+    /// Distinct values per segment key and window before `__other__`: the
+    /// pinned `segment_values` first, then the values with the smallest
+    /// stable hash (the same choice in every partition and instance).
     #[serde(default = "default_max_segment_values")]
     pub max_segment_values: usize,
+    /// Segment values always admitted, per segment key.
+    #[serde(default)]
+    pub segment_values: BTreeMap<String, Vec<String>>,
     /// Distinct categories per categorical sketch before the overflow bucket.
     #[serde(default = "default_max_categories")]
     pub max_categories: usize,
@@ -858,6 +863,7 @@ impl RawConfig {
                 ));
             }
             let positive_class = model.positive_class;
+            let segment_values = model.segment_values;
             let features = model
                 .features
                 .into_iter()
@@ -874,6 +880,7 @@ impl RawConfig {
                 model.max_segment_values,
                 model.max_categories,
             )
+            .and_then(|spec| spec.with_segment_values(segment_values))
             .map_err(|error| invalid(&key, error.to_string()))?
             .with_positive_class(positive_class);
             models.push(spec);
@@ -1256,6 +1263,14 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_key() {
         let cases = [
+            (
+                "version = 1\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []\nsegment_keys = [\"country\"]\nsegment_values = { region = [\"EU\"] }",
+                "`models[0]`: invalid model spec: model `m`: segment values are pinned for `region`, which is not a segment key",
+            ),
+            (
+                "version = 1\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []\nsegment_keys = [\"country\"]\nmax_segment_values = 1\nsegment_values = { country = [\"DE\", \"FR\"] }",
+                "2 values pinned for `country`, more than max_segment_values (1)",
+            ),
             (
                 "version = 1\n[[alerts.rules]]\nname = \"r\"\ncooldown_windows = 0\ncondition = { type = \"drift\" }\n[[models]]\nname = \"m\"\ntask = \"regression\"\nfeatures = []",
                 "`alerts.rules[0].cooldown_windows`",
