@@ -232,14 +232,36 @@ pub struct PendingPrediction {
     pub window_start: i64,
     /// The prediction's event time, ms.
     pub event_time: i64,
-    /// Model version.
-    pub model_version: String,
+    /// Model version (interned).
+    pub model_version: Arc<str>,
     /// Segment labels of the prediction (`all`, `key=value`…).
-    pub segments: Vec<Arc<str>>,
+    pub segments: Box<[Arc<str>]>,
     /// Score, if any.
     pub score: Option<f64>,
-    /// Predicted class, if any.
-    pub class: Option<String>,
+    /// Predicted class, if any (interned).
+    pub class: Option<Arc<str>>,
+}
+
+/// Shares the strings many pending predictions repeat (versions, classes):
+/// at most `INTERNED` of them, beyond which each gets its own copy.
+#[derive(Debug, Clone, Default)]
+struct Interner {
+    strings: rustc_hash::FxHashSet<Arc<str>>,
+}
+
+impl Interner {
+    const INTERNED: usize = 4_096;
+
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(text) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(text);
+        if self.strings.len() < Self::INTERNED {
+            self.strings.insert(Arc::clone(&shared));
+        }
+        shared
+    }
 }
 
 /// Segment values that did not get a segment of their own (see
@@ -278,6 +300,8 @@ pub struct WindowAggregates {
     /// order), each holding at most `max_segment_values` values.
     admissions: FxHashMap<String, BTreeMap<i64, Vec<KeyAdmission>>>,
     overflow: SegmentOverflow,
+    /// Versions and classes of pending predictions.
+    interned: Interner,
     /// The `all` label, shared.
     all_segment: Arc<str>,
     /// Reused per event to avoid allocating.
@@ -295,6 +319,7 @@ impl WindowAggregates {
             windows: BTreeMap::new(),
             admissions: FxHashMap::default(),
             overflow: SegmentOverflow::default(),
+            interned: Interner::default(),
             all_segment: Arc::from(ALL_SEGMENT),
             scratch_segments: Vec::new(),
             scratch_seen: Vec::new(),
@@ -355,12 +380,12 @@ impl WindowAggregates {
         Some(PendingPrediction {
             window_start,
             event_time: event.timestamp_ms,
-            model_version: event.model_version.to_string(),
-            segments,
+            model_version: self.interned.get(&event.model_version),
+            segments: segments.into_boxed_slice(),
             score: prediction.and_then(|p| p.effective_score()),
             class: prediction
                 .and_then(|p| p.predicted_class())
-                .map(str::to_owned),
+                .map(|class| self.interned.get(class)),
         })
     }
 

@@ -1,17 +1,25 @@
 //! Per-window state of a categorical feature: bounded category counts.
 //!
-//! At most `max_categories` distinct categories are counted by name. Once the
-//! bound is reached, values of categories not yet tracked go to the `other`
-//! bucket, so memory per window is bounded whatever the producers send.
-//! Merging is exact while the union stays within the bound; beyond it, the
-//! categories of the sketch merged into are kept by name and the rest of the
-//! other side's counts go to `other` (the total is always exact).
+//! At most `max_categories` distinct categories are counted by name; every
+//! other value goes to the `other` bucket (with a HyperLogLog of the
+//! overflowed categories for the distinct count), so memory per window is
+//! bounded whatever the producers send.
+//!
+//! Which categories are named when there are more than `max_categories`:
+//! those with the smallest [`stable_hash`] (ties by name), a bottom-k sample
+//! like [`crate::segments`]. A category is named by the whole window exactly
+//! when it is among the bottom k of the window's categories, and then it is
+//! among the bottom k of every part of the window that contains it, so every
+//! part counted it by name: merging is exact and independent of how events
+//! were split across partitions, ranges or instances, and of their order.
+//! A named category displaced by one with a smaller hash moves its count to
+//! `other`. The total is always exact.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::distinct::HyperLogLog;
+use crate::distinct::{stable_hash, HyperLogLog};
 use crate::Error;
 
 /// Per-window category counts. See the module docs.
@@ -26,6 +34,20 @@ pub struct CategoricalSketch {
     /// Distinct categories among the overflowed values; created on the first
     /// overflow, so bounded sketches pay nothing for it.
     overflow_distinct: Option<HyperLogLog>,
+    /// The named category with the largest (hash, name), once the bound is
+    /// reached (recomputed after a change; not stored).
+    #[serde(skip)]
+    largest: LargestNamed,
+}
+
+/// A cache that never makes two sketches differ.
+#[derive(Debug, Clone, Default)]
+struct LargestNamed(Option<(u64, String)>);
+
+impl PartialEq for LargestNamed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl CategoricalSketch {
@@ -38,6 +60,7 @@ impl CategoricalSketch {
             counts: BTreeMap::new(),
             other: 0,
             overflow_distinct: None,
+            largest: LargestNamed::default(),
         }
     }
 
@@ -50,14 +73,36 @@ impl CategoricalSketch {
     fn add_count(&mut self, category: &str, count: u64) {
         if let Some(existing) = self.counts.get_mut(category) {
             *existing += count;
-        } else if self.counts.len() < self.max_categories {
+            return;
+        }
+        if self.counts.len() < self.max_categories {
+            self.counts.insert(category.to_owned(), count);
+            self.largest.0 = None;
+            return;
+        }
+        let candidate = (stable_hash(category), category);
+        let largest = self.largest.0.get_or_insert_with(|| {
+            self.counts
+                .keys()
+                .map(|name| (stable_hash(name), name.clone()))
+                .max()
+                .expect("full, so not empty")
+        });
+        if candidate < (largest.0, largest.1.as_str()) {
+            let (_, displaced) = self.largest.0.take().expect("set above");
+            let displaced_count = self.counts.remove(&displaced).expect("named");
+            self.overflow(&displaced, displaced_count);
             self.counts.insert(category.to_owned(), count);
         } else {
-            self.other += count;
-            self.overflow_distinct
-                .get_or_insert_with(HyperLogLog::default)
-                .add(category);
+            self.overflow(category, count);
         }
+    }
+
+    fn overflow(&mut self, category: &str, count: u64) {
+        self.other += count;
+        self.overflow_distinct
+            .get_or_insert_with(HyperLogLog::default)
+            .add(category);
     }
 
     /// Records a missing value.
@@ -103,7 +148,9 @@ impl CategoricalSketch {
     }
 
     /// Distinct categories: exact while within the bound, otherwise the
-    /// named ones plus a HyperLogLog estimate of the overflowed ones (±3.3 %).
+    /// named ones plus a HyperLogLog estimate of the overflowed ones (±3.3 %;
+    /// the overflowed set, hence the estimate, does not depend on how the
+    /// window was split).
     pub fn distinct_estimate(&self) -> u64 {
         let overflowed = self
             .overflow_distinct
@@ -171,6 +218,49 @@ mod tests {
         let mut merged = build(left);
         merged.merge(&build(right)).unwrap();
         assert_eq!(merged, build(&values));
+    }
+
+    #[test]
+    fn merge_beyond_the_bound_is_the_same_however_values_are_split() {
+        let values: Vec<String> = (0..5_000u64)
+            .map(|i| format!("cat-{}", (i * i) % 700))
+            .collect();
+        let build = |part: &[String]| {
+            let mut sketch = CategoricalSketch::new(25);
+            part.iter().for_each(|v| sketch.add(v));
+            sketch
+        };
+        let whole = build(&values);
+        // The oracle: the 25 smallest hashes named with exact counts.
+        let mut exact: BTreeMap<&str, u64> = BTreeMap::new();
+        values
+            .iter()
+            .for_each(|v| *exact.entry(v).or_default() += 1);
+        let mut ranked: Vec<&str> = exact.keys().copied().collect();
+        ranked.sort_by_key(|c| (stable_hash(c), *c));
+        let named: BTreeMap<String, u64> = ranked[..25]
+            .iter()
+            .map(|c| (c.to_string(), exact[c]))
+            .collect();
+        assert_eq!(whole.counts(), &named);
+        assert_eq!(whole.total(), 5_000);
+        for parts in [2usize, 3, 7, 50] {
+            let mut reversed = values.clone();
+            reversed.reverse();
+            let chunks: Vec<CategoricalSketch> = reversed
+                .chunks(values.len().div_ceil(parts))
+                .map(build)
+                .collect();
+            let mut merged = chunks[parts / 2].clone();
+            for (i, chunk) in chunks.iter().enumerate() {
+                if i != parts / 2 {
+                    merged.merge(chunk).unwrap();
+                }
+            }
+            assert_eq!(merged.counts(), whole.counts(), "{parts} parts");
+            assert_eq!(merged.other(), whole.other());
+            assert_eq!(merged.distinct_estimate(), whole.distinct_estimate());
+        }
     }
 
     #[test]

@@ -73,13 +73,27 @@ pub struct EngineSettings {
 /// partition count, prediction id as key). Pending predictions live in
 /// memory only: after a restart, actuals of predictions read before it are
 /// counted as unmatched, and quality windows hold what was joined.
+///
+/// Entries are keyed by a 128-bit hash of (model, prediction id) rather than
+/// the strings: about 150 bytes per pending prediction instead of 400, so
+/// the default bound (1,000,000) holds in about 150 MB. Two distinct pairs
+/// share a key with probability about n²/2¹²⁹ (10⁻²⁶ for a million pending).
 #[derive(Debug, Default)]
 struct JoinBuffer {
-    /// (model, prediction id) → the pending prediction.
-    pending: FxHashMap<(String, String), PendingPrediction>,
+    /// key of (model, prediction id) → the pending prediction.
+    pending: FxHashMap<u128, PendingPrediction>,
     /// Insertion order with event time, for expiry and eviction; may hold
     /// entries already matched (skipped when popped, compacted when long).
-    order: VecDeque<(i64, String, String)>,
+    order: VecDeque<(i64, u128)>,
+}
+
+/// The join key of a prediction id of a model.
+fn join_key(model: &str, id: &str) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&(model.len() as u64).to_le_bytes());
+    hasher.update(model.as_bytes());
+    hasher.update(id.as_bytes());
+    hasher.digest128()
 }
 
 impl JoinBuffer {
@@ -92,37 +106,31 @@ impl JoinBuffer {
         counters: &mut EngineCounters,
     ) {
         while self.pending.len() >= max_pending {
-            let Some((_, model, id)) = self.order.pop_front() else {
+            let Some((_, key)) = self.order.pop_front() else {
                 break;
             };
-            if self.pending.remove(&(model, id)).is_some() {
+            if self.pending.remove(&key).is_some() {
                 counters.join_evicted += 1;
             }
         }
-        self.order
-            .push_back((prediction.event_time, model.to_owned(), id.to_owned()));
-        self.pending
-            .insert((model.to_owned(), id.to_owned()), prediction);
+        let key = join_key(model, id);
+        self.order.push_back((prediction.event_time, key));
+        self.pending.insert(key, prediction);
         if self.order.len() > 2 * max_pending.max(1024) {
             let pending = &self.pending;
-            self.order
-                .retain(|(_, model, id)| pending.contains_key(&(model.clone(), id.clone())));
+            self.order.retain(|(_, key)| pending.contains_key(key));
         }
     }
 
     fn take(&mut self, model: &str, id: &str) -> Option<PendingPrediction> {
-        self.pending.remove(&(model.to_owned(), id.to_owned()))
+        self.pending.remove(&join_key(model, id))
     }
 
     /// Drops predictions older than `oldest` (event time).
     fn expire(&mut self, oldest: i64, counters: &mut EngineCounters) {
-        while self
-            .order
-            .front()
-            .is_some_and(|(time, _, _)| *time < oldest)
-        {
-            let (_, model, id) = self.order.pop_front().expect("checked above");
-            if self.pending.remove(&(model, id)).is_some() {
+        while self.order.front().is_some_and(|(time, _)| *time < oldest) {
+            let (_, key) = self.order.pop_front().expect("checked above");
+            if self.pending.remove(&key).is_some() {
                 counters.join_expired += 1;
             }
         }

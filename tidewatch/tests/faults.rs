@@ -11,6 +11,7 @@
 //! | `adversarial_payloads_are_dead_lettered_and_valid_events_counted_once` | 10,000 malformed payloads of every kind mixed into the stream |
 //! | `clickhouse_down_for_a_minute_mid_stream` | ClickHouse unreachable for 60 s (a proxy cuts every connection) |
 //! | `committed_offsets_unreadable_on_assignment` | reading committed offsets fails (injected) during assignment |
+//! | `cardinality_flood` | a million events with distinct model names, segment values and categories |
 
 mod common;
 
@@ -454,4 +455,196 @@ async fn committed_offsets_unreadable_on_assignment() {
          of {produced}, {} series-windows equal the in-process computation",
         expected.len()
     );
+}
+
+/// The flood: `count` events after the demo stream, a third each with a
+/// distinct unknown model name, a distinct `country` and a distinct
+/// `contract` category. Returns the lines and the countries they carry.
+fn flood_lines(count: usize, after_ms: i64) -> (String, Vec<(i64, String)>) {
+    let mut text = String::with_capacity(count * 260);
+    let mut countries = Vec::new();
+    for i in 0..count {
+        let timestamp = after_ms + 1 + i as i64;
+        let (model, country, contract) = match i % 3 {
+            0 => (
+                format!("flood-model-{i}"),
+                "DE".to_owned(),
+                "monthly".to_owned(),
+            ),
+            1 => ("churn".to_owned(), format!("zz-{i}"), "monthly".to_owned()),
+            _ => ("churn".to_owned(), "FR".to_owned(), format!("contract-{i}")),
+        };
+        if model == "churn" {
+            countries.push((timestamp, country.clone()));
+        }
+        text.push_str(&format!(
+            r#"{{"schema":"tidewatch.prediction.v1","model":"{model}","model_version":"v1","prediction_id":"flood-{i}","timestamp":{timestamp},"features":{{"age":{age}.{frac:03},"tenure_months":{tenure},"monthly_charges":{charges}.{frac:03},"support_calls":{calls},"contract":"{contract}","payment_method":"card"}},"prediction":{{"score":0.{frac:03},"class":"no"}},"latency_ms":3.5,"segments":{{"country":"{country}"}}}}"#,
+            age = 18 + i % 60,
+            frac = (i * 7919) % 1000,
+            tenure = i % 72,
+            charges = 20 + i % 90,
+            calls = i % 7,
+        ));
+        text.push('\n');
+    }
+    (text, countries)
+}
+
+/// The segments the window admits, by the documented rule (pinned `DE`,
+/// then the smallest stable hashes), counted from the lines.
+fn admitted_segment_counts(
+    countries: &[(i64, String)],
+    hashed_slots: usize,
+) -> BTreeMap<(i64, String), u64> {
+    let mut per_window: BTreeMap<i64, BTreeMap<&str, u64>> = BTreeMap::new();
+    for (timestamp, country) in countries {
+        *per_window
+            .entry(timestamp.div_euclid(3_600_000) * 3_600_000)
+            .or_default()
+            .entry(country)
+            .or_default() += 1;
+    }
+    let mut out = BTreeMap::new();
+    for (window, counts) in per_window {
+        let mut hashed: Vec<&str> = counts.keys().copied().filter(|c| *c != "DE").collect();
+        hashed.sort_by_key(|c| (detectors::distinct::stable_hash(c), *c));
+        let admitted: Vec<&str> = hashed.iter().copied().take(hashed_slots).collect();
+        for (country, count) in counts {
+            let segment = if country == "DE" || admitted.contains(&country) {
+                format!("country={country}")
+            } else {
+                "country=__other__".to_owned()
+            };
+            *out.entry((window, segment)).or_default() += count;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cardinality_flood() {
+    const FLOOD: usize = 1_000_000;
+    let mut scenario = Scenario::new("faults_flood", small_shape());
+    // The flood follows the demo's last event (so nothing in it is late).
+    let demo = std::fs::read_to_string(&scenario.stream).unwrap();
+    let last_ms = demo
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|value| value["timestamp"].as_i64())
+        .max()
+        .unwrap();
+    let (flood, flood_countries) = flood_lines(FLOOD, last_ms);
+    let demo_countries: Vec<(i64, String)> = demo
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| {
+            value["schema"] == "tidewatch.prediction.v1" && value["features"]["age"].is_number()
+        })
+        .filter_map(|value| {
+            Some((
+                value["timestamp"].as_i64()?,
+                value["segments"]["country"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    drop(demo);
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&scenario.stream)
+            .unwrap();
+        file.write_all(flood.as_bytes()).unwrap();
+    }
+    drop(flood);
+    let flood_churn = flood_countries.len() as u64;
+    scenario.predictions += flood_churn;
+    let mut countries = demo_countries;
+    countries.extend(flood_countries);
+    let oracle_segments = admitted_segment_counts(&countries, 9);
+
+    let port = free_port();
+    let (config, path) = scenario.config_with(
+        50_000,
+        &ConfigOptions {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            model_extra: "max_segment_values = 10\nmax_categories = 20\nsegment_values = { country = [\"DE\"] }",
+            ..Default::default()
+        },
+    );
+    scenario.create_topics(4).await;
+    let store = scenario.store_reference(&config).await;
+    let started = Instant::now();
+    let expected = scenario.expected(&config).await;
+    let in_process = started.elapsed();
+    let log = scenario.directory.join("tidewatch.log");
+    let mut process = TidewatchProcess::start(&path, &log, &[]);
+    process.wait_for_assignment(Duration::from_secs(60));
+    let producer = scenario.replay(None);
+    assert!(producer.wait_with_output().unwrap().status.success());
+    let produced_in = started.elapsed() - in_process;
+    wait_for_metrics(&store, &expected, Duration::from_secs(300), false).await;
+    let consumed_in = started.elapsed() - in_process;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let metrics = store
+        .window_metrics(store::MetricsQuery::default())
+        .await
+        .unwrap();
+    let mut stored_segments: BTreeMap<(i64, String), u64> = BTreeMap::new();
+    for m in &metrics {
+        if m.key.feature == "prediction.score" && m.key.segment.starts_with("country=") {
+            stored_segments.insert((m.key.window_start, m.key.segment.clone()), m.metrics.count);
+        }
+    }
+    assert_eq!(
+        stored_segments, oracle_segments,
+        "stored segments differ from the rule's oracle"
+    );
+    let (_, text) = http_get(port, "/metrics").expect("/metrics answers");
+    let sum = |prefix: &str, containing: &str| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with(prefix) && line.contains(containing))
+            .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    };
+    let unknown = sum(
+        "tidewatch_events_dropped_total{",
+        "reason=\"unknown_model\"",
+    );
+    let overflow = sum("tidewatch_segment_overflow_events_total", "");
+    let folded = sum("tidewatch_segment_values_folded_total", "");
+    let peak = process.peak_rss_kib();
+    assert!(process.terminate());
+    let windows: std::collections::BTreeSet<i64> =
+        oracle_segments.keys().map(|(window, _)| *window).collect();
+    println!(
+        "cardinality flood: {FLOOD} events after {} demo events: {} distinct unknown model names, \
+         {} distinct countries and {} distinct contract categories; dropped as unknown model \
+         {unknown}; {overflow} event segment values counted under country=__other__ on arrival, \
+         {folded} values folded later; {} (window, segment) counts over {} windows equal the \
+         rule's oracle; predictions stored {stored} of {produced}; {} series-windows equal the \
+         in-process computation ({:.0} s in process; produced in {:.0} s, all stored {:.0} s \
+         after the start); peak RSS {peak} KiB",
+        scenario.actuals + scenario.predictions - flood_churn,
+        FLOOD.div_ceil(3),
+        flood_churn / 2,
+        flood_churn / 2,
+        oracle_segments.len(),
+        windows.len(),
+        expected.len(),
+        in_process.as_secs_f64(),
+        produced_in.as_secs_f64(),
+        consumed_in.as_secs_f64()
+    );
+    assert_eq!(
+        unknown as usize,
+        FLOOD.div_ceil(3),
+        "unknown models counted"
+    );
+    assert!(overflow > 0.0, "overflow counted");
+    // The documented bound: the join buffer (about 316 bytes per pending
+    // prediction; 400 allowed here), librdkafka's fetch queue and the
+    // polling channel (64 MiB each), and 64 MiB for everything else.
+    let bound = 192 * 1024 + scenario.predictions * 400 / 1024;
+    assert!(peak < bound, "peak RSS {peak} KiB, bound {bound} KiB");
 }

@@ -59,6 +59,8 @@ pub struct ConfigOptions {
     pub session_timeout_ms: u32,
     /// `windows.idle_close_after`.
     pub idle_close_after: &'static str,
+    /// Lines added to the model's section (segment bounds…).
+    pub model_extra: &'static str,
 }
 
 impl Default for ConfigOptions {
@@ -68,6 +70,7 @@ impl Default for ConfigOptions {
             http_listen: None,
             session_timeout_ms: 10_000,
             idle_close_after: "3s",
+            model_extra: "",
         }
     }
 }
@@ -141,6 +144,7 @@ max_future_skew = "1h"
 name = "{DEMO_MODEL}"
 task = "classification"
 segment_keys = ["country"]
+{model_extra}
 features = [
   {{ name = "age", kind = "numeric" }},
   {{ name = "tenure_months", kind = "numeric" }},
@@ -160,6 +164,7 @@ features = [
                 .unwrap_or_else(clickhouse_url),
             session_timeout_ms = options.session_timeout_ms,
             idle_close_after = options.idle_close_after,
+            model_extra = options.model_extra,
         );
         let path = self.directory.join("tidewatch.toml");
         std::fs::write(&path, text).unwrap();
@@ -416,15 +421,15 @@ pub async fn wait_for_metrics(
     }
 }
 
-/// Independent oracle: predictions per hourly window and the mean of
-/// `monthly_charges` per window, straight from the JSON lines.
+/// Independent oracle: predictions of the demo model per hourly window and
+/// the mean of `monthly_charges` per window, straight from the JSON lines.
 pub fn oracle(stream: &Path) -> BTreeMap<i64, (u64, f64, u64)> {
     let mut windows: BTreeMap<i64, (u64, f64, u64)> = BTreeMap::new();
     for line in std::fs::read_to_string(stream).unwrap().lines() {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if value["schema"] != "tidewatch.prediction.v1" || value["prediction_id"].is_null() {
+        if value["schema"] != "tidewatch.prediction.v1" || value["model"] != DEMO_MODEL {
             continue;
         }
         let Some(timestamp) = value["timestamp"].as_i64() else {
