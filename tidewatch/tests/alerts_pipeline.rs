@@ -7,10 +7,11 @@
 //!   webhook, email), no repeat while the cooldown runs, and exactly one
 //!   retrain request on the retrain endpoint and on the Kafka bus, as the
 //!   same CloudEvent;
-//! - the webhook is down while the alert fires and Tidewatch is killed
-//!   (SIGKILL) in the middle of the stream; the restarted process delivers
-//!   the alert once the webhook is back, resolves it under the same id, and
-//!   nothing is lost or sent twice;
+//! - the webhook is down and the SMTP server unreachable while the alert
+//!   fires, and Tidewatch is killed (SIGKILL) after the window is finalized
+//!   and the alert recorded but before either delivered; the restarted
+//!   process delivers the alert once both are back, resolves it under the
+//!   same id, and nothing is lost or sent twice;
 //! - a bad channel in the config stops `tidewatch run` before it starts,
 //!   naming the key;
 //! - acknowledgements are read back from the start of their topic.
@@ -35,6 +36,9 @@ use rdkafka::Message;
 use store::Store;
 use tidewatch::config::Config;
 use tidewatch::fixtures::{self, DemoShape, DEMO_MODEL, DEMO_VERSION};
+
+#[path = "common/proxy.rs"]
+mod proxy;
 
 const SECRET: &str = "end-to-end-secret";
 
@@ -150,13 +154,14 @@ impl Scenario {
         format!("{what}-{}", self.name)
     }
 
-    fn new(name: &str, receivers_url: &str) -> Self {
+    /// `smtp`: the STARTTLS server's `host:port` (a proxy's, to cut it).
+    fn new(name: &str, receivers_url: &str, smtp: &str) -> Self {
         let name = format!("{name}_{}", std::process::id());
         let directory = std::env::temp_dir().join(format!("tidewatch-it-{name}"));
         std::fs::create_dir_all(&directory).unwrap();
         let recipient = format!("oncall+{name}@example.org");
         let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tls/ca.pem");
-        let (smtp_host, smtp_port) = env("TIDEWATCH_TEST_SMTP_STARTTLS")
+        let (smtp_host, smtp_port) = smtp
             .rsplit_once(':')
             .map(|(h, p)| (h.to_owned(), p.to_owned()))
             .unwrap();
@@ -393,7 +398,9 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage_and_a_kill() {
     let (url, receivers) = start_receivers().await;
-    let scenario = Scenario::new("alerts", &url);
+    // The SMTP server behind a proxy that the test cuts, as if it stopped.
+    let smtp = proxy::Proxy::start(&env("TIDEWATCH_TEST_SMTP_STARTTLS")).await;
+    let scenario = Scenario::new("alerts", &url, &smtp.address);
     scenario.create_topics().await;
 
     // Three drifted hours (3, 4, 5) in eight; the rule resolves after two
@@ -420,9 +427,10 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
         .profile;
     store.put_reference(&profile, 1).await.unwrap();
 
-    // The webhook is down; the stream is produced slowly so Tidewatch can
-    // be killed half way.
+    // The webhook is down and the SMTP server unreachable; the stream is
+    // produced slowly so Tidewatch can be killed half way.
     receivers.hook_down.store(true, Ordering::SeqCst);
+    smtp.cut();
     let mut replay = scenario
         .tidewatch(&[
             "replay",
@@ -440,24 +448,25 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
     let mut first = scenario.start("first.log");
 
     let alerts = |store: Store| async move { store.alerts(Some(DEMO_MODEL), 100).await.unwrap() };
-    // Killed once the refused webhook attempt is recorded (a kill between
-    // an attempt and its record repeats the attempt, which is allowed but
-    // would not show here).
+    // Killed once the refused webhook and SMTP attempts are recorded (a
+    // kill between an attempt and its record repeats the attempt, which is
+    // allowed but would not show here): the alert is finalized and
+    // recorded, its email and webhook notifications not delivered.
     wait_until(
-        "the alert to fire, reach Slack and the webhook's refusal to be recorded",
+        "the alert to fire, reach Slack and the webhook's and SMTP's refusals to be recorded",
         Duration::from_secs(120),
         async || {
             let recorded = alerts(store.clone()).await;
             let Some(firing) = recorded.iter().find(|a| a.status == "firing") else {
                 return false;
             };
-            let hook_attempted = store
-                .deliveries(&firing.id)
-                .await
-                .unwrap()
-                .iter()
-                .any(|d| d.channel == "hook" && d.attempts >= 1);
-            !receivers.accepted("slack").is_empty() && hook_attempted
+            let deliveries = store.deliveries(&firing.id).await.unwrap();
+            let attempted = |channel: &str| {
+                deliveries
+                    .iter()
+                    .any(|d| d.channel == channel && d.attempts >= 1)
+            };
+            !receivers.accepted("slack").is_empty() && attempted("hook") && attempted("mail")
         },
     )
     .await;
@@ -474,9 +483,14 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
         receivers.accepted("hook").is_empty(),
         "the webhook was down throughout the first run"
     );
+    assert!(
+        mails_to(&scenario.recipient).is_empty(),
+        "the SMTP server was unreachable throughout the first run"
+    );
 
     // Back up; a new process picks up where the killed one stopped.
     receivers.hook_down.store(false, Ordering::SeqCst);
+    smtp.restore();
     let mut second = scenario.start("second.log");
     assert!(replay.wait().unwrap().success());
     let recipient = scenario.recipient.clone();
@@ -659,7 +673,7 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgements_are_read_from_the_start_of_their_topic() {
     let (url, _receivers) = start_receivers().await;
-    let scenario = Scenario::new("acks", &url);
+    let scenario = Scenario::new("acks", &url, &env("TIDEWATCH_TEST_SMTP_STARTTLS"));
     scenario.create_topics().await;
     let topic = scenario.topic("retrain-acks");
     let producer: FutureProducer = ClientConfig::new()

@@ -11,6 +11,7 @@
 //! | `adversarial_payloads_are_dead_lettered_and_valid_events_counted_once` | 10,000 malformed payloads of every kind mixed into the stream |
 //! | `clickhouse_down_for_a_minute_mid_stream` | ClickHouse unreachable for 60 s (a proxy cuts every connection) |
 //! | `committed_offsets_unreadable_on_assignment` | reading committed offsets fails (injected) during assignment |
+//! | `rebalance_storm` | three instances joining and leaving (SIGTERM or SIGKILL) every few seconds over 8 partitions |
 //! | `cardinality_flood` | a million events with distinct model names, segment values and categories |
 
 mod common;
@@ -647,4 +648,74 @@ async fn cardinality_flood() {
     // polling channel (64 MiB each), and 64 MiB for everything else.
     let bound = 192 * 1024 + scenario.predictions * 400 / 1024;
     assert!(peak < bound, "peak RSS {peak} KiB, bound {bound} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalance_storm() {
+    let scenario = Scenario::new(
+        "faults_storm",
+        DemoShape {
+            hours: 4,
+            predictions_per_hour: 15_000,
+            drift_onset_hour: 2,
+            drift_end_hour: None,
+            training_rows: 2_000,
+        },
+    );
+    let (config, path) = scenario.config_with(
+        2_000,
+        &ConfigOptions {
+            session_timeout_ms: 6_000,
+            ..Default::default()
+        },
+    );
+    scenario.create_topics(8).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+    let events = scenario.predictions + scenario.actuals;
+    // Produce over about 60 s while the group churns.
+    let mut producer = scenario.replay(Some((events / 60) as u32));
+    let seed: u64 = rand::rng().random();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let log = scenario.directory.join("tidewatch.log");
+    let started = Instant::now();
+    let mut members: Vec<TidewatchProcess> = Vec::new();
+    let (mut joins, mut leaves, mut kills) = (0, 0, 0);
+    while started.elapsed() < Duration::from_secs(60) {
+        let join = members.is_empty() || (members.len() < 3 && rng.random_bool(0.6));
+        if join {
+            members.push(TidewatchProcess::start(&path, &log, &[]));
+            joins += 1;
+        } else {
+            let member = members.remove(rng.random_range(0..members.len()));
+            if rng.random_bool(0.3) {
+                member.kill();
+                kills += 1;
+            } else {
+                assert!(member.terminate(), "a member did not leave cleanly");
+                leaves += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(2_000..5_000)));
+    }
+    if members.is_empty() {
+        members.push(TidewatchProcess::start(&path, &log, &[]));
+    }
+    assert!(producer.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(240), false).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let remaining = members.len();
+    for member in members {
+        assert!(member.terminate());
+    }
+    println!(
+        "rebalance storm: {events} events over 8 partitions; for 60 s (seed {seed}) members \
+         joined {joins} times, left {leaves} times (SIGTERM) and were killed {kills} times, \
+         {remaining} left at the end; predictions stored {stored} of {produced}: lost {}, \
+         double counted {}; {} series-windows equal the in-process computation",
+        produced.saturating_sub(stored),
+        stored.saturating_sub(produced),
+        expected.len()
+    );
+    assert!(joins >= 6 && leaves + kills >= 4, "the group must churn");
 }
