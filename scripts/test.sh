@@ -167,6 +167,8 @@ export TIDEWATCH_TEST_SMTP_PASSWORD="$smtp_password"
 export TIDEWATCH_TEST_SMTP_MAILDIR="$run_dir/mail"
 export TIDEWATCH_TEST_CLICKHOUSE_URL="http://127.0.0.1:$clickhouse_http"
 export TIDEWATCH_TEST_KAFKA_BROKERS="127.0.0.1:$broker_port"
+# For tests that start (and stop) a broker of their own.
+export TIDEWATCH_TEST_NISSHI="$nisshi"
 log "services ready; running cargo test"
 set +e
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"

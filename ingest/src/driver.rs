@@ -138,6 +138,11 @@ impl Driver {
         &mut self.engine
     }
 
+    /// The driver's settings.
+    pub fn settings(&self) -> &DriverSettings {
+        &self.settings
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

@@ -51,6 +51,7 @@ use tokio::sync::mpsc;
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::driver::Driver;
 use crate::engine::Ingested;
+use crate::incarnation::{fingerprint, partition_of, Incarnations};
 use crate::lines::{LineReader, DEFAULT_MAX_LINE_BYTES};
 use crate::poller::{Note, PollContext, Poller, Record, CHANNEL_BATCHES};
 use crate::telemetry::Telemetry;
@@ -124,9 +125,15 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
 }
 
 /// A producer with the user's properties (dead letters, replay, bus events).
+///
+/// Idempotent unless the properties say otherwise: a send retried after a
+/// lost acknowledgement (a broker or network fault) is then written once,
+/// not twice.
 pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
     let mut config = client_config(settings);
-    config.set("enable.idempotence", "false");
+    if config.get("enable.idempotence").is_none() {
+        config.set("enable.idempotence", "true");
+    }
     Ok(config.create()?)
 }
 
@@ -264,12 +271,15 @@ struct Member<O> {
     report: RunReport,
     /// Partitions assigned and rewound; messages of others are ignored.
     assigned: HashSet<(usize, i32)>,
+    /// The incarnation of each partition (see [`crate::incarnation`]).
+    incarnations: Incarnations,
 }
 
 impl<O: WindowObserver> Member<O> {
     /// Stores a checkpoint, waits for the dead letters, commits.
     async fn store_and_commit(&mut self, driver: &mut Driver) -> Result<(), Error> {
         let started = Instant::now();
+        self.store_fingerprints(driver).await?;
         let commits = driver.checkpoint().await?;
         self.telemetry
             .store_write("checkpoint", started.elapsed().as_secs_f64());
@@ -281,6 +291,7 @@ impl<O: WindowObserver> Member<O> {
     /// then commits.
     async fn finalize(&mut self, driver: &mut Driver) -> Result<(), Error> {
         let started = Instant::now();
+        self.store_fingerprints(driver).await?;
         let (commits, finalized) = driver.finalize_closed().await?;
         if finalized.windows.is_empty() {
             return Ok(());
@@ -297,6 +308,35 @@ impl<O: WindowObserver> Member<O> {
             .windows_closed(finalized.windows.len() as u64);
         self.dead_letters.flush().await;
         self.commit(&commits, CommitMode::Async)
+    }
+
+    /// Stores the fingerprints of the ranges started since the last
+    /// checkpoint, before their partials.
+    async fn store_fingerprints(&mut self, driver: &Driver) -> Result<(), Error> {
+        self.incarnations
+            .store(
+                driver.store(),
+                &self.telemetry,
+                driver.settings().store_retry_max_delay,
+            )
+            .await
+    }
+
+    /// A partition was found recreated: stores what was read of its old
+    /// incarnation (those events are gone from the topic, what was read of
+    /// them is kept), commits nothing for it, and drops its state.
+    async fn retire(&mut self, driver: &mut Driver, old_source: &str) -> Result<(), Error> {
+        self.store_fingerprints(driver).await?;
+        let commits: Vec<(String, u64)> = driver
+            .checkpoint()
+            .await?
+            .into_iter()
+            .filter(|(source, _)| source != old_source)
+            .collect();
+        self.dead_letters.flush().await;
+        self.commit(&commits, CommitMode::Async)?;
+        driver.engine_mut().revoke(old_source);
+        Ok(())
     }
 
     fn commit(&mut self, commits: &[(String, u64)], mode: CommitMode) -> Result<(), Error> {
@@ -320,12 +360,16 @@ impl<O: WindowObserver> Member<O> {
             Note::Assigned(partitions) => {
                 for (topic, partition) in partitions {
                     self.assigned.insert((topic, partition));
+                    self.incarnations
+                        .reset_position(&source_name(&self.topics[topic].name, partition));
                 }
             }
             Note::Revoked(partitions) => {
                 for (topic, partition) in partitions {
                     self.assigned.remove(&(topic, partition));
-                    let source = source_name(&self.topics[topic].name, partition);
+                    let partition = source_name(&self.topics[topic].name, partition);
+                    let source = self.incarnations.current_source(&partition);
+                    self.incarnations.reset_position(&partition);
                     tracing::info!(%source, "partition revoked, dropping its state");
                     driver.engine_mut().revoke(&source);
                 }
@@ -344,12 +388,26 @@ impl<O: WindowObserver> Member<O> {
             );
             return Ok(());
         }
+        let offset = record.offset.max(0) as u64;
+        let placement = self
+            .incarnations
+            .source_for(
+                driver.store(),
+                &self.telemetry,
+                driver.settings().store_retry_max_delay,
+                &source_name(&self.topics[record.topic].name, record.partition),
+                offset,
+                fingerprint(record.timestamp, &record.payload),
+            )
+            .await?;
+        if let Some(old_source) = &placement.replaced {
+            self.retire(driver, old_source).await?;
+        }
+        let source = placement.source;
         let spec = &self.topics[record.topic];
         let topic = spec.name.as_str();
         self.report.messages += 1;
         self.telemetry.consumed(topic);
-        let offset = record.offset.max(0) as u64;
-        let source = source_name(topic, record.partition);
         match driver
             .engine_mut()
             .ingest(&source, offset, &record.payload, spec.kind)
@@ -436,6 +494,7 @@ pub async fn run(
         observer,
         report: RunReport::default(),
         assigned: HashSet::new(),
+        incarnations: Incarnations::new(driver.engine().settings().range_size),
     };
     let mut ticker = tokio::time::interval(loop_settings.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -561,7 +620,7 @@ fn commit(
     let assignment = consumer.assignment()?;
     let mut offsets = TopicPartitionList::new();
     for (source, next_offset) in commits {
-        let Some((topic, partition)) = source.rsplit_once('/') else {
+        let Some((topic, partition)) = partition_of(source).rsplit_once('/') else {
             continue;
         };
         let Ok(partition) = partition.parse::<i32>() else {

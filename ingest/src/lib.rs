@@ -40,6 +40,7 @@ pub mod driver;
 pub mod engine;
 pub mod file;
 pub mod finalize;
+pub mod incarnation;
 pub mod kafka;
 pub mod lines;
 pub mod poller;

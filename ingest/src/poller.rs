@@ -70,6 +70,8 @@ pub struct Record {
     pub offset: i64,
     /// Payload (empty for a message without one).
     pub payload: Vec<u8>,
+    /// The message's timestamp (ms), if it has one.
+    pub timestamp: Option<i64>,
 }
 
 /// What the thread tells the loop, in order.
@@ -168,6 +170,21 @@ impl PollContext {
 }
 
 impl ClientContext for PollContext {
+    /// Broker outages are expected and handled (librdkafka reconnects; the
+    /// loop waits, `/ready` says so): a warning, not an error.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode;
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+                tracing::warn!(
+                    reason,
+                    "broker unreachable; consumption waits while librdkafka reconnects"
+                )
+            }
+            _ => tracing::error!(%error, reason, "librdkafka error"),
+        }
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`): the lag
     /// per topic, summed over the partitions this member fetches, and
     /// whether any broker is up.
@@ -346,6 +363,7 @@ fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
                     partition: message.partition(),
                     offset: message.offset(),
                     payload,
+                    timestamp: message.timestamp().to_millis(),
                 });
                 if batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
                     continue;

@@ -17,6 +17,7 @@
 //! | `tidewatch_store_up` | gauge | 1 while the last store operation succeeded, 0 while one is being retried |
 //! | `tidewatch_dead_letter_failures_total` | counter | failed dead-letter sends, each retried |
 //! | `tidewatch_brokers_up` | gauge | 1 while librdkafka reports a broker up (from statistics), else 0 |
+//! | `tidewatch_partitions_recreated_total` | counter | partitions whose offsets were found reused, read as a new incarnation (see [`crate::incarnation`]) |
 //! | `tidewatch_segment_overflow_events_total` | counter | event segment values counted under `key=__other__` on arrival (the model admits no more values of the key in that window) |
 //! | `tidewatch_segment_values_folded_total` | counter | `stage` (`range`: an admitted value displaced in a range; `window`: a value a range admitted that the whole window does not), its segment folded into `key=__other__` |
 //! | `tidewatch_consumer_stalled` | gauge | 1 while the consumer has lag but has read nothing for `windows.stall_after` |
@@ -147,6 +148,7 @@ pub struct Telemetry {
     store_failures: Family<OperationLabel, Counter>,
     dead_letter_failures: Counter,
     segment_overflow_events: Counter,
+    partitions_recreated: Counter,
     segment_values_folded: Family<StageLabel, Counter>,
     health: Health,
 }
@@ -170,6 +172,7 @@ impl Default for Telemetry {
             store_failures: Family::default(),
             dead_letter_failures: Counter::default(),
             segment_overflow_events: Counter::default(),
+            partitions_recreated: Counter::default(),
             segment_values_folded: Family::default(),
             health: Health::default(),
         }
@@ -231,6 +234,11 @@ impl Telemetry {
             self.health.brokers_up.clone(),
         );
         registry.register(
+            "partitions_recreated",
+            "Partitions found with reused offsets (topic recreated, broker back empty)",
+            self.partitions_recreated.clone(),
+        );
+        registry.register(
             "segment_overflow_events",
             "Event segment values counted under key=__other__ on arrival",
             self.segment_overflow_events.clone(),
@@ -268,6 +276,11 @@ impl Telemetry {
     /// A dead-letter send failed and will be retried.
     pub fn dead_letter_failed(&self) {
         self.dead_letter_failures.inc();
+    }
+
+    /// A partition was found with reused offsets.
+    pub fn partition_recreated(&self) {
+        self.partitions_recreated.inc();
     }
 
     /// Segment overflow counted by the engine (see [`detectors::segments`]).

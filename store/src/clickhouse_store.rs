@@ -80,6 +80,11 @@ const MIGRATIONS: &[&str] = &[
         state String, attempts UInt32, next_attempt_at UInt64, last_error String, updated_at UInt64
     ) ENGINE = ReplacingMergeTree(updated_at)
     ORDER BY (alert_id, status, window_start, channel)",
+    "CREATE TABLE IF NOT EXISTS range_fingerprints (
+        partition String, incarnation UInt32, range_start UInt64, first_offset UInt64,
+        fingerprint UInt64
+    ) ENGINE = ReplacingMergeTree
+    ORDER BY (partition, incarnation, range_start)",
     "CREATE TABLE IF NOT EXISTS alert_progress (
         model String, window_start UInt64
     ) ENGINE = ReplacingMergeTree(window_start)
@@ -487,6 +492,61 @@ impl ClickHouseStore {
         }
         insert.end().await?;
         Ok(())
+    }
+
+    pub(crate) async fn write_range_fingerprints(
+        &self,
+        rows: Vec<crate::RangeFingerprint>,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<crate::rows::RangeFingerprintRow>("range_fingerprints")
+            .await?;
+        for row in rows {
+            insert
+                .write(&crate::rows::RangeFingerprintRow::from_record(row))
+                .await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    pub(crate) async fn range_fingerprint(
+        &self,
+        partition: &str,
+        incarnation: u32,
+        range_start: u64,
+    ) -> Result<Option<crate::RangeFingerprint>> {
+        let row = self
+            .client
+            .query(
+                "SELECT toString(partition), toUInt32(incarnation), toUInt64(range_start),
+                        toUInt64(first_offset), toUInt64(fingerprint)
+                 FROM range_fingerprints FINAL
+                 WHERE partition = ? AND incarnation = ? AND range_start = ?
+                 LIMIT 1",
+            )
+            .bind(partition)
+            .bind(incarnation)
+            .bind(range_start)
+            .fetch_optional::<crate::rows::RangeFingerprintRow>()
+            .await?;
+        Ok(row.map(crate::rows::RangeFingerprintRow::into_record))
+    }
+
+    pub(crate) async fn latest_incarnation(&self, partition: &str) -> Result<Option<u32>> {
+        let (rows, latest) = self
+            .client
+            .query(
+                "SELECT count(), toUInt32(max(incarnation)) FROM range_fingerprints WHERE partition = ?",
+            )
+            .bind(partition)
+            .fetch_one::<(u64, u32)>()
+            .await?;
+        Ok((rows > 0).then_some(latest))
     }
 
     pub(crate) async fn alert_progress(&self, model: &str) -> Result<Option<i64>> {

@@ -71,6 +71,11 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
     last_error TEXT NOT NULL, updated_at INTEGER NOT NULL,
     PRIMARY KEY (alert_id, status, window_start, channel)
 );
+CREATE TABLE IF NOT EXISTS range_fingerprints (
+    partition TEXT NOT NULL, incarnation INTEGER NOT NULL, range_start INTEGER NOT NULL,
+    first_offset INTEGER NOT NULL, fingerprint INTEGER NOT NULL,
+    PRIMARY KEY (partition, incarnation, range_start)
+);
 CREATE TABLE IF NOT EXISTS alert_progress (
     model TEXT NOT NULL PRIMARY KEY, window_start INTEGER NOT NULL
 );
@@ -685,6 +690,70 @@ impl EmbeddedStore {
             }
             transaction.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn write_range_fingerprints(
+        &self,
+        rows: Vec<crate::RangeFingerprint>,
+    ) -> Result<()> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let mut statement = transaction.prepare_cached(
+                    "INSERT OR REPLACE INTO range_fingerprints VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for row in &rows {
+                    statement.execute(params![
+                        row.partition,
+                        row.incarnation,
+                        row.range_start as i64,
+                        row.first_offset as i64,
+                        // SQLite integers are signed: the bits, reinterpreted.
+                        row.fingerprint as i64
+                    ])?;
+                }
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn range_fingerprint(
+        &self,
+        partition: String,
+        incarnation: u32,
+        range_start: u64,
+    ) -> Result<Option<crate::RangeFingerprint>> {
+        self.with(move |connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT first_offset, fingerprint FROM range_fingerprints
+                     WHERE partition = ?1 AND incarnation = ?2 AND range_start = ?3",
+                    params![partition, incarnation, range_start as i64],
+                    |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()?
+                .map(|(first_offset, fingerprint)| crate::RangeFingerprint {
+                    partition,
+                    incarnation,
+                    range_start,
+                    first_offset: first_offset as u64,
+                    fingerprint: fingerprint as u64,
+                }))
+        })
+        .await
+    }
+
+    pub(crate) async fn latest_incarnation(&self, partition: String) -> Result<Option<u32>> {
+        self.with(move |connection| {
+            Ok(connection.query_row(
+                "SELECT max(incarnation) FROM range_fingerprints WHERE partition = ?1",
+                params![partition],
+                |row| row.get::<_, Option<u32>>(0),
+            )?)
         })
         .await
     }

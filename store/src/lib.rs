@@ -23,6 +23,7 @@
 //! | `alerts` | notification (alert id, status, window) | `created_at` |
 //! | `alert_deliveries` | (notification, channel): the outbox | `updated_at` |
 //! | `alert_progress` | model: the latest window whose alerts are recorded | `window_start` |
+//! | `range_fingerprints` | (partition, incarnation, offset range start): the first message read there | none (rows of one key are equal) |
 //!
 //! A *series* is (model, model_version, segment, feature). `window_partials`
 //! is the ingest checkpoint: each consumer writes, per Kafka partition and
@@ -289,7 +290,63 @@ pub enum Store {
     Embedded(embedded::EmbeddedStore),
 }
 
+/// The first message read in one offset range of one incarnation of a
+/// Kafka partition: how the ingest tells a partition whose offsets were
+/// reused (the topic recreated, the broker back empty) from the one it read
+/// before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeFingerprint {
+    /// `topic/partition`.
+    pub partition: String,
+    /// 1 for the partition as first read, then one more each time its
+    /// offsets were found reused.
+    pub incarnation: u32,
+    /// Start of the offset range.
+    pub range_start: u64,
+    /// Offset of the first message read in the range.
+    pub first_offset: u64,
+    /// Hash of that message (timestamp and payload).
+    pub fingerprint: u64,
+}
+
 impl Store {
+    /// Records range fingerprints (idempotent).
+    pub async fn write_range_fingerprints(&self, rows: Vec<RangeFingerprint>) -> Result<()> {
+        match self {
+            Store::ClickHouse(store) => store.write_range_fingerprints(rows).await,
+            Store::Embedded(store) => store.write_range_fingerprints(rows).await,
+        }
+    }
+
+    /// The fingerprint of a range of an incarnation of a partition, if recorded.
+    pub async fn range_fingerprint(
+        &self,
+        partition: &str,
+        incarnation: u32,
+        range_start: u64,
+    ) -> Result<Option<RangeFingerprint>> {
+        match self {
+            Store::ClickHouse(store) => {
+                store
+                    .range_fingerprint(partition, incarnation, range_start)
+                    .await
+            }
+            Store::Embedded(store) => {
+                store
+                    .range_fingerprint(partition.to_owned(), incarnation, range_start)
+                    .await
+            }
+        }
+    }
+
+    /// The latest incarnation of a partition with a recorded fingerprint.
+    pub async fn latest_incarnation(&self, partition: &str) -> Result<Option<u32>> {
+        match self {
+            Store::ClickHouse(store) => store.latest_incarnation(partition).await,
+            Store::Embedded(store) => store.latest_incarnation(partition.to_owned()).await,
+        }
+    }
+
     /// Writes checkpoint partials (idempotent per source range).
     pub async fn write_partials(&self, rows: Vec<PartialSketch>) -> Result<()> {
         match self {

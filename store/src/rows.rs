@@ -652,3 +652,35 @@ impl PipelineStatsRow {
         }
     }
 }
+
+/// One row of `range_fingerprints`.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, Serialize, Deserialize)]
+pub(crate) struct RangeFingerprintRow {
+    pub partition: String,
+    pub incarnation: u32,
+    pub range_start: u64,
+    pub first_offset: u64,
+    pub fingerprint: u64,
+}
+
+impl RangeFingerprintRow {
+    pub(crate) fn from_record(record: crate::RangeFingerprint) -> Self {
+        Self {
+            partition: record.partition,
+            incarnation: record.incarnation,
+            range_start: record.range_start,
+            first_offset: record.first_offset,
+            fingerprint: record.fingerprint,
+        }
+    }
+
+    pub(crate) fn into_record(self) -> crate::RangeFingerprint {
+        crate::RangeFingerprint {
+            partition: self.partition,
+            incarnation: self.incarnation,
+            range_start: self.range_start,
+            first_offset: self.first_offset,
+            fingerprint: self.fingerprint,
+        }
+    }
+}

@@ -98,3 +98,8 @@ async fn pipeline_stats_round_trip() {
 async fn alert_progress_moves_forward_only() {
     common::alert_progress_moves_forward_only(&store("progress").await).await;
 }
+
+#[tokio::test]
+async fn range_fingerprints_round_trip() {
+    common::range_fingerprints_round_trip(&store("fingerprints").await).await;
+}

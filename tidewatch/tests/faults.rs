@@ -11,6 +11,8 @@
 //! | `adversarial_payloads_are_dead_lettered_and_valid_events_counted_once` | 10,000 malformed payloads of every kind mixed into the stream |
 //! | `clickhouse_down_for_a_minute_mid_stream` | ClickHouse unreachable for 60 s (a proxy cuts every connection) |
 //! | `committed_offsets_unreadable_on_assignment` | reading committed offsets fails (injected) during assignment |
+//! | `broker_gone_for_30_seconds` | the broker unreachable for 30 s mid-stream (a proxy cuts it), then back with its data |
+//! | `broker_back_empty_with_the_topic_recreated` | the broker dies and comes back empty; the topic is recreated and the stream goes on |
 //! | `rebalance_storm` | three instances joining and leaving (SIGTERM or SIGKILL) every few seconds over 8 partitions |
 //! | `cardinality_flood` | a million events with distinct model names, segment values and categories |
 
@@ -19,6 +21,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::broker::PrivateBroker;
 use common::child::TidewatchProcess;
 use common::proxy::Proxy;
 use common::{
@@ -718,4 +721,198 @@ async fn rebalance_storm() {
         expected.len()
     );
     assert!(joins >= 6 && leaves + kills >= 4, "the group must churn");
+}
+
+/// `/api/v1/ready` every 2 s for `duration`: (seconds into it, status).
+fn watch_readiness(
+    process: &mut TidewatchProcess,
+    port: u16,
+    duration: Duration,
+) -> Vec<(f64, Option<u16>)> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    while started.elapsed() < duration {
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            process.wait_exit(Duration::ZERO).is_none(),
+            "tidewatch run exited; see {}",
+            process.log.display()
+        );
+        seen.push((
+            started.elapsed().as_secs_f64(),
+            http_get(port, "/api/v1/ready").map(|(status, _)| status),
+        ));
+    }
+    seen
+}
+
+/// Sum of the `/metrics` samples whose line starts with `prefix`.
+fn metric(port: u16, prefix: &str) -> f64 {
+    let (_, text) = http_get(port, "/metrics").expect("/metrics answers");
+    text.lines()
+        .filter(|line| line.starts_with(prefix))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_gone_for_30_seconds() {
+    let mut scenario = Scenario::new(
+        "faults_broker_gone",
+        DemoShape {
+            hours: 4,
+            predictions_per_hour: 10_000,
+            drift_onset_hour: 2,
+            drift_end_hour: None,
+            training_rows: 2_000,
+        },
+    );
+    let broker_port = free_port();
+    let proxy = Proxy::start(&format!("127.0.0.1:{broker_port}")).await;
+    let _broker = PrivateBroker::start(
+        broker_port,
+        &proxy.address,
+        &scenario.directory.join("broker.log"),
+    );
+    scenario.brokers = proxy.address.clone();
+    let port = free_port();
+    let (config, path) = scenario.config_with(
+        2_000,
+        &ConfigOptions {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            session_timeout_ms: 6_000,
+            ..Default::default()
+        },
+    );
+    scenario.create_topics(4).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+    let events = scenario.predictions + scenario.actuals;
+    let log = scenario.directory.join("tidewatch.log");
+    let mut process = TidewatchProcess::start(&path, &log, &[]);
+    process.wait_for_assignment(Duration::from_secs(60));
+    // Produce over about 40 s; cut the broker off 5 s in, for 30 s.
+    let mut producer = scenario.replay(Some((events / 40) as u32));
+    std::thread::sleep(Duration::from_secs(5));
+    let consumed_before = metric(port, "tidewatch_events_consumed_total");
+    proxy.cut();
+    let readiness = watch_readiness(&mut process, port, Duration::from_secs(30));
+    let consumed_during = metric(port, "tidewatch_events_consumed_total") - consumed_before;
+    proxy.restore();
+    assert!(producer.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors = text.lines().filter(|line| line.contains("ERROR")).count();
+    assert!(process.terminate());
+    let first_not_ready = readiness
+        .iter()
+        .find(|(_, status)| *status == Some(503))
+        .map(|(at, _)| *at);
+    println!(
+        "broker gone: {events} events; the broker cut off for 30 s while consuming; the process \
+         stayed up; /ready during the outage {readiness:?} (first 503 after {first_not_ready:?} s), \
+         {ready_after:?} after; {consumed_during} messages read during the outage; {errors} ERROR \
+         lines in the log; predictions stored {stored} of {produced}, {} series-windows equal the \
+         in-process computation",
+        expected.len()
+    );
+    // librdkafka notices within its statistics interval (5 s) and a reconnect.
+    let first_not_ready =
+        first_not_ready.expect("/ready must say not ready while the broker is away");
+    assert!(first_not_ready <= 15.0, "{readiness:?}");
+    assert!(
+        readiness
+            .iter()
+            .filter(|(at, _)| *at > first_not_ready)
+            .all(|(_, status)| *status == Some(503)),
+        "{readiness:?}"
+    );
+    assert_eq!(ready_after, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_back_empty_with_the_topic_recreated() {
+    let mut scenario = Scenario::new("faults_broker_empty", small_shape());
+    let broker_port = free_port();
+    let address = format!("127.0.0.1:{broker_port}");
+    let broker_log = scenario.directory.join("broker.log");
+    let broker = PrivateBroker::start(broker_port, &address, &broker_log);
+    scenario.brokers = address.clone();
+    // The stream in two parts: the broker loses the first before the second
+    // is produced; a window is split between them.
+    let text = std::fs::read_to_string(&scenario.stream).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let split = lines.len() * 55 / 100;
+    let (first, second) = (
+        scenario.directory.join("first.jsonl"),
+        scenario.directory.join("second.jsonl"),
+    );
+    std::fs::write(&first, lines[..split].join("\n") + "\n").unwrap();
+    std::fs::write(&second, lines[split..].join("\n") + "\n").unwrap();
+    let port = free_port();
+    let (config, path) = scenario.config_with(
+        1_000,
+        &ConfigOptions {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            session_timeout_ms: 6_000,
+            ..Default::default()
+        },
+    );
+    scenario.create_topics(2).await;
+    let store = scenario.store_reference(&config).await;
+    let expected = scenario.expected(&config).await;
+    let log = scenario.directory.join("tidewatch.log");
+    let mut process = TidewatchProcess::start(&path, &log, &[]);
+    process.wait_for_assignment(Duration::from_secs(60));
+    assert!(scenario.replay_file(&first, None).wait().unwrap().success());
+    let wait_consumed = |count: f64| {
+        let started = Instant::now();
+        while metric(port, "tidewatch_events_consumed_total") < count {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "not everything was read"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_consumed(split as f64);
+    // Stored and committed.
+    std::thread::sleep(Duration::from_secs(3));
+    broker.kill();
+    let down = watch_readiness(&mut process, port, Duration::from_secs(20));
+    let broker = PrivateBroker::start(broker_port, &address, &broker_log);
+    scenario.create_topics(2).await;
+    assert!(scenario
+        .replay_file(&second, None)
+        .wait()
+        .unwrap()
+        .success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(240), false).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let recreated = metric(port, "tidewatch_partitions_recreated_total");
+    let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
+    assert!(process.terminate());
+    drop(broker);
+    println!(
+        "broker back empty: {} lines, the first {split} produced, read and stored, then the \
+         broker killed and started again empty ({} s down; /ready {down:?}), the topic \
+         recreated and the other {} lines produced: {recreated} partitions read as a new \
+         incarnation; predictions stored {stored} of {produced}: lost {}, double counted {}; \
+         {} series-windows (a window split across the two) equal the in-process computation; \
+         /ready {ready_after:?} after",
+        lines.len(),
+        20,
+        lines.len() - split,
+        produced.saturating_sub(stored),
+        stored.saturating_sub(produced),
+        expected.len()
+    );
+    assert!(recreated >= 1.0, "the new incarnation must be noticed");
+    assert!(
+        down.iter().any(|(_, status)| *status == Some(503)),
+        "/ready must say not ready while the broker is away: {down:?}"
+    );
+    assert_eq!(ready_after, Some(200));
 }

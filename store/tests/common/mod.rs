@@ -416,3 +416,39 @@ pub async fn alert_progress_moves_forward_only(store: &Store) {
     assert_eq!(store.alert_progress("fraud").await.unwrap(), Some(0));
     assert_eq!(store.alert_progress("other").await.unwrap(), None);
 }
+
+pub async fn range_fingerprints_round_trip(store: &Store) {
+    use store::RangeFingerprint;
+    assert_eq!(store.latest_incarnation("t/0").await.unwrap(), None);
+    let row = |incarnation, range_start, fingerprint| RangeFingerprint {
+        partition: "t/0".into(),
+        incarnation,
+        range_start,
+        first_offset: range_start + 3,
+        fingerprint,
+    };
+    store
+        .write_range_fingerprints(vec![row(1, 0, u64::MAX - 5), row(1, 1_000, 7)])
+        .await
+        .unwrap();
+    // Written again (a restart rewrites what it read first): no change.
+    store
+        .write_range_fingerprints(vec![row(1, 0, u64::MAX - 5), row(2, 0, 11)])
+        .await
+        .unwrap();
+    assert_eq!(store.latest_incarnation("t/0").await.unwrap(), Some(2));
+    assert_eq!(store.latest_incarnation("t/1").await.unwrap(), None);
+    assert_eq!(
+        store.range_fingerprint("t/0", 1, 0).await.unwrap(),
+        Some(row(1, 0, u64::MAX - 5)),
+        "the full 64 bits survive"
+    );
+    assert_eq!(
+        store.range_fingerprint("t/0", 2, 0).await.unwrap(),
+        Some(row(2, 0, 11))
+    );
+    assert_eq!(
+        store.range_fingerprint("t/0", 2, 1_000).await.unwrap(),
+        None
+    );
+}

@@ -22,6 +22,7 @@ use store::{MetricsQuery, Store, WindowMetrics};
 use tidewatch::config::Config;
 use tidewatch::fixtures::{self, DemoShape, DEMO_MODEL, DEMO_VERSION};
 
+pub mod broker;
 pub mod child;
 pub mod proxy;
 
@@ -47,6 +48,9 @@ pub struct Scenario {
     pub training: PathBuf,
     pub predictions: u64,
     pub actuals: u64,
+    /// The broker the scenario's clients use (the shared one unless a test
+    /// starts its own).
+    pub brokers: String,
 }
 
 /// What differs between the scenarios' configs.
@@ -92,6 +96,7 @@ impl Scenario {
             training,
             predictions: generated.predictions,
             actuals: generated.actuals,
+            brokers: brokers(),
         }
     }
 
@@ -154,7 +159,7 @@ features = [
   {{ name = "payment_method", kind = "categorical" }},
 ]
 "#,
-            brokers = brokers(),
+            brokers = self.brokers,
             name = self.name,
             dead_letters = self.dead_letter_topic(),
             topic = self.topic(),
@@ -175,7 +180,7 @@ features = [
     pub fn dead_letter_reader(&self) -> rdkafka::consumer::StreamConsumer {
         use rdkafka::consumer::Consumer;
         let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .set("group.id", format!("dead-letter-reader-{}", self.name))
             .set("auto.offset.reset", "earliest")
             .create()
@@ -186,7 +191,7 @@ features = [
 
     pub async fn create_topics(&self, partitions: i32) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .create()
             .expect("admin client");
         let topic = self.topic();
@@ -217,12 +222,17 @@ features = [
 
     /// Runs `tidewatch replay` on the stream.
     pub fn replay(&self, rate: Option<u32>) -> std::process::Child {
+        self.replay_file(&self.stream, rate)
+    }
+
+    /// Runs `tidewatch replay` on `file` to the scenario's topic.
+    pub fn replay_file(&self, file: &Path, rate: Option<u32>) -> std::process::Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
         command
             .arg("replay")
-            .arg(&self.stream)
+            .arg(file)
             .arg("--to")
-            .arg(brokers())
+            .arg(&self.brokers)
             .arg("--topic")
             .arg(self.topic());
         if let Some(rate) = rate {

@@ -1,0 +1,304 @@
+//! Telling a partition whose offsets were reused from the one read before.
+//!
+//! Partials are keyed by source and offset range, and a range's rows are
+//! replaced by rows with a larger end offset. When a topic is deleted and
+//! recreated, or a broker comes back without its data, offsets start again
+//! at 0: the new messages would fall into the old ranges and silently
+//! replace (or be replaced by) rows of events that are gone, corrupting
+//! stored windows.
+//!
+//! So the first message read in each range of each partition is
+//! fingerprinted (offset, and a hash of its timestamp and payload) and
+//! stored in `range_fingerprints` before the range's partials. Whenever a
+//! partition starts reading a range (after an assignment, on crossing into
+//! the next range, or when offsets go backwards without one), the first
+//! message is compared with the fingerprint stored for that range: a
+//! message at the same offset with a different fingerprint means the
+//! offsets were reused, and the partition gets a new *incarnation*, a new
+//! source name (`topic/partition#2`, …) and fresh engine state. Partials of
+//! different incarnations never share a key, so nothing stored is
+//! replaced, and a window holds the events of both.
+//!
+//! The comparison needs the same first offset; after retention deleted the
+//! head of a range the first offset moves and the range is taken as the
+//! same incarnation (every read of a range starts at its start, so this is
+//! the only case where they differ).
+
+use std::collections::{BTreeMap, HashMap};
+
+use store::{RangeFingerprint, Store};
+
+use crate::driver::retry_store;
+use crate::engine::range_start_of;
+use crate::telemetry::Telemetry;
+use crate::Error;
+
+/// Ranges per partition whose first message is remembered in memory.
+const REMEMBERED_RANGES: usize = 64;
+
+/// The hash of a message for [`RangeFingerprint::fingerprint`].
+pub fn fingerprint(timestamp: Option<i64>, payload: &[u8]) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&timestamp.unwrap_or(i64::MIN).to_le_bytes());
+    hasher.update(payload);
+    hasher.digest()
+}
+
+/// The engine and store source name of an incarnation of a partition.
+pub fn incarnation_source(partition: &str, incarnation: u32) -> String {
+    if incarnation <= 1 {
+        partition.to_owned()
+    } else {
+        format!("{partition}#{incarnation}")
+    }
+}
+
+/// The partition (`topic/partition`) of a source name.
+pub fn partition_of(source: &str) -> &str {
+    source
+        .split_once('#')
+        .map_or(source, |(partition, _)| partition)
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    /// `None` until looked up in the store.
+    incarnation: Option<u32>,
+    current_range: Option<u64>,
+    last_offset: Option<u64>,
+    /// range start → (first offset, fingerprint) read in this process.
+    first_read: BTreeMap<u64, (u64, u64)>,
+}
+
+/// What [`Incarnations::source_for`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The source name to ingest the message under.
+    pub source: String,
+    /// Set when the partition was found recreated: the previous source,
+    /// whose state belongs to events that no longer exist in the topic.
+    pub replaced: Option<String>,
+}
+
+/// The incarnation of every partition this member reads. See the module docs.
+#[derive(Debug)]
+pub struct Incarnations {
+    range_size: u64,
+    partitions: HashMap<String, PartitionState>,
+    /// Fingerprints to store before the next checkpoint.
+    unstored: Vec<RangeFingerprint>,
+}
+
+impl Incarnations {
+    /// No partition known yet.
+    pub fn new(range_size: u64) -> Self {
+        Self {
+            range_size,
+            partitions: HashMap::new(),
+            unstored: Vec::new(),
+        }
+    }
+
+    /// Forgets where `partition` was reading (on assignment or revocation):
+    /// its next message is checked again.
+    pub fn reset_position(&mut self, partition: &str) {
+        if let Some(state) = self.partitions.get_mut(partition) {
+            state.current_range = None;
+            state.last_offset = None;
+        }
+    }
+
+    /// The source of `partition` now (before any message: its last known).
+    pub fn current_source(&self, partition: &str) -> String {
+        let incarnation = self
+            .partitions
+            .get(partition)
+            .and_then(|state| state.incarnation)
+            .unwrap_or(1);
+        incarnation_source(partition, incarnation)
+    }
+
+    /// Where the message at `offset` of `partition` goes (see the module
+    /// docs). Store lookups are retried like every store operation.
+    pub async fn source_for(
+        &mut self,
+        store: &Store,
+        telemetry: &Telemetry,
+        retry_max_delay: std::time::Duration,
+        partition: &str,
+        offset: u64,
+        fingerprint: u64,
+    ) -> Result<Placement, Error> {
+        if !self.partitions.contains_key(partition) {
+            self.partitions
+                .insert(partition.to_owned(), PartitionState::default());
+        }
+        let state = self.partitions.get_mut(partition).expect("inserted above");
+        let incarnation = match state.incarnation {
+            Some(incarnation) => incarnation,
+            None => {
+                let latest = retry_store(telemetry, "fingerprints", retry_max_delay, || async {
+                    Ok(store.latest_incarnation(partition).await?)
+                })
+                .await?;
+                *state.incarnation.insert(latest.unwrap_or(1))
+            }
+        };
+        let range_start = range_start_of(offset, self.range_size);
+        let moved = state.current_range != Some(range_start)
+            || state.last_offset.is_some_and(|last| offset <= last);
+        state.current_range = Some(range_start);
+        state.last_offset = Some(offset);
+        let source = incarnation_source(partition, incarnation);
+        if !moved {
+            return Ok(Placement {
+                source,
+                replaced: None,
+            });
+        }
+        let known = match state.first_read.get(&range_start) {
+            Some(first) => Some(*first),
+            None => retry_store(telemetry, "fingerprints", retry_max_delay, || async {
+                Ok(store
+                    .range_fingerprint(partition, incarnation, range_start)
+                    .await?)
+            })
+            .await?
+            .map(|row| (row.first_offset, row.fingerprint)),
+        };
+        let reused = known.is_some_and(|(first_offset, known_fingerprint)| {
+            first_offset == offset && known_fingerprint != fingerprint
+        });
+        let state = self.partitions.get_mut(partition).expect("inserted above");
+        let mut placement = Placement {
+            source,
+            replaced: None,
+        };
+        if reused {
+            let latest = retry_store(telemetry, "fingerprints", retry_max_delay, || async {
+                Ok(store.latest_incarnation(partition).await?)
+            })
+            .await?
+            .unwrap_or(1);
+            let next = latest.max(incarnation) + 1;
+            tracing::warn!(
+                partition,
+                offset,
+                incarnation = next,
+                "offsets of the partition were reused (topic recreated, or the broker came back \
+                 without its data): reading it as a new incarnation, stored windows keep the old events"
+            );
+            telemetry.partition_recreated();
+            state.incarnation = Some(next);
+            state.first_read.clear();
+            placement = Placement {
+                source: incarnation_source(partition, next),
+                replaced: Some(placement.source),
+            };
+        }
+        if reused || known.is_none() {
+            state.first_read.insert(range_start, (offset, fingerprint));
+            if state.first_read.len() > REMEMBERED_RANGES {
+                state.first_read.pop_first();
+            }
+            self.unstored.push(RangeFingerprint {
+                partition: partition.to_owned(),
+                incarnation: state.incarnation.expect("set above"),
+                range_start,
+                first_offset: offset,
+                fingerprint,
+            });
+        }
+        Ok(placement)
+    }
+
+    /// Stores the fingerprints of ranges started since the last call (before
+    /// any partial of those ranges is written).
+    pub async fn store(
+        &mut self,
+        store: &Store,
+        telemetry: &Telemetry,
+        retry_max_delay: std::time::Duration,
+    ) -> Result<(), Error> {
+        if self.unstored.is_empty() {
+            return Ok(());
+        }
+        let rows = &self.unstored;
+        retry_store(telemetry, "fingerprints", retry_max_delay, || async {
+            Ok(store.write_range_fingerprints(rows.clone()).await?)
+        })
+        .await?;
+        self.unstored.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> Store {
+        Store::Embedded(store::embedded::EmbeddedStore::in_memory().unwrap())
+    }
+
+    const DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+    #[tokio::test]
+    async fn reused_offsets_get_a_new_incarnation_and_a_restart_keeps_it() {
+        let store = store().await;
+        let telemetry = Telemetry::default();
+        let mut member = Incarnations::new(100);
+        let place = async |member: &mut Incarnations, offset: u64, payload: &str| {
+            member
+                .source_for(
+                    &store,
+                    &telemetry,
+                    DELAY,
+                    "t/0",
+                    offset,
+                    fingerprint(Some(1), payload.as_bytes()),
+                )
+                .await
+                .unwrap()
+        };
+        for offset in 0..250 {
+            let placed = place(&mut member, offset, &format!("old {offset}")).await;
+            assert_eq!(placed.source, "t/0");
+            assert_eq!(placed.replaced, None);
+        }
+        // A rewind after an assignment reads the same messages: same source.
+        member.reset_position("t/0");
+        assert_eq!(place(&mut member, 200, "old 200").await.source, "t/0");
+        member.store(&store, &telemetry, DELAY).await.unwrap();
+        // The topic is recreated: offset 0 holds another message.
+        let placed = place(&mut member, 0, "new 0").await;
+        assert_eq!(placed.source, "t/0#2");
+        assert_eq!(placed.replaced.as_deref(), Some("t/0"));
+        for offset in 1..150 {
+            assert_eq!(
+                place(&mut member, offset, &format!("new {offset}"))
+                    .await
+                    .source,
+                "t/0#2",
+                "range 100 of the old incarnation is not compared with the new one"
+            );
+        }
+        member.store(&store, &telemetry, DELAY).await.unwrap();
+        // A restarted member starts from the latest incarnation and finds
+        // the same first message there.
+        let mut restarted = Incarnations::new(100);
+        assert_eq!(restarted.current_source("t/0"), "t/0");
+        let placed = place(&mut restarted, 100, "new 100").await;
+        assert_eq!(placed.source, "t/0#2");
+        assert_eq!(placed.replaced, None);
+        assert_eq!(restarted.current_source("t/0"), "t/0#2");
+    }
+
+    #[test]
+    fn source_names_round_trip() {
+        assert_eq!(incarnation_source("t/3", 1), "t/3");
+        assert_eq!(incarnation_source("t/3", 4), "t/3#4");
+        assert_eq!(partition_of("t/3#4"), "t/3");
+        assert_eq!(partition_of("t/3"), "t/3");
+    }
+}
