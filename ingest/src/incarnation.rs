@@ -169,6 +169,16 @@ impl Incarnations {
         let reused = known.is_some_and(|(first_offset, known_fingerprint)| {
             first_offset == offset && known_fingerprint != fingerprint
         });
+        tracing::debug!(
+            partition,
+            offset,
+            range_start,
+            incarnation,
+            ?known,
+            fingerprint,
+            reused,
+            "first message of a range checked"
+        );
         let state = self.partitions.get_mut(partition).expect("inserted above");
         let mut placement = Placement {
             source,

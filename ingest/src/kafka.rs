@@ -124,12 +124,26 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// A producer with the user's properties (dead letters, replay, bus events).
+/// A producer with the user's properties, for the pipeline's own messages
+/// (dead letters, bus events).
 ///
-/// Idempotent unless the properties say otherwise: a send retried after a
-/// lost acknowledgement (a broker or network fault) is then written once,
-/// not twice.
+/// Not idempotent: an idempotent producer whose broker comes back without
+/// its state fails for good (its producer id is unknown there), and the
+/// pipeline would wait forever on its dead letters. A send retried after a
+/// lost acknowledgement may then be written twice: dead letters and bus
+/// events carry their source coordinates and ids, so readers can tell.
 pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
+    let mut config = client_config(settings);
+    if config.get("enable.idempotence").is_none() {
+        config.set("enable.idempotence", "false");
+    }
+    Ok(config.create()?)
+}
+
+/// An idempotent producer (`tidewatch replay`): a send retried across a
+/// broker or network fault is written once. A fatal producer error stops
+/// the replay.
+fn idempotent_producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
     let mut config = client_config(settings);
     if config.get("enable.idempotence").is_none() {
         config.set("enable.idempotence", "true");
@@ -505,6 +519,8 @@ pub async fn run(
     // Set when shutdown cut a step short: what it ingested may be half
     // handled (a dead letter not yet handed over), so nothing is committed.
     let mut interrupted = false;
+    let health = telemetry.health().clone();
+    health.set_stall_after(loop_settings.stall_after);
     let outcome: Result<(), Error> = loop {
         // Every step may wait on a store or broker outage; shutdown cuts it
         // short (nothing after the last commit is lost: it is read again).
@@ -535,6 +551,7 @@ pub async fn run(
                 };
                 // The step first: one that completes without waiting is
                 // never cut; shutdown interrupts only a step that waits.
+                health.step_started();
                 tokio::select! {
                     biased;
                     result = step => result,
@@ -553,6 +570,7 @@ pub async fn run(
                 }
                 // The step first: one that completes without waiting is
                 // never cut; shutdown interrupts only a step that waits.
+                health.step_started();
                 tokio::select! {
                     biased;
                     result = member.handle(&mut driver, note) => result,
@@ -563,10 +581,12 @@ pub async fn run(
                 }
             }
         };
+        health.step_finished();
         if let Err(error) = step {
             break Err(error);
         }
     };
+    health.step_finished();
 
     // Drain: a last checkpoint and a synchronous commit, within the deadline.
     // Notes still queued are dropped unread (their offsets are not committed).
@@ -669,7 +689,7 @@ pub async fn replay_file(
     options: &ReplayOptions,
 ) -> Result<u64, Error> {
     let mut lines = LineReader::open(path, DEFAULT_MAX_LINE_BYTES).await?;
-    let producer = producer(settings)?;
+    let producer = idempotent_producer(settings)?;
     let started = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
     let mut delivered = 0u64;

@@ -190,6 +190,20 @@ impl ClientContext for PollContext {
     /// whether any broker is up.
     fn stats(&self, statistics: rdkafka::Statistics) {
         for (name, topic) in &statistics.topics {
+            for p in topic.partitions.values().filter(|p| p.partition >= 0) {
+                tracing::debug!(
+                    topic = name,
+                    partition = p.partition,
+                    fetch_state = p.fetch_state,
+                    next_offset = p.next_offset,
+                    app_offset = p.app_offset,
+                    lo_offset = p.lo_offset,
+                    hi_offset = p.hi_offset,
+                    consumer_lag = p.consumer_lag,
+                    leader = p.leader,
+                    "partition statistics"
+                );
+            }
             let lag: i64 = topic
                 .partitions
                 .values()

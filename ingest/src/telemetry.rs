@@ -23,8 +23,10 @@
 //! | `tidewatch_consumer_stalled` | gauge | 1 while the consumer has lag but has read nothing for `windows.stall_after` |
 //!
 //! [`Health`] turns the same facts into readiness (`/api/v1/ready`): not
-//! ready while the store is being retried, no broker is up, or the consumer
-//! is stalled.
+//! ready while the store is being retried, no broker is up, the consumer is
+//! stalled (lag, nothing read), or one step of the loop (a checkpoint, dead
+//! letters waiting for the broker) has waited longer than
+//! `windows.stall_after`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -84,6 +86,10 @@ pub enum Problem {
     BrokersDown,
     /// The consumer has lag but has read nothing for a while.
     ConsumerStalled,
+    /// One step of the consumer loop (a checkpoint, dead letters waiting
+    /// for the broker, a finalization) has been waiting for longer than
+    /// `windows.stall_after`: nothing is being read meanwhile.
+    ConsumerHeldUp,
 }
 
 impl Problem {
@@ -93,6 +99,7 @@ impl Problem {
             Problem::StoreUnavailable => "store_unavailable",
             Problem::BrokersDown => "brokers_down",
             Problem::ConsumerStalled => "consumer_stalled",
+            Problem::ConsumerHeldUp => "consumer_held_up",
         }
     }
 }
@@ -104,6 +111,10 @@ pub struct Health {
     store_up: Gauge,
     brokers_up: Gauge,
     stalled: Gauge,
+    /// Wall-clock ms when the loop's current step began; 0 between steps.
+    step_started_ms: Gauge,
+    /// `windows.stall_after`, ms.
+    stall_after_ms: Gauge,
 }
 
 impl Default for Health {
@@ -112,14 +123,39 @@ impl Default for Health {
             store_up: Gauge::default(),
             brokers_up: Gauge::default(),
             stalled: Gauge::default(),
+            step_started_ms: Gauge::default(),
+            stall_after_ms: Gauge::default(),
         };
+        health.stall_after_ms.set(i64::MAX);
         health.store_up.set(1);
         health.brokers_up.set(1);
         health
     }
 }
 
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl Health {
+    /// How long one step of the loop may wait before readiness fails.
+    pub fn set_stall_after(&self, stall_after: std::time::Duration) {
+        self.stall_after_ms
+            .set(i64::try_from(stall_after.as_millis()).unwrap_or(i64::MAX));
+    }
+
+    /// The loop began a step.
+    pub fn step_started(&self) {
+        self.step_started_ms.set(wall_ms().max(1));
+    }
+
+    /// The loop finished its step.
+    pub fn step_finished(&self) {
+        self.step_started_ms.set(0);
+    }
+
     /// What currently stands in the way of readiness; empty when ready.
     pub fn problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -131,6 +167,10 @@ impl Health {
         }
         if self.stalled.get() != 0 {
             problems.push(Problem::ConsumerStalled);
+        }
+        let started = self.step_started_ms.get();
+        if started > 0 && wall_ms().saturating_sub(started) > self.stall_after_ms.get() {
+            problems.push(Problem::ConsumerHeldUp);
         }
         problems
     }
@@ -388,6 +428,18 @@ impl Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_waiting_longer_than_stall_after_fails_readiness() {
+        let health = Health::default();
+        health.set_stall_after(std::time::Duration::from_millis(20));
+        health.step_started();
+        assert!(health.problems().is_empty(), "a step that just began");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert_eq!(health.problems(), vec![Problem::ConsumerHeldUp]);
+        health.step_finished();
+        assert!(health.problems().is_empty());
+    }
 
     #[test]
     fn readiness_follows_the_gauges() {

@@ -25,8 +25,8 @@ use common::broker::PrivateBroker;
 use common::child::TidewatchProcess;
 use common::proxy::Proxy;
 use common::{
-    brokers, check_oracle, clickhouse_url, header, small_shape, wait_for_metrics, ConfigOptions,
-    Scenario,
+    brokers, check_oracle, clickhouse_url, demo_hours, header, small_shape, wait_for_metrics,
+    ConfigOptions, Prepared, Scenario,
 };
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -77,16 +77,21 @@ async fn sigkill_ten_times_while_consuming() {
     let scenario = Scenario::new("faults_kill", shape);
     let events = scenario.predictions + scenario.actuals;
     assert!(events >= 300_000, "{events} events");
-    let (config, path) = scenario.config_with(
-        5_000,
-        &ConfigOptions {
-            session_timeout_ms: 6_000,
-            ..Default::default()
-        },
-    );
-    scenario.create_topics(4).await;
-    let store = scenario.store_reference(&config).await;
-    let expected = scenario.expected(&config).await;
+    let Prepared {
+        path,
+        store,
+        expected,
+        ..
+    } = scenario
+        .prepare(
+            5_000,
+            &ConfigOptions {
+                session_timeout_ms: 6_000,
+                ..Default::default()
+            },
+            4,
+        )
+        .await;
 
     // Produce over about 60 s so that every kill lands mid-stream.
     let rate = (events / 60) as u32;
@@ -209,10 +214,12 @@ fn adversarial_payloads(count: usize) -> Vec<(Vec<u8>, &'static str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() {
     let scenario = Scenario::new("faults_adversarial", small_shape());
-    let (config, path) = scenario.config_with(1_000, &ConfigOptions::default());
-    scenario.create_topics(3).await;
-    let store = scenario.store_reference(&config).await;
-    let expected = scenario.expected(&config).await;
+    let Prepared {
+        path,
+        store,
+        expected,
+        ..
+    } = scenario.prepare(1_000, &ConfigOptions::default(), 3).await;
     let payloads = adversarial_payloads(10_000);
     // 100,000 feature names in one event of a model Tidewatch does not
     // watch: decoded, dropped and counted as an unknown model.
@@ -318,31 +325,27 @@ async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_down_for_a_minute_mid_stream() {
-    let scenario = Scenario::new(
-        "faults_clickhouse",
-        DemoShape {
-            hours: 4,
-            predictions_per_hour: 10_000,
-            drift_onset_hour: 2,
-            drift_end_hour: None,
-            training_rows: 2_000,
-        },
-    );
+    let scenario = Scenario::new("faults_clickhouse", demo_hours(4, 10_000));
     let clickhouse = clickhouse_url();
     let target = clickhouse.trim_start_matches("http://").to_owned();
     let proxy = Proxy::start(&target).await;
     let port = free_port();
-    let (config, path) = scenario.config_with(
-        2_000,
-        &ConfigOptions {
-            clickhouse_url: Some(format!("http://{}", proxy.address)),
-            http_listen: Some(format!("127.0.0.1:{port}")),
-            ..Default::default()
-        },
-    );
-    scenario.create_topics(2).await;
-    let store = scenario.store_reference(&config).await;
-    let expected = scenario.expected(&config).await;
+    let Prepared {
+        path,
+        store,
+        expected,
+        ..
+    } = scenario
+        .prepare(
+            2_000,
+            &ConfigOptions {
+                clickhouse_url: Some(format!("http://{}", proxy.address)),
+                http_listen: Some(format!("127.0.0.1:{port}")),
+                ..Default::default()
+            },
+            2,
+        )
+        .await;
     let events = scenario.predictions + scenario.actuals;
     let log = scenario.directory.join("tidewatch.log");
     let mut process = TidewatchProcess::start(&path, &log, &[]);
@@ -404,26 +407,22 @@ async fn clickhouse_down_for_a_minute_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_unreadable_on_assignment() {
-    let scenario = Scenario::new(
-        "faults_assign",
-        DemoShape {
-            hours: 3,
-            predictions_per_hour: 4_000,
-            drift_onset_hour: 2,
-            drift_end_hour: None,
-            training_rows: 2_000,
-        },
-    );
-    let (config, path) = scenario.config_with(
-        1_000,
-        &ConfigOptions {
-            session_timeout_ms: 6_000,
-            ..Default::default()
-        },
-    );
-    scenario.create_topics(3).await;
-    let store = scenario.store_reference(&config).await;
-    let expected = scenario.expected(&config).await;
+    let scenario = Scenario::new("faults_assign", demo_hours(3, 4_000));
+    let Prepared {
+        path,
+        store,
+        expected,
+        ..
+    } = scenario
+        .prepare(
+            1_000,
+            &ConfigOptions {
+                session_timeout_ms: 6_000,
+                ..Default::default()
+            },
+            3,
+        )
+        .await;
     let events = scenario.predictions + scenario.actuals;
     let mut producer = scenario.replay(Some((events / 30) as u32));
     let log = scenario.directory.join("tidewatch.log");
@@ -655,26 +654,22 @@ async fn cardinality_flood() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_storm() {
-    let scenario = Scenario::new(
-        "faults_storm",
-        DemoShape {
-            hours: 4,
-            predictions_per_hour: 15_000,
-            drift_onset_hour: 2,
-            drift_end_hour: None,
-            training_rows: 2_000,
-        },
-    );
-    let (config, path) = scenario.config_with(
-        2_000,
-        &ConfigOptions {
-            session_timeout_ms: 6_000,
-            ..Default::default()
-        },
-    );
-    scenario.create_topics(8).await;
-    let store = scenario.store_reference(&config).await;
-    let expected = scenario.expected(&config).await;
+    let scenario = Scenario::new("faults_storm", demo_hours(4, 15_000));
+    let Prepared {
+        path,
+        store,
+        expected,
+        ..
+    } = scenario
+        .prepare(
+            2_000,
+            &ConfigOptions {
+                session_timeout_ms: 6_000,
+                ..Default::default()
+            },
+            8,
+        )
+        .await;
     let events = scenario.predictions + scenario.actuals;
     // Produce over about 60 s while the group churns.
     let mut producer = scenario.replay(Some((events / 60) as u32));
@@ -757,16 +752,7 @@ fn metric(port: u16, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_gone_for_30_seconds() {
-    let mut scenario = Scenario::new(
-        "faults_broker_gone",
-        DemoShape {
-            hours: 4,
-            predictions_per_hour: 10_000,
-            drift_onset_hour: 2,
-            drift_end_hour: None,
-            training_rows: 2_000,
-        },
-    );
+    let mut scenario = Scenario::new("faults_broker_gone", demo_hours(4, 10_000));
     let broker_port = free_port();
     let proxy = Proxy::start(&format!("127.0.0.1:{broker_port}")).await;
     let _broker = PrivateBroker::start(
@@ -776,17 +762,22 @@ async fn broker_gone_for_30_seconds() {
     );
     scenario.brokers = proxy.address.clone();
     let port = free_port();
-    let (config, path) = scenario.config_with(
-        2_000,
-        &ConfigOptions {
-            http_listen: Some(format!("127.0.0.1:{port}")),
-            session_timeout_ms: 6_000,
-            ..Default::default()
-        },
-    );
-    scenario.create_topics(4).await;
-    let store = scenario.store_reference(&config).await;
-    let expected = scenario.expected(&config).await;
+    let Prepared {
+        path,
+        store,
+        expected,
+        ..
+    } = scenario
+        .prepare(
+            2_000,
+            &ConfigOptions {
+                http_listen: Some(format!("127.0.0.1:{port}")),
+                session_timeout_ms: 6_000,
+                ..Default::default()
+            },
+            4,
+        )
+        .await;
     let events = scenario.predictions + scenario.actuals;
     let log = scenario.directory.join("tidewatch.log");
     let mut process = TidewatchProcess::start(&path, &log, &[]);
@@ -852,27 +843,36 @@ async fn broker_back_empty_with_the_topic_recreated() {
     std::fs::write(&first, lines[..split].join("\n") + "\n").unwrap();
     std::fs::write(&second, lines[split..].join("\n") + "\n").unwrap();
     let port = free_port();
-    let (config, path) = scenario.config_with(
-        1_000,
-        &ConfigOptions {
-            http_listen: Some(format!("127.0.0.1:{port}")),
-            session_timeout_ms: 6_000,
-            ..Default::default()
-        },
-    );
-    scenario.create_topics(2).await;
-    let store = scenario.store_reference(&config).await;
-    let expected = scenario.expected(&config).await;
+    let Prepared {
+        path,
+        store,
+        expected,
+        ..
+    } = scenario
+        .prepare(
+            1_000,
+            &ConfigOptions {
+                http_listen: Some(format!("127.0.0.1:{port}")),
+                session_timeout_ms: 6_000,
+                ..Default::default()
+            },
+            2,
+        )
+        .await;
     let log = scenario.directory.join("tidewatch.log");
     let mut process = TidewatchProcess::start(&path, &log, &[]);
     process.wait_for_assignment(Duration::from_secs(60));
     assert!(scenario.replay_file(&first, None).wait().unwrap().success());
     let wait_consumed = |count: f64| {
         let started = Instant::now();
-        while metric(port, "tidewatch_events_consumed_total") < count {
+        loop {
+            let consumed = metric(port, "tidewatch_events_consumed_total");
+            if consumed >= count {
+                break;
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(120),
-                "not everything was read"
+                "{consumed} messages read of {count}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -889,6 +889,15 @@ async fn broker_back_empty_with_the_topic_recreated() {
         .wait()
         .unwrap()
         .success());
+    wait_consumed(lines.len() as f64);
+    let (_, text) = http_get(port, "/metrics").expect("/metrics answers");
+    for line in text.lines().filter(|line| {
+        line.starts_with("tidewatch_events_dropped_total")
+            || line.starts_with("tidewatch_events_consumed_total")
+            || line.starts_with("tidewatch_windows_closed_total")
+    }) {
+        println!("after the second part: {line}");
+    }
     wait_for_metrics(&store, &expected, Duration::from_secs(240), false).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let recreated = metric(port, "tidewatch_partitions_recreated_total");

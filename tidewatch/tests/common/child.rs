@@ -26,7 +26,7 @@ impl TidewatchProcess {
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,ingest::incarnation=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (name, value) in env {

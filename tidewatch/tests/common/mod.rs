@@ -53,6 +53,16 @@ pub struct Scenario {
     pub brokers: String,
 }
 
+/// A scenario ready to run ([`Scenario::prepare`]).
+pub struct Prepared {
+    pub config: Config,
+    /// The config file, for a `tidewatch run` child.
+    pub path: PathBuf,
+    pub store: Store,
+    /// The in-process computation over the whole stream.
+    pub expected: Vec<WindowMetrics>,
+}
+
 /// What differs between the scenarios' configs.
 pub struct ConfigOptions {
     /// ClickHouse URL (a proxy's), when not the test server's.
@@ -174,6 +184,27 @@ features = [
         let path = self.directory.join("tidewatch.toml");
         std::fs::write(&path, text).unwrap();
         (Config::load(&path).unwrap(), path)
+    }
+
+    /// Writes the config ([`Scenario::config_with`]), creates the topics
+    /// with `partitions`, stores the reference and computes the in-process
+    /// expectation.
+    pub async fn prepare(
+        &self,
+        range_size: u64,
+        options: &ConfigOptions,
+        partitions: i32,
+    ) -> Prepared {
+        let (config, path) = self.config_with(range_size, options);
+        self.create_topics(partitions).await;
+        let store = self.store_reference(&config).await;
+        let expected = self.expected(&config).await;
+        Prepared {
+            config,
+            path,
+            store,
+            expected,
+        }
     }
 
     /// A consumer of the scenario's dead-letter topic, from its start.
@@ -323,8 +354,14 @@ pub fn compare(
 ) -> Result<(), String> {
     let actual: HashMap<&SeriesKey, &WindowMetrics> = actual.iter().map(|m| (&m.key, m)).collect();
     if actual.len() != expected.len() {
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|m| !actual.contains_key(&m.key))
+            .take(5)
+            .map(|m| format!("{:?}", m.key))
+            .collect();
         return Err(format!(
-            "{} series-windows stored, {} expected",
+            "{} series-windows stored, {} expected; missing (first 5): {missing:?}",
             actual.len(),
             expected.len()
         ));
@@ -502,9 +539,15 @@ pub fn header(message: &impl rdkafka::Message, name: &str) -> Option<String> {
 
 /// Three hours of 1,500 predictions, drift from hour 2.
 pub fn small_shape() -> DemoShape {
+    demo_hours(3, 1_500)
+}
+
+/// `hours` hours of `predictions_per_hour`, drift from hour 2, 2,000
+/// training rows.
+pub fn demo_hours(hours: u32, predictions_per_hour: u32) -> DemoShape {
     DemoShape {
-        hours: 3,
-        predictions_per_hour: 1_500,
+        hours,
+        predictions_per_hour,
         drift_onset_hour: 2,
         drift_end_hour: None,
         training_rows: 2_000,
