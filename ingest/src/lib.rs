@@ -12,6 +12,12 @@
 //! - [`kafka`]: the consumer-group member (`run`) and the file-to-topic
 //!   producer (`replay_file`).
 //! - [`file`]: replays a JSON-lines file through the engine without Kafka.
+//! - [`lines`]: reads a JSON-lines file one line at a time (replays never
+//!   hold a whole file).
+//! - [`incarnation`]: tells a partition whose offsets were reused (topic
+//!   recreated, broker back empty) from the one read before, by the first
+//!   message of each offset range, so stored ranges are never replaced by
+//!   other events.
 //! - [`poller`]: the thread that polls librdkafka, rewinds assigned
 //!   partitions and hands batches to the loop.
 //! - [`dead_letter`]: where undecodable payloads go, with their reason.
@@ -24,7 +30,7 @@
 //!                                      │
 //!                        every checkpoint_interval / sealed range
 //!                                      ▼
-//!                    Driver::checkpoint ─► store.window_partials ─► commit offsets
+//!   range_fingerprints ─► Driver::checkpoint ─► store.window_partials ─► commit offsets
 //!                                      │
 //!                          watermark passed a window end
 //!                                      ▼
