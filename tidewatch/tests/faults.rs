@@ -26,7 +26,7 @@ use common::child::TidewatchProcess;
 use common::proxy::Proxy;
 use common::{
     brokers, check_oracle, clickhouse_url, demo_hours, header, small_shape, wait_for_metrics,
-    ConfigOptions, Prepared, Scenario,
+    ConfigOptions, Scenario,
 };
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -77,12 +77,7 @@ async fn sigkill_ten_times_while_consuming() {
     let scenario = Scenario::new("faults_kill", shape);
     let events = scenario.predictions + scenario.actuals;
     assert!(events >= 300_000, "{events} events");
-    let Prepared {
-        path,
-        store,
-        expected,
-        ..
-    } = scenario
+    let (path, store, expected) = scenario
         .prepare(
             5_000,
             &ConfigOptions {
@@ -214,12 +209,7 @@ fn adversarial_payloads(count: usize) -> Vec<(Vec<u8>, &'static str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() {
     let scenario = Scenario::new("faults_adversarial", small_shape());
-    let Prepared {
-        path,
-        store,
-        expected,
-        ..
-    } = scenario.prepare(1_000, &ConfigOptions::default(), 3).await;
+    let (path, store, expected) = scenario.prepare(1_000, &ConfigOptions::default(), 3).await;
     let payloads = adversarial_payloads(10_000);
     // 100,000 feature names in one event of a model Tidewatch does not
     // watch: decoded, dropped and counted as an unknown model.
@@ -330,12 +320,7 @@ async fn clickhouse_down_for_a_minute_mid_stream() {
     let target = clickhouse.trim_start_matches("http://").to_owned();
     let proxy = Proxy::start(&target).await;
     let port = free_port();
-    let Prepared {
-        path,
-        store,
-        expected,
-        ..
-    } = scenario
+    let (path, store, expected) = scenario
         .prepare(
             2_000,
             &ConfigOptions {
@@ -408,12 +393,7 @@ async fn clickhouse_down_for_a_minute_mid_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_unreadable_on_assignment() {
     let scenario = Scenario::new("faults_assign", demo_hours(3, 4_000));
-    let Prepared {
-        path,
-        store,
-        expected,
-        ..
-    } = scenario
+    let (path, store, expected) = scenario
         .prepare(
             1_000,
             &ConfigOptions {
@@ -655,12 +635,7 @@ async fn cardinality_flood() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_storm() {
     let scenario = Scenario::new("faults_storm", demo_hours(4, 15_000));
-    let Prepared {
-        path,
-        store,
-        expected,
-        ..
-    } = scenario
+    let (path, store, expected) = scenario
         .prepare(
             2_000,
             &ConfigOptions {
@@ -762,21 +737,8 @@ async fn broker_gone_for_30_seconds() {
     );
     scenario.brokers = proxy.address.clone();
     let port = free_port();
-    let Prepared {
-        path,
-        store,
-        expected,
-        ..
-    } = scenario
-        .prepare(
-            2_000,
-            &ConfigOptions {
-                http_listen: Some(format!("127.0.0.1:{port}")),
-                session_timeout_ms: 6_000,
-                ..Default::default()
-            },
-            4,
-        )
+    let (path, store, expected) = scenario
+        .prepare(2_000, &ConfigOptions::observed(port), 4)
         .await;
     let events = scenario.predictions + scenario.actuals;
     let log = scenario.directory.join("tidewatch.log");
@@ -843,21 +805,8 @@ async fn broker_back_empty_with_the_topic_recreated() {
     std::fs::write(&first, lines[..split].join("\n") + "\n").unwrap();
     std::fs::write(&second, lines[split..].join("\n") + "\n").unwrap();
     let port = free_port();
-    let Prepared {
-        path,
-        store,
-        expected,
-        ..
-    } = scenario
-        .prepare(
-            1_000,
-            &ConfigOptions {
-                http_listen: Some(format!("127.0.0.1:{port}")),
-                session_timeout_ms: 6_000,
-                ..Default::default()
-            },
-            2,
-        )
+    let (path, store, expected) = scenario
+        .prepare(1_000, &ConfigOptions::observed(port), 2)
         .await;
     let log = scenario.directory.join("tidewatch.log");
     let mut process = TidewatchProcess::start(&path, &log, &[]);

@@ -53,16 +53,6 @@ pub struct Scenario {
     pub brokers: String,
 }
 
-/// A scenario ready to run ([`Scenario::prepare`]).
-pub struct Prepared {
-    pub config: Config,
-    /// The config file, for a `tidewatch run` child.
-    pub path: PathBuf,
-    pub store: Store,
-    /// The in-process computation over the whole stream.
-    pub expected: Vec<WindowMetrics>,
-}
-
 /// What differs between the scenarios' configs.
 pub struct ConfigOptions {
     /// ClickHouse URL (a proxy's), when not the test server's.
@@ -75,6 +65,18 @@ pub struct ConfigOptions {
     pub idle_close_after: &'static str,
     /// Lines added to the model's section (segment bounds…).
     pub model_extra: &'static str,
+}
+
+impl ConfigOptions {
+    /// Serving `/ready` and `/metrics` on 127.0.0.1:`port`, with a 6 s
+    /// session timeout (a killed member's partitions move on quickly).
+    pub fn observed(port: u16) -> Self {
+        Self {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            session_timeout_ms: 6_000,
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for ConfigOptions {
@@ -188,23 +190,19 @@ features = [
 
     /// Writes the config ([`Scenario::config_with`]), creates the topics
     /// with `partitions`, stores the reference and computes the in-process
-    /// expectation.
+    /// expectation: (the config file for a `tidewatch run` child, the
+    /// store, the in-process computation over the whole stream).
     pub async fn prepare(
         &self,
         range_size: u64,
         options: &ConfigOptions,
         partitions: i32,
-    ) -> Prepared {
+    ) -> (PathBuf, Store, Vec<WindowMetrics>) {
         let (config, path) = self.config_with(range_size, options);
         self.create_topics(partitions).await;
         let store = self.store_reference(&config).await;
         let expected = self.expected(&config).await;
-        Prepared {
-            config,
-            path,
-            store,
-            expected,
-        }
+        (path, store, expected)
     }
 
     /// A consumer of the scenario's dead-letter topic, from its start.
