@@ -96,12 +96,14 @@ async fn sigkill_ten_times_while_consuming() {
     let started = Instant::now();
     let log = scenario.directory.join("tidewatch.log");
     let mut kills = Vec::new();
+    let mut peak = 0;
     for _ in 0..10 {
         let mut process = TidewatchProcess::start(&path, &log, &[]);
         process.wait_for_assignment(Duration::from_secs(60));
         let after = Duration::from_millis(rng.random_range(200..2_500));
         std::thread::sleep(after);
         let producing = producer.try_wait().unwrap().is_none();
+        peak = peak.max(process.peak_rss_kib());
         process.kill();
         kills.push((started.elapsed(), after, producing));
     }
@@ -113,12 +115,13 @@ async fn sigkill_ten_times_while_consuming() {
     );
     wait_for_metrics(&store, &expected, Duration::from_secs(300), false).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
+    let peak = peak.max(process.peak_rss_kib());
     assert!(process.terminate(), "the last process did not stop cleanly");
     println!(
         "sigkill: {events} events ({} predictions) produced at {rate}/s over 4 partitions; \
          10 SIGKILLs (seed {seed}) at {:?} after start, {mid_stream} while the producer ran; \
          {} series-windows equal the in-process computation; predictions stored {stored} of \
-         {produced}: lost {}, double counted {}; {:.0} s in all",
+         {produced}: lost {}, double counted {}; peak RSS of any process {peak} KiB; {:.0} s in all",
         scenario.predictions,
         kills
             .iter()
@@ -300,12 +303,14 @@ async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() 
     // Nothing more than the malformed payloads was dead-lettered.
     let extra = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await;
     assert!(extra.is_err(), "an unexpected dead letter arrived");
+    let peak = process.peak_rss_kib();
     assert!(process.terminate());
     println!(
         "adversarial: {} malformed payloads ({} kinds, one of 5 MB) and a 100,000-feature event \
          mixed into {} valid events; {letters} dead letters (largest payload {largest} bytes, the \
          5 MB one cut to {kept} bytes), every one with its reason; no crash; predictions stored \
-         {stored} of {produced}, {} series-windows equal the in-process computation",
+         {stored} of {produced}, {} series-windows equal the in-process computation; peak RSS \
+         {peak} KiB",
         payloads.len(),
         14,
         scenario.predictions + scenario.actuals,
@@ -653,7 +658,7 @@ async fn rebalance_storm() {
     let log = scenario.directory.join("tidewatch.log");
     let started = Instant::now();
     let mut members: Vec<TidewatchProcess> = Vec::new();
-    let (mut joins, mut leaves, mut kills) = (0, 0, 0);
+    let (mut joins, mut leaves, mut kills, mut peak) = (0, 0, 0, 0);
     while started.elapsed() < Duration::from_secs(60) {
         let join = members.is_empty() || (members.len() < 3 && rng.random_bool(0.6));
         if join {
@@ -661,6 +666,7 @@ async fn rebalance_storm() {
             joins += 1;
         } else {
             let member = members.remove(rng.random_range(0..members.len()));
+            peak = peak.max(member.peak_rss_kib());
             if rng.random_bool(0.3) {
                 member.kill();
                 kills += 1;
@@ -679,13 +685,15 @@ async fn rebalance_storm() {
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let remaining = members.len();
     for member in members {
+        peak = peak.max(member.peak_rss_kib());
         assert!(member.terminate());
     }
     println!(
         "rebalance storm: {events} events over 8 partitions; for 60 s (seed {seed}) members \
          joined {joins} times, left {leaves} times (SIGTERM) and were killed {kills} times, \
          {remaining} left at the end; predictions stored {stored} of {produced}: lost {}, \
-         double counted {}; {} series-windows equal the in-process computation",
+         double counted {}; {} series-windows equal the in-process computation; peak RSS of \
+         any member {peak} KiB",
         produced.saturating_sub(stored),
         stored.saturating_sub(produced),
         expected.len()
@@ -758,6 +766,7 @@ async fn broker_gone_for_30_seconds() {
     let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
     let text = std::fs::read_to_string(&log).unwrap();
     let errors = text.lines().filter(|line| line.contains("ERROR")).count();
+    let peak = process.peak_rss_kib();
     assert!(process.terminate());
     let first_not_ready = readiness
         .iter()
@@ -768,7 +777,7 @@ async fn broker_gone_for_30_seconds() {
          stayed up; /ready during the outage {readiness:?} (first 503 after {first_not_ready:?} s), \
          {ready_after:?} after; {consumed_during} messages read during the outage; {errors} ERROR \
          lines in the log; predictions stored {stored} of {produced}, {} series-windows equal the \
-         in-process computation",
+         in-process computation; peak RSS {peak} KiB",
         expected.len()
     );
     // librdkafka notices within its statistics interval (5 s) and a reconnect.
@@ -851,6 +860,7 @@ async fn broker_back_empty_with_the_topic_recreated() {
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let recreated = metric(port, "tidewatch_partitions_recreated_total");
     let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
+    let peak = process.peak_rss_kib();
     assert!(process.terminate());
     drop(broker);
     println!(
@@ -859,7 +869,7 @@ async fn broker_back_empty_with_the_topic_recreated() {
          recreated and the other {} lines produced: {recreated} partitions read as a new \
          incarnation; predictions stored {stored} of {produced}: lost {}, double counted {}; \
          {} series-windows (a window split across the two) equal the in-process computation; \
-         /ready {ready_after:?} after",
+         /ready {ready_after:?} after; peak RSS {peak} KiB",
         lines.len(),
         20,
         lines.len() - split,
