@@ -431,6 +431,7 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
     // produced slowly so Tidewatch can be killed half way.
     receivers.hook_down.store(true, Ordering::SeqCst);
     smtp.cut();
+    let outage = Instant::now();
     let mut replay = scenario
         .tidewatch(&[
             "replay",
@@ -488,10 +489,16 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
         "the SMTP server was unreachable throughout the first run"
     );
 
-    // Back up; a new process picks up where the killed one stopped.
+    // A new process picks up where the killed one stopped, and retries
+    // while both channels stay down for two minutes in all.
+    let mut second = scenario.start("second.log");
+    tokio::time::sleep(Duration::from_secs(120).saturating_sub(outage.elapsed())).await;
+    assert!(
+        receivers.accepted("hook").is_empty() && mails_to(&scenario.recipient).is_empty(),
+        "nothing got through the outage"
+    );
     receivers.hook_down.store(false, Ordering::SeqCst);
     smtp.restore();
-    let mut second = scenario.start("second.log");
     assert!(replay.wait().unwrap().success());
     let recipient = scenario.recipient.clone();
     wait_until(
