@@ -339,7 +339,7 @@ impl WindowAggregates {
         let reference = catalog.reference(&event.model, &event.model_version);
         let mut segments = std::mem::take(&mut self.scratch_segments);
         let mut seen = std::mem::take(&mut self.scratch_seen);
-        self.segments_of(spec, window_start, event, &mut segments);
+        self.segments_of(spec, window_start, event, &mut segments, true);
         seen.resize(spec.configured_feature_count(), false);
         let mut outcome = Recorded::Added;
         for segment in &segments {
@@ -372,10 +372,8 @@ impl WindowAggregates {
         let spec = catalog.model(&event.model)?;
         event.prediction_id.as_ref()?;
         let mut segments = Vec::new();
-        let overflow = self.overflow.clone();
-        self.segments_of(spec, window_start, event, &mut segments);
-        // Already counted when the event was recorded.
-        self.overflow = overflow;
+        // Overflow was counted when the event was recorded.
+        self.segments_of(spec, window_start, event, &mut segments, false);
         let prediction = event.prediction.as_ref();
         Some(PendingPrediction {
             window_start,
@@ -465,13 +463,15 @@ impl WindowAggregates {
     /// Fills `segments` with the labels of the event's segments in the
     /// window starting at `window_start`: `all`, then `key=value` per segment
     /// key as [`crate::segments`] admits it (interned, so no allocation per
-    /// event once a value is admitted).
+    /// event once a value is admitted). `count_overflow`: add values that
+    /// fall into `key=__other__` to [`SegmentOverflow::events`].
     fn segments_of(
         &mut self,
         spec: &ModelSpec,
         window_start: i64,
         event: &Event<'_>,
         segments: &mut Vec<Arc<str>>,
+        count_overflow: bool,
     ) {
         segments.push(Arc::clone(&self.all_segment));
         for (index, key) in spec.segment_keys().iter().enumerate() {
@@ -482,7 +482,7 @@ impl WindowAggregates {
                 .map(|(_, v)| v.as_ref())
                 .unwrap_or(MISSING_SEGMENT_VALUE);
             let (label, overflowed) = self.admit(spec, window_start, index, value);
-            if overflowed {
+            if overflowed && count_overflow {
                 self.overflow.events += 1;
             }
             segments.push(label);

@@ -596,6 +596,8 @@ pub async fn run(
         tracing::warn!("shutdown interrupted a step: nothing more is committed; the next owner reads from the last commit");
     } else if outcome.is_ok() {
         let drain = async {
+            // Fingerprints first: a range's partials never go without them.
+            member.store_fingerprints(&driver).await?;
             let commits = driver.checkpoint().await?;
             member.dead_letters.flush().await;
             let consumer = Arc::clone(&member.consumer);

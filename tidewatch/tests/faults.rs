@@ -78,14 +78,7 @@ async fn sigkill_ten_times_while_consuming() {
     let events = scenario.predictions + scenario.actuals;
     assert!(events >= 300_000, "{events} events");
     let (path, store, expected) = scenario
-        .prepare(
-            5_000,
-            &ConfigOptions {
-                session_timeout_ms: 6_000,
-                ..Default::default()
-            },
-            4,
-        )
+        .prepare(5_000, &ConfigOptions::fast_takeover(), 4)
         .await;
 
     // Produce over about 60 s so that every kill lands mid-stream.
@@ -399,14 +392,7 @@ async fn clickhouse_down_for_a_minute_mid_stream() {
 async fn committed_offsets_unreadable_on_assignment() {
     let scenario = Scenario::new("faults_assign", demo_hours(3, 4_000));
     let (path, store, expected) = scenario
-        .prepare(
-            1_000,
-            &ConfigOptions {
-                session_timeout_ms: 6_000,
-                ..Default::default()
-            },
-            3,
-        )
+        .prepare(1_000, &ConfigOptions::fast_takeover(), 3)
         .await;
     let events = scenario.predictions + scenario.actuals;
     let mut producer = scenario.replay(Some((events / 30) as u32));
@@ -641,14 +627,7 @@ async fn cardinality_flood() {
 async fn rebalance_storm() {
     let scenario = Scenario::new("faults_storm", demo_hours(4, 15_000));
     let (path, store, expected) = scenario
-        .prepare(
-            2_000,
-            &ConfigOptions {
-                session_timeout_ms: 6_000,
-                ..Default::default()
-            },
-            8,
-        )
+        .prepare(2_000, &ConfigOptions::fast_takeover(), 8)
         .await;
     let events = scenario.predictions + scenario.actuals;
     // Produce over about 60 s while the group churns.
