@@ -54,6 +54,7 @@ use store::{Delivery, DeliveryState, Store};
 
 use crate::email::EmailSettings;
 use crate::lifecycle::Alert;
+use crate::notification::{idempotency_key, NotificationKey, NotificationStatus, SendError};
 use crate::payload::{
     retrain_event, sign, slack_message, webhook_body, SIGNATURE_HEADER, TIMESTAMP_HEADER,
 };
@@ -65,61 +66,6 @@ pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
 /// Pending deliveries read per pass to decide the order of each alert's
 /// notifications.
 pub const PENDING_SCAN: u64 = 5_000;
-
-/// Why an attempt failed, and whether another attempt may succeed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendError {
-    /// Try again later (after `retry_after`, when the server said so).
-    Retryable {
-        /// What happened.
-        reason: String,
-        /// The server's `Retry-After`, if it sent one.
-        retry_after: Option<Duration>,
-    },
-    /// Trying again will fail the same way.
-    Permanent(String),
-}
-
-impl SendError {
-    fn retryable(reason: impl Into<String>) -> Self {
-        SendError::Retryable {
-            reason: reason.into(),
-            retry_after: None,
-        }
-    }
-
-    /// Whether another attempt may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, SendError::Retryable { .. })
-    }
-
-    /// The reason, without the classification.
-    pub fn reason(&self) -> &str {
-        match self {
-            SendError::Retryable { reason, .. } | SendError::Permanent(reason) => reason,
-        }
-    }
-
-    /// The classification of an HTTP answer that is not a success.
-    pub fn from_status(status: hyper::StatusCode, retry_after: Option<Duration>) -> Self {
-        let reason = format!("HTTP {status}");
-        let code = status.as_u16();
-        if status.is_server_error() || matches!(code, 408 | 425 | 429) {
-            SendError::Retryable {
-                reason,
-                retry_after,
-            }
-        } else {
-            SendError::Permanent(reason)
-        }
-    }
-}
-
-impl std::fmt::Display for SendError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.reason())
-    }
-}
 
 /// A `Retry-After` header: delay-seconds or an HTTP date.
 fn retry_after(headers: &hyper::HeaderMap, now_ms: u64) -> Option<Duration> {
@@ -187,7 +133,7 @@ pub struct Channel {
 impl Channel {
     /// Validates a channel; `key` is its place in the config.
     pub fn new(name: String, kind: ChannelKind, key: &str) -> Result<Self, Error> {
-        let invalid = |field: &str, message: String| Error::InvalidRule {
+        let invalid = |field: &str, message: String| Error::InvalidSetting {
             key: format!("{key}.{field}"),
             message,
         };
@@ -298,19 +244,10 @@ pub struct DeliveryCounts {
     pub failed: u32,
 }
 
-/// The idempotency key of a notification (`X-Tidewatch-Alert-Id`, the
-/// Message-ID, a retrain request's id): `{alert id}:{status}:{window start}`.
-pub fn idempotency_key(alert_id: &str, status: &str, window_start: i64) -> String {
-    format!("{alert_id}:{status}:{window_start}")
-}
-
-/// (alert id, status, window start): one notification.
-type NotificationKey = (String, String, i64);
-
 fn notification_key(delivery: &Delivery) -> NotificationKey {
     (
         delivery.alert_id.clone(),
-        delivery.status.clone(),
+        delivery.status,
         delivery.window_start,
     )
 }
@@ -502,7 +439,7 @@ impl Sender {
     async fn notification(&self, delivery: &Delivery) -> Result<(Alert, u64), SendError> {
         let record = self
             .store
-            .alert_notification(&delivery.alert_id, &delivery.status, delivery.window_start)
+            .alert_notification(&delivery.alert_id, delivery.status, delivery.window_start)
             .await
             .map_err(|error| SendError::retryable(error.to_string()))?
             .ok_or_else(|| {
@@ -524,7 +461,7 @@ impl Sender {
             SendError::Permanent(format!("channel `{}` is not configured", delivery.channel))
         })?;
         let (alert, recorded_at) = notification.as_ref().map_err(Clone::clone)?;
-        let key = idempotency_key(&delivery.alert_id, &delivery.status, delivery.window_start);
+        let key = idempotency_key(&delivery.alert_id, delivery.status, delivery.window_start);
         self.send(channel, alert, &key, now, *recorded_at).await
     }
 
@@ -670,8 +607,8 @@ impl Sender {
 
 /// Rank of a notification status within one window: firing (and its
 /// retrain request) before resolved.
-fn status_rank(status: &str) -> u8 {
-    u8::from(status == crate::lifecycle::AlertStatus::Resolved.as_str())
+fn status_rank(status: NotificationStatus) -> u8 {
+    u8::from(status == NotificationStatus::Resolved)
 }
 
 /// Of `pending` (every pending delivery), those that may be attempted at
@@ -689,7 +626,7 @@ fn due_in_order(pending: Vec<Delivery>, now: u64) -> Vec<Delivery> {
     }
     let mut ready: Vec<(u64, Vec<Delivery>)> = Vec::new();
     for mut sequence in sequences.into_values() {
-        sequence.sort_by_key(|d| (d.window_start, status_rank(&d.status)));
+        sequence.sort_by_key(|d| (d.window_start, status_rank(d.status)));
         let due = sequence
             .iter()
             .take_while(|d| d.next_attempt_at <= now)
@@ -721,6 +658,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use NotificationStatus::{Firing, Resolved};
 
     #[test]
     fn backoff_doubles_is_capped_and_jittered_into_the_upper_half() {
@@ -745,10 +683,16 @@ mod tests {
         );
     }
 
-    fn delivery(alert: &str, status: &str, window_start: i64, channel: &str, due: u64) -> Delivery {
+    fn delivery(
+        alert: &str,
+        status: NotificationStatus,
+        window_start: i64,
+        channel: &str,
+        due: u64,
+    ) -> Delivery {
         Delivery {
             alert_id: alert.into(),
-            status: status.into(),
+            status,
             window_start,
             channel: channel.into(),
             state: DeliveryState::Pending,
@@ -763,16 +707,16 @@ mod tests {
     fn a_notification_waits_for_the_earlier_ones_of_its_alert_on_its_channel() {
         let pending = vec![
             // The firing is in backoff until 500; its resolution is due now.
-            delivery("a", "firing", 1_000, "hook", 500),
-            delivery("a", "resolved", 4_000, "hook", 10),
+            delivery("a", Firing, 1_000, "hook", 500),
+            delivery("a", Resolved, 4_000, "hook", 10),
             // On another channel the firing was delivered: the resolution goes.
-            delivery("a", "resolved", 4_000, "mail", 20),
+            delivery("a", Resolved, 4_000, "mail", 20),
             // A reminder waits for the first firing too.
-            delivery("a", "firing", 2_000, "hook", 30),
+            delivery("a", Firing, 2_000, "hook", 30),
             // Another alert is not held up.
-            delivery("b", "firing", 1_000, "hook", 40),
+            delivery("b", Firing, 1_000, "hook", 40),
         ];
-        let order = |due: Vec<Delivery>| -> Vec<(String, String, i64, String)> {
+        let order = |due: Vec<Delivery>| -> Vec<(String, NotificationStatus, i64, String)> {
             due.into_iter()
                 .map(|d| (d.alert_id, d.status, d.window_start, d.channel))
                 .collect()
@@ -780,19 +724,19 @@ mod tests {
         assert_eq!(
             order(due_in_order(pending.clone(), 100)),
             vec![
-                ("a".into(), "resolved".into(), 4_000, "mail".into()),
-                ("b".into(), "firing".into(), 1_000, "hook".into()),
+                ("a".into(), Resolved, 4_000, "mail".into()),
+                ("b".into(), Firing, 1_000, "hook".into()),
             ]
         );
         // Once the firing is due, the whole sequence goes, in order.
         assert_eq!(
             order(due_in_order(pending, 600)),
             vec![
-                ("a".into(), "resolved".into(), 4_000, "mail".into()),
-                ("b".into(), "firing".into(), 1_000, "hook".into()),
-                ("a".into(), "firing".into(), 1_000, "hook".into()),
-                ("a".into(), "firing".into(), 2_000, "hook".into()),
-                ("a".into(), "resolved".into(), 4_000, "hook".into()),
+                ("a".into(), Resolved, 4_000, "mail".into()),
+                ("b".into(), Firing, 1_000, "hook".into()),
+                ("a".into(), Firing, 1_000, "hook".into()),
+                ("a".into(), Firing, 2_000, "hook".into()),
+                ("a".into(), Resolved, 4_000, "hook".into()),
             ]
         );
     }

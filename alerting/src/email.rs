@@ -65,7 +65,7 @@ pub struct EmailSettings {
 impl EmailSettings {
     /// Checks addresses and TLS material; `key` is the channel's config path.
     pub fn validate(&self, key: &str) -> Result<(), Error> {
-        let invalid = |field: &str, message: String| Error::InvalidRule {
+        let invalid = |field: &str, message: String| Error::InvalidSetting {
             key: format!("{key}.{field}"),
             message,
         };
@@ -162,13 +162,13 @@ fn message_id_part(key: &str) -> String {
 pub(crate) async fn send(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     message: Message,
-) -> Result<(), crate::delivery::SendError> {
+) -> Result<(), crate::notification::SendError> {
     transport.send(message).await.map(|_| ()).map_err(|error| {
         let reason = format!("SMTP: {error}");
         if error.is_permanent() {
-            crate::delivery::SendError::Permanent(reason)
+            crate::notification::SendError::Permanent(reason)
         } else {
-            crate::delivery::SendError::Retryable {
+            crate::notification::SendError::Retryable {
                 reason,
                 retry_after: None,
             }

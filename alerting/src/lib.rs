@@ -1,6 +1,8 @@
 //! # alerting — from window metrics to notifications
 //!
 //! ## Layout
+//! - [`config`]: `[alerts]` as written ([`config::RawAlerts`]) and validated
+//!   once into channels, rules and retrain targets.
 //! - [`rules`]: `[[alerts.rules]]` (drift on N series, static thresholds on
 //!   any metric, quality drops against a baseline), validated once; the
 //!   default rules every model gets.
@@ -19,6 +21,9 @@
 //! - [`retrain`]: [`retrain::RetrainGate`], which turns firing alerts of
 //!   rules with `retrain = true` into retrain requests, debounced per model
 //!   version until a deadline or an acknowledgement on the bus.
+//! - [`notification`]: what the other modules share about a notification
+//!   (status, severity, idempotency key, send errors, the CloudEvents types
+//!   and reserved channel names of retrain requests); it imports none of them.
 //! - [`delivery`]: [`delivery::Sender`], which sends what the store's outbox
 //!   holds to webhook, Slack, email, retrain-endpoint and bus channels, with
 //!   exponential backoff and jitter, recording every outcome so a restart
@@ -30,9 +35,11 @@
 //! outbox ─▶ Sender ─▶ Slack · webhook · email · retrain webhook · bus (Kafka)
 //! ```
 
+pub mod config;
 pub mod delivery;
 pub mod email;
 pub mod lifecycle;
+pub mod notification;
 pub mod payload;
 pub mod retrain;
 pub mod rules;
@@ -40,9 +47,9 @@ pub mod rules;
 /// Alerting errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A rule breaks a rule of its own; `key` is its config path.
+    /// A setting of `[alerts]` is invalid; `key` is its config path.
     #[error("`{key}`: {message}")]
-    InvalidRule {
+    InvalidSetting {
         /// Config path of the offending key.
         key: String,
         /// What is wrong.

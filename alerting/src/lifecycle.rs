@@ -18,11 +18,12 @@
 
 use std::collections::BTreeMap;
 
-use detectors::metrics::FeatureWindowMetrics;
+use detectors::metrics::{DriftTest, FeatureWindowMetrics};
 use serde::{Deserialize, Serialize};
 use store::WindowMetrics;
 
-use crate::rules::{ChangeDetector, Condition, Rule, Severity};
+use crate::notification::{NotificationStatus, Severity};
+use crate::rules::{ChangeDetector, Condition, Rule};
 
 /// Firing or resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,9 +38,15 @@ pub enum AlertStatus {
 impl AlertStatus {
     /// The status as stored and sent: `firing` or `resolved`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            AlertStatus::Firing => "firing",
-            AlertStatus::Resolved => "resolved",
+        NotificationStatus::from(self).as_str()
+    }
+}
+
+impl From<AlertStatus> for NotificationStatus {
+    fn from(status: AlertStatus) -> Self {
+        match status {
+            AlertStatus::Firing => NotificationStatus::Firing,
+            AlertStatus::Resolved => NotificationStatus::Resolved,
         }
     }
 }
@@ -99,14 +106,14 @@ impl Alert {
     pub fn to_record(&self, created_at: u64) -> store::AlertRecord {
         store::AlertRecord {
             id: self.id.clone(),
-            status: self.status.as_str().into(),
+            status: self.status.into(),
             window_start: self.window_start,
             window_end: self.window_end,
             rule: self.rule.clone(),
             model: self.model.clone(),
             model_version: self.model_version.clone(),
             segment: self.segment.clone(),
-            severity: self.severity.as_str().into(),
+            severity: self.severity,
             repeat: self.repeat,
             summary: self.summary.clone(),
             payload: serde_json::to_string(self).expect("alerts serialize"),
@@ -377,7 +384,7 @@ fn condition_verdict(
                     .filter(|m| !NON_DRIFT_SERIES.contains(&m.key.feature.as_str()))
             };
             let mut findings: Vec<Finding> = inputs()
-                .filter_map(|m| drift_finding(&m.key.feature, &m.metrics, test.as_deref()))
+                .filter_map(|m| drift_finding(&m.key.feature, &m.metrics, *test))
                 .collect();
             findings.sort_by(|a, b| severity_of(b).total_cmp(&severity_of(a)));
             // A series has a verdict with a reference and enough values.
@@ -468,7 +475,7 @@ fn condition_verdict(
 fn drift_finding(
     feature: &str,
     metrics: &FeatureWindowMetrics,
-    test: Option<&str>,
+    test: Option<DriftTest>,
 ) -> Option<Finding> {
     match test {
         None => {
@@ -477,7 +484,7 @@ fn drift_finding(
             }
             Some(Finding {
                 feature: feature.to_owned(),
-                test: "psi".into(),
+                test: DriftTest::Psi.as_str().into(),
                 value: metrics.psi?,
                 threshold: metrics.psi_threshold,
             })
@@ -488,7 +495,7 @@ fn drift_finding(
             .find(|t| t.test == name && t.drifted)
             .map(|t| Finding {
                 feature: feature.to_owned(),
-                test: t.test.clone(),
+                test: t.test.as_str().into(),
                 value: t.value,
                 threshold: t.threshold,
             }),
@@ -497,7 +504,7 @@ fn drift_finding(
 
 /// How far past its threshold a finding is (p-values: below is worse).
 fn severity_of(finding: &Finding) -> f64 {
-    if detectors::metrics::P_VALUE_TESTS.contains(&finding.test.as_str()) {
+    if DriftTest::parse(&finding.test).is_some_and(DriftTest::is_p_value) {
         finding.threshold / finding.value.max(f64::MIN_POSITIVE)
     } else {
         finding.value / finding.threshold.max(f64::MIN_POSITIVE)
@@ -536,7 +543,7 @@ pub fn metric_value(metrics: &FeatureWindowMetrics, name: &str) -> Option<f64> {
         test => metrics
             .tests
             .iter()
-            .find(|t| t.test == test)
+            .find(|t| t.test.as_str() == test)
             .map(|t| t.value),
     }
 }

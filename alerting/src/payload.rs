@@ -237,7 +237,7 @@ pub fn escape_html(text: &str) -> String {
 }
 
 /// The CloudEvents 1.0 document (structured JSON) of a retrain request:
-/// type [`crate::retrain::REQUESTED`], id = `request_id`, subject =
+/// type [`crate::notification::RETRAIN_REQUESTED`], id = `request_id`, subject =
 /// `model/version`, and as data the model, version, segment, reason, the
 /// drifted features and the window range to train on (from the first
 /// window of the drift to the end of the window that fired, ms and
@@ -260,7 +260,7 @@ pub fn retrain_event(alert: &Alert, request_id: &str, recorded_at: u64) -> Value
     };
     json!({
         "specversion": "1.0",
-        "type": crate::retrain::REQUESTED,
+        "type": crate::notification::RETRAIN_REQUESTED,
         "source": format!("tidewatch/models/{}", alert.model),
         "id": request_id,
         "time": rfc3339(recorded_at as i64),

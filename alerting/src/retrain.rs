@@ -3,8 +3,8 @@
 //! while that request is pending.
 //!
 //! A request is a notification with status `retrain` for the firing alert,
-//! sent to the reserved channels [`WEBHOOK_CHANNEL`] (POST to the retrain
-//! endpoint) and [`BUS_CHANNEL`] (an event on the Kafka bus). Both carry the
+//! sent to the reserved channels [`crate::notification::RETRAIN_WEBHOOK_CHANNEL`] (POST to the retrain
+//! endpoint) and [`crate::notification::RETRAIN_BUS_CHANNEL`] (an event on the Kafka bus). Both carry the
 //! same CloudEvents 1.0 document ([`crate::payload::retrain_event`]): type
 //! `io.tidewatch.retrain.requested`, id = the request id, data = model,
 //! version, reason, drifted features and the window range to train on.
@@ -26,32 +26,19 @@ use serde_json::Value;
 use store::AlertRecord;
 
 use crate::lifecycle::{Alert, AlertStatus};
-
-/// Reserved channel name of the retrain endpoint.
-pub const WEBHOOK_CHANNEL: &str = "retrain.webhook";
-/// Reserved channel name of the bus event.
-pub const BUS_CHANNEL: &str = "retrain.bus";
-/// Notification status of a retrain request.
-pub const STATUS: &str = "retrain";
-/// CloudEvents type of a request.
-pub const REQUESTED: &str = "io.tidewatch.retrain.requested";
-/// CloudEvents types that clear a pending request.
-pub const ACK_TYPES: [&str; 2] = [
-    "io.tidewatch.retrain.completed",
-    "io.tidewatch.retrain.failed",
-];
+use crate::notification::{idempotency_key, NotificationStatus, RETRAIN_ACK_TYPES};
 
 /// The retrain request as the store records it (status `retrain`).
 pub fn to_record(request: &Alert, created_at: u64) -> AlertRecord {
     AlertRecord {
-        status: STATUS.into(),
+        status: NotificationStatus::Retrain,
         ..request.to_record(created_at)
     }
 }
 
 /// The id of the request made for notification `alert`.
 pub fn request_id(alert: &Alert) -> String {
-    crate::delivery::idempotency_key(&alert.id, STATUS, alert.window_start)
+    idempotency_key(&alert.id, NotificationStatus::Retrain, alert.window_start)
 }
 
 #[derive(Debug, Clone)]
@@ -73,7 +60,7 @@ impl RetrainGate {
     pub const CAPACITY: usize = 10_000;
 
     /// A gate blocking repeats for `debounce_ms`, sending requests to
-    /// `channels` (a subset of [`WEBHOOK_CHANNEL`], [`BUS_CHANNEL`]).
+    /// `channels` (a subset of [`crate::notification::RETRAIN_WEBHOOK_CHANNEL`], [`crate::notification::RETRAIN_BUS_CHANNEL`]).
     pub fn new(debounce_ms: u64, channels: Vec<String>) -> Self {
         Self {
             debounce_ms,
@@ -90,17 +77,19 @@ impl RetrainGate {
     /// Restores pending requests from recorded notifications (any order;
     /// records other than `retrain` ones are ignored).
     pub fn restore(&mut self, records: &[AlertRecord]) {
-        let mut requests: Vec<&AlertRecord> =
-            records.iter().filter(|r| r.status == STATUS).collect();
+        let mut requests: Vec<&AlertRecord> = records
+            .iter()
+            .filter(|r| r.status == NotificationStatus::Retrain)
+            .collect();
         requests.sort_by_key(|r| r.created_at);
         for record in requests {
             let until = record.created_at.saturating_add(self.debounce_ms);
             self.insert(
                 (record.model.clone(), record.model_version.clone()),
                 Pending {
-                    request_id: crate::delivery::idempotency_key(
+                    request_id: idempotency_key(
                         &record.id,
-                        STATUS,
+                        NotificationStatus::Retrain,
                         record.window_start,
                     ),
                     until,
@@ -169,11 +158,11 @@ impl RetrainGate {
 }
 
 /// The request id an acknowledgement event names, if `payload` is one (a
-/// CloudEvent of an [`ACK_TYPES`] type with a string `data.request_id`).
+/// CloudEvent of an [`RETRAIN_ACK_TYPES`] type with a string `data.request_id`).
 pub fn parse_ack(payload: &[u8]) -> Option<String> {
     let event: Value = serde_json::from_slice(payload).ok()?;
     let kind = event.get("type")?.as_str()?;
-    if !ACK_TYPES.contains(&kind) {
+    if !RETRAIN_ACK_TYPES.contains(&kind) {
         return None;
     }
     Some(event.get("data")?.get("request_id")?.as_str()?.to_owned())
@@ -182,7 +171,7 @@ pub fn parse_ack(payload: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Severity;
+    use crate::notification::{Severity, RETRAIN_BUS_CHANNEL, RETRAIN_WEBHOOK_CHANNEL};
 
     fn alert(model: &str, window_start: i64) -> Alert {
         Alert {
@@ -207,7 +196,10 @@ mod tests {
     fn gate() -> RetrainGate {
         RetrainGate::new(
             60_000,
-            vec![WEBHOOK_CHANNEL.to_owned(), BUS_CHANNEL.to_owned()],
+            vec![
+                RETRAIN_WEBHOOK_CHANNEL.to_owned(),
+                RETRAIN_BUS_CHANNEL.to_owned(),
+            ],
         )
     }
 
@@ -215,7 +207,10 @@ mod tests {
     fn one_request_per_debounce_period_and_model_version() {
         let mut gate = gate();
         let request = gate.admit(&alert("churn", 0), 1_000).unwrap();
-        assert_eq!(request.channels, [WEBHOOK_CHANNEL, BUS_CHANNEL]);
+        assert_eq!(
+            request.channels,
+            [RETRAIN_WEBHOOK_CHANNEL, RETRAIN_BUS_CHANNEL]
+        );
         assert!(gate.admit(&alert("churn", 3_600_000), 30_000).is_none());
         assert!(
             gate.admit(&alert("fraud", 0), 30_000).is_some(),

@@ -7,30 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::notification::Severity;
 use crate::Error;
-
-/// How urgent an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Worth a look.
-    Info,
-    /// Needs attention soon.
-    Warning,
-    /// Needs attention now.
-    Critical,
-}
-
-impl Severity {
-    /// Lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
+use detectors::metrics::DriftTest;
 
 /// When a rule's condition holds for one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +23,7 @@ pub enum Condition {
         min_features: usize,
         /// Test whose verdict counts (`psi`, `ks`, `jensen_shannon`…).
         #[serde(default)]
-        test: Option<String>,
+        test: Option<DriftTest>,
     },
     /// A metric of one series is above or below a static value.
     Threshold {
@@ -222,7 +201,7 @@ const HIGHER_IS_BETTER: [&str; 4] = ["accuracy", "f1", "roc_auc", "r2"];
 impl Rule {
     /// Validates a raw rule; `key` is its place in the config (`alerts.rules[2]`).
     pub fn from_raw(raw: RawRule, key: &str) -> Result<Self, Error> {
-        let invalid = |field: &str, message: String| Error::InvalidRule {
+        let invalid = |field: &str, message: String| Error::InvalidSetting {
             key: format!("{key}.{field}"),
             message,
         };
@@ -388,7 +367,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Rule, Error> {
-        let raw: RawRule = toml::from_str(text).map_err(|e| Error::InvalidRule {
+        let raw: RawRule = toml::from_str(text).map_err(|e| Error::InvalidSetting {
             key: "test".into(),
             message: e.to_string(),
         })?;

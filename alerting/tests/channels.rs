@@ -12,6 +12,7 @@ use std::time::Duration;
 use alerting::delivery::{Bus, Channel, ChannelKind, RetryPolicy, Sender, ALERT_ID_HEADER};
 use alerting::email::{EmailSettings, Secret, SmtpSecurity};
 use alerting::lifecycle::{Alert, AlertStatus, Finding};
+use alerting::notification;
 use alerting::payload::{verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use alerting::retrain::{self, RetrainGate};
 use alerting::rules::Severity;
@@ -142,7 +143,7 @@ async fn received(to: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn email_over_starttls_and_implicit_tls_arrives_with_both_parts() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     let cases = [
         (
             "TIDEWATCH_TEST_SMTP_STARTTLS",
@@ -195,7 +196,7 @@ async fn email_over_starttls_and_implicit_tls_arrives_with_both_parts() {
 
 #[tokio::test]
 async fn a_wrong_smtp_password_or_an_untrusted_certificate_is_a_recorded_failure() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     let mut wrong_password = email_settings(
         &env("TIDEWATCH_TEST_SMTP_STARTTLS"),
         SmtpSecurity::StartTls,
@@ -337,7 +338,7 @@ impl Bus for MemoryBus {
 
 #[tokio::test]
 async fn https_webhooks_and_retrain_requests_carry_the_signed_cloudevent() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     let (base, requests) = start_https_receiver().await;
     let ca = std::fs::read(fixture("ca.pem")).unwrap();
     let channels = vec![
@@ -352,7 +353,7 @@ async fn https_webhooks_and_retrain_requests_carry_the_signed_cloudevent() {
         )
         .unwrap(),
         Channel::new(
-            retrain::WEBHOOK_CHANNEL.into(),
+            notification::RETRAIN_WEBHOOK_CHANNEL.into(),
             ChannelKind::RetrainWebhook(alerting::delivery::Endpoint {
                 url: format!("{base}/retrain"),
                 secret: Some(SECRET.to_vec()),
@@ -362,7 +363,7 @@ async fn https_webhooks_and_retrain_requests_carry_the_signed_cloudevent() {
         )
         .unwrap(),
         Channel::new(
-            retrain::BUS_CHANNEL.into(),
+            notification::RETRAIN_BUS_CHANNEL.into(),
             ChannelKind::Bus {
                 topic: "ml.retrain".into(),
             },
@@ -378,7 +379,10 @@ async fn https_webhooks_and_retrain_requests_carry_the_signed_cloudevent() {
     let alert = alert("churn");
     let mut gate = RetrainGate::new(
         3_600_000,
-        vec![retrain::WEBHOOK_CHANNEL.into(), retrain::BUS_CHANNEL.into()],
+        vec![
+            notification::RETRAIN_WEBHOOK_CHANNEL.into(),
+            notification::RETRAIN_BUS_CHANNEL.into(),
+        ],
     );
     let request = gate.admit(&alert, 1_767_625_300_000).unwrap();
     assert!(gate.admit(&alert, 1_767_625_300_001).is_none(), "debounced");
@@ -417,7 +421,7 @@ async fn https_webhooks_and_retrain_requests_carry_the_signed_cloudevent() {
     let (_, _, body) = requests.iter().find(|(p, _, _)| p == "/retrain").unwrap();
     let event: serde_json::Value = serde_json::from_slice(body).unwrap();
     assert_eq!(event["specversion"], "1.0");
-    assert_eq!(event["type"], retrain::REQUESTED);
+    assert_eq!(event["type"], notification::RETRAIN_REQUESTED);
     assert_eq!(event["id"], request_id.as_str());
     assert_eq!(event["subject"], "churn/7");
     assert_eq!(event["data"]["model"], "churn");

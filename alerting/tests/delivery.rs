@@ -140,7 +140,7 @@ fn policy(max_attempts: u32) -> RetryPolicy {
 
 #[tokio::test]
 async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothing() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     let (url, receiver) = start_receiver(2).await;
     let (healthy_url, healthy) = start_receiver(0).await;
     let alert = recorded_alert(&store, &["hook", "healthy"]).await;
@@ -209,7 +209,7 @@ async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothi
 
 #[tokio::test]
 async fn a_channel_down_for_good_ends_failed() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     let (url, receiver) = start_receiver(usize::MAX).await;
     recorded_alert(&store, &["hook"]).await;
     let channel = Channel::new(
@@ -246,7 +246,7 @@ async fn a_channel_down_for_good_ends_failed() {
 
 #[tokio::test]
 async fn a_channel_that_hangs_costs_one_timeout_per_pass_and_holds_up_no_other() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     // Accepts connections and never answers.
     let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
@@ -324,7 +324,7 @@ fn webhook(name: &str, url: &str) -> Channel {
 
 #[tokio::test]
 async fn a_permanent_refusal_gives_up_at_once_and_retry_after_is_honoured() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     let (gone_url, gone) = start_receiver(usize::MAX).await;
     *gone.refuse_with.lock().unwrap() = Some((StatusCode::NOT_FOUND, None));
     let (busy_url, busy) = start_receiver(1).await;
@@ -363,7 +363,7 @@ async fn a_permanent_refusal_gives_up_at_once_and_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_resolution_never_overtakes_the_firing_it_resolves() {
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     // The channel is down for the first two attempts.
     let (url, receiver) = start_receiver(2).await;
     let firing = recorded_alert(&store, &["hook"]).await;

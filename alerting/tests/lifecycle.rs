@@ -34,7 +34,7 @@ fn series(window: i64, feature: &str, psi: f64) -> WindowMetrics {
             metrics.psi = Some(psi);
             metrics.drifted = Some(psi >= 0.2);
             metrics.tests = vec![TestResult {
-                test: "psi".into(),
+                test: detectors::metrics::DriftTest::Psi,
                 value: psi,
                 threshold: 0.2,
                 drifted: psi >= 0.2,

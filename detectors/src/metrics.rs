@@ -92,11 +92,164 @@ pub enum Correction {
 /// says that the p-value flags practically any shift.
 pub const LARGE_SAMPLE_WARNING: f64 = 10_000.0;
 
+/// A drift test (see the module table): what its value is, how it is
+/// read against its threshold, and the threshold it takes by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftTest {
+    /// Population stability index against the reference.
+    Psi,
+    /// Kolmogorov–Smirnov p-value against the reference (numeric).
+    Ks,
+    /// Chi-square p-value against the reference (categorical).
+    ChiSquare,
+    /// Jensen–Shannon distance against the reference.
+    JensenShannon,
+    /// Hellinger distance against the reference.
+    Hellinger,
+    /// KL divergence of the window from the reference.
+    KlDivergence,
+    /// Wasserstein distance over the reference's standard deviation.
+    WassersteinNormalized,
+    /// PSI against the previous window of the series.
+    PsiVsPrevious,
+    /// KS p-value against the previous window.
+    KsVsPrevious,
+    /// Jensen–Shannon distance against the previous window.
+    JensenShannonVsPrevious,
+    /// PSI against the band of the reference's chunks (`tidewatch analyze`).
+    PsiBand,
+    /// Jensen–Shannon distance against the band of the reference's chunks.
+    JensenShannonBand,
+    /// Normalized Wasserstein distance against the band of the reference's chunks.
+    WassersteinNormalizedBand,
+    /// z-score of the chunk mean among the reference's chunks.
+    MeanBand,
+}
+
+impl DriftTest {
+    /// Every test.
+    pub const ALL: [DriftTest; 14] = [
+        DriftTest::Psi,
+        DriftTest::Ks,
+        DriftTest::ChiSquare,
+        DriftTest::JensenShannon,
+        DriftTest::Hellinger,
+        DriftTest::KlDivergence,
+        DriftTest::WassersteinNormalized,
+        DriftTest::PsiVsPrevious,
+        DriftTest::KsVsPrevious,
+        DriftTest::JensenShannonVsPrevious,
+        DriftTest::PsiBand,
+        DriftTest::JensenShannonBand,
+        DriftTest::WassersteinNormalizedBand,
+        DriftTest::MeanBand,
+    ];
+
+    /// The tests of a window against the reference, in report order.
+    pub const AGAINST_REFERENCE: [DriftTest; 7] = [
+        DriftTest::Psi,
+        DriftTest::Ks,
+        DriftTest::ChiSquare,
+        DriftTest::JensenShannon,
+        DriftTest::Hellinger,
+        DriftTest::KlDivergence,
+        DriftTest::WassersteinNormalized,
+    ];
+
+    /// The name as configured, stored and sent (`psi`, `ks`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftTest::Psi => "psi",
+            DriftTest::Ks => "ks",
+            DriftTest::ChiSquare => "chi_square",
+            DriftTest::JensenShannon => "jensen_shannon",
+            DriftTest::Hellinger => "hellinger",
+            DriftTest::KlDivergence => "kl_divergence",
+            DriftTest::WassersteinNormalized => "wasserstein_normalized",
+            DriftTest::PsiVsPrevious => "psi_vs_previous",
+            DriftTest::KsVsPrevious => "ks_vs_previous",
+            DriftTest::JensenShannonVsPrevious => "jensen_shannon_vs_previous",
+            DriftTest::PsiBand => "psi_band",
+            DriftTest::JensenShannonBand => "jensen_shannon_band",
+            DriftTest::WassersteinNormalizedBand => "wasserstein_normalized_band",
+            DriftTest::MeanBand => "mean_band",
+        }
+    }
+
+    /// The test named `name`, if there is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|test| test.as_str() == name)
+    }
+
+    /// A name for people.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            DriftTest::Psi => "PSI",
+            DriftTest::Ks => "KS p-value",
+            DriftTest::ChiSquare => "chi-square p-value",
+            DriftTest::JensenShannon => "Jensen–Shannon distance",
+            DriftTest::Hellinger => "Hellinger distance",
+            DriftTest::KlDivergence => "KL divergence",
+            DriftTest::WassersteinNormalized => "Wasserstein / std",
+            DriftTest::PsiVsPrevious => "PSI vs previous window",
+            DriftTest::KsVsPrevious => "KS p-value vs previous window",
+            DriftTest::JensenShannonVsPrevious => "Jensen–Shannon vs previous window",
+            DriftTest::PsiBand => "PSI band",
+            DriftTest::JensenShannonBand => "Jensen–Shannon band",
+            DriftTest::WassersteinNormalizedBand => "Wasserstein / std band",
+            DriftTest::MeanBand => "mean band (z-score)",
+        }
+    }
+
+    /// Whether the value is a p-value (drift when at or below the
+    /// threshold, corrected across a window's series) rather than a
+    /// distance (drift when at or above it).
+    pub fn is_p_value(self) -> bool {
+        matches!(
+            self,
+            DriftTest::Ks | DriftTest::ChiSquare | DriftTest::KsVsPrevious
+        )
+    }
+
+    /// The threshold `thresholds` set for this test; `None` for the band
+    /// tests, whose threshold comes from the reference's chunks.
+    pub fn threshold(self, thresholds: &DriftThresholds) -> Option<f64> {
+        match self {
+            DriftTest::Psi | DriftTest::PsiVsPrevious => Some(thresholds.psi),
+            DriftTest::Ks | DriftTest::ChiSquare | DriftTest::KsVsPrevious => {
+                Some(thresholds.alpha)
+            }
+            DriftTest::JensenShannon | DriftTest::JensenShannonVsPrevious => {
+                Some(thresholds.jensen_shannon)
+            }
+            DriftTest::Hellinger => Some(thresholds.hellinger),
+            DriftTest::KlDivergence => Some(thresholds.kl_divergence),
+            DriftTest::WassersteinNormalized => Some(thresholds.wasserstein_normalized),
+            DriftTest::PsiBand
+            | DriftTest::JensenShannonBand
+            | DriftTest::WassersteinNormalizedBand
+            | DriftTest::MeanBand => None,
+        }
+    }
+
+    /// The default threshold ([`DriftThresholds::default`]).
+    pub fn default_threshold(self) -> Option<f64> {
+        self.threshold(&DriftThresholds::default())
+    }
+}
+
+impl std::fmt::Display for DriftTest {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// One test's outcome for one series in one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestResult {
-    /// Test name (see the module table).
-    pub test: String,
+    /// Which test.
+    pub test: DriftTest,
     /// Score or p-value.
     pub value: f64,
     /// Threshold applied (after correction for p-values).
@@ -104,9 +257,6 @@ pub struct TestResult {
     /// The verdict.
     pub drifted: bool,
 }
-
-/// Names of the tests whose value is a p-value.
-pub const P_VALUE_TESTS: [&str; 3] = ["ks", "chi_square", "ks_vs_previous"];
 
 /// Tests of a window against the previous window of the same series
 /// (`psi_vs_previous`, `ks_vs_previous`, `jensen_shannon_vs_previous`), with
@@ -172,7 +322,7 @@ pub fn compare_with_previous(
     };
     if let Some(value) = drift::psi(psi_previous, psi_current) {
         tests.push(TestResult {
-            test: "psi_vs_previous".into(),
+            test: DriftTest::PsiVsPrevious,
             value,
             threshold: thresholds.psi,
             drifted: value >= thresholds.psi,
@@ -181,7 +331,7 @@ pub fn compare_with_previous(
     if matches!(current, FeatureSketch::Numeric(_)) {
         if let Some(ks) = drift::ks_binned(&previous_counts, &current_counts) {
             tests.push(TestResult {
-                test: "ks_vs_previous".into(),
+                test: DriftTest::KsVsPrevious,
                 value: ks.p_value,
                 threshold: thresholds.alpha,
                 drifted: ks.p_value <= thresholds.alpha,
@@ -190,7 +340,7 @@ pub fn compare_with_previous(
     }
     if let Some(value) = drift::jensen_shannon_distance(&previous_counts, &current_counts) {
         tests.push(TestResult {
-            test: "jensen_shannon_vs_previous".into(),
+            test: DriftTest::JensenShannonVsPrevious,
             value,
             threshold: thresholds.jensen_shannon,
             drifted: value >= thresholds.jensen_shannon,
@@ -387,45 +537,28 @@ pub fn compute(
     if enough {
         metrics.drifted = metrics.psi.map(|psi| psi >= thresholds.psi);
     }
-    let scored = [
-        ("psi", metrics.psi, thresholds.psi, false),
-        ("ks", metrics.ks_p_value, thresholds.alpha, true),
-        (
-            "chi_square",
-            metrics.chi_square_p_value,
-            thresholds.alpha,
-            true,
-        ),
-        (
-            "jensen_shannon",
-            metrics.js_distance,
-            thresholds.jensen_shannon,
-            false,
-        ),
-        ("hellinger", metrics.hellinger, thresholds.hellinger, false),
-        (
-            "kl_divergence",
-            metrics.kl_divergence,
-            thresholds.kl_divergence,
-            false,
-        ),
-        (
-            "wasserstein_normalized",
-            metrics.wasserstein_normalized,
-            thresholds.wasserstein_normalized,
-            false,
-        ),
-    ];
-    for (test, value, threshold, is_p_value) in scored {
-        let Some(value) = value else { continue };
+    for test in DriftTest::AGAINST_REFERENCE {
+        let value = match test {
+            DriftTest::Psi => metrics.psi,
+            DriftTest::Ks => metrics.ks_p_value,
+            DriftTest::ChiSquare => metrics.chi_square_p_value,
+            DriftTest::JensenShannon => metrics.js_distance,
+            DriftTest::Hellinger => metrics.hellinger,
+            DriftTest::KlDivergence => metrics.kl_divergence,
+            DriftTest::WassersteinNormalized => metrics.wasserstein_normalized,
+            _ => None,
+        };
+        let (Some(value), Some(threshold)) = (value, test.threshold(&thresholds)) else {
+            continue;
+        };
         let drifted = enough
-            && if is_p_value {
+            && if test.is_p_value() {
                 value <= threshold
             } else {
                 value >= threshold
             };
         metrics.tests.push(TestResult {
-            test: test.to_owned(),
+            test,
             value,
             threshold,
             drifted,
@@ -576,7 +709,7 @@ pub fn apply_p_value_correction(window: &mut [FeatureWindowMetrics], thresholds:
     let mut p_values = Vec::new();
     for (series, metrics) in window.iter().enumerate() {
         for (index, test) in metrics.tests.iter().enumerate() {
-            if P_VALUE_TESTS.contains(&test.test.as_str()) {
+            if test.test.is_p_value() {
                 positions.push((series, index));
                 p_values.push(test.value);
             }
@@ -777,13 +910,13 @@ mod tests {
                     DriftThresholds::default(),
                 );
                 metrics.tests.push(TestResult {
-                    test: "ks".into(),
+                    test: DriftTest::Ks,
                     value: *p,
                     threshold: 0.05,
                     drifted: *p <= 0.05,
                 });
                 metrics.tests.push(TestResult {
-                    test: "psi".into(),
+                    test: DriftTest::Psi,
                     value: 0.01,
                     threshold: 0.2,
                     drifted: false,

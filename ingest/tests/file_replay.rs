@@ -73,7 +73,7 @@ async fn replay(
     path: &std::path::Path,
     warmup_windows: usize,
     directory: &std::path::Path,
-) {
+) -> ingest::file::FileReport {
     let settings = DriverSettings {
         thresholds: DriftThresholds::default(),
         warmup_windows,
@@ -87,16 +87,16 @@ async fn replay(
         ingest::file::replay_into(&mut driver, path, EventKind::Prediction, &mut dead_letters)
             .await
             .unwrap();
-    assert_eq!(report.lines, 2_400);
     assert_eq!(report.finalized.windows.len(), 6);
+    report
 }
 
 #[tokio::test]
 async fn the_first_windows_become_the_reference_when_none_is_stored() {
     let directory = temp_dir("warmup");
     let path = write_stream(&directory);
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
-    replay(&store, &path, 2, &directory).await;
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    assert_eq!(replay(&store, &path, 2, &directory).await.lines, 2_400);
 
     let reference = store
         .reference("m", "1")
@@ -133,7 +133,7 @@ async fn the_first_windows_become_the_reference_when_none_is_stored() {
 async fn replaying_the_same_file_twice_does_not_double_count() {
     let directory = temp_dir("twice");
     let path = write_stream(&directory);
-    let store = Store::Embedded(EmbeddedStore::in_memory().unwrap());
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
     replay(&store, &path, 0, &directory).await;
     let first = store.window_metrics(MetricsQuery::default()).await.unwrap();
     replay(&store, &path, 0, &directory).await;
@@ -149,5 +149,55 @@ async fn replaying_the_same_file_twice_does_not_double_count() {
         .filter(|m| m.key.feature == "x")
         .all(|m| m.metrics.count == 400));
     assert_eq!(first.iter().filter(|m| m.key.feature == "x").count(), 6);
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test]
+async fn a_line_over_the_limit_is_dead_lettered_and_the_rest_counted() {
+    let directory = temp_dir("long-line");
+    let clean = write_stream(&directory);
+    let text = std::fs::read_to_string(&clean).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // 17 MiB of one prediction's features, past the 16 MiB line limit,
+    // between two windows' events.
+    let long = format!(
+        r#"{{"model":"m","model_version":"1","prediction_id":"long","timestamp":1,"features":{{"x":0.5,"pad":"{}"}},"prediction":{{"score":1}}}}"#,
+        "a".repeat(17 << 20)
+    );
+    let path = directory.join("with-long-line.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for (index, line) in lines.iter().enumerate() {
+        if index == 1_000 {
+            writeln!(file, "{long}").unwrap();
+        }
+        writeln!(file, "{line}").unwrap();
+    }
+    file.flush().unwrap();
+    drop(file);
+
+    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let report = replay(&store, &path, 0, &directory).await;
+    assert_eq!(report.lines, 2_401);
+    assert_eq!(report.dead_lettered, 1);
+    let dead = std::fs::read_to_string(directory.join("dead.jsonl")).unwrap();
+    let letters: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1);
+    let reason = letters[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("longer than the 16777216-byte limit"),
+        "{reason}"
+    );
+    let metrics = store
+        .window_metrics(MetricsQuery {
+            feature: Some("x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let counts: Vec<u64> = metrics.iter().map(|m| m.metrics.count).collect();
+    assert_eq!(counts, vec![400; 6], "the long line counted nowhere");
     let _ = std::fs::remove_dir_all(&directory);
 }

@@ -1,6 +1,6 @@
 //! # store — where Tidewatch keeps windows, sketches and references
 //!
-//! One API, [`Store`], over two backends:
+//! One API, [`Store`] (a handle to a [`Backend`]), over two backends:
 //! - [`clickhouse_store::ClickHouseStore`]: the production store. Tables are
 //!   created at start-up (`CREATE TABLE IF NOT EXISTS`), in SQL that runs on
 //!   ClickHouse 18.16 and on current releases alike: `ReplacingMergeTree`
@@ -12,6 +12,19 @@
 //! - [`embedded::EmbeddedStore`]: SQLite (bundled), used when no ClickHouse
 //!   is configured (the demo, a laptop). Same tables, same semantics, upserts
 //!   that keep the highest version.
+//!
+//! ## Layout
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | `[store]`: raw section, validation, [`config::StoreConfig::open`] (where backends are registered) |
+//! | [`backend`] | the [`Backend`] trait both backends implement |
+//! | [`schema`] | how a table is declared once: column types, DDL, migrations, statements |
+//! | `rows` | every table's row struct (declared with `schema::table!`) and its conversions |
+//! | [`clickhouse_store`], [`embedded`] | the two backends |
+//!
+//! Adding a backend: a module implementing [`Backend`] over `rows::TABLES`,
+//! a variant in [`config`], and a line in `store/tests/` running the
+//! conformance suite (`store/tests/common`) against it.
 //!
 //! ## Tables
 //! | table | one row per | version (highest wins) |
@@ -33,13 +46,18 @@
 //!
 //! Calls into SQLite run on tokio's blocking pool; none blocks the runtime.
 
+pub mod backend;
 pub mod clickhouse_store;
+pub mod config;
 pub mod embedded;
 mod rows;
+pub mod schema;
 
-use detectors::{FeatureWindowMetrics, ReferenceProfile, SeriesKey};
+use std::sync::Arc;
 
-pub use rows::MetricsRow;
+use detectors::{FeatureWindowMetrics, SeriesKey};
+
+pub use backend::Backend;
 
 /// Store errors. [`Error::is_retryable`] tells whether trying again may help.
 #[derive(Debug, thiserror::Error)]
@@ -195,13 +213,96 @@ pub struct ReferenceSummary {
     pub created_at: u64,
 }
 
+/// What a recorded notification is (the `status` column of `alerts` and
+/// `alert_deliveries`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationStatus {
+    /// The alert fires (or, with `repeat`, still fires).
+    Firing,
+    /// The alert resolved.
+    Resolved,
+    /// A retraining request for a firing alert.
+    Retrain,
+}
+
+impl NotificationStatus {
+    /// `firing`, `resolved` or `retrain` (as stored and sent).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationStatus::Firing => "firing",
+            NotificationStatus::Resolved => "resolved",
+            NotificationStatus::Retrain => "retrain",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        match text {
+            "firing" => Ok(NotificationStatus::Firing),
+            "resolved" => Ok(NotificationStatus::Resolved),
+            "retrain" => Ok(NotificationStatus::Retrain),
+            other => Err(Error::Corrupt(format!(
+                "unknown notification status `{other}`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for NotificationStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// How urgent an alert is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a look.
+    Info,
+    /// Needs attention soon.
+    Warning,
+    /// Needs attention now.
+    Critical,
+}
+
+impl Severity {
+    /// `info`, `warning` or `critical` (as stored and sent).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        match text {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "critical" => Ok(Severity::Critical),
+            other => Err(Error::Corrupt(format!("unknown severity `{other}`"))),
+        }
+    }
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// One alert notification (firing, repeat or resolved), as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertRecord {
     /// Stable id of the alert episode.
     pub id: String,
-    /// `firing` or `resolved`.
-    pub status: String,
+    /// What the notification is.
+    pub status: NotificationStatus,
     /// Start of the window that caused the notification, ms.
     pub window_start: i64,
     /// End of that window, ms.
@@ -214,8 +315,8 @@ pub struct AlertRecord {
     pub model_version: String,
     /// Segment.
     pub segment: String,
-    /// `info`, `warning` or `critical`.
-    pub severity: String,
+    /// How urgent.
+    pub severity: Severity,
     /// A reminder of an alert already firing.
     pub repeat: bool,
     /// One line for humans.
@@ -262,8 +363,8 @@ impl DeliveryState {
 pub struct Delivery {
     /// Alert id.
     pub alert_id: String,
-    /// Notification status (`firing` / `resolved`).
-    pub status: String,
+    /// Notification status.
+    pub status: NotificationStatus,
     /// Notification window start, ms (with id and status: the notification).
     pub window_start: i64,
     /// Channel name.
@@ -280,14 +381,29 @@ pub struct Delivery {
     pub updated_at: u64,
 }
 
-/// The store, ClickHouse or embedded. One per process, cloned rarely, so
-/// the ClickHouse client is boxed only to keep the enum small.
+/// The store: a cheap-to-clone handle to one [`Backend`], whose methods it
+/// exposes (it dereferences to `dyn Backend`), plus the few operations
+/// built on top of them.
 #[derive(Clone)]
-pub enum Store {
-    /// A ClickHouse server.
-    ClickHouse(Box<clickhouse_store::ClickHouseStore>),
-    /// A local SQLite file.
-    Embedded(embedded::EmbeddedStore),
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.backend
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Store")
+            .field("backend", &self.backend.name())
+            .finish()
+    }
 }
 
 /// The first message read in one offset range of one incarnation of a
@@ -310,170 +426,16 @@ pub struct RangeFingerprint {
 }
 
 impl Store {
-    /// Records range fingerprints (idempotent).
-    pub async fn write_range_fingerprints(&self, rows: Vec<RangeFingerprint>) -> Result<()> {
-        match self {
-            Store::ClickHouse(store) => store.write_range_fingerprints(rows).await,
-            Store::Embedded(store) => store.write_range_fingerprints(rows).await,
+    /// A store over `backend`.
+    pub fn new(backend: impl Backend + 'static) -> Self {
+        Self {
+            backend: Arc::new(backend),
         }
     }
 
-    /// The fingerprint of a range of an incarnation of a partition, if recorded.
-    pub async fn range_fingerprint(
-        &self,
-        partition: &str,
-        incarnation: u32,
-        range_start: u64,
-    ) -> Result<Option<RangeFingerprint>> {
-        match self {
-            Store::ClickHouse(store) => {
-                store
-                    .range_fingerprint(partition, incarnation, range_start)
-                    .await
-            }
-            Store::Embedded(store) => {
-                store
-                    .range_fingerprint(partition.to_owned(), incarnation, range_start)
-                    .await
-            }
-        }
-    }
-
-    /// The latest incarnation of a partition with a recorded fingerprint.
-    pub async fn latest_incarnation(&self, partition: &str) -> Result<Option<u32>> {
-        match self {
-            Store::ClickHouse(store) => store.latest_incarnation(partition).await,
-            Store::Embedded(store) => store.latest_incarnation(partition.to_owned()).await,
-        }
-    }
-
-    /// Writes checkpoint partials (idempotent per source range).
-    pub async fn write_partials(&self, rows: Vec<PartialSketch>) -> Result<()> {
-        match self {
-            Store::ClickHouse(store) => store.write_partials(rows).await,
-            Store::Embedded(store) => store.write_partials(rows).await,
-        }
-    }
-
-    /// The latest partials of every series of `model` in the window starting at `window_start`.
-    pub async fn partials_for_window(
-        &self,
-        model: &str,
-        window_start: i64,
-    ) -> Result<Vec<PartialSketch>> {
-        match self {
-            Store::ClickHouse(store) => store.partials_for_window(model, window_start).await,
-            Store::Embedded(store) => {
-                store
-                    .partials_for_window(model.to_owned(), window_start)
-                    .await
-            }
-        }
-    }
-
-    /// Every window start with partials for `model` in `[from_ms, to_ms)`.
-    pub async fn partial_windows(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<i64>> {
-        match self {
-            Store::ClickHouse(store) => store.partial_windows(model, from_ms, to_ms).await,
-            Store::Embedded(store) => {
-                store
-                    .partial_windows(model.to_owned(), from_ms, to_ms)
-                    .await
-            }
-        }
-    }
-
-    /// Writes the results of closed windows.
-    pub async fn write_window_results(
-        &self,
-        metrics: Vec<WindowMetrics>,
-        sketches: Vec<WindowSketch>,
-    ) -> Result<()> {
-        match self {
-            Store::ClickHouse(store) => store.write_window_results(metrics, sketches).await,
-            Store::Embedded(store) => store.write_window_results(metrics, sketches).await,
-        }
-    }
-
-    /// Reads window metrics (latest computation of each).
-    pub async fn window_metrics(&self, query: MetricsQuery) -> Result<Vec<WindowMetrics>> {
-        match self {
-            Store::ClickHouse(store) => store.window_metrics(&query).await,
-            Store::Embedded(store) => store.window_metrics(query).await,
-        }
-    }
-
-    /// Every model version with finalized windows, by model and version.
-    pub async fn model_versions(&self) -> Result<Vec<ModelVersionSummary>> {
-        match self {
-            Store::ClickHouse(store) => store.model_versions().await,
-            Store::Embedded(store) => store.model_versions().await,
-        }
-    }
-
-    /// Appends pipeline statistics.
-    pub async fn write_pipeline_stats(&self, rows: Vec<PipelineStats>) -> Result<()> {
-        match self {
-            Store::ClickHouse(store) => store.write_pipeline_stats(rows).await,
-            Store::Embedded(store) => store.write_pipeline_stats(rows).await,
-        }
-    }
-
-    /// Pipeline statistics with `time` in `[from_ms, to_ms)`, by time.
-    pub async fn pipeline_stats(&self, from_ms: i64, to_ms: i64) -> Result<Vec<PipelineStats>> {
-        match self {
-            Store::ClickHouse(store) => store.pipeline_stats(from_ms, to_ms).await,
-            Store::Embedded(store) => store.pipeline_stats(from_ms, to_ms).await,
-        }
-    }
-
-    /// Reads merged window sketches of `model` with windows starting in `[from_ms, to_ms)`.
-    pub async fn window_sketches(
-        &self,
-        model: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<Vec<WindowSketch>> {
-        match self {
-            Store::ClickHouse(store) => store.window_sketches(model, from_ms, to_ms).await,
-            Store::Embedded(store) => {
-                store
-                    .window_sketches(model.to_owned(), from_ms, to_ms)
-                    .await
-            }
-        }
-    }
-
-    /// Stores a reference profile (replacing the model version's previous one).
-    pub async fn put_reference(&self, profile: &ReferenceProfile, created_at: u64) -> Result<()> {
-        match self {
-            Store::ClickHouse(store) => store.put_reference(profile, created_at).await,
-            Store::Embedded(store) => store.put_reference(profile.clone(), created_at).await,
-        }
-    }
-
-    /// The reference profile of a model version.
-    pub async fn reference(
-        &self,
-        model: &str,
-        model_version: &str,
-    ) -> Result<Option<ReferenceProfile>> {
-        match self {
-            Store::ClickHouse(store) => store.reference(model, model_version).await,
-            Store::Embedded(store) => {
-                store
-                    .reference(model.to_owned(), model_version.to_owned())
-                    .await
-            }
-        }
-    }
-
-    /// Every stored reference profile's header.
-    pub async fn references(&self) -> Result<Vec<ReferenceSummary>> {
-        match self {
-            Store::ClickHouse(store) => store.references().await,
-            Store::Embedded(store) => store.references().await,
-        }
+    /// An in-memory embedded store (tests, throw-away demos).
+    pub fn in_memory() -> Result<Self> {
+        Ok(Self::new(embedded::EmbeddedStore::in_memory()?))
     }
 
     /// Records notifications and, for each of their channels, a pending
@@ -486,7 +448,7 @@ impl Store {
             .flat_map(|(alert, channels)| {
                 channels.iter().map(|channel| Delivery {
                     alert_id: alert.id.clone(),
-                    status: alert.status.clone(),
+                    status: alert.status,
                     window_start: alert.window_start,
                     channel: channel.clone(),
                     state: DeliveryState::Pending,
@@ -501,87 +463,32 @@ impl Store {
             .into_iter()
             .map(|(alert, _)| alert)
             .collect::<Vec<_>>();
-        match self {
-            Store::ClickHouse(store) => store.record_alerts(records, deliveries).await,
-            Store::Embedded(store) => store.record_alerts(records, deliveries).await,
-        }
-    }
-
-    /// The start of the latest window of `model` whose alert notifications
-    /// are all recorded (`None` before the first).
-    pub async fn alert_progress(&self, model: &str) -> Result<Option<i64>> {
-        match self {
-            Store::ClickHouse(store) => store.alert_progress(model).await,
-            Store::Embedded(store) => store.alert_progress(model.to_owned()).await,
-        }
-    }
-
-    /// Notes that every notification raised up to the window starting at
-    /// `window_start` of `model` is recorded (the progress only moves forward).
-    pub async fn record_alert_progress(&self, model: &str, window_start: i64) -> Result<()> {
-        match self {
-            Store::ClickHouse(store) => store.record_alert_progress(model, window_start).await,
-            Store::Embedded(store) => {
-                store
-                    .record_alert_progress(model.to_owned(), window_start)
-                    .await
-            }
-        }
-    }
-
-    /// Notifications of `model` (all when `None`), newest first, at most `limit`.
-    pub async fn alerts(&self, model: Option<&str>, limit: u64) -> Result<Vec<AlertRecord>> {
-        match self {
-            Store::ClickHouse(store) => store.alerts(model, limit).await,
-            Store::Embedded(store) => store.alerts(model.map(str::to_owned), limit).await,
-        }
-    }
-
-    /// Every notification of alert `id` (firing, repeats, resolved).
-    pub async fn alert_notifications(&self, id: &str) -> Result<Vec<AlertRecord>> {
-        match self {
-            Store::ClickHouse(store) => store.alerts_by_id(id).await,
-            Store::Embedded(store) => store.alerts_by_id(id.to_owned()).await,
-        }
+        self.backend.write_alerts(records, deliveries).await
     }
 
     /// One notification: alert `id`, `status`, `window_start` (ms).
     pub async fn alert_notification(
         &self,
         id: &str,
-        status: &str,
+        status: NotificationStatus,
         window_start: i64,
     ) -> Result<Option<AlertRecord>> {
-        let candidates = self.alert_notifications(id).await?;
+        let candidates = self.backend.alert_notifications(id).await?;
         Ok(candidates
             .into_iter()
             .find(|alert| alert.status == status && alert.window_start == window_start))
     }
 
-    /// Every delivery of alert `alert_id` (each notification × channel, in
-    /// its latest state), by window, status and channel.
-    pub async fn deliveries(&self, alert_id: &str) -> Result<Vec<Delivery>> {
-        match self {
-            Store::ClickHouse(store) => store.deliveries(alert_id).await,
-            Store::Embedded(store) => store.deliveries(alert_id.to_owned()).await,
-        }
-    }
-
-    /// Pending deliveries due at `now` (ms), oldest first, at most `limit`.
-    pub async fn due_deliveries(&self, now: u64, limit: u64) -> Result<Vec<Delivery>> {
-        match self {
-            Store::ClickHouse(store) => store.due_deliveries(now, limit).await,
-            Store::Embedded(store) => store.due_deliveries(now, limit).await,
-        }
-    }
-
     /// Writes a delivery's new state (versioned by `updated_at`).
     pub async fn update_delivery(&self, delivery: Delivery) -> Result<()> {
-        match self {
-            Store::ClickHouse(store) => store.update_deliveries(vec![delivery]).await,
-            Store::Embedded(store) => store.update_deliveries(vec![delivery]).await,
-        }
+        self.backend.update_deliveries(vec![delivery]).await
     }
+}
+
+/// Every table the store keeps, with its columns (both backends create
+/// exactly these).
+pub fn tables() -> &'static [schema::TableDef] {
+    &rows::TABLES
 }
 
 /// Keeps the row with the highest version per key, in key order.

@@ -21,7 +21,7 @@ async fn store(test: &str) -> Store {
     ClickHouseStore::connect(&url, &database, None, None)
         .await
         .unwrap();
-    Store::ClickHouse(Box::new(store))
+    Store::new(store)
 }
 
 #[tokio::test]
@@ -71,11 +71,11 @@ async fn an_older_table_gains_the_new_metrics_columns() {
         .execute()
         .await
         .unwrap();
-    let store = Store::ClickHouse(Box::new(
+    let store = Store::new(
         ClickHouseStore::connect(&url, &database, None, None)
             .await
             .unwrap(),
-    ));
+    );
     common::window_results_round_trip(&store).await;
 }
 
@@ -102,4 +102,21 @@ async fn alert_progress_moves_forward_only() {
 #[tokio::test]
 async fn range_fingerprints_round_trip() {
     common::range_fingerprints_round_trip(&store("fingerprints").await).await;
+}
+
+/// Both backends hold the same tables with the same columns, in the order
+/// the row structs declare them: a column added to one and not the other
+/// fails here.
+#[tokio::test]
+async fn both_backends_have_the_declared_columns() {
+    let clickhouse = store("columns").await;
+    let embedded = Store::in_memory().unwrap();
+    assert_eq!(store::tables().len(), 9);
+    for table in store::tables() {
+        let declared: Vec<&str> = table.columns.iter().map(|column| column.name).collect();
+        let in_clickhouse = clickhouse.stored_columns(table.spec.name).await.unwrap();
+        let in_sqlite = embedded.stored_columns(table.spec.name).await.unwrap();
+        assert_eq!(in_clickhouse, declared, "ClickHouse `{}`", table.spec.name);
+        assert_eq!(in_sqlite, declared, "SQLite `{}`", table.spec.name);
+    }
 }

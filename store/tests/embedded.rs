@@ -5,7 +5,7 @@ mod common;
 use store::{embedded::EmbeddedStore, Store};
 
 fn store() -> Store {
-    Store::Embedded(EmbeddedStore::in_memory().unwrap())
+    Store::new(EmbeddedStore::in_memory().unwrap())
 }
 
 #[tokio::test]
@@ -29,10 +29,10 @@ async fn file_store_survives_reopening() {
     let path = directory.join("tidewatch.db");
     let _ = std::fs::remove_file(&path);
     {
-        let store = Store::Embedded(EmbeddedStore::open(&path).await.unwrap());
+        let store = Store::new(EmbeddedStore::open(&path).await.unwrap());
         common::references_round_trip(&store).await;
     }
-    let reopened = Store::Embedded(EmbeddedStore::open(&path).await.unwrap());
+    let reopened = Store::new(EmbeddedStore::open(&path).await.unwrap());
     assert!(reopened.reference("churn", "3").await.unwrap().is_some());
     let _ = std::fs::remove_dir_all(&directory);
 }
@@ -61,7 +61,7 @@ async fn an_older_file_gains_the_new_metrics_columns() {
             )
             .unwrap();
     }
-    let store = Store::Embedded(EmbeddedStore::open(&path).await.unwrap());
+    let store = Store::new(EmbeddedStore::open(&path).await.unwrap());
     common::window_results_round_trip(&store).await;
     let _ = std::fs::remove_dir_all(&directory);
 }

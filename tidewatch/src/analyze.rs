@@ -16,7 +16,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use detectors::categorical::CategoricalSketch;
 use detectors::metrics::{
-    apply_p_value_correction, compute, DriftThresholds, FeatureWindowMetrics, TestResult,
+    apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics, TestResult,
 };
 use detectors::numeric::{BinEdges, NumericSketch};
 use detectors::reference::{
@@ -80,6 +80,16 @@ const BAND_METRICS: [&str; 4] = ["psi", "jensen_shannon", "wasserstein_normalize
 /// (mean, std) of each band metric over the reference chunks of one column.
 type Bands = Vec<(&'static str, f64, f64)>;
 
+/// The band test of band metric `name`.
+fn band_test(name: &str) -> DriftTest {
+    match name {
+        "psi" => DriftTest::PsiBand,
+        "jensen_shannon" => DriftTest::JensenShannonBand,
+        "wasserstein_normalized" => DriftTest::WassersteinNormalizedBand,
+        _ => DriftTest::MeanBand,
+    }
+}
+
 fn metric_value(metrics: &FeatureWindowMetrics, name: &str) -> Option<f64> {
     match name {
         "psi" => metrics.psi,
@@ -138,7 +148,7 @@ fn apply_bands(metrics: &mut FeatureWindowMetrics, bands: &Bands, k: f64, enough
                 f64::INFINITY
             };
             TestResult {
-                test: "mean_band".into(),
+                test: DriftTest::MeanBand,
                 value: z,
                 threshold: k,
                 drifted: enough && z.abs() > k,
@@ -146,7 +156,7 @@ fn apply_bands(metrics: &mut FeatureWindowMetrics, bands: &Bands, k: f64, enough
         } else {
             let upper = mean + k * std;
             TestResult {
-                test: format!("{name}_band"),
+                test: band_test(name),
                 value,
                 threshold: upper,
                 drifted: enough && value > upper,
@@ -492,18 +502,19 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
     })
 }
 
-const TESTS: [&str; 11] = [
-    "psi_band",
-    "jensen_shannon_band",
-    "wasserstein_normalized_band",
-    "mean_band",
-    "psi",
-    "ks",
-    "chi_square",
-    "jensen_shannon",
-    "hellinger",
-    "kl_divergence",
-    "wasserstein_normalized",
+/// Tests `decide_by` may name (besides `any`).
+const TESTS: [DriftTest; 11] = [
+    DriftTest::PsiBand,
+    DriftTest::JensenShannonBand,
+    DriftTest::WassersteinNormalizedBand,
+    DriftTest::MeanBand,
+    DriftTest::Psi,
+    DriftTest::Ks,
+    DriftTest::ChiSquare,
+    DriftTest::JensenShannon,
+    DriftTest::Hellinger,
+    DriftTest::KlDivergence,
+    DriftTest::WassersteinNormalized,
 ];
 
 /// Runs the analysis.
@@ -511,9 +522,13 @@ pub fn analyze(
     options: &AnalyzeOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<AnalyzeReport, AnalyzeError> {
-    if options.decide_by != "any" && !TESTS.contains(&options.decide_by.as_str()) {
-        return Err(AnalyzeError::UnknownTest(options.decide_by.clone()));
-    }
+    let decide_by = match options.decide_by.as_str() {
+        "any" => None,
+        name => match DriftTest::parse(name).filter(|test| TESTS.contains(test)) {
+            Some(test) => Some(test),
+            None => return Err(AnalyzeError::UnknownTest(options.decide_by.clone())),
+        },
+    };
     let (reference_order, reference_columns) = read_columns(&options.reference)?;
     let (_, current_columns) = read_columns(&options.current)?;
     let timestamp_column = match &options.chunking {
@@ -668,9 +683,10 @@ pub fn analyze(
         }
         let mut drifted = 0;
         for ((name, _), metrics) in compared.iter().zip(window) {
-            let verdict = metrics.tests.iter().any(|test| {
-                test.drifted && (options.decide_by == "any" || test.test == options.decide_by)
-            });
+            let verdict = metrics
+                .tests
+                .iter()
+                .any(|test| test.drifted && decide_by.is_none_or(|decisive| test.test == decisive));
             drifted += usize::from(verdict);
             results.push(ColumnResult {
                 chunk: chunk.index,
@@ -693,7 +709,7 @@ pub fn analyze(
     })
 }
 
-fn test_value(metrics: &FeatureWindowMetrics, test: &str) -> String {
+fn test_value(metrics: &FeatureWindowMetrics, test: DriftTest) -> String {
     metrics.tests.iter().find(|t| t.test == test).map_or_else(
         || "-".to_owned(),
         |t| format!("{:.4}{}", t.value, if t.drifted { "*" } else { "" }),
@@ -734,11 +750,11 @@ pub fn render_table(report: &AnalyzeReport) -> String {
                 if result.drifted { "!" } else { " " },
                 result.column,
                 kind,
-                test_value(m, "psi"),
-                test_value(m, "ks"),
-                test_value(m, "chi_square"),
-                test_value(m, "jensen_shannon"),
-                test_value(m, "wasserstein_normalized"),
+                test_value(m, DriftTest::Psi),
+                test_value(m, DriftTest::Ks),
+                test_value(m, DriftTest::ChiSquare),
+                test_value(m, DriftTest::JensenShannon),
+                test_value(m, DriftTest::WassersteinNormalized),
                 m.missing_rate.map_or("-".to_owned(), |r| format!("{r:.4}")),
             );
             for warning in &m.warnings {

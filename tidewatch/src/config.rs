@@ -63,7 +63,7 @@ pub struct RawConfig {
     pub kafka: Option<RawKafka>,
     /// Where results go.
     #[serde(default)]
-    pub store: RawStore,
+    pub store: store::config::RawStoreConfig,
     /// Event-time windows.
     #[serde(default)]
     pub windows: RawWindows,
@@ -77,181 +77,10 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     /// Alert rules.
     #[serde(default)]
-    pub alerts: RawAlerts,
+    pub alerts: alerting::config::RawAlerts,
     /// The HTTP server (API, pages, metrics); none without this section.
     #[serde(default)]
-    pub http: Option<RawHttp>,
-}
-
-/// `[http]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHttp {
-    /// Address to listen on.
-    #[serde(default = "default_http_listen")]
-    pub listen: String,
-    /// Environment variable holding the bearer token of mutating endpoints
-    /// (unset: writes are disabled).
-    #[serde(default)]
-    pub token_env: Option<String>,
-    /// Largest request body accepted (reference uploads), bytes.
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: usize,
-    /// Connections served at once; more are closed as they arrive.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Time a client has to send a request's headers, and at most between
-    /// two parts of its body.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
-    pub request_timeout: Duration,
-}
-
-fn default_max_connections() -> usize {
-    256
-}
-
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-fn default_http_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-
-fn default_max_body_bytes() -> usize {
-    256 * 1024 * 1024
-}
-
-/// Validated `[http]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpSettings {
-    /// Address to listen on.
-    pub listen: std::net::SocketAddr,
-    /// Bearer token of mutating endpoints.
-    pub token: Option<String>,
-    /// Largest request body, bytes.
-    pub max_body_bytes: usize,
-    /// Connections served at once.
-    pub max_connections: usize,
-    /// Header read timeout, and the longest pause inside a body.
-    pub request_timeout: Duration,
-}
-
-/// `[alerts]`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawAlerts {
-    /// `[[alerts.rules]]`; none configured means the default rules.
-    #[serde(default)]
-    pub rules: Vec<alerting::rules::RawRule>,
-    /// `[[alerts.channels]]`.
-    #[serde(default)]
-    pub channels: Vec<RawChannel>,
-    /// `[alerts.retrain]`: where retrain requests go.
-    #[serde(default)]
-    pub retrain: Option<RawRetrain>,
-}
-
-/// `[alerts.retrain]`: the retrain endpoint and/or bus topic, and the
-/// debounce.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRetrain {
-    /// Endpoint POSTed the request's CloudEvent (http:// or https://).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Environment variable holding the signing secret for `url`.
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    /// Extra CA certificate (PEM) to trust for `url`.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Kafka topic the request's CloudEvent is published to (needs `[kafka]`).
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Kafka topic read for acknowledgements (needs `[kafka]`).
-    #[serde(default)]
-    pub ack_topic: Option<String>,
-    /// How long a request blocks the next one for the same model version.
-    #[serde(default = "default_retrain_debounce", with = "humantime_serde")]
-    pub debounce: Duration,
-}
-
-fn default_retrain_debounce() -> Duration {
-    Duration::from_secs(24 * 3600)
-}
-
-/// `[[alerts.channels]]`: `type = "webhook"`, `"slack"` or `"email"`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawChannel {
-    /// A generic webhook, signed with the secret from `secret_env`.
-    Webhook {
-        /// Name referenced by rules.
-        name: String,
-        /// Endpoint (http:// or https://).
-        url: String,
-        /// Environment variable holding the signing secret.
-        #[serde(default)]
-        secret_env: Option<String>,
-        /// Extra CA certificate (PEM) to trust for `url`.
-        #[serde(default)]
-        ca_file: Option<PathBuf>,
-    },
-    /// A Slack incoming webhook.
-    Slack {
-        /// Name referenced by rules.
-        name: String,
-        /// Incoming-webhook URL.
-        url: String,
-        /// Dashboard link put in messages.
-        #[serde(default)]
-        dashboard_url: Option<String>,
-    },
-    /// Email over SMTP.
-    Email {
-        /// Name referenced by rules.
-        name: String,
-        /// SMTP server.
-        smtp_host: String,
-        /// SMTP port (default: 587 for starttls, 465 for tls, 25 for none).
-        #[serde(default)]
-        smtp_port: Option<u16>,
-        /// `starttls` (default), `tls` or `none`.
-        #[serde(default = "default_smtp_security")]
-        security: String,
-        /// Environment variable holding the SMTP user name.
-        #[serde(default)]
-        username_env: Option<String>,
-        /// Environment variable holding the SMTP password.
-        #[serde(default)]
-        password_env: Option<String>,
-        /// Extra CA certificate (PEM) to trust for the SMTP server.
-        #[serde(default)]
-        ca_file: Option<PathBuf>,
-        /// Sender, e.g. `"Tidewatch <tidewatch@example.org>"`.
-        from: String,
-        /// Recipients.
-        to: Vec<String>,
-        /// Dashboard link put in messages.
-        #[serde(default)]
-        dashboard_url: Option<String>,
-    },
-}
-
-fn default_smtp_security() -> String {
-    "starttls".into()
-}
-
-/// Validated `[alerts.retrain]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetrainSettings {
-    /// Debounce, ms.
-    pub debounce_ms: u64,
-    /// The reserved retrain channels configured (endpoint and/or bus).
-    pub channels: Vec<String>,
-    /// Topic of acknowledgements, if any.
-    pub ack_topic: Option<String>,
+    pub http: Option<crate::http::config::RawHttp>,
 }
 
 /// `[kafka]`.
@@ -296,10 +125,6 @@ fn default_stall_after() -> Duration {
     Duration::from_secs(60)
 }
 
-fn default_store_retry_max_delay() -> Duration {
-    Duration::from_secs(5)
-}
-
 /// `[[kafka.topics]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,68 +133,6 @@ pub struct RawTopic {
     pub name: String,
     /// Kind of event for payloads without a `schema` field.
     pub kind: EventKind,
-}
-
-/// `[store]`: `type = "embedded"` (default) or `type = "clickhouse"`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RawStore {
-    /// SQLite file.
-    Embedded(RawEmbedded),
-    /// ClickHouse server.
-    #[serde(rename = "clickhouse")]
-    ClickHouse(RawClickHouse),
-}
-
-impl Default for RawStore {
-    fn default() -> Self {
-        RawStore::Embedded(RawEmbedded {
-            path: default_embedded_path(),
-            retry_max_delay: default_store_retry_max_delay(),
-        })
-    }
-}
-
-/// `[store] type = "embedded"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawEmbedded {
-    /// SQLite file; relative paths are relative to the config file.
-    #[serde(default = "default_embedded_path")]
-    pub path: PathBuf,
-    /// Longest wait between attempts of a failing store operation (retried
-    /// without limit; consumption waits).
-    #[serde(default = "default_store_retry_max_delay", with = "humantime_serde")]
-    pub retry_max_delay: Duration,
-}
-
-fn default_embedded_path() -> PathBuf {
-    PathBuf::from(".tidewatch/tidewatch.db")
-}
-
-/// `[store] type = "clickhouse"`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawClickHouse {
-    /// HTTP endpoint, e.g. `"http://127.0.0.1:8123"`.
-    pub url: String,
-    /// Database (created if missing).
-    #[serde(default = "default_database")]
-    pub database: String,
-    /// User, if not `default`.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// Name of the environment variable holding the password.
-    #[serde(default)]
-    pub password_env: Option<String>,
-    /// Longest wait between attempts of a failing store operation (retried
-    /// without limit; consumption waits).
-    #[serde(default = "default_store_retry_max_delay", with = "humantime_serde")]
-    pub retry_max_delay: Duration,
-}
-
-fn default_database() -> String {
-    "tidewatch".into()
 }
 
 /// `[windows]`.
@@ -579,27 +342,6 @@ pub struct RawFeature {
     pub kind: FeatureKind,
 }
 
-/// Validated store settings.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StoreSettings {
-    /// SQLite at this path.
-    Embedded {
-        /// Database file.
-        path: PathBuf,
-    },
-    /// ClickHouse.
-    ClickHouse {
-        /// HTTP endpoint.
-        url: String,
-        /// Database.
-        database: String,
-        /// User.
-        user: Option<String>,
-        /// Password read from the environment.
-        password: Option<String>,
-    },
-}
-
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -608,13 +350,11 @@ pub struct Config {
     /// Kafka, if configured.
     pub kafka: Option<KafkaSettings>,
     /// Store.
-    pub store: StoreSettings,
+    pub store: store::config::StoreConfig,
     /// Engine settings.
     pub engine: EngineSettings,
     /// Consumer loop timing.
     pub loop_settings: LoopSettings,
-    /// Longest wait between attempts of a failing store operation.
-    pub store_retry_max_delay: Duration,
     /// Drift thresholds.
     pub thresholds: DriftThresholds,
     /// Warm-up windows for references.
@@ -626,9 +366,9 @@ pub struct Config {
     /// Alert channels (with the retrain endpoint and bus, if configured).
     pub alert_channels: Vec<alerting::delivery::Channel>,
     /// Retraining triggers, if configured.
-    pub retrain: Option<RetrainSettings>,
+    pub retrain: Option<alerting::config::RetrainSettings>,
     /// The HTTP server, if configured.
-    pub http: Option<HttpSettings>,
+    pub http: Option<crate::http::config::HttpSettings>,
 }
 
 impl Config {
@@ -745,59 +485,11 @@ impl RawConfig {
             }
         };
 
-        let store_retry_max_delay = match &self.store {
-            RawStore::Embedded(embedded) => embedded.retry_max_delay,
-            RawStore::ClickHouse(clickhouse) => clickhouse.retry_max_delay,
-        };
-        if store_retry_max_delay.is_zero() {
-            return Err(invalid("store.retry_max_delay", "must be positive".into()));
-        }
-        let store = match self.store {
-            RawStore::Embedded(embedded) => {
-                let path = if embedded.path.is_relative() {
-                    file.parent().unwrap_or(Path::new(".")).join(&embedded.path)
-                } else {
-                    embedded.path
-                };
-                StoreSettings::Embedded { path }
-            }
-            RawStore::ClickHouse(clickhouse) => {
-                if !(clickhouse.url.starts_with("http://")
-                    || clickhouse.url.starts_with("https://"))
-                {
-                    return Err(invalid(
-                        "store.url",
-                        format!("`{}` must start with http:// or https://", clickhouse.url),
-                    ));
-                }
-                if clickhouse.database.is_empty()
-                    || !clickhouse
-                        .database
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
-                    return Err(invalid(
-                        "store.database",
-                        "must be ASCII letters, digits or `_`".into(),
-                    ));
-                }
-                let password = match &clickhouse.password_env {
-                    None => None,
-                    Some(variable) => Some(std::env::var(variable).map_err(|_| {
-                        invalid(
-                            "store.password_env",
-                            format!("environment variable `{variable}` is not set"),
-                        )
-                    })?),
-                };
-                StoreSettings::ClickHouse {
-                    url: clickhouse.url,
-                    database: clickhouse.database,
-                    user: clickhouse.user,
-                    password,
-                }
-            }
-        };
+        let config_dir = file.parent().unwrap_or(Path::new("."));
+        let store = self
+            .store
+            .validate(config_dir)
+            .map_err(|error| invalid(&format!("store.{}", error.key), error.message))?;
 
         let windows = self.windows;
         let size_ms = windows.size.as_millis() as i64;
@@ -887,279 +579,22 @@ impl RawConfig {
         }
 
         let base_dir = file.parent().unwrap_or(Path::new("."));
-        let from_env = |key: &str, variable: &str| {
-            std::env::var(variable)
-                .map_err(|_| invalid(key, format!("environment variable `{variable}` is not set")))
-        };
-        let read_ca = |key: &str, path: &Option<PathBuf>| -> Result<Option<Vec<u8>>, ConfigError> {
-            path.as_ref()
-                .map(|path| {
-                    let path = base_dir.join(path);
-                    std::fs::read(&path).map_err(|error| {
-                        invalid(key, format!("cannot read `{}`: {error}", path.display()))
-                    })
-                })
-                .transpose()
-        };
-        let channel_error = |key: &str, error: alerting::Error| match error {
-            alerting::Error::InvalidRule { key, message } => ConfigError::Invalid {
-                file: file.to_owned(),
-                key,
-                message,
-            },
-            other => invalid(key, other.to_string()),
-        };
-        let mut alert_channels: Vec<alerting::delivery::Channel> = Vec::new();
-        for (index, raw) in self.alerts.channels.into_iter().enumerate() {
-            let key = format!("alerts.channels[{index}]");
-            let (name, kind) = match raw {
-                RawChannel::Webhook {
-                    name,
-                    url,
-                    secret_env,
-                    ca_file,
-                } => {
-                    let secret = secret_env
-                        .map(|variable| from_env(&format!("{key}.secret_env"), &variable))
-                        .transpose()?
-                        .map(String::into_bytes);
-                    let ca_pem = read_ca(&format!("{key}.ca_file"), &ca_file)?;
-                    (
-                        name,
-                        alerting::delivery::ChannelKind::Webhook(alerting::delivery::Endpoint {
-                            url,
-                            secret,
-                            ca_pem,
-                        }),
-                    )
-                }
-                RawChannel::Slack {
-                    name,
-                    url,
-                    dashboard_url,
-                } => (
-                    name,
-                    alerting::delivery::ChannelKind::Slack { url, dashboard_url },
-                ),
-                RawChannel::Email {
-                    name,
-                    smtp_host,
-                    smtp_port,
-                    security,
-                    username_env,
-                    password_env,
-                    ca_file,
-                    from,
-                    to,
-                    dashboard_url,
-                } => {
-                    use alerting::email::{Secret, SmtpSecurity};
-                    let (security, default_port) = match security.as_str() {
-                        "starttls" => (SmtpSecurity::StartTls, 587),
-                        "tls" => (SmtpSecurity::Tls, 465),
-                        "none" => (SmtpSecurity::None, 25),
-                        other => {
-                            return Err(invalid(
-                                &format!("{key}.security"),
-                                format!("`{other}` is not one of starttls, tls, none"),
-                            ))
-                        }
-                    };
-                    let credentials = match (username_env, password_env) {
-                        (None, None) => None,
-                        (Some(user), Some(password)) => Some((
-                            from_env(&format!("{key}.username_env"), &user)?,
-                            Secret(from_env(&format!("{key}.password_env"), &password)?),
-                        )),
-                        (None, Some(_)) => {
-                            return Err(invalid(
-                                &format!("{key}.username_env"),
-                                "is needed with `password_env`".into(),
-                            ))
-                        }
-                        (Some(_), None) => {
-                            return Err(invalid(
-                                &format!("{key}.password_env"),
-                                "is needed with `username_env`".into(),
-                            ))
-                        }
-                    };
-                    if credentials.is_some() && security == SmtpSecurity::None {
-                        return Err(invalid(
-                            &format!("{key}.security"),
-                            "`none` would send the SMTP password in clear text: use starttls or tls".into(),
-                        ));
-                    }
-                    let settings = alerting::email::EmailSettings {
-                        host: smtp_host,
-                        port: smtp_port.unwrap_or(default_port),
-                        security,
-                        credentials,
-                        ca_pem: read_ca(&format!("{key}.ca_file"), &ca_file)?,
-                        from,
-                        to,
-                        dashboard_url,
-                    };
-                    (
-                        name,
-                        alerting::delivery::ChannelKind::Email(Box::new(settings)),
-                    )
-                }
-            };
-            if name.trim().is_empty()
-                || name.starts_with("retrain.")
-                || alert_channels.iter().any(|channel| channel.name == name)
-            {
-                return Err(invalid(
-                    &format!("{key}.name"),
-                    format!("`{name}` is empty, listed twice or reserved (`retrain.*`)"),
-                ));
-            }
-            let channel = alerting::delivery::Channel::new(name, kind, &key)
-                .map_err(|error| channel_error(&key, error))?;
-            alert_channels.push(channel);
-        }
-
-        let retrain = match self.alerts.retrain {
-            None => None,
-            Some(raw) => {
-                let key = "alerts.retrain";
-                let mut channels = Vec::new();
-                if let Some(url) = raw.url {
-                    let secret = raw
-                        .secret_env
-                        .map(|variable| from_env(&format!("{key}.secret_env"), &variable))
-                        .transpose()?
-                        .map(String::into_bytes);
-                    let kind = alerting::delivery::ChannelKind::RetrainWebhook(
-                        alerting::delivery::Endpoint {
-                            url,
-                            secret,
-                            ca_pem: read_ca(&format!("{key}.ca_file"), &raw.ca_file)?,
-                        },
-                    );
-                    alert_channels.push(
-                        alerting::delivery::Channel::new(
-                            alerting::retrain::WEBHOOK_CHANNEL.into(),
-                            kind,
-                            key,
-                        )
-                        .map_err(|error| channel_error(key, error))?,
-                    );
-                    channels.push(alerting::retrain::WEBHOOK_CHANNEL.to_owned());
-                }
-                for (field, topic) in [("topic", &raw.topic), ("ack_topic", &raw.ack_topic)] {
-                    if topic.is_some() && kafka.is_none() {
-                        return Err(invalid(
-                            &format!("{key}.{field}"),
-                            "needs a `[kafka]` section (the bus)".into(),
-                        ));
-                    }
-                }
-                if let Some(topic) = raw.topic {
-                    alert_channels.push(
-                        alerting::delivery::Channel::new(
-                            alerting::retrain::BUS_CHANNEL.into(),
-                            alerting::delivery::ChannelKind::Bus { topic },
-                            key,
-                        )
-                        .map_err(|error| channel_error(key, error))?,
-                    );
-                    channels.push(alerting::retrain::BUS_CHANNEL.to_owned());
-                }
-                if channels.is_empty() {
-                    return Err(invalid(key, "sets neither `url` nor `topic`".into()));
-                }
-                Some(RetrainSettings {
-                    debounce_ms: raw.debounce.as_millis() as u64,
-                    channels,
-                    ack_topic: raw.ack_topic,
-                })
-            }
-        };
-
-        let mut alert_rules = Vec::with_capacity(self.alerts.rules.len());
-        for (index, raw) in self.alerts.rules.into_iter().enumerate() {
-            let key = format!("alerts.rules[{index}]");
-            if alert_rules
-                .iter()
-                .any(|rule: &alerting::rules::Rule| rule.name == raw.name)
-            {
-                return Err(invalid(
-                    &format!("{key}.name"),
-                    format!("rule `{}` is listed twice", raw.name),
-                ));
-            }
-            let rule = alerting::rules::Rule::from_raw(raw, &key)
-                .map_err(|error| channel_error(&key, error))?;
-            alert_rules.push(rule);
-        }
-        // Channels rules may name: the configured ones, not the retrain targets.
-        let notify_channels: Vec<String> = alert_channels
-            .iter()
-            .map(|c| c.name.clone())
-            .filter(|name| !name.starts_with("retrain."))
-            .collect();
-        for (index, rule) in alert_rules.iter().enumerate() {
-            if let Some(unknown) = rule
-                .channels
-                .iter()
-                .find(|name| !notify_channels.contains(name))
-            {
-                return Err(invalid(
-                    &format!("alerts.rules[{index}].channels"),
-                    format!("no channel named `{unknown}` in `alerts.channels`"),
-                ));
-            }
-            if rule.retrain && retrain.is_none() {
-                return Err(invalid(
-                    &format!("alerts.rules[{index}].retrain"),
-                    "needs an `[alerts.retrain]` section (an endpoint `url` and/or a bus `topic`)"
-                        .into(),
-                ));
-            }
-        }
-        let http = match self.http {
-            None => None,
-            Some(raw) => {
-                let listen = raw.listen.parse().map_err(|_| {
-                    invalid(
-                        "http.listen",
-                        format!("`{}` is not an address like 127.0.0.1:8080", raw.listen),
-                    )
+        let alerting =
+            self.alerts
+                .validate(base_dir, kafka.is_some())
+                .map_err(|error| match error {
+                    alerting::Error::InvalidSetting { key, message } => ConfigError::Invalid {
+                        file: file.to_owned(),
+                        key,
+                        message,
+                    },
+                    other => invalid("alerts", other.to_string()),
                 })?;
-                let token = raw
-                    .token_env
-                    .map(|variable| from_env("http.token_env", &variable))
-                    .transpose()?;
-                if token.as_ref().is_some_and(|t| t.len() < 16) {
-                    return Err(invalid(
-                        "http.token_env",
-                        "the token must be at least 16 characters".into(),
-                    ));
-                }
-                if raw.max_body_bytes == 0 {
-                    return Err(invalid("http.max_body_bytes", "must be positive".into()));
-                }
-                if raw.max_connections == 0 {
-                    return Err(invalid("http.max_connections", "must be positive".into()));
-                }
-                if raw.request_timeout.is_zero() {
-                    return Err(invalid("http.request_timeout", "must be positive".into()));
-                }
-                Some(HttpSettings {
-                    listen,
-                    token,
-                    max_body_bytes: raw.max_body_bytes,
-                    max_connections: raw.max_connections,
-                    request_timeout: raw.request_timeout,
-                })
-            }
-        };
-        if alert_rules.is_empty() {
-            let every_channel = notify_channels;
-            alert_rules = alerting::rules::default_rules(&every_channel);
-        }
+        let http = self
+            .http
+            .map(|raw| raw.validate())
+            .transpose()
+            .map_err(|error| invalid(&format!("http.{}", error.key), error.message))?;
 
         Ok(Config {
             file: file.to_owned(),
@@ -1181,7 +616,6 @@ impl RawConfig {
                 reference_refresh: Duration::from_secs(60),
                 stall_after,
             },
-            store_retry_max_delay,
             thresholds: DriftThresholds {
                 psi: self.drift.psi_threshold,
                 min_count: self.drift.min_window_count,
@@ -1195,9 +629,9 @@ impl RawConfig {
             },
             warmup_windows: self.reference.warmup_windows,
             models,
-            alert_rules,
-            alert_channels,
-            retrain,
+            alert_rules: alerting.rules,
+            alert_channels: alerting.channels,
+            retrain: alerting.retrain,
             http,
         })
     }
@@ -1221,7 +655,7 @@ mod tests {
         assert_eq!(config.engine.window_size.millis(), 3_600_000);
         let kafka = config.kafka.unwrap();
         assert_eq!(kafka.topics.len(), 2);
-        assert!(matches!(config.store, StoreSettings::ClickHouse { .. }));
+        assert!(config.store.is_clickhouse());
         let rules: Vec<&str> = config
             .alert_rules
             .iter()
@@ -1373,10 +807,8 @@ mod tests {
             "no rules: the defaults"
         );
         assert_eq!(
-            config.store,
-            StoreSettings::Embedded {
-                path: PathBuf::from("/etc/tidewatch/.tidewatch/tidewatch.db")
-            }
+            config.store.embedded_path(),
+            Some(Path::new("/etc/tidewatch/.tidewatch/tidewatch.db"))
         );
     }
 }

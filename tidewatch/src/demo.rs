@@ -146,7 +146,7 @@ pub async fn run_into(
     };
     let store = match store {
         Some(store) => store,
-        None => Store::Embedded(EmbeddedStore::open(&database_path).await?),
+        None => Store::new(EmbeddedStore::open(&database_path).await?),
     };
     store
         .put_reference(&training.profile, ingest::finalize::now_millis())

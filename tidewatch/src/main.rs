@@ -324,7 +324,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 std::fs::write(&output, training.profile.to_json())
                     .with_context(|| output.display().to_string())?;
             }
-            let store = tidewatch::service::open_store(&config.store).await?;
+            let store = config.store.open().await?;
             store
                 .put_reference(&training.profile, ingest::finalize::now_millis())
                 .await?;
@@ -347,7 +347,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             command: ReferenceCommand::List { config },
         } => {
             let config = Config::load(&config)?;
-            let store = tidewatch::service::open_store(&config.store).await?;
+            let store = config.store.open().await?;
             for summary in store.references().await? {
                 println!(
                     "{}\tv{}\t{}\t{} rows\tstored {}",
@@ -368,7 +368,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let config = Config::load(&config)?;
-            let store = tidewatch::service::open_store(&config.store).await?;
+            let store = config.store.open().await?;
             for alert in store.alerts(model.as_deref(), limit).await? {
                 println!(
                     "{}\t{}\t{}\t{} UTC\t{}",
@@ -385,7 +385,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             // The test message is sent directly; no store is opened or written.
-            let store = store::Store::Embedded(store::embedded::EmbeddedStore::in_memory()?);
+            let store = store::Store::new(store::embedded::EmbeddedStore::in_memory()?);
             let sender = tidewatch::service::sender(&config, store)?;
             match sender
                 .send_test(&name, ingest::finalize::now_millis())
@@ -399,7 +399,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             command: AlertsCommand::Show { config, id },
         } => {
             let config = Config::load(&config)?;
-            let store = tidewatch::service::open_store(&config.store).await?;
+            let store = config.store.open().await?;
             let notifications = store.alert_notifications(&id).await?;
             if notifications.is_empty() {
                 anyhow::bail!("no alert with id `{id}`");
@@ -434,7 +434,7 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             let spec = config.model(&model)?;
             let series: Vec<String> = spec.series().map(|s| s.name.clone()).collect();
-            let store = tidewatch::service::open_store(&config.store).await?;
+            let store = config.store.open().await?;
             let metrics = store
                 .window_metrics(store::MetricsQuery {
                     model: Some(model),

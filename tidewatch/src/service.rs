@@ -8,24 +8,9 @@ use detectors::aggregate::Catalog;
 use ingest::driver::{Driver, DriverSettings};
 use ingest::engine::Engine;
 use ingest::kafka::RunReport;
-use store::{clickhouse_store::ClickHouseStore, embedded::EmbeddedStore, Store};
+use store::Store;
 
-use crate::config::{Config, StoreSettings};
-
-/// Opens (and migrates) the configured store.
-pub async fn open_store(settings: &StoreSettings) -> Result<Store, store::Error> {
-    match settings {
-        StoreSettings::Embedded { path } => Ok(Store::Embedded(EmbeddedStore::open(path).await?)),
-        StoreSettings::ClickHouse {
-            url,
-            database,
-            user,
-            password,
-        } => Ok(Store::ClickHouse(Box::new(
-            ClickHouseStore::connect(url, database, user.as_deref(), password.as_deref()).await?,
-        ))),
-    }
-}
+use crate::config::Config;
 
 /// A driver over the configured models and store, reporting store
 /// failures to `telemetry`.
@@ -46,7 +31,7 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
     DriverSettings {
         thresholds: config.thresholds,
         warmup_windows: config.warmup_windows,
-        store_retry_max_delay: config.store_retry_max_delay,
+        store_retry_max_delay: config.store.retry_max_delay(),
     }
 }
 
@@ -153,7 +138,7 @@ impl AlertRecorder {
             })
             .await?;
             for (record, _) in batch {
-                self.counters.raised(&record.status);
+                self.counters.raised(record.status.as_str());
             }
         }
         // Windows finalized again (labels arriving) do not move the progress.
@@ -222,7 +207,7 @@ impl AlertRecorder {
                 for alert in alerts {
                     let recorded = self
                         .store
-                        .alert_notification(&alert.id, alert.status.as_str(), alert.window_start)
+                        .alert_notification(&alert.id, alert.status.into(), alert.window_start)
                         .await?;
                     if recorded.is_none() {
                         missing.push(alert);
@@ -273,7 +258,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
             config.file.display()
         )
     })?;
-    let store = open_store(&config.store).await?;
+    let store = config.store.open().await?;
     let sender = sender(config, store.clone())?;
     let telemetry = crate::http::Telemetry::default();
     let driver = driver(config, store.clone(), telemetry.pipeline.clone()).await?;
@@ -303,7 +288,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         gate: Arc::clone(&gate),
         store: store.clone(),
         counters: telemetry.clone(),
-        max_delay: config.store_retry_max_delay,
+        max_delay: config.store.retry_max_delay(),
         progress: Default::default(),
     };
     recorder.warm_up(config, &telemetry.pipeline).await?;
@@ -449,11 +434,11 @@ async fn record_pipeline_stats(
     }
 }
 
-/// Binds `settings.listen` and serves the API, pages and metrics over
+/// Binds `settings.listen()` and serves the API, pages and metrics over
 /// `store` in a task until the returned sender fires (or is dropped).
 pub async fn start_http(
     config: &Config,
-    settings: &crate::config::HttpSettings,
+    settings: &crate::http::config::HttpSettings,
     store: Store,
     telemetry: crate::http::Telemetry,
 ) -> anyhow::Result<(
@@ -464,19 +449,19 @@ pub async fn start_http(
         store,
         models: config.models.clone(),
         window_ms: config.engine.window_size.millis(),
-        token: settings.token.clone(),
+        token: settings.token().map(str::to_owned),
         telemetry,
-        max_body_bytes: settings.max_body_bytes,
-        max_connections: settings.max_connections,
-        request_timeout: settings.request_timeout,
+        max_body_bytes: settings.max_body_bytes(),
+        max_connections: settings.max_connections(),
+        request_timeout: settings.request_timeout(),
     });
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    let listener = tokio::net::TcpListener::bind(settings.listen())
         .await
         .map_err(|error| {
             anyhow::anyhow!(
                 "{}: `http.listen`: cannot listen on {}: {error}",
                 config.file.display(),
-                settings.listen
+                settings.listen()
             )
         })?;
     tracing::info!(address = %listener.local_addr()?, "serving the API, pages and /metrics");

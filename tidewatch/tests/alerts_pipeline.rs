@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use store::NotificationStatus;
 
 use alerting::payload::{verify, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use axum::body::Bytes;
@@ -421,7 +422,7 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
     std::fs::write(&training, &generated.training_csv).unwrap();
     std::env::set_var("TIDEWATCH_IT_SECRET", SECRET);
     let config = Config::load(&scenario.config_file).unwrap();
-    let store: Store = tidewatch::service::open_store(&config.store).await.unwrap();
+    let store: Store = config.store.open().await.unwrap();
     let profile = tidewatch::training::build_reference(&config.models[0], DEMO_VERSION, &training)
         .unwrap()
         .profile;
@@ -458,7 +459,10 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
         Duration::from_secs(120),
         async || {
             let recorded = alerts(store.clone()).await;
-            let Some(firing) = recorded.iter().find(|a| a.status == "firing") else {
+            let Some(firing) = recorded
+                .iter()
+                .find(|a| a.status == NotificationStatus::Firing)
+            else {
                 return false;
             };
             let deliveries = store.deliveries(&firing.id).await.unwrap();
@@ -475,7 +479,7 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
         !alerts(store.clone())
             .await
             .iter()
-            .any(|a| a.status == "resolved"),
+            .any(|a| a.status == NotificationStatus::Resolved),
         "the kill must come before the resolution"
     );
     first.kill().unwrap();
@@ -540,7 +544,7 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
     let id = alerts(store.clone())
         .await
         .into_iter()
-        .find(|a| a.status == "firing")
+        .find(|a| a.status == NotificationStatus::Firing)
         .unwrap()
         .id;
     let detail: serde_json::Value =
@@ -573,12 +577,13 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
 
     // The store: one firing, one resolution, one retrain request, one id.
     let recorded = alerts(store.clone()).await;
-    let status_count = |status: &str| recorded.iter().filter(|a| a.status == status).count();
+    let status_count =
+        |status: NotificationStatus| recorded.iter().filter(|a| a.status == status).count();
     assert_eq!(
         (
-            status_count("firing"),
-            status_count("resolved"),
-            status_count("retrain")
+            status_count(NotificationStatus::Firing),
+            status_count(NotificationStatus::Resolved),
+            status_count(NotificationStatus::Retrain)
         ),
         (1, 1, 1),
         "{recorded:#?}"
@@ -587,8 +592,14 @@ async fn a_drift_episode_alerts_once_resolves_once_and_survives_a_channel_outage
         recorded.iter().all(|a| !a.repeat),
         "the cooldown suppressed repeats"
     );
-    let firing = recorded.iter().find(|a| a.status == "firing").unwrap();
-    let resolved = recorded.iter().find(|a| a.status == "resolved").unwrap();
+    let firing = recorded
+        .iter()
+        .find(|a| a.status == NotificationStatus::Firing)
+        .unwrap();
+    let resolved = recorded
+        .iter()
+        .find(|a| a.status == NotificationStatus::Resolved)
+        .unwrap();
     assert_eq!(
         firing.id, resolved.id,
         "resolved under the firing alert's id"

@@ -330,11 +330,11 @@ async fn every_dashboard_query_returns_rows_with_the_expected_columns_from_click
     // Test data: the demo (drift from hour 3) into ClickHouse, its alerts,
     // and pipeline statistics over the same hours.
     let database = format!("tw_dashboards_{}", std::process::id());
-    let store = store::Store::ClickHouse(Box::new(
+    let store = store::Store::new(
         store::clickhouse_store::ClickHouseStore::connect(&clickhouse_url(), &database, None, None)
             .await
             .unwrap(),
-    ));
+    );
     let directory =
         std::env::temp_dir().join(format!("tidewatch-dashboards-{}", std::process::id()));
     let shape = DemoShape {
@@ -364,14 +364,14 @@ async fn every_dashboard_query_returns_rows_with_the_expected_columns_from_click
     // stop and only late labels arrive).
     let open = store::AlertRecord {
         id: "tw-open-latency".into(),
-        status: "firing".into(),
+        status: store::NotificationStatus::Firing,
         window_start: DEMO_START_MS + 4 * 3_600_000,
         window_end: DEMO_START_MS + 5 * 3_600_000,
         rule: "slow_serving".into(),
         model: DEMO_MODEL.into(),
         model_version: DEMO_VERSION.into(),
         segment: "all".into(),
-        severity: "warning".into(),
+        severity: store::Severity::Warning,
         repeat: false,
         summary: "[warning] slow_serving on churn v7: operations latency_p99=412.000".into(),
         payload: "{}".into(),

@@ -15,6 +15,7 @@
 //! | `broker_back_empty_with_the_topic_recreated` | the broker dies and comes back empty; the topic is recreated and the stream goes on |
 //! | `rebalance_storm` | three instances joining and leaving (SIGTERM or SIGKILL) every few seconds over 8 partitions |
 //! | `cardinality_flood` | a million events with distinct model names, segment values and categories |
+//! | `range_fingerprints_wait_for_the_store` | ClickHouse unreachable while a member looks up and stores offset-range fingerprints |
 
 mod common;
 
@@ -28,10 +29,13 @@ use common::{
     brokers, check_oracle, clickhouse_url, demo_hours, header, small_shape, wait_for_metrics,
     ConfigOptions, Scenario,
 };
+use ingest::incarnation::{fingerprint, Incarnations};
+use ingest::telemetry::Telemetry;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
+use store::{clickhouse_store::ClickHouseStore, Store};
 use tidewatch::fixtures::DemoShape;
 
 fn free_port() -> u16 {
@@ -403,6 +407,7 @@ async fn committed_offsets_unreadable_on_assignment() {
         TidewatchProcess::start(&path, &log, &[("TIDEWATCH_FAULT_COMMITTED_OFFSETS", "2")]);
     first.wait_for_assignment(Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(3));
+    let mut peak = first.peak_rss_kib();
     first.kill();
     // Every read fails: no partition is consumed unrewound; the member
     // stops with the reason, and leaves the group.
@@ -421,12 +426,14 @@ async fn committed_offsets_unreadable_on_assignment() {
     assert!(producer.wait().unwrap().success());
     wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
+    peak = peak.max(third.peak_rss_kib());
     assert!(third.terminate());
     println!(
         "assignment failure: {events} events; a member whose first two reads of committed \
          offsets failed rewound on the third and was killed; a member whose reads all failed \
          assigned nothing and stopped ({status}); a third finished: predictions stored {stored} \
-         of {produced}, {} series-windows equal the in-process computation",
+         of {produced}, {} series-windows equal the in-process computation; peak RSS of the \
+         first and third members {peak} KiB",
         expected.len()
     );
 }
@@ -862,4 +869,128 @@ async fn broker_back_empty_with_the_topic_recreated() {
         "/ready must say not ready while the broker is away: {down:?}"
     );
     assert_eq!(ready_after, Some(200));
+}
+
+/// Failed attempts of the store operation `operation` in `telemetry`.
+fn store_failures(telemetry: &Telemetry, operation: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &telemetry.registry()).unwrap();
+    let prefix = format!("tidewatch_store_failures_total{{operation=\"{operation}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// The fingerprints that tell a recreated partition from a rewound one are
+/// read and written with the same unbounded retries as every store
+/// operation: with ClickHouse unreachable a member waits (counted, and
+/// the store reported down) instead of placing a message without knowing
+/// which incarnation it belongs to, or writing partials whose range has no
+/// fingerprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_fingerprints_wait_for_the_store() {
+    let url = clickhouse_url();
+    let proxy = Proxy::start(url.trim_start_matches("http://")).await;
+    let database = format!("tidewatch_faults_fingerprints_{}", std::process::id());
+    let store = Store::new(
+        ClickHouseStore::connect(&format!("http://{}", proxy.address), &database, None, None)
+            .await
+            .unwrap(),
+    );
+    let telemetry = Telemetry::default();
+    let delay = Duration::from_millis(200);
+    let member = Incarnations::new(100);
+
+    // A lookup (the partition's incarnation, then the range's fingerprint)
+    // while the store is unreachable.
+    proxy.cut();
+    let lookup = tokio::spawn({
+        let (store, telemetry) = (store.clone(), telemetry.clone());
+        async move {
+            let mut member = member;
+            let placed = member
+                .source_for(
+                    &store,
+                    &telemetry,
+                    delay,
+                    "t/0",
+                    0,
+                    fingerprint(Some(1), b"m0"),
+                )
+                .await;
+            (member, placed)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !lookup.is_finished(),
+        "the lookup went on without the store"
+    );
+    let failed_lookups = store_failures(&telemetry, "fingerprints");
+    assert!(failed_lookups >= 2.0, "{failed_lookups} failed attempts");
+    assert!(
+        !telemetry.health().problems().is_empty(),
+        "the store is reported down"
+    );
+    proxy.restore();
+    let (mut member, placed) = lookup.await.unwrap();
+    assert_eq!(placed.unwrap().source, "t/0");
+    assert!(telemetry.health().problems().is_empty());
+
+    // The write of the range's fingerprint while the store is unreachable.
+    proxy.cut();
+    let write = tokio::spawn({
+        let (store, telemetry) = (store.clone(), telemetry.clone());
+        async move {
+            let stored = member.store(&store, &telemetry, delay).await;
+            (member, stored)
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!write.is_finished(), "the write went on without the store");
+    let failed_writes = store_failures(&telemetry, "fingerprints") - failed_lookups;
+    assert!(failed_writes >= 2.0, "{failed_writes} failed attempts");
+    proxy.restore();
+    let (_, stored) = write.await.unwrap();
+    stored.unwrap();
+    let row = store
+        .range_fingerprint("t/0", 1, 0)
+        .await
+        .unwrap()
+        .expect("the fingerprint is stored once the store is back");
+    assert_eq!(row.fingerprint, fingerprint(Some(1), b"m0"));
+
+    // A new member reading the same offset finds it and keeps the source;
+    // another message at that offset is a new incarnation.
+    let mut restarted = Incarnations::new(100);
+    let same = restarted
+        .source_for(
+            &store,
+            &telemetry,
+            delay,
+            "t/0",
+            0,
+            fingerprint(Some(1), b"m0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.source, "t/0");
+    let mut after_recreation = Incarnations::new(100);
+    let other = after_recreation
+        .source_for(
+            &store,
+            &telemetry,
+            delay,
+            "t/0",
+            0,
+            fingerprint(Some(1), b"other"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other.source, "t/0#2");
+    println!(
+        "range fingerprints with the store unreachable: the lookup waited through \
+         {failed_lookups} failed attempts and the write through {failed_writes}, both completed \
+         when the store came back; a restarted member kept the incarnation"
+    );
 }

@@ -7,7 +7,7 @@ use detectors::metrics::{compute, DriftThresholds};
 use detectors::numeric::{BinEdges, NumericSketch};
 use detectors::reference::{FeatureReference, NumericReference, ReferenceProfile};
 use detectors::{FeatureSketch, SeriesKey};
-use store::{MetricsQuery, PartialSketch, Store, WindowMetrics, WindowSketch};
+use store::{MetricsQuery, NotificationStatus, PartialSketch, Store, WindowMetrics, WindowSketch};
 
 fn key(feature: &str, window_start: i64) -> SeriesKey {
     SeriesKey {
@@ -203,17 +203,17 @@ pub async fn references_round_trip(store: &Store) {
     assert_eq!(summaries[0].created_at, 200);
 }
 
-fn notification(status: &str, window_start: i64) -> store::AlertRecord {
+fn notification(status: NotificationStatus, window_start: i64) -> store::AlertRecord {
     store::AlertRecord {
         id: "tw-0123456789abcdef".into(),
-        status: status.into(),
+        status,
         window_start,
         window_end: window_start + 3_600_000,
         rule: "drift_on_features".into(),
         model: "churn".into(),
         model_version: "7".into(),
         segment: "all".into(),
-        severity: "warning".into(),
+        severity: store::Severity::Warning,
         repeat: false,
         summary: format!("[{status}] drift_on_features on churn v7"),
         payload: "{\"schema\":\"tidewatch.alert.v1\"}".into(),
@@ -225,8 +225,8 @@ fn notification(status: &str, window_start: i64) -> store::AlertRecord {
 /// states never moved backwards, re-recording after a restart harmless.
 pub async fn alert_outbox_round_trip(store: &Store) {
     use store::{Delivery, DeliveryState};
-    let firing = notification("firing", 1_767_621_600_000);
-    let resolved = notification("resolved", 1_767_632_400_000);
+    let firing = notification(NotificationStatus::Firing, 1_767_621_600_000);
+    let resolved = notification(NotificationStatus::Resolved, 1_767_632_400_000);
     store
         .record_alerts(vec![
             (firing.clone(), vec!["slack".into(), "email".into()]),
@@ -251,7 +251,7 @@ pub async fn alert_outbox_round_trip(store: &Store) {
 
     let slack_firing = due
         .iter()
-        .find(|d| d.status == "firing" && d.channel == "slack")
+        .find(|d| d.status == NotificationStatus::Firing && d.channel == "slack")
         .unwrap()
         .clone();
     store
@@ -307,7 +307,7 @@ pub async fn alert_outbox_round_trip(store: &Store) {
     assert_eq!(after.len(), 2, "slack firing stays sent: {after:?}");
     assert!(after
         .iter()
-        .all(|d| !(d.status == "firing" && d.channel == "slack")));
+        .all(|d| !(d.status == NotificationStatus::Firing && d.channel == "slack")));
     assert_eq!(
         store.alerts(None, 10).await.unwrap().len(),
         2,
@@ -315,12 +315,16 @@ pub async fn alert_outbox_round_trip(store: &Store) {
     );
     // Every delivery of the alert, latest state each, sent ones included.
     let all = store.deliveries(&firing.id).await.unwrap();
-    let states: Vec<(&str, &str, store::DeliveryState)> = all
+    let states: Vec<(NotificationStatus, &str, store::DeliveryState)> = all
         .iter()
-        .map(|d| (d.status.as_str(), d.channel.as_str(), d.state))
+        .map(|d| (d.status, d.channel.as_str(), d.state))
         .collect();
     assert_eq!(all.len(), 3, "{all:?}");
-    assert!(states.contains(&("firing", "slack", store::DeliveryState::Sent)));
+    assert!(states.contains(&(
+        NotificationStatus::Firing,
+        "slack",
+        store::DeliveryState::Sent
+    )));
     assert_eq!(
         states
             .iter()
@@ -333,36 +337,40 @@ pub async fn alert_outbox_round_trip(store: &Store) {
 
 /// A notification is found by id, status and window.
 pub async fn alert_notification_lookup(store: &Store) {
-    let firing = notification("firing", 1_767_621_600_000);
-    let resolved = notification("resolved", 1_767_632_400_000);
+    let firing = notification(NotificationStatus::Firing, 1_767_621_600_000);
+    let resolved = notification(NotificationStatus::Resolved, 1_767_632_400_000);
     store
         .record_alerts(vec![(firing.clone(), vec![]), (resolved.clone(), vec![])])
         .await
         .unwrap();
     assert_eq!(
         store
-            .alert_notification(&firing.id, "firing", firing.window_start)
+            .alert_notification(&firing.id, NotificationStatus::Firing, firing.window_start)
             .await
             .unwrap(),
         Some(firing.clone())
     );
     assert_eq!(
         store
-            .alert_notification(&firing.id, "resolved", resolved.window_start)
+            .alert_notification(
+                &firing.id,
+                NotificationStatus::Resolved,
+                resolved.window_start
+            )
             .await
             .unwrap(),
         Some(resolved)
     );
     assert_eq!(
         store
-            .alert_notification(&firing.id, "firing", 0)
+            .alert_notification(&firing.id, NotificationStatus::Firing, 0)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         store
-            .alert_notification("tw-other", "firing", firing.window_start)
+            .alert_notification("tw-other", NotificationStatus::Firing, firing.window_start)
             .await
             .unwrap(),
         None

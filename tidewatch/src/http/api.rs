@@ -663,12 +663,12 @@ struct AlertParams {
 #[derive(Serialize)]
 pub(super) struct AlertView {
     pub id: String,
-    pub status: String,
+    pub status: store::NotificationStatus,
     pub rule: String,
     pub model: String,
     pub version: String,
     pub segment: String,
-    pub severity: String,
+    pub severity: store::Severity,
     pub repeat: bool,
     pub window_start: String,
     pub window_end: String,

@@ -18,6 +18,7 @@
 //! starts. Request bodies are limited to `[http] max_body_bytes`.
 
 mod api;
+pub mod config;
 mod pages;
 pub mod telemetry;
 

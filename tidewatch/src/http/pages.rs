@@ -9,9 +9,11 @@
 //!   the threshold over time and its reference vs latest-window
 //!   distribution, quality and label coverage over time, and the alerts.
 
+use detectors::metrics::DriftTest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
+use store::NotificationStatus;
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -32,13 +34,13 @@ use alerting::payload::escape_html as escape;
 
 /// Windows shown on a model page.
 const PAGE_WINDOWS: i64 = 48;
-/// Scores the heatmap can show (test names of `FeatureWindowMetrics::tests`).
-const SCORES: [(&str, &str); 5] = [
-    ("psi", "PSI"),
-    ("jensen_shannon", "Jensen–Shannon distance"),
-    ("hellinger", "Hellinger distance"),
-    ("wasserstein_normalized", "Wasserstein / ref. std"),
-    ("kl_divergence", "KL divergence"),
+/// Scores the heatmap can show (distances against the reference).
+const SCORES: [DriftTest; 5] = [
+    DriftTest::Psi,
+    DriftTest::JensenShannon,
+    DriftTest::Hellinger,
+    DriftTest::WassersteinNormalized,
+    DriftTest::KlDivergence,
 ];
 /// Categories shown in a categorical distribution chart.
 const TOP_CATEGORIES: usize = 12;
@@ -167,19 +169,22 @@ async fn overview(State(state): State<Arc<AppState>>) -> Result<Html<String>, Ap
 
 /// Alert ids whose latest notification is not a resolution.
 fn open_alerts(alerts: &[store::AlertRecord]) -> usize {
-    let mut latest: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+    let mut latest: BTreeMap<&str, (i64, NotificationStatus)> = BTreeMap::new();
     for alert in alerts
         .iter()
-        .filter(|a| a.status != alerting::retrain::STATUS)
+        .filter(|a| a.status != NotificationStatus::Retrain)
     {
         let entry = latest
             .entry(&alert.id)
-            .or_insert((alert.window_start, &alert.status));
+            .or_insert((alert.window_start, alert.status));
         if alert.window_start > entry.0 {
-            *entry = (alert.window_start, &alert.status);
+            *entry = (alert.window_start, alert.status);
         }
     }
-    latest.values().filter(|(_, s)| *s != "resolved").count()
+    latest
+        .values()
+        .filter(|(_, status)| *status != NotificationStatus::Resolved)
+        .count()
 }
 
 fn quality_line(task: Task, quality: &detectors::quality::QualityMetrics) -> String {
@@ -206,7 +211,10 @@ struct ModelParams {
 }
 
 /// (value, threshold, drifted) of test `score` in `metrics`.
-fn score_of(metrics: &detectors::FeatureWindowMetrics, score: &str) -> Option<(f64, f64, bool)> {
+fn score_of(
+    metrics: &detectors::FeatureWindowMetrics,
+    score: DriftTest,
+) -> Option<(f64, f64, bool)> {
     metrics
         .tests
         .iter()
@@ -237,13 +245,16 @@ async fn model_page(
     let Some(spec) = state.models.iter().find(|s| s.name() == model).cloned() else {
         return Err(ApiError::not_found(format!("no model named `{model}`")));
     };
-    let score = params.score.unwrap_or_else(|| "psi".into());
-    let Some(&(_, score_label)) = SCORES.iter().find(|(name, _)| *name == score) else {
+    let score_name = params
+        .score
+        .unwrap_or_else(|| DriftTest::Psi.as_str().into());
+    let Some(score) = DriftTest::parse(&score_name).filter(|test| SCORES.contains(test)) else {
         return Err(ApiError::bad_request(format!(
             "`score` must be one of {}",
-            SCORES.map(|(name, _)| name).join(", ")
+            SCORES.map(DriftTest::as_str).join(", ")
         )));
     };
+    let score_label = score.display_name();
     let segment = params.segment.unwrap_or_else(|| "all".into());
     let versions = state.store.model_versions().await?;
     let mine: Vec<&store::ModelVersionSummary> =
@@ -335,9 +346,11 @@ async fn model_page(
         "<label>Score <select name=\"score\">{}</select></label><button>Show</button></form>",
         SCORES
             .iter()
-            .map(|(name, label)| format!(
+            .map(|test| format!(
                 "<option value=\"{name}\"{sel}>{label}</option>",
-                sel = if *name == score { " selected" } else { "" }
+                name = test.as_str(),
+                label = test.display_name(),
+                sel = if *test == score { " selected" } else { "" }
             ))
             .collect::<String>()
     );
@@ -368,7 +381,7 @@ async fn model_page(
             let cell = by_series
                 .get(name.as_str())
                 .and_then(|w| w.get(window))
-                .and_then(|row| score_of(&row.metrics, &score));
+                .and_then(|row| score_of(&row.metrics, score));
             match cell {
                 Some((value, threshold, drifted)) => {
                     let ratio = if threshold > 0.0 {
@@ -430,12 +443,12 @@ async fn model_page(
             .map(|w| {
                 points
                     .and_then(|p| p.get(w))
-                    .and_then(|row| score_of(&row.metrics, &score))
+                    .and_then(|row| score_of(&row.metrics, score))
                     .map(|(v, _, _)| v)
             })
             .collect();
         let threshold = points
-            .and_then(|p| p.values().find_map(|row| score_of(&row.metrics, &score)))
+            .and_then(|p| p.values().find_map(|row| score_of(&row.metrics, score)))
             .map(|(_, t, _)| t);
         let _ = write!(body, "<section class=\"card\"><h3>{}</h3>", escape(name));
         if values.iter().any(Option::is_some) {
@@ -530,9 +543,9 @@ async fn model_page(
                 body,
                 "<tr class=\"{status}\"><td>{w}</td><td>{status}{repeat}</td><td>{sev}</td><td>{sum}</td><td><code>{id}</code></td></tr>",
                 w = time(alert.window_start),
-                status = escape(&alert.status),
+                status = alert.status.as_str(),
                 repeat = if alert.repeat { " (repeat)" } else { "" },
-                sev = escape(&alert.severity),
+                sev = alert.severity.as_str(),
                 sum = escape(&alert.summary),
                 id = escape(&alert.id),
             );

@@ -1,0 +1,120 @@
+//! The one trait every store backend implements.
+//!
+//! A backend is a module with a type implementing [`Backend`], its tables
+//! taken from [`crate::rows::TABLES`] (see [`crate::schema`]), one variant in
+//! [`crate::config::StoreConfig`] that opens it, and one line in
+//! `store/tests/` that runs the conformance suite against it.
+
+use async_trait::async_trait;
+use detectors::ReferenceProfile;
+
+use crate::{
+    AlertRecord, Delivery, MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats,
+    RangeFingerprint, ReferenceSummary, Result, WindowMetrics, WindowSketch,
+};
+
+/// A store backend. Every write is idempotent as the table's versioning
+/// says ([`crate::schema::Versioning`]); every error says whether a retry
+/// may help ([`crate::Error::is_retryable`]).
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// Short name for logs (`clickhouse`, `sqlite`).
+    fn name(&self) -> &'static str;
+
+    /// The columns a table has in the database, in its order (to compare
+    /// the backends' schemas, and for migrations).
+    async fn stored_columns(&self, table: &str) -> Result<Vec<String>>;
+
+    /// Writes checkpoint partials (idempotent per source range).
+    async fn write_partials(&self, rows: Vec<PartialSketch>) -> Result<()>;
+
+    /// The latest partials of every series of `model` in the window starting at `window_start`.
+    async fn partials_for_window(
+        &self,
+        model: &str,
+        window_start: i64,
+    ) -> Result<Vec<PartialSketch>>;
+
+    /// Every window start with partials for `model` in `[from_ms, to_ms)`.
+    async fn partial_windows(&self, model: &str, from_ms: i64, to_ms: i64) -> Result<Vec<i64>>;
+
+    /// Writes the results of closed windows.
+    async fn write_window_results(
+        &self,
+        metrics: Vec<WindowMetrics>,
+        sketches: Vec<WindowSketch>,
+    ) -> Result<()>;
+
+    /// Reads window metrics (latest computation of each).
+    async fn window_metrics(&self, query: MetricsQuery) -> Result<Vec<WindowMetrics>>;
+
+    /// Every model version with finalized windows, by model and version.
+    async fn model_versions(&self) -> Result<Vec<ModelVersionSummary>>;
+
+    /// Reads merged window sketches of `model` with windows starting in `[from_ms, to_ms)`.
+    async fn window_sketches(
+        &self,
+        model: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<WindowSketch>>;
+
+    /// Appends pipeline statistics.
+    async fn write_pipeline_stats(&self, rows: Vec<PipelineStats>) -> Result<()>;
+
+    /// Pipeline statistics with `time` in `[from_ms, to_ms)`, by time.
+    async fn pipeline_stats(&self, from_ms: i64, to_ms: i64) -> Result<Vec<PipelineStats>>;
+
+    /// Stores a reference profile (replacing the model version's previous one).
+    async fn put_reference(&self, profile: &ReferenceProfile, created_at: u64) -> Result<()>;
+
+    /// The reference profile of a model version.
+    async fn reference(&self, model: &str, model_version: &str)
+        -> Result<Option<ReferenceProfile>>;
+
+    /// Every stored reference profile's header.
+    async fn references(&self) -> Result<Vec<ReferenceSummary>>;
+
+    /// Records notifications and their pending deliveries; a delivery
+    /// already recorded keeps its state.
+    async fn write_alerts(&self, alerts: Vec<AlertRecord>, deliveries: Vec<Delivery>)
+        -> Result<()>;
+
+    /// Notifications of `model` (all when `None`), newest first, at most `limit`.
+    async fn alerts(&self, model: Option<&str>, limit: u64) -> Result<Vec<AlertRecord>>;
+
+    /// Every notification of alert `id` (firing, repeats, resolved).
+    async fn alert_notifications(&self, id: &str) -> Result<Vec<AlertRecord>>;
+
+    /// The start of the latest window of `model` whose alert notifications
+    /// are all recorded (`None` before the first).
+    async fn alert_progress(&self, model: &str) -> Result<Option<i64>>;
+
+    /// Notes that every notification raised up to the window starting at
+    /// `window_start` of `model` is recorded (the progress only moves forward).
+    async fn record_alert_progress(&self, model: &str, window_start: i64) -> Result<()>;
+
+    /// Every delivery of alert `alert_id` (each notification × channel, in
+    /// its latest state), by window, status and channel.
+    async fn deliveries(&self, alert_id: &str) -> Result<Vec<Delivery>>;
+
+    /// Pending deliveries due at `now` (ms), oldest first, at most `limit`.
+    async fn due_deliveries(&self, now: u64, limit: u64) -> Result<Vec<Delivery>>;
+
+    /// Writes deliveries' new states (versioned by `updated_at`).
+    async fn update_deliveries(&self, deliveries: Vec<Delivery>) -> Result<()>;
+
+    /// Records range fingerprints (idempotent).
+    async fn write_range_fingerprints(&self, rows: Vec<RangeFingerprint>) -> Result<()>;
+
+    /// The fingerprint of a range of an incarnation of a partition, if recorded.
+    async fn range_fingerprint(
+        &self,
+        partition: &str,
+        incarnation: u32,
+        range_start: u64,
+    ) -> Result<Option<RangeFingerprint>>;
+
+    /// The latest incarnation of a partition with a recorded fingerprint.
+    async fn latest_incarnation(&self, partition: &str) -> Result<Option<u32>>;
+}
