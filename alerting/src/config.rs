@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::delivery::{Channel, ChannelKind, Endpoint};
+use crate::delivery::{Channel, ChannelKind, Endpoint, RetryPolicy};
 use crate::notification::{is_reserved_channel, RETRAIN_BUS_CHANNEL, RETRAIN_WEBHOOK_CHANNEL};
 use crate::rules::{default_rules, RawRule, Rule};
 use crate::Error;
@@ -26,6 +26,83 @@ pub struct RawAlerts {
     /// `[alerts.retrain]`: where retrain requests go.
     #[serde(default)]
     pub retrain: Option<RawRetrain>,
+    /// `[alerts.delivery]`: how failed deliveries are retried.
+    #[serde(default)]
+    pub delivery: RawDelivery,
+}
+
+/// `[alerts.delivery]`: the retry policy of every channel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    /// Attempts before a delivery is marked failed (a permanent refusal
+    /// fails at once).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubled after each failure (with
+    /// jitter), unless the server asked for longer (`Retry-After`).
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Time allowed for one request.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_max_attempts() -> u32 {
+    RetryPolicy::default().max_attempts
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(RetryPolicy::default().base_backoff_ms)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_millis(RetryPolicy::default().max_backoff_ms)
+}
+
+fn default_request_timeout() -> Duration {
+    RetryPolicy::default().timeout
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            timeout: default_request_timeout(),
+        }
+    }
+}
+
+impl RawDelivery {
+    fn validate(self) -> Result<RetryPolicy, Error> {
+        let invalid = |key: &str, message: &str| Error::InvalidSetting {
+            key: format!("alerts.delivery.{key}"),
+            message: message.to_owned(),
+        };
+        if self.max_attempts == 0 {
+            return Err(invalid("max_attempts", "must be at least 1"));
+        }
+        if self.initial_backoff.is_zero() {
+            return Err(invalid("initial_backoff", "must be positive"));
+        }
+        if self.max_backoff < self.initial_backoff {
+            return Err(invalid("max_backoff", "must be at least `initial_backoff`"));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("timeout", "must be positive"));
+        }
+        Ok(RetryPolicy {
+            max_attempts: self.max_attempts,
+            base_backoff_ms: self.initial_backoff.as_millis() as u64,
+            max_backoff_ms: self.max_backoff.as_millis() as u64,
+            timeout: self.timeout,
+        })
+    }
 }
 
 /// `[alerts.retrain]`: the retrain endpoint and/or bus topic, and the
@@ -139,6 +216,8 @@ pub struct AlertingConfig {
     pub rules: Vec<Rule>,
     /// The retrain targets, if configured.
     pub retrain: Option<RetrainSettings>,
+    /// How failed deliveries are retried.
+    pub retry: RetryPolicy,
 }
 
 impl RawAlerts {
@@ -365,6 +444,56 @@ impl RawAlerts {
             channels: alert_channels,
             rules: alert_rules,
             retrain,
+            retry: self.delivery.validate()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alerts(text: &str) -> Result<AlertingConfig, Error> {
+        toml::from_str::<RawAlerts>(text)
+            .unwrap()
+            .validate(Path::new("."), false)
+    }
+
+    #[test]
+    fn the_delivery_policy_is_a_setting_with_defaults() {
+        let config = alerts("").unwrap();
+        assert_eq!(config.retry, RetryPolicy::default());
+        assert_eq!(config.rules.len(), 2, "no rules: the defaults");
+        let config = alerts("[delivery]\nmax_attempts = 3\ninitial_backoff = \"2s\"").unwrap();
+        assert_eq!(config.retry.max_attempts, 3);
+        assert_eq!(config.retry.base_backoff_ms, 2_000);
+        for (text, key) in [
+            (
+                "[delivery]\nmax_attempts = 0",
+                "alerts.delivery.max_attempts",
+            ),
+            (
+                "[delivery]\ninitial_backoff = \"10m\"",
+                "alerts.delivery.max_backoff",
+            ),
+            ("[delivery]\ntimeout = \"0s\"", "alerts.delivery.timeout"),
+        ] {
+            match alerts(text) {
+                Err(Error::InvalidSetting { key: found, .. }) => assert_eq!(found, key),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn retrain_topics_need_the_bus_and_channel_names_are_checked() {
+        match alerts("[retrain]\ntopic = \"t\"") {
+            Err(Error::InvalidSetting { key, .. }) => assert_eq!(key, "alerts.retrain.topic"),
+            other => panic!("{other:?}"),
+        }
+        match alerts("[[channels]]\ntype = \"slack\"\nname = \"retrain.x\"\nurl = \"https://h\"") {
+            Err(Error::InvalidSetting { key, .. }) => assert_eq!(key, "alerts.channels[0].name"),
+            other => panic!("{other:?}"),
+        }
     }
 }

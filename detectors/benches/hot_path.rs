@@ -5,7 +5,8 @@
 //! in events per second on one core (criterion runs single-threaded).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use detectors::aggregate::{Catalog, Recorded};
+use detectors::aggregate::Recorded;
+use detectors::catalog::Catalog;
 use detectors::reference::{ReferenceBuilder, TrainingValue};
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::{Arrival, EventTimeClock, WindowSize};

@@ -24,206 +24,16 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use events::{Event, EventKind, FeatureValue, Label};
-use serde::{Deserialize, Serialize};
 
-use crate::categorical::CategoricalSketch;
-use crate::numeric::NumericSketch;
-use crate::operational::OperationalSketch;
-use crate::quality::{
-    is_positive, ClassificationOutcome, ClassificationQuality, QualitySketch, RegressionQuality,
-};
-use crate::reference::{format_category, CompiledReference};
+use crate::catalog::Catalog;
+use crate::categorical::format_category;
+use crate::quality::{is_positive, ClassificationOutcome, QualitySketch};
+use crate::reference::CompiledReference;
 use crate::segments::KeyAdmission;
+use crate::sketch::{FeatureSketch, SeriesKey};
 use crate::spec::{
-    FeatureKind, ModelSpec, SeriesSource, Task, ALL_SEGMENT, MISSING_SEGMENT_VALUE,
-    OTHER_SEGMENT_VALUE,
+    ModelSpec, SeriesSource, ALL_SEGMENT, MISSING_SEGMENT_VALUE, OTHER_SEGMENT_VALUE,
 };
-use crate::Error;
-
-/// The sketch of one series in one window. Externally tagged so that the
-/// compact postcard encoding can carry it.
-///
-/// Not boxed: most series are numeric, and a group's sketches live in one
-/// `Vec`, so boxing would add an allocation and a pointer chase per update.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FeatureSketch {
-    /// A numeric series.
-    Numeric(NumericSketch),
-    /// A categorical series.
-    Categorical(CategoricalSketch),
-    /// The operational series.
-    Operational(OperationalSketch),
-    /// The model-quality series.
-    Quality(QualitySketch),
-}
-
-impl FeatureSketch {
-    /// An empty sketch for a series of `kind`.
-    pub fn new(
-        kind: FeatureKind,
-        spec: &ModelSpec,
-        edges: Option<&crate::numeric::BinEdges>,
-    ) -> Self {
-        match kind {
-            FeatureKind::Numeric => FeatureSketch::Numeric(NumericSketch::new(edges)),
-            FeatureKind::Categorical => {
-                FeatureSketch::Categorical(CategoricalSketch::new(spec.max_categories()))
-            }
-            FeatureKind::Operational => FeatureSketch::Operational(OperationalSketch::default()),
-            FeatureKind::Quality => FeatureSketch::Quality(match spec.task() {
-                Task::Classification => {
-                    QualitySketch::Classification(ClassificationQuality::new(spec.max_categories()))
-                }
-                Task::Regression => QualitySketch::Regression(RegressionQuality::default()),
-            }),
-        }
-    }
-
-    /// The kind of series this sketch summarises.
-    pub fn kind(&self) -> FeatureKind {
-        match self {
-            FeatureSketch::Numeric(_) => FeatureKind::Numeric,
-            FeatureSketch::Categorical(_) => FeatureKind::Categorical,
-            FeatureSketch::Operational(_) => FeatureKind::Operational,
-            FeatureSketch::Quality(_) => FeatureKind::Quality,
-        }
-    }
-
-    /// Merges another sketch of the same series.
-    pub fn merge(&mut self, other: &FeatureSketch) -> Result<(), Error> {
-        match (self, other) {
-            (FeatureSketch::Numeric(a), FeatureSketch::Numeric(b)) => a.merge(b),
-            (FeatureSketch::Categorical(a), FeatureSketch::Categorical(b)) => a.merge(b),
-            (FeatureSketch::Operational(a), FeatureSketch::Operational(b)) => a.merge(b),
-            (FeatureSketch::Quality(a), FeatureSketch::Quality(b)) => a.merge(b),
-            _ => Err(Error::IncompatibleMerge(
-                "sketches of different kinds".into(),
-            )),
-        }
-    }
-
-    /// Values seen (valid + missing + mismatched).
-    pub fn observations(&self) -> u64 {
-        match self {
-            FeatureSketch::Numeric(s) => s.moments().count() + s.missing() + s.type_mismatch(),
-            FeatureSketch::Categorical(s) => s.total() + s.missing() + s.type_mismatch(),
-            FeatureSketch::Operational(s) => s.predictions(),
-            FeatureSketch::Quality(s) => s.matched(),
-        }
-    }
-
-    /// Compact binary encoding (postcard) for storage.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("sketches always serialize")
-    }
-
-    /// Decodes [`FeatureSketch::to_bytes`] output.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Error> {
-        postcard::from_bytes(bytes).map_err(|error| Error::Corrupt(error.to_string()))
-    }
-
-    /// Approximate heap size in bytes.
-    pub fn heap_bytes(&self) -> usize {
-        match self {
-            FeatureSketch::Numeric(s) => s.heap_bytes(),
-            FeatureSketch::Categorical(s) => s.heap_bytes(),
-            FeatureSketch::Operational(s) => s.heap_bytes(),
-            FeatureSketch::Quality(_) => 2 * crate::quality::SCORE_BINS * 8,
-        }
-    }
-
-    #[inline]
-    fn record_value(&mut self, value: &FeatureValue<'_>, edges: Option<&crate::numeric::BinEdges>) {
-        match (self, value) {
-            (FeatureSketch::Numeric(sketch), FeatureValue::Number(number)) => {
-                sketch.add(*number, edges)
-            }
-            (FeatureSketch::Numeric(sketch), FeatureValue::Text(_)) => sketch.add_type_mismatch(),
-            (FeatureSketch::Numeric(sketch), FeatureValue::Null) => sketch.add_missing(),
-            (FeatureSketch::Categorical(sketch), FeatureValue::Text(text)) => sketch.add(text),
-            (FeatureSketch::Categorical(sketch), FeatureValue::Number(number)) => {
-                if number.is_finite() {
-                    sketch.add(&format_category(*number))
-                } else {
-                    sketch.add_type_mismatch()
-                }
-            }
-            (FeatureSketch::Categorical(sketch), FeatureValue::Null) => sketch.add_missing(),
-            // The operational series is fed by `record_into`, never by a value.
-            (FeatureSketch::Operational(_) | FeatureSketch::Quality(_), _) => {}
-        }
-    }
-
-    fn record_missing(&mut self) {
-        match self {
-            FeatureSketch::Numeric(sketch) => sketch.add_missing(),
-            FeatureSketch::Categorical(sketch) => sketch.add_missing(),
-            FeatureSketch::Operational(_) | FeatureSketch::Quality(_) => {}
-        }
-    }
-}
-
-/// Identifies one series in one window.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct SeriesKey {
-    /// Window start, ms since the epoch.
-    pub window_start: i64,
-    /// Model name.
-    pub model: String,
-    /// Model version.
-    pub model_version: String,
-    /// Segment (`all` or `key=value`).
-    pub segment: String,
-    /// Series name (feature or derived series).
-    pub feature: String,
-}
-
-/// The models Tidewatch monitors and their current reference profiles.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    models: FxHashMap<String, ModelSpec>,
-    references: FxHashMap<String, FxHashMap<String, CompiledReference>>,
-}
-
-impl Catalog {
-    /// A catalog of the given models, with no references yet.
-    pub fn new(models: impl IntoIterator<Item = ModelSpec>) -> Self {
-        Self {
-            models: models
-                .into_iter()
-                .map(|m| (m.name().to_owned(), m))
-                .collect(),
-            references: FxHashMap::default(),
-        }
-    }
-
-    /// The spec of a model.
-    pub fn model(&self, name: &str) -> Option<&ModelSpec> {
-        self.models.get(name)
-    }
-
-    /// Installs (or replaces) the reference of a model version.
-    pub fn set_reference(&mut self, profile: crate::ReferenceProfile) -> Result<(), Error> {
-        let spec = self.models.get(&profile.model).ok_or_else(|| {
-            Error::InvalidReference(format!("model `{}` is not configured", profile.model))
-        })?;
-        let model = profile.model.clone();
-        let version = profile.model_version.clone();
-        let compiled = CompiledReference::new(spec, profile)?;
-        self.references
-            .entry(model)
-            .or_default()
-            .insert(version, compiled);
-        Ok(())
-    }
-
-    /// The reference of a model version.
-    pub fn reference(&self, model: &str, version: &str) -> Option<&CompiledReference> {
-        self.references.get(model)?.get(version)
-    }
-}
 
 /// A prediction waiting for its actual (see [`WindowAggregates::pending_prediction`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -718,7 +528,7 @@ fn record_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{FeatureSpec, Task};
+    use crate::spec::{FeatureKind, FeatureSpec, Task};
 
     fn catalog() -> Catalog {
         Catalog::new([ModelSpec::new(

@@ -22,6 +22,15 @@ use serde::{Deserialize, Serialize};
 use crate::distinct::{stable_hash, HyperLogLog};
 use crate::Error;
 
+/// Text of a number used as a category: integers without a fraction.
+pub fn format_category(number: f64) -> String {
+    if number.fract() == 0.0 && number.abs() < 1e15 {
+        format!("{}", number as i64)
+    } else {
+        format!("{number}")
+    }
+}
+
 /// Per-window category counts. See the module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CategoricalSketch {

@@ -19,7 +19,9 @@
 //! - [`operational`]: [`operational::OperationalSketch`], prediction
 //!   count, serving errors, null predictions and HDR-histogram latency.
 //! - [`categorical`]: [`categorical::CategoricalSketch`], bounded category
-//!   counts with an overflow bucket.
+//!   counts with an overflow bucket, and how a number is named as a category.
+//! - [`sketch`]: [`sketch::FeatureSketch`], the sketch of one series of any
+//!   kind (the four above), which aggregates keep and references are built from.
 //! - [`reference`]: [`reference::ReferenceProfile`], what training data looked
 //!   like, built exactly from values or approximately from warm-up windows.
 //! - [`drift`]: PSI, Kolmogorov–Smirnov (exact and asymptotic p-values),
@@ -28,13 +30,21 @@
 //! - [`change`]: streaming change detectors (ADWIN, Page-Hinkley, DDM).
 //! - [`spec`]: [`spec::ModelSpec`], the validated description of a model's
 //!   features and segment keys.
+//! - [`catalog`]: [`catalog::Catalog`], the configured models and the
+//!   reference of each model version.
 //! - [`aggregate`]: [`aggregate::WindowAggregates`], which routes decoded
 //!   events into one sketch per (window, model, version, segment, feature).
 //! - [`segments`]: which segment values get a segment of their own (pinned
 //!   values, then a bottom-k sample by stable hash: the same in every
 //!   partition, range and instance).
 //! - [`metrics`]: [`metrics::FeatureWindowMetrics`], the numbers a closed window
-//!   reports for one feature, computed from a sketch and a reference.
+//!   reports for one feature, computed from a sketch and a reference, and
+//!   [`metrics::DriftTest`], the closed set of drift tests.
+//!
+//! Modules import downwards only: `sketch` uses the per-kind sketches;
+//! `reference` uses `sketch`; `catalog` uses `reference`; `segments` uses
+//! `catalog` and `sketch`; `aggregate` uses all of them; `metrics` uses
+//! `reference` and `sketch`.
 //!
 //! ## Data flow
 //! ```text
@@ -53,6 +63,7 @@
 //! pass over all events.
 
 pub mod aggregate;
+pub mod catalog;
 pub mod categorical;
 pub mod change;
 pub mod distinct;
@@ -65,12 +76,14 @@ pub mod quality;
 pub mod quantile;
 pub mod reference;
 pub mod segments;
+pub mod sketch;
 pub mod spec;
 pub mod window;
 
-pub use aggregate::{FeatureSketch, SeriesKey, WindowAggregates};
+pub use aggregate::WindowAggregates;
 pub use metrics::FeatureWindowMetrics;
 pub use reference::ReferenceProfile;
+pub use sketch::{FeatureSketch, SeriesKey};
 pub use spec::{FeatureKind, FeatureSpec, ModelSpec};
 
 /// Errors of the detectors crate. All are the caller's fault (invalid

@@ -26,11 +26,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::FeatureSketch;
 use crate::drift;
 use crate::numeric::{fingerprint_edges, BinCounts};
 use crate::quality::QualityMetrics;
 use crate::reference::{CategoricalReference, FeatureReference, NumericReference};
+use crate::sketch::FeatureSketch;
 use crate::spec::FeatureKind;
 
 /// Thresholds for the drift flag.

@@ -22,10 +22,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::FeatureSketch;
-use crate::categorical::CategoricalSketch;
+use crate::categorical::{format_category, CategoricalSketch};
 use crate::moments::Moments;
 use crate::numeric::BinEdges;
+use crate::sketch::FeatureSketch;
 use crate::spec::{FeatureKind, ModelSpec};
 use crate::Error;
 
@@ -397,15 +397,6 @@ impl ReferenceBuilder {
             row_count: self.rows,
             features,
         })
-    }
-}
-
-/// Text of a number used as a category: integers without a fraction.
-pub fn format_category(number: f64) -> String {
-    if number.fract() == 0.0 && number.abs() < 1e15 {
-        format!("{}", number as i64)
-    } else {
-        format!("{number}")
     }
 }
 

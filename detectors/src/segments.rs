@@ -31,8 +31,9 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::aggregate::{Catalog, FeatureSketch, SeriesKey};
+use crate::catalog::Catalog;
 use crate::distinct::stable_hash;
+use crate::sketch::{FeatureSketch, SeriesKey};
 use crate::spec::{ModelSpec, MISSING_SEGMENT_VALUE, OTHER_SEGMENT_VALUE};
 use crate::Error;
 

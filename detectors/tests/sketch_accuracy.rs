@@ -9,10 +9,10 @@
 //! - merge(sketch(a), sketch(b)) equals sketch(a ∪ b): bins and quantiles
 //!   exactly, moments to 1e-9.
 
-use detectors::aggregate::FeatureSketch;
 use detectors::metrics::{compute, DriftThresholds};
 use detectors::numeric::{BinEdges, NumericSketch, QUANTILE_RELATIVE_ACCURACY};
 use detectors::reference::{FeatureReference, NumericReference};
+use detectors::sketch::FeatureSketch;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Normal, Pareto, Poisson};

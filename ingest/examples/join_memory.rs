@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p ingest --example join_memory`
 
-use detectors::aggregate::Catalog;
+use detectors::catalog::Catalog;
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::WindowSize;
 use events::EventKind;

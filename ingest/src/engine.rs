@@ -35,7 +35,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use detectors::aggregate::{Catalog, PendingPrediction, Recorded};
+use detectors::aggregate::{PendingPrediction, Recorded};
+use detectors::catalog::Catalog;
 use detectors::window::{Arrival, EventTimeClock, WindowSize};
 use detectors::WindowAggregates;
 use events::EventKind;

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use detectors::aggregate::Catalog;
+use detectors::catalog::Catalog;
 use detectors::metrics::{
     apply_p_value_correction, compare_with_previous, compute, DriftThresholds,
 };

@@ -40,7 +40,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use events::EventKind;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -48,6 +47,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use crate::config::{BrokerConnection, KafkaSettings, TopicSpec};
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::driver::Driver;
 use crate::engine::Ingested;
@@ -56,32 +56,6 @@ use crate::lines::{LineReader, DEFAULT_MAX_LINE_BYTES};
 use crate::poller::{Note, PollContext, Poller, Record, CHANNEL_BATCHES};
 use crate::telemetry::Telemetry;
 use crate::Error;
-
-/// A topic to consume and the kind of event it carries.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TopicSpec {
-    /// Topic name.
-    pub name: String,
-    /// Kind assumed for payloads without a `schema` field.
-    pub kind: EventKind,
-}
-
-/// Validated Kafka settings.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    /// `group.id`.
-    pub group_id: String,
-    /// Topics to consume.
-    pub topics: Vec<TopicSpec>,
-    /// Topic for undecodable payloads.
-    pub dead_letter_topic: String,
-    /// Payload bytes a dead letter keeps (the rest is cut; headers say so).
-    pub dead_letter_max_bytes: usize,
-    /// Extra librdkafka properties, passed through as they are.
-    pub properties: Vec<(String, String)>,
-}
 
 /// Timing of the consumer loop.
 #[derive(Debug, Clone)]
@@ -115,10 +89,10 @@ pub fn source_name(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
-fn client_config(settings: &KafkaSettings) -> ClientConfig {
+fn client_config(connection: &BrokerConnection) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.brokers);
-    for (key, value) in &settings.properties {
+    config.set("bootstrap.servers", connection.brokers());
+    for (key, value) in connection.properties() {
         config.set(key, value);
     }
     config
@@ -132,8 +106,8 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
 /// pipeline would wait forever on its dead letters. A send retried after a
 /// lost acknowledgement may then be written twice: dead letters and bus
 /// events carry their source coordinates and ids, so readers can tell.
-pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
-    let mut config = client_config(settings);
+pub fn producer(connection: &BrokerConnection) -> Result<FutureProducer, Error> {
+    let mut config = client_config(connection);
     if config.get("enable.idempotence").is_none() {
         config.set("enable.idempotence", "false");
     }
@@ -143,8 +117,8 @@ pub fn producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
 /// An idempotent producer (`tidewatch replay`): a send retried across a
 /// broker or network fault is written once. A fatal producer error stops
 /// the replay.
-fn idempotent_producer(settings: &KafkaSettings) -> Result<FutureProducer, Error> {
-    let mut config = client_config(settings);
+fn idempotent_producer(connection: &BrokerConnection) -> Result<FutureProducer, Error> {
+    let mut config = client_config(connection);
     if config.get("enable.idempotence").is_none() {
         config.set("enable.idempotence", "true");
     }
@@ -192,9 +166,12 @@ pub async fn follow_topic(
     mut on_message: impl FnMut(&[u8]),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let mut config = client_config(settings);
+    let mut config = client_config(settings.connection());
     config
-        .set("group.id", format!("{}-follow-{topic}", settings.group_id))
+        .set(
+            "group.id",
+            format!("{}-follow-{topic}", settings.group_id()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
@@ -473,14 +450,14 @@ pub async fn run(
 ) -> Result<RunReport, Error> {
     let (notes_sender, mut notes) = mpsc::channel::<Note>(CHANNEL_BATCHES);
     let context = PollContext::new(
-        settings.topics.iter().map(|t| t.name.clone()).collect(),
+        settings.topics().iter().map(|t| t.name.clone()).collect(),
         driver.engine().settings().range_size,
         telemetry.clone(),
         notes_sender,
     );
-    let mut config = client_config(&settings);
+    let mut config = client_config(settings.connection());
     config
-        .set("group.id", &settings.group_id)
+        .set("group.id", settings.group_id())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     if config.get("auto.offset.reset").is_none() {
@@ -491,17 +468,17 @@ pub async fn run(
         config.set("statistics.interval.ms", "5000");
     }
     let consumer: Arc<BaseConsumer<PollContext>> = Arc::new(config.create_with_context(context)?);
-    let topics: Vec<&str> = settings.topics.iter().map(|t| t.name.as_str()).collect();
+    let topics: Vec<&str> = settings.topics().iter().map(|t| t.name.as_str()).collect();
     consumer.subscribe(&topics)?;
     let poller = Poller::start(Arc::clone(&consumer))
         .map_err(|error| Error::Task(format!("starting the polling thread: {error}")))?;
     let mut member = Member {
         consumer,
-        topics: settings.topics.clone(),
+        topics: settings.topics().to_vec(),
         dead_letters: DeadLetterSink::kafka(
-            producer(&settings)?,
-            settings.dead_letter_topic.clone(),
-            settings.dead_letter_max_bytes,
+            producer(settings.connection())?,
+            settings.dead_letter_topic().to_owned(),
+            settings.dead_letter_max_bytes(),
             telemetry.clone(),
         ),
         telemetry: telemetry.clone(),
@@ -686,12 +663,12 @@ pub struct ReplayOptions {
 /// 10,000 deliveries are awaited at once, so memory does not grow with the
 /// file. Returns the number of messages delivered.
 pub async fn replay_file(
-    settings: &KafkaSettings,
+    connection: &BrokerConnection,
     path: &std::path::Path,
     options: &ReplayOptions,
 ) -> Result<u64, Error> {
     let mut lines = LineReader::open(path, DEFAULT_MAX_LINE_BYTES).await?;
-    let producer = idempotent_producer(settings)?;
+    let producer = idempotent_producer(connection)?;
     let started = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
     let mut delivered = 0u64;

@@ -41,6 +41,7 @@
 //! offsets follow storage, and rewinding to a checkpoint range start makes
 //! the stored aggregates exactly-once across crashes and rebalances.
 
+pub mod config;
 pub mod dead_letter;
 pub mod driver;
 pub mod engine;

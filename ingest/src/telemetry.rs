@@ -20,13 +20,13 @@
 //! | `tidewatch_partitions_recreated_total` | counter | partitions whose offsets were found reused, read as a new incarnation (see [`crate::incarnation`]) |
 //! | `tidewatch_segment_overflow_events_total` | counter | event segment values counted under `key=__other__` on arrival (the model admits no more values of the key in that window) |
 //! | `tidewatch_segment_values_folded_total` | counter | `stage` (`range`: an admitted value displaced in a range; `window`: a value a range admitted that the whole window does not), its segment folded into `key=__other__` |
-//! | `tidewatch_consumer_stalled` | gauge | 1 while the consumer has lag but has read nothing for `windows.stall_after` |
+//! | `tidewatch_consumer_stalled` | gauge | 1 while the consumer has lag but has read nothing for `kafka.stall_after` |
 //!
 //! [`Health`] turns the same facts into readiness (`/api/v1/ready`): not
 //! ready while the store is being retried, no broker is up, the consumer is
 //! stalled (lag, nothing read), or one step of the loop (a checkpoint, dead
 //! letters waiting for the broker) has waited longer than
-//! `windows.stall_after`.
+//! `kafka.stall_after`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -88,7 +88,7 @@ pub enum Problem {
     ConsumerStalled,
     /// One step of the consumer loop (a checkpoint, dead letters waiting
     /// for the broker, a finalization) has been waiting for longer than
-    /// `windows.stall_after`: nothing is being read meanwhile.
+    /// `kafka.stall_after`: nothing is being read meanwhile.
     ConsumerHeldUp,
 }
 
@@ -113,7 +113,7 @@ pub struct Health {
     stalled: Gauge,
     /// Wall-clock ms when the loop's current step began; 0 between steps.
     step_started_ms: Gauge,
-    /// `windows.stall_after`, ms.
+    /// `kafka.stall_after`, ms.
     stall_after_ms: Gauge,
 }
 

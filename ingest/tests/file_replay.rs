@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use detectors::aggregate::Catalog;
+use detectors::catalog::Catalog;
 use detectors::metrics::DriftThresholds;
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::WindowSize;

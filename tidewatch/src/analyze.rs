@@ -14,14 +14,13 @@ use std::path::PathBuf;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
+use detectors::categorical::format_category;
 use detectors::categorical::CategoricalSketch;
 use detectors::metrics::{
     apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics, TestResult,
 };
 use detectors::numeric::{BinEdges, NumericSketch};
-use detectors::reference::{
-    format_category, CategoricalReference, FeatureReference, NumericReference,
-};
+use detectors::reference::{CategoricalReference, FeatureReference, NumericReference};
 use detectors::spec::FeatureKind;
 use detectors::FeatureSketch;
 use serde::Serialize;

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use detectors::metrics::{Correction, DriftThresholds};
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
-use detectors::window::WindowSize;
-use events::EventKind;
+use ingest::config::KafkaSettings;
 use ingest::engine::EngineSettings;
-use ingest::kafka::{KafkaSettings, LoopSettings, TopicSpec};
+use ingest::kafka::LoopSettings;
 use serde::Deserialize;
 
 /// The config format version this build reads.
@@ -60,19 +59,19 @@ pub struct RawConfig {
     pub version: u32,
     /// Kafka source; optional for the demo and offline commands.
     #[serde(default)]
-    pub kafka: Option<RawKafka>,
+    pub kafka: Option<ingest::config::RawKafka>,
     /// Where results go.
     #[serde(default)]
     pub store: store::config::RawStoreConfig,
     /// Event-time windows.
     #[serde(default)]
-    pub windows: RawWindows,
+    pub windows: ingest::config::RawWindows,
     /// Drift thresholds.
     #[serde(default)]
     pub drift: RawDrift,
     /// Reference profiles.
     #[serde(default)]
-    pub reference: RawReference,
+    pub reference: ingest::config::RawReference,
     /// Monitored models.
     pub models: Vec<RawModel>,
     /// Alert rules.
@@ -81,139 +80,6 @@ pub struct RawConfig {
     /// The HTTP server (API, pages, metrics); none without this section.
     #[serde(default)]
     pub http: Option<crate::http::config::RawHttp>,
-}
-
-/// `[kafka]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawKafka {
-    /// `bootstrap.servers`, e.g. `"127.0.0.1:9092"`.
-    pub brokers: String,
-    /// Consumer group id.
-    #[serde(default = "default_group_id")]
-    pub group_id: String,
-    /// Topics to read.
-    pub topics: Vec<RawTopic>,
-    /// Where undecodable payloads go.
-    #[serde(default = "default_dead_letter_topic")]
-    pub dead_letter_topic: String,
-    /// Payload bytes a dead letter keeps; the rest is cut (headers say so).
-    #[serde(default = "default_dead_letter_max_bytes")]
-    pub dead_letter_max_bytes: usize,
-    /// Readiness turns false when the consumer has lag and has read nothing
-    /// for this long.
-    #[serde(default = "default_stall_after", with = "humantime_serde")]
-    pub stall_after: Duration,
-    /// Any librdkafka property (`security.protocol`, `sasl.*`…), passed through.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-}
-
-fn default_group_id() -> String {
-    "tidewatch".into()
-}
-
-fn default_dead_letter_topic() -> String {
-    "tidewatch.dead-letter".into()
-}
-
-fn default_dead_letter_max_bytes() -> usize {
-    ingest::dead_letter::DEFAULT_MAX_PAYLOAD_BYTES
-}
-
-fn default_stall_after() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// `[[kafka.topics]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTopic {
-    /// Topic name.
-    pub name: String,
-    /// Kind of event for payloads without a `schema` field.
-    pub kind: EventKind,
-}
-
-/// `[windows]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWindows {
-    /// Tumbling window size, 1 minute to 1 day, whole seconds (`"1h"`).
-    #[serde(default = "default_window_size", with = "humantime_serde")]
-    pub size: Duration,
-    /// How late an event may arrive behind the largest event time seen.
-    #[serde(default = "default_lateness", with = "humantime_serde")]
-    pub allowed_lateness: Duration,
-    /// Close all windows when no event arrived for this long (`"0s"`: never).
-    #[serde(default = "default_idle", with = "humantime_serde")]
-    pub idle_close_after: Duration,
-    /// How often to store a checkpoint and commit offsets.
-    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
-    pub checkpoint_interval: Duration,
-    /// Offsets per checkpoint range (the most a restart re-reads per partition).
-    #[serde(default = "default_range_size")]
-    pub range_size: u64,
-    /// Bound on (window × model × version × segment) groups per range.
-    #[serde(default = "default_max_groups")]
-    pub max_groups: usize,
-    /// How long a prediction waits for its actual (event time).
-    #[serde(default = "default_join_window", with = "humantime_serde")]
-    pub join_window: Duration,
-    /// Predictions held for the join; the oldest is dropped when full.
-    #[serde(default = "default_max_pending_predictions")]
-    pub max_pending_predictions: usize,
-    /// How far ahead of the wall clock an event time may be; events further
-    /// ahead are dead-lettered (they would make later events late).
-    #[serde(default = "default_max_future_skew", with = "humantime_serde")]
-    pub max_future_skew: Duration,
-}
-
-fn default_max_future_skew() -> Duration {
-    Duration::from_secs(3600)
-}
-
-fn default_join_window() -> Duration {
-    Duration::from_secs(7 * 86_400)
-}
-
-fn default_max_pending_predictions() -> usize {
-    1_000_000
-}
-
-fn default_window_size() -> Duration {
-    Duration::from_secs(3600)
-}
-fn default_lateness() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_idle() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_checkpoint_interval() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_range_size() -> u64 {
-    100_000
-}
-fn default_max_groups() -> usize {
-    50_000
-}
-
-impl Default for RawWindows {
-    fn default() -> Self {
-        Self {
-            size: default_window_size(),
-            allowed_lateness: default_lateness(),
-            idle_close_after: default_idle(),
-            checkpoint_interval: default_checkpoint_interval(),
-            range_size: default_range_size(),
-            max_groups: default_max_groups(),
-            join_window: default_join_window(),
-            max_pending_predictions: default_max_pending_predictions(),
-            max_future_skew: default_max_future_skew(),
-        }
-    }
 }
 
 /// `[drift]`.
@@ -283,16 +149,6 @@ impl Default for RawDrift {
             ks_sample_cap: None,
         }
     }
-}
-
-/// `[reference]`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawReference {
-    /// For a model version with no stored profile: build one from its first
-    /// this-many windows (0: never; such versions get no drift scores).
-    #[serde(default)]
-    pub warmup_windows: usize,
 }
 
 /// `[[models]]`.
@@ -367,6 +223,8 @@ pub struct Config {
     pub alert_channels: Vec<alerting::delivery::Channel>,
     /// Retraining triggers, if configured.
     pub retrain: Option<alerting::config::RetrainSettings>,
+    /// How failed deliveries are retried (`[alerts.delivery]`).
+    pub delivery_retry: alerting::delivery::RetryPolicy,
     /// The HTTP server, if configured.
     pub http: Option<crate::http::config::HttpSettings>,
 }
@@ -426,64 +284,12 @@ impl RawConfig {
         let stall_after = self
             .kafka
             .as_ref()
-            .map_or_else(default_stall_after, |kafka| kafka.stall_after);
-        let kafka = match self.kafka {
-            None => None,
-            Some(kafka) => {
-                if kafka.brokers.trim().is_empty() {
-                    return Err(invalid(
-                        "kafka.brokers",
-                        "must list at least one broker".into(),
-                    ));
-                }
-                if kafka.group_id.trim().is_empty() {
-                    return Err(invalid("kafka.group_id", "must not be empty".into()));
-                }
-                if kafka.topics.is_empty() {
-                    return Err(invalid(
-                        "kafka.topics",
-                        "must list at least one topic".into(),
-                    ));
-                }
-                for (index, topic) in kafka.topics.iter().enumerate() {
-                    if topic.name.trim().is_empty() {
-                        return Err(invalid(
-                            &format!("kafka.topics[{index}].name"),
-                            "must not be empty".into(),
-                        ));
-                    }
-                    if topic.name == kafka.dead_letter_topic {
-                        return Err(invalid(
-                            "kafka.dead_letter_topic",
-                            "must differ from the topics read".into(),
-                        ));
-                    }
-                }
-                for reserved in ["group.id", "enable.auto.commit", "enable.auto.offset.store"] {
-                    if kafka.properties.contains_key(reserved) {
-                        return Err(invalid(
-                            &format!("kafka.properties.\"{reserved}\""),
-                            "is set by Tidewatch (offsets are committed only after storage); remove it".into(),
-                        ));
-                    }
-                }
-                Some(KafkaSettings {
-                    brokers: kafka.brokers,
-                    group_id: kafka.group_id,
-                    topics: kafka
-                        .topics
-                        .into_iter()
-                        .map(|t| TopicSpec {
-                            name: t.name,
-                            kind: t.kind,
-                        })
-                        .collect(),
-                    dead_letter_topic: kafka.dead_letter_topic,
-                    dead_letter_max_bytes: kafka.dead_letter_max_bytes,
-                    properties: kafka.properties.into_iter().collect(),
-                })
-            }
-        };
+            .map_or(Duration::from_secs(60), |kafka| kafka.stall_after);
+        let kafka = self
+            .kafka
+            .map(ingest::config::RawKafka::validate)
+            .transpose()
+            .map_err(|error| invalid(&format!("kafka.{}", error.key), error.message))?;
 
         let config_dir = file.parent().unwrap_or(Path::new("."));
         let store = self
@@ -491,28 +297,16 @@ impl RawConfig {
             .validate(config_dir)
             .map_err(|error| invalid(&format!("store.{}", error.key), error.message))?;
 
-        let windows = self.windows;
-        let size_ms = windows.size.as_millis() as i64;
-        if !(60_000..=86_400_000).contains(&size_ms) || size_ms % 1000 != 0 {
+        let windows = self
+            .windows
+            .validate()
+            .map_err(|error| invalid(&format!("windows.{}", error.key), error.message))?;
+        if self.reference.refresh_interval.is_zero() {
             return Err(invalid(
-                "windows.size",
-                "must be whole seconds between 1m and 1d".into(),
-            ));
-        }
-        if windows.range_size == 0 {
-            return Err(invalid("windows.range_size", "must be at least 1".into()));
-        }
-        if windows.max_groups == 0 {
-            return Err(invalid("windows.max_groups", "must be at least 1".into()));
-        }
-        if windows.checkpoint_interval.is_zero() {
-            return Err(invalid(
-                "windows.checkpoint_interval",
+                "reference.refresh_interval",
                 "must be positive".into(),
             ));
         }
-        let window_size =
-            WindowSize::from_millis(size_ms).map_err(|e| invalid("windows.size", e.to_string()))?;
 
         let drift = &self.drift;
         for (key, value) in [
@@ -600,20 +394,11 @@ impl RawConfig {
             file: file.to_owned(),
             kafka,
             store,
-            engine: EngineSettings {
-                window_size,
-                allowed_lateness_ms: windows.allowed_lateness.as_millis() as i64,
-                range_size: windows.range_size,
-                max_groups: windows.max_groups,
-                join_window_ms: windows.join_window.as_millis() as i64,
-                max_pending_predictions: windows.max_pending_predictions,
-                max_future_skew_ms: windows.max_future_skew.as_millis() as i64,
-            },
+            engine: windows.engine().clone(),
             loop_settings: LoopSettings {
-                checkpoint_interval: windows.checkpoint_interval,
-                idle_close_after: (!windows.idle_close_after.is_zero())
-                    .then_some(windows.idle_close_after),
-                reference_refresh: Duration::from_secs(60),
+                checkpoint_interval: windows.checkpoint_interval(),
+                idle_close_after: windows.idle_close_after(),
+                reference_refresh: self.reference.refresh_interval,
                 stall_after,
             },
             thresholds: DriftThresholds {
@@ -629,6 +414,7 @@ impl RawConfig {
             },
             warmup_windows: self.reference.warmup_windows,
             models,
+            delivery_retry: alerting.retry,
             alert_rules: alerting.rules,
             alert_channels: alerting.channels,
             retrain: alerting.retrain,
@@ -654,7 +440,7 @@ mod tests {
         assert_eq!(config.models.len(), 1);
         assert_eq!(config.engine.window_size.millis(), 3_600_000);
         let kafka = config.kafka.unwrap();
-        assert_eq!(kafka.topics.len(), 2);
+        assert_eq!(kafka.topics().len(), 2);
         assert!(config.store.is_clickhouse());
         let rules: Vec<&str> = config
             .alert_rules

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use detectors::aggregate::Catalog;
+use detectors::catalog::Catalog;
 use detectors::metrics::DriftThresholds;
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::WindowSize;

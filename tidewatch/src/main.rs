@@ -287,19 +287,13 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             topic,
             rate,
         } => {
-            let settings = ingest::kafka::KafkaSettings {
-                brokers: to,
-                group_id: String::new(),
-                topics: Vec::new(),
-                dead_letter_topic: String::new(),
-                dead_letter_max_bytes: ingest::dead_letter::DEFAULT_MAX_PAYLOAD_BYTES,
-                properties: Vec::new(),
-            };
+            let connection = ingest::config::BrokerConnection::new(to)
+                .map_err(|error| anyhow::anyhow!("--to: {}", error.message))?;
             let options = ingest::kafka::ReplayOptions {
                 topic: topic.clone(),
                 rate,
             };
-            let delivered = ingest::kafka::replay_file(&settings, &file, &options)
+            let delivered = ingest::kafka::replay_file(&connection, &file, &options)
                 .await
                 .with_context(|| format!("replaying {} to {topic}", file.display()))?;
             println!("delivered {delivered} messages to {topic}");

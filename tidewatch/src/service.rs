@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use detectors::aggregate::Catalog;
+use detectors::catalog::Catalog;
 use ingest::driver::{Driver, DriverSettings};
 use ingest::engine::Engine;
 use ingest::kafka::RunReport;
@@ -41,8 +41,8 @@ pub struct KafkaBus(rdkafka::producer::FutureProducer);
 
 impl KafkaBus {
     /// A bus over the `[kafka]` settings.
-    pub fn new(settings: &ingest::kafka::KafkaSettings) -> Result<Self, ingest::Error> {
-        Ok(Self(ingest::kafka::producer(settings)?))
+    pub fn new(settings: &ingest::config::KafkaSettings) -> Result<Self, ingest::Error> {
+        Ok(Self(ingest::kafka::producer(settings.connection())?))
     }
 }
 
@@ -69,7 +69,7 @@ pub fn sender(config: &Config, store: Store) -> anyhow::Result<alerting::deliver
     let sender = alerting::delivery::Sender::new(
         store,
         config.alert_channels.clone(),
-        alerting::delivery::RetryPolicy::default(),
+        config.delivery_retry,
     )?;
     Ok(match &config.kafka {
         Some(kafka) => sender.with_bus(Arc::new(KafkaBus::new(kafka)?)),
@@ -344,7 +344,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let stats = tokio::spawn(record_pipeline_stats(
         stats_store,
         telemetry.pipeline.clone(),
-        kafka.topics.iter().map(|t| t.name.clone()).collect(),
+        kafka.topics().iter().map(|t| t.name.clone()).collect(),
         stats_stopped,
     ));
     let observer = RecordingObserver {
