@@ -29,9 +29,11 @@ use std::time::Duration;
 use detectors::metrics::DriftThresholds;
 use detectors::reference::ReferenceProfile;
 use detectors::FeatureSketch;
+use events::EventKind;
 use store::{Store, WindowMetrics};
 
-use crate::engine::{Engine, EngineCounters};
+use crate::dead_letter::{DeadLetter, DeadLetterSink};
+use crate::engine::{Engine, EngineCounters, Ingested};
 use crate::finalize::{finalize_window, now_millis};
 use crate::telemetry::Telemetry;
 use crate::Error;
@@ -106,6 +108,23 @@ pub struct Driver {
     synced: EngineCounters,
 }
 
+/// One message of a source, handed to [`Driver::ingest`].
+#[derive(Debug, Clone, Copy)]
+pub struct SourceMessage<'a> {
+    /// The engine's source (`topic/partition`, with its incarnation; `file:NAME`).
+    pub source: &'a str,
+    /// Topic (or file) named in a dead letter.
+    pub topic: &'a str,
+    /// Partition named in a dead letter (0 for a file).
+    pub partition: i32,
+    /// Offset (or line number).
+    pub offset: u64,
+    /// The payload.
+    pub payload: &'a [u8],
+    /// Kind assumed for a payload without a `schema` field.
+    pub kind: EventKind,
+}
+
 impl Driver {
     /// Binds `engine` to `store` and installs the references already stored.
     pub async fn new(
@@ -133,9 +152,52 @@ impl Driver {
         &self.engine
     }
 
-    /// Mutable engine access (ingest, revoke).
-    pub fn engine_mut(&mut self) -> &mut Engine {
-        &mut self.engine
+    /// One message of a source through the engine: recorded, dropped
+    /// (late, unknown model, group limit: counted by the engine) or, when
+    /// malformed, handed to `dead_letters` with the reason. The Kafka loop
+    /// and file replay both read through here; each calls
+    /// [`Driver::needs_checkpoint`] after it.
+    pub async fn ingest(
+        &mut self,
+        message: SourceMessage<'_>,
+        dead_letters: &mut DeadLetterSink,
+    ) -> Result<Ingested, Error> {
+        let outcome = self.engine.ingest(
+            message.source,
+            message.offset,
+            message.payload,
+            message.kind,
+        );
+        if let Ingested::Malformed(reason) = &outcome {
+            tracing::debug!(source = message.source, offset = message.offset, %reason, "dead-lettering payload");
+            dead_letters
+                .enqueue(DeadLetter {
+                    source_topic: message.topic,
+                    source_partition: message.partition,
+                    source_offset: message.offset,
+                    payload: message.payload,
+                    reason,
+                })
+                .await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether an offset range filled up or the group bound was reached:
+    /// time for [`Driver::checkpoint`].
+    pub fn needs_checkpoint(&self) -> bool {
+        self.engine.needs_checkpoint()
+    }
+
+    /// Closes every open window (end of a file, idle input), so the next
+    /// [`Driver::finalize_closed`] finalizes them.
+    pub fn close_all(&mut self) {
+        self.engine.close_all();
+    }
+
+    /// Drops the state of `source` (a revoked or retired partition).
+    pub fn revoke(&mut self, source: &str) {
+        self.engine.revoke(source);
     }
 
     /// The driver's settings.

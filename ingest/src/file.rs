@@ -10,7 +10,7 @@ use std::path::Path;
 use events::EventKind;
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
-use crate::driver::{Driver, Finalized};
+use crate::driver::{Driver, Finalized, SourceMessage};
 use crate::engine::Ingested;
 use crate::lines::{LineReader, DEFAULT_MAX_LINE_BYTES};
 use crate::Error;
@@ -48,21 +48,12 @@ pub async fn replay_into(
         }
         report.lines += 1;
         let offset = read.number;
-        let malformed = if read.truncated {
-            Some(format!(
+        if read.truncated {
+            // Cut by the line reader: never decoded, dead-lettered as it is.
+            let reason = format!(
                 "line of {} bytes, longer than the {DEFAULT_MAX_LINE_BYTES}-byte limit (first bytes kept)",
                 read.length
-            ))
-        } else {
-            match driver
-                .engine_mut()
-                .ingest(&source, offset, &line, default_kind)
-            {
-                Ingested::Malformed(reason) => Some(reason),
-                _ => None,
-            }
-        };
-        if let Some(reason) = malformed {
+            );
             report.dead_lettered += 1;
             dead_letters
                 .enqueue(DeadLetter {
@@ -73,14 +64,26 @@ pub async fn replay_into(
                     reason: &reason,
                 })
                 .await?;
+        } else {
+            let message = SourceMessage {
+                source: &source,
+                topic: &source,
+                partition: 0,
+                offset,
+                payload: &line,
+                kind: default_kind,
+            };
+            if let Ingested::Malformed(_) = driver.ingest(message, dead_letters).await? {
+                report.dead_lettered += 1;
+            }
         }
-        if driver.engine().needs_checkpoint() {
+        if driver.needs_checkpoint() {
             driver.checkpoint().await?;
             let (_, finalized) = driver.finalize_closed().await?;
             report.finalized.windows.extend(finalized.windows);
         }
     }
-    driver.engine_mut().close_all();
+    driver.close_all();
     driver.checkpoint().await?;
     let (_, finalized) = driver.finalize_closed().await?;
     report.finalized.windows.extend(finalized.windows);

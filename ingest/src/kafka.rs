@@ -48,8 +48,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::config::{BrokerConnection, KafkaSettings, TopicSpec};
-use crate::dead_letter::{DeadLetter, DeadLetterSink};
-use crate::driver::Driver;
+use crate::dead_letter::DeadLetterSink;
+use crate::driver::{Driver, SourceMessage};
 use crate::engine::Ingested;
 use crate::incarnation::{fingerprint, partition_of, Incarnations};
 use crate::lines::{LineReader, DEFAULT_MAX_LINE_BYTES};
@@ -326,7 +326,7 @@ impl<O: WindowObserver> Member<O> {
             .collect();
         self.dead_letters.flush().await;
         self.commit(&commits, CommitMode::Async)?;
-        driver.engine_mut().revoke(old_source);
+        driver.revoke(old_source);
         Ok(())
     }
 
@@ -343,7 +343,7 @@ impl<O: WindowObserver> Member<O> {
             Note::Records(records) => {
                 for record in &records {
                     self.record(driver, record).await?;
-                    if driver.engine().needs_checkpoint() {
+                    if driver.needs_checkpoint() {
                         self.store_and_commit(driver).await?;
                     }
                 }
@@ -362,7 +362,7 @@ impl<O: WindowObserver> Member<O> {
                     let source = self.incarnations.current_source(&partition);
                     self.incarnations.reset_position(&partition);
                     tracing::info!(%source, "partition revoked, dropping its state");
-                    driver.engine_mut().revoke(&source);
+                    driver.revoke(&source);
                 }
             }
             Note::Failed(reason) => return Err(Error::Rebalance(reason)),
@@ -399,27 +399,22 @@ impl<O: WindowObserver> Member<O> {
         let topic = spec.name.as_str();
         self.report.messages += 1;
         self.telemetry.consumed(topic);
-        match driver
-            .engine_mut()
-            .ingest(&source, offset, &record.payload, spec.kind)
-        {
+        let message = SourceMessage {
+            source: &source,
+            topic,
+            partition: record.partition,
+            offset,
+            payload: &record.payload,
+            kind: spec.kind,
+        };
+        match driver.ingest(message, &mut self.dead_letters).await? {
             Ingested::Recorded => {}
             Ingested::Late => self.telemetry.dropped(topic, "late"),
             Ingested::UnknownModel => self.telemetry.dropped(topic, "unknown_model"),
             Ingested::GroupLimit => self.telemetry.dropped(topic, "group_limit"),
-            Ingested::Malformed(reason) => {
+            Ingested::Malformed(_) => {
                 self.report.dead_lettered += 1;
                 self.telemetry.dead_lettered(topic);
-                tracing::debug!(%source, offset, %reason, "dead-lettering payload");
-                self.dead_letters
-                    .enqueue(DeadLetter {
-                        source_topic: topic,
-                        source_partition: record.partition,
-                        source_offset: offset,
-                        payload: &record.payload,
-                        reason: &reason,
-                    })
-                    .await?;
             }
         }
         Ok(())
@@ -518,7 +513,7 @@ pub async fn run(
                             && notes.is_empty()
                             && member.consumer.context().is_caught_up()
                         {
-                            driver.engine_mut().close_all();
+                            driver.close_all();
                         }
                     }
                     member.store_and_commit(&mut driver).await?;

@@ -1,12 +1,17 @@
 //! # ingest — from Kafka (or a file) to stored windows
 //!
 //! ## Layout
+//! - [`config`]: `[kafka]`, `[windows]` and `[reference]` as written, and
+//!   their validation into settings that cannot be invalid.
 //! - [`engine`]: the synchronous core. Decodes payloads, assigns event-time
 //!   windows per source, keeps sketches per fixed offset range, and says
 //!   which windows are closed. No I/O.
-//! - [`driver`]: binds an engine to a [`store::Store`]: checkpoints (store
-//!   first, then hand back the offsets to commit), finalizes closed windows,
-//!   builds warm-up references, refreshes references.
+//! - [`driver`]: binds an engine to a [`store::Store`] and owns the
+//!   per-message protocol both readers use ([`driver::Driver::ingest`]: the
+//!   engine, then a dead letter for what is malformed; then
+//!   [`driver::Driver::needs_checkpoint`]): checkpoints (store first, then
+//!   hand back the offsets to commit), finalizes closed windows, builds
+//!   warm-up references, refreshes references.
 //! - [`finalize`]: merges every stored partial of a window and computes its
 //!   metrics.
 //! - [`kafka`]: the consumer-group member (`run`) and the file-to-topic
@@ -26,7 +31,7 @@
 //!
 //! ## Data flow
 //! ```text
-//! Kafka partition ─► kafka::run ─► Engine::ingest ─► (malformed) ─► dead-letter topic
+//! Kafka partition ─► kafka::run ─► Driver::ingest ─► (malformed) ─► dead-letter topic
 //!                                      │
 //!                        every checkpoint_interval / sealed range
 //!                                      ▼

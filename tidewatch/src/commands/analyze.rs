@@ -1,0 +1,124 @@
+//! `tidewatch analyze`: a current data file against a reference file, chunk
+//! by chunk, with every drift test (offline, no store).
+
+use std::path::PathBuf;
+
+use tidewatch::analyze::{self, AnalyzeOptions, Chunking};
+
+/// Output format of `tidewatch analyze`: a plain-text table, JSON or CSV
+/// (values undocumented so `--help` keeps its one-line form).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Arguments of `tidewatch analyze`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Reference data (.csv, .parquet, .arrow, .jsonl).
+    #[arg(long)]
+    reference: PathBuf,
+    /// Current data.
+    #[arg(long)]
+    current: PathBuf,
+    /// Chunks of this many rows (default: the whole file is one chunk).
+    #[arg(long, conflicts_with = "chunk_period")]
+    chunk_size: Option<usize>,
+    /// Chunks of this period (`1h`, `1d`…) by --timestamp-column.
+    #[arg(long, requires = "timestamp_column", value_parser = humantime::parse_duration)]
+    chunk_period: Option<std::time::Duration>,
+    /// Timestamp column for --chunk-period.
+    #[arg(long)]
+    timestamp_column: Option<String>,
+    /// Only these columns (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    columns: Option<Vec<String>>,
+    /// Columns to treat as numeric (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    numeric: Vec<String>,
+    /// Columns to treat as categorical (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    categorical: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Test that decides whether a column drifted (psi, ks, chi_square, jensen_shannon, hellinger, kl_divergence, wasserstein_normalized, any).
+    #[arg(long, default_value = "psi")]
+    decide_by: String,
+    /// Exit with status 1 when any column drifted (for CI pipelines).
+    #[arg(long)]
+    fail_on_drift: bool,
+    /// PSI threshold.
+    #[arg(long, default_value_t = 0.2)]
+    psi_threshold: f64,
+    /// Significance level of the KS and chi-square tests.
+    #[arg(long, default_value_t = 0.05)]
+    alpha: f64,
+    /// Cap on each sample size in the KS p-value.
+    #[arg(long)]
+    ks_sample_cap: Option<u64>,
+    /// NannyML-style bands: flag a chunk whose PSI, Jensen-Shannon, normalized Wasserstein or mean leaves mean ± K·σ over reference chunks of the same size.
+    #[arg(long, value_name = "K")]
+    bands: Option<f64>,
+}
+
+impl Args {
+    fn options(self) -> AnalyzeOptions {
+        let chunking = match (self.chunk_size, self.chunk_period, self.timestamp_column) {
+            (Some(rows), _, _) => Chunking::Rows(rows),
+            (None, Some(period), Some(column)) => Chunking::Period {
+                millis: period.as_millis() as i64,
+                column,
+            },
+            _ => Chunking::Whole,
+        };
+        AnalyzeOptions {
+            reference: self.reference,
+            current: self.current,
+            chunking,
+            columns: self.columns,
+            numeric: self.numeric,
+            categorical: self.categorical,
+            thresholds: detectors::metrics::DriftThresholds {
+                psi: self.psi_threshold,
+                alpha: self.alpha,
+                ks_sample_cap: self.ks_sample_cap,
+                ..Default::default()
+            },
+            decide_by: self.decide_by,
+            bands: self.bands,
+        }
+    }
+}
+
+/// Runs the analysis and prints the report (exit status 1 with
+/// `--fail-on-drift` when a column drifted).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (format, fail_on_drift) = (args.format, args.fail_on_drift);
+    let options = args.options();
+    let report = tokio::task::spawn_blocking(move || {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        let report = analyze::analyze(&options, |done, total| {
+            if total > 1 {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+        });
+        bar.finish_and_clear();
+        report
+    })
+    .await??;
+    let text = match format {
+        Format::Table => analyze::render_table(&report),
+        Format::Json => analyze::render_json(&report),
+        Format::Csv => analyze::render_csv(&report),
+    };
+    print!("{text}");
+    if fail_on_drift && report.any_drift() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

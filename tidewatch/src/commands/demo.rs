@@ -1,0 +1,49 @@
+//! `tidewatch demo`: the whole pipeline in one process on the bundled
+//! fixture stream, optionally serving its pages afterwards.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tidewatch::fixtures::DemoShape;
+
+/// Arguments of `tidewatch demo`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where the generated stream, training data and embedded store go.
+    #[arg(long, default_value = ".tidewatch/demo")]
+    workdir: PathBuf,
+    /// Seed of the fixture generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep serving Tidewatch's pages, API and metrics over the demo's
+    /// store until interrupted.
+    #[arg(long)]
+    serve: bool,
+    /// Where `--serve` listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+}
+
+/// Runs the demo.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let outcome = tidewatch::demo::run(&args.workdir, args.seed, DemoShape::full()).await?;
+    print!("{}", outcome.report);
+    if !args.serve {
+        return Ok(());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}", args.listen))?;
+    let address = listener.local_addr()?;
+    println!(
+        "\nTidewatch pages: http://{address}/models/{} (API: http://{address}/api/v1/models, metrics: http://{address}/metrics); Ctrl-C stops",
+        tidewatch::fixtures::DEMO_MODEL
+    );
+    tidewatch::http::serve(
+        listener,
+        std::sync::Arc::new(tidewatch::demo::http_state(outcome.store)),
+        super::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
