@@ -13,6 +13,15 @@ use detectors::{FeatureWindowMetrics, ReferenceProfile, SeriesKey};
 use crate::schema::{table, Bytes, Seconds, Table, TableDef, TableSpec, Versioning};
 use crate::{Error, PartialSketch, ReferenceSummary, WindowMetrics, WindowSketch};
 
+/// The key of a table with one row per series and window.
+const SERIES_WINDOW_KEY: &[&str] = &[
+    "model",
+    "model_version",
+    "segment",
+    "feature",
+    "window_start",
+];
+
 /// Every table, in creation order.
 pub(crate) const TABLES: [TableDef; 9] = [
     PartialRow::DEF,
@@ -267,13 +276,7 @@ metrics_row! {
 impl Table for MetricsRow {
     const SPEC: TableSpec = TableSpec {
         name: "window_metrics",
-        key: &[
-            "model",
-            "model_version",
-            "segment",
-            "feature",
-            "window_start",
-        ],
+        key: SERIES_WINDOW_KEY,
         versioning: Versioning::Column("computed_at"),
         partition_by: Some("toYYYYMMDD(window_start)"),
         sqlite_index: &[],
@@ -363,13 +366,7 @@ table! {
 impl Table for SketchRow {
     const SPEC: TableSpec = TableSpec {
         name: "window_sketches",
-        key: &[
-            "model",
-            "model_version",
-            "segment",
-            "feature",
-            "window_start",
-        ],
+        key: SERIES_WINDOW_KEY,
         versioning: Versioning::Column("computed_at"),
         partition_by: Some("toYYYYMMDD(window_start)"),
         sqlite_index: &[],

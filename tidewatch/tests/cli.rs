@@ -305,3 +305,32 @@ fn alerts_test_channel_sends_a_signed_test_message() {
     );
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// `tidewatch replay` reads one line at a time: a line over the 16 MiB
+/// limit stops the replay with the line and the limit named, before it is
+/// held whole.
+#[test]
+fn replay_stops_at_a_line_over_the_limit_naming_it() {
+    let directory = temp_dir("long-line");
+    let file = directory.join("long.jsonl");
+    let mut text = "{\"pad\":\"".to_owned();
+    text.push_str(&"a".repeat(17 << 20));
+    text.push_str("\"}\n");
+    std::fs::write(&file, text).unwrap();
+    // Nothing listens on the discard port: no line is ever delivered.
+    let output = tidewatch(&[
+        "replay",
+        file.to_str().unwrap(),
+        "--to",
+        "127.0.0.1:9",
+        "--topic",
+        "t",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 1 is") && stderr.contains("longer than the 16777216-byte limit"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
