@@ -28,6 +28,8 @@
 //!   chi-square, Jensen–Shannon, Hellinger, KL, L-infinity, Wasserstein-1,
 //!   Bonferroni and Benjamini–Hochberg corrections.
 //! - [`change`]: streaming change detectors (ADWIN, Page-Hinkley, DDM).
+//! - [`config`]: `[drift]` as written, validated into
+//!   [`metrics::DriftThresholds`] (serde only; no I/O).
 //! - [`spec`]: [`spec::ModelSpec`], the validated description of a model's
 //!   features and segment keys.
 //! - [`catalog`]: [`catalog::Catalog`], the configured models and the
@@ -66,6 +68,7 @@ pub mod aggregate;
 pub mod catalog;
 pub mod categorical;
 pub mod change;
+pub mod config;
 pub mod distinct;
 pub mod drift;
 pub mod metrics;

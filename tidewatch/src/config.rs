@@ -6,12 +6,11 @@
 //! validates once; every error names the file and the key at fault.
 //! See `fixtures/tidewatch.example.toml` for a documented example.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use detectors::metrics::{Correction, DriftThresholds};
-use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
+use detectors::metrics::DriftThresholds;
+use detectors::spec::ModelSpec;
 use ingest::config::KafkaSettings;
 use ingest::engine::EngineSettings;
 use ingest::kafka::LoopSettings;
@@ -68,134 +67,18 @@ pub struct RawConfig {
     pub windows: ingest::config::RawWindows,
     /// Drift thresholds.
     #[serde(default)]
-    pub drift: RawDrift,
+    pub drift: detectors::config::RawDrift,
     /// Reference profiles.
     #[serde(default)]
     pub reference: ingest::config::RawReference,
     /// Monitored models.
-    pub models: Vec<RawModel>,
+    pub models: Vec<detectors::config::RawModel>,
     /// Alert rules.
     #[serde(default)]
     pub alerts: alerting::config::RawAlerts,
     /// The HTTP server (API, pages, metrics); none without this section.
     #[serde(default)]
     pub http: Option<crate::http::config::RawHttp>,
-}
-
-/// `[drift]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDrift {
-    /// PSI at or above which a series is flagged as drifted.
-    #[serde(default = "default_psi_threshold")]
-    pub psi_threshold: f64,
-    /// Fewest values a window needs before a series can be flagged.
-    #[serde(default = "default_min_window_count")]
-    pub min_window_count: u64,
-    /// Significance level of the KS and chi-square tests.
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-    /// `none`, `bonferroni` or `benjamini_hochberg` across a window's series.
-    #[serde(default = "default_correction")]
-    pub correction: Correction,
-    /// Jensen–Shannon distance threshold.
-    #[serde(default = "default_distance_threshold")]
-    pub jensen_shannon_threshold: f64,
-    /// Hellinger distance threshold.
-    #[serde(default = "default_distance_threshold")]
-    pub hellinger_threshold: f64,
-    /// KL divergence threshold.
-    #[serde(default = "default_distance_threshold")]
-    pub kl_divergence_threshold: f64,
-    /// Normalized Wasserstein threshold.
-    #[serde(default = "default_distance_threshold")]
-    pub wasserstein_normalized_threshold: f64,
-    /// Cap on each sample size in the KS p-value (unset: no cap).
-    #[serde(default)]
-    pub ks_sample_cap: Option<u64>,
-}
-
-fn default_alpha() -> f64 {
-    DriftThresholds::default().alpha
-}
-
-fn default_correction() -> Correction {
-    DriftThresholds::default().correction
-}
-
-fn default_distance_threshold() -> f64 {
-    DriftThresholds::default().jensen_shannon
-}
-
-fn default_min_window_count() -> u64 {
-    DriftThresholds::default().min_count
-}
-
-fn default_psi_threshold() -> f64 {
-    DriftThresholds::default().psi
-}
-
-impl Default for RawDrift {
-    fn default() -> Self {
-        Self {
-            psi_threshold: default_psi_threshold(),
-            min_window_count: default_min_window_count(),
-            alpha: default_alpha(),
-            correction: default_correction(),
-            jensen_shannon_threshold: default_distance_threshold(),
-            hellinger_threshold: default_distance_threshold(),
-            kl_divergence_threshold: default_distance_threshold(),
-            wasserstein_normalized_threshold: default_distance_threshold(),
-            ks_sample_cap: None,
-        }
-    }
-}
-
-/// `[[models]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawModel {
-    /// Model name, as in events' `model`.
-    pub name: String,
-    /// `classification` or `regression`.
-    pub task: Task,
-    /// Segment keys, as in events' `segments`.
-    #[serde(default)]
-    pub segment_keys: Vec<String>,
-    /// Distinct values per segment key and window before `__other__`: the
-    /// pinned `segment_values` first, then the values with the smallest
-    /// stable hash (the same choice in every partition and instance).
-    #[serde(default = "default_max_segment_values")]
-    pub max_segment_values: usize,
-    /// Segment values always admitted, per segment key.
-    #[serde(default)]
-    pub segment_values: BTreeMap<String, Vec<String>>,
-    /// Distinct categories per categorical sketch before the overflow bucket.
-    #[serde(default = "default_max_categories")]
-    pub max_categories: usize,
-    /// Monitored features.
-    pub features: Vec<RawFeature>,
-    /// The positive class of a binary classifier: enables ROC AUC, log
-    /// loss, Brier and calibration from the prediction score.
-    #[serde(default)]
-    pub positive_class: Option<String>,
-}
-
-fn default_max_segment_values() -> usize {
-    50
-}
-fn default_max_categories() -> usize {
-    100
-}
-
-/// `[[models.features]]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFeature {
-    /// Feature name, as in events' `features`.
-    pub name: String,
-    /// `numeric` or `categorical`.
-    pub kind: FeatureKind,
 }
 
 /// A validated configuration.
@@ -308,68 +191,28 @@ impl RawConfig {
             ));
         }
 
-        let drift = &self.drift;
-        for (key, value) in [
-            ("drift.psi_threshold", drift.psi_threshold),
-            (
-                "drift.jensen_shannon_threshold",
-                drift.jensen_shannon_threshold,
-            ),
-            ("drift.hellinger_threshold", drift.hellinger_threshold),
-            (
-                "drift.kl_divergence_threshold",
-                drift.kl_divergence_threshold,
-            ),
-            (
-                "drift.wasserstein_normalized_threshold",
-                drift.wasserstein_normalized_threshold,
-            ),
-        ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(invalid(key, "must be a positive number".into()));
-            }
-        }
-        if !(drift.alpha > 0.0 && drift.alpha < 1.0) {
-            return Err(invalid("drift.alpha", "must be between 0 and 1".into()));
-        }
-        if drift.ks_sample_cap == Some(0) {
-            return Err(invalid("drift.ks_sample_cap", "must be at least 1".into()));
-        }
+        let thresholds = self
+            .drift
+            .validate()
+            .map_err(|error| invalid(&format!("drift.{}", error.key), error.message))?;
 
         if self.models.is_empty() {
             return Err(invalid("models", "must list at least one model".into()));
         }
-        let mut models = Vec::with_capacity(self.models.len());
+        let mut models: Vec<ModelSpec> = Vec::with_capacity(self.models.len());
         for (index, model) in self.models.into_iter().enumerate() {
             let key = format!("models[{index}]");
-            if models.iter().any(|m: &ModelSpec| m.name() == model.name) {
+            if models.iter().any(|m| m.name() == model.name) {
                 return Err(invalid(
                     &format!("{key}.name"),
                     format!("model `{}` is listed twice", model.name),
                 ));
             }
-            let positive_class = model.positive_class;
-            let segment_values = model.segment_values;
-            let features = model
-                .features
-                .into_iter()
-                .map(|f| FeatureSpec {
-                    name: f.name,
-                    kind: f.kind,
-                })
-                .collect();
-            let spec = ModelSpec::new(
-                model.name,
-                model.task,
-                features,
-                model.segment_keys,
-                model.max_segment_values,
-                model.max_categories,
-            )
-            .and_then(|spec| spec.with_segment_values(segment_values))
-            .map_err(|error| invalid(&key, error.to_string()))?
-            .with_positive_class(positive_class);
-            models.push(spec);
+            models.push(
+                model
+                    .validate()
+                    .map_err(|error| invalid(&key, error.to_string()))?,
+            );
         }
 
         let base_dir = file.parent().unwrap_or(Path::new("."));
@@ -401,17 +244,7 @@ impl RawConfig {
                 reference_refresh: self.reference.refresh_interval,
                 stall_after,
             },
-            thresholds: DriftThresholds {
-                psi: self.drift.psi_threshold,
-                min_count: self.drift.min_window_count,
-                alpha: self.drift.alpha,
-                correction: self.drift.correction,
-                jensen_shannon: self.drift.jensen_shannon_threshold,
-                hellinger: self.drift.hellinger_threshold,
-                kl_divergence: self.drift.kl_divergence_threshold,
-                wasserstein_normalized: self.drift.wasserstein_normalized_threshold,
-                ks_sample_cap: self.drift.ks_sample_cap,
-            },
+            thresholds,
             warmup_windows: self.reference.warmup_windows,
             models,
             delivery_retry: alerting.retry,
