@@ -80,27 +80,15 @@ impl Default for RawDelivery {
 
 impl RawDelivery {
     fn validate(self) -> Result<RetryPolicy, Error> {
-        let invalid = |key: &str, message: &str| Error::InvalidSetting {
-            key: format!("alerts.delivery.{key}"),
-            message: message.to_owned(),
-        };
-        if self.max_attempts == 0 {
-            return Err(invalid("max_attempts", "must be at least 1"));
-        }
-        if self.initial_backoff.is_zero() {
-            return Err(invalid("initial_backoff", "must be positive"));
-        }
-        if self.max_backoff < self.initial_backoff {
-            return Err(invalid("max_backoff", "must be at least `initial_backoff`"));
-        }
-        if self.timeout.is_zero() {
-            return Err(invalid("timeout", "must be positive"));
-        }
-        Ok(RetryPolicy {
-            max_attempts: self.max_attempts,
-            base_backoff_ms: self.initial_backoff.as_millis() as u64,
-            max_backoff_ms: self.max_backoff.as_millis() as u64,
-            timeout: self.timeout,
+        RetryPolicy::new(
+            self.max_attempts,
+            self.initial_backoff,
+            self.max_backoff,
+            self.timeout,
+        )
+        .map_err(|invalid| Error::InvalidSetting {
+            key: format!("alerts.delivery.{}", invalid.setting),
+            message: invalid.rule.to_owned(),
         })
     }
 }

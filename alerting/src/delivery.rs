@@ -188,17 +188,18 @@ pub trait Bus: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
-/// Retry policy.
+/// Retry policy of deliveries (`[alerts.delivery]`). Built by
+/// [`RetryPolicy::new`], which checks it, or [`RetryPolicy::default`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts before a delivery is marked failed.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// First backoff, ms.
-    pub base_backoff_ms: u64,
+    pub(crate) base_backoff_ms: u64,
     /// Largest backoff, ms.
-    pub max_backoff_ms: u64,
+    pub(crate) max_backoff_ms: u64,
     /// Time allowed for one request.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -212,7 +213,57 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Why [`RetryPolicy::new`] refused its arguments: the setting at fault
+/// (as named under `[alerts.delivery]`) and the rule it breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidPolicy {
+    /// `max_attempts`, `initial_backoff`, `max_backoff` or `timeout`.
+    pub setting: &'static str,
+    /// The rule.
+    pub rule: &'static str,
+}
+
 impl RetryPolicy {
+    /// A policy of at most `max_attempts` attempts, waiting
+    /// `initial_backoff` before the second and doubling (with jitter) up to
+    /// `max_backoff`, each request given `timeout`.
+    pub fn new(
+        max_attempts: u32,
+        initial_backoff: Duration,
+        max_backoff: Duration,
+        timeout: Duration,
+    ) -> Result<Self, InvalidPolicy> {
+        let invalid = |setting, rule| Err(InvalidPolicy { setting, rule });
+        if max_attempts == 0 {
+            return invalid("max_attempts", "must be at least 1");
+        }
+        if initial_backoff.is_zero() {
+            return invalid("initial_backoff", "must be positive");
+        }
+        if max_backoff < initial_backoff {
+            return invalid("max_backoff", "must be at least `initial_backoff`");
+        }
+        if timeout.is_zero() {
+            return invalid("timeout", "must be positive");
+        }
+        Ok(Self {
+            max_attempts,
+            base_backoff_ms: initial_backoff.as_millis() as u64,
+            max_backoff_ms: max_backoff.as_millis() as u64,
+            timeout,
+        })
+    }
+
+    /// Attempts before a delivery is marked failed.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Time allowed for one request.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Delay before attempt `attempts + 1`, with a deterministic jitter in
     /// [0.5, 1) derived from `seed` (so two senders agree, and tests can check).
     pub fn backoff_ms(&self, attempts: u32, seed: u64) -> u64 {

@@ -73,12 +73,13 @@ fn alert(model: &str) -> Alert {
 }
 
 fn policy() -> RetryPolicy {
-    RetryPolicy {
-        max_attempts: 3,
-        base_backoff_ms: 1_000,
-        max_backoff_ms: 1_000,
-        timeout: Duration::from_secs(10),
-    }
+    RetryPolicy::new(
+        3,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(10),
+    )
+    .unwrap()
 }
 
 /// Records `alert` under `status` for `channels` and runs one delivery pass.

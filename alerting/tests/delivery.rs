@@ -130,12 +130,17 @@ async fn recorded_alert(store: &Store, channels: &[&str]) -> Alert {
 }
 
 fn policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
+    policy_with_timeout(max_attempts, std::time::Duration::from_secs(10))
+}
+
+fn policy_with_timeout(max_attempts: u32, timeout: std::time::Duration) -> RetryPolicy {
+    RetryPolicy::new(
         max_attempts,
-        base_backoff_ms: 1_000,
-        max_backoff_ms: 60_000,
-        ..Default::default()
-    }
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+        timeout,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -289,10 +294,7 @@ async fn a_channel_that_hangs_costs_one_timeout_per_pass_and_holds_up_no_other()
             channel("hanging", &hanging_url),
             channel("healthy", &healthy_url),
         ],
-        RetryPolicy {
-            timeout: std::time::Duration::from_millis(300),
-            ..policy(5)
-        },
+        policy_with_timeout(5, std::time::Duration::from_millis(300)),
     )
     .unwrap();
     let report = sender.deliver_due(1_000).await.unwrap();
