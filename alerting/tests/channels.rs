@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use store::{embedded::EmbeddedStore, Store};
+use store::Store;
 
 const SECRET: &[u8] = b"retrain-secret";
 
@@ -144,7 +144,7 @@ async fn received(to: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn email_over_starttls_and_implicit_tls_arrives_with_both_parts() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     let cases = [
         (
             "TIDEWATCH_TEST_SMTP_STARTTLS",
@@ -197,7 +197,7 @@ async fn email_over_starttls_and_implicit_tls_arrives_with_both_parts() {
 
 #[tokio::test]
 async fn a_wrong_smtp_password_or_an_untrusted_certificate_is_a_recorded_failure() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     let mut wrong_password = email_settings(
         &env("TIDEWATCH_TEST_SMTP_STARTTLS"),
         SmtpSecurity::StartTls,
@@ -339,7 +339,7 @@ impl Bus for MemoryBus {
 
 #[tokio::test]
 async fn https_webhooks_and_retrain_requests_carry_the_signed_cloudevent() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     let (base, requests) = start_https_receiver().await;
     let ca = std::fs::read(fixture("ca.pem")).unwrap();
     let channels = vec![

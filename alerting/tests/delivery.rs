@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use detectors::metrics::{DriftThresholds, FeatureWindowMetrics};
 use detectors::spec::FeatureKind;
 use detectors::SeriesKey;
-use store::{embedded::EmbeddedStore, Store, WindowMetrics};
+use store::{Store, WindowMetrics};
 
 const SECRET: &[u8] = b"webhook-secret";
 
@@ -145,7 +145,7 @@ fn policy_with_timeout(max_attempts: u32, timeout: std::time::Duration) -> Retry
 
 #[tokio::test]
 async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothing() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     let (url, receiver) = start_receiver(2).await;
     let (healthy_url, healthy) = start_receiver(0).await;
     let alert = recorded_alert(&store, &["hook", "healthy"]).await;
@@ -214,7 +214,7 @@ async fn a_channel_that_was_down_gets_the_alert_once_and_a_restart_repeats_nothi
 
 #[tokio::test]
 async fn a_channel_down_for_good_ends_failed() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     let (url, receiver) = start_receiver(usize::MAX).await;
     recorded_alert(&store, &["hook"]).await;
     let channel = Channel::new(
@@ -251,7 +251,7 @@ async fn a_channel_down_for_good_ends_failed() {
 
 #[tokio::test]
 async fn a_channel_that_hangs_costs_one_timeout_per_pass_and_holds_up_no_other() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     // Accepts connections and never answers.
     let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
@@ -326,7 +326,7 @@ fn webhook(name: &str, url: &str) -> Channel {
 
 #[tokio::test]
 async fn a_permanent_refusal_gives_up_at_once_and_retry_after_is_honoured() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     let (gone_url, gone) = start_receiver(usize::MAX).await;
     *gone.refuse_with.lock().unwrap() = Some((StatusCode::NOT_FOUND, None));
     let (busy_url, busy) = start_receiver(1).await;
@@ -365,7 +365,7 @@ async fn a_permanent_refusal_gives_up_at_once_and_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn a_resolution_never_overtakes_the_firing_it_resolves() {
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     // The channel is down for the first two attempts.
     let (url, receiver) = start_receiver(2).await;
     let firing = recorded_alert(&store, &["hook"]).await;

@@ -248,7 +248,7 @@ mod tests {
     use super::*;
 
     async fn store() -> Store {
-        Store::new(store::embedded::EmbeddedStore::in_memory().unwrap())
+        Store::in_memory().unwrap()
     }
 
     const DELAY: std::time::Duration = std::time::Duration::from_millis(10);

@@ -11,7 +11,7 @@ use events::EventKind;
 use ingest::dead_letter::DeadLetterSink;
 use ingest::driver::{Driver, DriverSettings};
 use ingest::engine::{Engine, EngineSettings};
-use store::{embedded::EmbeddedStore, MetricsQuery, Store};
+use store::{MetricsQuery, Store};
 
 const WINDOW_MS: i64 = 60_000;
 
@@ -91,11 +91,22 @@ async fn replay(
     report
 }
 
+/// Every stored window of the series `x`.
+async fn series_x(store: &Store) -> Vec<store::WindowMetrics> {
+    store
+        .window_metrics(MetricsQuery {
+            feature: Some("x".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_first_windows_become_the_reference_when_none_is_stored() {
     let directory = temp_dir("warmup");
     let path = write_stream(&directory);
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     assert_eq!(replay(&store, &path, 2, &directory).await.lines, 2_400);
 
     let reference = store
@@ -104,13 +115,7 @@ async fn the_first_windows_become_the_reference_when_none_is_stored() {
         .unwrap()
         .expect("a warm-up reference was stored");
     assert_eq!(reference.source, "warmup:2 windows");
-    let metrics = store
-        .window_metrics(MetricsQuery {
-            feature: Some("x".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let metrics = series_x(&store).await;
     let psi: Vec<Option<f64>> = metrics.iter().map(|m| m.metrics.psi).collect();
     let drifted: Vec<Option<bool>> = metrics.iter().map(|m| m.metrics.drifted).collect();
     assert_eq!(psi[0], None, "warm-up windows have no reference");
@@ -133,7 +138,7 @@ async fn the_first_windows_become_the_reference_when_none_is_stored() {
 async fn replaying_the_same_file_twice_does_not_double_count() {
     let directory = temp_dir("twice");
     let path = write_stream(&directory);
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     replay(&store, &path, 0, &directory).await;
     let first = store.window_metrics(MetricsQuery::default()).await.unwrap();
     replay(&store, &path, 0, &directory).await;
@@ -175,7 +180,7 @@ async fn a_line_over_the_limit_is_dead_lettered_and_the_rest_counted() {
     file.flush().unwrap();
     drop(file);
 
-    let store = Store::new(EmbeddedStore::in_memory().unwrap());
+    let store = Store::in_memory().unwrap();
     let report = replay(&store, &path, 0, &directory).await;
     assert_eq!(report.lines, 2_401);
     assert_eq!(report.dead_lettered, 1);
@@ -190,13 +195,7 @@ async fn a_line_over_the_limit_is_dead_lettered_and_the_rest_counted() {
         reason.contains("longer than the 16777216-byte limit"),
         "{reason}"
     );
-    let metrics = store
-        .window_metrics(MetricsQuery {
-            feature: Some("x".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let metrics = series_x(&store).await;
     let counts: Vec<u64> = metrics.iter().map(|m| m.metrics.count).collect();
     assert_eq!(counts, vec![400; 6], "the long line counted nowhere");
     let _ = std::fs::remove_dir_all(&directory);

@@ -169,14 +169,6 @@ pub(crate) fn valid_database_name(name: &str) -> bool {
 }
 
 impl StoreConfig {
-    /// An embedded store at `path` with the default retry delay.
-    pub fn embedded(path: PathBuf) -> Self {
-        Self {
-            backend: BackendConfig::Embedded { path },
-            retry_max_delay: default_retry_max_delay(),
-        }
-    }
-
     /// Longest wait between attempts of a failing store operation.
     pub fn retry_max_delay(&self) -> Duration {
         self.retry_max_delay

@@ -5,7 +5,7 @@ mod common;
 use store::{embedded::EmbeddedStore, Store};
 
 fn store() -> Store {
-    Store::new(EmbeddedStore::in_memory().unwrap())
+    Store::in_memory().unwrap()
 }
 
 #[tokio::test]

@@ -280,7 +280,7 @@ features = [
     /// The in-process computation: the same events through the file replay
     /// into an in-memory embedded store.
     pub async fn expected(&self, config: &Config) -> Vec<WindowMetrics> {
-        let store = Store::new(store::embedded::EmbeddedStore::in_memory().unwrap());
+        let store = Store::in_memory().unwrap();
         let spec = config.models[0].clone();
         let profile = tidewatch::training::build_reference(&spec, DEMO_VERSION, &self.training)
             .unwrap()
