@@ -44,20 +44,77 @@ pub fn fingerprint(timestamp: Option<i64>, payload: &[u8]) -> u64 {
     hasher.digest()
 }
 
-/// The engine and store source name of an incarnation of a partition.
-pub fn incarnation_source(partition: &str, incarnation: u32) -> String {
-    if incarnation <= 1 {
-        partition.to_owned()
-    } else {
-        format!("{partition}#{incarnation}")
+/// A partition of a topic: what Kafka assigns, and commits offsets for.
+/// Displayed `topic/partition`, its name in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    topic: std::sync::Arc<str>,
+    partition: i32,
+}
+
+impl PartitionId {
+    /// Partition `partition` of `topic`.
+    pub fn new(topic: impl Into<std::sync::Arc<str>>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The partition's number.
+    pub fn partition(&self) -> i32 {
+        self.partition
     }
 }
 
-/// The partition (`topic/partition`) of a source name.
-pub fn partition_of(source: &str) -> &str {
-    source
-        .split_once('#')
-        .map_or(source, |(partition, _)| partition)
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// One incarnation of a partition: what the engine and the store call a
+/// source. Displayed `topic/partition` for the first incarnation and
+/// `topic/partition#n` after.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourceId {
+    partition: PartitionId,
+    incarnation: u32,
+}
+
+impl SourceId {
+    /// Incarnation `incarnation` (from 1) of `partition`.
+    pub fn new(partition: PartitionId, incarnation: u32) -> Self {
+        Self {
+            partition,
+            incarnation: incarnation.max(1),
+        }
+    }
+
+    /// The partition this is an incarnation of.
+    pub fn partition(&self) -> &PartitionId {
+        &self.partition
+    }
+
+    /// The incarnation, from 1.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+}
+
+impl std::fmt::Display for SourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.incarnation <= 1 {
+            write!(f, "{}", self.partition)
+        } else {
+            write!(f, "{}#{}", self.partition, self.incarnation)
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -73,18 +130,18 @@ struct PartitionState {
 /// What [`Incarnations::source_for`] decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// The source name to ingest the message under.
-    pub source: String,
+    /// The source to ingest the message under.
+    pub source: SourceId,
     /// Set when the partition was found recreated: the previous source,
     /// whose state belongs to events that no longer exist in the topic.
-    pub replaced: Option<String>,
+    pub replaced: Option<SourceId>,
 }
 
 /// The incarnation of every partition this member reads. See the module docs.
 #[derive(Debug)]
 pub struct Incarnations {
     range_size: u64,
-    partitions: HashMap<String, PartitionState>,
+    partitions: HashMap<PartitionId, PartitionState>,
     /// Fingerprints to store before the next checkpoint.
     unstored: Vec<RangeFingerprint>,
 }
@@ -101,7 +158,7 @@ impl Incarnations {
 
     /// Forgets where `partition` was reading (on assignment or revocation):
     /// its next message is checked again.
-    pub fn reset_position(&mut self, partition: &str) {
+    pub fn reset_position(&mut self, partition: &PartitionId) {
         if let Some(state) = self.partitions.get_mut(partition) {
             state.current_range = None;
             state.last_offset = None;
@@ -109,13 +166,13 @@ impl Incarnations {
     }
 
     /// The source of `partition` now (before any message: its last known).
-    pub fn current_source(&self, partition: &str) -> String {
+    pub fn current_source(&self, partition: &PartitionId) -> SourceId {
         let incarnation = self
             .partitions
             .get(partition)
             .and_then(|state| state.incarnation)
             .unwrap_or(1);
-        incarnation_source(partition, incarnation)
+        SourceId::new(partition.clone(), incarnation)
     }
 
     /// Where the message at `offset` of `partition` goes (see the module
@@ -125,20 +182,21 @@ impl Incarnations {
         store: &Store,
         telemetry: &Telemetry,
         retry_max_delay: std::time::Duration,
-        partition: &str,
+        partition: &PartitionId,
         offset: u64,
         fingerprint: u64,
     ) -> Result<Placement, Error> {
         if !self.partitions.contains_key(partition) {
             self.partitions
-                .insert(partition.to_owned(), PartitionState::default());
+                .insert(partition.clone(), PartitionState::default());
         }
+        let name = partition.to_string();
         let state = self.partitions.get_mut(partition).expect("inserted above");
         let incarnation = match state.incarnation {
             Some(incarnation) => incarnation,
             None => {
                 let latest = retry_store(telemetry, "fingerprints", retry_max_delay, || async {
-                    Ok(store.latest_incarnation(partition).await?)
+                    Ok(store.latest_incarnation(&name).await?)
                 })
                 .await?;
                 *state.incarnation.insert(latest.unwrap_or(1))
@@ -149,7 +207,7 @@ impl Incarnations {
             || state.last_offset.is_some_and(|last| offset <= last);
         state.current_range = Some(range_start);
         state.last_offset = Some(offset);
-        let source = incarnation_source(partition, incarnation);
+        let source = SourceId::new(partition.clone(), incarnation);
         if !moved {
             return Ok(Placement {
                 source,
@@ -160,7 +218,7 @@ impl Incarnations {
             Some(first) => Some(*first),
             None => retry_store(telemetry, "fingerprints", retry_max_delay, || async {
                 Ok(store
-                    .range_fingerprint(partition, incarnation, range_start)
+                    .range_fingerprint(&name, incarnation, range_start)
                     .await?)
             })
             .await?
@@ -170,7 +228,7 @@ impl Incarnations {
             first_offset == offset && known_fingerprint != fingerprint
         });
         tracing::debug!(
-            partition,
+            partition = %name,
             offset,
             range_start,
             incarnation,
@@ -186,13 +244,13 @@ impl Incarnations {
         };
         if reused {
             let latest = retry_store(telemetry, "fingerprints", retry_max_delay, || async {
-                Ok(store.latest_incarnation(partition).await?)
+                Ok(store.latest_incarnation(&name).await?)
             })
             .await?
             .unwrap_or(1);
             let next = latest.max(incarnation) + 1;
             tracing::warn!(
-                partition,
+                partition = %name,
                 offset,
                 incarnation = next,
                 "offsets of the partition were reused (topic recreated, or the broker came back \
@@ -202,7 +260,7 @@ impl Incarnations {
             state.incarnation = Some(next);
             state.first_read.clear();
             placement = Placement {
-                source: incarnation_source(partition, next),
+                source: SourceId::new(partition.clone(), next),
                 replaced: Some(placement.source),
             };
         }
@@ -212,7 +270,7 @@ impl Incarnations {
                 state.first_read.pop_first();
             }
             self.unstored.push(RangeFingerprint {
-                partition: partition.to_owned(),
+                partition: name,
                 incarnation: state.incarnation.expect("set above"),
                 range_start,
                 first_offset: offset,
@@ -258,37 +316,38 @@ mod tests {
         let store = store().await;
         let telemetry = Telemetry::default();
         let mut member = Incarnations::new(100);
+        let partition = PartitionId::new("t", 0);
         let place = async |member: &mut Incarnations, offset: u64, payload: &str| {
-            member
+            let placed = member
                 .source_for(
                     &store,
                     &telemetry,
                     DELAY,
-                    "t/0",
+                    &partition,
                     offset,
                     fingerprint(Some(1), payload.as_bytes()),
                 )
                 .await
-                .unwrap()
+                .unwrap();
+            (
+                placed.source.to_string(),
+                placed.replaced.map(|source| source.to_string()),
+            )
         };
         for offset in 0..250 {
             let placed = place(&mut member, offset, &format!("old {offset}")).await;
-            assert_eq!(placed.source, "t/0");
-            assert_eq!(placed.replaced, None);
+            assert_eq!(placed, ("t/0".to_owned(), None));
         }
         // A rewind after an assignment reads the same messages: same source.
-        member.reset_position("t/0");
-        assert_eq!(place(&mut member, 200, "old 200").await.source, "t/0");
+        member.reset_position(&partition);
+        assert_eq!(place(&mut member, 200, "old 200").await.0, "t/0");
         member.store(&store, &telemetry, DELAY).await.unwrap();
         // The topic is recreated: offset 0 holds another message.
         let placed = place(&mut member, 0, "new 0").await;
-        assert_eq!(placed.source, "t/0#2");
-        assert_eq!(placed.replaced.as_deref(), Some("t/0"));
+        assert_eq!(placed, ("t/0#2".to_owned(), Some("t/0".to_owned())));
         for offset in 1..150 {
             assert_eq!(
-                place(&mut member, offset, &format!("new {offset}"))
-                    .await
-                    .source,
+                place(&mut member, offset, &format!("new {offset}")).await.0,
                 "t/0#2",
                 "range 100 of the old incarnation is not compared with the new one"
             );
@@ -297,18 +356,18 @@ mod tests {
         // A restarted member starts from the latest incarnation and finds
         // the same first message there.
         let mut restarted = Incarnations::new(100);
-        assert_eq!(restarted.current_source("t/0"), "t/0");
+        assert_eq!(restarted.current_source(&partition).to_string(), "t/0");
         let placed = place(&mut restarted, 100, "new 100").await;
-        assert_eq!(placed.source, "t/0#2");
-        assert_eq!(placed.replaced, None);
-        assert_eq!(restarted.current_source("t/0"), "t/0#2");
+        assert_eq!(placed, ("t/0#2".to_owned(), None));
+        assert_eq!(restarted.current_source(&partition).to_string(), "t/0#2");
     }
 
     #[test]
-    fn source_names_round_trip() {
-        assert_eq!(incarnation_source("t/3", 1), "t/3");
-        assert_eq!(incarnation_source("t/3", 4), "t/3#4");
-        assert_eq!(partition_of("t/3#4"), "t/3");
-        assert_eq!(partition_of("t/3"), "t/3");
+    fn source_names() {
+        let partition = PartitionId::new("t", 3);
+        assert_eq!(partition.to_string(), "t/3");
+        assert_eq!(SourceId::new(partition.clone(), 1).to_string(), "t/3");
+        assert_eq!(SourceId::new(partition.clone(), 4).to_string(), "t/3#4");
+        assert_eq!(SourceId::new(partition.clone(), 4).partition(), &partition);
     }
 }

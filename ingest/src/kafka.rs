@@ -35,7 +35,7 @@
 //! synchronously within [`DRAIN_DEADLINE`]; open windows stay open (their
 //! partials are stored and the next run continues them).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ use crate::config::{BrokerConnection, KafkaSettings, TopicSpec};
 use crate::dead_letter::DeadLetterSink;
 use crate::driver::{Driver, SourceMessage};
 use crate::engine::Ingested;
-use crate::incarnation::{fingerprint, partition_of, Incarnations};
+use crate::incarnation::{fingerprint, Incarnations, PartitionId, SourceId};
 use crate::lines::{LineReader, DEFAULT_MAX_LINE_BYTES};
 use crate::poller::{Note, PollContext, Poller, Record, CHANNEL_BATCHES};
 use crate::telemetry::Telemetry;
@@ -82,11 +82,6 @@ pub struct RunReport {
     pub windows_finalized: u64,
     /// Offset commits issued.
     pub commits: u64,
-}
-
-/// The source name of a partition in the engine and the store.
-pub fn source_name(topic: &str, partition: i32) -> String {
-    format!("{topic}/{partition}")
 }
 
 fn client_config(connection: &BrokerConnection) -> ClientConfig {
@@ -260,8 +255,9 @@ struct Member<O> {
     telemetry: Telemetry,
     observer: O,
     report: RunReport,
-    /// Partitions assigned and rewound; messages of others are ignored.
-    assigned: HashSet<(usize, i32)>,
+    /// Partitions assigned and rewound (by topic index and partition);
+    /// messages of others are ignored.
+    assigned: HashMap<(usize, i32), PartitionId>,
     /// The incarnation of each partition (see [`crate::incarnation`]).
     incarnations: Incarnations,
 }
@@ -275,7 +271,7 @@ impl<O: WindowObserver> Member<O> {
         self.telemetry
             .store_write("checkpoint", started.elapsed().as_secs_f64());
         self.dead_letters.flush().await;
-        self.commit(&commits, CommitMode::Async)
+        self.commit(commits, CommitMode::Async)
     }
 
     /// Finalizes closed windows, lets the observer record what they raise,
@@ -298,7 +294,7 @@ impl<O: WindowObserver> Member<O> {
         self.telemetry
             .windows_closed(finalized.windows.len() as u64);
         self.dead_letters.flush().await;
-        self.commit(&commits, CommitMode::Async)
+        self.commit(commits, CommitMode::Async)
     }
 
     /// Stores the fingerprints of the ranges started since the last
@@ -316,25 +312,53 @@ impl<O: WindowObserver> Member<O> {
     /// A partition was found recreated: stores what was read of its old
     /// incarnation (those events are gone from the topic, what was read of
     /// them is kept), commits nothing for it, and drops its state.
-    async fn retire(&mut self, driver: &mut Driver, old_source: &str) -> Result<(), Error> {
+    async fn retire(&mut self, driver: &mut Driver, old_source: &SourceId) -> Result<(), Error> {
         self.store_fingerprints(driver).await?;
+        let old_source = old_source.to_string();
         let commits: Vec<(String, u64)> = driver
             .checkpoint()
             .await?
             .into_iter()
-            .filter(|(source, _)| source != old_source)
+            .filter(|(source, _)| *source != old_source)
             .collect();
         self.dead_letters.flush().await;
-        self.commit(&commits, CommitMode::Async)?;
-        driver.revoke(old_source);
+        self.commit(commits, CommitMode::Async)?;
+        driver.revoke(&old_source);
         Ok(())
     }
 
-    fn commit(&mut self, commits: &[(String, u64)], mode: CommitMode) -> Result<(), Error> {
-        if commit(&self.consumer, commits, mode)? {
+    fn commit(&mut self, commits: Vec<(String, u64)>, mode: CommitMode) -> Result<(), Error> {
+        if commit(&self.consumer, &self.partitions_of(commits), mode)? {
             self.report.commits += 1;
         }
         Ok(())
+    }
+
+    /// The driver's commits (by source name) as offsets of the partitions
+    /// assigned here, each under its current incarnation; commits of other
+    /// sources (a retired incarnation, a partition revoked) are left out.
+    fn partitions_of(&self, commits: Vec<(String, u64)>) -> Vec<(PartitionId, u64)> {
+        if commits.is_empty() {
+            return Vec::new();
+        }
+        let current: HashMap<String, &PartitionId> = self
+            .assigned
+            .values()
+            .map(|partition| {
+                (
+                    self.incarnations.current_source(partition).to_string(),
+                    partition,
+                )
+            })
+            .collect();
+        commits
+            .into_iter()
+            .filter_map(|(source, next_offset)| {
+                current
+                    .get(&source)
+                    .map(|partition| ((*partition).clone(), next_offset))
+            })
+            .collect()
     }
 
     /// Handles one note of the polling thread. `Err` stops the loop.
@@ -350,19 +374,20 @@ impl<O: WindowObserver> Member<O> {
             }
             Note::Assigned(partitions) => {
                 for (topic, partition) in partitions {
-                    self.assigned.insert((topic, partition));
-                    self.incarnations
-                        .reset_position(&source_name(&self.topics[topic].name, partition));
+                    let id = PartitionId::new(self.topics[topic].name.as_str(), partition);
+                    self.incarnations.reset_position(&id);
+                    self.assigned.insert((topic, partition), id);
                 }
             }
             Note::Revoked(partitions) => {
                 for (topic, partition) in partitions {
-                    self.assigned.remove(&(topic, partition));
-                    let partition = source_name(&self.topics[topic].name, partition);
-                    let source = self.incarnations.current_source(&partition);
-                    self.incarnations.reset_position(&partition);
+                    let Some(id) = self.assigned.remove(&(topic, partition)) else {
+                        continue;
+                    };
+                    let source = self.incarnations.current_source(&id);
+                    self.incarnations.reset_position(&id);
                     tracing::info!(%source, "partition revoked, dropping its state");
-                    driver.revoke(&source);
+                    driver.revoke(&source.to_string());
                 }
             }
             Note::Failed(reason) => return Err(Error::Rebalance(reason)),
@@ -371,14 +396,14 @@ impl<O: WindowObserver> Member<O> {
     }
 
     async fn record(&mut self, driver: &mut Driver, record: &Record) -> Result<(), Error> {
-        if !self.assigned.contains(&(record.topic, record.partition)) {
+        let Some(partition) = self.assigned.get(&(record.topic, record.partition)) else {
             tracing::debug!(
                 partition = record.partition,
                 offset = record.offset,
                 "message of a partition not assigned here, ignored"
             );
             return Ok(());
-        }
+        };
         let offset = record.offset.max(0) as u64;
         let placement = self
             .incarnations
@@ -386,7 +411,7 @@ impl<O: WindowObserver> Member<O> {
                 driver.store(),
                 &self.telemetry,
                 driver.settings().store_retry_max_delay,
-                &source_name(&self.topics[record.topic].name, record.partition),
+                partition,
                 offset,
                 fingerprint(record.timestamp, &record.payload),
             )
@@ -394,7 +419,7 @@ impl<O: WindowObserver> Member<O> {
         if let Some(old_source) = &placement.replaced {
             self.retire(driver, old_source).await?;
         }
-        let source = placement.source;
+        let source = placement.source.to_string();
         let spec = &self.topics[record.topic];
         let topic = spec.name.as_str();
         self.report.messages += 1;
@@ -479,7 +504,7 @@ pub async fn run(
         telemetry: telemetry.clone(),
         observer,
         report: RunReport::default(),
-        assigned: HashSet::new(),
+        assigned: HashMap::new(),
         incarnations: Incarnations::new(driver.engine().settings().range_size),
     };
     let mut ticker = tokio::time::interval(loop_settings.checkpoint_interval);
@@ -570,7 +595,7 @@ pub async fn run(
         let drain = async {
             // Fingerprints first: a range's partials never go without them.
             member.store_fingerprints(&driver).await?;
-            let commits = driver.checkpoint().await?;
+            let commits = member.partitions_of(driver.checkpoint().await?);
             member.dead_letters.flush().await;
             let consumer = Arc::clone(&member.consumer);
             tokio::task::spawn_blocking(move || commit(&consumer, &commits, CommitMode::Sync))
@@ -605,7 +630,7 @@ pub async fn run(
 /// a commit was issued.
 fn commit(
     consumer: &BaseConsumer<PollContext>,
-    commits: &[(String, u64)],
+    commits: &[(PartitionId, u64)],
     mode: CommitMode,
 ) -> Result<bool, Error> {
     if commits.is_empty() {
@@ -613,18 +638,19 @@ fn commit(
     }
     let assignment = consumer.assignment()?;
     let mut offsets = TopicPartitionList::new();
-    for (source, next_offset) in commits {
-        let Some((topic, partition)) = partition_of(source).rsplit_once('/') else {
-            continue;
-        };
-        let Ok(partition) = partition.parse::<i32>() else {
-            continue;
-        };
+    for (partition, next_offset) in commits {
         // Never commit for a partition this member no longer owns.
-        if assignment.find_partition(topic, partition).is_none() {
+        if assignment
+            .find_partition(partition.topic(), partition.partition())
+            .is_none()
+        {
             continue;
         }
-        offsets.add_partition_offset(topic, partition, Offset::Offset(*next_offset as i64))?;
+        offsets.add_partition_offset(
+            partition.topic(),
+            partition.partition(),
+            Offset::Offset(*next_offset as i64),
+        )?;
     }
     if offsets.count() == 0 {
         return Ok(false);

@@ -29,7 +29,7 @@ use common::{
     brokers, check_oracle, clickhouse_url, demo_hours, header, small_shape, wait_for_metrics,
     ConfigOptions, Scenario,
 };
-use ingest::incarnation::{fingerprint, Incarnations};
+use ingest::incarnation::{fingerprint, Incarnations, PartitionId};
 use ingest::telemetry::Telemetry;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -900,12 +900,13 @@ async fn range_fingerprints_wait_for_the_store() {
     let telemetry = Telemetry::default();
     let delay = Duration::from_millis(200);
     let member = Incarnations::new(100);
+    let partition = PartitionId::new("t", 0);
 
     // A lookup (the partition's incarnation, then the range's fingerprint)
     // while the store is unreachable.
     proxy.cut();
     let lookup = tokio::spawn({
-        let (store, telemetry) = (store.clone(), telemetry.clone());
+        let (store, telemetry, partition) = (store.clone(), telemetry.clone(), partition.clone());
         async move {
             let mut member = member;
             let placed = member
@@ -913,7 +914,7 @@ async fn range_fingerprints_wait_for_the_store() {
                     &store,
                     &telemetry,
                     delay,
-                    "t/0",
+                    &partition,
                     0,
                     fingerprint(Some(1), b"m0"),
                 )
@@ -934,7 +935,7 @@ async fn range_fingerprints_wait_for_the_store() {
     );
     proxy.restore();
     let (mut member, placed) = lookup.await.unwrap();
-    assert_eq!(placed.unwrap().source, "t/0");
+    assert_eq!(placed.unwrap().source.to_string(), "t/0");
     assert!(telemetry.health().problems().is_empty());
 
     // The write of the range's fingerprint while the store is unreachable.
@@ -968,26 +969,26 @@ async fn range_fingerprints_wait_for_the_store() {
             &store,
             &telemetry,
             delay,
-            "t/0",
+            &partition,
             0,
             fingerprint(Some(1), b"m0"),
         )
         .await
         .unwrap();
-    assert_eq!(same.source, "t/0");
+    assert_eq!(same.source.to_string(), "t/0");
     let mut after_recreation = Incarnations::new(100);
     let other = after_recreation
         .source_for(
             &store,
             &telemetry,
             delay,
-            "t/0",
+            &partition,
             0,
             fingerprint(Some(1), b"other"),
         )
         .await
         .unwrap();
-    assert_eq!(other.source, "t/0#2");
+    assert_eq!(other.source.to_string(), "t/0#2");
     println!(
         "range fingerprints with the store unreachable: the lookup waited through \
          {failed_lookups} failed attempts and the write through {failed_writes}, both completed \
