@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release -p ingest --example join_memory`
 
+use std::time::Duration;
+
 use detectors::catalog::Catalog;
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::WindowSize;
@@ -34,15 +36,10 @@ fn main() {
         100,
     )
     .expect("valid spec");
-    let settings = EngineSettings {
-        window_size: WindowSize::from_millis(3_600_000).expect("one hour"),
-        allowed_lateness_ms: 300_000,
-        range_size: 10_000,
-        max_groups: 50_000,
-        join_window_ms: 86_400_000,
-        max_pending_predictions: PREDICTIONS as usize,
-        max_future_skew_ms: i64::MAX / 2,
-    };
+    let settings = EngineSettings::new(WindowSize::from_millis(3_600_000).expect("one hour"))
+        .with_range_size(10_000.try_into().expect("positive"))
+        .with_join(Duration::from_secs(86_400), PREDICTIONS as usize)
+        .with_max_future_skew(Duration::MAX);
     let mut engine = Engine::new(settings, Catalog::new([spec]));
     let countries = ["DE", "FR", "US", "GB"];
     let before = resident_kib();

@@ -11,7 +11,7 @@ use detectors::window::WindowSize;
 use events::EventKind;
 use serde::Deserialize;
 
-use crate::engine::EngineSettings;
+use crate::engine::{defaults, EngineSettings};
 
 /// A setting that is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -117,22 +117,22 @@ pub struct RawWindows {
 }
 
 fn default_max_future_skew() -> Duration {
-    Duration::from_secs(3600)
+    defaults::MAX_FUTURE_SKEW
 }
 
 fn default_join_window() -> Duration {
-    Duration::from_secs(7 * 86_400)
+    defaults::JOIN_WINDOW
 }
 
 fn default_max_pending_predictions() -> usize {
-    1_000_000
+    defaults::MAX_PENDING_PREDICTIONS
 }
 
 fn default_window_size() -> Duration {
     Duration::from_secs(3600)
 }
 fn default_lateness() -> Duration {
-    Duration::from_secs(300)
+    defaults::ALLOWED_LATENESS
 }
 fn default_idle() -> Duration {
     Duration::from_secs(600)
@@ -141,10 +141,10 @@ fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(5)
 }
 fn default_range_size() -> u64 {
-    100_000
+    defaults::RANGE_SIZE
 }
 fn default_max_groups() -> usize {
-    50_000
+    defaults::MAX_GROUPS
 }
 
 impl Default for RawWindows {
@@ -362,25 +362,20 @@ impl RawWindows {
         }
         let window_size =
             WindowSize::from_millis(size_ms).map_err(|e| invalid("size", e.to_string()))?;
-        if self.range_size == 0 {
-            return Err(invalid("range_size", "must be at least 1"));
-        }
-        if self.max_groups == 0 {
-            return Err(invalid("max_groups", "must be at least 1"));
-        }
+        let range_size = std::num::NonZeroU64::new(self.range_size)
+            .ok_or_else(|| invalid("range_size", "must be at least 1"))?;
+        let max_groups = std::num::NonZeroUsize::new(self.max_groups)
+            .ok_or_else(|| invalid("max_groups", "must be at least 1"))?;
         if self.checkpoint_interval.is_zero() {
             return Err(invalid("checkpoint_interval", "must be positive"));
         }
         Ok(WindowSettings {
-            engine: EngineSettings {
-                window_size,
-                allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
-                range_size: self.range_size,
-                max_groups: self.max_groups,
-                join_window_ms: self.join_window.as_millis() as i64,
-                max_pending_predictions: self.max_pending_predictions,
-                max_future_skew_ms: self.max_future_skew.as_millis() as i64,
-            },
+            engine: EngineSettings::new(window_size)
+                .with_allowed_lateness(self.allowed_lateness)
+                .with_range_size(range_size)
+                .with_max_groups(max_groups)
+                .with_join(self.join_window, self.max_pending_predictions)
+                .with_max_future_skew(self.max_future_skew),
             checkpoint_interval: self.checkpoint_interval,
             idle_close_after: (!self.idle_close_after.is_zero()).then_some(self.idle_close_after),
         })

@@ -43,27 +43,104 @@ use events::EventKind;
 use rustc_hash::FxHashMap;
 use store::PartialSketch;
 
-/// Validated engine settings.
+/// Validated engine settings: built by [`EngineSettings::new`] with the
+/// defaults of `[windows]`, changed by the `with_*` methods, whose argument
+/// types admit only valid values.
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// Tumbling window size.
-    pub window_size: WindowSize,
+    pub(crate) window_size: WindowSize,
     /// How far behind the largest event time an event may arrive, ms.
-    pub allowed_lateness_ms: i64,
+    pub(crate) allowed_lateness_ms: i64,
     /// Offsets per checkpoint range.
-    pub range_size: u64,
+    pub(crate) range_size: u64,
     /// Groups (window × model × version × segment) per range.
-    pub max_groups: usize,
+    pub(crate) max_groups: usize,
     /// How long (event time, ms) a prediction waits for its actual.
-    pub join_window_ms: i64,
+    pub(crate) join_window_ms: i64,
     /// Predictions held for the join; when full, the oldest is dropped
     /// (counted in `join_evicted`).
-    pub max_pending_predictions: usize,
+    pub(crate) max_pending_predictions: usize,
     /// How far ahead of the wall clock an event time may be, ms. An event
     /// further ahead would move its partition's event-time clock and make
     /// every later valid event late, so it is refused as malformed (and
     /// dead-lettered with the reason).
-    pub max_future_skew_ms: i64,
+    pub(crate) max_future_skew_ms: i64,
+}
+
+/// Defaults of `[windows]` (documented in README's configuration table).
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    pub const ALLOWED_LATENESS: Duration = Duration::from_secs(300);
+    pub const RANGE_SIZE: u64 = 100_000;
+    pub const MAX_GROUPS: usize = 50_000;
+    pub const JOIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+    pub const MAX_PENDING_PREDICTIONS: usize = 1_000_000;
+    pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
+}
+
+/// Milliseconds of a duration, saturating (durations past `i64::MAX` ms are
+/// about 292 million years).
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl EngineSettings {
+    /// Windows of `window_size`; everything else as `[windows]`'s defaults.
+    pub fn new(window_size: WindowSize) -> Self {
+        Self {
+            window_size,
+            allowed_lateness_ms: millis(defaults::ALLOWED_LATENESS),
+            range_size: defaults::RANGE_SIZE,
+            max_groups: defaults::MAX_GROUPS,
+            join_window_ms: millis(defaults::JOIN_WINDOW),
+            max_pending_predictions: defaults::MAX_PENDING_PREDICTIONS,
+            max_future_skew_ms: millis(defaults::MAX_FUTURE_SKEW),
+        }
+    }
+
+    /// How far behind the largest event time an event may arrive.
+    pub fn with_allowed_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.allowed_lateness_ms = millis(lateness);
+        self
+    }
+
+    /// Offsets per checkpoint range.
+    pub fn with_range_size(mut self, range_size: std::num::NonZeroU64) -> Self {
+        self.range_size = range_size.get();
+        self
+    }
+
+    /// Groups (window × model × version × segment) per range.
+    pub fn with_max_groups(mut self, max_groups: std::num::NonZeroUsize) -> Self {
+        self.max_groups = max_groups.get();
+        self
+    }
+
+    /// How long (event time) a prediction waits for its actual, and how many
+    /// predictions wait at most (0: none, every actual is unmatched).
+    pub fn with_join(mut self, window: std::time::Duration, max_pending: usize) -> Self {
+        self.join_window_ms = millis(window);
+        self.max_pending_predictions = max_pending;
+        self
+    }
+
+    /// How far ahead of the wall clock an event time may be.
+    pub fn with_max_future_skew(mut self, skew: std::time::Duration) -> Self {
+        self.max_future_skew_ms = millis(skew);
+        self
+    }
+
+    /// Tumbling window size.
+    pub fn window_size(&self) -> WindowSize {
+        self.window_size
+    }
+
+    /// Offsets per checkpoint range.
+    pub fn range_size(&self) -> u64 {
+        self.range_size
+    }
 }
 
 /// Predictions waiting for their actuals, bounded in count and age.
@@ -656,15 +733,14 @@ mod tests {
         join_window_ms: i64,
         max_pending_predictions: usize,
     ) -> EngineSettings {
-        EngineSettings {
-            window_size: WindowSize::from_millis(1_000).unwrap(),
-            allowed_lateness_ms: 0,
-            range_size,
-            max_groups: 100,
-            join_window_ms,
-            max_pending_predictions,
-            max_future_skew_ms: 3_600_000,
-        }
+        EngineSettings::new(WindowSize::from_millis(1_000).unwrap())
+            .with_allowed_lateness(std::time::Duration::ZERO)
+            .with_range_size(range_size.try_into().unwrap())
+            .with_max_groups(100.try_into().unwrap())
+            .with_join(
+                std::time::Duration::from_millis(join_window_ms as u64),
+                max_pending_predictions,
+            )
     }
 
     #[test]

@@ -29,15 +29,10 @@ fn engine() -> Engine {
     )
     .unwrap();
     Engine::new(
-        EngineSettings {
-            window_size: WindowSize::from_millis(WINDOW_MS).unwrap(),
-            allowed_lateness_ms: 0,
-            range_size: 150,
-            max_groups: 1_000,
-            join_window_ms: 7 * 86_400_000,
-            max_pending_predictions: 1_000_000,
-            max_future_skew_ms: 3_600_000,
-        },
+        EngineSettings::new(WindowSize::from_millis(WINDOW_MS).unwrap())
+            .with_allowed_lateness(std::time::Duration::ZERO)
+            .with_range_size(150.try_into().unwrap())
+            .with_max_groups(1_000.try_into().unwrap()),
         Catalog::new([spec]),
     )
 }

@@ -153,15 +153,7 @@ pub async fn run_into(
         .await?;
 
     let engine = Engine::new(
-        EngineSettings {
-            window_size: WindowSize::from_millis(3_600_000)?,
-            allowed_lateness_ms: 300_000,
-            range_size: 100_000,
-            max_groups: 50_000,
-            join_window_ms: 7 * 86_400_000,
-            max_pending_predictions: 1_000_000,
-            max_future_skew_ms: 3_600_000,
-        },
+        EngineSettings::new(WindowSize::from_millis(3_600_000)?),
         Catalog::new([spec.clone()]),
     );
     let settings = DriverSettings {

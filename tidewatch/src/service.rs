@@ -169,7 +169,7 @@ impl AlertRecorder {
         config: &Config,
         telemetry: &ingest::telemetry::Telemetry,
     ) -> anyhow::Result<()> {
-        let size = config.engine.window_size.millis();
+        let size = config.engine.window_size().millis();
         let versions = self.store.model_versions().await?;
         for model in &config.models {
             let Some(latest) = versions
@@ -448,7 +448,7 @@ pub async fn start_http(
     let state = Arc::new(crate::http::AppState {
         store,
         models: config.models.clone(),
-        window_ms: config.engine.window_size.millis(),
+        window_ms: config.engine.window_size().millis(),
         token: settings.token().map(str::to_owned),
         telemetry,
         max_body_bytes: settings.max_body_bytes(),
