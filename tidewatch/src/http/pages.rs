@@ -210,16 +210,17 @@ struct ModelParams {
     score: Option<String>,
 }
 
-/// (value, threshold, drifted) of test `score` in `metrics`.
-fn score_of(
-    metrics: &detectors::FeatureWindowMetrics,
-    score: DriftTest,
-) -> Option<(f64, f64, bool)> {
+/// Test `score` in `metrics`.
+fn score_of(metrics: &detectors::FeatureWindowMetrics, score: DriftTest) -> Option<ScoreCell> {
     metrics
         .tests
         .iter()
         .find(|t| t.test == score)
-        .map(|t| (t.value, t.threshold, t.drifted))
+        .map(|t| ScoreCell {
+            value: t.value,
+            threshold: t.threshold,
+            drifted: t.drifted,
+        })
 }
 
 /// Heat colour of `value / threshold`: green below half, amber to the
@@ -237,11 +238,119 @@ fn heat(ratio: f64) -> String {
     }
 }
 
+/// What a model page shows, loaded from the store; rendered by the
+/// `render_*` functions below, each one section of the page.
+struct ModelView {
+    model: String,
+    version: String,
+    segment: String,
+    /// Every version of the model with a finalized window.
+    versions: Vec<String>,
+    score: DriftTest,
+    /// Window starts shown, ascending.
+    windows: Vec<i64>,
+    series: Vec<SeriesView>,
+    /// Per quality metric its value in each window, then label coverage.
+    quality: Option<QualityView>,
+    alerts: Vec<store::AlertRecord>,
+}
+
+/// One series of a model page.
+struct SeriesView {
+    name: String,
+    /// The score in each of [`ModelView::windows`].
+    cells: Vec<Option<ScoreCell>>,
+    /// The score's threshold (the first window that has one).
+    threshold: Option<f64>,
+    /// Reference vs the latest window with data.
+    distribution: Option<Value>,
+}
+
+/// The score of one series in one window.
+#[derive(Clone, Copy)]
+struct ScoreCell {
+    value: f64,
+    threshold: f64,
+    drifted: bool,
+}
+
+struct QualityView {
+    /// (metric, value per window).
+    metrics: Vec<(&'static str, Vec<Option<f64>>)>,
+    /// Matched labels / predictions per window.
+    coverage: Vec<Option<f64>>,
+}
+
+/// Charts inlined as JSON; each is drawn into the element that names its
+/// index.
+#[derive(Default)]
+struct Charts(Vec<Value>);
+
+impl Charts {
+    /// Adds `chart`; returns the element it is drawn into.
+    fn add(&mut self, chart: Value) -> String {
+        self.0.push(chart);
+        format!(
+            "<div class=\"chart\" data-chart=\"{}\"></div>",
+            self.0.len() - 1
+        )
+    }
+}
+
+/// Why a model page has nothing to draw.
+enum Empty {
+    NoWindow { version: Option<String> },
+    NoSegment { segment: String },
+}
+
 async fn model_page(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
     Query(params): Query<ModelParams>,
 ) -> Result<Response, ApiError> {
+    let view = match load_model_view(&state, model, params).await? {
+        Ok(view) => view,
+        Err((model, empty)) => {
+            let body = match empty {
+                Empty::NoWindow { version } => format!(
+                    "<h1>{}</h1><p>No finalized window yet{}.</p>",
+                    escape(&model),
+                    version
+                        .map(|v| format!(" for version {}", escape(&v)))
+                        .unwrap_or_default()
+                ),
+                Empty::NoSegment { segment } => format!(
+                    "<h1>{}</h1><p>No window for segment <code>{}</code>.</p>",
+                    escape(&model),
+                    escape(&segment)
+                ),
+            };
+            return Ok(page(&model, &body, None).into_response());
+        }
+    };
+    let mut charts = Charts::default();
+    let mut body = format!(
+        "<h1>{m} <small>v{v} · segment {s}</small></h1>",
+        m = escape(&view.model),
+        v = escape(&view.version),
+        s = escape(&view.segment)
+    );
+    body.push_str(&render_controls(&view));
+    body.push_str(&render_heatmap(&view));
+    body.push_str(&render_series(&view, &mut charts));
+    body.push_str(&render_quality(&view, &mut charts));
+    body.push_str(&render_alerts(&view.alerts));
+    let data = json!({"charts": charts.0});
+    Ok(page(&view.model, &body, Some(&data)).into_response())
+}
+
+/// Loads what the page of `model` shows; `Err((model, why))` when there is
+/// nothing to draw.
+async fn load_model_view(
+    state: &AppState,
+    model: String,
+    params: ModelParams,
+) -> Result<Result<ModelView, (String, Empty)>, ApiError> {
     let Some(spec) = state.models.iter().find(|s| s.name() == model).cloned() else {
         return Err(ApiError::not_found(format!("no model named `{model}`")));
     };
@@ -254,7 +363,6 @@ async fn model_page(
             SCORES.map(DriftTest::as_str).join(", ")
         )));
     };
-    let score_label = score.display_name();
     let segment = params.segment.unwrap_or_else(|| "all".into());
     let versions = state.store.model_versions().await?;
     let mine: Vec<&store::ModelVersionSummary> =
@@ -264,15 +372,8 @@ async fn model_page(
         None => mine.iter().max_by_key(|v| v.last_window).copied(),
     };
     let Some(chosen) = chosen else {
-        let body = format!(
-            "<h1>{}</h1><p>No finalized window yet{}.</p>",
-            escape(&model),
-            params
-                .version
-                .map(|v| format!(" for version {}", escape(&v)))
-                .unwrap_or_default()
-        );
-        return Ok(page(&model, &body, None).into_response());
+        let version = params.version;
+        return Ok(Err((model, Empty::NoWindow { version })));
     };
     let version = chosen.model_version.clone();
     let from = chosen.last_window - (PAGE_WINDOWS - 1) * state.window_ms;
@@ -287,23 +388,13 @@ async fn model_page(
         })
         .await?;
     if rows.is_empty() {
-        let body = format!(
-            "<h1>{}</h1><p>No window for segment <code>{}</code>.</p>",
-            escape(&model),
-            escape(&segment)
-        );
-        return Ok(page(&model, &body, None).into_response());
+        return Ok(Err((model, Empty::NoSegment { segment })));
     }
     let windows: Vec<i64> = rows
         .iter()
         .map(|r| r.key.window_start)
         .collect::<BTreeSet<_>>()
         .into_iter()
-        .collect();
-    let series: Vec<(String, FeatureKind)> = spec
-        .series()
-        .filter(|s| matches!(s.kind, FeatureKind::Numeric | FeatureKind::Categorical))
-        .map(|s| (s.name.clone(), s.kind))
         .collect();
     let mut by_series: BTreeMap<&str, BTreeMap<i64, &WindowMetrics>> = BTreeMap::new();
     for row in &rows {
@@ -313,105 +404,15 @@ async fn model_page(
             .insert(row.key.window_start, row);
     }
 
-    let mut body = format!(
-        "<h1>{m} <small>v{v} · segment {s}</small></h1>",
-        m = escape(&model),
-        v = escape(&version),
-        s = escape(&segment)
-    );
-    // Controls.
-    body.push_str("<form class=\"controls\" method=\"get\">");
-    let _ = write!(
-        body,
-        "<label>Version <select name=\"version\">{}</select></label>",
-        mine.iter()
-            .map(|v| format!(
-                "<option{sel}>{v}</option>",
-                sel = if v.model_version == version {
-                    " selected"
-                } else {
-                    ""
-                },
-                v = escape(&v.model_version)
-            ))
-            .collect::<String>()
-    );
-    let _ = write!(
-        body,
-        "<label>Segment <input name=\"segment\" value=\"{}\"></label>",
-        escape(&segment)
-    );
-    let _ = write!(
-        body,
-        "<label>Score <select name=\"score\">{}</select></label><button>Show</button></form>",
-        SCORES
-            .iter()
-            .map(|test| format!(
-                "<option value=\"{name}\"{sel}>{label}</option>",
-                name = test.as_str(),
-                label = test.display_name(),
-                sel = if *test == score { " selected" } else { "" }
-            ))
-            .collect::<String>()
-    );
-
-    // Heatmap.
-    let _ = write!(
-        body,
-        "<h2>Drift: {score_label} per series and window (UTC)</h2><p class=\"legend\">\
-<span style=\"background:#d8f0dc\">below half the threshold</span> \
-<span style=\"background:#fbe7a1\">below the threshold</span> \
-<span style=\"background:hsl(4,75%,56%)\">drifted</span> · ● = the test's drift verdict</p>\
-<div class=\"scroll\"><table class=\"heatmap\" id=\"heatmap\"><thead><tr><th></th>"
-    );
-    for window in &windows {
-        let _ = write!(
-            body,
-            "<th title=\"{}\">{}</th>",
-            time(*window),
-            chrono::DateTime::from_timestamp_millis(*window)
-                .map(|t| t.format("%d %Hh").to_string())
-                .unwrap_or_default()
-        );
-    }
-    body.push_str("</tr></thead><tbody>");
-    for (name, _) in &series {
-        let _ = write!(body, "<tr><th>{}</th>", escape(name));
-        for window in &windows {
-            let cell = by_series
-                .get(name.as_str())
-                .and_then(|w| w.get(window))
-                .and_then(|row| score_of(&row.metrics, score));
-            match cell {
-                Some((value, threshold, drifted)) => {
-                    let ratio = if threshold > 0.0 {
-                        value / threshold
-                    } else {
-                        0.0
-                    };
-                    let _ = write!(
-                        body,
-                        "<td class=\"cell{d}\" style=\"background:{c}\" title=\"{n} {t}: {v:.4} (threshold {th:.4})\">{mark}</td>",
-                        d = if drifted { " drifted" } else { "" },
-                        c = heat(ratio),
-                        n = escape(name),
-                        t = time(*window),
-                        v = value,
-                        th = threshold,
-                        mark = if drifted { "●" } else { "" },
-                    );
-                }
-                None => body.push_str("<td class=\"cell empty\"></td>"),
-            }
-        }
-        body.push_str("</tr>");
-    }
-    body.push_str("</tbody></table></div>");
-
-    // Charts: score over time per series, and its distribution in the
-    // latest window that has it against the reference.
+    // Per series: its score in each window, and its distribution in the
+    // latest window that has data against the reference.
     let reference = state.store.reference(&model, &version).await?;
-    let latest_of: BTreeMap<&str, i64> = series
+    let drawn: Vec<(String, FeatureKind)> = spec
+        .series()
+        .filter(|s| matches!(s.kind, FeatureKind::Numeric | FeatureKind::Categorical))
+        .map(|s| (s.name.clone(), s.kind))
+        .collect();
+    let latest_of: BTreeMap<&str, i64> = drawn
         .iter()
         .filter_map(|(name, _)| {
             let points = by_series.get(name.as_str())?;
@@ -433,76 +434,47 @@ async fn model_page(
             }
         }
     }
-    let mut charts: Vec<Value> = Vec::new();
-    let x: Vec<i64> = windows.iter().map(|w| w / 1000).collect();
-    body.push_str("<h2>Per series</h2><div class=\"grid\">");
-    for (name, kind) in &series {
-        let points = by_series.get(name.as_str());
-        let values: Vec<Option<f64>> = windows
-            .iter()
-            .map(|w| {
-                points
-                    .and_then(|p| p.get(w))
-                    .and_then(|row| score_of(&row.metrics, score))
-                    .map(|(v, _, _)| v)
-            })
-            .collect();
-        let threshold = points
-            .and_then(|p| p.values().find_map(|row| score_of(&row.metrics, score)))
-            .map(|(_, t, _)| t);
-        let _ = write!(body, "<section class=\"card\"><h3>{}</h3>", escape(name));
-        if values.iter().any(Option::is_some) {
-            let _ = write!(
-                body,
-                "<div class=\"chart\" data-chart=\"{}\"></div>",
-                charts.len()
-            );
-            charts.push(json!({
-                "kind": "time",
-                "title": format!("{score_label} vs threshold"),
-                "x": x,
-                "series": [
-                    {"label": score_label, "values": values, "color": "#1f6feb"},
-                    {"label": "threshold", "values": vec![threshold; x.len()], "color": "#d1242f", "dash": true},
-                ],
-            }));
-        } else {
-            body.push_str(
-                "<p class=\"note\">No score: the reference profile has no such series.</p>",
-            );
-        }
-        let distribution = latest_of.get(name.as_str()).and_then(|window| {
-            distribution_chart(
-                *kind,
-                reference.as_ref().and_then(|r| r.features.get(name)),
-                sketches.get(&(name.clone(), *window)),
-                &time(*window),
-            )
-        });
-        if let Some(chart) = distribution {
-            let _ = write!(
-                body,
-                "<div class=\"chart\" data-chart=\"{}\"></div>",
-                charts.len()
-            );
-            charts.push(chart);
-        }
-        body.push_str("</section>");
-    }
-    body.push_str("</div>");
+    let series = drawn
+        .iter()
+        .map(|(name, kind)| {
+            let points = by_series.get(name.as_str());
+            let cells = windows
+                .iter()
+                .map(|w| {
+                    points
+                        .and_then(|p| p.get(w))
+                        .and_then(|row| score_of(&row.metrics, score))
+                })
+                .collect();
+            let threshold = points
+                .and_then(|p| p.values().find_map(|row| score_of(&row.metrics, score)))
+                .map(|cell| cell.threshold);
+            let distribution = latest_of.get(name.as_str()).and_then(|window| {
+                distribution_chart(
+                    *kind,
+                    reference.as_ref().and_then(|r| r.features.get(name)),
+                    sketches.get(&(name.clone(), *window)),
+                    &time(*window),
+                )
+            });
+            SeriesView {
+                name: name.clone(),
+                cells,
+                threshold,
+                distribution,
+            }
+        })
+        .collect();
 
-    // Quality and label coverage.
-    if let Some(quality_rows) = by_series.get("quality") {
-        let metric_names: &[&str] = match spec.task() {
+    let quality = by_series.get("quality").map(|quality_rows| {
+        let metric_names: &[&'static str] = match spec.task() {
             Task::Classification => &["accuracy", "f1", "roc_auc"],
             Task::Regression => &["mae", "rmse", "r2"],
         };
-        let colors = ["#1f6feb", "#8250df", "#1a7f37"];
-        let mut chart_series: Vec<Value> = metric_names
+        let metrics = metric_names
             .iter()
-            .zip(colors)
-            .map(|(metric, color)| {
-                let values: Vec<Option<f64>> = windows
+            .map(|metric| {
+                let values = windows
                     .iter()
                     .map(|w| {
                         quality_rows
@@ -510,11 +482,11 @@ async fn model_page(
                             .and_then(|row| alerting::lifecycle::metric_value(&row.metrics, metric))
                     })
                     .collect();
-                json!({"label": metric, "values": values, "color": color})
+                (*metric, values)
             })
             .collect();
         let operations = by_series.get("operations");
-        let coverage: Vec<Option<f64>> = windows
+        let coverage = windows
             .iter()
             .map(|w| {
                 let matched = quality_rows.get(w)?.metrics.quality.as_ref()?.matched;
@@ -522,38 +494,196 @@ async fn model_page(
                 (predictions > 0).then(|| matched as f64 / predictions as f64)
             })
             .collect();
-        chart_series.push(json!({"label": "label coverage", "values": coverage, "color": "#9a6700", "dash": true}));
+        QualityView { metrics, coverage }
+    });
+
+    let alerts = state.store.alerts(Some(&model), 50).await?;
+    Ok(Ok(ModelView {
+        versions: mine.iter().map(|v| v.model_version.clone()).collect(),
+        model,
+        version,
+        segment,
+        score,
+        windows,
+        series,
+        quality,
+        alerts,
+    }))
+}
+
+/// The version, segment and score pickers.
+fn render_controls(view: &ModelView) -> String {
+    let mut body = String::from("<form class=\"controls\" method=\"get\">");
+    let _ = write!(
+        body,
+        "<label>Version <select name=\"version\">{}</select></label>",
+        view.versions
+            .iter()
+            .map(|v| format!(
+                "<option{sel}>{v}</option>",
+                sel = if *v == view.version { " selected" } else { "" },
+                v = escape(v)
+            ))
+            .collect::<String>()
+    );
+    let _ = write!(
+        body,
+        "<label>Segment <input name=\"segment\" value=\"{}\"></label>",
+        escape(&view.segment)
+    );
+    let _ = write!(
+        body,
+        "<label>Score <select name=\"score\">{}</select></label><button>Show</button></form>",
+        SCORES
+            .iter()
+            .map(|test| format!(
+                "<option value=\"{name}\"{sel}>{label}</option>",
+                name = test.as_str(),
+                label = test.display_name(),
+                sel = if *test == view.score { " selected" } else { "" }
+            ))
+            .collect::<String>()
+    );
+    body
+}
+
+/// Series × window, coloured by score / threshold.
+fn render_heatmap(view: &ModelView) -> String {
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h2>Drift: {score_label} per series and window (UTC)</h2><p class=\"legend\">\
+<span style=\"background:#d8f0dc\">below half the threshold</span> \
+<span style=\"background:#fbe7a1\">below the threshold</span> \
+<span style=\"background:hsl(4,75%,56%)\">drifted</span> · ● = the test's drift verdict</p>\
+<div class=\"scroll\"><table class=\"heatmap\" id=\"heatmap\"><thead><tr><th></th>",
+        score_label = view.score.display_name()
+    );
+    for window in &view.windows {
         let _ = write!(
             body,
-            "<h2>Model quality</h2><section class=\"card wide\"><div class=\"chart\" data-chart=\"{}\"></div></section>",
-            charts.len()
+            "<th title=\"{}\">{}</th>",
+            time(*window),
+            chrono::DateTime::from_timestamp_millis(*window)
+                .map(|t| t.format("%d %Hh").to_string())
+                .unwrap_or_default()
         );
-        charts.push(json!({"kind": "time", "title": "quality and label coverage", "x": x, "series": chart_series}));
     }
+    body.push_str("</tr></thead><tbody>");
+    for series in &view.series {
+        let _ = write!(body, "<tr><th>{}</th>", escape(&series.name));
+        for (window, cell) in view.windows.iter().zip(&series.cells) {
+            match cell {
+                Some(cell) => {
+                    let ratio = if cell.threshold > 0.0 {
+                        cell.value / cell.threshold
+                    } else {
+                        0.0
+                    };
+                    let _ = write!(
+                        body,
+                        "<td class=\"cell{d}\" style=\"background:{c}\" title=\"{n} {t}: {v:.4} (threshold {th:.4})\">{mark}</td>",
+                        d = if cell.drifted { " drifted" } else { "" },
+                        c = heat(ratio),
+                        n = escape(&series.name),
+                        t = time(*window),
+                        v = cell.value,
+                        th = cell.threshold,
+                        mark = if cell.drifted { "●" } else { "" },
+                    );
+                }
+                None => body.push_str("<td class=\"cell empty\"></td>"),
+            }
+        }
+        body.push_str("</tr>");
+    }
+    body.push_str("</tbody></table></div>");
+    body
+}
 
-    // Alerts.
-    let alerts = state.store.alerts(Some(&model), 50).await?;
-    body.push_str("<h2>Alerts</h2>");
-    if alerts.is_empty() {
-        body.push_str("<p>No alert.</p>");
-    } else {
-        body.push_str("<table class=\"list\" id=\"alerts\"><thead><tr><th>Window (UTC)</th><th>Status</th><th>Severity</th><th>Summary</th><th>Id</th></tr></thead><tbody>");
-        for alert in &alerts {
-            let _ = write!(
-                body,
-                "<tr class=\"{status}\"><td>{w}</td><td>{status}{repeat}</td><td>{sev}</td><td>{sum}</td><td><code>{id}</code></td></tr>",
-                w = time(alert.window_start),
-                status = alert.status.as_str(),
-                repeat = if alert.repeat { " (repeat)" } else { "" },
-                sev = alert.severity.as_str(),
-                sum = escape(&alert.summary),
-                id = escape(&alert.id),
+/// Per series, its score against the threshold over time and its
+/// distribution against the reference.
+fn render_series(view: &ModelView, charts: &mut Charts) -> String {
+    let score_label = view.score.display_name();
+    let x: Vec<i64> = view.windows.iter().map(|w| w / 1000).collect();
+    let mut body = String::from("<h2>Per series</h2><div class=\"grid\">");
+    for series in &view.series {
+        let _ = write!(
+            body,
+            "<section class=\"card\"><h3>{}</h3>",
+            escape(&series.name)
+        );
+        let values: Vec<Option<f64>> = series
+            .cells
+            .iter()
+            .map(|cell| cell.map(|cell| cell.value))
+            .collect();
+        if values.iter().any(Option::is_some) {
+            body.push_str(&charts.add(json!({
+                "kind": "time",
+                "title": format!("{score_label} vs threshold"),
+                "x": x,
+                "series": [
+                    {"label": score_label, "values": values, "color": "#1f6feb"},
+                    {"label": "threshold", "values": vec![series.threshold; x.len()], "color": "#d1242f", "dash": true},
+                ],
+            })));
+        } else {
+            body.push_str(
+                "<p class=\"note\">No score: the reference profile has no such series.</p>",
             );
         }
-        body.push_str("</tbody></table>");
+        if let Some(chart) = &series.distribution {
+            body.push_str(&charts.add(chart.clone()));
+        }
+        body.push_str("</section>");
     }
-    let data = json!({"charts": charts});
-    Ok(page(&model, &body, Some(&data)).into_response())
+    body.push_str("</div>");
+    body
+}
+
+/// Quality metrics and label coverage over time (nothing without labels).
+fn render_quality(view: &ModelView, charts: &mut Charts) -> String {
+    let Some(quality) = &view.quality else {
+        return String::new();
+    };
+    let colors = ["#1f6feb", "#8250df", "#1a7f37"];
+    let mut chart_series: Vec<Value> = quality
+        .metrics
+        .iter()
+        .zip(colors)
+        .map(|((metric, values), color)| json!({"label": metric, "values": values, "color": color}))
+        .collect();
+    chart_series.push(json!({"label": "label coverage", "values": quality.coverage, "color": "#9a6700", "dash": true}));
+    let x: Vec<i64> = view.windows.iter().map(|w| w / 1000).collect();
+    format!(
+        "<h2>Model quality</h2><section class=\"card wide\">{}</section>",
+        charts.add(json!({"kind": "time", "title": "quality and label coverage", "x": x, "series": chart_series}))
+    )
+}
+
+/// The model's latest alerts.
+fn render_alerts(alerts: &[store::AlertRecord]) -> String {
+    let mut body = String::from("<h2>Alerts</h2>");
+    if alerts.is_empty() {
+        body.push_str("<p>No alert.</p>");
+        return body;
+    }
+    body.push_str("<table class=\"list\" id=\"alerts\"><thead><tr><th>Window (UTC)</th><th>Status</th><th>Severity</th><th>Summary</th><th>Id</th></tr></thead><tbody>");
+    for alert in alerts {
+        let _ = write!(
+            body,
+            "<tr class=\"{status}\"><td>{w}</td><td>{status}{repeat}</td><td>{sev}</td><td>{sum}</td><td><code>{id}</code></td></tr>",
+            w = time(alert.window_start),
+            status = alert.status.as_str(),
+            repeat = if alert.repeat { " (repeat)" } else { "" },
+            sev = alert.severity.as_str(),
+            sum = escape(&alert.summary),
+            id = escape(&alert.id),
+        );
+    }
+    body.push_str("</tbody></table>");
+    body
 }
 
 /// Reference vs current: quantile curves for numeric series, category
