@@ -94,7 +94,19 @@ pub const LARGE_SAMPLE_WARNING: f64 = 10_000.0;
 
 /// A drift test (see the module table): what its value is, how it is
 /// read against its threshold, and the threshold it takes by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftTest {
     /// Population stability index against the reference.
@@ -246,7 +258,7 @@ impl std::fmt::Display for DriftTest {
 }
 
 /// One test's outcome for one series in one window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TestResult {
     /// Which test.
     pub test: DriftTest,
@@ -350,7 +362,7 @@ pub fn compare_with_previous(
 }
 
 /// Metrics of one series in one window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FeatureWindowMetrics {
     /// Numeric or categorical.
     pub kind: FeatureKind,

@@ -91,7 +91,7 @@ pub enum QualitySketch {
 }
 
 /// The numbers derived from a [`QualitySketch`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QualityMetrics {
     /// Predictions joined with an actual.
     pub matched: u64,

@@ -37,7 +37,7 @@ pub const OTHER_SEGMENT_VALUE: &str = "__other__";
 pub const MISSING_SEGMENT_VALUE: &str = "__missing__";
 
 /// How a feature's values are summarised and compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FeatureKind {
     /// Real numbers: moments, quantiles, reference-bin counts; PSI and KS.

@@ -427,6 +427,27 @@ async fn every_dashboard_query_returns_rows_with_the_expected_columns_from_click
                 ));
             }
         }
+        // Every option of the drift-score picker is a column the store
+        // writes: the queries that use it run with each.
+        let score_options: Vec<&str> = dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|variable| variable["name"] == "score")
+            .flat_map(|variable| variable["options"].as_array().unwrap())
+            .map(|option| option["value"].as_str().unwrap())
+            .collect();
+        for (key, sql, _) in queries
+            .iter()
+            .filter(|(_, sql, _)| sql.contains("${score}"))
+        {
+            for option in &score_options {
+                let mut with_option = variables.clone();
+                with_option.insert("score", vec![option]);
+                let (_, rows) = run(&database, &expand(sql, &with_option, from, to, 600));
+                assert!(!rows.is_empty(), "{key} with score {option}: no rows");
+            }
+        }
         for (key, sql, time_series) in queries {
             let sql = expand(&sql, &variables, from, to, 600);
             let (columns, rows) = run(&database, &sql);

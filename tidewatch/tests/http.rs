@@ -143,14 +143,18 @@ async fn get_json(address: SocketAddr, path: &str) -> (u16, Value) {
     (status, serde_json::from_slice(&body).unwrap())
 }
 
-/// Checks `value` against `schema` of the OpenAPI document: types and
-/// required fields, recursively (enough to catch an undocumented shape).
+/// Checks `value` against `schema` of the OpenAPI document: types, constants,
+/// required fields and no undocumented field, recursively.
 fn conforms(document: &Value, schema: &Value, value: &Value, at: &str) {
     if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
         let target = document.pointer(reference.trim_start_matches('#')).unwrap();
         return conforms(document, target, value, at);
     }
-    if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
+    if let Some(options) = schema
+        .get("oneOf")
+        .or_else(|| schema.get("anyOf"))
+        .and_then(Value::as_array)
+    {
         assert!(
             options.iter().any(|option| {
                 std::panic::catch_unwind(|| conforms(document, option, value, at)).is_ok()
@@ -182,7 +186,14 @@ fn conforms(document: &Value, schema: &Value, value: &Value, at: &str) {
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
         assert!(allowed.contains(value), "{at}: {value} not in {allowed:?}");
     }
-    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+    if let Some(constant) = schema.get("const") {
+        assert_eq!(value, constant, "{at}");
+    }
+    // `required` constrains objects only (a nullable object may be null).
+    if let (Some(required), true) = (
+        schema.get("required").and_then(Value::as_array),
+        value.is_object(),
+    ) {
         for field in required {
             let field = field.as_str().unwrap();
             assert!(
@@ -199,6 +210,12 @@ fn conforms(document: &Value, schema: &Value, value: &Value, at: &str) {
             if let Some(inner) = object.get(name) {
                 conforms(document, property, inner, &format!("{at}.{name}"));
             }
+        }
+        for name in object.keys() {
+            assert!(
+                properties.contains_key(name),
+                "{at}: `{name}` is not documented"
+            );
         }
     }
     if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {

@@ -135,11 +135,46 @@ pub async fn serve(
 /// How long open connections may take to finish after shutdown.
 pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The OpenAPI 3.1 document describing `/api/v1`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The hand-written part of the OpenAPI document: routes, parameters and
+/// every schema but those derived from Rust types (see [`openapi_document`]).
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// Schemas of the OpenAPI document derived from the types the API
+/// serializes, so that a field added to them is documented with it:
+/// `FeatureWindowMetrics` (the `metrics` of a metrics row).
+fn derived_schemas() -> Vec<(&'static str, serde_json::Value)> {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.inline_subschemas = true;
+    let generator = settings.into_generator();
+    let mut metrics = generator
+        .into_root_schema_for::<detectors::FeatureWindowMetrics>()
+        .to_value();
+    if let Some(object) = metrics.as_object_mut() {
+        object.remove("$schema");
+    }
+    vec![("FeatureWindowMetrics", metrics)]
+}
+
+/// The OpenAPI 3.1 document describing `/api/v1`: `openapi.json` with the
+/// derived schemas filled in.
+pub fn openapi_document() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| {
+        let mut document: serde_json::Value =
+            serde_json::from_str(OPENAPI).expect("openapi.json is valid JSON (tested)");
+        let schemas = document
+            .pointer_mut("/components/schemas")
+            .and_then(serde_json::Value::as_object_mut)
+            .expect("openapi.json has components.schemas (tested)");
+        for (name, schema) in derived_schemas() {
+            schemas.insert(name.to_owned(), schema);
+        }
+        document
+    });
+    &DOCUMENT
+}
 
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    axum::Json(openapi_document()).into_response()
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<Arc<AppState>>) -> Response {
