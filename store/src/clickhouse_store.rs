@@ -10,7 +10,8 @@ use detectors::ReferenceProfile;
 
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
-    MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow, ReferenceRow, SketchRow, TABLES,
+    FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
+    ReferenceRow, SketchRow, TABLES,
 };
 use crate::schema::{clickhouse_create, clickhouse_select, missing_columns, Table};
 use crate::{
@@ -236,41 +237,29 @@ impl Backend for ClickHouseStore {
     }
 
     async fn window_metrics(&self, query: MetricsQuery) -> Result<Vec<WindowMetrics>> {
+        let filter = MetricsFilter::new(query);
         let mut sql = format!("{} WHERE 1 = 1", select::<MetricsRow>());
-        let mut filters: Vec<&str> = Vec::new();
-        for (column, value) in [
-            ("model", &query.model),
-            ("model_version", &query.model_version),
-            ("segment", &query.segment),
-            ("feature", &query.feature),
-        ] {
-            if let Some(value) = value {
-                sql.push_str(&format!(" AND {column} = ?"));
-                filters.push(value);
+        for (column, operator, value) in &filter.conditions {
+            match value {
+                FilterValue::Text(_) => sql.push_str(&format!(" AND {column} {operator} ?")),
+                FilterValue::Seconds(_) => {
+                    sql.push_str(&format!(" AND {column} {operator} toDateTime(?)"))
+                }
             }
         }
-        if query.from_ms.is_some() {
-            sql.push_str(" AND window_start >= toDateTime(?)");
-        }
-        if query.to_ms.is_some() {
-            sql.push_str(" AND window_start < toDateTime(?)");
-        }
-        sql.push_str(" ORDER BY model, model_version, segment, feature, window_start");
+        sql.push_str(&format!(" ORDER BY {}", MetricsFilter::ORDER_BY));
         // `LIMIT offset, count`: the form every ClickHouse release reads.
-        match (query.limit, query.offset) {
+        match (filter.limit, filter.offset) {
             (Some(limit), offset) => sql.push_str(&format!(" LIMIT {offset}, {limit}")),
             (None, 0) => {}
             (None, offset) => sql.push_str(&format!(" LIMIT {offset}, {}", u64::MAX >> 1)),
         }
         let mut statement = self.client.query(&sql);
-        for filter in filters {
-            statement = statement.bind(filter);
-        }
-        if let Some(from) = query.from_ms {
-            statement = statement.bind(lower_bound_seconds(from));
-        }
-        if let Some(to) = query.to_ms {
-            statement = statement.bind(upper_bound_seconds(to));
+        for (_, _, value) in filter.conditions {
+            statement = match value {
+                FilterValue::Text(text) => statement.bind(text),
+                FilterValue::Seconds(seconds) => statement.bind(seconds),
+            };
         }
         let rows = statement.fetch_all::<MetricsRow>().await?;
         rows.into_iter().map(MetricsRow::into_record).collect()

@@ -16,7 +16,8 @@ use rusqlite::{params, Connection};
 
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
-    MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow, ReferenceRow, SketchRow, TABLES,
+    FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
+    ReferenceRow, SketchRow, TABLES,
 };
 use crate::schema::{
     missing_columns, sqlite_create, sqlite_insert_or_ignore, sqlite_select, sqlite_upsert, Table,
@@ -244,30 +245,19 @@ impl Backend for EmbeddedStore {
     }
 
     async fn window_metrics(&self, query: MetricsQuery) -> Result<Vec<WindowMetrics>> {
+        let filter = MetricsFilter::new(query);
         self.with(move |connection| {
             let mut condition = "1 = 1".to_owned();
             let mut values: Vec<rusqlite::types::Value> = Vec::new();
-            for (column, value) in [
-                ("model", &query.model),
-                ("model_version", &query.model_version),
-                ("segment", &query.segment),
-                ("feature", &query.feature),
-            ] {
-                if let Some(value) = value {
-                    values.push(value.clone().into());
-                    condition.push_str(&format!(" AND {column} = ?{}", values.len()));
-                }
+            for (column, operator, value) in filter.conditions {
+                values.push(match value {
+                    FilterValue::Text(text) => text.into(),
+                    FilterValue::Seconds(seconds) => i64::from(seconds).into(),
+                });
+                condition.push_str(&format!(" AND {column} {operator} ?{}", values.len()));
             }
-            if let Some(from) = query.from_ms {
-                values.push(i64::from(lower_bound_seconds(from)).into());
-                condition.push_str(&format!(" AND window_start >= ?{}", values.len()));
-            }
-            if let Some(to) = query.to_ms {
-                values.push(i64::from(upper_bound_seconds(to)).into());
-                condition.push_str(&format!(" AND window_start < ?{}", values.len()));
-            }
-            condition.push_str(" ORDER BY model, model_version, segment, feature, window_start");
-            match (query.limit, query.offset) {
+            condition.push_str(&format!(" ORDER BY {}", MetricsFilter::ORDER_BY));
+            match (filter.limit, filter.offset) {
                 (Some(limit), offset) => {
                     condition.push_str(&format!(" LIMIT {limit} OFFSET {offset}"))
                 }

@@ -686,3 +686,61 @@ impl Table for AlertProgressRow {
         sqlite_index: &[],
     };
 }
+
+/// A bound value of a [`MetricsFilter`] condition.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum FilterValue {
+    Text(String),
+    /// A `DateTime` column's value, seconds.
+    Seconds(u32),
+}
+
+/// The `WHERE` conditions, order and page of a [`crate::MetricsQuery`] over
+/// `window_metrics`, for each backend to write in its dialect.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MetricsFilter {
+    /// `(column, operator, value)`, all joined by `AND`.
+    pub conditions: Vec<(&'static str, &'static str, FilterValue)>,
+    /// Rows at most (`None`: all).
+    pub limit: Option<u64>,
+    /// Rows skipped first.
+    pub offset: u64,
+}
+
+impl MetricsFilter {
+    /// The order the rows are paged in.
+    pub const ORDER_BY: &'static str = "model, model_version, segment, feature, window_start";
+
+    pub(crate) fn new(query: crate::MetricsQuery) -> Self {
+        let mut conditions = Vec::new();
+        for (column, value) in [
+            ("model", query.model),
+            ("model_version", query.model_version),
+            ("segment", query.segment),
+            ("feature", query.feature),
+        ] {
+            if let Some(value) = value {
+                conditions.push((column, "=", FilterValue::Text(value)));
+            }
+        }
+        if let Some(from) = query.from_ms {
+            conditions.push((
+                "window_start",
+                ">=",
+                FilterValue::Seconds(lower_bound_seconds(from)),
+            ));
+        }
+        if let Some(to) = query.to_ms {
+            conditions.push((
+                "window_start",
+                "<",
+                FilterValue::Seconds(upper_bound_seconds(to)),
+            ));
+        }
+        Self {
+            conditions,
+            limit: query.limit,
+            offset: query.offset,
+        }
+    }
+}
