@@ -1,0 +1,637 @@
+//! `[serving]`: the gateway's settings, validated once into a
+//! [`ServingSettings`] whose route table holds loaded models.
+//!
+//! ```toml
+//! [serving]
+//! listen = "127.0.0.1:8090"
+//! request_timeout = "5s"
+//!
+//! [serving.log]
+//! topic = "predictions"          # default: the first prediction topic of [kafka]
+//! buffer = 100000                # events; beyond it they are dropped and counted
+//!
+//! [[serving.models]]
+//! name = "churn"                 # the [[models]] entry it logs for
+//! input = "columns"              # or "per_feature"
+//! champion = "7"
+//! challenger = "8"
+//! challenger_mode = "shadow"     # or "canary" with canary_share = 0.1
+//! versions = [
+//!   { version = "7", runtime = "linear", path = "models/churn-7.json" },
+//!   { version = "8", runtime = "proxy", url = "http://127.0.0.1:8080", upstream_model = "churn" },
+//! ]
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use detectors::spec::Task;
+use serde::Deserialize;
+
+use crate::features::InputLayout;
+use crate::linear::LinearModel;
+use crate::model::{Runtime, ServedModel};
+use crate::outputs::OutputMapping;
+use crate::proxy::Proxy;
+use crate::routes::{Aliases, ChallengerMode, RouteTable};
+
+/// A setting that is not valid: its key within `[serving]` and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSetting {
+    /// The key within `[serving]` (`models[0].versions[1].url`).
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> InvalidSetting {
+    InvalidSetting {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// `[serving]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServing {
+    /// Address the gateway listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Longest a request may take end to end (upstream calls included), and
+    /// the longest a client may take to send its headers.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connections served at once; more are closed as they arrive.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request body accepted.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Shadow calls in flight at once; a request finding none free skips its
+    /// shadow call (counted in `tidewatch_serving_shadow_skipped_total`).
+    #[serde(default = "default_max_shadow_in_flight")]
+    pub max_shadow_in_flight: usize,
+    /// The inference log.
+    #[serde(default)]
+    pub log: RawLog,
+    /// The models served.
+    pub models: Vec<RawServedModel>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8090".into()
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_body_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_shadow_in_flight() -> usize {
+    256
+}
+
+/// `[serving.log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// The predictions topic (default: the first prediction topic read by
+    /// `[kafka]`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Events buffered for the broker (the channel; librdkafka's queue holds
+    /// as many again). Beyond it, events are dropped and counted.
+    #[serde(default = "default_log_buffer")]
+    pub buffer: usize,
+    /// How long librdkafka retries an event before dropping it.
+    #[serde(default = "default_message_timeout", with = "humantime_serde")]
+    pub message_timeout: Duration,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            topic: None,
+            buffer: default_log_buffer(),
+            message_timeout: default_message_timeout(),
+        }
+    }
+}
+
+fn default_log_buffer() -> usize {
+    100_000
+}
+fn default_message_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// How a model's requests carry its features.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawInput {
+    /// One 2-D tensor, the features as columns in order.
+    #[default]
+    Columns,
+    /// One tensor per feature, named like it.
+    PerFeature,
+}
+
+/// How a challenger takes part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawChallengerMode {
+    /// Called beside the champion, answer logged only.
+    #[default]
+    Shadow,
+    /// Answers `canary_share` of requests.
+    Canary,
+}
+
+/// `[[serving.models]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServedModel {
+    /// The model's name: the `[[models]]` entry whose features it logs.
+    pub name: String,
+    /// Input layout.
+    #[serde(default)]
+    pub input: RawInput,
+    /// `columns`: the input tensor's name (any single input when absent).
+    #[serde(default)]
+    pub input_tensor: Option<String>,
+    /// The output with class probabilities `[N, C]`.
+    #[serde(default)]
+    pub probabilities_output: Option<String>,
+    /// The output with labels (classification) or values (regression).
+    #[serde(default)]
+    pub label_output: Option<String>,
+    /// Class names in probability-column order.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// The version that answers.
+    pub champion: String,
+    /// A version tried beside it.
+    #[serde(default)]
+    pub challenger: Option<String>,
+    /// How the challenger takes part.
+    #[serde(default)]
+    pub challenger_mode: RawChallengerMode,
+    /// `canary`: the share of requests it answers, in (0, 1].
+    #[serde(default)]
+    pub canary_share: Option<f64>,
+    /// The versions and their runtimes.
+    pub versions: Vec<RawVersion>,
+}
+
+/// One version and its runtime.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "runtime", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawVersion {
+    /// A `tidewatch.linear.v1` file, in process.
+    Linear {
+        version: String,
+        /// Relative to the config file.
+        path: PathBuf,
+    },
+    /// An upstream Open Inference Protocol server.
+    Proxy {
+        version: String,
+        /// `http://host:port`.
+        url: String,
+        /// The model's name upstream (default: the model's name).
+        #[serde(default)]
+        upstream_model: Option<String>,
+        /// The version asked for upstream (default: the upstream's choice).
+        #[serde(default)]
+        upstream_version: Option<String>,
+        /// Requests in flight upstream at once.
+        #[serde(default = "default_upstream_in_flight")]
+        max_in_flight: usize,
+    },
+}
+
+fn default_upstream_in_flight() -> usize {
+    64
+}
+
+/// What the gateway needs to know of a monitored model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitoredModel {
+    /// Its configured features, in order.
+    pub features: Vec<String>,
+    /// Classification or regression.
+    pub task: Task,
+}
+
+/// Validated `[serving.log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    topic: String,
+    buffer: usize,
+    message_timeout: Duration,
+}
+
+impl LogSettings {
+    /// The predictions topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Events buffered (channel; librdkafka holds as many again).
+    pub fn buffer(&self) -> usize {
+        self.buffer
+    }
+
+    /// How long librdkafka retries an event.
+    pub fn message_timeout(&self) -> Duration {
+        self.message_timeout
+    }
+}
+
+/// Validated `[serving]`, models loaded.
+pub struct ServingSettings {
+    listen: SocketAddr,
+    request_timeout: Duration,
+    max_connections: usize,
+    max_body_bytes: usize,
+    max_shadow_in_flight: usize,
+    log: LogSettings,
+    routes: Arc<RouteTable>,
+}
+
+impl std::fmt::Debug for ServingSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingSettings")
+            .field("listen", &self.listen)
+            .field(
+                "models",
+                &self
+                    .routes
+                    .models()
+                    .map(|m| m.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServingSettings {
+    /// Where the gateway listens.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+    /// End-to-end request bound.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+    /// Connections served at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+    /// Largest request body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes
+    }
+    /// Shadow calls in flight at once.
+    pub fn max_shadow_in_flight(&self) -> usize {
+        self.max_shadow_in_flight
+    }
+    /// The inference log.
+    pub fn log(&self) -> &LogSettings {
+        &self.log
+    }
+    /// The served models and their aliases.
+    pub fn routes(&self) -> &Arc<RouteTable> {
+        &self.routes
+    }
+}
+
+impl RawServing {
+    /// Validates the section and loads the models: `monitored` gives the
+    /// features and task of each `[[models]]` entry, `default_topic` the
+    /// predictions topic when `[serving.log]` names none, `base` the folder
+    /// model paths are relative to.
+    pub fn validate(
+        self,
+        monitored: &BTreeMap<String, MonitoredModel>,
+        default_topic: Option<&str>,
+        base: &Path,
+    ) -> Result<ServingSettings, InvalidSetting> {
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            invalid(
+                "listen",
+                format!("`{}` is not an address:port: {e}", self.listen),
+            )
+        })?;
+        if self.request_timeout.is_zero() {
+            return Err(invalid("request_timeout", "must be positive"));
+        }
+        for (key, value) in [
+            ("max_connections", self.max_connections),
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_shadow_in_flight", self.max_shadow_in_flight),
+            ("log.buffer", self.log.buffer),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.log.message_timeout.is_zero() {
+            return Err(invalid("log.message_timeout", "must be positive"));
+        }
+        let topic = self
+            .log
+            .topic
+            .or_else(|| default_topic.map(str::to_owned))
+            .ok_or_else(|| {
+                invalid(
+                    "log.topic",
+                    "no topic given and [kafka] reads no prediction topic",
+                )
+            })?;
+        if topic.trim().is_empty() {
+            return Err(invalid("log.topic", "must not be empty"));
+        }
+        if self.models.is_empty() {
+            return Err(invalid("models", "must list at least one model"));
+        }
+        let mut served = Vec::with_capacity(self.models.len());
+        for (index, model) in self.models.into_iter().enumerate() {
+            served.push(model.validate(
+                &format!("models[{index}]"),
+                monitored,
+                self.request_timeout,
+                base,
+            )?);
+        }
+        let routes = RouteTable::new(served).map_err(|e| invalid("models", e.to_string()))?;
+        Ok(ServingSettings {
+            listen,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            max_body_bytes: self.max_body_bytes,
+            max_shadow_in_flight: self.max_shadow_in_flight,
+            log: LogSettings {
+                topic,
+                buffer: self.log.buffer,
+                message_timeout: self.log.message_timeout,
+            },
+            routes: Arc::new(routes),
+        })
+    }
+}
+
+impl RawServedModel {
+    fn validate(
+        self,
+        at: &str,
+        monitored: &BTreeMap<String, MonitoredModel>,
+        timeout: Duration,
+        base: &Path,
+    ) -> Result<(ServedModel, Aliases), InvalidSetting> {
+        let spec = monitored.get(&self.name).ok_or_else(|| {
+            invalid(
+                format!("{at}.name"),
+                format!(
+                    "`{}` is not a [[models]] entry: its features and task come from there",
+                    self.name
+                ),
+            )
+        })?;
+        let layout = match self.input {
+            RawInput::Columns => InputLayout::Columns {
+                tensor: self.input_tensor,
+            },
+            RawInput::PerFeature if self.input_tensor.is_some() => {
+                return Err(invalid(
+                    format!("{at}.input_tensor"),
+                    "only with input = \"columns\"",
+                ))
+            }
+            RawInput::PerFeature => InputLayout::PerFeature,
+        };
+        if spec.task == Task::Regression
+            && (self.probabilities_output.is_some() || !self.classes.is_empty())
+        {
+            return Err(invalid(
+                format!("{at}.probabilities_output"),
+                "a regression model has no class probabilities or classes",
+            ));
+        }
+        let mut versions = BTreeMap::new();
+        for (index, version) in self.versions.into_iter().enumerate() {
+            let key = format!("{at}.versions[{index}]");
+            let (name, runtime) = match version {
+                RawVersion::Linear { version, path } => {
+                    let path = base.join(path);
+                    let text = std::fs::read(&path).map_err(|e| {
+                        invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
+                    })?;
+                    let linear = LinearModel::from_json(&text).map_err(|e| {
+                        invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
+                    })?;
+                    if linear.task() != spec.task {
+                        return Err(invalid(
+                            format!("{key}.path"),
+                            format!(
+                                "a {:?} model, the [[models]] entry is {:?}",
+                                linear.task(),
+                                spec.task
+                            ),
+                        ));
+                    }
+                    if let Some(missing) = linear
+                        .features()
+                        .iter()
+                        .find(|f| !spec.features.contains(f))
+                    {
+                        return Err(invalid(
+                            format!("{key}.path"),
+                            format!(
+                                "the model reads `{missing}`, not a feature of `{}`",
+                                self.name
+                            ),
+                        ));
+                    }
+                    (version, Runtime::Linear(linear))
+                }
+                RawVersion::Proxy {
+                    version,
+                    url,
+                    upstream_model,
+                    upstream_version,
+                    max_in_flight,
+                } => {
+                    let proxy = Proxy::new(
+                        &url,
+                        upstream_model.unwrap_or_else(|| self.name.clone()),
+                        upstream_version,
+                        timeout,
+                        max_in_flight,
+                    )
+                    .map_err(|e| invalid(format!("{key}.url"), e))?;
+                    (version, Runtime::Proxy(proxy))
+                }
+            };
+            if name.trim().is_empty() {
+                return Err(invalid(format!("{key}.version"), "must not be empty"));
+            }
+            if versions.insert(name.clone(), Arc::new(runtime)).is_some() {
+                return Err(invalid(
+                    format!("{key}.version"),
+                    format!("version `{name}` is listed twice"),
+                ));
+            }
+        }
+        let challenger = match (self.challenger, self.challenger_mode, self.canary_share) {
+            (None, _, Some(_)) => {
+                return Err(invalid(format!("{at}.canary_share"), "needs a challenger"))
+            }
+            (None, _, None) => None,
+            (Some(version), RawChallengerMode::Shadow, None) => {
+                Some((version, ChallengerMode::Shadow))
+            }
+            (Some(_), RawChallengerMode::Shadow, Some(_)) => {
+                return Err(invalid(
+                    format!("{at}.canary_share"),
+                    "only with challenger_mode = \"canary\"",
+                ))
+            }
+            (Some(version), RawChallengerMode::Canary, share) => {
+                let share = share.ok_or_else(|| {
+                    invalid(format!("{at}.canary_share"), "a canary needs its share")
+                })?;
+                if !(share > 0.0 && share <= 1.0) {
+                    return Err(invalid(format!("{at}.canary_share"), "must be in (0, 1]"));
+                }
+                Some((
+                    version,
+                    ChallengerMode::Canary {
+                        per_million: (share * 1_000_000.0).round() as u32,
+                    },
+                ))
+            }
+        };
+        let model = ServedModel {
+            name: self.name,
+            features: spec.features.clone(),
+            layout,
+            outputs: OutputMapping {
+                task: spec.task,
+                probabilities: self.probabilities_output,
+                label: self.label_output,
+                classes: self.classes,
+            },
+            versions,
+        };
+        let aliases = Aliases {
+            champion: self.champion,
+            challenger,
+        };
+        Ok((model, aliases))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitored() -> BTreeMap<String, MonitoredModel> {
+        BTreeMap::from([(
+            "churn".to_owned(),
+            MonitoredModel {
+                features: vec!["age".into(), "tenure".into()],
+                task: Task::Classification,
+            },
+        )])
+    }
+
+    fn validate(text: &str) -> Result<ServingSettings, InvalidSetting> {
+        let directory =
+            std::env::temp_dir().join(format!("tidewatch-serving-config-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let model = LinearModel::classifier(
+            vec!["age".into(), "tenure".into()],
+            vec!["0".into(), "1".into()],
+            vec![vec![0.1, 0.2]],
+            vec![0.0],
+        )
+        .unwrap();
+        std::fs::write(directory.join("m.json"), model.to_json()).unwrap();
+        let raw: RawServing = toml::from_str(text).map_err(|e| invalid("toml", e.to_string()))?;
+        raw.validate(&monitored(), Some("predictions"), &directory)
+    }
+
+    const VERSIONS: &str = r#"versions = [
+        { version = "1", runtime = "linear", path = "m.json" },
+        { version = "2", runtime = "proxy", url = "http://127.0.0.1:9" },
+    ]"#;
+
+    #[test]
+    fn a_valid_section_loads_its_models() {
+        let settings = validate(&format!(
+            "[[models]]\nname = \"churn\"\nchampion = \"1\"\nchallenger = \"2\"\nchallenger_mode = \"canary\"\ncanary_share = 0.25\n{VERSIONS}"
+        ))
+        .unwrap();
+        assert_eq!(settings.log().topic(), "predictions");
+        assert_eq!(settings.listen().to_string(), "127.0.0.1:8090");
+        let (model, aliases) = settings.routes().get("churn").unwrap();
+        assert_eq!(model.versions.len(), 2);
+        assert_eq!(
+            aliases.challenger,
+            Some((
+                "2".into(),
+                ChallengerMode::Canary {
+                    per_million: 250_000
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn invalid_sections_name_the_key() {
+        let key = |text: &str| validate(text).unwrap_err().key;
+        assert_eq!(
+            key(&format!(
+                "[[models]]\nname = \"other\"\nchampion = \"1\"\n{VERSIONS}"
+            )),
+            "models[0].name"
+        );
+        assert_eq!(
+            key(&format!(
+                "[[models]]\nname = \"churn\"\nchampion = \"3\"\n{VERSIONS}"
+            )),
+            "models"
+        );
+        assert_eq!(
+            key(&format!("[[models]]\nname = \"churn\"\nchampion = \"1\"\nchallenger = \"2\"\nchallenger_mode = \"canary\"\n{VERSIONS}")),
+            "models[0].canary_share"
+        );
+        assert_eq!(
+            key("[[models]]\nname = \"churn\"\nchampion = \"1\"\nversions = [{ version = \"1\", runtime = \"linear\", path = \"absent.json\" }]"),
+            "models[0].versions[0].path"
+        );
+        assert_eq!(
+            key("[[models]]\nname = \"churn\"\nchampion = \"1\"\nversions = [{ version = \"1\", runtime = \"proxy\", url = \"ftp://x\" }]"),
+            "models[0].versions[0].url"
+        );
+        assert_eq!(
+            key(&format!(
+                "listen = \"nowhere\"\n[[models]]\nname = \"churn\"\nchampion = \"1\"\n{VERSIONS}"
+            )),
+            "listen"
+        );
+        assert_eq!(
+            key("[[models]]\nname = \"churn\"\nchampion = \"1\"\nversions = [{ version = \"1\", runtime = \"linear\", path = \"m.json\", extra = 1 }]"),
+            "toml"
+        );
+    }
+}

@@ -1,0 +1,119 @@
+//! A served model: its features, how its inputs and outputs map to them,
+//! and the runtime of each version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::features::{FeatureBatch, InputLayout};
+use crate::linear::LinearModel;
+use crate::outputs::OutputMapping;
+use crate::protocol::{Datatype, InferRequest, InferResponse, ModelMetadata, TensorMetadata};
+use crate::proxy::Proxy;
+use crate::Error;
+
+/// What computes a version's answers.
+#[derive(Debug)]
+pub enum Runtime {
+    /// A `tidewatch.linear.v1` model, in process.
+    Linear(LinearModel),
+    /// An upstream Open Inference Protocol server.
+    Proxy(Proxy),
+}
+
+impl Runtime {
+    /// The runtime's name in model metadata.
+    pub fn platform(&self) -> &'static str {
+        match self {
+            Runtime::Linear(_) => "tidewatch_linear",
+            Runtime::Proxy(_) => "proxy",
+        }
+    }
+
+    /// Computes the answer to `request`, whose features are `batch`.
+    pub async fn infer(
+        &self,
+        request: &InferRequest,
+        batch: &FeatureBatch,
+    ) -> Result<InferResponse, Error> {
+        match self {
+            Runtime::Linear(model) => {
+                let mut outputs = model.infer(batch).map_err(Error::BadRequest)?;
+                if let Some(wanted) = &request.outputs {
+                    outputs.retain(|output| wanted.iter().any(|w| w.name == output.name));
+                }
+                Ok(InferResponse {
+                    model_name: String::new(),
+                    model_version: None,
+                    id: None,
+                    parameters: None,
+                    outputs,
+                })
+            }
+            Runtime::Proxy(proxy) => proxy.infer(request).await,
+        }
+    }
+
+    /// Whether the version can answer now.
+    pub async fn ready(&self) -> bool {
+        match self {
+            Runtime::Linear(_) => true,
+            Runtime::Proxy(proxy) => proxy.ready().await,
+        }
+    }
+}
+
+/// A model the gateway serves.
+#[derive(Debug)]
+pub struct ServedModel {
+    /// Its name (the monitored model's name).
+    pub name: String,
+    /// Its features, in the order of the `columns` layout.
+    pub features: Vec<String>,
+    /// How requests carry the features.
+    pub layout: InputLayout,
+    /// Where predictions are in the answers.
+    pub outputs: OutputMapping,
+    /// version → runtime.
+    pub versions: BTreeMap<String, Arc<Runtime>>,
+}
+
+impl ServedModel {
+    /// The runtime of `version`.
+    pub fn version(&self, version: &str) -> Result<&Arc<Runtime>, Error> {
+        self.versions.get(version).ok_or_else(|| {
+            Error::NotFound(format!("model `{}` has no version `{version}`", self.name))
+        })
+    }
+
+    /// Protocol metadata, as answered for `version`.
+    pub fn metadata(&self, version: &str) -> Result<ModelMetadata, Error> {
+        let runtime = self.version(version)?;
+        let inputs = match &self.layout {
+            InputLayout::PerFeature => self
+                .features
+                .iter()
+                .map(|feature| TensorMetadata {
+                    name: feature.clone(),
+                    datatype: Datatype::Fp64,
+                    shape: vec![-1],
+                })
+                .collect(),
+            InputLayout::Columns { tensor } => vec![TensorMetadata {
+                name: tensor.clone().unwrap_or_else(|| "input".into()),
+                datatype: Datatype::Fp64,
+                shape: vec![-1, self.features.len() as i64],
+            }],
+        };
+        let outputs = match runtime.as_ref() {
+            Runtime::Linear(model) => model.outputs(),
+            Runtime::Proxy(_) => Vec::new(),
+        };
+        Ok(ModelMetadata {
+            name: self.name.clone(),
+            versions: self.versions.keys().cloned().collect(),
+            platform: runtime.platform().into(),
+            inputs,
+            outputs,
+        })
+    }
+}
