@@ -152,17 +152,83 @@ impl EngineSettings {
 /// memory only: after a restart, actuals of predictions read before it are
 /// counted as unmatched, and quality windows hold what was joined.
 ///
+/// Every version's prediction of a request waits under the same key: a
+/// champion and its shadow or canary challenger logged with one request id
+/// are both joined by the one actual sent for it, so that the versions are
+/// compared on the same labels. A second prediction of the same version
+/// replaces the first (a retried log message).
+///
 /// Entries are keyed by a 128-bit hash of (model, prediction id) rather than
 /// the strings: about 150 bytes per pending prediction instead of 400, so
 /// the default bound (1,000,000) holds in about 150 MB. Two distinct pairs
 /// share a key with probability about n²/2¹²⁹ (10⁻²⁶ for a million pending).
+/// The bound counts predictions; eviction and expiry remove a key's
+/// predictions together (the oldest key first).
 #[derive(Debug, Default)]
 struct JoinBuffer {
-    /// key of (model, prediction id) → the pending prediction.
-    pending: FxHashMap<u128, PendingPrediction>,
+    /// key of (model, prediction id) → its pending predictions.
+    pending: FxHashMap<u128, Held>,
+    /// Predictions held (over every key).
+    held: usize,
     /// Insertion order with event time, for expiry and eviction; may hold
     /// entries already matched (skipped when popped, compacted when long).
     order: VecDeque<(i64, u128)>,
+}
+
+/// The predictions of one (model, prediction id): one version usually.
+#[derive(Debug)]
+enum Held {
+    One(PendingPrediction),
+    Versions(Vec<PendingPrediction>),
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::One(_) => 1,
+            Held::Versions(all) => all.len(),
+        }
+    }
+
+    /// Adds `prediction`, replacing one of the same version; the change in
+    /// count (0 or 1).
+    fn add(&mut self, prediction: PendingPrediction) -> usize {
+        match self {
+            Held::One(held) if held.model_version == prediction.model_version => {
+                *held = prediction;
+                0
+            }
+            Held::One(_) => {
+                let Held::One(first) =
+                    std::mem::replace(self, Held::Versions(Vec::with_capacity(2)))
+                else {
+                    unreachable!("matched One above")
+                };
+                *self = Held::Versions(vec![first, prediction]);
+                1
+            }
+            Held::Versions(all) => match all
+                .iter_mut()
+                .find(|held| held.model_version == prediction.model_version)
+            {
+                Some(held) => {
+                    *held = prediction;
+                    0
+                }
+                None => {
+                    all.push(prediction);
+                    1
+                }
+            },
+        }
+    }
+
+    fn into_vec(self) -> Vec<PendingPrediction> {
+        match self {
+            Held::One(prediction) => vec![prediction],
+            Held::Versions(all) => all,
+        }
+    }
 }
 
 /// The join key of a prediction id of a model.
@@ -183,33 +249,54 @@ impl JoinBuffer {
         max_pending: usize,
         counters: &mut EngineCounters,
     ) {
-        while self.pending.len() >= max_pending {
+        while self.held >= max_pending {
             let Some((_, key)) = self.order.pop_front() else {
                 break;
             };
-            if self.pending.remove(&key).is_some() {
-                counters.join_evicted += 1;
+            if let Some(removed) = self.pending.remove(&key) {
+                self.held -= removed.len();
+                counters.join_evicted += removed.len() as u64;
             }
+        }
+        if max_pending == 0 {
+            counters.join_evicted += 1;
+            return;
         }
         let key = join_key(model, id);
         self.order.push_back((prediction.event_time, key));
-        self.pending.insert(key, prediction);
+        match self.pending.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                self.held += held.get_mut().add(prediction);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Held::One(prediction));
+                self.held += 1;
+            }
+        }
         if self.order.len() > 2 * max_pending.max(1024) {
             let pending = &self.pending;
             self.order.retain(|(_, key)| pending.contains_key(key));
         }
     }
 
-    fn take(&mut self, model: &str, id: &str) -> Option<PendingPrediction> {
-        self.pending.remove(&join_key(model, id))
+    /// Every version's prediction held for (model, id), removed.
+    fn take(&mut self, model: &str, id: &str) -> Vec<PendingPrediction> {
+        match self.pending.remove(&join_key(model, id)) {
+            Some(held) => {
+                self.held -= held.len();
+                held.into_vec()
+            }
+            None => Vec::new(),
+        }
     }
 
     /// Drops predictions older than `oldest` (event time).
     fn expire(&mut self, oldest: i64, counters: &mut EngineCounters) {
         while self.order.front().is_some_and(|(time, _)| *time < oldest) {
             let (_, key) = self.order.pop_front().expect("checked above");
-            if self.pending.remove(&key).is_some() {
-                counters.join_expired += 1;
+            if let Some(removed) = self.pending.remove(&key) {
+                self.held -= removed.len();
+                counters.join_expired += removed.len() as u64;
             }
         }
     }
@@ -248,7 +335,7 @@ pub struct EngineCounters {
     pub unknown_model: u64,
     /// Events refused by the group limit.
     pub group_limit: u64,
-    /// Actuals joined with their prediction.
+    /// Predictions joined with an actual (every version of a request counts).
     pub joined: u64,
     /// Actuals whose prediction was not (or no longer) held.
     pub unmatched_actuals: u64,
@@ -415,23 +502,23 @@ impl Engine {
         if let (EventKind::Actual, Some(id), Some(label)) =
             (event.kind, &event.prediction_id, &event.label)
         {
-            match self.join.take(&event.model, id) {
-                Some(pending) => {
-                    let recorded = range.aggregates.record_outcome(
-                        &self.catalog,
-                        &event.model,
-                        &pending,
-                        label,
-                    );
-                    self.counters.segment_values_displaced +=
-                        range.aggregates.take_segment_overflow().displaced;
-                    if recorded == Recorded::Added {
-                        self.counters.joined += 1;
-                        self.open_windows
-                            .insert((pending.window_start, event.model.to_string()));
-                    }
+            let pending = self.join.take(&event.model, id);
+            if pending.is_empty() {
+                self.counters.unmatched_actuals += 1;
+            }
+            // Every version's prediction of the request gets the label.
+            for pending in &pending {
+                let recorded =
+                    range
+                        .aggregates
+                        .record_outcome(&self.catalog, &event.model, pending, label);
+                self.counters.segment_values_displaced +=
+                    range.aggregates.take_segment_overflow().displaced;
+                if recorded == Recorded::Added {
+                    self.counters.joined += 1;
+                    self.open_windows
+                        .insert((pending.window_start, event.model.to_string()));
                 }
-                None => self.counters.unmatched_actuals += 1,
             }
         }
         let window_start = match state.clock.observe(event.timestamp_ms) {
@@ -809,6 +896,75 @@ mod tests {
 
     fn actual(id: &str, timestamp: i64, label: &str) -> Vec<u8> {
         format!(r#"{{"model":"c","model_version":"1","prediction_id":"{id}","timestamp":{timestamp},"label":"{label}"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn one_actual_joins_every_versions_prediction_of_its_request() {
+        let versioned = |version: &str, id: &str, score: f64| {
+            String::from_utf8(prediction(id, 100, score))
+                .unwrap()
+                .replace(
+                    r#""model_version":"1""#,
+                    &format!(r#""model_version":"{version}""#),
+                )
+                .into_bytes()
+        };
+        let mut engine = classifier(10);
+        // The champion (1) and a shadow challenger (2) answered requests a
+        // and b; a retried log of the challenger's answer to a replaces it.
+        engine.ingest("p/0", 0, &versioned("1", "a", 0.9), EventKind::Prediction);
+        engine.ingest("p/0", 1, &versioned("2", "a", 0.1), EventKind::Prediction);
+        engine.ingest("p/0", 2, &versioned("2", "a", 0.2), EventKind::Prediction);
+        engine.ingest("p/0", 3, &versioned("1", "b", 0.8), EventKind::Prediction);
+        engine.ingest("p/0", 4, &versioned("2", "b", 0.7), EventKind::Prediction);
+        engine.ingest("a/0", 0, &actual("a", 500, "yes"), EventKind::Actual);
+        engine.ingest("a/0", 1, &actual("b", 600, "no"), EventKind::Actual);
+        assert_eq!(engine.counters().joined, 4);
+        assert_eq!(engine.counters().unmatched_actuals, 0);
+        let partials = engine.checkpoint().partials;
+        let accuracy = |version: &str| {
+            let row = partials
+                .iter()
+                .find(|p| p.key.feature == "quality" && p.key.model_version == version)
+                .unwrap_or_else(|| panic!("a quality row for version {version}"));
+            let FeatureSketch::Quality(sketch) = FeatureSketch::from_bytes(&row.sketch).unwrap()
+            else {
+                panic!()
+            };
+            let metrics = sketch.metrics();
+            (metrics.matched, metrics.accuracy)
+        };
+        // Version 1 said yes, yes: right on a. Version 2 said no (0.2), yes: wrong on both.
+        assert_eq!(accuracy("1"), (2, Some(0.5)));
+        assert_eq!(accuracy("2"), (2, Some(0.0)));
+    }
+
+    #[test]
+    fn the_join_bound_counts_predictions_and_evicts_the_oldest_request_whole() {
+        let mut engine = classifier(3);
+        for (offset, (version, id)) in [("1", "a"), ("2", "a"), ("1", "b"), ("1", "c")]
+            .iter()
+            .enumerate()
+        {
+            let payload = String::from_utf8(prediction(id, 100 + offset as i64, 0.9))
+                .unwrap()
+                .replace(
+                    r#""model_version":"1""#,
+                    &format!(r#""model_version":"{version}""#),
+                );
+            engine.ingest(
+                "p/0",
+                offset as u64,
+                payload.as_bytes(),
+                EventKind::Prediction,
+            );
+        }
+        // Three held when c arrived: a's two predictions went together.
+        assert_eq!(engine.counters().join_evicted, 2);
+        engine.ingest("a/0", 0, &actual("a", 500, "yes"), EventKind::Actual);
+        engine.ingest("a/0", 1, &actual("c", 500, "yes"), EventKind::Actual);
+        assert_eq!(engine.counters().unmatched_actuals, 1);
+        assert_eq!(engine.counters().joined, 1);
     }
 
     #[test]

@@ -101,11 +101,13 @@ impl FeatureBatch {
                         .ok_or_else(|| format!("the request has no input `{name}`"))?,
                     None => match request.inputs.as_slice() {
                         [input] => input,
-                        inputs => return Err(format!(
+                        inputs => {
+                            return Err(format!(
                             "the model takes one input tensor of {} columns, the request has {}",
                             features.len(),
                             inputs.len()
-                        )),
+                        ))
+                        }
                     },
                 };
                 columns(input, features)
