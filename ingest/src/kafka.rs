@@ -109,6 +109,30 @@ pub fn producer(connection: &BrokerConnection) -> Result<FutureProducer, Error> 
     Ok(config.create()?)
 }
 
+/// An idempotent producer whose queue holds at most `max_messages` and
+/// that gives up on a message after `message_timeout` (the model gateway's
+/// inference log: when the broker is down, the queue fills and the caller
+/// drops what does not fit, counted, instead of holding it without bound).
+pub fn bounded_producer(
+    connection: &BrokerConnection,
+    max_messages: usize,
+    message_timeout: Duration,
+) -> Result<FutureProducer, Error> {
+    let mut config = client_config(connection);
+    if config.get("enable.idempotence").is_none() {
+        config.set("enable.idempotence", "true");
+    }
+    config.set("queue.buffering.max.messages", max_messages.to_string());
+    config.set(
+        "message.timeout.ms",
+        message_timeout
+            .as_millis()
+            .clamp(1, i32::MAX as u128)
+            .to_string(),
+    );
+    Ok(config.create()?)
+}
+
 /// An idempotent producer (`tidewatch replay`): a send retried across a
 /// broker or network fault is written once. A fatal producer error stops
 /// the replay.

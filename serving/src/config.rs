@@ -257,6 +257,7 @@ impl LogSettings {
 }
 
 /// Validated `[serving]`, models loaded.
+#[derive(Clone)]
 pub struct ServingSettings {
     listen: SocketAddr,
     request_timeout: Duration,

@@ -79,6 +79,9 @@ pub struct RawConfig {
     /// The HTTP server (API, pages, metrics); none without this section.
     #[serde(default)]
     pub http: Option<crate::http::config::RawHttp>,
+    /// The model gateway (`tidewatch serve`); none without this section.
+    #[serde(default)]
+    pub serving: Option<serving::config::RawServing>,
 }
 
 /// A validated configuration.
@@ -110,6 +113,8 @@ pub struct Config {
     pub delivery_retry: alerting::delivery::RetryPolicy,
     /// The HTTP server, if configured.
     pub http: Option<crate::http::config::HttpSettings>,
+    /// The model gateway, if configured (its models loaded).
+    pub serving: Option<serving::config::ServingSettings>,
 }
 
 impl Config {
@@ -233,6 +238,34 @@ impl RawConfig {
             .transpose()
             .map_err(|error| invalid(&format!("http.{}", error.key), error.message))?;
 
+        let monitored: std::collections::BTreeMap<String, serving::config::MonitoredModel> = models
+            .iter()
+            .map(|spec| {
+                let features = (0..spec.configured_feature_count())
+                    .map(|position| spec.series_at(position).name.clone())
+                    .collect();
+                (
+                    spec.name().to_owned(),
+                    serving::config::MonitoredModel {
+                        features,
+                        task: spec.task(),
+                    },
+                )
+            })
+            .collect();
+        let prediction_topic = kafka.as_ref().and_then(|kafka| {
+            kafka
+                .topics()
+                .iter()
+                .find(|topic| topic.kind == events::EventKind::Prediction)
+                .map(|topic| topic.name.as_str())
+        });
+        let serving = self
+            .serving
+            .map(|raw| raw.validate(&monitored, prediction_topic, base_dir))
+            .transpose()
+            .map_err(|error| invalid(&format!("serving.{}", error.key), error.message))?;
+
         Ok(Config {
             file: file.to_owned(),
             kafka,
@@ -252,6 +285,7 @@ impl RawConfig {
             alert_channels: alerting.channels,
             retrain: alerting.retrain,
             http,
+            serving,
         })
     }
 }

@@ -22,6 +22,7 @@ pub mod analyze;
 pub mod config;
 pub mod demo;
 pub mod fixtures;
+pub mod gateway;
 pub mod http;
 pub mod report;
 pub mod service;

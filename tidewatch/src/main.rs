@@ -24,6 +24,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Consume the configured Kafka topics into the configured store until interrupted.
     Run(commands::run::Args),
+    /// Serve the models of [serving] over the Open Inference Protocol, logging every inference to Kafka.
+    Serve(commands::serve::Args),
     /// Produce a JSON-lines file to a Kafka topic, one message per line.
     Replay(commands::replay::Args),
     /// Reference profiles.
@@ -60,6 +62,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Run(args) => commands::run::run(args).await,
+        Command::Serve(args) => commands::serve::run(args).await,
         Command::Replay(args) => commands::replay::run(args).await,
         Command::Reference(command) => commands::reference::run(command).await,
         Command::Alerts(command) => commands::alerts::run(command).await,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `demo` | [`demo`] |
 //! | `run` | [`run`] |
+//! | `serve` | [`serve`] |
 //! | `replay` | [`replay`] |
 //! | `reference build`, `reference list` | [`reference`] |
 //! | `alerts list`, `alerts show`, `alerts test-channel` | [`alerts`] |
@@ -19,6 +20,7 @@ pub mod fixtures;
 pub mod reference;
 pub mod replay;
 pub mod run;
+pub mod serve;
 pub mod windows;
 
 use std::path::PathBuf;

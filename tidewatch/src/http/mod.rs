@@ -73,7 +73,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves.
+/// Serves `state` on `listener` until `shutdown` resolves (see
+/// [`serve_router`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = ServerLimits {
+        max_connections: state.max_connections,
+        request_timeout: state.request_timeout,
+    };
+    serve_router(listener, router(state), limits, shutdown).await
+}
+
+/// Bounds of an HTTP server's accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Time a client has to send its headers.
+    pub request_timeout: std::time::Duration,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves: Tidewatch's HTTP
+/// server and the model gateway share this loop.
 ///
 /// At most `max_connections` connections are served at once (a semaphore
 /// per connection); one more is closed as soon as it is accepted, and
@@ -82,19 +106,19 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// handlers with the same bound between parts. On shutdown no connection is
 /// accepted any more; open ones finish their request in flight and close
 /// (idle keep-alive connections at once), within [`DRAIN_DEADLINE`].
-pub async fn serve(
+pub async fn serve_router(
     listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    app: Router,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
-    let limit = Arc::new(tokio::sync::Semaphore::new(state.max_connections));
+    let limit = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(state.request_timeout);
-    let app = router(state);
+        .header_read_timeout(limits.request_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -115,6 +139,7 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let connection = graceful.watch(
             http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())),
         );

@@ -1,0 +1,69 @@
+//! `tidewatch serve`: the model gateway ([`serving`]) on its own listener,
+//! its inference log forwarded to the broker of `[kafka]`.
+//!
+//! ```text
+//! listener ─▶ http::serve_router(serving::gateway::router) ─▶ InferenceLog ─▶ serving::log::forward ─▶ [serving.log] topic
+//! ```
+//!
+//! On shutdown the listener stops accepting, requests in flight finish
+//! (within [`crate::http::DRAIN_DEADLINE`]), then the log sends what it
+//! buffered (within [`serving::log::DRAIN_DEADLINE`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ingest::config::KafkaSettings;
+use serving::config::ServingSettings;
+use serving::gateway::Gateway;
+use serving::telemetry::Telemetry;
+
+use crate::http::{serve_router, ServerLimits};
+
+/// Serves `settings` on `listener` until `shutdown`; returns the metrics
+/// (for the caller's report).
+pub async fn run(
+    settings: &ServingSettings,
+    kafka: &KafkaSettings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Telemetry> {
+    let telemetry = Telemetry::default();
+    let (log, events) =
+        serving::log::InferenceLog::bounded(settings.log().buffer(), telemetry.clone());
+    let producer = ingest::kafka::bounded_producer(
+        kafka.connection(),
+        settings.log().buffer(),
+        settings.log().message_timeout(),
+    )?;
+    let (stop_log, log_stopped) = tokio::sync::oneshot::channel::<()>();
+    let forwarder = tokio::spawn(serving::log::forward(
+        events,
+        producer,
+        settings.log().topic().to_owned(),
+        telemetry.clone(),
+        async move {
+            let _ = log_stopped.await;
+        },
+    ));
+    let gateway = Arc::new(Gateway::new(
+        settings.routes().clone(),
+        log,
+        telemetry.clone(),
+        settings.max_shadow_in_flight(),
+    ));
+    let app = serving::gateway::router(gateway, settings.max_body_bytes());
+    tracing::info!(address = %listener.local_addr()?, topic = settings.log().topic(), "model gateway listening");
+    serve_router(
+        listener,
+        app,
+        ServerLimits {
+            max_connections: settings.max_connections(),
+            request_timeout: settings.request_timeout(),
+        },
+        shutdown,
+    )
+    .await?;
+    let _ = stop_log.send(());
+    forwarder.await?;
+    Ok(telemetry)
+}

@@ -1,0 +1,408 @@
+//! The model gateway (`tidewatch serve`) against the real broker started by
+//! `scripts/test.sh`:
+//!
+//! - a request through the gateway to an in-process model returns the
+//!   model's answer with the version and the request id; with a shadow
+//!   challenger, both versions' predictions land on the predictions topic,
+//!   keyed by request id;
+//! - `tidewatch run` consumes them into windows under each version, and one
+//!   actual per request joins both versions' predictions;
+//! - with the broker unreachable, every request still succeeds and the
+//!   undelivered events are dropped and counted.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+use serde_json::{json, Value};
+use serving::linear::LinearModel;
+use store::MetricsQuery;
+use tidewatch::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const FEATURES: [&str; 3] = ["usage", "tenure", "tickets"];
+
+/// (weights, intercept) of versions 1 and 2.
+const VERSIONS: [([f64; 3], f64); 2] = [([0.8, -0.05, 0.6], -0.4), ([0.3, -0.02, 1.1], 0.2)];
+
+fn write_models(directory: &Path) {
+    for (index, (weights, intercept)) in VERSIONS.iter().enumerate() {
+        let model = LinearModel::classifier(
+            FEATURES.iter().map(|f| f.to_string()).collect(),
+            vec!["no".into(), "yes".into()],
+            vec![weights.to_vec()],
+            vec![*intercept],
+        )
+        .unwrap();
+        std::fs::write(
+            directory.join(format!("v{}.json", index + 1)),
+            model.to_json(),
+        )
+        .unwrap();
+    }
+}
+
+fn probability(version: usize, row: &[f64; 3]) -> f64 {
+    let (weights, intercept) = VERSIONS[version - 1];
+    let margin = intercept + weights.iter().zip(row).map(|(w, x)| w * x).sum::<f64>();
+    1.0 / (1.0 + (-margin).exp())
+}
+
+fn config(directory: &Path, brokers: &str, name: &str, log_extra: &str) -> Config {
+    write_models(directory);
+    let text = format!(
+        r#"
+version = 1
+[kafka]
+brokers = "{brokers}"
+group_id = "tidewatch-{name}"
+dead_letter_topic = "dead-letters-{name}"
+topics = [{{ name = "predictions-{name}", kind = "prediction" }}]
+[store]
+type = "embedded"
+path = "tidewatch.sqlite"
+[windows]
+size = "1h"
+idle_close_after = "2s"
+checkpoint_interval = "300ms"
+[[models]]
+name = "gw"
+task = "classification"
+positive_class = "yes"
+features = [
+  {{ name = "usage", kind = "numeric" }},
+  {{ name = "tenure", kind = "numeric" }},
+  {{ name = "tickets", kind = "numeric" }},
+]
+[serving]
+listen = "127.0.0.1:0"
+[serving.log]
+{log_extra}
+[[serving.models]]
+name = "gw"
+champion = "1"
+challenger = "2"
+challenger_mode = "shadow"
+versions = [
+  {{ version = "1", runtime = "linear", path = "v1.json" }},
+  {{ version = "2", runtime = "linear", path = "v2.json" }},
+]
+"#
+    );
+    let path = directory.join("tidewatch.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+/// One HTTP/1.1 request on its own connection: (status, JSON body).
+async fn post(address: std::net::SocketAddr, path: &str, body: &str) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+struct Gateway {
+    address: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<serving::telemetry::Telemetry>>,
+}
+
+async fn start_gateway(config: &Config) -> Gateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = config.clone();
+    let handle = tokio::spawn(async move {
+        tidewatch::gateway::run(
+            config.serving.as_ref().unwrap(),
+            config.kafka.as_ref().unwrap(),
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    Gateway {
+        address,
+        stop,
+        handle,
+    }
+}
+
+/// The features of request `i`: full-precision values.
+fn row(i: usize) -> [f64; 3] {
+    let x = i as f64;
+    [
+        (x * 0.7391).sin() * 1.5 + 0.25,
+        (x * 13.17) % 60.0 + 0.5,
+        ((x * 0.31).cos() + 1.0) * 1.75,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
+    let brokers = common::brokers();
+    let name = format!("serving_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let topic = format!("predictions-{name}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for result in admin
+        .create_topics(
+            &[
+                NewTopic::new(&topic, 1, TopicReplication::Fixed(1)),
+                NewTopic::new(
+                    &format!("dead-letters-{name}"),
+                    1,
+                    TopicReplication::Fixed(1),
+                ),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let config = config(&directory, &brokers, &name, "");
+    let gateway = start_gateway(&config).await;
+
+    const REQUESTS: usize = 120;
+    let mut answered = BTreeMap::new();
+    for i in 0..REQUESTS {
+        let features = row(i);
+        let body = json!({
+            "id": format!("req-{i}"),
+            "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [features]}],
+        });
+        let (status, answer) =
+            post(gateway.address, "/v2/models/gw/infer", &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["model_version"], "1", "the champion answers");
+        assert_eq!(answer["id"], format!("req-{i}"));
+        let p = answer["outputs"][0]["data"][1].as_f64().unwrap();
+        assert!((p - probability(1, &features)).abs() < 1e-12);
+        answered.insert(format!("req-{i}"), features);
+    }
+    gateway.stop.send(()).unwrap();
+    let telemetry = gateway.handle.await.unwrap().unwrap();
+    assert_eq!(
+        telemetry.delivered_total(),
+        2 * REQUESTS as u64,
+        "champion and shadow, all delivered"
+    );
+    assert_eq!(
+        telemetry.dropped_total("buffer_full") + telemetry.dropped_total("bus_error"),
+        0
+    );
+
+    // The topic holds both versions' predictions, keyed by request id.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut seen: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 2 * REQUESTS && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let event =
+            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+        let id = event.prediction_id.clone().unwrap().into_owned();
+        assert_eq!(message.key(), Some(id.as_bytes()), "keyed by request id");
+        let features = answered[&id];
+        let version: usize = event.model_version.parse().unwrap();
+        let score = event.prediction.as_ref().unwrap().score.unwrap();
+        assert!((score - probability(version, &features)).abs() < 1e-12);
+        assert_eq!(
+            event.features[0],
+            ("usage".into(), events::FeatureValue::Number(features[0]))
+        );
+        seen.insert((event.model_version.into_owned(), id), score);
+    }
+    assert_eq!(
+        seen.len(),
+        2 * REQUESTS,
+        "every answer logged once per version"
+    );
+
+    // Actuals for every request, after the predictions on the same partition.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut correct = [0usize; 2];
+    for (id, features) in &answered {
+        let label = if features[2] > 1.75 { "yes" } else { "no" };
+        for version in [1, 2] {
+            let predicted = if probability(version, features) >= 0.5 {
+                "yes"
+            } else {
+                "no"
+            };
+            correct[version - 1] += usize::from(predicted == label);
+        }
+        let actual = json!({
+            "schema": "tidewatch.actual.v1", "model": "gw", "model_version": "1",
+            "prediction_id": id, "timestamp": now, "label": label,
+        });
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(id)
+                    .payload(&actual.to_string()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    // `tidewatch run` windows both versions and joins each actual to both.
+    let (pipeline, stop) = common::start_pipeline(&config);
+    let store = config.store.open().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let quality = loop {
+        let rows = store
+            .window_metrics(MetricsQuery {
+                model: Some("gw".into()),
+                feature: Some("quality".into()),
+                segment: Some("all".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let matched: Vec<(String, u64, Option<f64>)> = rows
+            .iter()
+            .filter_map(|row| {
+                let quality = row.metrics.quality.as_ref()?;
+                Some((
+                    row.key.model_version.clone(),
+                    quality.matched,
+                    quality.accuracy,
+                ))
+            })
+            .collect();
+        if matched.len() == 2 && matched.iter().all(|(_, n, _)| *n == REQUESTS as u64) {
+            break matched;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "quality never joined for both versions: {matched:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for (version, _, accuracy) in &quality {
+        let index: usize = version.parse::<usize>().unwrap() - 1;
+        let expected = correct[index] as f64 / REQUESTS as f64;
+        assert!(
+            (accuracy.unwrap() - expected).abs() < 1e-12,
+            "version {version}: {accuracy:?} vs {expected}"
+        );
+    }
+    let usage = store
+        .window_metrics(MetricsQuery {
+            model: Some("gw".into()),
+            feature: Some("usage".into()),
+            segment: Some("all".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut counts: Vec<(String, u64)> = usage
+        .iter()
+        .map(|r| (r.key.model_version.clone(), r.metrics.count))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("1".to_owned(), REQUESTS as u64),
+            ("2".to_owned(), REQUESTS as u64)
+        ]
+    );
+    stop.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+    println!(
+        "served {REQUESTS} requests (champion 1, shadow 2): {} events delivered, both versions windowed, \
+         accuracy {:?} on the same {REQUESTS} labels",
+        telemetry.delivered_total(),
+        quality
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_bus_down_requests_succeed_and_lost_events_are_counted() {
+    let name = format!("serving_down_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    // Nothing listens on port 1 of 127.0.0.1.
+    let config = config(
+        &directory,
+        "127.0.0.1:1",
+        &name,
+        "buffer = 8\nmessage_timeout = \"1s\"",
+    );
+    let gateway = start_gateway(&config).await;
+    const REQUESTS: usize = 60;
+    let started = std::time::Instant::now();
+    for i in 0..REQUESTS {
+        let body = json!({
+            "id": format!("down-{i}"),
+            "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [row(i)]}],
+        });
+        let (status, answer) =
+            post(gateway.address, "/v2/models/gw/infer", &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let serving_time = started.elapsed();
+    gateway.stop.send(()).unwrap();
+    let telemetry = gateway.handle.await.unwrap().unwrap();
+    let full = telemetry.dropped_total("buffer_full");
+    let bus = telemetry.dropped_total("bus_error");
+    assert_eq!(telemetry.delivered_total(), 0);
+    assert_eq!(
+        full + bus,
+        2 * REQUESTS as u64,
+        "every event is accounted for: {full} + {bus}"
+    );
+    assert!(full > 0, "the bounded buffer filled");
+    println!(
+        "broker unreachable: {REQUESTS} requests answered in {serving_time:?}; of {} events, {full} dropped \
+         with the buffer full and {bus} undelivered",
+        2 * REQUESTS
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
