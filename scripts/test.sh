@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tidewatch's test command: installs and starts what the integration tests
-# need (ClickHouse, a Kafka-protocol broker, an SMTP server, Chromium), all on 127.0.0.1, runs the whole
-# test suite against them, and stops them again.
+# need (ClickHouse, a Kafka-protocol broker, an SMTP server, Chromium,
+# MLServer), all on 127.0.0.1, runs the whole test suite against them, and
+# stops them again.
 #
 #   scripts/test.sh [extra cargo test arguments]
 #
@@ -11,12 +12,16 @@
 # minutes on 2 cores the first time) and reused afterwards. The SMTP server
 # is Python's aiosmtpd (scripts/smtp_server.py) in a virtualenv in the same
 # cache, with STARTTLS and implicit TLS on the test certificate of
-# fixtures/tls and AUTH required.
+# fixtures/tls and AUTH required. MLServer (with its scikit-learn runtime)
+# is installed from PyPI into another virtualenv of the cache, in the
+# background while the rest installs, and serves the model that
+# scripts/mlserver_model.py trains.
 #
 # Environment:
 #   TIDEWATCH_CACHE_DIR   where the broker binary is cached (default: ~/.cache/tidewatch)
 #   TIDEWATCH_TEST_PORTS  base port (default 18000): ClickHouse HTTP +123, TCP +900, broker +92,
-#                         SMTP with STARTTLS +25, SMTP over TLS +465
+#                         SMTP with STARTTLS +25, SMTP over TLS +465, MLServer HTTP +80, gRPC +81,
+#                         metrics +82
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,6 +37,12 @@ smtp_port=$((base + 25))
 smtps_port=$((base + 465))
 aiosmtpd_version=1.4.6
 smtp_venv="$cache_dir/smtp-venv-$aiosmtpd_version"
+mlserver_version=1.7.1
+sklearn_version=1.9.1
+mlserver_venv="$cache_dir/mlserver-venv-$mlserver_version"
+mlserver_http=$((base + 80))
+mlserver_grpc=$((base + 81))
+mlserver_metrics=$((base + 82))
 nisshi_version=0.8.1
 nisshi="$cache_dir/nisshi-$nisshi_version/bin/nisshi"
 
@@ -57,7 +68,7 @@ if [ ! -x "$nisshi" ]; then
     >"$broker_build_log" 2>&1 &
   broker_build_pid=$!
   # Not left running if an install below fails.
-  trap 'kill "$broker_build_pid" 2>/dev/null || true' EXIT
+  trap 'kill "$broker_build_pid" ${mlserver_install_pid:-} 2>/dev/null || true' EXIT
 fi
 wait_for_broker_build() {
   [ -n "$broker_build_pid" ] || fail "the broker binary $nisshi is missing"
@@ -68,6 +79,30 @@ wait_for_broker_build() {
   fi
   [ -x "$nisshi" ] || fail "the broker build finished without $nisshi"
 }
+
+# --- Python, for the SMTP server and MLServer --------------------------------
+ensure_python() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+    log "installing python3 and python3-venv from Debian's packages (for the SMTP server and MLServer)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv >/dev/null \
+      || fail "apt-get install python3 python3-venv failed"
+  fi
+}
+
+# --- MLServer, installed in the background ------------------------------------
+mlserver_install_log="$cache_dir/mlserver-$mlserver_version.install.log"
+mlserver_install_pid=""
+if [ ! -x "$mlserver_venv/bin/mlserver" ]; then
+  ensure_python
+  log "installing MLServer $mlserver_version into $mlserver_venv in the background"
+  mkdir -p "$cache_dir"
+  rm -rf "$mlserver_venv"
+  (python3 -m venv "$mlserver_venv" \
+    && "$mlserver_venv/bin/pip" install -q "mlserver==$mlserver_version" "mlserver-sklearn==$mlserver_version" \
+      "scikit-learn==$sklearn_version") >"$mlserver_install_log" 2>&1 &
+  mlserver_install_pid=$!
+fi
 
 # --- ClickHouse -----------------------------------------------------------
 if ! command -v clickhouse-server >/dev/null 2>&1; then
@@ -93,12 +128,7 @@ if [ -n "$broker_build_pid" ] || [ ! -x "$nisshi" ]; then wait_for_broker_build;
 # --- SMTP server ------------------------------------------------------------
 if [ ! -x "$smtp_venv/bin/python" ] || ! "$smtp_venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
   log "installing aiosmtpd $aiosmtpd_version into $smtp_venv"
-  if ! command -v python3 >/dev/null 2>&1; then
-    log "installing python3 from Debian's packages (for the test SMTP server)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv >/dev/null \
-      || fail "apt-get install python3 python3-venv failed"
-  fi
+  ensure_python
   rm -rf "$smtp_venv"
   if ! python3 -m venv "$smtp_venv" 2>/dev/null; then
     # Debian's python3 needs python3-venv for ensurepip.
@@ -109,6 +139,16 @@ if [ ! -x "$smtp_venv/bin/python" ] || ! "$smtp_venv/bin/python" -c 'import aios
   fi
   "$smtp_venv/bin/pip" install -q "aiosmtpd==$aiosmtpd_version" || fail "pip install aiosmtpd failed"
 fi
+
+# --- MLServer ----------------------------------------------------------------
+if [ -n "$mlserver_install_pid" ]; then
+  log "waiting for the MLServer install"
+  if ! wait "$mlserver_install_pid"; then
+    tail -30 "$mlserver_install_log" >&2 || true
+    fail "installing MLServer failed (log: $mlserver_install_log)"
+  fi
+fi
+[ -x "$mlserver_venv/bin/mlserver" ] || fail "MLServer is missing from $mlserver_venv"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
 pids=()
@@ -128,7 +168,8 @@ http_get() {
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in "$clickhouse_http" "$clickhouse_tcp" "$clickhouse_interserver" "$broker_port" "$smtp_port" "$smtps_port"; do
+for port in "$clickhouse_http" "$clickhouse_tcp" "$clickhouse_interserver" "$broker_port" "$smtp_port" "$smtps_port" \
+  "$mlserver_http" "$mlserver_grpc" "$mlserver_metrics"; do
   port_free "$port" || fail "port $port on 127.0.0.1 is taken; set TIDEWATCH_TEST_PORTS to another base"
 done
 
@@ -157,6 +198,12 @@ smtp_password="test-$RANDOM-$RANDOM"
   --cert fixtures/tls/server.pem --key fixtures/tls/server.key >"$run_dir/smtp.log" 2>&1 &
 pids+=($!)
 
+log "starting MLServer on 127.0.0.1:$mlserver_http"
+"$mlserver_venv/bin/python" scripts/mlserver_model.py "$run_dir/mlserver" "$mlserver_http" "$mlserver_grpc" "$mlserver_metrics" \
+  || fail "training the MLServer test model failed"
+(cd "$run_dir/mlserver" && exec "$mlserver_venv/bin/mlserver" start .) >"$run_dir/mlserver.log" 2>&1 &
+pids+=($!)
+
 ready=""
 for _ in $(seq 1 100); do
   if http_get "$clickhouse_http" "/?query=SELECT%201" 2>/dev/null | tail -n 1 | grep -qx '1'; then ready=yes; break; fi
@@ -178,7 +225,16 @@ for _ in $(seq 1 50); do
 done
 [ -n "$ready" ] || { tail -20 "$run_dir/smtp.log" >&2 || true; fail "the SMTP server did not become ready"; }
 
+ready=""
+for _ in $(seq 1 150); do
+  if http_get "$mlserver_http" /v2/models/gw/ready 2>/dev/null | head -1 | grep -q ' 200'; then ready=yes; break; fi
+  sleep 0.2
+done
+[ -n "$ready" ] || { tail -20 "$run_dir/mlserver.log" >&2 || true; fail "MLServer did not become ready"; }
+
 export TIDEWATCH_TEST_CHROMIUM="$chromium_bin"
+export TIDEWATCH_TEST_MLSERVER_URL="http://127.0.0.1:$mlserver_http"
+export TIDEWATCH_TEST_MLSERVER_MODELS="$run_dir/mlserver"
 export TIDEWATCH_TEST_SMTP_STARTTLS="127.0.0.1:$smtp_port"
 export TIDEWATCH_TEST_SMTP_TLS="127.0.0.1:$smtps_port"
 export TIDEWATCH_TEST_SMTP_USER="$smtp_user"

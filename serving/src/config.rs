@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::features::InputLayout;
 use crate::linear::LinearModel;
-use crate::model::{Runtime, ServedModel};
+use crate::model::{Runtime, ServedModel, ServedVersion};
 use crate::outputs::OutputMapping;
 use crate::proxy::Proxy;
 use crate::routes::{Aliases, ChallengerMode, RouteTable};
@@ -167,10 +167,12 @@ pub struct RawServedModel {
     /// `columns`: the input tensor's name (any single input when absent).
     #[serde(default)]
     pub input_tensor: Option<String>,
-    /// The output with class probabilities `[N, C]`.
+    /// Proxied versions: the output with class probabilities `[N, C]`
+    /// (in-process versions name their own outputs).
     #[serde(default)]
     pub probabilities_output: Option<String>,
-    /// The output with labels (classification) or values (regression).
+    /// Proxied versions: the output with labels (classification) or values
+    /// (regression).
     #[serde(default)]
     pub label_output: Option<String>,
     /// Class names in probability-column order.
@@ -212,10 +214,23 @@ pub enum RawVersion {
         /// The version asked for upstream (default: the upstream's choice).
         #[serde(default)]
         upstream_version: Option<String>,
+        /// Outputs asked for upstream when the client asks for none
+        /// (e.g. `["predict_proba", "predict"]` for MLServer's scikit-learn
+        /// runtime, which answers only `predict` otherwise).
+        #[serde(default)]
+        request_outputs: Vec<String>,
         /// Requests in flight upstream at once.
         #[serde(default = "default_upstream_in_flight")]
         max_in_flight: usize,
     },
+}
+
+/// The output of a `tidewatch.linear.v1` model holding its prediction.
+fn linear_label(task: Task) -> &'static str {
+    match task {
+        Task::Classification => crate::linear::LABEL_OUTPUT,
+        Task::Regression => crate::linear::PREDICTION_OUTPUT,
+    }
 }
 
 fn default_upstream_in_flight() -> usize {
@@ -469,12 +484,14 @@ impl RawServedModel {
                     url,
                     upstream_model,
                     upstream_version,
+                    request_outputs,
                     max_in_flight,
                 } => {
                     let proxy = Proxy::new(
                         &url,
                         upstream_model.unwrap_or_else(|| self.name.clone()),
                         upstream_version,
+                        request_outputs,
                         timeout,
                         max_in_flight,
                     )
@@ -485,7 +502,25 @@ impl RawServedModel {
             if name.trim().is_empty() {
                 return Err(invalid(format!("{key}.version"), "must not be empty"));
             }
-            if versions.insert(name.clone(), Arc::new(runtime)).is_some() {
+            // In-process runtimes name their outputs; upstream ones are
+            // read as configured (or recognised by shape).
+            let outputs = match &runtime {
+                Runtime::Linear(linear) => OutputMapping {
+                    task: spec.task,
+                    probabilities: (spec.task == Task::Classification)
+                        .then(|| "probabilities".to_owned()),
+                    label: Some(linear_label(spec.task).to_owned()),
+                    classes: linear.classes().to_vec(),
+                },
+                Runtime::Proxy(_) => OutputMapping {
+                    task: spec.task,
+                    probabilities: self.probabilities_output.clone(),
+                    label: self.label_output.clone(),
+                    classes: self.classes.clone(),
+                },
+            };
+            let served = ServedVersion { runtime, outputs };
+            if versions.insert(name.clone(), Arc::new(served)).is_some() {
                 return Err(invalid(
                     format!("{key}.version"),
                     format!("version `{name}` is listed twice"),
@@ -525,12 +560,6 @@ impl RawServedModel {
             name: self.name,
             features: spec.features.clone(),
             layout,
-            outputs: OutputMapping {
-                task: spec.task,
-                probabilities: self.probabilities_output,
-                label: self.label_output,
-                classes: self.classes,
-            },
             versions,
         };
         let aliases = Aliases {
@@ -556,8 +585,13 @@ mod tests {
     }
 
     fn validate(text: &str) -> Result<ServingSettings, InvalidSetting> {
-        let directory =
-            std::env::temp_dir().join(format!("tidewatch-serving-config-{}", std::process::id()));
+        // One folder per call: the tests run in parallel.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let directory = std::env::temp_dir().join(format!(
+            "tidewatch-serving-config-{}-{call}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&directory).unwrap();
         let model = LinearModel::classifier(
             vec!["age".into(), "tenure".into()],

@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::features::FeatureBatch;
 use crate::log::{InferenceLog, PredictionRecord};
-use crate::model::{Runtime, ServedModel};
+use crate::model::{ServedModel, ServedVersion};
 use crate::protocol::{InferRequest, InferResponse};
 use crate::routes::{Role, RouteTable};
 use crate::telemetry::Telemetry;
@@ -47,6 +47,7 @@ pub struct Gateway {
     log: InferenceLog,
     telemetry: Telemetry,
     shadow_slots: Arc<Semaphore>,
+    max_shadow_in_flight: usize,
     /// Wall clock, ms (the events' timestamp); injected by tests.
     clock: fn() -> i64,
 }
@@ -71,6 +72,7 @@ impl Gateway {
             log,
             telemetry,
             shadow_slots: Arc::new(Semaphore::new(max_shadow_in_flight)),
+            max_shadow_in_flight,
             clock: now_ms,
         }
     }
@@ -83,6 +85,15 @@ impl Gateway {
     /// The metrics.
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
+    }
+
+    /// Waits (at most `deadline`) for the shadow calls in flight, so that
+    /// their events reach the log before it closes; true if none is left.
+    pub async fn drain_shadows(&self, deadline: std::time::Duration) -> bool {
+        let slots = self.max_shadow_in_flight as u32;
+        tokio::time::timeout(deadline, self.shadow_slots.acquire_many(slots))
+            .await
+            .is_ok_and(|permits| permits.is_ok())
     }
 }
 
@@ -127,8 +138,8 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
         let Ok((_, aliases)) = gateway.routes.get(&model.name) else {
             continue;
         };
-        if let Ok(runtime) = model.version(&aliases.champion) {
-            all &= runtime.ready().await;
+        if let Ok(version) = model.version(&aliases.champion) {
+            all &= version.runtime.ready().await;
         }
     }
     let status = if all {
@@ -179,7 +190,7 @@ async fn answer_ready(gateway: &Gateway, model: &str, version: Option<String>) -
     });
     match runtime {
         Ok(runtime) => {
-            let ready = runtime.ready().await;
+            let ready = runtime.runtime.ready().await;
             let status = if ready {
                 StatusCode::OK
             } else {
@@ -338,14 +349,14 @@ async fn call(
     served: &ServedModel,
     version: &str,
     role: Role,
-    runtime: &Runtime,
+    served_version: &ServedVersion,
     request: &InferRequest,
     batch: &FeatureBatch,
     id: &str,
     arrived_ms: i64,
 ) -> Result<InferResponse, Error> {
     let started = Instant::now();
-    let result = runtime.infer(request, batch).await;
+    let result = served_version.runtime.infer(request, batch).await;
     let seconds = started.elapsed().as_secs_f64();
     gateway.telemetry.call(&served.name, version, role, seconds);
     let rows = batch.rows();
@@ -373,7 +384,7 @@ async fn call(
             response.model_name = served.name.clone();
             response.model_version = Some(version.to_owned());
             response.id = Some(id.to_owned());
-            match served.outputs.predictions(&response, rows) {
+            match served_version.outputs.predictions(&response, rows) {
                 Ok(predictions) => {
                     for (row, prediction) in predictions.iter().enumerate() {
                         log(row, Ok(prediction));
@@ -415,16 +426,24 @@ mod tests {
     use detectors::spec::Task;
     use tower::ServiceExt;
 
-    fn linear(weight: f64) -> Arc<Runtime> {
-        Arc::new(Runtime::Linear(
-            LinearModel::classifier(
-                vec!["age".into(), "tenure".into()],
-                vec!["stay".into(), "churn".into()],
-                vec![vec![weight, -0.5]],
-                vec![0.1],
-            )
-            .unwrap(),
-        ))
+    fn linear(weight: f64) -> Arc<ServedVersion> {
+        Arc::new(ServedVersion {
+            runtime: crate::model::Runtime::Linear(
+                LinearModel::classifier(
+                    vec!["age".into(), "tenure".into()],
+                    vec!["stay".into(), "churn".into()],
+                    vec![vec![weight, -0.5]],
+                    vec![0.1],
+                )
+                .unwrap(),
+            ),
+            outputs: OutputMapping {
+                task: Task::Classification,
+                probabilities: Some("probabilities".into()),
+                label: Some("label".into()),
+                classes: vec!["stay".into(), "churn".into()],
+            },
+        })
     }
 
     fn gateway(
@@ -439,12 +458,6 @@ mod tests {
             name: "churn".into(),
             features: vec!["age".into(), "tenure".into()],
             layout: InputLayout::Columns { tensor: None },
-            outputs: OutputMapping {
-                task: Task::Classification,
-                probabilities: None,
-                label: None,
-                classes: vec!["stay".into(), "churn".into()],
-            },
             versions: [
                 ("1".to_owned(), linear(0.02)),
                 ("2".to_owned(), linear(0.05)),

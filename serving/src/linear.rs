@@ -26,6 +26,12 @@ use crate::protocol::{Datatype, Tensor, TensorData, TensorMetadata};
 
 /// The format's identifier.
 pub const LINEAR_FORMAT: &str = "tidewatch.linear.v1";
+/// A classifier's class probabilities `[N, C]`.
+pub const PROBABILITIES_OUTPUT: &str = "probabilities";
+/// A classifier's most probable class `[N]`.
+pub const LABEL_OUTPUT: &str = "label";
+/// A regressor's prediction `[N]`.
+pub const PREDICTION_OUTPUT: &str = "prediction";
 
 /// The document as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,18 +173,18 @@ impl LinearModel {
     pub fn outputs(&self) -> Vec<TensorMetadata> {
         match self.document.task {
             Task::Regression => vec![TensorMetadata {
-                name: "prediction".into(),
+                name: PREDICTION_OUTPUT.into(),
                 datatype: Datatype::Fp64,
                 shape: vec![-1],
             }],
             Task::Classification => vec![
                 TensorMetadata {
-                    name: "probabilities".into(),
+                    name: PROBABILITIES_OUTPUT.into(),
                     datatype: Datatype::Fp64,
                     shape: vec![-1, self.document.classes.len() as i64],
                 },
                 TensorMetadata {
-                    name: "label".into(),
+                    name: LABEL_OUTPUT.into(),
                     datatype: Datatype::Bytes,
                     shape: vec![-1],
                 },
@@ -216,7 +222,7 @@ impl LinearModel {
         let rows_u64 = rows as u64;
         Ok(match self.document.task {
             Task::Regression => vec![Tensor {
-                name: "prediction".into(),
+                name: PREDICTION_OUTPUT.into(),
                 shape: vec![rows_u64],
                 datatype: Datatype::Fp64,
                 parameters: None,
@@ -251,14 +257,14 @@ impl LinearModel {
                 }
                 vec![
                     Tensor {
-                        name: "probabilities".into(),
+                        name: PROBABILITIES_OUTPUT.into(),
                         shape: vec![rows_u64, classes as u64],
                         datatype: Datatype::Fp64,
                         parameters: None,
                         data: TensorData::Numbers(probabilities),
                     },
                     Tensor {
-                        name: "label".into(),
+                        name: LABEL_OUTPUT.into(),
                         shape: vec![rows_u64],
                         datatype: Datatype::Bytes,
                         parameters: None,

@@ -62,6 +62,15 @@ impl Runtime {
     }
 }
 
+/// One version: what computes its answers and how to read them.
+#[derive(Debug)]
+pub struct ServedVersion {
+    /// Its runtime.
+    pub runtime: Runtime,
+    /// Where its predictions are in its outputs.
+    pub outputs: OutputMapping,
+}
+
 /// A model the gateway serves.
 #[derive(Debug)]
 pub struct ServedModel {
@@ -71,15 +80,13 @@ pub struct ServedModel {
     pub features: Vec<String>,
     /// How requests carry the features.
     pub layout: InputLayout,
-    /// Where predictions are in the answers.
-    pub outputs: OutputMapping,
-    /// version → runtime.
-    pub versions: BTreeMap<String, Arc<Runtime>>,
+    /// version → its runtime and output mapping.
+    pub versions: BTreeMap<String, Arc<ServedVersion>>,
 }
 
 impl ServedModel {
     /// The runtime of `version`.
-    pub fn version(&self, version: &str) -> Result<&Arc<Runtime>, Error> {
+    pub fn version(&self, version: &str) -> Result<&Arc<ServedVersion>, Error> {
         self.versions.get(version).ok_or_else(|| {
             Error::NotFound(format!("model `{}` has no version `{version}`", self.name))
         })
@@ -87,7 +94,7 @@ impl ServedModel {
 
     /// Protocol metadata, as answered for `version`.
     pub fn metadata(&self, version: &str) -> Result<ModelMetadata, Error> {
-        let runtime = self.version(version)?;
+        let runtime = &self.version(version)?.runtime;
         let inputs = match &self.layout {
             InputLayout::PerFeature => self
                 .features
@@ -104,7 +111,7 @@ impl ServedModel {
                 shape: vec![-1, self.features.len() as i64],
             }],
         };
-        let outputs = match runtime.as_ref() {
+        let outputs = match runtime {
             Runtime::Linear(model) => model.outputs(),
             Runtime::Proxy(_) => Vec::new(),
         };

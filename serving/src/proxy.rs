@@ -17,7 +17,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
-use crate::protocol::{InferRequest, InferResponse};
+use crate::protocol::{InferRequest, InferResponse, RequestedOutput};
 use crate::Error;
 
 /// Largest upstream answer read.
@@ -32,6 +32,10 @@ pub struct Proxy {
     model: String,
     /// The version asked for upstream (its default when `None`).
     version: Option<String>,
+    /// Outputs asked for when the client asks for none (MLServer's
+    /// scikit-learn runtime answers only `predict` unless asked for
+    /// `predict_proba`).
+    request_outputs: Vec<String>,
     timeout: Duration,
     max_in_flight: usize,
     in_flight: Arc<Semaphore>,
@@ -44,6 +48,7 @@ impl Proxy {
         base_url: &str,
         model: String,
         version: Option<String>,
+        request_outputs: Vec<String>,
         timeout: Duration,
         max_in_flight: usize,
     ) -> Result<Self, String> {
@@ -64,6 +69,7 @@ impl Proxy {
             base_url,
             model,
             version,
+            request_outputs,
             timeout,
             max_in_flight,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
@@ -90,7 +96,22 @@ impl Proxy {
 
     /// Sends `request` upstream.
     pub async fn infer(&self, request: &InferRequest) -> Result<InferResponse, Error> {
-        let body = serde_json::to_vec(request).map_err(|e| Error::Internal(e.to_string()))?;
+        let body = if request.outputs.is_none() && !self.request_outputs.is_empty() {
+            let mut asking = request.clone();
+            asking.outputs = Some(
+                self.request_outputs
+                    .iter()
+                    .map(|name| RequestedOutput {
+                        name: name.clone(),
+                        parameters: None,
+                    })
+                    .collect(),
+            );
+            serde_json::to_vec(&asking)
+        } else {
+            serde_json::to_vec(request)
+        }
+        .map_err(|e| Error::Internal(e.to_string()))?;
         let (status, bytes) = self
             .call(
                 hyper::Method::POST,

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! On shutdown the listener stops accepting, requests in flight finish
-//! (within [`crate::http::DRAIN_DEADLINE`]), then the log sends what it
+//! (within [`crate::http::DRAIN_DEADLINE`]), shadow calls still running
+//! finish (within the request timeout), then the log sends what it
 //! buffered (within [`serving::log::DRAIN_DEADLINE`]).
 
 use std::future::Future;
@@ -51,7 +52,7 @@ pub async fn run(
         telemetry.clone(),
         settings.max_shadow_in_flight(),
     ));
-    let app = serving::gateway::router(gateway, settings.max_body_bytes());
+    let app = serving::gateway::router(gateway.clone(), settings.max_body_bytes());
     tracing::info!(address = %listener.local_addr()?, topic = settings.log().topic(), "model gateway listening");
     serve_router(
         listener,
@@ -63,6 +64,10 @@ pub async fn run(
         shutdown,
     )
     .await?;
+    // Shadow calls answer after their request: their events go in too.
+    if !gateway.drain_shadows(settings.request_timeout()).await {
+        tracing::warn!("shadow calls still in flight at shutdown; their events are lost");
+    }
     let _ = stop_log.send(());
     forwarder.await?;
     Ok(telemetry)

@@ -56,7 +56,20 @@ fn probability(version: usize, row: &[f64; 3]) -> f64 {
     1.0 / (1.0 + (-margin).exp())
 }
 
-fn config(directory: &Path, brokers: &str, name: &str, log_extra: &str) -> Config {
+/// A champion (1) and a shadow challenger (2), both in process.
+const SHADOWED: &str = r#"
+[[serving.models]]
+name = "gw"
+champion = "1"
+challenger = "2"
+challenger_mode = "shadow"
+versions = [
+  { version = "1", runtime = "linear", path = "v1.json" },
+  { version = "2", runtime = "linear", path = "v2.json" },
+]
+"#;
+
+fn config(directory: &Path, brokers: &str, name: &str, log_extra: &str, served: &str) -> Config {
     write_models(directory);
     let text = format!(
         r#"
@@ -86,15 +99,7 @@ features = [
 listen = "127.0.0.1:0"
 [serving.log]
 {log_extra}
-[[serving.models]]
-name = "gw"
-champion = "1"
-challenger = "2"
-challenger_mode = "shadow"
-versions = [
-  {{ version = "1", runtime = "linear", path = "v1.json" }},
-  {{ version = "2", runtime = "linear", path = "v2.json" }},
-]
+{served}
 "#
     );
     let path = directory.join("tidewatch.toml");
@@ -186,7 +191,7 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     {
         result.unwrap();
     }
-    let config = config(&directory, &brokers, &name, "");
+    let config = config(&directory, &brokers, &name, "", SHADOWED);
     let gateway = start_gateway(&config).await;
 
     const REQUESTS: usize = 120;
@@ -293,6 +298,7 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     let store = config.store.open().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let quality = loop {
+        // The pipeline writes the same SQLite file: a read may find it busy.
         let rows = store
             .window_metrics(MetricsQuery {
                 model: Some("gw".into()),
@@ -301,7 +307,7 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
                 ..Default::default()
             })
             .await
-            .unwrap();
+            .unwrap_or_default();
         let matched: Vec<(String, u64, Option<f64>)> = rows
             .iter()
             .filter_map(|row| {
@@ -330,15 +336,21 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
             "version {version}: {accuracy:?} vs {expected}"
         );
     }
-    let usage = store
-        .window_metrics(MetricsQuery {
-            model: Some("gw".into()),
-            feature: Some("usage".into()),
-            segment: Some("all".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let usage = loop {
+        // The pipeline writes the same SQLite file: a read may find it busy.
+        match store
+            .window_metrics(MetricsQuery {
+                model: Some("gw".into()),
+                feature: Some("usage".into()),
+                segment: Some("all".into()),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(rows) => break rows,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     let mut counts: Vec<(String, u64)> = usage
         .iter()
         .map(|r| (r.key.model_version.clone(), r.metrics.count))
@@ -374,6 +386,7 @@ async fn with_the_bus_down_requests_succeed_and_lost_events_are_counted() {
         "127.0.0.1:1",
         &name,
         "buffer = 8\nmessage_timeout = \"1s\"",
+        SHADOWED,
     );
     let gateway = start_gateway(&config).await;
     const REQUESTS: usize = 60;
@@ -404,5 +417,156 @@ async fn with_the_bus_down_requests_succeed_and_lost_events_are_counted() {
          with the buffer full and {bus} undelivered",
         2 * REQUESTS
     );
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+/// MLServer's URL and the folder of the model it serves, from `scripts/test.sh`.
+fn mlserver() -> (String, std::path::PathBuf) {
+    let url = std::env::var("TIDEWATCH_TEST_MLSERVER_URL").expect(
+        "TIDEWATCH_TEST_MLSERVER_URL is not set: run the integration suite through scripts/test.sh, \
+         which installs and starts MLServer",
+    );
+    let models = std::env::var("TIDEWATCH_TEST_MLSERVER_MODELS")
+        .expect("TIDEWATCH_TEST_MLSERVER_MODELS is not set");
+    (url, models.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mlserver_upstream_answers_through_the_gateway_like_the_same_model_in_process() {
+    let (url, models) = mlserver();
+    let brokers = common::brokers();
+    let name = format!("serving_mlserver_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    // The coefficients MLServer's model was trained to, as a native model.
+    std::fs::copy(models.join("gw-linear.json"), directory.join("same.json")).unwrap();
+    let served = format!(
+        r#"
+[[serving.models]]
+name = "gw"
+probabilities_output = "predict_proba"
+label_output = "predict"
+classes = ["0", "1"]
+champion = "mlserver"
+challenger = "native"
+challenger_mode = "shadow"
+versions = [
+  {{ version = "mlserver", runtime = "proxy", url = "{url}", request_outputs = ["predict_proba", "predict"] }},
+  {{ version = "native", runtime = "linear", path = "same.json" }},
+  {{ version = "gone", runtime = "proxy", url = "http://127.0.0.1:1" }},
+]
+"#
+    );
+    let topic = format!("predictions-{name}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let config = config(&directory, &brokers, &name, "", &served);
+    let gateway = start_gateway(&config).await;
+
+    const REQUESTS: usize = 40;
+    for i in 0..REQUESTS {
+        let body = json!({
+            "id": format!("ml-{i}"),
+            "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [row(i)]}],
+        });
+        let (status, answer) =
+            post(gateway.address, "/v2/models/gw/infer", &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["model_version"], "mlserver");
+        assert_eq!(answer["id"], format!("ml-{i}"));
+        let proba = answer["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "predict_proba")
+            .unwrap_or_else(|| panic!("MLServer answered predict_proba: {answer}"));
+        assert_eq!(proba["shape"], json!([1, 2]));
+    }
+    // A version whose upstream is gone: 502 with the protocol's error shape.
+    let body = json!({"id": "to-gone", "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [row(0)]}]});
+    let (status, answer) = post(
+        gateway.address,
+        "/v2/models/gw/versions/gone/infer",
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 502, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("upstream unreachable"),
+        "{answer}"
+    );
+    gateway.stop.send(()).unwrap();
+    let telemetry = gateway.handle.await.unwrap().unwrap();
+    assert_eq!(telemetry.delivered_total(), 2 * REQUESTS as u64 + 1);
+
+    // MLServer's and the in-process runtime's scores agree, request by request.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut scores: BTreeMap<String, BTreeMap<String, (f64, String)>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while scores.values().map(BTreeMap::len).sum::<usize>() + errors.len() < 2 * REQUESTS + 1
+        && std::time::Instant::now() < deadline
+    {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let event =
+            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+        if let Some(error) = &event.error {
+            errors.push((event.model_version.to_string(), error.to_string()));
+            continue;
+        }
+        let prediction = event.prediction.unwrap();
+        scores
+            .entry(event.prediction_id.unwrap().into_owned())
+            .or_default()
+            .insert(
+                event.model_version.into_owned(),
+                (
+                    prediction.score.unwrap(),
+                    prediction.class.unwrap().into_owned(),
+                ),
+            );
+    }
+    assert_eq!(scores.len(), REQUESTS);
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the request to the gone upstream failed: {errors:?}"
+    );
+    for (id, by_version) in &scores {
+        let (upstream, native) = (&by_version["mlserver"], &by_version["native"]);
+        assert!(
+            (upstream.0 - native.0).abs() < 1e-9,
+            "{id}: MLServer {upstream:?}, in process {native:?}"
+        );
+        assert_eq!(upstream.1, native.1, "{id}: the same class");
+    }
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].0, "gone");
+    println!("{REQUESTS} requests through the gateway to MLServer: scores equal to the in-process runtime's within 1e-9");
     let _ = std::fs::remove_dir_all(&directory);
 }
