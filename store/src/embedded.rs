@@ -92,6 +92,10 @@ pub struct EmbeddedStore {
     connection: Arc<Mutex<Connection>>,
 }
 
+/// How long a statement waits for a lock another connection holds on the
+/// file before failing (retried by the callers like any store failure).
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the database file at `path`.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -104,11 +108,31 @@ impl EmbeddedStore {
                     })?;
                 }
             }
-            let connection = Connection::open(&path)?;
-            connection.pragma_update(None, "journal_mode", "WAL")?;
-            connection.pragma_update(None, "synchronous", "NORMAL")?;
-            migrate(&connection)?;
-            Ok(connection)
+            // Another process (or connection) may be opening or writing the
+            // same file (`tidewatch windows` beside `tidewatch run`): wait
+            // for its locks rather than fail. Switching to WAL and creating
+            // the tables can answer "busy" without waiting, so the whole
+            // opening is retried within the same bound.
+            let started = std::time::Instant::now();
+            loop {
+                let attempt = (|| -> Result<Connection> {
+                    let connection = Connection::open(&path)?;
+                    connection.busy_timeout(BUSY_TIMEOUT)?;
+                    connection.pragma_update(None, "journal_mode", "WAL")?;
+                    connection.pragma_update(None, "synchronous", "NORMAL")?;
+                    migrate(&connection)?;
+                    Ok(connection)
+                })();
+                match attempt {
+                    Err(Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)))
+                        if failure.code == rusqlite::ErrorCode::DatabaseBusy
+                            && started.elapsed() < BUSY_TIMEOUT =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    other => return other,
+                }
+            }
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;

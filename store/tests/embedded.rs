@@ -37,6 +37,44 @@ async fn file_store_survives_reopening() {
     let _ = std::fs::remove_dir_all(&directory);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handles_opened_at_once_on_a_new_file_wait_for_each_other() {
+    let directory =
+        std::env::temp_dir().join(format!("tidewatch-concurrent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let path = directory.join("shared.db");
+    for round in 0..5 {
+        let _ = std::fs::remove_file(&path);
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { EmbeddedStore::open(&path).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for open in opens {
+            stores.push(Store::new(
+                open.await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}")),
+            ));
+        }
+        // Writers on every handle at once, then every handle reads.
+        let writes: Vec<_> = stores
+            .iter()
+            .cloned()
+            .map(|store| tokio::spawn(async move { common::references_round_trip(&store).await }))
+            .collect();
+        for write in writes {
+            write.await.unwrap();
+        }
+        for store in &stores {
+            assert!(store.reference("churn", "3").await.unwrap().is_some());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
 #[tokio::test]
 async fn an_older_file_gains_the_new_metrics_columns() {
     let directory = std::env::temp_dir().join(format!("tidewatch-migrate-{}", std::process::id()));

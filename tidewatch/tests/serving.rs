@@ -298,7 +298,6 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     let store = config.store.open().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let quality = loop {
-        // The pipeline writes the same SQLite file: a read may find it busy.
         let rows = store
             .window_metrics(MetricsQuery {
                 model: Some("gw".into()),
@@ -307,7 +306,7 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
                 ..Default::default()
             })
             .await
-            .unwrap_or_default();
+            .unwrap();
         let matched: Vec<(String, u64, Option<f64>)> = rows
             .iter()
             .filter_map(|row| {
@@ -336,21 +335,15 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
             "version {version}: {accuracy:?} vs {expected}"
         );
     }
-    let usage = loop {
-        // The pipeline writes the same SQLite file: a read may find it busy.
-        match store
-            .window_metrics(MetricsQuery {
-                model: Some("gw".into()),
-                feature: Some("usage".into()),
-                segment: Some("all".into()),
-                ..Default::default()
-            })
-            .await
-        {
-            Ok(rows) => break rows,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let usage = store
+        .window_metrics(MetricsQuery {
+            model: Some("gw".into()),
+            feature: Some("usage".into()),
+            segment: Some("all".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut counts: Vec<(String, u64)> = usage
         .iter()
         .map(|r| (r.key.model_version.clone(), r.metrics.count))
