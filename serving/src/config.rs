@@ -80,7 +80,84 @@ pub struct RawServing {
     #[serde(default)]
     pub log: RawLog,
     /// The models served.
+    #[serde(default)]
     pub models: Vec<RawServedModel>,
+    /// KServe's payload logger, read at an endpoint of the gateway.
+    #[serde(default)]
+    pub kserve: Option<RawKserve>,
+}
+
+/// `[serving.kserve]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKserve {
+    /// Where the logger posts (the InferenceService's `logger.url` path).
+    #[serde(default = "default_kserve_path")]
+    pub path: String,
+    /// Halves of exchanges waiting for the other; beyond it the oldest is
+    /// dropped and counted.
+    #[serde(default = "default_kserve_max_pending")]
+    pub max_pending: usize,
+    /// How long a half waits for the other before it is dropped and counted.
+    #[serde(default = "default_kserve_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// The InferenceServices read.
+    pub services: Vec<RawKserveService>,
+}
+
+fn default_kserve_path() -> String {
+    "/kserve/events".into()
+}
+fn default_kserve_max_pending() -> usize {
+    10_000
+}
+fn default_kserve_max_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `[[serving.kserve.services]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKserveService {
+    /// `ce-inferenceservicename` of its events.
+    pub inference_service: String,
+    /// Only events of this namespace (`ce-namespace`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The `[[models]]` entry its predictions are logged for.
+    pub model: String,
+    /// How V2 requests carry the features.
+    #[serde(default)]
+    pub input: RawInput,
+    /// `columns`: the input tensor's name.
+    #[serde(default)]
+    pub input_tensor: Option<String>,
+    /// The output with class probabilities.
+    #[serde(default)]
+    pub probabilities_output: Option<String>,
+    /// The output with labels or values.
+    #[serde(default)]
+    pub label_output: Option<String>,
+    /// Class names in probability-column order.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// `ce-endpoint` (`default`, `canary`) → version; without one, the
+    /// response's `model_version`.
+    #[serde(default)]
+    pub versions: BTreeMap<String, String>,
+}
+
+/// Validated `[serving.kserve]`.
+#[derive(Debug, Clone)]
+pub struct KserveSettings {
+    /// The endpoint's path.
+    pub path: String,
+    /// Halves waiting at most.
+    pub max_pending: usize,
+    /// How long a half waits.
+    pub max_wait: Duration,
+    /// The services read.
+    pub services: Vec<crate::kserve::KserveService>,
 }
 
 fn default_listen() -> String {
@@ -281,6 +358,7 @@ pub struct ServingSettings {
     max_shadow_in_flight: usize,
     log: LogSettings,
     routes: Arc<RouteTable>,
+    kserve: Option<KserveSettings>,
 }
 
 impl std::fmt::Debug for ServingSettings {
@@ -327,6 +405,10 @@ impl ServingSettings {
     /// The served models and their aliases.
     pub fn routes(&self) -> &Arc<RouteTable> {
         &self.routes
+    }
+    /// The KServe adapter, if configured.
+    pub fn kserve(&self) -> Option<&KserveSettings> {
+        self.kserve.as_ref()
     }
 }
 
@@ -376,9 +458,13 @@ impl RawServing {
         if topic.trim().is_empty() {
             return Err(invalid("log.topic", "must not be empty"));
         }
-        if self.models.is_empty() {
-            return Err(invalid("models", "must list at least one model"));
+        if self.models.is_empty() && self.kserve.is_none() {
+            return Err(invalid(
+                "models",
+                "must list at least one model (or configure [serving.kserve])",
+            ));
         }
+        let kserve = self.kserve.map(|raw| raw.validate(monitored)).transpose()?;
         let mut served = Vec::with_capacity(self.models.len());
         for (index, model) in self.models.into_iter().enumerate() {
             served.push(model.validate(
@@ -401,6 +487,82 @@ impl RawServing {
                 message_timeout: self.log.message_timeout,
             },
             routes: Arc::new(routes),
+            kserve,
+        })
+    }
+}
+
+/// A model's input layout from its raw settings.
+fn layout(
+    at: &str,
+    input: RawInput,
+    tensor: Option<String>,
+) -> Result<InputLayout, InvalidSetting> {
+    match input {
+        RawInput::Columns => Ok(InputLayout::Columns { tensor }),
+        RawInput::PerFeature if tensor.is_some() => Err(invalid(
+            format!("{at}.input_tensor"),
+            "only with input = \"columns\"",
+        )),
+        RawInput::PerFeature => Ok(InputLayout::PerFeature),
+    }
+}
+
+impl RawKserve {
+    fn validate(
+        self,
+        monitored: &BTreeMap<String, MonitoredModel>,
+    ) -> Result<KserveSettings, InvalidSetting> {
+        if !self.path.starts_with('/') || self.path.starts_with("/v2/") || self.path == "/metrics" {
+            return Err(invalid(
+                "kserve.path",
+                "an absolute path outside /v2/ and /metrics expected",
+            ));
+        }
+        if self.max_pending == 0 {
+            return Err(invalid("kserve.max_pending", "must be at least 1"));
+        }
+        if self.max_wait.is_zero() {
+            return Err(invalid("kserve.max_wait", "must be positive"));
+        }
+        if self.services.is_empty() {
+            return Err(invalid("kserve.services", "must list at least one service"));
+        }
+        let mut services = Vec::with_capacity(self.services.len());
+        for (index, raw) in self.services.into_iter().enumerate() {
+            let at = format!("kserve.services[{index}]");
+            let spec = monitored.get(&raw.model).ok_or_else(|| {
+                invalid(
+                    format!("{at}.model"),
+                    format!("`{}` is not a [[models]] entry", raw.model),
+                )
+            })?;
+            if raw.inference_service.trim().is_empty() {
+                return Err(invalid(
+                    format!("{at}.inference_service"),
+                    "must not be empty",
+                ));
+            }
+            services.push(crate::kserve::KserveService {
+                layout: layout(&at, raw.input, raw.input_tensor)?,
+                inference_service: raw.inference_service,
+                namespace: raw.namespace,
+                features: spec.features.clone(),
+                outputs: OutputMapping {
+                    task: spec.task,
+                    probabilities: raw.probabilities_output,
+                    label: raw.label_output,
+                    classes: raw.classes,
+                },
+                versions: raw.versions,
+                model: raw.model,
+            });
+        }
+        Ok(KserveSettings {
+            path: self.path,
+            max_pending: self.max_pending,
+            max_wait: self.max_wait,
+            services,
         })
     }
 }
@@ -422,18 +584,7 @@ impl RawServedModel {
                 ),
             )
         })?;
-        let layout = match self.input {
-            RawInput::Columns => InputLayout::Columns {
-                tensor: self.input_tensor,
-            },
-            RawInput::PerFeature if self.input_tensor.is_some() => {
-                return Err(invalid(
-                    format!("{at}.input_tensor"),
-                    "only with input = \"columns\"",
-                ))
-            }
-            RawInput::PerFeature => InputLayout::PerFeature,
-        };
+        let layout = layout(at, self.input, self.input_tensor)?;
         if spec.task == Task::Regression
             && (self.probabilities_output.is_some() || !self.classes.is_empty())
         {

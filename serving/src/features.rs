@@ -116,6 +116,68 @@ impl FeatureBatch {
     }
 }
 
+impl FeatureBatch {
+    /// Reads rows given as JSON (the V1 protocol's `instances`): each row an
+    /// array of values in feature order, or an object of feature → value.
+    /// Every value of a feature must have the same JSON type.
+    pub fn from_json_rows(rows: &[serde_json::Value], features: &[String]) -> Result<Self, String> {
+        use serde_json::Value;
+        let mut columns: Vec<Vec<&Value>> = vec![Vec::with_capacity(rows.len()); features.len()];
+        for (index, row) in rows.iter().enumerate() {
+            match row {
+                Value::Array(values) if values.len() == features.len() => {
+                    for (column, value) in columns.iter_mut().zip(values) {
+                        column.push(value);
+                    }
+                }
+                Value::Object(values) => {
+                    for (column, feature) in columns.iter_mut().zip(features) {
+                        column.push(values.get(feature).ok_or_else(|| {
+                            format!("instance {index} has no feature `{feature}`")
+                        })?);
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "instance {index}: an array of {} values or an object of features expected",
+                        features.len()
+                    ))
+                }
+            }
+        }
+        let columns = features
+            .iter()
+            .zip(columns)
+            .map(|(feature, values)| {
+                let data = match values.first() {
+                    None | Some(Value::Number(_)) => values
+                        .iter()
+                        .map(|v| v.as_f64())
+                        .collect::<Option<Vec<f64>>>()
+                        .map(TensorData::Numbers),
+                    Some(Value::String(_)) => values
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<String>>>()
+                        .map(TensorData::Text),
+                    Some(Value::Bool(_)) => values
+                        .iter()
+                        .map(|v| v.as_bool())
+                        .collect::<Option<Vec<bool>>>()
+                        .map(TensorData::Bools),
+                    Some(_) => None,
+                };
+                data.map(|data| (feature.clone(), data))
+                    .ok_or_else(|| format!("feature `{feature}`: values of one type (number, string or boolean) expected"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(FeatureBatch {
+            rows: rows.len(),
+            columns,
+        })
+    }
+}
+
 fn per_feature(inputs: &[Tensor], features: &[String]) -> Result<FeatureBatch, String> {
     if let Some(unknown) = inputs.iter().find(|input| !features.contains(&input.name)) {
         return Err(format!(
@@ -237,6 +299,29 @@ mod tests {
             &numeric,
         );
         assert!(named.unwrap_err().contains("no input `other`"));
+    }
+
+    #[test]
+    fn v1_instances_read_as_arrays_or_objects() {
+        let arrays: Vec<serde_json::Value> =
+            serde_json::from_str(r#"[[31.5, "a"], [40, "b"]]"#).unwrap();
+        let objects: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"age": 31.5, "plan": "a", "other": 1}, {"plan": "b", "age": 40}]"#,
+        )
+        .unwrap();
+        let from_arrays = FeatureBatch::from_json_rows(&arrays, &features()).unwrap();
+        assert_eq!(
+            from_arrays,
+            FeatureBatch::from_json_rows(&objects, &features()).unwrap()
+        );
+        assert_eq!(from_arrays.numbers("age").unwrap().as_ref(), [31.5, 40.0]);
+        let mixed: Vec<serde_json::Value> =
+            serde_json::from_str(r#"[[1, "a"], ["x", "b"]]"#).unwrap();
+        assert!(FeatureBatch::from_json_rows(&mixed, &features())
+            .unwrap_err()
+            .contains("feature `age`"));
+        let short: Vec<serde_json::Value> = serde_json::from_str(r#"[[1]]"#).unwrap();
+        assert!(FeatureBatch::from_json_rows(&short, &features()).is_err());
     }
 
     #[test]

@@ -376,7 +376,7 @@ async fn call(
             features: batch,
             row,
             outcome,
-            latency_ms: seconds * 1000.0,
+            latency_ms: Some(seconds * 1000.0),
         });
     };
     match result {

@@ -22,6 +22,8 @@
 //!   log.rs: one event per row → bounded buffer → Kafka (drops counted)
 //! ```
 //!
+//! - [`kserve`]: KServe's payload logger (CloudEvents over HTTP) joined
+//!   into prediction events, for models KServe serves.
 //! - [`protocol`]: the protocol's messages.
 //! - [`config`]: `[serving]`, validated into a [`routes::RouteTable`] and
 //!   log settings.
@@ -33,6 +35,7 @@
 pub mod config;
 pub mod features;
 pub mod gateway;
+pub mod kserve;
 pub mod linear;
 pub mod log;
 pub mod model;

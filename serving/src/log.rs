@@ -52,7 +52,8 @@ pub struct PredictionRecord<'a> {
     pub row: usize,
     /// The prediction, or the error that prevented it.
     pub outcome: Result<&'a Prediction, &'a str>,
-    pub latency_ms: f64,
+    /// Serving latency, when known.
+    pub latency_ms: Option<f64>,
 }
 
 impl Serialize for PredictionRecord<'_> {
@@ -111,7 +112,9 @@ impl Serialize for PredictionRecord<'_> {
             Ok(prediction) => map.serialize_entry("prediction", &Output(prediction))?,
             Err(error) => map.serialize_entry("error", error)?,
         }
-        map.serialize_entry("latency_ms", &self.latency_ms)?;
+        if let Some(latency_ms) = self.latency_ms {
+            map.serialize_entry("latency_ms", &latency_ms)?;
+        }
         map.end()
     }
 }

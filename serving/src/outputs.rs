@@ -3,9 +3,10 @@
 //!
 //! Which outputs hold what is configured per model ([`OutputMapping`]);
 //! when it is not, the outputs are recognised by shape: for a classifier a
-//! 2-D output `[N, C]` (C ≥ 2) holds class probabilities and a 1-D one the
-//! predicted labels; for a regressor the first numeric output with one value
-//! per row is the prediction.
+//! 2-D output `[N, C]` (C ≥ 2) holds class probabilities (the class is the
+//! most probable one), and only without it a 1-D one the predicted labels;
+//! for a regressor the first numeric output with one value per row is the
+//! prediction.
 
 use detectors::spec::Task;
 
@@ -66,9 +67,12 @@ impl OutputMapping {
                     }),
                     None => None,
                 };
+                // Recognised by shape, labels only count without
+                // probabilities: their class names are the configured
+                // `classes`, a label output may hold class indices.
                 let labels = match find(&self.label)? {
                     Some(tensor) => Some(tensor),
-                    None if self.probabilities.is_none() => {
+                    None if self.probabilities.is_none() && probabilities.is_none() => {
                         response.outputs.iter().find(|o| o.row_width() == 1)
                     }
                     None => None,

@@ -34,6 +34,13 @@ pub struct DropLabel {
     pub reason: &'static str,
 }
 
+/// What an adapter did with an incoming message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AdapterLabel {
+    pub adapter: &'static str,
+    pub outcome: &'static str,
+}
+
 /// A model.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ModelLabel {
@@ -55,6 +62,7 @@ pub struct Telemetry {
     logged: Counter,
     delivered: Counter,
     dropped: Family<DropLabel, Counter>,
+    adapter_events: Family<AdapterLabel, Counter>,
 }
 
 impl Default for Telemetry {
@@ -67,6 +75,7 @@ impl Default for Telemetry {
             logged: Counter::default(),
             delivered: Counter::default(),
             dropped: Family::default(),
+            adapter_events: Family::default(),
         }
     }
 }
@@ -124,6 +133,22 @@ impl Telemetry {
         self.dropped.get_or_create(&DropLabel { reason }).get()
     }
 
+    /// An adapter (`kserve`, `seldon`) handled a message with `outcome`
+    /// (`joined`, `waiting`, `duplicate`, `evicted`, `expired`,
+    /// `unknown_service`, `undecodable`, `no_version`).
+    pub fn adapter_event(&self, adapter: &'static str, outcome: &'static str) {
+        self.adapter_events
+            .get_or_create(&AdapterLabel { adapter, outcome })
+            .inc();
+    }
+
+    /// Messages of `adapter` with `outcome` so far.
+    pub fn adapter_events_total(&self, adapter: &'static str, outcome: &'static str) -> u64 {
+        self.adapter_events
+            .get_or_create(&AdapterLabel { adapter, outcome })
+            .get()
+    }
+
     /// Events the broker acknowledged so far.
     pub fn delivered_total(&self) -> u64 {
         self.delivered.get()
@@ -162,6 +187,11 @@ impl Telemetry {
             "log_delivered",
             "Prediction events the broker acknowledged",
             self.delivered.clone(),
+        );
+        serving.register(
+            "adapter_events",
+            "Messages of the KServe and Seldon adapters, by outcome",
+            self.adapter_events.clone(),
         );
         serving.register(
             "log_dropped",

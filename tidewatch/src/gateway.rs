@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! listener ─▶ http::serve_router(serving::gateway::router) ─▶ InferenceLog ─▶ serving::log::forward ─▶ [serving.log] topic
+//!          └─ [serving.kserve] path: serving::kserve (KServe's payload logger) ─┘
 //! ```
 //!
 //! On shutdown the listener stops accepting, requests in flight finish
@@ -48,11 +49,26 @@ pub async fn run(
     ));
     let gateway = Arc::new(Gateway::new(
         settings.routes().clone(),
-        log,
+        log.clone(),
         telemetry.clone(),
         settings.max_shadow_in_flight(),
     ));
-    let app = serving::gateway::router(gateway.clone(), settings.max_body_bytes());
+    let mut app = serving::gateway::router(gateway.clone(), settings.max_body_bytes());
+    if let Some(kserve) = settings.kserve() {
+        let adapter = Arc::new(serving::kserve::KserveAdapter::new(
+            kserve.services.clone(),
+            kserve.max_pending,
+            kserve.max_wait,
+            log.clone(),
+            telemetry.clone(),
+        ));
+        app = serving::kserve::router(adapter, &kserve.path)
+            .layer(axum::extract::DefaultBodyLimit::max(
+                settings.max_body_bytes(),
+            ))
+            .merge(app);
+        tracing::info!(path = %kserve.path, "reading KServe's payload logger");
+    }
     tracing::info!(address = %listener.local_addr()?, topic = settings.log().topic(), "model gateway listening");
     serve_router(
         listener,

@@ -563,3 +563,120 @@ versions = [
     println!("{REQUESTS} requests through the gateway to MLServer: scores equal to the in-process runtime's within 1e-9");
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// `POST` of a recorded KServe CloudEvent (headers and body).
+async fn post_event(address: std::net::SocketAddr, path: &str, event: &Value) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = event["body"].as_str().unwrap();
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in event["headers"].as_object().unwrap() {
+        head.push_str(&format!("{name}: {}\r\n", value.as_str().unwrap()));
+    }
+    stream
+        .write_all(format!("{head}\r\n{body}").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kserve_logger_events_posted_to_tidewatch_serve_reach_the_predictions_topic() {
+    let brokers = common::brokers();
+    let name = format!("serving_kserve_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let topic = format!("predictions-{name}");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for result in admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let kserve = r#"
+[serving.kserve]
+path = "/kserve/events"
+[[serving.kserve.services]]
+inference_service = "churn"
+namespace = "ml"
+model = "gw"
+classes = ["no", "yes"]
+versions = { canary = "8" }
+"#;
+    let config = config(&directory, &brokers, &name, "", kserve);
+    let gateway = start_gateway(&config).await;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/kserve");
+    let exchanges: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("exchanges.json")).unwrap())
+            .unwrap();
+    let expected: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap())
+            .unwrap();
+    for exchange in &exchanges {
+        let (status, body) = post_event(gateway.address, "/kserve/events", exchange).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    gateway.stop.send(()).unwrap();
+    let telemetry = gateway.handle.await.unwrap().unwrap();
+    assert_eq!(telemetry.delivered_total(), expected.len() as u64);
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut got = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < expected.len() && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let event =
+            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+        let prediction = event.prediction.clone().unwrap();
+        got.insert(
+            event.prediction_id.clone().unwrap().into_owned(),
+            (
+                event.model.to_string(),
+                event.model_version.to_string(),
+                prediction.score,
+                event.timestamp_ms,
+            ),
+        );
+    }
+    for want in &expected {
+        let id = want["prediction_id"].as_str().unwrap();
+        let (model, version, score, timestamp) = &got[id];
+        assert_eq!(model, "gw");
+        assert_eq!(version, want["model_version"].as_str().unwrap(), "{id}");
+        assert_eq!(*score, want["score"].as_f64(), "{id}");
+        assert_eq!(*timestamp, want["timestamp"].as_i64().unwrap(), "{id}");
+    }
+    println!(
+        "{} KServe logger events posted to tidewatch serve: {} prediction events on the topic",
+        exchanges.len(),
+        got.len()
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Load test of the model gateway (serving/benches/gateway_load.rs): latency
+# at a fixed request rate on 127.0.0.1 with the inference log writing to a
+# real broker, with and without a shadow challenger, then the inference
+# log's throughput into the broker. Starts the nisshi broker that
+# scripts/test.sh built (run that once first) on 127.0.0.1, stops it after.
+#
+#   scripts/bench-serving.sh [runs]     (default 3; prints the CPU, then every run)
+#
+# Environment: TIDEWATCH_BENCH_RATE (requests/s, default 5000),
+# TIDEWATCH_BENCH_SECONDS (per scenario, default 10), TIDEWATCH_BENCH_EVENTS
+# (logging, default 500000), TIDEWATCH_CACHE_DIR, TIDEWATCH_BENCH_PORT
+# (broker port, default 19092).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+cache_dir=${TIDEWATCH_CACHE_DIR:-$HOME/.cache/tidewatch}
+nisshi="$cache_dir/nisshi-0.8.1/bin/nisshi"
+port=${TIDEWATCH_BENCH_PORT:-19092}
+[ -x "$nisshi" ] || { echo "no broker at $nisshi: run scripts/test.sh once, which builds it" >&2; exit 1; }
+lscpu | grep -E '^(Model name|CPU\(s\)):' || true
+cargo bench -p serving --bench gateway_load --no-run -q
+log=$(mktemp)
+"$nisshi" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  --storage-engine memory://nisshi/ >"$log" 2>&1 &
+broker=$!
+trap 'kill $broker 2>/dev/null || true; wait $broker 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 1 60); do
+  timeout 2 "$nisshi" topic list --broker "tcp://127.0.0.1:$port" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+for run in $(seq 1 "$runs"); do
+  echo "run $run:"
+  TIDEWATCH_BENCH_KAFKA_BROKERS="127.0.0.1:$port" cargo bench -q -p serving --bench gateway_load 2>/dev/null \
+    | grep -E '^(gateway|runtime|inference log)'
+done
