@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load test of the model gateway (serving/benches/gateway_load.rs): latency
+# Load test of the model gateway (tidewatch/benches/gateway_load.rs): latency
 # at a fixed request rate on 127.0.0.1 with the inference log writing to a
 # real broker, with and without a shadow challenger, then the inference
 # log's throughput into the broker. Starts the nisshi broker that
@@ -19,7 +19,7 @@ nisshi="$cache_dir/nisshi-0.8.1/bin/nisshi"
 port=${TIDEWATCH_BENCH_PORT:-19092}
 [ -x "$nisshi" ] || { echo "no broker at $nisshi: run scripts/test.sh once, which builds it" >&2; exit 1; }
 lscpu | grep -E '^(Model name|CPU\(s\)):' || true
-cargo bench -p serving --bench gateway_load --no-run -q
+cargo bench -p tidewatch --bench gateway_load --no-run -q
 log=$(mktemp)
 "$nisshi" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
   --storage-engine memory://nisshi/ >"$log" 2>&1 &
@@ -31,6 +31,6 @@ for _ in $(seq 1 60); do
 done
 for run in $(seq 1 "$runs"); do
   echo "run $run:"
-  TIDEWATCH_BENCH_KAFKA_BROKERS="127.0.0.1:$port" cargo bench -q -p serving --bench gateway_load 2>/dev/null \
+  TIDEWATCH_BENCH_KAFKA_BROKERS="127.0.0.1:$port" cargo bench -q -p tidewatch --bench gateway_load 2>/dev/null \
     | grep -E '^(gateway|runtime|inference log)'
 done

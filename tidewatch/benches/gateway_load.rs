@@ -8,13 +8,15 @@
 //! Two measurements, both with the inference log writing to the broker
 //! named by `TIDEWATCH_BENCH_KAFKA_BROKERS`:
 //!
-//! 1. **Gateway latency**: a 20-feature logistic regression
-//!    (`tidewatch.linear.v1`, in process) served by the gateway on
-//!    127.0.0.1; requests of one row sent open-loop at a fixed rate
-//!    (default 5,000/s) over keep-alive connections; latency measured from
-//!    each request's scheduled send time (so a stall is not hidden by
-//!    sending less), for the champion alone and with a shadow challenger.
-//!    The load generator shares the machine's cores with the gateway.
+//! 1. **Gateway latency**: `tidewatch serve`'s own code
+//!    ([`tidewatch::gateway::run`] on a config file) with a 20-feature
+//!    logistic regression (`tidewatch.linear.v1`, in process) on 127.0.0.1;
+//!    requests of one row sent open-loop at a fixed rate (default 5,000/s)
+//!    over keep-alive connections, paced by a thread of its own; latency
+//!    measured from each request's scheduled send time (a stall of the
+//!    gateway is not hidden by sending less), for the champion alone and
+//!    with a shadow challenger. The load generator shares the machine's
+//!    cores with the gateway and the broker.
 //! 2. **Logging throughput**: prediction events (20 features, full-precision
 //!    values) encoded and pushed through the inference log into the broker
 //!    as fast as the log takes them; events acknowledged per second.
@@ -24,7 +26,6 @@
 //! `TIDEWATCH_BENCH_SECONDS` (per scenario, default 10),
 //! `TIDEWATCH_BENCH_EVENTS` (logging, default 500000).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,13 +37,12 @@ use hyper_util::rt::TokioExecutor;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use serving::features::{FeatureBatch, InputLayout};
-use serving::gateway::Gateway;
 use serving::linear::LinearModel;
 use serving::log::{InferenceLog, PredictionRecord};
 use serving::model::{Runtime, ServedModel, ServedVersion};
 use serving::outputs::{OutputMapping, Prediction};
 use serving::protocol::InferRequest;
-use serving::routes::{Aliases, ChallengerMode, RouteTable};
+use serving::routes::{Aliases, RouteTable};
 use serving::telemetry::Telemetry;
 
 const FEATURES: usize = 20;
@@ -120,44 +120,78 @@ struct Outcome {
     dropped: u64,
 }
 
+/// Writes the two versions and a config serving them; the loaded config.
+fn gateway_config(
+    directory: &std::path::Path,
+    brokers: &str,
+    shadow: bool,
+) -> tidewatch::config::Config {
+    std::fs::create_dir_all(directory).expect("a folder");
+    for seed in [1, 2] {
+        let Runtime::Linear(model) = &version(seed).runtime else {
+            unreachable!()
+        };
+        std::fs::write(directory.join(format!("v{seed}.json")), model.to_json())
+            .expect("a model file");
+    }
+    let features: Vec<String> = feature_names()
+        .iter()
+        .map(|name| format!("{{ name = \"{name}\", kind = \"numeric\" }}"))
+        .collect();
+    let challenger = if shadow {
+        "challenger = \"2\"\nchallenger_mode = \"shadow\""
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"
+version = 1
+[kafka]
+brokers = "{brokers}"
+topics = [{{ name = "{topic}", kind = "prediction" }}]
+[[models]]
+name = "bench"
+task = "classification"
+positive_class = "yes"
+features = [{features}]
+[serving]
+listen = "127.0.0.1:0"
+[[serving.models]]
+name = "bench"
+champion = "1"
+{challenger}
+versions = [
+  {{ version = "1", runtime = "linear", path = "v1.json" }},
+  {{ version = "2", runtime = "linear", path = "v2.json" }},
+]
+"#,
+        topic = topic(if shadow { "shadow" } else { "champion" }),
+        features = features.join(", "),
+    );
+    let path = directory.join("tidewatch.toml");
+    std::fs::write(&path, text).expect("a config file");
+    tidewatch::config::Config::load(&path).expect("a valid config")
+}
+
 async fn gateway_scenario(brokers: &str, shadow: bool, rate: u64, seconds: u64) -> Outcome {
-    let model = ServedModel {
-        name: "bench".into(),
-        features: feature_names(),
-        layout: InputLayout::Columns { tensor: None },
-        versions: BTreeMap::from([("1".to_owned(), version(1)), ("2".to_owned(), version(2))]),
-    };
-    let aliases = Aliases {
-        champion: "1".into(),
-        challenger: shadow.then(|| ("2".to_owned(), ChallengerMode::Shadow)),
-    };
-    let routes = Arc::new(RouteTable::new(vec![(model, aliases)]).expect("routes"));
-    let telemetry = Telemetry::default();
-    let buffer = 100_000;
-    let (log, events) = InferenceLog::bounded(buffer, telemetry.clone());
-    let (stop_log, log_stopped) = tokio::sync::oneshot::channel::<()>();
-    let forwarder = tokio::spawn(serving::log::forward(
-        events,
-        producer(brokers, buffer),
-        topic(if shadow { "shadow" } else { "champion" }),
-        telemetry.clone(),
-        async move {
-            let _ = log_stopped.await;
-        },
-    ));
-    let gateway = Arc::new(Gateway::new(routes, log, telemetry.clone(), 256));
-    let app = serving::gateway::router(gateway.clone(), 1 << 20);
+    let directory =
+        std::env::temp_dir().join(format!("tidewatch-bench-gateway-{}", std::process::id()));
+    let config = gateway_config(&directory, brokers, shadow);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
+        tidewatch::gateway::run(
+            config.serving.as_ref().expect("[serving]"),
+            config.kafka.as_ref().expect("[kafka]"),
+            listener,
+            async move {
                 let _ = server_stopped.await;
-            })
-            .await
+            },
+        )
+        .await
     });
 
     let mut connector = HttpConnector::new();
@@ -165,12 +199,12 @@ async fn gateway_scenario(brokers: &str, shadow: bool, rate: u64, seconds: u64) 
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build(connector);
-    let url = format!("http://{address}/v2/models/bench/infer");
+    let url = "/v2/models/bench/infer".to_owned();
     let bodies: Arc<Vec<Bytes>> = Arc::new((0..4096).map(|i| Bytes::from(body(i))).collect());
 
-    // Warm-up: connections and code paths.
+    // Warm-up: code paths.
     for i in 0..2_000u64 {
-        let request = hyper::Request::post(&url)
+        let request = hyper::Request::post(format!("http://{address}{url}"))
             .header("content-type", "application/json")
             .body(Full::new(bodies[(i % 4096) as usize].clone()))
             .expect("request");
@@ -178,34 +212,77 @@ async fn gateway_scenario(brokers: &str, shadow: bool, rate: u64, seconds: u64) 
         let _ = response.into_body().collect().await;
     }
 
+    // Requests go out on CONNECTIONS keep-alive connections, each served by
+    // a task in turn (as wrk2 does): a request due while its connection is
+    // busy waits, and the wait counts. A thread paces the sends (tokio's
+    // timer ticks by the millisecond, a thread sleeps to within ~0.1 ms),
+    // sleeping, never spinning (a spinning pacer would take one of the
+    // cores the gateway runs on); each request is timed from its scheduled
+    // instant, so a late wake-up counts against the gateway too.
+    const CONNECTIONS: usize = 32;
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let (results, mut collected) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
-    let started = Instant::now();
-    let start = tokio::time::Instant::now();
-    for i in 0..total {
-        let scheduled = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(scheduled).await;
-        let (client, url, bodies, results) =
-            (client.clone(), url.clone(), bodies.clone(), results.clone());
-        tokio::spawn(async move {
-            let request = hyper::Request::post(&url)
-                .header("content-type", "application/json")
-                .body(Full::new(bodies[(i % 4096) as usize].clone()))
-                .expect("request");
-            let ok = match client.request(request).await {
-                Ok(response) => {
-                    let status = response.status();
-                    let _ = response.into_body().collect().await;
-                    status.is_success()
-                }
-                Err(_) => false,
-            };
-            let micros = scheduled.elapsed().as_micros() as u64;
-            let _ = results.send(ok.then_some(micros));
-        });
+    let mut queues = Vec::with_capacity(CONNECTIONS);
+    let mut workers = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let (queue, mut due) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+        queues.push(queue);
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let (bodies, results, url) = (bodies.clone(), results.clone(), url.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some((i, scheduled)) = due.recv().await {
+                let request = hyper::Request::post(&url)
+                    .header("content-type", "application/json")
+                    .header("host", "127.0.0.1")
+                    .body(Full::new(bodies[(i % 4096) as usize].clone()))
+                    .expect("request");
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let _ = response.into_body().collect().await;
+                        status.is_success()
+                    }
+                    Err(_) => false,
+                };
+                let micros = scheduled.elapsed().as_micros() as u64;
+                let _ = results.send(ok.then_some(micros));
+            }
+        }));
     }
     drop(results);
+    let started = Instant::now();
+    let pacer = std::thread::spawn(move || {
+        let start = Instant::now();
+        for i in 0..total {
+            let scheduled = start + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if scheduled > now {
+                std::thread::sleep(scheduled - now);
+            }
+            if queues[(i as usize) % CONNECTIONS]
+                .send((i, scheduled))
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    // The workers end when the pacer has sent everything and dropped the
+    // queues; the pacer is joined after them (joining first would block a
+    // runtime thread).
+    for worker in workers {
+        worker.await.expect("a connection task");
+    }
+    pacer.join().expect("the pacing thread");
     let mut latency =
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let mut errors = 0;
@@ -217,10 +294,11 @@ async fn gateway_scenario(brokers: &str, shadow: bool, rate: u64, seconds: u64) 
     }
     let seconds = started.elapsed().as_secs_f64();
     let _ = stop_server.send(());
-    let _ = server.await;
-    gateway.drain_shadows(Duration::from_secs(5)).await;
-    let _ = stop_log.send(());
-    let _ = forwarder.await;
+    let telemetry = server
+        .await
+        .expect("the gateway task")
+        .expect("the gateway");
+    let _ = std::fs::remove_dir_all(&directory);
     Outcome {
         sent: total,
         errors,
@@ -347,6 +425,41 @@ fn main() {
         }
         println!(
             "runtime alone: {:.2} µs per one-row inference (20-feature logistic regression)",
+            started.elapsed().as_secs_f64() * 1e6 / rounds as f64
+        );
+        // The gateway's own work per request, without network or broker:
+        // the router called in process (parse, route, features, model,
+        // answer, event encoded into the log's buffer).
+        let version = version(1);
+        let served = ServedModel {
+            name: "bench".into(),
+            features: feature_names(),
+            layout: InputLayout::Columns { tensor: None },
+            versions: [("1".to_owned(), version)].into(),
+        };
+        let aliases = Aliases {
+            champion: "1".into(),
+            challenger: None,
+        };
+        let routes = Arc::new(RouteTable::new(vec![(served, aliases)]).expect("routes"));
+        let telemetry = Telemetry::default();
+        let (log, mut logged) = InferenceLog::bounded(1 << 16, telemetry.clone());
+        let gateway = Arc::new(serving::gateway::Gateway::new(routes, log, telemetry, 8));
+        let app = serving::gateway::router(gateway, 1 << 20);
+        let request_body = body(7);
+        let rounds = 100_000;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let request = hyper::Request::post("/v2/models/bench/infer")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(request_body.clone()))
+                .expect("request");
+            let response = tower::ServiceExt::oneshot(app.clone(), request).await.expect("response");
+            std::hint::black_box(response.into_body().collect().await.expect("body"));
+            while logged.try_recv().is_ok() {}
+        }
+        println!(
+            "gateway alone: {:.1} µs per request through the router in process (no network, no broker)",
             started.elapsed().as_secs_f64() * 1e6 / rounds as f64
         );
         let (seconds, delivered, failed) = logging_scenario(&brokers, events).await;
