@@ -19,7 +19,7 @@
 //!   `max_pending` halves wait (the oldest is dropped first when full):
 //!   both dropped and counted in `tidewatch_serving_adapter_events_total`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use serde_json::{json, Value};
 use crate::features::{FeatureBatch, InputLayout};
 use crate::log::{InferenceLog, PredictionRecord};
 use crate::outputs::OutputMapping;
+use crate::pairing::{Half, Paired, Pairing};
 use crate::protocol::{Datatype, InferRequest, InferResponse, Tensor, TensorData};
 use crate::telemetry::Telemetry;
 
@@ -61,35 +62,19 @@ pub struct KserveService {
     pub versions: BTreeMap<String, String>,
 }
 
-/// Which half of an exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Half {
-    Request,
-    Response,
-}
-
+/// One half of an exchange, waiting or just arrived.
 #[derive(Debug)]
 struct Waiting {
-    half: Half,
     body: Bytes,
     service: usize,
     endpoint: Option<String>,
     time_ms: Option<i64>,
-    arrived: Instant,
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    by_id: HashMap<String, Waiting>,
-    order: VecDeque<(Instant, String)>,
 }
 
 /// The adapter's state.
 pub struct KserveAdapter {
     services: Vec<KserveService>,
-    pending: Mutex<Pending>,
-    max_pending: usize,
-    max_wait: Duration,
+    pending: Mutex<Pairing<Waiting>>,
     log: InferenceLog,
     telemetry: Telemetry,
 }
@@ -105,9 +90,7 @@ impl KserveAdapter {
     ) -> Self {
         Self {
             services,
-            pending: Mutex::new(Pending::default()),
-            max_pending: max_pending.max(1),
-            max_wait,
+            pending: Mutex::new(Pairing::new(max_pending, max_wait)),
             log,
             telemetry,
         }
@@ -115,11 +98,7 @@ impl KserveAdapter {
 
     /// Halves waiting for their other half.
     pub fn waiting(&self) -> usize {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_id
-            .len()
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Takes one CloudEvent; `Ok` with what became of it.
@@ -157,46 +136,34 @@ impl KserveAdapter {
         let time_ms = header("ce-time")
             .and_then(|time| chrono::DateTime::parse_from_rfc3339(&time).ok())
             .map(|time| time.timestamp_millis());
-        let arrived = Instant::now();
         let waiting = Waiting {
-            half,
             body,
             service,
             endpoint: header("ce-endpoint"),
             time_ms,
-            arrived,
         };
-        let other = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            self.expire(&mut pending, arrived);
-            match pending.by_id.remove(&id) {
-                Some(other) if other.half != half => Some(other),
-                Some(_) => {
-                    // The same half twice (a retried delivery): keep the newer.
-                    pending.by_id.insert(id.clone(), waiting);
-                    self.telemetry.adapter_event("kserve", "duplicate");
-                    return Ok("duplicate");
-                }
-                None => {
-                    while pending.by_id.len() >= self.max_pending {
-                        let Some((_, oldest)) = pending.order.pop_front() else {
-                            break;
-                        };
-                        if pending.by_id.remove(&oldest).is_some() {
-                            self.telemetry.adapter_event("kserve", "evicted");
-                        }
-                    }
-                    pending.order.push_back((arrived, id.clone()));
-                    pending.by_id.insert(id, waiting);
-                    self.telemetry.adapter_event("kserve", "waiting");
-                    return Ok("waiting");
-                }
+        let mut dropped = Vec::new();
+        let paired = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .offer(id.clone(), half, waiting, Instant::now(), |why, _| {
+                dropped.push(why)
+            });
+        for why in dropped {
+            self.telemetry.adapter_event("kserve", why.as_str());
+        }
+        let (request, response) = match paired {
+            Paired::Waiting => {
+                self.telemetry.adapter_event("kserve", "waiting");
+                return Ok("waiting");
             }
-        };
-        let other = other.expect("matched Some above");
-        let (request, response) = match half {
-            Half::Request => (waiting, other),
-            Half::Response => (other, waiting),
+            Paired::Duplicate(_) => {
+                // The same half twice (a redelivery): the newer is kept.
+                self.telemetry.adapter_event("kserve", "duplicate");
+                return Ok("duplicate");
+            }
+            Paired::Joined { request, response } => (request, response),
         };
         match self.log_exchange(&id, &request, &response) {
             Ok(()) => {
@@ -206,24 +173,6 @@ impl KserveAdapter {
             Err(message) => {
                 self.telemetry.adapter_event("kserve", "undecodable");
                 Err(message)
-            }
-        }
-    }
-
-    /// Drops halves that waited longer than `max_wait`.
-    fn expire(&self, pending: &mut Pending, now: Instant) {
-        while let Some((arrived, _)) = pending.order.front() {
-            if now.duration_since(*arrived) < self.max_wait {
-                break;
-            }
-            let (_, id) = pending.order.pop_front().expect("checked above");
-            if pending
-                .by_id
-                .get(&id)
-                .is_some_and(|waiting| now.duration_since(waiting.arrived) >= self.max_wait)
-            {
-                pending.by_id.remove(&id);
-                self.telemetry.adapter_event("kserve", "expired");
             }
         }
     }

@@ -40,6 +40,7 @@ pub mod linear;
 pub mod log;
 pub mod model;
 pub mod outputs;
+pub mod pairing;
 pub mod protocol;
 pub mod proxy;
 pub mod routes;
