@@ -133,6 +133,24 @@ pub fn bounded_producer(
     Ok(config.create()?)
 }
 
+/// A consumer of group `group_id` that commits only what its caller
+/// commits (the serving adapters: offsets stay below open exchanges),
+/// reading a new group's topics from the start.
+pub fn adapter_consumer(
+    connection: &BrokerConnection,
+    group_id: &str,
+) -> Result<rdkafka::consumer::StreamConsumer, Error> {
+    let mut config = client_config(connection);
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    if config.get("auto.offset.reset").is_none() {
+        config.set("auto.offset.reset", "earliest");
+    }
+    Ok(config.create()?)
+}
+
 /// An idempotent producer (`tidewatch replay`): a send retried across a
 /// broker or network fault is written once. A fatal producer error stops
 /// the replay.

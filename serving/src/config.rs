@@ -85,6 +85,85 @@ pub struct RawServing {
     /// KServe's payload logger, read at an endpoint of the gateway.
     #[serde(default)]
     pub kserve: Option<RawKserve>,
+    /// Seldon Core 2's topics, read from the broker of `[kafka]`.
+    #[serde(default)]
+    pub seldon: Option<RawSeldon>,
+}
+
+/// `[serving.seldon]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeldon {
+    /// The Seldon namespace (in the topic names).
+    pub namespace: String,
+    /// Consumer group of the adapter.
+    #[serde(default = "default_seldon_group")]
+    pub group_id: String,
+    /// Halves waiting for the other; beyond it the oldest is dropped.
+    #[serde(default = "default_kserve_max_pending")]
+    pub max_pending: usize,
+    /// How long a half waits before it is dropped.
+    #[serde(default = "default_kserve_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// How often offsets are committed.
+    #[serde(default = "default_seldon_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// The Seldon models read.
+    pub models: Vec<RawSeldonModel>,
+}
+
+fn default_seldon_group() -> String {
+    "tidewatch-seldon".into()
+}
+fn default_seldon_commit_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `[[serving.seldon.models]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeldonModel {
+    /// The model's name in Seldon.
+    pub seldon_model: String,
+    /// The `[[models]]` entry its predictions are logged for (default: the
+    /// same name).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// How requests carry the features.
+    #[serde(default)]
+    pub input: RawInput,
+    /// `columns`: the input tensor's name.
+    #[serde(default)]
+    pub input_tensor: Option<String>,
+    /// The output with class probabilities.
+    #[serde(default)]
+    pub probabilities_output: Option<String>,
+    /// The output with labels or values.
+    #[serde(default)]
+    pub label_output: Option<String>,
+    /// Class names in probability-column order.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// The version when a response names none.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// Validated `[serving.seldon]`.
+#[derive(Debug, Clone)]
+pub struct SeldonSettings {
+    /// The Seldon namespace.
+    pub namespace: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Halves waiting at most.
+    pub max_pending: usize,
+    /// How long a half waits.
+    pub max_wait: Duration,
+    /// How often offsets are committed.
+    pub commit_interval: Duration,
+    /// The models read.
+    pub models: Vec<crate::seldon::SeldonModel>,
 }
 
 /// `[serving.kserve]`.
@@ -359,6 +438,7 @@ pub struct ServingSettings {
     log: LogSettings,
     routes: Arc<RouteTable>,
     kserve: Option<KserveSettings>,
+    seldon: Option<SeldonSettings>,
 }
 
 impl std::fmt::Debug for ServingSettings {
@@ -410,6 +490,10 @@ impl ServingSettings {
     pub fn kserve(&self) -> Option<&KserveSettings> {
         self.kserve.as_ref()
     }
+    /// The Seldon adapter, if configured.
+    pub fn seldon(&self) -> Option<&SeldonSettings> {
+        self.seldon.as_ref()
+    }
 }
 
 impl RawServing {
@@ -458,12 +542,13 @@ impl RawServing {
         if topic.trim().is_empty() {
             return Err(invalid("log.topic", "must not be empty"));
         }
-        if self.models.is_empty() && self.kserve.is_none() {
+        if self.models.is_empty() && self.kserve.is_none() && self.seldon.is_none() {
             return Err(invalid(
                 "models",
-                "must list at least one model (or configure [serving.kserve])",
+                "must list at least one model (or configure [serving.kserve] or [serving.seldon])",
             ));
         }
+        let seldon = self.seldon.map(|raw| raw.validate(monitored)).transpose()?;
         let kserve = self.kserve.map(|raw| raw.validate(monitored)).transpose()?;
         let mut served = Vec::with_capacity(self.models.len());
         for (index, model) in self.models.into_iter().enumerate() {
@@ -488,6 +573,7 @@ impl RawServing {
             },
             routes: Arc::new(routes),
             kserve,
+            seldon,
         })
     }
 }
@@ -563,6 +649,64 @@ impl RawKserve {
             max_pending: self.max_pending,
             max_wait: self.max_wait,
             services,
+        })
+    }
+}
+
+impl RawSeldon {
+    fn validate(
+        self,
+        monitored: &BTreeMap<String, MonitoredModel>,
+    ) -> Result<SeldonSettings, InvalidSetting> {
+        if self.namespace.trim().is_empty() {
+            return Err(invalid("seldon.namespace", "must not be empty"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid("seldon.group_id", "must not be empty"));
+        }
+        if self.max_pending == 0 {
+            return Err(invalid("seldon.max_pending", "must be at least 1"));
+        }
+        if self.max_wait.is_zero() || self.commit_interval.is_zero() {
+            return Err(invalid(
+                "seldon.max_wait",
+                "max_wait and commit_interval must be positive",
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(invalid("seldon.models", "must list at least one model"));
+        }
+        let mut models = Vec::with_capacity(self.models.len());
+        for (index, raw) in self.models.into_iter().enumerate() {
+            let at = format!("seldon.models[{index}]");
+            let name = raw.model.unwrap_or_else(|| raw.seldon_model.clone());
+            let spec = monitored.get(&name).ok_or_else(|| {
+                invalid(
+                    format!("{at}.model"),
+                    format!("`{name}` is not a [[models]] entry"),
+                )
+            })?;
+            models.push(crate::seldon::SeldonModel {
+                layout: layout(&at, raw.input, raw.input_tensor)?,
+                seldon_model: raw.seldon_model,
+                features: spec.features.clone(),
+                outputs: OutputMapping {
+                    task: spec.task,
+                    probabilities: raw.probabilities_output,
+                    label: raw.label_output,
+                    classes: raw.classes,
+                },
+                version: raw.version,
+                model: name,
+            });
+        }
+        Ok(SeldonSettings {
+            namespace: self.namespace,
+            group_id: self.group_id,
+            max_pending: self.max_pending,
+            max_wait: self.max_wait,
+            commit_interval: self.commit_interval,
+            models,
         })
     }
 }

@@ -24,6 +24,8 @@
 //!
 //! - [`kserve`]: KServe's payload logger (CloudEvents over HTTP) joined
 //!   into prediction events, for models KServe serves.
+//! - [`seldon`]: Seldon Core 2's Kafka topics (protobuf requests and
+//!   responses) joined into prediction events.
 //! - [`protocol`]: the protocol's messages.
 //! - [`config`]: `[serving]`, validated into a [`routes::RouteTable`] and
 //!   log settings.
@@ -44,6 +46,7 @@ pub mod pairing;
 pub mod protocol;
 pub mod proxy;
 pub mod routes;
+pub mod seldon;
 pub mod telemetry;
 
 /// What went wrong serving a request or building the gateway.

@@ -69,6 +69,31 @@ pub async fn run(
             .merge(app);
         tracing::info!(path = %kserve.path, "reading KServe's payload logger");
     }
+    // Seldon's topics, read beside the gateway until it stops.
+    let (stop_seldon, seldon_stopped) = tokio::sync::oneshot::channel::<()>();
+    let seldon = match settings.seldon() {
+        Some(seldon) => {
+            let adapter = Arc::new(serving::seldon::SeldonAdapter::new(
+                seldon.namespace.clone(),
+                seldon.models.clone(),
+                seldon.max_pending,
+                seldon.max_wait,
+                log.clone(),
+                telemetry.clone(),
+            ));
+            let consumer = ingest::kafka::adapter_consumer(kafka.connection(), &seldon.group_id)?;
+            tracing::info!(topics = ?adapter.topics(), "reading Seldon's topics");
+            Some(tokio::spawn(serving::seldon::run(
+                adapter,
+                consumer,
+                seldon.commit_interval,
+                async move {
+                    let _ = seldon_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     tracing::info!(address = %listener.local_addr()?, topic = settings.log().topic(), "model gateway listening");
     serve_router(
         listener,
@@ -80,6 +105,12 @@ pub async fn run(
         shutdown,
     )
     .await?;
+    let _ = stop_seldon.send(());
+    if let Some(seldon) = seldon {
+        if let Err(error) = seldon.await? {
+            tracing::warn!(%error, "the Seldon adapter stopped with an error");
+        }
+    }
     // Shadow calls answer after their request: their events go in too.
     if !gateway.drain_shadows(settings.request_timeout()).await {
         tracing::warn!("shadow calls still in flight at shutdown; their events are lost");

@@ -680,3 +680,149 @@ versions = { canary = "8" }
     );
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seldon_topics_are_joined_into_prediction_events_and_offsets_stay_below_open_exchanges() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let brokers = common::brokers();
+    let name = format!("serving_seldon_{}", std::process::id());
+    let namespace = format!("ns-{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let topic = format!("predictions-{name}");
+    let inputs = format!("seldon.{namespace}.model.churn.inputs");
+    let outputs = format!("seldon.{namespace}.model.churn.outputs");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for result in admin
+        .create_topics(
+            &[
+                NewTopic::new(&topic, 1, TopicReplication::Fixed(1)),
+                NewTopic::new(&inputs, 1, TopicReplication::Fixed(1)),
+                NewTopic::new(&outputs, 1, TopicReplication::Fixed(1)),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    // Seldon's messages, as recorded, with their request ids in headers.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/seldon");
+    let messages: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("messages.json")).unwrap())
+            .unwrap();
+    let expected: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap())
+            .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for message in &messages {
+        let destination = if message["kind"] == "inputs" {
+            &inputs
+        } else {
+            &outputs
+        };
+        let payload = std::fs::read(fixtures.join(message["file"].as_str().unwrap())).unwrap();
+        let id = message["request_id"].as_str().unwrap();
+        producer
+            .send(
+                FutureRecord::to(destination)
+                    .key(id)
+                    .payload(&payload)
+                    .timestamp(message["timestamp"].as_i64().unwrap())
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "x-request-id",
+                        value: Some(id),
+                    })),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let seldon = format!(
+        r#"
+[serving.seldon]
+namespace = "{namespace}"
+group_id = "seldon-{name}"
+commit_interval = "200ms"
+[[serving.seldon.models]]
+seldon_model = "churn"
+model = "gw"
+probabilities_output = "predict_proba"
+classes = ["no", "yes"]
+version = "fallback"
+"#
+    );
+    let config = config(&directory, &brokers, &name, "", &seldon);
+    let gateway = start_gateway(&config).await;
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut got = BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < expected.len() && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let event =
+            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+        got.insert(
+            event.prediction_id.clone().unwrap().into_owned(),
+            (
+                event.model_version.to_string(),
+                event.prediction.clone().unwrap().score,
+                event.timestamp_ms,
+                event.latency_ms,
+            ),
+        );
+    }
+    for want in &expected {
+        let id = want["prediction_id"].as_str().unwrap();
+        let (version, score, timestamp, latency) = got
+            .get(id)
+            .unwrap_or_else(|| panic!("no event for {id}: {got:?}"));
+        assert_eq!(version, want["model_version"].as_str().unwrap(), "{id}");
+        assert_eq!(*score, want["score"].as_f64(), "{id}");
+        assert_eq!(*timestamp, want["timestamp"].as_i64().unwrap(), "{id}");
+        assert_eq!(*latency, want["latency_ms"].as_f64(), "{id}");
+    }
+    gateway.stop.send(()).unwrap();
+    let telemetry = gateway.handle.await.unwrap().unwrap();
+    assert_eq!(telemetry.adapter_events_total("seldon", "joined"), 3);
+
+    // The request without a response (inputs offset 3) holds the inputs'
+    // commit below it; the outputs are committed past their end.
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("seldon-{name}"))
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(&inputs, 0);
+    partitions.add_partition(&outputs, 0);
+    let committed = group
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .unwrap();
+    let offset = |topic: &str| committed.find_partition(topic, 0).unwrap().offset();
+    assert_eq!(offset(&inputs), rdkafka::Offset::Offset(3));
+    assert_eq!(offset(&outputs), rdkafka::Offset::Offset(3));
+    println!(
+        "{} Seldon messages joined into {} prediction events; committed inputs 3, outputs 3",
+        messages.len(),
+        got.len()
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
