@@ -12,11 +12,16 @@
 //! - [`report`]: text tables of window metrics.
 //! - [`service`]: opening the configured store and running the Kafka pipeline.
 //! - [`http`]: the HTTP server: JSON API with its OpenAPI document,
-//!   Prometheus metrics, and Tidewatch's own pages.
+//!   Prometheus metrics, and Tidewatch's own pages; its accept loop
+//!   ([`http::serve_router`]) also serves the gateway.
+//! - [`gateway`]: `tidewatch serve`, the `serving` crate's gateway and
+//!   adapters wired to `[kafka]`.
 //!
-//! The crates below do the work: `events` (event model), `detectors` (pure
-//! math), `store` (ClickHouse / SQLite), `ingest` (Kafka and file ingestion),
-//! `alerting` (rules and channels).
+//! The commands themselves are in `src/commands/` (one module each), and
+//! `main.rs` only parses and dispatches. The crates below do the work:
+//! `events` (event model), `detectors` (pure math), `store` (ClickHouse /
+//! SQLite behind one `Backend` trait), `ingest` (Kafka and file ingestion),
+//! `alerting` (rules and channels), `serving` (the model gateway).
 
 pub mod analyze;
 pub mod config;
