@@ -52,12 +52,7 @@ pub struct Gateway {
     clock: fn() -> i64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::log::now_ms;
 
 impl Gateway {
     /// A gateway over `routes`, logging to `log`.
@@ -360,13 +355,7 @@ async fn call(
     let seconds = started.elapsed().as_secs_f64();
     gateway.telemetry.call(&served.name, version, role, seconds);
     let rows = batch.rows();
-    let prediction_id = |row: usize| {
-        if rows == 1 {
-            id.to_owned()
-        } else {
-            format!("{id}/{row}")
-        }
-    };
+    let prediction_id = |row: usize| crate::log::prediction_id(id, rows, row);
     let log = |row: usize, outcome: Result<&crate::outputs::Prediction, &str>| {
         gateway.log.record(&PredictionRecord {
             model: &served.name,

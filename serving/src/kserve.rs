@@ -32,7 +32,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::features::{FeatureBatch, InputLayout};
-use crate::log::{InferenceLog, PredictionRecord};
+use crate::log::{Exchange, InferenceLog};
 use crate::outputs::OutputMapping;
 use crate::pairing::{Half, Paired, Pairing};
 use crate::protocol::{Datatype, InferRequest, InferResponse, Tensor, TensorData};
@@ -212,35 +212,16 @@ impl KserveAdapter {
                 "no version: the response names no model_version and endpoint {endpoint:?} is not mapped"
             ));
         };
-        let rows = features.rows();
-        let predictions = service.outputs.predictions(&answer, rows)?;
-        let time_ms = request.time_ms.or(response.time_ms).unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)
+        let predictions = service.outputs.predictions(&answer, features.rows())?;
+        self.log.record_exchange(&Exchange {
+            model: &service.model,
+            version: &version,
+            id,
+            features: &features,
+            predictions: &predictions,
+            request_ms: request.time_ms,
+            response_ms: response.time_ms,
         });
-        let latency_ms = match (request.time_ms, response.time_ms) {
-            (Some(sent), Some(answered)) if answered >= sent => Some((answered - sent) as f64),
-            _ => None,
-        };
-        for (row, prediction) in predictions.iter().enumerate() {
-            let prediction_id = if rows == 1 {
-                id.to_owned()
-            } else {
-                format!("{id}/{row}")
-            };
-            self.log.record(&PredictionRecord {
-                model: &service.model,
-                version: &version,
-                prediction_id: &prediction_id,
-                timestamp_ms: time_ms,
-                features: &features,
-                row,
-                outcome: Ok(prediction),
-                latency_ms,
-            });
-        }
         Ok(())
     }
 }
@@ -414,32 +395,7 @@ mod tests {
             "the request whose response never came"
         );
         let expected: Vec<Value> = serde_json::from_str(EXPECTED).unwrap();
-        for want in &expected {
-            let event = events
-                .try_recv()
-                .expect("one event per expected prediction");
-            let got = events::decode(&event.payload, events::EventKind::Prediction).unwrap();
-            assert_eq!(got.model, want["model"].as_str().unwrap());
-            assert_eq!(got.model_version, want["model_version"].as_str().unwrap());
-            assert_eq!(got.prediction_id.as_deref(), want["prediction_id"].as_str());
-            assert_eq!(event.key, want["prediction_id"].as_str().unwrap());
-            assert_eq!(got.timestamp_ms, want["timestamp"].as_i64().unwrap());
-            assert_eq!(got.latency_ms, want["latency_ms"].as_f64());
-            let prediction = got.prediction.unwrap();
-            assert_eq!(prediction.score, want["score"].as_f64());
-            assert_eq!(prediction.class.as_deref(), want["class"].as_str());
-            for (name, value) in &got.features {
-                let events::FeatureValue::Number(number) = value else {
-                    panic!("{value:?}")
-                };
-                assert_eq!(
-                    Some(*number),
-                    want["features"][name.as_ref()].as_f64(),
-                    "{name}"
-                );
-            }
-        }
-        assert!(events.try_recv().is_err(), "nothing else is logged");
+        crate::log::assert_logged_as_expected(&mut events, &expected);
         assert_eq!(telemetry.adapter_events_total("kserve", "joined"), 3);
         assert_eq!(
             telemetry.adapter_events_total("kserve", "unknown_service"),

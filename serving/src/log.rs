@@ -155,6 +155,99 @@ impl InferenceLog {
     }
 }
 
+/// The prediction id of row `row` of a request of `rows` rows with id `id`:
+/// the id itself for one row, `{id}/{row}` otherwise.
+pub fn prediction_id(id: &str, rows: usize, row: usize) -> String {
+    if rows == 1 {
+        id.to_owned()
+    } else {
+        format!("{id}/{row}")
+    }
+}
+
+/// The wall clock, ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One exchange read by an adapter (KServe, Seldon): its request's and
+/// response's times, when known.
+pub struct Exchange<'a> {
+    pub model: &'a str,
+    pub version: &'a str,
+    pub id: &'a str,
+    pub features: &'a FeatureBatch,
+    pub predictions: &'a [Prediction],
+    pub request_ms: Option<i64>,
+    pub response_ms: Option<i64>,
+}
+
+impl InferenceLog {
+    /// Logs every row of `exchange`: the event time is the request's (else
+    /// the response's, else now), the latency the time between them.
+    pub fn record_exchange(&self, exchange: &Exchange<'_>) {
+        let timestamp_ms = exchange
+            .request_ms
+            .or(exchange.response_ms)
+            .unwrap_or_else(now_ms);
+        let latency_ms = match (exchange.request_ms, exchange.response_ms) {
+            (Some(sent), Some(answered)) if answered >= sent => Some((answered - sent) as f64),
+            _ => None,
+        };
+        let rows = exchange.features.rows();
+        for (row, prediction) in exchange.predictions.iter().enumerate() {
+            self.record(&PredictionRecord {
+                model: exchange.model,
+                version: exchange.version,
+                prediction_id: &prediction_id(exchange.id, rows, row),
+                timestamp_ms,
+                features: exchange.features,
+                row,
+                outcome: Ok(prediction),
+                latency_ms,
+            });
+        }
+    }
+}
+
+/// Test support: checks that `events` holds exactly the prediction events
+/// of an adapter fixture's `expected.json`.
+#[cfg(test)]
+pub(crate) fn assert_logged_as_expected(
+    events: &mut mpsc::Receiver<LoggedEvent>,
+    expected: &[serde_json::Value],
+) {
+    for want in expected {
+        let event = events
+            .try_recv()
+            .expect("one event per expected prediction");
+        let got = events::decode(&event.payload, events::EventKind::Prediction).unwrap();
+        assert_eq!(got.model, want["model"].as_str().unwrap());
+        assert_eq!(got.model_version, want["model_version"].as_str().unwrap());
+        assert_eq!(got.prediction_id.as_deref(), want["prediction_id"].as_str());
+        assert_eq!(event.key, want["prediction_id"].as_str().unwrap());
+        assert_eq!(got.timestamp_ms, want["timestamp"].as_i64().unwrap());
+        assert_eq!(got.latency_ms, want["latency_ms"].as_f64());
+        let prediction = got.prediction.unwrap();
+        assert_eq!(prediction.score, want["score"].as_f64());
+        assert_eq!(prediction.class.as_deref(), want["class"].as_str());
+        for (name, value) in &got.features {
+            let events::FeatureValue::Number(number) = value else {
+                panic!("{value:?}")
+            };
+            assert_eq!(
+                Some(*number),
+                want["features"][name.as_ref()].as_f64(),
+                "{name}"
+            );
+        }
+    }
+    assert!(events.try_recv().is_err(), "nothing else is logged");
+}
+
 /// How long buffered events may take to reach the broker at shutdown.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 

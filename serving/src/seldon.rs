@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::features::{FeatureBatch, InputLayout};
-use crate::log::{InferenceLog, PredictionRecord};
+use crate::log::{Exchange, InferenceLog};
 use crate::outputs::OutputMapping;
 use crate::pairing::{Half, Paired, Pairing};
 use crate::protocol::{Datatype, InferRequest, InferResponse, Tensor, TensorData};
@@ -564,38 +564,18 @@ impl SeldonAdapter {
             .clone()
             .or_else(|| model.version.clone())
             .ok_or("no version: the response names none and none is configured")?;
-        let rows = features.rows();
-        let predictions = model.outputs.predictions(&decoded_response, rows)?;
-        let latency_ms = match (request.timestamp_ms, response.timestamp_ms) {
-            (Some(sent), Some(answered)) if answered >= sent => Some((answered - sent) as f64),
-            _ => None,
-        };
-        let timestamp_ms = request
-            .timestamp_ms
-            .or(response.timestamp_ms)
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0)
-            });
-        for (row, prediction) in predictions.iter().enumerate() {
-            let prediction_id = if rows == 1 {
-                id.to_owned()
-            } else {
-                format!("{id}/{row}")
-            };
-            self.log.record(&PredictionRecord {
-                model: &model.model,
-                version: &version,
-                prediction_id: &prediction_id,
-                timestamp_ms,
-                features: &features,
-                row,
-                outcome: Ok(prediction),
-                latency_ms,
-            });
-        }
+        let predictions = model
+            .outputs
+            .predictions(&decoded_response, features.rows())?;
+        self.log.record_exchange(&Exchange {
+            model: &model.model,
+            version: &version,
+            id,
+            features: &features,
+            predictions: &predictions,
+            request_ms: request.timestamp_ms,
+            response_ms: response.timestamp_ms,
+        });
         Ok(())
     }
 }
@@ -754,31 +734,7 @@ mod tests {
             &std::fs::read_to_string(fixtures().join("expected.json")).unwrap(),
         )
         .unwrap();
-        for want in &expected {
-            let event = events
-                .try_recv()
-                .expect("one event per expected prediction");
-            let got = events::decode(&event.payload, events::EventKind::Prediction).unwrap();
-            assert_eq!(got.model, want["model"].as_str().unwrap());
-            assert_eq!(got.model_version, want["model_version"].as_str().unwrap());
-            assert_eq!(got.prediction_id.as_deref(), want["prediction_id"].as_str());
-            assert_eq!(got.timestamp_ms, want["timestamp"].as_i64().unwrap());
-            assert_eq!(got.latency_ms, want["latency_ms"].as_f64());
-            let prediction = got.prediction.unwrap();
-            assert_eq!(prediction.score, want["score"].as_f64());
-            assert_eq!(prediction.class.as_deref(), want["class"].as_str());
-            for (name, value) in &got.features {
-                let events::FeatureValue::Number(number) = value else {
-                    panic!("{value:?}")
-                };
-                assert_eq!(
-                    Some(*number),
-                    want["features"][name.as_ref()].as_f64(),
-                    "{name}"
-                );
-            }
-        }
-        assert!(events.try_recv().is_err());
+        crate::log::assert_logged_as_expected(&mut events, &expected);
         assert_eq!(telemetry.adapter_events_total("seldon", "joined"), 3);
         // sd-0004's request (inputs offset 3) is still open: inputs commit
         // stops below it; every output is done.

@@ -123,6 +123,55 @@ async fn post(address: std::net::SocketAddr, path: &str, body: &str) -> (u16, Va
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
+/// Creates `topics`, one partition each.
+async fn create_topics(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, 1, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+}
+
+/// The first `count` messages of `topic` as (key, payload), read within
+/// 60 s (fewer if they do not come).
+fn read_messages(
+    brokers: &str,
+    name: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut messages = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while messages.len() < count && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        messages.push((
+            message.key().map(<[u8]>::to_vec),
+            message.payload().unwrap_or_default().to_vec(),
+        ));
+    }
+    messages
+}
+
 struct Gateway {
     address: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -170,27 +219,7 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
     let topic = format!("predictions-{name}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for result in admin
-        .create_topics(
-            &[
-                NewTopic::new(&topic, 1, TopicReplication::Fixed(1)),
-                NewTopic::new(
-                    &format!("dead-letters-{name}"),
-                    1,
-                    TopicReplication::Fixed(1),
-                ),
-            ],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
+    create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let config = config(&directory, &brokers, &name, "", SHADOWED);
     let gateway = start_gateway(&config).await;
 
@@ -224,24 +253,11 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     );
 
     // The topic holds both versions' predictions, keyed by request id.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{name}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
     let mut seen: BTreeMap<(String, String), f64> = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < 2 * REQUESTS && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let event =
-            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+    for (key, payload) in read_messages(&brokers, &name, &topic, 2 * REQUESTS) {
+        let event = events::decode(&payload, events::EventKind::Prediction).unwrap();
         let id = event.prediction_id.clone().unwrap().into_owned();
-        assert_eq!(message.key(), Some(id.as_bytes()), "keyed by request id");
+        assert_eq!(key.as_deref(), Some(id.as_bytes()), "keyed by request id");
         let features = answered[&id];
         let version: usize = event.model_version.parse().unwrap();
         let score = event.prediction.as_ref().unwrap().score.unwrap();
@@ -452,20 +468,7 @@ versions = [
 "#
     );
     let topic = format!("predictions-{name}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
+    create_topics(&brokers, &[&topic]).await;
     let config = config(&directory, &brokers, &name, "", &served);
     let gateway = start_gateway(&config).await;
 
@@ -509,25 +512,10 @@ versions = [
     assert_eq!(telemetry.delivered_total(), 2 * REQUESTS as u64 + 1);
 
     // MLServer's and the in-process runtime's scores agree, request by request.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{name}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
     let mut scores: BTreeMap<String, BTreeMap<String, (f64, String)>> = BTreeMap::new();
     let mut errors = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while scores.values().map(BTreeMap::len).sum::<usize>() + errors.len() < 2 * REQUESTS + 1
-        && std::time::Instant::now() < deadline
-    {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let event =
-            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+    for (_, payload) in read_messages(&brokers, &name, &topic, 2 * REQUESTS + 1) {
+        let event = events::decode(&payload, events::EventKind::Prediction).unwrap();
         if let Some(error) = &event.error {
             errors.push((event.model_version.to_string(), error.to_string()));
             continue;
@@ -597,20 +585,7 @@ async fn kserve_logger_events_posted_to_tidewatch_serve_reach_the_predictions_to
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
     let topic = format!("predictions-{name}");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
+    create_topics(&brokers, &[&topic]).await;
     let kserve = r#"
 [serving.kserve]
 path = "/kserve/events"
@@ -638,22 +613,9 @@ versions = { canary = "8" }
     let telemetry = gateway.handle.await.unwrap().unwrap();
     assert_eq!(telemetry.delivered_total(), expected.len() as u64);
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{name}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
     let mut got = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while got.len() < expected.len() && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let event =
-            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+    for (_, payload) in read_messages(&brokers, &name, &topic, expected.len()) {
+        let event = events::decode(&payload, events::EventKind::Prediction).unwrap();
         let prediction = event.prediction.clone().unwrap();
         got.insert(
             event.prediction_id.clone().unwrap().into_owned(),
@@ -693,24 +655,7 @@ async fn seldon_topics_are_joined_into_prediction_events_and_offsets_stay_below_
     let topic = format!("predictions-{name}");
     let inputs = format!("seldon.{namespace}.model.churn.inputs");
     let outputs = format!("seldon.{namespace}.model.churn.outputs");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    for result in admin
-        .create_topics(
-            &[
-                NewTopic::new(&topic, 1, TopicReplication::Fixed(1)),
-                NewTopic::new(&inputs, 1, TopicReplication::Fixed(1)),
-                NewTopic::new(&outputs, 1, TopicReplication::Fixed(1)),
-            ],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
+    create_topics(&brokers, &[&topic, &inputs, &outputs]).await;
     // Seldon's messages, as recorded, with their request ids in headers.
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/seldon");
     let messages: Vec<Value> =
@@ -763,22 +708,9 @@ version = "fallback"
     let config = config(&directory, &brokers, &name, "", &seldon);
     let gateway = start_gateway(&config).await;
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("reader-{name}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&topic]).unwrap();
     let mut got = BTreeMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while got.len() < expected.len() && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let event =
-            events::decode(message.payload().unwrap(), events::EventKind::Prediction).unwrap();
+    for (_, payload) in read_messages(&brokers, &name, &topic, expected.len()) {
+        let event = events::decode(&payload, events::EventKind::Prediction).unwrap();
         got.insert(
             event.prediction_id.clone().unwrap().into_owned(),
             (
