@@ -438,9 +438,23 @@ impl SeldonAdapter {
         timestamp_ms: Option<i64>,
         position: Option<Position>,
     ) -> &'static str {
+        // Every message read is open until its exchange is done: this one
+        // stays open while it waits (alone, or as the newer of a duplicate
+        // pair); any other outcome is done with it.
+        if let Some(position) = &position {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = open
+                .entry((position.topic.clone(), position.partition))
+                .or_insert_with(|| OpenOffsets {
+                    open: BTreeSet::new(),
+                    next: position.offset,
+                });
+            entry.open.insert(position.offset);
+            entry.next = entry.next.max(position.offset + 1);
+        }
         let outcome = self.handle(topic, request_id, payload, timestamp_ms, position.clone());
         self.telemetry.adapter_event("seldon", outcome);
-        if outcome != "waiting" {
+        if !matches!(outcome, "waiting" | "duplicate") {
             if let Some(position) = position {
                 self.close(&position);
             }
@@ -463,17 +477,6 @@ impl SeldonAdapter {
             tracing::warn!(topic, "a Seldon message without x-request-id");
             return "undecodable";
         };
-        if let Some(position) = &position {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = open
-                .entry((position.topic.clone(), position.partition))
-                .or_insert_with(|| OpenOffsets {
-                    open: BTreeSet::new(),
-                    next: position.offset,
-                });
-            entry.open.insert(position.offset);
-            entry.next = entry.next.max(position.offset + 1);
-        }
         let message = Message {
             payload: payload.to_vec(),
             model,
@@ -615,7 +618,10 @@ pub async fn run(
                 let message = match message {
                     Ok(message) => message,
                     Err(error) => {
+                        // A broker outage: wait a little rather than spin;
+                        // the consumer reconnects by itself.
                         tracing::warn!(%error, "reading Seldon's topics failed");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
                 };
@@ -748,6 +754,38 @@ mod tests {
             ]
         );
         assert_eq!(adapter.waiting(), 1);
+    }
+
+    #[test]
+    fn a_redelivered_half_stays_open_and_a_message_without_id_does_not_hold_the_commit() {
+        let (adapter, _events, telemetry) = adapter();
+        let topic = "seldon.seldon-mesh.model.churn.inputs";
+        let payload = std::fs::read(fixtures().join("sd-0004.inputs.pb")).unwrap();
+        let at = |offset| {
+            Some(Position {
+                topic: topic.into(),
+                partition: 0,
+                offset,
+            })
+        };
+        assert_eq!(
+            adapter.receive(topic, Some("x"), &payload, None, at(0)),
+            "waiting"
+        );
+        // The same request again: the newer copy waits, the older is done.
+        assert_eq!(
+            adapter.receive(topic, Some("x"), &payload, None, at(1)),
+            "duplicate"
+        );
+        assert_eq!(adapter.committable(), [(topic.to_owned(), 0, 1)]);
+        // A message without a request id is done with at once; the commit
+        // still stops below the waiting one.
+        assert_eq!(
+            adapter.receive(topic, None, &payload, None, at(2)),
+            "undecodable"
+        );
+        assert_eq!(adapter.committable(), [(topic.to_owned(), 0, 1)]);
+        assert_eq!(telemetry.adapter_events_total("seldon", "duplicate"), 1);
     }
 
     #[test]
