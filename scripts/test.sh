@@ -60,6 +60,9 @@ as_root() {
 # while the packages below are downloaded and installed (network-bound).
 broker_build_log="$cache_dir/nisshi-$nisshi_version.build.log"
 broker_build_pid=""
+mlserver_install_pid=""
+# The background jobs are not left running if an install below fails.
+trap 'kill ${broker_build_pid:-} ${mlserver_install_pid:-} 2>/dev/null || true' EXIT
 if [ ! -x "$nisshi" ]; then
   log "building the nisshi broker $nisshi_version into $cache_dir in the background (first run only, ~11 minutes)"
   mkdir -p "$cache_dir"
@@ -67,8 +70,6 @@ if [ ! -x "$nisshi" ]; then
     --no-default-features --features dynostore --root "$cache_dir/nisshi-$nisshi_version" \
     >"$broker_build_log" 2>&1 &
   broker_build_pid=$!
-  # Not left running if an install below fails.
-  trap 'kill "$broker_build_pid" ${mlserver_install_pid:-} 2>/dev/null || true' EXIT
 fi
 wait_for_broker_build() {
   [ -n "$broker_build_pid" ] || fail "the broker binary $nisshi is missing"
@@ -92,7 +93,6 @@ ensure_python() {
 
 # --- MLServer, installed in the background ------------------------------------
 mlserver_install_log="$cache_dir/mlserver-$mlserver_version.install.log"
-mlserver_install_pid=""
 if [ ! -x "$mlserver_venv/bin/mlserver" ]; then
   ensure_python
   log "installing MLServer $mlserver_version into $mlserver_venv in the background"
