@@ -26,7 +26,6 @@ use serde_json::{json, Value};
 use serving::linear::LinearModel;
 use store::MetricsQuery;
 use tidewatch::config::Config;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FEATURES: [&str; 3] = ["usage", "tenure", "tickets"];
 
@@ -107,20 +106,17 @@ listen = "127.0.0.1:0"
     Config::load(&path).unwrap()
 }
 
-/// One HTTP/1.1 request on its own connection: (status, JSON body).
+/// A JSON `POST` on its own connection: (status, JSON body).
 async fn post(address: std::net::SocketAddr, path: &str, body: &str) -> (u16, Value) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8(response).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, _, body) = common::http::request(
+        address,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 /// Creates `topics`, one partition each.
@@ -554,27 +550,16 @@ versions = [
 
 /// `POST` of a recorded KServe CloudEvent (headers and body).
 async fn post_event(address: std::net::SocketAddr, path: &str, event: &Value) -> (u16, Value) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let headers: Vec<(&str, &str)> = event["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str().unwrap()))
+        .collect();
     let body = event["body"].as_str().unwrap();
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in event["headers"].as_object().unwrap() {
-        head.push_str(&format!("{name}: {}\r\n", value.as_str().unwrap()));
-    }
-    stream
-        .write_all(format!("{head}\r\n{body}").as_bytes())
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8(response).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (
-        head.split(' ').nth(1).unwrap().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    let (status, _, body) =
+        common::http::request(address, "POST", path, &headers, body.as_bytes()).await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

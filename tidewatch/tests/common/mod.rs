@@ -24,6 +24,7 @@ use tidewatch::fixtures::{self, DemoShape, DEMO_MODEL, DEMO_VERSION};
 
 pub mod broker;
 pub mod child;
+pub mod http;
 pub mod proxy;
 
 pub fn brokers() -> String {
