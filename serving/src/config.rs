@@ -17,6 +17,7 @@
 //! challenger = "8"
 //! challenger_mode = "shadow"     # or "canary" with canary_share = 0.1
 //! versions = [
+//!   { version = "6", runtime = "onnx", path = "models/churn-6.onnx" },
 //!   { version = "7", runtime = "linear", path = "models/churn-7.json" },
 //!   { version = "8", runtime = "proxy", url = "http://127.0.0.1:8080", upstream_model = "churn" },
 //! ]
@@ -34,6 +35,7 @@ use serde::Deserialize;
 use crate::features::InputLayout;
 use crate::linear::LinearModel;
 use crate::model::{Runtime, ServedModel, ServedVersion};
+use crate::onnx::OnnxModel;
 use crate::outputs::OutputMapping;
 use crate::proxy::Proxy;
 use crate::routes::{Aliases, ChallengerMode, RouteTable};
@@ -323,15 +325,17 @@ pub struct RawServedModel {
     /// `columns`: the input tensor's name (any single input when absent).
     #[serde(default)]
     pub input_tensor: Option<String>,
-    /// Proxied versions: the output with class probabilities `[N, C]`
-    /// (in-process versions name their own outputs).
+    /// Proxied and ONNX versions: the output with class probabilities
+    /// `[N, C]` (recognised by shape when absent; `tidewatch.linear.v1`
+    /// versions name their own outputs).
     #[serde(default)]
     pub probabilities_output: Option<String>,
-    /// Proxied versions: the output with labels (classification) or values
-    /// (regression).
+    /// Proxied and ONNX versions: the output with labels (classification)
+    /// or values (regression).
     #[serde(default)]
     pub label_output: Option<String>,
-    /// Class names in probability-column order.
+    /// Class names in probability-column order (ONNX classifiers: default
+    /// their own class labels).
     #[serde(default)]
     pub classes: Vec<String>,
     /// The version that answers.
@@ -359,6 +363,16 @@ pub enum RawVersion {
         /// Relative to the config file.
         path: PathBuf,
     },
+    /// An ONNX file, in process (tract).
+    Onnx {
+        version: String,
+        /// Relative to the config file.
+        path: PathBuf,
+        /// The features its input columns hold, in order (default: the
+        /// model's features in configured order).
+        #[serde(default)]
+        features: Option<Vec<String>>,
+    },
     /// An upstream Open Inference Protocol server.
     Proxy {
         version: String,
@@ -379,6 +393,14 @@ pub enum RawVersion {
         #[serde(default = "default_upstream_in_flight")]
         max_in_flight: usize,
     },
+}
+
+/// Reads the model file `path` (relative to `base`) of version `key`.
+fn read_model(base: &Path, path: &Path, key: &str) -> Result<(PathBuf, Vec<u8>), InvalidSetting> {
+    let path = base.join(path);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| invalid(format!("{key}.path"), format!("{}: {e}", path.display())))?;
+    Ok((path, bytes))
 }
 
 /// The output of a `tidewatch.linear.v1` model holding its prediction.
@@ -742,10 +764,7 @@ impl RawServedModel {
             let key = format!("{at}.versions[{index}]");
             let (name, runtime) = match version {
                 RawVersion::Linear { version, path } => {
-                    let path = base.join(path);
-                    let text = std::fs::read(&path).map_err(|e| {
-                        invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
-                    })?;
+                    let (path, text) = read_model(base, &path, &key)?;
                     let linear = LinearModel::from_json(&text).map_err(|e| {
                         invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
                     })?;
@@ -773,6 +792,46 @@ impl RawServedModel {
                         ));
                     }
                     (version, Runtime::Linear(linear))
+                }
+                RawVersion::Onnx {
+                    version,
+                    path,
+                    features,
+                } => {
+                    let (path, bytes) = read_model(base, &path, &key)?;
+                    let features = features.unwrap_or_else(|| spec.features.clone());
+                    if let Some(missing) = features.iter().find(|f| !spec.features.contains(f)) {
+                        return Err(invalid(
+                            format!("{key}.features"),
+                            format!("`{missing}` is not a feature of `{}`", self.name),
+                        ));
+                    }
+                    let onnx = OnnxModel::from_bytes(&bytes, features).map_err(|e| {
+                        invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
+                    })?;
+                    let is_classifier = !onnx.classes().is_empty();
+                    if is_classifier != (spec.task == Task::Classification) {
+                        return Err(invalid(
+                            format!("{key}.path"),
+                            format!(
+                                "{}: {} a classifier, the [[models]] entry is {:?}",
+                                path.display(),
+                                if is_classifier { "is" } else { "is not" },
+                                spec.task
+                            ),
+                        ));
+                    }
+                    if !self.classes.is_empty() && self.classes.len() != onnx.classes().len() {
+                        return Err(invalid(
+                            format!("{at}.classes"),
+                            format!(
+                                "{} classes, the ONNX model of version `{version}` has {}",
+                                self.classes.len(),
+                                onnx.classes().len()
+                            ),
+                        ));
+                    }
+                    (version, Runtime::Onnx(onnx))
                 }
                 RawVersion::Proxy {
                     version,
@@ -806,6 +865,18 @@ impl RawServedModel {
                         .then(|| "probabilities".to_owned()),
                     label: Some(linear_label(spec.task).to_owned()),
                     classes: linear.classes().to_vec(),
+                },
+                // Outputs as configured, else recognised by shape; class
+                // names as configured, else the model's own.
+                Runtime::Onnx(onnx) => OutputMapping {
+                    task: spec.task,
+                    probabilities: self.probabilities_output.clone(),
+                    label: self.label_output.clone(),
+                    classes: if self.classes.is_empty() {
+                        onnx.classes().to_vec()
+                    } else {
+                        self.classes.clone()
+                    },
                 },
                 Runtime::Proxy(_) => OutputMapping {
                     task: spec.task,
@@ -870,13 +941,21 @@ mod tests {
     use super::*;
 
     fn monitored() -> BTreeMap<String, MonitoredModel> {
-        BTreeMap::from([(
-            "churn".to_owned(),
-            MonitoredModel {
-                features: vec!["age".into(), "tenure".into()],
-                task: Task::Classification,
-            },
-        )])
+        let gw = |task| MonitoredModel {
+            features: vec!["usage".into(), "tenure".into(), "tickets".into()],
+            task,
+        };
+        BTreeMap::from([
+            (
+                "churn".to_owned(),
+                MonitoredModel {
+                    features: vec!["age".into(), "tenure".into()],
+                    task: Task::Classification,
+                },
+            ),
+            ("gw".to_owned(), gw(Task::Classification)),
+            ("gw_value".to_owned(), gw(Task::Regression)),
+        ])
     }
 
     fn validate(text: &str) -> Result<ServingSettings, InvalidSetting> {
@@ -963,5 +1042,78 @@ mod tests {
             key("[[models]]\nname = \"churn\"\nchampion = \"1\"\nversions = [{ version = \"1\", runtime = \"linear\", path = \"m.json\", extra = 1 }]"),
             "toml"
         );
+    }
+
+    /// The committed ONNX models (fixtures/onnx), by absolute path.
+    fn onnx(name: &str) -> String {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../fixtures/onnx/{name}.onnx"))
+            .display()
+            .to_string()
+    }
+
+    #[test]
+    fn onnx_versions_load_with_their_classes_and_mismatches_are_refused() {
+        let section = |model: &str, extra: &str, file: &str, version_extra: &str| {
+            format!(
+                "[[models]]\nname = \"{model}\"\nchampion = \"1\"\n{extra}\nversions = [{{ version = \"1\", runtime = \"onnx\", path = \"{}\"{version_extra} }}]",
+                onnx(file)
+            )
+        };
+        let settings = validate(&section("gw", "", "gw-logistic", "")).unwrap();
+        let (model, _) = settings.routes().get("gw").unwrap();
+        let version = model.version("1").unwrap();
+        assert_eq!(
+            version.outputs.classes,
+            ["no", "yes"],
+            "the model's own classes"
+        );
+        assert_eq!(model.metadata("1").unwrap().platform, "onnx");
+        // Configured class names replace the forest's 0 and 1.
+        let settings = validate(&section(
+            "gw",
+            "classes = [\"no\", \"yes\"]",
+            "gw-forest",
+            "",
+        ))
+        .unwrap();
+        let (model, _) = settings.routes().get("gw").unwrap();
+        assert_eq!(model.version("1").unwrap().outputs.classes, ["no", "yes"]);
+        assert!(validate(&section("gw_value", "", "gw-regression", "")).is_ok());
+
+        let key = |text: String| validate(&text).unwrap_err();
+        let error = key(section("gw_value", "", "gw-forest", ""));
+        assert_eq!(error.key, "models[0].versions[0].path");
+        assert!(error.to_string().contains("is a classifier"), "{error}");
+        let error = key(section("gw", "", "gw-regression", ""));
+        assert!(error.to_string().contains("is not a classifier"), "{error}");
+        assert_eq!(
+            key(section(
+                "gw",
+                "classes = [\"a\", \"b\", \"c\"]",
+                "gw-forest",
+                ""
+            ))
+            .key,
+            "models[0].classes"
+        );
+        assert_eq!(
+            key(section(
+                "gw",
+                "",
+                "gw-forest",
+                ", features = [\"usage\", \"age\", \"tickets\"]"
+            ))
+            .key,
+            "models[0].versions[0].features"
+        );
+        let error = key(section(
+            "gw",
+            "",
+            "gw-forest",
+            ", features = [\"usage\", \"tenure\"]",
+        ));
+        assert_eq!(error.key, "models[0].versions[0].path");
+        assert!(error.to_string().contains("takes 3 columns"), "{error}");
     }
 }

@@ -15,6 +15,7 @@
 //!        │        2-D tensor of columns)
 //!        │
 //!   model.rs: the version's runtime ─┬─ linear.rs  tidewatch.linear.v1, in process
+//!        │                           ├─ onnx.rs    an ONNX model, in process (tract)
 //!        │                           └─ proxy.rs   an upstream OIP server (MLServer…)
 //!        │
 //!   outputs.rs: outputs → score / class / probabilities per row
@@ -41,6 +42,7 @@ pub mod kserve;
 pub mod linear;
 pub mod log;
 pub mod model;
+pub mod onnx;
 pub mod outputs;
 pub mod pairing;
 pub mod protocol;

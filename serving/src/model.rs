@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::features::{FeatureBatch, InputLayout};
 use crate::linear::LinearModel;
+use crate::onnx::OnnxModel;
 use crate::outputs::OutputMapping;
 use crate::protocol::{Datatype, InferRequest, InferResponse, ModelMetadata, TensorMetadata};
 use crate::proxy::Proxy;
@@ -16,6 +17,8 @@ use crate::Error;
 pub enum Runtime {
     /// A `tidewatch.linear.v1` model, in process.
     Linear(LinearModel),
+    /// An ONNX model, in process (tract).
+    Onnx(OnnxModel),
     /// An upstream Open Inference Protocol server.
     Proxy(Proxy),
 }
@@ -25,6 +28,7 @@ impl Runtime {
     pub fn platform(&self) -> &'static str {
         match self {
             Runtime::Linear(_) => "tidewatch_linear",
+            Runtime::Onnx(_) => "onnx",
             Runtime::Proxy(_) => "proxy",
         }
     }
@@ -37,17 +41,10 @@ impl Runtime {
     ) -> Result<InferResponse, Error> {
         match self {
             Runtime::Linear(model) => {
-                let mut outputs = model.infer(batch).map_err(Error::BadRequest)?;
-                if let Some(wanted) = &request.outputs {
-                    outputs.retain(|output| wanted.iter().any(|w| w.name == output.name));
-                }
-                Ok(InferResponse {
-                    model_name: String::new(),
-                    model_version: None,
-                    id: None,
-                    parameters: None,
-                    outputs,
-                })
+                in_process(request, model.infer(batch).map_err(Error::BadRequest)?)
+            }
+            Runtime::Onnx(model) => {
+                in_process(request, model.infer(batch).map_err(Error::BadRequest)?)
             }
             Runtime::Proxy(proxy) => proxy.infer(request).await,
         }
@@ -56,10 +53,28 @@ impl Runtime {
     /// Whether the version can answer now.
     pub async fn ready(&self) -> bool {
         match self {
-            Runtime::Linear(_) => true,
+            Runtime::Linear(_) | Runtime::Onnx(_) => true,
             Runtime::Proxy(proxy) => proxy.ready().await,
         }
     }
+}
+
+/// An in-process runtime's answer: its outputs, those the request names
+/// when it names some.
+fn in_process(
+    request: &InferRequest,
+    mut outputs: Vec<crate::protocol::Tensor>,
+) -> Result<InferResponse, Error> {
+    if let Some(wanted) = &request.outputs {
+        outputs.retain(|output| wanted.iter().any(|w| w.name == output.name));
+    }
+    Ok(InferResponse {
+        model_name: String::new(),
+        model_version: None,
+        id: None,
+        parameters: None,
+        outputs,
+    })
 }
 
 /// One version: what computes its answers and how to read them.
@@ -113,6 +128,7 @@ impl ServedModel {
         };
         let outputs = match runtime {
             Runtime::Linear(model) => model.outputs(),
+            Runtime::Onnx(model) => model.outputs(),
             Runtime::Proxy(_) => Vec::new(),
         };
         Ok(ModelMetadata {

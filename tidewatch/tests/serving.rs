@@ -8,7 +8,12 @@
 //! - `tidewatch run` consumes them into windows under each version, and one
 //!   actual per request joins both versions' predictions;
 //! - with the broker unreachable, every request still succeeds and the
-//!   undelivered events are dropped and counted.
+//!   undelivered events are dropped and counted;
+//! - the `tidewatch serve` binary serves the committed ONNX models
+//!   (fixtures/onnx) in process and answers what ONNX Runtime answers;
+//! - an MLServer upstream answers through the gateway like the same model
+//!   in process; KServe's logger events and Seldon's topics become
+//!   prediction events.
 
 mod common;
 
@@ -347,27 +352,8 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
             "version {version}: {accuracy:?} vs {expected}"
         );
     }
-    let usage = store
-        .window_metrics(MetricsQuery {
-            model: Some("gw".into()),
-            feature: Some("usage".into()),
-            segment: Some("all".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut counts: Vec<(String, u64)> = usage
-        .iter()
-        .map(|r| (r.key.model_version.clone(), r.metrics.count))
-        .collect();
-    counts.sort();
-    assert_eq!(
-        counts,
-        [
-            ("1".to_owned(), REQUESTS as u64),
-            ("2".to_owned(), REQUESTS as u64)
-        ]
-    );
+    let requests = REQUESTS as u64;
+    wait_for_window_counts(&store, &[("1", requests), ("2", requests)]).await;
     stop.send(()).unwrap();
     pipeline.await.unwrap().unwrap();
     println!(
@@ -375,6 +361,197 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
          accuracy {:?} on the same {REQUESTS} labels",
         telemetry.delivered_total(),
         quality
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+/// Counts of feature `usage` per version in the store, polled until they
+/// equal `expected` (60 s at most).
+async fn wait_for_window_counts(store: &store::Store, expected: &[(&str, u64)]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = store
+            .window_metrics(MetricsQuery {
+                model: Some("gw".into()),
+                feature: Some("usage".into()),
+                segment: Some("all".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut counts: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (r.key.model_version.clone(), r.metrics.count))
+            .collect();
+        counts.sort();
+        let want: Vec<(String, u64)> = expected.iter().map(|(v, n)| (v.to_string(), *n)).collect();
+        if counts == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "windows never held {want:?}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A logistic regression (champion) and a random forest (shadow), both
+/// ONNX files exported from scikit-learn by scripts/onnx_models.py.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnx_models_served_by_the_tidewatch_serve_binary_answer_what_onnx_runtime_answers() {
+    let brokers = common::brokers();
+    let name = format!("serving_onnx_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let topic = format!("predictions-{name}");
+    create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/onnx");
+    let served = format!(
+        r#"
+[[serving.models]]
+name = "gw"
+classes = ["no", "yes"]
+champion = "logistic"
+challenger = "forest"
+challenger_mode = "shadow"
+versions = [
+  {{ version = "logistic", runtime = "onnx", path = "{logistic}" }},
+  {{ version = "forest", runtime = "onnx", path = "{forest}" }},
+]
+"#,
+        logistic = fixtures.join("gw-logistic.onnx").display(),
+        forest = fixtures.join("gw-forest.onnx").display(),
+    );
+    let config = config(&directory, &brokers, &name, "", &served);
+    // The binary listens on a port of its own.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = directory.join("tidewatch.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&path, text).unwrap();
+    let serve = common::child::TidewatchProcess::start_command(
+        "serve",
+        &path,
+        &directory.join("serve.log"),
+        &[],
+    );
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            drop(stream);
+            let (status, _, _) =
+                common::http::request(address, "GET", "/v2/health/ready", &[], b"").await;
+            if status == 200 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tidewatch serve never became ready; see {}",
+            serve.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, _, metadata) =
+        common::http::request(address, "GET", "/v2/models/gw", &[], b"").await;
+    assert_eq!(status, 200);
+    let metadata: Value = serde_json::from_slice(&metadata).unwrap();
+    assert_eq!(metadata["platform"], "onnx");
+    assert_eq!(metadata["outputs"][0]["name"], "label");
+    assert_eq!(metadata["outputs"][0]["datatype"], "BYTES");
+    assert_eq!(metadata["outputs"][1]["shape"], json!([-1, 2]));
+
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(fixtures.join("expected.json")).unwrap()).unwrap();
+    let rows = expected["rows"].as_array().unwrap();
+    let reference = |model: &str, output: &str| -> Vec<Value> {
+        expected["models"][model]["onnxruntime"][output]["data"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let (labels, probabilities) = (
+        reference("gw-logistic", "label"),
+        reference("gw-logistic", "probabilities"),
+    );
+    let forest = reference("gw-forest", "probabilities");
+    for (i, row) in rows.iter().enumerate() {
+        let body = json!({
+            "id": format!("onnx-{i}"),
+            "inputs": [{"name": "float_input", "shape": [1, 3], "datatype": "FP64", "data": [row]}],
+        });
+        let (status, answer) = post(address, "/v2/models/gw/infer", &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["model_version"], "logistic");
+        assert_eq!(answer["id"], format!("onnx-{i}"));
+        assert_eq!(answer["outputs"][0]["data"][0], labels[i], "row {i}");
+        let p = answer["outputs"][1]["data"][1].as_f64().unwrap();
+        let want = probabilities[2 * i + 1].as_f64().unwrap();
+        assert!(
+            (p - want).abs() <= 1e-6,
+            "row {i}: {p} vs ONNX Runtime {want}"
+        );
+    }
+    assert!(
+        serve.terminate(),
+        "tidewatch serve stops cleanly on SIGTERM"
+    );
+
+    // Both versions' predictions, keyed by request id, scores as ONNX
+    // Runtime computes them.
+    let mut seen = BTreeMap::new();
+    for (key, payload) in read_messages(&brokers, &name, &topic, 2 * rows.len()) {
+        let event = events::decode(&payload, events::EventKind::Prediction).unwrap();
+        let id = event.prediction_id.clone().unwrap().into_owned();
+        assert_eq!(key.as_deref(), Some(id.as_bytes()));
+        let i: usize = id.strip_prefix("onnx-").unwrap().parse().unwrap();
+        let want = match event.model_version.as_ref() {
+            "logistic" => &probabilities,
+            "forest" => &forest,
+            other => panic!("unexpected version {other}"),
+        }[2 * i + 1]
+            .as_f64()
+            .unwrap();
+        let prediction = event.prediction.clone().unwrap();
+        let score = prediction.score.unwrap();
+        assert!((score - want).abs() <= 1e-6, "{id}: {score} vs {want}");
+        let class = if score > 0.5 { "yes" } else { "no" };
+        assert_eq!(prediction.class.as_deref(), Some(class), "{id}");
+        seen.insert((event.model_version.into_owned(), id), score);
+    }
+    assert_eq!(
+        seen.len(),
+        2 * rows.len(),
+        "every answer logged once per version"
+    );
+
+    // `tidewatch run` windows both versions.
+    let (pipeline, stop) = common::start_pipeline(&config);
+    let store = config.store.open().await.unwrap();
+    let n = rows.len() as u64;
+    wait_for_window_counts(&store, &[("forest", n), ("logistic", n)]).await;
+    stop.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+    println!(
+        "tidewatch serve answered {} requests with the ONNX champion (within 1e-6 of ONNX Runtime); \
+         {} prediction events of both versions windowed",
+        rows.len(),
+        seen.len()
     );
     let _ = std::fs::remove_dir_all(&directory);
 }

@@ -1,5 +1,5 @@
-//! `tidewatch run` as a child process: the real binary, killed and
-//! restarted the way an operator's supervisor would.
+//! `tidewatch run` (or `serve`) as a child process: the real binary, killed
+//! and restarted the way an operator's supervisor would.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,9 +21,19 @@ impl TidewatchProcess {
     /// Starts `tidewatch run --config config`, logging (info) to `log`;
     /// `env` adds variables (fault injection).
     pub fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_command("run", config, log, env)
+    }
+
+    /// Starts `tidewatch <subcommand> --config config` (`run`, `serve`).
+    pub fn start_command(
+        subcommand: &str,
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
         command
-            .arg("run")
+            .arg(subcommand)
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,ingest::incarnation=debug")
@@ -32,7 +42,9 @@ impl TidewatchProcess {
         for (name, value) in env {
             command.env(name, value);
         }
-        let mut child = command.spawn().expect("starting tidewatch run");
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting tidewatch {subcommand}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
         let assigned = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&assigned);
