@@ -7,6 +7,11 @@
 #
 #   scripts/bench-serving.sh [runs]     (default 3; prints the CPU, then every run)
 #
+# Each run measures twice: "shared", every process where the scheduler puts
+# it; and "pinned", the gateway alone on the last CPU, the load generator and
+# the broker on the others (taskset), which shows the gateway's own latency
+# without the broker's and the load generator's bursts on its cores.
+#
 # Environment: TIDEWATCH_BENCH_RATE (requests/s, default 5000),
 # TIDEWATCH_BENCH_SECONDS (per scenario, default 10), TIDEWATCH_BENCH_EVENTS
 # (logging, default 500000), TIDEWATCH_CACHE_DIR, TIDEWATCH_BENCH_PORT
@@ -29,8 +34,18 @@ for _ in $(seq 1 60); do
   timeout 2 "$nisshi" topic list --broker "tcp://127.0.0.1:$port" >/dev/null 2>&1 && break
   sleep 0.5
 done
+cpus=$(nproc)
+last=$((cpus - 1))
+others="0-$((last - 1))"
+[ "$last" -ge 1 ] || { echo "pinning needs 2 CPUs or more" >&2; exit 1; }
 for run in $(seq 1 "$runs"); do
-  echo "run $run:"
+  echo "run $run, shared:"
+  taskset -a -cp "0-$last" "$broker" >/dev/null
   TIDEWATCH_BENCH_KAFKA_BROKERS="127.0.0.1:$port" cargo bench -q -p tidewatch --bench gateway_load 2>/dev/null \
     | grep -E '^(gateway|runtime|inference log)'
+  echo "run $run, pinned (gateway on CPU $last; load generator and broker on CPUs $others):"
+  taskset -a -cp "$others" "$broker" >/dev/null
+  TIDEWATCH_BENCH_KAFKA_BROKERS="127.0.0.1:$port" TIDEWATCH_BENCH_GATEWAY_CPUS="$last" \
+    taskset -c "$others" cargo bench -q -p tidewatch --bench gateway_load 2>/dev/null \
+    | grep -E '^gateway'
 done

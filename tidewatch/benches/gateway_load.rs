@@ -8,15 +8,16 @@
 //! Two measurements, both with the inference log writing to the broker
 //! named by `TIDEWATCH_BENCH_KAFKA_BROKERS`:
 //!
-//! 1. **Gateway latency**: `tidewatch serve`'s own code
-//!    ([`tidewatch::gateway::run`] on a config file) with a 20-feature
-//!    logistic regression (`tidewatch.linear.v1`, in process) on 127.0.0.1;
+//! 1. **Gateway latency**: the `tidewatch serve` binary, a process of its
+//!    own (built in release by `cargo bench`), with a 20-feature logistic
+//!    regression (`tidewatch.linear.v1`, in process) on 127.0.0.1;
 //!    requests of one row sent open-loop at a fixed rate (default 5,000/s)
 //!    over keep-alive connections, paced by a thread of its own; latency
 //!    measured from each request's scheduled send time (a stall of the
 //!    gateway is not hidden by sending less), for the champion alone and
-//!    with a shadow challenger. The load generator shares the machine's
-//!    cores with the gateway and the broker.
+//!    with a shadow challenger. Unless `TIDEWATCH_BENCH_GATEWAY_CPUS` pins
+//!    the gateway (`taskset -c`), it shares the machine's cores with the
+//!    load generator and the broker.
 //! 2. **Logging throughput**: prediction events (20 features, full-precision
 //!    values) encoded and pushed through the inference log into the broker
 //!    as fast as the log takes them; events acknowledged per second.
@@ -24,7 +25,9 @@
 //! Environment: `TIDEWATCH_BENCH_KAFKA_BROKERS` (required),
 //! `TIDEWATCH_BENCH_RATE` (requests/s, default 5000),
 //! `TIDEWATCH_BENCH_SECONDS` (per scenario, default 10),
-//! `TIDEWATCH_BENCH_EVENTS` (logging, default 500000).
+//! `TIDEWATCH_BENCH_EVENTS` (logging, default 500000),
+//! `TIDEWATCH_BENCH_GATEWAY_CPUS` (a `taskset -c` list for the gateway;
+//! when set, only the gateway's latency is measured).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,12 +123,14 @@ struct Outcome {
     dropped: u64,
 }
 
-/// Writes the two versions and a config serving them; the loaded config.
+/// Writes the two versions and a config serving them on `listen`; the
+/// config's path.
 fn gateway_config(
     directory: &std::path::Path,
     brokers: &str,
     shadow: bool,
-) -> tidewatch::config::Config {
+    listen: std::net::SocketAddr,
+) -> std::path::PathBuf {
     std::fs::create_dir_all(directory).expect("a folder");
     for seed in [1, 2] {
         let Runtime::Linear(model) = &version(seed).runtime else {
@@ -155,7 +160,7 @@ task = "classification"
 positive_class = "yes"
 features = [{features}]
 [serving]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 [[serving.models]]
 name = "bench"
 champion = "1"
@@ -170,29 +175,86 @@ versions = [
     );
     let path = directory.join("tidewatch.toml");
     std::fs::write(&path, text).expect("a config file");
-    tidewatch::config::Config::load(&path).expect("a valid config")
+    path
 }
 
-async fn gateway_scenario(brokers: &str, shadow: bool, rate: u64, seconds: u64) -> Outcome {
+/// `tidewatch serve` as a child process, optionally pinned to CPUs.
+struct Serve {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Serve {
+    fn start(config: &std::path::Path, cpus: Option<&str>) -> Self {
+        let log = config.with_extension("log");
+        let binary = env!("CARGO_BIN_EXE_tidewatch");
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut command = std::process::Command::new("taskset");
+                command.args(["-c", cpus, binary]);
+                command
+            }
+            None => std::process::Command::new(binary),
+        };
+        let child = command
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("starting tidewatch serve");
+        Self { child, log }
+    }
+
+    /// SIGTERM, then the delivered and dropped counts it prints on exit.
+    fn stop(mut self) -> (u64, u64) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("tidewatch serve exits");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(
+            status.success(),
+            "tidewatch serve failed ({status}):\n{log}"
+        );
+        // "stopped: D prediction events delivered, F dropped (buffer full), B dropped (bus errors)"
+        let line = log
+            .lines()
+            .find(|line| line.starts_with("stopped:"))
+            .unwrap_or_else(|| panic!("no summary line in:\n{log}"));
+        let numbers: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        (numbers[0], numbers[1] + numbers[2])
+    }
+}
+
+async fn gateway_scenario(
+    brokers: &str,
+    shadow: bool,
+    rate: u64,
+    seconds: u64,
+    gateway_cpus: Option<&str>,
+) -> Outcome {
     let directory =
         std::env::temp_dir().join(format!("tidewatch-bench-gateway-{}", std::process::id()));
-    let config = gateway_config(&directory, brokers, shadow);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        tidewatch::gateway::run(
-            config.serving.as_ref().expect("[serving]"),
-            config.kafka.as_ref().expect("[kafka]"),
-            listener,
-            async move {
-                let _ = server_stopped.await;
-            },
-        )
-        .await
-    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("an address");
+    let config = gateway_config(&directory, brokers, shadow, address);
+    let server = Serve::start(&config, gateway_cpus);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tidewatch serve did not listen within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -293,19 +355,15 @@ async fn gateway_scenario(brokers: &str, shadow: bool, rate: u64, seconds: u64) 
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let _ = stop_server.send(());
-    let telemetry = server
-        .await
-        .expect("the gateway task")
-        .expect("the gateway");
+    let (delivered, dropped) = server.stop();
     let _ = std::fs::remove_dir_all(&directory);
     Outcome {
         sent: total,
         errors,
         seconds,
         latency,
-        delivered: telemetry.delivered_total(),
-        dropped: telemetry.dropped_total("buffer_full") + telemetry.dropped_total("bus_error"),
+        delivered,
+        dropped,
     }
 }
 
@@ -388,13 +446,15 @@ fn main() {
     let rate: u64 = env("TIDEWATCH_BENCH_RATE", 5_000);
     let seconds: u64 = env("TIDEWATCH_BENCH_SECONDS", 10);
     let events: u64 = env("TIDEWATCH_BENCH_EVENTS", 500_000);
+    let gateway_cpus = std::env::var("TIDEWATCH_BENCH_GATEWAY_CPUS").ok();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
         for shadow in [false, true] {
-            let outcome = gateway_scenario(&brokers, shadow, rate, seconds).await;
+            let outcome =
+                gateway_scenario(&brokers, shadow, rate, seconds, gateway_cpus.as_deref()).await;
             let l = &outcome.latency;
             println!(
                 "gateway, {}: {} requests at {rate}/s for {:.1} s ({:.0}/s achieved), {} errors; latency p50 {} µs, p90 {} µs, p99 {} µs, p99.9 {} µs, max {} µs; log: {} delivered, {} dropped",
@@ -411,6 +471,10 @@ fn main() {
                 outcome.delivered,
                 outcome.dropped,
             );
+        }
+        if gateway_cpus.is_some() {
+            // A pinned pass measures the gateway's latency only.
+            return;
         }
         // The runtime alone, for the overhead: one row through the model.
         let request: InferRequest = serde_json::from_str(&body(1)).expect("a request");
