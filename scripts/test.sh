@@ -15,7 +15,9 @@
 # fixtures/tls and AUTH required. MLServer (with its scikit-learn runtime)
 # is installed from PyPI into another virtualenv of the cache, in the
 # background while the rest installs, and serves the model that
-# scripts/mlserver_model.py trains.
+# scripts/mlserver_model.py trains. MLflow (client and server) is installed
+# the same way into a third virtualenv: the registry tests drive Tidewatch
+# with its client (scripts/mlflow_client.py).
 #
 # Environment:
 #   TIDEWATCH_CACHE_DIR   where the broker binary is cached (default: ~/.cache/tidewatch)
@@ -40,6 +42,8 @@ smtp_venv="$cache_dir/smtp-venv-$aiosmtpd_version"
 mlserver_version=1.7.1
 sklearn_version=1.9.1
 mlserver_venv="$cache_dir/mlserver-venv-$mlserver_version"
+mlflow_version=3.17.2
+mlflow_venv="$cache_dir/mlflow-venv-$mlflow_version"
 mlserver_http=$((base + 80))
 mlserver_grpc=$((base + 81))
 mlserver_metrics=$((base + 82))
@@ -61,8 +65,9 @@ as_root() {
 broker_build_log="$cache_dir/nisshi-$nisshi_version.build.log"
 broker_build_pid=""
 mlserver_install_pid=""
+mlflow_install_pid=""
 # The background jobs are not left running if an install below fails.
-trap 'kill ${broker_build_pid:-} ${mlserver_install_pid:-} 2>/dev/null || true' EXIT
+trap 'kill ${broker_build_pid:-} ${mlserver_install_pid:-} ${mlflow_install_pid:-} 2>/dev/null || true' EXIT
 if [ ! -x "$nisshi" ]; then
   log "building the nisshi broker $nisshi_version into $cache_dir in the background (first run only, ~11 minutes)"
   mkdir -p "$cache_dir"
@@ -102,6 +107,18 @@ if [ ! -x "$mlserver_venv/bin/mlserver" ]; then
     && "$mlserver_venv/bin/pip" install -q "mlserver==$mlserver_version" "mlserver-sklearn==$mlserver_version" \
       "scikit-learn==$sklearn_version") >"$mlserver_install_log" 2>&1 &
   mlserver_install_pid=$!
+fi
+
+# --- MLflow, installed in the background ---------------------------------------
+mlflow_install_log="$cache_dir/mlflow-$mlflow_version.install.log"
+if [ ! -x "$mlflow_venv/bin/mlflow" ]; then
+  ensure_python
+  log "installing MLflow $mlflow_version into $mlflow_venv in the background"
+  mkdir -p "$cache_dir"
+  rm -rf "$mlflow_venv"
+  (python3 -m venv "$mlflow_venv" && "$mlflow_venv/bin/pip" install -q "mlflow==$mlflow_version") \
+    >"$mlflow_install_log" 2>&1 &
+  mlflow_install_pid=$!
 fi
 
 # --- ClickHouse -----------------------------------------------------------
@@ -149,6 +166,16 @@ if [ -n "$mlserver_install_pid" ]; then
   fi
 fi
 [ -x "$mlserver_venv/bin/mlserver" ] || fail "MLServer is missing from $mlserver_venv"
+
+# --- MLflow ------------------------------------------------------------------
+if [ -n "$mlflow_install_pid" ]; then
+  log "waiting for the MLflow install"
+  if ! wait "$mlflow_install_pid"; then
+    tail -30 "$mlflow_install_log" >&2 || true
+    fail "installing MLflow failed (log: $mlflow_install_log)"
+  fi
+fi
+[ -x "$mlflow_venv/bin/mlflow" ] || fail "MLflow is missing from $mlflow_venv"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
 pids=()
@@ -235,6 +262,7 @@ done
 export TIDEWATCH_TEST_CHROMIUM="$chromium_bin"
 export TIDEWATCH_TEST_MLSERVER_URL="http://127.0.0.1:$mlserver_http"
 export TIDEWATCH_TEST_MLSERVER_MODELS="$run_dir/mlserver"
+export TIDEWATCH_TEST_MLFLOW_PYTHON="$mlflow_venv/bin/python"
 export TIDEWATCH_TEST_SMTP_STARTTLS="127.0.0.1:$smtp_port"
 export TIDEWATCH_TEST_SMTP_TLS="127.0.0.1:$smtps_port"
 export TIDEWATCH_TEST_SMTP_USER="$smtp_user"

@@ -28,6 +28,7 @@
 //! HTTP status, and says whether a retry may succeed.
 
 pub mod api;
+pub mod config;
 pub mod entities;
 pub mod events;
 pub mod filter;

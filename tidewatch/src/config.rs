@@ -82,6 +82,9 @@ pub struct RawConfig {
     /// The model gateway (`tidewatch serve`); none without this section.
     #[serde(default)]
     pub serving: Option<serving::config::RawServing>,
+    /// The model registry, served with the HTTP API (on by default).
+    #[serde(default)]
+    pub registry: registry::config::RawRegistry,
 }
 
 /// A validated configuration.
@@ -115,6 +118,8 @@ pub struct Config {
     pub http: Option<crate::http::config::HttpSettings>,
     /// The model gateway, if configured (its models loaded).
     pub serving: Option<serving::config::ServingSettings>,
+    /// The model registry, unless disabled.
+    pub registry: Option<registry::config::RegistrySettings>,
 }
 
 impl Config {
@@ -265,6 +270,10 @@ impl RawConfig {
             .map(|raw| raw.validate(&monitored, prediction_topic, base_dir))
             .transpose()
             .map_err(|error| invalid(&format!("serving.{}", error.key), error.message))?;
+        let registry = self
+            .registry
+            .validate(base_dir)
+            .map_err(|error| invalid(&format!("registry.{}", error.key), error.message))?;
 
         Ok(Config {
             file: file.to_owned(),
@@ -286,6 +295,7 @@ impl RawConfig {
             retrain: alerting.retrain,
             http,
             serving,
+            registry,
         })
     }
 }

@@ -92,6 +92,7 @@ pub fn http_state(store: Store) -> crate::http::AppState {
         max_body_bytes: 1 << 20,
         max_connections: 256,
         request_timeout: std::time::Duration::from_secs(30),
+        registry: None,
     }
 }
 

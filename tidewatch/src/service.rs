@@ -445,6 +445,18 @@ pub async fn start_http(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 )> {
+    let registry = match &config.registry {
+        Some(registry) => Some(registry::Registry::open(registry.path()).await.map_err(
+            |error| {
+                anyhow::anyhow!(
+                    "{}: `registry.path`: cannot open {}: {error}",
+                    config.file.display(),
+                    registry.path().display()
+                )
+            },
+        )?),
+        None => None,
+    };
     let state = Arc::new(crate::http::AppState {
         store,
         models: config.models.clone(),
@@ -454,6 +466,7 @@ pub async fn start_http(
         max_body_bytes: settings.max_body_bytes(),
         max_connections: settings.max_connections(),
         request_timeout: settings.request_timeout(),
+        registry,
     });
     let listener = tokio::net::TcpListener::bind(settings.listen())
         .await

@@ -35,13 +35,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--listen {}", args.listen))?;
     let address = listener.local_addr()?;
+    // The registry beside the demo's store; writes (the mlflow client's
+    // too) take TIDEWATCH_API_TOKEN as their bearer token.
+    let registry_path = args.workdir.join("registry.sqlite");
+    let registry = registry::Registry::open(&registry_path)
+        .await
+        .with_context(|| format!("opening the registry {}", registry_path.display()))?;
+    let mut state = tidewatch::demo::http_state(outcome.store);
+    state.registry = Some(registry);
+    state.token = std::env::var("TIDEWATCH_API_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty());
     println!(
-        "\nTidewatch pages: http://{address}/models/{} (API: http://{address}/api/v1/models, metrics: http://{address}/metrics); Ctrl-C stops",
-        tidewatch::fixtures::DEMO_MODEL
+        "\nTidewatch pages: http://{address}/models/{} (API: http://{address}/api/v1/models, metrics: http://{address}/metrics, \
+         model registry: MLFLOW_TRACKING_URI=http://{address}{}); Ctrl-C stops",
+        tidewatch::fixtures::DEMO_MODEL,
+        if state.token.is_some() { "" } else { ", read-only: set TIDEWATCH_API_TOKEN to write" }
     );
     tidewatch::http::serve(
         listener,
-        std::sync::Arc::new(tidewatch::demo::http_state(outcome.store)),
+        std::sync::Arc::new(state),
         super::shutdown_signal(),
     )
     .await?;

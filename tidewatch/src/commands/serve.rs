@@ -1,4 +1,6 @@
-//! `tidewatch serve`: the model gateway of `[serving]` until interrupted.
+//! `tidewatch serve`: the model gateway of `[serving]` until interrupted,
+//! and with `[http]` Tidewatch's HTTP API beside it (the model registry
+//! included).
 
 use anyhow::Context;
 
@@ -25,8 +27,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen())
         .await
         .with_context(|| format!("listening on {}", settings.listen()))?;
+    let http = match &config.http {
+        Some(http) => {
+            let store = config.store.open().await?;
+            Some(
+                tidewatch::service::start_http(
+                    &config,
+                    http,
+                    store,
+                    tidewatch::http::Telemetry::default(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let telemetry =
         tidewatch::gateway::run(settings, kafka, listener, super::shutdown_signal()).await?;
+    if let Some((stop, server)) = http {
+        let _ = stop.send(());
+        let _ = server.await;
+    }
     eprintln!(
         "stopped: {} prediction events delivered, {} dropped (buffer full), {} dropped (bus errors)",
         telemetry.delivered_total(),

@@ -431,7 +431,7 @@ async fn reference(
 }
 
 /// Checks `Authorization: Bearer <token>` in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.token else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -7,7 +7,9 @@
 //!         ├─ /openapi.json    openapi.json (embedded)
 //!         ├─ /metrics         telemetry.rs (Prometheus text format)
 //!         ├─ /, /models/{m}   pages.rs  server-rendered HTML
-//!         └─ /assets/…        embedded uPlot + tidewatch.js / .css
+//!         ├─ /assets/…        embedded uPlot + tidewatch.js / .css
+//!         └─ /api/2.0/mlflow/ registry::api (MLflow's registry API), when
+//!                             a registry is configured
 //! ```
 //!
 //! Everything reads the [`store::Store`]; the server holds no state of its
@@ -58,19 +60,62 @@ pub struct AppState {
     /// Time a client has to send its headers, and the longest pause inside
     /// a request body.
     pub request_timeout: std::time::Duration,
+    /// The model registry served under `/api/2.0/mlflow/`, if any.
+    pub registry: Option<registry::Registry>,
 }
 
 /// The whole router.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_body_bytes;
-    Router::new()
+    let registry = state.registry.clone().map(|registry| {
+        registry::api::router(registry)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                registry_writes_need_the_token,
+            ))
+            .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+    });
+    let app = Router::new()
         .merge(api::routes())
         .merge(pages::routes())
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    match registry {
+        Some(registry) => app.merge(registry),
+        None => app,
+    }
+}
+
+/// The registry's writes need the API token (the `mlflow` client sends
+/// `MLFLOW_TRACKING_TOKEN` as a bearer token); reads are open like the rest
+/// of the API. Refusals use MLflow's error shape, which its client reports.
+async fn registry_writes_need_the_token(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method();
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        return next.run(request).await;
+    }
+    match api::authorize(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => {
+            let code = if error.status() == StatusCode::FORBIDDEN {
+                "PERMISSION_DENIED"
+            } else {
+                "UNAUTHENTICATED"
+            };
+            (
+                error.status(),
+                axum::Json(serde_json::json!({"error_code": code, "message": error.message()})),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves (see
@@ -249,6 +294,16 @@ impl ApiError {
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// Its status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// Its message.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 

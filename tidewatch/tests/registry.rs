@@ -1,0 +1,232 @@
+//! The model registry against the official `mlflow` client (installed by
+//! `scripts/test.sh`): Tidewatch's HTTP server as `tidewatch run` starts it
+//! with `[http]` and `[registry]`, driven by scripts/mlflow_client.py, which
+//! makes the `MlflowClient` calls a team's scripts and CI make. Checks what
+//! the client saw, and that every change reached the registry's outbox as
+//! the documented CloudEvent, in order.
+//!
+//! Without `TIDEWATCH_TEST_MLFLOW_PYTHON` the test fails and says why.
+
+use std::path::Path;
+use std::time::Duration;
+
+use registry::events::ChangeKind;
+use serde_json::{json, Value};
+use tidewatch::config::Config;
+
+fn mlflow_python() -> String {
+    std::env::var("TIDEWATCH_TEST_MLFLOW_PYTHON").expect(
+        "TIDEWATCH_TEST_MLFLOW_PYTHON is not set: run the integration suite through scripts/test.sh, \
+         which installs the mlflow client",
+    )
+}
+
+/// A config with `[http]` on `port` (token from `token_env`) and the
+/// registry in `directory`.
+fn config(directory: &Path, port: u16, token_env: &str) -> Config {
+    let text = format!(
+        r#"
+version = 1
+[store]
+type = "embedded"
+path = "tidewatch.sqlite"
+[windows]
+size = "1h"
+[[models]]
+name = "churn"
+task = "classification"
+positive_class = "yes"
+features = [{{ name = "usage", kind = "numeric" }}]
+[http]
+listen = "127.0.0.1:{port}"
+token_env = "{token_env}"
+[registry]
+path = "registry.sqlite"
+"#
+    );
+    let path = directory.join("tidewatch.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load(&path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change_is_an_event() {
+    let python = mlflow_python();
+    let name = format!("registry_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let token_env = format!("TIDEWATCH_TEST_TOKEN_{}", std::process::id());
+    let token = "registry-test-token-8c1f";
+    std::env::set_var(&token_env, token);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = config(&directory, port, &token_env);
+    let store = config.store.open().await.unwrap();
+    let (stop, server) = tidewatch::service::start_http(
+        &config,
+        config.http.as_ref().unwrap(),
+        store,
+        tidewatch::http::Telemetry::default(),
+    )
+    .await
+    .unwrap();
+
+    let uri = format!("http://127.0.0.1:{port}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlflow_client.py");
+    let client = move || {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&uri)
+            .env("MLFLOW_TRACKING_TOKEN", token)
+            .output()
+    };
+    let output = tokio::time::timeout(
+        Duration::from_secs(180),
+        tokio::task::spawn_blocking(client),
+    )
+    .await
+    .expect("the mlflow client finished within 180 s")
+    .unwrap()
+    .expect("running the mlflow client");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the mlflow client failed:\n{stderr}"
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+
+    // What the client saw.
+    assert_eq!(
+        seen["created"],
+        json!({"name": "churn", "tags": {"team": "growth"}, "description": "Churn classifier"})
+    );
+    let first = &seen["versions"][0];
+    assert_eq!(first["version"], "1");
+    assert_eq!(first["source"], "s3://models/churn/1");
+    assert_eq!(first["run_id"], "3f1c2a9e7b5d4c1a");
+    assert_eq!(first["status"], "READY");
+    assert_eq!(
+        first["tags"]["tidewatch.reference"],
+        "file:///data/churn-train.csv"
+    );
+    assert_eq!(seen["versions"][1]["version"], "2");
+    assert_eq!(seen["champion"]["version"], "1");
+    assert_eq!(seen["champion"]["aliases"], json!(["champion"]));
+    assert_eq!(
+        seen["aliases_after_set"],
+        json!({"champion": "1", "challenger": "2"})
+    );
+    assert_eq!(seen["aliases_after_move"], json!({"champion": "2"}));
+    assert_eq!(seen["v1_after"]["current_stage"], "Archived");
+    assert_eq!(seen["v1_after"]["description"], "first, superseded");
+    assert_eq!(seen["v1_after"]["tags"], json!({}));
+    assert_eq!(seen["v2_after"]["current_stage"], "Production");
+    assert_eq!(seen["v2_after"]["tags"], json!({"validated": "yes"}));
+    assert_eq!(seen["latest_production"], json!(["2"]));
+    assert_eq!(seen["download_uri"], "s3://models/churn/2");
+    assert_eq!(seen["search_models"], json!(["churn"]));
+    assert_eq!(seen["search_all_models"], json!(["fraud", "churn"]));
+    assert_eq!(
+        seen["search_versions"],
+        json!([["churn", "1"], ["churn", "2"]])
+    );
+    assert_eq!(seen["search_by_run"], json!([["fraud", "1"]]));
+    assert_eq!(seen["search_by_tag"], json!([["churn", "2"]]));
+    assert_eq!(seen["paged_models"], json!(["churn", "fraud"]));
+    assert_eq!(
+        seen["concurrent_versions"],
+        json!([2, 3, 4, 5, 6, 7, 8, 9]),
+        "8 concurrent creates got distinct numbers"
+    );
+    assert_eq!(seen["renamed_versions"], 9);
+    assert_eq!(
+        seen["after_delete_version"],
+        json!([2, 3, 4, 5, 6, 7, 8, 9])
+    );
+    assert_eq!(
+        seen["errors"],
+        json!({
+            "missing_model": "RESOURCE_DOES_NOT_EXIST",
+            "duplicate_model": "RESOURCE_ALREADY_EXISTS",
+            "bad_name": "INVALID_PARAMETER_VALUE",
+            "missing_version": "RESOURCE_DOES_NOT_EXIST",
+            "missing_alias": "RESOURCE_DOES_NOT_EXIST",
+            "reserved_alias": "INVALID_PARAMETER_VALUE",
+            "deleted_model": "RESOURCE_DOES_NOT_EXIST",
+        })
+    );
+    assert_eq!(seen["write_without_token"], "UNAUTHENTICATED");
+    assert_eq!(seen["read_without_token"], "churn");
+    let _ = stop.send(());
+    server.await.unwrap();
+
+    // Every change in the outbox, in order, as its CloudEvent.
+    let registry = registry::Registry::open(&directory.join("registry.sqlite"))
+        .await
+        .unwrap();
+    let events = registry.pending_events(1_000).await.unwrap();
+    let kinds: Vec<ChangeKind> = events.iter().map(|e| e.change.kind).collect();
+    use ChangeKind::*;
+    let mut expected = vec![
+        RegisteredModelCreated,   // churn
+        ModelVersionCreated,      // churn 1
+        ModelVersionCreated,      // churn 2
+        ModelVersionAliasCreated, // champion → 1
+        ModelVersionAliasCreated, // challenger → 2
+        ModelVersionAliasCreated, // champion → 2
+        ModelVersionAliasDeleted, // challenger
+        ModelVersionTagSet,       // validated on 2
+        ModelVersionTagDeleted,   // tidewatch.reference on 1
+        RegisteredModelCreated,   // fraud
+        ModelVersionCreated,      // fraud 1
+    ];
+    expected.extend([ModelVersionCreated; 8]); // the concurrent creates
+    assert_eq!(kinds, expected);
+    let documents: Vec<Value> = events.iter().map(|e| e.cloud_event()).collect();
+    assert_eq!(
+        documents[1]["data"],
+        json!({
+            "name": "churn", "version": "1", "source": "s3://models/churn/1",
+            "run_id": "3f1c2a9e7b5d4c1a", "description": "first",
+            "tags": {"tidewatch.reference": "file:///data/churn-train.csv"},
+        })
+    );
+    assert_eq!(
+        documents[5]["type"],
+        "io.tidewatch.registry.model_version_alias.created"
+    );
+    assert_eq!(documents[5]["subject"], "churn/2");
+    assert_eq!(
+        documents[5]["data"],
+        json!({"name": "churn", "alias": "champion", "version": "2"})
+    );
+    assert_eq!(
+        documents[6]["data"],
+        json!({"name": "churn", "alias": "challenger"})
+    );
+    for document in &documents {
+        assert_eq!(document["specversion"], "1.0");
+        assert_eq!(document["source"], "tidewatch/registry");
+    }
+    let ids: std::collections::BTreeSet<&str> = documents
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), documents.len(), "event ids are unique");
+    println!(
+        "the mlflow client made {} registry changes; {} events in the outbox",
+        expected.len(),
+        events.len()
+    );
+    std::env::remove_var(&token_env);
+    let _ = std::fs::remove_dir_all(&directory);
+}
