@@ -4,6 +4,7 @@
 //! [registry]
 //! enabled = true                       # served wherever [http] is (default)
 //! path = "tidewatch-registry.sqlite"   # relative to the config file
+//! topic = "tidewatch.registry"         # where its events go, with [kafka]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ pub struct RawRegistry {
     pub enabled: bool,
     #[serde(default = "default_path")]
     pub path: PathBuf,
+    #[serde(default = "default_topic")]
+    pub topic: String,
 }
 
 impl Default for RawRegistry {
@@ -25,8 +28,13 @@ impl Default for RawRegistry {
         Self {
             enabled: default_enabled(),
             path: default_path(),
+            topic: default_topic(),
         }
     }
+}
+
+fn default_topic() -> String {
+    "tidewatch.registry".into()
 }
 
 fn default_enabled() -> bool {
@@ -48,12 +56,18 @@ pub struct InvalidSetting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrySettings {
     path: PathBuf,
+    topic: String,
 }
 
 impl RegistrySettings {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The topic its events are published to (with `[kafka]`).
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 }
 
@@ -70,8 +84,15 @@ impl RawRegistry {
                 message: "must name a file".into(),
             });
         }
+        if self.topic.trim().is_empty() {
+            return Err(InvalidSetting {
+                key: "topic".into(),
+                message: "must name a topic".into(),
+            });
+        }
         Ok(Some(RegistrySettings {
             path: base.join(self.path),
+            topic: self.topic,
         }))
     }
 }
@@ -94,6 +115,9 @@ mod tests {
         assert_eq!(disabled.validate(Path::new(".")).unwrap(), None);
         let empty: RawRegistry = serde_json::from_str(r#"{"path": ""}"#).unwrap();
         assert_eq!(empty.validate(Path::new(".")).unwrap_err().key, "path");
+        assert_eq!(settings.topic(), "tidewatch.registry");
+        let no_topic: RawRegistry = serde_json::from_str(r#"{"topic": " "}"#).unwrap();
+        assert_eq!(no_topic.validate(Path::new(".")).unwrap_err().key, "topic");
         assert!(serde_json::from_str::<RawRegistry>(r#"{"extra": 1}"#).is_err());
     }
 }

@@ -112,10 +112,17 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
+/// Published events kept in the outbox (the newest; older ones are
+/// deleted as new ones are published).
+pub const PUBLISHED_KEPT: i64 = 10_000;
+
 /// The registry.
 #[derive(Clone)]
 pub struct Registry {
     connection: Arc<Mutex<Connection>>,
+    /// Woken after every committed change (the outbox publisher waits on
+    /// it).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -159,6 +166,7 @@ impl Registry {
         .map_err(|e| Error::Task(e.to_string()))??;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            changed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -168,7 +176,14 @@ impl Registry {
         prepare(&connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            changed: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// Resolves after the next committed change that wrote events (or at
+    /// once if one was committed since the last wait).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     async fn with<T: Send + 'static>(
@@ -192,7 +207,8 @@ impl Registry {
         &self,
         work: impl FnOnce(&Transaction<'_>, i64, &mut Vec<Change>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.with(move |connection| {
+        let changed = Arc::clone(&self.changed);
+        let result = self.with(move |connection| {
             let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms();
             let mut changes = Vec::new();
@@ -210,9 +226,14 @@ impl Registry {
                 )?;
             }
             transaction.commit()?;
-            Ok(result)
+            Ok((result, !changes.is_empty()))
         })
-        .await
+        .await;
+        let (result, wrote_events) = result?;
+        if wrote_events {
+            changed.notify_one();
+        }
+        Ok(result)
     }
 
     // --- registered models -------------------------------------------------
@@ -737,14 +758,31 @@ impl Registry {
         .await
     }
 
-    /// Marks every event up to `sequence` published.
+    /// Marks every event up to `sequence` published, and deletes published
+    /// events beyond the newest [`PUBLISHED_KEPT`].
     pub async fn mark_published(&self, sequence: i64) -> Result<()> {
         self.with(move |connection| {
             connection.execute(
                 "UPDATE outbox SET published = 1 WHERE published = 0 AND sequence <= ?1",
                 params![sequence],
             )?;
+            connection.execute(
+                "DELETE FROM outbox WHERE published = 1 AND sequence <= ?1 - ?2",
+                params![sequence, PUBLISHED_KEPT],
+            )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Events written and not yet published.
+    pub async fn pending_count(&self) -> Result<u64> {
+        self.with(|connection| {
+            Ok(connection.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE published = 0",
+                [],
+                |row| row.get::<_, i64>(0),
+            )? as u64)
         })
         .await
     }

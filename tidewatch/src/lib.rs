@@ -11,6 +11,7 @@
 //! - [`demo`]: the whole pipeline in one process on the embedded store.
 //! - [`report`]: text tables of window metrics.
 //! - [`service`]: opening the configured store and running the Kafka pipeline.
+//! - [`registry_bus`]: the model registry's outbox published onto the bus.
 //! - [`http`]: the HTTP server: JSON API with its OpenAPI document,
 //!   Prometheus metrics, and Tidewatch's own pages; its accept loop
 //!   ([`http::serve_router`]) also serves the gateway.
@@ -21,7 +22,8 @@
 //! `main.rs` only parses and dispatches. The crates below do the work:
 //! `events` (event model), `detectors` (pure math), `store` (ClickHouse /
 //! SQLite behind one `Backend` trait), `ingest` (Kafka and file ingestion),
-//! `alerting` (rules and channels), `serving` (the model gateway).
+//! `alerting` (rules and channels), `serving` (the model gateway),
+//! `registry` (model versions and aliases, MLflow-compatible).
 
 pub mod analyze;
 pub mod config;
@@ -29,6 +31,7 @@ pub mod demo;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod registry_bus;
 pub mod report;
 pub mod service;
 pub mod training;

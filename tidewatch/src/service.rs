@@ -435,7 +435,9 @@ async fn record_pipeline_stats(
 }
 
 /// Binds `settings.listen()` and serves the API, pages and metrics over
-/// `store` in a task until the returned sender fires (or is dropped).
+/// `store` (and the model registry of `[registry]`, its events published to
+/// the bus with `[kafka]`) in a task until the returned sender fires (or is
+/// dropped).
 pub async fn start_http(
     config: &Config,
     settings: &crate::http::config::HttpSettings,
@@ -479,12 +481,34 @@ pub async fn start_http(
         })?;
     tracing::info!(address = %listener.local_addr()?, "serving the API, pages and /metrics");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // With a broker, the registry's outbox goes onto [registry] topic for
+    // as long as the server runs.
+    let publisher = match (&state.registry, &config.kafka, &config.registry) {
+        (Some(registry), Some(kafka), Some(settings)) => {
+            let bus: Arc<dyn alerting::delivery::Bus> = Arc::new(KafkaBus::new(kafka)?);
+            let (stop_publisher, publisher_stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(crate::registry_bus::publish(
+                registry.clone(),
+                bus,
+                settings.topic().to_owned(),
+                async {
+                    let _ = publisher_stopped.await;
+                },
+            ));
+            Some((stop_publisher, task))
+        }
+        _ => None,
+    };
     let server = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
         };
         if let Err(error) = crate::http::serve(listener, state, shutdown).await {
             tracing::error!(%error, "the HTTP server stopped");
+        }
+        if let Some((stop_publisher, task)) = publisher {
+            let _ = stop_publisher.send(());
+            let _ = task.await;
         }
     });
     Ok((stop, server))

@@ -5,7 +5,14 @@
 //! the client saw, and that every change reached the registry's outbox as
 //! the documented CloudEvent, in order.
 //!
-//! Without `TIDEWATCH_TEST_MLFLOW_PYTHON` the test fails and says why.
+//! A second test publishes the outbox to the real broker: with the broker
+//! unreachable the events wait (none marked, none lost), and after a
+//! restart against the broker they all arrive, in order, once each.
+//!
+//! Without `TIDEWATCH_TEST_MLFLOW_PYTHON` or the broker the tests fail and
+//! say why.
+
+mod common;
 
 use std::path::Path;
 use std::time::Duration;
@@ -22,11 +29,19 @@ fn mlflow_python() -> String {
 }
 
 /// A config with `[http]` on `port` (token from `token_env`) and the
-/// registry in `directory`.
-fn config(directory: &Path, port: u16, token_env: &str) -> Config {
+/// registry in `directory`; `extra` adds sections (`[kafka]`) and
+/// `registry_extra` lines of `[registry]`.
+fn config(
+    directory: &Path,
+    port: u16,
+    token_env: &str,
+    extra: &str,
+    registry_extra: &str,
+) -> Config {
     let text = format!(
         r#"
 version = 1
+{extra}
 [store]
 type = "embedded"
 path = "tidewatch.sqlite"
@@ -42,6 +57,7 @@ listen = "127.0.0.1:{port}"
 token_env = "{token_env}"
 [registry]
 path = "registry.sqlite"
+{registry_extra}
 "#
     );
     let path = directory.join("tidewatch.toml");
@@ -64,7 +80,7 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
         .local_addr()
         .unwrap()
         .port();
-    let config = config(&directory, port, &token_env);
+    let config = config(&directory, port, &token_env, "", "");
     let store = config.store.open().await.unwrap();
     let (stop, server) = tidewatch::service::start_http(
         &config,
@@ -226,6 +242,207 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
         "the mlflow client made {} registry changes; {} events in the outbox",
         expected.len(),
         events.len()
+    );
+    std::env::remove_var(&token_env);
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+/// A free port of 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the HTTP server of `config` (registry and publisher included).
+async fn start(
+    config: &Config,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = config.store.open().await.unwrap();
+    tidewatch::service::start_http(
+        config,
+        config.http.as_ref().unwrap(),
+        store,
+        tidewatch::http::Telemetry::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A registry write over HTTP with the token; the status.
+async fn write(port: u16, token: &str, path: &str, body: Value) -> u16 {
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let authorization = format!("Bearer {token}");
+    let (status, _, answer) = common::http::request(
+        address,
+        "POST",
+        &format!("/api/2.0/mlflow/{path}"),
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &authorization),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&answer));
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_in_order() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    use rdkafka::Message;
+
+    let brokers = common::brokers();
+    let name = format!("registry_bus_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let token_env = format!("TIDEWATCH_TEST_BUS_TOKEN_{}", std::process::id());
+    let token = "bus-test-token-51d2";
+    std::env::set_var(&token_env, token);
+    let topic = format!("registry-{name}");
+    let kafka = |brokers: &str| {
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"tw-{name}\"\n\
+             topics = [{{ name = \"predictions-{name}\", kind = \"prediction\" }}]\n\
+             properties = {{ \"message.timeout.ms\" = \"1500\" }}\n"
+        )
+    };
+    let registry_topic = format!("topic = \"{topic}\"");
+
+    // The broker unreachable (nothing listens on port 1): changes succeed,
+    // their events wait in the outbox.
+    let port = free_port();
+    let down = config(
+        &directory,
+        port,
+        &token_env,
+        &kafka("127.0.0.1:1"),
+        &registry_topic,
+    );
+    let (stop, server) = start(&down).await;
+    write(
+        port,
+        token,
+        "registered-models/create",
+        json!({"name": "churn"}),
+    )
+    .await;
+    for i in 1..=3 {
+        write(
+            port,
+            token,
+            "model-versions/create",
+            json!({"name": "churn", "source": format!("s3://models/churn/{i}"), "run_id": format!("run{i}")}),
+        )
+        .await;
+    }
+    write(
+        port,
+        token,
+        "registered-models/alias",
+        json!({"name": "churn", "alias": "champion", "version": "2"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _ = stop.send(());
+    server.await.unwrap();
+    let registry = registry::Registry::open(&directory.join("registry.sqlite"))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.pending_count().await.unwrap(),
+        5,
+        "every event waits while the broker is unreachable"
+    );
+    drop(registry);
+
+    // Restarted against the broker: the waiting events go out, then a new
+    // change's event follows.
+    let port = free_port();
+    let up = config(
+        &directory,
+        port,
+        &token_env,
+        &kafka(&brokers),
+        &registry_topic,
+    );
+    let (stop, server) = start(&up).await;
+    write(
+        port,
+        token,
+        "registered-models/alias",
+        json!({"name": "churn", "alias": "challenger", "version": "3"}),
+    )
+    .await;
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let mut received = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while received.len() < 6 && std::time::Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let content_type = message
+            .headers()
+            .and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == "content-type")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+            })
+            .unwrap_or_default();
+        assert!(content_type.starts_with("application/cloudevents+json"));
+        assert_eq!(message.key(), Some("churn".as_bytes()));
+        received.push(serde_json::from_slice::<Value>(message.payload().unwrap()).unwrap());
+    }
+    // Nothing more arrives: each event was published once.
+    let extra = consumer.poll(Duration::from_secs(3));
+    assert!(extra.is_none(), "an event was published twice");
+    let _ = stop.send(());
+    server.await.unwrap();
+
+    let ids: Vec<&str> = received.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5", "6"], "all, in order, once");
+    let types: Vec<&str> = received
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "io.tidewatch.registry.registered_model.created",
+            "io.tidewatch.registry.model_version.created",
+            "io.tidewatch.registry.model_version.created",
+            "io.tidewatch.registry.model_version.created",
+            "io.tidewatch.registry.model_version_alias.created",
+            "io.tidewatch.registry.model_version_alias.created",
+        ]
+    );
+    assert_eq!(received[3]["data"]["run_id"], "run3");
+    assert_eq!(
+        received[5]["data"],
+        json!({"name": "churn", "alias": "challenger", "version": "3"})
+    );
+    let registry = registry::Registry::open(&directory.join("registry.sqlite"))
+        .await
+        .unwrap();
+    assert_eq!(registry.pending_count().await.unwrap(), 0);
+    println!(
+        "6 registry events: 5 waited out the outage and a restart, all delivered once, in order"
     );
     std::env::remove_var(&token_env);
     let _ = std::fs::remove_dir_all(&directory);

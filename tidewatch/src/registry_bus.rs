@@ -1,0 +1,188 @@
+//! The registry's outbox onto the bus: its events published in order to
+//! `[registry] topic`, keyed by model name, as structured CloudEvents
+//! (`content-type: application/cloudevents+json`), each marked published
+//! only after the broker acknowledged it.
+//!
+//! At least once: an event whose acknowledgement is lost (or whose marking
+//! fails) is published again with the same `id`, which consumers
+//! deduplicate by. While the broker is away nothing is marked, the events
+//! wait in the outbox (on disk, so a restart loses none) and the publisher
+//! retries every [`RETRY_AFTER`]. Two processes serving the same registry
+//! file both publish its outbox: the duplicates carry the same ids.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alerting::delivery::{Bus, CLOUDEVENTS_JSON};
+use registry::Registry;
+
+/// Events read from the outbox at once.
+const BATCH: usize = 256;
+/// How long a publish may take before it counts as failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wait after a failed publish or outbox read.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Longest wait between two looks at the outbox (changes made by another
+/// process on the same file do not wake this one).
+const POLL: Duration = Duration::from_secs(1);
+
+/// Publishes `registry`'s outbox to `topic` on `bus` until `shutdown`
+/// resolves; returns how many events it published.
+pub async fn publish(
+    registry: Registry,
+    bus: Arc<dyn Bus>,
+    topic: String,
+    shutdown: impl Future<Output = ()> + Send,
+) -> u64 {
+    tokio::pin!(shutdown);
+    let mut published = 0u64;
+    loop {
+        let outcome = tokio::select! {
+            () = &mut shutdown => return published,
+            outcome = publish_pending(&registry, bus.as_ref(), &topic) => outcome,
+        };
+        let wait = match outcome {
+            Ok(0) => POLL,
+            Ok(count) => {
+                published += count;
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, topic, "registry events not published yet; retrying");
+                RETRY_AFTER
+            }
+        };
+        tokio::select! {
+            () = &mut shutdown => return published,
+            () = registry.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Publishes the pending events of one batch, in order; stops at the first
+/// failure. `Ok(n)`: `n` events published and marked.
+async fn publish_pending(registry: &Registry, bus: &dyn Bus, topic: &str) -> Result<u64, String> {
+    let events = registry
+        .pending_events(BATCH)
+        .await
+        .map_err(|e| format!("reading the outbox: {e}"))?;
+    let mut published = 0;
+    for event in events {
+        let payload = event.cloud_event().to_string().into_bytes();
+        let headers = vec![("content-type", CLOUDEVENTS_JSON.to_owned())];
+        tokio::time::timeout(
+            SEND_TIMEOUT,
+            bus.publish(topic, &event.change.model, payload, headers),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "event {} not acknowledged within {SEND_TIMEOUT:?}",
+                event.sequence
+            )
+        })?
+        .map_err(|e| format!("event {}: {e}", event.sequence))?;
+        registry
+            .mark_published(event.sequence)
+            .await
+            .map_err(|e| format!("marking event {} published: {e}", event.sequence))?;
+        published += 1;
+    }
+    Ok(published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// A bus that fails while `down` is set and records what it took.
+    #[derive(Default)]
+    struct FakeBus {
+        down: AtomicBool,
+        sent: Mutex<Vec<(String, String, serde_json::Value)>>,
+    }
+
+    impl Bus for FakeBus {
+        fn publish<'a>(
+            &'a self,
+            topic: &'a str,
+            key: &'a str,
+            payload: Vec<u8>,
+            _headers: Vec<(&'static str, String)>,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+            Box::pin(async move {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err("broker down".into());
+                }
+                self.sent.lock().unwrap().push((
+                    topic.to_owned(),
+                    key.to_owned(),
+                    serde_json::from_slice(&payload).unwrap(),
+                ));
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_wait_while_the_bus_is_down_and_go_out_in_order_after() {
+        let registry = Registry::in_memory().unwrap();
+        let bus = Arc::new(FakeBus::default());
+        bus.down.store(true, Ordering::SeqCst);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let publisher = tokio::spawn(publish(
+            registry.clone(),
+            bus.clone(),
+            "registry-events".into(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        registry
+            .create_model("churn".into(), vec![], "".into())
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            registry
+                .create_version(registry::store::NewVersion {
+                    name: "churn".into(),
+                    source: "s3://m".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(bus.sent.lock().unwrap().is_empty());
+        assert_eq!(registry.pending_count().await.unwrap(), 4, "nothing marked");
+
+        bus.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(RETRY_AFTER * 2).await;
+        assert_eq!(registry.pending_count().await.unwrap(), 0);
+        registry
+            .set_alias("churn".into(), "champion".into(), "2".into())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        assert_eq!(publisher.await.unwrap(), 5);
+        let sent = bus.sent.lock().unwrap();
+        let ids: Vec<&str> = sent
+            .iter()
+            .map(|(_, _, e)| e["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["1", "2", "3", "4", "5"]);
+        assert!(sent
+            .iter()
+            .all(|(topic, key, _)| topic == "registry-events" && key == "churn"));
+        assert_eq!(
+            sent[4].2["type"],
+            "io.tidewatch.registry.model_version_alias.created"
+        );
+    }
+}
