@@ -21,6 +21,11 @@
 //!   { version = "7", runtime = "linear", path = "models/churn-7.json" },
 //!   { version = "8", runtime = "proxy", url = "http://127.0.0.1:8080", upstream_model = "churn" },
 //! ]
+//!
+//! [serving.registry]             # optional: routes follow the registry's aliases
+//! url = "http://127.0.0.1:8080"  # Tidewatch's HTTP API serving the registry
+//! topic = "tidewatch.registry"   # its events
+//! route_topic = "tidewatch.serving"
 //! ```
 
 use std::collections::BTreeMap;
@@ -90,6 +95,9 @@ pub struct RawServing {
     /// Seldon Core 2's topics, read from the broker of `[kafka]`.
     #[serde(default)]
     pub seldon: Option<RawSeldon>,
+    /// The registry whose aliases the routes follow.
+    #[serde(default)]
+    pub registry: Option<RawFollowRegistry>,
 }
 
 /// `[serving.seldon]`.
@@ -461,6 +469,7 @@ pub struct ServingSettings {
     routes: Arc<RouteTable>,
     kserve: Option<KserveSettings>,
     seldon: Option<SeldonSettings>,
+    registry: Option<FollowRegistry>,
 }
 
 impl std::fmt::Debug for ServingSettings {
@@ -515,6 +524,89 @@ impl ServingSettings {
     /// The Seldon adapter, if configured.
     pub fn seldon(&self) -> Option<&SeldonSettings> {
         self.seldon.as_ref()
+    }
+    /// The registry the routes follow, if configured.
+    pub fn registry(&self) -> Option<&FollowRegistry> {
+        self.registry.as_ref()
+    }
+}
+
+/// `[serving.registry]`: the routes follow the registry's aliases.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFollowRegistry {
+    /// Where Tidewatch's HTTP API serves the registry (`http://host:port`):
+    /// the aliases are read there at start.
+    pub url: String,
+    /// The registry's events (`[registry] topic` of the instance serving
+    /// it).
+    #[serde(default = "default_registry_topic")]
+    pub topic: String,
+    /// Where route changes are published as
+    /// `io.tidewatch.serving.route.updated`.
+    #[serde(default = "default_route_topic")]
+    pub route_topic: String,
+}
+
+fn default_registry_topic() -> String {
+    "tidewatch.registry".into()
+}
+
+fn default_route_topic() -> String {
+    "tidewatch.serving".into()
+}
+
+/// Validated `[serving.registry]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowRegistry {
+    url: String,
+    topic: String,
+    route_topic: String,
+}
+
+impl FollowRegistry {
+    /// The registry API's base URL (no trailing `/`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    /// The registry's event topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    /// Where route changes go.
+    pub fn route_topic(&self) -> &str {
+        &self.route_topic
+    }
+}
+
+impl RawFollowRegistry {
+    fn validate(self) -> Result<FollowRegistry, InvalidSetting> {
+        let url = self.url.trim_end_matches('/').to_owned();
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            invalid(
+                "registry.url",
+                format!("`{}` is not an http:// URL", self.url),
+            )
+        })?;
+        if rest.is_empty() || rest.contains('/') {
+            return Err(invalid(
+                "registry.url",
+                format!("`{}` must be http://host:port, without a path", self.url),
+            ));
+        }
+        for (key, topic) in [
+            ("registry.topic", &self.topic),
+            ("registry.route_topic", &self.route_topic),
+        ] {
+            if topic.trim().is_empty() {
+                return Err(invalid(key, "must name a topic"));
+            }
+        }
+        Ok(FollowRegistry {
+            url,
+            topic: self.topic,
+            route_topic: self.route_topic,
+        })
     }
 }
 
@@ -573,15 +665,30 @@ impl RawServing {
         let seldon = self.seldon.map(|raw| raw.validate(monitored)).transpose()?;
         let kserve = self.kserve.map(|raw| raw.validate(monitored)).transpose()?;
         let mut served = Vec::with_capacity(self.models.len());
+        let mut policies = Vec::with_capacity(self.models.len());
         for (index, model) in self.models.into_iter().enumerate() {
-            served.push(model.validate(
+            let (model, aliases, policy) = model.validate(
                 &format!("models[{index}]"),
                 monitored,
                 self.request_timeout,
                 base,
-            )?);
+            )?;
+            policies.push((model.name.clone(), policy));
+            served.push((model, aliases));
         }
         let routes = RouteTable::new(served).map_err(|e| invalid("models", e.to_string()))?;
+        for (model, policy) in policies {
+            routes
+                .set_challenger_policy(&model, policy)
+                .map_err(|e| invalid("models", e.to_string()))?;
+        }
+        let registry = self.registry.map(|raw| raw.validate()).transpose()?;
+        if registry.is_some() && routes.models().next().is_none() {
+            return Err(invalid(
+                "registry",
+                "routes follow the registry only for [[serving.models]]; none is configured",
+            ));
+        }
         Ok(ServingSettings {
             listen,
             request_timeout: self.request_timeout,
@@ -596,6 +703,7 @@ impl RawServing {
             routes: Arc::new(routes),
             kserve,
             seldon,
+            registry,
         })
     }
 }
@@ -740,7 +848,7 @@ impl RawServedModel {
         monitored: &BTreeMap<String, MonitoredModel>,
         timeout: Duration,
         base: &Path,
-    ) -> Result<(ServedModel, Aliases), InvalidSetting> {
+    ) -> Result<(ServedModel, Aliases, ChallengerMode), InvalidSetting> {
         let spec = monitored.get(&self.name).ok_or_else(|| {
             invalid(
                 format!("{at}.name"),
@@ -893,35 +1001,32 @@ impl RawServedModel {
                 ));
             }
         }
-        let challenger = match (self.challenger, self.challenger_mode, self.canary_share) {
-            (None, _, Some(_)) => {
-                return Err(invalid(format!("{at}.canary_share"), "needs a challenger"))
-            }
-            (None, _, None) => None,
-            (Some(version), RawChallengerMode::Shadow, None) => {
-                Some((version, ChallengerMode::Shadow))
-            }
-            (Some(_), RawChallengerMode::Shadow, Some(_)) => {
+        // How a challenger takes part: the configured one, and one the
+        // registry's `challenger` alias names later.
+        let policy = match (self.challenger_mode, self.canary_share) {
+            (RawChallengerMode::Shadow, None) => ChallengerMode::Shadow,
+            (RawChallengerMode::Shadow, Some(_)) => {
                 return Err(invalid(
                     format!("{at}.canary_share"),
                     "only with challenger_mode = \"canary\"",
                 ))
             }
-            (Some(version), RawChallengerMode::Canary, share) => {
-                let share = share.ok_or_else(|| {
-                    invalid(format!("{at}.canary_share"), "a canary needs its share")
-                })?;
+            (RawChallengerMode::Canary, None) => {
+                return Err(invalid(
+                    format!("{at}.canary_share"),
+                    "a canary needs its share",
+                ))
+            }
+            (RawChallengerMode::Canary, Some(share)) => {
                 if !(share > 0.0 && share <= 1.0) {
                     return Err(invalid(format!("{at}.canary_share"), "must be in (0, 1]"));
                 }
-                Some((
-                    version,
-                    ChallengerMode::Canary {
-                        per_million: (share * 1_000_000.0).round() as u32,
-                    },
-                ))
+                ChallengerMode::Canary {
+                    per_million: (share * 1_000_000.0).round() as u32,
+                }
             }
         };
+        let challenger = self.challenger.map(|version| (version, policy));
         let model = ServedModel {
             name: self.name,
             features: spec.features.clone(),
@@ -932,7 +1037,7 @@ impl RawServedModel {
             champion: self.champion,
             challenger,
         };
-        Ok((model, aliases))
+        Ok((model, aliases, policy))
     }
 }
 

@@ -37,6 +37,7 @@
 
 pub mod config;
 pub mod features;
+pub mod follow;
 pub mod gateway;
 pub mod kserve;
 pub mod linear;

@@ -86,10 +86,41 @@ pub struct RouteUpdated {
     pub previous_champion: String,
 }
 
+impl RouteUpdated {
+    /// The CloudEvents 1.0 document (structured JSON) of the change, with
+    /// `id` and `time_ms` (ms since the epoch).
+    pub fn cloud_event(&self, id: &str, time_ms: i64) -> serde_json::Value {
+        let time = chrono::DateTime::from_timestamp_millis(time_ms)
+            .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        serde_json::json!({
+            "specversion": "1.0",
+            "type": ROUTE_UPDATED,
+            "source": "tidewatch/serving",
+            "id": id,
+            "time": time,
+            "subject": self.model,
+            "datacontenttype": "application/json",
+            "data": self,
+        })
+    }
+}
+
 struct Route {
     model: Arc<ServedModel>,
     aliases: RwLock<Arc<Aliases>>,
+    /// How a challenger named by the registry's `challenger` alias takes
+    /// part.
+    challenger_policy: RwLock<ChallengerMode>,
 }
+
+/// The registry aliases that route: the rest (`staging`, `candidate`, …)
+/// name versions without sending them traffic.
+pub const CHAMPION_ALIAS: &str = "champion";
+/// A challenger taking part as the model's challenger policy says.
+pub const CHALLENGER_ALIAS: &str = "challenger";
+/// A challenger in shadow, whatever the policy.
+pub const SHADOW_ALIAS: &str = "shadow";
 
 /// Every served model and its aliases.
 pub struct RouteTable {
@@ -103,9 +134,14 @@ impl RouteTable {
         for (model, aliases) in models {
             check(&model, &aliases)?;
             let name = model.name.clone();
+            let policy = aliases
+                .challenger
+                .as_ref()
+                .map_or(ChallengerMode::Shadow, |(_, mode)| *mode);
             let route = Route {
                 model: Arc::new(model),
                 aliases: RwLock::new(Arc::new(aliases)),
+                challenger_policy: RwLock::new(policy),
             };
             if routes.insert(name.clone(), route).is_some() {
                 return Err(Error::InvalidSetting(format!(
@@ -133,6 +169,91 @@ impl RouteTable {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         Ok((route.model.clone(), aliases))
+    }
+
+    /// Sets how a challenger named by the `challenger` alias takes part in
+    /// `model`'s traffic (default: as the configured challenger, else in
+    /// shadow).
+    pub fn set_challenger_policy(&self, model: &str, mode: ChallengerMode) -> Result<(), Error> {
+        let route = self
+            .routes
+            .get(model)
+            .ok_or_else(|| Error::NotFound(format!("no model named `{model}`")))?;
+        *route
+            .challenger_policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = mode;
+        Ok(())
+    }
+
+    /// Applies a registry alias of `model` (`version`: where it points now,
+    /// `None` when deleted): `champion` moves the answering version (a
+    /// challenger promoted to champion stops being the challenger);
+    /// `challenger` sets or clears the challenger, taking part as the
+    /// model's policy says; `shadow` sets or clears a shadow challenger.
+    /// Deleting `champion` keeps the last one (a model always answers), and
+    /// other aliases do not route. `Ok(None)`: the route did not change
+    /// (another alias, another model, or where it already was).
+    pub fn apply_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        version: Option<&str>,
+    ) -> Result<Option<RouteUpdated>, Error> {
+        let Some(route) = self.routes.get(model) else {
+            return Ok(None);
+        };
+        let current = route
+            .aliases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let policy = *route
+            .challenger_policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut next = (*current).clone();
+        match (alias, version) {
+            (CHAMPION_ALIAS, Some(version)) => {
+                next.champion = version.to_owned();
+                if next
+                    .challenger
+                    .as_ref()
+                    .is_some_and(|(challenger, _)| challenger == version)
+                {
+                    next.challenger = None;
+                }
+            }
+            (CHAMPION_ALIAS, None) => {
+                tracing::warn!(model, champion = %current.champion, "the champion alias was deleted; the last champion keeps answering");
+                return Ok(None);
+            }
+            (CHALLENGER_ALIAS | SHADOW_ALIAS, Some(version)) => {
+                let mode = if alias == SHADOW_ALIAS {
+                    ChallengerMode::Shadow
+                } else {
+                    policy
+                };
+                next.challenger = (version != next.champion).then(|| (version.to_owned(), mode));
+            }
+            (CHALLENGER_ALIAS, None) => {
+                if !matches!(&next.challenger, Some((_, mode)) if *mode == policy) {
+                    return Ok(None);
+                }
+                next.challenger = None;
+            }
+            (SHADOW_ALIAS, None) => {
+                if !matches!(&next.challenger, Some((_, ChallengerMode::Shadow))) {
+                    return Ok(None);
+                }
+                next.challenger = None;
+            }
+            _ => return Ok(None),
+        }
+        if next == *current {
+            return Ok(None);
+        }
+        self.set_aliases(model, next).map(Some)
     }
 
     /// Moves the aliases of `model`; the change to publish.
@@ -243,6 +364,108 @@ mod tests {
         }
         // 10 % of 100,000: within 5 standard deviations (σ ≈ 95).
         assert!((canary as i64 - 10_000).abs() < 475, "{canary}");
+    }
+
+    fn table() -> RouteTable {
+        use crate::features::InputLayout;
+        use crate::linear::LinearModel;
+        use crate::model::{Runtime, ServedVersion};
+        use crate::outputs::OutputMapping;
+        let versions = ["1", "2", "3"]
+            .into_iter()
+            .map(|v| {
+                let model = LinearModel::regression(vec!["a".into()], vec![1.0], 0.0).unwrap();
+                let served = ServedVersion {
+                    runtime: Runtime::Linear(model),
+                    outputs: OutputMapping {
+                        task: detectors::spec::Task::Regression,
+                        probabilities: None,
+                        label: Some("prediction".into()),
+                        classes: Vec::new(),
+                    },
+                };
+                (v.to_owned(), Arc::new(served))
+            })
+            .collect();
+        let model = ServedModel {
+            name: "m".into(),
+            features: vec!["a".into()],
+            layout: InputLayout::PerFeature,
+            versions,
+        };
+        RouteTable::new(vec![(
+            model,
+            Aliases {
+                champion: "1".into(),
+                challenger: None,
+            },
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn registry_aliases_move_routes_and_a_promotion_clears_the_challenger() {
+        let table = table();
+        table
+            .set_challenger_policy(
+                "m",
+                ChallengerMode::Canary {
+                    per_million: 50_000,
+                },
+            )
+            .unwrap();
+        let update = table
+            .apply_alias("m", "challenger", Some("2"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(update.challenger.as_deref(), Some("2"));
+        assert_eq!(
+            update.challenger_mode,
+            Some(ChallengerMode::Canary {
+                per_million: 50_000
+            })
+        );
+        // The same alias again, another model, another alias: no change.
+        assert_eq!(
+            table.apply_alias("m", "challenger", Some("2")).unwrap(),
+            None
+        );
+        assert_eq!(
+            table.apply_alias("other", "champion", Some("2")).unwrap(),
+            None
+        );
+        assert_eq!(table.apply_alias("m", "staging", Some("3")).unwrap(), None);
+        // Promotion: the challenger becomes champion and stops challenging.
+        let update = table
+            .apply_alias("m", "champion", Some("2"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (update.previous_champion.as_str(), update.champion.as_str()),
+            ("1", "2")
+        );
+        assert_eq!(update.challenger, None);
+        // A shadow, then its alias deleted.
+        table
+            .apply_alias("m", "shadow", Some("3"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            table.get("m").unwrap().1.challenger,
+            Some(("3".into(), ChallengerMode::Shadow))
+        );
+        assert_eq!(
+            table.apply_alias("m", "challenger", None).unwrap(),
+            None,
+            "not the policy's"
+        );
+        table.apply_alias("m", "shadow", None).unwrap().unwrap();
+        assert_eq!(table.get("m").unwrap().1.challenger, None);
+        // Deleting the champion keeps the last one; an unknown version is refused.
+        assert_eq!(table.apply_alias("m", "champion", None).unwrap(), None);
+        assert_eq!(table.get("m").unwrap().1.champion, "2");
+        assert!(table.apply_alias("m", "champion", Some("9")).is_err());
+        assert_eq!(table.get("m").unwrap().1.champion, "2");
     }
 
     #[test]

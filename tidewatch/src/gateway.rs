@@ -4,6 +4,8 @@
 //! ```text
 //! listener ─▶ http::serve_router(serving::gateway::router) ─▶ InferenceLog ─▶ serving::log::forward ─▶ [serving.log] topic
 //!          └─ [serving.kserve] path: serving::kserve (KServe's payload logger) ─┘
+//!  [serving.registry]: serving::follow — the registry's alias events move
+//!  the routes; each change is published as io.tidewatch.serving.route.updated
 //! ```
 //!
 //! On shutdown the listener stops accepting, requests in flight finish
@@ -94,6 +96,35 @@ pub async fn run(
         }
         None => None,
     };
+    // Routes that follow the registry's aliases.
+    let (stop_follower, follower_stopped) = tokio::sync::oneshot::channel::<()>();
+    let follower = match settings.registry() {
+        Some(follow) => {
+            // No group member commits or is assigned anything: each gateway
+            // reads every change from where it started.
+            let group = format!("tidewatch-serve-routes-{:016x}", rand::random::<u64>());
+            let consumer = ingest::kafka::adapter_consumer(kafka.connection(), &group)?;
+            let producer = ingest::kafka::producer(kafka.connection())?;
+            tracing::info!(
+                registry = follow.url(),
+                topic = follow.topic(),
+                "routes follow the registry"
+            );
+            Some(tokio::spawn(serving::follow::run(
+                settings.routes().clone(),
+                follow.url().to_owned(),
+                consumer,
+                follow.topic().to_owned(),
+                producer,
+                follow.route_topic().to_owned(),
+                telemetry.clone(),
+                async move {
+                    let _ = follower_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
     tracing::info!(address = %listener.local_addr()?, topic = settings.log().topic(), "model gateway listening");
     serve_router(
         listener,
@@ -105,6 +136,10 @@ pub async fn run(
         shutdown,
     )
     .await?;
+    let _ = stop_follower.send(());
+    if let Some(follower) = follower {
+        follower.await?;
+    }
     let _ = stop_seldon.send(());
     if let Some(seldon) = seldon {
         if let Err(error) = seldon.await? {

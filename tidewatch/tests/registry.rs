@@ -447,3 +447,234 @@ async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_
     std::env::remove_var(&token_env);
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// The registry and a gateway following it: moving `challenger` and
+/// `champion` in the registry moves the gateway's routes within seconds,
+/// each change is published as `io.tidewatch.serving.route.updated`, and an
+/// alias naming a version the gateway does not serve is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_following_the_registry_routes_by_its_aliases() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+
+    let brokers = common::brokers();
+    let name = format!("registry_routes_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let token_env = format!("TIDEWATCH_TEST_ROUTES_TOKEN_{}", std::process::id());
+    let token = "routes-test-token-7e90";
+    std::env::set_var(&token_env, token);
+    for (version, weight) in [("1", 0.5), ("2", -0.5)] {
+        let model = serving::linear::LinearModel::classifier(
+            vec!["usage".into()],
+            vec!["no".into(), "yes".into()],
+            vec![vec![weight]],
+            vec![0.0],
+        )
+        .unwrap();
+        std::fs::write(directory.join(format!("v{version}.json")), model.to_json()).unwrap();
+    }
+    let (http_port, registry_topic, route_topic) = (
+        free_port(),
+        format!("registry-{name}"),
+        format!("routes-{name}"),
+    );
+    let text = format!(
+        r#"
+version = 1
+[kafka]
+brokers = "{brokers}"
+group_id = "tw-{name}"
+topics = [{{ name = "predictions-{name}", kind = "prediction" }}]
+[store]
+type = "embedded"
+path = "tidewatch.sqlite"
+[windows]
+size = "1h"
+[[models]]
+name = "churn"
+task = "classification"
+positive_class = "yes"
+features = [{{ name = "usage", kind = "numeric" }}]
+[http]
+listen = "127.0.0.1:{http_port}"
+token_env = "{token_env}"
+[registry]
+path = "registry.sqlite"
+topic = "{registry_topic}"
+[serving]
+listen = "127.0.0.1:0"
+[serving.registry]
+url = "http://127.0.0.1:{http_port}"
+topic = "{registry_topic}"
+route_topic = "{route_topic}"
+[[serving.models]]
+name = "churn"
+champion = "1"
+versions = [
+  {{ version = "1", runtime = "linear", path = "v1.json" }},
+  {{ version = "2", runtime = "linear", path = "v2.json" }},
+]
+"#
+    );
+    let path = directory.join("tidewatch.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+
+    // The registry: churn with versions 1–3, champion → 1.
+    let (stop_http, http) = start(&config).await;
+    write(
+        http_port,
+        token,
+        "registered-models/create",
+        json!({"name": "churn"}),
+    )
+    .await;
+    for i in 1..=3 {
+        write(
+            http_port,
+            token,
+            "model-versions/create",
+            json!({"name": "churn", "source": format!("{}/v{i}.json", directory.display())}),
+        )
+        .await;
+    }
+    let alias =
+        |alias: &str, version: &str| json!({"name": "churn", "alias": alias, "version": version});
+    write(
+        http_port,
+        token,
+        "registered-models/alias",
+        alias("champion", "1"),
+    )
+    .await;
+
+    // The gateway, following it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_address = listener.local_addr().unwrap();
+    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway_config = config.clone();
+    let gateway = tokio::spawn(async move {
+        tidewatch::gateway::run(
+            gateway_config.serving.as_ref().unwrap(),
+            gateway_config.kafka.as_ref().unwrap(),
+            listener,
+            async move {
+                let _ = gateway_stopped.await;
+            },
+        )
+        .await
+    });
+    let answered_by = |request: usize| async move {
+        let body = json!({"id": format!("r{request}"), "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [[1.5]]}]});
+        let (status, _, answer) = common::http::request(
+            gateway_address,
+            "POST",
+            "/v2/models/churn/infer",
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        answer["model_version"].as_str().unwrap().to_owned()
+    };
+    let mut request = 0;
+    let mut wait_for = |version: &'static str| {
+        request += 1;
+        let first = request;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut i = first * 1000;
+            loop {
+                i += 1;
+                if answered_by(i).await == version {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the gateway never routed to version {version}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_for("1").await;
+    // The follower is assigned the topic's end once it exists; give it a
+    // moment after the first published event before moving aliases.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    write(
+        http_port,
+        token,
+        "registered-models/alias",
+        alias("challenger", "2"),
+    )
+    .await;
+    write(
+        http_port,
+        token,
+        "registered-models/alias",
+        alias("champion", "2"),
+    )
+    .await;
+    wait_for("2").await;
+    // Version 3 is registered but not served: refused, the route stays.
+    write(
+        http_port,
+        token,
+        "registered-models/alias",
+        alias("champion", "3"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for("2").await;
+
+    let _ = stop_gateway.send(());
+    let telemetry = gateway.await.unwrap().unwrap();
+    let _ = stop_http.send(());
+    http.await.unwrap();
+    assert_eq!(
+        telemetry.adapter_events_total("registry", "route_refused"),
+        1
+    );
+
+    let consumer: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("reader-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&route_topic]).unwrap();
+    let mut updates = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while updates.len() < 2 && std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            updates.push(serde_json::from_slice::<Value>(message.payload().unwrap()).unwrap());
+        }
+    }
+    assert!(
+        consumer.poll(Duration::from_secs(2)).is_none(),
+        "two route changes only"
+    );
+    assert_eq!(updates.len(), 2, "{updates:?}");
+    for update in &updates {
+        assert_eq!(update["type"], "io.tidewatch.serving.route.updated");
+        assert_eq!(update["specversion"], "1.0");
+        assert_eq!(update["subject"], "churn");
+    }
+    assert_eq!(updates[0]["data"]["challenger"], "2");
+    assert_eq!(updates[0]["data"]["challenger_mode"]["mode"], "shadow");
+    assert_eq!(updates[1]["data"]["champion"], "2");
+    assert_eq!(updates[1]["data"]["previous_champion"], "1");
+    assert_eq!(
+        updates[1]["data"]["challenger"],
+        Value::Null,
+        "promoted: no challenger left"
+    );
+    println!("the gateway followed the registry: challenger → 2, champion → 2 (promoted), champion → 3 refused");
+    std::env::remove_var(&token_env);
+    let _ = std::fs::remove_dir_all(&directory);
+}

@@ -365,8 +365,8 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     let _ = std::fs::remove_dir_all(&directory);
 }
 
-/// Counts of feature `usage` per version in the store, polled until they
-/// equal `expected` (60 s at most).
+/// Counts of feature `usage` of the versions named in `expected`, polled
+/// until they equal `expected` (60 s at most).
 async fn wait_for_window_counts(store: &store::Store, expected: &[(&str, u64)]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -381,6 +381,7 @@ async fn wait_for_window_counts(store: &store::Store, expected: &[(&str, u64)]) 
             .unwrap();
         let mut counts: Vec<(String, u64)> = rows
             .iter()
+            .filter(|r| expected.iter().any(|(v, _)| *v == r.key.model_version))
             .map(|r| (r.key.model_version.clone(), r.metrics.count))
             .collect();
         counts.sort();
@@ -641,7 +642,7 @@ versions = [
 "#
     );
     let topic = format!("predictions-{name}");
-    create_topics(&brokers, &[&topic]).await;
+    create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let config = config(&directory, &brokers, &name, "", &served);
     let gateway = start_gateway(&config).await;
 
@@ -721,7 +722,15 @@ versions = [
     }
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].0, "gone");
-    println!("{REQUESTS} requests through the gateway to MLServer: scores equal to the in-process runtime's within 1e-9");
+
+    // `tidewatch run` windows MLServer's answers under their version.
+    let (pipeline, stop) = common::start_pipeline(&config);
+    let store = config.store.open().await.unwrap();
+    let requests = REQUESTS as u64;
+    wait_for_window_counts(&store, &[("mlserver", requests), ("native", requests)]).await;
+    stop.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+    println!("{REQUESTS} requests through the gateway to MLServer: scores equal to the in-process runtime's within 1e-9, windowed under their versions");
     let _ = std::fs::remove_dir_all(&directory);
 }
 

@@ -1,0 +1,306 @@
+//! Routes that follow the model registry (`[serving.registry]`): the
+//! registry's aliases decide which version answers.
+//!
+//! ```text
+//!  start: assign the registry topic at its end offsets ─▶ read each served
+//!         model's aliases from the registry API (registered-models/get)
+//!  then:  io.tidewatch.registry.model_version_alias.created|deleted
+//!           ─▶ RouteTable::apply_alias ─▶ io.tidewatch.serving.route.updated
+//! ```
+//!
+//! Taking the end offsets before reading the aliases means no change made
+//! in between is missed (one may be applied twice, which changes nothing).
+//! The consumer belongs to no group and commits nothing: every gateway
+//! instance reads every change. `champion` names the version that answers,
+//! `challenger` a challenger taking part as the model's challenger policy
+//! says (`challenger_mode`, `canary_share`), `shadow` a shadow challenger;
+//! other aliases do not route. An alias naming a version the gateway does
+//! not serve is refused (logged and counted); the route stays as it was.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use registry::events::{ChangeKind, RegistryEvent};
+use serde_json::Value;
+
+use crate::routes::{RouteTable, RouteUpdated, CHALLENGER_ALIAS, CHAMPION_ALIAS, SHADOW_ALIAS};
+use crate::telemetry::Telemetry;
+use crate::Error;
+
+/// Time allowed for a metadata, watermark or registry call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest registry answer read.
+const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+/// The `adapter` label of the route follower's counters.
+const ADAPTER: &str = "registry";
+
+/// The aliases of `model` in the registry at `url`; `None` when the model
+/// is not registered there.
+pub async fn registry_aliases(
+    url: &str,
+    model: &str,
+) -> Result<Option<Vec<(String, String)>>, Error> {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("name", model)
+        .finish();
+    let uri = format!("{url}/api/2.0/mlflow/registered-models/get?{query}");
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let exchange = async {
+        let response = client
+            .get(
+                uri.parse()
+                    .map_err(|e| Error::InvalidSetting(format!("{uri}: {e}")))?,
+            )
+            .await
+            .map_err(|e| Error::Unreachable(format!("{uri}: {e}")))?;
+        let status = response.status();
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| Error::Unreachable(format!("{uri}: reading the answer: {e}")))?
+            .to_bytes();
+        Ok::<_, Error>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(CALL_TIMEOUT, exchange)
+        .await
+        .map_err(|_| Error::Timeout(CALL_TIMEOUT))??;
+    let answer: Value = serde_json::from_slice(&body).map_err(|e| Error::Upstream {
+        status: status.as_u16(),
+        message: format!("not JSON: {e}"),
+    })?;
+    if status.as_u16() == 404 && answer["error_code"] == "RESOURCE_DOES_NOT_EXIST" {
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(Error::Upstream {
+            status: status.as_u16(),
+            message: answer["message"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    let aliases = answer["registered_model"]["aliases"]
+        .as_array()
+        .map(|aliases| {
+            aliases
+                .iter()
+                .filter_map(|alias| {
+                    Some((
+                        alias["alias"].as_str()?.to_owned(),
+                        alias["version"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some(aliases))
+}
+
+/// Applies a registered model's aliases to its route: the routing aliases
+/// it has are set, those it lacks are cleared (the champion stays).
+pub fn apply_snapshot(
+    routes: &RouteTable,
+    model: &str,
+    aliases: &[(String, String)],
+) -> Vec<Result<RouteUpdated, Error>> {
+    let mut changes = Vec::new();
+    for alias in [CHAMPION_ALIAS, CHALLENGER_ALIAS, SHADOW_ALIAS] {
+        let version = aliases
+            .iter()
+            .find(|(name, _)| name == alias)
+            .map(|(_, version)| version.as_str());
+        match routes.apply_alias(model, alias, version) {
+            Ok(Some(update)) => changes.push(Ok(update)),
+            Ok(None) => {}
+            Err(error) => changes.push(Err(error)),
+        }
+    }
+    changes
+}
+
+/// Applies one registry event (a CloudEvent document); `Ok(None)` when it
+/// does not move a route.
+pub fn apply_event(routes: &RouteTable, document: &Value) -> Result<Option<RouteUpdated>, Error> {
+    let Some(event) = RegistryEvent::from_cloud_event(document) else {
+        return Ok(None);
+    };
+    let alias = event.change.data["alias"].as_str().unwrap_or_default();
+    match event.change.kind {
+        ChangeKind::ModelVersionAliasCreated => {
+            routes.apply_alias(&event.change.model, alias, event.change.version.as_deref())
+        }
+        ChangeKind::ModelVersionAliasDeleted => {
+            routes.apply_alias(&event.change.model, alias, None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Assigns `consumer` every partition of `topic` at its end offset.
+/// Blocking calls run with [`tokio::task::block_in_place`] (a
+/// multi-threaded runtime is needed).
+pub fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<usize, Error> {
+    tokio::task::block_in_place(|| {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), CALL_TIMEOUT)
+            .map_err(|e| Error::Unreachable(format!("metadata of {topic}: {e}")))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut assignment = TopicPartitionList::new();
+        for partition in &partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, *partition, CALL_TIMEOUT)
+                .map_err(|e| Error::Unreachable(format!("offsets of {topic}/{partition}: {e}")))?;
+            assignment
+                .add_partition_offset(topic, *partition, Offset::Offset(high))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|e| Error::Internal(format!("assigning {topic}: {e}")))?;
+        Ok(partitions.len())
+    })
+}
+
+/// Publishes `update` to `topic` as `io.tidewatch.serving.route.updated`.
+async fn publish(producer: &FutureProducer, topic: &str, update: &RouteUpdated) {
+    let id = format!("{:032x}", rand::random::<u128>());
+    let payload = update.cloud_event(&id, crate::log::now_ms()).to_string();
+    let record = FutureRecord::to(topic)
+        .key(&update.model)
+        .payload(&payload)
+        .headers(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "content-type",
+                value: Some("application/cloudevents+json; charset=utf-8"),
+            }),
+        );
+    if let Err((error, _)) = producer.send(record, CALL_TIMEOUT).await {
+        tracing::warn!(%error, model = %update.model, "a route change was applied but not published");
+    }
+}
+
+/// Reports one outcome of the follower.
+async fn report(
+    outcome: Result<Option<RouteUpdated>, Error>,
+    producer: &FutureProducer,
+    route_topic: &str,
+    telemetry: &Telemetry,
+) {
+    match outcome {
+        Ok(Some(update)) => {
+            telemetry.adapter_event(ADAPTER, "route_updated");
+            publish(producer, route_topic, &update).await;
+        }
+        Ok(None) => telemetry.adapter_event(ADAPTER, "ignored"),
+        Err(error) => {
+            telemetry.adapter_event(ADAPTER, "route_refused");
+            tracing::warn!(%error, "a registry alias was not applied to the routes");
+        }
+    }
+}
+
+/// Follows the registry until `shutdown`: `consumer` is assigned the end
+/// of `topic` (retried until the topic exists), the aliases at that point
+/// are read at `url`, then every alias change on the topic is applied.
+/// Route changes are published to `route_topic`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    routes: Arc<RouteTable>,
+    url: String,
+    consumer: StreamConsumer,
+    topic: String,
+    producer: FutureProducer,
+    route_topic: String,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    tokio::pin!(shutdown);
+    let mut warned = false;
+    loop {
+        match assign_at_end(&consumer, &topic) {
+            Ok(partitions) if partitions > 0 => break,
+            Ok(_) if !warned => {
+                tracing::info!(
+                    topic,
+                    "the registry topic does not exist yet; waiting for it"
+                );
+                warned = true;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, topic, "cannot read the registry topic yet"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    let models: Vec<String> = routes.models().map(|m| m.name.clone()).collect();
+    for model in &models {
+        // The registry may start after the gateway: retry until it answers.
+        loop {
+            let aliases = tokio::select! {
+                () = &mut shutdown => return,
+                aliases = registry_aliases(&url, model) => aliases,
+            };
+            match aliases {
+                Ok(Some(aliases)) => {
+                    for change in apply_snapshot(&routes, model, &aliases) {
+                        report(change.map(Some), &producer, &route_topic, &telemetry).await;
+                    }
+                    break;
+                }
+                Ok(None) => {
+                    tracing::info!(model, "not registered: the configured route stays until the registry names versions");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, model, "the registry did not answer; retrying");
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+    loop {
+        let message = tokio::select! {
+            () = &mut shutdown => return,
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                let Some(document) = message
+                    .payload()
+                    .and_then(|payload| serde_json::from_slice::<Value>(payload).ok())
+                else {
+                    telemetry.adapter_event(ADAPTER, "undecodable");
+                    continue;
+                };
+                report(
+                    apply_event(&routes, &document),
+                    &producer,
+                    &route_topic,
+                    &telemetry,
+                )
+                .await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading the registry's events failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
