@@ -1,6 +1,7 @@
 """Drives Tidewatch's model registry with the official mlflow client.
 
-    MLFLOW_TRACKING_TOKEN=… python scripts/mlflow_client.py http://127.0.0.1:PORT
+    MLFLOW_TRACKING_TOKEN=… TIDEWATCH_TEST_TRAINING_DATA=train.csv \
+        python scripts/mlflow_client.py http://127.0.0.1:PORT
 
 Run by the registry integration test (tidewatch/tests/registry.rs) with the
 Python of the mlflow virtualenv scripts/test.sh installs. Every call is one
@@ -53,7 +54,7 @@ def main() -> None:
         "churn",
         source="s3://models/churn/1",
         run_id="3f1c2a9e7b5d4c1a",
-        tags={"tidewatch.reference": "file:///data/churn-train.csv"},
+        tags={"tidewatch.reference": os.environ["TIDEWATCH_TEST_TRAINING_DATA"], "note": "first try"},
         description="first",
     )
     v2 = client.create_model_version("churn", source="s3://models/churn/2", run_id="9a8b7c6d5e4f3a2b")
@@ -73,7 +74,7 @@ def main() -> None:
     }
 
     client.set_model_version_tag("churn", v2.version, "validated", "yes")
-    client.delete_model_version_tag("churn", v1.version, "tidewatch.reference")
+    client.delete_model_version_tag("churn", v1.version, "note")
     client.update_registered_model("churn", description="Churn classifier, weekly retrain")
     client.update_model_version("churn", v1.version, description="first, superseded")
     client.transition_model_version_stage("churn", v1.version, "Production")

@@ -77,6 +77,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (published, sequence);
 ";
 
+/// The version tag naming its training data (a path or `file://` URI of a
+/// CSV, Parquet, Arrow or JSON-lines file): Tidewatch builds the version's
+/// reference profile from it.
+pub const REFERENCE_TAG: &str = "tidewatch.reference";
+/// Set by Tidewatch: the source of the attached reference profile.
+pub const REFERENCE_ATTACHED_TAG: &str = "tidewatch.reference.attached";
+/// Set by Tidewatch: `<source>: <why>` when building it failed.
+pub const REFERENCE_ERROR_TAG: &str = "tidewatch.reference.error";
+
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -120,9 +129,9 @@ pub const PUBLISHED_KEPT: i64 = 10_000;
 #[derive(Clone)]
 pub struct Registry {
     connection: Arc<Mutex<Connection>>,
-    /// Woken after every committed change (the outbox publisher waits on
-    /// it).
-    changed: Arc<tokio::sync::Notify>,
+    /// Counts committed changes that wrote events; tasks following the
+    /// registry (the outbox publisher, the reference attacher) wait on it.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -166,7 +175,7 @@ impl Registry {
         .map_err(|e| Error::Task(e.to_string()))??;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
-            changed: Arc::new(tokio::sync::Notify::new()),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -176,14 +185,14 @@ impl Registry {
         prepare(&connection)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
-            changed: Arc::new(tokio::sync::Notify::new()),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
-    /// Resolves after the next committed change that wrote events (or at
-    /// once if one was committed since the last wait).
-    pub async fn changed(&self) {
-        self.changed.notified().await;
+    /// A receiver that sees every committed change that wrote events
+    /// (`changed().await` resolves once per batch of them, none missed).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     async fn with<T: Send + 'static>(
@@ -207,7 +216,7 @@ impl Registry {
         &self,
         work: impl FnOnce(&Transaction<'_>, i64, &mut Vec<Change>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let changed = Arc::clone(&self.changed);
+        let changes = Arc::clone(&self.changes);
         let result = self.with(move |connection| {
             let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = now_ms();
@@ -231,7 +240,7 @@ impl Registry {
         .await;
         let (result, wrote_events) = result?;
         if wrote_events {
-            changed.notify_one();
+            changes.send_modify(|count| *count += 1);
         }
         Ok(result)
     }
@@ -698,19 +707,119 @@ impl Registry {
         .await
     }
 
-    /// Records that a version's reference profile was built from `source`.
-    pub async fn reference_attached(
+    /// Versions whose [`REFERENCE_TAG`] names training data not attached
+    /// yet (nor failed for that same source): (name, version, source).
+    pub async fn references_to_attach(&self) -> Result<Vec<(String, String, String)>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT r.name, r.version, r.value,
+                        (SELECT value FROM model_version_tags a
+                          WHERE a.name = r.name AND a.version = r.version AND a.key = ?2),
+                        (SELECT value FROM model_version_tags e
+                          WHERE e.name = r.name AND e.version = r.version AND e.key = ?3)
+                 FROM model_version_tags r WHERE r.key = ?1 ORDER BY r.name, r.version",
+            )?;
+            let rows = statement.query_map(
+                params![REFERENCE_TAG, REFERENCE_ATTACHED_TAG, REFERENCE_ERROR_TAG],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                    ))
+                },
+            )?;
+            let mut todo = Vec::new();
+            for row in rows {
+                let (name, number, source, attached, error) = row?;
+                let done = attached.as_deref() == Some(source.as_str());
+                let failed = error
+                    .as_deref()
+                    .is_some_and(|error| error.starts_with(&format!("{source}: ")));
+                if !done && !failed {
+                    todo.push((name, number.to_string(), source));
+                }
+            }
+            Ok(todo)
+        })
+        .await
+    }
+
+    /// Records a reference profile stored for a version by other means (an
+    /// upload to Tidewatch's reference endpoint): the
+    /// `reference_profile.attached` event, when the version is registered
+    /// (`Ok(false)` when it is not).
+    pub async fn reference_uploaded(
         &self,
         name: String,
         version: String,
         source: String,
         rows: u64,
+    ) -> Result<bool> {
+        let Ok(number) = names::version(&version) else {
+            return Ok(false);
+        };
+        self.write(move |tx, _, changes| {
+            if require_version(tx, &name, number).is_err() {
+                return Ok(false);
+            }
+            changes.push(Change::reference_attached(&name, number, &source, rows));
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Records the outcome of building a version's reference profile from
+    /// `source` (`Ok(rows)`: attached, with a `reference_profile.attached`
+    /// event; `Err`: why not, in [`REFERENCE_ERROR_TAG`]). Nothing happens
+    /// if the version is gone or its [`REFERENCE_TAG`] moved on meanwhile.
+    /// These tags are Tidewatch's bookkeeping: setting them emits no
+    /// `model_version_tag.set`.
+    pub async fn record_reference(
+        &self,
+        name: String,
+        version: String,
+        source: String,
+        outcome: std::result::Result<u64, String>,
     ) -> Result<()> {
         let number = names::version(&version)?;
-        self.write(move |tx, _, changes| {
-            require_version(tx, &name, number)?;
-            changes.push(Change::reference_attached(&name, number, &source, rows));
-            Ok(())
+        self.write(move |tx, now, changes| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM model_version_tags WHERE name = ?1 AND version = ?2 AND key = ?3",
+                    params![name, number, REFERENCE_TAG],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if current.as_deref() != Some(source.as_str()) {
+                return Ok(());
+            }
+            let set = |key: &str, value: &str| {
+                tx.execute(
+                    "INSERT OR REPLACE INTO model_version_tags (name, version, key, value) VALUES (?1, ?2, ?3, ?4)",
+                    params![name, number, key, value],
+                )
+            };
+            match &outcome {
+                Ok(rows) => {
+                    set(REFERENCE_ATTACHED_TAG, &source)?;
+                    tx.execute(
+                        "DELETE FROM model_version_tags WHERE name = ?1 AND version = ?2 AND key = ?3",
+                        params![name, number, REFERENCE_ERROR_TAG],
+                    )?;
+                    changes.push(Change::reference_attached(&name, number, &source, *rows));
+                }
+                Err(error) => {
+                    let message: String = format!("{source}: {error}")
+                        .chars()
+                        .take(names::MAX_TAG_VALUE_CHARS)
+                        .collect();
+                    set(REFERENCE_ERROR_TAG, &message)?;
+                }
+            }
+            touch_version(tx, &name, number, now)
         })
         .await
     }
@@ -1203,6 +1312,103 @@ mod tests {
         let rest = registry.pending_events(100).await.unwrap();
         assert_eq!(rest.len(), 3);
         assert_eq!(rest[0].sequence, events[4].sequence);
+    }
+
+    #[tokio::test]
+    async fn references_to_attach_follow_the_tag_and_its_outcome() {
+        let registry = Registry::in_memory().unwrap();
+        registry
+            .create_model("m".into(), vec![], "".into())
+            .await
+            .unwrap();
+        let mut new = version("m", "s3://x", "");
+        new.tags = vec![(REFERENCE_TAG.into(), "/data/a.csv".into())];
+        registry.create_version(new).await.unwrap();
+        registry
+            .create_version(version("m", "s3://y", ""))
+            .await
+            .unwrap();
+        assert_eq!(
+            registry.references_to_attach().await.unwrap(),
+            [("m".to_owned(), "1".to_owned(), "/data/a.csv".to_owned())]
+        );
+        // A failure is not retried for the same source…
+        registry
+            .record_reference(
+                "m".into(),
+                "1".into(),
+                "/data/a.csv".into(),
+                Err("no such file".into()),
+            )
+            .await
+            .unwrap();
+        assert!(registry.references_to_attach().await.unwrap().is_empty());
+        let tags = registry
+            .get_version("m".into(), "1".into())
+            .await
+            .unwrap()
+            .tags;
+        assert!(tags
+            .iter()
+            .any(|t| t.key == REFERENCE_ERROR_TAG && t.value == "/data/a.csv: no such file"));
+        // …a new source is tried, and an outcome for a stale source is ignored.
+        registry
+            .set_version_tag(
+                "m".into(),
+                "1".into(),
+                REFERENCE_TAG.into(),
+                "/data/b.csv".into(),
+            )
+            .await
+            .unwrap();
+        registry
+            .record_reference("m".into(), "1".into(), "/data/a.csv".into(), Ok(10))
+            .await
+            .unwrap();
+        assert_eq!(registry.references_to_attach().await.unwrap().len(), 1);
+        registry
+            .record_reference("m".into(), "1".into(), "/data/b.csv".into(), Ok(500))
+            .await
+            .unwrap();
+        assert!(registry.references_to_attach().await.unwrap().is_empty());
+        let tags = registry
+            .get_version("m".into(), "1".into())
+            .await
+            .unwrap()
+            .tags;
+        assert!(tags
+            .iter()
+            .any(|t| t.key == REFERENCE_ATTACHED_TAG && t.value == "/data/b.csv"));
+        assert!(!tags.iter().any(|t| t.key == REFERENCE_ERROR_TAG));
+        let events = registry.pending_events(100).await.unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(last.change.kind, ChangeKind::ReferenceProfileAttached);
+        assert_eq!(last.change.data["rows"], 500);
+        assert_eq!(last.change.data["source"], "/data/b.csv");
+        let tag_events = events
+            .iter()
+            .filter(|e| e.change.kind == ChangeKind::ModelVersionTagSet)
+            .count();
+        assert_eq!(tag_events, 1, "only the user's tag change is an event");
+
+        // An upload to the reference endpoint: an event for a registered
+        // version only.
+        assert!(registry
+            .reference_uploaded("m".into(), "2".into(), "upload:train.csv".into(), 42)
+            .await
+            .unwrap());
+        assert!(!registry
+            .reference_uploaded("m".into(), "9".into(), "upload".into(), 1)
+            .await
+            .unwrap());
+        assert!(!registry
+            .reference_uploaded("absent".into(), "1".into(), "upload".into(), 1)
+            .await
+            .unwrap());
+        let events = registry.pending_events(100).await.unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(last.change.kind, ChangeKind::ReferenceProfileAttached);
+        assert_eq!(last.change.subject(), "m/2");
     }
 
     #[tokio::test]

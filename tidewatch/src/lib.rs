@@ -12,6 +12,8 @@
 //! - [`report`]: text tables of window metrics.
 //! - [`service`]: opening the configured store and running the Kafka pipeline.
 //! - [`registry_bus`]: the model registry's outbox published onto the bus.
+//! - [`registry_references`]: reference profiles of registered versions
+//!   built from their `tidewatch.reference` tag.
 //! - [`http`]: the HTTP server: JSON API with its OpenAPI document,
 //!   Prometheus metrics, and Tidewatch's own pages; its accept loop
 //!   ([`http::serve_router`]) also serves the gateway.
@@ -32,6 +34,7 @@ pub mod fixtures;
 pub mod gateway;
 pub mod http;
 pub mod registry_bus;
+pub mod registry_references;
 pub mod report;
 pub mod service;
 pub mod training;

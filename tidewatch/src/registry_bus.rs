@@ -36,6 +36,7 @@ pub async fn publish(
     shutdown: impl Future<Output = ()> + Send,
 ) -> u64 {
     tokio::pin!(shutdown);
+    let mut changes = registry.subscribe();
     let mut published = 0u64;
     loop {
         let outcome = tokio::select! {
@@ -55,7 +56,7 @@ pub async fn publish(
         };
         tokio::select! {
             () = &mut shutdown => return published,
-            () = registry.changed() => {}
+            _ = changes.changed() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

@@ -499,6 +499,19 @@ pub async fn start_http(
         }
         _ => None,
     };
+    // Versions tagged with training data get their reference profiles.
+    let attacher = state.registry.clone().map(|registry| {
+        let (stop_attacher, attacher_stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::registry_references::run(
+            registry,
+            state.store.clone(),
+            config.models.clone(),
+            async {
+                let _ = attacher_stopped.await;
+            },
+        ));
+        (stop_attacher, task)
+    });
     let server = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
@@ -508,6 +521,12 @@ pub async fn start_http(
         }
         if let Some((stop_publisher, task)) = publisher {
             let _ = stop_publisher.send(());
+            if let Ok(published) = task.await {
+                tracing::info!(published, "registry event publisher stopped");
+            }
+        }
+        if let Some((stop_attacher, task)) = attacher {
+            let _ = stop_attacher.send(());
             let _ = task.await;
         }
     });

@@ -91,13 +91,23 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
     .await
     .unwrap();
 
+    // Training data of churn v1, named by its `tidewatch.reference` tag.
+    let training = directory.join("churn-train.csv");
+    let mut csv = String::from("usage\n");
+    for i in 0..500 {
+        csv.push_str(&format!("{}\n", (i as f64 * 0.731).sin() * 4.2 + 10.125));
+    }
+    std::fs::write(&training, csv).unwrap();
+    let training_uri = format!("file://{}", training.display());
     let uri = format!("http://127.0.0.1:{port}");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlflow_client.py");
+    let training_env = training_uri.clone();
     let client = move || {
         std::process::Command::new(&python)
             .arg(&script)
             .arg(&uri)
             .env("MLFLOW_TRACKING_TOKEN", token)
+            .env("TIDEWATCH_TEST_TRAINING_DATA", &training_env)
             .output()
     };
     let output = tokio::time::timeout(
@@ -144,7 +154,14 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
     assert_eq!(seen["aliases_after_move"], json!({"champion": "2"}));
     assert_eq!(seen["v1_after"]["current_stage"], "Archived");
     assert_eq!(seen["v1_after"]["description"], "first, superseded");
-    assert_eq!(seen["v1_after"]["tags"], json!({}));
+    // Tidewatch's bookkeeping tags aside (the reference may be attached by
+    // now), the user's tags.
+    let mut v1_tags = seen["v1_after"]["tags"].as_object().unwrap().clone();
+    v1_tags.remove("tidewatch.reference.attached");
+    assert_eq!(
+        Value::Object(v1_tags),
+        json!({"tidewatch.reference": training_uri})
+    );
     assert_eq!(seen["v2_after"]["current_stage"], "Production");
     assert_eq!(seen["v2_after"]["tags"], json!({"validated": "yes"}));
     assert_eq!(seen["latest_production"], json!(["2"]));
@@ -182,14 +199,61 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
     );
     assert_eq!(seen["write_without_token"], "UNAUTHENTICATED");
     assert_eq!(seen["read_without_token"], "churn");
-    let _ = stop.send(());
-    server.await.unwrap();
 
-    // Every change in the outbox, in order, as its CloudEvent.
+    // The version's reference profile, built from the tagged training data
+    // with the code of `tidewatch reference build`.
     let registry = registry::Registry::open(&directory.join("registry.sqlite"))
         .await
         .unwrap();
-    let events = registry.pending_events(1_000).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let attached = loop {
+        let events = registry.pending_events(1_000).await.unwrap();
+        if let Some(event) = events
+            .iter()
+            .find(|e| e.change.kind == ChangeKind::ReferenceProfileAttached)
+        {
+            break event.cloud_event();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reference was attached"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = stop.send(());
+    server.await.unwrap();
+    assert_eq!(attached["subject"], "churn/1");
+    assert_eq!(
+        attached["data"],
+        json!({"name": "churn", "version": "1", "source": training_uri, "rows": 500})
+    );
+    let store = config.store.open().await.unwrap();
+    let stored = store
+        .reference("churn", "1")
+        .await
+        .unwrap()
+        .expect("a stored profile");
+    let spec = config.model("churn").unwrap();
+    let expected_profile = tidewatch::training::build_reference(spec, "1", &training)
+        .unwrap()
+        .profile;
+    assert_eq!(stored.row_count, 500);
+    assert_eq!(stored.source, training_uri);
+    assert_eq!(
+        stored.features, expected_profile.features,
+        "the same profile as `tidewatch reference build` makes"
+    );
+    assert!(store.reference("churn", "2").await.unwrap().is_none());
+
+    // Every change in the outbox, in order, as its CloudEvent (the
+    // attachment, made in the background, aside).
+    let events: Vec<registry::events::RegistryEvent> = registry
+        .pending_events(1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.change.kind != ChangeKind::ReferenceProfileAttached)
+        .collect();
     let kinds: Vec<ChangeKind> = events.iter().map(|e| e.change.kind).collect();
     use ChangeKind::*;
     let mut expected = vec![
@@ -213,7 +277,7 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
         json!({
             "name": "churn", "version": "1", "source": "s3://models/churn/1",
             "run_id": "3f1c2a9e7b5d4c1a", "description": "first",
-            "tags": {"tidewatch.reference": "file:///data/churn-train.csv"},
+            "tags": {"tidewatch.reference": training_uri, "note": "first try"},
         })
     );
     assert_eq!(

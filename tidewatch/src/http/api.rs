@@ -546,6 +546,20 @@ async fn put_reference(
     };
     let created_at = ingest::finalize::now_millis();
     state.store.put_reference(&profile, created_at).await?;
+    // A registered version's reference is an event of the registry too.
+    if let Some(registry) = &state.registry {
+        if let Err(error) = registry
+            .reference_uploaded(
+                profile.model.clone(),
+                profile.model_version.clone(),
+                profile.source.clone(),
+                profile.row_count,
+            )
+            .await
+        {
+            tracing::warn!(%error, "the registry did not record the uploaded reference");
+        }
+    }
     let view = ReferenceView {
         model: profile.model,
         version: profile.model_version,
