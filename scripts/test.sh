@@ -157,25 +157,20 @@ if [ ! -x "$smtp_venv/bin/python" ] || ! "$smtp_venv/bin/python" -c 'import aios
   "$smtp_venv/bin/pip" install -q "aiosmtpd==$aiosmtpd_version" || fail "pip install aiosmtpd failed"
 fi
 
-# --- MLServer ----------------------------------------------------------------
-if [ -n "$mlserver_install_pid" ]; then
-  log "waiting for the MLServer install"
-  if ! wait "$mlserver_install_pid"; then
-    tail -30 "$mlserver_install_log" >&2 || true
-    fail "installing MLServer failed (log: $mlserver_install_log)"
+# --- MLServer and MLflow, installed in the background -------------------------
+# wait_for_install NAME PID LOG EXECUTABLE
+wait_for_install() {
+  if [ -n "$2" ]; then
+    log "waiting for the $1 install"
+    if ! wait "$2"; then
+      tail -30 "$3" >&2 || true
+      fail "installing $1 failed (log: $3)"
+    fi
   fi
-fi
-[ -x "$mlserver_venv/bin/mlserver" ] || fail "MLServer is missing from $mlserver_venv"
-
-# --- MLflow ------------------------------------------------------------------
-if [ -n "$mlflow_install_pid" ]; then
-  log "waiting for the MLflow install"
-  if ! wait "$mlflow_install_pid"; then
-    tail -30 "$mlflow_install_log" >&2 || true
-    fail "installing MLflow failed (log: $mlflow_install_log)"
-  fi
-fi
-[ -x "$mlflow_venv/bin/mlflow" ] || fail "MLflow is missing from $mlflow_venv"
+  [ -x "$4" ] || fail "$1 is missing: no $4"
+}
+wait_for_install MLServer "$mlserver_install_pid" "$mlserver_install_log" "$mlserver_venv/bin/mlserver"
+wait_for_install MLflow "$mlflow_install_pid" "$mlflow_install_log" "$mlflow_venv/bin/mlflow"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
 pids=()

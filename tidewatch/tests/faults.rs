@@ -38,14 +38,6 @@ use rdkafka::Message;
 use store::{clickhouse_store::ClickHouseStore, Store};
 use tidewatch::fixtures::DemoShape;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET `path` on 127.0.0.1:`port`: (status, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
@@ -321,7 +313,7 @@ async fn clickhouse_down_for_a_minute_mid_stream() {
     let clickhouse = clickhouse_url();
     let target = clickhouse.trim_start_matches("http://").to_owned();
     let proxy = Proxy::start(&target).await;
-    let port = free_port();
+    let port = common::free_port();
     let (path, store, expected) = scenario
         .prepare(
             2_000,
@@ -544,7 +536,7 @@ async fn cardinality_flood() {
     countries.extend(flood_countries);
     let oracle_segments = admitted_segment_counts(&countries, 9);
 
-    let port = free_port();
+    let port = common::free_port();
     let (config, path) = scenario.config_with(
         50_000,
         &ConfigOptions {
@@ -722,7 +714,7 @@ fn metric(port: u16, prefix: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_gone_for_30_seconds() {
     let mut scenario = Scenario::new("faults_broker_gone", demo_hours(4, 10_000));
-    let broker_port = free_port();
+    let broker_port = common::free_port();
     let proxy = Proxy::start(&format!("127.0.0.1:{broker_port}")).await;
     let _broker = PrivateBroker::start(
         broker_port,
@@ -730,7 +722,7 @@ async fn broker_gone_for_30_seconds() {
         &scenario.directory.join("broker.log"),
     );
     scenario.brokers = proxy.address.clone();
-    let port = free_port();
+    let port = common::free_port();
     let (path, store, expected) = scenario
         .prepare(2_000, &ConfigOptions::observed(port), 4)
         .await;
@@ -783,7 +775,7 @@ async fn broker_gone_for_30_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_back_empty_with_the_topic_recreated() {
     let mut scenario = Scenario::new("faults_broker_empty", small_shape());
-    let broker_port = free_port();
+    let broker_port = common::free_port();
     let address = format!("127.0.0.1:{broker_port}");
     let broker_log = scenario.directory.join("broker.log");
     let broker = PrivateBroker::start(broker_port, &address, &broker_log);
@@ -799,7 +791,7 @@ async fn broker_back_empty_with_the_topic_recreated() {
     );
     std::fs::write(&first, lines[..split].join("\n") + "\n").unwrap();
     std::fs::write(&second, lines[split..].join("\n") + "\n").unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let (path, store, expected) = scenario
         .prepare(1_000, &ConfigOptions::observed(port), 2)
         .await;

@@ -311,15 +311,6 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
     let _ = std::fs::remove_dir_all(&directory);
 }
 
-/// A free port of 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the HTTP server of `config` (registry and publisher included).
 async fn start(
     config: &Config,
@@ -383,7 +374,7 @@ async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_
 
     // The broker unreachable (nothing listens on port 1): changes succeed,
     // their events wait in the outbox.
-    let port = free_port();
+    let port = common::free_port();
     let down = config(
         &directory,
         port,
@@ -430,7 +421,7 @@ async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_
 
     // Restarted against the broker: the waiting events go out, then a new
     // change's event follows.
-    let port = free_port();
+    let port = common::free_port();
     let up = config(
         &directory,
         port,
@@ -540,33 +531,16 @@ async fn a_gateway_following_the_registry_routes_by_its_aliases() {
         std::fs::write(directory.join(format!("v{version}.json")), model.to_json()).unwrap();
     }
     let (http_port, registry_topic, route_topic) = (
-        free_port(),
+        common::free_port(),
         format!("registry-{name}"),
         format!("routes-{name}"),
     );
-    let text = format!(
+    let extra = format!(
         r#"
-version = 1
 [kafka]
 brokers = "{brokers}"
 group_id = "tw-{name}"
 topics = [{{ name = "predictions-{name}", kind = "prediction" }}]
-[store]
-type = "embedded"
-path = "tidewatch.sqlite"
-[windows]
-size = "1h"
-[[models]]
-name = "churn"
-task = "classification"
-positive_class = "yes"
-features = [{{ name = "usage", kind = "numeric" }}]
-[http]
-listen = "127.0.0.1:{http_port}"
-token_env = "{token_env}"
-[registry]
-path = "registry.sqlite"
-topic = "{registry_topic}"
 [serving]
 listen = "127.0.0.1:0"
 [serving.registry]
@@ -582,9 +556,13 @@ versions = [
 ]
 "#
     );
-    let path = directory.join("tidewatch.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&path).unwrap();
+    let config = config(
+        &directory,
+        http_port,
+        &token_env,
+        &extra,
+        &format!("topic = \"{registry_topic}\""),
+    );
 
     // The registry: churn with versions 1–3, champion → 1.
     let (stop_http, http) = start(&config).await;
@@ -615,21 +593,8 @@ versions = [
     .await;
 
     // The gateway, following it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gateway_address = listener.local_addr().unwrap();
-    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
-    let gateway_config = config.clone();
-    let gateway = tokio::spawn(async move {
-        tidewatch::gateway::run(
-            gateway_config.serving.as_ref().unwrap(),
-            gateway_config.kafka.as_ref().unwrap(),
-            listener,
-            async move {
-                let _ = gateway_stopped.await;
-            },
-        )
-        .await
-    });
+    let gateway = common::gateway::start(&config).await;
+    let gateway_address = gateway.address;
     let answered_by = |request: usize| async move {
         let body = json!({"id": format!("r{request}"), "inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP64", "data": [[1.5]]}]});
         let (status, _, answer) = common::http::request(
@@ -695,8 +660,8 @@ versions = [
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_for("2").await;
 
-    let _ = stop_gateway.send(());
-    let telemetry = gateway.await.unwrap().unwrap();
+    let _ = gateway.stop.send(());
+    let telemetry = gateway.handle.await.unwrap().unwrap();
     let _ = stop_http.send(());
     http.await.unwrap();
     assert_eq!(

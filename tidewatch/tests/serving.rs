@@ -173,35 +173,6 @@ fn read_messages(
     messages
 }
 
-struct Gateway {
-    address: std::net::SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<anyhow::Result<serving::telemetry::Telemetry>>,
-}
-
-async fn start_gateway(config: &Config) -> Gateway {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = config.clone();
-    let handle = tokio::spawn(async move {
-        tidewatch::gateway::run(
-            config.serving.as_ref().unwrap(),
-            config.kafka.as_ref().unwrap(),
-            listener,
-            async move {
-                let _ = stopped.await;
-            },
-        )
-        .await
-    });
-    Gateway {
-        address,
-        stop,
-        handle,
-    }
-}
-
 /// The features of request `i`: full-precision values.
 fn row(i: usize) -> [f64; 3] {
     let x = i as f64;
@@ -222,7 +193,7 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     let topic = format!("predictions-{name}");
     create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let config = config(&directory, &brokers, &name, "", SHADOWED);
-    let gateway = start_gateway(&config).await;
+    let gateway = common::gateway::start(&config).await;
 
     const REQUESTS: usize = 120;
     let mut answered = BTreeMap::new();
@@ -427,11 +398,7 @@ versions = [
     );
     let config = config(&directory, &brokers, &name, "", &served);
     // The binary listens on a port of its own.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let path = directory.join("tidewatch.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "listen = \"127.0.0.1:0\"",
@@ -571,7 +538,7 @@ async fn with_the_bus_down_requests_succeed_and_lost_events_are_counted() {
         "buffer = 8\nmessage_timeout = \"1s\"",
         SHADOWED,
     );
-    let gateway = start_gateway(&config).await;
+    let gateway = common::gateway::start(&config).await;
     const REQUESTS: usize = 60;
     let started = std::time::Instant::now();
     for i in 0..REQUESTS {
@@ -644,7 +611,7 @@ versions = [
     let topic = format!("predictions-{name}");
     create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let config = config(&directory, &brokers, &name, "", &served);
-    let gateway = start_gateway(&config).await;
+    let gateway = common::gateway::start(&config).await;
 
     const REQUESTS: usize = 40;
     for i in 0..REQUESTS {
@@ -768,7 +735,7 @@ classes = ["no", "yes"]
 versions = { canary = "8" }
 "#;
     let config = config(&directory, &brokers, &name, "", kserve);
-    let gateway = start_gateway(&config).await;
+    let gateway = common::gateway::start(&config).await;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/kserve");
     let exchanges: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("exchanges.json")).unwrap())
@@ -877,7 +844,7 @@ version = "fallback"
 "#
     );
     let config = config(&directory, &brokers, &name, "", &seldon);
-    let gateway = start_gateway(&config).await;
+    let gateway = common::gateway::start(&config).await;
 
     let mut got = BTreeMap::new();
     for (_, payload) in read_messages(&brokers, &name, &topic, expected.len()) {

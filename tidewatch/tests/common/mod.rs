@@ -24,8 +24,18 @@ use tidewatch::fixtures::{self, DemoShape, DEMO_MODEL, DEMO_VERSION};
 
 pub mod broker;
 pub mod child;
+pub mod gateway;
 pub mod http;
 pub mod proxy;
+
+/// A free port of 127.0.0.1 (free when asked; for a server started next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 pub fn brokers() -> String {
     std::env::var("TIDEWATCH_TEST_KAFKA_BROKERS").expect(
