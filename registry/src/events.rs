@@ -79,18 +79,20 @@ pub struct Change {
 }
 
 impl Change {
-    /// `registered_model.created`: name, tags (a map), description.
+    /// `registered_model.created`: name, tags (a map), description (a
+    /// string, empty when none: as MLflow sends it).
     pub fn model_created(name: &str, tags: &[(String, String)], description: &str) -> Self {
         Self {
             kind: ChangeKind::RegisteredModelCreated,
             model: name.into(),
             version: None,
-            data: json!({"name": name, "tags": tag_map(tags), "description": optional(description)}),
+            data: json!({"name": name, "tags": tag_map(tags), "description": description}),
         }
     }
 
     /// `model_version.created`: name, version, source, run_id, tags,
-    /// description.
+    /// description (`run_id` and `description` null when empty: as MLflow
+    /// sends them).
     pub fn version_created(
         name: &str,
         version: i64,

@@ -23,11 +23,14 @@
 //! - [`names`]: what a model name, tag key or alias may be.
 //! - [`filter`]: the `filter` strings of MLflow's search calls.
 //! - [`entities`]: registered models and versions as MLflow writes them.
+//! - [`bridge`]: an existing MLflow server's changes (webhooks or polling)
+//!   turned into the same events.
 //!
 //! Errors are one [`Error`] enum; each variant has MLflow's error code, its
 //! HTTP status, and says whether a retry may succeed.
 
 pub mod api;
+pub mod bridge;
 pub mod config;
 pub mod entities;
 pub mod events;
@@ -51,6 +54,10 @@ pub enum Error {
     /// do not retry as is).
     #[error("{0}")]
     InvalidParameter(String),
+    /// The MLflow server the bridge follows failed or could not be reached
+    /// (retry).
+    #[error("MLflow: {0}")]
+    Upstream(String),
     /// No such API call (404 `ENDPOINT_NOT_FOUND`; do not retry).
     #[error("{0}")]
     EndpointNotFound(String),
@@ -71,6 +78,7 @@ impl Error {
             Error::InvalidParameter(_) => "INVALID_PARAMETER_VALUE",
             Error::EndpointNotFound(_) => "ENDPOINT_NOT_FOUND",
             Error::Database(_) | Error::Task(_) => "INTERNAL_ERROR",
+            Error::Upstream(_) => "TEMPORARILY_UNAVAILABLE",
         }
     }
 
@@ -80,12 +88,14 @@ impl Error {
             Error::NotFound(_) | Error::EndpointNotFound(_) => 404,
             Error::AlreadyExists(_) | Error::InvalidParameter(_) => 400,
             Error::Database(_) | Error::Task(_) => 500,
+            Error::Upstream(_) => 503,
         }
     }
 
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
+            Error::Upstream(_) => true,
             Error::Database(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
                 failure.code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked

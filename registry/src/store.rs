@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     published INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (published, sequence);
+CREATE TABLE IF NOT EXISTS bridge_deliveries (
+    id TEXT PRIMARY KEY,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bridge_mirror (
+    url TEXT PRIMARY KEY,
+    mirror BLOB NOT NULL
+);
 ";
 
 /// The version tag naming its training data (a path or `file://` URI of a
@@ -820,6 +828,63 @@ impl Registry {
                 }
             }
             touch_version(tx, &name, number, now)
+        })
+        .await
+    }
+
+    // --- the MLflow bridge -------------------------------------------------
+
+    /// Writes a change an MLflow webhook reported, once per delivery id
+    /// (`Ok(false)`: seen before, nothing written). Ids older than
+    /// [`crate::bridge::DELIVERY_IDS_KEPT`] are forgotten.
+    pub async fn record_bridged(&self, delivery_id: String, change: Change) -> Result<bool> {
+        self.write(move |tx, now, changes| {
+            let kept = crate::bridge::DELIVERY_IDS_KEPT.as_millis() as i64;
+            tx.execute(
+                "DELETE FROM bridge_deliveries WHERE received_ms < ?1",
+                params![now - kept],
+            )?;
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO bridge_deliveries (id, received_ms) VALUES (?1, ?2)",
+                params![delivery_id, now],
+            )?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            changes.push(change);
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Compares `mirror` (an MLflow server's registry, read at `url`) with
+    /// the one stored for `url` and writes the differences as events and
+    /// `mirror` as the new one, in one transaction; how many events.
+    pub async fn apply_mirror(&self, url: String, mirror: crate::bridge::Mirror) -> Result<usize> {
+        self.write(move |tx, _, changes| {
+            let stored: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT mirror FROM bridge_mirror WHERE url = ?1",
+                    params![url],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let before = match stored {
+                Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+                    Error::Task(format!("the stored MLflow mirror is unreadable: {e}"))
+                })?,
+                None => crate::bridge::Mirror::default(),
+            };
+            let found = crate::bridge::diff(&before, &mirror);
+            let count = found.len();
+            changes.extend(found);
+            let bytes = postcard::to_allocvec(&mirror)
+                .map_err(|e| Error::Task(format!("encoding the MLflow mirror: {e}")))?;
+            tx.execute(
+                "INSERT OR REPLACE INTO bridge_mirror (url, mirror) VALUES (?1, ?2)",
+                params![url, bytes],
+            )?;
+            Ok(count)
         })
         .await
     }

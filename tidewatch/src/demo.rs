@@ -93,6 +93,7 @@ pub fn http_state(store: Store) -> crate::http::AppState {
         max_connections: 256,
         request_timeout: std::time::Duration::from_secs(30),
         registry: None,
+        mlflow_webhook_secret: None,
     }
 }
 

@@ -469,6 +469,12 @@ pub async fn start_http(
         max_connections: settings.max_connections(),
         request_timeout: settings.request_timeout(),
         registry,
+        mlflow_webhook_secret: config
+            .registry
+            .as_ref()
+            .and_then(|r| r.bridge())
+            .and_then(|b| b.webhook_secret())
+            .map(str::to_owned),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen())
         .await
@@ -499,6 +505,25 @@ pub async fn start_http(
         }
         _ => None,
     };
+    // An MLflow server polled by the bridge.
+    let poller = match (
+        &state.registry,
+        config.registry.as_ref().and_then(|r| r.bridge()),
+    ) {
+        (Some(registry), Some(bridge)) => bridge.poll().map(|(url, every)| {
+            let (stop_poller, poller_stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(registry::bridge::poll(
+                registry.clone(),
+                url.to_owned(),
+                every,
+                async {
+                    let _ = poller_stopped.await;
+                },
+            ));
+            (stop_poller, task)
+        }),
+        _ => None,
+    };
     // Versions tagged with training data get their reference profiles.
     let attacher = state.registry.clone().map(|registry| {
         let (stop_attacher, attacher_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -525,8 +550,8 @@ pub async fn start_http(
                 tracing::info!(published, "registry event publisher stopped");
             }
         }
-        if let Some((stop_attacher, task)) = attacher {
-            let _ = stop_attacher.send(());
+        for (stop_task, task) in attacher.into_iter().chain(poller) {
+            let _ = stop_task.send(());
             let _ = task.await;
         }
     });

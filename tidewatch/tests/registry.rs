@@ -704,3 +704,325 @@ versions = [
     std::env::remove_var(&token_env);
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// A real `mlflow server` (SQLite backend) on 127.0.0.1, stopped on drop.
+struct MlflowServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `mlflow server` in `directory`, allowed to deliver webhooks to
+/// http:// loopback addresses (MLflow refuses both by default).
+async fn start_mlflow(python: &str, directory: &Path) -> MlflowServer {
+    let port = common::free_port();
+    let log = std::fs::File::create(directory.join("mlflow-server.log")).unwrap();
+    let child = std::process::Command::new(python)
+        .args([
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--workers",
+            "1",
+        ])
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--backend-store-uri")
+        .arg(format!(
+            "sqlite:///{}",
+            directory.join("mlflow.db").display()
+        ))
+        .arg("--default-artifact-root")
+        .arg(directory.join("artifacts"))
+        .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
+        .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting mlflow server");
+    let server = MlflowServer {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if tokio::net::TcpStream::connect(address).await.is_ok() {
+            let (status, _, _) = common::http::request(address, "GET", "/health", &[], b"").await;
+            if status == 200 {
+                return server;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mlflow server did not start; see {}",
+            directory.join("mlflow-server.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A call to MLflow's REST API; the answer.
+async fn mlflow_call(url: &str, method: &str, path: &str, body: Value) -> Value {
+    let address: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let (status, _, answer) = common::http::request(
+        address,
+        method,
+        &format!("/api/2.0/mlflow/{path}"),
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&answer));
+    serde_json::from_slice(&answer).unwrap_or(Value::Null)
+}
+
+/// Waits until `registry`'s outbox holds `count` events (30 s at most).
+async fn wait_for_events(registry: &registry::Registry, count: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = registry.pending_events(1_000).await.unwrap().len();
+        if found >= count {
+            assert_eq!(found, count, "{what}: more events than changes");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {found} of {count} events"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One MLflow server followed by two Tidewatch registries, one receiving
+/// its webhooks and one polling it: each registration, tag and alias change
+/// made on MLflow becomes the same event in both; a replayed, forged or
+/// stale webhook delivery adds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mlflow_servers_changes_are_bridged_by_webhooks_and_by_polling_into_the_same_events() {
+    let python = mlflow_python();
+    let name = format!("registry_bridge_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let mlflow = start_mlflow(&python, &directory).await;
+
+    let secret_env = format!("TIDEWATCH_TEST_MLFLOW_SECRET_{}", std::process::id());
+    let secret = "bridge-secret-0c3f9a51e27b";
+    std::env::set_var(&secret_env, secret);
+    let token_env = format!("TIDEWATCH_TEST_BRIDGE_TOKEN_{}", std::process::id());
+    std::env::set_var(&token_env, "unused-token-1234");
+    let instance = |label: &str, bridge: String| {
+        let folder = directory.join(label);
+        std::fs::create_dir_all(&folder).unwrap();
+        let port = common::free_port();
+        (
+            port,
+            config(
+                &folder,
+                port,
+                &token_env,
+                "",
+                &format!("[registry.bridge]\n{bridge}"),
+            ),
+        )
+    };
+    let (hook_port, hooked) =
+        instance("webhooks", format!("webhook_secret_env = \"{secret_env}\""));
+    let (_, polled) = instance(
+        "polling",
+        format!("mlflow_url = \"{}\"\npoll_interval = \"1s\"", mlflow.url),
+    );
+    let (stop_hooked, hooked_server) = start(&hooked).await;
+    let (stop_polled, polled_server) = start(&polled).await;
+    let hooked_registry = registry::Registry::open(&directory.join("webhooks/registry.sqlite"))
+        .await
+        .unwrap();
+    let polled_registry = registry::Registry::open(&directory.join("polling/registry.sqlite"))
+        .await
+        .unwrap();
+
+    // MLflow sends its webhooks to the first instance.
+    let webhook_url = format!(
+        "http://127.0.0.1:{hook_port}{}",
+        registry::bridge::WEBHOOK_PATH
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/mlflow_webhook.py");
+    let (mlflow_url, python_for_hook) = (mlflow.url.clone(), python.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python_for_hook)
+            .arg(script)
+            .arg(mlflow_url)
+            .arg(webhook_url)
+            .env("MLFLOW_WEBHOOK_SECRET", secret)
+            .env("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https")
+            .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "creating the webhook failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Changes on MLflow, one at a time; each reaches both registries.
+    let steps: Vec<(&str, &str, Value)> = vec![
+        (
+            "POST",
+            "registered-models/create",
+            json!({"name": "fraud", "tags": [{"key": "team", "value": "risk"}]}),
+        ),
+        (
+            "POST",
+            "model-versions/create",
+            json!({"name": "fraud", "source": "s3://models/fraud/1", "run_id": "a1b2c3", "tags": [{"key": "data", "value": "2026-11"}]}),
+        ),
+        (
+            "POST",
+            "registered-models/alias",
+            json!({"name": "fraud", "alias": "champion", "version": "1"}),
+        ),
+        (
+            "POST",
+            "model-versions/create",
+            json!({"name": "fraud", "source": "s3://models/fraud/2"}),
+        ),
+        (
+            "POST",
+            "registered-models/alias",
+            json!({"name": "fraud", "alias": "champion", "version": "2"}),
+        ),
+        (
+            "POST",
+            "model-versions/set-tag",
+            json!({"name": "fraud", "version": "2", "key": "validated", "value": "yes"}),
+        ),
+        (
+            "DELETE",
+            "model-versions/delete-tag",
+            json!({"name": "fraud", "version": "1", "key": "data"}),
+        ),
+        (
+            "DELETE",
+            "registered-models/alias",
+            json!({"name": "fraud", "alias": "champion"}),
+        ),
+    ];
+    for (count, (method, path, body)) in steps.into_iter().enumerate() {
+        mlflow_call(&mlflow.url, method, path, body).await;
+        wait_for_events(
+            &hooked_registry,
+            count + 1,
+            &format!("webhooks after {path}"),
+        )
+        .await;
+        wait_for_events(
+            &polled_registry,
+            count + 1,
+            &format!("polling after {path}"),
+        )
+        .await;
+    }
+    let events = |registry: &registry::Registry| {
+        let registry = registry.clone();
+        async move {
+            registry
+                .pending_events(1_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.change.kind, e.change.data))
+                .collect::<Vec<_>>()
+        }
+    };
+    let (by_webhook, by_polling) = (
+        events(&hooked_registry).await,
+        events(&polled_registry).await,
+    );
+    assert_eq!(by_webhook, by_polling, "the same events either way");
+    use ChangeKind::*;
+    let kinds: Vec<ChangeKind> = by_webhook.iter().map(|(kind, _)| *kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            RegisteredModelCreated,
+            ModelVersionCreated,
+            ModelVersionAliasCreated,
+            ModelVersionCreated,
+            ModelVersionAliasCreated,
+            ModelVersionTagSet,
+            ModelVersionTagDeleted,
+            ModelVersionAliasDeleted,
+        ]
+    );
+    assert_eq!(
+        by_webhook[1].1,
+        json!({"name": "fraud", "version": "1", "source": "s3://models/fraud/1", "run_id": "a1b2c3",
+               "tags": {"data": "2026-11"}, "description": null})
+    );
+    assert_eq!(
+        by_webhook[4].1,
+        json!({"name": "fraud", "alias": "champion", "version": "2"})
+    );
+
+    // A replayed delivery, a forged one and a stale one add nothing.
+    let hook_address: std::net::SocketAddr = format!("127.0.0.1:{hook_port}").parse().unwrap();
+    let deliver = |id: &str, timestamp: u64, key: &str| {
+        let body = json!({"entity": "model_version_alias", "action": "created", "timestamp": "",
+                          "data": {"name": "fraud", "alias": "champion", "version": "1"}})
+        .to_string();
+        let timestamp = timestamp.to_string();
+        let signature = registry::bridge::sign(key.as_bytes(), id, &timestamp, body.as_bytes());
+        let id = id.to_owned();
+        async move {
+            common::http::request(
+                hook_address,
+                "POST",
+                registry::bridge::WEBHOOK_PATH,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-mlflow-delivery-id", &id),
+                    ("x-mlflow-timestamp", &timestamp),
+                    ("x-mlflow-signature", &signature),
+                ],
+                body.as_bytes(),
+            )
+            .await
+            .0
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(deliver("replayed-1", now, secret).await, 200);
+    assert_eq!(
+        deliver("replayed-1", now, secret).await,
+        200,
+        "a replay is acknowledged"
+    );
+    assert_eq!(deliver("forged-1", now, "not-the-secret-000").await, 401);
+    assert_eq!(deliver("stale-1", now - 3_600, secret).await, 401);
+    wait_for_events(&hooked_registry, 9, "one delivery recorded once").await;
+
+    let _ = stop_hooked.send(());
+    hooked_server.await.unwrap();
+    let _ = stop_polled.send(());
+    polled_server.await.unwrap();
+    println!("8 MLflow changes bridged into the same 8 events by webhooks and by polling");
+    std::env::remove_var(&secret_env);
+    std::env::remove_var(&token_env);
+    drop(mlflow);
+    let _ = std::fs::remove_dir_all(&directory);
+}

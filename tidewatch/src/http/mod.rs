@@ -8,8 +8,10 @@
 //!         ├─ /metrics         telemetry.rs (Prometheus text format)
 //!         ├─ /, /models/{m}   pages.rs  server-rendered HTML
 //!         ├─ /assets/…        embedded uPlot + tidewatch.js / .css
-//!         └─ /api/2.0/mlflow/ registry::api (MLflow's registry API), when
-//!                             a registry is configured
+//!         ├─ /api/2.0/mlflow/ registry::api (MLflow's registry API), when
+//!         │                   a registry is configured
+//!         └─ /api/v1/registry/mlflow-webhook  registry::bridge (MLflow's
+//!                             signed webhooks), when the bridge receives them
 //! ```
 //!
 //! Everything reads the [`store::Store`]; the server holds no state of its
@@ -62,18 +64,25 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// The model registry served under `/api/2.0/mlflow/`, if any.
     pub registry: Option<registry::Registry>,
+    /// The secret of the MLflow webhooks the registry's bridge receives at
+    /// [`registry::bridge::WEBHOOK_PATH`], if it does.
+    pub mlflow_webhook_secret: Option<String>,
 }
 
 /// The whole router.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.max_body_bytes;
     let registry = state.registry.clone().map(|registry| {
-        registry::api::router(registry)
-            .layer(axum::middleware::from_fn_with_state(
+        let mut routes =
+            registry::api::router(registry.clone()).layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&state),
                 registry_writes_need_the_token,
-            ))
-            .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+            ));
+        // MLflow's webhooks authenticate with their signature.
+        if let Some(secret) = &state.mlflow_webhook_secret {
+            routes = routes.merge(registry::bridge::webhook_router(registry, secret.clone()));
+        }
+        routes.layer(axum::extract::DefaultBodyLimit::max(body_limit))
     });
     let app = Router::new()
         .merge(api::routes())
