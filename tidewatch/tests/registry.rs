@@ -1026,3 +1026,146 @@ async fn an_mlflow_servers_changes_are_bridged_by_webhooks_and_by_polling_into_t
     drop(mlflow);
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// A version registered with a `tidewatch.reference` tag gets its
+/// reference profile, and `tidewatch run` compares that version's windows
+/// with it (the windows name the tag's source as their reference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_its_windows_with() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let brokers = common::brokers();
+    let name = format!("registry_reference_{}", std::process::id());
+    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let token_env = format!("TIDEWATCH_TEST_REFERENCE_TOKEN_{}", std::process::id());
+    let token = "reference-test-token-33aa";
+    std::env::set_var(&token_env, token);
+    let topic = format!("predictions-{name}");
+    let extra = format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"tw-{name}\"\n\
+         dead_letter_topic = \"dead-letters-{name}\"\n\
+         topics = [{{ name = \"{topic}\", kind = \"prediction\" }}]\n"
+    );
+    let port = common::free_port();
+    // Written by `config`, then given windows that close 2 s after their
+    // last event.
+    config(
+        &directory,
+        port,
+        &token_env,
+        &extra,
+        &format!("topic = \"registry-{name}\""),
+    );
+    let path = directory.join("tidewatch.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[windows]\nsize = \"1h\"",
+        "[windows]\nsize = \"1h\"\nidle_close_after = \"2s\"\ncheckpoint_interval = \"300ms\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+
+    let training = directory.join("churn-v1-train.csv");
+    let mut csv = String::from("usage\n");
+    for i in 0..400 {
+        csv.push_str(&format!("{}\n", (i as f64 * 0.377).cos() * 3.1 + 7.25));
+    }
+    std::fs::write(&training, csv).unwrap();
+    let source = format!("file://{}", training.display());
+
+    let (stop, server) = start(&config).await;
+    write(
+        port,
+        token,
+        "registered-models/create",
+        json!({"name": "churn"}),
+    )
+    .await;
+    write(
+        port,
+        token,
+        "model-versions/create",
+        json!({"name": "churn", "source": "s3://models/churn/1",
+               "tags": [{"key": "tidewatch.reference", "value": source}]}),
+    )
+    .await;
+    let store = config.store.open().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.reference("churn", "1").await.unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reference attached"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Predictions of version 1, an hour ago, through `tidewatch run`.
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    const EVENTS: usize = 200;
+    for i in 0..EVENTS {
+        let event = json!({
+            "schema": "tidewatch.prediction.v1", "model": "churn", "model_version": "1",
+            "prediction_id": format!("p{i}"), "timestamp": hour_ago + i as i64 * 1_000,
+            "features": {"usage": (i as f64 * 0.211).sin() * 3.3 + 7.5},
+            "prediction": {"score": 0.4, "class": "no"},
+        });
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&format!("p{i}"))
+                    .payload(&event.to_string()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let row = loop {
+        let rows = store
+            .window_metrics(store::MetricsQuery {
+                model: Some("churn".into()),
+                feature: Some("usage".into()),
+                segment: Some("all".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let total: u64 = rows.iter().map(|r| r.metrics.count).sum();
+        if total == EVENTS as u64 {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the windows never held the {EVENTS} events: {total}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    stop_pipeline.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+    let _ = stop.send(());
+    server.await.unwrap();
+    for window in &row {
+        assert_eq!(window.key.model_version, "1");
+        assert_eq!(
+            window.reference_source.as_deref(),
+            Some(source.as_str()),
+            "the version's windows are compared with its tagged training data"
+        );
+    }
+    println!(
+        "churn v1 registered with its training data: {} window(s) compared with {source}",
+        row.len()
+    );
+    std::env::remove_var(&token_env);
+    let _ = std::fs::remove_dir_all(&directory);
+}
