@@ -1027,9 +1027,10 @@ async fn an_mlflow_servers_changes_are_bridged_by_webhooks_and_by_polling_into_t
     let _ = std::fs::remove_dir_all(&directory);
 }
 
-/// A version registered with a `tidewatch.reference` tag gets its
-/// reference profile, and `tidewatch run` compares that version's windows
-/// with it (the windows name the tag's source as their reference).
+/// A version registered with a `tidewatch.reference` tag (through the
+/// registry `tidewatch run` serves with `[http]`) gets its reference
+/// profile, and `tidewatch run` picks it up and compares that version's
+/// windows with it (the windows name the tag's source as their reference).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_its_windows_with() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -1046,7 +1047,8 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
     let extra = format!(
         "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"tw-{name}\"\n\
          dead_letter_topic = \"dead-letters-{name}\"\n\
-         topics = [{{ name = \"{topic}\", kind = \"prediction\" }}]\n"
+         topics = [{{ name = \"{topic}\", kind = \"prediction\" }}]\n\
+         [reference]\nrefresh_interval = \"1s\"\n"
     );
     let port = common::free_port();
     // Written by `config`, then given windows that close 2 s after their
@@ -1074,7 +1076,15 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
     std::fs::write(&training, csv).unwrap();
     let source = format!("file://{}", training.display());
 
-    let (stop, server) = start(&config).await;
+    // `tidewatch run`, serving the registry on [http].
+    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
+        assert!(std::time::Instant::now() < deadline, "no HTTP server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     write(
         port,
         token,
@@ -1100,7 +1110,7 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // Predictions of version 1, an hour ago, through `tidewatch run`.
+    // Predictions of version 1, an hour ago.
     let producer: FutureProducer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .create()
@@ -1128,7 +1138,6 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
             .await
             .unwrap();
     }
-    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let row = loop {
         let rows = store
@@ -1152,8 +1161,6 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
     };
     stop_pipeline.send(()).unwrap();
     pipeline.await.unwrap().unwrap();
-    let _ = stop.send(());
-    server.await.unwrap();
     for window in &row {
         assert_eq!(window.key.model_version, "1");
         assert_eq!(
