@@ -28,6 +28,42 @@ fn mlflow_python() -> String {
     )
 }
 
+/// A test's own names, folder and API token (in an environment variable
+/// named after the test); the folder and the variable go when it ends
+/// (the folder stays after a failure, for its logs).
+struct Scenario {
+    name: String,
+    directory: std::path::PathBuf,
+    token_env: String,
+}
+
+/// The API token of every scenario.
+const TOKEN: &str = "registry-test-token-8c1f";
+
+impl Scenario {
+    fn new(label: &str) -> Self {
+        let name = format!("{label}_{}", std::process::id());
+        let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
+        std::fs::create_dir_all(&directory).unwrap();
+        let token_env = format!("TIDEWATCH_TEST_TOKEN_{}", name.to_ascii_uppercase());
+        std::env::set_var(&token_env, TOKEN);
+        Self {
+            name,
+            directory,
+            token_env,
+        }
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        std::env::remove_var(&self.token_env);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.directory);
+        }
+    }
+}
+
 /// A config with `[http]` on `port` (token from `token_env`) and the
 /// registry in `directory`; `extra` adds sections (`[kafka]`) and
 /// `registry_extra` lines of `[registry]`.
@@ -68,18 +104,13 @@ path = "registry.sqlite"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change_is_an_event() {
     let python = mlflow_python();
-    let name = format!("registry_{}", std::process::id());
-    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
-    let token_env = format!("TIDEWATCH_TEST_TOKEN_{}", std::process::id());
-    let token = "registry-test-token-8c1f";
-    std::env::set_var(&token_env, token);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let scenario = Scenario::new("registry");
+    let (directory, token_env, token) = (
+        scenario.directory.clone(),
+        scenario.token_env.clone(),
+        TOKEN,
+    );
+    let port = common::free_port();
     let config = config(&directory, port, &token_env, "", "");
     let store = config.store.open().await.unwrap();
     let (stop, server) = tidewatch::service::start_http(
@@ -304,8 +335,6 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
         expected.len(),
         events.len()
     );
-    std::env::remove_var(&token_env);
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 /// Starts the HTTP server of `config` (registry and publisher included).
@@ -352,13 +381,13 @@ async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_
     use rdkafka::Message;
 
     let brokers = common::brokers();
-    let name = format!("registry_bus_{}", std::process::id());
-    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
-    let token_env = format!("TIDEWATCH_TEST_BUS_TOKEN_{}", std::process::id());
-    let token = "bus-test-token-51d2";
-    std::env::set_var(&token_env, token);
+    let scenario = Scenario::new("registry_bus");
+    let (name, directory, token_env, token) = (
+        scenario.name.clone(),
+        scenario.directory.clone(),
+        scenario.token_env.clone(),
+        TOKEN,
+    );
     let topic = format!("registry-{name}");
     let kafka = |brokers: &str| {
         format!(
@@ -497,8 +526,6 @@ async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_
     println!(
         "6 registry events: 5 waited out the outage and a restart, all delivered once, in order"
     );
-    std::env::remove_var(&token_env);
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 /// The registry and a gateway following it: moving `challenger` and
@@ -511,13 +538,13 @@ async fn a_gateway_following_the_registry_routes_by_its_aliases() {
     use rdkafka::Message;
 
     let brokers = common::brokers();
-    let name = format!("registry_routes_{}", std::process::id());
-    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
-    let token_env = format!("TIDEWATCH_TEST_ROUTES_TOKEN_{}", std::process::id());
-    let token = "routes-test-token-7e90";
-    std::env::set_var(&token_env, token);
+    let scenario = Scenario::new("registry_routes");
+    let (name, directory, token_env, token) = (
+        scenario.name.clone(),
+        scenario.directory.clone(),
+        scenario.token_env.clone(),
+        TOKEN,
+    );
     for (version, weight) in [("1", 0.5), ("2", -0.5)] {
         let model = serving::linear::LinearModel::classifier(
             vec!["usage".into()],
@@ -701,8 +728,6 @@ versions = [
         "promoted: no challenger left"
     );
     println!("the gateway followed the registry: challenger → 2, champion → 2 (promoted), champion → 3 refused");
-    std::env::remove_var(&token_env);
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 /// A real `mlflow server` (SQLite backend) on 127.0.0.1, stopped on drop.
@@ -809,17 +834,13 @@ async fn wait_for_events(registry: &registry::Registry, count: usize, what: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mlflow_servers_changes_are_bridged_by_webhooks_and_by_polling_into_the_same_events() {
     let python = mlflow_python();
-    let name = format!("registry_bridge_{}", std::process::id());
-    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
+    let scenario = Scenario::new("registry_bridge");
+    let (directory, token_env) = (scenario.directory.clone(), scenario.token_env.clone());
     let mlflow = start_mlflow(&python, &directory).await;
 
     let secret_env = format!("TIDEWATCH_TEST_MLFLOW_SECRET_{}", std::process::id());
     let secret = "bridge-secret-0c3f9a51e27b";
     std::env::set_var(&secret_env, secret);
-    let token_env = format!("TIDEWATCH_TEST_BRIDGE_TOKEN_{}", std::process::id());
-    std::env::set_var(&token_env, "unused-token-1234");
     let instance = |label: &str, bridge: String| {
         let folder = directory.join(label);
         std::fs::create_dir_all(&folder).unwrap();
@@ -1022,9 +1043,7 @@ async fn an_mlflow_servers_changes_are_bridged_by_webhooks_and_by_polling_into_t
     polled_server.await.unwrap();
     println!("8 MLflow changes bridged into the same 8 events by webhooks and by polling");
     std::env::remove_var(&secret_env);
-    std::env::remove_var(&token_env);
     drop(mlflow);
-    let _ = std::fs::remove_dir_all(&directory);
 }
 
 /// A version registered with a `tidewatch.reference` tag (through the
@@ -1036,13 +1055,13 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let brokers = common::brokers();
-    let name = format!("registry_reference_{}", std::process::id());
-    let directory = std::env::temp_dir().join(format!("tidewatch-{name}"));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
-    let token_env = format!("TIDEWATCH_TEST_REFERENCE_TOKEN_{}", std::process::id());
-    let token = "reference-test-token-33aa";
-    std::env::set_var(&token_env, token);
+    let scenario = Scenario::new("registry_reference");
+    let (name, directory, token_env, token) = (
+        scenario.name.clone(),
+        scenario.directory.clone(),
+        scenario.token_env.clone(),
+        TOKEN,
+    );
     let topic = format!("predictions-{name}");
     let extra = format!(
         "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"tw-{name}\"\n\
@@ -1077,6 +1096,7 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
     let source = format!("file://{}", training.display());
 
     // `tidewatch run`, serving the registry on [http].
+    common::create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let (pipeline, stop_pipeline) = common::start_pipeline(&config);
     let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -1173,6 +1193,4 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
         "churn v1 registered with its training data: {} window(s) compared with {source}",
         row.len()
     );
-    std::env::remove_var(&token_env);
-    let _ = std::fs::remove_dir_all(&directory);
 }

@@ -21,8 +21,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -124,25 +122,6 @@ async fn post(address: std::net::SocketAddr, path: &str, body: &str) -> (u16, Va
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-/// Creates `topics`, one partition each.
-async fn create_topics(brokers: &str, topics: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|topic| NewTopic::new(topic, 1, TopicReplication::Fixed(1)))
-        .collect();
-    for result in admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-}
-
 /// The first `count` messages of `topic` as (key, payload), read within
 /// 60 s (fewer if they do not come).
 fn read_messages(
@@ -191,7 +170,7 @@ async fn a_shadowed_model_is_served_logged_consumed_and_joined_per_version() {
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
     let topic = format!("predictions-{name}");
-    create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
+    common::create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let config = config(&directory, &brokers, &name, "", SHADOWED);
     let gateway = common::gateway::start(&config).await;
 
@@ -378,7 +357,7 @@ async fn onnx_models_served_by_the_tidewatch_serve_binary_answer_what_onnx_runti
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
     let topic = format!("predictions-{name}");
-    create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
+    common::create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/onnx");
     let served = format!(
         r#"
@@ -609,7 +588,7 @@ versions = [
 "#
     );
     let topic = format!("predictions-{name}");
-    create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
+    common::create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
     let config = config(&directory, &brokers, &name, "", &served);
     let gateway = common::gateway::start(&config).await;
 
@@ -723,7 +702,7 @@ async fn kserve_logger_events_posted_to_tidewatch_serve_reach_the_predictions_to
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
     let topic = format!("predictions-{name}");
-    create_topics(&brokers, &[&topic]).await;
+    common::create_topics(&brokers, &[&topic]).await;
     let kserve = r#"
 [serving.kserve]
 path = "/kserve/events"
@@ -793,7 +772,7 @@ async fn seldon_topics_are_joined_into_prediction_events_and_offsets_stay_below_
     let topic = format!("predictions-{name}");
     let inputs = format!("seldon.{namespace}.model.churn.inputs");
     let outputs = format!("seldon.{namespace}.model.churn.outputs");
-    create_topics(&brokers, &[&topic, &inputs, &outputs]).await;
+    common::create_topics(&brokers, &[&topic, &inputs, &outputs]).await;
     // Seldon's messages, as recorded, with their request ids in headers.
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/seldon");
     let messages: Vec<Value> =

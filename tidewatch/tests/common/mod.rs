@@ -28,6 +28,25 @@ pub mod gateway;
 pub mod http;
 pub mod proxy;
 
+/// Creates `topics` on `brokers`, one partition each.
+pub async fn create_topics(brokers: &str, topics: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, 1, TopicReplication::Fixed(1)))
+        .collect();
+    for result in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .expect("create topics")
+    {
+        result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code:?}"));
+    }
+}
+
 /// A free port of 127.0.0.1 (free when asked; for a server started next).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
