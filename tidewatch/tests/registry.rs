@@ -64,6 +64,16 @@ impl Drop for Scenario {
     }
 }
 
+/// `[kafka]` on `brokers` for scenario `name` (its group, dead-letter and
+/// predictions topics), with `properties` lines appended.
+fn kafka_section(brokers: &str, name: &str, properties: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"tw-{name}\"\n\
+         dead_letter_topic = \"dead-letters-{name}\"\n\
+         topics = [{{ name = \"predictions-{name}\", kind = \"prediction\" }}]\n{properties}\n"
+    )
+}
+
 /// A config with `[http]` on `port` (token from `token_env`) and the
 /// registry in `directory`; `extra` adds sections (`[kafka]`) and
 /// `registry_extra` lines of `[registry]`.
@@ -390,10 +400,10 @@ async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_
     );
     let topic = format!("registry-{name}");
     let kafka = |brokers: &str| {
-        format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"tw-{name}\"\n\
-             topics = [{{ name = \"predictions-{name}\", kind = \"prediction\" }}]\n\
-             properties = {{ \"message.timeout.ms\" = \"1500\" }}\n"
+        kafka_section(
+            brokers,
+            &name,
+            "properties = { \"message.timeout.ms\" = \"1500\" }",
         )
     };
     let registry_topic = format!("topic = \"{topic}\"");
@@ -560,12 +570,9 @@ async fn a_gateway_following_the_registry_routes_by_its_aliases() {
         format!("registry-{name}"),
         format!("routes-{name}"),
     );
-    let extra = format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "tw-{name}"
-topics = [{{ name = "predictions-{name}", kind = "prediction" }}]
+    let extra = kafka_section(&brokers, &name, "")
+        + &format!(
+            r#"
 [serving]
 listen = "127.0.0.1:0"
 [serving.registry]
@@ -580,7 +587,7 @@ versions = [
   {{ version = "2", runtime = "linear", path = "v2.json" }},
 ]
 "#
-    );
+        );
     let config = config(
         &directory,
         http_port,
@@ -1063,12 +1070,7 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
         TOKEN,
     );
     let topic = format!("predictions-{name}");
-    let extra = format!(
-        "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"tw-{name}\"\n\
-         dead_letter_topic = \"dead-letters-{name}\"\n\
-         topics = [{{ name = \"{topic}\", kind = \"prediction\" }}]\n\
-         [reference]\nrefresh_interval = \"1s\"\n"
-    );
+    let extra = kafka_section(&brokers, &name, "[reference]\nrefresh_interval = \"1s\"");
     let port = common::free_port();
     // Written by `config`, then given windows that close 2 s after their
     // last event.
