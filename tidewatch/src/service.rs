@@ -451,7 +451,8 @@ pub async fn start_http(
         Some(registry) => Some(registry::Registry::open(registry.path()).await.map_err(
             |error| {
                 anyhow::anyhow!(
-                    "{}: `registry.path`: cannot open {}: {error}",
+                    "{}: `registry.path`: cannot open {}: {error} (the registry is on wherever \
+                     [http] is: set [registry] path to a writable file, or enabled = false)",
                     config.file.display(),
                     registry.path().display()
                 )
