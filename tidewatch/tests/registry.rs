@@ -1196,3 +1196,37 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
         row.len()
     );
 }
+
+/// The registry is on wherever `[http]` is: a registry file that cannot be
+/// opened stops the start with an error naming the setting and the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unopenable_registry_file_stops_the_start_and_names_the_setting() {
+    let scenario = Scenario::new("registry_unopenable");
+    let path = scenario.directory.join("tidewatch.toml");
+    // /proc takes no new files, even for root.
+    std::fs::write(
+        &path,
+        format!(
+            "version = 1\n[store]\ntype = \"embedded\"\npath = \"tidewatch.sqlite\"\n\
+             [[models]]\nname = \"churn\"\ntask = \"regression\"\n\
+             features = [{{ name = \"usage\", kind = \"numeric\" }}]\n\
+             [http]\nlisten = \"127.0.0.1:{}\"\n\
+             [registry]\npath = \"/proc/tidewatch-registry.sqlite\"\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    let store = config.store.open().await.unwrap();
+    let error = tidewatch::service::start_http(
+        &config,
+        config.http.as_ref().unwrap(),
+        store,
+        tidewatch::http::Telemetry::default(),
+    )
+    .await
+    .expect_err("the start fails");
+    let message = error.to_string();
+    assert!(message.contains("`registry.path`"), "{message}");
+    assert!(message.contains("enabled = false"), "{message}");
+}
