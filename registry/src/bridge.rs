@@ -294,13 +294,20 @@ pub fn diff(before: &Mirror, after: &Mirror) -> Vec<Change> {
     changes
 }
 
-/// GETs `path` (with `query`) of the MLflow server at `url`.
-async fn get(
+/// A client for MLflow-compatible registry APIs (MLflow's, Tidewatch's).
+pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// GETs `path` (with `query`) of the MLflow-compatible API at `url`
+/// (`/api/2.0/mlflow/{path}`): the status and the JSON answer, whatever the
+/// status (an error answer is `{"error_code", "message"}`).
+pub async fn get_answer(
     client: &Client<HttpConnector, Empty<Bytes>>,
     url: &str,
     path: &str,
     query: &[(&str, &str)],
-) -> Result<Value> {
+) -> Result<(u16, Value)> {
     let query = {
         let mut encoded = form_urlencoded::Serializer::new(String::new());
         for (key, value) in query {
@@ -317,26 +324,42 @@ async fn get(
             )
             .await
             .map_err(|e| Error::Upstream(format!("{uri}: {e}")))?;
-        let status = response.status();
+        let status = response.status().as_u16();
         let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
             .map_err(|e| Error::Upstream(format!("{uri}: reading the answer: {e}")))?
             .to_bytes();
-        if !status.is_success() {
-            return Err(Error::Upstream(format!(
-                "{uri}: {status}: {}",
+        let answer = serde_json::from_slice(&body).map_err(|e| {
+            Error::Upstream(format!(
+                "{uri}: {status}, not JSON ({e}): {}",
                 String::from_utf8_lossy(&body)
                     .chars()
                     .take(300)
                     .collect::<String>()
-            )));
-        }
-        serde_json::from_slice(&body).map_err(|e| Error::Upstream(format!("{uri}: not JSON: {e}")))
+            ))
+        })?;
+        Ok((status, answer))
     };
     tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
         .map_err(|_| Error::Upstream(format!("{uri}: no answer within {CALL_TIMEOUT:?}")))?
+}
+
+/// [`get_answer`], an error status being an error.
+async fn get(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    url: &str,
+    path: &str,
+    query: &[(&str, &str)],
+) -> Result<Value> {
+    let (status, answer) = get_answer(client, url, path, query).await?;
+    if !(200..300).contains(&status) {
+        return Err(Error::Upstream(format!(
+            "{url}/api/2.0/mlflow/{path}: {status}: {answer}"
+        )));
+    }
+    Ok(answer)
 }
 
 /// Every item of a paged MLflow search.
@@ -382,8 +405,7 @@ fn tag_map(tags: &Value) -> BTreeMap<String, String> {
 
 /// Reads the whole registry of the MLflow server at `url`.
 pub async fn fetch_mirror(url: &str) -> Result<Mirror> {
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let client = client();
     let mut mirror = Mirror::default();
     for model in search_all(
         &client,

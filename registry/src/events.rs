@@ -187,19 +187,14 @@ pub struct RegistryEvent {
 impl RegistryEvent {
     /// The CloudEvents 1.0 document (structured JSON).
     pub fn cloud_event(&self) -> Value {
-        let time = chrono::DateTime::from_timestamp_millis(self.time_ms)
-            .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default();
-        json!({
-            "specversion": "1.0",
-            "type": self.change.kind.event_type(),
-            "source": SOURCE,
-            "id": self.sequence.to_string(),
-            "time": time,
-            "subject": self.change.subject(),
-            "datacontenttype": "application/json",
-            "data": self.change.data,
-        })
+        cloud_event(
+            self.change.kind.event_type(),
+            SOURCE,
+            &self.sequence.to_string(),
+            self.time_ms,
+            &self.change.subject(),
+            self.change.data.clone(),
+        )
     }
 
     /// Reads a registry CloudEvent back (the gateway's and the monitor's
@@ -227,6 +222,32 @@ impl RegistryEvent {
             },
         })
     }
+}
+
+/// A CloudEvents 1.0 document in structured JSON mode, the envelope of
+/// every event Tidewatch's attached modules put on the bus (`time_ms`: ms
+/// since the epoch, written as RFC 3339 with milliseconds).
+pub fn cloud_event(
+    event_type: &str,
+    source: &str,
+    id: &str,
+    time_ms: i64,
+    subject: &str,
+    data: Value,
+) -> Value {
+    let time = chrono::DateTime::from_timestamp_millis(time_ms)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    json!({
+        "specversion": "1.0",
+        "type": event_type,
+        "source": source,
+        "id": id,
+        "time": time,
+        "subject": subject,
+        "datacontenttype": "application/json",
+        "data": data,
+    })
 }
 
 fn tag_map(tags: &[(String, String)]) -> Value {

@@ -21,10 +21,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -37,8 +33,6 @@ use crate::Error;
 
 /// Time allowed for a metadata, watermark or registry call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest registry answer read.
-const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 /// The `adapter` label of the route follower's counters.
 const ADAPTER: &str = "registry";
 
@@ -48,41 +42,20 @@ pub async fn registry_aliases(
     url: &str,
     model: &str,
 ) -> Result<Option<Vec<(String, String)>>, Error> {
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("name", model)
-        .finish();
-    let uri = format!("{url}/api/2.0/mlflow/registered-models/get?{query}");
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let exchange = async {
-        let response = client
-            .get(
-                uri.parse()
-                    .map_err(|e| Error::InvalidSetting(format!("{uri}: {e}")))?,
-            )
-            .await
-            .map_err(|e| Error::Unreachable(format!("{uri}: {e}")))?;
-        let status = response.status();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| Error::Unreachable(format!("{uri}: reading the answer: {e}")))?
-            .to_bytes();
-        Ok::<_, Error>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(CALL_TIMEOUT, exchange)
-        .await
-        .map_err(|_| Error::Timeout(CALL_TIMEOUT))??;
-    let answer: Value = serde_json::from_slice(&body).map_err(|e| Error::Upstream {
-        status: status.as_u16(),
-        message: format!("not JSON: {e}"),
-    })?;
-    if status.as_u16() == 404 && answer["error_code"] == "RESOURCE_DOES_NOT_EXIST" {
+    let (status, answer) = registry::bridge::get_answer(
+        &registry::bridge::client(),
+        url,
+        "registered-models/get",
+        &[("name", model)],
+    )
+    .await
+    .map_err(|e| Error::Unreachable(e.to_string()))?;
+    if status == 404 && answer["error_code"] == "RESOURCE_DOES_NOT_EXIST" {
         return Ok(None);
     }
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         return Err(Error::Upstream {
-            status: status.as_u16(),
+            status,
             message: answer["message"].as_str().unwrap_or_default().to_owned(),
         });
     }

@@ -90,19 +90,14 @@ impl RouteUpdated {
     /// The CloudEvents 1.0 document (structured JSON) of the change, with
     /// `id` and `time_ms` (ms since the epoch).
     pub fn cloud_event(&self, id: &str, time_ms: i64) -> serde_json::Value {
-        let time = chrono::DateTime::from_timestamp_millis(time_ms)
-            .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default();
-        serde_json::json!({
-            "specversion": "1.0",
-            "type": ROUTE_UPDATED,
-            "source": "tidewatch/serving",
-            "id": id,
-            "time": time,
-            "subject": self.model,
-            "datacontenttype": "application/json",
-            "data": self,
-        })
+        registry::events::cloud_event(
+            ROUTE_UPDATED,
+            "tidewatch/serving",
+            id,
+            time_ms,
+            &self.model,
+            serde_json::to_value(self).expect("a route change serializes"),
+        )
     }
 }
 
