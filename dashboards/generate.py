@@ -110,6 +110,15 @@ def annotations(all_models=False):
         "concat(status, ',', severity, ',', rule) AS tags FROM alerts FINAL "
         f"WHERE $__timeFilter(window_start) AND status IN ('firing', 'resolved') AND {where} ORDER BY time"
     )
+    versions_sql = (
+        "SELECT time, multiIf("
+        "kind = 'registered', concat('v', model_version, ' registered'), "
+        "kind = 'reference_attached', concat('v', model_version, ' reference profile attached'), "
+        "kind = 'alias_set', concat('v', model_version, ' is now ', alias), "
+        "concat('alias ', alias, ' deleted')) AS text, "
+        "concat('version,', kind, if(alias = '', '', concat(',', alias))) AS tags "
+        f"FROM version_events FINAL WHERE $__timeFilter(time) AND {where} ORDER BY time"
+    )
     return {
         "list": [
             {
@@ -127,6 +136,19 @@ def annotations(all_models=False):
                 "enable": True,
                 "iconColor": "red",
                 "target": {"refId": "Anno", "editorType": "sql", "format": 1, "queryType": "table", "rawSql": sql},
+            },
+            {
+                "name": "Tidewatch versions",
+                "datasource": DS,
+                "enable": True,
+                "iconColor": "blue",
+                "target": {
+                    "refId": "Versions",
+                    "editorType": "sql",
+                    "format": 1,
+                    "queryType": "table",
+                    "rawSql": versions_sql,
+                },
             },
         ]
     }

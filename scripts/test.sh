@@ -290,7 +290,7 @@ if [ "$#" -eq 0 ]; then
   [ "$long_status" -eq 0 ] || status=$long_status
 else
   log "services ready; running cargo test"
-  cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"
+  cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"
   status=${PIPESTATUS[0]}
 fi
 set -e

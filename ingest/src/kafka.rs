@@ -192,17 +192,24 @@ pub async fn publish(
 }
 
 /// Reads every message of `topic` from the beginning, outside any consumer
-/// group (partitions are assigned, nothing is committed), calling
-/// `on_message` with each payload until `shutdown` resolves. For small
-/// control topics such as retrain acknowledgements, which a restarted
-/// process must see again. A topic that does not exist yet is looked for
-/// again every 5 s; partitions added later are not followed.
-pub async fn follow_topic(
+/// group (partitions are assigned, nothing is committed), handing the
+/// payloads to `on_batch` in batches of at most `batch` (what arrived
+/// together) until `shutdown` resolves; the next batch is read after
+/// `on_batch` finished. For small control topics such as retrain
+/// acknowledgements and registry events, which a restarted process must
+/// see again. A topic that does not exist yet is looked for again every
+/// 5 s; partitions added later are not followed.
+pub async fn follow_topic<F, Fut>(
     settings: &KafkaSettings,
     topic: &str,
-    mut on_message: impl FnMut(&[u8]),
+    batch: usize,
+    mut on_batch: F,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+) -> Result<(), Error>
+where
+    F: FnMut(Vec<Vec<u8>>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut config = client_config(settings.connection());
     config
         .set(
@@ -247,13 +254,31 @@ pub async fn follow_topic(
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+    // How long a batch waits for one more message that is not there yet.
+    const GATHER: Duration = Duration::from_millis(20);
+    let batch = batch.max(1);
     loop {
+        let first = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            message = consumer.recv() => message,
+        };
+        let mut payloads = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Ok(message) => payloads.push(message.payload().unwrap_or_default().to_vec()),
+                Err(error) => tracing::warn!(%error, topic, "reading the topic failed"),
+            }
+            if payloads.len() < batch {
+                next = tokio::time::timeout(GATHER, consumer.recv()).await.ok();
+            }
+        }
+        if payloads.is_empty() {
+            continue;
+        }
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            message = consumer.recv() => match message {
-                Ok(message) => on_message(message.payload().unwrap_or_default()),
-                Err(error) => tracing::warn!(%error, topic, "reading the topic failed"),
-            },
+            () = on_batch(payloads) => {}
         }
     }
 }

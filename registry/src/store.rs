@@ -894,39 +894,27 @@ impl Registry {
     /// Up to `limit` events not yet published, oldest first.
     pub async fn pending_events(&self, limit: usize) -> Result<Vec<RegistryEvent>> {
         self.with(move |connection| {
-            let mut statement = connection.prepare(
+            outbox_events(
+                connection,
                 "SELECT sequence, time_ms, kind, model, version, data FROM outbox
                  WHERE published = 0 ORDER BY sequence LIMIT ?1",
+                limit,
+            )
+        })
+        .await
+    }
+
+    /// The newest `limit` events the outbox holds, published or not (the
+    /// newest [`PUBLISHED_KEPT`] published ones are kept), oldest first.
+    pub async fn recent_events(&self, limit: usize) -> Result<Vec<RegistryEvent>> {
+        self.with(move |connection| {
+            let mut events = outbox_events(
+                connection,
+                "SELECT sequence, time_ms, kind, model, version, data FROM outbox
+                 ORDER BY sequence DESC LIMIT ?1",
+                limit,
             )?;
-            let rows = statement.query_map(params![limit as i64], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, String>(3)?,
-                    row.get::<_, Option<String>>(4)?,
-                    row.get::<_, String>(5)?,
-                ))
-            })?;
-            let mut events = Vec::new();
-            for row in rows {
-                let (sequence, time_ms, kind, model, version, data) = row?;
-                let kind = ChangeKind::from_event_type(&kind).ok_or_else(|| {
-                    Error::Task(format!("outbox row {sequence} has an unknown kind {kind}"))
-                })?;
-                let data = serde_json::from_str(&data)
-                    .map_err(|e| Error::Task(format!("outbox row {sequence}: {e}")))?;
-                events.push(RegistryEvent {
-                    sequence,
-                    time_ms,
-                    change: Change {
-                        kind,
-                        model,
-                        version,
-                        data,
-                    },
-                });
-            }
+            events.reverse();
             Ok(events)
         })
         .await
@@ -963,6 +951,46 @@ impl Registry {
 }
 
 // --- reading rows ------------------------------------------------------------
+
+/// The outbox rows `sql` selects (sequence, time, kind, model, version,
+/// data; `?1` bound to `limit`) as events.
+fn outbox_events(
+    connection: &rusqlite::Connection,
+    sql: &str,
+    limit: usize,
+) -> Result<Vec<RegistryEvent>> {
+    let mut statement = connection.prepare(sql)?;
+    let rows = statement.query_map(params![limit as i64], |row| {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, String>(2)?,
+            row.get::<_, String>(3)?,
+            row.get::<_, Option<String>>(4)?,
+            row.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (sequence, time_ms, kind, model, version, data) = row?;
+        let kind = ChangeKind::from_event_type(&kind).ok_or_else(|| {
+            Error::Task(format!("outbox row {sequence} has an unknown kind {kind}"))
+        })?;
+        let data = serde_json::from_str(&data)
+            .map_err(|e| Error::Task(format!("outbox row {sequence}: {e}")))?;
+        events.push(RegistryEvent {
+            sequence,
+            time_ms,
+            change: Change {
+                kind,
+                model,
+                version,
+                data,
+            },
+        });
+    }
+    Ok(events)
+}
 
 fn model_not_found(name: &str) -> Error {
     Error::NotFound(format!("Registered Model with name={name} not found"))

@@ -10,7 +10,7 @@ use detectors::ReferenceProfile;
 
 use crate::{
     AlertRecord, Delivery, MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats,
-    RangeFingerprint, ReferenceSummary, Result, WindowMetrics, WindowSketch,
+    RangeFingerprint, ReferenceSummary, Result, VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// A store backend. Every write is idempotent as the table's versioning
@@ -117,4 +117,12 @@ pub trait Backend: Send + Sync {
 
     /// The latest incarnation of a partition with a recorded fingerprint.
     async fn latest_incarnation(&self, partition: &str) -> Result<Option<u32>>;
+
+    /// Records model-version events from the registry (idempotent: an
+    /// event recorded twice is one row).
+    async fn write_version_events(&self, events: Vec<VersionEvent>) -> Result<()>;
+
+    /// The newest `limit` version events of `model`, oldest first (by
+    /// time, then registry sequence).
+    async fn version_events(&self, model: &str, limit: u64) -> Result<Vec<VersionEvent>>;
 }

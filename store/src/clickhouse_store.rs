@@ -11,13 +11,13 @@ use detectors::ReferenceProfile;
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SketchRow, TABLES,
+    ReferenceRow, SketchRow, VersionEventRow, TABLES,
 };
 use crate::schema::{clickhouse_create, clickhouse_select, missing_columns, Table};
 use crate::{
     latest_by, AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary,
-    PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, WindowMetrics,
-    WindowSketch,
+    PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, VersionEvent,
+    WindowMetrics, WindowSketch,
 };
 
 /// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
@@ -514,5 +514,30 @@ impl Backend for ClickHouseStore {
             .fetch_one::<(u64, u32)>()
             .await?;
         Ok((rows > 0).then_some(latest))
+    }
+
+    async fn write_version_events(&self, events: Vec<VersionEvent>) -> Result<()> {
+        let rows = events
+            .into_iter()
+            .map(VersionEventRow::from_record)
+            .collect::<Result<Vec<_>>>()?;
+        self.insert(&rows).await
+    }
+
+    async fn version_events(&self, model: &str, limit: u64) -> Result<Vec<VersionEvent>> {
+        let sql = format!(
+            "{} WHERE model = ? ORDER BY time_ms DESC, sequence DESC LIMIT {limit}",
+            select::<VersionEventRow>()
+        );
+        let rows = self
+            .client
+            .query(&sql)
+            .bind(model)
+            .fetch_all::<VersionEventRow>()
+            .await?;
+        rows.into_iter()
+            .rev()
+            .map(VersionEventRow::into_record)
+            .collect()
     }
 }

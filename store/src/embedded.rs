@@ -17,14 +17,15 @@ use rusqlite::{params, Connection};
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SketchRow, TABLES,
+    ReferenceRow, SketchRow, VersionEventRow, TABLES,
 };
 use crate::schema::{
     missing_columns, sqlite_create, sqlite_insert_or_ignore, sqlite_select, sqlite_upsert, Table,
 };
 use crate::{
     AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary, PartialSketch,
-    PipelineStats, RangeFingerprint, ReferenceSummary, Result, WindowMetrics, WindowSketch,
+    PipelineStats, RangeFingerprint, ReferenceSummary, Result, VersionEvent, WindowMetrics,
+    WindowSketch,
 };
 
 /// The columns of `table` in the file.
@@ -519,6 +520,33 @@ impl Backend for EmbeddedStore {
                 params![partition],
                 |row| row.get::<_, Option<u32>>(0),
             )?)
+        })
+        .await
+    }
+
+    async fn write_version_events(&self, events: Vec<VersionEvent>) -> Result<()> {
+        let rows: Vec<VersionEventRow> = events
+            .into_iter()
+            .map(VersionEventRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| upsert(connection, &rows)).await
+    }
+
+    async fn version_events(&self, model: &str, limit: u64) -> Result<Vec<VersionEvent>> {
+        let values = vec![
+            model.to_owned().into(),
+            (limit.min(i64::MAX as u64) as i64).into(),
+        ];
+        self.with(move |connection| {
+            let rows: Vec<VersionEventRow> = select(
+                connection,
+                "model = ?1 ORDER BY time_ms DESC, sequence DESC LIMIT ?2",
+                values,
+            )?;
+            rows.into_iter()
+                .rev()
+                .map(VersionEventRow::into_record)
+                .collect()
         })
         .await
     }

@@ -37,6 +37,7 @@
 //! | `alert_deliveries` | (notification, channel): the outbox | `updated_at` |
 //! | `alert_progress` | model: the latest window whose alerts are recorded | `window_start` |
 //! | `range_fingerprints` | (partition, incarnation, offset range start): the first message read there | none (rows of one key are equal) |
+//! | `version_events` | (model, time, registry sequence): a model version registered, its reference attached, an alias set or deleted | none (rows of one key are equal) |
 //!
 //! A *series* is (model, model_version, segment, feature). `window_partials`
 //! is the ingest checkpoint: each consumer writes, per Kafka partition and
@@ -379,6 +380,71 @@ pub struct Delivery {
     pub last_error: String,
     /// When this state was written, ms (the row's version).
     pub updated_at: u64,
+}
+
+/// What happened to a model version in the registry (the `kind` column
+/// of `version_events`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionEventKind {
+    /// The version was created.
+    Registered,
+    /// Its reference profile was attached.
+    ReferenceAttached,
+    /// An alias was set on it (or moved to it).
+    AliasSet,
+    /// An alias was deleted (the event names no version).
+    AliasDeleted,
+}
+
+impl VersionEventKind {
+    /// Every kind.
+    pub const ALL: [VersionEventKind; 4] = [
+        VersionEventKind::Registered,
+        VersionEventKind::ReferenceAttached,
+        VersionEventKind::AliasSet,
+        VersionEventKind::AliasDeleted,
+    ];
+
+    /// `registered`, `reference_attached`, `alias_set` or `alias_deleted` (as stored).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionEventKind::Registered => "registered",
+            VersionEventKind::ReferenceAttached => "reference_attached",
+            VersionEventKind::AliasSet => "alias_set",
+            VersionEventKind::AliasDeleted => "alias_deleted",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| Error::Corrupt(format!("unknown version event kind `{text}`")))
+    }
+}
+
+/// A registry change to one model version, as `tidewatch run` records it
+/// from the registry's events (the `version_events` table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionEvent {
+    /// Model name.
+    pub model: String,
+    /// Model version; empty for [`VersionEventKind::AliasDeleted`] (the
+    /// registry's event names only the alias).
+    pub model_version: String,
+    /// What happened.
+    pub kind: VersionEventKind,
+    /// The alias set or deleted; empty for other kinds.
+    pub alias: String,
+    /// When the registry made the change, ms.
+    pub time_ms: i64,
+    /// The registry's sequence number of the change (the CloudEvent id).
+    pub sequence: u64,
+    /// The event's `data` as JSON (source, run id, tags, reference source).
+    pub detail: String,
 }
 
 /// The store: a cheap-to-clone handle to one [`Backend`], whose methods it

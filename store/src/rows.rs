@@ -23,7 +23,7 @@ const SERIES_WINDOW_KEY: &[&str] = &[
 ];
 
 /// Every table, in creation order.
-pub(crate) const TABLES: [TableDef; 9] = [
+pub(crate) const TABLES: [TableDef; 10] = [
     PartialRow::DEF,
     SketchRow::DEF,
     MetricsRow::DEF,
@@ -33,6 +33,7 @@ pub(crate) const TABLES: [TableDef; 9] = [
     DeliveryRow::DEF,
     RangeFingerprintRow::DEF,
     AlertProgressRow::DEF,
+    VersionEventRow::DEF,
 ];
 
 pub(crate) fn to_seconds(millis: i64) -> Result<u32, Error> {
@@ -685,6 +686,62 @@ impl Table for AlertProgressRow {
         partition_by: None,
         sqlite_index: &[],
     };
+}
+
+table! {
+    /// One row of `version_events`: a registry change to a model version.
+    pub(crate) struct VersionEventRow {
+        model: String,
+        model_version: String,
+        time: Seconds,
+        time_ms: u64,
+        sequence: u64,
+        kind: String,
+        alias: String,
+        detail: String,
+    }
+}
+
+impl Table for VersionEventRow {
+    const SPEC: TableSpec = TableSpec {
+        name: "version_events",
+        key: &["model", "time_ms", "sequence"],
+        versioning: Versioning::Equal,
+        partition_by: None,
+        sqlite_index: &[],
+    };
+}
+
+impl VersionEventRow {
+    pub(crate) fn from_record(record: crate::VersionEvent) -> Result<Self, Error> {
+        Ok(Self {
+            model: record.model,
+            model_version: record.model_version,
+            time: seconds(record.time_ms)?,
+            time_ms: u64::try_from(record.time_ms).map_err(|_| {
+                Error::Corrupt(format!(
+                    "version event time {} ms is negative",
+                    record.time_ms
+                ))
+            })?,
+            sequence: record.sequence,
+            kind: record.kind.as_str().to_owned(),
+            alias: record.alias,
+            detail: record.detail,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> Result<crate::VersionEvent, Error> {
+        Ok(crate::VersionEvent {
+            model: self.model,
+            model_version: self.model_version,
+            kind: crate::VersionEventKind::parse(&self.kind)?,
+            alias: self.alias,
+            time_ms: self.time_ms as i64,
+            sequence: self.sequence,
+            detail: self.detail,
+        })
+    }
 }
 
 /// A bound value of a [`MetricsFilter`] condition.

@@ -128,3 +128,8 @@ async fn alert_progress_moves_forward_only() {
 async fn range_fingerprints_round_trip() {
     common::range_fingerprints_round_trip(&store()).await;
 }
+
+#[tokio::test]
+async fn version_events_round_trip() {
+    common::version_events_round_trip(&store()).await;
+}

@@ -12,6 +12,8 @@
 //! - [`report`]: text tables of window metrics.
 //! - [`service`]: opening the configured store and running the Kafka pipeline.
 //! - [`registry_bus`]: the model registry's outbox published onto the bus.
+//! - [`lifecycle`]: model-version lifecycle (registered, promoted, retired)
+//!   recorded from the registry's events and read back as a timeline.
 //! - [`registry_references`]: reference profiles of registered versions
 //!   built from their `tidewatch.reference` tag.
 //! - [`http`]: the HTTP server: JSON API with its OpenAPI document,
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod lifecycle;
 pub mod registry_bus;
 pub mod registry_references;
 pub mod report;

@@ -9,6 +9,11 @@
 //! wait in the outbox (on disk, so a restart loses none) and the publisher
 //! retries every [`RETRY_AFTER`]. Two processes serving the same registry
 //! file both publish its outbox: the duplicates carry the same ids.
+//!
+//! Without a broker (no `[kafka]`: the demo, a laptop) the outbox is the
+//! in-process bus: its lifecycle events go straight into the store's
+//! `version_events` (see [`crate::lifecycle`]) and are marked published
+//! once written, so the outbox stays bounded either way.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +21,7 @@ use std::time::Duration;
 
 use alerting::delivery::{Bus, CLOUDEVENTS_JSON};
 use registry::Registry;
+use store::Store;
 
 /// Events read from the outbox at once.
 const BATCH: usize = 256;
@@ -27,12 +33,19 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 /// process on the same file do not wake this one).
 const POLL: Duration = Duration::from_secs(1);
 
-/// Publishes `registry`'s outbox to `topic` on `bus` until `shutdown`
-/// resolves; returns how many events it published.
+/// Where the outbox goes.
+pub enum Sink {
+    /// The broker: every event onto `topic`, keyed by model name.
+    Bus { bus: Arc<dyn Bus>, topic: String },
+    /// No broker: lifecycle events into the store (the in-process bus).
+    Store(Store),
+}
+
+/// Publishes `registry`'s outbox to `sink` until `shutdown` resolves;
+/// returns how many events it published.
 pub async fn publish(
     registry: Registry,
-    bus: Arc<dyn Bus>,
-    topic: String,
+    sink: Sink,
     shutdown: impl Future<Output = ()> + Send,
 ) -> u64 {
     tokio::pin!(shutdown);
@@ -41,7 +54,7 @@ pub async fn publish(
     loop {
         let outcome = tokio::select! {
             () = &mut shutdown => return published,
-            outcome = publish_pending(&registry, bus.as_ref(), &topic) => outcome,
+            outcome = publish_pending(&registry, &sink) => outcome,
         };
         let wait = match outcome {
             Ok(0) => POLL,
@@ -50,7 +63,7 @@ pub async fn publish(
                 continue;
             }
             Err(error) => {
-                tracing::warn!(%error, topic, "registry events not published yet; retrying");
+                tracing::warn!(%error, "registry events not published yet; retrying");
                 RETRY_AFTER
             }
         };
@@ -64,11 +77,34 @@ pub async fn publish(
 
 /// Publishes the pending events of one batch, in order; stops at the first
 /// failure. `Ok(n)`: `n` events published and marked.
-async fn publish_pending(registry: &Registry, bus: &dyn Bus, topic: &str) -> Result<u64, String> {
+async fn publish_pending(registry: &Registry, sink: &Sink) -> Result<u64, String> {
     let events = registry
         .pending_events(BATCH)
         .await
         .map_err(|e| format!("reading the outbox: {e}"))?;
+    let Some(last) = events.last().map(|event| event.sequence) else {
+        return Ok(0);
+    };
+    let (bus, topic) = match sink {
+        Sink::Bus { bus, topic } => (bus, topic),
+        Sink::Store(store) => {
+            let rows = events
+                .iter()
+                .filter_map(crate::lifecycle::version_event)
+                .collect::<Vec<_>>();
+            if !rows.is_empty() {
+                store
+                    .write_version_events(rows)
+                    .await
+                    .map_err(|e| format!("recording version events: {e}"))?;
+            }
+            registry
+                .mark_published(last)
+                .await
+                .map_err(|e| format!("marking events up to {last} published: {e}"))?;
+            return Ok(events.len() as u64);
+        }
+    };
     let mut published = 0;
     for event in events {
         let payload = event.cloud_event().to_string().into_bytes();
@@ -138,8 +174,10 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let publisher = tokio::spawn(publish(
             registry.clone(),
-            bus.clone(),
-            "registry-events".into(),
+            Sink::Bus {
+                bus: bus.clone(),
+                topic: "registry-events".into(),
+            },
             async {
                 let _ = stopped.await;
             },

@@ -301,23 +301,47 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
             let gate = Arc::clone(&gate);
             let kafka = kafka.clone();
             tokio::spawn(async move {
-                let on_ack = |payload: &[u8]| {
-                    if let Some(request) = alerting::retrain::parse_ack(payload) {
-                        if gate.lock().expect("gate lock").acknowledge(&request) {
-                            tracing::info!(%request, "retrain request acknowledged");
+                let on_acks = |payloads: Vec<Vec<u8>>| {
+                    for payload in payloads {
+                        if let Some(request) = alerting::retrain::parse_ack(&payload) {
+                            if gate.lock().expect("gate lock").acknowledge(&request) {
+                                tracing::info!(%request, "retrain request acknowledged");
+                            }
                         }
                     }
+                    std::future::ready(())
                 };
                 let stopped = async {
                     let _ = acks_stopped.await;
                 };
                 if let Err(error) =
-                    ingest::kafka::follow_topic(&kafka, &topic, on_ack, stopped).await
+                    ingest::kafka::follow_topic(&kafka, &topic, ACK_BATCH, on_acks, stopped).await
                 {
                     tracing::error!(%error, %topic, "reading retrain acknowledgements failed");
                 }
             })
         });
+
+    // Version lifecycle: the registry's events, wherever the registry runs.
+    let (stop_lifecycle, lifecycle_stopped) = tokio::sync::oneshot::channel::<()>();
+    let lifecycle = config.registry.as_ref().map(|registry| {
+        let follow = crate::lifecycle::follow(
+            kafka.clone(),
+            registry.topic().to_owned(),
+            store.clone(),
+            telemetry.pipeline.clone(),
+            config.store.retry_max_delay(),
+            async {
+                let _ = lifecycle_stopped.await;
+            },
+        );
+        let topic = registry.topic().to_owned();
+        tokio::spawn(async move {
+            if let Err(error) = follow.await {
+                tracing::error!(%error, %topic, "following the registry's events failed");
+            }
+        })
+    });
 
     let delivered = telemetry.clone();
     let stats_store = store.clone();
@@ -367,6 +391,10 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let _ = stop_acks.send(());
     if let Some(acks) = acks {
         let _ = acks.await;
+    }
+    let _ = stop_lifecycle.send(());
+    if let Some(lifecycle) = lifecycle {
+        let _ = lifecycle.await;
     }
     if let (Some(stop), Some(server)) = (stop_http, http) {
         let _ = stop.send(());
@@ -488,16 +516,21 @@ pub async fn start_http(
         })?;
     tracing::info!(address = %listener.local_addr()?, "serving the API, pages and /metrics");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    // With a broker, the registry's outbox goes onto [registry] topic for
-    // as long as the server runs.
-    let publisher = match (&state.registry, &config.kafka, &config.registry) {
-        (Some(registry), Some(kafka), Some(settings)) => {
-            let bus: Arc<dyn alerting::delivery::Bus> = Arc::new(KafkaBus::new(kafka)?);
+    // The registry's outbox, for as long as the server runs: onto
+    // [registry] topic with a broker, else into the store's version events.
+    let publisher = match (&state.registry, &config.registry) {
+        (Some(registry), Some(settings)) => {
+            let sink = match &config.kafka {
+                Some(kafka) => crate::registry_bus::Sink::Bus {
+                    bus: Arc::new(KafkaBus::new(kafka)?),
+                    topic: settings.topic().to_owned(),
+                },
+                None => crate::registry_bus::Sink::Store(state.store.clone()),
+            };
             let (stop_publisher, publisher_stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(crate::registry_bus::publish(
                 registry.clone(),
-                bus,
-                settings.topic().to_owned(),
+                sink,
                 async {
                     let _ = publisher_stopped.await;
                 },
@@ -558,6 +591,9 @@ pub async fn start_http(
     });
     Ok((stop, server))
 }
+
+/// Retrain acknowledgements handled at once.
+const ACK_BATCH: usize = 100;
 
 /// Windows per model replayed into the alert evaluator at start-up.
 const WARMUP_WINDOWS: i64 = 48;

@@ -724,10 +724,14 @@ async fn acknowledgements_are_read_from_the_start_of_their_topic() {
             ingest::kafka::follow_topic(
                 &kafka,
                 &topic,
-                |payload| {
-                    seen.lock()
-                        .unwrap()
-                        .extend(alerting::retrain::parse_ack(payload))
+                16,
+                |payloads: Vec<Vec<u8>>| {
+                    seen.lock().unwrap().extend(
+                        payloads
+                            .iter()
+                            .filter_map(|payload| alerting::retrain::parse_ack(payload)),
+                    );
+                    std::future::ready(())
                 },
                 async {
                     let _ = stopped.await;

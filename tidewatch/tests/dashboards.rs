@@ -88,6 +88,12 @@ fn the_dashboards_have_the_structure_grafana_imports() {
             ),
             "{name}: alerts as annotations"
         );
+        assert!(
+            annotations.iter().any(|a| a["target"]["rawSql"]
+                .as_str()
+                .is_some_and(|sql| sql.contains("FROM version_events"))),
+            "{name}: version lifecycle as annotations"
+        );
         let panels = dashboard["panels"].as_array().unwrap();
         assert!(panels.len() >= 4, "{name}");
         let mut ids = std::collections::BTreeSet::new();
@@ -217,7 +223,7 @@ fn run(database: &str, sql: &str) -> (Vec<(String, String)>, Vec<Value>) {
 }
 
 /// The columns each query must return, by "dashboard / panel / refId"
-/// ("dashboard / $variable" for variables, "dashboard / annotations").
+/// ("dashboard / $variable" for variables, "dashboard / annotations / name").
 fn expected_columns() -> BTreeMap<&'static str, Vec<&'static str>> {
     let time_and = |columns: &[&'static str]| {
         let mut all = vec!["time"];
@@ -307,8 +313,12 @@ fn expected_columns() -> BTreeMap<&'static str, Vec<&'static str>> {
         "tidewatch-operations",
     ] {
         expected.insert(
-            leak(format!("{dashboard} / annotations")),
+            leak(format!("{dashboard} / annotations / Tidewatch alerts")),
             vec!["time", "timeEnd", "text", "tags"],
+        );
+        expected.insert(
+            leak(format!("{dashboard} / annotations / Tidewatch versions")),
+            vec!["time", "text", "tags"],
         );
         expected.insert(leak(format!("{dashboard} / $model")), vec!["model"]);
         expected.insert(
@@ -378,6 +388,36 @@ async fn every_dashboard_query_returns_rows_with_the_expected_columns_from_click
         created_at: 1,
     };
     store.record_alerts(vec![(open, Vec::new())]).await.unwrap();
+    // The demo version's lifecycle as the registry's events record it:
+    // registered before the stream, promoted to champion at its start.
+    let lifecycle = [
+        registry::events::Change::version_created(
+            DEMO_MODEL,
+            DEMO_VERSION.parse().unwrap(),
+            "s3://models/churn/7",
+            "run-7",
+            &[],
+            "",
+        ),
+        registry::events::Change::alias_created(
+            DEMO_MODEL,
+            "champion",
+            DEMO_VERSION.parse().unwrap(),
+        ),
+    ];
+    let rows: Vec<store::VersionEvent> = lifecycle
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, change)| {
+            tidewatch::lifecycle::version_event(&registry::events::RegistryEvent {
+                sequence: i as i64 + 1,
+                time_ms: DEMO_START_MS + i as i64 * 60_000,
+                change,
+            })
+        })
+        .collect();
+    assert_eq!(rows.len(), 2);
+    store.write_version_events(rows).await.unwrap();
 
     let from = DEMO_START_MS / 1000;
     let to = from + (HOURS + 2) * 3600;
@@ -411,7 +451,14 @@ async fn every_dashboard_query_returns_rows_with_the_expected_columns_from_click
         }
         for annotation in dashboard["annotations"]["list"].as_array().unwrap() {
             if let Some(sql) = annotation["target"]["rawSql"].as_str() {
-                queries.push((format!("{name} / annotations"), sql.to_owned(), true));
+                queries.push((
+                    format!(
+                        "{name} / annotations / {}",
+                        annotation["name"].as_str().unwrap()
+                    ),
+                    sql.to_owned(),
+                    true,
+                ));
             }
         }
         for panel in dashboard["panels"].as_array().unwrap() {

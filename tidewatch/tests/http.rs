@@ -56,6 +56,7 @@ async fn serve_with(
         training_rows: 3_000,
     };
     let outcome = tidewatch::demo::run(&directory, 7, shape).await.unwrap();
+    record_registry_history(&outcome.store).await;
     let mut state = tidewatch::demo::http_state(outcome.store);
     state.token = token.map(str::to_owned);
     adjust(&mut state);
@@ -74,6 +75,50 @@ async fn serve_with(
         directory,
         _stop: stop,
     }
+}
+
+/// The demo model's history in a registry (versions 1 and 2; 1 champion,
+/// then 2 challenger, then 2 champion), carried into `store` by the
+/// in-process bus (the registry's outbox drained into the store, as
+/// without a broker).
+async fn record_registry_history(store: &store::Store) {
+    let registry = registry::Registry::in_memory().unwrap();
+    registry
+        .create_model(DEMO_MODEL.into(), vec![], String::new())
+        .await
+        .unwrap();
+    for version in 1..=2 {
+        registry
+            .create_version(registry::store::NewVersion {
+                name: DEMO_MODEL.into(),
+                source: format!("file:///models/churn/{version}.onnx"),
+                run_id: format!("run-{version}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for (alias, version) in [("champion", "1"), ("challenger", "2"), ("champion", "2")] {
+        registry
+            .set_alias(DEMO_MODEL.into(), alias.into(), version.into())
+            .await
+            .unwrap();
+    }
+    let drained = {
+        let registry = registry.clone();
+        async move {
+            while registry.pending_count().await.unwrap() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let published = tidewatch::registry_bus::publish(
+        registry,
+        tidewatch::registry_bus::Sink::Store(store.clone()),
+        drained,
+    )
+    .await;
+    assert_eq!(published, 6, "model, 2 versions, 3 aliases");
 }
 
 async fn get_json(address: SocketAddr, path: &str) -> (u16, Value) {
@@ -200,6 +245,10 @@ async fn the_api_answers_as_its_openapi_document_says() {
             "/api/v1/models/{model}/metrics",
             format!("/api/v1/models/{DEMO_MODEL}/metrics?limit=50"),
         ),
+        (
+            "/api/v1/models/{model}/timeline",
+            format!("/api/v1/models/{DEMO_MODEL}/timeline"),
+        ),
         ("/api/v1/references", "/api/v1/references".to_owned()),
         (
             "/api/v1/references/{model}/{version}",
@@ -274,6 +323,43 @@ async fn the_api_answers_as_its_openapi_document_says() {
         .map(|m| m["window_start"].as_str().unwrap())
         .collect();
     assert_eq!(starts, ["2026-01-05T01:00:00Z", "2026-01-05T02:00:00Z"]);
+
+    // The registry's history: v1 went live, then v2 replaced it.
+    let timeline = get_json(address, &format!("/api/v1/models/{DEMO_MODEL}/timeline"))
+        .await
+        .1;
+    let kinds: Vec<(&str, &str)> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("registered", "1"),
+            ("registered", "2"),
+            ("alias_set", "1"),
+            ("promoted", "1"),
+            ("alias_set", "2"),
+            ("alias_set", "2"),
+            ("promoted", "2"),
+            ("retired", "1"),
+        ]
+    );
+    let versions = timeline["versions"].as_array().unwrap();
+    assert_eq!(versions[0]["run_id"], "run-1");
+    assert_eq!(versions[0]["aliases"], serde_json::json!([]));
+    assert!(versions[0]["live"][0]["until"].is_string());
+    assert_eq!(
+        versions[1]["aliases"],
+        serde_json::json!(["challenger", "champion"])
+    );
+    assert!(versions[1]["live"][0]["until"].is_null());
+    let none = get_json(address, "/api/v1/models/never-registered/timeline")
+        .await
+        .1;
+    assert_eq!(none["events"], serde_json::json!([]));
 
     // Errors: JSON with stable codes.
     let error_schema = document.pointer("/components/schemas/Error").unwrap();
@@ -498,6 +584,13 @@ async fn the_pages_load_in_a_real_browser_with_charts_drawn_and_the_drift_visibl
             };
             assert!(row("monthly_charges").matches("cell drifted").count() >= 2);
             assert_eq!(row("age").matches("cell drifted").count(), 0);
+            // The versions' lifecycle from the registry.
+            let versions = &dom[dom.find("id=\"versions\"").expect("the versions table")..];
+            let versions = &versions[..versions.find("</table>").unwrap()];
+            assert_eq!(versions.matches("<tr>").count(), 3, "{versions}");
+            assert!(versions.contains("challenger, champion"), "{versions}");
+            assert!(versions.contains("→ now"), "{versions}");
+            assert!(dom.contains("<b>retired</b> (replaced by v2)"));
         } else if path == "/" {
             assert!(dom.contains(&format!(
                 "href=\"/models/{DEMO_MODEL}?version={DEMO_VERSION}\""

@@ -245,7 +245,7 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let attached = loop {
-        let events = registry.pending_events(1_000).await.unwrap();
+        let events = registry.recent_events(1_000).await.unwrap();
         if let Some(event) = events
             .iter()
             .find(|e| e.change.kind == ChangeKind::ReferenceProfileAttached)
@@ -258,6 +258,15 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // No broker: the in-process bus drains the outbox into the store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while registry.pending_count().await.unwrap() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outbox was not drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = stop.send(());
     server.await.unwrap();
     assert_eq!(attached["subject"], "churn/1");
@@ -286,7 +295,7 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
     // Every change in the outbox, in order, as its CloudEvent (the
     // attachment, made in the background, aside).
     let events: Vec<registry::events::RegistryEvent> = registry
-        .pending_events(1_000)
+        .recent_events(1_000)
         .await
         .unwrap()
         .into_iter()
@@ -340,10 +349,35 @@ async fn the_mlflow_client_registers_versions_and_moves_aliases_and_every_change
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids.len(), documents.len(), "event ids are unique");
+
+    // The lifecycle events went into the store's version events (what the
+    // pages and API show).
+    let recorded: Vec<(store::VersionEventKind, String, String)> = store
+        .version_events("churn", 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind != store::VersionEventKind::ReferenceAttached)
+        .map(|e| (e.kind, e.model_version, e.alias))
+        .collect();
+    use store::VersionEventKind::{AliasDeleted, AliasSet, Registered};
+    let owned = |kind, version: &str, alias: &str| (kind, version.to_owned(), alias.to_owned());
+    assert_eq!(
+        recorded,
+        [
+            owned(Registered, "1", ""),
+            owned(Registered, "2", ""),
+            owned(AliasSet, "1", "champion"),
+            owned(AliasSet, "2", "challenger"),
+            owned(AliasSet, "2", "champion"),
+            owned(AliasDeleted, "", "challenger"),
+        ]
+    );
     println!(
-        "the mlflow client made {} registry changes; {} events in the outbox",
+        "the mlflow client made {} registry changes; {} events in the outbox, {} lifecycle events in the store",
         expected.len(),
-        events.len()
+        events.len(),
+        recorded.len()
     );
 }
 
@@ -821,7 +855,7 @@ async fn mlflow_call(url: &str, method: &str, path: &str, body: Value) -> Value 
 async fn wait_for_events(registry: &registry::Registry, count: usize, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let found = registry.pending_events(1_000).await.unwrap().len();
+        let found = registry.recent_events(1_000).await.unwrap().len();
         if found >= count {
             assert_eq!(found, count, "{what}: more events than changes");
             return;
@@ -966,7 +1000,7 @@ async fn an_mlflow_servers_changes_are_bridged_by_webhooks_and_by_polling_into_t
         let registry = registry.clone();
         async move {
             registry
-                .pending_events(1_000)
+                .recent_events(1_000)
                 .await
                 .unwrap()
                 .into_iter()
@@ -1057,6 +1091,9 @@ async fn an_mlflow_servers_changes_are_bridged_by_webhooks_and_by_polling_into_t
 /// registry `tidewatch run` serves with `[http]`) gets its reference
 /// profile, and `tidewatch run` picks it up and compares that version's
 /// windows with it (the windows name the tag's source as their reference).
+/// Its lifecycle (registered, reference attached, promoted, replaced,
+/// rolled back) is recorded by `tidewatch run` from the registry topic,
+/// once, across a restart that reads the topic again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_its_windows_with() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -1181,8 +1218,6 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    stop_pipeline.send(()).unwrap();
-    pipeline.await.unwrap().unwrap();
     for window in &row {
         assert_eq!(window.key.model_version, "1");
         assert_eq!(
@@ -1191,9 +1226,95 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
             "the version's windows are compared with its tagged training data"
         );
     }
+
+    // Its lifecycle: v1 goes live, v2 is registered and replaces it;
+    // `tidewatch run` records each change from the registry topic.
+    let alias =
+        |version: &'static str| json!({"name": "churn", "alias": "champion", "version": version});
+    assert_eq!(
+        write(port, token, "registered-models/alias", alias("1")).await,
+        200
+    );
+    write(
+        port,
+        token,
+        "model-versions/create",
+        json!({"name": "churn", "source": "s3://models/churn/2", "run_id": "run-2"}),
+    )
+    .await;
+    assert_eq!(
+        write(port, token, "registered-models/alias", alias("2")).await,
+        200
+    );
+    let wait_for_events = async |count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = store.version_events("churn", 100).await.unwrap();
+            if events.len() >= count {
+                return events;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {count} version events recorded",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait_for_events(5).await;
+    stop_pipeline.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+
+    // A restart reads the topic from its beginning again; a rollback made
+    // after it is recorded once, and nothing before it twice.
+    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
+        assert!(std::time::Instant::now() < deadline, "no HTTP server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        write(port, token, "registered-models/alias", alias("1")).await,
+        200
+    );
+    let events = wait_for_events(6).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.version_events("churn", 100).await.unwrap(), events);
+    stop_pipeline.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+    let timeline = tidewatch::lifecycle::timeline(&events);
+    use tidewatch::lifecycle::EntryKind::*;
+    let entries: Vec<(tidewatch::lifecycle::EntryKind, &str)> = timeline
+        .entries
+        .iter()
+        .filter(|e| e.kind != AliasSet)
+        .map(|e| (e.kind, e.version.as_str()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (Registered, "1"),
+            (ReferenceAttached, "1"),
+            (Promoted, "1"),
+            (Registered, "2"),
+            (Promoted, "2"),
+            (Retired, "1"),
+            (Promoted, "1"),
+            (Retired, "2"),
+        ]
+    );
+    assert_eq!(timeline.versions[1].run_id.as_deref(), Some("run-2"));
+    assert_eq!(timeline.versions[0].live.len(), 2);
+    assert_eq!(
+        timeline.versions[0].reference_source.as_deref(),
+        Some(source.as_str())
+    );
     println!(
-        "churn v1 registered with its training data: {} window(s) compared with {source}",
-        row.len()
+        "churn v1 registered with its training data: {} window(s) compared with {source}; \
+         its lifecycle ({} registry events) recorded once across a restart",
+        row.len(),
+        events.len()
     );
 }
 

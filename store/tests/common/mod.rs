@@ -460,3 +460,72 @@ pub async fn range_fingerprints_round_trip(store: &Store) {
         None
     );
 }
+
+/// Version events: per model, oldest first by time then sequence, the
+/// newest `limit`, idempotent per (model, time, sequence).
+pub async fn version_events_round_trip(store: &Store) {
+    use store::{VersionEvent, VersionEventKind};
+    let event = |sequence: u64, time_ms: i64, kind, version: &str, alias: &str| VersionEvent {
+        model: "churn".into(),
+        model_version: version.into(),
+        kind,
+        alias: alias.into(),
+        time_ms,
+        sequence,
+        detail: format!(r#"{{"name":"churn","sequence":{sequence}}}"#),
+    };
+    let events = vec![
+        event(1, 1_767_225_600_123, VersionEventKind::Registered, "1", ""),
+        event(
+            2,
+            1_767_225_600_123,
+            VersionEventKind::AliasSet,
+            "1",
+            "champion",
+        ),
+        event(
+            4,
+            1_767_225_700_000,
+            VersionEventKind::ReferenceAttached,
+            "1",
+            "",
+        ),
+        event(
+            3,
+            1_767_225_650_001,
+            VersionEventKind::AliasDeleted,
+            "",
+            "champion",
+        ),
+    ];
+    store.write_version_events(events.clone()).await.unwrap();
+    // Recorded again (a consumer restarted): no change.
+    store
+        .write_version_events(events[..2].to_vec())
+        .await
+        .unwrap();
+    let mut other = event(1, 1_767_225_600_000, VersionEventKind::Registered, "7", "");
+    other.model = "fraud".into();
+    store
+        .write_version_events(vec![other.clone()])
+        .await
+        .unwrap();
+
+    let expected = vec![
+        events[0].clone(),
+        events[1].clone(),
+        events[3].clone(),
+        events[2].clone(),
+    ];
+    assert_eq!(store.version_events("churn", 100).await.unwrap(), expected);
+    assert_eq!(
+        store.version_events("churn", 2).await.unwrap(),
+        expected[2..].to_vec(),
+        "the newest two, oldest first"
+    );
+    assert_eq!(
+        store.version_events("fraud", 100).await.unwrap(),
+        vec![other]
+    );
+    assert!(store.version_events("none", 100).await.unwrap().is_empty());
+}

@@ -41,6 +41,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let registry = registry::Registry::open(&registry_path)
         .await
         .with_context(|| format!("opening the registry {}", registry_path.display()))?;
+    // No broker in the demo: the registry's outbox is the in-process bus,
+    // its lifecycle events recorded in the store for the pages.
+    let (stop_publisher, publisher_stopped) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(tidewatch::registry_bus::publish(
+        registry.clone(),
+        tidewatch::registry_bus::Sink::Store(outcome.store.clone()),
+        async {
+            let _ = publisher_stopped.await;
+        },
+    ));
     let mut state = tidewatch::demo::http_state(outcome.store);
     state.registry = Some(registry);
     state.token = std::env::var("TIDEWATCH_API_TOKEN")
@@ -58,5 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         super::shutdown_signal(),
     )
     .await?;
+    let _ = stop_publisher.send(());
+    let _ = publisher.await;
     Ok(())
 }

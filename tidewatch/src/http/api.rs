@@ -27,6 +27,7 @@ fn table() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
         ("/api/v1/models", get(models)),
         ("/api/v1/models/{model}/windows", get(windows)),
         ("/api/v1/models/{model}/metrics", get(metrics)),
+        ("/api/v1/models/{model}/timeline", get(timeline)),
         ("/api/v1/references", get(references)),
         (
             "/api/v1/references/{model}/{version}",
@@ -401,6 +402,97 @@ async fn windows(
     Ok(Json(serde_json::json!({
         "windows": page,
         "next_offset": next_offset,
+        "truncated": truncated,
+    })))
+}
+
+/// RFC 3339 with milliseconds (registry changes are ms apart).
+fn rfc3339_millis(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct LiveView {
+    from: String,
+    until: Option<String>,
+}
+
+#[derive(Serialize)]
+struct VersionLifeView {
+    version: String,
+    registered_at: Option<String>,
+    source: Option<String>,
+    run_id: Option<String>,
+    reference_attached_at: Option<String>,
+    reference_source: Option<String>,
+    aliases: Vec<String>,
+    live: Vec<LiveView>,
+}
+
+#[derive(Serialize)]
+struct TimelineEntryView {
+    time: String,
+    kind: crate::lifecycle::EntryKind,
+    version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    other_version: Option<String>,
+    detail: serde_json::Value,
+}
+
+/// The lifecycle of a model's versions from the registry's events: when
+/// each was registered, got its reference, went live and was retired.
+async fn timeline(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let events = state
+        .store
+        .version_events(&model, crate::lifecycle::TIMELINE_EVENTS + 1)
+        .await?;
+    let truncated = events.len() as u64 > crate::lifecycle::TIMELINE_EVENTS;
+    let shown = &events[usize::from(truncated)..];
+    let timeline = crate::lifecycle::timeline(shown);
+    let versions: Vec<VersionLifeView> = timeline
+        .versions
+        .into_iter()
+        .map(|life| VersionLifeView {
+            version: life.version,
+            registered_at: life.registered_ms.map(rfc3339_millis),
+            source: life.source,
+            run_id: life.run_id,
+            reference_attached_at: life.reference_attached_ms.map(rfc3339_millis),
+            reference_source: life.reference_source,
+            aliases: life.aliases,
+            live: life
+                .live
+                .into_iter()
+                .map(|period| LiveView {
+                    from: rfc3339_millis(period.from_ms),
+                    until: period.until_ms.map(rfc3339_millis),
+                })
+                .collect(),
+        })
+        .collect();
+    let entries: Vec<TimelineEntryView> = timeline
+        .entries
+        .into_iter()
+        .map(|entry| TimelineEntryView {
+            time: rfc3339_millis(entry.time_ms),
+            kind: entry.kind,
+            version: entry.version,
+            alias: entry.alias,
+            other_version: entry.other_version,
+            detail: entry.detail,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "model": model,
+        "versions": versions,
+        "events": entries,
         "truncated": truncated,
     })))
 }

@@ -7,7 +7,9 @@
 //! - `/models/{model}?version=&segment=&score=`: the drift heatmap (series ×
 //!   window, coloured by score / threshold), per series its score against
 //!   the threshold over time and its reference vs latest-window
-//!   distribution, quality and label coverage over time, and the alerts.
+//!   distribution, quality and label coverage over time, the versions'
+//!   lifecycle from the registry (registered, reference, live periods,
+//!   every alias change), and the alerts.
 
 use detectors::metrics::DriftTest;
 use std::collections::{BTreeMap, BTreeSet};
@@ -253,6 +255,8 @@ struct ModelView {
     /// Per quality metric its value in each window, then label coverage.
     quality: Option<QualityView>,
     alerts: Vec<store::AlertRecord>,
+    /// The registry's history of the model's versions.
+    timeline: crate::lifecycle::Timeline,
 }
 
 /// One series of a model page.
@@ -339,6 +343,7 @@ async fn model_page(
     body.push_str(&render_heatmap(&view));
     body.push_str(&render_series(&view, &mut charts));
     body.push_str(&render_quality(&view, &mut charts));
+    body.push_str(&render_versions(&view.timeline));
     body.push_str(&render_alerts(&view.alerts));
     let data = json!({"charts": charts.0});
     Ok(page(&view.model, &body, Some(&data)).into_response())
@@ -498,6 +503,11 @@ async fn load_model_view(
     });
 
     let alerts = state.store.alerts(Some(&model), 50).await?;
+    let events = state
+        .store
+        .version_events(&model, crate::lifecycle::TIMELINE_EVENTS)
+        .await?;
+    let timeline = crate::lifecycle::timeline(&events);
     Ok(Ok(ModelView {
         versions: mine.iter().map(|v| v.model_version.clone()).collect(),
         model,
@@ -508,6 +518,7 @@ async fn load_model_view(
         series,
         quality,
         alerts,
+        timeline,
     }))
 }
 
@@ -663,6 +674,92 @@ fn render_quality(view: &ModelView, charts: &mut Charts) -> String {
 }
 
 /// The model's latest alerts.
+/// The versions' lifecycle from the registry: when each was registered,
+/// got its reference, went live and was retired, then every change.
+fn render_versions(timeline: &crate::lifecycle::Timeline) -> String {
+    use crate::lifecycle::EntryKind;
+    let mut body = String::from("<h2>Versions</h2>");
+    if timeline.entries.is_empty() {
+        body.push_str("<p>No registry event for this model (register its versions in Tidewatch's registry, or bridge MLflow).</p>");
+        return body;
+    }
+    let optional = |value: Option<i64>| value.map(time).unwrap_or_else(|| "–".into());
+    body.push_str("<table class=\"list\" id=\"versions\"><thead><tr><th>Version</th><th>Registered (UTC)</th>\
+<th>Source</th><th>Run</th><th>Reference attached</th><th>Aliases</th><th>Live (UTC)</th></tr></thead><tbody>");
+    for life in &timeline.versions {
+        let live = life
+            .live
+            .iter()
+            .map(|period| {
+                format!(
+                    "{} → {}",
+                    time(period.from_ms),
+                    period.until_ms.map(time).unwrap_or_else(|| "now".into())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("<br>");
+        let _ = write!(
+            body,
+            "<tr><td>{v}</td><td>{r}</td><td><code>{src}</code></td><td><code>{run}</code></td>\
+<td>{refat}</td><td>{aliases}</td><td>{live}</td></tr>",
+            v = escape(&life.version),
+            r = optional(life.registered_ms),
+            src = escape(life.source.as_deref().unwrap_or("")),
+            run = escape(life.run_id.as_deref().unwrap_or("")),
+            refat = optional(life.reference_attached_ms),
+            aliases = escape(&life.aliases.join(", ")),
+            live = if live.is_empty() { "–".into() } else { live },
+        );
+    }
+    body.push_str("</tbody></table><details><summary>Every registry change</summary><table class=\"list\" id=\"timeline\"><thead><tr><th>Time (UTC)</th><th>Version</th><th>What</th></tr></thead><tbody>");
+    for entry in timeline.entries.iter().rev() {
+        let what = match (entry.kind, &entry.alias, &entry.other_version) {
+            (EntryKind::Registered, _, _) => "registered".to_owned(),
+            (EntryKind::ReferenceAttached, _, _) => "reference profile attached".to_owned(),
+            (EntryKind::AliasSet, Some(alias), Some(other)) => {
+                format!(
+                    "alias <b>{}</b> moved here from v{}",
+                    escape(alias),
+                    escape(other)
+                )
+            }
+            (EntryKind::AliasSet, alias, _) => {
+                format!(
+                    "alias <b>{}</b> set",
+                    escape(alias.as_deref().unwrap_or(""))
+                )
+            }
+            (EntryKind::AliasDeleted, alias, _) => {
+                format!(
+                    "alias <b>{}</b> deleted",
+                    escape(alias.as_deref().unwrap_or(""))
+                )
+            }
+            (EntryKind::Promoted, _, Some(other)) => {
+                format!("<b>promoted</b> to champion (replacing v{})", escape(other))
+            }
+            (EntryKind::Promoted, _, None) => "<b>promoted</b> to champion".to_owned(),
+            (EntryKind::Retired, _, Some(other)) => {
+                format!("<b>retired</b> (replaced by v{})", escape(other))
+            }
+            (EntryKind::Retired, _, None) => "<b>retired</b>".to_owned(),
+        };
+        let _ = write!(
+            body,
+            "<tr class=\"{kind}\"><td>{t}</td><td>{v}</td><td>{what}</td></tr>",
+            kind = serde_json::to_value(entry.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            t = time(entry.time_ms),
+            v = escape(&entry.version),
+        );
+    }
+    body.push_str("</tbody></table></details>");
+    body
+}
+
 fn render_alerts(alerts: &[store::AlertRecord]) -> String {
     let mut body = String::from("<h2>Alerts</h2>");
     if alerts.is_empty() {
