@@ -16,6 +16,7 @@
 //! once written, so the outbox stays bounded either way.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,34 +51,36 @@ pub async fn publish(
 ) -> u64 {
     tokio::pin!(shutdown);
     let mut changes = registry.subscribe();
-    let mut published = 0u64;
+    let published = AtomicU64::new(0);
     loop {
         let outcome = tokio::select! {
-            () = &mut shutdown => return published,
-            outcome = publish_pending(&registry, &sink) => outcome,
+            () = &mut shutdown => return published.into_inner(),
+            outcome = publish_pending(&registry, &sink, &published) => outcome,
         };
         let wait = match outcome {
             Ok(0) => POLL,
-            Ok(count) => {
-                published += count;
-                continue;
-            }
+            Ok(_) => continue,
             Err(error) => {
                 tracing::warn!(%error, "registry events not published yet; retrying");
                 RETRY_AFTER
             }
         };
         tokio::select! {
-            () = &mut shutdown => return published,
+            () = &mut shutdown => return published.into_inner(),
             _ = changes.changed() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-/// Publishes the pending events of one batch, in order; stops at the first
-/// failure. `Ok(n)`: `n` events published and marked.
-async fn publish_pending(registry: &Registry, sink: &Sink) -> Result<u64, String> {
+/// Publishes the pending events of one batch, in order, adding each one
+/// published and marked to `published`; stops at the first failure.
+/// `Ok(n)`: the whole batch, `n` events, published and marked.
+async fn publish_pending(
+    registry: &Registry,
+    sink: &Sink,
+    published: &AtomicU64,
+) -> Result<u64, String> {
     let events = registry
         .pending_events(BATCH)
         .await
@@ -102,10 +105,11 @@ async fn publish_pending(registry: &Registry, sink: &Sink) -> Result<u64, String
                 .mark_published(last)
                 .await
                 .map_err(|e| format!("marking events up to {last} published: {e}"))?;
+            published.fetch_add(events.len() as u64, Ordering::Relaxed);
             return Ok(events.len() as u64);
         }
     };
-    let mut published = 0;
+    let count = events.len() as u64;
     for event in events {
         let payload = event.cloud_event().to_string().into_bytes();
         let headers = vec![("content-type", CLOUDEVENTS_JSON.to_owned())];
@@ -125,22 +129,25 @@ async fn publish_pending(registry: &Registry, sink: &Sink) -> Result<u64, String
             .mark_published(event.sequence)
             .await
             .map_err(|e| format!("marking event {} published: {e}", event.sequence))?;
-        published += 1;
+        published.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(published)
+    Ok(count)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::pin::Pin;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
     use std::sync::Mutex;
 
-    /// A bus that fails while `down` is set and records what it took.
+    /// A bus that fails while `down` is set and records what it took; a
+    /// send of an event whose id is in `lose` (each entry once) is written
+    /// but answered with an error (an acknowledgement lost in flight).
     #[derive(Default)]
     struct FakeBus {
         down: AtomicBool,
+        lose: Mutex<Vec<String>>,
         sent: Mutex<Vec<(String, String, serde_json::Value)>>,
     }
 
@@ -156,11 +163,17 @@ mod tests {
                 if self.down.load(Ordering::SeqCst) {
                     return Err("broker down".into());
                 }
-                self.sent.lock().unwrap().push((
-                    topic.to_owned(),
-                    key.to_owned(),
-                    serde_json::from_slice(&payload).unwrap(),
-                ));
+                let document: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                let id = document["id"].as_str().unwrap().to_owned();
+                self.sent
+                    .lock()
+                    .unwrap()
+                    .push((topic.to_owned(), key.to_owned(), document));
+                let mut lose = self.lose.lock().unwrap();
+                if let Some(at) = lose.iter().position(|lost| *lost == id) {
+                    lose.remove(at);
+                    return Err("acknowledgement lost".into());
+                }
                 Ok(())
             })
         }
@@ -223,5 +236,68 @@ mod tests {
             sent[4].2["type"],
             "io.tidewatch.registry.model_version_alias.created"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_whose_acknowledgement_is_lost_is_sent_again_with_its_id_and_recorded_once() {
+        let registry = Registry::in_memory().unwrap();
+        let bus = Arc::new(FakeBus::default());
+        registry
+            .create_model("churn".into(), vec![], "".into())
+            .await
+            .unwrap();
+        registry
+            .create_version(registry::store::NewVersion {
+                name: "churn".into(),
+                source: "s3://m".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        registry
+            .set_alias("churn".into(), "champion".into(), "1".into())
+            .await
+            .unwrap();
+        // The version's event loses its answer twice.
+        *bus.lose.lock().unwrap() = vec!["2".into(), "2".into()];
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let publisher = tokio::spawn(publish(
+            registry.clone(),
+            Sink::Bus {
+                bus: bus.clone(),
+                topic: "registry-events".into(),
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        while registry.pending_count().await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.send(()).unwrap();
+        assert_eq!(publisher.await.unwrap(), 3);
+        assert_eq!(registry.pending_count().await.unwrap(), 0);
+        let sent = bus.sent.lock().unwrap().clone();
+        let ids: Vec<&str> = sent
+            .iter()
+            .map(|(_, _, e)| e["id"].as_str().unwrap())
+            .collect();
+        // Every event went out, the version's three times, always with
+        // its own id and in order.
+        assert_eq!(ids, ["1", "2", "2", "2", "3"]);
+
+        // What a consumer records of them: each lifecycle event once.
+        let store = store::Store::in_memory().unwrap();
+        let events: Vec<store::VersionEvent> = sent
+            .iter()
+            .filter_map(|(_, _, document)| {
+                registry::events::RegistryEvent::from_cloud_event(document)
+            })
+            .filter_map(|event| crate::lifecycle::version_event(&event))
+            .collect();
+        assert_eq!(events.len(), 4, "{events:?}");
+        store.write_version_events(events).await.unwrap();
+        let recorded = store.version_events("churn", 100).await.unwrap();
+        assert_eq!(recorded.len(), 2, "registered, champion: {recorded:?}");
     }
 }

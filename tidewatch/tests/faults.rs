@@ -39,6 +39,20 @@ use store::{clickhouse_store::ClickHouseStore, Store};
 use tidewatch::fixtures::DemoShape;
 
 /// GET `path` on 127.0.0.1:`port`: (status, body).
+/// `/api/v1/ready` once the service has had time to notice a recovery:
+/// asked every 500 ms for up to 20 s (broker health comes from librdkafka's
+/// statistics, every 5 s) until it answers 200; the last answer.
+fn ready_after_recovery(port: u16) -> Option<(u16, String)> {
+    let started = Instant::now();
+    loop {
+        let answer = http_get(port, "/api/v1/ready");
+        if matches!(answer, Some((200, _))) || started.elapsed() > Duration::from_secs(20) {
+            return answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -361,7 +375,7 @@ async fn clickhouse_down_for_a_minute_mid_stream() {
         .filter(|line| line.starts_with("tidewatch_store_failures_total{"))
         .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
         .sum();
-    let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
+    let ready_after = ready_after_recovery(port).map(|(status, _)| status);
     assert!(process.terminate());
     println!(
         "clickhouse down: {events} events; ClickHouse cut for 60 s while consuming; the process \
@@ -741,7 +755,7 @@ async fn broker_gone_for_30_seconds() {
     assert!(producer.wait().unwrap().success());
     wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
-    let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
+    let ready_after = ready_after_recovery(port).map(|(status, _)| status);
     let text = std::fs::read_to_string(&log).unwrap();
     let errors = text.lines().filter(|line| line.contains("ERROR")).count();
     let peak = process.peak_rss_kib();
@@ -837,7 +851,8 @@ async fn broker_back_empty_with_the_topic_recreated() {
     wait_for_metrics(&store, &expected, Duration::from_secs(240), false).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let recreated = metric(port, "tidewatch_partitions_recreated_total");
-    let ready_after = http_get(port, "/api/v1/ready").map(|(status, _)| status);
+    let ready_answer = ready_after_recovery(port);
+    let ready_after = ready_answer.as_ref().map(|(status, _)| *status);
     let peak = process.peak_rss_kib();
     assert!(process.terminate());
     drop(broker);
@@ -860,7 +875,7 @@ async fn broker_back_empty_with_the_topic_recreated() {
         down.iter().any(|(_, status)| *status == Some(503)),
         "/ready must say not ready while the broker is away: {down:?}"
     );
-    assert_eq!(ready_after, Some(200));
+    assert_eq!(ready_after, Some(200), "{ready_answer:?}");
 }
 
 /// Failed attempts of the store operation `operation` in `telemetry`.
