@@ -38,9 +38,8 @@ use detectors::spec::Task;
 use serde::Deserialize;
 
 use crate::features::InputLayout;
-use crate::linear::LinearModel;
+use crate::load::{FileRuntime, LoadContext, LoadError};
 use crate::model::{Runtime, ServedModel, ServedVersion};
-use crate::onnx::OnnxModel;
 use crate::outputs::OutputMapping;
 use crate::proxy::Proxy;
 use crate::routes::{Aliases, ChallengerMode, RouteTable};
@@ -411,14 +410,6 @@ fn read_model(base: &Path, path: &Path, key: &str) -> Result<(PathBuf, Vec<u8>),
     Ok((path, bytes))
 }
 
-/// The output of a `tidewatch.linear.v1` model holding its prediction.
-fn linear_label(task: Task) -> &'static str {
-    match task {
-        Task::Classification => crate::linear::LABEL_OUTPUT,
-        Task::Regression => crate::linear::PREDICTION_OUTPUT,
-    }
-}
-
 fn default_upstream_in_flight() -> usize {
     64
 }
@@ -481,6 +472,7 @@ impl std::fmt::Debug for ServingSettings {
                 &self
                     .routes
                     .models()
+                    .iter()
                     .map(|m| m.name.clone())
                     .collect::<Vec<_>>(),
             )
@@ -667,23 +659,24 @@ impl RawServing {
         let mut served = Vec::with_capacity(self.models.len());
         let mut policies = Vec::with_capacity(self.models.len());
         for (index, model) in self.models.into_iter().enumerate() {
-            let (model, aliases, policy) = model.validate(
+            let (model, aliases, policy, context) = model.validate(
                 &format!("models[{index}]"),
                 monitored,
                 self.request_timeout,
                 base,
             )?;
-            policies.push((model.name.clone(), policy));
+            policies.push((model.name.clone(), policy, context));
             served.push((model, aliases));
         }
         let routes = RouteTable::new(served).map_err(|e| invalid("models", e.to_string()))?;
-        for (model, policy) in policies {
+        for (model, policy, context) in policies {
             routes
                 .set_challenger_policy(&model, policy)
+                .and_then(|()| routes.set_loader(&model, context))
                 .map_err(|e| invalid("models", e.to_string()))?;
         }
         let registry = self.registry.map(|raw| raw.validate()).transpose()?;
-        if registry.is_some() && routes.models().next().is_none() {
+        if registry.is_some() && routes.models().is_empty() {
             return Err(invalid(
                 "registry",
                 "routes follow the registry only for [[serving.models]]; none is configured",
@@ -848,7 +841,7 @@ impl RawServedModel {
         monitored: &BTreeMap<String, MonitoredModel>,
         timeout: Duration,
         base: &Path,
-    ) -> Result<(ServedModel, Aliases, ChallengerMode), InvalidSetting> {
+    ) -> Result<(ServedModel, Aliases, ChallengerMode, LoadContext), InvalidSetting> {
         let spec = monitored.get(&self.name).ok_or_else(|| {
             invalid(
                 format!("{at}.name"),
@@ -867,79 +860,54 @@ impl RawServedModel {
                 "a regression model has no class probabilities or classes",
             ));
         }
+        let context = LoadContext {
+            model: self.name.clone(),
+            features: spec.features.clone(),
+            task: spec.task,
+            probabilities_output: self.probabilities_output.clone(),
+            label_output: self.label_output.clone(),
+            classes: self.classes.clone(),
+        };
         let mut versions = BTreeMap::new();
         for (index, version) in self.versions.into_iter().enumerate() {
             let key = format!("{at}.versions[{index}]");
-            let (name, runtime) = match version {
+            let (name, served) = match version {
                 RawVersion::Linear { version, path } => {
-                    let (path, text) = read_model(base, &path, &key)?;
-                    let linear = LinearModel::from_json(&text).map_err(|e| {
-                        invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
-                    })?;
-                    if linear.task() != spec.task {
-                        return Err(invalid(
-                            format!("{key}.path"),
-                            format!(
-                                "a {:?} model, the [[models]] entry is {:?}",
-                                linear.task(),
-                                spec.task
-                            ),
-                        ));
-                    }
-                    if let Some(missing) = linear
-                        .features()
-                        .iter()
-                        .find(|f| !spec.features.contains(f))
-                    {
-                        return Err(invalid(
-                            format!("{key}.path"),
-                            format!(
-                                "the model reads `{missing}`, not a feature of `{}`",
-                                self.name
-                            ),
-                        ));
-                    }
-                    (version, Runtime::Linear(linear))
+                    let (path, bytes) = read_model(base, &path, &key)?;
+                    let served = context
+                        .load(FileRuntime::Linear, &bytes, None)
+                        .map_err(|e| {
+                            invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
+                        })?;
+                    (version, served)
                 }
                 RawVersion::Onnx {
                     version,
                     path,
                     features,
                 } => {
-                    let (path, bytes) = read_model(base, &path, &key)?;
-                    let features = features.unwrap_or_else(|| spec.features.clone());
-                    if let Some(missing) = features.iter().find(|f| !spec.features.contains(f)) {
+                    if let Some(missing) = features
+                        .iter()
+                        .flatten()
+                        .find(|f| !spec.features.contains(f))
+                    {
                         return Err(invalid(
                             format!("{key}.features"),
                             format!("`{missing}` is not a feature of `{}`", self.name),
                         ));
                     }
-                    let onnx = OnnxModel::from_bytes(&bytes, features).map_err(|e| {
-                        invalid(format!("{key}.path"), format!("{}: {e}", path.display()))
-                    })?;
-                    let is_classifier = !onnx.classes().is_empty();
-                    if is_classifier != (spec.task == Task::Classification) {
-                        return Err(invalid(
-                            format!("{key}.path"),
-                            format!(
-                                "{}: {} a classifier, the [[models]] entry is {:?}",
-                                path.display(),
-                                if is_classifier { "is" } else { "is not" },
-                                spec.task
-                            ),
-                        ));
-                    }
-                    if !self.classes.is_empty() && self.classes.len() != onnx.classes().len() {
-                        return Err(invalid(
-                            format!("{at}.classes"),
-                            format!(
-                                "{} classes, the ONNX model of version `{version}` has {}",
-                                self.classes.len(),
-                                onnx.classes().len()
-                            ),
-                        ));
-                    }
-                    (version, Runtime::Onnx(onnx))
+                    let (path, bytes) = read_model(base, &path, &key)?;
+                    let served =
+                        context
+                            .load(FileRuntime::Onnx, &bytes, features)
+                            .map_err(|e| {
+                                let key = match e {
+                                    LoadError::ClassCount { .. } => format!("{at}.classes"),
+                                    LoadError::Model(_) => format!("{key}.path"),
+                                };
+                                invalid(key, format!("{}: {e}", path.display()))
+                            })?;
+                    (version, served)
                 }
                 RawVersion::Proxy {
                     version,
@@ -958,42 +926,14 @@ impl RawServedModel {
                         max_in_flight,
                     )
                     .map_err(|e| invalid(format!("{key}.url"), e))?;
-                    (version, Runtime::Proxy(proxy))
+                    let runtime = Runtime::Proxy(proxy);
+                    let outputs = context.outputs(&runtime);
+                    (version, ServedVersion { runtime, outputs })
                 }
             };
             if name.trim().is_empty() {
                 return Err(invalid(format!("{key}.version"), "must not be empty"));
             }
-            // In-process runtimes name their outputs; upstream ones are
-            // read as configured (or recognised by shape).
-            let outputs = match &runtime {
-                Runtime::Linear(linear) => OutputMapping {
-                    task: spec.task,
-                    probabilities: (spec.task == Task::Classification)
-                        .then(|| "probabilities".to_owned()),
-                    label: Some(linear_label(spec.task).to_owned()),
-                    classes: linear.classes().to_vec(),
-                },
-                // Outputs as configured, else recognised by shape; class
-                // names as configured, else the model's own.
-                Runtime::Onnx(onnx) => OutputMapping {
-                    task: spec.task,
-                    probabilities: self.probabilities_output.clone(),
-                    label: self.label_output.clone(),
-                    classes: if self.classes.is_empty() {
-                        onnx.classes().to_vec()
-                    } else {
-                        self.classes.clone()
-                    },
-                },
-                Runtime::Proxy(_) => OutputMapping {
-                    task: spec.task,
-                    probabilities: self.probabilities_output.clone(),
-                    label: self.label_output.clone(),
-                    classes: self.classes.clone(),
-                },
-            };
-            let served = ServedVersion { runtime, outputs };
             if versions.insert(name.clone(), Arc::new(served)).is_some() {
                 return Err(invalid(
                     format!("{key}.version"),
@@ -1037,13 +977,14 @@ impl RawServedModel {
             champion: self.champion,
             challenger,
         };
-        Ok((model, aliases, policy))
+        Ok((model, aliases, policy, context))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linear::LinearModel;
 
     fn monitored() -> BTreeMap<String, MonitoredModel> {
         let gw = |task| MonitoredModel {

@@ -15,7 +15,10 @@
 //! `challenger` a challenger taking part as the model's challenger policy
 //! says (`challenger_mode`, `canary_share`), `shadow` a shadow challenger;
 //! other aliases do not route. An alias naming a version the gateway does
-//! not serve is refused (logged and counted); the route stays as it was.
+//! not serve yet is loaded first from the version's `source` in the
+//! registry (`model-versions/get`; a local ONNX or `tidewatch.linear.v1`
+//! file, see [`crate::load`]), on the blocking pool; a version that cannot
+//! be loaded is refused (logged and counted) and the route stays as it was.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -99,21 +102,106 @@ pub fn apply_snapshot(
 }
 
 /// Applies one registry event (a CloudEvent document); `Ok(None)` when it
-/// does not move a route.
-pub fn apply_event(routes: &RouteTable, document: &Value) -> Result<Option<RouteUpdated>, Error> {
+/// does not move a route. A version it routes to is loaded first when the
+/// gateway does not serve it (see the module docs).
+pub async fn apply_event(
+    routes: &RouteTable,
+    url: &str,
+    document: &Value,
+) -> Result<Option<RouteUpdated>, Error> {
     let Some(event) = RegistryEvent::from_cloud_event(document) else {
         return Ok(None);
     };
     let alias = event.change.data["alias"].as_str().unwrap_or_default();
     match event.change.kind {
         ChangeKind::ModelVersionAliasCreated => {
-            routes.apply_alias(&event.change.model, alias, event.change.version.as_deref())
+            let version = event.change.version.as_deref();
+            if let (true, Some(version)) = (routes_traffic(alias), version) {
+                ensure_loaded(routes, url, &event.change.model, version).await?;
+            }
+            routes.apply_alias(&event.change.model, alias, version)
         }
         ChangeKind::ModelVersionAliasDeleted => {
             routes.apply_alias(&event.change.model, alias, None)
         }
         _ => Ok(None),
     }
+}
+
+/// Whether `alias` sends a version traffic.
+fn routes_traffic(alias: &str) -> bool {
+    [CHAMPION_ALIAS, CHALLENGER_ALIAS, SHADOW_ALIAS].contains(&alias)
+}
+
+/// A registered version's `source` and tags, read at `url`; `None` when the
+/// registry does not have it.
+pub async fn registry_version(
+    url: &str,
+    model: &str,
+    version: &str,
+) -> Result<Option<(String, Vec<(String, String)>)>, Error> {
+    let (status, answer) = registry::bridge::get_answer(
+        &registry::bridge::client(),
+        url,
+        "model-versions/get",
+        &[("name", model), ("version", version)],
+    )
+    .await
+    .map_err(|e| Error::Unreachable(e.to_string()))?;
+    if status == 404 && answer["error_code"] == "RESOURCE_DOES_NOT_EXIST" {
+        return Ok(None);
+    }
+    if !(200..300).contains(&status) {
+        return Err(Error::Upstream {
+            status,
+            message: answer["message"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    let version = &answer["model_version"];
+    let source = version["source"].as_str().unwrap_or_default().to_owned();
+    let tags = version["tags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|tag| {
+                    Some((
+                        tag["key"].as_str()?.to_owned(),
+                        tag["value"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Some((source, tags)))
+}
+
+/// Loads `version` of `model` from its registered `source` unless the
+/// gateway serves it already (or serves no such model: the alias is then
+/// ignored or refused by the route table).
+pub async fn ensure_loaded(
+    routes: &RouteTable,
+    url: &str,
+    model: &str,
+    version: &str,
+) -> Result<(), Error> {
+    if routes.serves(model, version) {
+        return Ok(());
+    }
+    let Some(context) = routes.loader(model) else {
+        return Ok(());
+    };
+    let (source, tags) = registry_version(url, model, version)
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "version {version} of `{model}` is not in the registry"
+            ))
+        })?;
+    let served = tokio::task::spawn_blocking(move || context.load_registered(&source, &tags))
+        .await
+        .map_err(|e| Error::Internal(format!("loading a model: {e}")))?
+        .map_err(|e| Error::InvalidSetting(format!("version {version} of `{model}`: {e}")))?;
+    routes.add_version(model, version, served)
 }
 
 /// Assigns `consumer` every partition of `topic` at its end offset.
@@ -219,7 +307,7 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    let models: Vec<String> = routes.models().map(|m| m.name.clone()).collect();
+    let models: Vec<String> = routes.models().iter().map(|m| m.name.clone()).collect();
     for model in &models {
         // The registry may start after the gateway: retry until it answers.
         loop {
@@ -229,6 +317,13 @@ pub async fn run(
             };
             match aliases {
                 Ok(Some(aliases)) => {
+                    for (alias, version) in &aliases {
+                        if routes_traffic(alias) {
+                            if let Err(error) = ensure_loaded(&routes, &url, model, version).await {
+                                tracing::warn!(%error, model, alias, version, "a version the registry routes to could not be loaded");
+                            }
+                        }
+                    }
                     for change in apply_snapshot(&routes, model, &aliases) {
                         report(change.map(Some), &producer, &route_topic, &telemetry).await;
                     }
@@ -263,7 +358,7 @@ pub async fn run(
                     continue;
                 };
                 report(
-                    apply_event(&routes, &document),
+                    apply_event(&routes, &url, &document).await,
                     &producer,
                     &route_topic,
                     &telemetry,

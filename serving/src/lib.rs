@@ -30,6 +30,10 @@
 //! - [`protocol`]: the protocol's messages.
 //! - [`config`]: `[serving]`, validated into a [`routes::RouteTable`] and
 //!   log settings.
+//! - [`load`]: model files into in-process runtimes, for configured
+//!   versions and for versions the registry names by their `source`.
+//! - [`follow`]: routes that follow the registry's aliases, loading the
+//!   versions it names.
 //! - [`telemetry`]: `tidewatch_serving_*` Prometheus metrics.
 //!
 //! Errors are one [`Error`] enum; each variant gives the HTTP status the
@@ -41,6 +45,7 @@ pub mod follow;
 pub mod gateway;
 pub mod kserve;
 pub mod linear;
+pub mod load;
 pub mod log;
 pub mod model;
 pub mod onnx;

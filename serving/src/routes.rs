@@ -12,15 +12,20 @@
 //!
 //! The table is replaced at run time with [`RouteTable::set_aliases`] (the
 //! registry moves aliases); every change returns a [`RouteUpdated`] for the
-//! caller to publish as `io.tidewatch.serving.route.updated`. Readers take
-//! a snapshot (`Arc`) per request, so a change never tears a request.
+//! caller to publish as `io.tidewatch.serving.route.updated`. Versions the
+//! registry names are added with [`RouteTable::add_version`] (at most
+//! [`MAX_ADDED_VERSIONS`] per model: the oldest added that no alias routes
+//! to makes room, and when every one is routed the new one is refused).
+//! Readers take a snapshot (`Arc`) per request, so a change never tears a
+//! request.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::Serialize;
 
-use crate::model::ServedModel;
+use crate::load::LoadContext;
+use crate::model::{ServedModel, ServedVersion};
 use crate::Error;
 
 /// CloudEvents type of a route change.
@@ -102,12 +107,20 @@ impl RouteUpdated {
 }
 
 struct Route {
-    model: Arc<ServedModel>,
+    /// Taken before `aliases` wherever both are.
+    model: RwLock<Arc<ServedModel>>,
     aliases: RwLock<Arc<Aliases>>,
     /// How a challenger named by the registry's `challenger` alias takes
     /// part.
     challenger_policy: RwLock<ChallengerMode>,
+    /// How a version the registry names is loaded (configured models).
+    loader: RwLock<Option<LoadContext>>,
+    /// Versions added at run time, oldest first.
+    added: Mutex<VecDeque<String>>,
 }
+
+/// Versions of one model added at run time (from the registry) at most.
+pub const MAX_ADDED_VERSIONS: usize = 8;
 
 /// The registry aliases that route: the rest (`staging`, `candidate`, …)
 /// name versions without sending them traffic.
@@ -134,9 +147,11 @@ impl RouteTable {
                 .as_ref()
                 .map_or(ChallengerMode::Shadow, |(_, mode)| *mode);
             let route = Route {
-                model: Arc::new(model),
+                model: RwLock::new(Arc::new(model)),
                 aliases: RwLock::new(Arc::new(aliases)),
                 challenger_policy: RwLock::new(policy),
+                loader: RwLock::new(None),
+                added: Mutex::new(VecDeque::new()),
             };
             if routes.insert(name.clone(), route).is_some() {
                 return Err(Error::InvalidSetting(format!(
@@ -147,33 +162,123 @@ impl RouteTable {
         Ok(Self { routes })
     }
 
-    /// The served models' names.
-    pub fn models(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
-        self.routes.values().map(|route| &route.model)
+    /// The served models, as they are now.
+    pub fn models(&self) -> Vec<Arc<ServedModel>> {
+        self.routes
+            .values()
+            .map(|route| {
+                route
+                    .model
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+            .collect()
+    }
+
+    fn route(&self, name: &str) -> Result<&Route, Error> {
+        self.routes
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no model named `{name}`")))
     }
 
     /// Model `name` and its aliases now.
     pub fn get(&self, name: &str) -> Result<(Arc<ServedModel>, Arc<Aliases>), Error> {
-        let route = self
-            .routes
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("no model named `{name}`")))?;
+        let route = self.route(name)?;
+        let model = route
+            .model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let aliases = route
             .aliases
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Ok((route.model.clone(), aliases))
+        Ok((model, aliases))
+    }
+
+    /// Sets how versions of `model` the registry names are loaded.
+    pub fn set_loader(&self, model: &str, context: LoadContext) -> Result<(), Error> {
+        *self
+            .route(model)?
+            .loader
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(context);
+        Ok(())
+    }
+
+    /// How versions of `model` the registry names are loaded, if it is
+    /// served and configured with a loader.
+    pub fn loader(&self, model: &str) -> Option<LoadContext> {
+        self.routes
+            .get(model)?
+            .loader
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether `model` is served with `version`.
+    pub fn serves(&self, model: &str, version: &str) -> bool {
+        self.get(model)
+            .is_ok_and(|(model, _)| model.versions.contains_key(version))
+    }
+
+    /// Adds `version` of `model` (loaded from the registry); see the
+    /// module docs for the bound. A version already served stays as it is.
+    pub fn add_version(
+        &self,
+        model: &str,
+        version: &str,
+        served: ServedVersion,
+    ) -> Result<(), Error> {
+        let route = self.route(model)?;
+        let mut added = route.added.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = route.model.write().unwrap_or_else(|e| e.into_inner());
+        if current.versions.contains_key(version) {
+            return Ok(());
+        }
+        let aliases = route
+            .aliases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let routed = |candidate: &str| {
+            aliases.champion == candidate
+                || aliases
+                    .challenger
+                    .as_ref()
+                    .is_some_and(|(challenger, _)| challenger == candidate)
+        };
+        let mut versions = current.versions.clone();
+        while added.len() >= MAX_ADDED_VERSIONS {
+            let Some(at) = added.iter().position(|old| !routed(old)) else {
+                return Err(Error::Overloaded(format!(
+                    "model `{model}` already serves {MAX_ADDED_VERSIONS} versions from the registry, all routed"
+                )));
+            };
+            let evicted = added.remove(at).expect("a position in the queue");
+            versions.remove(&evicted);
+            tracing::info!(model, version = %evicted, "an unrouted version from the registry unloaded to make room");
+        }
+        versions.insert(version.to_owned(), Arc::new(served));
+        added.push_back(version.to_owned());
+        *current = Arc::new(ServedModel {
+            name: current.name.clone(),
+            features: current.features.clone(),
+            layout: current.layout.clone(),
+            versions,
+        });
+        tracing::info!(model, version, "version loaded from the registry");
+        Ok(())
     }
 
     /// Sets how a challenger named by the `challenger` alias takes part in
     /// `model`'s traffic (default: as the configured challenger, else in
     /// shadow).
     pub fn set_challenger_policy(&self, model: &str, mode: ChallengerMode) -> Result<(), Error> {
-        let route = self
-            .routes
-            .get(model)
-            .ok_or_else(|| Error::NotFound(format!("no model named `{model}`")))?;
+        let route = self.route(model)?;
         *route
             .challenger_policy
             .write()
@@ -253,11 +358,11 @@ impl RouteTable {
 
     /// Moves the aliases of `model`; the change to publish.
     pub fn set_aliases(&self, model: &str, aliases: Aliases) -> Result<RouteUpdated, Error> {
-        let route = self
-            .routes
-            .get(model)
-            .ok_or_else(|| Error::NotFound(format!("no model named `{model}`")))?;
-        check(&route.model, &aliases)?;
+        let route = self.route(model)?;
+        // Held until the aliases are set: no version is unloaded between
+        // the check and the change.
+        let served = route.model.read().unwrap_or_else(|e| e.into_inner());
+        check(&served, &aliases)?;
         let mut current = route.aliases.write().unwrap_or_else(|e| e.into_inner());
         let previous_champion = current.champion.clone();
         let update = RouteUpdated {
@@ -476,5 +581,80 @@ mod tests {
                 shadow: Some("2".into())
             }
         );
+    }
+
+    fn regression(coefficient: f64) -> ServedVersion {
+        use crate::linear::LinearModel;
+        use crate::model::Runtime;
+        use crate::outputs::OutputMapping;
+        ServedVersion {
+            runtime: Runtime::Linear(
+                LinearModel::regression(vec!["a".into()], vec![coefficient], 0.0).unwrap(),
+            ),
+            outputs: OutputMapping {
+                task: detectors::spec::Task::Regression,
+                probabilities: None,
+                label: Some("prediction".into()),
+                classes: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn versions_added_at_run_time_are_bounded_and_routed_ones_stay() {
+        let table = table();
+        let (before, _) = table.get("m").unwrap();
+        table.add_version("m", "10", regression(2.0)).unwrap();
+        assert!(table.serves("m", "10"));
+        assert!(
+            !before.versions.contains_key("10"),
+            "snapshots do not change"
+        );
+        table
+            .apply_alias("m", "champion", Some("10"))
+            .unwrap()
+            .unwrap();
+        table
+            .apply_alias("m", "shadow", Some("3"))
+            .unwrap()
+            .unwrap();
+        // Fill the bound: the oldest unrouted added versions make room,
+        // the champion (10) stays.
+        for version in 11..11 + MAX_ADDED_VERSIONS {
+            table
+                .add_version("m", &version.to_string(), regression(1.0))
+                .unwrap();
+        }
+        assert!(table.serves("m", "10"), "routed: kept");
+        assert!(!table.serves("m", "11"), "the oldest unrouted one left");
+        assert!(
+            table.serves("m", "1") && table.serves("m", "3"),
+            "configured ones stay"
+        );
+        let added = (10..11 + MAX_ADDED_VERSIONS)
+            .filter(|v| table.serves("m", &v.to_string()))
+            .count();
+        assert_eq!(added, MAX_ADDED_VERSIONS);
+        // Adding a served version changes nothing.
+        table.add_version("m", "10", regression(5.0)).unwrap();
+        let (model, _) = table.get("m").unwrap();
+        assert_eq!(model.versions.len(), 3 + MAX_ADDED_VERSIONS);
+
+        // A model not served takes no version.
+        let table = RouteTable::new(vec![]).unwrap();
+        assert!(matches!(
+            table.add_version("m", "1", regression(1.0)),
+            Err(Error::NotFound(_))
+        ));
+        let table = self::table();
+        for version in 0..MAX_ADDED_VERSIONS {
+            let version = format!("r{version}");
+            table.add_version("m", &version, regression(1.0)).unwrap();
+            let alias = if version == "r0" { "champion" } else { "other" };
+            table.apply_alias("m", alias, Some(&version)).unwrap();
+        }
+        // Only r0 routes; the others are unrouted and make room in turn.
+        table.add_version("m", "next", regression(1.0)).unwrap();
+        assert!(table.serves("m", "r0") && !table.serves("m", "r1"));
     }
 }

@@ -574,8 +574,10 @@ async fn registry_events_wait_out_a_broker_outage_and_a_restart_and_arrive_once_
 
 /// The registry and a gateway following it: moving `challenger` and
 /// `champion` in the registry moves the gateway's routes within seconds,
-/// each change is published as `io.tidewatch.serving.route.updated`, and an
-/// alias naming a version the gateway does not serve is refused.
+/// each change is published as `io.tidewatch.serving.route.updated`, a
+/// version the gateway was not configured with is loaded from its
+/// registered source, and an alias naming a version whose source cannot be
+/// loaded is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_following_the_registry_routes_by_its_aliases() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -589,7 +591,7 @@ async fn a_gateway_following_the_registry_routes_by_its_aliases() {
         scenario.token_env.clone(),
         TOKEN,
     );
-    for (version, weight) in [("1", 0.5), ("2", -0.5)] {
+    for (version, weight) in [("1", 0.5), ("2", -0.5), ("4", 3.0)] {
         let model = serving::linear::LinearModel::classifier(
             vec!["usage".into()],
             vec!["no".into(), "yes".into()],
@@ -630,7 +632,8 @@ versions = [
         &format!("topic = \"{registry_topic}\""),
     );
 
-    // The registry: churn with versions 1–3, champion → 1.
+    // The registry: churn with versions 1–4 (3's file does not exist; 4 is
+    // not in the gateway's configuration), champion → 1.
     let (stop_http, http) = start(&config).await;
     write(
         http_port,
@@ -639,12 +642,12 @@ versions = [
         json!({"name": "churn"}),
     )
     .await;
-    for i in 1..=3 {
+    for i in 1..=4 {
         write(
             http_port,
             token,
             "model-versions/create",
-            json!({"name": "churn", "source": format!("{}/v{i}.json", directory.display())}),
+            json!({"name": "churn", "source": format!("file://{}/v{i}.json", directory.display())}),
         )
         .await;
     }
@@ -715,7 +718,8 @@ versions = [
     )
     .await;
     wait_for("2").await;
-    // Version 3 is registered but not served: refused, the route stays.
+    // Version 3 is registered but its file cannot be loaded: refused, the
+    // route stays.
     write(
         http_port,
         token,
@@ -725,6 +729,16 @@ versions = [
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     wait_for("2").await;
+    // Version 4 is not configured: loaded from its registered source, then
+    // it answers.
+    write(
+        http_port,
+        token,
+        "registered-models/alias",
+        alias("champion", "4"),
+    )
+    .await;
+    wait_for("4").await;
 
     let _ = gateway.stop.send(());
     let telemetry = gateway.handle.await.unwrap().unwrap();
@@ -744,16 +758,16 @@ versions = [
     consumer.subscribe(&[&route_topic]).unwrap();
     let mut updates = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while updates.len() < 2 && std::time::Instant::now() < deadline {
+    while updates.len() < 3 && std::time::Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             updates.push(serde_json::from_slice::<Value>(message.payload().unwrap()).unwrap());
         }
     }
     assert!(
         consumer.poll(Duration::from_secs(2)).is_none(),
-        "two route changes only"
+        "three route changes only"
     );
-    assert_eq!(updates.len(), 2, "{updates:?}");
+    assert_eq!(updates.len(), 3, "{updates:?}");
     for update in &updates {
         assert_eq!(update["type"], "io.tidewatch.serving.route.updated");
         assert_eq!(update["specversion"], "1.0");
@@ -768,7 +782,9 @@ versions = [
         Value::Null,
         "promoted: no challenger left"
     );
-    println!("the gateway followed the registry: challenger → 2, champion → 2 (promoted), champion → 3 refused");
+    assert_eq!(updates[2]["data"]["champion"], "4");
+    assert_eq!(updates[2]["data"]["previous_champion"], "2");
+    println!("the gateway followed the registry: challenger → 2, champion → 2 (promoted), champion → 3 refused (no file), champion → 4 loaded from its registered source");
 }
 
 /// A real `mlflow server` (SQLite backend) on 127.0.0.1, stopped on drop.
