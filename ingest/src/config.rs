@@ -114,6 +114,30 @@ pub struct RawWindows {
     /// ahead are dead-lettered (they would make later events late).
     #[serde(default = "default_max_future_skew", with = "humantime_serde")]
     pub max_future_skew: Duration,
+    /// Share of prediction ids whose predictions (every version) and labels
+    /// are kept as the training sample, in [0, 1] (0: none).
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: f64,
+    /// Sampled predictions (and labels) kept per range at most; more are
+    /// counted and not kept.
+    #[serde(default = "default_max_samples_per_range")]
+    pub max_samples_per_range: usize,
+    /// How long the training sample is kept (by window start; labels by
+    /// their time).
+    #[serde(default = "default_sample_retention", with = "humantime_serde")]
+    pub sample_retention: Duration,
+}
+
+fn default_sample_rate() -> f64 {
+    defaults::SAMPLE_RATE
+}
+
+fn default_max_samples_per_range() -> usize {
+    defaults::MAX_SAMPLES_PER_RANGE
+}
+
+fn default_sample_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 
 fn default_max_future_skew() -> Duration {
@@ -159,6 +183,9 @@ impl Default for RawWindows {
             join_window: default_join_window(),
             max_pending_predictions: default_max_pending_predictions(),
             max_future_skew: default_max_future_skew(),
+            sample_rate: default_sample_rate(),
+            max_samples_per_range: default_max_samples_per_range(),
+            sample_retention: default_sample_retention(),
         }
     }
 }
@@ -334,6 +361,7 @@ pub struct WindowSettings {
     engine: EngineSettings,
     checkpoint_interval: Duration,
     idle_close_after: Option<Duration>,
+    sample_retention: Duration,
 }
 
 impl WindowSettings {
@@ -350,6 +378,11 @@ impl WindowSettings {
     /// Close every window when no event arrived for this long (`None`: never).
     pub fn idle_close_after(&self) -> Option<Duration> {
         self.idle_close_after
+    }
+
+    /// How long the training sample is kept.
+    pub fn sample_retention(&self) -> Duration {
+        self.sample_retention
     }
 }
 
@@ -369,14 +402,22 @@ impl RawWindows {
         if self.checkpoint_interval.is_zero() {
             return Err(invalid("checkpoint_interval", "must be positive"));
         }
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Err(invalid("sample_rate", "must be in [0, 1]"));
+        }
+        if self.sample_retention < Duration::from_secs(3600) {
+            return Err(invalid("sample_retention", "must be at least 1h"));
+        }
         Ok(WindowSettings {
             engine: EngineSettings::new(window_size)
                 .with_allowed_lateness(self.allowed_lateness)
                 .with_range_size(range_size)
                 .with_max_groups(max_groups)
                 .with_join(self.join_window, self.max_pending_predictions)
-                .with_max_future_skew(self.max_future_skew),
+                .with_max_future_skew(self.max_future_skew)
+                .with_sample(self.sample_rate, self.max_samples_per_range),
             checkpoint_interval: self.checkpoint_interval,
+            sample_retention: self.sample_retention,
             idle_close_after: (!self.idle_close_after.is_zero()).then_some(self.idle_close_after),
         })
     }

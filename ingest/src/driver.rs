@@ -273,6 +273,13 @@ impl Driver {
             return Ok(Vec::new());
         }
         let store = &self.store;
+        if !checkpoint.samples.is_empty() || !checkpoint.labels.is_empty() {
+            let (samples, labels) = (&checkpoint.samples, &checkpoint.labels);
+            self.retry("samples", || async {
+                Ok(store.write_samples(samples.clone(), labels.clone()).await?)
+            })
+            .await?;
+        }
         let partials = &checkpoint.partials;
         self.retry("checkpoint", || async {
             Ok(store.write_partials(partials.clone()).await?)
@@ -289,6 +296,8 @@ impl Driver {
             counters.segment_overflow_events - self.synced.segment_overflow_events,
             counters.segment_values_displaced - self.synced.segment_values_displaced,
         );
+        self.telemetry
+            .sample_overflow(counters.sample_overflow - self.synced.sample_overflow);
         self.synced = counters.clone();
     }
 

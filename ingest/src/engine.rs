@@ -66,6 +66,12 @@ pub struct EngineSettings {
     /// every later valid event late, so it is refused as malformed (and
     /// dead-lettered with the reason).
     pub(crate) max_future_skew_ms: i64,
+    /// Sampled prediction ids: those whose hash is below this share of
+    /// 2⁶⁴ (see [`Engine`]'s docs on the training sample).
+    pub(crate) sample_threshold: u64,
+    /// Sampled rows (predictions and labels each) kept per range at most;
+    /// beyond, they are counted in `sample_overflow` and not kept.
+    pub(crate) max_samples_per_range: usize,
 }
 
 /// Defaults of `[windows]` (documented in README's configuration table).
@@ -78,10 +84,23 @@ pub(crate) mod defaults {
     pub const JOIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
     pub const MAX_PENDING_PREDICTIONS: usize = 1_000_000;
     pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
+    pub const SAMPLE_RATE: f64 = 0.1;
+    pub const MAX_SAMPLES_PER_RANGE: usize = 10_000;
 }
 
 /// Milliseconds of a duration, saturating (durations past `i64::MAX` ms are
 /// about 292 million years).
+/// The hash threshold keeping `rate` of all ids.
+fn sample_threshold(rate: f64) -> u64 {
+    if rate >= 1.0 {
+        u64::MAX
+    } else if rate > 0.0 {
+        (rate * 18_446_744_073_709_551_616.0) as u64
+    } else {
+        0
+    }
+}
+
 fn millis(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -97,7 +116,17 @@ impl EngineSettings {
             join_window_ms: millis(defaults::JOIN_WINDOW),
             max_pending_predictions: defaults::MAX_PENDING_PREDICTIONS,
             max_future_skew_ms: millis(defaults::MAX_FUTURE_SKEW),
+            sample_threshold: sample_threshold(defaults::SAMPLE_RATE),
+            max_samples_per_range: defaults::MAX_SAMPLES_PER_RANGE,
         }
+    }
+
+    /// The training sample: the share of prediction ids kept (clamped to
+    /// [0, 1]) and the rows kept per range at most.
+    pub fn with_sample(mut self, rate: f64, max_per_range: usize) -> Self {
+        self.sample_threshold = sample_threshold(rate);
+        self.max_samples_per_range = max_per_range;
+        self
     }
 
     /// How far behind the largest event time an event may arrive.
@@ -304,6 +333,73 @@ impl JoinBuffer {
     }
 }
 
+/// Whether prediction id `id` of `model` is in the training sample: its
+/// hash is below `threshold`. The hash is the join key's, so every version
+/// of a request and its label are sampled together.
+fn sampled(threshold: u64, model: &str, id: &str) -> bool {
+    threshold == u64::MAX || ((join_key(model, id) >> 64) as u64) < threshold
+}
+
+/// Whether prediction id `id` of `model` is in a training sample of
+/// `rate` (what the engine decides; for readers that must know).
+pub fn in_training_sample(rate: f64, model: &str, id: &str) -> bool {
+    sampled(sample_threshold(rate), model, id)
+}
+
+/// The sampled row of a prediction event.
+fn sampled_prediction(
+    event: &events::Event<'_>,
+    id: &str,
+    window_start: i64,
+) -> store::SampledPrediction {
+    let features: serde_json::Map<String, serde_json::Value> = event
+        .features
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                events::FeatureValue::Number(number) => serde_json::Number::from_f64(*number)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                events::FeatureValue::Text(text) => serde_json::Value::String(text.to_string()),
+                events::FeatureValue::Null => serde_json::Value::Null,
+            };
+            (name.to_string(), value)
+        })
+        .collect();
+    let prediction = event.prediction.as_ref();
+    store::SampledPrediction {
+        model: event.model.to_string(),
+        model_version: event.model_version.to_string(),
+        prediction_id: id.to_owned(),
+        window_start,
+        time_ms: event.timestamp_ms,
+        features: serde_json::Value::Object(features).to_string(),
+        score: prediction.and_then(|p| p.score),
+        class: prediction
+            .and_then(|p| p.predicted_class())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// The sampled row of an actual event.
+fn sampled_label(
+    event: &events::Event<'_>,
+    id: &str,
+    label: &events::Label<'_>,
+) -> store::SampledLabel {
+    let (text, value) = match label {
+        events::Label::Number(number) => (number.to_string(), Some(*number)),
+        events::Label::Class(class) => (class.to_string(), None),
+    };
+    store::SampledLabel {
+        model: event.model.to_string(),
+        prediction_id: id.to_owned(),
+        time_ms: event.timestamp_ms,
+        label: text,
+        value,
+    }
+}
+
 /// The start of the fixed range holding `offset`.
 pub fn range_start_of(offset: u64, range_size: u64) -> u64 {
     offset / range_size * range_size
@@ -349,6 +445,8 @@ pub struct EngineCounters {
     pub segment_overflow_events: u64,
     /// Admitted segment values displaced in a range (folded into `__other__`).
     pub segment_values_displaced: u64,
+    /// Sampled rows (predictions or labels) not kept: their range was full.
+    pub sample_overflow: u64,
 }
 
 #[derive(Debug)]
@@ -359,6 +457,12 @@ struct RangeState {
     aggregates: WindowAggregates,
     /// Read since the last checkpoint.
     dirty: bool,
+    /// Sampled rows not yet stored.
+    samples: Vec<store::SampledPrediction>,
+    labels: Vec<store::SampledLabel>,
+    /// Sampled rows kept in the range so far (stored ones included).
+    sampled_predictions: usize,
+    sampled_labels: usize,
 }
 
 #[derive(Debug)]
@@ -375,6 +479,9 @@ pub struct Checkpoint {
     pub partials: Vec<PartialSketch>,
     /// Per source, the next offset to commit once the partials are stored.
     pub commits: Vec<(String, u64)>,
+    /// Sampled predictions and labels for the training sample.
+    pub samples: Vec<store::SampledPrediction>,
+    pub labels: Vec<store::SampledLabel>,
 }
 
 /// The ingestion core. See the module docs.
@@ -471,6 +578,10 @@ impl Engine {
             next_offset: offset,
             aggregates: WindowAggregates::new(settings.max_groups),
             dirty: false,
+            samples: Vec::new(),
+            labels: Vec::new(),
+            sampled_predictions: 0,
+            sampled_labels: 0,
         });
         range.next_offset = range.next_offset.max(offset + 1);
         range.dirty = true;
@@ -504,6 +615,16 @@ impl Engine {
         if let (EventKind::Actual, Some(id), Some(label)) =
             (event.kind, &event.prediction_id, &event.label)
         {
+            if sampled(settings.sample_threshold, &event.model, id)
+                && self.catalog.model(&event.model).is_some()
+            {
+                if range.sampled_labels < settings.max_samples_per_range {
+                    range.sampled_labels += 1;
+                    range.labels.push(sampled_label(&event, id, label));
+                } else {
+                    self.counters.sample_overflow += 1;
+                }
+            }
             let pending = self.join.take(&event.model, id);
             if pending.is_empty() {
                 self.counters.unmatched_actuals += 1;
@@ -537,6 +658,18 @@ impl Engine {
         match recorded {
             Recorded::Added => {
                 self.counters.recorded += 1;
+                if let (EventKind::Prediction, Some(id)) = (event.kind, &event.prediction_id) {
+                    if sampled(settings.sample_threshold, &event.model, id) {
+                        if range.sampled_predictions < settings.max_samples_per_range {
+                            range.sampled_predictions += 1;
+                            range
+                                .samples
+                                .push(sampled_prediction(&event, id, window_start));
+                        } else {
+                            self.counters.sample_overflow += 1;
+                        }
+                    }
+                }
                 if let (Some(id), Some(pending)) = (
                     event.prediction_id.as_ref(),
                     range
@@ -590,6 +723,8 @@ impl Engine {
                 if !range.dirty {
                     continue;
                 }
+                checkpoint.samples.extend(range.samples.iter().cloned());
+                checkpoint.labels.extend(range.labels.iter().cloned());
                 for (key, sketch) in range.aggregates.snapshot(&self.catalog) {
                     checkpoint.partials.push(PartialSketch {
                         source: source.clone(),
@@ -615,6 +750,8 @@ impl Engine {
             state.sealed.clear();
             if let Some(range) = &mut state.current {
                 range.dirty = false;
+                range.samples.clear();
+                range.labels.clear();
             }
         }
     }
@@ -898,6 +1035,82 @@ mod tests {
 
     fn actual(id: &str, timestamp: i64, label: &str) -> Vec<u8> {
         format!(r#"{{"model":"c","model_version":"1","prediction_id":"{id}","timestamp":{timestamp},"label":"{label}"}}"#).into_bytes()
+    }
+
+    #[test]
+    fn the_training_sample_keeps_the_same_ids_for_every_version_and_their_labels() {
+        let versioned = |version: &str, id: &str| {
+            String::from_utf8(prediction(id, 100, 0.7))
+                .unwrap()
+                .replace(
+                    r#""model_version":"1""#,
+                    &format!(r#""model_version":"{version}""#),
+                )
+                .into_bytes()
+        };
+        let ids: Vec<String> = (0..400).map(|i| format!("req-{i}")).collect();
+        let run = |rate: f64, cap: usize| {
+            let mut engine = classifier(1_000);
+            // One range for the whole stream.
+            engine.settings = settings(10_000, 10_000, 1_000).with_sample(rate, cap);
+            let mut offset = 0;
+            for id in &ids {
+                for version in ["1", "2"] {
+                    engine.ingest(
+                        "p/0",
+                        offset,
+                        &versioned(version, id),
+                        EventKind::Prediction,
+                    );
+                    offset += 1;
+                }
+                engine.ingest("p/0", offset, &actual(id, 200, "yes"), EventKind::Actual);
+                offset += 1;
+            }
+            engine
+        };
+        let mut engine = run(0.25, 10_000);
+        let checkpoint = engine.checkpoint();
+        let by_version = |version: &str| -> Vec<&str> {
+            checkpoint
+                .samples
+                .iter()
+                .filter(|s| s.model_version == version)
+                .map(|s| s.prediction_id.as_str())
+                .collect()
+        };
+        let (one, two) = (by_version("1"), by_version("2"));
+        assert_eq!(one, two, "the same requests for both versions");
+        // About a quarter of 400 (binomial σ ≈ 8.7).
+        assert!((60..=140).contains(&one.len()), "{}", one.len());
+        let labelled: Vec<&str> = checkpoint
+            .labels
+            .iter()
+            .map(|l| l.prediction_id.as_str())
+            .collect();
+        assert_eq!(labelled, one, "their labels, and only theirs");
+        let first = &checkpoint.samples[0];
+        assert_eq!(first.features, r#"{"x":1.0}"#);
+        assert_eq!((first.score, first.class.as_str()), (Some(0.7), "yes"));
+        assert_eq!(first.window_start, 0);
+        assert_eq!(checkpoint.labels[0].label, "yes");
+
+        // Stored: not written again; the next range starts empty.
+        engine.checkpoint_stored();
+        assert!(engine.checkpoint().samples.is_empty());
+        // Read again from the start (a restart): the same rows.
+        let again = run(0.25, 10_000).checkpoint();
+        assert_eq!(again.samples, checkpoint.samples);
+        assert_eq!(again.labels, checkpoint.labels);
+
+        // Everything at rate 1, nothing at 0; the cap counts what it drops.
+        let all = run(1.0, 10_000).checkpoint();
+        assert_eq!((all.samples.len(), all.labels.len()), (800, 400));
+        assert!(run(0.0, 10_000).checkpoint().samples.is_empty());
+        let mut capped = run(1.0, 50);
+        let kept = capped.checkpoint();
+        assert_eq!((kept.samples.len(), kept.labels.len()), (50, 50));
+        assert_eq!(capped.counters().sample_overflow, 750 + 350);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | `tidewatch_partitions_recreated_total` | counter | partitions whose offsets were found reused, read as a new incarnation (see [`crate::incarnation`]) |
 //! | `tidewatch_segment_overflow_events_total` | counter | event segment values counted under `key=__other__` on arrival (the model admits no more values of the key in that window) |
 //! | `tidewatch_segment_values_folded_total` | counter | `stage` (`range`: an admitted value displaced in a range; `window`: a value a range admitted that the whole window does not), its segment folded into `key=__other__` |
+//! | `tidewatch_sample_overflow_total` | counter | sampled predictions and labels left out of the training sample: their offset range held `windows.max_samples_per_range` already |
 //! | `tidewatch_consumer_stalled` | gauge | 1 while the consumer has lag but has read nothing for `kafka.stall_after` |
 //!
 //! [`Health`] turns the same facts into readiness (`/api/v1/ready`): not
@@ -188,6 +189,7 @@ pub struct Telemetry {
     store_failures: Family<OperationLabel, Counter>,
     dead_letter_failures: Counter,
     segment_overflow_events: Counter,
+    sample_overflow: Counter,
     partitions_recreated: Counter,
     segment_values_folded: Family<StageLabel, Counter>,
     health: Health,
@@ -212,6 +214,7 @@ impl Default for Telemetry {
             store_failures: Family::default(),
             dead_letter_failures: Counter::default(),
             segment_overflow_events: Counter::default(),
+            sample_overflow: Counter::default(),
             partitions_recreated: Counter::default(),
             segment_values_folded: Family::default(),
             health: Health::default(),
@@ -284,6 +287,11 @@ impl Telemetry {
             self.segment_overflow_events.clone(),
         );
         registry.register(
+            "sample_overflow",
+            "Sampled predictions and labels left out of the training sample (range full)",
+            self.sample_overflow.clone(),
+        );
+        registry.register(
             "segment_values_folded",
             "Segment values whose segment was folded into key=__other__",
             self.segment_values_folded.clone(),
@@ -329,6 +337,11 @@ impl Telemetry {
         self.segment_values_folded
             .get_or_create(&StageLabel { stage: "range" })
             .inc_by(displaced_in_range);
+    }
+
+    /// Sampled rows left out of the training sample (see the engine).
+    pub fn sample_overflow(&self, rows: u64) {
+        self.sample_overflow.inc_by(rows);
     }
 
     /// Segment values folded when a window's partials were merged.

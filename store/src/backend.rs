@@ -10,7 +10,8 @@ use detectors::ReferenceProfile;
 
 use crate::{
     AlertRecord, Delivery, MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats,
-    RangeFingerprint, ReferenceSummary, Result, VersionEvent, WindowMetrics, WindowSketch,
+    RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction, VersionEvent,
+    WindowMetrics, WindowSketch,
 };
 
 /// A store backend. Every write is idempotent as the table's versioning
@@ -125,4 +126,37 @@ pub trait Backend: Send + Sync {
     /// The newest `limit` version events of `model`, oldest first (by
     /// time, then registry sequence).
     async fn version_events(&self, model: &str, limit: u64) -> Result<Vec<VersionEvent>>;
+
+    /// Records sampled predictions and labels (idempotent per key).
+    async fn write_samples(
+        &self,
+        predictions: Vec<SampledPrediction>,
+        labels: Vec<SampledLabel>,
+    ) -> Result<()>;
+
+    /// Sampled predictions of `model` (of `model_version` when given) with
+    /// windows starting in `[from_ms, to_ms)`, by window then prediction id,
+    /// at most `limit`.
+    async fn sampled_predictions(
+        &self,
+        model: &str,
+        model_version: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u64,
+    ) -> Result<Vec<SampledPrediction>>;
+
+    /// The labels of those of `prediction_ids` of `model` that have one.
+    async fn sampled_labels(
+        &self,
+        model: &str,
+        prediction_ids: &[String],
+    ) -> Result<Vec<SampledLabel>>;
+
+    /// Deletes sampled predictions with windows starting before
+    /// `before_ms`, and labels older than it (retention).
+    async fn delete_samples_before(&self, before_ms: i64) -> Result<()>;
+
+    /// The start of the newest window with sampled predictions, ms.
+    async fn latest_sample_window(&self) -> Result<Option<i64>>;
 }

@@ -11,13 +11,13 @@ use detectors::ReferenceProfile;
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SketchRow, VersionEventRow, TABLES,
+    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, VersionEventRow, TABLES,
 };
 use crate::schema::{clickhouse_create, clickhouse_select, missing_columns, Table};
 use crate::{
     latest_by, AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary,
-    PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, VersionEvent,
-    WindowMetrics, WindowSketch,
+    PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel,
+    SampledPrediction, VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
@@ -539,5 +539,109 @@ impl Backend for ClickHouseStore {
             .rev()
             .map(VersionEventRow::into_record)
             .collect()
+    }
+
+    async fn write_samples(
+        &self,
+        predictions: Vec<SampledPrediction>,
+        labels: Vec<SampledLabel>,
+    ) -> Result<()> {
+        let predictions = predictions
+            .into_iter()
+            .map(SamplePredictionRow::from_record)
+            .collect::<Result<Vec<_>>>()?;
+        let labels = labels
+            .into_iter()
+            .map(SampleLabelRow::from_record)
+            .collect::<Result<Vec<_>>>()?;
+        if !predictions.is_empty() {
+            self.insert(&predictions).await?;
+        }
+        if !labels.is_empty() {
+            self.insert(&labels).await?;
+        }
+        Ok(())
+    }
+
+    async fn sampled_predictions(
+        &self,
+        model: &str,
+        model_version: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u64,
+    ) -> Result<Vec<SampledPrediction>> {
+        let version = if model_version.is_some() {
+            " AND model_version = ?"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "{} WHERE model = ?{version} AND window_start >= toDateTime(?) AND window_start < toDateTime(?)
+             ORDER BY window_start, prediction_id, model_version LIMIT {limit}",
+            select::<SamplePredictionRow>()
+        );
+        let mut query = self.client.query(&sql).bind(model);
+        if let Some(version) = model_version {
+            query = query.bind(version);
+        }
+        let rows = query
+            .bind(lower_bound_seconds(from_ms))
+            .bind(upper_bound_seconds(to_ms))
+            .fetch_all::<SamplePredictionRow>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(SamplePredictionRow::into_record)
+            .collect())
+    }
+
+    async fn sampled_labels(
+        &self,
+        model: &str,
+        prediction_ids: &[String],
+    ) -> Result<Vec<SampledLabel>> {
+        let mut labels = Vec::new();
+        // Bounded statements: ids in chunks.
+        for chunk in prediction_ids.chunks(1_000) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "{} WHERE model = ? AND prediction_id IN ({placeholders}) ORDER BY prediction_id",
+                select::<SampleLabelRow>()
+            );
+            let mut query = self.client.query(&sql).bind(model);
+            for id in chunk {
+                query = query.bind(id.as_str());
+            }
+            let rows = query.fetch_all::<SampleLabelRow>().await?;
+            labels.extend(rows.into_iter().map(SampleLabelRow::into_record));
+        }
+        Ok(labels)
+    }
+
+    async fn delete_samples_before(&self, before_ms: i64) -> Result<()> {
+        let before = lower_bound_seconds(before_ms);
+        for (table, column) in [
+            ("sample_predictions", "window_start"),
+            ("sample_labels", "time"),
+        ] {
+            self.client
+                .query(&format!(
+                    "ALTER TABLE {table} DELETE WHERE {column} < toDateTime(?)"
+                ))
+                .bind(before)
+                .execute()
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn latest_sample_window(&self) -> Result<Option<i64>> {
+        let (rows, latest) = self
+            .client
+            .query("SELECT count(), toUInt32(max(window_start)) FROM sample_predictions")
+            .fetch_one::<(u64, u32)>()
+            .await?;
+        Ok((rows > 0).then(|| crate::rows::to_millis(latest)))
     }
 }

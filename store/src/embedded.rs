@@ -17,15 +17,15 @@ use rusqlite::{params, Connection};
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SketchRow, VersionEventRow, TABLES,
+    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, VersionEventRow, TABLES,
 };
 use crate::schema::{
     missing_columns, sqlite_create, sqlite_insert_or_ignore, sqlite_select, sqlite_upsert, Table,
 };
 use crate::{
     AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary, PartialSketch,
-    PipelineStats, RangeFingerprint, ReferenceSummary, Result, VersionEvent, WindowMetrics,
-    WindowSketch,
+    PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction,
+    VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// The columns of `table` in the file.
@@ -547,6 +547,109 @@ impl Backend for EmbeddedStore {
                 .rev()
                 .map(VersionEventRow::into_record)
                 .collect()
+        })
+        .await
+    }
+
+    async fn write_samples(
+        &self,
+        predictions: Vec<SampledPrediction>,
+        labels: Vec<SampledLabel>,
+    ) -> Result<()> {
+        let predictions: Vec<SamplePredictionRow> = predictions
+            .into_iter()
+            .map(SamplePredictionRow::from_record)
+            .collect::<Result<_>>()?;
+        let labels: Vec<SampleLabelRow> = labels
+            .into_iter()
+            .map(SampleLabelRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| {
+            upsert(connection, &predictions)?;
+            upsert(connection, &labels)
+        })
+        .await
+    }
+
+    async fn sampled_predictions(
+        &self,
+        model: &str,
+        model_version: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u64,
+    ) -> Result<Vec<SampledPrediction>> {
+        let values = vec![
+            model.to_owned().into(),
+            model_version.map(str::to_owned).into(),
+            i64::from(lower_bound_seconds(from_ms)).into(),
+            i64::from(upper_bound_seconds(to_ms)).into(),
+            (limit.min(i64::MAX as u64) as i64).into(),
+        ];
+        self.with(move |connection| {
+            let rows: Vec<SamplePredictionRow> = select(
+                connection,
+                "model = ?1 AND (?2 IS NULL OR model_version = ?2)
+                 AND window_start >= ?3 AND window_start < ?4
+                 ORDER BY window_start, prediction_id, model_version LIMIT ?5",
+                values,
+            )?;
+            Ok(rows
+                .into_iter()
+                .map(SamplePredictionRow::into_record)
+                .collect())
+        })
+        .await
+    }
+
+    async fn sampled_labels(
+        &self,
+        model: &str,
+        prediction_ids: &[String],
+    ) -> Result<Vec<SampledLabel>> {
+        let model = model.to_owned();
+        let ids = prediction_ids.to_vec();
+        self.with(move |connection| {
+            let mut labels = Vec::new();
+            for chunk in ids.chunks(500) {
+                let placeholders: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
+                let condition = format!(
+                    "model = ?1 AND prediction_id IN ({}) ORDER BY prediction_id",
+                    placeholders.join(", ")
+                );
+                let mut values: Vec<rusqlite::types::Value> = vec![model.clone().into()];
+                values.extend(chunk.iter().map(|id| id.clone().into()));
+                let rows: Vec<SampleLabelRow> = select(connection, &condition, values)?;
+                labels.extend(rows.into_iter().map(SampleLabelRow::into_record));
+            }
+            labels.sort_by(|a, b| a.prediction_id.cmp(&b.prediction_id));
+            Ok(labels)
+        })
+        .await
+    }
+
+    async fn delete_samples_before(&self, before_ms: i64) -> Result<()> {
+        let before = i64::from(lower_bound_seconds(before_ms));
+        self.with(move |connection| {
+            connection.execute(
+                "DELETE FROM sample_predictions WHERE window_start < ?1",
+                params![before],
+            )?;
+            connection.execute("DELETE FROM sample_labels WHERE time < ?1", params![before])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn latest_sample_window(&self) -> Result<Option<i64>> {
+        self.with(|connection| {
+            let latest = connection.query_row(
+                "SELECT max(window_start) FROM sample_predictions",
+                [],
+                |row| row.get::<_, Option<i64>>(0),
+            )?;
+            Ok(latest.map(|seconds| seconds * 1000))
         })
         .await
     }

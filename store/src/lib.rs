@@ -37,6 +37,8 @@
 //! | `alert_deliveries` | (notification, channel): the outbox | `updated_at` |
 //! | `alert_progress` | model: the latest window whose alerts are recorded | `window_start` |
 //! | `range_fingerprints` | (partition, incarnation, offset range start): the first message read there | none (rows of one key are equal) |
+//! | `sample_predictions` | (model, version, prediction id): a sampled prediction's features and output | none (rows of one key are equal) |
+//! | `sample_labels` | (model, prediction id): the label of a sampled prediction id | none (rows of one key are equal) |
 //! | `version_events` | (model, time, registry sequence): a model version registered, its reference attached, an alias set or deleted | none (rows of one key are equal) |
 //!
 //! A *series* is (model, model_version, segment, feature). `window_partials`
@@ -380,6 +382,40 @@ pub struct Delivery {
     pub last_error: String,
     /// When this state was written, ms (the row's version).
     pub updated_at: u64,
+}
+
+/// A sampled prediction, kept for retraining and for comparing versions
+/// on the same requests (the `sample_predictions` table; see the `ingest`
+/// crate for how ids are sampled).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledPrediction {
+    pub model: String,
+    pub model_version: String,
+    pub prediction_id: String,
+    /// Start of the window the prediction falls in, ms.
+    pub window_start: i64,
+    /// Its event time, ms.
+    pub time_ms: i64,
+    /// The model's features as a JSON object (name → number, string or
+    /// null), as logged.
+    pub features: String,
+    /// The score (regression value, or probability of the positive class).
+    pub score: Option<f64>,
+    /// The predicted class (empty when none).
+    pub class: String,
+}
+
+/// The label of a sampled prediction id (the `sample_labels` table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampledLabel {
+    pub model: String,
+    pub prediction_id: String,
+    /// The actual's event time, ms.
+    pub time_ms: i64,
+    /// The label as text (a class, or a number written as text).
+    pub label: String,
+    /// The label as a number, when it is one.
+    pub value: Option<f64>,
 }
 
 /// What happened to a model version in the registry (the `kind` column

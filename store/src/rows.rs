@@ -23,7 +23,7 @@ const SERIES_WINDOW_KEY: &[&str] = &[
 ];
 
 /// Every table, in creation order.
-pub(crate) const TABLES: [TableDef; 10] = [
+pub(crate) const TABLES: [TableDef; 12] = [
     PartialRow::DEF,
     SketchRow::DEF,
     MetricsRow::DEF,
@@ -34,6 +34,8 @@ pub(crate) const TABLES: [TableDef; 10] = [
     RangeFingerprintRow::DEF,
     AlertProgressRow::DEF,
     VersionEventRow::DEF,
+    SamplePredictionRow::DEF,
+    SampleLabelRow::DEF,
 ];
 
 pub(crate) fn to_seconds(millis: i64) -> Result<u32, Error> {
@@ -742,6 +744,107 @@ impl VersionEventRow {
             detail: self.detail,
         })
     }
+}
+
+table! {
+    /// One row of `sample_predictions`.
+    pub(crate) struct SamplePredictionRow {
+        model: String,
+        model_version: String,
+        prediction_id: String,
+        window_start: Seconds,
+        time_ms: u64,
+        features: String,
+        score: Option<f64>,
+        class: String,
+    }
+}
+
+impl Table for SamplePredictionRow {
+    const SPEC: TableSpec = TableSpec {
+        name: "sample_predictions",
+        key: &["model", "model_version", "prediction_id"],
+        versioning: Versioning::Equal,
+        partition_by: Some("toYYYYMMDD(window_start)"),
+        sqlite_index: &["window_start"],
+    };
+}
+
+impl SamplePredictionRow {
+    pub(crate) fn from_record(record: crate::SampledPrediction) -> Result<Self, Error> {
+        Ok(Self {
+            model: record.model,
+            model_version: record.model_version,
+            prediction_id: record.prediction_id,
+            window_start: seconds(record.window_start)?,
+            time_ms: non_negative(record.time_ms)?,
+            features: record.features,
+            score: record.score,
+            class: record.class,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> crate::SampledPrediction {
+        crate::SampledPrediction {
+            model: self.model,
+            model_version: self.model_version,
+            prediction_id: self.prediction_id,
+            window_start: self.window_start.millis(),
+            time_ms: self.time_ms as i64,
+            features: self.features,
+            score: self.score,
+            class: self.class,
+        }
+    }
+}
+
+table! {
+    /// One row of `sample_labels`.
+    pub(crate) struct SampleLabelRow {
+        model: String,
+        prediction_id: String,
+        time: Seconds,
+        time_ms: u64,
+        label: String,
+        value: Option<f64>,
+    }
+}
+
+impl Table for SampleLabelRow {
+    const SPEC: TableSpec = TableSpec {
+        name: "sample_labels",
+        key: &["model", "prediction_id"],
+        versioning: Versioning::Equal,
+        partition_by: Some("toYYYYMMDD(time)"),
+        sqlite_index: &["time"],
+    };
+}
+
+impl SampleLabelRow {
+    pub(crate) fn from_record(record: crate::SampledLabel) -> Result<Self, Error> {
+        Ok(Self {
+            model: record.model,
+            prediction_id: record.prediction_id,
+            time: seconds(record.time_ms)?,
+            time_ms: non_negative(record.time_ms)?,
+            label: record.label,
+            value: record.value,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> crate::SampledLabel {
+        crate::SampledLabel {
+            model: self.model,
+            prediction_id: self.prediction_id,
+            time_ms: self.time_ms as i64,
+            label: self.label,
+            value: self.value,
+        }
+    }
+}
+
+fn non_negative(millis: i64) -> Result<u64, Error> {
+    u64::try_from(millis).map_err(|_| Error::Corrupt(format!("time {millis} ms is negative")))
 }
 
 /// A bound value of a [`MetricsFilter`] condition.

@@ -111,7 +111,7 @@ async fn range_fingerprints_round_trip() {
 async fn both_backends_have_the_declared_columns() {
     let clickhouse = store("columns").await;
     let embedded = Store::in_memory().unwrap();
-    assert_eq!(store::tables().len(), 10);
+    assert_eq!(store::tables().len(), 12);
     for table in store::tables() {
         let declared: Vec<&str> = table.columns.iter().map(|column| column.name).collect();
         let in_clickhouse = clickhouse.stored_columns(table.spec.name).await.unwrap();
@@ -124,4 +124,9 @@ async fn both_backends_have_the_declared_columns() {
 #[tokio::test]
 async fn version_events_round_trip() {
     common::version_events_round_trip(&store("version_events").await).await;
+}
+
+#[tokio::test]
+async fn samples_round_trip() {
+    common::samples_round_trip(&store("samples").await).await;
 }

@@ -133,3 +133,8 @@ async fn range_fingerprints_round_trip() {
 async fn version_events_round_trip() {
     common::version_events_round_trip(&store()).await;
 }
+
+#[tokio::test]
+async fn samples_round_trip() {
+    common::samples_round_trip(&store()).await;
+}

@@ -104,6 +104,8 @@ pub struct Config {
     pub thresholds: DriftThresholds,
     /// Warm-up windows for references.
     pub warmup_windows: usize,
+    /// How long the training sample is kept (`windows.sample_retention`).
+    pub sample_retention: std::time::Duration,
     /// Model specs.
     pub models: Vec<ModelSpec>,
     /// Alert rules (the defaults when none is configured).
@@ -288,6 +290,7 @@ impl RawConfig {
             },
             thresholds,
             warmup_windows: self.reference.warmup_windows,
+            sample_retention: windows.sample_retention(),
             models,
             delivery_retry: alerting.retry,
             alert_rules: alerting.rules,

@@ -343,6 +343,14 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         })
     });
 
+    // The training sample's retention: an hourly pass.
+    let (stop_retention, retention_stopped) = tokio::sync::oneshot::channel::<()>();
+    let retention = tokio::spawn(expire_samples(
+        store.clone(),
+        config.sample_retention,
+        retention_stopped,
+    ));
+
     let delivered = telemetry.clone();
     let stats_store = store.clone();
     let (stop_delivery, mut delivery_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -392,6 +400,8 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     if let Some(acks) = acks {
         let _ = acks.await;
     }
+    let _ = stop_retention.send(());
+    let _ = retention.await;
     let _ = stop_lifecycle.send(());
     if let Some(lifecycle) = lifecycle {
         let _ = lifecycle.await;
@@ -401,6 +411,38 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         let _ = server.await;
     }
     Ok(report?)
+}
+
+/// How often the training sample's retention runs.
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes the training sample older than `retention` before its newest
+/// window (event time, as everything Tidewatch keeps: a backfill of old
+/// data is not deleted as it arrives), at start and every
+/// [`RETENTION_INTERVAL`]; a failed pass is logged and tried at the next.
+async fn expire_samples(
+    store: Store,
+    retention: std::time::Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let expired = match store.latest_sample_window().await {
+            Ok(Some(latest)) => {
+                let before = latest.saturating_sub(retention.as_millis() as i64);
+                store.delete_samples_before(before).await
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = expired {
+            tracing::warn!(%error, "deleting the expired training sample failed");
+        }
+    }
 }
 
 /// How often pipeline statistics are written to the store.

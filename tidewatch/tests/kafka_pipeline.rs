@@ -129,6 +129,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_neither_loses_nor_double_cou
     wait_for_metrics(&store, &expected, Duration::from_secs(120), false).await;
     second_stop.send(()).unwrap();
     second.await.unwrap().unwrap();
+    common::check_training_sample(&store, &scenario).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,4 +155,5 @@ async fn two_consumers_in_one_group_merge_to_the_single_consumer_result() {
         reports.iter().all(|report| report.messages > 0),
         "both members of the group should have consumed: {reports:?}"
     );
+    common::check_training_sample(&store, &scenario).await;
 }

@@ -529,3 +529,115 @@ pub async fn version_events_round_trip(store: &Store) {
     );
     assert!(store.version_events("none", 100).await.unwrap().is_empty());
 }
+
+/// Sampled predictions and labels: idempotent per key, read by model,
+/// version and window range, labels by id, deleted by age.
+pub async fn samples_round_trip(store: &Store) {
+    use store::{SampledLabel, SampledPrediction};
+    assert_eq!(store.latest_sample_window().await.unwrap(), None);
+    let hour = 3_600_000;
+    let start = 1_767_225_600_000;
+    let prediction = |version: &str, id: &str, window: i64| SampledPrediction {
+        model: "churn".into(),
+        model_version: version.into(),
+        prediction_id: id.into(),
+        window_start: start + window * hour,
+        time_ms: start + window * hour + 1_234,
+        features: format!(r#"{{"age":41.5,"contract":"monthly","id":"{id}"}}"#),
+        score: Some(0.25),
+        class: if version == "1" {
+            "no".into()
+        } else {
+            String::new()
+        },
+    };
+    let label = |id: &str, value: Option<f64>| SampledLabel {
+        model: "churn".into(),
+        prediction_id: id.into(),
+        time_ms: start + 5 * hour + 17,
+        label: value.map_or_else(|| "yes".into(), |v| v.to_string()),
+        value,
+    };
+    let predictions = vec![
+        prediction("1", "p1", 0),
+        prediction("2", "p1", 0),
+        prediction("1", "p2", 1),
+        prediction("1", "p3", 2),
+    ];
+    let labels = vec![label("p1", None), label("p3", Some(2.5))];
+    store
+        .write_samples(predictions.clone(), labels.clone())
+        .await
+        .unwrap();
+    // Written again (a range read twice): no change.
+    store
+        .write_samples(predictions[..2].to_vec(), labels[..1].to_vec())
+        .await
+        .unwrap();
+    let mut other = prediction("1", "p1", 0);
+    other.model = "fraud".into();
+    store.write_samples(vec![other], Vec::new()).await.unwrap();
+
+    let all = store
+        .sampled_predictions("churn", None, start, start + 3 * hour, 100)
+        .await
+        .unwrap();
+    assert_eq!(all, predictions, "by window, id, version");
+    let version_one = store
+        .sampled_predictions("churn", Some("1"), start + 1, start + 3 * hour, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        version_one,
+        vec![predictions[2].clone(), predictions[3].clone()],
+        "windows starting at or after `from`"
+    );
+    let limited = store
+        .sampled_predictions("churn", None, start, start + 3 * hour, 2)
+        .await
+        .unwrap();
+    assert_eq!(limited, predictions[..2].to_vec());
+    let ids: Vec<String> = ["p1", "p2", "p3", "nope"].map(String::from).to_vec();
+    assert_eq!(store.sampled_labels("churn", &ids).await.unwrap(), labels);
+    assert!(store
+        .sampled_labels("fraud", &ids)
+        .await
+        .unwrap()
+        .is_empty());
+    // Many ids at once (statements are chunked).
+    let many: Vec<String> = (0..2_500).map(|i| format!("x{i}")).chain(ids).collect();
+    assert_eq!(store.sampled_labels("churn", &many).await.unwrap().len(), 2);
+
+    assert_eq!(
+        store.latest_sample_window().await.unwrap(),
+        Some(start + 2 * hour)
+    );
+
+    // Retention: windows before hour 1 and labels before hour 5 go.
+    store.delete_samples_before(start + hour).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = store
+            .sampled_predictions("churn", None, start, start + 3 * hour, 100)
+            .await
+            .unwrap();
+        if left == predictions[2..].to_vec() {
+            break;
+        }
+        // ClickHouse deletes in the background (a mutation).
+        assert!(std::time::Instant::now() < deadline, "{left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(store.sampled_labels("churn", &many).await.unwrap().len(), 2);
+    store.delete_samples_before(start + 6 * hour).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !store
+        .sampled_labels("churn", &many)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "labels not deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -588,3 +588,95 @@ pub fn demo_hours(hours: u32, predictions_per_hour: u32) -> DemoShape {
         training_rows: 2_000,
     }
 }
+
+/// The training sample stored by a run over the scenario's stream (the
+/// default rate, 0.1): exactly the stream's predictions whose id is in the
+/// sample, each once, with the features and output logged, and the labels
+/// of those ids, with the values logged; about a tenth of the stream.
+pub async fn check_training_sample(store: &store::Store, scenario: &Scenario) {
+    use std::collections::BTreeMap;
+    const RATE: f64 = 0.1;
+    let text = std::fs::read_to_string(&scenario.stream).unwrap();
+    let mut predictions: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    let mut ids = 0usize;
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(model), Some(id)) = (event["model"].as_str(), event["prediction_id"].as_str())
+        else {
+            continue;
+        };
+        if model != tidewatch::fixtures::DEMO_MODEL {
+            continue;
+        }
+        if event.get("label").is_some() {
+            if ingest::engine::in_training_sample(RATE, model, id) {
+                let label = match &event["label"] {
+                    serde_json::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                labels.insert(id.to_owned(), label);
+            }
+        } else if event.get("prediction").is_some() {
+            ids += 1;
+            if ingest::engine::in_training_sample(RATE, model, id) {
+                predictions.insert(id.to_owned(), event);
+            }
+        }
+    }
+    let stored = store
+        .sampled_predictions(
+            tidewatch::fixtures::DEMO_MODEL,
+            None,
+            0,
+            i64::MAX / 2,
+            1_000_000,
+        )
+        .await
+        .unwrap();
+    let stored_ids: Vec<&str> = stored.iter().map(|p| p.prediction_id.as_str()).collect();
+    let mut expected_ids: Vec<&str> = predictions.keys().map(String::as_str).collect();
+    let mut sorted = stored_ids.clone();
+    sorted.sort_unstable();
+    expected_ids.sort_unstable();
+    assert_eq!(sorted, expected_ids, "the sampled ids, each once");
+    let share = stored.len() as f64 / ids as f64;
+    assert!((0.07..0.13).contains(&share), "{} of {ids}", stored.len());
+    for row in &stored {
+        let event = &predictions[&row.prediction_id];
+        let features: serde_json::Value = serde_json::from_str(&row.features).unwrap();
+        for (name, value) in event["features"].as_object().unwrap() {
+            match value.as_f64() {
+                Some(number) => assert_eq!(features[name].as_f64(), Some(number), "{name}"),
+                None => assert_eq!(&features[name], value, "{name}"),
+            }
+        }
+        assert_eq!(row.score, event["prediction"]["score"].as_f64());
+        assert_eq!(row.model_version, event["model_version"].as_str().unwrap());
+    }
+    let all_ids: Vec<String> = predictions.keys().cloned().collect();
+    let stored_labels = store
+        .sampled_labels(tidewatch::fixtures::DEMO_MODEL, &all_ids)
+        .await
+        .unwrap();
+    let stored_labels: BTreeMap<String, String> = stored_labels
+        .into_iter()
+        .map(|label| (label.prediction_id, label.label))
+        .collect();
+    let expected_labels: BTreeMap<String, String> = labels
+        .into_iter()
+        .filter(|(id, _)| predictions.contains_key(id))
+        .collect();
+    assert_eq!(
+        stored_labels, expected_labels,
+        "the labels of the sampled ids"
+    );
+    println!(
+        "training sample: {} of {ids} predictions ({:.1} %), {} with their labels",
+        stored.len(),
+        share * 100.0,
+        stored_labels.len()
+    );
+}
