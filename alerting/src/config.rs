@@ -193,6 +193,8 @@ pub struct RetrainSettings {
     pub channels: Vec<String>,
     /// Topic of acknowledgements, if any.
     pub ack_topic: Option<String>,
+    /// Topic the requests are published to, if any.
+    pub request_topic: Option<String>,
 }
 
 /// Validated `[alerts]`.
@@ -366,6 +368,7 @@ impl RawAlerts {
                         ));
                     }
                 }
+                let request_topic = raw.topic.clone();
                 if let Some(topic) = raw.topic {
                     alert_channels.push(Channel::new(
                         RETRAIN_BUS_CHANNEL.into(),
@@ -384,6 +387,7 @@ impl RawAlerts {
                     debounce_ms: raw.debounce.as_millis() as u64,
                     channels,
                     ack_topic: raw.ack_topic,
+                    request_topic,
                 })
             }
         };

@@ -29,24 +29,18 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::client::MlflowClient;
 use crate::events::{Change, ChangeKind};
-use crate::{Error, Registry, Result};
+use crate::{Registry, Result};
 
 /// How far a webhook's timestamp may be from now.
 pub const WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
 /// How long delivery ids are remembered for deduplication.
 pub const DELIVERY_IDS_KEPT: Duration = Duration::from_secs(24 * 3600);
-/// Largest MLflow answer read by the poller.
-const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-/// Time allowed for one MLflow call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a webhook delivery was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -294,78 +288,9 @@ pub fn diff(before: &Mirror, after: &Mirror) -> Vec<Change> {
     changes
 }
 
-/// A client for MLflow-compatible registry APIs (MLflow's, Tidewatch's).
-pub fn client() -> Client<HttpConnector, Empty<Bytes>> {
-    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
-}
-
-/// GETs `path` (with `query`) of the MLflow-compatible API at `url`
-/// (`/api/2.0/mlflow/{path}`): the status and the JSON answer, whatever the
-/// status (an error answer is `{"error_code", "message"}`).
-pub async fn get_answer(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    url: &str,
-    path: &str,
-    query: &[(&str, &str)],
-) -> Result<(u16, Value)> {
-    let query = {
-        let mut encoded = form_urlencoded::Serializer::new(String::new());
-        for (key, value) in query {
-            encoded.append_pair(key, value);
-        }
-        encoded.finish()
-    };
-    let uri = format!("{url}/api/2.0/mlflow/{path}?{query}");
-    let exchange = async {
-        let response = client
-            .get(
-                uri.parse()
-                    .map_err(|e| Error::InvalidParameter(format!("{uri}: {e}")))?,
-            )
-            .await
-            .map_err(|e| Error::Upstream(format!("{uri}: {e}")))?;
-        let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| Error::Upstream(format!("{uri}: reading the answer: {e}")))?
-            .to_bytes();
-        let answer = serde_json::from_slice(&body).map_err(|e| {
-            Error::Upstream(format!(
-                "{uri}: {status}, not JSON ({e}): {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-            ))
-        })?;
-        Ok((status, answer))
-    };
-    tokio::time::timeout(CALL_TIMEOUT, exchange)
-        .await
-        .map_err(|_| Error::Upstream(format!("{uri}: no answer within {CALL_TIMEOUT:?}")))?
-}
-
-/// [`get_answer`], an error status being an error.
-async fn get(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    url: &str,
-    path: &str,
-    query: &[(&str, &str)],
-) -> Result<Value> {
-    let (status, answer) = get_answer(client, url, path, query).await?;
-    if !(200..300).contains(&status) {
-        return Err(Error::Upstream(format!(
-            "{url}/api/2.0/mlflow/{path}: {status}: {answer}"
-        )));
-    }
-    Ok(answer)
-}
-
 /// Every item of a paged MLflow search.
 async fn search_all(
-    client: &Client<HttpConnector, Empty<Bytes>>,
-    url: &str,
+    client: &MlflowClient,
     path: &str,
     items: &str,
     max_results: &str,
@@ -377,7 +302,7 @@ async fn search_all(
         if !token.is_empty() {
             query.push(("page_token", token.as_str()));
         }
-        let page = get(client, url, path, &query).await?;
+        let page = client.get_ok(path, &query).await?;
         if let Some(found) = page[items].as_array() {
             all.extend(found.iter().cloned());
         }
@@ -405,11 +330,10 @@ fn tag_map(tags: &Value) -> BTreeMap<String, String> {
 
 /// Reads the whole registry of the MLflow server at `url`.
 pub async fn fetch_mirror(url: &str) -> Result<Mirror> {
-    let client = client();
+    let client = MlflowClient::new(url);
     let mut mirror = Mirror::default();
     for model in search_all(
         &client,
-        url,
         "registered-models/search",
         "registered_models",
         "1000",
@@ -438,15 +362,7 @@ pub async fn fetch_mirror(url: &str) -> Result<Mirror> {
                 .insert((name.to_owned(), alias_name.to_owned()), version);
         }
     }
-    for version in search_all(
-        &client,
-        url,
-        "model-versions/search",
-        "model_versions",
-        "10000",
-    )
-    .await?
-    {
+    for version in search_all(&client, "model-versions/search", "model_versions", "10000").await? {
         let (Some(name), Some(number)) = (
             version["name"].as_str(),
             version["version"]

@@ -25,12 +25,15 @@
 //! - [`entities`]: registered models and versions as MLflow writes them.
 //! - [`bridge`]: an existing MLflow server's changes (webhooks or polling)
 //!   turned into the same events.
+//! - [`client`]: a client of MLflow-compatible registry APIs (the bridge's,
+//!   the gateway's and the reference trainer's).
 //!
 //! Errors are one [`Error`] enum; each variant has MLflow's error code, its
 //! HTTP status, and says whether a retry may succeed.
 
 pub mod api;
 pub mod bridge;
+pub mod client;
 pub mod config;
 pub mod entities;
 pub mod events;

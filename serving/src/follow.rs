@@ -39,20 +39,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `adapter` label of the route follower's counters.
 const ADAPTER: &str = "registry";
 
-/// The aliases of `model` in the registry at `url`; `None` when the model
-/// is not registered there.
-pub async fn registry_aliases(
+/// GETs `path` of the registry API at `url`: the answer, `None` when the
+/// registry does not have the resource.
+async fn registry_get(
     url: &str,
-    model: &str,
-) -> Result<Option<Vec<(String, String)>>, Error> {
-    let (status, answer) = registry::bridge::get_answer(
-        &registry::bridge::client(),
-        url,
-        "registered-models/get",
-        &[("name", model)],
-    )
-    .await
-    .map_err(|e| Error::Unreachable(e.to_string()))?;
+    path: &str,
+    query: &[(&str, &str)],
+) -> Result<Option<Value>, Error> {
+    let (status, answer) = registry::client::MlflowClient::new(url)
+        .get(path, query)
+        .await
+        .map_err(|e| Error::Unreachable(e.to_string()))?;
     if status == 404 && answer["error_code"] == "RESOURCE_DOES_NOT_EXIST" {
         return Ok(None);
     }
@@ -62,6 +59,18 @@ pub async fn registry_aliases(
             message: answer["message"].as_str().unwrap_or_default().to_owned(),
         });
     }
+    Ok(Some(answer))
+}
+
+/// The aliases of `model` in the registry at `url`; `None` when the model
+/// is not registered there.
+pub async fn registry_aliases(
+    url: &str,
+    model: &str,
+) -> Result<Option<Vec<(String, String)>>, Error> {
+    let Some(answer) = registry_get(url, "registered-models/get", &[("name", model)]).await? else {
+        return Ok(None);
+    };
     let aliases = answer["registered_model"]["aliases"]
         .as_array()
         .map(|aliases| {
@@ -140,23 +149,15 @@ pub async fn registry_version(
     model: &str,
     version: &str,
 ) -> Result<Option<(String, Vec<(String, String)>)>, Error> {
-    let (status, answer) = registry::bridge::get_answer(
-        &registry::bridge::client(),
+    let Some(answer) = registry_get(
         url,
         "model-versions/get",
         &[("name", model), ("version", version)],
     )
-    .await
-    .map_err(|e| Error::Unreachable(e.to_string()))?;
-    if status == 404 && answer["error_code"] == "RESOURCE_DOES_NOT_EXIST" {
+    .await?
+    else {
         return Ok(None);
-    }
-    if !(200..300).contains(&status) {
-        return Err(Error::Upstream {
-            status,
-            message: answer["message"].as_str().unwrap_or_default().to_owned(),
-        });
-    }
+    };
     let version = &answer["model_version"];
     let source = version["source"].as_str().unwrap_or_default().to_owned();
     let tags = version["tags"]

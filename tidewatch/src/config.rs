@@ -85,6 +85,10 @@ pub struct RawConfig {
     /// The model registry, served with the HTTP API (on by default).
     #[serde(default)]
     pub registry: registry::config::RawRegistry,
+    /// The reference trainer (answers retrain requests); none without
+    /// this section.
+    #[serde(default)]
+    pub trainer: Option<crate::retrainer::RawTrainer>,
 }
 
 /// A validated configuration.
@@ -122,6 +126,8 @@ pub struct Config {
     pub serving: Option<serving::config::ServingSettings>,
     /// The model registry, unless disabled.
     pub registry: Option<registry::config::RegistrySettings>,
+    /// The reference trainer, if configured.
+    pub trainer: Option<crate::retrainer::TrainerConfig>,
 }
 
 impl Config {
@@ -277,6 +283,23 @@ impl RawConfig {
             .validate(base_dir)
             .map_err(|error| invalid(&format!("registry.{}", error.key), error.message))?;
 
+        let trainer = match self.trainer {
+            Some(raw) => {
+                let retrain = alerting.retrain.as_ref();
+                let topics = (
+                    retrain.and_then(|r| r.request_topic.as_deref()),
+                    retrain.and_then(|r| r.ack_topic.as_deref()),
+                );
+                Some(
+                    raw.validate(base_dir, topics.0, topics.1)
+                        .map_err(|error| {
+                            invalid(&format!("trainer.{}", error.key), error.message)
+                        })?,
+                )
+            }
+            None => None,
+        };
+
         Ok(Config {
             file: file.to_owned(),
             kafka,
@@ -299,6 +322,7 @@ impl RawConfig {
             http,
             serving,
             registry,
+            trainer,
         })
     }
 }

@@ -39,5 +39,6 @@ pub mod lifecycle;
 pub mod registry_bus;
 pub mod registry_references;
 pub mod report;
+pub mod retrainer;
 pub mod service;
 pub mod training;

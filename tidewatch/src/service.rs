@@ -343,6 +343,30 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         })
     });
 
+    // The reference trainer, answering retrain requests.
+    let (stop_trainer, trainer_stopped) = tokio::sync::oneshot::channel::<()>();
+    let trainer = match &config.trainer {
+        Some(trainer) => {
+            let bus: Arc<dyn alerting::delivery::Bus> = Arc::new(KafkaBus::new(&kafka)?);
+            let task = crate::retrainer::run(
+                kafka.clone(),
+                trainer.clone(),
+                store.clone(),
+                config.models.clone(),
+                bus,
+                async {
+                    let _ = trainer_stopped.await;
+                },
+            );
+            Some(tokio::spawn(async move {
+                if let Err(error) = task.await {
+                    tracing::error!(%error, "the reference trainer stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
     // The training sample's retention: an hourly pass.
     let (stop_retention, retention_stopped) = tokio::sync::oneshot::channel::<()>();
     let retention = tokio::spawn(expire_samples(
@@ -399,6 +423,10 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let _ = stop_acks.send(());
     if let Some(acks) = acks {
         let _ = acks.await;
+    }
+    let _ = stop_trainer.send(());
+    if let Some(trainer) = trainer {
+        let _ = trainer.await;
     }
     let _ = stop_retention.send(());
     let _ = retention.await;

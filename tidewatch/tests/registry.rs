@@ -1367,3 +1367,376 @@ async fn an_unopenable_registry_file_stops_the_start_and_names_the_setting() {
     assert!(message.contains("`registry.path`"), "{message}");
     assert!(message.contains("enabled = false"), "{message}");
 }
+
+/// The reference trainer against the registry Tidewatch serves: a retrain
+/// request over a window of the training sample becomes version 1 of
+/// `churn`, registered with its source, training window and training data
+/// (whose reference profile gets attached), set as the challenger, and
+/// able to classify; the same request again answers the same version;
+/// a window without enough labels fails with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrain_request_becomes_a_registered_challenger_trained_on_the_sample() {
+    use tidewatch::retrainer::{handle, Outcome, RetrainRequest, TrainerSettings};
+
+    let scenario = Scenario::new("retrainer");
+    let (directory, token_env, token) = (
+        scenario.directory.clone(),
+        scenario.token_env.clone(),
+        TOKEN,
+    );
+    let port = common::free_port();
+    let config = config(&directory, port, &token_env, "", "");
+    let (stop, server) = start(&config).await;
+    let store = config.store.open().await.unwrap();
+
+    let start_ms: i64 = 1_767_225_600_000;
+    let hour = 3_600_000;
+    let truth = write_churn_sample(&store, start_ms).await;
+
+    let settings = TrainerSettings {
+        registry: registry::client::MlflowClient::new(&format!("http://127.0.0.1:{port}"))
+            .with_token(Some(token.into())),
+        model_dir: directory.join("models"),
+        min_rows: 200,
+        max_rows: 100_000,
+        label_wait: Duration::from_millis(300),
+        poll: Duration::from_millis(100),
+        alias: "challenger".into(),
+    };
+    let spec = config.model("churn").unwrap();
+    let request = RetrainRequest {
+        request_id: "tw-req-1".into(),
+        model: "churn".into(),
+        version: "7".into(),
+        start_ms,
+        end_ms: start_ms + 2 * hour,
+    };
+    let outcome = handle(&store, spec, &settings, &request).await;
+    let Outcome::Completed {
+        version,
+        rows,
+        source,
+    } = outcome.clone()
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!((version.as_str(), rows), ("1", 800));
+
+    // In the registry: its source, tags and the challenger alias.
+    let client = settings.registry.clone();
+    let answer = client
+        .get_ok("model-versions/get", &[("name", "churn"), ("version", "1")])
+        .await
+        .unwrap();
+    let registered = &answer["model_version"];
+    assert_eq!(registered["source"], source.as_str());
+    let tags: std::collections::BTreeMap<&str, &str> = registered["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["key"].as_str().unwrap(), t["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(tags["tidewatch.runtime"], "linear");
+    assert_eq!(tags["tidewatch.retrain_request"], "tw-req-1");
+    assert_eq!(
+        tags["tidewatch.train_window"],
+        format!("{start_ms}/{}", start_ms + 2 * hour)
+    );
+    assert!(tags["tidewatch.reference"].ends_with("training.jsonl"));
+    let model = client
+        .get_ok("registered-models/get", &[("name", "churn")])
+        .await
+        .unwrap();
+    assert_eq!(
+        model["registered_model"]["aliases"],
+        json!([{"alias": "challenger", "version": "1"}])
+    );
+
+    // The model file the gateway would load classifies the sample well
+    // (the Bayes rate of this generator is about 85 %).
+    let path = source.strip_prefix("file://").unwrap();
+    let linear = serving::linear::LinearModel::from_json(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(linear.features(), ["usage"]);
+    assert_eq!(linear.classes(), ["no", "yes"]);
+    let document: Value = serde_json::from_str(&linear.to_json()).unwrap();
+    let (w, b) = (
+        document["coefficients"][0][0].as_f64().unwrap(),
+        document["intercepts"][0].as_f64().unwrap(),
+    );
+    let correct = truth
+        .iter()
+        .filter(|(usage, label)| (w * usage + b > 0.0) == (*label == "yes"))
+        .count();
+    assert!(correct as f64 / truth.len() as f64 > 0.8, "{correct}");
+    assert!((w - 1.5).abs() < 0.5, "slope {w}");
+    assert!((-b / w - 5.0).abs() < 0.5, "boundary {}", -b / w);
+
+    // Its reference profile, built from the training data it wrote.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let reference = loop {
+        if let Some(profile) = store.reference("churn", "1").await.unwrap() {
+            break profile;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reference attached"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(reference.row_count, 800);
+
+    // The same request again, after the challenger moved on to a version
+    // 2 registered by hand: the same version answers, nothing new is
+    // registered and the alias stays where it was moved.
+    client
+        .post_ok(
+            "model-versions/create",
+            &json!({"name": "churn", "source": "file:///models/churn-2.json"}),
+        )
+        .await
+        .unwrap();
+    client
+        .post_ok(
+            "registered-models/alias",
+            &json!({"name": "churn", "alias": "challenger", "version": "2"}),
+        )
+        .await
+        .unwrap();
+    let again = handle(&store, spec, &settings, &request).await;
+    assert!(
+        matches!(&again, Outcome::Completed { version, .. } if version == "1"),
+        "{again:?}"
+    );
+    let versions = client
+        .get_ok("model-versions/search", &[("filter", "name = 'churn'")])
+        .await
+        .unwrap();
+    assert_eq!(versions["model_versions"].as_array().unwrap().len(), 2);
+    let model = client
+        .get_ok("registered-models/get", &[("name", "churn")])
+        .await
+        .unwrap();
+    assert_eq!(
+        model["registered_model"]["aliases"],
+        json!([{"alias": "challenger", "version": "2"}])
+    );
+
+    // A window with too few labels: failed, with the reason.
+    let empty = RetrainRequest {
+        request_id: "tw-req-2".into(),
+        start_ms: start_ms + 10 * hour,
+        end_ms: start_ms + 11 * hour,
+        ..request.clone()
+    };
+    let failed = handle(&store, spec, &settings, &empty).await;
+    let Outcome::Failed { reason } = &failed else {
+        panic!("{failed:?}")
+    };
+    assert!(reason.contains("0 labelled rows"), "{reason}");
+    let ack = failed.ack_event(&empty, 1_767_300_000_000);
+    assert_eq!(ack["type"], "io.tidewatch.retrain.failed");
+    assert_eq!(
+        alerting::retrain::parse_ack(ack.to_string().as_bytes()).as_deref(),
+        Some("tw-req-2")
+    );
+    let _ = stop.send(());
+    server.await.unwrap();
+    println!(
+        "retrained churn on {rows} sampled rows: version 1, slope {w:.3}, boundary {:.3}, {:.1} % correct",
+        -b / w,
+        100.0 * correct as f64 / truth.len() as f64
+    );
+}
+
+/// The training sample of `churn`: 800 requests over two hours from
+/// `start_ms`, labelled by a logistic model of `usage` (p(yes) =
+/// σ(1.5·(usage − 5))); half of them also answered by a shadow version 8
+/// with other features. The (usage, label) pairs.
+async fn write_churn_sample(store: &store::Store, start_ms: i64) -> Vec<(f64, &'static str)> {
+    let hour = 3_600_000;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut predictions = Vec::new();
+    let mut labels = Vec::new();
+    let mut truth = Vec::new();
+    for i in 0..800 {
+        let usage = 10.0 * uniform();
+        let p = 1.0 / (1.0 + (-1.5 * (usage - 5.0)).exp());
+        let label = if uniform() < p { "yes" } else { "no" };
+        let id = format!("r{i:04}");
+        let time = start_ms + i as i64 * 9_000;
+        for version in ["7", "8"].iter().take(1 + usize::from(i % 2 == 0)) {
+            predictions.push(store::SampledPrediction {
+                model: "churn".into(),
+                model_version: (*version).into(),
+                prediction_id: id.clone(),
+                window_start: time - time % hour,
+                time_ms: time,
+                features: json!({"usage": if *version == "7" { usage } else { -1.0 }}).to_string(),
+                score: Some(0.5),
+                class: "no".into(),
+            });
+        }
+        labels.push(store::SampledLabel {
+            model: "churn".into(),
+            prediction_id: id,
+            time_ms: time + 60_000,
+            label: label.into(),
+            value: None,
+        });
+        truth.push((usage, label));
+    }
+    store.write_samples(predictions, labels).await.unwrap();
+    truth
+}
+
+/// `tidewatch run` with `[trainer]`: a retrain request published on the
+/// bus (as the monitor publishes it) is answered on the acknowledgement
+/// topic with a version registered from the training sample and set as
+/// the challenger, and the registry's events of it reach the version
+/// lifecycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tidewatch_run_answers_a_retrain_request_on_the_bus_with_a_registered_challenger() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+
+    let brokers = common::brokers();
+    let scenario = Scenario::new("trainer_bus");
+    let (name, directory, token_env) = (
+        scenario.name.clone(),
+        scenario.directory.clone(),
+        scenario.token_env.clone(),
+    );
+    let port = common::free_port();
+    let (request_topic, ack_topic, registry_topic) = (
+        format!("retrain-{name}"),
+        format!("retrain-acks-{name}"),
+        format!("registry-{name}"),
+    );
+    let extra = kafka_section(&brokers, &name, "")
+        + &format!(
+            "[alerts.retrain]\ntopic = \"{request_topic}\"\nack_topic = \"{ack_topic}\"\n\
+             [trainer]\nregistry_url = \"http://127.0.0.1:{port}\"\ntoken_env = \"{token_env}\"\n\
+             min_rows = 200\nlabel_wait = \"5s\"\n"
+        );
+    let config = config(
+        &directory,
+        port,
+        &token_env,
+        &extra,
+        &format!("topic = \"{registry_topic}\""),
+    );
+    common::create_topics(
+        &brokers,
+        &[
+            &format!("predictions-{name}"),
+            &format!("dead-letters-{name}"),
+            &request_topic,
+            &ack_topic,
+            &registry_topic,
+        ],
+    )
+    .await;
+    let store = config.store.open().await.unwrap();
+    let start_ms: i64 = 1_767_225_600_000;
+    write_churn_sample(&store, start_ms).await;
+
+    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
+        assert!(std::time::Instant::now() < deadline, "no HTTP server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The request, as the monitor publishes it.
+    let alert = alerting::lifecycle::Alert {
+        id: "tw-drift-1".into(),
+        rule: "drift".into(),
+        model: "churn".into(),
+        model_version: "7".into(),
+        segment: "all".into(),
+        severity: alerting::notification::Severity::Critical,
+        status: alerting::lifecycle::AlertStatus::Firing,
+        repeat: false,
+        window_start: start_ms + 3_600_000,
+        window_end: start_ms + 2 * 3_600_000,
+        findings: Vec::new(),
+        summary: "drift".into(),
+        channels: Vec::new(),
+        retrain: true,
+        onset: start_ms,
+    };
+    let request = alerting::payload::retrain_event(&alert, "tw-bus-1", 1_767_300_000_000);
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&request_topic)
+                .key("churn")
+                .payload(&request.to_string()),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    // Its acknowledgement.
+    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("acks-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&ack_topic]).unwrap();
+    let ack: Value = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let message = consumer.recv().await.unwrap();
+            let ack: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            if ack["data"]["request_id"] == "tw-bus-1" {
+                return ack;
+            }
+        }
+    })
+    .await
+    .expect("no acknowledgement within 60 s");
+    assert_eq!(ack["type"], "io.tidewatch.retrain.completed", "{ack}");
+    assert_eq!(ack["data"]["version"], "1");
+    assert_eq!(ack["data"]["rows"], 800);
+    assert_eq!(ack["specversion"], "1.0");
+
+    let client = registry::client::MlflowClient::new(&format!("http://127.0.0.1:{port}"));
+    let model = client
+        .get_ok("registered-models/get", &[("name", "churn")])
+        .await
+        .unwrap();
+    assert_eq!(
+        model["registered_model"]["aliases"],
+        json!([{"alias": "challenger", "version": "1"}])
+    );
+    // The registry's events reached the lifecycle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = store.version_events("churn", 100).await.unwrap();
+        let kinds: Vec<(store::VersionEventKind, &str)> =
+            events.iter().map(|e| (e.kind, e.alias.as_str())).collect();
+        if kinds.contains(&(store::VersionEventKind::Registered, ""))
+            && kinds.contains(&(store::VersionEventKind::AliasSet, "challenger"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kinds:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_pipeline.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+    println!("tidewatch run answered retrain request tw-bus-1 on the bus: version 1 trained on 800 sampled rows, challenger, acknowledged");
+}
