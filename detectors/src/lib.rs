@@ -28,6 +28,8 @@
 //!   chi-square, Jensen–Shannon, Hellinger, KL, L-infinity, Wasserstein-1,
 //!   Bonferroni and Benjamini–Hochberg corrections.
 //! - [`change`]: streaming change detectors (ADWIN, Page-Hinkley, DDM).
+//! - [`paired`]: two versions compared on the same requests (McNemar's
+//!   exact test, the paired t-test), for promotion decisions.
 //! - [`config`]: `[drift]` as written, validated into
 //!   [`metrics::DriftThresholds`] (serde only; no I/O).
 //! - [`spec`]: [`spec::ModelSpec`], the validated description of a model's
@@ -75,6 +77,7 @@ pub mod metrics;
 pub mod moments;
 pub mod numeric;
 pub mod operational;
+pub mod paired;
 pub mod quality;
 pub mod quantile;
 pub mod reference;

@@ -2,7 +2,8 @@
 //!
 //! `fixtures/scipy/reference_values.json` was written by
 //! `fixtures/scipy/generate.py` (SciPy's `ks_2samp`, `kolmogorov`,
-//! `chisquare`, `jensenshannon`, `wasserstein_distance`).
+//! `chisquare`, `jensenshannon`, `wasserstein_distance`, `binomtest`,
+//! `ttest_rel`).
 
 use detectors::drift;
 use serde_json::Value;
@@ -159,6 +160,47 @@ fn wasserstein_matches_scipy_for_equal_sizes() {
         assert!(
             relative_close(got, expected, 1e-9),
             "{got} vs SciPy {expected}"
+        );
+    }
+}
+
+#[test]
+fn mcnemar_exact_p_values_match_scipy() {
+    for case in cases()["mcnemar_exact"].as_array().unwrap() {
+        let (b, c) = (
+            case["only_champion"].as_u64().unwrap(),
+            case["only_challenger"].as_u64().unwrap(),
+        );
+        let test = detectors::paired::mcnemar(b, c);
+        let expected = case["p_value"].as_f64().unwrap();
+        assert!(
+            relative_close(test.p_value, expected, 1e-9),
+            "({b}, {c}): {} vs SciPy {expected}",
+            test.p_value
+        );
+    }
+}
+
+#[test]
+fn paired_t_statistics_and_p_values_match_scipy() {
+    for case in cases()["paired_t"].as_array().unwrap() {
+        let (champion, challenger) = (floats(&case["champion"]), floats(&case["challenger"]));
+        let test = detectors::paired::paired_t(&champion, &challenger).unwrap();
+        let (statistic, p_value) = (
+            case["statistic"].as_f64().unwrap(),
+            case["p_value"].as_f64().unwrap(),
+        );
+        assert!(
+            relative_close(test.statistic, statistic, 1e-9),
+            "n = {}: t {} vs SciPy {statistic}",
+            champion.len(),
+            test.statistic
+        );
+        assert!(
+            relative_close(test.p_value, p_value, 1e-7) || (test.p_value - p_value).abs() < 1e-12,
+            "n = {}: p {} vs SciPy {p_value}",
+            champion.len(),
+            test.p_value
         );
     }
 }

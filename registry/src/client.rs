@@ -81,6 +81,11 @@ impl MlflowClient {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// DELETEs `path` with `body` (JSON), as MLflow's client does.
+    pub async fn delete(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
+        self.call(Method::DELETE, path, Some(body)).await
+    }
+
     /// [`MlflowClient::get`], a non-2xx status being an error.
     pub async fn get_ok(&self, path: &str, query: &[(&str, &str)]) -> Result<Value> {
         let (status, answer) = self.get(path, query).await?;

@@ -89,6 +89,10 @@ pub struct RawConfig {
     /// this section.
     #[serde(default)]
     pub trainer: Option<crate::retrainer::RawTrainer>,
+    /// The promotion policy (challengers against champions); none
+    /// without this section.
+    #[serde(default)]
+    pub promotion: Option<crate::promotion::RawPromotion>,
 }
 
 /// A validated configuration.
@@ -128,6 +132,8 @@ pub struct Config {
     pub registry: Option<registry::config::RegistrySettings>,
     /// The reference trainer, if configured.
     pub trainer: Option<crate::retrainer::TrainerConfig>,
+    /// The promotion policy, if configured.
+    pub promotion: Option<crate::promotion::PromotionConfig>,
 }
 
 impl Config {
@@ -300,6 +306,18 @@ impl RawConfig {
             None => None,
         };
 
+        let promotion = self
+            .promotion
+            .map(|raw| raw.validate(&models))
+            .transpose()
+            .map_err(|error| invalid(&format!("promotion.{}", error.key), error.message))?;
+        if promotion.as_ref().is_some_and(|p| p.topic.is_some()) && kafka.is_none() {
+            return Err(invalid(
+                "promotion.topic",
+                "decisions go to the bus: needs [kafka]".into(),
+            ));
+        }
+
         Ok(Config {
             file: file.to_owned(),
             kafka,
@@ -323,6 +341,7 @@ impl RawConfig {
             serving,
             registry,
             trainer,
+            promotion,
         })
     }
 }

@@ -14,6 +14,10 @@
 //! - [`registry_bus`]: the model registry's outbox published onto the bus.
 //! - [`lifecycle`]: model-version lifecycle (registered, promoted, retired)
 //!   recorded from the registry's events and read back as a timeline.
+//! - [`retrainer`]: the reference trainer, answering retrain requests with
+//!   registered challengers.
+//! - [`promotion`]: the promotion policy, challengers against champions on
+//!   the same requests and labels.
 //! - [`registry_references`]: reference profiles of registered versions
 //!   built from their `tidewatch.reference` tag.
 //! - [`http`]: the HTTP server: JSON API with its OpenAPI document,
@@ -36,6 +40,7 @@ pub mod fixtures;
 pub mod gateway;
 pub mod http;
 pub mod lifecycle;
+pub mod promotion;
 pub mod registry_bus;
 pub mod registry_references;
 pub mod report;

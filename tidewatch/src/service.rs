@@ -229,6 +229,8 @@ impl AlertRecorder {
 struct RecordingObserver {
     recorder: AlertRecorder,
     telemetry: ingest::telemetry::Telemetry,
+    /// Models whose challengers the promotion policy looks at again.
+    promotions: Option<crate::promotion::Queue>,
 }
 
 impl ingest::kafka::WindowObserver for RecordingObserver {
@@ -242,7 +244,11 @@ impl ingest::kafka::WindowObserver for RecordingObserver {
         let batch = self.recorder.batch(&alerts, ingest::finalize::now_millis());
         self.recorder
             .record(model, window_start, batch, &self.telemetry)
-            .await
+            .await?;
+        if let Some(queue) = &self.promotions {
+            queue.push(model);
+        }
+        Ok(())
     }
 }
 
@@ -367,6 +373,33 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         None => None,
     };
 
+    // The promotion policy, evaluated after windows are finalized.
+    let (stop_promotion, promotion_stopped) = tokio::sync::oneshot::channel::<()>();
+    let promotion_queue = config
+        .promotion
+        .as_ref()
+        .map(|_| crate::promotion::Queue::default());
+    let promotion = match (&config.promotion, &promotion_queue) {
+        (Some(promotion), Some(queue)) => {
+            let bus: Option<Arc<dyn alerting::delivery::Bus>> = match &promotion.topic {
+                Some(_) => Some(Arc::new(KafkaBus::new(&kafka)?)),
+                None => None,
+            };
+            Some(tokio::spawn(crate::promotion::run(
+                promotion.clone(),
+                store.clone(),
+                config.models.clone(),
+                config.engine.window_size().millis(),
+                bus,
+                queue.clone(),
+                async {
+                    let _ = promotion_stopped.await;
+                },
+            )))
+        }
+        _ => None,
+    };
+
     // The training sample's retention: an hourly pass.
     let (stop_retention, retention_stopped) = tokio::sync::oneshot::channel::<()>();
     let retention = tokio::spawn(expire_samples(
@@ -406,6 +439,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let observer = RecordingObserver {
         recorder,
         telemetry: telemetry.pipeline.clone(),
+        promotions: promotion_queue,
     };
     let report = ingest::kafka::run(
         driver,
@@ -423,6 +457,10 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     let _ = stop_acks.send(());
     if let Some(acks) = acks {
         let _ = acks.await;
+    }
+    let _ = stop_promotion.send(());
+    if let Some(promotion) = promotion {
+        let _ = promotion.await;
     }
     let _ = stop_trainer.send(());
     if let Some(trainer) = trainer {

@@ -1740,3 +1740,208 @@ async fn tidewatch_run_answers_a_retrain_request_on_the_bus_with_a_registered_ch
     pipeline.await.unwrap().unwrap();
     println!("tidewatch run answered retrain request tw-bus-1 on the bus: version 1 trained on 800 sampled rows, challenger, acknowledged");
 }
+
+/// `tidewatch run` with `[promotion]`, champion 1 and challenger 2 in the
+/// registry, and three hours of traffic both answered (shadow) with labels:
+/// the policy decides on the same requests and labels, moves the aliases
+/// and publishes `io.tidewatch.promotion.decided` with its evidence. The
+/// challenger right on 90 % of requests against 70 % is promoted; one
+/// right on 60 % is rejected once it reached `max_windows`.
+async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Value) {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::Message;
+
+    let brokers = common::brokers();
+    let scenario = Scenario::new(name);
+    let (name, directory, token_env, token) = (
+        scenario.name.clone(),
+        scenario.directory.clone(),
+        scenario.token_env.clone(),
+        TOKEN,
+    );
+    let port = common::free_port();
+    let (topic, decisions, registry_topic) = (
+        format!("predictions-{name}"),
+        format!("promotions-{name}"),
+        format!("registry-{name}"),
+    );
+    let extra = kafka_section(&brokers, &name, "")
+        + &format!(
+            "[promotion]\nregistry_url = \"http://127.0.0.1:{port}\"\ntoken_env = \"{token_env}\"\n\
+             topic = \"{decisions}\"\nmin_windows = 2\nmax_windows = 3\nmin_pairs = 100\n"
+        );
+    config(
+        &directory,
+        port,
+        &token_env,
+        &extra,
+        &format!("topic = \"{registry_topic}\""),
+    );
+    let path = directory.join("tidewatch.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[windows]\nsize = \"1h\"",
+        "[windows]\nsize = \"1h\"\nidle_close_after = \"2s\"\ncheckpoint_interval = \"300ms\"\nsample_rate = 1.0",
+    );
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(&path).unwrap();
+    common::create_topics(
+        &brokers,
+        &[
+            &topic,
+            &format!("dead-letters-{name}"),
+            &decisions,
+            &registry_topic,
+        ],
+    )
+    .await;
+    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
+        assert!(std::time::Instant::now() < deadline, "no HTTP server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    write(
+        port,
+        token,
+        "registered-models/create",
+        json!({"name": "churn"}),
+    )
+    .await;
+    for version in 1..=2 {
+        write(
+            port,
+            token,
+            "model-versions/create",
+            json!({"name": "churn", "source": format!("file:///models/churn-{version}.json")}),
+        )
+        .await;
+    }
+    for (alias, version) in [("champion", "1"), ("challenger", "2")] {
+        assert_eq!(
+            write(
+                port,
+                token,
+                "registered-models/alias",
+                json!({"name": "churn", "alias": alias, "version": version}),
+            )
+            .await,
+            200
+        );
+    }
+
+    // Three hours of requests, five hours ago, answered by both versions,
+    // each labelled a minute later.
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let hour = 3_600_000;
+    let first = (now - 5 * hour) / hour * hour;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (challenger_accuracy.to_bits());
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut sends = Vec::new();
+    for i in 0..450i64 {
+        let id = format!("q{i:04}");
+        let time = first + (i / 150) * hour + (i % 150) * 20_000;
+        let label = if uniform() < 0.5 { "yes" } else { "no" };
+        let other = if label == "yes" { "no" } else { "yes" };
+        for (version, accuracy) in [("1", 0.7), ("2", challenger_accuracy)] {
+            let class = if uniform() < accuracy { label } else { other };
+            sends.push(json!({
+                "schema": "tidewatch.prediction.v1", "model": "churn", "model_version": version,
+                "prediction_id": id, "timestamp": time,
+                "features": {"usage": 5.0 + uniform()},
+                "prediction": {"score": if class == "yes" { 0.8 } else { 0.2 }, "class": class},
+            }));
+        }
+        sends.push(json!({
+            "schema": "tidewatch.actual.v1", "model": "churn", "model_version": "1",
+            "prediction_id": id, "timestamp": time + 60_000, "label": label,
+        }));
+    }
+    for event in &sends {
+        let key = event["prediction_id"].as_str().unwrap().to_owned();
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&event.to_string()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("decisions-{name}"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[&decisions]).unwrap();
+    let decision: Value = tokio::time::timeout(Duration::from_secs(90), async {
+        let message = consumer.recv().await.unwrap();
+        serde_json::from_slice(message.payload().unwrap()).unwrap()
+    })
+    .await
+    .expect("no promotion decision within 90 s");
+    let client = registry::client::MlflowClient::new(&format!("http://127.0.0.1:{port}"));
+    let model = client
+        .get_ok("registered-models/get", &[("name", "churn")])
+        .await
+        .unwrap();
+    stop_pipeline.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+    (decision, model["registered_model"]["aliases"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_better_challenger_is_promoted_and_a_worse_one_rejected_on_the_same_requests() {
+    let (decision, aliases) = promotion_scenario("promote", 0.9).await;
+    assert_eq!(decision["type"], "io.tidewatch.promotion.decided");
+    assert_eq!(decision["specversion"], "1.0");
+    let data = &decision["data"];
+    assert_eq!(data["verdict"], "promote", "{decision}");
+    assert_eq!(
+        (data["champion"].as_str(), data["challenger"].as_str()),
+        (Some("1"), Some("2"))
+    );
+    let evidence = &data["evidence"];
+    assert_eq!(evidence["test"], "mcnemar_exact");
+    assert!(evidence["pairs"].as_u64().unwrap() >= 300, "{evidence}");
+    assert!(evidence["challenger"].as_f64().unwrap() > evidence["champion"].as_f64().unwrap());
+    assert!(evidence["p_value"].as_f64().unwrap() < 0.05);
+    // McNemar's p-value is the one detectors::paired computes from the counts.
+    let expected = detectors::paired::mcnemar(
+        evidence["only_champion"].as_u64().unwrap(),
+        evidence["only_challenger"].as_u64().unwrap(),
+    );
+    assert_eq!(evidence["p_value"].as_f64().unwrap(), expected.p_value);
+    assert_eq!(aliases, json!([{"alias": "champion", "version": "2"}]));
+
+    let (decision, aliases) = promotion_scenario("reject", 0.6).await;
+    let data = &decision["data"];
+    assert_eq!(data["verdict"], "reject", "{decision}");
+    assert_eq!(data["windows"], 3);
+    assert!(
+        data["evidence"]["challenger"].as_f64().unwrap()
+            < data["evidence"]["champion"].as_f64().unwrap()
+    );
+    assert_eq!(aliases, json!([{"alias": "champion", "version": "1"}]));
+    println!(
+        "promotion: 90 % vs 70 % promoted (p = {:.2e}); 60 % vs 70 % rejected after 3 windows",
+        expected.p_value
+    );
+}

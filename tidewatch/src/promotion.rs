@@ -1,0 +1,715 @@
+//! The promotion policy: a challenger becomes the champion when it beats
+//! it on the same requests and labels, or is rejected.
+//!
+//! ```text
+//!  window of model M finalized (tidewatch run) ─▶ evaluate M (its own task,
+//!     off the consume path; a bounded queue, a model already queued is not
+//!     queued twice)
+//!  registry: champion C, challenger K (alias `challenger` or `shadow`)
+//!  K's finalized windows ≥ min_windows?            no ─▶ wait
+//!  evidence from the training sample, K's windows: the requests both C
+//!  and K answered and that have a label (pairs)
+//!    classification: accuracy of each; McNemar's exact test
+//!    regression: MAE of each; paired t-test of the absolute errors
+//!  K's own drift: no drifted input series in its latest window
+//!  promote  ⇐ pairs ≥ min_pairs, gain ≥ margin, p < alpha, drift clean
+//!             ─▶ alias champion → K, challenger alias deleted
+//!  reject   ⇐ otherwise once K has max_windows windows
+//!             ─▶ challenger alias deleted
+//!  each decision ─▶ io.tidewatch.promotion.decided (the evidence) on
+//!                   [promotion] topic
+//! ```
+//!
+//! Before labels arrive nothing is decided (label-free estimates, when
+//! they exist, are not evidence here). A decision's event id is
+//! `<model>/<challenger>/<decision>`, so a decision published twice (a
+//! restart between the alias change and the event) is one for consumers.
+//! Rollback is one alias change in the registry.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use detectors::paired;
+use detectors::spec::{FeatureKind, ModelSpec, Task};
+use registry::client::MlflowClient;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use store::Store;
+
+/// CloudEvents type of a decision.
+pub const DECIDED: &str = "io.tidewatch.promotion.decided";
+
+/// One model's policy as written (every field optional: the section's
+/// defaults apply).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub min_windows: Option<u64>,
+    pub max_windows: Option<u64>,
+    pub min_pairs: Option<u64>,
+    pub margin: Option<f64>,
+    pub alpha: Option<f64>,
+}
+
+/// `[promotion]` as written.
+///
+/// ```toml
+/// [promotion]
+/// registry_url = "http://127.0.0.1:8080"   # the registry whose aliases it moves
+/// token_env = "TIDEWATCH_API_TOKEN"
+/// topic = "tidewatch.promotions"           # decisions (with [kafka]); optional
+/// min_windows = 3                          # the challenger's finalized windows before a decision
+/// max_windows = 24                         # rejected when not better by then
+/// min_pairs = 200                          # labelled requests both versions answered
+/// margin = 0.0                             # accuracy gain (or MAE reduction) needed
+/// alpha = 0.05                             # one-sided significance of the paired test
+/// [promotion.models.churn]                 # per model: any of the five above
+/// min_windows = 6
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPromotion {
+    pub registry_url: String,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    pub min_windows: Option<u64>,
+    pub max_windows: Option<u64>,
+    pub min_pairs: Option<u64>,
+    pub margin: Option<f64>,
+    pub alpha: Option<f64>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawPolicy>,
+}
+
+/// A model's validated policy.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Policy {
+    pub min_windows: u64,
+    pub max_windows: u64,
+    pub min_pairs: u64,
+    pub margin: f64,
+    pub alpha: f64,
+}
+
+/// Validated `[promotion]`.
+#[derive(Debug, Clone)]
+pub struct PromotionConfig {
+    pub registry: MlflowClient,
+    pub topic: Option<String>,
+    default: Policy,
+    models: BTreeMap<String, Policy>,
+}
+
+impl PromotionConfig {
+    /// The policy of `model`.
+    pub fn policy(&self, model: &str) -> Policy {
+        self.models.get(model).copied().unwrap_or(self.default)
+    }
+}
+
+/// A `[promotion]` setting that is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct InvalidSetting {
+    pub key: String,
+    pub message: String,
+}
+
+impl RawPolicy {
+    fn over(&self, base: Policy, key: &str) -> Result<Policy, InvalidSetting> {
+        let policy = Policy {
+            min_windows: self.min_windows.unwrap_or(base.min_windows),
+            max_windows: self.max_windows.unwrap_or(base.max_windows),
+            min_pairs: self.min_pairs.unwrap_or(base.min_pairs),
+            margin: self.margin.unwrap_or(base.margin),
+            alpha: self.alpha.unwrap_or(base.alpha),
+        };
+        let invalid = |field: &str, message: &str| InvalidSetting {
+            key: format!("{key}{field}"),
+            message: message.into(),
+        };
+        if policy.min_windows == 0 {
+            return Err(invalid("min_windows", "at least 1"));
+        }
+        if policy.max_windows < policy.min_windows {
+            return Err(invalid("max_windows", "at least min_windows"));
+        }
+        if !(policy.alpha > 0.0 && policy.alpha < 1.0) {
+            return Err(invalid("alpha", "in (0, 1)"));
+        }
+        if !policy.margin.is_finite() || policy.margin < 0.0 {
+            return Err(invalid("margin", "a finite number ≥ 0"));
+        }
+        Ok(policy)
+    }
+}
+
+impl RawPromotion {
+    /// Validates the section; `models`: the configured model names.
+    pub fn validate(self, models: &[ModelSpec]) -> Result<PromotionConfig, InvalidSetting> {
+        let url = self.registry_url.trim_end_matches('/');
+        let rest = url.strip_prefix("http://").unwrap_or_default();
+        if rest.is_empty() || rest.contains('/') {
+            return Err(InvalidSetting {
+                key: "registry_url".into(),
+                message: format!("`{url}` must be http://host:port"),
+            });
+        }
+        let token = match &self.token_env {
+            Some(name) => Some(std::env::var(name).map_err(|_| InvalidSetting {
+                key: "token_env".into(),
+                message: format!("the environment variable `{name}` is not set"),
+            })?),
+            None => None,
+        };
+        let base = Policy {
+            min_windows: 3,
+            max_windows: 24,
+            min_pairs: 200,
+            margin: 0.0,
+            alpha: 0.05,
+        };
+        let defaults = RawPolicy {
+            min_windows: self.min_windows,
+            max_windows: self.max_windows,
+            min_pairs: self.min_pairs,
+            margin: self.margin,
+            alpha: self.alpha,
+        };
+        let default = defaults.over(base, "")?;
+        let mut policies = BTreeMap::new();
+        for (name, raw) in &self.models {
+            if !models.iter().any(|spec| spec.name() == name) {
+                return Err(InvalidSetting {
+                    key: format!("models.{name}"),
+                    message: "not a [[models]] entry".into(),
+                });
+            }
+            policies.insert(name.clone(), raw.over(default, &format!("models.{name}."))?);
+        }
+        Ok(PromotionConfig {
+            registry: MlflowClient::new(url).with_token(token),
+            topic: self.topic,
+            default,
+            models: policies,
+        })
+    }
+}
+
+/// The evidence on the shared requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    /// Labelled requests both versions answered.
+    pub pairs: u64,
+    /// `accuracy` (classification) or `mae` (regression).
+    pub metric: &'static str,
+    pub champion: f64,
+    pub challenger: f64,
+    /// `mcnemar_exact` or `paired_t`.
+    pub test: &'static str,
+    pub p_value: f64,
+    /// McNemar: pairs only the champion / only the challenger got right.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_champion: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_challenger: Option<u64>,
+}
+
+impl Evidence {
+    /// How much better the challenger is (accuracy gained, MAE saved).
+    pub fn gain(&self) -> f64 {
+        match self.metric {
+            "mae" => self.champion - self.challenger,
+            _ => self.challenger - self.champion,
+        }
+    }
+}
+
+/// What the policy says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Promote,
+    Reject,
+    Wait,
+}
+
+/// The policy's rule (see the module docs). `windows`: the challenger's
+/// finalized windows; `drift_clean`: no drifted input in its latest.
+pub fn decide(
+    policy: &Policy,
+    windows: u64,
+    evidence: Option<&Evidence>,
+    drift_clean: bool,
+) -> Verdict {
+    if windows < policy.min_windows {
+        return Verdict::Wait;
+    }
+    let wins = evidence.is_some_and(|e| {
+        e.pairs >= policy.min_pairs && e.gain() >= policy.margin && e.p_value < policy.alpha
+    });
+    if wins && drift_clean {
+        Verdict::Promote
+    } else if windows >= policy.max_windows {
+        Verdict::Reject
+    } else {
+        Verdict::Wait
+    }
+}
+
+/// The evidence of `challenger` against `champion` over `[from_ms,
+/// to_ms)` from the training sample; `None` without a labelled pair.
+pub async fn evidence(
+    store: &Store,
+    spec: &ModelSpec,
+    champion: &str,
+    challenger: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> store::Result<Option<Evidence>> {
+    const MAX_ROWS: u64 = 1_000_000;
+    let champions: BTreeMap<String, store::SampledPrediction> = store
+        .sampled_predictions(spec.name(), Some(champion), from_ms, to_ms, MAX_ROWS)
+        .await?
+        .into_iter()
+        .map(|p| (p.prediction_id.clone(), p))
+        .collect();
+    let challengers = store
+        .sampled_predictions(spec.name(), Some(challenger), from_ms, to_ms, MAX_ROWS)
+        .await?;
+    let shared: Vec<(store::SampledPrediction, store::SampledPrediction)> = challengers
+        .into_iter()
+        .filter_map(|p| Some((champions.get(&p.prediction_id)?.clone(), p)))
+        .collect();
+    let ids: Vec<String> = shared
+        .iter()
+        .map(|(_, p)| p.prediction_id.clone())
+        .collect();
+    let labels: BTreeMap<String, store::SampledLabel> = store
+        .sampled_labels(spec.name(), &ids)
+        .await?
+        .into_iter()
+        .map(|l| (l.prediction_id.clone(), l))
+        .collect();
+    match spec.task() {
+        Task::Classification => {
+            let (mut pairs, mut right_champion, mut right_challenger) = (0u64, 0u64, 0u64);
+            let (mut only_champion, mut only_challenger) = (0u64, 0u64);
+            for (a, b) in &shared {
+                let Some(label) = labels.get(&a.prediction_id) else {
+                    continue;
+                };
+                let (ra, rb) = (a.class == label.label, b.class == label.label);
+                pairs += 1;
+                right_champion += u64::from(ra);
+                right_challenger += u64::from(rb);
+                only_champion += u64::from(ra && !rb);
+                only_challenger += u64::from(rb && !ra);
+            }
+            if pairs == 0 {
+                return Ok(None);
+            }
+            let test = paired::mcnemar(only_champion, only_challenger);
+            Ok(Some(Evidence {
+                pairs,
+                metric: "accuracy",
+                champion: right_champion as f64 / pairs as f64,
+                challenger: right_challenger as f64 / pairs as f64,
+                test: "mcnemar_exact",
+                p_value: test.p_value,
+                only_champion: Some(only_champion),
+                only_challenger: Some(only_challenger),
+            }))
+        }
+        Task::Regression => {
+            let (mut errors_champion, mut errors_challenger) = (Vec::new(), Vec::new());
+            for (a, b) in &shared {
+                let Some(value) = labels
+                    .get(&a.prediction_id)
+                    .and_then(|l| l.value.or_else(|| l.label.parse().ok()))
+                else {
+                    continue;
+                };
+                let (Some(sa), Some(sb)) = (a.score, b.score) else {
+                    continue;
+                };
+                errors_champion.push((sa - value).abs());
+                errors_challenger.push((sb - value).abs());
+            }
+            let n = errors_champion.len();
+            if n == 0 {
+                return Ok(None);
+            }
+            let p_value =
+                paired::paired_t(&errors_champion, &errors_challenger).map_or(1.0, |t| t.p_value);
+            Ok(Some(Evidence {
+                pairs: n as u64,
+                metric: "mae",
+                champion: errors_champion.iter().sum::<f64>() / n as f64,
+                challenger: errors_challenger.iter().sum::<f64>() / n as f64,
+                test: "paired_t",
+                p_value,
+                only_champion: None,
+                only_challenger: None,
+            }))
+        }
+    }
+}
+
+/// Models waiting to be evaluated: bounded by the number of models (a
+/// model already queued is not queued again), so the consumer never
+/// waits on it.
+#[derive(Clone, Default)]
+pub struct Queue {
+    inner: Arc<(Mutex<VecDeque<String>>, tokio::sync::Notify)>,
+}
+
+impl Queue {
+    /// Queues `model` unless it is queued already.
+    pub fn push(&self, model: &str) {
+        let (queue, notify) = &*self.inner;
+        let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+        if !queue.iter().any(|queued| queued == model) {
+            queue.push_back(model.to_owned());
+            notify.notify_one();
+        }
+    }
+
+    async fn pop(&self) -> String {
+        loop {
+            let (queue, notify) = &*self.inner;
+            let notified = notify.notified();
+            if let Some(model) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                return model;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A decision and what it rests on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub model: String,
+    pub champion: String,
+    pub challenger: String,
+    pub verdict: Verdict,
+    pub windows: u64,
+    pub evidence: Option<Evidence>,
+    pub drift_clean: bool,
+    pub policy: Policy,
+}
+
+impl Decision {
+    /// `io.tidewatch.promotion.decided`.
+    pub fn cloud_event(&self, time_ms: i64) -> Value {
+        registry::events::cloud_event(
+            DECIDED,
+            "tidewatch/promotion",
+            &format!(
+                "{}/{}/{}",
+                self.model,
+                self.challenger,
+                serde_json::to_value(self.verdict)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+            time_ms,
+            &format!("{}/{}", self.model, self.challenger),
+            serde_json::to_value(self).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// Evaluates `model` now: `None` when it has no challenger or the
+/// registry does not know it; the decision otherwise (a `wait` included),
+/// its alias changes made.
+pub async fn evaluate(
+    config: &PromotionConfig,
+    store: &Store,
+    spec: &ModelSpec,
+    window_ms: i64,
+) -> Result<Option<Decision>, String> {
+    let registry = &config.registry;
+    let (status, answer) = registry
+        .get("registered-models/get", &[("name", spec.name())])
+        .await
+        .map_err(|e| e.to_string())?;
+    if status == 404 {
+        return Ok(None);
+    }
+    if !(200..300).contains(&status) {
+        return Err(format!("registry: {status}: {answer}"));
+    }
+    let aliases: BTreeMap<String, String> = answer["registered_model"]["aliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["alias"].as_str()?.to_owned(),
+                a["version"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let Some(champion) = aliases.get("champion").cloned() else {
+        return Ok(None);
+    };
+    let Some((alias, challenger)) = ["challenger", "shadow"]
+        .into_iter()
+        .find_map(|alias| Some((alias, aliases.get(alias)?.clone())))
+        .filter(|(_, challenger)| *challenger != champion)
+    else {
+        return Ok(None);
+    };
+    let versions = store.model_versions().await.map_err(|e| e.to_string())?;
+    let Some(summary) = versions
+        .iter()
+        .find(|v| v.model == spec.name() && v.model_version == challenger)
+    else {
+        return Ok(Some(Decision {
+            model: spec.name().to_owned(),
+            champion,
+            challenger,
+            verdict: Verdict::Wait,
+            windows: 0,
+            evidence: None,
+            drift_clean: true,
+            policy: config.policy(spec.name()),
+        }));
+    };
+    let policy = config.policy(spec.name());
+    let (from, to) = (summary.first_window, summary.last_window + window_ms);
+    let evidence = evidence(store, spec, &champion, &challenger, from, to)
+        .await
+        .map_err(|e| e.to_string())?;
+    let latest = store
+        .window_metrics(store::MetricsQuery {
+            model: Some(spec.name().to_owned()),
+            model_version: Some(challenger.clone()),
+            segment: Some("all".into()),
+            from_ms: Some(summary.last_input_window.unwrap_or(summary.last_window)),
+            to_ms: Some(summary.last_input_window.unwrap_or(summary.last_window) + 1),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let inputs: Vec<&str> = spec
+        .series()
+        .take(spec.configured_feature_count())
+        .filter(|f| matches!(f.kind, FeatureKind::Numeric | FeatureKind::Categorical))
+        .map(|f| f.name.as_str())
+        .collect();
+    let drift_clean = !latest
+        .iter()
+        .any(|m| inputs.contains(&m.key.feature.as_str()) && m.metrics.drifted == Some(true));
+    let verdict = decide(&policy, summary.windows, evidence.as_ref(), drift_clean);
+    let decision = Decision {
+        model: spec.name().to_owned(),
+        champion,
+        challenger,
+        verdict,
+        windows: summary.windows,
+        evidence,
+        drift_clean,
+        policy,
+    };
+    let name = spec.name();
+    match verdict {
+        Verdict::Promote => {
+            registry
+                .post_ok(
+                    "registered-models/alias",
+                    &json!({"name": name, "alias": "champion", "version": decision.challenger}),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            delete_alias(registry, name, alias).await?;
+        }
+        Verdict::Reject => delete_alias(registry, name, alias).await?,
+        Verdict::Wait => {}
+    }
+    Ok(Some(decision))
+}
+
+async fn delete_alias(registry: &MlflowClient, model: &str, alias: &str) -> Result<(), String> {
+    let (status, answer) = registry
+        .delete(
+            "registered-models/alias",
+            &json!({"name": model, "alias": alias}),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if (200..300).contains(&status) || status == 404 {
+        Ok(())
+    } else {
+        Err(format!("registry: deleting {alias}: {status}: {answer}"))
+    }
+}
+
+/// Evaluates the models `queue` names, one at a time, until `shutdown`;
+/// decisions other than `wait` are published on the bus (when both are
+/// configured) and logged.
+pub async fn run(
+    config: PromotionConfig,
+    store: Store,
+    models: Vec<ModelSpec>,
+    window_ms: i64,
+    bus: Option<Arc<dyn alerting::delivery::Bus>>,
+    queue: Queue,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let model = tokio::select! {
+            () = &mut shutdown => return,
+            model = queue.pop() => model,
+        };
+        let Some(spec) = models.iter().find(|spec| spec.name() == model) else {
+            continue;
+        };
+        match evaluate(&config, &store, spec, window_ms).await {
+            Ok(Some(decision)) if decision.verdict != Verdict::Wait => {
+                tracing::warn!(model, champion = %decision.champion, challenger = %decision.challenger, verdict = ?decision.verdict, evidence = ?decision.evidence, "promotion decided");
+                if let (Some(bus), Some(topic)) = (&bus, &config.topic) {
+                    let now = ingest::finalize::now_millis() as i64;
+                    let payload = decision.cloud_event(now).to_string().into_bytes();
+                    let headers = vec![(
+                        "content-type",
+                        alerting::delivery::CLOUDEVENTS_JSON.to_owned(),
+                    )];
+                    // The aliases moved already; the event is retried a few
+                    // times, then logged as lost.
+                    for attempt in 1..=5 {
+                        match bus
+                            .publish(topic, &model, payload.clone(), headers.clone())
+                            .await
+                        {
+                            Ok(()) => break,
+                            Err(error) => {
+                                tracing::warn!(%error, attempt, "promotion decision not published");
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, model, "promotion not evaluated; retried at the next window")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn evidence(pairs: u64, champion: f64, challenger: f64, p_value: f64) -> Evidence {
+        Evidence {
+            pairs,
+            metric: "accuracy",
+            champion,
+            challenger,
+            test: "mcnemar_exact",
+            p_value,
+            only_champion: None,
+            only_challenger: None,
+        }
+    }
+
+    #[test]
+    fn the_rule_promotes_only_a_significant_clean_win_and_rejects_at_the_end() {
+        let policy = Policy {
+            min_windows: 3,
+            max_windows: 6,
+            min_pairs: 100,
+            margin: 0.02,
+            alpha: 0.05,
+        };
+        let win = evidence(500, 0.80, 0.86, 0.001);
+        assert_eq!(
+            decide(&policy, 2, Some(&win), true),
+            Verdict::Wait,
+            "too early"
+        );
+        assert_eq!(decide(&policy, 3, Some(&win), true), Verdict::Promote);
+        assert_eq!(
+            decide(&policy, 3, Some(&win), false),
+            Verdict::Wait,
+            "its own drift"
+        );
+        assert_eq!(decide(&policy, 6, Some(&win), false), Verdict::Reject);
+        let few = evidence(50, 0.80, 0.90, 0.001);
+        assert_eq!(decide(&policy, 4, Some(&few), true), Verdict::Wait);
+        let small = evidence(500, 0.80, 0.81, 0.01);
+        assert_eq!(
+            decide(&policy, 4, Some(&small), true),
+            Verdict::Wait,
+            "margin"
+        );
+        let noisy = evidence(500, 0.80, 0.85, 0.2);
+        assert_eq!(
+            decide(&policy, 4, Some(&noisy), true),
+            Verdict::Wait,
+            "p-value"
+        );
+        assert_eq!(decide(&policy, 6, Some(&noisy), true), Verdict::Reject);
+        assert_eq!(decide(&policy, 6, None, true), Verdict::Reject);
+        let regression = Evidence {
+            metric: "mae",
+            ..evidence(500, 2.0, 1.5, 0.001)
+        };
+        assert!((regression.gain() - 0.5).abs() < 1e-12);
+        assert_eq!(
+            decide(&policy, 3, Some(&regression), true),
+            Verdict::Promote
+        );
+    }
+
+    #[test]
+    fn per_model_policies_override_the_section() {
+        let spec = ModelSpec::new(
+            "churn",
+            Task::Classification,
+            vec![detectors::spec::FeatureSpec {
+                name: "usage".into(),
+                kind: FeatureKind::Numeric,
+            }],
+            vec![],
+            10,
+            10,
+        )
+        .unwrap();
+        let raw: RawPromotion = toml::from_str(
+            "registry_url = \"http://127.0.0.1:8080\"\nmin_windows = 4\n[models.churn]\nmargin = 0.05\n",
+        )
+        .unwrap();
+        let config = raw.validate(std::slice::from_ref(&spec)).unwrap();
+        let churn = config.policy("churn");
+        assert_eq!((churn.min_windows, churn.margin), (4, 0.05));
+        assert_eq!(config.policy("other").margin, 0.0);
+        for (text, key) in [
+            ("registry_url = \"https://x\"", "registry_url"),
+            ("registry_url = \"http://x:1\"\nalpha = 1.5", "alpha"),
+            (
+                "registry_url = \"http://x:1\"\nmax_windows = 1",
+                "max_windows",
+            ),
+            (
+                "registry_url = \"http://x:1\"\n[models.fraud]\nmargin = 0.1",
+                "models.fraud",
+            ),
+        ] {
+            let raw: RawPromotion = toml::from_str(text).unwrap();
+            let error = raw.validate(std::slice::from_ref(&spec)).unwrap_err();
+            assert_eq!(error.key, key, "{text}");
+        }
+    }
+}
