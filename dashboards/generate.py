@@ -115,6 +115,8 @@ def annotations(all_models=False):
         "kind = 'registered', concat('v', model_version, ' registered'), "
         "kind = 'reference_attached', concat('v', model_version, ' reference profile attached'), "
         "kind = 'alias_set', concat('v', model_version, ' is now ', alias), "
+        "kind = 'trained', concat('v', model_version, ' trained by Tidewatch'), "
+        "kind = 'promotion_decided', concat('promotion decided on v', model_version), "
         "concat('alias ', alias, ' deleted')) AS text, "
         "concat('version,', kind, if(alias = '', '', concat(',', alias))) AS tags "
         f"FROM version_events FINAL WHERE $__timeFilter(time) AND {where} ORDER BY time"

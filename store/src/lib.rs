@@ -433,24 +433,35 @@ pub enum VersionEventKind {
     AliasSet,
     /// An alias was deleted (the event names no version).
     AliasDeleted,
+    /// The reference trainer answered a retrain request with this version
+    /// (`detail`: the acknowledgement's data).
+    Trained,
+    /// The promotion policy decided on this version as challenger
+    /// (`detail`: the decision and its evidence).
+    PromotionDecided,
 }
 
 impl VersionEventKind {
     /// Every kind.
-    pub const ALL: [VersionEventKind; 4] = [
+    pub const ALL: [VersionEventKind; 6] = [
         VersionEventKind::Registered,
         VersionEventKind::ReferenceAttached,
         VersionEventKind::AliasSet,
         VersionEventKind::AliasDeleted,
+        VersionEventKind::Trained,
+        VersionEventKind::PromotionDecided,
     ];
 
-    /// `registered`, `reference_attached`, `alias_set` or `alias_deleted` (as stored).
+    /// `registered`, `reference_attached`, `alias_set`, `alias_deleted`,
+    /// `trained` or `promotion_decided` (as stored).
     pub fn as_str(self) -> &'static str {
         match self {
             VersionEventKind::Registered => "registered",
             VersionEventKind::ReferenceAttached => "reference_attached",
             VersionEventKind::AliasSet => "alias_set",
             VersionEventKind::AliasDeleted => "alias_deleted",
+            VersionEventKind::Trained => "trained",
+            VersionEventKind::PromotionDecided => "promotion_decided",
         }
     }
 
@@ -462,8 +473,9 @@ impl VersionEventKind {
     }
 }
 
-/// A registry change to one model version, as `tidewatch run` records it
-/// from the registry's events (the `version_events` table).
+/// A change to one model version: a registry event as `tidewatch run`
+/// records it, or a training or promotion decision recorded by the
+/// component that made it (the `version_events` table).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionEvent {
     /// Model name.
@@ -477,10 +489,21 @@ pub struct VersionEvent {
     pub alias: String,
     /// When the registry made the change, ms.
     pub time_ms: i64,
-    /// The registry's sequence number of the change (the CloudEvent id).
+    /// The registry's sequence number of the change (the CloudEvent id);
+    /// for trainings and decisions, a hash of their event id (see
+    /// [`VersionEvent::sequence_of`]).
     pub sequence: u64,
     /// The event's `data` as JSON (source, run id, tags, reference source).
     pub detail: String,
+}
+
+impl VersionEvent {
+    /// The `sequence` of an event that is not the registry's: a stable
+    /// hash of its id, above the registry's sequence numbers' range
+    /// (2⁶³ and up), so it never collides with one.
+    pub fn sequence_of(event_id: &str) -> u64 {
+        (1u64 << 63) | (xxhash_rust::xxh3::xxh3_64(event_id.as_bytes()) >> 1)
+    }
 }
 
 /// The store: a cheap-to-clone handle to one [`Backend`], whose methods it

@@ -85,6 +85,13 @@ pub enum EntryKind {
     Promoted,
     /// It stopped being the champion.
     Retired,
+    /// Its alert asked for retraining (the request's data in `detail`).
+    RetrainRequested,
+    /// The reference trainer registered it, answering a request.
+    Trained,
+    /// The promotion policy decided on it as challenger (`detail`: the
+    /// decision and its evidence).
+    PromotionDecided,
 }
 
 /// One line of a model's timeline.
@@ -187,6 +194,15 @@ pub fn timeline(events: &[VersionEvent]) -> Timeline {
                     }
                 }
             }
+            VersionEventKind::Trained => {
+                entries.push(entry(EntryKind::Trained, &event.model_version, None, None))
+            }
+            VersionEventKind::PromotionDecided => entries.push(entry(
+                EntryKind::PromotionDecided,
+                &event.model_version,
+                None,
+                None,
+            )),
             VersionEventKind::AliasDeleted => {
                 let previous = holders.remove(&event.alias);
                 let version = previous.clone().unwrap_or_default();
@@ -241,7 +257,11 @@ pub fn timeline(events: &[VersionEvent]) -> Timeline {
                     period.until_ms = Some(entry.time_ms);
                 }
             }
-            EntryKind::AliasSet | EntryKind::AliasDeleted => {}
+            EntryKind::AliasSet
+            | EntryKind::AliasDeleted
+            | EntryKind::RetrainRequested
+            | EntryKind::Trained
+            | EntryKind::PromotionDecided => {}
         }
     }
     for (alias, version) in holders {
@@ -252,6 +272,150 @@ pub fn timeline(events: &[VersionEvent]) -> Timeline {
     let mut versions: Vec<VersionLife> = lives.into_values().collect();
     versions.sort_by(|a, b| version_order(&a.version).cmp(&version_order(&b.version)));
     Timeline { entries, versions }
+}
+
+/// Retrain requests of a model read for its timeline at most.
+const TIMELINE_REQUESTS: u64 = 1_000;
+
+/// The timeline of `model` as the store has it: its newest
+/// [`TIMELINE_EVENTS`] version events and its retrain requests (from the
+/// alerts the monitor recorded), in time order; `true` when older events
+/// were left out.
+pub async fn load(store: &Store, model: &str) -> store::Result<(Timeline, bool)> {
+    let events = store.version_events(model, TIMELINE_EVENTS + 1).await?;
+    let truncated = events.len() as u64 > TIMELINE_EVENTS;
+    let mut timeline = timeline(&events[usize::from(truncated)..]);
+    let requests = store.alerts(Some(model), TIMELINE_REQUESTS).await?;
+    for request in requests
+        .into_iter()
+        .filter(|alert| alert.status == store::NotificationStatus::Retrain)
+    {
+        timeline.entries.push(Entry {
+            time_ms: request.created_at as i64,
+            kind: EntryKind::RetrainRequested,
+            version: request.model_version.clone(),
+            alias: None,
+            other_version: None,
+            detail: serde_json::from_str::<Value>(&request.payload)
+                .ok()
+                .and_then(|event| event.get("data").cloned())
+                .unwrap_or(Value::Null),
+        });
+    }
+    timeline.entries.sort_by_key(|entry| entry.time_ms);
+    Ok((timeline, truncated))
+}
+
+/// Records a training or promotion decision of `model` `version` in the
+/// version events (`event_id`: the acknowledgement's or decision's id).
+pub async fn record_decision(
+    store: &Store,
+    kind: VersionEventKind,
+    model: &str,
+    version: &str,
+    event_id: &str,
+    time_ms: i64,
+    detail: &Value,
+) -> store::Result<()> {
+    store
+        .write_version_events(vec![VersionEvent {
+            model: model.to_owned(),
+            model_version: version.to_owned(),
+            kind,
+            alias: String::new(),
+            time_ms,
+            sequence: VersionEvent::sequence_of(event_id),
+            detail: detail.to_string(),
+        }])
+        .await
+}
+
+/// The timeline as text: one line per entry (UTC time, version, what),
+/// then each version's live periods.
+pub fn render_text(model: &str, timeline: &Timeline, truncated: bool) -> String {
+    use std::fmt::Write as _;
+    let time = |ms: i64| crate::report::format_time(ms);
+    let mut out = format!("Timeline of {model}\n");
+    if truncated {
+        out.push_str(&format!(
+            "(the oldest events left out: more than {TIMELINE_EVENTS})\n"
+        ));
+    }
+    if timeline.entries.is_empty() {
+        out.push_str("no event recorded\n");
+        return out;
+    }
+    for entry in &timeline.entries {
+        let what = match entry.kind {
+            EntryKind::Registered => format!(
+                "registered from {}",
+                entry.detail["source"].as_str().unwrap_or("?")
+            ),
+            EntryKind::ReferenceAttached => format!(
+                "reference profile attached from {}",
+                entry.detail["source"].as_str().unwrap_or("?")
+            ),
+            EntryKind::AliasSet => match &entry.other_version {
+                Some(other) => format!(
+                    "alias {} (from v{other})",
+                    entry.alias.as_deref().unwrap_or("")
+                ),
+                None => format!("alias {}", entry.alias.as_deref().unwrap_or("")),
+            },
+            EntryKind::AliasDeleted => {
+                format!("alias {} deleted", entry.alias.as_deref().unwrap_or(""))
+            }
+            EntryKind::Promoted => match &entry.other_version {
+                Some(other) => format!("PROMOTED to champion (replacing v{other})"),
+                None => "PROMOTED to champion".into(),
+            },
+            EntryKind::Retired => match &entry.other_version {
+                Some(other) => format!("retired (replaced by v{other})"),
+                None => "retired".into(),
+            },
+            EntryKind::RetrainRequested => format!(
+                "retraining requested ({})",
+                entry.detail["reason"].as_str().unwrap_or("")
+            ),
+            EntryKind::Trained => format!(
+                "trained on {} labelled rows (request {})",
+                entry.detail["rows"],
+                entry.detail["request_id"].as_str().unwrap_or("?")
+            ),
+            EntryKind::PromotionDecided => {
+                let evidence = &entry.detail["evidence"];
+                format!(
+                    "promotion decided: {} against v{} ({} {} vs {} on {} shared requests, {} p = {})",
+                    entry.detail["verdict"].as_str().unwrap_or("?"),
+                    entry.detail["champion"].as_str().unwrap_or("?"),
+                    evidence["metric"].as_str().unwrap_or("?"),
+                    evidence["challenger"],
+                    evidence["champion"],
+                    evidence["pairs"],
+                    evidence["test"].as_str().unwrap_or("?"),
+                    evidence["p_value"],
+                )
+            }
+        };
+        let version = if entry.version.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("v{}", entry.version)
+        };
+        let _ = writeln!(out, "{} UTC  {version:<6} {what}", time(entry.time_ms));
+    }
+    for life in &timeline.versions {
+        for period in &life.live {
+            let _ = writeln!(
+                out,
+                "v{} live {} → {}",
+                life.version,
+                time(period.from_ms),
+                period.until_ms.map_or_else(|| "now".to_owned(), time)
+            );
+        }
+    }
+    out
 }
 
 /// Numeric versions in number order, then the others by name.

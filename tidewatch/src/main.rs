@@ -36,6 +36,8 @@ enum Command {
     Alerts(commands::alerts::Command),
     /// Print the stored drift table of a model.
     Windows(commands::windows::Args),
+    /// A model's timeline: versions, aliases, retraining, promotion decisions.
+    Versions(commands::versions::Args),
     /// Compare a current data file with a reference file, chunk by chunk, with every drift test.
     Analyze(commands::analyze::Args),
     /// Fixture files.
@@ -67,6 +69,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Reference(command) => commands::reference::run(command).await,
         Command::Alerts(command) => commands::alerts::run(command).await,
         Command::Windows(args) => commands::windows::run(args).await,
+        Command::Versions(args) => commands::versions::run(args).await,
         Command::Analyze(args) => commands::analyze::run(args).await,
         Command::Fixtures(command) => commands::fixtures::run(command),
     }

@@ -576,9 +576,23 @@ pub async fn run(
         match evaluate(&config, &store, spec, window_ms).await {
             Ok(Some(decision)) if decision.verdict != Verdict::Wait => {
                 tracing::warn!(model, champion = %decision.champion, challenger = %decision.challenger, verdict = ?decision.verdict, evidence = ?decision.evidence, "promotion decided");
+                let now = ingest::finalize::now_millis() as i64;
+                let event = decision.cloud_event(now);
+                let recorded = crate::lifecycle::record_decision(
+                    &store,
+                    store::VersionEventKind::PromotionDecided,
+                    &model,
+                    &decision.challenger,
+                    event["id"].as_str().unwrap_or_default(),
+                    now,
+                    &event["data"],
+                )
+                .await;
+                if let Err(error) = recorded {
+                    tracing::warn!(%error, "the decision was not recorded in the timeline");
+                }
                 if let (Some(bus), Some(topic)) = (&bus, &config.topic) {
-                    let now = ingest::finalize::now_millis() as i64;
-                    let payload = decision.cloud_event(now).to_string().into_bytes();
+                    let payload = event.to_string().into_bytes();
                     let headers = vec![(
                         "content-type",
                         alerting::delivery::CLOUDEVENTS_JSON.to_owned(),

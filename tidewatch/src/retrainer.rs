@@ -676,7 +676,27 @@ pub async fn run(
                 if let Outcome::Failed { reason } = &outcome {
                     tracing::warn!(request = %request.request_id, model = %request.model, reason, "retraining failed");
                 }
-                acknowledge(bus.as_ref(), &config.ack_topic, &request, &outcome).await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |elapsed| elapsed.as_millis() as i64);
+                let ack = outcome.ack_event(&request, now);
+                if let Outcome::Completed { version, .. } = &outcome {
+                    // For the timeline (recorded again on a replay: one row).
+                    let recorded = crate::lifecycle::record_decision(
+                        &store,
+                        store::VersionEventKind::Trained,
+                        &request.model,
+                        version,
+                        ack["id"].as_str().unwrap_or_default(),
+                        now,
+                        &ack["data"],
+                    )
+                    .await;
+                    if let Err(error) = recorded {
+                        tracing::warn!(%error, "the training was not recorded in the timeline");
+                    }
+                }
+                acknowledge(bus.as_ref(), &config.ack_topic, &request, &ack).await;
             }
         }
     };
@@ -696,12 +716,9 @@ async fn acknowledge(
     bus: &dyn alerting::delivery::Bus,
     topic: &str,
     request: &RetrainRequest,
-    outcome: &Outcome,
+    ack: &Value,
 ) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64);
-    let payload = outcome.ack_event(request, now).to_string().into_bytes();
+    let payload = ack.to_string().into_bytes();
     loop {
         let headers = vec![(
             "content-type",

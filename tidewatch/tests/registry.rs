@@ -1736,6 +1736,13 @@ async fn tidewatch_run_answers_a_retrain_request_on_the_bus_with_a_registered_ch
         assert!(std::time::Instant::now() < deadline, "{kinds:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let trained = store.version_events("churn", 100).await.unwrap();
+    let trained: Vec<&store::VersionEvent> = trained
+        .iter()
+        .filter(|e| e.kind == store::VersionEventKind::Trained)
+        .collect();
+    assert_eq!(trained.len(), 1, "{trained:?}");
+    assert_eq!(trained[0].model_version, "1");
     stop_pipeline.send(()).unwrap();
     pipeline.await.unwrap().unwrap();
     println!("tidewatch run answered retrain request tw-bus-1 on the bus: version 1 trained on 800 sampled rows, challenger, acknowledged");
@@ -1902,8 +1909,37 @@ async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Val
         .get_ok("registered-models/get", &[("name", "churn")])
         .await
         .unwrap();
+    // The lifecycle follower records the alias moves; the decision is
+    // recorded by the policy. `tidewatch versions` prints them.
+    let store = config.store.open().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let kinds: Vec<store::VersionEventKind> = store
+            .version_events("churn", 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.kind)
+            .collect();
+        if kinds.contains(&store::VersionEventKind::PromotionDecided)
+            && kinds.contains(&store::VersionEventKind::AliasDeleted)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{kinds:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop_pipeline.send(()).unwrap();
     pipeline.await.unwrap().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))
+        .args(["versions", "--model", "churn", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let mut decision = decision;
+    decision["printed"] = Value::String(printed);
     (decision, model["registered_model"]["aliases"].clone())
 }
 
@@ -1930,6 +1966,14 @@ async fn a_better_challenger_is_promoted_and_a_worse_one_rejected_on_the_same_re
     );
     assert_eq!(evidence["p_value"].as_f64().unwrap(), expected.p_value);
     assert_eq!(aliases, json!([{"alias": "champion", "version": "2"}]));
+    let printed = decision["printed"].as_str().unwrap();
+    for line in [
+        "v2     promotion decided: promote against v1 (accuracy",
+        "v2     PROMOTED to champion (replacing v1)",
+        "v1     retired (replaced by v2)",
+    ] {
+        assert!(printed.contains(line), "`{line}` not in:\n{printed}");
+    }
 
     let (decision, aliases) = promotion_scenario("reject", 0.6).await;
     let data = &decision["data"];
@@ -1940,6 +1984,12 @@ async fn a_better_challenger_is_promoted_and_a_worse_one_rejected_on_the_same_re
             < data["evidence"]["champion"].as_f64().unwrap()
     );
     assert_eq!(aliases, json!([{"alias": "champion", "version": "1"}]));
+    let printed = decision["printed"].as_str().unwrap();
+    assert!(
+        printed.contains("v2     promotion decided: reject against v1"),
+        "{printed}"
+    );
+    assert!(printed.contains("alias challenger deleted"), "{printed}");
     println!(
         "promotion: 90 % vs 70 % promoted (p = {:.2e}); 60 % vs 70 % rejected after 3 windows",
         expected.p_value

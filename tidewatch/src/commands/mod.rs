@@ -10,6 +10,7 @@
 //! | `reference build`, `reference list` | [`reference`] |
 //! | `alerts list`, `alerts show`, `alerts test-channel` | [`alerts`] |
 //! | `windows` | [`windows`] |
+//! | `versions` | [`versions`] |
 //! | `analyze` | [`analyze`] |
 //! | `fixtures generate`, `fixtures analyze-data`, `fixtures sample` | [`fixtures`] |
 
@@ -21,6 +22,7 @@ pub mod reference;
 pub mod replay;
 pub mod run;
 pub mod serve;
+pub mod versions;
 pub mod windows;
 
 use std::path::PathBuf;

@@ -449,13 +449,7 @@ async fn timeline(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let events = state
-        .store
-        .version_events(&model, crate::lifecycle::TIMELINE_EVENTS + 1)
-        .await?;
-    let truncated = events.len() as u64 > crate::lifecycle::TIMELINE_EVENTS;
-    let shown = &events[usize::from(truncated)..];
-    let timeline = crate::lifecycle::timeline(shown);
+    let (timeline, truncated) = crate::lifecycle::load(&state.store, &model).await?;
     let versions: Vec<VersionLifeView> = timeline
         .versions
         .into_iter()

@@ -503,11 +503,7 @@ async fn load_model_view(
     });
 
     let alerts = state.store.alerts(Some(&model), 50).await?;
-    let events = state
-        .store
-        .version_events(&model, crate::lifecycle::TIMELINE_EVENTS)
-        .await?;
-    let timeline = crate::lifecycle::timeline(&events);
+    let (timeline, _) = crate::lifecycle::load(&state.store, &model).await?;
     Ok(Ok(ModelView {
         versions: mine.iter().map(|v| v.model_version.clone()).collect(),
         model,
@@ -712,7 +708,7 @@ fn render_versions(timeline: &crate::lifecycle::Timeline) -> String {
             live = if live.is_empty() { "–".into() } else { live },
         );
     }
-    body.push_str("</tbody></table><details><summary>Every registry change</summary><table class=\"list\" id=\"timeline\"><thead><tr><th>Time (UTC)</th><th>Version</th><th>What</th></tr></thead><tbody>");
+    body.push_str("</tbody></table><details><summary>Timeline: registry changes, retraining, promotion decisions</summary><table class=\"list\" id=\"timeline\"><thead><tr><th>Time (UTC)</th><th>Version</th><th>What</th></tr></thead><tbody>");
     for entry in timeline.entries.iter().rev() {
         let what = match (entry.kind, &entry.alias, &entry.other_version) {
             (EntryKind::Registered, _, _) => "registered".to_owned(),
@@ -744,6 +740,29 @@ fn render_versions(timeline: &crate::lifecycle::Timeline) -> String {
                 format!("<b>retired</b> (replaced by v{})", escape(other))
             }
             (EntryKind::Retired, _, None) => "<b>retired</b>".to_owned(),
+            (EntryKind::RetrainRequested, _, _) => format!(
+                "retraining requested: {}",
+                escape(entry.detail["reason"].as_str().unwrap_or(""))
+            ),
+            (EntryKind::Trained, _, _) => format!(
+                "trained on {} labelled rows (request <code>{}</code>)",
+                entry.detail["rows"],
+                escape(entry.detail["request_id"].as_str().unwrap_or(""))
+            ),
+            (EntryKind::PromotionDecided, _, _) => {
+                let evidence = &entry.detail["evidence"];
+                format!(
+                    "promotion decided: <b>{}</b> against v{} ({} {:.4} vs {:.4} on {} shared requests, {} p = {:.2e})",
+                    escape(entry.detail["verdict"].as_str().unwrap_or("")),
+                    escape(entry.detail["champion"].as_str().unwrap_or("")),
+                    escape(evidence["metric"].as_str().unwrap_or("")),
+                    evidence["challenger"].as_f64().unwrap_or(f64::NAN),
+                    evidence["champion"].as_f64().unwrap_or(f64::NAN),
+                    evidence["pairs"],
+                    escape(evidence["test"].as_str().unwrap_or("")),
+                    evidence["p_value"].as_f64().unwrap_or(f64::NAN),
+                )
+            }
         };
         let _ = write!(
             body,
