@@ -399,6 +399,38 @@ async fn start(
     .unwrap()
 }
 
+/// `tidewatch run` of `config`, once its HTTP server on `port` answers.
+async fn start_run(
+    config: &Config,
+    port: u16,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<ingest::kafka::RunReport>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (pipeline, stop) = common::start_pipeline(config);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
+        assert!(std::time::Instant::now() < deadline, "no HTTP server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (pipeline, stop)
+}
+
+/// A consumer of `topic` from its beginning, in group `group`.
+fn reader(brokers: &str, group: &str, topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    consumer
+}
+
 /// A registry write over HTTP with the token; the status.
 async fn write(port: u16, token: &str, path: &str, body: Value) -> u16 {
     let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -1152,14 +1184,7 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
 
     // `tidewatch run`, serving the registry on [http].
     common::create_topics(&brokers, &[&topic, &format!("dead-letters-{name}")]).await;
-    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
-    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
-        assert!(std::time::Instant::now() < deadline, "no HTTP server");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (pipeline, stop_pipeline) = start_run(&config, port).await;
     write(
         port,
         token,
@@ -1283,13 +1308,7 @@ async fn a_registered_versions_tagged_reference_is_what_tidewatch_run_compares_i
 
     // A restart reads the topic from its beginning again; a rollback made
     // after it is recorded once, and nothing before it twice.
-    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
-        assert!(std::time::Instant::now() < deadline, "no HTTP server");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (pipeline, stop_pipeline) = start_run(&config, port).await;
     assert_eq!(
         write(port, token, "registered-models/alias", alias("1")).await,
         200
@@ -1602,7 +1621,6 @@ async fn write_churn_sample(store: &store::Store, start_ms: i64) -> Vec<(f64, &'
 /// lifecycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tidewatch_run_answers_a_retrain_request_on_the_bus_with_a_registered_challenger() {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::Message;
 
@@ -1647,14 +1665,7 @@ async fn tidewatch_run_answers_a_retrain_request_on_the_bus_with_a_registered_ch
     let start_ms: i64 = 1_767_225_600_000;
     write_churn_sample(&store, start_ms).await;
 
-    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
-    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
-        assert!(std::time::Instant::now() < deadline, "no HTTP server");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (pipeline, stop_pipeline) = start_run(&config, port).await;
 
     // The request, as the monitor publishes it.
     let alert = alerting::lifecycle::Alert {
@@ -1690,13 +1701,7 @@ async fn tidewatch_run_answers_a_retrain_request_on_the_bus_with_a_registered_ch
         .unwrap();
 
     // Its acknowledgement.
-    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("acks-{name}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&ack_topic]).unwrap();
+    let consumer = reader(&brokers, &format!("acks-{name}"), &ack_topic);
     let ack: Value = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let message = consumer.recv().await.unwrap();
@@ -1755,7 +1760,6 @@ async fn tidewatch_run_answers_a_retrain_request_on_the_bus_with_a_registered_ch
 /// challenger right on 90 % of requests against 70 % is promoted; one
 /// right on 60 % is rejected once it reached `max_windows`.
 async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Value) {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::Message;
 
@@ -1802,14 +1806,7 @@ async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Val
         ],
     )
     .await;
-    let (pipeline, stop_pipeline) = common::start_pipeline(&config);
-    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        assert!(!pipeline.is_finished(), "tidewatch run stopped early");
-        assert!(std::time::Instant::now() < deadline, "no HTTP server");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (pipeline, stop_pipeline) = start_run(&config, port).await;
     write(
         port,
         token,
@@ -1891,13 +1888,7 @@ async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Val
             .unwrap();
     }
 
-    let consumer: StreamConsumer = rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("decisions-{name}"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[&decisions]).unwrap();
+    let consumer = reader(&brokers, &format!("decisions-{name}"), &decisions);
     let decision: Value = tokio::time::timeout(Duration::from_secs(90), async {
         let message = consumer.recv().await.unwrap();
         serde_json::from_slice(message.payload().unwrap()).unwrap()
