@@ -1920,6 +1920,20 @@ async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Val
         assert!(std::time::Instant::now() < deadline, "{kinds:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The model page compares both versions' accuracy on the same windows.
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, _, page) =
+        common::http::request(address, "GET", "/models/churn?version=2", &[], b"").await;
+    assert_eq!(status, 200);
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("id=\"versions-compared\""),
+        "no comparison chart"
+    );
+    assert!(
+        page.contains("accuracy by version") && page.contains("\"v1\"") && page.contains("\"v2\""),
+        "both versions charted"
+    );
     stop_pipeline.send(()).unwrap();
     pipeline.await.unwrap().unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidewatch"))

@@ -283,6 +283,9 @@ struct QualityView {
     metrics: Vec<(&'static str, Vec<Option<f64>>)>,
     /// Matched labels / predictions per window.
     coverage: Vec<Option<f64>>,
+    /// With several versions in these windows (a champion and its
+    /// challenger): the first metric of each version per window.
+    by_version: Vec<(String, Vec<Option<f64>>)>,
 }
 
 /// Charts inlined as JSON; each is drawn into the element that names its
@@ -499,8 +502,49 @@ async fn load_model_view(
                 (predictions > 0).then(|| matched as f64 / predictions as f64)
             })
             .collect();
-        QualityView { metrics, coverage }
+        QualityView {
+            metrics,
+            coverage,
+            by_version: Vec::new(),
+        }
     });
+    // Champion against challenger: every version's first quality metric
+    // over the same windows.
+    let mut quality = quality;
+    if let (Some(quality), true) = (&mut quality, mine.len() > 1) {
+        let metric = match spec.task() {
+            Task::Classification => "accuracy",
+            Task::Regression => "mae",
+        };
+        let rows = state
+            .store
+            .window_metrics(MetricsQuery {
+                model: Some(model.clone()),
+                segment: Some(segment.clone()),
+                feature: Some("quality".into()),
+                from_ms: Some(from),
+                ..Default::default()
+            })
+            .await?;
+        let mut by_version: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
+        for row in &rows {
+            if let Some(value) = alerting::lifecycle::metric_value(&row.metrics, metric) {
+                by_version
+                    .entry(row.key.model_version.clone())
+                    .or_default()
+                    .insert(row.key.window_start, value);
+            }
+        }
+        if by_version.len() > 1 {
+            quality.by_version = by_version
+                .into_iter()
+                .map(|(version, values)| {
+                    let per_window = windows.iter().map(|w| values.get(w).copied()).collect();
+                    (version, per_window)
+                })
+                .collect();
+        }
+    }
 
     let alerts = state.store.alerts(Some(&model), 50).await?;
     let (timeline, _) = crate::lifecycle::load(&state.store, &model).await?;
@@ -663,13 +707,30 @@ fn render_quality(view: &ModelView, charts: &mut Charts) -> String {
         .collect();
     chart_series.push(json!({"label": "label coverage", "values": quality.coverage, "color": "#9a6700", "dash": true}));
     let x: Vec<i64> = view.windows.iter().map(|w| w / 1000).collect();
-    format!(
+    let mut body = format!(
         "<h2>Model quality</h2><section class=\"card wide\">{}</section>",
         charts.add(json!({"kind": "time", "title": "quality and label coverage", "x": x, "series": chart_series}))
-    )
+    );
+    if !quality.by_version.is_empty() {
+        let palette = ["#1f6feb", "#cf222e", "#1a7f37", "#8250df", "#9a6700"];
+        let metric = quality.metrics.first().map_or("quality", |(name, _)| *name);
+        let series: Vec<Value> = quality
+            .by_version
+            .iter()
+            .zip(palette.iter().cycle())
+            .map(|((version, values), color)| {
+                json!({"label": format!("v{version}"), "values": values, "color": color})
+            })
+            .collect();
+        let _ = write!(
+            body,
+            "<section class=\"card wide\" id=\"versions-compared\">{}</section>",
+            charts.add(json!({"kind": "time", "title": format!("{metric} by version, same windows (champion and challenger)"), "x": x, "series": series}))
+        );
+    }
+    body
 }
 
-/// The model's latest alerts.
 /// The versions' lifecycle from the registry: when each was registered,
 /// got its reference, went live and was retired, then every change.
 fn render_versions(timeline: &crate::lifecycle::Timeline) -> String {
@@ -779,6 +840,7 @@ fn render_versions(timeline: &crate::lifecycle::Timeline) -> String {
     body
 }
 
+/// The model's latest alerts.
 fn render_alerts(alerts: &[store::AlertRecord]) -> String {
     let mut body = String::from("<h2>Alerts</h2>");
     if alerts.is_empty() {
