@@ -188,6 +188,31 @@ pub trait Bus: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
+/// Publishes the CloudEvent `event` (structured JSON) to `topic` under
+/// `key`, trying again every `retry_after` until the bus takes it: for
+/// events whose cause is already recorded (an acknowledgement, a promotion
+/// decision), which must not be dropped while the broker is away. Drop the
+/// future to give up (shutdown).
+pub async fn publish_until_sent(
+    bus: &dyn Bus,
+    topic: &str,
+    key: &str,
+    event: &serde_json::Value,
+    retry_after: Duration,
+) {
+    let payload = event.to_string().into_bytes();
+    loop {
+        let headers = vec![("content-type", CLOUDEVENTS_JSON.to_owned())];
+        match bus.publish(topic, key, payload.clone(), headers).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, topic, id = %event["id"], "event not published yet; retrying");
+                tokio::time::sleep(retry_after).await;
+            }
+        }
+    }
+}
+
 /// Retry policy of deliveries (`[alerts.delivery]`). Built by
 /// [`RetryPolicy::new`], which checks it, or [`RetryPolicy::default`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -861,5 +886,63 @@ mod tests {
             )
             .is_ok());
         }
+    }
+
+    /// A bus refusing its first `refusals` sends, recording what it took.
+    struct FlakyBus {
+        refusals: std::sync::atomic::AtomicUsize,
+        sent: std::sync::Mutex<Vec<(String, String, Vec<u8>)>>,
+    }
+
+    impl Bus for FlakyBus {
+        fn publish<'a>(
+            &'a self,
+            topic: &'a str,
+            key: &'a str,
+            payload: Vec<u8>,
+            _headers: Vec<(&'static str, String)>,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+            Box::pin(async move {
+                let refused = self
+                    .refusals
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |n| n.checked_sub(1),
+                    )
+                    .is_ok();
+                if refused {
+                    return Err("broker down".into());
+                }
+                self.sent
+                    .lock()
+                    .unwrap()
+                    .push((topic.into(), key.into(), payload));
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_is_published_again_until_the_bus_takes_it() {
+        let bus = FlakyBus {
+            refusals: 3.into(),
+            sent: Default::default(),
+        };
+        let event = serde_json::json!({"id": "tw-1", "type": "io.tidewatch.retrain.completed"});
+        let started = tokio::time::Instant::now();
+        publish_until_sent(&bus, "acks", "churn", &event, Duration::from_secs(2)).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(6),
+            "three refusals, 2 s apart"
+        );
+        let sent = bus.sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!((sent[0].0.as_str(), sent[0].1.as_str()), ("acks", "churn"));
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&sent[0].2).unwrap(),
+            event
+        );
     }
 }

@@ -13,7 +13,7 @@
 //! | `tidewatch_consumer_lag` | gauge | `topic` (messages, summed over assigned partitions) |
 //! | `tidewatch_windows_closed_total` | counter | |
 //! | `tidewatch_store_write_seconds` | histogram | `operation` (`checkpoint`, `finalize`) |
-//! | `tidewatch_store_failures_total` | counter | `operation` (`checkpoint`, `finalize`, `references`, `alerts`, `fingerprints`): failed attempts, each retried |
+//! | `tidewatch_store_failures_total` | counter | `operation` (`checkpoint`, `samples`, `finalize`, `references`, `alerts`, `fingerprints`, `version_events`): failed attempts, each retried |
 //! | `tidewatch_store_up` | gauge | 1 while the last store operation succeeded, 0 while one is being retried |
 //! | `tidewatch_dead_letter_failures_total` | counter | failed dead-letter sends, each retried |
 //! | `tidewatch_brokers_up` | gauge | 1 while librdkafka reports a broker up (from statistics), else 0 |

@@ -58,9 +58,59 @@ impl MlflowClient {
         self
     }
 
+    /// A client of the registry at `url` (`http://host:port`, no path)
+    /// sending the token held by the environment variable `token_env`, for
+    /// components configured with both. `Err((setting, why))` names the
+    /// setting at fault: `registry_url` or `token_env`.
+    pub fn from_settings(
+        url: &str,
+        token_env: Option<&str>,
+    ) -> std::result::Result<Self, (&'static str, String)> {
+        let url = url.trim_end_matches('/');
+        let rest = url.strip_prefix("http://").unwrap_or_default();
+        if rest.is_empty() || rest.contains('/') {
+            return Err(("registry_url", format!("`{url}` must be http://host:port")));
+        }
+        let token = match token_env {
+            Some(name) => Some(std::env::var(name).map_err(|_| {
+                (
+                    "token_env",
+                    format!("the environment variable `{name}` is not set"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Self::new(url).with_token(token))
+    }
+
     /// The API's URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The aliases of registered model `model` as (alias, version); `None`
+    /// when the registry does not have the model.
+    pub async fn aliases(&self, model: &str) -> Result<Option<Vec<(String, String)>>> {
+        let (status, answer) = self
+            .get("registered-models/get", &[("name", model)])
+            .await?;
+        if status == 404 && answer["error_code"] == "RESOURCE_DOES_NOT_EXIST" {
+            return Ok(None);
+        }
+        let answer = self.ok("registered-models/get", status, answer)?;
+        Ok(Some(
+            answer["registered_model"]["aliases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|alias| {
+                    Some((
+                        alias["alias"].as_str()?.to_owned(),
+                        alias["version"].as_str()?.to_owned(),
+                    ))
+                })
+                .collect(),
+        ))
     }
 
     /// GETs `path` with `query`.

@@ -68,24 +68,10 @@ pub async fn registry_aliases(
     url: &str,
     model: &str,
 ) -> Result<Option<Vec<(String, String)>>, Error> {
-    let Some(answer) = registry_get(url, "registered-models/get", &[("name", model)]).await? else {
-        return Ok(None);
-    };
-    let aliases = answer["registered_model"]["aliases"]
-        .as_array()
-        .map(|aliases| {
-            aliases
-                .iter()
-                .filter_map(|alias| {
-                    Some((
-                        alias["alias"].as_str()?.to_owned(),
-                        alias["version"].as_str()?.to_owned(),
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Some(aliases))
+    registry::client::MlflowClient::new(url)
+        .aliases(model)
+        .await
+        .map_err(|e| Error::Unreachable(e.to_string()))
 }
 
 /// Applies a registered model's aliases to its route: the routing aliases

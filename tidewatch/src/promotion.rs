@@ -38,6 +38,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use store::Store;
 
+/// Wait between two attempts to publish a decision.
+const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
 /// CloudEvents type of a decision.
 pub const DECIDED: &str = "io.tidewatch.promotion.decided";
 
@@ -151,21 +154,11 @@ impl RawPolicy {
 impl RawPromotion {
     /// Validates the section; `models`: the configured model names.
     pub fn validate(self, models: &[ModelSpec]) -> Result<PromotionConfig, InvalidSetting> {
-        let url = self.registry_url.trim_end_matches('/');
-        let rest = url.strip_prefix("http://").unwrap_or_default();
-        if rest.is_empty() || rest.contains('/') {
-            return Err(InvalidSetting {
-                key: "registry_url".into(),
-                message: format!("`{url}` must be http://host:port"),
-            });
-        }
-        let token = match &self.token_env {
-            Some(name) => Some(std::env::var(name).map_err(|_| InvalidSetting {
-                key: "token_env".into(),
-                message: format!("the environment variable `{name}` is not set"),
-            })?),
-            None => None,
-        };
+        let registry = MlflowClient::from_settings(&self.registry_url, self.token_env.as_deref())
+            .map_err(|(key, message)| InvalidSetting {
+            key: key.into(),
+            message,
+        })?;
         let base = Policy {
             min_windows: 3,
             max_windows: 24,
@@ -192,7 +185,7 @@ impl RawPromotion {
             policies.insert(name.clone(), raw.over(default, &format!("models.{name}."))?);
         }
         Ok(PromotionConfig {
-            registry: MlflowClient::new(url).with_token(token),
+            registry,
             topic: self.topic,
             default,
             models: policies,
@@ -436,27 +429,14 @@ pub async fn evaluate(
     window_ms: i64,
 ) -> Result<Option<Decision>, String> {
     let registry = &config.registry;
-    let (status, answer) = registry
-        .get("registered-models/get", &[("name", spec.name())])
+    let Some(aliases) = registry
+        .aliases(spec.name())
         .await
-        .map_err(|e| e.to_string())?;
-    if status == 404 {
+        .map_err(|e| e.to_string())?
+    else {
         return Ok(None);
-    }
-    if !(200..300).contains(&status) {
-        return Err(format!("registry: {status}: {answer}"));
-    }
-    let aliases: BTreeMap<String, String> = answer["registered_model"]["aliases"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| {
-            Some((
-                a["alias"].as_str()?.to_owned(),
-                a["version"].as_str()?.to_owned(),
-            ))
-        })
-        .collect();
+    };
+    let aliases: BTreeMap<String, String> = aliases.into_iter().collect();
     let Some(champion) = aliases.get("champion").cloned() else {
         return Ok(None);
     };
@@ -592,24 +572,13 @@ pub async fn run(
                     tracing::warn!(%error, "the decision was not recorded in the timeline");
                 }
                 if let (Some(bus), Some(topic)) = (&bus, &config.topic) {
-                    let payload = event.to_string().into_bytes();
-                    let headers = vec![(
-                        "content-type",
-                        alerting::delivery::CLOUDEVENTS_JSON.to_owned(),
-                    )];
-                    // The aliases moved already; the event is retried a few
-                    // times, then logged as lost.
-                    for attempt in 1..=5 {
-                        match bus
-                            .publish(topic, &model, payload.clone(), headers.clone())
-                            .await
-                        {
-                            Ok(()) => break,
-                            Err(error) => {
-                                tracing::warn!(%error, attempt, "promotion decision not published");
-                                tokio::time::sleep(Duration::from_secs(2)).await;
-                            }
-                        }
+                    // The aliases moved already: the event is retried until
+                    // the broker takes it (or the process stops).
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = alerting::delivery::publish_until_sent(
+                            bus.as_ref(), topic, &model, &event, PUBLISH_RETRY,
+                        ) => {}
                     }
                 }
             }

@@ -129,23 +129,8 @@ impl RawTrainer {
                     .into(),
             ));
         };
-        let url = self.registry_url.trim_end_matches('/');
-        let rest = url.strip_prefix("http://").unwrap_or_default();
-        if rest.is_empty() || rest.contains('/') {
-            return Err(invalid(
-                "registry_url",
-                format!("`{url}` must be http://host:port"),
-            ));
-        }
-        let token = match &self.token_env {
-            Some(name) => Some(std::env::var(name).map_err(|_| {
-                invalid(
-                    "token_env",
-                    format!("the environment variable `{name}` is not set"),
-                )
-            })?),
-            None => None,
-        };
+        let registry = MlflowClient::from_settings(&self.registry_url, self.token_env.as_deref())
+            .map_err(|(key, message)| invalid(key, message))?;
         if self.min_rows < 2 {
             return Err(invalid("min_rows", "at least 2".into()));
         }
@@ -155,7 +140,7 @@ impl RawTrainer {
         registry::names::alias(&self.alias).map_err(|e| invalid("alias", e.to_string()))?;
         Ok(TrainerConfig {
             settings: TrainerSettings {
-                registry: MlflowClient::new(url).with_token(token),
+                registry,
                 model_dir: base_dir.join(self.model_dir),
                 min_rows: self.min_rows,
                 max_rows: self.max_rows,
@@ -676,9 +661,7 @@ pub async fn run(
                 if let Outcome::Failed { reason } = &outcome {
                     tracing::warn!(request = %request.request_id, model = %request.model, reason, "retraining failed");
                 }
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |elapsed| elapsed.as_millis() as i64);
+                let now = ingest::finalize::now_millis() as i64;
                 let ack = outcome.ack_event(&request, now);
                 if let Outcome::Completed { version, .. } = &outcome {
                     // For the timeline (recorded again on a replay: one row).
@@ -696,7 +679,14 @@ pub async fn run(
                         tracing::warn!(%error, "the training was not recorded in the timeline");
                     }
                 }
-                acknowledge(bus.as_ref(), &config.ack_topic, &request, &ack).await;
+                alerting::delivery::publish_until_sent(
+                    bus.as_ref(),
+                    &config.ack_topic,
+                    &request.model,
+                    &ack,
+                    ACK_RETRY,
+                )
+                .await;
             }
         }
     };
@@ -708,31 +698,4 @@ pub async fn run(
         shutdown,
     )
     .await
-}
-
-/// Publishes the acknowledgement of `request`, retrying until the broker
-/// takes it.
-async fn acknowledge(
-    bus: &dyn alerting::delivery::Bus,
-    topic: &str,
-    request: &RetrainRequest,
-    ack: &Value,
-) {
-    let payload = ack.to_string().into_bytes();
-    loop {
-        let headers = vec![(
-            "content-type",
-            alerting::delivery::CLOUDEVENTS_JSON.to_owned(),
-        )];
-        match bus
-            .publish(topic, &request.model, payload.clone(), headers)
-            .await
-        {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, topic, request = %request.request_id, "acknowledgement not published yet; retrying");
-                tokio::time::sleep(ACK_RETRY).await;
-            }
-        }
-    }
 }
