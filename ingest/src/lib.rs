@@ -16,6 +16,8 @@
 //!   metrics.
 //! - [`kafka`]: the consumer-group member (`run`) and the file-to-topic
 //!   producer (`replay_file`).
+//! - [`channel`]: the same loop over an in-process bus (the one-process
+//!   demo loop), messages handed over a bounded channel.
 //! - [`file`]: replays a JSON-lines file through the engine without Kafka.
 //! - [`lines`]: reads a JSON-lines file one line at a time (replays never
 //!   hold a whole file).
@@ -46,6 +48,7 @@
 //! offsets follow storage, and rewinding to a checkpoint range start makes
 //! the stored aggregates exactly-once across crashes and rebalances.
 
+pub mod channel;
 pub mod config;
 pub mod dead_letter;
 pub mod driver;

@@ -21,6 +21,7 @@
 //! be loaded is refused (logged and counted) and the route stays as it was.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,35 +222,86 @@ pub fn assign_at_end(consumer: &StreamConsumer, topic: &str) -> Result<usize, Er
     })
 }
 
-/// Publishes `update` to `topic` as `io.tidewatch.serving.route.updated`.
-async fn publish(producer: &FutureProducer, topic: &str, update: &RouteUpdated) {
-    let id = format!("{:032x}", rand::random::<u128>());
-    let payload = update.cloud_event(&id, crate::log::now_ms()).to_string();
-    let record = FutureRecord::to(topic)
-        .key(&update.model)
-        .payload(&payload)
-        .headers(
-            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
-                key: "content-type",
-                value: Some("application/cloudevents+json; charset=utf-8"),
-            }),
-        );
-    if let Err((error, _)) = producer.send(record, CALL_TIMEOUT).await {
-        tracing::warn!(%error, model = %update.model, "a route change was applied but not published");
+/// What [`EventSource::next`] answers.
+pub type NextEvent<'a> = Pin<Box<dyn Future<Output = Option<Result<Vec<u8>, String>>> + Send + 'a>>;
+
+/// Where the follower reads the registry's events.
+pub trait EventSource: Send {
+    /// The next event's payload; `None` when the source has ended, `Err`
+    /// when reading failed (tried again).
+    fn next(&mut self) -> NextEvent<'_>;
+}
+
+/// Where the follower announces route changes
+/// (`io.tidewatch.serving.route.updated`).
+pub trait RouteSink: Send + Sync {
+    /// Publishes the CloudEvent of `update` (a failure is logged: the route
+    /// moved already).
+    fn publish<'a>(
+        &'a self,
+        update: &'a RouteUpdated,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// A consumer of the registry topic.
+struct KafkaSource(StreamConsumer);
+
+impl EventSource for KafkaSource {
+    fn next(&mut self) -> NextEvent<'_> {
+        Box::pin(async move {
+            Some(match self.0.recv().await {
+                Ok(message) => Ok(message.payload().unwrap_or_default().to_vec()),
+                Err(error) => Err(error.to_string()),
+            })
+        })
     }
+}
+
+/// A producer onto the route topic.
+struct KafkaRouteSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl RouteSink for KafkaRouteSink {
+    fn publish<'a>(
+        &'a self,
+        update: &'a RouteUpdated,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let payload = route_event(update).to_string();
+            let record = FutureRecord::to(&self.topic)
+                .key(&update.model)
+                .payload(&payload)
+                .headers(
+                    rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                        key: "content-type",
+                        value: Some("application/cloudevents+json; charset=utf-8"),
+                    }),
+                );
+            if let Err((error, _)) = self.producer.send(record, CALL_TIMEOUT).await {
+                tracing::warn!(%error, model = %update.model, "a route change was applied but not published");
+            }
+        })
+    }
+}
+
+/// The CloudEvent announcing `update`, with a fresh id.
+pub fn route_event(update: &RouteUpdated) -> Value {
+    let id = format!("{:032x}", rand::random::<u128>());
+    update.cloud_event(&id, crate::log::now_ms())
 }
 
 /// Reports one outcome of the follower.
 async fn report(
     outcome: Result<Option<RouteUpdated>, Error>,
-    producer: &FutureProducer,
-    route_topic: &str,
+    sink: &dyn RouteSink,
     telemetry: &Telemetry,
 ) {
     match outcome {
         Ok(Some(update)) => {
             telemetry.adapter_event(ADAPTER, "route_updated");
-            publish(producer, route_topic, &update).await;
+            sink.publish(&update).await;
         }
         Ok(None) => telemetry.adapter_event(ADAPTER, "ignored"),
         Err(error) => {
@@ -260,9 +312,9 @@ async fn report(
 }
 
 /// Follows the registry until `shutdown`: `consumer` is assigned the end
-/// of `topic` (retried until the topic exists), the aliases at that point
-/// are read at `url`, then every alias change on the topic is applied.
-/// Route changes are published to `route_topic`.
+/// of `topic` (retried until the topic exists), then [`follow`] reads the
+/// aliases at `url` and applies every alias change on the topic. Route
+/// changes are published to `route_topic`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     routes: Arc<RouteTable>,
@@ -294,6 +346,35 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+    let sink = KafkaRouteSink {
+        producer,
+        topic: route_topic,
+    };
+    follow(
+        routes,
+        url,
+        KafkaSource(consumer),
+        &sink,
+        telemetry,
+        shutdown,
+    )
+    .await
+}
+
+/// Reads each served model's aliases at `url` and applies them, then
+/// applies every alias change `source` reads, until `shutdown` or the end
+/// of `source`. The source must be positioned before the aliases are read
+/// (no change made in between is missed; one may be applied twice, which
+/// changes nothing).
+pub async fn follow(
+    routes: Arc<RouteTable>,
+    url: String,
+    mut source: impl EventSource,
+    sink: &dyn RouteSink,
+    telemetry: Telemetry,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    tokio::pin!(shutdown);
     let models: Vec<String> = routes.models().iter().map(|m| m.name.clone()).collect();
     for model in &models {
         // The registry may start after the gateway: retry until it answers.
@@ -312,7 +393,7 @@ pub async fn run(
                         }
                     }
                     for change in apply_snapshot(&routes, model, &aliases) {
-                        report(change.map(Some), &producer, &route_topic, &telemetry).await;
+                        report(change.map(Some), sink, &telemetry).await;
                     }
                     break;
                 }
@@ -333,26 +414,23 @@ pub async fn run(
     loop {
         let message = tokio::select! {
             () = &mut shutdown => return,
-            message = consumer.recv() => message,
+            message = source.next() => message,
         };
         match message {
-            Ok(message) => {
-                let Some(document) = message
-                    .payload()
-                    .and_then(|payload| serde_json::from_slice::<Value>(payload).ok())
-                else {
+            None => return,
+            Some(Ok(payload)) => {
+                let Ok(document) = serde_json::from_slice::<Value>(&payload) else {
                     telemetry.adapter_event(ADAPTER, "undecodable");
                     continue;
                 };
                 report(
                     apply_event(&routes, &url, &document).await,
-                    &producer,
-                    &route_topic,
+                    sink,
                     &telemetry,
                 )
                 .await;
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 tracing::warn!(%error, "reading the registry's events failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -48,9 +48,12 @@ pub struct Gateway {
     telemetry: Telemetry,
     shadow_slots: Arc<Semaphore>,
     max_shadow_in_flight: usize,
-    /// Wall clock, ms (the events' timestamp); injected by tests.
-    clock: fn() -> i64,
+    /// Wall clock, ms (the events' timestamp); see [`Gateway::with_clock`].
+    clock: Clock,
 }
+
+/// A clock, ms since the Unix epoch.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 use crate::log::now_ms;
 
@@ -68,8 +71,15 @@ impl Gateway {
             telemetry,
             shadow_slots: Arc::new(Semaphore::new(max_shadow_in_flight)),
             max_shadow_in_flight,
-            clock: now_ms,
+            clock: Arc::new(now_ms),
         }
+    }
+
+    /// The gateway with `clock` giving the events' time instead of the wall
+    /// clock (a simulation that replays hours in seconds; tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The route table (to move aliases at run time).
@@ -460,8 +470,8 @@ mod tests {
         let routes = Arc::new(RouteTable::new(vec![(model, aliases)]).unwrap());
         let telemetry = Telemetry::default();
         let (log, events) = InferenceLog::bounded(buffer, telemetry.clone());
-        let mut gateway = Gateway::new(routes, log, telemetry, 8);
-        gateway.clock = || 1_767_225_600_000;
+        let gateway =
+            Gateway::new(routes, log, telemetry, 8).with_clock(Arc::new(|| 1_767_225_600_000));
         let gateway = Arc::new(gateway);
         (router(gateway.clone(), 1 << 20), gateway, events)
     }

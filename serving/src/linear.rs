@@ -154,6 +154,45 @@ impl LinearModel {
         Ok(Self { document })
     }
 
+    /// What the gateway logs for one row of feature values (in
+    /// [`LinearModel::features`] order): the score (a regression's value,
+    /// a binary classifier's probability of its second class, none for
+    /// more classes) and the class (classifiers). Used to give a training
+    /// set the outputs of the model trained on it.
+    pub fn predict_row(&self, row: &[f64]) -> (Option<f64>, Option<String>) {
+        let margins: Vec<f64> = self
+            .document
+            .coefficients
+            .iter()
+            .zip(&self.document.intercepts)
+            .map(|(weights, intercept)| {
+                weights
+                    .iter()
+                    .zip(row)
+                    .fold(*intercept, |sum, (weight, value)| sum + weight * value)
+            })
+            .collect();
+        match self.document.task {
+            Task::Regression => (margins.first().copied(), None),
+            Task::Classification => {
+                let classes = &self.document.classes;
+                if margins.len() == 1 {
+                    let positive = sigmoid(margins[0]);
+                    let class = classes[usize::from(positive > 0.5)].clone();
+                    (Some(positive), Some(class))
+                } else {
+                    let best = margins
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|(index, _)| index)
+                        .unwrap_or(0);
+                    (None, Some(classes[best].clone()))
+                }
+            }
+        }
+    }
+
     /// Classification or regression.
     pub fn task(&self) -> Task {
         self.document.task
@@ -300,6 +339,37 @@ mod tests {
         .unwrap();
         FeatureBatch::from_request(&request, &InputLayout::Columns { tensor: None }, &names)
             .unwrap()
+    }
+
+    #[test]
+    fn one_row_predicts_what_a_batch_answers() {
+        let binary = LinearModel::classifier(
+            vec!["a".into(), "b".into()],
+            vec!["no".into(), "yes".into()],
+            vec![vec![0.5, -2.0]],
+            vec![0.25],
+        )
+        .unwrap();
+        // σ(0.25 + 0.5·3 − 2·1) = σ(−0.25) < ½: "no".
+        let (score, class) = binary.predict_row(&[3.0, 1.0]);
+        assert!((score.unwrap() - 1.0 / (1.0 + 0.25f64.exp())).abs() < 1e-12);
+        assert_eq!(class.as_deref(), Some("no"));
+        let outputs = binary.infer(&batch(&["a", "b"], &[&[3.0, 1.0]])).unwrap();
+        let TensorData::Numbers(p) = &outputs[0].data else {
+            panic!()
+        };
+        assert!((p[1] - score.unwrap()).abs() < 1e-12);
+        let three = LinearModel::classifier(
+            vec!["a".into()],
+            vec!["x".into(), "y".into(), "z".into()],
+            vec![vec![1.0], vec![0.0], vec![-1.0]],
+            vec![0.0, 0.5, 0.0],
+        )
+        .unwrap();
+        assert_eq!(three.predict_row(&[2.0]), (None, Some("x".into())));
+        assert_eq!(three.predict_row(&[0.0]), (None, Some("y".into())));
+        let regression = LinearModel::regression(vec!["a".into()], vec![2.0], 1.0).unwrap();
+        assert_eq!(regression.predict_row(&[3.0]), (Some(7.0), None));
     }
 
     #[test]

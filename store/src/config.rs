@@ -169,6 +169,16 @@ pub(crate) fn valid_database_name(name: &str) -> bool {
 }
 
 impl StoreConfig {
+    /// Which store, for a human: `embedded (PATH)` or `ClickHouse URL/DATABASE`.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            BackendConfig::Embedded { path } => format!("embedded ({})", path.display()),
+            BackendConfig::ClickHouse { url, database, .. } => {
+                format!("ClickHouse {url}/{database}")
+            }
+        }
+    }
+
     /// Longest wait between attempts of a failing store operation.
     pub fn retry_max_delay(&self) -> Duration {
         self.retry_max_delay

@@ -154,6 +154,18 @@ impl Config {
         })?;
         raw.validate(file)
     }
+
+    /// [`Config::parse`] for a process whose parts share the in-process
+    /// bus ([`crate::bus::InProcessBus`], `tidewatch demo --loop`): the
+    /// bus topics (retrain requests and acknowledgements, promotion
+    /// decisions, the gateway's log) are valid without `[kafka]`.
+    pub fn parse_in_process(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            file: file.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        raw.validate_with_bus(file, true)
+    }
 }
 
 impl Config {
@@ -173,6 +185,12 @@ impl Config {
 impl RawConfig {
     /// Checks every rule and builds the validated [`Config`].
     pub fn validate(self, file: &Path) -> Result<Config, ConfigError> {
+        self.validate_with_bus(file, false)
+    }
+
+    /// [`RawConfig::validate`]; `in_process_bus`: the bus is in the
+    /// process, not `[kafka]`.
+    fn validate_with_bus(self, file: &Path, in_process_bus: bool) -> Result<Config, ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             file: file.to_owned(),
             key: key.to_owned(),
@@ -240,17 +258,17 @@ impl RawConfig {
         }
 
         let base_dir = file.parent().unwrap_or(Path::new("."));
-        let alerting =
-            self.alerts
-                .validate(base_dir, kafka.is_some())
-                .map_err(|error| match error {
-                    alerting::Error::InvalidSetting { key, message } => ConfigError::Invalid {
-                        file: file.to_owned(),
-                        key,
-                        message,
-                    },
-                    other => invalid("alerts", other.to_string()),
-                })?;
+        let alerting = self
+            .alerts
+            .validate(base_dir, kafka.is_some() || in_process_bus)
+            .map_err(|error| match error {
+                alerting::Error::InvalidSetting { key, message } => ConfigError::Invalid {
+                    file: file.to_owned(),
+                    key,
+                    message,
+                },
+                other => invalid("alerts", other.to_string()),
+            })?;
         let http = self
             .http
             .map(|raw| raw.validate())
@@ -311,7 +329,10 @@ impl RawConfig {
             .map(|raw| raw.validate(&models))
             .transpose()
             .map_err(|error| invalid(&format!("promotion.{}", error.key), error.message))?;
-        if promotion.as_ref().is_some_and(|p| p.topic.is_some()) && kafka.is_none() {
+        if promotion.as_ref().is_some_and(|p| p.topic.is_some())
+            && kafka.is_none()
+            && !in_process_bus
+        {
             return Err(invalid(
                 "promotion.topic",
                 "decisions go to the bus: needs [kafka]".into(),

@@ -8,6 +8,11 @@
 //!  the routes; each change is published as io.tidewatch.serving.route.updated
 //! ```
 //!
+//! In one process (`tidewatch demo --loop`) the gateway runs on the
+//! [`InProcessBus`] instead: its log is published there, its routes follow
+//! the registry's events there (no Seldon adapter: it reads Seldon's Kafka
+//! topics).
+//!
 //! On shutdown the listener stops accepting, requests in flight finish
 //! (within [`crate::http::DRAIN_DEADLINE`]), shadow calls still running
 //! finish (within the request timeout), then the log sends what it
@@ -21,7 +26,77 @@ use serving::config::ServingSettings;
 use serving::gateway::Gateway;
 use serving::telemetry::Telemetry;
 
+use crate::bus::InProcessBus;
 use crate::http::{serve_router, ServerLimits};
+
+/// Publishes the inference log to `topic` of the in-process bus (which
+/// makes this wait when its readers are behind: the log's bounded buffer
+/// then fills and drops, counted, as with a slow broker); on shutdown
+/// what is buffered is published.
+async fn forward_in_process(
+    mut events: tokio::sync::mpsc::Receiver<serving::log::LoggedEvent>,
+    bus: InProcessBus,
+    topic: String,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = &mut shutdown => break,
+        };
+        let Some(event) = event else { return };
+        bus.send(ingest::channel::BusMessage {
+            topic: topic.clone(),
+            key: event.key,
+            payload: event.payload,
+        })
+        .await;
+    }
+    events.close();
+    while let Some(event) = events.recv().await {
+        bus.send(ingest::channel::BusMessage {
+            topic: topic.clone(),
+            key: event.key,
+            payload: event.payload,
+        })
+        .await;
+    }
+}
+
+/// The registry's events on the in-process bus.
+struct Subscription(tokio::sync::mpsc::Receiver<ingest::channel::BusMessage>);
+
+impl serving::follow::EventSource for Subscription {
+    fn next(&mut self) -> serving::follow::NextEvent<'_> {
+        Box::pin(async move { self.0.recv().await.map(|m| Ok(m.payload)) })
+    }
+}
+
+/// Route changes onto the in-process bus.
+struct InProcessRoutes {
+    bus: InProcessBus,
+    topic: String,
+}
+
+impl serving::follow::RouteSink for InProcessRoutes {
+    fn publish<'a>(
+        &'a self,
+        update: &'a serving::routes::RouteUpdated,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            self.bus
+                .send(ingest::channel::BusMessage {
+                    topic: self.topic.clone(),
+                    key: update.model.clone(),
+                    payload: serving::follow::route_event(update)
+                        .to_string()
+                        .into_bytes(),
+                })
+                .await
+        })
+    }
+}
 
 /// Serves `settings` on `listener` until `shutdown`; returns the metrics
 /// (for the caller's report).
@@ -31,30 +106,65 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Telemetry> {
+    run_on(settings, GatewayBus::Kafka(kafka), listener, None, shutdown).await
+}
+
+/// The bus the gateway logs to and follows the registry on.
+pub enum GatewayBus<'a> {
+    /// The broker of `[kafka]`.
+    Kafka(&'a KafkaSettings),
+    /// The in-process bus.
+    InProcess(InProcessBus),
+}
+
+/// [`run`] on `bus`, the events dated by `clock` when given (see
+/// [`Gateway::with_clock`]).
+pub async fn run_on(
+    settings: &ServingSettings,
+    bus: GatewayBus<'_>,
+    listener: tokio::net::TcpListener,
+    clock: Option<serving::gateway::Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Telemetry> {
     let telemetry = Telemetry::default();
     let (log, events) =
         serving::log::InferenceLog::bounded(settings.log().buffer(), telemetry.clone());
-    let producer = ingest::kafka::bounded_producer(
-        kafka.connection(),
-        settings.log().buffer(),
-        settings.log().message_timeout(),
-    )?;
     let (stop_log, log_stopped) = tokio::sync::oneshot::channel::<()>();
-    let forwarder = tokio::spawn(serving::log::forward(
-        events,
-        producer,
-        settings.log().topic().to_owned(),
-        telemetry.clone(),
-        async move {
-            let _ = log_stopped.await;
-        },
-    ));
-    let gateway = Arc::new(Gateway::new(
+    let log_stopped = async move {
+        let _ = log_stopped.await;
+    };
+    let forwarder = match &bus {
+        GatewayBus::Kafka(kafka) => {
+            let producer = ingest::kafka::bounded_producer(
+                kafka.connection(),
+                settings.log().buffer(),
+                settings.log().message_timeout(),
+            )?;
+            tokio::spawn(serving::log::forward(
+                events,
+                producer,
+                settings.log().topic().to_owned(),
+                telemetry.clone(),
+                log_stopped,
+            ))
+        }
+        GatewayBus::InProcess(bus) => tokio::spawn(forward_in_process(
+            events,
+            bus.clone(),
+            settings.log().topic().to_owned(),
+            log_stopped,
+        )),
+    };
+    let mut gateway = Gateway::new(
         settings.routes().clone(),
         log.clone(),
         telemetry.clone(),
         settings.max_shadow_in_flight(),
-    ));
+    );
+    if let Some(clock) = clock {
+        gateway = gateway.with_clock(clock);
+    }
+    let gateway = Arc::new(gateway);
     let mut app = serving::gateway::router(gateway.clone(), settings.max_body_bytes());
     if let Some(kserve) = settings.kserve() {
         let adapter = Arc::new(serving::kserve::KserveAdapter::new(
@@ -73,8 +183,11 @@ pub async fn run(
     }
     // Seldon's topics, read beside the gateway until it stops.
     let (stop_seldon, seldon_stopped) = tokio::sync::oneshot::channel::<()>();
-    let seldon = match settings.seldon() {
-        Some(seldon) => {
+    let seldon = match (settings.seldon(), &bus) {
+        (Some(_), GatewayBus::InProcess(_)) => {
+            anyhow::bail!("[serving.seldon] reads Seldon's Kafka topics: it needs [kafka]")
+        }
+        (Some(seldon), GatewayBus::Kafka(kafka)) => {
             let adapter = Arc::new(serving::seldon::SeldonAdapter::new(
                 seldon.namespace.clone(),
                 seldon.models.clone(),
@@ -94,12 +207,31 @@ pub async fn run(
                 },
             )))
         }
-        None => None,
+        (None, _) => None,
     };
     // Routes that follow the registry's aliases.
     let (stop_follower, follower_stopped) = tokio::sync::oneshot::channel::<()>();
-    let follower = match settings.registry() {
-        Some(follow) => {
+    let follower = match (settings.registry(), &bus) {
+        (Some(follow), GatewayBus::InProcess(bus)) => {
+            // Subscribed before the aliases are read (see serving::follow).
+            let source = Subscription(bus.subscribe(&[follow.topic()]));
+            let sink = InProcessRoutes {
+                bus: bus.clone(),
+                topic: follow.route_topic().to_owned(),
+            };
+            let (routes, url, telemetry) = (
+                settings.routes().clone(),
+                follow.url().to_owned(),
+                telemetry.clone(),
+            );
+            Some(tokio::spawn(async move {
+                serving::follow::follow(routes, url, source, &sink, telemetry, async move {
+                    let _ = follower_stopped.await;
+                })
+                .await
+            }))
+        }
+        (Some(follow), GatewayBus::Kafka(kafka)) => {
             // No group member commits or is assigned anything: each gateway
             // reads every change from where it started.
             let group = format!("tidewatch-serve-routes-{:016x}", rand::random::<u64>());
@@ -123,7 +255,7 @@ pub async fn run(
                 },
             )))
         }
-        None => None,
+        (None, _) => None,
     };
     tracing::info!(address = %listener.local_addr()?, topic = settings.log().topic(), "model gateway listening");
     serve_router(

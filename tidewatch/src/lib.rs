@@ -9,8 +9,13 @@
 //!   into a reference profile.
 //! - [`fixtures`]: the seeded generator of the demo stream and training data.
 //! - [`demo`]: the whole pipeline in one process on the embedded store.
+//! - [`demo_loop`]: the closed loop (drift, retraining, shadow, promotion)
+//!   in one process on the in-process bus, or over Kafka.
 //! - [`report`]: text tables of window metrics.
-//! - [`service`]: opening the configured store and running the Kafka pipeline.
+//! - [`service`]: opening the configured store and running the pipeline
+//!   (on Kafka, or on the in-process bus).
+//! - [`bus`]: the in-process bus and what followers read (a Kafka topic or
+//!   an in-process subscription).
 //! - [`registry_bus`]: the model registry's outbox published onto the bus.
 //! - [`lifecycle`]: model-version lifecycle (registered, promoted, retired)
 //!   recorded from the registry's events and read back as a timeline.
@@ -34,8 +39,10 @@
 //! `registry` (model versions and aliases, MLflow-compatible).
 
 pub mod analyze;
+pub mod bus;
 pub mod config;
 pub mod demo;
+pub mod demo_loop;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;

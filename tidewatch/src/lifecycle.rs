@@ -22,7 +22,7 @@
 //! recorded. Store failures are retried with the pipeline's backoff; a
 //! message that is not a registry event is logged and skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -306,6 +306,22 @@ pub async fn load(store: &Store, model: &str) -> store::Result<(Timeline, bool)>
     Ok((timeline, truncated))
 }
 
+/// The versions of `model` that are on trial: holding the `challenger` or
+/// `shadow` alias and not `champion`, as the recorded lifecycle says
+/// (empty when the model has none, or no registry).
+pub async fn on_trial(store: &Store, model: &str) -> store::Result<BTreeSet<String>> {
+    let events = store.version_events(model, TIMELINE_EVENTS).await?;
+    Ok(timeline(&events)
+        .versions
+        .into_iter()
+        .filter(|life| {
+            let holds = |alias: &str| life.aliases.iter().any(|a| a == alias);
+            (holds("challenger") || holds("shadow")) && !holds("champion")
+        })
+        .map(|life| life.version)
+        .collect())
+}
+
 /// Records a training or promotion decision of `model` `version` in the
 /// version events (`event_id`: the acknowledgement's or decision's id).
 pub async fn record_decision(
@@ -429,17 +445,17 @@ fn version_order(version: &str) -> (u8, u64, &str) {
 /// Registry events read from the topic in one batch at most.
 const BATCH: usize = 500;
 
-/// Follows the registry topic of `kafka` from its beginning and records
-/// every lifecycle event in `store` until `shutdown` resolves (see the
-/// module docs).
+/// Follows the registry topic (`feed`: on the broker from its beginning,
+/// or the in-process bus) and records every lifecycle event in `store`
+/// until `shutdown` resolves (see the module docs).
 pub async fn follow(
-    kafka: ingest::config::KafkaSettings,
-    topic: String,
+    feed: crate::bus::Feed,
     store: Store,
     telemetry: ingest::telemetry::Telemetry,
     max_delay: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ingest::Error> {
+    let topic = feed.describe();
     let on_batch = |payloads: Vec<Vec<u8>>| {
         let events: Vec<VersionEvent> = payloads
             .iter()
@@ -449,7 +465,7 @@ pub async fn follow(
                     .and_then(|document| RegistryEvent::from_cloud_event(&document));
                 if parsed.is_none() {
                     tracing::warn!(
-                        topic,
+                        %topic,
                         "a message on the registry topic is not a registry event; skipped"
                     );
                 }
@@ -460,7 +476,7 @@ pub async fn follow(
         let (store, telemetry) = (store.clone(), telemetry.clone());
         async move { record(&store, &telemetry, max_delay, events).await }
     };
-    ingest::kafka::follow_topic(&kafka, &topic, BATCH, on_batch, shutdown).await
+    feed.follow(BATCH, on_batch, shutdown).await
 }
 
 /// Writes `events`, retrying while the store is away; an error that no
@@ -529,6 +545,31 @@ mod tests {
             ),
             (VersionEventKind::AliasDeleted, "", "shadow")
         );
+    }
+
+    #[tokio::test]
+    async fn a_challenger_is_on_trial_until_it_becomes_the_champion() {
+        let store = Store::in_memory().unwrap();
+        let write = |events: Vec<VersionEvent>| {
+            let store = store.clone();
+            async move { store.write_version_events(events).await.unwrap() }
+        };
+        write(vec![
+            stored(1, 1_000, Change::alias_created("churn", "champion", 1)),
+            stored(2, 2_000, Change::alias_created("churn", "challenger", 2)),
+            stored(3, 2_500, Change::alias_created("churn", "shadow", 3)),
+        ])
+        .await;
+        let on_trial = on_trial(&store, "churn").await.unwrap();
+        assert_eq!(on_trial, ["2".to_owned(), "3".to_owned()].into());
+        write(vec![
+            stored(4, 3_000, Change::alias_created("churn", "champion", 2)),
+            stored(5, 3_100, Change::alias_deleted("churn", "shadow")),
+        ])
+        .await;
+        // v2 is the champion (its challenger alias not deleted yet).
+        assert!(super::on_trial(&store, "churn").await.unwrap().is_empty());
+        assert!(super::on_trial(&store, "other").await.unwrap().is_empty());
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!  and K answered and that have a label (pairs)
 //!    classification: accuracy of each; McNemar's exact test
 //!    regression: MAE of each; paired t-test of the absolute errors
-//!  K's own drift: no drifted input series in its latest window
+//!  K's own drift: every input series of its latest window has a verdict
+//!    against K's reference and none drifted (no reference: not clean)
 //!  promote  ⇐ pairs ≥ min_pairs, gain ≥ margin, p < alpha, drift clean
 //!             ─▶ alias champion → K, challenger alias deleted
 //!  reject   ⇐ otherwise once K has max_windows windows
@@ -485,9 +486,16 @@ pub async fn evaluate(
         .filter(|f| matches!(f.kind, FeatureKind::Numeric | FeatureKind::Categorical))
         .map(|f| f.name.as_str())
         .collect();
-    let drift_clean = !latest
+    // Clean: every input has a verdict against the challenger's own
+    // reference and none drifted. Without a reference (or with windows too
+    // small for a verdict) nothing says it is clean.
+    let verdicts: Vec<bool> = latest
         .iter()
-        .any(|m| inputs.contains(&m.key.feature.as_str()) && m.metrics.drifted == Some(true));
+        .filter(|m| inputs.contains(&m.key.feature.as_str()))
+        .map(|m| m.metrics.drifted)
+        .collect::<Option<Vec<bool>>>()
+        .unwrap_or_default();
+    let drift_clean = !verdicts.is_empty() && !verdicts.contains(&true);
     let verdict = decide(&policy, summary.windows, evidence.as_ref(), drift_clean);
     let decision = Decision {
         model: spec.name().to_owned(),

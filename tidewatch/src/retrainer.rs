@@ -463,6 +463,25 @@ async fn answer(
             fitted.intercepts[0],
         ),
     }?;
+    // The reference describes the new version: its outputs on its own
+    // training rows replace the serving version's recorded ones.
+    let mut records = records;
+    for record in &mut records {
+        let row: Vec<f64> = model
+            .features()
+            .iter()
+            .map(|name| record.get(name).and_then(Value::as_f64).unwrap_or(f64::NAN))
+            .collect();
+        let (score, class) = model.predict_row(&row);
+        record.remove("prediction.score");
+        record.remove("prediction.class");
+        if let Some(score) = score.filter(|s| s.is_finite()) {
+            record.insert("prediction.score".into(), json!(score));
+        }
+        if let Some(class) = class.filter(|_| row.iter().all(|v| v.is_finite())) {
+            record.insert("prediction.class".into(), json!(class));
+        }
+    }
     let directory = settings
         .model_dir
         .join(&request.model)
@@ -629,12 +648,13 @@ const REQUEST_BATCH: usize = 16;
 /// Wait between two attempts to publish an acknowledgement.
 const ACK_RETRY: Duration = Duration::from_secs(2);
 
-/// Answers every request on `config.request_topic` (read from its
-/// beginning at each start: answered requests are found in the registry
-/// and acknowledged again, which the monitor ignores) one at a time, each
-/// acknowledged on `config.ack_topic`, until `shutdown` resolves.
+/// Answers every request of `requests` (`config.request_topic`: on the
+/// broker read from its beginning at each start, answered requests being
+/// found in the registry and acknowledged again, which the monitor
+/// ignores; or the in-process bus) one at a time, each acknowledged on
+/// `config.ack_topic`, until `shutdown` resolves.
 pub async fn run(
-    kafka: ingest::config::KafkaSettings,
+    requests: crate::bus::Feed,
     config: TrainerConfig,
     store: Store,
     models: Vec<ModelSpec>,
@@ -690,12 +710,5 @@ pub async fn run(
             }
         }
     };
-    ingest::kafka::follow_topic(
-        &kafka,
-        &config.request_topic,
-        REQUEST_BATCH,
-        on_batch,
-        shutdown,
-    )
-    .await
+    requests.follow(REQUEST_BATCH, on_batch, shutdown).await
 }

@@ -66,15 +66,76 @@ impl alerting::delivery::Bus for KafkaBus {
 
 /// The sender for `config`'s channels, with the Kafka bus when configured.
 pub fn sender(config: &Config, store: Store) -> anyhow::Result<alerting::delivery::Sender> {
+    let bus: Option<Arc<dyn alerting::delivery::Bus>> = match &config.kafka {
+        Some(kafka) => Some(Arc::new(KafkaBus::new(kafka)?)),
+        None => None,
+    };
+    sender_on(config, store, bus)
+}
+
+/// The sender for `config`'s channels, publishing bus channels to `bus`.
+fn sender_on(
+    config: &Config,
+    store: Store,
+    bus: Option<Arc<dyn alerting::delivery::Bus>>,
+) -> anyhow::Result<alerting::delivery::Sender> {
     let sender = alerting::delivery::Sender::new(
         store,
         config.alert_channels.clone(),
         config.delivery_retry,
     )?;
-    Ok(match &config.kafka {
-        Some(kafka) => sender.with_bus(Arc::new(KafkaBus::new(kafka)?)),
+    Ok(match bus {
+        Some(bus) => sender.with_bus(bus),
         None => sender,
     })
+}
+
+/// How `tidewatch run` is wired when it is not the plain `[kafka]` service.
+#[derive(Default)]
+pub struct Wiring {
+    /// The in-process bus instead of `[kafka]`.
+    pub in_process: Option<InProcess>,
+    /// A listener for `[http]`, bound by the caller (instead of
+    /// `http.listen`).
+    pub http_listener: Option<tokio::net::TcpListener>,
+}
+
+/// `tidewatch run` over an [`InProcessBus`](crate::bus::InProcessBus): every
+/// topic of the configuration (retrain requests and acknowledgements,
+/// registry events, promotion decisions) is a topic of `bus`, and events
+/// are read from `topics`.
+pub struct InProcess {
+    /// The bus.
+    pub bus: crate::bus::InProcessBus,
+    /// The event topics read, with the kind of their schema-less payloads.
+    pub topics: Vec<(String, events::EventKind)>,
+    /// Where malformed events go (a JSON-lines file).
+    pub dead_letters: std::path::PathBuf,
+    /// Events read, stored and whose closed windows are finalized and
+    /// observed (see [`ingest::channel::run`]).
+    pub processed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The bus of `config` (`[kafka]`) or of the wiring.
+enum Transport {
+    Kafka(ingest::config::KafkaSettings),
+    InProcess(InProcess),
+}
+
+impl Transport {
+    fn bus(&self) -> anyhow::Result<Arc<dyn alerting::delivery::Bus>> {
+        Ok(match self {
+            Transport::Kafka(kafka) => Arc::new(KafkaBus::new(kafka)?),
+            Transport::InProcess(wiring) => Arc::new(wiring.bus.clone()),
+        })
+    }
+
+    fn feed(&self, topic: &str) -> crate::bus::Feed {
+        match self {
+            Transport::Kafka(kafka) => crate::bus::Feed::kafka(kafka, topic),
+            Transport::InProcess(wiring) => wiring.bus.feed(topic),
+        }
+    }
 }
 
 /// Evaluates alert rules on every finalized window and records what they
@@ -100,16 +161,23 @@ pub struct AlertRecorder {
 
 impl AlertRecorder {
     /// What a window's alerts become in the outbox: each notification, and
-    /// a retrain request when the gate admits one.
+    /// a retrain request when the gate admits one. Versions `on_trial`
+    /// (challengers, see [`crate::lifecycle::on_trial`]) are not retrained:
+    /// their alerts are notifications, and the promotion policy decides
+    /// their fate.
     fn batch(
         &mut self,
         alerts: &[alerting::lifecycle::Alert],
         now: u64,
+        on_trial: &std::collections::BTreeSet<String>,
     ) -> Vec<(store::AlertRecord, Vec<String>)> {
         let mut batch = Vec::with_capacity(alerts.len());
         for alert in alerts {
             tracing::warn!(id = %alert.id, rule = %alert.rule, model = %alert.model, status = ?alert.status, "{}", alert.summary);
             batch.push((alert.to_record(now), alert.channels.clone()));
+            if on_trial.contains(&alert.model_version) {
+                continue;
+            }
             let request = self.gate.lock().expect("gate lock").admit(alert, now);
             if let Some(request) = request {
                 tracing::warn!(id = %alert.id, model = %alert.model, version = %alert.model_version, "retraining requested");
@@ -120,6 +188,18 @@ impl AlertRecorder {
             }
         }
         batch
+    }
+
+    /// The versions of `model` on trial; none when the store cannot say
+    /// (logged: a retrain request for a challenger is then possible, which
+    /// the gate still debounces).
+    async fn on_trial(&self, model: &str) -> std::collections::BTreeSet<String> {
+        crate::lifecycle::on_trial(&self.store, model)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, model, "challengers not known: their alerts may request retraining");
+                Default::default()
+            })
     }
 
     /// Records `batch` and the model's progress, retrying while the store is away.
@@ -214,7 +294,11 @@ impl AlertRecorder {
                     }
                 }
                 reraised += missing.len();
-                let batch = self.batch(&missing, ingest::finalize::now_millis());
+                let batch = self.batch(
+                    &missing,
+                    ingest::finalize::now_millis(),
+                    &self.on_trial(model.name()).await,
+                );
                 self.record(model.name(), *window_start, batch, telemetry)
                     .await?;
             }
@@ -241,7 +325,14 @@ impl ingest::kafka::WindowObserver for RecordingObserver {
         metrics: &[store::WindowMetrics],
     ) -> Result<(), ingest::Error> {
         let alerts = self.recorder.evaluator.evaluate(model, metrics);
-        let batch = self.recorder.batch(&alerts, ingest::finalize::now_millis());
+        let on_trial = if alerts.iter().any(|a| a.retrain) {
+            self.recorder.on_trial(model).await
+        } else {
+            Default::default()
+        };
+        let batch = self
+            .recorder
+            .batch(&alerts, ingest::finalize::now_millis(), &on_trial);
         self.recorder
             .record(model, window_start, batch, &self.telemetry)
             .await?;
@@ -258,20 +349,55 @@ impl ingest::kafka::WindowObserver for RecordingObserver {
 /// [`AlertRecorder`]); a separate task delivers the outbox (one pass a
 /// second), which survives restarts.
 pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunReport> {
-    let kafka = config.kafka.clone().ok_or_else(|| {
-        anyhow::anyhow!(
+    run_wired(config, Wiring::default(), shutdown).await
+}
+
+/// [`run`], wired as `wiring` says (the in-process bus of the one-process
+/// loop, a listener bound by the caller).
+pub async fn run_wired(
+    config: &Config,
+    wiring: Wiring,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<RunReport> {
+    let transport = match (wiring.in_process, &config.kafka) {
+        (Some(in_process), _) => Transport::InProcess(in_process),
+        (None, Some(kafka)) => Transport::Kafka(kafka.clone()),
+        (None, None) => anyhow::bail!(
             "{}: `kafka` is required by `tidewatch run`",
             config.file.display()
-        )
-    })?;
+        ),
+    };
     let store = config.store.open().await?;
-    let sender = sender(config, store.clone())?;
+    let bus = transport.bus()?;
+    let sender = sender_on(config, store.clone(), Some(Arc::clone(&bus)))?;
     let telemetry = crate::http::Telemetry::default();
     let driver = driver(config, store.clone(), telemetry.pipeline.clone()).await?;
+    // Followers subscribe before anything (the registry's publisher
+    // included) can publish.
+    let ack_feed = config
+        .retrain
+        .as_ref()
+        .and_then(|r| r.ack_topic.as_deref())
+        .map(|topic| transport.feed(topic));
+    let lifecycle_feed = config
+        .registry
+        .as_ref()
+        .map(|registry| transport.feed(registry.topic()));
+    let request_feed = config
+        .trainer
+        .as_ref()
+        .map(|trainer| transport.feed(&trainer.request_topic));
     let (stop_http, http) = match &config.http {
         Some(settings) => {
-            let (stop, server) =
-                start_http(config, settings, store.clone(), telemetry.clone()).await?;
+            let (stop, server) = start_http_with(
+                config,
+                settings,
+                store.clone(),
+                telemetry.clone(),
+                Some(Arc::clone(&bus)),
+                wiring.http_listener,
+            )
+            .await?;
             (Some(stop), Some(server))
         }
         None => (None, None),
@@ -299,41 +425,35 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
     };
     recorder.warm_up(config, &telemetry.pipeline).await?;
     let (stop_acks, acks_stopped) = tokio::sync::oneshot::channel::<()>();
-    let acks = config
-        .retrain
-        .as_ref()
-        .and_then(|r| r.ack_topic.clone())
-        .map(|topic| {
-            let gate = Arc::clone(&gate);
-            let kafka = kafka.clone();
-            tokio::spawn(async move {
-                let on_acks = |payloads: Vec<Vec<u8>>| {
-                    for payload in payloads {
-                        if let Some(request) = alerting::retrain::parse_ack(&payload) {
-                            if gate.lock().expect("gate lock").acknowledge(&request) {
-                                tracing::info!(%request, "retrain request acknowledged");
-                            }
+    let acks = ack_feed.map(|feed| {
+        let gate = Arc::clone(&gate);
+        let topic = feed.describe();
+        tokio::spawn(async move {
+            let on_acks = |payloads: Vec<Vec<u8>>| {
+                for payload in payloads {
+                    if let Some(request) = alerting::retrain::parse_ack(&payload) {
+                        if gate.lock().expect("gate lock").acknowledge(&request) {
+                            tracing::info!(%request, "retrain request acknowledged");
                         }
                     }
-                    std::future::ready(())
-                };
-                let stopped = async {
-                    let _ = acks_stopped.await;
-                };
-                if let Err(error) =
-                    ingest::kafka::follow_topic(&kafka, &topic, ACK_BATCH, on_acks, stopped).await
-                {
-                    tracing::error!(%error, %topic, "reading retrain acknowledgements failed");
                 }
-            })
-        });
+                std::future::ready(())
+            };
+            let stopped = async {
+                let _ = acks_stopped.await;
+            };
+            if let Err(error) = feed.follow(ACK_BATCH, on_acks, stopped).await {
+                tracing::error!(%error, %topic, "reading retrain acknowledgements failed");
+            }
+        })
+    });
 
     // Version lifecycle: the registry's events, wherever the registry runs.
     let (stop_lifecycle, lifecycle_stopped) = tokio::sync::oneshot::channel::<()>();
-    let lifecycle = config.registry.as_ref().map(|registry| {
+    let lifecycle = lifecycle_feed.map(|feed| {
+        let topic = feed.describe();
         let follow = crate::lifecycle::follow(
-            kafka.clone(),
-            registry.topic().to_owned(),
+            feed,
             store.clone(),
             telemetry.pipeline.clone(),
             config.store.retry_max_delay(),
@@ -341,7 +461,6 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
                 let _ = lifecycle_stopped.await;
             },
         );
-        let topic = registry.topic().to_owned();
         tokio::spawn(async move {
             if let Err(error) = follow.await {
                 tracing::error!(%error, %topic, "following the registry's events failed");
@@ -351,15 +470,14 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
 
     // The reference trainer, answering retrain requests.
     let (stop_trainer, trainer_stopped) = tokio::sync::oneshot::channel::<()>();
-    let trainer = match &config.trainer {
-        Some(trainer) => {
-            let bus: Arc<dyn alerting::delivery::Bus> = Arc::new(KafkaBus::new(&kafka)?);
+    let trainer = match (&config.trainer, request_feed) {
+        (Some(trainer), Some(requests)) => {
             let task = crate::retrainer::run(
-                kafka.clone(),
+                requests,
                 trainer.clone(),
                 store.clone(),
                 config.models.clone(),
-                bus,
+                Arc::clone(&bus),
                 async {
                     let _ = trainer_stopped.await;
                 },
@@ -370,7 +488,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
                 }
             }))
         }
-        None => None,
+        _ => None,
     };
 
     // The promotion policy, evaluated after windows are finalized.
@@ -380,23 +498,17 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         .as_ref()
         .map(|_| crate::promotion::Queue::default());
     let promotion = match (&config.promotion, &promotion_queue) {
-        (Some(promotion), Some(queue)) => {
-            let bus: Option<Arc<dyn alerting::delivery::Bus>> = match &promotion.topic {
-                Some(_) => Some(Arc::new(KafkaBus::new(&kafka)?)),
-                None => None,
-            };
-            Some(tokio::spawn(crate::promotion::run(
-                promotion.clone(),
-                store.clone(),
-                config.models.clone(),
-                config.engine.window_size().millis(),
-                bus,
-                queue.clone(),
-                async {
-                    let _ = promotion_stopped.await;
-                },
-            )))
-        }
+        (Some(promotion), Some(queue)) => Some(tokio::spawn(crate::promotion::run(
+            promotion.clone(),
+            store.clone(),
+            config.models.clone(),
+            config.engine.window_size().millis(),
+            Some(Arc::clone(&bus)),
+            queue.clone(),
+            async {
+                let _ = promotion_stopped.await;
+            },
+        ))),
         _ => None,
     };
 
@@ -430,10 +542,14 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         }
     });
     let (stop_stats, stats_stopped) = tokio::sync::oneshot::channel::<()>();
+    let topics = match &transport {
+        Transport::Kafka(kafka) => kafka.topics().iter().map(|t| t.name.clone()).collect(),
+        Transport::InProcess(wiring) => wiring.topics.iter().map(|(t, _)| t.clone()).collect(),
+    };
     let stats = tokio::spawn(record_pipeline_stats(
         stats_store,
         telemetry.pipeline.clone(),
-        kafka.topics().iter().map(|t| t.name.clone()).collect(),
+        topics,
         stats_stopped,
     ));
     let observer = RecordingObserver {
@@ -441,15 +557,38 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow:
         telemetry: telemetry.pipeline.clone(),
         promotions: promotion_queue,
     };
-    let report = ingest::kafka::run(
-        driver,
-        kafka,
-        config.loop_settings.clone(),
-        telemetry.pipeline.clone(),
-        shutdown,
-        observer,
-    )
-    .await;
+    let report = match transport {
+        Transport::Kafka(kafka) => {
+            ingest::kafka::run(
+                driver,
+                kafka,
+                config.loop_settings.clone(),
+                telemetry.pipeline.clone(),
+                shutdown,
+                observer,
+            )
+            .await
+        }
+        Transport::InProcess(wiring) => {
+            let topics: Vec<&str> = wiring.topics.iter().map(|(t, _)| t.as_str()).collect();
+            let messages = wiring.bus.subscribe(&topics);
+            let dead_letters = ingest::dead_letter::DeadLetterSink::file(&wiring.dead_letters)?;
+            ingest::channel::run(
+                driver,
+                messages,
+                ingest::channel::ChannelSettings {
+                    kinds: wiring.topics.iter().cloned().collect(),
+                    idle_close_after: config.loop_settings.idle_close_after,
+                    reference_refresh: config.loop_settings.reference_refresh,
+                },
+                dead_letters,
+                wiring.processed,
+                shutdown,
+                observer,
+            )
+            .await
+        }
+    };
     let _ = stop_delivery.send(());
     let _ = delivery.await;
     let _ = stop_stats.send(());
@@ -583,6 +722,26 @@ pub async fn start_http(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<()>,
 )> {
+    let bus: Option<Arc<dyn alerting::delivery::Bus>> = match &config.kafka {
+        Some(kafka) => Some(Arc::new(KafkaBus::new(kafka)?)),
+        None => None,
+    };
+    start_http_with(config, settings, store, telemetry, bus, None).await
+}
+
+/// [`start_http`] with the registry's events published to `bus` (into the
+/// store without one), on `listener` when given.
+pub async fn start_http_with(
+    config: &Config,
+    settings: &crate::http::config::HttpSettings,
+    store: Store,
+    telemetry: crate::http::Telemetry,
+    bus: Option<Arc<dyn alerting::delivery::Bus>>,
+    listener: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<(
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
     let registry = match &config.registry {
         Some(registry) => Some(registry::Registry::open(registry.path()).await.map_err(
             |error| {
@@ -613,24 +772,27 @@ pub async fn start_http(
             .and_then(|b| b.webhook_secret())
             .map(str::to_owned),
     });
-    let listener = tokio::net::TcpListener::bind(settings.listen())
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!(
-                "{}: `http.listen`: cannot listen on {}: {error}",
-                config.file.display(),
-                settings.listen()
-            )
-        })?;
+    let listener = match listener {
+        Some(listener) => listener,
+        None => tokio::net::TcpListener::bind(settings.listen())
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "{}: `http.listen`: cannot listen on {}: {error}",
+                    config.file.display(),
+                    settings.listen()
+                )
+            })?,
+    };
     tracing::info!(address = %listener.local_addr()?, "serving the API, pages and /metrics");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // The registry's outbox, for as long as the server runs: onto
     // [registry] topic with a broker, else into the store's version events.
     let publisher = match (&state.registry, &config.registry) {
         (Some(registry), Some(settings)) => {
-            let sink = match &config.kafka {
-                Some(kafka) => crate::registry_bus::Sink::Bus {
-                    bus: Arc::new(KafkaBus::new(kafka)?),
+            let sink = match bus {
+                Some(bus) => crate::registry_bus::Sink::Bus {
+                    bus,
                     topic: settings.topic().to_owned(),
                 },
                 None => crate::registry_bus::Sink::Store(state.store.clone()),

@@ -1814,12 +1814,29 @@ async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Val
         json!({"name": "churn"}),
     )
     .await;
+    // The challenger's training data: `usage` as the traffic has it (its
+    // drift is checked against it before it may be promoted).
+    let reference = directory.join("challenger-training.jsonl");
+    let lines: String = (0..2000)
+        .map(|i| {
+            format!(
+                "{{\"usage\": {}}}\n",
+                5.0 + ((i * 7919) % 2000) as f64 / 2000.0
+            )
+        })
+        .collect();
+    std::fs::write(&reference, lines).unwrap();
     for version in 1..=2 {
+        let tags = if version == 2 {
+            json!([{"key": "tidewatch.reference", "value": format!("file://{}", reference.display())}])
+        } else {
+            json!([])
+        };
         write(
             port,
             token,
             "model-versions/create",
-            json!({"name": "churn", "source": format!("file:///models/churn-{version}.json")}),
+            json!({"name": "churn", "source": format!("file:///models/churn-{version}.json"), "tags": tags}),
         )
         .await;
     }

@@ -19,6 +19,18 @@ pub struct Args {
     /// store until interrupted.
     #[arg(long)]
     serve: bool,
+    /// Run the closed loop instead: drift, a retrain request, a trained
+    /// challenger in shadow, its promotion, on simulated hours through the
+    /// gateway, the monitor, the trainer and the registry in this process
+    /// (files in WORKDIR/loop). With `--serve` its pages stay up (on the
+    /// address it prints; `--listen` is not used).
+    #[arg(long = "loop")]
+    closed_loop: bool,
+    /// With `--loop`: answer retrain requests with a deliberately bad
+    /// trainer (plugged into the bus as one's own would be), to see the
+    /// promotion policy reject its version.
+    #[arg(long, requires = "closed_loop")]
+    bad_trainer: bool,
     /// Where `--serve` listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -26,6 +38,41 @@ pub struct Args {
 
 /// Runs the demo.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.closed_loop {
+        let options = tidewatch::demo_loop::Options {
+            workdir: args.workdir.join("loop"),
+            seed: args.seed,
+            transport: tidewatch::demo_loop::Transport::InProcess,
+            trainer: if args.bad_trainer {
+                tidewatch::demo_loop::Trainer::Bad
+            } else {
+                tidewatch::demo_loop::Trainer::Reference
+            },
+        };
+        let serve = args.serve;
+        tidewatch::demo_loop::run(
+            options,
+            |outcome| {
+                print!("{}", outcome.report);
+                if serve {
+                    println!(
+                        "\nTidewatch pages: http://{}/models/{} (API: http://{}/api/v1/models/{}/timeline); Ctrl-C stops",
+                        outcome.http,
+                        tidewatch::demo_loop::MODEL,
+                        outcome.http,
+                        tidewatch::demo_loop::MODEL
+                    );
+                }
+            },
+            async move {
+                if serve {
+                    super::shutdown_signal().await;
+                }
+            },
+        )
+        .await?;
+        return Ok(());
+    }
     let outcome = tidewatch::demo::run(&args.workdir, args.seed, DemoShape::full()).await?;
     print!("{}", outcome.report);
     if !args.serve {
