@@ -44,6 +44,10 @@ sklearn_version=1.9.1
 mlserver_venv="$cache_dir/mlserver-venv-$mlserver_version"
 mlflow_version=3.17.2
 mlflow_venv="$cache_dir/mlflow-venv-$mlflow_version"
+# The Python trainer example's packages (examples/python-trainer/requirements.txt),
+# in a virtualenv named by the file's hash: a changed pin installs anew.
+trainer_requirements="$here/examples/python-trainer/requirements.txt"
+trainer_venv="$cache_dir/trainer-venv-$(sha256sum "$trainer_requirements" | cut -c1-12)"
 mlserver_http=$((base + 80))
 mlserver_grpc=$((base + 81))
 mlserver_metrics=$((base + 82))
@@ -66,8 +70,9 @@ broker_build_log="$cache_dir/nisshi-$nisshi_version.build.log"
 broker_build_pid=""
 mlserver_install_pid=""
 mlflow_install_pid=""
+trainer_install_pid=""
 # The background jobs are not left running if an install below fails.
-trap 'kill ${broker_build_pid:-} ${mlserver_install_pid:-} ${mlflow_install_pid:-} 2>/dev/null || true' EXIT
+trap 'kill ${broker_build_pid:-} ${mlserver_install_pid:-} ${mlflow_install_pid:-} ${trainer_install_pid:-} 2>/dev/null || true' EXIT
 if [ ! -x "$nisshi" ]; then
   log "building the nisshi broker $nisshi_version into $cache_dir in the background (first run only, ~11 minutes)"
   mkdir -p "$cache_dir"
@@ -121,6 +126,18 @@ if [ ! -x "$mlflow_venv/bin/mlflow" ]; then
   mlflow_install_pid=$!
 fi
 
+# --- The Python trainer example's packages, installed in the background ----
+trainer_install_log="$trainer_venv.install.log"
+if [ ! -x "$trainer_venv/bin/python" ] || [ ! -f "$trainer_venv/.installed" ]; then
+  ensure_python
+  log "installing the Python trainer example's packages into $trainer_venv in the background"
+  mkdir -p "$cache_dir"
+  rm -rf "$trainer_venv"
+  (python3 -m venv "$trainer_venv" && "$trainer_venv/bin/pip" install -q -r "$trainer_requirements" \
+    && touch "$trainer_venv/.installed") >"$trainer_install_log" 2>&1 &
+  trainer_install_pid=$!
+fi
+
 # --- ClickHouse -----------------------------------------------------------
 if ! command -v clickhouse-server >/dev/null 2>&1; then
   log "installing clickhouse-server from Debian's packages"
@@ -171,6 +188,8 @@ wait_for_install() {
 }
 wait_for_install MLServer "$mlserver_install_pid" "$mlserver_install_log" "$mlserver_venv/bin/mlserver"
 wait_for_install MLflow "$mlflow_install_pid" "$mlflow_install_log" "$mlflow_venv/bin/mlflow"
+wait_for_install "the Python trainer's packages" "$trainer_install_pid" "$trainer_install_log" "$trainer_venv/bin/python"
+[ -f "$trainer_venv/.installed" ] || fail "the Python trainer's packages are not installed (log: $trainer_install_log)"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
 pids=()
@@ -258,6 +277,7 @@ export TIDEWATCH_TEST_CHROMIUM="$chromium_bin"
 export TIDEWATCH_TEST_MLSERVER_URL="http://127.0.0.1:$mlserver_http"
 export TIDEWATCH_TEST_MLSERVER_MODELS="$run_dir/mlserver"
 export TIDEWATCH_TEST_MLFLOW_PYTHON="$mlflow_venv/bin/python"
+export TIDEWATCH_TEST_TRAINER_PYTHON="$trainer_venv/bin/python"
 export TIDEWATCH_TEST_SMTP_STARTTLS="127.0.0.1:$smtp_port"
 export TIDEWATCH_TEST_SMTP_TLS="127.0.0.1:$smtps_port"
 export TIDEWATCH_TEST_SMTP_USER="$smtp_user"

@@ -110,6 +110,10 @@ pub enum Trainer {
     /// registers v1 with its coefficients negated. The promotion policy
     /// must reject it.
     Bad,
+    /// A trainer outside the process taking the requests by webhook
+    /// (`[alerts.retrain] url`) and acknowledging on the bus, e.g.
+    /// `examples/python-trainer` (Kafka transport only).
+    Webhook { url: String },
 }
 
 /// What to run.
@@ -118,6 +122,12 @@ pub struct Options {
     pub seed: u64,
     pub transport: Transport,
     pub trainer: Trainer,
+    /// Where the HTTP API (registry, pages) listens; any free port of
+    /// 127.0.0.1 when `None`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// The API token (registry writes, training data); a random one when
+    /// `None`.
+    pub token: Option<String>,
 }
 
 /// One event seen on the bus, with the simulated hour it was seen in.
@@ -323,7 +333,11 @@ fn config_text(
             "[trainer]\nregistry_url = \"http://{http}\"\ntoken_env = \"{token_env}\"\n\
              model_dir = \"models\"\nmin_rows = 150\nlabel_wait = \"30s\"\n"
         ),
-        Trainer::Bad => String::new(),
+        Trainer::Bad | Trainer::Webhook { .. } => String::new(),
+    };
+    let webhook = match &options.trainer {
+        Trainer::Webhook { url } => format!("url = \"{url}\"\n"),
+        _ => String::new(),
     };
     let features = FEATURES
         .iter()
@@ -364,7 +378,7 @@ for_windows = 1
 severity = "critical"
 retrain = true
 [alerts.retrain]
-topic = "{retrain}"
+{webhook}topic = "{retrain}"
 ack_topic = "{acks}"
 debounce = "24h"
 [http]
@@ -746,7 +760,13 @@ pub async fn run(
             Transport::Kafka { prefix, .. } => prefix.clone(),
         },
     };
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http_listener = tokio::net::TcpListener::bind(
+        options
+            .listen
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+    )
+    .await
+    .context("the loop's HTTP listener")?;
     let http = http_listener.local_addr()?;
     let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway = gateway_listener.local_addr()?;
@@ -755,7 +775,10 @@ pub async fn run(
         std::process::id(),
         LOOPS.fetch_add(1, Ordering::SeqCst)
     );
-    let token = format!("{:032x}", rand::random::<u128>());
+    let token = options
+        .token
+        .clone()
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     std::env::set_var(&token_env, &token);
     let config_path = workdir.join("tidewatch.toml");
     let text = config_text(&options, &topics, http, &token_env, &v1_model);
@@ -805,7 +828,7 @@ pub async fn run(
         }));
     }
     let bad_requests = match (&options.trainer, &in_process, &config.kafka) {
-        (Trainer::Reference, _, _) => None,
+        (Trainer::Reference | Trainer::Webhook { .. }, _, _) => None,
         (Trainer::Bad, Some(bus), _) => Some(bus.feed(&topics.name(Topic::Retrain))),
         (Trainer::Bad, None, Some(kafka)) => Some(Feed::kafka(kafka, &topics.name(Topic::Retrain))),
         (Trainer::Bad, None, None) => unreachable!("a Kafka loop has [kafka]"),

@@ -256,6 +256,8 @@ async fn the_loop_runs_in_one_process_and_promotes_the_retrained_version() {
             seed: 42,
             transport: Transport::InProcess,
             trainer: Trainer::Reference,
+            listen: None,
+            token: None,
         },
         |outcome| println!("{}", outcome.report),
         async {},
@@ -314,6 +316,8 @@ async fn the_loop_runs_over_the_broker_and_clickhouse_and_promotes_the_retrained
             seed: 7,
             transport: kafka("good").await,
             trainer: Trainer::Reference,
+            listen: None,
+            token: None,
         },
         |outcome| println!("{}", outcome.report),
         async {},
@@ -331,6 +335,8 @@ async fn a_bad_trainers_worse_version_is_rejected_over_the_broker_and_clickhouse
             seed: 42,
             transport: kafka("bad").await,
             trainer: Trainer::Bad,
+            listen: None,
+            token: None,
         },
         |outcome| println!("{}", outcome.report),
         async {},
@@ -338,4 +344,107 @@ async fn a_bad_trainers_worse_version_is_rejected_over_the_broker_and_clickhouse
     .await
     .unwrap();
     check_rejected(&outcome);
+}
+
+/// A child process killed when dropped, its output in a file.
+struct PythonTrainer {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl PythonTrainer {
+    fn spawn(log: &std::path::Path, command: &mut std::process::Command) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let child = command
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the Python trainer: {e}"));
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Stops it; what it printed.
+    fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PythonTrainer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `examples/python-trainer/trainer.py` (scikit-learn, skl2onnx, the
+/// `mlflow` client, confluent-kafka; installed by `scripts/test.sh`) takes
+/// the retrain request by webhook, reads the training data from the API,
+/// registers an ONNX version through the mlflow client and acknowledges on
+/// the broker; the gateway runs it (tract) in shadow and the policy
+/// promotes it: the same chain as with Tidewatch's own trainer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_trainer_from_a_webhook_closes_the_loop_over_the_broker_and_clickhouse() {
+    let python = std::env::var("TIDEWATCH_TEST_TRAINER_PYTHON").expect(
+        "TIDEWATCH_TEST_TRAINER_PYTHON is not set: run the integration suite through scripts/test.sh, \
+         which installs examples/python-trainer/requirements.txt",
+    );
+    let transport = kafka("python").await;
+    let Transport::Kafka {
+        brokers, prefix, ..
+    } = &transport
+    else {
+        unreachable!()
+    };
+    let workdir = scratch("python");
+    let (http_port, webhook_port) = (common::free_port(), common::free_port());
+    let token = format!("{:032x}", rand::random::<u128>());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/python-trainer/trainer.py");
+    let log = workdir.join("python-trainer.log");
+    std::fs::create_dir_all(&workdir).unwrap();
+    let mut trainer = PythonTrainer::spawn(
+        &log,
+        std::process::Command::new(&python)
+            .arg(&script)
+            .args(["--listen", &format!("127.0.0.1:{webhook_port}")])
+            .args(["--tidewatch", &format!("http://127.0.0.1:{http_port}")])
+            .args(["--brokers", brokers])
+            .args(["--ack-topic", &format!("{prefix}retrain-acks")])
+            .args([
+                "--models-dir",
+                &workdir.join("python-models").display().to_string(),
+            ])
+            .args(["--min-rows", "150", "--label-wait", "30"])
+            .env("TIDEWATCH_API_TOKEN", &token),
+    );
+    let workdir = workdir.clone();
+    let outcome = demo_loop::run(
+        Options {
+            workdir,
+            seed: 42,
+            transport,
+            trainer: Trainer::Webhook {
+                url: format!("http://127.0.0.1:{webhook_port}/retrain"),
+            },
+            listen: Some(([127, 0, 0, 1], http_port).into()),
+            token: Some(token),
+        },
+        |outcome| println!("{}", outcome.report),
+        async {},
+    )
+    .await;
+    let output = trainer.stop();
+    let outcome = outcome.unwrap_or_else(|e| panic!("{e:#}\nthe trainer said:\n{output}"));
+    check_promoted(&outcome);
+    let ack = outcome
+        .observed
+        .iter()
+        .find(|o| o.topic == Topic::Acks)
+        .unwrap();
+    assert_eq!(ack.event["source"], "examples/python-trainer", "{output}");
 }

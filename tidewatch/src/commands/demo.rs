@@ -22,8 +22,8 @@ pub struct Args {
     /// Run the closed loop instead: drift, a retrain request, a trained
     /// challenger in shadow, its promotion, on simulated hours through the
     /// gateway, the monitor, the trainer and the registry in this process
-    /// (files in WORKDIR/loop). With `--serve` its pages stay up (on the
-    /// address it prints; `--listen` is not used).
+    /// (files in WORKDIR/loop). With `--serve` its pages stay up on
+    /// `--listen`.
     #[arg(long = "loop")]
     closed_loop: bool,
     /// With `--loop`: answer retrain requests with a deliberately bad
@@ -48,6 +48,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 tidewatch::demo_loop::Trainer::Reference
             },
+            listen: args.serve.then_some(args.listen),
+            token: std::env::var("TIDEWATCH_API_TOKEN")
+                .ok()
+                .filter(|token| !token.is_empty()),
         };
         let serve = args.serve;
         tidewatch::demo_loop::run(

@@ -28,6 +28,7 @@ fn table() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
         ("/api/v1/models/{model}/windows", get(windows)),
         ("/api/v1/models/{model}/metrics", get(metrics)),
         ("/api/v1/models/{model}/timeline", get(timeline)),
+        ("/api/v1/models/{model}/training-data", get(training_data)),
         ("/api/v1/references", get(references)),
         (
             "/api/v1/references/{model}/{version}",
@@ -514,6 +515,83 @@ async fn reference(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no reference profile for {model} v{version}")))
+}
+
+/// Most rows `training-data` answers at once.
+pub const MAX_TRAINING_ROWS: u64 = 100_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainingDataQuery {
+    from: Option<String>,
+    to: Option<String>,
+    version: Option<String>,
+    limit: Option<u64>,
+}
+
+/// The labelled rows of the training sample between `from` and `to`:
+/// what the reference trainer trains on, for one's own trainer. JSON
+/// lines, one object per request id (the `version`'s answer when it has
+/// one): the configured features, `prediction.score`, `prediction.class`
+/// and `actual.label`; the header `Tidewatch-Features` lists the
+/// features in their configured order (the order a registered ONNX
+/// version's input columns must have). Needs the API token (the rows are
+/// users' data).
+async fn training_data(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<TrainingDataQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let spec = state
+        .models
+        .iter()
+        .find(|spec| spec.name() == model)
+        .ok_or_else(|| ApiError::not_found(format!("no model named `{model}` is configured")))?;
+    let (Some(start_ms), Some(end_ms)) = (
+        parse_time("from", &query.from)?,
+        parse_time("to", &query.to)?,
+    ) else {
+        return Err(ApiError::bad_request("`from` and `to` are required"));
+    };
+    let limit = query.limit.unwrap_or(10_000);
+    if limit == 0 || limit > MAX_TRAINING_ROWS {
+        return Err(ApiError::bad_request(format!(
+            "`limit`: from 1 to {MAX_TRAINING_ROWS}"
+        )));
+    }
+    let request = crate::retrainer::RetrainRequest {
+        request_id: String::new(),
+        model: model.clone(),
+        version: query.version.unwrap_or_default(),
+        start_ms,
+        end_ms,
+    };
+    let (_, records) = crate::retrainer::training_set(&state.store, spec, &request, limit).await?;
+    let mut body = String::new();
+    for record in records {
+        body.push_str(&serde_json::Value::Object(record).to_string());
+        body.push('\n');
+    }
+    // JSON objects do not keep an order: the configured one is here.
+    let features: Vec<&str> = spec
+        .series()
+        .take(spec.configured_feature_count())
+        .map(|f| f.name.as_str())
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
+            (
+                header::HeaderName::from_static("tidewatch-features"),
+                features.join(","),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Checks `Authorization: Bearer <token>` in constant time.
