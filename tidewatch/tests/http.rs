@@ -492,6 +492,70 @@ async fn writes_are_refused_when_no_token_is_configured_and_metrics_are_promethe
     assert!(text.trim_end().ends_with("# EOF"));
 }
 
+/// The training sample over the API: the token is needed, `from` and `to`
+/// too, and the rows are exactly the sampled predictions that have a label
+/// (computed here from the stream with the engine's sampling rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_training_data_needs_the_token_and_holds_the_labelled_sample() {
+    let server = serve("training", Some(TOKEN)).await;
+    let path = format!("/api/v1/models/{DEMO_MODEL}/training-data?from=0&to=4102444800000");
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, _, _) = request(server.address, "GET", &path, &[], b"").await;
+    assert_eq!(status, 401);
+    let (status, _, body) = request(
+        server.address,
+        "GET",
+        &format!("/api/v1/models/{DEMO_MODEL}/training-data?from=0"),
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, content_type, body) = request(
+        server.address,
+        "GET",
+        &path,
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(content_type, "application/x-ndjson");
+    let rows: Vec<Value> = String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    // The oracle: sampled ids (the engine's rule at the default rate) with
+    // an actual in the stream.
+    let stream = std::fs::read_to_string(server.directory.join("stream.jsonl")).unwrap();
+    let mut labels = std::collections::BTreeMap::new();
+    for line in stream.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if event["schema"] == "tidewatch.actual.v1" {
+            let id = event["prediction_id"].as_str().unwrap().to_owned();
+            if ingest::engine::in_training_sample(0.1, DEMO_MODEL, &id) {
+                labels.insert(id, event["label"].clone());
+            }
+        }
+    }
+    assert!(labels.len() > 100, "{} sampled labels", labels.len());
+    assert_eq!(rows.len(), labels.len());
+    let mut seen: Vec<Value> = rows.iter().map(|r| r["actual.label"].clone()).collect();
+    let mut want: Vec<Value> = labels.into_values().collect();
+    let key = |v: &Value| v.to_string();
+    seen.sort_by_key(key);
+    want.sort_by_key(key);
+    assert_eq!(seen, want);
+    for row in &rows {
+        for feature in ["age", "tenure_months", "contract", "prediction.class"] {
+            assert!(row.get(feature).is_some(), "{feature} missing in {row}");
+        }
+    }
+}
+
 /// Runs headless Chromium on `url`: (DOM after scripts ran, stderr).
 fn chromium(url: &str) -> (String, String) {
     let binary = std::env::var("TIDEWATCH_TEST_CHROMIUM").expect(
