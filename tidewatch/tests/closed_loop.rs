@@ -248,14 +248,14 @@ fn scratch(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("tidewatch-loop-{name}-{}", std::process::id()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_loop_runs_in_one_process_and_promotes_the_retrained_version() {
-    let outcome = demo_loop::run(
+/// Runs the loop in `scratch(name)`, printing its report.
+async fn run_loop(name: &str, seed: u64, transport: Transport, trainer: Trainer) -> Outcome {
+    demo_loop::run(
         Options {
-            workdir: scratch("in-process"),
-            seed: 42,
-            transport: Transport::InProcess,
-            trainer: Trainer::Reference,
+            workdir: scratch(name),
+            seed,
+            transport,
+            trainer,
             listen: None,
             token: None,
         },
@@ -263,7 +263,12 @@ async fn the_loop_runs_in_one_process_and_promotes_the_retrained_version() {
         async {},
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_runs_in_one_process_and_promotes_the_retrained_version() {
+    let outcome = run_loop("in-process", 42, Transport::InProcess, Trainer::Reference).await;
     check_promoted(&outcome);
 }
 
@@ -310,39 +315,13 @@ async fn kafka(name: &str) -> Transport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_runs_over_the_broker_and_clickhouse_and_promotes_the_retrained_version() {
-    let outcome = demo_loop::run(
-        Options {
-            workdir: scratch("kafka"),
-            seed: 7,
-            transport: kafka("good").await,
-            trainer: Trainer::Reference,
-            listen: None,
-            token: None,
-        },
-        |outcome| println!("{}", outcome.report),
-        async {},
-    )
-    .await
-    .unwrap();
+    let outcome = run_loop("kafka", 7, kafka("good").await, Trainer::Reference).await;
     check_promoted(&outcome);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_trainers_worse_version_is_rejected_over_the_broker_and_clickhouse() {
-    let outcome = demo_loop::run(
-        Options {
-            workdir: scratch("bad"),
-            seed: 42,
-            transport: kafka("bad").await,
-            trainer: Trainer::Bad,
-            listen: None,
-            token: None,
-        },
-        |outcome| println!("{}", outcome.report),
-        async {},
-    )
-    .await
-    .unwrap();
+    let outcome = run_loop("bad", 42, kafka("bad").await, Trainer::Bad).await;
     check_rejected(&outcome);
 }
 
