@@ -188,7 +188,7 @@ wait_for_install() {
 }
 wait_for_install MLServer "$mlserver_install_pid" "$mlserver_install_log" "$mlserver_venv/bin/mlserver"
 wait_for_install MLflow "$mlflow_install_pid" "$mlflow_install_log" "$mlflow_venv/bin/mlflow"
-wait_for_install "the Python trainer's packages" "$trainer_install_pid" "$trainer_install_log" "$trainer_venv/bin/python"
+wait_for_install "Python trainer" "$trainer_install_pid" "$trainer_install_log" "$trainer_venv/bin/python"
 [ -f "$trainer_venv/.installed" ] || fail "the Python trainer's packages are not installed (log: $trainer_install_log)"
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
