@@ -204,3 +204,45 @@ fn paired_t_statistics_and_p_values_match_scipy() {
         );
     }
 }
+
+#[test]
+fn two_proportion_z_p_values_match_scipy() {
+    for case in cases()["two_proportion_z"].as_array().unwrap() {
+        let count = |key: &str| case[key].as_u64().unwrap();
+        let test = detectors::paired::two_proportions(
+            count("right_champion"),
+            count("n_champion"),
+            count("right_challenger"),
+            count("n_challenger"),
+        )
+        .unwrap();
+        let want = case["p_value"].as_f64().unwrap();
+        assert!(
+            relative_close(test.p_value, want, 1e-9),
+            "{case}: {} vs SciPy {want}",
+            test.p_value
+        );
+    }
+}
+
+#[test]
+fn welch_t_statistics_and_p_values_match_scipy() {
+    for case in cases()["welch_t"].as_array().unwrap() {
+        let (champion, challenger) = (floats(&case["champion"]), floats(&case["challenger"]));
+        let test = detectors::paired::welch_t(&champion, &challenger).unwrap();
+        let (statistic, p_value) = (
+            case["statistic"].as_f64().unwrap(),
+            case["p_value"].as_f64().unwrap(),
+        );
+        assert!(
+            relative_close(test.statistic, statistic, 1e-9),
+            "t {} vs SciPy {statistic}",
+            test.statistic
+        );
+        assert!(
+            relative_close(test.p_value, p_value, 1e-7),
+            "p {} vs SciPy {p_value}",
+            test.p_value
+        );
+    }
+}

@@ -8,9 +8,12 @@
 //!  registry: champion C, challenger K (alias `challenger` or `shadow`)
 //!  K's finalized windows ≥ min_windows?            no ─▶ wait
 //!  evidence from the training sample, K's windows: the requests both C
-//!  and K answered and that have a label (pairs)
+//!  and K answered and that have a label (pairs; K in shadow)
 //!    classification: accuracy of each; McNemar's exact test
 //!    regression: MAE of each; paired t-test of the absolute errors
+//!  no request answered by both (K as a canary): each version's own
+//!  labelled requests (pairs = the smaller count)
+//!    classification: two-proportion z-test; regression: Welch's t-test
 //!  K's own drift: every input series of its latest window has a verdict
 //!    against K's reference and none drifted (no reference: not clean)
 //!  promote  ⇐ pairs ≥ min_pairs, gain ≥ margin, p < alpha, drift clean
@@ -194,16 +197,19 @@ impl RawPromotion {
     }
 }
 
-/// The evidence on the shared requests.
+/// The evidence on the shared requests (shadow), or on each version's own
+/// requests when they share none (canary).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Evidence {
-    /// Labelled requests both versions answered.
+    /// Labelled requests both versions answered; for a canary, the smaller
+    /// of the two versions' labelled request counts.
     pub pairs: u64,
     /// `accuracy` (classification) or `mae` (regression).
     pub metric: &'static str,
     pub champion: f64,
     pub challenger: f64,
-    /// `mcnemar_exact` or `paired_t`.
+    /// `mcnemar_exact` or `paired_t` (shadow), `two_proportion_z` or
+    /// `welch_t` (canary).
     pub test: &'static str,
     pub p_value: f64,
     /// McNemar: pairs only the champion / only the challenger got right.
@@ -211,6 +217,11 @@ pub struct Evidence {
     pub only_champion: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub only_challenger: Option<u64>,
+    /// Canary: the labelled requests each version answered alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub champion_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenger_requests: Option<u64>,
 }
 
 impl Evidence {
@@ -276,9 +287,12 @@ pub async fn evidence(
         .sampled_predictions(spec.name(), Some(challenger), from_ms, to_ms, MAX_ROWS)
         .await?;
     let shared: Vec<(store::SampledPrediction, store::SampledPrediction)> = challengers
-        .into_iter()
-        .filter_map(|p| Some((champions.get(&p.prediction_id)?.clone(), p)))
+        .iter()
+        .filter_map(|p| Some((champions.get(&p.prediction_id)?.clone(), p.clone())))
         .collect();
+    if shared.is_empty() {
+        return canary_evidence(store, spec, champions.into_values().collect(), challengers).await;
+    }
     let ids: Vec<String> = shared
         .iter()
         .map(|(_, p)| p.prediction_id.clone())
@@ -317,6 +331,8 @@ pub async fn evidence(
                 p_value: test.p_value,
                 only_champion: Some(only_champion),
                 only_challenger: Some(only_challenger),
+                champion_requests: None,
+                challenger_requests: None,
             }))
         }
         Task::Regression => {
@@ -349,6 +365,88 @@ pub async fn evidence(
                 p_value,
                 only_champion: None,
                 only_challenger: None,
+                champion_requests: None,
+                challenger_requests: None,
+            }))
+        }
+    }
+}
+
+/// The evidence of a canary: each version on its own labelled requests.
+async fn canary_evidence(
+    store: &Store,
+    spec: &ModelSpec,
+    champions: Vec<store::SampledPrediction>,
+    challengers: Vec<store::SampledPrediction>,
+) -> store::Result<Option<Evidence>> {
+    let ids: Vec<String> = champions
+        .iter()
+        .chain(&challengers)
+        .map(|p| p.prediction_id.clone())
+        .collect();
+    let labels: BTreeMap<String, store::SampledLabel> = store
+        .sampled_labels(spec.name(), &ids)
+        .await?
+        .into_iter()
+        .map(|l| (l.prediction_id.clone(), l))
+        .collect();
+    match spec.task() {
+        Task::Classification => {
+            let outcomes = |predictions: &[store::SampledPrediction]| {
+                predictions
+                    .iter()
+                    .filter_map(|p| Some(p.class == labels.get(&p.prediction_id)?.label))
+                    .fold((0u64, 0u64), |(right, n), ok| {
+                        (right + u64::from(ok), n + 1)
+                    })
+            };
+            let ((right_a, n_a), (right_b, n_b)) = (outcomes(&champions), outcomes(&challengers));
+            if n_a == 0 || n_b == 0 {
+                return Ok(None);
+            }
+            let p_value = paired::two_proportions(right_a, n_a, right_b, n_b)
+                .map_or(1.0, |test| test.p_value);
+            Ok(Some(Evidence {
+                pairs: n_a.min(n_b),
+                metric: "accuracy",
+                champion: right_a as f64 / n_a as f64,
+                challenger: right_b as f64 / n_b as f64,
+                test: "two_proportion_z",
+                p_value,
+                only_champion: None,
+                only_challenger: None,
+                champion_requests: Some(n_a),
+                challenger_requests: Some(n_b),
+            }))
+        }
+        Task::Regression => {
+            let errors = |predictions: &[store::SampledPrediction]| -> Vec<f64> {
+                predictions
+                    .iter()
+                    .filter_map(|p| {
+                        let label = labels.get(&p.prediction_id)?;
+                        let value = label.value.or_else(|| label.label.parse().ok())?;
+                        Some((p.score? - value).abs())
+                    })
+                    .collect()
+            };
+            let (a, b) = (errors(&champions), errors(&challengers));
+            if a.is_empty() || b.is_empty() {
+                return Ok(None);
+            }
+            let p_value = paired::welch_t(&a, &b).map_or(1.0, |test| test.p_value);
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            Ok(Some(Evidence {
+                pairs: a.len().min(b.len()) as u64,
+                metric: "mae",
+                champion: mean(&a),
+                challenger: mean(&b),
+                test: "welch_t",
+                p_value,
+                only_champion: None,
+                only_challenger: None,
+                champion_requests: Some(a.len() as u64),
+                challenger_requests: Some(b.len() as u64),
             }))
         }
     }
@@ -612,7 +710,70 @@ mod tests {
             p_value,
             only_champion: None,
             only_challenger: None,
+            champion_requests: None,
+            challenger_requests: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_canary_is_judged_on_each_versions_own_requests() {
+        let store = Store::in_memory().unwrap();
+        let spec = ModelSpec::new(
+            "m",
+            Task::Classification,
+            vec![detectors::spec::FeatureSpec {
+                name: "x".into(),
+                kind: FeatureKind::Numeric,
+            }],
+            Vec::new(),
+            10,
+            10,
+        )
+        .unwrap();
+        let (mut predictions, mut labels) = (Vec::new(), Vec::new());
+        // v1 right on 70 % of its 400 requests, v2 on 85 % of its 100
+        // (different requests: a canary share).
+        for (version, count, right) in [("1", 400u64, 280u64), ("2", 100, 85)] {
+            for i in 0..count {
+                let id = format!("{version}-{i}");
+                predictions.push(store::SampledPrediction {
+                    model: "m".into(),
+                    model_version: version.into(),
+                    prediction_id: id.clone(),
+                    window_start: 0,
+                    time_ms: 1_000,
+                    features: "{}".into(),
+                    score: None,
+                    class: if i < right { "yes" } else { "no" }.into(),
+                });
+                labels.push(store::SampledLabel {
+                    model: "m".into(),
+                    prediction_id: id,
+                    time_ms: 2_000,
+                    label: "yes".into(),
+                    value: None,
+                });
+            }
+        }
+        store.write_samples(predictions, labels).await.unwrap();
+        let evidence = super::evidence(&store, &spec, "1", "2", 0, 3_600_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(evidence.test, "two_proportion_z");
+        assert_eq!(
+            (evidence.champion_requests, evidence.challenger_requests),
+            (Some(400), Some(100))
+        );
+        assert_eq!(evidence.pairs, 100);
+        assert!(
+            (evidence.champion - 0.70).abs() < 1e-12 && (evidence.challenger - 0.85).abs() < 1e-12
+        );
+        let expected = detectors::paired::two_proportions(280, 400, 85, 100)
+            .unwrap()
+            .p_value;
+        assert_eq!(evidence.p_value, expected);
+        assert!(evidence.p_value < 0.01, "{}", evidence.p_value);
     }
 
     #[test]
