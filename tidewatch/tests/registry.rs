@@ -1792,7 +1792,7 @@ async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Val
     let path = directory.join("tidewatch.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "[windows]\nsize = \"1h\"",
-        "[windows]\nsize = \"1h\"\nidle_close_after = \"2s\"\ncheckpoint_interval = \"300ms\"\nsample_rate = 1.0",
+        "[reference]\nrefresh_interval = \"1s\"\n[windows]\nsize = \"1h\"\nidle_close_after = \"2s\"\ncheckpoint_interval = \"300ms\"\nsample_rate = 1.0",
     );
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
@@ -1852,6 +1852,24 @@ async fn promotion_scenario(name: &str, challenger_accuracy: f64) -> (Value, Val
             200
         );
     }
+
+    // The challenger is judged against its own reference: wait until it
+    // is attached (the monitor installs it within its 1 s refresh).
+    let reference_store = config.store.open().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reference_store
+        .reference("churn", "2")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v2's reference was never attached"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Three hours of requests, five hours ago, answered by both versions,
     // each labelled a minute later.
