@@ -128,6 +128,10 @@ pub struct Options {
     /// The API token (registry writes, training data); a random one when
     /// `None`.
     pub token: Option<String>,
+    /// Run the challenger as a canary answering this share of requests
+    /// instead of in shadow (the policy then compares each version on its
+    /// own requests).
+    pub canary_share: Option<f64>,
 }
 
 /// One event seen on the bus, with the simulated hour it was seen in.
@@ -335,6 +339,10 @@ fn config_text(
         ),
         Trainer::Bad | Trainer::Webhook { .. } => String::new(),
     };
+    let challenger_mode = match options.canary_share {
+        Some(share) => format!("challenger_mode = \"canary\"\ncanary_share = {share}\n"),
+        None => String::new(),
+    };
     let webhook = match &options.trainer {
         Trainer::Webhook { url } => format!("url = \"{url}\"\n"),
         _ => String::new(),
@@ -408,7 +416,7 @@ route_topic = "{routes}"
 [[serving.models]]
 name = "{MODEL}"
 champion = "1"
-versions = [{{ version = "1", runtime = "linear", path = "{v1}" }}]
+{challenger_mode}versions = [{{ version = "1", runtime = "linear", path = "{v1}" }}]
 "#,
         retrain = topics.name(Topic::Retrain),
         acks = topics.name(Topic::Acks),
@@ -1196,8 +1204,17 @@ fn describe(observed: &Observed, start_ms: i64) -> Option<String> {
         }
         Topic::Promotions => {
             let evidence = &data["evidence"];
+            let sample = match (
+                evidence["champion_requests"].as_u64(),
+                evidence["challenger_requests"].as_u64(),
+            ) {
+                (Some(a), Some(b)) => {
+                    format!("on {a} and {b} labelled requests each answered alone")
+                }
+                _ => format!("on {} shared labelled requests", evidence["pairs"]),
+            };
             format!(
-                "promotion: v{} {} against v{} — {} {:.3} vs {:.3} on {} shared labelled requests, {} p = {:.2e}",
+                "promotion: v{} {} against v{} — {} {:.3} vs {:.3} {sample}, {} p = {:.2e}",
                 data["challenger"].as_str().unwrap_or("?"),
                 match data["verdict"].as_str() {
                     Some("promote") => "promoted",
@@ -1208,7 +1225,6 @@ fn describe(observed: &Observed, start_ms: i64) -> Option<String> {
                 evidence["metric"].as_str().unwrap_or("accuracy"),
                 evidence["challenger"].as_f64().unwrap_or(f64::NAN),
                 evidence["champion"].as_f64().unwrap_or(f64::NAN),
-                evidence["pairs"],
                 evidence["test"].as_str().unwrap_or("test"),
                 evidence["p_value"].as_f64().unwrap_or(f64::NAN),
             )
@@ -1217,10 +1233,16 @@ fn describe(observed: &Observed, start_ms: i64) -> Option<String> {
             "gateway: routes now champion v{}{}",
             data["champion"].as_str().unwrap_or("?"),
             match data["challenger"].as_str() {
-                Some(challenger) => format!(
-                    ", challenger v{challenger} ({})",
-                    data["challenger_mode"].as_str().unwrap_or("shadow")
-                ),
+                Some(challenger) => match data["challenger_mode"]["mode"].as_str() {
+                    Some("canary") => format!(
+                        ", challenger v{challenger} (canary, {:.0} % of requests)",
+                        data["challenger_mode"]["per_million"]
+                            .as_f64()
+                            .unwrap_or(0.0)
+                            / 10_000.0
+                    ),
+                    _ => format!(", challenger v{challenger} (shadow)"),
+                },
                 None => String::new(),
             }
         ),
@@ -1314,7 +1336,7 @@ fn summarize(outcome: &Outcome) -> String {
                 .min()
                 .unwrap_or(promoted.hour);
             lines.push(format!(
-                "after the drift, same requests ({}..{}): v1 {}, v{version} {}",
+                "after the drift, v{version} beside v1 ({}..{}): v1 {}, v{version} {}",
                 hour_label(shadow),
                 hour_label(promoted.hour),
                 fmt(mean_accuracy(outcome, "1", shadow..promoted.hour + 1)),

@@ -250,6 +250,17 @@ fn scratch(name: &str) -> std::path::PathBuf {
 
 /// Runs the loop in `scratch(name)`, printing its report.
 async fn run_loop(name: &str, seed: u64, transport: Transport, trainer: Trainer) -> Outcome {
+    run_with(name, seed, transport, trainer, None).await
+}
+
+/// [`run_loop`], the challenger a canary answering `canary_share`.
+async fn run_with(
+    name: &str,
+    seed: u64,
+    transport: Transport,
+    trainer: Trainer,
+    canary_share: Option<f64>,
+) -> Outcome {
     demo_loop::run(
         Options {
             workdir: scratch(name),
@@ -258,6 +269,7 @@ async fn run_loop(name: &str, seed: u64, transport: Transport, trainer: Trainer)
             trainer,
             listen: None,
             token: None,
+            canary_share,
         },
         |outcome| println!("{}", outcome.report),
         async {},
@@ -270,6 +282,36 @@ async fn run_loop(name: &str, seed: u64, transport: Transport, trainer: Trainer)
 async fn the_loop_runs_in_one_process_and_promotes_the_retrained_version() {
     let outcome = run_loop("in-process", 42, Transport::InProcess, Trainer::Reference).await;
     check_promoted(&outcome);
+}
+
+/// The challenger as a canary (half the requests): no request is answered
+/// by both, so the policy compares each version on its own labelled
+/// requests (two-proportion z-test) — and still promotes the better one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_promotes_a_canary_judged_on_its_own_requests() {
+    let outcome = run_with(
+        "canary",
+        42,
+        Transport::InProcess,
+        Trainer::Reference,
+        Some(0.5),
+    )
+    .await;
+    check_promoted(&outcome);
+    let (_, decision) = first(&outcome.observed, Topic::Promotions, |_| true).unwrap();
+    let evidence = &decision.event["data"]["evidence"];
+    assert_eq!(evidence["test"], "two_proportion_z", "{}", outcome.report);
+    assert!(evidence["champion_requests"].as_u64().unwrap() >= 150);
+    assert!(evidence["challenger_requests"].as_u64().unwrap() >= 150);
+    let (_, shadow) = first(&outcome.observed, Topic::Routes, |e| {
+        e["data"]["challenger"].is_string()
+    })
+    .unwrap();
+    assert_eq!(
+        shadow.event["data"]["challenger_mode"]["mode"], "canary",
+        "{}",
+        outcome.report
+    );
 }
 
 /// A Kafka transport with fresh topics and a fresh ClickHouse database.
@@ -412,6 +454,7 @@ async fn a_python_trainer_from_a_webhook_closes_the_loop_over_the_broker_and_cli
             },
             listen: Some(([127, 0, 0, 1], http_port).into()),
             token: Some(token),
+            canary_share: None,
         },
         |outcome| println!("{}", outcome.report),
         async {},

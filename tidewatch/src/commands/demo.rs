@@ -31,6 +31,10 @@ pub struct Args {
     /// promotion policy reject its version.
     #[arg(long, requires = "closed_loop")]
     bad_trainer: bool,
+    /// With `--loop`: run the challenger as a canary answering this share
+    /// of requests (in (0, 1]) instead of in shadow.
+    #[arg(long, requires = "closed_loop")]
+    canary: Option<f64>,
     /// Where `--serve` listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -49,6 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 tidewatch::demo_loop::Trainer::Reference
             },
             listen: args.serve.then_some(args.listen),
+            canary_share: args.canary,
             token: std::env::var("TIDEWATCH_API_TOKEN")
                 .ok()
                 .filter(|token| !token.is_empty()),
