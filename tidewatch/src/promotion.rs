@@ -297,12 +297,7 @@ pub async fn evidence(
         .iter()
         .map(|(_, p)| p.prediction_id.clone())
         .collect();
-    let labels: BTreeMap<String, store::SampledLabel> = store
-        .sampled_labels(spec.name(), &ids)
-        .await?
-        .into_iter()
-        .map(|l| (l.prediction_id.clone(), l))
-        .collect();
+    let labels = labels_of(store, spec.name(), &ids).await?;
     match spec.task() {
         Task::Classification => {
             let (mut pairs, mut right_champion, mut right_challenger) = (0u64, 0u64, 0u64);
@@ -372,6 +367,20 @@ pub async fn evidence(
     }
 }
 
+/// The sampled labels of `ids`, by id.
+async fn labels_of(
+    store: &Store,
+    model: &str,
+    ids: &[String],
+) -> store::Result<BTreeMap<String, store::SampledLabel>> {
+    Ok(store
+        .sampled_labels(model, ids)
+        .await?
+        .into_iter()
+        .map(|l| (l.prediction_id.clone(), l))
+        .collect())
+}
+
 /// The evidence of a canary: each version on its own labelled requests.
 async fn canary_evidence(
     store: &Store,
@@ -384,12 +393,7 @@ async fn canary_evidence(
         .chain(&challengers)
         .map(|p| p.prediction_id.clone())
         .collect();
-    let labels: BTreeMap<String, store::SampledLabel> = store
-        .sampled_labels(spec.name(), &ids)
-        .await?
-        .into_iter()
-        .map(|l| (l.prediction_id.clone(), l))
-        .collect();
+    let labels = labels_of(store, spec.name(), &ids).await?;
     match spec.task() {
         Task::Classification => {
             let outcomes = |predictions: &[store::SampledPrediction]| {
