@@ -23,11 +23,12 @@
 //! [`HOURS`] + 2 hours before the wall clock (events are never in the
 //! future). After each hour the generator waits until the monitor has
 //! read what it sent and the parts the hour set in motion have finished
-//! (see [`Loop::settle`]): the trainer's answer once its window's labels
-//! are all sent, the gateway's routes once the registry moved an alias.
-//! Promotion decisions follow finalized windows asynchronously, so the
-//! hour a decision lands can differ by one between runs; the data are
-//! seeded.
+//! (see [`Loop::settle`]): the promotion policy's judgement of the
+//! finalized windows, the trainer's answer once its window's labels are
+//! all sent, a new version's reference, the gateway's routes once the
+//! registry moved an alias. In one process the run repeats for a seed
+//! (over Kafka the monitor's progress is seen through the store, and a
+//! decision can land an hour later).
 //!
 //! The world: a churn classifier on four numeric features. Before
 //! [`DRIFT_HOUR`], churn follows one relation; from it, three features
@@ -446,6 +447,8 @@ struct Loop {
     labels_through: i64,
     /// Versions whose reference the monitor has had time to install.
     installed: std::collections::BTreeSet<String>,
+    /// The promotion policy's queue (idle: every finalized window judged).
+    promotions: crate::promotion::Queue,
 }
 
 impl Loop {
@@ -481,6 +484,11 @@ impl Loop {
                 .await?
             }
         }
+        wait_until(
+            "the promotion policy to judge the finalized windows",
+            || async { Ok(self.promotions.is_idle()) },
+        )
+        .await?;
         wait_until("recorded retrain requests to reach the bus", || async {
             let recorded = self
                 .store
@@ -842,7 +850,9 @@ pub async fn run(
         (Trainer::Bad, None, None) => unreachable!("a Kafka loop has [kafka]"),
     };
     let processed = Arc::new(AtomicU64::new(0));
+    let promotions = crate::promotion::Queue::default();
     let wiring = crate::service::Wiring {
+        promotion_queue: Some(promotions.clone()),
         in_process: in_process.clone().map(|bus| crate::service::InProcess {
             bus,
             topics: vec![
@@ -982,6 +992,7 @@ pub async fn run(
         start_ms,
         labels_through: start_ms,
         installed: Default::default(),
+        promotions: promotions.clone(),
     };
     state.settle().await?;
     let client: HttpClient =

@@ -462,6 +462,8 @@ async fn canary_evidence(
 #[derive(Clone, Default)]
 pub struct Queue {
     inner: Arc<(Mutex<VecDeque<String>>, tokio::sync::Notify)>,
+    /// Models taken from the queue whose evaluation has not finished.
+    evaluating: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Queue {
@@ -475,15 +477,43 @@ impl Queue {
         }
     }
 
+    /// The next model; counted as being evaluated until [`Queue::done`].
     async fn pop(&self) -> String {
         loop {
             let (queue, notify) = &*self.inner;
             let notified = notify.notified();
-            if let Some(model) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
-                return model;
+            {
+                let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(model) = queue.pop_front() {
+                    self.evaluating
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    return model;
+                }
             }
             notified.await;
         }
+    }
+
+    /// The evaluation of a popped model finished.
+    fn done(&self) {
+        self.evaluating
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether nothing is queued or being evaluated (a simulation waits for
+    /// this before moving its clock on).
+    pub fn is_idle(&self) -> bool {
+        let queue = self.inner.0.lock().unwrap_or_else(|e| e.into_inner());
+        queue.is_empty() && self.evaluating.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
+/// Marks a popped model's evaluation finished when dropped.
+struct Evaluating<'a>(&'a Queue);
+
+impl Drop for Evaluating<'_> {
+    fn drop(&mut self) {
+        self.0.done();
     }
 }
 
@@ -660,6 +690,7 @@ pub async fn run(
             () = &mut shutdown => return,
             model = queue.pop() => model,
         };
+        let _evaluating = Evaluating(&queue);
         let Some(spec) = models.iter().find(|spec| spec.name() == model) else {
             continue;
         };

@@ -98,6 +98,9 @@ pub struct Wiring {
     /// A listener for `[http]`, bound by the caller (instead of
     /// `http.listen`).
     pub http_listener: Option<tokio::net::TcpListener>,
+    /// The promotion policy's queue, shared with the caller (who can see
+    /// when it is idle); a new one when `None`.
+    pub promotion_queue: Option<crate::promotion::Queue>,
 }
 
 /// `tidewatch run` over an [`InProcessBus`](crate::bus::InProcessBus): every
@@ -496,7 +499,7 @@ pub async fn run_wired(
     let promotion_queue = config
         .promotion
         .as_ref()
-        .map(|_| crate::promotion::Queue::default());
+        .map(|_| wiring.promotion_queue.clone().unwrap_or_default());
     let promotion = match (&config.promotion, &promotion_queue) {
         (Some(promotion), Some(queue)) => Some(tokio::spawn(crate::promotion::run(
             promotion.clone(),
