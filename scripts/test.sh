@@ -277,6 +277,10 @@ export TIDEWATCH_TEST_CHROMIUM="$chromium_bin"
 export TIDEWATCH_TEST_MLSERVER_URL="http://127.0.0.1:$mlserver_http"
 export TIDEWATCH_TEST_MLSERVER_MODELS="$run_dir/mlserver"
 export TIDEWATCH_TEST_MLFLOW_PYTHON="$mlflow_venv/bin/python"
+# MLflow's usage telemetry off in every client and server the tests start:
+# it would call out of the machine, and its thread races the client's
+# reads of os.environ (a KeyError on _MLFLOW_TELEMETRY_SESSION_ID, seen).
+export MLFLOW_DISABLE_TELEMETRY=true
 export TIDEWATCH_TEST_TRAINER_PYTHON="$trainer_venv/bin/python"
 export TIDEWATCH_TEST_SMTP_STARTTLS="127.0.0.1:$smtp_port"
 export TIDEWATCH_TEST_SMTP_TLS="127.0.0.1:$smtps_port"
