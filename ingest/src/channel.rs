@@ -74,26 +74,40 @@ pub async fn run(
     let mut offsets: HashMap<String, u64> = HashMap::new();
     let mut refresh = tokio::time::interval(settings.reference_refresh);
     refresh.tick().await;
-    let idle = settings.idle_close_after.unwrap_or(Duration::MAX);
+    // Idleness is measured from the last message (a reference refresh in
+    // between does not restart it); windows held are closed once.
+    let mut last_message = tokio::time::Instant::now();
+    let mut idle_closed = false;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
+        let idle_deadline = match settings.idle_close_after {
+            Some(idle) if !idle_closed => Some(last_message + idle),
+            _ => None,
+        };
+        let idle = async {
+            match idle_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut shutdown => break,
             _ = refresh.tick() => {
                 driver.refresh_references().await?;
                 continue;
             }
-            received = tokio::time::timeout(idle, messages.recv_many(&mut batch, BATCH)) => {
-                match received {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(_) => {
-                        // Idle: every window held is closed.
-                        driver.close_all();
-                        finalize(&mut driver, &mut observer, &mut report).await?;
-                        continue;
-                    }
+            () = idle => {
+                driver.close_all();
+                finalize(&mut driver, &mut observer, &mut report).await?;
+                idle_closed = true;
+                continue;
+            }
+            received = messages.recv_many(&mut batch, BATCH) => {
+                if received == 0 {
+                    break;
                 }
+                last_message = tokio::time::Instant::now();
+                idle_closed = false;
             }
         }
         let count = batch.len() as u64;
@@ -166,8 +180,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn messages_are_stored_counted_finalized_in_order_and_the_malformed_dead_lettered() {
+    const HOUR: i64 = 3_600_000;
+    const START: i64 = 1_767_225_600_000;
+
+    /// A driver over an in-memory store for one classifier `m` with one
+    /// numeric feature `x`.
+    async fn driver() -> (Driver, store::Store) {
         let spec = ModelSpec::new(
             "m",
             Task::Classification,
@@ -180,10 +198,8 @@ mod tests {
             10,
         )
         .unwrap();
-        let hour = 3_600_000i64;
-        let start = 1_767_225_600_000i64;
         let engine = Engine::new(
-            EngineSettings::new(WindowSize::from_millis(hour).unwrap()),
+            EngineSettings::new(WindowSize::from_millis(HOUR).unwrap()),
             Catalog::new([spec]),
         );
         let store = store::Store::in_memory().unwrap();
@@ -199,8 +215,12 @@ mod tests {
         )
         .await
         .unwrap();
-        let event = |id: &str, time: i64| {
-            BusMessage {
+        (driver, store)
+    }
+
+    /// A prediction of `m` on topic `p`.
+    fn event(id: &str, time: i64) -> BusMessage {
+        BusMessage {
             topic: "p".into(),
             key: id.into(),
             payload: format!(
@@ -208,7 +228,49 @@ mod tests {
             )
             .into_bytes(),
         }
-        };
+    }
+
+    #[tokio::test]
+    async fn idleness_closes_the_windows_even_while_references_are_refreshed() {
+        let (driver, _store) = driver().await;
+        let (sender, receiver) = mpsc::channel(4);
+        sender.send(event("p0", START)).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let processed = Arc::new(AtomicU64::new(0));
+        let directory =
+            std::env::temp_dir().join(format!("tw-channel-idle-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let task = tokio::spawn(run(
+            driver,
+            receiver,
+            ChannelSettings {
+                kinds: [("p".to_owned(), EventKind::Prediction)].into(),
+                idle_close_after: Some(Duration::from_millis(300)),
+                // Refreshed four times within one idle period.
+                reference_refresh: Duration::from_millis(60),
+            },
+            DeadLetterSink::file(&directory.join("dead-letters.jsonl")).unwrap(),
+            Arc::clone(&processed),
+            std::future::pending(),
+            Windows(Arc::clone(&seen)),
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle window was never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*seen.lock().unwrap(), [START]);
+        drop(sender);
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn messages_are_stored_counted_finalized_in_order_and_the_malformed_dead_lettered() {
+        let (driver, store) = driver().await;
+        let (hour, start) = (HOUR, START);
         let (sender, receiver) = mpsc::channel(16);
         for (i, time) in [
             start,

@@ -1014,7 +1014,7 @@ pub async fn run(
                 }
             })
             .collect();
-        let before = serving_logged(gateway).await;
+        let before = serving_logged(&client, gateway).await;
         for (chunk_index, chunk) in requests.chunks(IN_FLIGHT).enumerate() {
             clock.store(
                 hour_start + (chunk_index * IN_FLIGHT * ROWS_PER_REQUEST) as i64 * spacing,
@@ -1059,7 +1059,7 @@ pub async fn run(
             }
         }
         // Every answer (shadow calls included) is logged once.
-        let logged = wait_logged(gateway, before).await?;
+        let logged = wait_logged(&client, gateway, before).await?;
         state.sent += logged;
         state.settle().await?;
     }
@@ -1126,19 +1126,23 @@ pub async fn run(
 }
 
 /// The gateway's count of logged events (`tidewatch_serving_log_events_total`).
-async fn serving_logged(gateway: std::net::SocketAddr) -> u64 {
-    metric(gateway, "tidewatch_serving_log_events_total")
+async fn serving_logged(client: &HttpClient, gateway: std::net::SocketAddr) -> u64 {
+    metric(client, gateway, "tidewatch_serving_log_events_total")
         .await
         .unwrap_or(0.0) as u64
 }
 
 /// Waits until the gateway's logged count stops growing past `before`
 /// (shadow calls answer after their request); how many were logged.
-async fn wait_logged(gateway: std::net::SocketAddr, before: u64) -> anyhow::Result<u64> {
-    let mut last = serving_logged(gateway).await;
+async fn wait_logged(
+    client: &HttpClient,
+    gateway: std::net::SocketAddr,
+    before: u64,
+) -> anyhow::Result<u64> {
+    let mut last = serving_logged(client, gateway).await;
     loop {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        let now = serving_logged(gateway).await;
+        let now = serving_logged(client, gateway).await;
         if now == last {
             return Ok(now - before);
         }
@@ -1147,10 +1151,11 @@ async fn wait_logged(gateway: std::net::SocketAddr, before: u64) -> anyhow::Resu
 }
 
 /// One counter of the gateway's `/metrics` (summed over labels).
-async fn metric(gateway: std::net::SocketAddr, name: &str) -> anyhow::Result<f64> {
-    let client: HttpClient =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+async fn metric(
+    client: &HttpClient,
+    gateway: std::net::SocketAddr,
+    name: &str,
+) -> anyhow::Result<f64> {
     let response = client
         .get(format!("http://{gateway}/metrics").parse()?)
         .await?;

@@ -39,6 +39,13 @@ async fn forward_in_process(
     topic: String,
     shutdown: impl Future<Output = ()>,
 ) {
+    let send = |event: serving::log::LoggedEvent| {
+        bus.send(ingest::channel::BusMessage {
+            topic: topic.clone(),
+            key: event.key,
+            payload: event.payload,
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         let event = tokio::select! {
@@ -46,21 +53,11 @@ async fn forward_in_process(
             () = &mut shutdown => break,
         };
         let Some(event) = event else { return };
-        bus.send(ingest::channel::BusMessage {
-            topic: topic.clone(),
-            key: event.key,
-            payload: event.payload,
-        })
-        .await;
+        send(event).await;
     }
     events.close();
     while let Some(event) = events.recv().await {
-        bus.send(ingest::channel::BusMessage {
-            topic: topic.clone(),
-            key: event.key,
-            payload: event.payload,
-        })
-        .await;
+        send(event).await;
     }
 }
 
