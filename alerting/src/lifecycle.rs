@@ -477,18 +477,20 @@ fn drift_finding(
     metrics: &FeatureWindowMetrics,
     test: Option<DriftTest>,
 ) -> Option<Finding> {
+    // Without a named test, the series' own verdict and the test it names.
+    let test = match test {
+        Some(test) => Some(test),
+        None if metrics.drifted == Some(true) => metrics.decided_by,
+        None => return None,
+    };
     match test {
-        None => {
-            if metrics.drifted != Some(true) {
-                return None;
-            }
-            Some(Finding {
-                feature: feature.to_owned(),
-                test: DriftTest::Psi.as_str().into(),
-                value: metrics.psi?,
-                threshold: metrics.psi_threshold,
-            })
-        }
+        // Stored before the verdict named its test: the verdict was PSI's.
+        None => Some(Finding {
+            feature: feature.to_owned(),
+            test: DriftTest::Psi.as_str().into(),
+            value: metrics.psi?,
+            threshold: metrics.psi_threshold,
+        }),
         Some(name) => metrics
             .tests
             .iter()

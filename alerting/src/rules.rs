@@ -16,7 +16,8 @@ use detectors::metrics::DriftTest;
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Condition {
     /// At least `min_features` series drifted (by the named `test`'s
-    /// verdict, or the series' PSI verdict when no test is named).
+    /// verdict, or the series' own verdict, `[drift] verdict`, when no test
+    /// is named).
     Drift {
         /// Fewest drifted series that make the condition hold.
         #[serde(default = "default_min_features")]

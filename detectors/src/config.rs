@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::metrics::{Correction, DriftThresholds};
+use crate::metrics::{Correction, DriftThresholds, VerdictPolicy};
 use crate::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use crate::Error;
 
@@ -45,11 +45,30 @@ pub struct RawDrift {
     #[serde(default = "default_distance_threshold")]
     pub kl_divergence_threshold: f64,
     /// Normalized Wasserstein threshold.
-    #[serde(default = "default_distance_threshold")]
+    #[serde(default = "default_wasserstein_threshold")]
     pub wasserstein_normalized_threshold: f64,
     /// Cap on each sample size in the KS p-value (unset: no cap).
     #[serde(default)]
     pub ks_sample_cap: Option<u64>,
+    /// Which test decides a series' `drifted` flag: `auto` (a p-value on
+    /// small windows, a distance on large ones) or a test's name.
+    #[serde(default = "default_verdict")]
+    pub verdict: VerdictPolicy,
+    /// Effective sample size above which `auto` decides by a distance.
+    #[serde(default = "default_auto_cutover")]
+    pub auto_cutover: f64,
+}
+
+fn default_verdict() -> VerdictPolicy {
+    DriftThresholds::default().verdict
+}
+
+fn default_auto_cutover() -> f64 {
+    DriftThresholds::default().auto_cutover
+}
+
+fn default_wasserstein_threshold() -> f64 {
+    DriftThresholds::default().wasserstein_normalized
 }
 
 fn default_alpha() -> f64 {
@@ -82,8 +101,10 @@ impl Default for RawDrift {
             jensen_shannon_threshold: default_distance_threshold(),
             hellinger_threshold: default_distance_threshold(),
             kl_divergence_threshold: default_distance_threshold(),
-            wasserstein_normalized_threshold: default_distance_threshold(),
+            wasserstein_normalized_threshold: default_wasserstein_threshold(),
             ks_sample_cap: None,
+            verdict: default_verdict(),
+            auto_cutover: default_auto_cutover(),
         }
     }
 }
@@ -112,6 +133,9 @@ impl RawDrift {
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(invalid("alpha", "must be between 0 and 1"));
         }
+        if !(self.auto_cutover.is_finite() && self.auto_cutover >= 0.0) {
+            return Err(invalid("auto_cutover", "must be a number, 0 or more"));
+        }
         if self.ks_sample_cap == Some(0) {
             return Err(invalid("ks_sample_cap", "must be at least 1"));
         }
@@ -125,6 +149,8 @@ impl RawDrift {
             kl_divergence: self.kl_divergence_threshold,
             wasserstein_normalized: self.wasserstein_normalized_threshold,
             ks_sample_cap: self.ks_sample_cap,
+            verdict: self.verdict,
+            auto_cutover: self.auto_cutover,
         })
     }
 }

@@ -15,14 +15,38 @@
 //! | `jensen_shannon` | JS distance | value ≥ threshold | 0.1 |
 //! | `hellinger` | Hellinger distance | value ≥ threshold | 0.1 |
 //! | `kl_divergence` | KL(current ‖ reference) | value ≥ threshold | 0.1 |
-//! | `wasserstein_normalized` | W1 / reference std | value ≥ threshold | 0.1 |
+//! | `wasserstein_normalized` | W1 / reference std | value ≥ threshold | 0.05 |
 //!
 //! p-values of one window (all series of a model version and segment) are
 //! corrected together with [`apply_p_value_correction`] (Benjamini–Hochberg
-//! by default). The series-level `drifted` flag is the PSI verdict; it is
-//! `None` when there is no reference, no value to compare, or fewer than
+//! by default).
+//!
+//! ## The series' verdict
+//! The series-level `drifted` flag is the verdict of one test, chosen by
+//! [`VerdictPolicy`] and named in `decided_by`. It is `None` when there is
+//! no reference, no value of the deciding test, or fewer than
 //! [`DriftThresholds::min_count`] values (then every test's `drifted` is
 //! false and a warning says why).
+//!
+//! The default policy, `auto`, decides by the effective sample size
+//! `nₑ = n·m/(n + m)` of the reference (`n` values) and the window (`m`):
+//!
+//! | series | `nₑ ≤ auto_cutover` (10,000) | larger |
+//! |---|---|---|
+//! | numeric | `ks` (p-value, corrected) | `wasserstein_normalized` ≥ 0.05 |
+//! | categorical | `chi_square` (p-value, corrected) | `jensen_shannon` ≥ 0.1, if also `nₑ ≥ 100 · categories` |
+//!
+//! On small windows a p-value is the right question (is this more than
+//! sampling noise?) and a distance is noisy (a Wasserstein distance over
+//! 1,000 values is ≈ 0.03 σ by chance alone). On large windows every shift
+//! is significant, so the p-value flags shifts nobody cares about, while a
+//! distance is then precise (≈ 0.009 σ of noise at `nₑ` = 10,000) and
+//! answers "how large is the shift?": 0.05 σ of normalized Wasserstein
+//! catches a mean shift of a tenth of a standard deviation, which PSI (≈ 0.01
+//! for that shift) never flags. Jensen–Shannon's chance value grows with the
+//! number of categories (≈ √(k / 5.5 nₑ)), hence the second condition.
+//! `psi` and the other tests stay reported and any of them can be the
+//! policy instead (`[drift] verdict = "psi"`).
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +82,69 @@ pub struct DriftThresholds {
     /// large windows any shift is significant; capping the effective sample
     /// size asks "would this shift be significant in a sample of this size?".
     pub ks_sample_cap: Option<u64>,
+    /// Which test decides a series' `drifted` flag.
+    pub verdict: VerdictPolicy,
+    /// The effective sample size `n·m/(n+m)` above which `auto` decides by
+    /// a distance instead of a p-value.
+    pub auto_cutover: f64,
+}
+
+/// Which test decides a series' `drifted` flag (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum VerdictPolicy {
+    /// A p-value test on small windows, a distance on large ones.
+    Auto,
+    /// Always this test against the reference (a series without it has no
+    /// verdict: `ks` for categorical series, `chi_square` for numeric ones).
+    Test(DriftTest),
+}
+
+impl VerdictPolicy {
+    /// The policy named `name` (`auto` or a test of
+    /// [`DriftTest::AGAINST_REFERENCE`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        if name == "auto" {
+            return Some(VerdictPolicy::Auto);
+        }
+        DriftTest::parse(name)
+            .filter(|test| DriftTest::AGAINST_REFERENCE.contains(test))
+            .map(VerdictPolicy::Test)
+    }
+
+    /// The name as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictPolicy::Auto => "auto",
+            VerdictPolicy::Test(test) => test.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for VerdictPolicy {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for VerdictPolicy {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        Self::parse(&name).ok_or_else(|| {
+            format!(
+                "unknown verdict `{name}`: auto, {}",
+                DriftTest::AGAINST_REFERENCE
+                    .map(DriftTest::as_str)
+                    .join(", ")
+            )
+        })
+    }
+}
+
+impl From<VerdictPolicy> for String {
+    fn from(policy: VerdictPolicy) -> String {
+        policy.as_str().to_owned()
+    }
 }
 
 impl Default for DriftThresholds {
@@ -70,8 +157,10 @@ impl Default for DriftThresholds {
             jensen_shannon: 0.1,
             hellinger: 0.1,
             kl_divergence: 0.1,
-            wasserstein_normalized: 0.1,
+            wasserstein_normalized: 0.05,
             ks_sample_cap: None,
+            verdict: VerdictPolicy::Auto,
+            auto_cutover: 10_000.0,
         }
     }
 }
@@ -437,8 +526,12 @@ pub struct FeatureWindowMetrics {
     pub wasserstein_normalized: Option<f64>,
     /// PSI threshold used for `drifted`.
     pub psi_threshold: f64,
-    /// Whether the series drifted; `None` without reference or values.
+    /// Whether the series drifted, by the verdict policy's test; `None`
+    /// without reference, values or that test.
     pub drifted: Option<bool>,
+    /// The test whose verdict `drifted` is.
+    #[serde(default)]
+    pub decided_by: Option<DriftTest>,
     /// Every test computed, with threshold and verdict.
     pub tests: Vec<TestResult>,
     /// Caveats about the numbers (too few values, oversensitive p-values…).
@@ -546,9 +639,6 @@ pub fn compute(
         }
     };
     let enough = metrics.count >= thresholds.min_count;
-    if enough {
-        metrics.drifted = metrics.psi.map(|psi| psi >= thresholds.psi);
-    }
     for test in DriftTest::AGAINST_REFERENCE {
         let value = match test {
             DriftTest::Psi => metrics.psi,
@@ -582,7 +672,107 @@ pub fn compute(
             metrics.count, thresholds.min_count
         ));
     }
+    if let Some(reference) = reference {
+        choose_verdict(&mut metrics, reference, thresholds);
+    }
     metrics
+}
+
+/// Values of a reference series (what `n` is in the effective sample size).
+fn reference_count(reference: &FeatureReference) -> u64 {
+    match reference {
+        FeatureReference::Numeric(numeric) => numeric.counts.iter().sum(),
+        FeatureReference::Categorical(categorical) => {
+            categorical.counts.values().sum::<u64>() + categorical.other
+        }
+    }
+}
+
+/// Chooses the deciding test by the policy (see the module docs) and sets
+/// `decided_by` and `drifted`.
+fn choose_verdict(
+    metrics: &mut FeatureWindowMetrics,
+    reference: &FeatureReference,
+    thresholds: DriftThresholds,
+) {
+    let (n, m) = (reference_count(reference) as f64, metrics.count as f64);
+    let effective = if n + m > 0.0 { n * m / (n + m) } else { 0.0 };
+    let has = |test: DriftTest| metrics.tests.iter().any(|t| t.test == test);
+    let chosen = match thresholds.verdict {
+        VerdictPolicy::Test(test) => test,
+        VerdictPolicy::Auto => {
+            let (p_value, distance, large) = match reference {
+                FeatureReference::Numeric(_) => (
+                    DriftTest::Ks,
+                    DriftTest::WassersteinNormalized,
+                    effective > thresholds.auto_cutover,
+                ),
+                FeatureReference::Categorical(categorical) => {
+                    let categories = (categorical.counts.len() + 1) as f64;
+                    (
+                        DriftTest::ChiSquare,
+                        DriftTest::JensenShannon,
+                        effective > thresholds.auto_cutover
+                            && effective >= AUTO_VALUES_PER_CATEGORY * categories,
+                    )
+                }
+            };
+            let (first, second) = if large {
+                (distance, p_value)
+            } else {
+                (p_value, distance)
+            };
+            // Without the first (a window binned on another reference has
+            // no KS), the other one decides.
+            if has(first) {
+                first
+            } else {
+                second
+            }
+        }
+    };
+    if !has(chosen) {
+        if !metrics.tests.is_empty() {
+            metrics.warnings.push(format!(
+                "no {} for this series: no drift verdict",
+                chosen.display_name()
+            ));
+        }
+        return;
+    }
+    metrics.decided_by = Some(chosen);
+    if chosen == DriftTest::Ks
+        && thresholds.ks_sample_cap.is_none()
+        && effective > LARGE_SAMPLE_WARNING
+    {
+        metrics.warnings.push(format!(
+            "ks p-value over an effective sample of {effective:.0}: practically any shift is significant; \
+             judge by a distance (verdict = \"auto\") or set a KS sample cap"
+        ));
+    }
+    refresh_verdict(metrics, thresholds);
+}
+
+/// With `auto`, a categorical series is decided by Jensen–Shannon only when
+/// the effective sample size is also at least this many values per category
+/// (the distance's chance value grows with the number of categories).
+pub const AUTO_VALUES_PER_CATEGORY: f64 = 100.0;
+
+/// `drifted` from the deciding test's verdict (after a p-value correction
+/// changed the verdicts).
+fn refresh_verdict(metrics: &mut FeatureWindowMetrics, thresholds: DriftThresholds) {
+    let Some(decisive) = metrics.decided_by else {
+        return;
+    };
+    metrics.drifted = (metrics.count >= thresholds.min_count)
+        .then(|| {
+            metrics
+                .tests
+                .iter()
+                .find(|test| test.test == decisive)
+                .map(|test| test.drifted)
+        })
+        .flatten();
 }
 
 impl FeatureWindowMetrics {
@@ -632,6 +822,7 @@ impl FeatureWindowMetrics {
             wasserstein_normalized: None,
             psi_threshold: thresholds.psi,
             drifted: None,
+            decided_by: None,
             tests: Vec::new(),
             warnings: Vec::new(),
         }
@@ -670,13 +861,6 @@ fn numeric_drift(
             }
             _ => ks.p_value,
         });
-        let effective = (n as f64 * m as f64) / (n + m) as f64;
-        if ks_sample_cap.is_none() && effective > LARGE_SAMPLE_WARNING {
-            metrics.warnings.push(format!(
-                "ks p-value over an effective sample of {effective:.0}: practically any shift is significant; \
-                 judge by the statistic or set a KS sample cap"
-            ));
-        }
     }
     binned_distances(metrics, &reference.counts, current);
 }
@@ -687,10 +871,49 @@ fn binned_distances(metrics: &mut FeatureWindowMetrics, reference: &[u64], curre
     metrics.kl_divergence = drift::kl_divergence(reference, current);
 }
 
-/// Wasserstein-1 from the reference's quantile grid and the window's
-/// DDSketch quantiles at the same levels (needs no reference bins, so it is
-/// available even for windows opened before their reference).
+/// Wasserstein-1 to the reference: from the exact counts over the
+/// reference's bins ([`drift::wasserstein_binned`]) when the window has them,
+/// otherwise from the quantile sketch (windows opened before their reference).
 fn wasserstein(
+    metrics: &mut FeatureWindowMetrics,
+    reference: &NumericReference,
+    current: &crate::numeric::NumericSketch,
+) {
+    let moments = current.moments();
+    if let (Some(bins), Some(low), Some(high), Some(reference_low), Some(reference_high)) = (
+        current.bin_counts(),
+        moments.min(),
+        moments.max(),
+        reference.moments.min(),
+        reference.moments.max(),
+    ) {
+        if fingerprint_edges(&reference.edges) == bins.fingerprint {
+            let (first, last) = (
+                reference.edges[0],
+                reference.edges[reference.edges.len() - 1],
+            );
+            metrics.wasserstein = drift::wasserstein_binned(
+                &reference.edges,
+                &reference.counts,
+                &bins.counts,
+                low.min(reference_low).min(first),
+                high.max(reference_high).max(last),
+            );
+        }
+    }
+    if metrics.wasserstein.is_none() {
+        wasserstein_from_quantiles(metrics, reference, current);
+    }
+    metrics.wasserstein_normalized = match (metrics.wasserstein, reference.moments.std_dev()) {
+        (Some(distance), Some(std)) if std > 0.0 => Some(distance / std),
+        _ => None,
+    };
+}
+
+/// Wasserstein-1 from the reference's quantile grid and the window's quantile
+/// sketch, for windows binned on another reference (or none): within the
+/// sketch's 1 % relative error, coarse for values far from zero.
+fn wasserstein_from_quantiles(
     metrics: &mut FeatureWindowMetrics,
     reference: &NumericReference,
     current: &crate::numeric::NumericSketch,
@@ -705,10 +928,6 @@ fn wasserstein(
         .collect();
     metrics.wasserstein =
         drift::wasserstein_from_quantiles(&reference.quantiles, &current_quantiles);
-    metrics.wasserstein_normalized = match (metrics.wasserstein, reference.moments.std_dev()) {
-        (Some(distance), Some(std)) if std > 0.0 => Some(distance / std),
-        _ => None,
-    };
 }
 
 /// Corrects the p-value tests of one window's series together (all series
@@ -750,6 +969,9 @@ pub fn apply_p_value_correction(window: &mut [FeatureWindowMetrics], thresholds:
         let test = &mut metrics.tests[index];
         test.threshold = threshold;
         test.drifted = enough && decision;
+    }
+    for metrics in window {
+        refresh_verdict(metrics, thresholds);
     }
 }
 
@@ -980,7 +1202,11 @@ mod tests {
         }
         let sketch = FeatureSketch::Numeric(sketch);
         let feature = FeatureReference::Numeric(reference);
-        let uncapped = compute(&sketch, Some(&feature), DriftThresholds::default());
+        let by_ks = DriftThresholds {
+            verdict: VerdictPolicy::Test(DriftTest::Ks),
+            ..Default::default()
+        };
+        let uncapped = compute(&sketch, Some(&feature), by_ks);
         assert!(
             uncapped.ks_p_value.unwrap() < 1e-6,
             "a 2 % shift is significant at n = 100,000"
@@ -989,12 +1215,20 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.contains("effective sample")));
+        assert_eq!(uncapped.decided_by, Some(DriftTest::Ks));
+        // `auto` decides such a window by the distance, without the warning:
+        // W1 = 20 over σ ≈ 288.7.
+        let auto = compute(&sketch, Some(&feature), DriftThresholds::default());
+        assert_eq!(auto.decided_by, Some(DriftTest::WassersteinNormalized));
+        assert!((auto.wasserstein.unwrap() - 20.0).abs() < 0.05, "{auto:?}");
+        assert_eq!(auto.drifted, Some(true));
+        assert!(auto.warnings.is_empty(), "{:?}", auto.warnings);
         let capped = compute(
             &sketch,
             Some(&feature),
             DriftThresholds {
                 ks_sample_cap: Some(1_000),
-                ..Default::default()
+                ..by_ks
             },
         );
         assert!(capped.ks_p_value.unwrap() > 0.5, "{:?}", capped.ks_p_value);

@@ -2,8 +2,9 @@
 //! training data.
 //!
 //! A [`ReferenceProfile`] holds, per series:
-//! - numeric: [`REFERENCE_BINS`] quantile bins (edges at the empirical
-//!   quantiles k/100, duplicates removed), the exact count of reference values
+//! - numeric: quantile bins (edges at the empirical quantiles k/100 and,
+//!   in the tails, at 0.1, 0.2, 0.5 % and their mirrors:
+//!   [`EDGE_LEVELS_PER_MILLE`]; duplicates removed), the exact count of reference values
 //!   in each, which of the edges are the deciles used for PSI, and moments;
 //! - categorical: category counts (bounded like window sketches).
 //!
@@ -29,8 +30,30 @@ use crate::sketch::FeatureSketch;
 use crate::spec::{FeatureKind, ModelSpec};
 use crate::Error;
 
-/// Number of quantile bins a numeric reference aims for (fewer with ties).
+/// Number of quantile bins a profile built from warm-up windows aims for
+/// (fewer with ties).
 pub const REFERENCE_BINS: usize = 100;
+
+/// Quantile levels, in thousandths, of the inner edges of a profile built
+/// from values: every percentile, and finer cuts in both tails (0.1, 0.2,
+/// 0.5 % and their mirrors), where a heavy tail spreads one percent of the
+/// values over a long range and a distance taken as linear inside a bin
+/// (the binned Wasserstein) would be coarse. 105 edges, 106 bins.
+pub const EDGE_LEVELS_PER_MILLE: [usize; 105] = {
+    let mut levels = [0; 105];
+    levels[0] = 1;
+    levels[1] = 2;
+    levels[2] = 5;
+    let mut k = 1;
+    while k < 100 {
+        levels[2 + k] = k * 10;
+        k += 1;
+    }
+    levels[102] = 995;
+    levels[103] = 998;
+    levels[104] = 999;
+    levels
+};
 /// Number of quantile bins PSI is computed over (deciles).
 pub const PSI_BINS: usize = 10;
 
@@ -79,7 +102,7 @@ impl NumericReference {
         // Edges: just below the minimum, the percentiles, the maximum. The
         // first and last bins then hold exactly the out-of-range values.
         let mut edges: Vec<f64> = std::iter::once(values[0].next_down())
-            .chain((1..REFERENCE_BINS).map(|k| quantile(k, REFERENCE_BINS)))
+            .chain(EDGE_LEVELS_PER_MILLE.iter().map(|k| quantile(*k, 1000)))
             .chain(std::iter::once(values[n - 1]))
             .collect();
         edges.dedup();
@@ -458,20 +481,22 @@ mod tests {
         let reference = NumericReference::from_values(values, 2).unwrap();
         assert_eq!(
             reference.edges.len(),
-            101,
-            "99 percentiles plus the range edges"
+            107,
+            "99 percentiles, three finer cuts in each tail, the range edges"
         );
         assert_eq!(reference.edges[0], 1.0f64.next_down());
-        assert_eq!(reference.edges[1], 10.0);
-        assert_eq!(reference.edges[99], 990.0);
-        assert_eq!(reference.edges[100], 1000.0);
+        assert_eq!(reference.edges[1..5], [1.0, 2.0, 5.0, 10.0]);
+        assert_eq!(reference.edges[102], 990.0);
+        assert_eq!(reference.edges[103..], [995.0, 998.0, 999.0, 1000.0]);
         assert_eq!(reference.counts[0], 0, "nothing below the minimum");
-        assert_eq!(reference.counts[101], 0, "nothing above the maximum");
-        assert!(reference.counts[1..101].iter().all(|c| *c == 10));
+        assert_eq!(reference.counts[107], 0, "nothing above the maximum");
+        assert_eq!(reference.counts[1..5], [1, 1, 3, 5]);
+        assert!(reference.counts[5..103].iter().all(|c| *c == 10));
+        assert_eq!(reference.counts[103..], [5, 3, 1, 1, 0]);
         assert_eq!(reference.missing, 2);
         assert_eq!(
             reference.psi_edge_indices,
-            vec![10, 20, 30, 40, 50, 60, 70, 80, 90]
+            vec![13, 23, 33, 43, 53, 63, 73, 83, 93]
         );
         let grouped = reference.group_for_psi(&reference.counts);
         assert_eq!(grouped, vec![100; 10]);

@@ -2,7 +2,7 @@
 //!
 //! `fixtures/scipy/reference_values.json` was written by
 //! `fixtures/scipy/generate.py` (SciPy's `ks_2samp`, `kolmogorov`,
-//! `chisquare`, `jensenshannon`, `wasserstein_distance`, `binomtest`,
+//! `chi2_contingency`, `jensenshannon`, `wasserstein_distance`, `binomtest`,
 //! `ttest_rel`).
 
 use detectors::drift;
@@ -122,6 +122,11 @@ fn chi_square_matches_scipy() {
             case["p_value"].as_f64().unwrap(),
             1e-9
         ));
+        assert_eq!(
+            result.degrees_of_freedom,
+            case["dof"].as_u64().unwrap(),
+            "{case}"
+        );
     }
 }
 

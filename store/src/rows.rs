@@ -118,6 +118,7 @@ macro_rules! metrics_row {
                 test_values: Vec<f64>,
                 test_thresholds: Vec<f64>,
                 test_drifted: Vec<u8>,
+                decided_by: Option<String>,
                 $($direct: $direct_type,)*
                 $($quality: Option<f64>,)*
             }
@@ -156,6 +157,7 @@ macro_rules! metrics_row {
                     test_values: m.tests.iter().map(|t| t.value).collect(),
                     test_thresholds: m.tests.iter().map(|t| t.threshold).collect(),
                     test_drifted: m.tests.iter().map(|t| u8::from(t.drifted)).collect(),
+                    decided_by: m.decided_by.map(|test| test.as_str().to_owned()),
                     $($direct: m.$direct.clone(),)*
                     $($quality: quality.$quality,)*
                 })
@@ -211,6 +213,12 @@ macro_rules! metrics_row {
                         ]),
                         constant: self.constant.map(|flag| flag != 0),
                         drifted: self.drifted.map(|flag| flag != 0),
+                        decided_by: match self.decided_by {
+                            Some(name) => Some(DriftTest::parse(&name).ok_or_else(|| {
+                                Error::Corrupt(format!("unknown drift test `{name}`"))
+                            })?),
+                            None => None,
+                        },
                         tests,
                         quality: (kind == FeatureKind::Quality).then_some(QualityMetrics {
                             matched: self.count,

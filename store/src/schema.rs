@@ -44,6 +44,8 @@ pub enum SqlType {
     NullableUInt64,
     /// Nullable `Float64`.
     NullableFloat64,
+    /// Nullable text.
+    NullableString,
     /// Array of text (JSON text in SQLite).
     ArrayString,
     /// Array of doubles (JSON text in SQLite).
@@ -66,6 +68,7 @@ impl SqlType {
             SqlType::NullableUInt8 => "Nullable(UInt8)",
             SqlType::NullableUInt64 => "Nullable(UInt64)",
             SqlType::NullableFloat64 => "Nullable(Float64)",
+            SqlType::NullableString => "Nullable(String)",
             SqlType::ArrayString => "Array(String)",
             SqlType::ArrayFloat64 => "Array(Float64)",
             SqlType::ArrayUInt8 => "Array(UInt8)",
@@ -85,6 +88,7 @@ impl SqlType {
             SqlType::Float64 => "REAL NOT NULL",
             SqlType::NullableUInt8 | SqlType::NullableUInt64 => "INTEGER",
             SqlType::NullableFloat64 => "REAL",
+            SqlType::NullableString => "TEXT",
             SqlType::ArrayString | SqlType::ArrayFloat64 | SqlType::ArrayUInt8 => "TEXT",
         }
     }
@@ -111,6 +115,7 @@ impl SqlType {
             SqlType::NullableUInt8
                 | SqlType::NullableUInt64
                 | SqlType::NullableFloat64
+                | SqlType::NullableString
                 | SqlType::ArrayString
                 | SqlType::ArrayFloat64
                 | SqlType::ArrayUInt8
@@ -345,6 +350,16 @@ impl ColumnValue for Option<f64> {
     const SQL: SqlType = SqlType::NullableFloat64;
     fn to_sqlite(&self) -> Value {
         self.map_or(Value::Null, Value::Real)
+    }
+    fn from_sqlite(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Self> {
+        row.get(index)
+    }
+}
+
+impl ColumnValue for Option<String> {
+    const SQL: SqlType = SqlType::NullableString;
+    fn to_sqlite(&self) -> Value {
+        self.clone().map_or(Value::Null, Value::Text)
     }
     fn from_sqlite(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Self> {
         row.get(index)

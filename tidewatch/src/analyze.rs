@@ -17,7 +17,8 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use detectors::categorical::format_category;
 use detectors::categorical::CategoricalSketch;
 use detectors::metrics::{
-    apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics, TestResult,
+    apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics,
+    TestResult, VerdictPolicy,
 };
 use detectors::numeric::{BinEdges, NumericSketch};
 use detectors::reference::{CategoricalReference, FeatureReference, NumericReference};
@@ -61,9 +62,11 @@ pub struct AnalyzeOptions {
     pub categorical: Vec<String>,
     /// Test thresholds.
     pub thresholds: DriftThresholds,
-    /// Which test decides whether a column drifted in a chunk (`psi`, `ks`,
-    /// `chi_square`, `jensen_shannon`, `hellinger`, `kl_divergence`,
-    /// `wasserstein_normalized`, or `any`).
+    /// Which test decides whether a column drifted in a chunk: `auto` (the
+    /// sample-size-aware policy of `detectors::metrics`: a p-value on small
+    /// chunks, a distance on large ones), a test (`psi`, `ks`, `chi_square`,
+    /// `jensen_shannon`, `hellinger`, `kl_divergence`,
+    /// `wasserstein_normalized`, a `*_band` test), or `any`.
     pub decide_by: String,
     /// NannyML-style bands: with `Some(k)`, the reference is cut into chunks
     /// of the current chunk size, each metric is computed per reference
@@ -516,17 +519,37 @@ const TESTS: [DriftTest; 11] = [
     DriftTest::WassersteinNormalized,
 ];
 
+/// What decides a column's verdict in a chunk.
+#[derive(Debug, Clone, Copy)]
+enum Decision {
+    /// The series' own verdict under [`VerdictPolicy::Auto`].
+    Auto,
+    /// Any test.
+    Any,
+    /// This test.
+    Test(DriftTest),
+}
+
 /// Runs the analysis.
 pub fn analyze(
     options: &AnalyzeOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<AnalyzeReport, AnalyzeError> {
     let decide_by = match options.decide_by.as_str() {
-        "any" => None,
+        "any" => Decision::Any,
+        "auto" => Decision::Auto,
         name => match DriftTest::parse(name).filter(|test| TESTS.contains(test)) {
-            Some(test) => Some(test),
+            Some(test) => Decision::Test(test),
             None => return Err(AnalyzeError::UnknownTest(options.decide_by.clone())),
         },
+    };
+    let thresholds = DriftThresholds {
+        verdict: VerdictPolicy::Auto,
+        ..options.thresholds
+    };
+    let options = &AnalyzeOptions {
+        thresholds,
+        ..options.clone()
     };
     let (reference_order, reference_columns) = read_columns(&options.reference)?;
     let (_, current_columns) = read_columns(&options.current)?;
@@ -682,10 +705,14 @@ pub fn analyze(
         }
         let mut drifted = 0;
         for ((name, _), metrics) in compared.iter().zip(window) {
-            let verdict = metrics
-                .tests
-                .iter()
-                .any(|test| test.drifted && decide_by.is_none_or(|decisive| test.test == decisive));
+            let verdict = match decide_by {
+                Decision::Auto => metrics.drifted == Some(true),
+                Decision::Any => metrics.tests.iter().any(|test| test.drifted),
+                Decision::Test(decisive) => metrics
+                    .tests
+                    .iter()
+                    .any(|test| test.drifted && test.test == decisive),
+            };
             drifted += usize::from(verdict);
             results.push(ColumnResult {
                 chunk: chunk.index,
@@ -737,15 +764,23 @@ pub fn render_table(report: &AnalyzeReport) -> String {
         );
         let _ = writeln!(
             out,
-            "  {:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
-            "column", "kind", "psi", "ks p", "chi2 p", "js", "wass/std", "missing"
+            "  {:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:<22}",
+            "column",
+            "kind",
+            "psi",
+            "ks p",
+            "chi2 p",
+            "js",
+            "wass/std",
+            "missing",
+            "auto verdict by"
         );
         for result in report.results.iter().filter(|r| r.chunk == chunk.index) {
             let m = &result.metrics;
             let kind = m.kind.as_str();
             let _ = writeln!(
                 out,
-                "{} {:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}",
+                "{} {:<width$}  {:<11}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:<22}",
                 if result.drifted { "!" } else { " " },
                 result.column,
                 kind,
@@ -755,6 +790,7 @@ pub fn render_table(report: &AnalyzeReport) -> String {
                 test_value(m, DriftTest::JensenShannon),
                 test_value(m, DriftTest::WassersteinNormalized),
                 m.missing_rate.map_or("-".to_owned(), |r| format!("{r:.4}")),
+                m.decided_by.map_or("-", DriftTest::as_str),
             );
             for warning in &m.warnings {
                 let _ = writeln!(out, "    note: {warning}");

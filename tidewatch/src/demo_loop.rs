@@ -194,6 +194,12 @@ impl Topics {
     }
 }
 
+/// Drifted series in one window that make the loop's drift rule fire (and
+/// request retraining). A single drifted input is what the p-value tests
+/// of the default verdict give in about α of unchanged windows; the rule
+/// asks for more.
+pub const DRIFT_RULE_MIN_FEATURES: usize = 2;
+
 /// What the loop did.
 pub struct Outcome {
     /// The printed report.
@@ -210,6 +216,16 @@ pub struct Outcome {
     pub start_ms: i64,
     /// The registry API's address.
     pub http: std::net::SocketAddr,
+}
+
+impl Outcome {
+    /// Whether enough inputs of `version` drifted in the window of `hour`
+    /// for the drift rule ([`DRIFT_RULE_MIN_FEATURES`]).
+    pub fn drift_alerting(&self, hour: i64, version: &str) -> bool {
+        self.drifted
+            .get(&(hour, version.to_owned()))
+            .is_some_and(|count| *count >= DRIFT_RULE_MIN_FEATURES)
+    }
 }
 
 /// One inference request of the generator, with its rows' true labels.
@@ -374,7 +390,7 @@ features = [{features}]
 [[alerts.rules]]
 name = "input_drift"
 model = "{MODEL}"
-condition = {{ type = "drift", min_features = 2 }}
+condition = {{ type = "drift", min_features = {DRIFT_RULE_MIN_FEATURES} }}
 for_windows = 1
 resolve_after = 2
 severity = "warning"
@@ -1286,7 +1302,10 @@ fn render(outcome: &Outcome, seed: u64, elapsed: Duration, config: &Config) -> S
     }
     let versions: std::collections::BTreeSet<&String> =
         outcome.accuracy.keys().map(|(_, v)| v).collect();
-    out.push_str("\nAccuracy per window on joined labels (shadow answers included); * = inputs drifted against that version's reference\n");
+    out.push_str(&format!(
+        "\nAccuracy per window on joined labels (shadow answers included); against that version's reference \
+         * = at least {DRIFT_RULE_MIN_FEATURES} inputs drifted (the drift rule fires), + = one did\n"
+    ));
     out.push_str("  window");
     for version in &versions {
         out.push_str(&format!("  {:>9}", format!("v{version}")));
@@ -1301,10 +1320,10 @@ fn render(outcome: &Outcome, seed: u64, elapsed: Duration, config: &Config) -> S
                 Some((accuracy, _)) => out.push_str(&format!(
                     "  {:>8.3}{}",
                     accuracy,
-                    if outcome.drifted.contains_key(&key) {
-                        "*"
-                    } else {
-                        " "
+                    match outcome.drifted.get(&key) {
+                        Some(count) if *count >= DRIFT_RULE_MIN_FEATURES => "*",
+                        Some(_) => "+",
+                        None => " ",
                     }
                 )),
                 None => out.push_str(&format!("  {:>9}", "")),
@@ -1359,13 +1378,11 @@ fn summarize(outcome: &Outcome) -> String {
                 fmt(mean_accuracy(outcome, version, shadow..promoted.hour + 1)),
             ));
             lines.push(format!(
-                "after the promotion ({}..): v{version} {}, drifted windows of v{version} since: {}",
+                "after the promotion ({}..): v{version} {}, windows of v{version} since with drift alerting: {}",
                 hour_label(promoted.hour + 1),
                 fmt(mean_accuracy(outcome, version, promoted.hour + 1..HOURS)),
-                outcome
-                    .drifted
-                    .keys()
-                    .filter(|(h, v)| v == version && *h > promoted.hour)
+                (promoted.hour + 1..HOURS)
+                    .filter(|hour| outcome.drift_alerting(*hour, version))
                     .count()
             ));
         }

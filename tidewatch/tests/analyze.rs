@@ -106,7 +106,7 @@ fn chunks_by_rows_find_the_drifted_chunk_and_gate_ci() {
     assert!(table.status.success());
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        text.contains("drift from chunk 2 (rows 2000-2999) on, by psi: amount, plan"),
+        text.contains("drift from chunk 2 (rows 2000-2999) on, by auto: amount, plan"),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&directory);

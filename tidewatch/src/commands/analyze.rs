@@ -44,9 +44,12 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// Test that decides whether a column drifted (psi, ks, chi_square, jensen_shannon, hellinger, kl_divergence, wasserstein_normalized, any).
-    #[arg(long, default_value = "psi")]
+    /// What decides whether a column drifted: auto (a p-value test up to --auto-cutover, a distance above), a test (psi, ks, chi_square, jensen_shannon, hellinger, kl_divergence, wasserstein_normalized, psi_band, jensen_shannon_band, wasserstein_normalized_band, mean_band) or any.
+    #[arg(long, default_value = "auto")]
     decide_by: String,
+    /// Effective sample size n·m/(n+m) above which auto decides by a distance (normalized Wasserstein, Jensen-Shannon) instead of a p-value (KS, chi-square).
+    #[arg(long, default_value_t = 10_000.0)]
+    auto_cutover: f64,
     /// Exit with status 1 when any column drifted (for CI pipelines).
     #[arg(long)]
     fail_on_drift: bool,
@@ -85,6 +88,7 @@ impl Args {
                 psi: self.psi_threshold,
                 alpha: self.alpha,
                 ks_sample_cap: self.ks_sample_cap,
+                auto_cutover: self.auto_cutover,
                 ..Default::default()
             },
             decide_by: self.decide_by,
@@ -96,6 +100,10 @@ impl Args {
 /// Runs the analysis and prints the report (exit status 1 with
 /// `--fail-on-drift` when a column drifted).
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.auto_cutover.is_finite() && args.auto_cutover >= 0.0,
+        "--auto-cutover must be a number, 0 or more"
+    );
     let (format, fail_on_drift) = (args.format, args.fail_on_drift);
     let options = args.options();
     let report = tokio::task::spawn_blocking(move || {
