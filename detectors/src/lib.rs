@@ -28,6 +28,11 @@
 //!   chi-square, Jensen–Shannon, Hellinger, KL, L-infinity, Wasserstein-1,
 //!   Bonferroni and Benjamini–Hochberg corrections.
 //! - [`change`]: streaming change detectors (ADWIN, Page-Hinkley, DDM).
+//! - [`calibration`]: scores into probabilities (isotonic regression) and
+//!   whether calibrating helps.
+//! - [`estimation`]: performance before the labels arrive (CBPE): a
+//!   window's score histogram, the expected confusion matrix and ROC AUC,
+//!   sampling errors and bands from the reference.
 //! - [`paired`]: two versions compared on the same requests (McNemar's
 //!   exact test, the paired t-test), for promotion decisions.
 //! - [`config`]: `[drift]` as written, validated into
@@ -67,12 +72,14 @@
 //! pass over all events.
 
 pub mod aggregate;
+pub mod calibration;
 pub mod catalog;
 pub mod categorical;
 pub mod change;
 pub mod config;
 pub mod distinct;
 pub mod drift;
+pub mod estimation;
 pub mod metrics;
 pub mod moments;
 pub mod numeric;

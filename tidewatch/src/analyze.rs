@@ -16,6 +16,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use detectors::categorical::format_category;
 use detectors::categorical::CategoricalSketch;
+use detectors::estimation::{realized, Band, CbpeModel, PerformanceMetric, ScoreHistogram};
 use detectors::metrics::{
     apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics,
     TestResult, VerdictPolicy,
@@ -68,12 +69,35 @@ pub struct AnalyzeOptions {
     /// `jensen_shannon`, `hellinger`, `kl_divergence`,
     /// `wasserstein_normalized`, a `*_band` test), or `any`.
     pub decide_by: String,
+    /// Label-free performance estimation (CBPE), when the model's outputs
+    /// are columns of both files.
+    pub estimation: Option<EstimationColumns>,
     /// NannyML-style bands: with `Some(k)`, the reference is cut into chunks
     /// of the current chunk size, each metric is computed per reference
     /// chunk, and a current chunk is flagged when its metric leaves
     /// `mean ± k·σ` of the reference chunks (tests `*_band`).
     pub bands: Option<f64>,
 }
+
+/// The columns CBPE reads: a binary classifier's score (the probability of
+/// the positive class), its predicted class and the true class (in the
+/// reference; in the current file too when the labels are known, to show
+/// realized next to estimated).
+#[derive(Debug, Clone)]
+pub struct EstimationColumns {
+    /// Score column.
+    pub score: String,
+    /// Predicted class column (default: score ≥ 0.5 is positive).
+    pub prediction: Option<String>,
+    /// True class column.
+    pub target: String,
+    /// The positive class as the prediction and target columns spell it.
+    pub positive_class: String,
+}
+
+/// Half-width, in standard deviations over the reference chunks, of the
+/// band an estimated metric is flagged outside (NannyML's default).
+const ESTIMATION_BAND_K: f64 = 3.0;
 
 /// Metrics that get a band: distances are flagged above `mean + k·σ`, the
 /// column mean (`mean_band`) when its z-score leaves `±k`.
@@ -191,6 +215,9 @@ pub enum AnalyzeError {
     /// Unknown `decide_by` test.
     #[error("unknown test `{0}` for --decide-by")]
     UnknownTest(String),
+    /// The reference's outputs cannot fit the estimator.
+    #[error("performance estimation: {0}")]
+    Estimation(String),
 }
 
 /// One chunk of the current data.
@@ -232,6 +259,31 @@ pub struct AnalyzeReport {
     pub first_drift_chunk: Option<usize>,
     /// Test deciding the per-column verdict.
     pub decided_by: String,
+    /// Estimated performance per chunk and metric (with `estimation`).
+    pub performance: Vec<ChunkPerformance>,
+    /// Whether the scores were calibrated before estimating (with `estimation`).
+    pub calibrated: Option<bool>,
+}
+
+/// One metric's estimate in one chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkPerformance {
+    /// Chunk index.
+    pub chunk: usize,
+    /// The metric.
+    pub metric: PerformanceMetric,
+    /// Estimated from the scores alone.
+    pub estimated: f64,
+    /// Sampling error of the estimate (one standard deviation).
+    pub sampling_error: Option<f64>,
+    /// Lower threshold (reference chunks' realized values, mean − 3σ).
+    pub lower_threshold: Option<f64>,
+    /// Upper threshold (mean + 3σ).
+    pub upper_threshold: Option<f64>,
+    /// Whether the estimate is outside the band.
+    pub alert: bool,
+    /// Realized, when the current file has the labels.
+    pub realized: Option<f64>,
 }
 
 impl AnalyzeReport {
@@ -557,12 +609,15 @@ pub fn analyze(
         Chunking::Period { column, .. } => Some(column.as_str()),
         _ => None,
     };
+    let target_column = options.estimation.as_ref().map(|e| e.target.as_str());
     let names: Vec<String> = match &options.columns {
         Some(columns) => columns.clone(),
         None => reference_order
             .iter()
             .filter(|name| {
-                current_columns.contains_key(*name) && Some(name.as_str()) != timestamp_column
+                current_columns.contains_key(*name)
+                    && Some(name.as_str()) != timestamp_column
+                    && Some(name.as_str()) != target_column
             })
             .cloned()
             .collect(),
@@ -655,18 +710,17 @@ pub fn analyze(
         }
     };
 
+    let band_rows = match &options.chunking {
+        Chunking::Rows(size) => *size,
+        _ => {
+            let mut sizes: Vec<usize> = chunks.iter().map(|(chunk, _)| chunk.rows).collect();
+            sizes.sort_unstable();
+            sizes.get(sizes.len() / 2).copied().unwrap_or(0)
+        }
+    };
     let bands: Vec<Option<Bands>> = match options.bands {
         None => vec![None; compared.len()],
         Some(_) => {
-            let band_rows = match &options.chunking {
-                Chunking::Rows(size) => *size,
-                _ => {
-                    let mut sizes: Vec<usize> =
-                        chunks.iter().map(|(chunk, _)| chunk.rows).collect();
-                    sizes.sort_unstable();
-                    sizes.get(sizes.len() / 2).copied().unwrap_or(0)
-                }
-            };
             let indexed: Vec<usize> = (0..compared.len()).collect();
             parallel_map(&indexed, |index| {
                 let (name, kind) = &compared[*index];
@@ -679,9 +733,23 @@ pub fn analyze(
             })
         }
     };
+    let estimator = match &options.estimation {
+        Some(columns) => Some(Estimator::fit(
+            columns,
+            &reference_columns,
+            &current_columns,
+            options,
+            band_rows,
+        )?),
+        None => None,
+    };
+    let mut performance = Vec::new();
     let mut results = Vec::new();
     let mut drifted_per_chunk = Vec::new();
     for (position, (chunk, rows)) in chunks.iter().enumerate() {
+        if let Some(estimator) = &estimator {
+            performance.extend(estimator.chunk(chunk.index, rows));
+        }
         let indexed: Vec<usize> = (0..compared.len()).collect();
         let mut window: Vec<FeatureWindowMetrics> = parallel_map(&indexed, |index| {
             chunk_metrics(
@@ -732,7 +800,160 @@ pub fn analyze(
         drifted_per_chunk,
         first_drift_chunk,
         decided_by: options.decide_by.clone(),
+        performance,
+        calibrated: estimator.map(|e| e.model.calibrator.is_some()),
     })
+}
+
+/// CBPE over the files: the model fitted on the reference, the bands from
+/// its chunks, the current file's outputs.
+struct Estimator {
+    model: CbpeModel,
+    bands: BTreeMap<PerformanceMetric, Band>,
+    /// Current rows: score and predicted class (`None`: no score).
+    current: Vec<Option<(f64, bool)>>,
+    /// Current labels, when the file has them.
+    current_labels: Option<Vec<Option<bool>>>,
+}
+
+/// A column's values as classes: `Some(true)` for the positive class.
+fn classes(column: &Column, positive: &str) -> Vec<Option<bool>> {
+    texts_of(column)
+        .into_iter()
+        .map(|value| value.map(|text| text.trim() == positive))
+        .collect()
+}
+
+/// Scores and predicted classes (`score ≥ 0.5` without a prediction column).
+fn outputs(
+    columns: &EstimationColumns,
+    file: &BTreeMap<String, Column>,
+    path: &std::path::Path,
+) -> Result<Vec<Option<(f64, bool)>>, AnalyzeError> {
+    let get = |name: &str| {
+        file.get(name).ok_or_else(|| AnalyzeError::MissingColumn {
+            column: name.to_owned(),
+            file: path.display().to_string(),
+        })
+    };
+    let scores = numbers_of(get(&columns.score)?);
+    let predicted = match &columns.prediction {
+        Some(name) => classes(get(name)?, &columns.positive_class),
+        None => scores.iter().map(|s| s.map(|s| s >= 0.5)).collect(),
+    };
+    Ok(scores
+        .into_iter()
+        .zip(predicted)
+        .map(|(score, predicted)| match (score, predicted) {
+            (Some(score), Some(predicted)) if score.is_finite() => Some((score, predicted)),
+            _ => None,
+        })
+        .collect())
+}
+
+impl Estimator {
+    fn fit(
+        columns: &EstimationColumns,
+        reference: &BTreeMap<String, Column>,
+        current: &BTreeMap<String, Column>,
+        options: &AnalyzeOptions,
+        band_rows: usize,
+    ) -> Result<Self, AnalyzeError> {
+        let reference_outputs = outputs(columns, reference, &options.reference)?;
+        let labels = classes(
+            reference
+                .get(&columns.target)
+                .ok_or_else(|| AnalyzeError::MissingColumn {
+                    column: columns.target.clone(),
+                    file: options.reference.display().to_string(),
+                })?,
+            &columns.positive_class,
+        );
+        // Reference rows with a score, a prediction and a label, in order.
+        let rows: Vec<(f64, bool, bool)> = reference_outputs
+            .iter()
+            .zip(&labels)
+            .filter_map(|(outputs, label)| {
+                Some((outputs.as_ref()?.0, outputs.as_ref()?.1, (*label)?))
+            })
+            .collect();
+        let unzip = |rows: &[(f64, bool, bool)]| -> (Vec<f64>, Vec<bool>, Vec<bool>) {
+            (
+                rows.iter().map(|r| r.0).collect(),
+                rows.iter().map(|r| r.1).collect(),
+                rows.iter().map(|r| r.2).collect(),
+            )
+        };
+        let (scores, predicted, truth) = unzip(&rows);
+        let model = CbpeModel::fit(&scores, &predicted, &truth)
+            .map_err(|error| AnalyzeError::Estimation(error.to_string()))?;
+        let mut bands = BTreeMap::new();
+        if band_rows > 0 {
+            for metric in PerformanceMetric::ALL {
+                let values: Vec<f64> = rows
+                    .chunks_exact(band_rows)
+                    .filter_map(|chunk| {
+                        let (scores, predicted, truth) = unzip(chunk);
+                        realized(metric, &scores, &predicted, &truth)
+                    })
+                    .collect();
+                if let Some(band) = Band::from_chunks(&values, ESTIMATION_BAND_K) {
+                    bands.insert(metric, band);
+                }
+            }
+        }
+        Ok(Self {
+            model,
+            bands,
+            current: outputs(columns, current, &options.current)?,
+            current_labels: current
+                .get(&columns.target)
+                .map(|column| classes(column, &columns.positive_class)),
+        })
+    }
+
+    fn chunk(&self, chunk: usize, rows: &[usize]) -> Vec<ChunkPerformance> {
+        let mut histogram = ScoreHistogram::default();
+        for row in rows {
+            if let Some((score, predicted)) = self.current[*row] {
+                histogram.add(score, predicted);
+            }
+        }
+        let labelled: Option<(Vec<f64>, Vec<bool>, Vec<bool>)> =
+            self.current_labels.as_ref().map(|labels| {
+                let rows: Vec<(f64, bool, bool)> = rows
+                    .iter()
+                    .filter_map(|row| {
+                        let (score, predicted) = self.current[*row]?;
+                        Some((score, predicted, labels[*row]?))
+                    })
+                    .collect();
+                (
+                    rows.iter().map(|r| r.0).collect(),
+                    rows.iter().map(|r| r.1).collect(),
+                    rows.iter().map(|r| r.2).collect(),
+                )
+            });
+        self.model
+            .estimate(&histogram)
+            .into_iter()
+            .map(|estimate| {
+                let band = self.bands.get(&estimate.metric);
+                ChunkPerformance {
+                    chunk,
+                    metric: estimate.metric,
+                    estimated: estimate.value,
+                    sampling_error: estimate.sampling_error,
+                    lower_threshold: band.and_then(|b| b.lower),
+                    upper_threshold: band.and_then(|b| b.upper),
+                    alert: band.is_some_and(|b| b.flags(estimate.value)),
+                    realized: labelled.as_ref().and_then(|(scores, predicted, truth)| {
+                        realized(estimate.metric, scores, predicted, truth)
+                    }),
+                }
+            })
+            .collect()
+    }
 }
 
 fn test_value(metrics: &FeatureWindowMetrics, test: DriftTest) -> String {
@@ -794,6 +1015,30 @@ pub fn render_table(report: &AnalyzeReport) -> String {
             );
             for warning in &m.warnings {
                 let _ = writeln!(out, "    note: {warning}");
+            }
+        }
+        let estimates: Vec<&ChunkPerformance> = report
+            .performance
+            .iter()
+            .filter(|p| p.chunk == chunk.index)
+            .collect();
+        if !estimates.is_empty() {
+            let _ = writeln!(
+                out,
+                "  estimated performance (CBPE; ! = outside the reference band):"
+            );
+            for p in estimates {
+                let _ = writeln!(
+                    out,
+                    "{} {:<10} {:.4} ± {}  band [{}, {}]  realized {}",
+                    if p.alert { "!" } else { " " },
+                    p.metric.as_str(),
+                    p.estimated,
+                    p.sampling_error.map_or("-".into(), |e| format!("{e:.4}")),
+                    p.lower_threshold.map_or("-".into(), |v| format!("{v:.4}")),
+                    p.upper_threshold.map_or("-".into(), |v| format!("{v:.4}")),
+                    p.realized.map_or("-".into(), |v| format!("{v:.4}")),
+                );
             }
         }
     }

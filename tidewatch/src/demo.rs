@@ -207,7 +207,7 @@ pub async fn run_into(
         dead_letter_path.display()
     ));
     out.push_str(
-        "PSI against the training reference per window (segment `all`); * = drifted (PSI >= 0.2)\n",
+        "PSI against the training reference per window (segment `all`); * = drifted by the default verdict (auto: KS or chi-square p-values on windows this size)\n",
     );
     out.push_str(&report::drift_table(&metrics, "all", &series));
     out.push_str("\nModel quality per window (predictions joined with their delayed actuals)\n");

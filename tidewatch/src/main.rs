@@ -39,7 +39,7 @@ enum Command {
     /// A model's timeline: versions, aliases, retraining, promotion decisions.
     Versions(commands::versions::Args),
     /// Compare a current data file with a reference file, chunk by chunk, with every drift test.
-    Analyze(commands::analyze::Args),
+    Analyze(Box<commands::analyze::Args>),
     /// Fixture files.
     #[command(subcommand)]
     Fixtures(commands::fixtures::Command),
@@ -70,7 +70,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Alerts(command) => commands::alerts::run(command).await,
         Command::Windows(args) => commands::windows::run(args).await,
         Command::Versions(args) => commands::versions::run(args).await,
-        Command::Analyze(args) => commands::analyze::run(args).await,
+        Command::Analyze(args) => commands::analyze::run(*args).await,
         Command::Fixtures(command) => commands::fixtures::run(command),
     }
 }

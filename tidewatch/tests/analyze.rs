@@ -244,3 +244,101 @@ fn bands_catch_a_shift_too_small_for_the_static_psi_threshold() {
     assert_eq!(report["first_drift_chunk"], 1);
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+/// CBPE against NannyML's on the same files (`fixtures/nannyml/generate.py`:
+/// a binary classifier with overconfident scores, ten chunks of 5,000 rows,
+/// covariate shift from chunk 5, no concept shift).
+#[test]
+fn estimated_performance_matches_nannyml_and_tracks_the_realized() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/nannyml");
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("cbpe_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let output = analyze(&[
+        "--reference",
+        fixtures.join("cbpe_reference.parquet").to_str().unwrap(),
+        "--current",
+        fixtures.join("cbpe_analysis.parquet").to_str().unwrap(),
+        "--chunk-size",
+        "5000",
+        "--score-column",
+        "score",
+        "--prediction-column",
+        "y_pred",
+        "--target-column",
+        "y_true",
+        "--format",
+        "json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["calibrated"], expected["needs_calibration"],
+        "the calibration decision"
+    );
+    let performance = report["performance"].as_array().unwrap();
+    let chunks = expected["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 10);
+    let mut alerts = 0;
+    for chunk in chunks {
+        let index = chunk["index"].as_u64().unwrap();
+        for metric in ["accuracy", "roc_auc", "f1", "precision", "recall"] {
+            let ours = performance
+                .iter()
+                .find(|p| p["chunk"] == index && p["metric"] == metric)
+                .unwrap_or_else(|| panic!("no {metric} in chunk {index}"));
+            let theirs = &chunk[metric];
+            let value = |v: &serde_json::Value| v.as_f64().unwrap();
+            let label = format!("chunk {index} {metric}: ours {ours}, NannyML {theirs}");
+            let tolerance = if matches!(metric, "accuracy" | "roc_auc") {
+                0.01
+            } else {
+                0.015
+            };
+            assert!(
+                (value(&ours["estimated"]) - value(&theirs["estimated"])).abs() < tolerance,
+                "{label}"
+            );
+            // The same chunks flagged; thresholds from the same realized
+            // reference chunks, so equal.
+            assert_eq!(ours["alert"], theirs["alert"], "{label}");
+            alerts += usize::from(ours["alert"] == true);
+            for (mine, nannyml) in [
+                ("lower_threshold", "lower_threshold"),
+                ("upper_threshold", "upper_threshold"),
+            ] {
+                assert!(
+                    (value(&ours[mine]) - value(&theirs[nannyml])).abs() < 1e-9,
+                    "{label}"
+                );
+            }
+            assert!(
+                (value(&ours["sampling_error"]) / value(&theirs["sampling_error"]) - 1.0).abs()
+                    < 1e-3,
+                "{label}"
+            );
+        }
+        // Only covariate shift: the estimate is within 0.02 of the realized
+        // accuracy, which the current file's labels give.
+        let accuracy = performance
+            .iter()
+            .find(|p| p["chunk"] == index && p["metric"] == "accuracy")
+            .unwrap();
+        let realized = accuracy["realized"].as_f64().unwrap();
+        assert!(
+            (realized - chunk["realized_accuracy"].as_f64().unwrap()).abs() < 1e-12,
+            "realized accuracy of chunk {index}"
+        );
+        assert!(
+            (accuracy["estimated"].as_f64().unwrap() - realized).abs() < 0.02,
+            "chunk {index}: {accuracy}"
+        );
+    }
+    // NannyML flags every metric in the five shifted chunks, and only there.
+    assert_eq!(alerts, 25);
+}

@@ -121,7 +121,7 @@ async fn the_demo_finds_the_injected_drift_and_only_it() {
     assert!(report.contains("3 dead-lettered"), "{report}");
     assert!(
         report.contains(
-            "drift onset: window 2026-01-05 04:00 UTC, in monthly_charges, payment_method"
+            "drift onset: window 2026-01-05 04:00 UTC, in actual.label, monthly_charges, payment_method, prediction.class, prediction.score, support_calls"
         ),
         "{report}"
     );

@@ -62,6 +62,18 @@ pub struct Args {
     /// Cap on each sample size in the KS p-value.
     #[arg(long)]
     ks_sample_cap: Option<u64>,
+    /// Estimate performance without labels (CBPE) from this column: a binary classifier's score, the probability of the positive class. Needs --target-column in the reference.
+    #[arg(long, requires = "target_column")]
+    score_column: Option<String>,
+    /// The predicted class (default: score >= 0.5 is positive).
+    #[arg(long, requires = "score_column")]
+    prediction_column: Option<String>,
+    /// The true class: in the reference to fit the estimator; in the current file, if present, realized performance is shown next to the estimate.
+    #[arg(long, requires = "score_column")]
+    target_column: Option<String>,
+    /// The positive class as the prediction and target columns spell it.
+    #[arg(long, default_value = "1")]
+    positive_class: String,
     /// NannyML-style bands: flag a chunk whose PSI, Jensen-Shannon, normalized Wasserstein or mean leaves mean ± K·σ over reference chunks of the same size.
     #[arg(long, value_name = "K")]
     bands: Option<f64>,
@@ -92,6 +104,15 @@ impl Args {
                 ..Default::default()
             },
             decide_by: self.decide_by,
+            estimation: match (self.score_column, self.target_column) {
+                (Some(score), Some(target)) => Some(analyze::EstimationColumns {
+                    score,
+                    prediction: self.prediction_column,
+                    target,
+                    positive_class: self.positive_class,
+                }),
+                _ => None,
+            },
             bands: self.bands,
         }
     }
