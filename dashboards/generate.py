@@ -20,7 +20,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 DS = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 SERIES = "model = '${model}' AND model_version = '${version}' AND segment = '${segment}'"
 MODELS = "model IN (${model:singlequote}) AND model_version IN (${version:singlequote}) AND segment = '${segment}'"
-DRIFT_SERIES = "feature NOT IN ('operations', 'quality')"
+DRIFT_SERIES = "feature NOT IN ('operations', 'quality', 'estimated_quality')"
 
 
 def variable_query(name, label, sql, multi=False, include_all=False, default=None):
@@ -451,6 +451,34 @@ def model_quality():
                 "SELECT window_start AS time, accuracy, precision, recall, f1, roc_auc FROM window_metrics FINAL "
                 f"WHERE {where} AND feature = 'quality' ORDER BY time"
             )],
+            **timeseries_options(unit="percentunit"),
+        ),
+        layout.panel(
+            "timeseries",
+            "Estimated performance (before labels) against realized",
+            [
+                target(
+                    "SELECT window_start AS time, "
+                    + ", ".join(
+                        f"estimated_values[indexOf(estimated_names, '{m}')] AS estimated_{m}, "
+                        f"nullIf(estimated_lower[indexOf(estimated_names, '{m}')], -1) AS lower_{m}, "
+                        f"nullIf(estimated_upper[indexOf(estimated_names, '{m}')], -1) AS upper_{m}"
+                        for m in ("accuracy", "roc_auc")
+                    )
+                    + " FROM window_metrics FINAL "
+                    f"WHERE {where} AND feature = 'estimated_quality' AND length(estimated_names) > 0 ORDER BY time"
+                ),
+                target(
+                    "SELECT window_start AS time, accuracy AS realized_accuracy, roc_auc AS realized_roc_auc "
+                    f"FROM window_metrics FINAL WHERE {where} AND feature = 'quality' ORDER BY time",
+                    ref="B",
+                ),
+            ],
+            description=(
+                "Accuracy and ROC AUC estimated from the scores alone (CBPE), with the band they are flagged "
+                "outside (the metric realized on the reference ± 3 sampling errors of the window's size), "
+                "and the realized values once labels arrive. Valid under covariate shift, not concept shift."
+            ),
             **timeseries_options(unit="percentunit"),
         ),
         layout.panel(

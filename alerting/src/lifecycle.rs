@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use detectors::metrics::{DriftTest, FeatureWindowMetrics};
+use detectors::spec::ESTIMATED_QUALITY;
 use serde::{Deserialize, Serialize};
 use store::WindowMetrics;
 
@@ -195,7 +196,7 @@ pub struct AlertEvaluator {
 }
 
 /// Series that are not model inputs or outputs.
-const NON_DRIFT_SERIES: [&str; 2] = ["operations", "quality"];
+const NON_DRIFT_SERIES: [&str; 3] = ["operations", "quality", ESTIMATED_QUALITY];
 
 impl AlertEvaluator {
     /// An evaluator of `rules`.
@@ -444,6 +445,25 @@ fn condition_verdict(
                 crossed.map(|threshold| single(feature, metric.clone(), value, threshold)),
             )
         }
+        Condition::EstimatedPerformance { metric } => {
+            let estimated = or_undecided!(series
+                .iter()
+                .find(|m| m.key.feature == ESTIMATED_QUALITY)
+                .and_then(|m| m.metrics.estimated.iter().find(|e| e.metric == *metric)));
+            let crossed = match (estimated.lower_threshold, estimated.upper_threshold) {
+                (Some(lower), _) if estimated.value < lower => Some(lower),
+                (_, Some(upper)) if estimated.value > upper => Some(upper),
+                _ => None,
+            };
+            Verdict::from_findings(crossed.map(|threshold| {
+                single(
+                    ESTIMATED_QUALITY,
+                    format!("estimated {}", metric.as_str()),
+                    estimated.value,
+                    threshold,
+                )
+            }))
+        }
         Condition::Change {
             feature,
             metric,
@@ -542,6 +562,15 @@ pub fn metric_value(metrics: &FeatureWindowMetrics, name: &str) -> Option<f64> {
         "rmse" => quality.and_then(|q| q.rmse),
         "mape" => quality.and_then(|q| q.mape),
         "r2" => quality.and_then(|q| q.r2),
+        // The `estimated_quality` series: its estimates by metric name.
+        estimated if quality.is_none() && !metrics.estimated.is_empty() => {
+            let metric = detectors::estimation::PerformanceMetric::parse(estimated)?;
+            metrics
+                .estimated
+                .iter()
+                .find(|e| e.metric == metric)
+                .map(|e| e.value)
+        }
         test => metrics
             .tests
             .iter()

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::notification::Severity;
 use crate::Error;
+use detectors::estimation::PerformanceMetric;
 use detectors::metrics::DriftTest;
 
 /// When a rule's condition holds for one window.
@@ -67,6 +68,15 @@ pub enum Condition {
         #[serde(default = "default_band_windows")]
         baseline_windows: usize,
     },
+    /// A performance metric estimated without labels (the
+    /// `estimated_quality` series of a classifier with a positive class)
+    /// left its band: the metric realized on the reference ± 3 sampling
+    /// errors of the window's size.
+    EstimatedPerformance {
+        /// `accuracy`, `precision`, `recall`, `f1` or `roc_auc`.
+        #[serde(default = "default_estimated_metric")]
+        metric: PerformanceMetric,
+    },
     /// A change detector over a metric's per-window values fired at this
     /// window. `detector` is `page_hinkley` or `adwin`; unset parameters take
     /// River's defaults except `min_instances` (Page-Hinkley) and
@@ -106,6 +116,10 @@ fn default_band_k() -> f64 {
 }
 fn default_band_windows() -> usize {
     10
+}
+
+fn default_estimated_metric() -> PerformanceMetric {
+    PerformanceMetric::Accuracy
 }
 
 fn default_min_features() -> usize {

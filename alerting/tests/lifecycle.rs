@@ -370,3 +370,59 @@ fn windows_without_a_verdict_neither_fire_nor_clear() {
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].status, AlertStatus::Resolved);
 }
+
+/// The `estimated_quality` series of window `w` with an estimated ROC AUC
+/// (band [0.78, 0.82]); `None`: the window has no estimate.
+fn estimated_window(w: i64, roc_auc: Option<f64>) -> Vec<WindowMetrics> {
+    let mut record = series(w, "estimated_quality", 0.0);
+    record.metrics = FeatureWindowMetrics::empty(
+        FeatureKind::EstimatedQuality,
+        1000,
+        0,
+        0,
+        DriftThresholds::default(),
+    );
+    record.metrics.estimated = roc_auc
+        .map(|value| detectors::estimation::EstimatedMetric {
+            metric: detectors::estimation::PerformanceMetric::RocAuc,
+            value,
+            sampling_error: Some(0.0067),
+            lower_threshold: Some(0.78),
+            upper_threshold: Some(0.82),
+            alert: !(0.78..=0.82).contains(&value),
+        })
+        .into_iter()
+        .collect();
+    vec![record]
+}
+
+#[test]
+fn estimated_performance_fires_outside_its_band_and_waits_without_an_estimate() {
+    let rule: Rule = Rule::from_raw(
+        toml::from_str(
+            "name = \"auc\"\ncondition = { type = \"estimated_performance\", metric = \"roc_auc\" }\nresolve_after = 1",
+        )
+        .unwrap(),
+        "alerts.rules[0]",
+    )
+    .unwrap();
+    let mut evaluator = AlertEvaluator::new(vec![rule]);
+    let mut events = Vec::new();
+    for (w, value) in [Some(0.80), Some(0.75), None, Some(0.76), Some(0.81)]
+        .into_iter()
+        .enumerate()
+    {
+        for alert in evaluator.evaluate("churn", &estimated_window(w as i64, value)) {
+            events.push((w, alert.status, alert.findings.first().cloned()));
+        }
+    }
+    // Fires at 0.75 (below 0.78); a window without an estimate neither
+    // resolves nor repeats it; 0.81 resolves it.
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!((events[0].0, events[0].1), (1, AlertStatus::Firing));
+    let finding = events[0].2.as_ref().unwrap();
+    assert_eq!(finding.feature, "estimated_quality");
+    assert_eq!(finding.test, "estimated roc_auc");
+    assert_eq!((finding.value, finding.threshold), (0.75, 0.78));
+    assert_eq!((events[1].0, events[1].1), (4, AlertStatus::Resolved));
+}

@@ -508,6 +508,19 @@ fn record_into(
         }
     }
     if event.kind == EventKind::Prediction {
+        if let (Some(position), Some(positive), Some(prediction)) = (
+            spec.derived_position(SeriesSource::EstimatedQuality),
+            spec.positive_class(),
+            &event.prediction,
+        ) {
+            if let (FeatureSketch::EstimatedQuality(scores), Some(score), Some(class)) = (
+                &mut sketches[position],
+                prediction.effective_score(),
+                prediction.predicted_class(),
+            ) {
+                scores.add(score, is_positive(class, Some(positive)));
+            }
+        }
         if let Some(position) = spec.derived_position(SeriesSource::Operations) {
             if let FeatureSketch::Operational(operations) = &mut sketches[position] {
                 let has_output = event.prediction.as_ref().is_some_and(|p| {

@@ -41,7 +41,19 @@ use crate::calibration::{needs_calibration, IsotonicCalibrator};
 pub const SCORE_BINS: u16 = 1000;
 
 /// The metrics CBPE estimates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PerformanceMetric {
     /// Share of rows predicted right.
@@ -133,6 +145,12 @@ impl ScoreHistogram {
                 entry.score_sum += sum.score_sum;
             }
         }
+    }
+
+    /// Approximate heap size in bytes (at most 2 × 1,000 bins).
+    pub fn heap_bytes(&self) -> usize {
+        // A B-tree entry: key, value and about a third of node overhead.
+        (self.negative.len() + self.positive.len()) * 40
     }
 
     /// Rows counted.
@@ -380,6 +398,26 @@ pub struct CbpeModel {
     pub reference: BTreeMap<PerformanceMetric, f64>,
 }
 
+/// One metric estimated for a window, with its band: what a window reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EstimatedMetric {
+    /// Which metric.
+    pub metric: PerformanceMetric,
+    /// The estimated value.
+    pub value: f64,
+    /// Its sampling error (one standard deviation).
+    pub sampling_error: Option<f64>,
+    /// Lower threshold.
+    pub lower_threshold: Option<f64>,
+    /// Upper threshold.
+    pub upper_threshold: Option<f64>,
+    /// Whether the value is outside the band.
+    pub alert: bool,
+}
+
+/// Half-width of the band in sampling errors (NannyML's 3σ over reference chunks).
+pub const BAND_K: f64 = 3.0;
+
 /// One metric's estimate for a window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
@@ -428,6 +466,40 @@ impl CbpeModel {
             components,
             reference,
         })
+    }
+
+    /// The band of `metric` for a window of `n` rows: the metric realized
+    /// on the whole reference ± [`BAND_K`] sampling errors of `n` rows,
+    /// within [0, 1]. It is the spread NannyML measures over reference
+    /// chunks of `n` rows, computed instead of sampled (the sampling error
+    /// is the standard deviation of the metric over such chunks), so any
+    /// window size has one.
+    pub fn band(&self, metric: PerformanceMetric, n: u64) -> Option<Band> {
+        let center = *self.reference.get(&metric)?;
+        let spread = BAND_K * self.components.get(&metric)?.error(n)?;
+        Some(Band {
+            lower: Some((center - spread).max(0.0)),
+            upper: Some((center + spread).min(1.0)),
+        })
+    }
+
+    /// [`CbpeModel::estimate`] with each metric's [`CbpeModel::band`].
+    pub fn estimate_with_bands(&self, window: &ScoreHistogram) -> Vec<EstimatedMetric> {
+        let n = window.count();
+        self.estimate(window)
+            .into_iter()
+            .map(|estimate| {
+                let band = self.band(estimate.metric, n);
+                EstimatedMetric {
+                    metric: estimate.metric,
+                    value: estimate.value,
+                    sampling_error: estimate.sampling_error,
+                    lower_threshold: band.and_then(|b| b.lower),
+                    upper_threshold: band.and_then(|b| b.upper),
+                    alert: band.is_some_and(|b| b.flags(estimate.value)),
+                }
+            })
+            .collect()
     }
 
     /// The probability of the positive class for `score`.

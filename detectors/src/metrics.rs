@@ -526,6 +526,10 @@ pub struct FeatureWindowMetrics {
     pub wasserstein_normalized: Option<f64>,
     /// PSI threshold used for `drifted`.
     pub psi_threshold: f64,
+    /// Performance estimated without labels (the `estimated_quality`
+    /// series), each metric with its sampling error and band.
+    #[serde(default)]
+    pub estimated: Vec<crate::estimation::EstimatedMetric>,
     /// Whether the series drifted, by the verdict policy's test; `None`
     /// without reference, values or that test.
     pub drifted: Option<bool>,
@@ -603,6 +607,19 @@ pub fn compute(
                 thresholds,
             );
             metrics.quality = Some(quality.metrics());
+            metrics
+        }
+        FeatureSketch::EstimatedQuality(scores) => {
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::EstimatedQuality,
+                scores.count(),
+                0,
+                0,
+                thresholds,
+            );
+            if let Some(FeatureReference::Performance(model)) = reference {
+                metrics.estimated = model.estimate_with_bands(scores);
+            }
             metrics
         }
         FeatureSketch::Operational(operations) => {
@@ -685,6 +702,7 @@ fn reference_count(reference: &FeatureReference) -> u64 {
         FeatureReference::Categorical(categorical) => {
             categorical.counts.values().sum::<u64>() + categorical.other
         }
+        FeatureReference::Performance(_) => 0,
     }
 }
 
@@ -697,6 +715,9 @@ fn choose_verdict(
 ) {
     let (n, m) = (reference_count(reference) as f64, metrics.count as f64);
     let effective = if n + m > 0.0 { n * m / (n + m) } else { 0.0 };
+    if metrics.tests.is_empty() {
+        return;
+    }
     let has = |test: DriftTest| metrics.tests.iter().any(|t| t.test == test);
     let chosen = match thresholds.verdict {
         VerdictPolicy::Test(test) => test,
@@ -707,6 +728,7 @@ fn choose_verdict(
                     DriftTest::WassersteinNormalized,
                     effective > thresholds.auto_cutover,
                 ),
+                FeatureReference::Performance(_) => return,
                 FeatureReference::Categorical(categorical) => {
                     let categories = (categorical.counts.len() + 1) as f64;
                     (
@@ -821,6 +843,7 @@ impl FeatureWindowMetrics {
             wasserstein: None,
             wasserstein_normalized: None,
             psi_threshold: thresholds.psi,
+            estimated: Vec::new(),
             drifted: None,
             decided_by: None,
             tests: Vec::new(),

@@ -230,6 +230,9 @@ pub enum FeatureReference {
     Numeric(NumericReference),
     /// A categorical series.
     Categorical(CategoricalReference),
+    /// The `estimated_quality` series: the performance estimator fitted on
+    /// the reference's scores, predicted classes and labels.
+    Performance(crate::estimation::CbpeModel),
 }
 
 /// A model version's reference profile.
@@ -260,7 +263,9 @@ impl ReferenceProfile {
         let mut row_count = 0;
         for (name, sketch) in sketches {
             let reference = match sketch {
-                FeatureSketch::Operational(_) | FeatureSketch::Quality(_) => continue,
+                FeatureSketch::Operational(_)
+                | FeatureSketch::Quality(_)
+                | FeatureSketch::EstimatedQuality(_) => continue,
                 FeatureSketch::Numeric(numeric) => {
                     if numeric.moments().count() == 0 {
                         continue;
@@ -311,6 +316,71 @@ pub struct ReferenceBuilder {
     rows: u64,
     numeric: BTreeMap<String, (Vec<f64>, u64)>,
     categorical: BTreeMap<String, CategoricalSketch>,
+    /// With a positive class: every row's score, predicted class and label,
+    /// in row order, to fit the performance estimator.
+    outputs: Option<TrainingOutputs>,
+}
+
+/// The model outputs of the training rows, column by column in row order
+/// (a missing value is `None`, so the three stay aligned).
+#[derive(Debug, Default)]
+struct TrainingOutputs {
+    positive_class: String,
+    scores: Vec<Option<f64>>,
+    classes: Vec<Option<bool>>,
+    labels: Vec<Option<bool>>,
+}
+
+impl TrainingOutputs {
+    fn add(&mut self, name: &str, value: TrainingValue<'_>) {
+        let class = |value: TrainingValue<'_>| match value {
+            TrainingValue::Text(text) => Some(text.trim() == self.positive_class),
+            TrainingValue::Number(number) => Some(format_category(number) == self.positive_class),
+            TrainingValue::Missing => None,
+        };
+        match name {
+            crate::spec::PREDICTION_SCORE => self.scores.push(match value {
+                TrainingValue::Number(number) => Some(number).filter(|n| n.is_finite()),
+                TrainingValue::Text(text) => text.trim().parse().ok(),
+                TrainingValue::Missing => None,
+            }),
+            crate::spec::PREDICTION_CLASS => {
+                let class = class(value);
+                self.classes.push(class);
+            }
+            crate::spec::ACTUAL_LABEL => {
+                let label = class(value);
+                self.labels.push(label);
+            }
+            _ => {}
+        }
+    }
+
+    /// The estimator, when the three columns are complete enough to fit it.
+    fn fit(&self) -> Option<crate::estimation::CbpeModel> {
+        if self.scores.len() != self.labels.len() {
+            return None;
+        }
+        let mut scores = Vec::with_capacity(self.scores.len());
+        let (mut predicted, mut labels) = (Vec::new(), Vec::new());
+        for (row, (score, label)) in self.scores.iter().zip(&self.labels).enumerate() {
+            let (Some(score), Some(label)) = (score, label) else {
+                continue;
+            };
+            // Without a predicted-class column, a score of ½ or more is positive.
+            let class = match self.classes.get(row) {
+                Some(class) => *class,
+                None if self.classes.is_empty() => Some(*score >= 0.5),
+                None => None,
+            };
+            if let Some(class) = class {
+                scores.push(*score);
+                predicted.push(class);
+                labels.push(*label);
+            }
+        }
+        crate::estimation::CbpeModel::fit(&scores, &predicted, &labels).ok()
+    }
 }
 
 /// One training value handed to the [`ReferenceBuilder`].
@@ -340,10 +410,15 @@ impl ReferenceBuilder {
                         CategoricalSketch::new(spec.max_categories()),
                     );
                 }
-                // Operational health has no training-data reference.
-                FeatureKind::Operational | FeatureKind::Quality => {}
+                // Operational health has no training-data reference; the
+                // estimator is fitted from the outputs below.
+                FeatureKind::Operational | FeatureKind::Quality | FeatureKind::EstimatedQuality => {
+                }
             }
         }
+        let estimated = spec
+            .series()
+            .any(|series| series.kind == FeatureKind::EstimatedQuality);
         Self {
             model: spec.name().to_owned(),
             model_version: model_version.to_owned(),
@@ -351,6 +426,13 @@ impl ReferenceBuilder {
             rows: 0,
             numeric,
             categorical,
+            outputs: spec
+                .positive_class()
+                .filter(|_| estimated)
+                .map(|positive| TrainingOutputs {
+                    positive_class: positive.to_owned(),
+                    ..TrainingOutputs::default()
+                }),
         }
     }
 
@@ -362,6 +444,9 @@ impl ReferenceBuilder {
     /// Adds a value of the series `name`; unknown names are ignored and
     /// reported as `false`.
     pub fn add(&mut self, name: &str, value: TrainingValue<'_>) -> bool {
+        if let Some(outputs) = &mut self.outputs {
+            outputs.add(name, value);
+        }
         if let Some((values, missing)) = self.numeric.get_mut(name) {
             match value {
                 TrainingValue::Number(number) => values.push(number),
@@ -412,6 +497,12 @@ impl ReferenceBuilder {
             return Err(Error::InvalidReference(
                 "no configured feature has a value in the training data".into(),
             ));
+        }
+        if let Some(model) = self.outputs.as_ref().and_then(TrainingOutputs::fit) {
+            features.insert(
+                crate::spec::ESTIMATED_QUALITY.to_owned(),
+                FeatureReference::Performance(model),
+            );
         }
         Ok(ReferenceProfile {
             model: self.model,
@@ -474,6 +565,89 @@ impl CompiledReference {
 mod tests {
     use super::*;
     use crate::spec::{FeatureSpec, Task};
+
+    #[test]
+    fn with_a_positive_class_the_training_outputs_fit_the_estimator() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let spec = ModelSpec::new(
+            "churn",
+            Task::Classification,
+            vec![FeatureSpec {
+                name: "age".into(),
+                kind: FeatureKind::Numeric,
+            }],
+            vec![],
+            10,
+            10,
+        )
+        .unwrap()
+        .with_positive_class(Some("yes".into()));
+        let mut rng = StdRng::seed_from_u64(5);
+        let scores: Vec<f64> = (0..5_000).map(|_| rng.random::<f64>()).collect();
+        let mut builder = ReferenceBuilder::new(&spec, "1", "test");
+        // Column by column, as files are read; one label is missing.
+        for row in 0..scores.len() {
+            builder.add_row();
+            builder.add("age", TrainingValue::Number(30.0 + row as f64 % 40.0));
+        }
+        for score in &scores {
+            builder.add(crate::spec::PREDICTION_SCORE, TrainingValue::Number(*score));
+        }
+        for score in &scores {
+            let class = if *score >= 0.5 { "yes" } else { "no" };
+            builder.add(crate::spec::PREDICTION_CLASS, TrainingValue::Text(class));
+        }
+        for (row, score) in scores.iter().enumerate() {
+            let label = match row {
+                7 => TrainingValue::Missing,
+                _ if rng.random_bool(*score) => TrainingValue::Text("yes"),
+                _ => TrainingValue::Text("no"),
+            };
+            builder.add(crate::spec::ACTUAL_LABEL, label);
+        }
+        let profile = builder.build().unwrap();
+        let Some(FeatureReference::Performance(model)) =
+            profile.features.get(crate::spec::ESTIMATED_QUALITY)
+        else {
+            panic!("no estimator in {:?}", profile.features.keys());
+        };
+        // Uniform calibrated scores predicted at ½: accuracy 0.75.
+        let accuracy = model.reference[&crate::estimation::PerformanceMetric::Accuracy];
+        assert!((accuracy - 0.75).abs() < 0.02, "{accuracy}");
+
+        // A window of the series: estimated, with bands, through `compute`.
+        let position = spec
+            .derived_position(crate::spec::SeriesSource::EstimatedQuality)
+            .unwrap();
+        let mut sketch = FeatureSketch::new(spec.series_at(position).kind, &spec, None);
+        let FeatureSketch::EstimatedQuality(histogram) = &mut sketch else {
+            panic!("{sketch:?}");
+        };
+        for _ in 0..2_000 {
+            let score: f64 = rng.random::<f64>().powi(3);
+            histogram.add(score, score >= 0.5);
+        }
+        let metrics = crate::metrics::compute(
+            &sketch,
+            profile.features.get(crate::spec::ESTIMATED_QUALITY),
+            crate::metrics::DriftThresholds::default(),
+        );
+        assert_eq!(metrics.count, 2_000);
+        assert_eq!(metrics.estimated.len(), 5);
+        let accuracy = &metrics.estimated[0];
+        // Scores u³ predicted at ½: expected accuracy E[max(p, 1 − p)] ≈ 0.853,
+        // well above the reference's band.
+        assert!((accuracy.value - 0.853).abs() < 0.03, "{accuracy:?}");
+        assert!(accuracy.alert, "{accuracy:?}");
+        assert!(accuracy.upper_threshold.unwrap() < accuracy.value);
+        assert_eq!(metrics.drifted, None);
+
+        // Without a positive class there is no such series.
+        let plain = spec.clone().with_positive_class(None);
+        assert!(plain
+            .series()
+            .all(|s| s.name != crate::spec::ESTIMATED_QUALITY));
+    }
 
     #[test]
     fn numeric_edges_are_empirical_percentiles_and_counts_are_exact() {

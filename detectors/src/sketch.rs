@@ -6,6 +6,7 @@ use events::FeatureValue;
 use serde::{Deserialize, Serialize};
 
 use crate::categorical::{format_category, CategoricalSketch};
+use crate::estimation::ScoreHistogram;
 use crate::numeric::NumericSketch;
 use crate::operational::OperationalSketch;
 use crate::quality::{ClassificationQuality, QualitySketch, RegressionQuality};
@@ -29,6 +30,8 @@ pub enum FeatureSketch {
     Operational(OperationalSketch),
     /// The model-quality series.
     Quality(QualitySketch),
+    /// The estimated-quality series: scores by predicted class.
+    EstimatedQuality(ScoreHistogram),
 }
 
 impl FeatureSketch {
@@ -50,6 +53,9 @@ impl FeatureSketch {
                 }
                 Task::Regression => QualitySketch::Regression(RegressionQuality::default()),
             }),
+            FeatureKind::EstimatedQuality => {
+                FeatureSketch::EstimatedQuality(ScoreHistogram::default())
+            }
         }
     }
 
@@ -60,6 +66,7 @@ impl FeatureSketch {
             FeatureSketch::Categorical(_) => FeatureKind::Categorical,
             FeatureSketch::Operational(_) => FeatureKind::Operational,
             FeatureSketch::Quality(_) => FeatureKind::Quality,
+            FeatureSketch::EstimatedQuality(_) => FeatureKind::EstimatedQuality,
         }
     }
 
@@ -70,6 +77,10 @@ impl FeatureSketch {
             (FeatureSketch::Categorical(a), FeatureSketch::Categorical(b)) => a.merge(b),
             (FeatureSketch::Operational(a), FeatureSketch::Operational(b)) => a.merge(b),
             (FeatureSketch::Quality(a), FeatureSketch::Quality(b)) => a.merge(b),
+            (FeatureSketch::EstimatedQuality(a), FeatureSketch::EstimatedQuality(b)) => {
+                a.merge(b);
+                Ok(())
+            }
             _ => Err(Error::IncompatibleMerge(
                 "sketches of different kinds".into(),
             )),
@@ -83,6 +94,7 @@ impl FeatureSketch {
             FeatureSketch::Categorical(s) => s.total() + s.missing() + s.type_mismatch(),
             FeatureSketch::Operational(s) => s.predictions(),
             FeatureSketch::Quality(s) => s.matched(),
+            FeatureSketch::EstimatedQuality(s) => s.count(),
         }
     }
 
@@ -103,6 +115,7 @@ impl FeatureSketch {
             FeatureSketch::Categorical(s) => s.heap_bytes(),
             FeatureSketch::Operational(s) => s.heap_bytes(),
             FeatureSketch::Quality(_) => 2 * crate::quality::SCORE_BINS * 8,
+            FeatureSketch::EstimatedQuality(s) => s.heap_bytes(),
         }
     }
 
@@ -128,7 +141,12 @@ impl FeatureSketch {
             }
             (FeatureSketch::Categorical(sketch), FeatureValue::Null) => sketch.add_missing(),
             // The operational series is fed by `record_into`, never by a value.
-            (FeatureSketch::Operational(_) | FeatureSketch::Quality(_), _) => {}
+            (
+                FeatureSketch::Operational(_)
+                | FeatureSketch::Quality(_)
+                | FeatureSketch::EstimatedQuality(_),
+                _,
+            ) => {}
         }
     }
 
@@ -136,7 +154,9 @@ impl FeatureSketch {
         match self {
             FeatureSketch::Numeric(sketch) => sketch.add_missing(),
             FeatureSketch::Categorical(sketch) => sketch.add_missing(),
-            FeatureSketch::Operational(_) | FeatureSketch::Quality(_) => {}
+            FeatureSketch::Operational(_)
+            | FeatureSketch::Quality(_)
+            | FeatureSketch::EstimatedQuality(_) => {}
         }
     }
 }

@@ -12,6 +12,7 @@
 //! | `actual.label` | categorical for classification, numeric for regression | actual events' `label` |
 //! | `operations` | operational | every prediction event: count, `error`, missing output, `latency_ms` |
 //! | `quality` | quality | predictions joined with their actuals (in the prediction's window) |
+//! | `estimated_quality` | estimated quality (classification with `positive_class` only) | every prediction's score of the positive class and predicted class, for performance estimation before the labels arrive |
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,8 @@ pub const ACTUAL_LABEL: &str = "actual.label";
 pub const OPERATIONS: &str = "operations";
 /// Name of the derived model-quality series.
 pub const QUALITY: &str = "quality";
+/// Name of the derived estimated-quality series.
+pub const ESTIMATED_QUALITY: &str = "estimated_quality";
 /// Segment that every event belongs to.
 pub const ALL_SEGMENT: &str = "all";
 /// Segment value used once a key has `max_segment_values` distinct values.
@@ -50,6 +53,9 @@ pub enum FeatureKind {
     /// Model quality (the derived `quality` series only), from predictions
     /// joined with their actuals.
     Quality,
+    /// Performance estimated without labels (the derived
+    /// `estimated_quality` series only), from the scores.
+    EstimatedQuality,
 }
 
 impl FeatureKind {
@@ -60,6 +66,7 @@ impl FeatureKind {
             FeatureKind::Categorical => "categorical",
             FeatureKind::Operational => "operational",
             FeatureKind::Quality => "quality",
+            FeatureKind::EstimatedQuality => "estimated_quality",
         }
     }
 }
@@ -100,6 +107,8 @@ pub enum SeriesSource {
     Operations,
     /// Model quality.
     Quality,
+    /// Estimated model quality.
+    EstimatedQuality,
 }
 
 /// A validated model description. Construct with [`ModelSpec::new`].
@@ -150,14 +159,16 @@ impl ModelSpec {
             }
             if matches!(
                 feature.kind,
-                FeatureKind::Operational | FeatureKind::Quality
+                FeatureKind::Operational | FeatureKind::Quality | FeatureKind::EstimatedQuality
             ) {
                 return Err(Error::InvalidSpec(format!(
                     "model `{name}`: feature `{}` cannot be operational (that kind is reserved for the `operations` series)",
                     feature.name
                 )));
             }
-            if derived.iter().any(|(spec, _)| spec.name == feature.name) {
+            if derived.iter().any(|(spec, _)| spec.name == feature.name)
+                || feature.name == ESTIMATED_QUALITY
+            {
                 return Err(Error::InvalidSpec(format!(
                     "model `{name}`: feature name `{}` is reserved for a derived series",
                     feature.name
@@ -198,8 +209,23 @@ impl ModelSpec {
         })
     }
 
-    /// Names the positive class of a binary classifier.
+    /// Names the positive class of a binary classifier, which adds the
+    /// `estimated_quality` series (performance estimated from the scores).
     pub fn with_positive_class(mut self, positive_class: Option<String>) -> Self {
+        let estimated = self.derived_position(SeriesSource::EstimatedQuality);
+        match (&positive_class, estimated, self.task) {
+            (Some(_), None, Task::Classification) => self.series.push((
+                FeatureSpec {
+                    name: ESTIMATED_QUALITY.to_owned(),
+                    kind: FeatureKind::EstimatedQuality,
+                },
+                SeriesSource::EstimatedQuality,
+            )),
+            (None, Some(position), _) => {
+                self.series.remove(position);
+            }
+            _ => {}
+        }
         self.positive_class = positive_class;
         self
     }

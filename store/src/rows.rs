@@ -5,12 +5,16 @@
 //!
 //! Times are `DateTime` columns: whole seconds since the epoch ([`Seconds`]).
 
+use detectors::estimation::{EstimatedMetric, PerformanceMetric};
 use detectors::metrics::{DriftTest, TestResult};
 use detectors::quality::QualityMetrics;
 use detectors::spec::FeatureKind;
 use detectors::{FeatureWindowMetrics, ReferenceProfile, SeriesKey};
 
 use crate::schema::{table, Bytes, Seconds, Table, TableDef, TableSpec, Versioning};
+
+/// An absent sampling error or threshold in the `estimated_*` arrays.
+const ABSENT: f64 = -1.0;
 use crate::{Error, PartialSketch, ReferenceSummary, WindowMetrics, WindowSketch};
 
 /// The key of a table with one row per series and window.
@@ -119,6 +123,12 @@ macro_rules! metrics_row {
                 test_thresholds: Vec<f64>,
                 test_drifted: Vec<u8>,
                 decided_by: Option<String>,
+                estimated_names: Vec<String>,
+                estimated_values: Vec<f64>,
+                estimated_errors: Vec<f64>,
+                estimated_lower: Vec<f64>,
+                estimated_upper: Vec<f64>,
+                estimated_alert: Vec<u8>,
                 $($direct: $direct_type,)*
                 $($quality: Option<f64>,)*
             }
@@ -158,6 +168,15 @@ macro_rules! metrics_row {
                     test_thresholds: m.tests.iter().map(|t| t.threshold).collect(),
                     test_drifted: m.tests.iter().map(|t| u8::from(t.drifted)).collect(),
                     decided_by: m.decided_by.map(|test| test.as_str().to_owned()),
+                    // −1 stands for an absent error or threshold (arrays
+                    // hold no NULL, and SQLite's JSON arrays no NaN; both
+                    // are never negative).
+                    estimated_names: m.estimated.iter().map(|e| e.metric.as_str().to_owned()).collect(),
+                    estimated_values: m.estimated.iter().map(|e| e.value).collect(),
+                    estimated_errors: m.estimated.iter().map(|e| e.sampling_error.unwrap_or(ABSENT)).collect(),
+                    estimated_lower: m.estimated.iter().map(|e| e.lower_threshold.unwrap_or(ABSENT)).collect(),
+                    estimated_upper: m.estimated.iter().map(|e| e.upper_threshold.unwrap_or(ABSENT)).collect(),
+                    estimated_alert: m.estimated.iter().map(|e| u8::from(e.alert)).collect(),
                     $($direct: m.$direct.clone(),)*
                     $($quality: quality.$quality,)*
                 })
@@ -169,6 +188,7 @@ macro_rules! metrics_row {
                     "categorical" => FeatureKind::Categorical,
                     "operational" => FeatureKind::Operational,
                     "quality" => FeatureKind::Quality,
+                    "estimated_quality" => FeatureKind::EstimatedQuality,
                     other => return Err(Error::Corrupt(format!("unknown feature kind `{other}`"))),
                 };
                 let five = |values: [Option<f64>; 5]| match values {
@@ -189,6 +209,26 @@ macro_rules! metrics_row {
                             value,
                             threshold,
                             drifted: drifted != 0,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Error>>()?;
+                let present = |value: f64| (value >= 0.0).then_some(value);
+                let estimated = self
+                    .estimated_names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| {
+                        let metric = PerformanceMetric::parse(name).ok_or_else(|| {
+                            Error::Corrupt(format!("unknown estimated metric `{name}`"))
+                        })?;
+                        let at = |values: &[f64]| values.get(i).copied().unwrap_or(ABSENT);
+                        Ok(EstimatedMetric {
+                            metric,
+                            value: at(&self.estimated_values),
+                            sampling_error: present(at(&self.estimated_errors)),
+                            lower_threshold: present(at(&self.estimated_lower)),
+                            upper_threshold: present(at(&self.estimated_upper)),
+                            alert: self.estimated_alert.get(i).is_some_and(|flag| *flag != 0),
                         })
                     })
                     .collect::<Result<Vec<_>, Error>>()?;
@@ -220,6 +260,7 @@ macro_rules! metrics_row {
                             None => None,
                         },
                         tests,
+                        estimated,
                         quality: (kind == FeatureKind::Quality).then_some(QualityMetrics {
                             matched: self.count,
                             $($quality: self.$quality,)*

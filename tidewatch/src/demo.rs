@@ -210,6 +210,11 @@ pub async fn run_into(
         "PSI against the training reference per window (segment `all`); * = drifted by the default verdict (auto: KS or chi-square p-values on windows this size)\n",
     );
     out.push_str(&report::drift_table(&metrics, "all", &series));
+    out.push_str(
+        "\nPerformance estimated from the scores when each window closed (CBPE; ! = outside the band), \
+         and realized once its labels joined\n",
+    );
+    out.push_str(&report::estimated_table(&metrics, "all"));
     out.push_str("\nModel quality per window (predictions joined with their delayed actuals)\n");
     out.push_str(&report::quality_table(&metrics, "all"));
     out.push_str(

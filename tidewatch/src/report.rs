@@ -124,3 +124,60 @@ pub fn quality_table(metrics: &[WindowMetrics], segment: &str) -> String {
     }
     out
 }
+
+/// One row per window of the `estimated_quality` series: accuracy and ROC
+/// AUC estimated from the scores (`!` outside the band), with the realized
+/// values of the `quality` series once labels joined (`-` before).
+pub fn estimated_table(metrics: &[WindowMetrics], segment: &str) -> String {
+    use detectors::estimation::PerformanceMetric;
+    let realized: BTreeMap<i64, &detectors::quality::QualityMetrics> = metrics
+        .iter()
+        .filter(|m| m.key.segment == segment && m.key.feature == "quality")
+        .filter_map(|m| Some((m.key.window_start, m.metrics.quality.as_ref()?)))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16}  {:>11}  {:>20}  {:>8}  {:>20}  {:>8}",
+        "window (UTC)",
+        "predictions",
+        "accuracy estimated",
+        "realized",
+        "roc_auc estimated",
+        "realized"
+    );
+    let cell = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    for record in metrics
+        .iter()
+        .filter(|m| m.key.segment == segment && m.key.feature == detectors::spec::ESTIMATED_QUALITY)
+    {
+        let estimate = |metric: PerformanceMetric| {
+            record
+                .metrics
+                .estimated
+                .iter()
+                .find(|e| e.metric == metric)
+                .map_or("-".to_owned(), |e| {
+                    format!(
+                        "{}{:.3} [{}, {}]",
+                        if e.alert { "!" } else { " " },
+                        e.value,
+                        cell(e.lower_threshold),
+                        cell(e.upper_threshold)
+                    )
+                })
+        };
+        let quality = realized.get(&record.key.window_start);
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>11}  {:>20}  {:>8}  {:>20}  {:>8}",
+            format_time(record.key.window_start),
+            record.metrics.count,
+            estimate(PerformanceMetric::Accuracy),
+            cell(quality.and_then(|q| q.accuracy)),
+            estimate(PerformanceMetric::RocAuc),
+            cell(quality.and_then(|q| q.roc_auc)),
+        );
+    }
+    out
+}

@@ -648,6 +648,23 @@ async fn the_pages_load_in_a_real_browser_with_charts_drawn_and_the_drift_visibl
             };
             assert!(row("monthly_charges").matches("cell drifted").count() >= 2);
             assert_eq!(row("age").matches("cell drifted").count(), 0);
+            // Estimated against realized performance: a chart per metric,
+            // drawn, with the band (whether 600 predictions an hour leave
+            // it is the CLI demo test's matter).
+            for metric in ["accuracy", "roc_auc"] {
+                let section = &dom[dom
+                    .find(&format!("id=\"estimated-{metric}\""))
+                    .unwrap_or_else(|| panic!("no estimated {metric} chart"))..];
+                let section = &section[..section.find("</section>").unwrap()];
+                assert!(section.contains("class=\"uplot"), "{section}");
+                for line in [
+                    format!("estimated {metric}"),
+                    format!("realized {metric}"),
+                    "lower threshold".to_owned(),
+                ] {
+                    assert!(section.contains(&line), "{line}: {section}");
+                }
+            }
             // The versions' lifecycle from the registry.
             let versions = &dom[dom.find("id=\"versions\"").expect("the versions table")..];
             let versions = &versions[..versions.find("</table>").unwrap()];

@@ -97,6 +97,34 @@ pub async fn window_results_round_trip(store: &Store) {
         reference_source: None,
         computed_at: 7,
     };
+    // Estimated performance: every metric with its error and band, one
+    // without a band (absent thresholds survive as `None`).
+    let mut estimated_metrics = detectors::FeatureWindowMetrics::empty(
+        detectors::spec::FeatureKind::EstimatedQuality,
+        2_000,
+        0,
+        0,
+        DriftThresholds::default(),
+    );
+    estimated_metrics.estimated = detectors::estimation::PerformanceMetric::ALL
+        .into_iter()
+        .enumerate()
+        .map(|(i, metric)| detectors::estimation::EstimatedMetric {
+            metric,
+            value: 0.7 + i as f64 / 100.0,
+            sampling_error: Some(0.01),
+            lower_threshold: (i != 4).then_some(0.65),
+            upper_threshold: (i != 4).then_some(0.8),
+            alert: i == 2,
+        })
+        .collect();
+    let estimated_record = WindowMetrics {
+        key: key("estimated_quality", window),
+        window_end: window + 60_000,
+        metrics: estimated_metrics,
+        reference_source: Some("file:train.csv".into()),
+        computed_at: 7,
+    };
     let window_sketch = WindowSketch {
         key: key("age", window),
         window_end: window + 60_000,
@@ -105,7 +133,11 @@ pub async fn window_results_round_trip(store: &Store) {
     };
     store
         .write_window_results(
-            vec![record.clone(), empty_record.clone()],
+            vec![
+                record.clone(),
+                empty_record.clone(),
+                estimated_record.clone(),
+            ],
             vec![window_sketch.clone()],
         )
         .await
@@ -125,7 +157,7 @@ pub async fn window_results_round_trip(store: &Store) {
         ..Default::default()
     };
     let rows = store.window_metrics(query).await.unwrap();
-    assert_eq!(rows, vec![newer, empty_record]);
+    assert_eq!(rows, vec![newer, estimated_record, empty_record]);
     let feature_only = MetricsQuery {
         feature: Some("plan".into()),
         ..Default::default()
@@ -141,14 +173,16 @@ pub async fn window_results_round_trip(store: &Store) {
     let first = store.window_metrics(page(0)).await.unwrap();
     let second = store.window_metrics(page(1)).await.unwrap();
     let third = store.window_metrics(page(2)).await.unwrap();
+    let fourth = store.window_metrics(page(3)).await.unwrap();
     assert_eq!(
         (
             first[0].key.feature.as_str(),
-            second[0].key.feature.as_str()
+            second[0].key.feature.as_str(),
+            third[0].key.feature.as_str()
         ),
-        ("age", "plan")
+        ("age", "estimated_quality", "plan")
     );
-    assert!(third.is_empty());
+    assert!(fourth.is_empty());
     let other_version = MetricsQuery {
         model_version: Some("4".into()),
         ..Default::default()

@@ -171,12 +171,7 @@ impl From<store::ReferenceSummary> for ReferenceView {
 }
 
 fn kind_name(kind: detectors::spec::FeatureKind) -> &'static str {
-    match kind {
-        detectors::spec::FeatureKind::Numeric => "numeric",
-        detectors::spec::FeatureKind::Categorical => "categorical",
-        detectors::spec::FeatureKind::Operational => "operational",
-        detectors::spec::FeatureKind::Quality => "quality",
-    }
+    kind.as_str()
 }
 
 /// Models with their versions: what the store holds, by version.
@@ -333,6 +328,8 @@ pub(super) struct WindowView {
     pub drifted: Vec<String>,
     pub predictions: Option<u64>,
     pub quality: Option<detectors::quality::QualityMetrics>,
+    /// Performance estimated from the scores (before the labels).
+    pub estimated: Vec<detectors::estimation::EstimatedMetric>,
 }
 
 /// Groups metric rows into window summaries, oldest first.
@@ -355,10 +352,12 @@ pub(super) fn summarise(rows: Vec<WindowMetrics>) -> Vec<WindowView> {
                 drifted: Vec::new(),
                 predictions: None,
                 quality: None,
+                estimated: Vec::new(),
             });
         view.series += 1;
         match row.key.feature.as_str() {
             "quality" => view.quality = row.metrics.quality,
+            "estimated_quality" => view.estimated = row.metrics.estimated,
             "operations" => view.predictions = Some(row.metrics.count),
             feature => {
                 if row.metrics.drifted == Some(true) {

@@ -22,9 +22,10 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use detectors::estimation::PerformanceMetric;
 use detectors::reference::FeatureReference;
 use detectors::sketch::FeatureSketch;
-use detectors::spec::{FeatureKind, Task};
+use detectors::spec::{FeatureKind, Task, ESTIMATED_QUALITY};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use store::{MetricsQuery, WindowMetrics};
@@ -254,6 +255,9 @@ struct ModelView {
     series: Vec<SeriesView>,
     /// Per quality metric its value in each window, then label coverage.
     quality: Option<QualityView>,
+    /// Estimated against realized performance (classifiers with a positive
+    /// class and a reference with scores and labels).
+    estimated: Option<EstimatedView>,
     alerts: Vec<store::AlertRecord>,
     /// The registry's history of the model's versions.
     timeline: crate::lifecycle::Timeline,
@@ -286,6 +290,22 @@ struct QualityView {
     /// With several versions in these windows (a champion and its
     /// challenger): the first metric of each version per window.
     by_version: Vec<(String, Vec<Option<f64>>)>,
+}
+
+/// Per estimated metric: the estimate, its band and the realized value in
+/// each window.
+struct EstimatedView {
+    metrics: Vec<EstimatedSeries>,
+}
+
+struct EstimatedSeries {
+    metric: PerformanceMetric,
+    estimated: Vec<Option<f64>>,
+    lower: Vec<Option<f64>>,
+    upper: Vec<Option<f64>>,
+    realized: Vec<Option<f64>>,
+    /// Windows whose estimate left the band.
+    alerts: usize,
 }
 
 /// Charts inlined as JSON; each is drawn into the element that names its
@@ -345,6 +365,7 @@ async fn model_page(
     body.push_str(&render_controls(&view));
     body.push_str(&render_heatmap(&view));
     body.push_str(&render_series(&view, &mut charts));
+    body.push_str(&render_estimated(&view, &mut charts));
     body.push_str(&render_quality(&view, &mut charts));
     body.push_str(&render_versions(&view.timeline));
     body.push_str(&render_alerts(&view.alerts));
@@ -508,6 +529,46 @@ async fn load_model_view(
             by_version: Vec::new(),
         }
     });
+    let estimated = by_series.get(ESTIMATED_QUALITY).map(|estimated_rows| {
+        let metrics = [PerformanceMetric::Accuracy, PerformanceMetric::RocAuc]
+            .into_iter()
+            .map(|metric| {
+                let of = |w: &i64| {
+                    estimated_rows
+                        .get(w)?
+                        .metrics
+                        .estimated
+                        .iter()
+                        .find(|e| e.metric == metric)
+                        .copied()
+                };
+                let column = |pick: fn(&detectors::estimation::EstimatedMetric) -> Option<f64>| {
+                    windows
+                        .iter()
+                        .map(|w| of(w).and_then(|e| pick(&e)))
+                        .collect()
+                };
+                EstimatedSeries {
+                    metric,
+                    estimated: column(|e| Some(e.value)),
+                    lower: column(|e| e.lower_threshold),
+                    upper: column(|e| e.upper_threshold),
+                    realized: windows
+                        .iter()
+                        .map(|w| {
+                            let row = by_series.get("quality")?.get(w)?;
+                            alerting::lifecycle::metric_value(&row.metrics, metric.as_str())
+                        })
+                        .collect(),
+                    alerts: windows
+                        .iter()
+                        .filter(|w| of(w).is_some_and(|e| e.alert))
+                        .count(),
+                }
+            })
+            .collect();
+        EstimatedView { metrics }
+    });
     // Champion against challenger: every version's first quality metric
     // over the same windows.
     let mut quality = quality;
@@ -557,6 +618,7 @@ async fn load_model_view(
         windows,
         series,
         quality,
+        estimated,
         alerts,
         timeline,
     }))
@@ -690,6 +752,36 @@ fn render_series(view: &ModelView, charts: &mut Charts) -> String {
         body.push_str("</section>");
     }
     body.push_str("</div>");
+    body
+}
+
+/// Performance estimated from the scores against the realized one, with
+/// the estimate's band (nothing without an estimator in the reference).
+fn render_estimated(view: &ModelView, charts: &mut Charts) -> String {
+    let Some(estimated) = &view.estimated else {
+        return String::new();
+    };
+    let x: Vec<i64> = view.windows.iter().map(|w| w / 1000).collect();
+    let mut body = String::from(
+        "<h2>Estimated performance</h2><p class=\"note\">Estimated from the scores alone (CBPE), \
+         before the labels arrive; realized once they have. Valid while the relation between inputs \
+         and labels holds (covariate shift), not under concept shift.</p>",
+    );
+    for series in &estimated.metrics {
+        let name = series.metric.as_str();
+        let lines = vec![
+            json!({"label": format!("estimated {name}"), "values": series.estimated, "color": "#1f6feb"}),
+            json!({"label": format!("realized {name}"), "values": series.realized, "color": "#1a7f37"}),
+            json!({"label": "lower threshold", "values": series.lower, "color": "#cf222e", "dash": true}),
+            json!({"label": "upper threshold", "values": series.upper, "color": "#cf222e", "dash": true}),
+        ];
+        let _ = write!(
+            body,
+            "<section class=\"card wide\" id=\"estimated-{name}\" data-alerts=\"{}\">{}</section>",
+            series.alerts,
+            charts.add(json!({"kind": "time", "title": format!("{name}: estimated and realized ({} windows outside the band)", series.alerts), "x": x, "series": lines}))
+        );
+    }
     body
 }
 
