@@ -33,6 +33,8 @@
 //! - [`estimation`]: performance before the labels arrive (CBPE): a
 //!   window's score histogram, the expected confusion matrix and ROC AUC,
 //!   sampling errors and bands from the reference.
+//! - [`reconstruction`]: multivariate drift: the error of reconstructing a
+//!   row from the reference's principal components.
 //! - [`paired`]: two versions compared on the same requests (McNemar's
 //!   exact test, the paired t-test), for promotion decisions.
 //! - [`config`]: `[drift]` as written, validated into
@@ -87,6 +89,7 @@ pub mod operational;
 pub mod paired;
 pub mod quality;
 pub mod quantile;
+pub mod reconstruction;
 pub mod reference;
 pub mod segments;
 pub mod sketch;

@@ -22,6 +22,7 @@ use detectors::metrics::{
     TestResult, VerdictPolicy,
 };
 use detectors::numeric::{BinEdges, NumericSketch};
+use detectors::reconstruction::{ErrorSum, Input, ReconstructionModel};
 use detectors::reference::{CategoricalReference, FeatureReference, NumericReference};
 use detectors::spec::FeatureKind;
 use detectors::FeatureSketch;
@@ -69,6 +70,10 @@ pub struct AnalyzeOptions {
     /// `jensen_shannon`, `hellinger`, `kl_divergence`,
     /// `wasserstein_normalized`, a `*_band` test), or `any`.
     pub decide_by: String,
+    /// Multivariate drift by data reconstruction over the compared columns:
+    /// `Some(share)` keeps the principal components explaining that share
+    /// of the reference's variance.
+    pub multivariate: Option<f64>,
     /// Label-free performance estimation (CBPE), when the model's outputs
     /// are columns of both files.
     pub estimation: Option<EstimationColumns>,
@@ -261,8 +266,29 @@ pub struct AnalyzeReport {
     pub decided_by: String,
     /// Estimated performance per chunk and metric (with `estimation`).
     pub performance: Vec<ChunkPerformance>,
+    /// Multivariate drift per chunk (with `multivariate`).
+    pub multivariate: Vec<ChunkReconstruction>,
+    /// Principal components kept (with `multivariate`).
+    pub components: Option<usize>,
     /// Whether the scores were calibrated before estimating (with `estimation`).
     pub calibrated: Option<bool>,
+}
+
+/// The mean reconstruction error of one chunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChunkReconstruction {
+    /// Chunk index.
+    pub chunk: usize,
+    /// Mean reconstruction error of the chunk's rows.
+    pub reconstruction_error: f64,
+    /// Its sampling error (the rows' standard deviation over √n).
+    pub sampling_error: Option<f64>,
+    /// Lower threshold (reference chunks' mean − 3σ; none when ≤ 0).
+    pub lower_threshold: Option<f64>,
+    /// Upper threshold (mean + 3σ).
+    pub upper_threshold: Option<f64>,
+    /// Whether the error is not strictly inside the band.
+    pub alert: bool,
 }
 
 /// One metric's estimate in one chunk.
@@ -743,12 +769,26 @@ pub fn analyze(
         )?),
         None => None,
     };
+    let reconstruction = match options.multivariate {
+        Some(share) => Some(Reconstruction::fit(
+            &compared,
+            &reference_columns,
+            &current_columns,
+            share,
+            band_rows,
+        )?),
+        None => None,
+    };
+    let mut multivariate = Vec::new();
     let mut performance = Vec::new();
     let mut results = Vec::new();
     let mut drifted_per_chunk = Vec::new();
     for (position, (chunk, rows)) in chunks.iter().enumerate() {
         if let Some(estimator) = &estimator {
             performance.extend(estimator.chunk(chunk.index, rows));
+        }
+        if let Some(reconstruction) = &reconstruction {
+            multivariate.extend(reconstruction.chunk(chunk.index, rows));
         }
         let indexed: Vec<usize> = (0..compared.len()).collect();
         let mut window: Vec<FeatureWindowMetrics> = parallel_map(&indexed, |index| {
@@ -802,7 +842,127 @@ pub fn analyze(
         decided_by: options.decide_by.clone(),
         performance,
         calibrated: estimator.map(|e| e.model.calibrator.is_some()),
+        components: reconstruction.as_ref().map(|r| r.model.components.len()),
+        multivariate,
     })
+}
+
+/// Multivariate drift over the files: the PCA model of the reference, the
+/// band from its chunks, the current rows' errors.
+struct Reconstruction {
+    model: ReconstructionModel,
+    /// (lower, upper) thresholds from the reference chunks.
+    band: Option<(Option<f64>, f64)>,
+    /// Each current row's reconstruction error.
+    errors: Vec<f64>,
+}
+
+/// Every row of `file` as reconstruction inputs over the compared columns.
+fn reconstruction_rows<'a>(
+    compared: &[(String, FeatureKind)],
+    file: &'a BTreeMap<String, Column>,
+) -> Vec<Vec<Input<'a>>> {
+    let columns: Vec<&Column> = compared.iter().map(|(name, _)| &file[name]).collect();
+    let rows = columns.first().map_or(0, |c| c.len());
+    (0..rows)
+        .map(|row| {
+            compared
+                .iter()
+                .zip(&columns)
+                .map(|((_, kind), column)| match (kind, column) {
+                    (FeatureKind::Numeric, Column::Numbers(values)) => {
+                        values[row].map_or(Input::Missing, Input::Number)
+                    }
+                    (FeatureKind::Numeric, Column::Texts(values)) => values[row]
+                        .as_deref()
+                        .and_then(|text| text.trim().parse().ok())
+                        .map_or(Input::Missing, Input::Number),
+                    (_, Column::Texts(values)) => values[row]
+                        .as_deref()
+                        .map_or(Input::Missing, Input::Category),
+                    (_, Column::Numbers(values)) => {
+                        values[row].map_or(Input::Missing, Input::Number)
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+impl Reconstruction {
+    fn fit(
+        compared: &[(String, FeatureKind)],
+        reference: &BTreeMap<String, Column>,
+        current: &BTreeMap<String, Column>,
+        share: f64,
+        band_rows: usize,
+    ) -> Result<Self, AnalyzeError> {
+        let reference_rows = reconstruction_rows(compared, reference);
+        let categorical: Vec<bool> = compared
+            .iter()
+            .map(|(_, kind)| *kind == FeatureKind::Categorical)
+            .collect();
+        let model = ReconstructionModel::fit(
+            compared.iter().map(|(name, _)| name.clone()).collect(),
+            &categorical,
+            &reference_rows,
+            share,
+        )
+        .map_err(|error| AnalyzeError::Estimation(format!("multivariate drift: {error}")))?;
+        let band = (band_rows > 0)
+            .then(|| {
+                let means: Vec<f64> = reference_rows
+                    .chunks_exact(band_rows)
+                    .map(|chunk| {
+                        chunk.iter().map(|row| model.error(row)).sum::<f64>() / chunk.len() as f64
+                    })
+                    .collect();
+                if means.len() < 2 {
+                    return None;
+                }
+                let mean = means.iter().sum::<f64>() / means.len() as f64;
+                let std = (means.iter().map(|m| (m - mean).powi(2)).sum::<f64>()
+                    / means.len() as f64)
+                    .sqrt();
+                let lower = mean - ESTIMATION_BAND_K * std;
+                Some((
+                    (lower > 0.0).then_some(lower),
+                    mean + ESTIMATION_BAND_K * std,
+                ))
+            })
+            .flatten();
+        let errors = reconstruction_rows(compared, current)
+            .iter()
+            .map(|row| model.error(row))
+            .collect();
+        Ok(Self {
+            model,
+            band,
+            errors,
+        })
+    }
+
+    fn chunk(&self, chunk: usize, rows: &[usize]) -> Option<ChunkReconstruction> {
+        let mut sum = ErrorSum::default();
+        for row in rows {
+            sum.add(self.errors[*row]);
+        }
+        let mean = sum.mean()?;
+        let (lower, upper) = match self.band {
+            Some((lower, upper)) => (lower, Some(upper)),
+            None => (None, None),
+        };
+        Some(ChunkReconstruction {
+            chunk,
+            reconstruction_error: mean,
+            sampling_error: sum.std().map(|std| std / (sum.count as f64).sqrt()),
+            lower_threshold: lower,
+            upper_threshold: upper,
+            alert: self.band.is_some()
+                && !(lower.is_none_or(|lower| lower < mean)
+                    && upper.is_some_and(|upper| mean < upper)),
+        })
+    }
 }
 
 /// CBPE over the files: the model fitted on the reference, the bands from
@@ -1016,6 +1176,18 @@ pub fn render_table(report: &AnalyzeReport) -> String {
             for warning in &m.warnings {
                 let _ = writeln!(out, "    note: {warning}");
             }
+        }
+        if let Some(m) = report.multivariate.iter().find(|m| m.chunk == chunk.index) {
+            let _ = writeln!(
+                out,
+                "{} multivariate drift (PCA reconstruction error, {} components): {:.4} ± {}  band [{}, {}]",
+                if m.alert { "!" } else { " " },
+                report.components.unwrap_or(0),
+                m.reconstruction_error,
+                m.sampling_error.map_or("-".into(), |e| format!("{e:.4}")),
+                m.lower_threshold.map_or("-".into(), |v| format!("{v:.4}")),
+                m.upper_threshold.map_or("-".into(), |v| format!("{v:.4}")),
+            );
         }
         let estimates: Vec<&ChunkPerformance> = report
             .performance

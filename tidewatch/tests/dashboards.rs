@@ -275,6 +275,21 @@ fn expected_columns() -> BTreeMap<&'static str, Vec<&'static str>> {
             "tidewatch-model-quality / Classification quality / A",
             time_and(&["accuracy", "precision", "recall", "f1", "roc_auc"]),
         ),
+        (
+            "tidewatch-model-quality / Estimated performance (before labels) against realized / A",
+            time_and(&[
+                "estimated_accuracy",
+                "lower_accuracy",
+                "upper_accuracy",
+                "estimated_roc_auc",
+                "lower_roc_auc",
+                "upper_roc_auc",
+            ]),
+        ),
+        (
+            "tidewatch-model-quality / Estimated performance (before labels) against realized / B",
+            time_and(&["realized_accuracy", "realized_roc_auc"]),
+        ),
         ("tidewatch-model-quality / Regression quality / A", time_and(&["mae", "rmse", "mape", "r2"])),
         (
             "tidewatch-model-quality / Label coverage (share of predictions with their actual) / A",

@@ -91,8 +91,11 @@ async fn sigkill_ten_times_while_consuming() {
         .prepare(5_000, &ConfigOptions::fast_takeover(), 4)
         .await;
 
-    // Produce over about 60 s so that every kill lands mid-stream.
-    let rate = (events / 60) as u32;
+    // Produce over about 90 s so that every kill lands mid-stream: a kill
+    // cycle (start, assignment, 0.2–2.5 s of consuming) takes 6–8 s here,
+    // so ten take about 75 s (over 60 s, the last kills landed after the
+    // producer had finished).
+    let rate = (events / 90) as u32;
     let mut producer = scenario.replay(Some(rate));
     let seed: u64 = rand::rng().random();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

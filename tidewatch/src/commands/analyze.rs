@@ -62,6 +62,12 @@ pub struct Args {
     /// Cap on each sample size in the KS p-value.
     #[arg(long)]
     ks_sample_cap: Option<u64>,
+    /// Multivariate drift: each chunk's mean error of reconstructing its rows from the reference's principal components (over the compared columns), flagged outside mean ± 3σ of reference chunks.
+    #[arg(long)]
+    multivariate: bool,
+    /// Share of the reference's variance the kept principal components explain.
+    #[arg(long, default_value_t = detectors::reconstruction::DEFAULT_VARIANCE_SHARE, requires = "multivariate")]
+    variance_share: f64,
     /// Estimate performance without labels (CBPE) from this column: a binary classifier's score, the probability of the positive class. Needs --target-column in the reference.
     #[arg(long, requires = "target_column")]
     score_column: Option<String>,
@@ -104,6 +110,7 @@ impl Args {
                 ..Default::default()
             },
             decide_by: self.decide_by,
+            multivariate: self.multivariate.then_some(self.variance_share),
             estimation: match (self.score_column, self.target_column) {
                 (Some(score), Some(target)) => Some(analyze::EstimationColumns {
                     score,
@@ -121,6 +128,10 @@ impl Args {
 /// Runs the analysis and prints the report (exit status 1 with
 /// `--fail-on-drift` when a column drifted).
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.variance_share > 0.0 && args.variance_share <= 1.0,
+        "--variance-share must be above 0 and at most 1"
+    );
     anyhow::ensure!(
         args.auto_cutover.is_finite() && args.auto_cutover >= 0.0,
         "--auto-cutover must be a number, 0 or more"
