@@ -342,6 +342,18 @@ fn roc_auc_components(scores: &[f64], labels: &[bool]) -> Option<SamplingCompone
     })
 }
 
+/// Mean and standard deviation (divisor n, as NannyML's thresholds) of
+/// per-chunk values, ignoring non-finite ones; `None` with fewer than two.
+pub fn chunk_spread(values: &[f64]) -> Option<(f64, f64)> {
+    let values: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if values.len() < 2 {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+    Some((mean, variance.sqrt()))
+}
+
 /// An alert band: a value below `lower` or above `upper` is flagged.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Band {
@@ -355,13 +367,7 @@ impl Band {
     /// `mean ± k·σ` of `values` (σ with divisor n, as NannyML), limited to
     /// `[0, 1]`; `None` with fewer than two values.
     pub fn from_chunks(values: &[f64], k: f64) -> Option<Band> {
-        let values: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-        if values.len() < 2 {
-            return None;
-        }
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
-        let std =
-            (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
+        let (mean, std) = chunk_spread(values)?;
         Some(Band {
             lower: Some((mean - k * std).max(0.0)),
             upper: Some((mean + k * std).min(1.0)),

@@ -16,7 +16,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use detectors::categorical::format_category;
 use detectors::categorical::CategoricalSketch;
-use detectors::estimation::{realized, Band, CbpeModel, PerformanceMetric, ScoreHistogram};
+use detectors::estimation::{
+    chunk_spread, realized, Band, CbpeModel, PerformanceMetric, ScoreHistogram,
+};
 use detectors::metrics::{
     apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics,
     TestResult, VerdictPolicy,
@@ -917,13 +919,7 @@ impl Reconstruction {
                         chunk.iter().map(|row| model.error(row)).sum::<f64>() / chunk.len() as f64
                     })
                     .collect();
-                if means.len() < 2 {
-                    return None;
-                }
-                let mean = means.iter().sum::<f64>() / means.len() as f64;
-                let std = (means.iter().map(|m| (m - mean).powi(2)).sum::<f64>()
-                    / means.len() as f64)
-                    .sqrt();
+                let (mean, std) = chunk_spread(&means)?;
                 let lower = mean - ESTIMATION_BAND_K * std;
                 Some((
                     (lower > 0.0).then_some(lower),

@@ -245,38 +245,53 @@ fn bands_catch_a_shift_too_small_for_the_static_psi_threshold() {
     let _ = std::fs::remove_dir_all(&directory);
 }
 
-/// CBPE against NannyML's on the same files (`fixtures/nannyml/generate.py`:
-/// a binary classifier with overconfident scores, ten chunks of 5,000 rows,
-/// covariate shift from chunk 5, no concept shift).
-#[test]
-fn estimated_performance_matches_nannyml_and_tracks_the_realized() {
+/// `tidewatch analyze` in JSON on `fixtures/nannyml/{case}_reference.parquet`
+/// against `{case}_analysis.parquet` with `args`, and NannyML's values for
+/// the same files (`{case}_expected.json`).
+fn against_nannyml(case: &str, args: &[&str]) -> (serde_json::Value, serde_json::Value) {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/nannyml");
-    let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures.join("cbpe_expected.json")).unwrap(),
+    let expected = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join(format!("{case}_expected.json"))).unwrap(),
     )
     .unwrap();
-    let output = analyze(&[
+    let reference = fixtures.join(format!("{case}_reference.parquet"));
+    let current = fixtures.join(format!("{case}_analysis.parquet"));
+    let mut all = vec![
         "--reference",
-        fixtures.join("cbpe_reference.parquet").to_str().unwrap(),
+        reference.to_str().unwrap(),
         "--current",
-        fixtures.join("cbpe_analysis.parquet").to_str().unwrap(),
-        "--chunk-size",
-        "5000",
-        "--score-column",
-        "score",
-        "--prediction-column",
-        "y_pred",
-        "--target-column",
-        "y_true",
+        current.to_str().unwrap(),
         "--format",
         "json",
-    ]);
+    ];
+    all.extend_from_slice(args);
+    let output = analyze(&all);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    (expected, serde_json::from_slice(&output.stdout).unwrap())
+}
+
+/// CBPE against NannyML's on the same files (`fixtures/nannyml/generate.py`:
+/// a binary classifier with overconfident scores, ten chunks of 5,000 rows,
+/// covariate shift from chunk 5, no concept shift).
+#[test]
+fn estimated_performance_matches_nannyml_and_tracks_the_realized() {
+    let (expected, report) = against_nannyml(
+        "cbpe",
+        &[
+            "--chunk-size",
+            "5000",
+            "--score-column",
+            "score",
+            "--prediction-column",
+            "y_pred",
+            "--target-column",
+            "y_true",
+        ],
+    );
     assert_eq!(
         report["calibrated"], expected["needs_calibration"],
         "the calibration decision"
@@ -349,27 +364,7 @@ fn estimated_performance_matches_nannyml_and_tracks_the_realized() {
 /// reversed while every marginal stays the same.
 #[test]
 fn reconstruction_error_matches_nannyml_and_catches_a_flipped_correlation() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/nannyml");
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("dre_expected.json")).unwrap())
-            .unwrap();
-    let output = analyze(&[
-        "--reference",
-        fixtures.join("dre_reference.parquet").to_str().unwrap(),
-        "--current",
-        fixtures.join("dre_analysis.parquet").to_str().unwrap(),
-        "--chunk-size",
-        "2500",
-        "--multivariate",
-        "--format",
-        "json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let (expected, report) = against_nannyml("dre", &["--chunk-size", "2500", "--multivariate"]);
     assert_eq!(report["components"], expected["components"]);
     let ours = report["multivariate"].as_array().unwrap();
     let chunks = expected["chunks"].as_array().unwrap();
