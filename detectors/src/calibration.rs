@@ -75,11 +75,26 @@ impl IsotonicCalibrator {
             }
             pooled.push(block);
         }
-        let y = pooled
-            .into_iter()
-            .flat_map(|(mean, _, span)| std::iter::repeat_n(mean, span))
-            .collect();
-        Some(Self { x, y })
+        // Keep only each pooled block's first and last score: inside a block
+        // the fit is flat, so interpolating between its ends gives the same
+        // values, and the calibrator (stored in every reference profile)
+        // holds at most two points per block instead of one per distinct
+        // training score (scikit-learn drops the same redundant points).
+        let (mut knots_x, mut knots_y) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        for (mean, _, span) in pooled {
+            knots_x.push(x[start]);
+            knots_y.push(mean);
+            if span > 1 {
+                knots_x.push(x[start + span - 1]);
+                knots_y.push(mean);
+            }
+            start += span;
+        }
+        Some(Self {
+            x: knots_x,
+            y: knots_y,
+        })
     }
 
     /// The probability for `score`: linear between fitted points, the end
@@ -248,6 +263,13 @@ mod tests {
         assert_eq!(calibrator.calibrate(2.0), 1.0);
         assert_eq!(calibrator.calibrate(f64::NAN), 0.0);
         assert_eq!(IsotonicCalibrator::fit(&[f64::NAN], &[true]), None);
+        // A pooled block keeps its two ends only: 0.4 and 0.6 here.
+        assert_eq!(calibrator.x, [0.2, 0.4, 0.6, 0.8]);
+        let flat = IsotonicCalibrator::fit(&[0.1, 0.2, 0.3, 0.4, 0.5], &[true; 5]).unwrap();
+        assert_eq!(
+            (flat.x.as_slice(), flat.y.as_slice()),
+            (&[0.1, 0.5][..], &[1.0, 1.0][..])
+        );
     }
 
     #[test]
