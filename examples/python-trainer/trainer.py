@@ -35,6 +35,7 @@ Requests are taken in order by one worker thread; the webhook answers
 """
 
 import argparse
+import datetime
 import hashlib
 import hmac
 import json
@@ -170,7 +171,11 @@ class Trainer:
             "type": f"io.tidewatch.retrain.{kind}",
             "source": "examples/python-trainer",
             "id": f"{request['id']}-{kind}",
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # Milliseconds, as Tidewatch's own events: with whole seconds an
+            # acknowledgement could look older than its request.
+            "time": datetime.datetime.now(datetime.timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "subject": f"{data['model']}/{data['version']}",
             "datacontenttype": "application/json",
             "data": {
