@@ -20,7 +20,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 DS = {"type": "grafana-clickhouse-datasource", "uid": "${datasource}"}
 SERIES = "model = '${model}' AND model_version = '${version}' AND segment = '${segment}'"
 MODELS = "model IN (${model:singlequote}) AND model_version IN (${version:singlequote}) AND segment = '${segment}'"
-DRIFT_SERIES = "feature NOT IN ('operations', 'quality', 'estimated_quality')"
+DRIFT_SERIES = "feature NOT IN ('operations', 'quality', 'estimated_quality', 'multivariate')"
 
 
 def variable_query(name, label, sql, multi=False, include_all=False, default=None):
@@ -428,6 +428,24 @@ def feature_drift():
                 f"FROM window_metrics FINAL WHERE {where} ORDER BY time, feature"
             )],
             **timeseries_options(),
+        ),
+        layout.panel(
+            "timeseries",
+            "Multivariate drift: mean reconstruction error (band dashed)",
+            [target(
+                "SELECT window_start AS time, mean AS reconstruction_error, reconstruction_lower AS lower, "
+                "reconstruction_upper AS upper FROM window_metrics FINAL "
+                f"WHERE {SERIES} AND $__timeFilter(window_start) AND feature = 'multivariate' "
+                "AND mean IS NOT NULL ORDER BY time"
+            )],
+            width=24,
+            description=(
+                "Models with [models.multivariate]: the rows' mean error of reconstruction from the reference's "
+                "principal components, flagged outside the reference rows' mean ± 3 standard errors of the "
+                "window's size. It rises when the features stop moving together as in the reference, which no "
+                "single feature's drift shows."
+            ),
+            **timeseries_options(thresholds="lower|upper"),
         ),
     ]
     return dashboard(

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use detectors::metrics::{DriftTest, FeatureWindowMetrics};
-use detectors::spec::ESTIMATED_QUALITY;
+use detectors::spec::{ESTIMATED_QUALITY, MULTIVARIATE};
 use serde::{Deserialize, Serialize};
 use store::WindowMetrics;
 
@@ -196,7 +196,7 @@ pub struct AlertEvaluator {
 }
 
 /// Series that are not model inputs or outputs.
-const NON_DRIFT_SERIES: [&str; 3] = ["operations", "quality", ESTIMATED_QUALITY];
+const NON_DRIFT_SERIES: [&str; 4] = ["operations", "quality", ESTIMATED_QUALITY, MULTIVARIATE];
 
 impl AlertEvaluator {
     /// An evaluator of `rules`.
@@ -461,6 +461,25 @@ fn condition_verdict(
                     format!("estimated {}", metric.as_str()),
                     estimated.value,
                     threshold,
+                )
+            }))
+        }
+        Condition::MultivariateDrift {} => {
+            let metrics =
+                &or_undecided!(series.iter().find(|m| m.key.feature == MULTIVARIATE)).metrics;
+            let mean = or_undecided!(metrics.mean);
+            let drifted = or_undecided!(metrics.drifted);
+            let threshold = if mean < metrics.reconstruction_lower.unwrap_or(f64::NEG_INFINITY) {
+                metrics.reconstruction_lower
+            } else {
+                metrics.reconstruction_upper
+            };
+            Verdict::from_findings(drifted.then(|| {
+                single(
+                    MULTIVARIATE,
+                    "reconstruction error".to_owned(),
+                    mean,
+                    threshold.unwrap_or(f64::NAN),
                 )
             }))
         }

@@ -77,6 +77,11 @@ pub enum Condition {
         #[serde(default = "default_estimated_metric")]
         metric: PerformanceMetric,
     },
+    /// The rows' mean reconstruction error (the `multivariate` series of a
+    /// model with `[models.multivariate]`) left its band: the reference
+    /// rows' mean ± 3 standard errors of the window's size. Catches changes
+    /// in how the features move together that no single feature shows.
+    MultivariateDrift {},
     /// A change detector over a metric's per-window values fired at this
     /// window. `detector` is `page_hinkley` or `adwin`; unset parameters take
     /// River's defaults except `min_instances` (Page-Hinkley) and

@@ -426,3 +426,73 @@ fn estimated_performance_fires_outside_its_band_and_waits_without_an_estimate() 
     assert_eq!((finding.value, finding.threshold), (0.75, 0.78));
     assert_eq!((events[1].0, events[1].1), (4, AlertStatus::Resolved));
 }
+
+/// The `multivariate` series of window `w` with a mean reconstruction error
+/// (band [1.0, 1.2]); `None`: too few rows for a verdict.
+fn multivariate_window(w: i64, mean: f64, verdict: bool) -> Vec<WindowMetrics> {
+    let mut record = series(w, "multivariate", 0.0);
+    record.metrics = FeatureWindowMetrics::empty(
+        FeatureKind::Multivariate,
+        1000,
+        0,
+        0,
+        DriftThresholds::default(),
+    );
+    record.metrics.mean = Some(mean);
+    record.metrics.reconstruction_lower = Some(1.0);
+    record.metrics.reconstruction_upper = Some(1.2);
+    record.metrics.drifted = verdict.then(|| !(1.0..=1.2).contains(&mean));
+    vec![record]
+}
+
+#[test]
+fn multivariate_drift_fires_outside_the_band_and_is_not_a_drifted_input() {
+    let rule: Rule = Rule::from_raw(
+        toml::from_str(
+            "name = \"mv\"\ncondition = { type = \"multivariate_drift\" }\nresolve_after = 1",
+        )
+        .unwrap(),
+        "alerts.rules[0]",
+    )
+    .unwrap();
+    let drift: Rule = Rule::from_raw(
+        toml::from_str("name = \"drift\"\ncondition = { type = \"drift\", min_features = 1 }")
+            .unwrap(),
+        "alerts.rules[1]",
+    )
+    .unwrap();
+    let mut evaluator = AlertEvaluator::new(vec![rule, drift]);
+    let mut events = Vec::new();
+    for (w, (mean, verdict)) in [
+        (1.1, true),
+        (1.5, true),
+        (1.6, false),
+        (1.4, true),
+        (1.05, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for alert in evaluator.evaluate("churn", &multivariate_window(w as i64, mean, verdict)) {
+            events.push((
+                w,
+                alert.rule.clone(),
+                alert.status,
+                alert.findings.first().cloned(),
+            ));
+        }
+    }
+    // Fires at 1.5 (above 1.2); a window without a verdict neither resolves
+    // nor repeats it; 1.05 resolves it. The drift rule never sees the
+    // series as a drifted input.
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(
+        (events[0].0, events[0].1.as_str(), events[0].2),
+        (1, "mv", AlertStatus::Firing)
+    );
+    let finding = events[0].3.as_ref().unwrap();
+    assert_eq!(finding.feature, "multivariate");
+    assert_eq!(finding.test, "reconstruction error");
+    assert_eq!((finding.value, finding.threshold), (1.5, 1.2));
+    assert_eq!((events[1].0, events[1].2), (4, AlertStatus::Resolved));
+}

@@ -118,6 +118,8 @@ pub struct WindowAggregates {
     scratch_segments: Vec<Arc<str>>,
     /// Reused per event to avoid allocating.
     scratch_seen: Vec<bool>,
+    /// Reused per event by the reconstruction error (encoded row, projection).
+    scratch_row: (Vec<f64>, Vec<f64>),
 }
 
 impl WindowAggregates {
@@ -133,6 +135,7 @@ impl WindowAggregates {
             all_segment: Arc::from(ALL_SEGMENT),
             scratch_segments: Vec::new(),
             scratch_seen: Vec::new(),
+            scratch_row: (Vec::new(), Vec::new()),
         }
     }
 
@@ -151,6 +154,17 @@ impl WindowAggregates {
         let mut seen = std::mem::take(&mut self.scratch_seen);
         self.segments_of(spec, window_start, event, &mut segments, true);
         seen.resize(spec.configured_feature_count(), false);
+        // Once per event, whatever its number of segments.
+        let reconstruction_error = match (
+            reference.and_then(CompiledReference::reconstruction),
+            event.kind,
+        ) {
+            (Some(model), EventKind::Prediction | EventKind::Feature) => {
+                let (row, scratch) = &mut self.scratch_row;
+                Some(model.error(spec, &event.features, row, scratch))
+            }
+            _ => None,
+        };
         let mut outcome = Recorded::Added;
         for segment in &segments {
             let Some(sketches) =
@@ -160,6 +174,9 @@ impl WindowAggregates {
                 break;
             };
             record_into(spec, reference, sketches, event, &mut seen);
+            if let Some(error) = reconstruction_error {
+                record_reconstruction(spec, sketches, error);
+            }
         }
         segments.clear();
         self.scratch_segments = segments;
@@ -451,6 +468,16 @@ fn collect_window(
                 }
             }
         }
+    }
+}
+
+/// Adds a row's reconstruction error to the `multivariate` series.
+fn record_reconstruction(spec: &ModelSpec, sketches: &mut [FeatureSketch], error: f64) {
+    if let Some(FeatureSketch::Multivariate(errors)) = spec
+        .derived_position(SeriesSource::Multivariate)
+        .map(|position| &mut sketches[position])
+    {
+        errors.add(error);
     }
 }
 

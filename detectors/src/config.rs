@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::metrics::{Correction, DriftThresholds, VerdictPolicy};
-use crate::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
+use crate::spec::{FeatureKind, FeatureSpec, ModelSpec, Multivariate, Task};
 use crate::Error;
 
 /// A `[drift]` setting that is not valid.
@@ -183,6 +183,23 @@ pub struct RawModel {
     /// loss, Brier and calibration from the prediction score.
     #[serde(default)]
     pub positive_class: Option<String>,
+    /// `[models.multivariate]`: multivariate drift by data reconstruction
+    /// (off when absent; needs a reference built from training data).
+    #[serde(default)]
+    pub multivariate: Option<RawMultivariate>,
+}
+
+/// `[models.multivariate]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMultivariate {
+    /// Share of the variance the kept principal components explain.
+    #[serde(default = "default_variance_share")]
+    pub variance_share: f64,
+}
+
+fn default_variance_share() -> f64 {
+    crate::reconstruction::DEFAULT_VARIANCE_SHARE
 }
 
 fn default_max_segment_values() -> usize {
@@ -213,7 +230,11 @@ impl RawModel {
                 kind: feature.kind,
             })
             .collect();
-        Ok(ModelSpec::new(
+        let multivariate = self
+            .multivariate
+            .map(|raw| Multivariate::new(raw.variance_share))
+            .transpose()?;
+        ModelSpec::new(
             self.name,
             self.task,
             features,
@@ -222,7 +243,8 @@ impl RawModel {
             self.max_categories,
         )?
         .with_segment_values(self.segment_values)?
-        .with_positive_class(self.positive_class))
+        .with_positive_class(self.positive_class)
+        .with_multivariate(multivariate)
     }
 }
 
@@ -259,6 +281,7 @@ mod tests {
             max_categories: default_max_categories(),
             features,
             positive_class: Some("1".into()),
+            multivariate: None,
         };
         let age = || RawFeature {
             name: "age".into(),

@@ -530,6 +530,18 @@ pub struct FeatureWindowMetrics {
     /// series), each metric with its sampling error and band.
     #[serde(default)]
     pub estimated: Vec<crate::estimation::EstimatedMetric>,
+    /// Standard error of the mean reconstruction error (the `multivariate`
+    /// series, whose `mean` and `std_dev` are the rows' errors'): the
+    /// reference rows' standard deviation over `√count`.
+    #[serde(default)]
+    pub reconstruction_sampling_error: Option<f64>,
+    /// Lower end of the band the mean reconstruction error is expected in
+    /// (the reference rows' mean − 3 standard errors, at least 0).
+    #[serde(default)]
+    pub reconstruction_lower: Option<f64>,
+    /// Upper end of that band (the reference rows' mean + 3 standard errors).
+    #[serde(default)]
+    pub reconstruction_upper: Option<f64>,
     /// Whether the series drifted, by the verdict policy's test; `None`
     /// without reference, values or that test.
     pub drifted: Option<bool>,
@@ -622,6 +634,23 @@ pub fn compute(
             }
             metrics
         }
+        FeatureSketch::Multivariate(errors) => {
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::Multivariate,
+                errors.count,
+                0,
+                0,
+                thresholds,
+            );
+            metrics.mean = errors.mean();
+            metrics.std_dev = errors.std();
+            if let (Some(FeatureReference::Multivariate(model)), Some(mean)) =
+                (reference, metrics.mean)
+            {
+                multivariate_drift(&mut metrics, model, mean, thresholds);
+            }
+            metrics
+        }
         FeatureSketch::Operational(operations) => {
             let predictions = operations.predictions();
             let mut metrics = FeatureWindowMetrics::empty(
@@ -703,6 +732,31 @@ fn reference_count(reference: &FeatureReference) -> u64 {
             categorical.counts.values().sum::<u64>() + categorical.other
         }
         FeatureReference::Performance(_) => 0,
+        FeatureReference::Multivariate(model) => model.reference_rows,
+    }
+}
+
+/// The band of the window's mean reconstruction error and its verdict.
+fn multivariate_drift(
+    metrics: &mut FeatureWindowMetrics,
+    model: &crate::reconstruction::ReconstructionModel,
+    mean: f64,
+    thresholds: DriftThresholds,
+) {
+    let Some((lower, upper)) = model.band(metrics.count, crate::estimation::BAND_K) else {
+        return;
+    };
+    metrics.reconstruction_sampling_error =
+        Some(model.reference_std / (metrics.count as f64).sqrt());
+    metrics.reconstruction_lower = Some(lower);
+    metrics.reconstruction_upper = Some(upper);
+    if metrics.count >= thresholds.min_count {
+        metrics.drifted = Some(mean < lower || mean > upper);
+    } else {
+        metrics.warnings.push(format!(
+            "only {} rows (fewer than {}): reconstruction error reported without a drift verdict",
+            metrics.count, thresholds.min_count
+        ));
     }
 }
 
@@ -728,7 +782,7 @@ fn choose_verdict(
                     DriftTest::WassersteinNormalized,
                     effective > thresholds.auto_cutover,
                 ),
-                FeatureReference::Performance(_) => return,
+                FeatureReference::Performance(_) | FeatureReference::Multivariate(_) => return,
                 FeatureReference::Categorical(categorical) => {
                     let categories = (categorical.counts.len() + 1) as f64;
                     (
@@ -844,6 +898,9 @@ impl FeatureWindowMetrics {
             wasserstein_normalized: None,
             psi_threshold: thresholds.psi,
             estimated: Vec::new(),
+            reconstruction_sampling_error: None,
+            reconstruction_lower: None,
+            reconstruction_upper: None,
             drifted: None,
             decided_by: None,
             tests: Vec::new(),

@@ -234,8 +234,9 @@ impl ReconstructionModel {
             reference_rows: rows.len() as u64,
         };
         let mut errors = ErrorSum::default();
+        let mut scratch = Vec::with_capacity(d);
         for row in &standardized {
-            errors.add(model.standardized_error(row));
+            errors.add(model.standardized_error(row, &mut scratch));
         }
         model.reference_mean = errors.mean().unwrap_or(0.0);
         model.reference_std = errors.std().unwrap_or(0.0);
@@ -244,17 +245,30 @@ impl ReconstructionModel {
 
     /// The reconstruction error of one row (one [`Input`] per column).
     pub fn error(&self, row: &[Input<'_>]) -> f64 {
-        let encoded = encode(&self.encodings, row);
-        let standardized: Vec<f64> = encoded
-            .iter()
-            .enumerate()
-            .map(|(c, value)| (value - self.means[c]) / self.scales[c])
-            .collect();
-        self.standardized_error(&standardized)
+        let mut encoded = encode(&self.encodings, row);
+        self.encoded_error(&mut encoded, &mut Vec::new())
     }
 
-    fn standardized_error(&self, x: &[f64]) -> f64 {
-        let mut reconstructed = vec![0.0; x.len()];
+    /// Encodes one value of `column` ([`Self::encoded_error`] takes a row of
+    /// these): a number as itself, a category as its reference share; a
+    /// missing or mistyped value is imputed.
+    #[inline]
+    pub fn encode(&self, column: usize, input: Input<'_>) -> f64 {
+        encode_one(&self.encodings[column], input)
+    }
+
+    /// The error of a row of [`Self::encode`]d values, standardized in
+    /// place; `scratch` is reused between rows (no allocation once grown).
+    pub fn encoded_error(&self, row: &mut [f64], scratch: &mut Vec<f64>) -> f64 {
+        for ((value, mean), scale) in row.iter_mut().zip(&self.means).zip(&self.scales) {
+            *value = (*value - mean) / scale;
+        }
+        self.standardized_error(row, scratch)
+    }
+
+    fn standardized_error(&self, x: &[f64], reconstructed: &mut Vec<f64>) -> f64 {
+        reconstructed.clear();
+        reconstructed.resize(x.len(), 0.0);
         for component in &self.components {
             let projection: f64 = component.iter().zip(x).map(|(w, v)| w * v).sum();
             for (out, w) in reconstructed.iter_mut().zip(component) {
@@ -262,7 +276,7 @@ impl ReconstructionModel {
             }
         }
         x.iter()
-            .zip(&reconstructed)
+            .zip(reconstructed.iter())
             .map(|(a, b)| (a - b).powi(2))
             .sum::<f64>()
             .sqrt()
@@ -285,21 +299,154 @@ fn encode(encodings: &[ColumnEncoding], row: &[Input<'_>]) -> Vec<f64> {
     encodings
         .iter()
         .zip(row)
-        .map(|(encoding, input)| match (encoding, input) {
-            (ColumnEncoding::Numeric { mean }, Input::Number(number)) if number.is_finite() => {
-                *number
-            }
-            (ColumnEncoding::Numeric { mean }, _) => *mean,
-            (ColumnEncoding::Categorical { shares, .. }, Input::Category(text)) => {
-                shares.get(*text).copied().unwrap_or(0.0)
-            }
-            (ColumnEncoding::Categorical { shares, .. }, Input::Number(number)) => shares
-                .get(&crate::categorical::format_category(*number))
-                .copied()
-                .unwrap_or(0.0),
-            (ColumnEncoding::Categorical { mode_share, .. }, Input::Missing) => *mode_share,
-        })
+        .map(|(encoding, input)| encode_one(encoding, *input))
         .collect()
+}
+
+#[inline]
+fn encode_one(encoding: &ColumnEncoding, input: Input<'_>) -> f64 {
+    match (encoding, input) {
+        (ColumnEncoding::Numeric { .. }, Input::Number(number)) if number.is_finite() => number,
+        (ColumnEncoding::Numeric { mean }, _) => *mean,
+        (ColumnEncoding::Categorical { shares, .. }, Input::Category(text)) => {
+            shares.get(text).copied().unwrap_or(0.0)
+        }
+        (ColumnEncoding::Categorical { shares, .. }, Input::Number(number)) => shares
+            .get(&crate::categorical::format_category(number))
+            .copied()
+            .unwrap_or(0.0),
+        (ColumnEncoding::Categorical { mode_share, .. }, Input::Missing) => *mode_share,
+    }
+}
+
+/// Most rows a [`RowSample`] keeps by default: enough for the components
+/// and the reference error to be stable, bounded whatever the training
+/// file's size.
+pub const MAX_SAMPLE_ROWS: usize = 100_000;
+
+/// A sampled value (owned: the rows outlive the batch they came from).
+#[derive(Debug, Clone, PartialEq)]
+enum Sampled {
+    Number(f64),
+    Category(String),
+    Missing,
+}
+
+/// A bounded, deterministic sample of training rows for
+/// [`ReconstructionModel::fit`], fed column by column as record batches
+/// arrive (each column's `k`-th value is row `k`).
+///
+/// Systematic: it keeps every `stride`-th row, the stride starting at 1 and
+/// doubling (the sample halved, every other kept row dropped) whenever the
+/// rows would exceed the bound; so it holds between half the bound and the
+/// bound, spread evenly over the whole file (a file sorted by time is
+/// sampled from its start to its end, not only its start).
+#[derive(Debug)]
+pub struct RowSample {
+    columns: Vec<String>,
+    categorical: Vec<bool>,
+    index: BTreeMap<String, usize>,
+    values: Vec<Vec<Sampled>>,
+    received: Vec<u64>,
+    rows: u64,
+    stride: u64,
+    max_rows: usize,
+}
+
+impl RowSample {
+    /// An empty sample of `columns` (`categorical[i]`: column `i` is
+    /// categorical) keeping at most `max_rows` rows (at least 2).
+    pub fn new(columns: Vec<String>, categorical: Vec<bool>, max_rows: usize) -> Self {
+        let index = columns
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i))
+            .collect();
+        Self {
+            values: vec![Vec::new(); columns.len()],
+            received: vec![0; columns.len()],
+            columns,
+            categorical,
+            index,
+            rows: 0,
+            stride: 1,
+            max_rows: max_rows.max(2),
+        }
+    }
+
+    /// Counts one more row (before its values are added).
+    pub fn add_row(&mut self) {
+        self.rows += 1;
+        if self.rows.div_ceil(self.stride) > self.max_rows as u64 {
+            self.stride *= 2;
+            for column in &mut self.values {
+                let mut position = 0;
+                column.retain(|_| {
+                    position += 1;
+                    (position - 1) % 2 == 0
+                });
+            }
+        }
+    }
+
+    /// Adds the next value of the column `name`; `false` when it is not a
+    /// column of the sample.
+    pub fn add(&mut self, name: &str, input: Input<'_>) -> bool {
+        let Some(&column) = self.index.get(name) else {
+            return false;
+        };
+        let row = self.received[column];
+        self.received[column] += 1;
+        if row.is_multiple_of(self.stride) {
+            self.values[column].push(match input {
+                Input::Number(number) => Sampled::Number(number),
+                Input::Category(text) => Sampled::Category(text.to_owned()),
+                Input::Missing => Sampled::Missing,
+            });
+        }
+        true
+    }
+
+    /// Whether the column `name` is categorical.
+    pub fn is_categorical(&self, name: &str) -> bool {
+        self.index
+            .get(name)
+            .is_some_and(|column| self.categorical[*column])
+    }
+
+    /// Rows kept.
+    pub fn len(&self) -> usize {
+        self.rows.div_ceil(self.stride) as usize
+    }
+
+    /// Whether no row was counted.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Fits the model on the kept rows (a value a column never received is
+    /// missing).
+    pub fn fit(self, variance_share: f64) -> Result<ReconstructionModel, ReconstructionError> {
+        let rows = self.len();
+        let table: Vec<Vec<Input<'_>>> = (0..rows)
+            .map(|row| {
+                self.values
+                    .iter()
+                    .map(|column| match column.get(row) {
+                        Some(Sampled::Number(number)) => Input::Number(*number),
+                        Some(Sampled::Category(text)) => Input::Category(text),
+                        Some(Sampled::Missing) | None => Input::Missing,
+                    })
+                    .collect()
+            })
+            .collect();
+        ReconstructionModel::fit(
+            self.columns.clone(),
+            &self.categorical,
+            &table,
+            variance_share,
+        )
+    }
 }
 
 /// Count, sum and sum of squares of rows' reconstruction errors: a window's
@@ -443,5 +590,42 @@ mod tests {
             )[1],
             0.0
         );
+    }
+
+    #[test]
+    fn the_row_sample_keeps_every_stride_th_row_within_its_bound() {
+        // Batches of 7 rows, fed column by column; bound 10 rows.
+        let mut sample = RowSample::new(vec!["x".into(), "c".into()], vec![false, true], 10);
+        let total = 53u64;
+        let mut next = 0u64;
+        while next < total {
+            let batch: Vec<u64> = (next..(next + 7).min(total)).collect();
+            for _ in &batch {
+                sample.add_row();
+            }
+            for row in &batch {
+                assert!(sample.add("x", Input::Number(*row as f64)));
+            }
+            for row in &batch {
+                let category = if row % 3 == 0 { "a" } else { "b" };
+                sample.add("c", Input::Category(category));
+            }
+            assert!(!sample.add("unknown", Input::Missing));
+            next += batch.len() as u64;
+        }
+        // 53 rows over a bound of 10: stride 8, rows 0, 8, …, 48.
+        assert_eq!(sample.len(), 7);
+        let kept: Vec<f64> = sample.values[0]
+            .iter()
+            .map(|value| match value {
+                Sampled::Number(number) => *number,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kept, [0.0, 8.0, 16.0, 24.0, 32.0, 40.0, 48.0]);
+        let categories: Vec<&Sampled> = sample.values[1].iter().collect();
+        assert_eq!(categories.len(), 7);
+        assert_eq!(categories[3], &Sampled::Category("a".into()), "row 24");
+        assert_eq!(categories[1], &Sampled::Category("b".into()), "row 8");
     }
 }

@@ -233,6 +233,9 @@ pub enum FeatureReference {
     /// The `estimated_quality` series: the performance estimator fitted on
     /// the reference's scores, predicted classes and labels.
     Performance(crate::estimation::CbpeModel),
+    /// The `multivariate` series: principal components of the configured
+    /// features, fitted on (a bounded sample of) the training rows.
+    Multivariate(crate::reconstruction::ReconstructionModel),
 }
 
 /// A model version's reference profile.
@@ -263,9 +266,12 @@ impl ReferenceProfile {
         let mut row_count = 0;
         for (name, sketch) in sketches {
             let reference = match sketch {
+                // No rows in a sketch: multivariate drift needs a
+                // reference built from training data.
                 FeatureSketch::Operational(_)
                 | FeatureSketch::Quality(_)
-                | FeatureSketch::EstimatedQuality(_) => continue,
+                | FeatureSketch::EstimatedQuality(_)
+                | FeatureSketch::Multivariate(_) => continue,
                 FeatureSketch::Numeric(numeric) => {
                     if numeric.moments().count() == 0 {
                         continue;
@@ -319,6 +325,9 @@ pub struct ReferenceBuilder {
     /// With a positive class: every row's score, predicted class and label,
     /// in row order, to fit the performance estimator.
     outputs: Option<TrainingOutputs>,
+    /// With multivariate drift: a bounded sample of the configured
+    /// features' rows and the share of variance to keep.
+    inputs: Option<(crate::reconstruction::RowSample, f64)>,
 }
 
 /// The model outputs of the training rows, column by column in row order
@@ -412,10 +421,27 @@ impl ReferenceBuilder {
                 }
                 // Operational health has no training-data reference; the
                 // estimator is fitted from the outputs below.
-                FeatureKind::Operational | FeatureKind::Quality | FeatureKind::EstimatedQuality => {
-                }
+                FeatureKind::Operational
+                | FeatureKind::Quality
+                | FeatureKind::EstimatedQuality
+                | FeatureKind::Multivariate => {}
             }
         }
+        let inputs = spec.multivariate().map(|multivariate| {
+            let configured: Vec<&crate::spec::FeatureSpec> = spec
+                .series()
+                .take(spec.configured_feature_count())
+                .collect();
+            let sample = crate::reconstruction::RowSample::new(
+                configured.iter().map(|s| s.name.clone()).collect(),
+                configured
+                    .iter()
+                    .map(|s| s.kind == FeatureKind::Categorical)
+                    .collect(),
+                crate::reconstruction::MAX_SAMPLE_ROWS,
+            );
+            (sample, multivariate.variance_share())
+        });
         let estimated = spec
             .series()
             .any(|series| series.kind == FeatureKind::EstimatedQuality);
@@ -433,12 +459,16 @@ impl ReferenceBuilder {
                     positive_class: positive.to_owned(),
                     ..TrainingOutputs::default()
                 }),
+            inputs,
         }
     }
 
     /// Counts one more training row (call once per row).
     pub fn add_row(&mut self) {
         self.rows += 1;
+        if let Some((sample, _)) = &mut self.inputs {
+            sample.add_row();
+        }
     }
 
     /// Adds a value of the series `name`; unknown names are ignored and
@@ -446,6 +476,20 @@ impl ReferenceBuilder {
     pub fn add(&mut self, name: &str, value: TrainingValue<'_>) -> bool {
         if let Some(outputs) = &mut self.outputs {
             outputs.add(name, value);
+        }
+        if let Some((sample, _)) = &mut self.inputs {
+            use crate::reconstruction::Input;
+            sample.add(
+                name,
+                match value {
+                    TrainingValue::Number(number) => Input::Number(number),
+                    TrainingValue::Text(text) => match text.trim().parse::<f64>() {
+                        Ok(number) if !sample.is_categorical(name) => Input::Number(number),
+                        _ => Input::Category(text),
+                    },
+                    TrainingValue::Missing => Input::Missing,
+                },
+            );
         }
         if let Some((values, missing)) = self.numeric.get_mut(name) {
             match value {
@@ -504,6 +548,24 @@ impl ReferenceBuilder {
                 FeatureReference::Performance(model),
             );
         }
+        if let Some((sample, variance_share)) = self.inputs {
+            use crate::reconstruction::ReconstructionError;
+            match sample.fit(variance_share) {
+                Ok(model) => {
+                    features.insert(
+                        crate::spec::MULTIVARIATE.to_owned(),
+                        FeatureReference::Multivariate(model),
+                    );
+                }
+                // Too few rows: the series is reported without a band.
+                Err(ReconstructionError::TooSmall) => {}
+                Err(error) => {
+                    return Err(Error::InvalidReference(format!(
+                        "multivariate drift: {error}"
+                    )))
+                }
+            }
+        }
         Ok(ReferenceProfile {
             model: self.model,
             model_version: self.model_version,
@@ -520,6 +582,67 @@ impl ReferenceBuilder {
 pub struct CompiledReference {
     profile: ReferenceProfile,
     edges_by_position: Vec<Option<BinEdges>>,
+    reconstruction: Option<CompiledReconstruction>,
+}
+
+/// The reconstruction model resolved against a spec: which model column
+/// each configured feature feeds, and the encoded row of an event with no
+/// value (every column imputed), which each event's values overwrite.
+#[derive(Debug, Clone)]
+pub struct CompiledReconstruction {
+    model: crate::reconstruction::ReconstructionModel,
+    column_of_position: Vec<Option<usize>>,
+    imputed: Vec<f64>,
+}
+
+impl CompiledReconstruction {
+    fn new(spec: &ModelSpec, model: &crate::reconstruction::ReconstructionModel) -> Self {
+        use crate::reconstruction::Input;
+        let column_of_position = spec
+            .series()
+            .take(spec.configured_feature_count())
+            .map(|series| model.columns.iter().position(|c| *c == series.name))
+            .collect();
+        let imputed = (0..model.columns.len())
+            .map(|column| model.encode(column, Input::Missing))
+            .collect();
+        Self {
+            model: model.clone(),
+            column_of_position,
+            imputed,
+        }
+    }
+
+    /// The reconstruction error of a feature row (`row` and `scratch` are
+    /// reused buffers; no allocation once they have grown).
+    pub fn error(
+        &self,
+        spec: &ModelSpec,
+        features: &[(std::borrow::Cow<'_, str>, events::FeatureValue<'_>)],
+        row: &mut Vec<f64>,
+        scratch: &mut Vec<f64>,
+    ) -> f64 {
+        use crate::reconstruction::Input;
+        use events::FeatureValue;
+        row.clear();
+        row.extend_from_slice(&self.imputed);
+        let mut hint = 0;
+        for (name, value) in features {
+            let Some(position) = spec.feature_position_hinted(name, hint) else {
+                continue;
+            };
+            hint = position + 1;
+            if let Some(Some(column)) = self.column_of_position.get(position) {
+                let input = match value {
+                    FeatureValue::Number(number) => Input::Number(*number),
+                    FeatureValue::Text(text) => Input::Category(text),
+                    FeatureValue::Null => Input::Missing,
+                };
+                row[*column] = self.model.encode(*column, input);
+            }
+        }
+        self.model.encoded_error(row, scratch)
+    }
 }
 
 impl CompiledReference {
@@ -536,9 +659,16 @@ impl CompiledReference {
             };
             edges_by_position.push(edges);
         }
+        let reconstruction = match profile.features.get(crate::spec::MULTIVARIATE) {
+            Some(FeatureReference::Multivariate(model)) if spec.multivariate().is_some() => {
+                Some(CompiledReconstruction::new(spec, model))
+            }
+            _ => None,
+        };
         Ok(Self {
             profile,
             edges_by_position,
+            reconstruction,
         })
     }
 
@@ -553,6 +683,13 @@ impl CompiledReference {
         self.edges_by_position
             .get(position)
             .and_then(Option::as_ref)
+    }
+
+    /// The reconstruction model, when the spec has multivariate drift on
+    /// and the profile has a model.
+    #[inline]
+    pub fn reconstruction(&self) -> Option<&CompiledReconstruction> {
+        self.reconstruction.as_ref()
     }
 
     /// Reference of the series named `name`.

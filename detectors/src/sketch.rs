@@ -10,6 +10,7 @@ use crate::estimation::ScoreHistogram;
 use crate::numeric::NumericSketch;
 use crate::operational::OperationalSketch;
 use crate::quality::{ClassificationQuality, QualitySketch, RegressionQuality};
+use crate::reconstruction::ErrorSum;
 use crate::spec::{FeatureKind, ModelSpec, Task};
 use crate::Error;
 
@@ -32,6 +33,8 @@ pub enum FeatureSketch {
     Quality(QualitySketch),
     /// The estimated-quality series: scores by predicted class.
     EstimatedQuality(ScoreHistogram),
+    /// The multivariate series: the rows' reconstruction errors.
+    Multivariate(ErrorSum),
 }
 
 impl FeatureSketch {
@@ -56,6 +59,7 @@ impl FeatureSketch {
             FeatureKind::EstimatedQuality => {
                 FeatureSketch::EstimatedQuality(ScoreHistogram::default())
             }
+            FeatureKind::Multivariate => FeatureSketch::Multivariate(ErrorSum::default()),
         }
     }
 
@@ -67,6 +71,7 @@ impl FeatureSketch {
             FeatureSketch::Operational(_) => FeatureKind::Operational,
             FeatureSketch::Quality(_) => FeatureKind::Quality,
             FeatureSketch::EstimatedQuality(_) => FeatureKind::EstimatedQuality,
+            FeatureSketch::Multivariate(_) => FeatureKind::Multivariate,
         }
     }
 
@@ -78,6 +83,10 @@ impl FeatureSketch {
             (FeatureSketch::Operational(a), FeatureSketch::Operational(b)) => a.merge(b),
             (FeatureSketch::Quality(a), FeatureSketch::Quality(b)) => a.merge(b),
             (FeatureSketch::EstimatedQuality(a), FeatureSketch::EstimatedQuality(b)) => {
+                a.merge(b);
+                Ok(())
+            }
+            (FeatureSketch::Multivariate(a), FeatureSketch::Multivariate(b)) => {
                 a.merge(b);
                 Ok(())
             }
@@ -95,6 +104,7 @@ impl FeatureSketch {
             FeatureSketch::Operational(s) => s.predictions(),
             FeatureSketch::Quality(s) => s.matched(),
             FeatureSketch::EstimatedQuality(s) => s.count(),
+            FeatureSketch::Multivariate(s) => s.count,
         }
     }
 
@@ -116,6 +126,7 @@ impl FeatureSketch {
             FeatureSketch::Operational(s) => s.heap_bytes(),
             FeatureSketch::Quality(_) => 2 * crate::quality::SCORE_BINS * 8,
             FeatureSketch::EstimatedQuality(s) => s.heap_bytes(),
+            FeatureSketch::Multivariate(_) => 0,
         }
     }
 
@@ -144,7 +155,8 @@ impl FeatureSketch {
             (
                 FeatureSketch::Operational(_)
                 | FeatureSketch::Quality(_)
-                | FeatureSketch::EstimatedQuality(_),
+                | FeatureSketch::EstimatedQuality(_)
+                | FeatureSketch::Multivariate(_),
                 _,
             ) => {}
         }
@@ -156,7 +168,8 @@ impl FeatureSketch {
             FeatureSketch::Categorical(sketch) => sketch.add_missing(),
             FeatureSketch::Operational(_)
             | FeatureSketch::Quality(_)
-            | FeatureSketch::EstimatedQuality(_) => {}
+            | FeatureSketch::EstimatedQuality(_)
+            | FeatureSketch::Multivariate(_) => {}
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | `operations` | operational | every prediction event: count, `error`, missing output, `latency_ms` |
 //! | `quality` | quality | predictions joined with their actuals (in the prediction's window) |
 //! | `estimated_quality` | estimated quality (classification with `positive_class` only) | every prediction's score of the positive class and predicted class, for performance estimation before the labels arrive |
+//! | `multivariate` | multivariate (models with `[models.multivariate]` only) | every prediction or feature row's reconstruction error from the reference's principal components ([`crate::reconstruction`]) |
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,8 @@ pub const OPERATIONS: &str = "operations";
 pub const QUALITY: &str = "quality";
 /// Name of the derived estimated-quality series.
 pub const ESTIMATED_QUALITY: &str = "estimated_quality";
+/// Name of the derived multivariate-drift series.
+pub const MULTIVARIATE: &str = "multivariate";
 /// Segment that every event belongs to.
 pub const ALL_SEGMENT: &str = "all";
 /// Segment value used once a key has `max_segment_values` distinct values.
@@ -56,6 +59,9 @@ pub enum FeatureKind {
     /// Performance estimated without labels (the derived
     /// `estimated_quality` series only), from the scores.
     EstimatedQuality,
+    /// Multivariate drift (the derived `multivariate` series only): the
+    /// rows' reconstruction error from the reference's principal components.
+    Multivariate,
 }
 
 impl FeatureKind {
@@ -67,6 +73,7 @@ impl FeatureKind {
             FeatureKind::Operational => "operational",
             FeatureKind::Quality => "quality",
             FeatureKind::EstimatedQuality => "estimated_quality",
+            FeatureKind::Multivariate => "multivariate",
         }
     }
 }
@@ -109,6 +116,41 @@ pub enum SeriesSource {
     Quality,
     /// Estimated model quality.
     EstimatedQuality,
+    /// Reconstruction error of the feature rows.
+    Multivariate,
+}
+
+/// Validated `[models.multivariate]`: multivariate drift by data
+/// reconstruction is on, keeping components up to this share of variance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Multivariate {
+    variance_share: f64,
+}
+
+impl Multivariate {
+    /// Validates the share of variance the kept components explain (in (0, 1)).
+    pub fn new(variance_share: f64) -> Result<Self, Error> {
+        if variance_share > 0.0 && variance_share < 1.0 {
+            Ok(Self { variance_share })
+        } else {
+            Err(Error::InvalidSpec(format!(
+                "multivariate variance_share must be between 0 and 1 (exclusive), not {variance_share}"
+            )))
+        }
+    }
+
+    /// The share of variance the kept components explain.
+    pub fn variance_share(self) -> f64 {
+        self.variance_share
+    }
+}
+
+impl Default for Multivariate {
+    fn default() -> Self {
+        Self {
+            variance_share: crate::reconstruction::DEFAULT_VARIANCE_SHARE,
+        }
+    }
 }
 
 /// A validated model description. Construct with [`ModelSpec::new`].
@@ -128,6 +170,8 @@ pub struct ModelSpec {
     /// The positive class of a binary classifier (enables score-based
     /// quality: ROC AUC, log loss, Brier, calibration).
     positive_class: Option<String>,
+    /// Multivariate drift by data reconstruction, when configured.
+    multivariate: Option<Multivariate>,
 }
 
 impl ModelSpec {
@@ -159,7 +203,10 @@ impl ModelSpec {
             }
             if matches!(
                 feature.kind,
-                FeatureKind::Operational | FeatureKind::Quality | FeatureKind::EstimatedQuality
+                FeatureKind::Operational
+                    | FeatureKind::Quality
+                    | FeatureKind::EstimatedQuality
+                    | FeatureKind::Multivariate
             ) {
                 return Err(Error::InvalidSpec(format!(
                     "model `{name}`: feature `{}` cannot be operational (that kind is reserved for the `operations` series)",
@@ -168,6 +215,7 @@ impl ModelSpec {
             }
             if derived.iter().any(|(spec, _)| spec.name == feature.name)
                 || feature.name == ESTIMATED_QUALITY
+                || feature.name == MULTIVARIATE
             {
                 return Err(Error::InvalidSpec(format!(
                     "model `{name}`: feature name `{}` is reserved for a derived series",
@@ -206,7 +254,42 @@ impl ModelSpec {
             max_categories,
             index,
             positive_class: None,
+            multivariate: None,
         })
+    }
+
+    /// Turns multivariate drift on (adds the `multivariate` series) or off.
+    /// It needs at least two configured features.
+    pub fn with_multivariate(mut self, multivariate: Option<Multivariate>) -> Result<Self, Error> {
+        if multivariate.is_some() && self.configured_features < 2 {
+            return Err(Error::InvalidSpec(format!(
+                "model `{}`: multivariate drift needs at least two features",
+                self.name
+            )));
+        }
+        match (
+            multivariate,
+            self.derived_position(SeriesSource::Multivariate),
+        ) {
+            (Some(_), None) => self.series.push((
+                FeatureSpec {
+                    name: MULTIVARIATE.to_owned(),
+                    kind: FeatureKind::Multivariate,
+                },
+                SeriesSource::Multivariate,
+            )),
+            (None, Some(position)) => {
+                self.series.remove(position);
+            }
+            _ => {}
+        }
+        self.multivariate = multivariate;
+        Ok(self)
+    }
+
+    /// Multivariate drift settings, when it is on.
+    pub fn multivariate(&self) -> Option<Multivariate> {
+        self.multivariate
     }
 
     /// Names the positive class of a binary classifier, which adds the

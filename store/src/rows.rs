@@ -189,6 +189,7 @@ macro_rules! metrics_row {
                     "operational" => FeatureKind::Operational,
                     "quality" => FeatureKind::Quality,
                     "estimated_quality" => FeatureKind::EstimatedQuality,
+                    "multivariate" => FeatureKind::Multivariate,
                     other => return Err(Error::Corrupt(format!("unknown feature kind `{other}`"))),
                 };
                 let five = |values: [Option<f64>; 5]| match values {
@@ -307,6 +308,9 @@ metrics_row! {
         latency_max: Option<f64>,
         error_rate: Option<f64>,
         null_prediction_rate: Option<f64>,
+        reconstruction_sampling_error: Option<f64>,
+        reconstruction_lower: Option<f64>,
+        reconstruction_upper: Option<f64>,
         warnings: Vec<String>,
     }
     quality {

@@ -382,6 +382,7 @@ mod tests {
     fn the_example_config_is_valid() {
         let config = Config::load(&repo_file("tidewatch.example.toml")).unwrap();
         assert_eq!(config.models.len(), 1);
+        assert!(config.models[0].multivariate().is_some());
         assert_eq!(config.engine.window_size().millis(), 3_600_000);
         let kafka = config.kafka.unwrap();
         assert_eq!(kafka.topics().len(), 2);

@@ -47,6 +47,8 @@ pub fn demo_spec() -> ModelSpec {
     )
     .expect("the demo spec is valid")
     .with_positive_class(Some("yes".into()))
+    .with_multivariate(Some(detectors::spec::Multivariate::default()))
+    .expect("the demo has several features")
 }
 
 /// Runs the default alert rules over the stored windows in time order and
@@ -188,7 +190,12 @@ pub async fn run_into(
     let series: Vec<String> = spec
         .series()
         .map(|s| s.name.clone())
-        .filter(|name| !matches!(name.as_str(), "latency_ms" | "operations" | "quality"))
+        .filter(|name| {
+            !matches!(
+                name.as_str(),
+                "latency_ms" | "operations" | "quality" | "estimated_quality" | "multivariate"
+            )
+        })
         .collect();
     let counters = driver.engine().counters().clone();
     let mut out = String::new();
@@ -215,6 +222,11 @@ pub async fn run_into(
          and realized once its labels joined\n",
     );
     out.push_str(&report::estimated_table(&metrics, "all"));
+    out.push_str(
+        "\nMultivariate drift: mean error of reconstructing each row from the reference's principal \
+         components (! = outside the band)\n",
+    );
+    out.push_str(&report::multivariate_table(&metrics, "all"));
     out.push_str("\nModel quality per window (predictions joined with their delayed actuals)\n");
     out.push_str(&report::quality_table(&metrics, "all"));
     out.push_str(

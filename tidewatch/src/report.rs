@@ -181,3 +181,38 @@ pub fn estimated_table(metrics: &[WindowMetrics], segment: &str) -> String {
     }
     out
 }
+
+/// One row per window of the `multivariate` series: the rows' mean
+/// reconstruction error (`!` outside the band) and the band.
+pub fn multivariate_table(metrics: &[WindowMetrics], segment: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16}  {:>11}  {:>11}  {:>17}",
+        "window (UTC)", "rows", "mean error", "band"
+    );
+    let cell = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    for record in metrics
+        .iter()
+        .filter(|m| m.key.segment == segment && m.key.feature == detectors::spec::MULTIVARIATE)
+    {
+        let m = &record.metrics;
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>11}  {:>11}  {:>17}",
+            format_time(record.key.window_start),
+            m.count,
+            format!(
+                "{}{}",
+                if m.drifted == Some(true) { "!" } else { " " },
+                cell(m.mean)
+            ),
+            format!(
+                "[{}, {}]",
+                cell(m.reconstruction_lower),
+                cell(m.reconstruction_upper)
+            ),
+        );
+    }
+    out
+}

@@ -272,6 +272,10 @@ fn expected_columns() -> BTreeMap<&'static str, Vec<&'static str>> {
             time_and(&["feature", "outside_reference"]),
         ),
         (
+            "tidewatch-feature-drift / Multivariate drift: mean reconstruction error (band dashed) / A",
+            time_and(&["reconstruction_error", "lower", "upper"]),
+        ),
+        (
             "tidewatch-model-quality / Classification quality / A",
             time_and(&["accuracy", "precision", "recall", "f1", "roc_auc"]),
         ),

@@ -288,6 +288,16 @@ async fn the_api_answers_as_its_openapi_document_says() {
         assert!(drifted.contains(&feature), "{drifted:?}");
     }
     assert!(!drifted.contains(&"age"));
+    // The multivariate series is reported apart from the drifted inputs.
+    assert!(!drifted.contains(&"multivariate"));
+    for (index, window) in windows[..5].iter().enumerate() {
+        let multivariate = &window["multivariate"];
+        assert!(
+            multivariate["mean_error"].as_f64().unwrap() > 0.0,
+            "{window}"
+        );
+        assert_eq!(multivariate["alert"], index >= 3, "{window}");
+    }
 
     // Pagination walks every row once, in order, and stops.
     let all = get_json(
@@ -665,6 +675,27 @@ async fn the_pages_load_in_a_real_browser_with_charts_drawn_and_the_drift_visibl
                     assert!(section.contains(&line), "{line}: {section}");
                 }
             }
+            // Multivariate drift: the mean reconstruction error with its
+            // band, drawn, and flagged from the drift onset.
+            let section = &dom[dom
+                .find("id=\"multivariate\"")
+                .expect("no multivariate chart")..];
+            let section = &section[..section.find("</section>").unwrap()];
+            assert!(section.contains("class=\"uplot"), "{section}");
+            for line in [
+                "mean reconstruction error",
+                "lower threshold",
+                "upper threshold",
+            ] {
+                assert!(section.contains(line), "{line}: {section}");
+            }
+            let flagged: usize = section
+                .split("data-alerts=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .and_then(|count| count.parse().ok())
+                .expect("the chart counts its flagged windows");
+            assert!(flagged >= 2, "{flagged} windows flagged: {section}");
             // The versions' lifecycle from the registry.
             let versions = &dom[dom.find("id=\"versions\"").expect("the versions table")..];
             let versions = &versions[..versions.find("</table>").unwrap()];

@@ -125,6 +125,27 @@ pub async fn window_results_round_trip(store: &Store) {
         reference_source: Some("file:train.csv".into()),
         computed_at: 7,
     };
+    // Multivariate drift: the mean reconstruction error with its band.
+    let mut multivariate_metrics = detectors::FeatureWindowMetrics::empty(
+        detectors::spec::FeatureKind::Multivariate,
+        2_000,
+        0,
+        0,
+        DriftThresholds::default(),
+    );
+    multivariate_metrics.mean = Some(1.37);
+    multivariate_metrics.std_dev = Some(0.52);
+    multivariate_metrics.reconstruction_sampling_error = Some(0.011);
+    multivariate_metrics.reconstruction_lower = Some(1.1);
+    multivariate_metrics.reconstruction_upper = Some(1.2);
+    multivariate_metrics.drifted = Some(true);
+    let multivariate_record = WindowMetrics {
+        key: key("multivariate", window),
+        window_end: window + 60_000,
+        metrics: multivariate_metrics,
+        reference_source: Some("file:train.csv".into()),
+        computed_at: 7,
+    };
     let window_sketch = WindowSketch {
         key: key("age", window),
         window_end: window + 60_000,
@@ -137,6 +158,7 @@ pub async fn window_results_round_trip(store: &Store) {
                 record.clone(),
                 empty_record.clone(),
                 estimated_record.clone(),
+                multivariate_record.clone(),
             ],
             vec![window_sketch.clone()],
         )
@@ -157,7 +179,10 @@ pub async fn window_results_round_trip(store: &Store) {
         ..Default::default()
     };
     let rows = store.window_metrics(query).await.unwrap();
-    assert_eq!(rows, vec![newer, estimated_record, empty_record]);
+    assert_eq!(
+        rows,
+        vec![newer, estimated_record, multivariate_record, empty_record]
+    );
     let feature_only = MetricsQuery {
         feature: Some("plan".into()),
         ..Default::default()
@@ -170,19 +195,19 @@ pub async fn window_results_round_trip(store: &Store) {
         offset,
         ..Default::default()
     };
-    let first = store.window_metrics(page(0)).await.unwrap();
-    let second = store.window_metrics(page(1)).await.unwrap();
-    let third = store.window_metrics(page(2)).await.unwrap();
-    let fourth = store.window_metrics(page(3)).await.unwrap();
+    let mut pages = Vec::new();
+    for offset in 0..5 {
+        pages.push(store.window_metrics(page(offset)).await.unwrap());
+    }
+    let features: Vec<&str> = pages[..4]
+        .iter()
+        .map(|page| page[0].key.feature.as_str())
+        .collect();
     assert_eq!(
-        (
-            first[0].key.feature.as_str(),
-            second[0].key.feature.as_str(),
-            third[0].key.feature.as_str()
-        ),
-        ("age", "estimated_quality", "plan")
+        features,
+        ["age", "estimated_quality", "multivariate", "plan"]
     );
-    assert!(fourth.is_empty());
+    assert!(pages[4].is_empty());
     let other_version = MetricsQuery {
         model_version: Some("4".into()),
         ..Default::default()

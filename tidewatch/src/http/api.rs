@@ -330,6 +330,33 @@ pub(super) struct WindowView {
     pub quality: Option<detectors::quality::QualityMetrics>,
     /// Performance estimated from the scores (before the labels).
     pub estimated: Vec<detectors::estimation::EstimatedMetric>,
+    /// Multivariate drift: the mean reconstruction error and its band.
+    pub multivariate: Option<MultivariateView>,
+}
+
+/// A window's mean reconstruction error (the `multivariate` series).
+#[derive(Serialize)]
+pub(super) struct MultivariateView {
+    pub mean_error: f64,
+    pub rows: u64,
+    pub sampling_error: Option<f64>,
+    pub lower_threshold: Option<f64>,
+    pub upper_threshold: Option<f64>,
+    /// Outside the band; `None` without a reference or with too few rows.
+    pub alert: Option<bool>,
+}
+
+impl MultivariateView {
+    fn of(metrics: &FeatureWindowMetrics) -> Option<Self> {
+        Some(Self {
+            mean_error: metrics.mean?,
+            rows: metrics.count,
+            sampling_error: metrics.reconstruction_sampling_error,
+            lower_threshold: metrics.reconstruction_lower,
+            upper_threshold: metrics.reconstruction_upper,
+            alert: metrics.drifted,
+        })
+    }
 }
 
 /// Groups metric rows into window summaries, oldest first.
@@ -353,11 +380,13 @@ pub(super) fn summarise(rows: Vec<WindowMetrics>) -> Vec<WindowView> {
                 predictions: None,
                 quality: None,
                 estimated: Vec::new(),
+                multivariate: None,
             });
         view.series += 1;
         match row.key.feature.as_str() {
             "quality" => view.quality = row.metrics.quality,
             "estimated_quality" => view.estimated = row.metrics.estimated,
+            detectors::spec::MULTIVARIATE => view.multivariate = MultivariateView::of(&row.metrics),
             "operations" => view.predictions = Some(row.metrics.count),
             feature => {
                 if row.metrics.drifted == Some(true) {

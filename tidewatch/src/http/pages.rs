@@ -11,7 +11,7 @@
 //!   lifecycle from the registry (registered, reference, live periods,
 //!   every alias change), and the alerts.
 
-use detectors::metrics::DriftTest;
+use detectors::metrics::{DriftTest, FeatureWindowMetrics};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use axum::Router;
 use detectors::estimation::PerformanceMetric;
 use detectors::reference::FeatureReference;
 use detectors::sketch::FeatureSketch;
-use detectors::spec::{FeatureKind, Task, ESTIMATED_QUALITY};
+use detectors::spec::{FeatureKind, Task, ESTIMATED_QUALITY, MULTIVARIATE};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use store::{MetricsQuery, WindowMetrics};
@@ -258,6 +258,9 @@ struct ModelView {
     /// Estimated against realized performance (classifiers with a positive
     /// class and a reference with scores and labels).
     estimated: Option<EstimatedView>,
+    /// The mean reconstruction error and its band (models with
+    /// multivariate drift).
+    multivariate: Option<MultivariateView>,
     alerts: Vec<store::AlertRecord>,
     /// The registry's history of the model's versions.
     timeline: crate::lifecycle::Timeline,
@@ -305,6 +308,15 @@ struct EstimatedSeries {
     upper: Vec<Option<f64>>,
     realized: Vec<Option<f64>>,
     /// Windows whose estimate left the band.
+    alerts: usize,
+}
+
+/// The mean reconstruction error per window with its band.
+struct MultivariateView {
+    mean: Vec<Option<f64>>,
+    lower: Vec<Option<f64>>,
+    upper: Vec<Option<f64>>,
+    /// Windows whose mean left the band.
     alerts: usize,
 }
 
@@ -365,6 +377,7 @@ async fn model_page(
     body.push_str(&render_controls(&view));
     body.push_str(&render_heatmap(&view));
     body.push_str(&render_series(&view, &mut charts));
+    body.push_str(&render_multivariate(&view, &mut charts));
     body.push_str(&render_estimated(&view, &mut charts));
     body.push_str(&render_quality(&view, &mut charts));
     body.push_str(&render_versions(&view.timeline));
@@ -569,6 +582,23 @@ async fn load_model_view(
             .collect();
         EstimatedView { metrics }
     });
+    let multivariate = by_series.get(MULTIVARIATE).map(|rows| {
+        let column = |pick: fn(&FeatureWindowMetrics) -> Option<f64>| {
+            windows
+                .iter()
+                .map(|w| rows.get(w).and_then(|row| pick(&row.metrics)))
+                .collect()
+        };
+        MultivariateView {
+            mean: column(|m| m.mean),
+            lower: column(|m| m.reconstruction_lower),
+            upper: column(|m| m.reconstruction_upper),
+            alerts: rows
+                .values()
+                .filter(|row| row.metrics.drifted == Some(true))
+                .count(),
+        }
+    });
     // Champion against challenger: every version's first quality metric
     // over the same windows.
     let mut quality = quality;
@@ -619,6 +649,7 @@ async fn load_model_view(
         series,
         quality,
         estimated,
+        multivariate,
         alerts,
         timeline,
     }))
@@ -783,6 +814,28 @@ fn render_estimated(view: &ModelView, charts: &mut Charts) -> String {
         );
     }
     body
+}
+
+/// The mean reconstruction error against its band (nothing without
+/// multivariate drift).
+fn render_multivariate(view: &ModelView, charts: &mut Charts) -> String {
+    let Some(multivariate) = &view.multivariate else {
+        return String::new();
+    };
+    let x: Vec<i64> = view.windows.iter().map(|w| w / 1000).collect();
+    let lines = vec![
+        json!({"label": "mean reconstruction error", "values": multivariate.mean, "color": "#8250df"}),
+        json!({"label": "lower threshold", "values": multivariate.lower, "color": "#cf222e", "dash": true}),
+        json!({"label": "upper threshold", "values": multivariate.upper, "color": "#cf222e", "dash": true}),
+    ];
+    format!(
+        "<h2>Multivariate drift</h2><p class=\"note\">The rows' mean error of reconstruction from the \
+         reference's principal components: it rises when the features stop moving together as they did \
+         in the reference, which no single feature's drift shows.</p>\
+         <section class=\"card wide\" id=\"multivariate\" data-alerts=\"{alerts}\">{chart}</section>",
+        alerts = multivariate.alerts,
+        chart = charts.add(json!({"kind": "time", "title": format!("reconstruction error ({} windows outside the band)", multivariate.alerts), "x": x, "series": lines}))
+    )
 }
 
 /// Quality metrics and label coverage over time (nothing without labels).
