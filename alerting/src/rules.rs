@@ -293,6 +293,18 @@ impl Rule {
                     ));
                 }
             }
+            Condition::EstimatedPerformance { metric }
+                if !PerformanceMetric::CLASSIFICATION.contains(metric) =>
+            {
+                return Err(invalid(
+                    "condition.metric",
+                    format!(
+                        "`{}` is estimated by `tidewatch analyze --regression` only; the service \
+                         estimates accuracy, precision, recall, f1 and roc_auc",
+                        metric.as_str()
+                    ),
+                ));
+            }
             Condition::Change {
                 detector,
                 delta,

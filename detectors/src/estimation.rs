@@ -66,11 +66,26 @@ pub enum PerformanceMetric {
     F1,
     /// Area under the ROC curve.
     RocAuc,
+    /// Mean absolute error (regression, direct loss estimation).
+    Mae,
+    /// Root mean squared error (regression, direct loss estimation).
+    Rmse,
 }
 
 impl PerformanceMetric {
-    /// Every metric, in report order.
-    pub const ALL: [PerformanceMetric; 5] = [
+    /// Every metric.
+    pub const ALL: [PerformanceMetric; 7] = [
+        PerformanceMetric::Accuracy,
+        PerformanceMetric::Precision,
+        PerformanceMetric::Recall,
+        PerformanceMetric::F1,
+        PerformanceMetric::RocAuc,
+        PerformanceMetric::Mae,
+        PerformanceMetric::Rmse,
+    ];
+
+    /// The metrics CBPE estimates for a binary classifier, in report order.
+    pub const CLASSIFICATION: [PerformanceMetric; 5] = [
         PerformanceMetric::Accuracy,
         PerformanceMetric::Precision,
         PerformanceMetric::Recall,
@@ -86,6 +101,8 @@ impl PerformanceMetric {
             PerformanceMetric::Recall => "recall",
             PerformanceMetric::F1 => "f1",
             PerformanceMetric::RocAuc => "roc_auc",
+            PerformanceMetric::Mae => "mae",
+            PerformanceMetric::Rmse => "rmse",
         }
     }
 
@@ -186,7 +203,7 @@ impl Confusion {
             PerformanceMetric::Precision => ratio(tp, tp + fp),
             PerformanceMetric::Recall => ratio(tp, tp + fn_),
             PerformanceMetric::F1 => ratio(tp, tp + 0.5 * (fp + fn_)),
-            PerformanceMetric::RocAuc => None,
+            PerformanceMetric::RocAuc | PerformanceMetric::Mae | PerformanceMetric::Rmse => None,
         }
     }
 
@@ -298,6 +315,7 @@ fn sampling_components(
             }
         }
         PerformanceMetric::RocAuc => roc_auc_components(scores, labels)?,
+        PerformanceMetric::Mae | PerformanceMetric::Rmse => return None,
     })
 }
 
@@ -371,6 +389,16 @@ impl Band {
         Some(Band {
             lower: Some((mean - k * std).max(0.0)),
             upper: Some((mean + k * std).min(1.0)),
+        })
+    }
+
+    /// `mean ± k·σ` of `values` for an error metric (MAE, RMSE): the lower
+    /// end at least 0, no upper limit.
+    pub fn from_error_chunks(values: &[f64], k: f64) -> Option<Band> {
+        let (mean, std) = chunk_spread(values)?;
+        Some(Band {
+            lower: Some((mean - k * std).max(0.0)),
+            upper: Some(mean + k * std),
         })
     }
 
@@ -454,14 +482,14 @@ impl CbpeModel {
             .then(|| IsotonicCalibrator::fit(scores, labels))
             .flatten();
         let confusion = Confusion::realized(predicted, labels);
-        let components = PerformanceMetric::ALL
+        let components = PerformanceMetric::CLASSIFICATION
             .into_iter()
             .filter_map(|metric| {
                 sampling_components(metric, scores, labels, &confusion)
                     .map(|components| (metric, components))
             })
             .collect();
-        let reference = PerformanceMetric::ALL
+        let reference = PerformanceMetric::CLASSIFICATION
             .into_iter()
             .filter_map(|metric| {
                 realized(metric, scores, predicted, labels).map(|value| (metric, value))
@@ -545,7 +573,7 @@ impl CbpeModel {
             }
         }
         let auc = expected_roc_auc(by_bin.values().rev().copied());
-        PerformanceMetric::ALL
+        PerformanceMetric::CLASSIFICATION
             .into_iter()
             .filter_map(|metric| {
                 let value = match metric {

@@ -33,6 +33,9 @@
 //! - [`estimation`]: performance before the labels arrive (CBPE): a
 //!   window's score histogram, the expected confusion matrix and ROC AUC,
 //!   sampling errors and bands from the reference.
+//! - [`loss_estimation`]: regression performance before the targets arrive
+//!   (direct loss estimation): tree ensembles of the expected absolute and
+//!   squared error, fitted on the reference.
 //! - [`reconstruction`]: multivariate drift: the error of reconstructing a
 //!   row from the reference's principal components.
 //! - [`paired`]: two versions compared on the same requests (McNemar's
@@ -82,6 +85,7 @@ pub mod config;
 pub mod distinct;
 pub mod drift;
 pub mod estimation;
+pub mod loss_estimation;
 pub mod metrics;
 pub mod moments;
 pub mod numeric;

@@ -19,6 +19,7 @@ use detectors::categorical::CategoricalSketch;
 use detectors::estimation::{
     chunk_spread, realized, Band, CbpeModel, PerformanceMetric, ScoreHistogram,
 };
+use detectors::loss_estimation::{LossModel, LossSum};
 use detectors::metrics::{
     apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics,
     TestResult, VerdictPolicy,
@@ -79,6 +80,10 @@ pub struct AnalyzeOptions {
     /// Label-free performance estimation (CBPE), when the model's outputs
     /// are columns of both files.
     pub estimation: Option<EstimationColumns>,
+    /// Target-free performance estimation of a regression model (direct
+    /// loss estimation) from its prediction and, in the reference, its
+    /// target; the other compared columns are its inputs.
+    pub loss: Option<LossColumns>,
     /// NannyML-style bands: with `Some(k)`, the reference is cut into chunks
     /// of the current chunk size, each metric is computed per reference
     /// chunk, and a current chunk is flagged when its metric leaves
@@ -100,6 +105,17 @@ pub struct EstimationColumns {
     pub target: String,
     /// The positive class as the prediction and target columns spell it.
     pub positive_class: String,
+}
+
+/// The columns direct loss estimation reads: a regression model's
+/// prediction and the true value (in the reference; in the current file too
+/// when known, to show realized next to estimated).
+#[derive(Debug, Clone)]
+pub struct LossColumns {
+    /// Prediction column.
+    pub prediction: String,
+    /// Target column.
+    pub target: String,
 }
 
 /// Half-width, in standard deviations over the reference chunks, of the
@@ -637,7 +653,11 @@ pub fn analyze(
         Chunking::Period { column, .. } => Some(column.as_str()),
         _ => None,
     };
-    let target_column = options.estimation.as_ref().map(|e| e.target.as_str());
+    let target_column = options
+        .estimation
+        .as_ref()
+        .map(|e| e.target.as_str())
+        .or(options.loss.as_ref().map(|l| l.target.as_str()));
     let names: Vec<String> = match &options.columns {
         Some(columns) => columns.clone(),
         None => reference_order
@@ -781,6 +801,17 @@ pub fn analyze(
         )?),
         None => None,
     };
+    let loss = match &options.loss {
+        Some(columns) => Some(LossEstimator::fit(
+            columns,
+            &compared,
+            &reference_columns,
+            &current_columns,
+            options,
+            band_rows,
+        )?),
+        None => None,
+    };
     let mut multivariate = Vec::new();
     let mut performance = Vec::new();
     let mut results = Vec::new();
@@ -791,6 +822,9 @@ pub fn analyze(
         }
         if let Some(reconstruction) = &reconstruction {
             multivariate.extend(reconstruction.chunk(chunk.index, rows));
+        }
+        if let Some(loss) = &loss {
+            performance.extend(loss.chunk(chunk.index, rows));
         }
         let indexed: Vec<usize> = (0..compared.len()).collect();
         let mut window: Vec<FeatureWindowMetrics> = parallel_map(&indexed, |index| {
@@ -961,6 +995,159 @@ impl Reconstruction {
     }
 }
 
+/// Direct loss estimation over the files: the error models fitted on the
+/// reference, the bands from its chunks, the current rows' predicted errors.
+struct LossEstimator {
+    model: LossModel,
+    bands: BTreeMap<PerformanceMetric, Band>,
+    /// Each current row's predicted absolute and squared error (`None`:
+    /// no prediction).
+    current: Vec<Option<(f64, f64)>>,
+    /// Each current row's realized error, when the file has the targets.
+    current_errors: Option<Vec<Option<f64>>>,
+}
+
+impl LossEstimator {
+    fn fit(
+        columns: &LossColumns,
+        compared: &[(String, FeatureKind)],
+        reference: &BTreeMap<String, Column>,
+        current: &BTreeMap<String, Column>,
+        options: &AnalyzeOptions,
+        band_rows: usize,
+    ) -> Result<Self, AnalyzeError> {
+        let inputs: Vec<(String, FeatureKind)> = compared
+            .iter()
+            .filter(|(name, _)| *name != columns.prediction && *name != columns.target)
+            .cloned()
+            .collect();
+        let numbers = |file: &BTreeMap<String, Column>, name: &str, path: &PathBuf| {
+            file.get(name)
+                .map(|column| {
+                    numbers_of(column)
+                        .into_iter()
+                        .map(|value| value.filter(|v| v.is_finite()))
+                        .collect::<Vec<_>>()
+                })
+                .ok_or_else(|| AnalyzeError::MissingColumn {
+                    column: name.to_owned(),
+                    file: path.display().to_string(),
+                })
+        };
+        let predictions = numbers(reference, &columns.prediction, &options.reference)?;
+        let targets = numbers(reference, &columns.target, &options.reference)?;
+        let rows = reconstruction_rows(&inputs, reference);
+        let categorical: Vec<bool> = inputs
+            .iter()
+            .map(|(_, kind)| *kind == FeatureKind::Categorical)
+            .collect();
+        let model = LossModel::fit(
+            inputs.iter().map(|(name, _)| name.clone()).collect(),
+            &categorical,
+            &rows,
+            &predictions,
+            &targets,
+        )
+        .map_err(|error| AnalyzeError::Estimation(format!("direct loss estimation: {error}")))?;
+        // Realized MAE and RMSE of reference chunks of the current chunk size.
+        let errors: Vec<Option<f64>> = predictions
+            .iter()
+            .zip(&targets)
+            .map(|(p, t)| Some(t.as_ref()? - p.as_ref()?))
+            .collect();
+        let mut bands = BTreeMap::new();
+        if band_rows > 0 {
+            for metric in [PerformanceMetric::Mae, PerformanceMetric::Rmse] {
+                let values: Vec<f64> = errors
+                    .chunks_exact(band_rows)
+                    .filter_map(|chunk| realized_loss(metric, chunk))
+                    .collect();
+                if let Some(band) = Band::from_error_chunks(&values, ESTIMATION_BAND_K) {
+                    bands.insert(metric, band);
+                }
+            }
+        }
+        let current_predictions = numbers(current, &columns.prediction, &options.current)?;
+        let current_rows = reconstruction_rows(&inputs, current);
+        let with_prediction: Vec<usize> = (0..current_predictions.len())
+            .filter(|row| current_predictions[*row].is_some())
+            .collect();
+        let predicted = model.predict(
+            &with_prediction
+                .iter()
+                .map(|row| current_rows[*row].as_slice())
+                .collect::<Vec<_>>(),
+            &with_prediction
+                .iter()
+                .map(|row| current_predictions[*row].expect("selected rows have one"))
+                .collect::<Vec<_>>(),
+        );
+        let mut current_errors = vec![None; current_predictions.len()];
+        for (row, errors) in with_prediction.iter().zip(predicted) {
+            current_errors[*row] = Some(errors);
+        }
+        let realized_errors = current.get(&columns.target).map(|_| {
+            let targets =
+                numbers(current, &columns.target, &options.current).expect("the column is present");
+            current_predictions
+                .iter()
+                .zip(targets)
+                .map(|(p, t)| Some(t? - (*p)?))
+                .collect()
+        });
+        Ok(Self {
+            model,
+            bands,
+            current: current_errors,
+            current_errors: realized_errors,
+        })
+    }
+
+    fn chunk(&self, chunk: usize, rows: &[usize]) -> Vec<ChunkPerformance> {
+        let mut sum = LossSum::default();
+        for row in rows {
+            if let Some((absolute, squared)) = self.current[*row] {
+                sum.add(absolute, squared);
+            }
+        }
+        self.model
+            .estimate(&sum)
+            .into_iter()
+            .map(|estimate| {
+                let band = self.bands.get(&estimate.metric);
+                ChunkPerformance {
+                    chunk,
+                    metric: estimate.metric,
+                    estimated: estimate.value,
+                    sampling_error: estimate.sampling_error,
+                    lower_threshold: band.and_then(|b| b.lower),
+                    upper_threshold: band.and_then(|b| b.upper),
+                    alert: band.is_some_and(|b| b.flags(estimate.value)),
+                    realized: self.current_errors.as_ref().and_then(|errors| {
+                        let chunk_errors: Vec<Option<f64>> =
+                            rows.iter().map(|row| errors[*row]).collect();
+                        realized_loss(estimate.metric, &chunk_errors)
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
+/// MAE or RMSE of the rows with an error.
+fn realized_loss(metric: PerformanceMetric, errors: &[Option<f64>]) -> Option<f64> {
+    let errors: Vec<f64> = errors.iter().flatten().copied().collect();
+    if errors.is_empty() {
+        return None;
+    }
+    let n = errors.len() as f64;
+    match metric {
+        PerformanceMetric::Mae => Some(errors.iter().map(|e| e.abs()).sum::<f64>() / n),
+        PerformanceMetric::Rmse => Some((errors.iter().map(|e| e * e).sum::<f64>() / n).sqrt()),
+        _ => None,
+    }
+}
+
 /// CBPE over the files: the model fitted on the reference, the bands from
 /// its chunks, the current file's outputs.
 struct Estimator {
@@ -1045,7 +1232,7 @@ impl Estimator {
             .map_err(|error| AnalyzeError::Estimation(error.to_string()))?;
         let mut bands = BTreeMap::new();
         if band_rows > 0 {
-            for metric in PerformanceMetric::ALL {
+            for metric in PerformanceMetric::CLASSIFICATION {
                 let values: Vec<f64> = rows
                     .chunks_exact(band_rows)
                     .filter_map(|chunk| {
@@ -1191,9 +1378,17 @@ pub fn render_table(report: &AnalyzeReport) -> String {
             .filter(|p| p.chunk == chunk.index)
             .collect();
         if !estimates.is_empty() {
+            let method = if estimates
+                .iter()
+                .any(|p| matches!(p.metric, PerformanceMetric::Mae | PerformanceMetric::Rmse))
+            {
+                "direct loss estimation"
+            } else {
+                "CBPE"
+            };
             let _ = writeln!(
                 out,
-                "  estimated performance (CBPE; ! = outside the reference band):"
+                "  estimated performance ({method}; ! = outside the reference band):"
             );
             for p in estimates {
                 let _ = writeln!(

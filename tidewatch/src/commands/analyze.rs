@@ -69,13 +69,16 @@ pub struct Args {
     #[arg(long, default_value_t = detectors::reconstruction::DEFAULT_VARIANCE_SHARE, requires = "multivariate")]
     variance_share: f64,
     /// Estimate performance without labels (CBPE) from this column: a binary classifier's score, the probability of the positive class. Needs --target-column in the reference.
-    #[arg(long, requires = "target_column")]
+    #[arg(long, requires = "target_column", group = "estimator")]
     score_column: Option<String>,
-    /// The predicted class (default: score >= 0.5 is positive).
-    #[arg(long, requires = "score_column")]
+    /// The model is a regressor: estimate its MAE and RMSE without targets by direct loss estimation, from --prediction-column and, in the reference, --target-column; the other compared columns are its inputs.
+    #[arg(long, requires_all = ["prediction_column", "target_column"], group = "estimator")]
+    regression: bool,
+    /// The predicted class (CBPE; default: score >= 0.5 is positive), or the regressor's prediction.
+    #[arg(long, requires = "estimator")]
     prediction_column: Option<String>,
-    /// The true class: in the reference to fit the estimator; in the current file, if present, realized performance is shown next to the estimate.
-    #[arg(long, requires = "score_column")]
+    /// The true class or value: in the reference to fit the estimator; in the current file, if present, realized performance is shown next to the estimate.
+    #[arg(long, requires = "estimator")]
     target_column: Option<String>,
     /// The positive class as the prediction and target columns spell it.
     #[arg(long, default_value = "1")]
@@ -111,6 +114,17 @@ impl Args {
             },
             decide_by: self.decide_by,
             multivariate: self.multivariate.then_some(self.variance_share),
+            loss: match (
+                self.regression,
+                &self.prediction_column,
+                &self.target_column,
+            ) {
+                (true, Some(prediction), Some(target)) => Some(analyze::LossColumns {
+                    prediction: prediction.clone(),
+                    target: target.clone(),
+                }),
+                _ => None,
+            },
             estimation: match (self.score_column, self.target_column) {
                 (Some(score), Some(target)) => Some(analyze::EstimationColumns {
                     score,
