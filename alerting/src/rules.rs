@@ -69,11 +69,13 @@ pub enum Condition {
         baseline_windows: usize,
     },
     /// A performance metric estimated without labels (the
-    /// `estimated_quality` series of a classifier with a positive class)
-    /// left its band: the metric realized on the reference ± 3 sampling
-    /// errors of the window's size.
+    /// `estimated_quality` series of a classifier with a positive class, or
+    /// of a regression model with loss estimation) left its band: the
+    /// metric realized on the reference ± 3 sampling errors of the window's
+    /// size.
     EstimatedPerformance {
-        /// `accuracy`, `precision`, `recall`, `f1` or `roc_auc`.
+        /// `accuracy`, `precision`, `recall`, `f1` or `roc_auc`
+        /// (classifiers); `mae` or `rmse` (regression).
         #[serde(default = "default_estimated_metric")]
         metric: PerformanceMetric,
     },
@@ -292,18 +294,6 @@ impl Rule {
                         "must be at least 2 (a band needs a standard deviation)".into(),
                     ));
                 }
-            }
-            Condition::EstimatedPerformance { metric }
-                if !PerformanceMetric::CLASSIFICATION.contains(metric) =>
-            {
-                return Err(invalid(
-                    "condition.metric",
-                    format!(
-                        "`{}` is estimated by `tidewatch analyze --regression` only; the service \
-                         estimates accuracy, precision, recall, f1 and roc_auc",
-                        metric.as_str()
-                    ),
-                ));
             }
             Condition::Change {
                 detector,

@@ -165,6 +165,17 @@ impl WindowAggregates {
             }
             _ => None,
         };
+        let loss_errors = match (
+            reference.and_then(CompiledReference::loss),
+            event.kind,
+            event.prediction.as_ref().and_then(|p| p.effective_score()),
+        ) {
+            (Some(model), EventKind::Prediction, Some(prediction)) => {
+                let (row, _) = &mut self.scratch_row;
+                Some(model.errors(spec, &event.features, prediction, row))
+            }
+            _ => None,
+        };
         let mut outcome = Recorded::Added;
         for segment in &segments {
             let Some(sketches) =
@@ -176,6 +187,9 @@ impl WindowAggregates {
             record_into(spec, reference, sketches, event, &mut seen);
             if let Some(error) = reconstruction_error {
                 record_reconstruction(spec, sketches, error);
+            }
+            if let Some((absolute, squared)) = loss_errors {
+                record_loss(spec, sketches, absolute, squared);
             }
         }
         segments.clear();
@@ -478,6 +492,17 @@ fn record_reconstruction(spec: &ModelSpec, sketches: &mut [FeatureSketch], error
         .map(|position| &mut sketches[position])
     {
         errors.add(error);
+    }
+}
+
+/// Adds a prediction's expected errors to a regression model's
+/// `estimated_quality` series.
+fn record_loss(spec: &ModelSpec, sketches: &mut [FeatureSketch], absolute: f64, squared: f64) {
+    if let Some(FeatureSketch::EstimatedLoss(sum)) = spec
+        .derived_position(SeriesSource::EstimatedQuality)
+        .map(|position| &mut sketches[position])
+    {
+        sum.add(absolute, squared);
     }
 }
 

@@ -187,6 +187,11 @@ pub struct RawModel {
     /// (off when absent; needs a reference built from training data).
     #[serde(default)]
     pub multivariate: Option<RawMultivariate>,
+    /// Regression models: estimate MAE and RMSE before the targets arrive
+    /// (direct loss estimation; needs a reference built from training data
+    /// with `prediction.score` and `actual.label`).
+    #[serde(default)]
+    pub loss_estimation: bool,
 }
 
 /// `[models.multivariate]`.
@@ -244,6 +249,7 @@ impl RawModel {
         )?
         .with_segment_values(self.segment_values)?
         .with_positive_class(self.positive_class)
+        .with_loss_estimation(self.loss_estimation)?
         .with_multivariate(multivariate)
     }
 }
@@ -282,6 +288,7 @@ mod tests {
             features,
             positive_class: Some("1".into()),
             multivariate: None,
+            loss_estimation: false,
         };
         let age = || RawFeature {
             name: "age".into(),

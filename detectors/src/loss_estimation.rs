@@ -317,6 +317,62 @@ impl LossModel {
     }
 }
 
+impl LossModel {
+    /// Encodes one value of input column `column` for [`Self::predict_row`].
+    #[inline]
+    pub fn encode(&self, column: usize, input: Input<'_>) -> f64 {
+        encode(&self.encodings[column], input)
+    }
+
+    /// One row's predicted absolute and squared error: `row` holds the
+    /// [`Self::encode`]d inputs followed by the prediction.
+    pub fn predict_row(&self, row: &[f64]) -> (f64, f64) {
+        let width = self.columns.len() + 1;
+        let absolute = self.absolute.predict(row, 1, width);
+        let squared = self.squared.predict(row, 1, width);
+        (absolute[0], squared[0])
+    }
+
+    /// The metric realized on the reference rows (MAE, RMSE).
+    pub fn reference_value(&self, metric: PerformanceMetric) -> Option<f64> {
+        match metric {
+            PerformanceMetric::Mae => Some(self.absolute_mean),
+            PerformanceMetric::Rmse => Some(self.squared_mean.sqrt()),
+            _ => None,
+        }
+    }
+
+    /// The window's estimates with their bands: the metric realized on the
+    /// reference ± 3 sampling errors of the window's size (the lower end at
+    /// least 0), the service's counterpart of NannyML's reference-chunk
+    /// band, computed for any window size.
+    pub fn estimate_with_bands(&self, sum: &LossSum) -> Vec<crate::estimation::EstimatedMetric> {
+        self.estimate(sum)
+            .into_iter()
+            .map(|estimate| {
+                let band = match (
+                    self.reference_value(estimate.metric),
+                    estimate.sampling_error,
+                ) {
+                    (Some(reference), Some(error)) => Some(crate::estimation::Band {
+                        lower: Some((reference - crate::estimation::BAND_K * error).max(0.0)),
+                        upper: Some(reference + crate::estimation::BAND_K * error),
+                    }),
+                    _ => None,
+                };
+                crate::estimation::EstimatedMetric {
+                    metric: estimate.metric,
+                    value: estimate.value,
+                    sampling_error: estimate.sampling_error,
+                    lower_threshold: band.as_ref().and_then(|b| b.lower),
+                    upper_threshold: band.as_ref().and_then(|b| b.upper),
+                    alert: band.is_some_and(|b| b.flags(estimate.value)),
+                }
+            })
+            .collect()
+    }
+}
+
 fn encode(encoding: &LossColumn, input: Input<'_>) -> f64 {
     match (encoding, input) {
         (LossColumn::Numeric, Input::Number(number)) => number,

@@ -634,6 +634,19 @@ pub fn compute(
             }
             metrics
         }
+        FeatureSketch::EstimatedLoss(sum) => {
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::EstimatedQuality,
+                sum.count,
+                0,
+                0,
+                thresholds,
+            );
+            if let Some(FeatureReference::Loss(model)) = reference {
+                metrics.estimated = model.estimate_with_bands(sum);
+            }
+            metrics
+        }
         FeatureSketch::Multivariate(errors) => {
             let mut metrics = FeatureWindowMetrics::empty(
                 FeatureKind::Multivariate,
@@ -731,7 +744,7 @@ fn reference_count(reference: &FeatureReference) -> u64 {
         FeatureReference::Categorical(categorical) => {
             categorical.counts.values().sum::<u64>() + categorical.other
         }
-        FeatureReference::Performance(_) => 0,
+        FeatureReference::Performance(_) | FeatureReference::Loss(_) => 0,
         FeatureReference::Multivariate(model) => model.reference_rows,
     }
 }
@@ -782,7 +795,9 @@ fn choose_verdict(
                     DriftTest::WassersteinNormalized,
                     effective > thresholds.auto_cutover,
                 ),
-                FeatureReference::Performance(_) | FeatureReference::Multivariate(_) => return,
+                FeatureReference::Performance(_)
+                | FeatureReference::Loss(_)
+                | FeatureReference::Multivariate(_) => return,
                 FeatureReference::Categorical(categorical) => {
                     let categories = (categorical.counts.len() + 1) as f64;
                     (

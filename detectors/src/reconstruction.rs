@@ -424,11 +424,10 @@ impl RowSample {
         self.rows == 0
     }
 
-    /// Fits the model on the kept rows (a value a column never received is
-    /// missing).
-    pub fn fit(self, variance_share: f64) -> Result<ReconstructionModel, ReconstructionError> {
-        let rows = self.len();
-        let table: Vec<Vec<Input<'_>>> = (0..rows)
+    /// The kept rows, one [`Input`] per column (a value a column never
+    /// received is missing).
+    pub fn table(&self) -> Vec<Vec<Input<'_>>> {
+        (0..self.len())
             .map(|row| {
                 self.values
                     .iter()
@@ -439,7 +438,17 @@ impl RowSample {
                     })
                     .collect()
             })
-            .collect();
+            .collect()
+    }
+
+    /// The column names.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Fits the reconstruction model on the kept rows.
+    pub fn fit(self, variance_share: f64) -> Result<ReconstructionModel, ReconstructionError> {
+        let table = self.table();
         ReconstructionModel::fit(
             self.columns.clone(),
             &self.categorical,

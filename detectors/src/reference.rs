@@ -236,6 +236,9 @@ pub enum FeatureReference {
     /// The `multivariate` series: principal components of the configured
     /// features, fitted on (a bounded sample of) the training rows.
     Multivariate(crate::reconstruction::ReconstructionModel),
+    /// The `estimated_quality` series of a regression model: the models of
+    /// the expected absolute and squared error (direct loss estimation).
+    Loss(Box<crate::loss_estimation::LossModel>),
 }
 
 /// A model version's reference profile.
@@ -271,6 +274,7 @@ impl ReferenceProfile {
                 FeatureSketch::Operational(_)
                 | FeatureSketch::Quality(_)
                 | FeatureSketch::EstimatedQuality(_)
+                | FeatureSketch::EstimatedLoss(_)
                 | FeatureSketch::Multivariate(_) => continue,
                 FeatureSketch::Numeric(numeric) => {
                     if numeric.moments().count() == 0 {
@@ -328,6 +332,9 @@ pub struct ReferenceBuilder {
     /// With multivariate drift: a bounded sample of the configured
     /// features' rows and the share of variance to keep.
     inputs: Option<(crate::reconstruction::RowSample, f64)>,
+    /// With loss estimation: a bounded sample of the configured features'
+    /// rows with their prediction and target (the last two columns).
+    loss: Option<crate::reconstruction::RowSample>,
 }
 
 /// The model outputs of the training rows, column by column in row order
@@ -392,6 +399,24 @@ impl TrainingOutputs {
     }
 }
 
+/// A training value as a row sample's input: text parsed as a number in a
+/// numeric column.
+fn training_input<'a>(
+    sample: &crate::reconstruction::RowSample,
+    name: &str,
+    value: TrainingValue<'a>,
+) -> crate::reconstruction::Input<'a> {
+    use crate::reconstruction::Input;
+    match value {
+        TrainingValue::Number(number) => Input::Number(number),
+        TrainingValue::Text(text) => match text.trim().parse::<f64>() {
+            Ok(number) if !sample.is_categorical(name) => Input::Number(number),
+            _ => Input::Category(text),
+        },
+        TrainingValue::Missing => Input::Missing,
+    }
+}
+
 /// One training value handed to the [`ReferenceBuilder`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TrainingValue<'a> {
@@ -442,6 +467,27 @@ impl ReferenceBuilder {
             );
             (sample, multivariate.variance_share())
         });
+        let loss = spec.loss_estimation().then(|| {
+            let configured: Vec<&crate::spec::FeatureSpec> = spec
+                .series()
+                .take(spec.configured_feature_count())
+                .collect();
+            let mut columns: Vec<String> = configured.iter().map(|s| s.name.clone()).collect();
+            let mut categorical: Vec<bool> = configured
+                .iter()
+                .map(|s| s.kind == FeatureKind::Categorical)
+                .collect();
+            columns.extend([
+                crate::spec::PREDICTION_SCORE.to_owned(),
+                crate::spec::ACTUAL_LABEL.to_owned(),
+            ]);
+            categorical.extend([false, false]);
+            crate::reconstruction::RowSample::new(
+                columns,
+                categorical,
+                crate::reconstruction::MAX_SAMPLE_ROWS,
+            )
+        });
         let estimated = spec
             .series()
             .any(|series| series.kind == FeatureKind::EstimatedQuality);
@@ -460,6 +506,7 @@ impl ReferenceBuilder {
                     ..TrainingOutputs::default()
                 }),
             inputs,
+            loss,
         }
     }
 
@@ -467,6 +514,9 @@ impl ReferenceBuilder {
     pub fn add_row(&mut self) {
         self.rows += 1;
         if let Some((sample, _)) = &mut self.inputs {
+            sample.add_row();
+        }
+        if let Some(sample) = &mut self.loss {
             sample.add_row();
         }
     }
@@ -477,19 +527,11 @@ impl ReferenceBuilder {
         if let Some(outputs) = &mut self.outputs {
             outputs.add(name, value);
         }
+        if let Some(sample) = &mut self.loss {
+            sample.add(name, training_input(sample, name, value));
+        }
         if let Some((sample, _)) = &mut self.inputs {
-            use crate::reconstruction::Input;
-            sample.add(
-                name,
-                match value {
-                    TrainingValue::Number(number) => Input::Number(number),
-                    TrainingValue::Text(text) => match text.trim().parse::<f64>() {
-                        Ok(number) if !sample.is_categorical(name) => Input::Number(number),
-                        _ => Input::Category(text),
-                    },
-                    TrainingValue::Missing => Input::Missing,
-                },
-            );
+            sample.add(name, training_input(sample, name, value));
         }
         if let Some((values, missing)) = self.numeric.get_mut(name) {
             match value {
@@ -548,6 +590,44 @@ impl ReferenceBuilder {
                 FeatureReference::Performance(model),
             );
         }
+        if let Some(sample) = &self.loss {
+            use crate::reconstruction::Input;
+            let table = sample.table();
+            let inputs = sample.columns().len() - 2;
+            let number = |input: &Input<'_>| match input {
+                Input::Number(number) if number.is_finite() => Some(*number),
+                _ => None,
+            };
+            let rows: Vec<Vec<Input<'_>>> =
+                table.iter().map(|row| row[..inputs].to_vec()).collect();
+            let predictions: Vec<Option<f64>> =
+                table.iter().map(|row| number(&row[inputs])).collect();
+            let targets: Vec<Option<f64>> =
+                table.iter().map(|row| number(&row[inputs + 1])).collect();
+            let categorical: Vec<bool> = sample.columns()[..inputs]
+                .iter()
+                .map(|name| sample.is_categorical(name))
+                .collect();
+            match crate::loss_estimation::LossModel::fit(
+                sample.columns()[..inputs].to_vec(),
+                &categorical,
+                &rows,
+                &predictions,
+                &targets,
+            ) {
+                Ok(model) => {
+                    features.insert(
+                        crate::spec::ESTIMATED_QUALITY.to_owned(),
+                        FeatureReference::Loss(Box::new(model)),
+                    );
+                }
+                // Too few rows with a prediction and a target: no estimate.
+                Err(crate::loss_estimation::LossError::TooSmall(_)) => {}
+                Err(error) => {
+                    return Err(Error::InvalidReference(format!("loss estimation: {error}")))
+                }
+            }
+        }
         if let Some((sample, variance_share)) = self.inputs {
             use crate::reconstruction::ReconstructionError;
             match sample.fit(variance_share) {
@@ -583,6 +663,65 @@ pub struct CompiledReference {
     profile: ReferenceProfile,
     edges_by_position: Vec<Option<BinEdges>>,
     reconstruction: Option<CompiledReconstruction>,
+    loss: Option<CompiledLoss>,
+}
+
+/// The loss model resolved against a spec: which model column each
+/// configured feature feeds.
+#[derive(Debug, Clone)]
+pub struct CompiledLoss {
+    model: crate::loss_estimation::LossModel,
+    column_of_position: Vec<Option<usize>>,
+    imputed: Vec<f64>,
+}
+
+impl CompiledLoss {
+    fn new(spec: &ModelSpec, model: &crate::loss_estimation::LossModel) -> Self {
+        use crate::reconstruction::Input;
+        Self {
+            column_of_position: spec
+                .series()
+                .take(spec.configured_feature_count())
+                .map(|series| model.columns.iter().position(|c| *c == series.name))
+                .collect(),
+            imputed: (0..model.columns.len())
+                .map(|column| model.encode(column, Input::Missing))
+                .collect(),
+            model: model.clone(),
+        }
+    }
+
+    /// A prediction's expected absolute and squared error from its
+    /// features (`row` is a reused buffer).
+    pub fn errors(
+        &self,
+        spec: &ModelSpec,
+        features: &[(std::borrow::Cow<'_, str>, events::FeatureValue<'_>)],
+        prediction: f64,
+        row: &mut Vec<f64>,
+    ) -> (f64, f64) {
+        use crate::reconstruction::Input;
+        use events::FeatureValue;
+        row.clear();
+        row.extend_from_slice(&self.imputed);
+        let mut hint = 0;
+        for (name, value) in features {
+            let Some(position) = spec.feature_position_hinted(name, hint) else {
+                continue;
+            };
+            hint = position + 1;
+            if let Some(Some(column)) = self.column_of_position.get(position) {
+                let input = match value {
+                    FeatureValue::Number(number) => Input::Number(*number),
+                    FeatureValue::Text(text) => Input::Category(text),
+                    FeatureValue::Null => Input::Missing,
+                };
+                row[*column] = self.model.encode(*column, input);
+            }
+        }
+        row.push(prediction);
+        self.model.predict_row(row)
+    }
 }
 
 /// The reconstruction model resolved against a spec: which model column
@@ -665,10 +804,17 @@ impl CompiledReference {
             }
             _ => None,
         };
+        let loss = match profile.features.get(crate::spec::ESTIMATED_QUALITY) {
+            Some(FeatureReference::Loss(model)) if spec.loss_estimation() => {
+                Some(CompiledLoss::new(spec, model))
+            }
+            _ => None,
+        };
         Ok(Self {
             profile,
             edges_by_position,
             reconstruction,
+            loss,
         })
     }
 
@@ -690,6 +836,13 @@ impl CompiledReference {
     #[inline]
     pub fn reconstruction(&self) -> Option<&CompiledReconstruction> {
         self.reconstruction.as_ref()
+    }
+
+    /// The loss model, when the spec has loss estimation on and the
+    /// profile has a model.
+    #[inline]
+    pub fn loss(&self) -> Option<&CompiledLoss> {
+        self.loss.as_ref()
     }
 
     /// Reference of the series named `name`.

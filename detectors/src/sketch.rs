@@ -35,6 +35,9 @@ pub enum FeatureSketch {
     EstimatedQuality(ScoreHistogram),
     /// The multivariate series: the rows' reconstruction errors.
     Multivariate(ErrorSum),
+    /// The estimated-quality series of a regression model: the predicted
+    /// errors (direct loss estimation).
+    EstimatedLoss(crate::loss_estimation::LossSum),
 }
 
 impl FeatureSketch {
@@ -56,9 +59,10 @@ impl FeatureSketch {
                 }
                 Task::Regression => QualitySketch::Regression(RegressionQuality::default()),
             }),
-            FeatureKind::EstimatedQuality => {
-                FeatureSketch::EstimatedQuality(ScoreHistogram::default())
-            }
+            FeatureKind::EstimatedQuality => match spec.task() {
+                Task::Classification => FeatureSketch::EstimatedQuality(ScoreHistogram::default()),
+                Task::Regression => FeatureSketch::EstimatedLoss(Default::default()),
+            },
             FeatureKind::Multivariate => FeatureSketch::Multivariate(ErrorSum::default()),
         }
     }
@@ -70,7 +74,9 @@ impl FeatureSketch {
             FeatureSketch::Categorical(_) => FeatureKind::Categorical,
             FeatureSketch::Operational(_) => FeatureKind::Operational,
             FeatureSketch::Quality(_) => FeatureKind::Quality,
-            FeatureSketch::EstimatedQuality(_) => FeatureKind::EstimatedQuality,
+            FeatureSketch::EstimatedQuality(_) | FeatureSketch::EstimatedLoss(_) => {
+                FeatureKind::EstimatedQuality
+            }
             FeatureSketch::Multivariate(_) => FeatureKind::Multivariate,
         }
     }
@@ -90,6 +96,10 @@ impl FeatureSketch {
                 a.merge(b);
                 Ok(())
             }
+            (FeatureSketch::EstimatedLoss(a), FeatureSketch::EstimatedLoss(b)) => {
+                a.merge(b);
+                Ok(())
+            }
             _ => Err(Error::IncompatibleMerge(
                 "sketches of different kinds".into(),
             )),
@@ -105,6 +115,7 @@ impl FeatureSketch {
             FeatureSketch::Quality(s) => s.matched(),
             FeatureSketch::EstimatedQuality(s) => s.count(),
             FeatureSketch::Multivariate(s) => s.count,
+            FeatureSketch::EstimatedLoss(s) => s.count,
         }
     }
 
@@ -126,7 +137,7 @@ impl FeatureSketch {
             FeatureSketch::Operational(s) => s.heap_bytes(),
             FeatureSketch::Quality(_) => 2 * crate::quality::SCORE_BINS * 8,
             FeatureSketch::EstimatedQuality(s) => s.heap_bytes(),
-            FeatureSketch::Multivariate(_) => 0,
+            FeatureSketch::Multivariate(_) | FeatureSketch::EstimatedLoss(_) => 0,
         }
     }
 
@@ -156,7 +167,8 @@ impl FeatureSketch {
                 FeatureSketch::Operational(_)
                 | FeatureSketch::Quality(_)
                 | FeatureSketch::EstimatedQuality(_)
-                | FeatureSketch::Multivariate(_),
+                | FeatureSketch::Multivariate(_)
+                | FeatureSketch::EstimatedLoss(_),
                 _,
             ) => {}
         }
@@ -169,7 +181,8 @@ impl FeatureSketch {
             FeatureSketch::Operational(_)
             | FeatureSketch::Quality(_)
             | FeatureSketch::EstimatedQuality(_)
-            | FeatureSketch::Multivariate(_) => {}
+            | FeatureSketch::Multivariate(_)
+            | FeatureSketch::EstimatedLoss(_) => {}
         }
     }
 }

@@ -12,7 +12,7 @@
 //! | `actual.label` | categorical for classification, numeric for regression | actual events' `label` |
 //! | `operations` | operational | every prediction event: count, `error`, missing output, `latency_ms` |
 //! | `quality` | quality | predictions joined with their actuals (in the prediction's window) |
-//! | `estimated_quality` | estimated quality (classification with `positive_class` only) | every prediction's score of the positive class and predicted class, for performance estimation before the labels arrive |
+//! | `estimated_quality` | estimated quality (classification with `positive_class`, regression with `loss_estimation`) | classifiers: every prediction's score of the positive class and predicted class (CBPE); regressors: every prediction's expected absolute and squared error (direct loss estimation) |
 //! | `multivariate` | multivariate (models with `[models.multivariate]` only) | every prediction or feature row's reconstruction error from the reference's principal components ([`crate::reconstruction`]) |
 
 use serde::{Deserialize, Serialize};
@@ -172,6 +172,8 @@ pub struct ModelSpec {
     positive_class: Option<String>,
     /// Multivariate drift by data reconstruction, when configured.
     multivariate: Option<Multivariate>,
+    /// Direct loss estimation of a regression model, when configured.
+    loss_estimation: bool,
 }
 
 impl ModelSpec {
@@ -255,7 +257,44 @@ impl ModelSpec {
             index,
             positive_class: None,
             multivariate: None,
+            loss_estimation: false,
         })
+    }
+
+    /// Turns direct loss estimation on for a regression model (adds the
+    /// `estimated_quality` series: MAE and RMSE estimated before the
+    /// targets arrive) or off. Classifiers estimate from their scores
+    /// instead ([`Self::with_positive_class`]).
+    pub fn with_loss_estimation(mut self, on: bool) -> Result<Self, Error> {
+        if self.task != Task::Regression {
+            if on {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{}`: loss estimation is for regression models (a classifier estimates from its scores with `positive_class`)",
+                    self.name
+                )));
+            }
+            return Ok(self);
+        }
+        match (on, self.derived_position(SeriesSource::EstimatedQuality)) {
+            (true, None) => self.series.push((
+                FeatureSpec {
+                    name: ESTIMATED_QUALITY.to_owned(),
+                    kind: FeatureKind::EstimatedQuality,
+                },
+                SeriesSource::EstimatedQuality,
+            )),
+            (false, Some(position)) => {
+                self.series.remove(position);
+            }
+            _ => {}
+        }
+        self.loss_estimation = on;
+        Ok(self)
+    }
+
+    /// Whether direct loss estimation is on (regression models).
+    pub fn loss_estimation(&self) -> bool {
+        self.loss_estimation
     }
 
     /// Turns multivariate drift on (adds the `multivariate` series) or off.

@@ -543,7 +543,11 @@ async fn load_model_view(
         }
     });
     let estimated = by_series.get(ESTIMATED_QUALITY).map(|estimated_rows| {
-        let metrics = [PerformanceMetric::Accuracy, PerformanceMetric::RocAuc]
+        let shown = match spec.task() {
+            Task::Classification => [PerformanceMetric::Accuracy, PerformanceMetric::RocAuc],
+            Task::Regression => [PerformanceMetric::Mae, PerformanceMetric::Rmse],
+        };
+        let metrics = shown
             .into_iter()
             .map(|metric| {
                 let of = |w: &i64| {
@@ -794,9 +798,10 @@ fn render_estimated(view: &ModelView, charts: &mut Charts) -> String {
     };
     let x: Vec<i64> = view.windows.iter().map(|w| w / 1000).collect();
     let mut body = String::from(
-        "<h2>Estimated performance</h2><p class=\"note\">Estimated from the scores alone (CBPE), \
-         before the labels arrive; realized once they have. Valid while the relation between inputs \
-         and labels holds (covariate shift), not under concept shift.</p>",
+        "<h2>Estimated performance</h2><p class=\"note\">Estimated before the labels arrive \
+         (classifiers: from the scores, CBPE; regression: from the inputs and the prediction, direct \
+         loss estimation); realized once they have. Valid while the relation between inputs and \
+         labels holds (covariate shift), not under concept shift.</p>",
     );
     for series in &estimated.metrics {
         let name = series.metric.as_str();
