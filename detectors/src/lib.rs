@@ -33,6 +33,8 @@
 //! - [`estimation`]: performance before the labels arrive (CBPE): a
 //!   window's score histogram, the expected confusion matrix and ROC AUC,
 //!   sampling errors and bands from the reference.
+//! - [`multiclass`]: CBPE's macro averages for classifiers with three or
+//!   more classes, from the class probabilities.
 //! - [`loss_estimation`]: regression performance before the targets arrive
 //!   (direct loss estimation): tree ensembles of the expected absolute and
 //!   squared error, fitted on the reference.
@@ -88,6 +90,7 @@ pub mod estimation;
 pub mod loss_estimation;
 pub mod metrics;
 pub mod moments;
+pub mod multiclass;
 pub mod numeric;
 pub mod operational;
 pub mod paired;

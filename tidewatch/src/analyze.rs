@@ -24,6 +24,7 @@ use detectors::metrics::{
     apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics,
     TestResult, VerdictPolicy,
 };
+use detectors::multiclass::{realized as multiclass_realized, MulticlassCbpe};
 use detectors::numeric::{BinEdges, NumericSketch};
 use detectors::reconstruction::{ErrorSum, Input, ReconstructionModel};
 use detectors::reference::{CategoricalReference, FeatureReference, NumericReference};
@@ -80,6 +81,9 @@ pub struct AnalyzeOptions {
     /// Label-free performance estimation (CBPE), when the model's outputs
     /// are columns of both files.
     pub estimation: Option<EstimationColumns>,
+    /// Label-free performance estimation of a classifier with three or
+    /// more classes (multiclass CBPE, macro averages).
+    pub multiclass: Option<MulticlassColumns>,
     /// Target-free performance estimation of a regression model (direct
     /// loss estimation) from its prediction and, in the reference, its
     /// target; the other compared columns are its inputs.
@@ -105,6 +109,19 @@ pub struct EstimationColumns {
     pub target: String,
     /// The positive class as the prediction and target columns spell it.
     pub positive_class: String,
+}
+
+/// The columns multiclass CBPE reads: each class's probability column, the
+/// predicted class and the true class (class names as the prediction and
+/// target columns spell them).
+#[derive(Debug, Clone)]
+pub struct MulticlassColumns {
+    /// (class, its probability column).
+    pub classes: Vec<(String, String)>,
+    /// Predicted class column.
+    pub prediction: String,
+    /// True class column.
+    pub target: String,
 }
 
 /// The columns direct loss estimation reads: a regression model's
@@ -657,7 +674,8 @@ pub fn analyze(
         .estimation
         .as_ref()
         .map(|e| e.target.as_str())
-        .or(options.loss.as_ref().map(|l| l.target.as_str()));
+        .or(options.loss.as_ref().map(|l| l.target.as_str()))
+        .or(options.multiclass.as_ref().map(|m| m.target.as_str()));
     let names: Vec<String> = match &options.columns {
         Some(columns) => columns.clone(),
         None => reference_order
@@ -812,6 +830,16 @@ pub fn analyze(
         )?),
         None => None,
     };
+    let multiclass = match &options.multiclass {
+        Some(columns) => Some(MulticlassEstimator::fit(
+            columns,
+            &reference_columns,
+            &current_columns,
+            options,
+            band_rows,
+        )?),
+        None => None,
+    };
     let mut multivariate = Vec::new();
     let mut performance = Vec::new();
     let mut results = Vec::new();
@@ -825,6 +853,9 @@ pub fn analyze(
         }
         if let Some(loss) = &loss {
             performance.extend(loss.chunk(chunk.index, rows));
+        }
+        if let Some(multiclass) = &multiclass {
+            performance.extend(multiclass.chunk(chunk.index, rows));
         }
         let indexed: Vec<usize> = (0..compared.len()).collect();
         let mut window: Vec<FeatureWindowMetrics> = parallel_map(&indexed, |index| {
@@ -1128,6 +1159,193 @@ impl LossEstimator {
                             rows.iter().map(|row| errors[*row]).collect();
                         realized_loss(estimate.metric, &chunk_errors)
                     }),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Rows of a multiclass chunk: probabilities, predicted and true classes.
+type ClassRows = (Vec<Vec<f64>>, Vec<usize>, Vec<usize>);
+
+/// A file's rows for multiclass CBPE: probabilities and predicted class
+/// (`None`: missing), and the true classes when the file has them.
+type ClassOutputs = (Vec<Option<(Vec<f64>, usize)>>, Option<Vec<Option<usize>>>);
+
+/// Multiclass CBPE over the files: the model fitted on the reference, the
+/// bands from its chunks, the current rows' probabilities and predictions.
+struct MulticlassEstimator {
+    model: MulticlassCbpe,
+    bands: BTreeMap<PerformanceMetric, Band>,
+    /// Current rows: probabilities and predicted class (`None`: missing).
+    current: Vec<Option<(Vec<f64>, usize)>>,
+    /// Current true classes, when the file has them.
+    current_labels: Option<Vec<Option<usize>>>,
+}
+
+impl MulticlassEstimator {
+    /// Each row's probabilities and predicted class, and its true class
+    /// when the file has the target column.
+    fn rows(
+        columns: &MulticlassColumns,
+        classes: &[String],
+        file: &BTreeMap<String, Column>,
+        path: &std::path::Path,
+    ) -> Result<ClassOutputs, AnalyzeError> {
+        let get = |name: &str| {
+            file.get(name).ok_or_else(|| AnalyzeError::MissingColumn {
+                column: name.to_owned(),
+                file: path.display().to_string(),
+            })
+        };
+        let index_of = |text: Option<String>| {
+            text.and_then(|text| classes.iter().position(|class| *class == text.trim()))
+        };
+        let mut by_class = Vec::new();
+        for class in classes {
+            let (_, column) = columns
+                .classes
+                .iter()
+                .find(|(name, _)| name == class)
+                .expect("classes come from the columns");
+            by_class.push(numbers_of(get(column)?));
+        }
+        let predicted: Vec<Option<usize>> = texts_of(get(&columns.prediction)?)
+            .into_iter()
+            .map(index_of)
+            .collect();
+        let rows = (0..predicted.len())
+            .map(|row| {
+                let probabilities: Option<Vec<f64>> = by_class
+                    .iter()
+                    .map(|values| values[row].filter(|p| p.is_finite()))
+                    .collect();
+                Some((probabilities?, predicted[row]?))
+            })
+            .collect();
+        let labels = file
+            .get(&columns.target)
+            .map(|column| texts_of(column).into_iter().map(index_of).collect());
+        Ok((rows, labels))
+    }
+
+    fn fit(
+        columns: &MulticlassColumns,
+        reference: &BTreeMap<String, Column>,
+        current: &BTreeMap<String, Column>,
+        options: &AnalyzeOptions,
+        band_rows: usize,
+    ) -> Result<Self, AnalyzeError> {
+        let mut classes: Vec<String> = columns.classes.iter().map(|(c, _)| c.clone()).collect();
+        classes.sort();
+        let (reference_rows, labels) =
+            Self::rows(columns, &classes, reference, &options.reference)?;
+        let labels = labels.ok_or_else(|| AnalyzeError::MissingColumn {
+            column: columns.target.clone(),
+            file: options.reference.display().to_string(),
+        })?;
+        let complete: Vec<(Vec<f64>, usize, usize)> = reference_rows
+            .into_iter()
+            .zip(labels)
+            .filter_map(|(row, label)| {
+                let (probabilities, predicted) = row?;
+                Some((probabilities, predicted, label?))
+            })
+            .collect();
+        let split = |rows: &[(Vec<f64>, usize, usize)]| -> ClassRows {
+            (
+                rows.iter().map(|r| r.0.clone()).collect(),
+                rows.iter().map(|r| r.1).collect(),
+                rows.iter().map(|r| r.2).collect(),
+            )
+        };
+        let (probabilities, predicted, truth) = split(&complete);
+        let model = MulticlassCbpe::fit(classes.clone(), &probabilities, &predicted, &truth)
+            .map_err(|error| AnalyzeError::Estimation(error.to_string()))?;
+        let mut bands = BTreeMap::new();
+        if band_rows > 0 {
+            for metric in PerformanceMetric::CLASSIFICATION {
+                let values: Vec<f64> = complete
+                    .chunks_exact(band_rows)
+                    .filter_map(|chunk| {
+                        let (probabilities, predicted, truth) = split(chunk);
+                        multiclass_realized(
+                            metric,
+                            classes.len(),
+                            &probabilities,
+                            &predicted,
+                            &truth,
+                        )
+                    })
+                    .collect();
+                if let Some(band) = Band::from_chunks(&values, ESTIMATION_BAND_K) {
+                    bands.insert(metric, band);
+                }
+            }
+        }
+        let (current_rows, current_labels) =
+            Self::rows(columns, &classes, current, &options.current)?;
+        Ok(Self {
+            model,
+            bands,
+            current: current_rows,
+            current_labels,
+        })
+    }
+
+    fn chunk(&self, chunk: usize, rows: &[usize]) -> Vec<ChunkPerformance> {
+        let present: Vec<usize> = rows
+            .iter()
+            .copied()
+            .filter(|row| self.current[*row].is_some())
+            .collect();
+        let probabilities: Vec<Vec<f64>> = present
+            .iter()
+            .map(|row| self.current[*row].as_ref().expect("present").0.clone())
+            .collect();
+        let predicted: Vec<usize> = present
+            .iter()
+            .map(|row| self.current[*row].as_ref().expect("present").1)
+            .collect();
+        let labelled: Option<ClassRows> = self.current_labels.as_ref().map(|labels| {
+            let kept: Vec<usize> = present
+                .iter()
+                .enumerate()
+                .filter(|(_, row)| labels[**row].is_some())
+                .map(|(i, _)| i)
+                .collect();
+            (
+                kept.iter().map(|i| probabilities[*i].clone()).collect(),
+                kept.iter().map(|i| predicted[*i]).collect(),
+                kept.iter()
+                    .map(|i| labels[present[*i]].expect("kept rows have one"))
+                    .collect(),
+            )
+        });
+        self.model
+            .estimate(&probabilities, &predicted)
+            .into_iter()
+            .map(|estimate| {
+                let band = self.bands.get(&estimate.metric);
+                ChunkPerformance {
+                    chunk,
+                    metric: estimate.metric,
+                    estimated: estimate.value,
+                    sampling_error: estimate.sampling_error,
+                    lower_threshold: band.and_then(|b| b.lower),
+                    upper_threshold: band.and_then(|b| b.upper),
+                    alert: band.is_some_and(|b| b.flags(estimate.value)),
+                    realized: labelled
+                        .as_ref()
+                        .and_then(|(probabilities, predicted, truth)| {
+                            multiclass_realized(
+                                estimate.metric,
+                                self.model.classes.len(),
+                                probabilities,
+                                predicted,
+                                truth,
+                            )
+                        }),
                 }
             })
             .collect()

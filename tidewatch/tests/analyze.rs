@@ -488,3 +488,78 @@ fn direct_loss_estimation_matches_nannyml_and_tracks_the_realized() {
         largest[0], largest[1]
     );
 }
+
+/// Multiclass CBPE against NannyML's on the same files
+/// (`fixtures/nannyml/generate.py`: three classes, overconfident
+/// probabilities, ten chunks of 5,000 rows, covariate shift from chunk 5).
+#[test]
+fn multiclass_estimated_performance_matches_nannyml() {
+    let (expected, report) = against_nannyml(
+        "mc",
+        &[
+            "--chunk-size",
+            "5000",
+            "--class-score-column",
+            "a=p_a",
+            "--class-score-column",
+            "b=p_b",
+            "--class-score-column",
+            "c=p_c",
+            "--prediction-column",
+            "y_pred",
+            "--target-column",
+            "y_true",
+        ],
+    );
+    let performance = report["performance"].as_array().unwrap();
+    let chunks = expected["chunks"].as_array().unwrap();
+    assert_eq!(chunks.len(), 10);
+    for chunk in chunks {
+        let index = chunk["index"].as_u64().unwrap();
+        let ours = |metric: &str| {
+            performance
+                .iter()
+                .find(|p| p["chunk"] == index && p["metric"] == metric)
+                .unwrap_or_else(|| panic!("no {metric} for chunk {index}"))
+        };
+        for metric in ["accuracy", "precision", "recall", "f1", "roc_auc"] {
+            let (ours, theirs) = (ours(metric), &chunk[metric]);
+            for field in [
+                "estimated",
+                "sampling_error",
+                "lower_threshold",
+                "upper_threshold",
+            ] {
+                let (a, b) = (
+                    ours[field].as_f64().unwrap(),
+                    theirs[field].as_f64().unwrap(),
+                );
+                assert!(
+                    (a - b).abs() < 1e-9,
+                    "chunk {index} {metric} {field}: {a} against NannyML's {b}"
+                );
+            }
+            assert_eq!(ours["alert"], theirs["alert"], "chunk {index} {metric}");
+            assert_eq!(
+                theirs["alert"],
+                index >= 5,
+                "the shifted chunks are flagged"
+            );
+        }
+        for metric in ["accuracy", "f1", "roc_auc"] {
+            let realized = ours(metric)["realized"].as_f64().unwrap();
+            let sklearn = chunk[format!("realized_{metric}")].as_f64().unwrap();
+            assert!(
+                (realized - sklearn).abs() < 1e-9,
+                "chunk {index} realized {metric}"
+            );
+        }
+        // Covariate shift only: the estimate tracks the realized accuracy.
+        let estimated = ours("accuracy")["estimated"].as_f64().unwrap();
+        let realized = chunk["realized_accuracy"].as_f64().unwrap();
+        assert!(
+            (estimated - realized).abs() < 0.02,
+            "chunk {index}: accuracy estimated {estimated}, realized {realized}"
+        );
+    }
+}

@@ -74,6 +74,9 @@ pub struct Args {
     /// The model is a regressor: estimate its MAE and RMSE without targets by direct loss estimation, from --prediction-column and, in the reference, --target-column; the other compared columns are its inputs.
     #[arg(long, requires_all = ["prediction_column", "target_column"], group = "estimator")]
     regression: bool,
+    /// A multiclass classifier's probability of one class, as CLASS=COLUMN (repeat for every class, at least three): estimate its macro-averaged performance without labels (multiclass CBPE) from these, --prediction-column and, in the reference, --target-column.
+    #[arg(long, value_name = "CLASS=COLUMN", group = "estimator", requires_all = ["prediction_column", "target_column"])]
+    class_score_column: Vec<String>,
     /// The predicted class (CBPE; default: score >= 0.5 is positive), or the regressor's prediction.
     #[arg(long, requires = "estimator")]
     prediction_column: Option<String>,
@@ -114,6 +117,23 @@ impl Args {
             },
             decide_by: self.decide_by,
             multivariate: self.multivariate.then_some(self.variance_share),
+            multiclass: match (&self.prediction_column, &self.target_column) {
+                (Some(prediction), Some(target)) if !self.class_score_column.is_empty() => {
+                    Some(analyze::MulticlassColumns {
+                        classes: self
+                            .class_score_column
+                            .iter()
+                            .map(|pair| match pair.split_once('=') {
+                                Some((class, column)) => (class.to_owned(), column.to_owned()),
+                                None => (pair.clone(), pair.clone()),
+                            })
+                            .collect(),
+                        prediction: prediction.clone(),
+                        target: target.clone(),
+                    })
+                }
+                _ => None,
+            },
             loss: match (
                 self.regression,
                 &self.prediction_column,
