@@ -176,6 +176,20 @@ impl WindowAggregates {
             }
             _ => None,
         };
+        // Multiclass: the class probabilities in the model's class order,
+        // calibrated once per event.
+        let class_row = match (
+            reference.and_then(CompiledReference::multiclass),
+            event.kind,
+            event.prediction.as_ref(),
+        ) {
+            (Some(model), EventKind::Prediction, Some(prediction)) => class_row(model, prediction)
+                .map(|(probabilities, predicted)| {
+                    let calibrated = model.calibrate(&probabilities);
+                    (probabilities, calibrated, predicted)
+                }),
+            _ => None,
+        };
         let mut outcome = Recorded::Added;
         for segment in &segments {
             let Some(sketches) =
@@ -190,6 +204,14 @@ impl WindowAggregates {
             }
             if let Some((absolute, squared)) = loss_errors {
                 record_loss(spec, sketches, absolute, squared);
+            }
+            if let Some((probabilities, calibrated, predicted)) = &class_row {
+                if let Some(FeatureSketch::EstimatedClasses(sums)) = spec
+                    .derived_position(SeriesSource::EstimatedQuality)
+                    .map(|position| &mut sketches[position])
+                {
+                    sums.add_calibrated(probabilities, calibrated, *predicted);
+                }
             }
         }
         segments.clear();
@@ -493,6 +515,30 @@ fn record_reconstruction(spec: &ModelSpec, sketches: &mut [FeatureSketch], error
     {
         errors.add(error);
     }
+}
+
+/// A prediction's probability of each of the model's classes (in its
+/// order) and its predicted class's index; `None` when a class's
+/// probability or the predicted class is missing or unknown.
+fn class_row(
+    model: &crate::multiclass::MulticlassCbpe,
+    prediction: &events::PredictionOutput<'_>,
+) -> Option<(Vec<f64>, usize)> {
+    let probabilities: Option<Vec<f64>> = model
+        .classes
+        .iter()
+        .map(|class| {
+            prediction
+                .probabilities
+                .iter()
+                .find(|(name, _)| name.as_ref() == class)
+                .map(|(_, p)| *p)
+                .filter(|p| p.is_finite())
+        })
+        .collect();
+    let predicted = prediction.predicted_class()?;
+    let index = model.classes.iter().position(|class| class == predicted)?;
+    Some((probabilities?, index))
 }
 
 /// Adds a prediction's expected errors to a regression model's

@@ -192,6 +192,12 @@ pub struct RawModel {
     /// with `prediction.score` and `actual.label`).
     #[serde(default)]
     pub loss_estimation: bool,
+    /// Multiclass classifiers: the classes (at least three). Performance is
+    /// then estimated from each prediction's class probabilities (needs a
+    /// reference built from training data with `prediction.class`,
+    /// `actual.label` and `prediction.probability.<class>` columns).
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
 }
 
 /// `[models.multivariate]`.
@@ -250,6 +256,7 @@ impl RawModel {
         .with_segment_values(self.segment_values)?
         .with_positive_class(self.positive_class)
         .with_loss_estimation(self.loss_estimation)?
+        .with_classes(self.classes)?
         .with_multivariate(multivariate)
     }
 }
@@ -289,6 +296,7 @@ mod tests {
             positive_class: Some("1".into()),
             multivariate: None,
             loss_estimation: false,
+            classes: None,
         };
         let age = || RawFeature {
             name: "age".into(),

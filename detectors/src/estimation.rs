@@ -130,7 +130,7 @@ pub struct ScoreHistogram {
     positive: BTreeMap<u16, BinSum>,
 }
 
-fn score_bin(score: f64) -> u16 {
+pub(crate) fn score_bin(score: f64) -> u16 {
     ((score * f64::from(SCORE_BINS)).floor().max(0.0) as u16).min(SCORE_BINS - 1)
 }
 
@@ -593,7 +593,7 @@ impl CbpeModel {
 /// The area under the expected ROC curve from `(expected positives, rows)`
 /// per score bin, highest scores first (trapezoids; a bin's rows move
 /// along one straight segment).
-fn expected_roc_auc(bins: impl Iterator<Item = (f64, f64)>) -> Option<f64> {
+pub(crate) fn expected_roc_auc(bins: impl Iterator<Item = (f64, f64)>) -> Option<f64> {
     let points: Vec<(f64, f64)> = bins.collect();
     let total_positive: f64 = points.iter().map(|(p, _)| p).sum();
     let total_negative: f64 = points.iter().map(|(p, n)| n - p).sum();

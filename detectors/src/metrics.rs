@@ -634,6 +634,19 @@ pub fn compute(
             }
             metrics
         }
+        FeatureSketch::EstimatedClasses(sums) => {
+            let mut metrics = FeatureWindowMetrics::empty(
+                FeatureKind::EstimatedQuality,
+                sums.count,
+                0,
+                0,
+                thresholds,
+            );
+            if let Some(FeatureReference::Multiclass(model)) = reference {
+                metrics.estimated = model.estimate_with_bands(sums);
+            }
+            metrics
+        }
         FeatureSketch::EstimatedLoss(sum) => {
             let mut metrics = FeatureWindowMetrics::empty(
                 FeatureKind::EstimatedQuality,
@@ -744,7 +757,9 @@ fn reference_count(reference: &FeatureReference) -> u64 {
         FeatureReference::Categorical(categorical) => {
             categorical.counts.values().sum::<u64>() + categorical.other
         }
-        FeatureReference::Performance(_) | FeatureReference::Loss(_) => 0,
+        FeatureReference::Performance(_)
+        | FeatureReference::Loss(_)
+        | FeatureReference::Multiclass(_) => 0,
         FeatureReference::Multivariate(model) => model.reference_rows,
     }
 }
@@ -797,6 +812,7 @@ fn choose_verdict(
                 ),
                 FeatureReference::Performance(_)
                 | FeatureReference::Loss(_)
+                | FeatureReference::Multiclass(_)
                 | FeatureReference::Multivariate(_) => return,
                 FeatureReference::Categorical(categorical) => {
                     let categories = (categorical.counts.len() + 1) as f64;

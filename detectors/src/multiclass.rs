@@ -59,6 +59,94 @@ pub struct MulticlassCbpe {
     recall: ClassComponents,
     f1: ClassComponents,
     roc_auc: ClassComponents,
+    /// Each metric realized on the reference rows (the centre of a
+    /// window's band).
+    #[serde(default)]
+    pub reference: std::collections::BTreeMap<PerformanceMetric, f64>,
+}
+
+/// One class's part of a window's [`ClassSums`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassSum {
+    /// Rows predicted as this class.
+    pub predicted: u64,
+    /// Σ of its calibrated probability over those rows.
+    pub predicted_probability: f64,
+    /// Σ of its calibrated probability over every row.
+    pub probability: f64,
+    /// By bin of its uncalibrated probability (1/1,000 wide): rows and Σ
+    /// of its calibrated probability, for the expected ROC curve.
+    pub bins: std::collections::BTreeMap<u16, (u64, f64)>,
+}
+
+/// A window's multiclass outputs, calibrated at ingest: what multiclass
+/// CBPE needs, as sums that merge exactly (each class at most 1,000 bins).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClassSums {
+    /// Rows.
+    pub count: u64,
+    /// Σ of the calibrated probability of each row's predicted class.
+    pub correct: f64,
+    /// Per class, in the model's (sorted) class order.
+    pub classes: Vec<ClassSum>,
+}
+
+impl ClassSums {
+    /// Adds one prediction: its uncalibrated and calibrated (normalized)
+    /// probability per class, in the model's class order, and its
+    /// predicted class.
+    pub fn add_calibrated(&mut self, probabilities: &[f64], calibrated: &[f64], predicted: usize) {
+        let k = probabilities.len();
+        if calibrated.len() != k || predicted >= k {
+            return;
+        }
+        if self.classes.len() < k {
+            self.classes.resize(k, ClassSum::default());
+        }
+        self.count += 1;
+        self.correct += calibrated[predicted];
+        for (c, (class, q)) in self.classes.iter_mut().zip(calibrated).enumerate() {
+            class.probability += q;
+            if c == predicted {
+                class.predicted += 1;
+                class.predicted_probability += q;
+            }
+            let bin = class
+                .bins
+                .entry(crate::estimation::score_bin(probabilities[c]))
+                .or_default();
+            bin.0 += 1;
+            bin.1 += q;
+        }
+    }
+
+    /// Adds another window part.
+    pub fn merge(&mut self, other: &ClassSums) {
+        self.count += other.count;
+        self.correct += other.correct;
+        if self.classes.len() < other.classes.len() {
+            self.classes
+                .resize(other.classes.len(), ClassSum::default());
+        }
+        for (mine, theirs) in self.classes.iter_mut().zip(&other.classes) {
+            mine.predicted += theirs.predicted;
+            mine.predicted_probability += theirs.predicted_probability;
+            mine.probability += theirs.probability;
+            for (bin, (count, sum)) in &theirs.bins {
+                let entry = mine.bins.entry(*bin).or_default();
+                entry.0 += count;
+                entry.1 += sum;
+            }
+        }
+    }
+
+    /// Approximate heap size in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.classes
+            .iter()
+            .map(|class| std::mem::size_of::<ClassSum>() + class.bins.len() * 40)
+            .sum()
+    }
 }
 
 /// Population variance (divisor n).
@@ -167,6 +255,15 @@ impl MulticlassCbpe {
             .zip(labels)
             .map(|(p, l)| f64::from(u8::from(p == l)))
             .collect();
+        let reference = PerformanceMetric::CLASSIFICATION
+            .into_iter()
+            .filter_map(|metric| {
+                Some((
+                    metric,
+                    realized(metric, k, probabilities, predicted, labels)?,
+                ))
+            })
+            .collect();
         Ok(Self {
             classes,
             calibrators,
@@ -175,7 +272,111 @@ impl MulticlassCbpe {
             recall,
             f1,
             roc_auc,
+            reference,
         })
+    }
+
+    /// Adds one prediction to a window's sums: its uncalibrated probability
+    /// per class (model class order) and its predicted class.
+    pub fn add(&self, sums: &mut ClassSums, probabilities: &[f64], predicted: usize) {
+        if probabilities.len() == self.classes.len() {
+            sums.add_calibrated(probabilities, &self.calibrate(probabilities), predicted);
+        }
+    }
+
+    /// The macro-averaged estimates of a window's sums (see the module
+    /// docs; the ROC curve walks the 1/1,000 bins of the uncalibrated
+    /// probability instead of the rows), with sampling errors.
+    pub fn estimate_sums(&self, sums: &ClassSums) -> Vec<Estimate> {
+        let n = sums.count;
+        if n == 0 || sums.classes.len() != self.classes.len() {
+            return Vec::new();
+        }
+        let k = self.classes.len() as f64;
+        let ratio = |a: f64, b: f64| if b != 0.0 { a / b } else { 0.0 };
+        let (mut precision, mut recall, mut f1, mut auc) = (0.0, 0.0, 0.0, 0.0);
+        for class in &sums.classes {
+            let tp = class.predicted_probability;
+            let fp = class.predicted as f64 - tp;
+            let fn_ = class.probability - tp;
+            precision += ratio(tp, tp + fp);
+            recall += ratio(tp, tp + fn_);
+            f1 += ratio(tp, tp + 0.5 * (fp + fn_));
+            auc += crate::estimation::expected_roc_auc(
+                class
+                    .bins
+                    .values()
+                    .rev()
+                    .map(|(count, q)| (*q, *count as f64)),
+            )
+            .unwrap_or(f64::NAN);
+        }
+        self.with_errors(
+            n as usize,
+            [
+                sums.correct / n as f64,
+                precision / k,
+                recall / k,
+                f1 / k,
+                auc / k,
+            ],
+        )
+    }
+
+    /// The window's estimates with their bands: the metric realized on the
+    /// reference ± 3 sampling errors of the window's size, within [0, 1].
+    pub fn estimate_with_bands(&self, sums: &ClassSums) -> Vec<crate::estimation::EstimatedMetric> {
+        self.estimate_sums(sums)
+            .into_iter()
+            .filter(|estimate| estimate.value.is_finite())
+            .map(|estimate| {
+                let band = match (
+                    self.reference.get(&estimate.metric),
+                    estimate.sampling_error,
+                ) {
+                    (Some(reference), Some(error)) => Some(crate::estimation::Band {
+                        lower: Some((reference - crate::estimation::BAND_K * error).max(0.0)),
+                        upper: Some((reference + crate::estimation::BAND_K * error).min(1.0)),
+                    }),
+                    _ => None,
+                };
+                crate::estimation::EstimatedMetric {
+                    metric: estimate.metric,
+                    value: estimate.value,
+                    sampling_error: estimate.sampling_error,
+                    lower_threshold: band.as_ref().and_then(|b| b.lower),
+                    upper_threshold: band.as_ref().and_then(|b| b.upper),
+                    alert: band.is_some_and(|b| b.flags(estimate.value)),
+                }
+            })
+            .collect()
+    }
+
+    /// The five estimates (accuracy, precision, recall, F1, ROC AUC) of `n`
+    /// rows with their sampling errors.
+    fn with_errors(&self, n: usize, values: [f64; 5]) -> Vec<Estimate> {
+        let k = self.classes.len() as f64;
+        let spread = |components: &ClassComponents, factor: f64| {
+            let sum: f64 = components.iter().map(|(v, f)| v / (n as f64 * f)).sum();
+            sum.sqrt() / k * factor
+        };
+        let errors = [
+            self.accuracy_std / (n as f64).sqrt(),
+            spread(&self.precision, 1.0),
+            spread(&self.recall, 1.0),
+            spread(&self.f1, 1.0),
+            spread(&self.roc_auc, 1.2),
+        ];
+        PerformanceMetric::CLASSIFICATION
+            .into_iter()
+            .zip(values)
+            .zip(errors)
+            .map(|((metric, value), error)| Estimate {
+                metric,
+                value,
+                sampling_error: Some(error),
+            })
+            .collect()
     }
 
     /// A row's calibrated probabilities, divided by their sum.
@@ -236,37 +437,10 @@ impl MulticlassCbpe {
             );
         }
         let k_f = k as f64;
-        let spread = |components: &ClassComponents, factor: f64| {
-            let sum: f64 = components.iter().map(|(v, f)| v / (n as f64 * f)).sum();
-            sum.sqrt() / k_f * factor
-        };
-        vec![
-            Estimate {
-                metric: PerformanceMetric::Accuracy,
-                value: accuracy,
-                sampling_error: Some(self.accuracy_std / (n as f64).sqrt()),
-            },
-            Estimate {
-                metric: PerformanceMetric::Precision,
-                value: precision / k_f,
-                sampling_error: Some(spread(&self.precision, 1.0)),
-            },
-            Estimate {
-                metric: PerformanceMetric::Recall,
-                value: recall / k_f,
-                sampling_error: Some(spread(&self.recall, 1.0)),
-            },
-            Estimate {
-                metric: PerformanceMetric::F1,
-                value: f1 / k_f,
-                sampling_error: Some(spread(&self.f1, 1.0)),
-            },
-            Estimate {
-                metric: PerformanceMetric::RocAuc,
-                value: auc / k_f,
-                sampling_error: Some(spread(&self.roc_auc, 1.2)),
-            },
-        ]
+        self.with_errors(
+            n,
+            [accuracy, precision / k_f, recall / k_f, f1 / k_f, auc / k_f],
+        )
     }
 }
 
@@ -393,6 +567,7 @@ mod tests {
             recall: vec![],
             f1: vec![],
             roc_auc: vec![],
+            reference: Default::default(),
         };
         let row = model.calibrate(&[0.2, 0.2, 0.4]);
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);

@@ -239,6 +239,9 @@ pub enum FeatureReference {
     /// The `estimated_quality` series of a regression model: the models of
     /// the expected absolute and squared error (direct loss estimation).
     Loss(Box<crate::loss_estimation::LossModel>),
+    /// The `estimated_quality` series of a multiclass classifier: the
+    /// per-class calibrators and sampling-error components.
+    Multiclass(Box<crate::multiclass::MulticlassCbpe>),
 }
 
 /// A model version's reference profile.
@@ -275,6 +278,7 @@ impl ReferenceProfile {
                 | FeatureSketch::Quality(_)
                 | FeatureSketch::EstimatedQuality(_)
                 | FeatureSketch::EstimatedLoss(_)
+                | FeatureSketch::EstimatedClasses(_)
                 | FeatureSketch::Multivariate(_) => continue,
                 FeatureSketch::Numeric(numeric) => {
                     if numeric.moments().count() == 0 {
@@ -335,6 +339,9 @@ pub struct ReferenceBuilder {
     /// With loss estimation: a bounded sample of the configured features'
     /// rows with their prediction and target (the last two columns).
     loss: Option<crate::reconstruction::RowSample>,
+    /// With classes: a bounded sample of the class probabilities, the
+    /// predicted class and the label.
+    classes: Option<(Vec<String>, crate::reconstruction::RowSample)>,
 }
 
 /// The model outputs of the training rows, column by column in row order
@@ -397,6 +404,48 @@ impl TrainingOutputs {
         }
         crate::estimation::CbpeModel::fit(&scores, &predicted, &labels).ok()
     }
+}
+
+/// Multiclass CBPE fitted on the sampled rows that have every class's
+/// probability, a predicted class and a label among the classes; `None`
+/// when no row has them all.
+fn fit_multiclass(
+    classes: &[String],
+    sample: &crate::reconstruction::RowSample,
+) -> Result<Option<crate::multiclass::MulticlassCbpe>, Error> {
+    use crate::reconstruction::Input;
+    let k = classes.len();
+    let class_of = |input: &Input<'_>| match input {
+        Input::Category(text) => classes.iter().position(|c| c == text.trim()),
+        Input::Number(number) => {
+            let text = format_category(*number);
+            classes.iter().position(|c| *c == text)
+        }
+        Input::Missing => None,
+    };
+    let (mut probabilities, mut predicted, mut labels) = (Vec::new(), Vec::new(), Vec::new());
+    for row in sample.table() {
+        let probs: Option<Vec<f64>> = row[..k]
+            .iter()
+            .map(|input| match input {
+                Input::Number(p) if p.is_finite() => Some(*p),
+                _ => None,
+            })
+            .collect();
+        if let (Some(probs), Some(p), Some(l)) = (probs, class_of(&row[k]), class_of(&row[k + 1])) {
+            probabilities.push(probs);
+            predicted.push(p);
+            labels.push(l);
+        }
+    }
+    if labels.is_empty() {
+        return Ok(None);
+    }
+    crate::multiclass::MulticlassCbpe::fit(classes.to_vec(), &probabilities, &predicted, &labels)
+        .map(Some)
+        .map_err(|error| {
+            Error::InvalidReference(format!("multiclass performance estimation: {error}"))
+        })
 }
 
 /// A training value as a row sample's input: text parsed as a number in a
@@ -467,6 +516,26 @@ impl ReferenceBuilder {
             );
             (sample, multivariate.variance_share())
         });
+        let classes = spec.classes().map(|classes| {
+            let mut columns: Vec<String> = classes
+                .iter()
+                .map(|class| format!("{}{class}", crate::spec::CLASS_PROBABILITY_PREFIX))
+                .collect();
+            columns.extend([
+                crate::spec::PREDICTION_CLASS.to_owned(),
+                crate::spec::ACTUAL_LABEL.to_owned(),
+            ]);
+            let mut categorical = vec![false; classes.len()];
+            categorical.extend([true, true]);
+            (
+                classes.to_vec(),
+                crate::reconstruction::RowSample::new(
+                    columns,
+                    categorical,
+                    crate::reconstruction::MAX_SAMPLE_ROWS,
+                ),
+            )
+        });
         let loss = spec.loss_estimation().then(|| {
             let configured: Vec<&crate::spec::FeatureSpec> = spec
                 .series()
@@ -507,6 +576,7 @@ impl ReferenceBuilder {
                 }),
             inputs,
             loss,
+            classes,
         }
     }
 
@@ -519,6 +589,9 @@ impl ReferenceBuilder {
         if let Some(sample) = &mut self.loss {
             sample.add_row();
         }
+        if let Some((_, sample)) = &mut self.classes {
+            sample.add_row();
+        }
     }
 
     /// Adds a value of the series `name`; unknown names are ignored and
@@ -529,6 +602,13 @@ impl ReferenceBuilder {
         }
         if let Some(sample) = &mut self.loss {
             sample.add(name, training_input(sample, name, value));
+        }
+        if let Some((_, sample)) = &mut self.classes {
+            if sample.add(name, training_input(sample, name, value))
+                && name.starts_with(crate::spec::CLASS_PROBABILITY_PREFIX)
+            {
+                return true;
+            }
         }
         if let Some((sample, _)) = &mut self.inputs {
             sample.add(name, training_input(sample, name, value));
@@ -628,6 +708,14 @@ impl ReferenceBuilder {
                 }
             }
         }
+        if let Some((classes, sample)) = &self.classes {
+            if let Some(model) = fit_multiclass(classes, sample)? {
+                features.insert(
+                    crate::spec::ESTIMATED_QUALITY.to_owned(),
+                    FeatureReference::Multiclass(Box::new(model)),
+                );
+            }
+        }
         if let Some((sample, variance_share)) = self.inputs {
             use crate::reconstruction::ReconstructionError;
             match sample.fit(variance_share) {
@@ -664,6 +752,7 @@ pub struct CompiledReference {
     edges_by_position: Vec<Option<BinEdges>>,
     reconstruction: Option<CompiledReconstruction>,
     loss: Option<CompiledLoss>,
+    multiclass: Option<crate::multiclass::MulticlassCbpe>,
 }
 
 /// The loss model resolved against a spec: which model column each
@@ -810,11 +899,20 @@ impl CompiledReference {
             }
             _ => None,
         };
+        let multiclass = match profile.features.get(crate::spec::ESTIMATED_QUALITY) {
+            Some(FeatureReference::Multiclass(model))
+                if spec.classes() == Some(model.classes.as_slice()) =>
+            {
+                Some((**model).clone())
+            }
+            _ => None,
+        };
         Ok(Self {
             profile,
             edges_by_position,
             reconstruction,
             loss,
+            multiclass,
         })
     }
 
@@ -843,6 +941,12 @@ impl CompiledReference {
     #[inline]
     pub fn loss(&self) -> Option<&CompiledLoss> {
         self.loss.as_ref()
+    }
+
+    /// The multiclass estimator, when the spec names the same classes.
+    #[inline]
+    pub fn multiclass(&self) -> Option<&crate::multiclass::MulticlassCbpe> {
+        self.multiclass.as_ref()
     }
 
     /// Reference of the series named `name`.

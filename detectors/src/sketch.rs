@@ -38,6 +38,9 @@ pub enum FeatureSketch {
     /// The estimated-quality series of a regression model: the predicted
     /// errors (direct loss estimation).
     EstimatedLoss(crate::loss_estimation::LossSum),
+    /// The estimated-quality series of a multiclass classifier: the
+    /// calibrated class probabilities' sums.
+    EstimatedClasses(crate::multiclass::ClassSums),
 }
 
 impl FeatureSketch {
@@ -60,6 +63,9 @@ impl FeatureSketch {
                 Task::Regression => QualitySketch::Regression(RegressionQuality::default()),
             }),
             FeatureKind::EstimatedQuality => match spec.task() {
+                Task::Classification if spec.classes().is_some() => {
+                    FeatureSketch::EstimatedClasses(Default::default())
+                }
                 Task::Classification => FeatureSketch::EstimatedQuality(ScoreHistogram::default()),
                 Task::Regression => FeatureSketch::EstimatedLoss(Default::default()),
             },
@@ -74,9 +80,9 @@ impl FeatureSketch {
             FeatureSketch::Categorical(_) => FeatureKind::Categorical,
             FeatureSketch::Operational(_) => FeatureKind::Operational,
             FeatureSketch::Quality(_) => FeatureKind::Quality,
-            FeatureSketch::EstimatedQuality(_) | FeatureSketch::EstimatedLoss(_) => {
-                FeatureKind::EstimatedQuality
-            }
+            FeatureSketch::EstimatedQuality(_)
+            | FeatureSketch::EstimatedLoss(_)
+            | FeatureSketch::EstimatedClasses(_) => FeatureKind::EstimatedQuality,
             FeatureSketch::Multivariate(_) => FeatureKind::Multivariate,
         }
     }
@@ -100,6 +106,10 @@ impl FeatureSketch {
                 a.merge(b);
                 Ok(())
             }
+            (FeatureSketch::EstimatedClasses(a), FeatureSketch::EstimatedClasses(b)) => {
+                a.merge(b);
+                Ok(())
+            }
             _ => Err(Error::IncompatibleMerge(
                 "sketches of different kinds".into(),
             )),
@@ -116,6 +126,7 @@ impl FeatureSketch {
             FeatureSketch::EstimatedQuality(s) => s.count(),
             FeatureSketch::Multivariate(s) => s.count,
             FeatureSketch::EstimatedLoss(s) => s.count,
+            FeatureSketch::EstimatedClasses(s) => s.count,
         }
     }
 
@@ -138,6 +149,7 @@ impl FeatureSketch {
             FeatureSketch::Quality(_) => 2 * crate::quality::SCORE_BINS * 8,
             FeatureSketch::EstimatedQuality(s) => s.heap_bytes(),
             FeatureSketch::Multivariate(_) | FeatureSketch::EstimatedLoss(_) => 0,
+            FeatureSketch::EstimatedClasses(s) => s.heap_bytes(),
         }
     }
 
@@ -168,7 +180,8 @@ impl FeatureSketch {
                 | FeatureSketch::Quality(_)
                 | FeatureSketch::EstimatedQuality(_)
                 | FeatureSketch::Multivariate(_)
-                | FeatureSketch::EstimatedLoss(_),
+                | FeatureSketch::EstimatedLoss(_)
+                | FeatureSketch::EstimatedClasses(_),
                 _,
             ) => {}
         }
@@ -182,7 +195,8 @@ impl FeatureSketch {
             | FeatureSketch::Quality(_)
             | FeatureSketch::EstimatedQuality(_)
             | FeatureSketch::Multivariate(_)
-            | FeatureSketch::EstimatedLoss(_) => {}
+            | FeatureSketch::EstimatedLoss(_)
+            | FeatureSketch::EstimatedClasses(_) => {}
         }
     }
 }

@@ -12,7 +12,7 @@
 //! | `actual.label` | categorical for classification, numeric for regression | actual events' `label` |
 //! | `operations` | operational | every prediction event: count, `error`, missing output, `latency_ms` |
 //! | `quality` | quality | predictions joined with their actuals (in the prediction's window) |
-//! | `estimated_quality` | estimated quality (classification with `positive_class`, regression with `loss_estimation`) | classifiers: every prediction's score of the positive class and predicted class (CBPE); regressors: every prediction's expected absolute and squared error (direct loss estimation) |
+//! | `estimated_quality` | estimated quality (classification with `positive_class` or `classes`, regression with `loss_estimation`) | binary classifiers: every prediction's score of the positive class and predicted class (CBPE); multiclass: its calibrated class probabilities (multiclass CBPE); regressors: its expected absolute and squared error (direct loss estimation) |
 //! | `multivariate` | multivariate (models with `[models.multivariate]` only) | every prediction or feature row's reconstruction error from the reference's principal components ([`crate::reconstruction`]) |
 
 use serde::{Deserialize, Serialize};
@@ -174,7 +174,14 @@ pub struct ModelSpec {
     multivariate: Option<Multivariate>,
     /// Direct loss estimation of a regression model, when configured.
     loss_estimation: bool,
+    /// The classes of a multiclass classifier (sorted), when configured:
+    /// performance is then estimated from the class probabilities.
+    classes: Option<Vec<String>>,
 }
+
+/// Prefix of the training-file columns holding a multiclass classifier's
+/// probability of one class (`prediction.probability.<class>`).
+pub const CLASS_PROBABILITY_PREFIX: &str = "prediction.probability.";
 
 impl ModelSpec {
     /// Validates a model description.
@@ -258,7 +265,60 @@ impl ModelSpec {
             positive_class: None,
             multivariate: None,
             loss_estimation: false,
+            classes: None,
         })
+    }
+
+    /// Names the classes of a multiclass classifier (at least three,
+    /// distinct): adds the `estimated_quality` series, whose performance is
+    /// estimated from each prediction's class probabilities (multiclass
+    /// CBPE). A binary classifier names its `positive_class` instead.
+    pub fn with_classes(mut self, classes: Option<Vec<String>>) -> Result<Self, Error> {
+        let Some(mut classes) = classes else {
+            return Ok(self);
+        };
+        let name = &self.name;
+        if self.task != Task::Classification || self.positive_class.is_some() {
+            return Err(Error::InvalidSpec(format!(
+                "model `{name}`: `classes` is for multiclass classifiers without a positive_class"
+            )));
+        }
+        classes.sort();
+        let before = classes.len();
+        classes.dedup();
+        if classes.len() < 3 || classes.len() != before || classes.iter().any(String::is_empty) {
+            return Err(Error::InvalidSpec(format!(
+                "model `{name}`: `classes` needs at least three distinct, non-empty names"
+            )));
+        }
+        if self
+            .derived_position(SeriesSource::EstimatedQuality)
+            .is_none()
+        {
+            self.series.push((
+                FeatureSpec {
+                    name: ESTIMATED_QUALITY.to_owned(),
+                    kind: FeatureKind::EstimatedQuality,
+                },
+                SeriesSource::EstimatedQuality,
+            ));
+        }
+        self.classes = Some(classes);
+        Ok(self)
+    }
+
+    /// The classes of a multiclass classifier, sorted, when configured.
+    pub fn classes(&self) -> Option<&[String]> {
+        self.classes.as_deref()
+    }
+
+    /// Whether a training-file column feeds the reference: a series, or a
+    /// configured class's `prediction.probability.<class>`.
+    pub fn reads_training_column(&self, name: &str) -> bool {
+        self.series_position(name).is_some()
+            || name
+                .strip_prefix(CLASS_PROBABILITY_PREFIX)
+                .is_some_and(|class| self.classes().is_some_and(|c| c.iter().any(|x| x == class)))
     }
 
     /// Turns direct loss estimation on for a regression model (adds the

@@ -71,7 +71,7 @@ pub fn build_reference(
             builder.add_row();
         }
         for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-            if spec.series_position(field.name()).is_none() {
+            if !spec.reads_training_column(field.name()) {
                 ignored.insert(field.name().clone());
                 continue;
             }
