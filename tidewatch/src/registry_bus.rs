@@ -43,7 +43,9 @@ pub enum Sink {
 }
 
 /// Publishes `registry`'s outbox to `sink` until `shutdown` resolves;
-/// returns how many events it published.
+/// returns how many events it published and counted (a batch whose marking
+/// was under way when `shutdown` resolved is published but not counted:
+/// the count is for reporting, the outbox is the record).
 pub async fn publish(
     registry: Registry,
     sink: Sink,

@@ -112,13 +112,17 @@ async fn record_registry_history(store: &store::Store) {
             }
         }
     };
-    let published = tidewatch::registry_bus::publish(
+    tidewatch::registry_bus::publish(
         registry,
         tidewatch::registry_bus::Sink::Store(store.clone()),
         drained,
     )
     .await;
-    assert_eq!(published, 6, "model, 2 versions, 3 aliases");
+    // What the pages read: the store's version events (the publisher's own
+    // count can miss the last batch when the drain check wins the race
+    // against its bookkeeping).
+    let recorded = store.version_events(DEMO_MODEL, 100).await.unwrap();
+    assert_eq!(recorded.len(), 6, "model, 2 versions, 3 aliases: {recorded:?}");
 }
 
 async fn get_json(address: SocketAddr, path: &str) -> (u16, Value) {
