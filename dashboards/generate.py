@@ -484,7 +484,7 @@ def model_quality():
                         for m in ("accuracy", "roc_auc")
                     )
                     + " FROM window_metrics FINAL "
-                    f"WHERE {where} AND feature = 'estimated_quality' AND length(estimated_names) > 0 ORDER BY time"
+                    f"WHERE {where} AND feature = 'estimated_quality' AND has(estimated_names, 'accuracy') ORDER BY time"
                 ),
                 target(
                     "SELECT window_start AS time, accuracy AS realized_accuracy, roc_auc AS realized_roc_auc "
@@ -498,6 +498,36 @@ def model_quality():
                 "and the realized values once labels arrive. Valid under covariate shift, not concept shift."
             ),
             **timeseries_options(unit="percentunit"),
+        ),
+        layout.panel(
+            "timeseries",
+            "Estimated MAE and RMSE (regression, before targets) against realized",
+            [
+                target(
+                    "SELECT window_start AS time, "
+                    + ", ".join(
+                        f"estimated_values[indexOf(estimated_names, '{m}')] AS estimated_{m}, "
+                        f"nullIf(estimated_lower[indexOf(estimated_names, '{m}')], -1) AS lower_{m}, "
+                        f"nullIf(estimated_upper[indexOf(estimated_names, '{m}')], -1) AS upper_{m}"
+                        for m in ("mae", "rmse")
+                    )
+                    + " FROM window_metrics FINAL "
+                    f"WHERE {where} AND feature = 'estimated_quality' AND has(estimated_names, 'mae') ORDER BY time"
+                ),
+                target(
+                    "SELECT window_start AS time, mae AS realized_mae, rmse AS realized_rmse "
+                    f"FROM window_metrics FINAL WHERE {where} AND feature = 'quality' AND mae IS NOT NULL "
+                    "ORDER BY time",
+                    ref="B",
+                ),
+            ],
+            description=(
+                "Regression models with loss_estimation: MAE and RMSE estimated from the inputs and the "
+                "prediction (direct loss estimation), with the band they are flagged outside (the value "
+                "realized on the reference ± 3 sampling errors of the window's size), and the realized "
+                "values once targets arrive. Valid under covariate shift, not concept shift."
+            ),
+            **timeseries_options(),
         ),
         layout.panel(
             "timeseries",

@@ -294,6 +294,21 @@ fn expected_columns() -> BTreeMap<&'static str, Vec<&'static str>> {
             "tidewatch-model-quality / Estimated performance (before labels) against realized / B",
             time_and(&["realized_accuracy", "realized_roc_auc"]),
         ),
+        (
+            "tidewatch-model-quality / Estimated MAE and RMSE (regression, before targets) against realized / A",
+            time_and(&[
+                "estimated_mae",
+                "lower_mae",
+                "upper_mae",
+                "estimated_rmse",
+                "lower_rmse",
+                "upper_rmse",
+            ]),
+        ),
+        (
+            "tidewatch-model-quality / Estimated MAE and RMSE (regression, before targets) against realized / B",
+            time_and(&["realized_mae", "realized_rmse"]),
+        ),
         ("tidewatch-model-quality / Regression quality / A", time_and(&["mae", "rmse", "mape", "r2"])),
         (
             "tidewatch-model-quality / Label coverage (share of predictions with their actual) / A",
@@ -438,6 +453,69 @@ async fn every_dashboard_query_returns_rows_with_the_expected_columns_from_click
     assert_eq!(rows.len(), 2);
     store.write_version_events(rows).await.unwrap();
 
+    // A window as a regression model's version writes it (estimated MAE
+    // and RMSE, then realized ones), after the demo's hours: the dashboards
+    // filter one model and version, and the regression panels must find
+    // their rows and columns too.
+    let regression_window = DEMO_START_MS + (HOURS + 1) * 3_600_000;
+    let key = |feature: &str| detectors::SeriesKey {
+        window_start: regression_window,
+        model: DEMO_MODEL.into(),
+        model_version: DEMO_VERSION.into(),
+        segment: "all".into(),
+        feature: feature.into(),
+    };
+    let mut estimated = detectors::FeatureWindowMetrics::empty(
+        detectors::spec::FeatureKind::EstimatedQuality,
+        1_000,
+        0,
+        0,
+        detectors::metrics::DriftThresholds::default(),
+    );
+    estimated.estimated = [
+        (detectors::estimation::PerformanceMetric::Mae, 1.4),
+        (detectors::estimation::PerformanceMetric::Rmse, 2.0),
+    ]
+    .into_iter()
+    .map(|(metric, value)| detectors::estimation::EstimatedMetric {
+        metric,
+        value,
+        sampling_error: Some(0.03),
+        lower_threshold: Some(value - 0.3),
+        upper_threshold: Some(value - 0.1),
+        alert: true,
+    })
+    .collect();
+    let mut quality = detectors::FeatureWindowMetrics::empty(
+        detectors::spec::FeatureKind::Quality,
+        800,
+        0,
+        0,
+        detectors::metrics::DriftThresholds::default(),
+    );
+    quality.quality = Some(detectors::quality::QualityMetrics {
+        matched: 800,
+        mae: Some(1.45),
+        rmse: Some(2.1),
+        ..Default::default()
+    });
+    let record = |feature: &str, metrics| store::WindowMetrics {
+        key: key(feature),
+        window_end: regression_window + 3_600_000,
+        metrics,
+        reference_source: None,
+        computed_at: 1,
+    };
+    store
+        .write_window_results(
+            vec![
+                record("estimated_quality", estimated),
+                record("quality", quality),
+            ],
+            vec![],
+        )
+        .await
+        .unwrap();
     let from = DEMO_START_MS / 1000;
     let to = from + (HOURS + 2) * 3600;
     let variables = BTreeMap::from([
