@@ -449,6 +449,20 @@ pub struct EstimatedMetric {
     pub alert: bool,
 }
 
+impl EstimatedMetric {
+    /// An estimate with its band (none: no thresholds, no alert).
+    pub fn banded(estimate: Estimate, band: Option<Band>) -> Self {
+        Self {
+            metric: estimate.metric,
+            value: estimate.value,
+            sampling_error: estimate.sampling_error,
+            lower_threshold: band.and_then(|b| b.lower),
+            upper_threshold: band.and_then(|b| b.upper),
+            alert: band.is_some_and(|b| b.flags(estimate.value)),
+        }
+    }
+}
+
 /// Half-width of the band in sampling errors (NannyML's 3σ over reference chunks).
 pub const BAND_K: f64 = 3.0;
 
@@ -524,14 +538,7 @@ impl CbpeModel {
             .into_iter()
             .map(|estimate| {
                 let band = self.band(estimate.metric, n);
-                EstimatedMetric {
-                    metric: estimate.metric,
-                    value: estimate.value,
-                    sampling_error: estimate.sampling_error,
-                    lower_threshold: band.and_then(|b| b.lower),
-                    upper_threshold: band.and_then(|b| b.upper),
-                    alert: band.is_some_and(|b| b.flags(estimate.value)),
-                }
+                EstimatedMetric::banded(estimate, band)
             })
             .collect()
     }

@@ -340,14 +340,7 @@ impl MulticlassCbpe {
                     }),
                     _ => None,
                 };
-                crate::estimation::EstimatedMetric {
-                    metric: estimate.metric,
-                    value: estimate.value,
-                    sampling_error: estimate.sampling_error,
-                    lower_threshold: band.as_ref().and_then(|b| b.lower),
-                    upper_threshold: band.as_ref().and_then(|b| b.upper),
-                    alert: band.is_some_and(|b| b.flags(estimate.value)),
-                }
+                crate::estimation::EstimatedMetric::banded(estimate, band)
             })
             .collect()
     }

@@ -789,27 +789,48 @@ impl CompiledLoss {
         prediction: f64,
         row: &mut Vec<f64>,
     ) -> (f64, f64) {
-        use crate::reconstruction::Input;
-        use events::FeatureValue;
-        row.clear();
-        row.extend_from_slice(&self.imputed);
-        let mut hint = 0;
-        for (name, value) in features {
-            let Some(position) = spec.feature_position_hinted(name, hint) else {
-                continue;
-            };
-            hint = position + 1;
-            if let Some(Some(column)) = self.column_of_position.get(position) {
-                let input = match value {
-                    FeatureValue::Number(number) => Input::Number(*number),
-                    FeatureValue::Text(text) => Input::Category(text),
-                    FeatureValue::Null => Input::Missing,
-                };
-                row[*column] = self.model.encode(*column, input);
-            }
-        }
+        encoded_row(
+            spec,
+            features,
+            &self.column_of_position,
+            &self.imputed,
+            row,
+            |column, input| self.model.encode(column, input),
+        );
         row.push(prediction);
         self.model.predict_row(row)
+    }
+}
+
+/// Fills `row` with an event's features encoded for a model: each
+/// configured feature the model reads goes to its column through `encode`;
+/// the columns no feature fills keep their `imputed` value.
+fn encoded_row(
+    spec: &ModelSpec,
+    features: &[(std::borrow::Cow<'_, str>, events::FeatureValue<'_>)],
+    column_of_position: &[Option<usize>],
+    imputed: &[f64],
+    row: &mut Vec<f64>,
+    encode: impl Fn(usize, crate::reconstruction::Input<'_>) -> f64,
+) {
+    use crate::reconstruction::Input;
+    use events::FeatureValue;
+    row.clear();
+    row.extend_from_slice(imputed);
+    let mut hint = 0;
+    for (name, value) in features {
+        let Some(position) = spec.feature_position_hinted(name, hint) else {
+            continue;
+        };
+        hint = position + 1;
+        if let Some(Some(column)) = column_of_position.get(position) {
+            let input = match value {
+                FeatureValue::Number(number) => Input::Number(*number),
+                FeatureValue::Text(text) => Input::Category(text),
+                FeatureValue::Null => Input::Missing,
+            };
+            row[*column] = encode(*column, input);
+        }
     }
 }
 
@@ -850,25 +871,14 @@ impl CompiledReconstruction {
         row: &mut Vec<f64>,
         scratch: &mut Vec<f64>,
     ) -> f64 {
-        use crate::reconstruction::Input;
-        use events::FeatureValue;
-        row.clear();
-        row.extend_from_slice(&self.imputed);
-        let mut hint = 0;
-        for (name, value) in features {
-            let Some(position) = spec.feature_position_hinted(name, hint) else {
-                continue;
-            };
-            hint = position + 1;
-            if let Some(Some(column)) = self.column_of_position.get(position) {
-                let input = match value {
-                    FeatureValue::Number(number) => Input::Number(*number),
-                    FeatureValue::Text(text) => Input::Category(text),
-                    FeatureValue::Null => Input::Missing,
-                };
-                row[*column] = self.model.encode(*column, input);
-            }
-        }
+        encoded_row(
+            spec,
+            features,
+            &self.column_of_position,
+            &self.imputed,
+            row,
+            |column, input| self.model.encode(column, input),
+        );
         self.model.encoded_error(row, scratch)
     }
 }

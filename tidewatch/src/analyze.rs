@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use detectors::categorical::format_category;
 use detectors::categorical::CategoricalSketch;
 use detectors::estimation::{
-    chunk_spread, realized, Band, CbpeModel, PerformanceMetric, ScoreHistogram,
+    chunk_spread, realized, Band, CbpeModel, Estimate, PerformanceMetric, ScoreHistogram,
 };
 use detectors::loss_estimation::{LossModel, LossSum};
 use detectors::metrics::{
@@ -345,6 +345,23 @@ pub struct ChunkPerformance {
     pub alert: bool,
     /// Realized, when the current file has the labels.
     pub realized: Option<f64>,
+}
+
+impl ChunkPerformance {
+    /// An estimate for `chunk` with its reference-chunk band and the
+    /// realized value.
+    fn of(chunk: usize, estimate: Estimate, band: Option<&Band>, realized: Option<f64>) -> Self {
+        Self {
+            chunk,
+            metric: estimate.metric,
+            estimated: estimate.value,
+            sampling_error: estimate.sampling_error,
+            lower_threshold: band.and_then(|b| b.lower),
+            upper_threshold: band.and_then(|b| b.upper),
+            alert: band.is_some_and(|b| b.flags(estimate.value)),
+            realized,
+        }
+    }
 }
 
 impl AnalyzeReport {
@@ -1145,21 +1162,12 @@ impl LossEstimator {
             .estimate(&sum)
             .into_iter()
             .map(|estimate| {
-                let band = self.bands.get(&estimate.metric);
-                ChunkPerformance {
-                    chunk,
-                    metric: estimate.metric,
-                    estimated: estimate.value,
-                    sampling_error: estimate.sampling_error,
-                    lower_threshold: band.and_then(|b| b.lower),
-                    upper_threshold: band.and_then(|b| b.upper),
-                    alert: band.is_some_and(|b| b.flags(estimate.value)),
-                    realized: self.current_errors.as_ref().and_then(|errors| {
-                        let chunk_errors: Vec<Option<f64>> =
-                            rows.iter().map(|row| errors[*row]).collect();
-                        realized_loss(estimate.metric, &chunk_errors)
-                    }),
-                }
+                let realized = self.current_errors.as_ref().and_then(|errors| {
+                    let chunk_errors: Vec<Option<f64>> =
+                        rows.iter().map(|row| errors[*row]).collect();
+                    realized_loss(estimate.metric, &chunk_errors)
+                });
+                ChunkPerformance::of(chunk, estimate, self.bands.get(&estimate.metric), realized)
             })
             .collect()
     }
@@ -1326,27 +1334,18 @@ impl MulticlassEstimator {
             .estimate(&probabilities, &predicted)
             .into_iter()
             .map(|estimate| {
-                let band = self.bands.get(&estimate.metric);
-                ChunkPerformance {
-                    chunk,
-                    metric: estimate.metric,
-                    estimated: estimate.value,
-                    sampling_error: estimate.sampling_error,
-                    lower_threshold: band.and_then(|b| b.lower),
-                    upper_threshold: band.and_then(|b| b.upper),
-                    alert: band.is_some_and(|b| b.flags(estimate.value)),
-                    realized: labelled
-                        .as_ref()
-                        .and_then(|(probabilities, predicted, truth)| {
-                            multiclass_realized(
-                                estimate.metric,
-                                self.model.classes.len(),
-                                probabilities,
-                                predicted,
-                                truth,
-                            )
-                        }),
-                }
+                let realized = labelled
+                    .as_ref()
+                    .and_then(|(probabilities, predicted, truth)| {
+                        multiclass_realized(
+                            estimate.metric,
+                            self.model.classes.len(),
+                            probabilities,
+                            predicted,
+                            truth,
+                        )
+                    });
+                ChunkPerformance::of(chunk, estimate, self.bands.get(&estimate.metric), realized)
             })
             .collect()
     }
@@ -1499,19 +1498,10 @@ impl Estimator {
             .estimate(&histogram)
             .into_iter()
             .map(|estimate| {
-                let band = self.bands.get(&estimate.metric);
-                ChunkPerformance {
-                    chunk,
-                    metric: estimate.metric,
-                    estimated: estimate.value,
-                    sampling_error: estimate.sampling_error,
-                    lower_threshold: band.and_then(|b| b.lower),
-                    upper_threshold: band.and_then(|b| b.upper),
-                    alert: band.is_some_and(|b| b.flags(estimate.value)),
-                    realized: labelled.as_ref().and_then(|(scores, predicted, truth)| {
-                        realized(estimate.metric, scores, predicted, truth)
-                    }),
-                }
+                let realized = labelled.as_ref().and_then(|(scores, predicted, truth)| {
+                    realized(estimate.metric, scores, predicted, truth)
+                });
+                ChunkPerformance::of(chunk, estimate, self.bands.get(&estimate.metric), realized)
             })
             .collect()
     }
