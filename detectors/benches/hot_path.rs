@@ -3,6 +3,11 @@
 //!
 //! Run: `cargo bench -p detectors --bench hot_path`. Throughput is reported
 //! in events per second on one core (criterion runs single-threaded).
+//!
+//! The `per_event_models` group measures what the opt-in per-event models
+//! add to the cache-resident, unsegmented updates: multivariate drift (the
+//! reconstruction error of each row) and loss estimation (two tree
+//! ensembles per prediction of a regression model).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use detectors::aggregate::Recorded;
@@ -78,6 +83,7 @@ fn catalog() -> Catalog {
 }
 
 fn catalog_for(spec: ModelSpec) -> Catalog {
+    let regression = spec.task() == Task::Regression;
     let mut builder = ReferenceBuilder::new(&spec, "1", "bench");
     for i in 0..5_000 {
         builder.add_row();
@@ -93,6 +99,12 @@ fn catalog_for(spec: ModelSpec) -> Catalog {
             "prediction.score",
             TrainingValue::Number((i % 100) as f64 / 100.0),
         );
+        if regression {
+            builder.add(
+                "actual.label",
+                TrainingValue::Number((i % 100) as f64 / 100.0 + ((i * 7) % 13) as f64 / 50.0),
+            );
+        }
     }
     let profile = builder.build().unwrap();
     let mut catalog = Catalog::new([spec]);
@@ -177,5 +189,54 @@ fn hot_path(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hot_path);
+fn per_event_models(c: &mut Criterion) {
+    let payloads = payloads();
+    let decoded: Vec<_> = payloads
+        .iter()
+        .map(|p| events::decode(p.as_bytes(), EventKind::Prediction).unwrap())
+        .collect();
+    let resident = &decoded[..EVENTS / 20];
+    let plain = spec_with_segments(Vec::new());
+    let multivariate = catalog_for(
+        plain
+            .clone()
+            .with_multivariate(Some(detectors::spec::Multivariate::default()))
+            .unwrap(),
+    );
+    let regression = {
+        let features = plain.series().take(FEATURES).cloned().collect();
+        ModelSpec::new("bench", Task::Regression, features, Vec::new(), 50, 100)
+            .unwrap()
+            .with_loss_estimation(true)
+            .unwrap()
+    };
+    let loss = catalog_for(regression);
+    // Both models are fitted, so the runs below measure them.
+    let reference = |catalog: &Catalog| catalog.reference("bench", "1").cloned().unwrap();
+    assert!(reference(&multivariate).reconstruction().is_some());
+    assert!(reference(&loss).loss().is_some());
+    let mut group = c.benchmark_group("per_event_models");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    for (name, catalog) in [
+        ("cache_resident_no_segments_multivariate", &multivariate),
+        ("cache_resident_no_segments_loss_estimation", &loss),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || WindowAggregates::new(100_000),
+                |aggregates| {
+                    for _ in 0..20 {
+                        for event in resident {
+                            aggregates.record(catalog, 0, event);
+                        }
+                    }
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hot_path, per_event_models);
 criterion_main!(benches);
