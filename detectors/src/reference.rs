@@ -96,9 +96,31 @@ impl NumericReference {
                 "numeric series has no finite values".into(),
             ));
         }
-        values.sort_unstable_by(f64::total_cmp);
         let n = values.len();
-        let quantile = |level: usize, of: usize| values[(level * n).div_ceil(of).max(1) - 1];
+        let quantile_rank = |level: usize, of: usize| (level * n).div_ceil(of).max(1) - 1;
+        let wasserstein_levels = crate::drift::wasserstein_levels(WASSERSTEIN_LEVELS);
+        let wasserstein_rank = |level: f64| ((level * n as f64) as usize).min(n - 1);
+        // Only these order statistics are needed: select them (a partial
+        // quicksort that recurses only into the parts holding a wanted
+        // rank) instead of sorting every value.
+        let mut ranks: Vec<usize> = [0, n - 1]
+            .into_iter()
+            .chain(
+                EDGE_LEVELS_PER_MILLE
+                    .iter()
+                    .map(|k| quantile_rank(*k, 1000)),
+            )
+            .chain((1..PSI_BINS).map(|k| quantile_rank(k, PSI_BINS)))
+            .chain(
+                wasserstein_levels
+                    .iter()
+                    .map(|level| wasserstein_rank(*level)),
+            )
+            .collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        select_ranks(&mut values, &ranks);
+        let quantile = |level: usize, of: usize| values[quantile_rank(level, of)];
         // Edges: just below the minimum, the percentiles, the maximum. The
         // first and last bins then hold exactly the out-of-range values.
         let mut edges: Vec<f64> = std::iter::once(values[0].next_down())
@@ -109,20 +131,15 @@ impl NumericReference {
         let psi_edges: Vec<f64> = (1..PSI_BINS).map(|k| quantile(k, PSI_BINS)).collect();
         let psi_edge_indices = psi_edge_positions(&edges, &psi_edges);
         let bin_edges = BinEdges::new(edges)?;
-        // The values are sorted: one pass assigns them to bins in order.
         let mut counts = vec![0u64; bin_edges.bin_count()];
         let mut moments = Moments::default();
-        let mut bin = 0;
         for value in &values {
-            while bin < bin_edges.edges().len() && bin_edges.edges()[bin] < *value {
-                bin += 1;
-            }
-            counts[bin] += 1;
+            counts[bin_edges.bin_of(*value)] += 1;
             moments.add(*value);
         }
-        let quantiles = crate::drift::wasserstein_levels(WASSERSTEIN_LEVELS)
+        let quantiles = wasserstein_levels
             .iter()
-            .map(|level| values[((level * n as f64) as usize).min(n - 1)])
+            .map(|level| values[wasserstein_rank(*level)])
             .collect();
         Ok(Self {
             edges: bin_edges.edges().to_vec(),
@@ -965,10 +982,111 @@ impl CompiledReference {
     }
 }
 
+/// Rearranges `values` so that each position in `ranks` (ascending,
+/// distinct) holds the value a total-order sort would put there, every
+/// value before it no greater and every value after it no smaller.
+fn select_ranks(values: &mut [f64], ranks: &[usize]) {
+    select_ranks_from(values, ranks, 0);
+}
+
+fn select_ranks_from(values: &mut [f64], ranks: &[usize], offset: usize) {
+    if ranks.is_empty() || values.len() <= 1 {
+        return;
+    }
+    let middle = ranks.len() / 2;
+    let at = ranks[middle] - offset;
+    values.select_nth_unstable_by(at, f64::total_cmp);
+    let (below, rest) = values.split_at_mut(at);
+    select_ranks_from(below, &ranks[..middle], offset);
+    select_ranks_from(&mut rest[1..], &ranks[middle + 1..], offset + at + 1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::{FeatureSpec, Task};
+
+    #[test]
+    fn selected_ranks_hold_what_a_sort_puts_there() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        for n in [1, 2, 5, 1_000, 20_011] {
+            // Ties (integers) and full-precision values, signed zeros.
+            let values: Vec<f64> = (0..n)
+                .map(|i| match i % 3 {
+                    0 => f64::from(rng.random_range(-5..5)),
+                    1 => rng.random::<f64>() * 100.0 - 50.0,
+                    _ => {
+                        if rng.random() {
+                            0.0
+                        } else {
+                            -0.0
+                        }
+                    }
+                })
+                .collect();
+            let mut sorted = values.clone();
+            sorted.sort_unstable_by(f64::total_cmp);
+            let mut ranks: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.05)).collect();
+            ranks.push(n - 1);
+            ranks.dedup();
+            let mut selected = values.clone();
+            select_ranks(&mut selected, &ranks);
+            for rank in &ranks {
+                assert_eq!(
+                    selected[*rank].to_bits(),
+                    sorted[*rank].to_bits(),
+                    "n {n} rank {rank}"
+                );
+                assert!(selected[..*rank]
+                    .iter()
+                    .all(|v| v.total_cmp(&selected[*rank]).is_le()));
+                assert!(selected[*rank..]
+                    .iter()
+                    .all(|v| v.total_cmp(&selected[*rank]).is_ge()));
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_reference_counts_every_value_in_its_bin() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(5);
+        let values: Vec<f64> = (0..50_000)
+            .map(|i| {
+                if i % 4 == 0 {
+                    f64::from(rng.random_range(0..20))
+                } else {
+                    rng.random::<f64>().powi(3) * 20.0
+                }
+            })
+            .collect();
+        let reference = NumericReference::from_values(values.clone(), 0).unwrap();
+        let mut sorted = values.clone();
+        sorted.sort_unstable_by(f64::total_cmp);
+        let n = sorted.len();
+        // Oracle: right-closed bins over the edges, counted by brute force.
+        let mut expected = vec![0u64; reference.edges.len() + 1];
+        for value in &values {
+            expected[reference
+                .edges
+                .iter()
+                .filter(|edge| **edge < *value)
+                .count()] += 1;
+        }
+        assert_eq!(reference.counts, expected);
+        assert_eq!(reference.edges[0], sorted[0].next_down());
+        assert_eq!(*reference.edges.last().unwrap(), sorted[n - 1]);
+        for (quantile, level) in reference
+            .quantiles
+            .iter()
+            .zip(crate::drift::wasserstein_levels(WASSERSTEIN_LEVELS))
+        {
+            assert_eq!(*quantile, sorted[((level * n as f64) as usize).min(n - 1)]);
+        }
+        let mean = values.iter().sum::<f64>() / n as f64;
+        assert!((reference.moments.mean().unwrap() - mean).abs() < 1e-12);
+    }
 
     #[test]
     fn with_a_positive_class_the_training_outputs_fit_the_estimator() {
