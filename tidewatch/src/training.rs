@@ -92,6 +92,53 @@ pub fn for_each_batch(
     path: &Path,
     mut consume: impl FnMut(RecordBatch),
 ) -> Result<(), TrainingError> {
+    let (_, batches) = batches(path, None)?;
+    for batch in batches {
+        consume(batch?);
+    }
+    Ok(())
+}
+
+/// Rows per record batch read.
+const BATCH_ROWS: usize = 65_536;
+
+/// Record batches of a file, one at a time.
+pub type Batches = Box<dyn Iterator<Item = Result<RecordBatch, TrainingError>> + Send>;
+
+/// How a file's format lays out its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Column by column (Parquet, Arrow IPC): reading one column reads
+    /// only that column's bytes.
+    Columnar,
+    /// Row by row (CSV, JSON lines): any column costs parsing every row.
+    Rows,
+}
+
+/// The layout of `path`'s format, by extension.
+pub fn layout(path: &Path) -> Result<Layout, TrainingError> {
+    match extension(path).as_str() {
+        "parquet" | "arrow" | "ipc" | "feather" => Ok(Layout::Columnar),
+        "csv" | "jsonl" | "ndjson" | "json" => Ok(Layout::Rows),
+        _ => Err(TrainingError::UnsupportedType(path.display().to_string())),
+    }
+}
+
+fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// The file's schema and its record batches (of at most 65,536 rows), read
+/// lazily: one batch is decoded at a time. With `columns`, only those
+/// columns (the ones the file has, in file order) are decoded; Parquet and
+/// Arrow IPC then read nothing of the others.
+pub fn batches(
+    path: &Path,
+    columns: Option<&[String]>,
+) -> Result<(arrow::datatypes::SchemaRef, Batches), TrainingError> {
     let display = path.display().to_string();
     let format_error = |message: String| TrainingError::Format {
         path: display.clone(),
@@ -103,57 +150,92 @@ pub fn for_each_batch(
             source,
         })
     };
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match extension.as_str() {
+    // Positions of the wanted columns in `schema`, in file order.
+    let projection = |schema: &arrow::datatypes::Schema| -> Option<Vec<usize>> {
+        columns.map(|wanted| {
+            (0..schema.fields().len())
+                .filter(|i| wanted.contains(schema.field(*i).name()))
+                .collect()
+        })
+    };
+    let errors = {
+        let display = display.clone();
+        move |error: arrow::error::ArrowError| TrainingError::Format {
+            path: display.clone(),
+            message: error.to_string(),
+        }
+    };
+    match extension(path).as_str() {
         "csv" => {
             let format = arrow::csv::reader::Format::default().with_header(true);
             let (schema, _) = format
                 .infer_schema(open()?, Some(10_000))
                 .map_err(|e| format_error(e.to_string()))?;
-            let reader = arrow::csv::ReaderBuilder::new(Arc::new(schema))
+            let schema = Arc::new(schema);
+            let mut builder = arrow::csv::ReaderBuilder::new(schema.clone())
                 .with_format(format)
-                .with_batch_size(65_536)
+                .with_batch_size(BATCH_ROWS);
+            let mut projected = schema.clone();
+            if let Some(indices) = projection(&schema) {
+                projected = Arc::new(
+                    schema
+                        .project(&indices)
+                        .map_err(|e| format_error(e.to_string()))?,
+                );
+                builder = builder.with_projection(indices);
+            }
+            let reader = builder
                 .build(open()?)
                 .map_err(|e| format_error(e.to_string()))?;
-            for batch in reader {
-                consume(batch.map_err(|e| format_error(e.to_string()))?);
-            }
+            Ok((projected, Box::new(reader.map(move |b| b.map_err(&errors)))))
         }
         "jsonl" | "ndjson" | "json" => {
             let mut reader = std::io::BufReader::new(open()?);
             let (schema, _) =
                 arrow::json::reader::infer_json_schema_from_seekable(&mut reader, Some(10_000))
                     .map_err(|e| format_error(e.to_string()))?;
-            let reader = arrow::json::ReaderBuilder::new(Arc::new(schema))
+            // Fields outside the schema are skipped by the decoder.
+            let schema = match projection(&schema) {
+                Some(indices) => schema
+                    .project(&indices)
+                    .map_err(|e| format_error(e.to_string()))?,
+                None => schema,
+            };
+            let schema = Arc::new(schema);
+            let reader = arrow::json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(BATCH_ROWS)
                 .build(std::io::BufReader::new(open()?))
                 .map_err(|e| format_error(e.to_string()))?;
-            for batch in reader {
-                consume(batch.map_err(|e| format_error(e.to_string()))?);
-            }
+            Ok((schema, Box::new(reader.map(move |b| b.map_err(&errors)))))
         }
         "parquet" => {
-            let reader =
+            let mut builder =
                 parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open()?)
-                    .and_then(|builder| builder.with_batch_size(65_536).build())
-                    .map_err(|e| format_error(e.to_string()))?;
-            for batch in reader {
-                consume(batch.map_err(|e| format_error(e.to_string()))?);
+                    .map_err(|e| format_error(e.to_string()))?
+                    .with_batch_size(BATCH_ROWS);
+            if let Some(indices) = projection(builder.schema()) {
+                let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), indices);
+                builder = builder.with_projection(mask);
             }
+            let reader = builder.build().map_err(|e| format_error(e.to_string()))?;
+            Ok((
+                arrow::array::RecordBatchReader::schema(&reader),
+                Box::new(reader.map(move |b| b.map_err(&errors))),
+            ))
         }
         "arrow" | "ipc" | "feather" => {
-            let reader = arrow::ipc::reader::FileReader::try_new(open()?, None)
+            let schema = arrow::ipc::reader::FileReader::try_new(open()?, None)
+                .map_err(|e| format_error(e.to_string()))?
+                .schema();
+            let reader = arrow::ipc::reader::FileReader::try_new(open()?, projection(&schema))
                 .map_err(|e| format_error(e.to_string()))?;
-            for batch in reader {
-                consume(batch.map_err(|e| format_error(e.to_string()))?);
-            }
+            Ok((
+                reader.schema(),
+                Box::new(reader.map(move |b| b.map_err(&errors))),
+            ))
         }
-        _ => return Err(TrainingError::UnsupportedType(display)),
+        _ => Err(TrainingError::UnsupportedType(display)),
     }
-    Ok(())
 }
 
 fn add_column(builder: &mut ReferenceBuilder, name: &str, column: &dyn Array) {

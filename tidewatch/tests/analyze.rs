@@ -563,3 +563,139 @@ fn multiclass_estimated_performance_matches_nannyml() {
         );
     }
 }
+
+/// `csv` rewritten by arrow as `format` (parquet, arrow, jsonl) beside it.
+fn convert(csv: &std::path::Path, format: &str) -> PathBuf {
+    use std::sync::Arc;
+    let file = std::fs::File::open(csv).unwrap();
+    let csv_format = arrow::csv::reader::Format::default().with_header(true);
+    let (schema, _) = csv_format.infer_schema(&file, None).unwrap();
+    let schema = Arc::new(schema);
+    let reader = arrow::csv::ReaderBuilder::new(schema.clone())
+        .with_format(csv_format)
+        .with_batch_size(1_000)
+        .build(std::fs::File::open(csv).unwrap())
+        .unwrap();
+    let batches: Vec<arrow::array::RecordBatch> = reader.map(Result::unwrap).collect();
+    let path = csv.with_extension(format);
+    let output = std::fs::File::create(&path).unwrap();
+    match format {
+        "parquet" => {
+            let mut writer = parquet::arrow::ArrowWriter::try_new(output, schema, None).unwrap();
+            for batch in &batches {
+                writer.write(batch).unwrap();
+            }
+            writer.close().unwrap();
+        }
+        "arrow" => {
+            let mut writer = arrow::ipc::writer::FileWriter::try_new(output, &schema).unwrap();
+            for batch in &batches {
+                writer.write(batch).unwrap();
+            }
+            writer.finish().unwrap();
+        }
+        _ => {
+            let mut writer = arrow::json::LineDelimitedWriter::new(output);
+            for batch in &batches {
+                writer.write(batch).unwrap();
+            }
+            writer.finish().unwrap();
+        }
+    }
+    path
+}
+
+#[test]
+fn every_file_format_gives_the_same_report() {
+    // Columnar files are read column by column on every core, row files
+    // once with every column: both paths, nulls, text read as numbers and
+    // numbers read as categories, chunks by period and reference bands.
+    let directory = temp_dir("formats");
+    let (reference, current) = csv_pair(&directory);
+    let write = |path: &std::path::Path, rows: usize, drift_from: usize| {
+        let mut text = String::from("ts,amount,plan,stable,code,quoted\n");
+        for i in 0..rows {
+            let drifted = i >= drift_from;
+            let amount = (i * 7919 % 1000) as f64 / 10.0 + if drifted { 7.25 } else { 0.0 };
+            let amount = if i % 37 == 0 {
+                String::new()
+            } else {
+                format!("{amount}")
+            };
+            let plan = match (i % 4, drifted) {
+                (0, true) => "enterprise",
+                _ if i % 53 == 0 => "",
+                (0, _) => "basic",
+                (1, _) | (2, _) => "pro",
+                _ => "team",
+            };
+            let stable = (i * 104_729 % 997) as f64 / 7.0;
+            let code = i % 5 + usize::from(drifted && i % 3 == 0);
+            let quoted = if i % 41 == 0 {
+                "n/a".to_owned()
+            } else {
+                format!("q{}", i % 13)
+            };
+            let _ = writeln!(
+                text,
+                "{},{amount},{plan},{stable},{code},{quoted}",
+                1_767_571_200_000i64 + i as i64 * 60_000
+            );
+        }
+        std::fs::write(path, text).unwrap();
+    };
+    write(&reference, 6_000, usize::MAX);
+    write(&current, 2_880, 1_500);
+    let report = |reference: &std::path::Path, current: &std::path::Path| {
+        let output = analyze(&[
+            "--reference",
+            reference.to_str().unwrap(),
+            "--current",
+            current.to_str().unwrap(),
+            "--chunk-period",
+            "6h",
+            "--timestamp-column",
+            "ts",
+            "--categorical",
+            "code",
+            // In file order otherwise, which JSON lines infer from the
+            // first rows' keys (the writer leaves out nulls).
+            "--columns",
+            "amount,plan,stable,code,quoted",
+            "--format",
+            "json",
+            "--bands",
+            "3",
+            "--decide-by",
+            "any",
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let from_csv = report(&reference, &current);
+    assert_eq!(from_csv["chunks"].as_array().unwrap().len(), 8);
+    assert!(from_csv["first_drift_chunk"].as_u64().is_some());
+    let results = from_csv["results"].as_array().unwrap();
+    assert_eq!(
+        results.len(),
+        8 * 5,
+        "five columns compared in eight chunks"
+    );
+    assert!(results.iter().any(|r| r["metrics"]["missing_rate"]
+        .as_f64()
+        .is_some_and(|m| m > 0.0)));
+    for format in ["parquet", "arrow", "jsonl"] {
+        let (reference, current) = (convert(&reference, format), convert(&current, format));
+        assert!(
+            report(&reference, &current) == from_csv,
+            "{format} differs from CSV"
+        );
+    }
+    // Mixed: a columnar reference against a row-file current.
+    assert!(report(&reference.with_extension("parquet"), &current) == from_csv);
+    let _ = std::fs::remove_dir_all(&directory);
+}

@@ -12,27 +12,27 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use detectors::categorical::format_category;
-use detectors::categorical::CategoricalSketch;
 use detectors::estimation::{
     chunk_spread, realized, Band, CbpeModel, Estimate, PerformanceMetric, ScoreHistogram,
 };
 use detectors::loss_estimation::{LossModel, LossSum};
 use detectors::metrics::{
-    apply_p_value_correction, compute, DriftTest, DriftThresholds, FeatureWindowMetrics,
-    TestResult, VerdictPolicy,
+    apply_p_value_correction, DriftTest, DriftThresholds, FeatureWindowMetrics, TestResult,
+    VerdictPolicy,
 };
 use detectors::multiclass::{realized as multiclass_realized, MulticlassCbpe};
-use detectors::numeric::{BinEdges, NumericSketch};
 use detectors::reconstruction::{ErrorSum, Input, ReconstructionModel};
-use detectors::reference::{CategoricalReference, FeatureReference, NumericReference};
 use detectors::spec::FeatureKind;
-use detectors::FeatureSketch;
 use serde::Serialize;
 
-use crate::training::{for_each_batch, TrainingError};
+use crate::training::TrainingError;
+
+mod columns;
+
+use columns::{ColumnDrift, DriftPlan, RowChunks, NO_CHUNK};
 
 /// How the current data is cut into chunks.
 #[derive(Debug, Clone, PartialEq)]
@@ -164,39 +164,6 @@ fn metric_value(metrics: &FeatureWindowMetrics, name: &str) -> Option<f64> {
         "mean" => metrics.mean,
         _ => None,
     }
-}
-
-fn reference_bands(
-    reference: &ColumnReference,
-    column: &Column,
-    chunk_rows: usize,
-    thresholds: DriftThresholds,
-) -> Option<Bands> {
-    let rows = column.len();
-    if chunk_rows == 0 || rows / chunk_rows < 3 {
-        return None;
-    }
-    let chunk_metrics: Vec<FeatureWindowMetrics> = (0..rows / chunk_rows)
-        .map(|chunk| {
-            let range: Vec<usize> = (chunk * chunk_rows..(chunk + 1) * chunk_rows).collect();
-            chunk_metrics(reference, column, &range, thresholds)
-        })
-        .collect();
-    let mut bands = Vec::new();
-    for name in BAND_METRICS {
-        let values: Vec<f64> = chunk_metrics
-            .iter()
-            .filter_map(|m| metric_value(m, name))
-            .collect();
-        if values.len() < 3 {
-            continue;
-        }
-        let mean = values.iter().sum::<f64>() / values.len() as f64;
-        let variance =
-            values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64;
-        bands.push((name, mean, variance.sqrt()));
-    }
-    Some(bands)
 }
 
 fn apply_bands(metrics: &mut FeatureWindowMetrics, bands: &Bands, k: f64, enough: bool) {
@@ -387,17 +354,19 @@ impl Column {
     }
 }
 
-/// Reads every column of a file.
+/// Reads `wanted` columns of a file (those it has) whole, for the
+/// estimators, which need every row.
 fn read_columns(
     path: &std::path::Path,
-) -> Result<(Vec<String>, BTreeMap<String, Column>), TrainingError> {
-    let mut order = Vec::new();
+    wanted: &[String],
+) -> Result<BTreeMap<String, Column>, TrainingError> {
     let mut columns: BTreeMap<String, Column> = BTreeMap::new();
-    for_each_batch(path, |batch: RecordBatch| {
+    let (_, batches) = crate::training::batches(path, Some(wanted))?;
+    for batch in batches {
+        let batch = batch?;
         for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
             let name = field.name().clone();
             if !columns.contains_key(&name) {
-                order.push(name.clone());
                 let column = if array.data_type().is_numeric() {
                     Column::Numbers(Vec::new())
                 } else {
@@ -410,8 +379,8 @@ fn read_columns(
                 array.as_ref(),
             );
         }
-    })?;
-    Ok((order, columns))
+    }
+    Ok(columns)
 }
 
 fn append(column: &mut Column, array: &dyn Array) {
@@ -441,9 +410,11 @@ fn read_timestamps(path: &std::path::Path, column: &str) -> Result<Vec<Option<i6
     let mut timestamps = Vec::new();
     let mut bad = false;
     let mut found = false;
-    for_each_batch(path, |batch| {
+    let (_, batches) = crate::training::batches(path, Some(&[column.to_owned()]))?;
+    for batch in batches {
+        let batch = batch?;
         let Some(array) = batch.column_by_name(column) else {
-            return;
+            continue;
         };
         found = true;
         let millis = match array.data_type() {
@@ -455,7 +426,7 @@ fn read_timestamps(path: &std::path::Path, column: &str) -> Result<Vec<Option<i6
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
                 let Ok(text) = arrow::compute::cast(array, &DataType::Utf8) else {
                     bad = true;
-                    return;
+                    continue;
                 };
                 for value in text.as_string::<i32>().iter() {
                     match value.map(chrono::DateTime::parse_from_rfc3339) {
@@ -464,18 +435,18 @@ fn read_timestamps(path: &std::path::Path, column: &str) -> Result<Vec<Option<i6
                         None => timestamps.push(None),
                     }
                 }
-                return;
+                continue;
             }
             _ => {
                 bad = true;
-                return;
+                continue;
             }
         };
         match millis {
             Ok(ints) => timestamps.extend(ints.as_primitive::<Int64Type>().iter()),
             Err(_) => bad = true,
         }
-    })?;
+    }
     if !found {
         return Err(AnalyzeError::MissingColumn {
             column: column.to_owned(),
@@ -488,13 +459,24 @@ fn read_timestamps(path: &std::path::Path, column: &str) -> Result<Vec<Option<i6
     Ok(timestamps)
 }
 
-/// The reference of one column, with the kind it is compared as.
-enum ColumnReference {
-    Numeric(Box<(NumericReference, BinEdges)>),
-    Categorical(CategoricalReference),
-}
-
 const ANALYZE_MAX_CATEGORIES: usize = 10_000;
+
+/// Rows of a file (its first column is read to count them).
+fn count_rows(path: &std::path::Path) -> Result<usize, AnalyzeError> {
+    let (schema, _) = crate::training::batches(path, None)?;
+    let first: Vec<String> = schema
+        .fields()
+        .iter()
+        .take(1)
+        .map(|f| f.name().clone())
+        .collect();
+    let (_, batches) = crate::training::batches(path, Some(&first))?;
+    let mut rows = 0;
+    for batch in batches {
+        rows += batch?.num_rows();
+    }
+    Ok(rows)
+}
 
 fn numbers_of(column: &Column) -> Vec<Option<f64>> {
     match column {
@@ -511,127 +493,6 @@ fn texts_of(column: &Column) -> Vec<Option<String>> {
         Column::Texts(values) => values.clone(),
         Column::Numbers(values) => values.iter().map(|v| v.map(format_category)).collect(),
     }
-}
-
-/// A column in the representation of `kind` (numbers for numeric series,
-/// texts for categorical ones), borrowed when it already is.
-fn in_kind(column: &Column, kind: FeatureKind) -> std::borrow::Cow<'_, Column> {
-    match (kind, column) {
-        (FeatureKind::Numeric, Column::Numbers(_))
-        | (FeatureKind::Categorical, Column::Texts(_)) => std::borrow::Cow::Borrowed(column),
-        (FeatureKind::Numeric, other) => {
-            std::borrow::Cow::Owned(Column::Numbers(numbers_of(other)))
-        }
-        (_, other) => std::borrow::Cow::Owned(Column::Texts(texts_of(other))),
-    }
-}
-
-fn build_reference(
-    name: &str,
-    kind: FeatureKind,
-    column: &Column,
-) -> Result<ColumnReference, AnalyzeError> {
-    match kind {
-        FeatureKind::Numeric => {
-            let values = numbers_of(column);
-            let missing = values.iter().filter(|v| v.is_none()).count() as u64;
-            let present: Vec<f64> = values.into_iter().flatten().collect();
-            let reference = NumericReference::from_values(present, missing)
-                .map_err(|_| AnalyzeError::EmptyReference(name.to_owned()))?;
-            let edges = BinEdges::new(reference.edges.clone())
-                .map_err(|_| AnalyzeError::EmptyReference(name.to_owned()))?;
-            Ok(ColumnReference::Numeric(Box::new((reference, edges))))
-        }
-        _ => {
-            let mut sketch = CategoricalSketch::new(ANALYZE_MAX_CATEGORIES);
-            for value in texts_of(column) {
-                match value {
-                    Some(text) => sketch.add(&text),
-                    None => sketch.add_missing(),
-                }
-            }
-            if sketch.total() == 0 {
-                return Err(AnalyzeError::EmptyReference(name.to_owned()));
-            }
-            Ok(ColumnReference::Categorical(CategoricalReference {
-                counts: sketch.counts().clone(),
-                other: sketch.other(),
-                missing: sketch.missing(),
-            }))
-        }
-    }
-}
-
-fn chunk_metrics(
-    reference: &ColumnReference,
-    column: &Column,
-    rows: &[usize],
-    thresholds: DriftThresholds,
-) -> FeatureWindowMetrics {
-    match reference {
-        ColumnReference::Numeric(numeric) => {
-            let (profile, edges) = &**numeric;
-            let mut sketch = NumericSketch::new(Some(edges));
-            let numbers = match column {
-                Column::Numbers(values) => std::borrow::Cow::Borrowed(values),
-                other => std::borrow::Cow::Owned(numbers_of(other)),
-            };
-            for row in rows {
-                match numbers[*row] {
-                    Some(value) => sketch.add(value, Some(edges)),
-                    None => sketch.add_missing(),
-                }
-            }
-            compute(
-                &FeatureSketch::Numeric(sketch),
-                Some(&FeatureReference::Numeric(profile.clone())),
-                thresholds,
-            )
-        }
-        ColumnReference::Categorical(profile) => {
-            let mut sketch = CategoricalSketch::new(ANALYZE_MAX_CATEGORIES);
-            let texts = match column {
-                Column::Texts(values) => std::borrow::Cow::Borrowed(values),
-                other => std::borrow::Cow::Owned(texts_of(other)),
-            };
-            for row in rows {
-                match &texts[*row] {
-                    Some(text) => sketch.add(text),
-                    None => sketch.add_missing(),
-                }
-            }
-            compute(
-                &FeatureSketch::Categorical(sketch),
-                Some(&FeatureReference::Categorical(profile.clone())),
-                thresholds,
-            )
-        }
-    }
-}
-
-/// Maps `items` with `f` on every available core (scoped threads, items
-/// split into contiguous runs), keeping the order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len().max(1));
-    if threads <= 1 {
-        return items.iter().map(&f).collect();
-    }
-    let run = items.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(run)
-            .map(|part| {
-                let f = &f;
-                scope.spawn(move || part.iter().map(f).collect::<Vec<R>>())
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().expect("analysis thread panicked"))
-            .collect()
-    })
 }
 
 /// Tests `decide_by` may name (besides `any`).
@@ -681,8 +542,9 @@ pub fn analyze(
         thresholds,
         ..options.clone()
     };
-    let (reference_order, reference_columns) = read_columns(&options.reference)?;
-    let (_, current_columns) = read_columns(&options.current)?;
+    let schema = |path: &PathBuf| crate::training::batches(path, None).map(|(schema, _)| schema);
+    let (reference_schema, current_schema) =
+        (schema(&options.reference)?, schema(&options.current)?);
     let timestamp_column = match &options.chunking {
         Chunking::Period { column, .. } => Some(column.as_str()),
         _ => None,
@@ -695,10 +557,12 @@ pub fn analyze(
         .or(options.multiclass.as_ref().map(|m| m.target.as_str()));
     let names: Vec<String> = match &options.columns {
         Some(columns) => columns.clone(),
-        None => reference_order
+        None => reference_schema
+            .fields()
             .iter()
+            .map(|field| field.name())
             .filter(|name| {
-                current_columns.contains_key(*name)
+                current_schema.field_with_name(name).is_ok()
                     && Some(name.as_str()) != timestamp_column
                     && Some(name.as_str()) != target_column
             })
@@ -711,15 +575,14 @@ pub fn analyze(
             column: name.clone(),
             file: file.display().to_string(),
         };
-        let reference_column = reference_columns
-            .get(name)
-            .ok_or_else(|| missing(&options.reference))?;
-        if !current_columns.contains_key(name) {
+        let reference_field = reference_schema
+            .field_with_name(name)
+            .map_err(|_| missing(&options.reference))?;
+        if current_schema.field_with_name(name).is_err() {
             return Err(missing(&options.current));
         }
         let numeric = options.numeric.contains(name)
-            || (!options.categorical.contains(name)
-                && matches!(reference_column, Column::Numbers(_)));
+            || (!options.categorical.contains(name) && reference_field.data_type().is_numeric());
         let kind = if numeric {
             FeatureKind::Numeric
         } else {
@@ -727,93 +590,146 @@ pub fn analyze(
         };
         compared.push((name.clone(), kind));
     }
-    // Columns are independent: build their references on every core.
-    let references: Vec<ColumnReference> = parallel_map(&compared, |(name, kind)| {
-        build_reference(name, *kind, &reference_columns[name])
-    })
-    .into_iter()
-    .collect::<Result<_, _>>()?;
 
-    // Each current column in its compared representation, converted once
-    // (chunk_metrics would otherwise convert it again for every chunk).
-    let current: Vec<std::borrow::Cow<'_, Column>> = compared
-        .iter()
-        .map(|(name, kind)| in_kind(&current_columns[name], *kind))
-        .collect();
-    let rows = current_columns.values().next().map_or(0, Column::len);
-    let chunks: Vec<(Chunk, Vec<usize>)> = match &options.chunking {
-        Chunking::Whole => vec![(
-            Chunk {
-                index: 0,
-                label: format!("rows 0-{}", rows.saturating_sub(1)),
-                rows,
-            },
-            (0..rows).collect(),
-        )],
+    // Chunks by period need the timestamps first; by rows, the row count
+    // comes with the data.
+    let mut periods: Vec<(i64, usize)> = Vec::new();
+    let row_chunks = match &options.chunking {
+        Chunking::Whole => RowChunks::Whole,
+        Chunking::Rows(size) => RowChunks::Rows((*size).max(1)),
+        Chunking::Period { millis, column } => {
+            let timestamps = read_timestamps(&options.current, column)?;
+            let starts: std::collections::BTreeSet<i64> = timestamps
+                .iter()
+                .flatten()
+                .map(|timestamp| timestamp.div_euclid(*millis) * millis)
+                .collect();
+            let index: BTreeMap<i64, u32> = starts
+                .iter()
+                .enumerate()
+                .map(|(index, start)| (*start, index as u32))
+                .collect();
+            periods = starts.iter().map(|start| (*start, 0)).collect();
+            RowChunks::Assigned(
+                timestamps
+                    .iter()
+                    .map(|timestamp| match timestamp {
+                        Some(timestamp) => {
+                            let chunk = index[&(timestamp.div_euclid(*millis) * millis)];
+                            periods[chunk as usize].1 += 1;
+                            chunk
+                        }
+                        None => NO_CHUNK,
+                    })
+                    .collect(),
+            )
+        }
+    };
+    // Reference chunks for bands have the current chunks' size: the chunk
+    // size, or the median period's row count.
+    let band_rows = match &options.chunking {
+        Chunking::Rows(size) => *size,
+        Chunking::Whole => 0,
+        Chunking::Period { .. } => {
+            let mut sizes: Vec<usize> = periods.iter().map(|(_, rows)| *rows).collect();
+            sizes.sort_unstable();
+            sizes.get(sizes.len() / 2).copied().unwrap_or(0)
+        }
+    };
+    let plan = DriftPlan {
+        reference: &options.reference,
+        current: &options.current,
+        compared: &compared,
+        chunks: &row_chunks,
+        chunk_count: match &options.chunking {
+            Chunking::Whole => Some(1),
+            Chunking::Rows(_) => None,
+            Chunking::Period { .. } => Some(periods.len()),
+        },
+        band_rows: if options.bands.is_some() {
+            band_rows
+        } else {
+            0
+        },
+        thresholds: options.thresholds,
+    };
+    let (drift, rows) = if compared.is_empty() {
+        (Vec::new(), count_rows(&options.current)?)
+    } else {
+        columns::drift(&plan, &mut progress)?
+    };
+    let chunks: Vec<Chunk> = match &options.chunking {
+        Chunking::Whole => vec![Chunk {
+            index: 0,
+            label: format!("rows 0-{}", rows.saturating_sub(1)),
+            rows,
+        }],
         Chunking::Rows(size) => (0..rows)
             .step_by((*size).max(1))
             .enumerate()
             .map(|(index, start)| {
                 let end = (start + size).min(rows);
-                (
-                    Chunk {
-                        index,
-                        label: format!("rows {start}-{}", end - 1),
-                        rows: end - start,
-                    },
-                    (start..end).collect(),
-                )
+                Chunk {
+                    index,
+                    label: format!("rows {start}-{}", end - 1),
+                    rows: end - start,
+                }
             })
             .collect(),
-        Chunking::Period { millis, column } => {
-            let timestamps = read_timestamps(&options.current, column)?;
-            let mut periods: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-            for (row, timestamp) in timestamps.iter().enumerate() {
-                if let Some(timestamp) = timestamp {
-                    periods
-                        .entry(timestamp.div_euclid(*millis) * millis)
-                        .or_default()
-                        .push(row);
-                }
-            }
-            periods
-                .into_iter()
-                .enumerate()
-                .map(|(index, (start, rows))| {
-                    (
-                        Chunk {
-                            index,
-                            label: crate::report::format_time(start),
-                            rows: rows.len(),
-                        },
-                        rows,
-                    )
-                })
-                .collect()
-        }
+        Chunking::Period { .. } => periods
+            .iter()
+            .enumerate()
+            .map(|(index, (start, rows))| Chunk {
+                index,
+                label: crate::report::format_time(*start),
+                rows: *rows,
+            })
+            .collect(),
     };
 
-    let band_rows = match &options.chunking {
-        Chunking::Rows(size) => *size,
-        _ => {
-            let mut sizes: Vec<usize> = chunks.iter().map(|(chunk, _)| chunk.rows).collect();
-            sizes.sort_unstable();
-            sizes.get(sizes.len() / 2).copied().unwrap_or(0)
-        }
+    // The estimators need whole rows: only their columns are read whole.
+    let mut estimated: Vec<String> = Vec::new();
+    if let Some(columns) = &options.estimation {
+        estimated.extend([columns.score.clone(), columns.target.clone()]);
+        estimated.extend(columns.prediction.clone());
+    }
+    if let Some(columns) = &options.multiclass {
+        estimated.extend(columns.classes.iter().map(|(_, column)| column.clone()));
+        estimated.extend([columns.prediction.clone(), columns.target.clone()]);
+    }
+    if let Some(columns) = &options.loss {
+        estimated.extend([columns.prediction.clone(), columns.target.clone()]);
+    }
+    if options.loss.is_some() || options.multivariate.is_some() {
+        estimated.extend(compared.iter().map(|(name, _)| name.clone()));
+    }
+    let (reference_columns, current_columns) = if estimated.is_empty() {
+        (BTreeMap::new(), BTreeMap::new())
+    } else {
+        (
+            read_columns(&options.reference, &estimated)?,
+            read_columns(&options.current, &estimated)?,
+        )
     };
-    let bands: Vec<Option<Bands>> = match options.bands {
-        None => vec![None; compared.len()],
-        Some(_) => {
-            let indexed: Vec<usize> = (0..compared.len()).collect();
-            parallel_map(&indexed, |index| {
-                let (name, kind) = &compared[*index];
-                reference_bands(
-                    &references[*index],
-                    &in_kind(&reference_columns[name], *kind),
-                    band_rows,
-                    options.thresholds,
-                )
-            })
+    // Each chunk's rows, for the estimators.
+    let chunk_rows: Vec<Vec<usize>> = if estimated.is_empty() {
+        Vec::new()
+    } else {
+        match &row_chunks {
+            RowChunks::Whole => vec![(0..rows).collect()],
+            RowChunks::Rows(size) => (0..rows)
+                .step_by(*size)
+                .map(|start| (start..(start + size).min(rows)).collect())
+                .collect(),
+            RowChunks::Assigned(assigned) => {
+                let mut rows = vec![Vec::new(); periods.len()];
+                for (row, chunk) in assigned.iter().enumerate() {
+                    if *chunk != NO_CHUNK {
+                        rows[*chunk as usize].push(row);
+                    }
+                }
+                rows
+            }
         }
     };
     let estimator = match &options.estimation {
@@ -861,31 +777,29 @@ pub fn analyze(
     let mut performance = Vec::new();
     let mut results = Vec::new();
     let mut drifted_per_chunk = Vec::new();
-    for (position, (chunk, rows)) in chunks.iter().enumerate() {
-        if let Some(estimator) = &estimator {
-            performance.extend(estimator.chunk(chunk.index, rows));
+    for chunk in &chunks {
+        if let Some(rows) = chunk_rows.get(chunk.index) {
+            if let Some(estimator) = &estimator {
+                performance.extend(estimator.chunk(chunk.index, rows));
+            }
+            if let Some(reconstruction) = &reconstruction {
+                multivariate.extend(reconstruction.chunk(chunk.index, rows));
+            }
+            if let Some(loss) = &loss {
+                performance.extend(loss.chunk(chunk.index, rows));
+            }
+            if let Some(multiclass) = &multiclass {
+                performance.extend(multiclass.chunk(chunk.index, rows));
+            }
         }
-        if let Some(reconstruction) = &reconstruction {
-            multivariate.extend(reconstruction.chunk(chunk.index, rows));
-        }
-        if let Some(loss) = &loss {
-            performance.extend(loss.chunk(chunk.index, rows));
-        }
-        if let Some(multiclass) = &multiclass {
-            performance.extend(multiclass.chunk(chunk.index, rows));
-        }
-        let indexed: Vec<usize> = (0..compared.len()).collect();
-        let mut window: Vec<FeatureWindowMetrics> = parallel_map(&indexed, |index| {
-            chunk_metrics(
-                &references[*index],
-                &current[*index],
-                rows,
-                options.thresholds,
-            )
-        });
+        let mut window: Vec<FeatureWindowMetrics> = drift
+            .iter()
+            .map(|column: &ColumnDrift| column.chunks[chunk.index].clone())
+            .collect();
         apply_p_value_correction(&mut window, options.thresholds);
         if let Some(k) = options.bands {
-            for (metrics, column_bands) in window.iter_mut().zip(&bands) {
+            for (metrics, column) in window.iter_mut().zip(&drift) {
+                let column_bands = &column.bands;
                 let enough = metrics.count >= options.thresholds.min_count;
                 match column_bands {
                     Some(column_bands) => apply_bands(metrics, column_bands, k, enough),
@@ -914,11 +828,10 @@ pub fn analyze(
             });
         }
         drifted_per_chunk.push(drifted);
-        progress(position + 1, chunks.len());
     }
     let first_drift_chunk = drifted_per_chunk.iter().position(|count| *count > 0);
     Ok(AnalyzeReport {
-        chunks: chunks.into_iter().map(|(chunk, _)| chunk).collect(),
+        chunks,
         columns: compared,
         results,
         drifted_per_chunk,
