@@ -172,21 +172,32 @@ fn hot_path(c: &mut Criterion) {
             &no_segments,
         ),
     ] {
-        group.bench_function(name, |b| {
-            b.iter_batched_ref(
-                || WindowAggregates::new(100_000),
-                |aggregates| {
-                    for _ in 0..20 {
-                        for event in resident {
-                            aggregates.record(catalog, 0, event);
-                        }
-                    }
-                },
-                BatchSize::LargeInput,
-            )
-        });
+        resident_updates(&mut group, name, catalog, resident);
     }
     group.finish();
+}
+
+/// Records `resident` (events already in cache) 20 times over into fresh
+/// aggregates.
+fn resident_updates(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    catalog: &Catalog,
+    resident: &[events::Event<'_>],
+) {
+    group.bench_function(name, |b| {
+        b.iter_batched_ref(
+            || WindowAggregates::new(100_000),
+            |aggregates| {
+                for _ in 0..20 {
+                    for event in resident {
+                        aggregates.record(catalog, 0, event);
+                    }
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
 }
 
 fn per_event_models(c: &mut Criterion) {
@@ -221,19 +232,7 @@ fn per_event_models(c: &mut Criterion) {
         ("cache_resident_no_segments_multivariate", &multivariate),
         ("cache_resident_no_segments_loss_estimation", &loss),
     ] {
-        group.bench_function(name, |b| {
-            b.iter_batched_ref(
-                || WindowAggregates::new(100_000),
-                |aggregates| {
-                    for _ in 0..20 {
-                        for event in resident {
-                            aggregates.record(catalog, 0, event);
-                        }
-                    }
-                },
-                BatchSize::LargeInput,
-            )
-        });
+        resident_updates(&mut group, name, catalog, resident);
     }
     group.finish();
 }

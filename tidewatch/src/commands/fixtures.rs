@@ -17,7 +17,9 @@ pub enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
-    /// Write reference.parquet and current.parquet for the analyze benchmark.
+    /// Write reference.parquet and current.parquet (full-precision doubles,
+    /// Snappy-compressed, the first five columns shifted) for the analyze
+    /// benchmark.
     AnalyzeData {
         /// Output directory.
         #[arg(long)]
@@ -31,6 +33,9 @@ pub enum Command {
         /// Seed.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Also write the same data as reference.csv and current.csv.
+        #[arg(long)]
+        csv: bool,
     },
     /// Rewrite the small committed samples (fixtures/demo-sample*.{jsonl,csv}).
     Sample {
@@ -60,10 +65,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             rows,
             columns,
             seed,
+            csv,
         } => {
-            fixtures::write_analyze_data(&out, rows, columns, seed)?;
+            fixtures::write_analyze_data(&out, rows, columns, seed, csv)?;
             println!(
-                "wrote reference.parquet and current.parquet ({rows} rows x {columns} columns) to {}",
+                "wrote reference and current{} ({rows} rows x {columns} columns) to {}",
+                if csv {
+                    " as Parquet and CSV"
+                } else {
+                    ".parquet"
+                },
                 out.display()
             );
         }
