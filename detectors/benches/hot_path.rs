@@ -1,5 +1,7 @@
 //! Hot path of ingestion: decode a 20-feature JSON prediction, assign its
-//! event-time window, update every sketch (with reference bins).
+//! event-time window, update every sketch (with reference bins). Numbers
+//! are logged at full precision (shortest round-trip, up to 17 digits), as
+//! producers serializing `f64`s send them.
 //!
 //! Run: `cargo bench -p detectors --bench hot_path`. Throughput is reported
 //! in events per second on one core (criterion runs single-threaded).
@@ -62,12 +64,12 @@ fn payloads() -> Vec<String> {
                     if f % 5 == 4 {
                         format!("\"f{f:02}\":\"c{}\"", (next() * 8.0) as u32)
                     } else {
-                        format!("\"f{f:02}\":{:.4}", next() * 100.0 - 20.0)
+                        format!("\"f{f:02}\":{}", next() * 100.0 - 20.0)
                     }
                 })
                 .collect();
             format!(
-                r#"{{"model":"bench","model_version":"1","prediction_id":"p{i}","timestamp":{},"features":{{{}}},"prediction":{{"score":{:.3}}},"latency_ms":{:.2},"segments":{{"country":"{}"}}}}"#,
+                r#"{{"model":"bench","model_version":"1","prediction_id":"p{i}","timestamp":{},"features":{{{}}},"prediction":{{"score":{}}},"latency_ms":{:.3},"segments":{{"country":"{}"}}}}"#,
                 1_700_000_000_000i64 + i as i64 * 50,
                 features.join(","),
                 next(),

@@ -1,13 +1,18 @@
 //! Routing decoded events into per-window, per-series sketches.
 //!
 //! [`WindowAggregates`] keeps one [`FeatureSketch`] per
-//! (window_start, model, model_version, segment, series). Each event updates
-//! the segment `all` and, for every segment key of its model, the segment
-//! `key=value` when [`crate::segments`] admits the value, else
-//! `key=__other__` (an absent key is `key=__missing__`).
+//! (window_start, model, model_version, segment, series). Each event updates,
+//! for every segment key of its model, the segment `key=value` when
+//! [`crate::segments`] admits the value, else `key=__other__` (an absent key
+//! is `key=__missing__`), and the segment `all`. With segment keys, `all` is
+//! not updated per event: every event is in exactly one segment of the
+//! first key, so `all` is the merge of that key's segments (exact, as every
+//! merge of these sketches), made when [`WindowAggregates::snapshot`] reads
+//! the window. An event with one segment key then updates one group, not two.
 //!
 //! ## Bounds
-//! - `max_groups`: the number of (window, model, version, segment) groups.
+//! - `max_groups`: the number of (window, model, version, segment) groups
+//!   held (a derived `all` is not held).
 //!   When full, events that would open a new group are refused with
 //!   [`Recorded::GroupLimit`] and counted by the caller; existing groups keep
 //!   updating. The ingest engine keeps one `WindowAggregates` per offset
@@ -191,7 +196,7 @@ impl WindowAggregates {
             _ => None,
         };
         let mut outcome = Recorded::Added;
-        for segment in &segments {
+        for segment in recorded_segments(spec, &segments) {
             let Some(sketches) =
                 self.group_mut(spec, reference, window_start, &event.model_version, segment)
             else {
@@ -273,7 +278,8 @@ impl WindowAggregates {
         };
         // The prediction's labels are re-admitted here: this range may not
         // have seen the value in that window yet.
-        for (nth, segment) in pending.segments.iter().enumerate() {
+        let first = usize::from(!spec.segment_keys().is_empty());
+        for (nth, segment) in pending.segments.iter().enumerate().skip(first) {
             let segment = match nth.checked_sub(1) {
                 None => Arc::clone(segment),
                 Some(index) => {
@@ -466,6 +472,40 @@ impl WindowAggregates {
     }
 }
 
+/// The segments an event's sketches are updated in: all of them without
+/// segment keys (only `all`); with keys, all but `all` (the first), which
+/// [`derived_all`] makes when the window is read.
+fn recorded_segments<'s>(spec: &ModelSpec, segments: &'s [Arc<str>]) -> &'s [Arc<str>] {
+    if spec.segment_keys().is_empty() {
+        segments
+    } else {
+        &segments[1..]
+    }
+}
+
+/// `all` of a model version's window with segment keys: the merge of the
+/// first key's segments, in segment order (so the same groups always give
+/// the same bits). `None` without segment keys (`all` is recorded) or
+/// without groups.
+fn derived_all(spec: &ModelSpec, segments: &SegmentGroups) -> Option<Vec<FeatureSketch>> {
+    let key = spec.segment_keys().first()?;
+    let prefix = format!("{key}=");
+    let mut names: Vec<&String> = segments
+        .keys()
+        .filter(|segment| segment.starts_with(&prefix))
+        .collect();
+    names.sort_unstable();
+    let (first, rest) = names.split_first()?;
+    let mut all = segments[*first].clone();
+    for name in rest {
+        for (into, from) in all.iter_mut().zip(&segments[*name]) {
+            into.merge(from)
+                .expect("groups of one model version share their layout");
+        }
+    }
+    Some(all)
+}
+
 fn new_group(spec: &ModelSpec, reference: Option<&CompiledReference>) -> Vec<FeatureSketch> {
     spec.series()
         .enumerate()
@@ -486,7 +526,12 @@ fn collect_window(
             continue;
         };
         for (version, segments) in versions {
-            for (segment, sketches) in segments {
+            let all = derived_all(spec, segments);
+            let groups = segments
+                .iter()
+                .map(|(segment, sketches)| (segment.as_str(), sketches))
+                .chain(all.as_ref().map(|sketches| (ALL_SEGMENT, sketches)));
+            for (segment, sketches) in groups {
                 for (position, sketch) in sketches.iter().enumerate() {
                     if sketch.observations() == 0 {
                         continue;
@@ -496,7 +541,7 @@ fn collect_window(
                             window_start,
                             model: model.clone(),
                             model_version: version.clone(),
-                            segment: segment.clone(),
+                            segment: segment.to_owned(),
                             feature: spec.series_at(position).name.clone(),
                         },
                         sketch.clone(),
@@ -852,19 +897,123 @@ mod tests {
             })
             .collect();
         assert_eq!(counted, expected);
-        assert_eq!(aggregates.group_count(), expected.len());
+        // `all` is derived when read, not held: one group fewer per window
+        // and version.
+        let all = expected.keys().filter(|(_, _, s)| s == "all").count();
+        assert_eq!(aggregates.group_count(), expected.len() - all);
+    }
+
+    #[test]
+    fn a_derived_all_equals_all_recorded_event_by_event() {
+        // Two segment keys, more countries than admitted (so values go to
+        // `__other__` and admitted ones are displaced and folded), events
+        // without a key, text in a numeric feature: `all` merged from the
+        // first key's segments against `all` of the same events recorded
+        // by a model without segment keys.
+        let spec = |keys: Vec<String>| {
+            ModelSpec::new(
+                "m",
+                Task::Classification,
+                vec![
+                    FeatureSpec {
+                        name: "x".into(),
+                        kind: FeatureKind::Numeric,
+                    },
+                    FeatureSpec {
+                        name: "c".into(),
+                        kind: FeatureKind::Categorical,
+                    },
+                ],
+                keys,
+                2,
+                3,
+            )
+            .unwrap()
+        };
+        let segmented = Catalog::new([spec(vec!["country".into(), "plan".into()])]);
+        let plain = Catalog::new([spec(Vec::new())]);
+        let (mut with_keys, mut without) =
+            (WindowAggregates::new(1_000), WindowAggregates::new(1_000));
+        for i in 0..2_000u64 {
+            let x = match i % 13 {
+                0 => "\"bad\"".to_owned(),
+                1 => "null".to_owned(),
+                _ => format!("{}", (i * 7_919 % 1_000) as f64 / 7.0 - 40.0),
+            };
+            let country = ["DE", "FR", "US", "IT", "ES"][(i * 31 % 5) as usize];
+            let segments = if i % 11 == 0 {
+                String::new()
+            } else {
+                format!(r#""country":"{country}","plan":"p{}""#, i % 4)
+            };
+            let payload = format!(
+                r#"{{"model":"m","model_version":"{}","prediction_id":"p","timestamp":0,"features":{{"x":{x},"c":"k{}"}},"prediction":{{"score":{},"class":"yes"}},"segments":{{{segments}}}}}"#,
+                i % 2,
+                i % 6,
+                (i % 100) as f64 / 100.0
+            );
+            let event = decode(&payload);
+            let window = (i % 3) as i64 * 60_000;
+            assert_eq!(
+                with_keys.record(&segmented, window, &event),
+                Recorded::Added
+            );
+            assert_eq!(without.record(&plain, window, &event), Recorded::Added);
+        }
+        assert!(with_keys.take_segment_overflow().displaced > 0);
+        let all = |aggregates: &WindowAggregates, catalog: &Catalog| {
+            aggregates
+                .snapshot(catalog)
+                .into_iter()
+                .filter(|(key, _)| key.segment == "all")
+                .collect::<Vec<_>>()
+        };
+        let (derived, recorded) = (all(&with_keys, &segmented), all(&without, &plain));
+        assert_eq!(derived.len(), recorded.len());
+        assert!(!derived.is_empty());
+        for ((key, derived), (recorded_key, recorded)) in derived.iter().zip(&recorded) {
+            assert_eq!(key, recorded_key);
+            match (derived, recorded) {
+                (FeatureSketch::Numeric(a), FeatureSketch::Numeric(b)) => {
+                    // Counts, bins and quantile buckets exactly; sums up to
+                    // rounding (added in another order).
+                    assert_eq!(a.moments().count(), b.moments().count(), "{key:?}");
+                    assert_eq!(
+                        (a.missing(), a.type_mismatch()),
+                        (b.missing(), b.type_mismatch())
+                    );
+                    assert_eq!(a.bin_counts(), b.bin_counts());
+                    for q in [0.0, 0.1, 0.5, 0.9, 1.0] {
+                        assert_eq!(a.quantile(q), b.quantile(q), "{key:?} q {q}");
+                    }
+                    let (ma, mb) = (a.moments().mean().unwrap(), b.moments().mean().unwrap());
+                    assert!((ma - mb).abs() <= 1e-12 * mb.abs().max(1.0), "{ma} {mb}");
+                    let (sa, sb) = (
+                        a.moments().std_dev().unwrap(),
+                        b.moments().std_dev().unwrap(),
+                    );
+                    assert!((sa - sb).abs() <= 1e-12 * sb.abs().max(1.0), "{sa} {sb}");
+                }
+                (FeatureSketch::Categorical(a), FeatureSketch::Categorical(b)) => {
+                    assert_eq!(a.counts(), b.counts(), "{key:?}");
+                    assert_eq!((a.other(), a.missing()), (b.other(), b.missing()));
+                }
+                _ => assert_eq!(derived.observations(), recorded.observations(), "{key:?}"),
+            }
+        }
     }
 
     #[test]
     fn group_limit_refuses_new_groups_only() {
         let catalog = catalog();
-        let mut aggregates = WindowAggregates::new(2);
+        let mut aggregates = WindowAggregates::new(1);
         let payload = event("1", "DE");
         assert_eq!(
             aggregates.record(&catalog, 0, &decode(&payload)),
             Recorded::Added
         );
-        assert_eq!(aggregates.group_count(), 2);
+        // `country=DE`; `all` is derived from it when read.
+        assert_eq!(aggregates.group_count(), 1);
         assert_eq!(
             aggregates.record(&catalog, 1000, &decode(&payload)),
             Recorded::GroupLimit

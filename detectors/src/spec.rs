@@ -251,6 +251,13 @@ impl ModelSpec {
                     "model `{name}`: segment key `{key}` is empty or repeated"
                 )));
             }
+            // Segments are labelled `key=value`: a key with `=` would make
+            // one key's labels look like another's.
+            if key.contains('=') {
+                return Err(Error::InvalidSpec(format!(
+                    "model `{name}`: segment key `{key}` contains `=`"
+                )));
+            }
         }
         Ok(Self {
             name,
