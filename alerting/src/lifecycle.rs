@@ -12,7 +12,9 @@
 //! ```
 //!
 //! A window is evaluated once per key: a window finalized again (late labels
-//! join its quality) is ignored when it is not newer than the last one seen.
+//! join its quality) is ignored when it is not newer than the last one seen,
+//! unless it could not be judged yet (`quality_drop` waits for
+//! `min_labels` labelled predictions in the window).
 //! The alert id is stable for one firing episode (rule, model, version,
 //! segment and the window it started in), so channels can deduplicate.
 
@@ -243,10 +245,14 @@ impl AlertEvaluator {
                 if state.last_window.is_some_and(|last| window_start <= last) {
                     continue;
                 }
+                let verdict = condition_verdict(&rule.condition, &series, state);
+                if matches!(verdict, Verdict::NotYet) {
+                    continue;
+                }
                 state.last_window = Some(window_start);
-                let findings = match condition_verdict(&rule.condition, &series, state) {
+                let findings = match verdict {
                     // Too little data for a verdict: neither fires nor clears.
-                    Verdict::Undecided => continue,
+                    Verdict::Undecided | Verdict::NotYet => continue,
                     Verdict::Holds(findings) => Some(findings),
                     Verdict::Clear => None,
                 };
@@ -352,6 +358,10 @@ enum Verdict {
     /// a metric that could not be computed, a baseline still filling): it
     /// neither fires nor clears the rule.
     Undecided,
+    /// The window cannot be judged yet but may be when it is finalized
+    /// again (too few labels joined so far): as `Undecided`, and the
+    /// window is not counted as seen.
+    NotYet,
 }
 
 impl Verdict {
@@ -418,7 +428,16 @@ fn condition_verdict(
             metric,
             max_drop,
             baseline_windows,
+            min_labels,
         } => {
+            let labelled = or_undecided!(series
+                .iter()
+                .find(|m| m.key.feature == "quality")
+                .and_then(|m| m.metrics.quality.as_ref()))
+            .matched;
+            if labelled < *min_labels {
+                return Verdict::NotYet;
+            }
             let value = or_undecided!(series_metric(series, "quality", metric));
             let values = or_undecided!(baseline(state, *baseline_windows, value));
             let floor = values.iter().sum::<f64>() / values.len() as f64 - max_drop;

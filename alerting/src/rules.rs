@@ -41,7 +41,11 @@ pub enum Condition {
         below: Option<f64>,
     },
     /// A quality metric fell by more than `max_drop` below its baseline, the
-    /// mean of the first `baseline_windows` windows that had it.
+    /// mean of the first `baseline_windows` windows that had it. Windows
+    /// with fewer than `min_labels` predictions joined with their actuals
+    /// are not judged (nor taken into the baseline): a window is evaluated
+    /// again as its labels arrive, and its first labels alone are too few
+    /// to tell a drop from chance.
     QualityDrop {
         /// `accuracy`, `f1`, `roc_auc` or `r2` (higher is better).
         #[serde(default = "default_quality_metric")]
@@ -52,6 +56,9 @@ pub enum Condition {
         /// Windows averaged into the baseline.
         #[serde(default = "default_baseline_windows")]
         baseline_windows: usize,
+        /// Labelled predictions a window needs before it is judged.
+        #[serde(default = "default_min_labels")]
+        min_labels: u64,
     },
     /// A metric of one series is outside the band mean ± `k`·σ of its values
     /// over the first `baseline_windows` windows that had it (NannyML's
@@ -137,6 +144,9 @@ fn default_quality_metric() -> String {
 }
 fn default_max_drop() -> f64 {
     0.05
+}
+fn default_min_labels() -> u64 {
+    100
 }
 fn default_baseline_windows() -> usize {
     3
@@ -260,7 +270,11 @@ impl Rule {
                 metric,
                 max_drop,
                 baseline_windows,
+                min_labels,
             } => {
+                if *min_labels == 0 {
+                    return Err(invalid("condition.min_labels", "must be at least 1".into()));
+                }
                 if !HIGHER_IS_BETTER.contains(&metric.as_str()) {
                     return Err(invalid(
                         "condition.metric",
@@ -378,6 +392,7 @@ pub fn default_rules(channels: &[String]) -> Vec<Rule> {
                 metric: "accuracy".into(),
                 max_drop: 0.05,
                 baseline_windows: 3,
+                min_labels: default_min_labels(),
             },
             Severity::Critical,
         ),

@@ -129,20 +129,9 @@ fn quality_drop_is_measured_against_the_first_windows() {
     let rule = default_rules(&[]).remove(1);
     assert!(matches!(rule.condition, Condition::QualityDrop { .. }));
     let mut evaluator = AlertEvaluator::new(vec![rule]);
-    let quality = |w: i64, accuracy: f64| {
-        let mut record = series(w, "quality", 0.0);
-        record.metrics.kind = FeatureKind::Quality;
-        record.metrics.quality = Some(QualityMetrics {
-            matched: 500,
-            accuracy: Some(accuracy),
-            ..Default::default()
-        });
-        vec![record]
-    };
-    let accuracies = [0.80, 0.82, 0.81, 0.79, 0.74, 0.73, 0.80, 0.81];
     let mut fired = Vec::new();
-    for (w, accuracy) in accuracies.iter().enumerate() {
-        for alert in evaluator.evaluate("churn", &quality(w as i64, *accuracy)) {
+    for (w, accuracy) in QUALITY_ACCURACIES.iter().enumerate() {
+        for alert in evaluator.evaluate("churn", &quality(w as i64, *accuracy, 500)) {
             fired.push((w, alert.status));
         }
     }
@@ -151,6 +140,42 @@ fn quality_drop_is_measured_against_the_first_windows() {
     assert_eq!(
         fired,
         vec![(4, AlertStatus::Firing), (7, AlertStatus::Resolved)]
+    );
+}
+
+const QUALITY_ACCURACIES: [f64; 8] = [0.80, 0.82, 0.81, 0.79, 0.74, 0.73, 0.80, 0.81];
+
+/// The quality series of window `w`: `accuracy` over `matched` labels.
+fn quality(w: i64, accuracy: f64, matched: u64) -> Vec<store::WindowMetrics> {
+    let mut record = series(w, "quality", 0.0);
+    record.metrics.kind = FeatureKind::Quality;
+    record.metrics.quality = Some(QualityMetrics {
+        matched,
+        accuracy: Some(accuracy),
+        ..Default::default()
+    });
+    vec![record]
+}
+
+#[test]
+fn quality_drop_waits_for_enough_labels() {
+    let mut evaluator = AlertEvaluator::new(vec![default_rules(&[]).remove(1)]);
+    // A window's first few labels (as when it is finalized before most of
+    // its actuals arrive) neither fire nor enter the baseline.
+    assert!(evaluator.evaluate("churn", &quality(0, 0.20, 5)).is_empty());
+    let mut fired = Vec::new();
+    for (w, accuracy) in QUALITY_ACCURACIES.iter().enumerate() {
+        let w = w as i64 + 1;
+        assert!(evaluator
+            .evaluate("churn", &quality(w, 0.10, 99))
+            .is_empty());
+        for alert in evaluator.evaluate("churn", &quality(w, *accuracy, 100)) {
+            fired.push((w, alert.status));
+        }
+    }
+    assert_eq!(
+        fired,
+        vec![(5, AlertStatus::Firing), (8, AlertStatus::Resolved)]
     );
 }
 
