@@ -686,8 +686,10 @@ mod tests {
     use super::*;
     use crate::spec::{FeatureKind, FeatureSpec, Task};
 
-    fn catalog() -> Catalog {
-        Catalog::new([ModelSpec::new(
+    /// Model `m`: numeric `x`, categorical `c`, these segment keys, two
+    /// segment values admitted per key, `max_categories` categories.
+    fn spec(segment_keys: &[&str], max_categories: usize) -> ModelSpec {
+        ModelSpec::new(
             "m",
             Task::Classification,
             vec![
@@ -700,11 +702,15 @@ mod tests {
                     kind: FeatureKind::Categorical,
                 },
             ],
-            vec!["country".into()],
+            segment_keys.iter().map(|key| key.to_string()).collect(),
             2,
-            10,
+            max_categories,
         )
-        .unwrap()])
+        .unwrap()
+    }
+
+    fn catalog() -> Catalog {
+        Catalog::new([spec(&["country"], 10)])
     }
 
     fn event(x: &str, country: &str) -> String {
@@ -910,28 +916,8 @@ mod tests {
         // without a key, text in a numeric feature: `all` merged from the
         // first key's segments against `all` of the same events recorded
         // by a model without segment keys.
-        let spec = |keys: Vec<String>| {
-            ModelSpec::new(
-                "m",
-                Task::Classification,
-                vec![
-                    FeatureSpec {
-                        name: "x".into(),
-                        kind: FeatureKind::Numeric,
-                    },
-                    FeatureSpec {
-                        name: "c".into(),
-                        kind: FeatureKind::Categorical,
-                    },
-                ],
-                keys,
-                2,
-                3,
-            )
-            .unwrap()
-        };
-        let segmented = Catalog::new([spec(vec!["country".into(), "plan".into()])]);
-        let plain = Catalog::new([spec(Vec::new())]);
+        let segmented = Catalog::new([spec(&["country", "plan"], 3)]);
+        let plain = Catalog::new([spec(&[], 3)]);
         let (mut with_keys, mut without) =
             (WindowAggregates::new(1_000), WindowAggregates::new(1_000));
         for i in 0..2_000u64 {
