@@ -44,10 +44,14 @@ sklearn_version=1.9.1
 mlserver_venv="$cache_dir/mlserver-venv-$mlserver_version"
 mlflow_version=3.17.2
 mlflow_venv="$cache_dir/mlflow-venv-$mlflow_version"
-# The Python trainer example's packages (examples/python-trainer/requirements.txt),
+# The Python examples' packages (examples/python-NAME/requirements.txt), each
 # in a virtualenv named by the file's hash: a changed pin installs anew.
-trainer_requirements="$here/examples/python-trainer/requirements.txt"
-trainer_venv="$cache_dir/trainer-venv-$(sha256sum "$trainer_requirements" | cut -c1-12)"
+example_venv() {
+  printf '%s/%s-venv-%s' "$cache_dir" "$1" \
+    "$(sha256sum "$here/examples/python-$1/requirements.txt" | cut -c1-12)"
+}
+trainer_venv=$(example_venv trainer)
+producer_venv=$(example_venv producer)
 mlserver_http=$((base + 80))
 mlserver_grpc=$((base + 81))
 mlserver_metrics=$((base + 82))
@@ -71,8 +75,9 @@ broker_build_pid=""
 mlserver_install_pid=""
 mlflow_install_pid=""
 trainer_install_pid=""
+producer_install_pid=""
 # The background jobs are not left running if an install below fails.
-trap 'kill ${broker_build_pid:-} ${mlserver_install_pid:-} ${mlflow_install_pid:-} ${trainer_install_pid:-} 2>/dev/null || true' EXIT
+trap 'kill ${broker_build_pid:-} ${mlserver_install_pid:-} ${mlflow_install_pid:-} ${trainer_install_pid:-} ${producer_install_pid:-} 2>/dev/null || true' EXIT
 if [ ! -x "$nisshi" ]; then
   log "building the nisshi broker $nisshi_version into $cache_dir in the background (first run only, ~11 minutes)"
   mkdir -p "$cache_dir"
@@ -126,17 +131,27 @@ if [ ! -x "$mlflow_venv/bin/mlflow" ]; then
   mlflow_install_pid=$!
 fi
 
-# --- The Python trainer example's packages, installed in the background ----
-trainer_install_log="$trainer_venv.install.log"
-if [ ! -x "$trainer_venv/bin/python" ] || [ ! -f "$trainer_venv/.installed" ]; then
-  ensure_python
-  log "installing the Python trainer example's packages into $trainer_venv in the background"
-  mkdir -p "$cache_dir"
-  rm -rf "$trainer_venv"
-  (python3 -m venv "$trainer_venv" && "$trainer_venv/bin/pip" install -q -r "$trainer_requirements" \
-    && touch "$trainer_venv/.installed") >"$trainer_install_log" 2>&1 &
-  trainer_install_pid=$!
-fi
+# --- The Python examples' packages, installed in the background ------------
+# start_example_install NAME: sets started_pid to the background install's
+# pid, or to nothing when the virtualenv is already complete.
+start_example_install() {
+  local venv
+  started_pid=""
+  venv=$(example_venv "$1")
+  if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.installed" ]; then
+    ensure_python
+    log "installing the Python $1 example's packages into $venv in the background"
+    mkdir -p "$cache_dir"
+    rm -rf "$venv"
+    (python3 -m venv "$venv" && "$venv/bin/pip" install -q -r "$here/examples/python-$1/requirements.txt" \
+      && touch "$venv/.installed") >"$venv.install.log" 2>&1 &
+    started_pid=$!
+  fi
+}
+start_example_install trainer
+trainer_install_pid=$started_pid
+start_example_install producer
+producer_install_pid=$started_pid
 
 # --- ClickHouse -----------------------------------------------------------
 if ! command -v clickhouse-server >/dev/null 2>&1; then
@@ -188,8 +203,12 @@ wait_for_install() {
 }
 wait_for_install MLServer "$mlserver_install_pid" "$mlserver_install_log" "$mlserver_venv/bin/mlserver"
 wait_for_install MLflow "$mlflow_install_pid" "$mlflow_install_log" "$mlflow_venv/bin/mlflow"
-wait_for_install "Python trainer" "$trainer_install_pid" "$trainer_install_log" "$trainer_venv/bin/python"
-[ -f "$trainer_venv/.installed" ] || fail "the Python trainer's packages are not installed (log: $trainer_install_log)"
+for example in trainer producer; do
+  venv=$(example_venv "$example")
+  pid_var="${example}_install_pid"
+  wait_for_install "Python $example example" "${!pid_var}" "$venv.install.log" "$venv/bin/python"
+  [ -f "$venv/.installed" ] || fail "the Python $example example's packages are not installed (log: $venv.install.log)"
+done
 
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/tidewatch-test.XXXXXX")
 pids=()
@@ -282,6 +301,7 @@ export TIDEWATCH_TEST_MLFLOW_PYTHON="$mlflow_venv/bin/python"
 # reads of os.environ (a KeyError on _MLFLOW_TELEMETRY_SESSION_ID, seen).
 export MLFLOW_DISABLE_TELEMETRY=true
 export TIDEWATCH_TEST_TRAINER_PYTHON="$trainer_venv/bin/python"
+export TIDEWATCH_TEST_PRODUCER_PYTHON="$producer_venv/bin/python"
 export TIDEWATCH_TEST_SMTP_STARTTLS="127.0.0.1:$smtp_port"
 export TIDEWATCH_TEST_SMTP_TLS="127.0.0.1:$smtps_port"
 export TIDEWATCH_TEST_SMTP_USER="$smtp_user"

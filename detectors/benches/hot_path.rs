@@ -3,6 +3,10 @@
 //! are logged at full precision (shortest round-trip, up to 17 digits), as
 //! producers serializing `f64`s send them.
 //!
+//! The same events encoded as `tidewatch.v1.Event` Protocol Buffers
+//! messages go through the same path (`protobuf_decode_window_sketch_…`),
+//! and each decoder is also timed alone (`decode_only_…`).
+//!
 //! Run: `cargo bench -p detectors --bench hot_path`. Throughput is reported
 //! in events per second on one core (criterion runs single-threaded).
 //!
@@ -144,6 +148,48 @@ fn hot_path(c: &mut Criterion) {
         .iter()
         .map(|p| events::decode(p.as_bytes(), EventKind::Prediction).unwrap())
         .collect();
+    // The same events as `tidewatch.v1.Event` messages.
+    let messages: Vec<Vec<u8>> = decoded.iter().map(events::protobuf::encode).collect();
+    group.bench_function("protobuf_decode_window_sketch_20_features", |b| {
+        b.iter_batched_ref(
+            || {
+                (
+                    WindowAggregates::new(100_000),
+                    EventTimeClock::new(WindowSize::from_millis(60_000).unwrap(), 5_000),
+                )
+            },
+            |(aggregates, clock)| {
+                for message in &messages {
+                    let event = events::protobuf::decode(message, EventKind::Prediction).unwrap();
+                    let Arrival::OnTime { window_start } = clock.observe(event.timestamp_ms) else {
+                        continue;
+                    };
+                    let recorded = aggregates.record(&catalog, window_start, &event);
+                    debug_assert_eq!(recorded, Recorded::Added);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // Decoding alone, each encoding.
+    group.bench_function("decode_only_json", |b| {
+        b.iter(|| {
+            for payload in &payloads {
+                std::hint::black_box(
+                    events::decode(payload.as_bytes(), EventKind::Prediction).unwrap(),
+                );
+            }
+        })
+    });
+    group.bench_function("decode_only_protobuf", |b| {
+        b.iter(|| {
+            for message in &messages {
+                std::hint::black_box(
+                    events::protobuf::decode(message, EventKind::Prediction).unwrap(),
+                );
+            }
+        })
+    });
     let no_segments = catalog_for(spec_with_segments(Vec::new()));
     for (name, catalog) in [
         ("sketch_updates_only_20_features", &catalog),

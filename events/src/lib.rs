@@ -42,6 +42,8 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+pub mod protobuf;
+
 /// JSON Schema for prediction events.
 pub const PREDICTION_SCHEMA: &str = include_str!("../schemas/prediction.v1.schema.json");
 /// JSON Schema for feature-row events.
@@ -125,6 +127,63 @@ pub enum DecodeError {
     /// The prediction output has none of `score`, `class`, `probabilities`.
     #[error("field `prediction` must contain `score`, `class` or `probabilities`")]
     EmptyPrediction,
+    /// The payload is not a `tidewatch.v1.Event` message (truncated, a
+    /// field of the wrong wire type, invalid UTF-8, a repeated key).
+    #[error("invalid event protobuf: {0}")]
+    Protobuf(String),
+}
+
+/// How a topic's payloads are encoded.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// A JSON object per payload (the schemas in `events/schemas/*.json`).
+    #[default]
+    Json,
+    /// A `tidewatch.v1.Event` Protocol Buffers message per payload
+    /// (`events/schemas/tidewatch/v1/event.proto`, see [`protobuf`]).
+    Protobuf,
+}
+
+impl Encoding {
+    /// The name used in configuration (`json`, `protobuf`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::Protobuf => "protobuf",
+        }
+    }
+}
+
+/// How to read the payloads of one topic: their encoding, and the kind of
+/// a payload that does not name its schema. A kind alone means JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Format {
+    /// The payloads' encoding.
+    pub encoding: Encoding,
+    /// The kind of a payload without a `schema` field.
+    pub default_kind: EventKind,
+}
+
+impl Format {
+    /// Decodes one payload of this format.
+    pub fn decode(self, payload: &[u8]) -> Result<Event<'_>, DecodeError> {
+        match self.encoding {
+            Encoding::Json => decode(payload, self.default_kind),
+            Encoding::Protobuf => protobuf::decode(payload, self.default_kind),
+        }
+    }
+}
+
+impl From<EventKind> for Format {
+    fn from(default_kind: EventKind) -> Self {
+        Format {
+            encoding: Encoding::Json,
+            default_kind,
+        }
+    }
 }
 
 /// One feature value as logged.
@@ -150,14 +209,16 @@ pub struct PredictionOutput<'a> {
 }
 
 impl PredictionOutput<'_> {
-    /// The predicted class: `class` if logged, else the most probable class.
+    /// The predicted class: `class` if logged, else the most probable class
+    /// (of equally probable ones, the first in byte order, whatever order
+    /// they were logged in: protobuf maps keep none).
     pub fn predicted_class(&self) -> Option<&str> {
         if let Some(class) = &self.class {
             return Some(class);
         }
         self.probabilities
             .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
             .map(|(class, _)| class.as_ref())
     }
 
@@ -214,6 +275,12 @@ pub struct Event<'a> {
 pub fn decode(payload: &[u8], default_kind: EventKind) -> Result<Event<'_>, DecodeError> {
     let raw: RawEvent<'_> =
         serde_json::from_slice(payload).map_err(|error| DecodeError::Json(error.to_string()))?;
+    from_raw(raw, default_kind)
+}
+
+/// The event `raw` holds, once the rules of its kind are checked: what
+/// every encoding shares after its own reader.
+fn from_raw(raw: RawEvent<'_>, default_kind: EventKind) -> Result<Event<'_>, DecodeError> {
     let kind = match raw.schema.as_ref().map(|schema| &schema.0) {
         Some(id) => EventKind::from_schema_id(id)
             .ok_or_else(|| DecodeError::UnknownSchema(id.to_string()))?,
@@ -284,7 +351,7 @@ fn require(condition: bool, error: impl FnOnce() -> DecodeError) -> Result<(), D
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct RawEvent<'a> {
     #[serde(borrow, default)]
     schema: Option<Text<'a>>,
@@ -664,6 +731,20 @@ mod tests {
         let event = decode(payload, EventKind::Feature).unwrap();
         assert_eq!(event.timestamp_ms, 1_700_000_000_123);
         assert_eq!(event.model_version, "7");
+    }
+
+    #[test]
+    fn equally_probable_classes_are_broken_by_name_not_by_order() {
+        for probabilities in [
+            r#"{"b":0.4,"a":0.4,"c":0.2}"#,
+            r#"{"a":0.4,"c":0.2,"b":0.4}"#,
+        ] {
+            let payload = format!(
+                r#"{{"model":"m","model_version":"1","prediction_id":"a","timestamp":0,"features":{{"x":1}},"prediction":{{"probabilities":{probabilities}}}}}"#
+            );
+            let event = decode(payload.as_bytes(), EventKind::Prediction).unwrap();
+            assert_eq!(event.prediction.unwrap().predicted_class(), Some("a"));
+        }
     }
 
     #[test]

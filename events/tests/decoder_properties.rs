@@ -2,11 +2,16 @@
 //! seconds in a debug build): random mutations of valid payloads never
 //! panic and never yield an event that breaks the decoder's promises, and
 //! generated events are refused exactly when a map repeats a key or the
-//! time is out of range.
+//! time is out of range. The same for the Protocol Buffers decoder, whose
+//! oracle is the JSON decoder: every event JSON accepts, encoded, decodes
+//! to the same event.
 
 use std::collections::HashSet;
 
-use events::{decode, EventKind, FeatureValue, MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS};
+use events::{
+    decode, protobuf, DecodeError, Event, EventKind, FeatureValue, MAX_EVENT_TIME_MS,
+    MIN_EVENT_TIME_MS,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,8 +22,8 @@ const SEEDS: [&str; 3] = [
 ];
 
 /// What every successfully decoded event must satisfy.
-fn check_promises(payload: &[u8]) {
-    let Ok(event) = decode(payload, EventKind::Prediction) else {
+fn check_promises(decoded: Result<Event<'_>, DecodeError>) {
+    let Ok(event) = decoded else {
         return;
     };
     assert!(
@@ -69,37 +74,90 @@ const FRAGMENTS: [&str; 14] = [
     "\u{feff}",
 ];
 
+/// Applies one to three random mutations to `payload`.
+fn mutate(rng: &mut ChaCha8Rng, payload: &mut Vec<u8>, fragments: &[&[u8]]) {
+    for _ in 0..rng.random_range(1..4) {
+        let at = rng.random_range(0..=payload.len());
+        match rng.random_range(0..5) {
+            0 => payload.truncate(at),
+            1 => {
+                if at < payload.len() {
+                    payload[at] = rng.random();
+                }
+            }
+            2 => {
+                let fragment = fragments[rng.random_range(0..fragments.len())];
+                payload.splice(at..at, fragment.iter().copied());
+            }
+            3 => {
+                let end = rng.random_range(at..=payload.len());
+                let copy = payload[at..end].to_vec();
+                payload.splice(end..end, copy);
+            }
+            _ => {
+                let end = rng.random_range(at..=payload.len());
+                payload.drain(at..end);
+            }
+        }
+    }
+}
+
 #[test]
 fn mutated_payloads_never_panic_or_break_a_promise() {
     let mut rng = ChaCha8Rng::seed_from_u64(20261130);
+    let fragments: Vec<&[u8]> = FRAGMENTS.iter().map(|f| f.as_bytes()).collect();
+    let mut accepted = 0;
     for case in 0..30_000 {
         let mut payload = SEEDS[case % SEEDS.len()].as_bytes().to_vec();
-        for _ in 0..rng.random_range(1..4) {
-            let at = rng.random_range(0..=payload.len());
-            match rng.random_range(0..5) {
-                0 => payload.truncate(at),
-                1 => {
-                    if at < payload.len() {
-                        payload[at] = rng.random();
-                    }
-                }
-                2 => {
-                    let fragment = FRAGMENTS[rng.random_range(0..FRAGMENTS.len())];
-                    payload.splice(at..at, fragment.bytes());
-                }
-                3 => {
-                    let end = rng.random_range(at..=payload.len());
-                    let copy = payload[at..end].to_vec();
-                    payload.splice(end..end, copy);
-                }
-                _ => {
-                    let end = rng.random_range(at..=payload.len());
-                    payload.drain(at..end);
-                }
-            }
+        mutate(&mut rng, &mut payload, &fragments);
+        let decoded = decode(&payload, EventKind::Prediction);
+        if let Ok(event) = &decoded {
+            accepted += 1;
+            let encoded = protobuf::encode(event);
+            assert_eq!(
+                protobuf::decode(&encoded, EventKind::Prediction).as_ref(),
+                Ok(event),
+                "{}",
+                String::from_utf8_lossy(&payload)
+            );
         }
-        check_promises(&payload);
+        check_promises(decoded);
     }
+    assert!(accepted > 300, "only {accepted} mutated payloads decoded");
+}
+
+#[test]
+fn mutated_protobuf_payloads_never_panic_or_break_a_promise() {
+    let mut rng = ChaCha8Rng::seed_from_u64(20261203);
+    let seeds: Vec<Vec<u8>> = SEEDS
+        .iter()
+        .map(|seed| protobuf::encode(&decode(seed.as_bytes(), EventKind::Feature).unwrap()))
+        .collect();
+    // Wire-format pieces: tags of every wire type, long varints, lengths
+    // larger than what follows, a NaN.
+    let nan = [0x11, 0, 0, 0, 0, 0, 0, 0xf8, 0x7f];
+    let fragments: [&[u8]; 9] = [
+        &[0x32, 0x7f],
+        &[0x0a, 0x05],
+        &[0xff, 0xff, 0xff, 0xff, 0x0f],
+        &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+        &[0x0b],
+        &[0x0d, 1, 2, 3, 4],
+        &[
+            0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ],
+        &[0x32, 9, 0x0a, 1, b'a'],
+        &nan,
+    ];
+    let mut accepted = 0;
+    for case in 0..30_000 {
+        let mut payload = seeds[case % seeds.len()].clone();
+        mutate(&mut rng, &mut payload, &fragments);
+        let decoded = protobuf::decode(&payload, EventKind::Prediction);
+        accepted += usize::from(decoded.is_ok());
+        check_promises(decoded);
+    }
+    assert!(accepted > 1_000, "only {accepted} mutated payloads decoded");
 }
 
 #[test]

@@ -124,7 +124,7 @@ pub async fn run(
                 partition: 0,
                 offset: *offset,
                 payload: &message.payload,
-                kind,
+                format: kind.into(),
             };
             *offset += 1;
             report.messages += 1;

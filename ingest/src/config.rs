@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use detectors::window::WindowSize;
-use events::EventKind;
+use events::{Encoding, EventKind, Format};
 use serde::Deserialize;
 
 use crate::engine::{defaults, EngineSettings};
@@ -80,6 +80,10 @@ pub struct RawTopic {
     pub name: String,
     /// Kind of event for payloads without a `schema` field.
     pub kind: EventKind,
+    /// How the payloads are encoded: `json` (default) or `protobuf`
+    /// (`tidewatch.v1.Event`).
+    #[serde(default)]
+    pub encoding: Encoding,
 }
 
 /// `[windows]`.
@@ -255,6 +259,18 @@ pub struct TopicSpec {
     pub name: String,
     /// Kind assumed for payloads without a `schema` field.
     pub kind: EventKind,
+    /// How the payloads are encoded.
+    pub encoding: Encoding,
+}
+
+impl TopicSpec {
+    /// How to decode this topic's payloads.
+    pub fn format(&self) -> Format {
+        Format {
+            encoding: self.encoding,
+            default_kind: self.kind,
+        }
+    }
 }
 
 /// Validated `[kafka]`.
@@ -346,6 +362,7 @@ impl RawKafka {
                 .map(|topic| TopicSpec {
                     name: topic.name,
                     kind: topic.kind,
+                    encoding: topic.encoding,
                 })
                 .collect(),
             dead_letter_topic: self.dead_letter_topic,

@@ -29,7 +29,7 @@ use std::time::Duration;
 use detectors::metrics::DriftThresholds;
 use detectors::reference::ReferenceProfile;
 use detectors::FeatureSketch;
-use events::EventKind;
+use events::Format;
 use store::{Store, WindowMetrics};
 
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
@@ -121,8 +121,9 @@ pub struct SourceMessage<'a> {
     pub offset: u64,
     /// The payload.
     pub payload: &'a [u8],
-    /// Kind assumed for a payload without a `schema` field.
-    pub kind: EventKind,
+    /// How the payload is encoded, and the kind assumed when it does not
+    /// name its schema.
+    pub format: Format,
 }
 
 impl Driver {
@@ -166,7 +167,7 @@ impl Driver {
             message.source,
             message.offset,
             message.payload,
-            message.kind,
+            message.format,
         );
         if let Ingested::Malformed(reason) = &outcome {
             tracing::debug!(source = message.source, offset = message.offset, %reason, "dead-lettering payload");

@@ -39,7 +39,7 @@ use detectors::aggregate::{PendingPrediction, Recorded};
 use detectors::catalog::Catalog;
 use detectors::window::{Arrival, EventTimeClock, WindowSize};
 use detectors::WindowAggregates;
-use events::EventKind;
+use events::{EventKind, Format};
 use rustc_hash::FxHashMap;
 use store::PartialSketch;
 
@@ -548,14 +548,16 @@ impl Engine {
         &self.counters
     }
 
-    /// Decodes and records one payload read at `offset` of `source`.
+    /// Decodes and records one payload read at `offset` of `source`
+    /// (`format`: an [`EventKind`] alone for JSON).
     pub fn ingest(
         &mut self,
         source: &str,
         offset: u64,
         payload: &[u8],
-        kind: EventKind,
+        format: impl Into<Format>,
     ) -> Ingested {
+        let format = format.into();
         let settings = &self.settings;
         let state = self
             .sources
@@ -586,7 +588,7 @@ impl Engine {
         range.next_offset = range.next_offset.max(offset + 1);
         range.dirty = true;
 
-        let event = match events::decode(payload, kind) {
+        let event = match format.decode(payload) {
             Ok(event) => event,
             Err(error) => {
                 self.counters.malformed += 1;
@@ -880,6 +882,43 @@ mod tests {
             engine.checkpoint().partials.is_empty(),
             "nothing new since the checkpoint"
         );
+    }
+
+    #[test]
+    fn protobuf_topics_record_what_json_topics_record() {
+        let json: Vec<Vec<u8>> = (0..10).map(|i| payload(i * 10, i as f64 / 3.0)).collect();
+        let protobuf: Vec<Vec<u8>> = json
+            .iter()
+            .map(|p| events::protobuf::encode(&events::decode(p, EventKind::Prediction).unwrap()))
+            .collect();
+        let format = Format {
+            encoding: events::Encoding::Protobuf,
+            default_kind: EventKind::Prediction,
+        };
+        let (mut from_json, mut from_protobuf) = (engine(100), engine(100));
+        for (offset, (json, protobuf)) in json.iter().zip(&protobuf).enumerate() {
+            let offset = offset as u64;
+            assert_eq!(
+                from_json.ingest("t/0", offset, json, EventKind::Prediction),
+                Ingested::Recorded
+            );
+            assert_eq!(
+                from_protobuf.ingest("t/0", offset, protobuf, format),
+                Ingested::Recorded
+            );
+        }
+        // JSON on a protobuf topic, and the other way round, is malformed.
+        assert!(matches!(
+            from_protobuf.ingest("t/0", 10, &json[0], format),
+            Ingested::Malformed(_)
+        ));
+        assert!(matches!(
+            from_json.ingest("t/0", 10, &protobuf[0], EventKind::Prediction),
+            Ingested::Malformed(_)
+        ));
+        let (json, protobuf) = (from_json.checkpoint(), from_protobuf.checkpoint());
+        assert_eq!(count_of(&json.partials, "x"), 10);
+        assert_eq!(json.partials, protobuf.partials);
     }
 
     #[test]

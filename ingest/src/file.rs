@@ -71,7 +71,7 @@ pub async fn replay_into(
                 partition: 0,
                 offset,
                 payload: &line,
-                kind: default_kind,
+                format: default_kind.into(),
             };
             if let Ingested::Malformed(_) = driver.ingest(message, dead_letters).await? {
                 report.dead_lettered += 1;

@@ -40,6 +40,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use events::EventKind;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -497,7 +498,7 @@ impl<O: WindowObserver> Member<O> {
             partition: record.partition,
             offset,
             payload: &record.payload,
-            kind: spec.kind,
+            format: spec.format(),
         };
         match driver.ingest(message, &mut self.dead_letters).await? {
             Ingested::Recorded => {}
@@ -741,6 +742,12 @@ pub struct ReplayOptions {
     pub topic: String,
     /// Messages per second; `None` sends as fast as the broker takes them.
     pub rate: Option<u32>,
+    /// How to send each line: JSON as it is, or re-encoded as a
+    /// `tidewatch.v1.Event` (a line that does not decode is sent as it is,
+    /// for the consumer to dead-letter).
+    pub encoding: events::Encoding,
+    /// The kind of a line without `schema`, when re-encoding.
+    pub kind: EventKind,
 }
 
 /// Produces every non-empty line of a JSON-lines file as one message
@@ -774,7 +781,17 @@ pub async fn replay_file(
         if buffer.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let line = buffer.as_slice();
+        let encoded;
+        let line = match options.encoding {
+            events::Encoding::Json => buffer.as_slice(),
+            events::Encoding::Protobuf => match events::decode(&buffer, options.kind) {
+                Ok(event) => {
+                    encoded = events::protobuf::encode(&event);
+                    encoded.as_slice()
+                }
+                Err(_) => buffer.as_slice(),
+            },
+        };
         let position = index;
         index += 1;
         if let Some(rate) = options.rate {
@@ -785,7 +802,7 @@ pub async fn replay_file(
         }
         // Key by prediction id when there is one, so a prediction and its
         // actual share a partition (and a consumer, for the join); else by line.
-        let key = prediction_id_of(line).unwrap_or_else(|| position.to_string());
+        let key = prediction_id_of(&buffer).unwrap_or_else(|| position.to_string());
         loop {
             match producer.send_result(FutureRecord::to(&options.topic).payload(line).key(&key)) {
                 Ok(delivery) => {

@@ -97,6 +97,9 @@ pub struct PollContext {
     failed: AtomicBool,
     /// The last poll found nothing to read (and nothing was left to hand over).
     caught_up: AtomicBool,
+    /// librdkafka reported a broker transport failure, and neither a
+    /// message nor statistics with a broker up came since.
+    brokers_down: AtomicBool,
 }
 
 impl PollContext {
@@ -119,14 +122,18 @@ impl PollContext {
             injected_failures: AtomicU32::new(injected),
             failed: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
+            brokers_down: AtomicBool::new(false),
         }
     }
 
-    /// Whether the last poll found nothing new: the member has read all
-    /// there is (for now). Idle-closing windows needs this, not just a quiet
-    /// channel: a loop held up by a store outage reads nothing either.
+    /// Whether the last poll found nothing new while the brokers were
+    /// reachable: the member has read all there is (for now). Idle-closing
+    /// windows needs this, not just a quiet channel: a loop held up by a
+    /// store outage reads nothing either, and neither does a consumer
+    /// whose broker is gone (its polls come back empty, the backlog grows
+    /// behind the outage).
     pub fn is_caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Relaxed)
+        self.caught_up.load(Ordering::Relaxed) && !self.brokers_down.load(Ordering::Relaxed)
     }
 
     fn topic_index(&self, topic: &str) -> Option<usize> {
@@ -176,6 +183,7 @@ impl ClientContext for PollContext {
         use rdkafka::types::RDKafkaErrorCode;
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown) => {
+                self.brokers_down.store(true, Ordering::Relaxed);
                 tracing::warn!(
                     reason,
                     "broker unreachable; consumption waits while librdkafka reconnects"
@@ -218,6 +226,7 @@ impl ClientContext for PollContext {
             .filter(|broker| broker.source != "internal" && broker.source != "logical")
             .any(|broker| broker.state == "UP");
         self.telemetry.set_brokers_up(up);
+        self.brokers_down.store(!up, Ordering::Relaxed);
     }
 }
 
@@ -367,6 +376,7 @@ fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
         match consumer.poll(timeout) {
             Some(Ok(message)) => {
                 context.caught_up.store(false, Ordering::Relaxed);
+                context.brokers_down.store(false, Ordering::Relaxed);
                 let Some(topic) = context.topic_index(message.topic()) else {
                     continue;
                 };
@@ -400,5 +410,28 @@ fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
         if context.notes.blocking_send(Note::Records(records)).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    #[test]
+    fn a_consumer_whose_broker_is_gone_is_not_caught_up() {
+        let (notes, _receiver) = mpsc::channel(1);
+        let context = PollContext::new(vec!["t".into()], 100, Telemetry::default(), notes);
+        context.caught_up.store(true, Ordering::Relaxed);
+        assert!(context.is_caught_up());
+        // Empty polls during an outage look like the end of the topic.
+        context.error(
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert!(!context.is_caught_up());
+        // Statistics with a broker up, or a message read, clear it.
+        context.brokers_down.store(false, Ordering::Relaxed);
+        assert!(context.is_caught_up());
     }
 }

@@ -187,6 +187,39 @@ fn pick(rng: &mut ChaCha8Rng, choices: &[(&'static str, f64)]) -> &'static str {
 
 const COUNTRIES: [(&str, f64); 4] = [("DE", 0.30), ("FR", 0.20), ("US", 0.35), ("GB", 0.15)];
 
+/// `count` prediction events of the demo model spread evenly over `hours`
+/// hours from [`DEMO_START_MS`], in time order, with no actuals and nothing
+/// malformed: the input of throughput benchmarks. Inputs drift in the
+/// second half as in the demo; the score and the latency are written at
+/// full precision, as a producer serializing `f64`s does. Yields
+/// (prediction id, JSON line), lazily.
+pub fn prediction_stream(
+    count: u64,
+    hours: u32,
+    seed: u64,
+) -> impl Iterator<Item = (String, String)> {
+    let sampler = Sampler::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let span_ms = i64::from(hours.max(1)) * 3_600_000;
+    (0..count).map(move |index| {
+        let drifted = index >= count / 2;
+        let row = sampler.row(&mut rng, drifted);
+        let country = pick(&mut rng, &COUNTRIES);
+        let latency = sampler.latency.sample(&mut rng);
+        let timestamp = DEMO_START_MS + (i128::from(index) * i128::from(span_ms) / i128::from(count.max(1))) as i64;
+        let id = format!("b{index:08}");
+        let class = if row.score >= 0.5 { "yes" } else { "no" };
+        let charges = row
+            .monthly_charges
+            .map_or("null".to_owned(), |v| v.to_string());
+        let line = format!(
+            r#"{{"schema":"tidewatch.prediction.v1","model":"{DEMO_MODEL}","model_version":"{DEMO_VERSION}","prediction_id":"{id}","timestamp":{timestamp},"features":{{"age":{},"tenure_months":{},"monthly_charges":{charges},"support_calls":{},"contract":"{}","payment_method":"{}"}},"prediction":{{"score":{},"class":"{class}"}},"latency_ms":{latency},"segments":{{"country":"{country}"}}}}"#,
+            row.age, row.tenure_months, row.support_calls, row.contract, row.payment_method, row.score
+        );
+        (id, line)
+    })
+}
+
 /// Generates the stream and the training data.
 pub fn generate(shape: DemoShape, seed: u64) -> DemoFixtures {
     let sampler = Sampler::new();

@@ -95,6 +95,8 @@ pub struct ConfigOptions {
     pub idle_close_after: &'static str,
     /// Lines added to the model's section (segment bounds…).
     pub model_extra: &'static str,
+    /// The topic's `encoding` (`json`, `protobuf`).
+    pub encoding: &'static str,
 }
 
 impl ConfigOptions {
@@ -124,6 +126,7 @@ impl Default for ConfigOptions {
             session_timeout_ms: 10_000,
             idle_close_after: "3s",
             model_extra: "",
+            encoding: "json",
         }
     }
 }
@@ -176,7 +179,7 @@ version = 1
 brokers = "{brokers}"
 group_id = "tidewatch-{name}"
 dead_letter_topic = "{dead_letters}"
-topics = [{{ name = "{topic}", kind = "prediction" }}]
+topics = [{{ name = "{topic}", kind = "prediction", encoding = "{encoding}" }}]
 stall_after = "20s"
 [kafka.properties]
 "session.timeout.ms" = "{session_timeout_ms}"
@@ -219,6 +222,7 @@ features = [
             session_timeout_ms = options.session_timeout_ms,
             idle_close_after = options.idle_close_after,
             model_extra = options.model_extra,
+            encoding = options.encoding,
         );
         let path = self.directory.join("tidewatch.toml");
         std::fs::write(&path, text).unwrap();
@@ -293,9 +297,22 @@ features = [
 
     /// Runs `tidewatch replay` on `file` to the scenario's topic.
     pub fn replay_file(&self, file: &Path, rate: Option<u32>) -> std::process::Child {
+        self.replay_encoded(file, rate, "json")
+    }
+
+    /// Runs `tidewatch replay --encoding <encoding>` on `file` to the
+    /// scenario's topic.
+    pub fn replay_encoded(
+        &self,
+        file: &Path,
+        rate: Option<u32>,
+        encoding: &str,
+    ) -> std::process::Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
         command
             .arg("replay")
+            .arg("--encoding")
+            .arg(encoding)
             .arg(file)
             .arg("--to")
             .arg(&self.brokers)
