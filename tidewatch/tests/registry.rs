@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -819,7 +820,9 @@ versions = [
     println!("the gateway followed the registry: challenger → 2, champion → 2 (promoted), champion → 3 refused (no file), champion → 4 loaded from its registered source");
 }
 
-/// A real `mlflow server` (SQLite backend) on 127.0.0.1, stopped on drop.
+/// A real `mlflow server` (SQLite backend) on 127.0.0.1, stopped on drop
+/// with the processes it starts (uvicorn, the job consumers): it runs in a
+/// process group of its own, and the whole group is killed.
 struct MlflowServer {
     child: std::process::Child,
     url: String,
@@ -827,6 +830,10 @@ struct MlflowServer {
 
 impl Drop for MlflowServer {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--"])
+            .arg(format!("-{}", self.child.id()))
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -860,6 +867,7 @@ async fn start_mlflow(python: &str, directory: &Path) -> MlflowServer {
         .env("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .expect("starting mlflow server");
     let server = MlflowServer {
