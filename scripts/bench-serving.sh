@@ -19,21 +19,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-cache_dir=${TIDEWATCH_CACHE_DIR:-$HOME/.cache/tidewatch}
-nisshi="$cache_dir/nisshi-0.8.1/bin/nisshi"
 port=${TIDEWATCH_BENCH_PORT:-19092}
-[ -x "$nisshi" ] || { echo "no broker at $nisshi: run scripts/test.sh once, which builds it" >&2; exit 1; }
+source scripts/local-broker.sh
 lscpu | grep -E '^(Model name|CPU\(s\)):' || true
 cargo bench -p tidewatch --bench gateway_load --no-run -q
-log=$(mktemp)
-"$nisshi" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
-  --storage-engine memory://nisshi/ >"$log" 2>&1 &
-broker=$!
-trap 'kill $broker 2>/dev/null || true; wait $broker 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 1 60); do
-  timeout 2 "$nisshi" topic list --broker "tcp://127.0.0.1:$port" >/dev/null 2>&1 && break
-  sleep 0.5
-done
+start_local_broker "$port"
 cpus=$(nproc)
 last=$((cpus - 1))
 others="0-$((last - 1))"

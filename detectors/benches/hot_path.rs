@@ -22,7 +22,7 @@ use detectors::reference::{ReferenceBuilder, TrainingValue};
 use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::{Arrival, EventTimeClock, WindowSize};
 use detectors::WindowAggregates;
-use events::EventKind;
+use events::{Encoding, EventKind, Format};
 
 const FEATURES: usize = 20;
 const EVENTS: usize = 10_000;
@@ -119,77 +119,45 @@ fn catalog_for(spec: ModelSpec) -> Catalog {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let payloads = payloads();
+    let payloads: Vec<Vec<u8>> = payloads().into_iter().map(String::into_bytes).collect();
     let catalog = catalog();
     let mut group = c.benchmark_group("hot_path");
     group.throughput(Throughput::Elements(EVENTS as u64));
-    group.bench_function("decode_window_sketch_20_features", |b| {
-        b.iter_batched_ref(
-            || {
-                (
-                    WindowAggregates::new(100_000),
-                    EventTimeClock::new(WindowSize::from_millis(60_000).unwrap(), 5_000),
-                )
-            },
-            |(aggregates, clock)| {
-                for payload in &payloads {
-                    let event = events::decode(payload.as_bytes(), EventKind::Prediction).unwrap();
-                    let Arrival::OnTime { window_start } = clock.observe(event.timestamp_ms) else {
-                        continue;
-                    };
-                    let recorded = aggregates.record(&catalog, window_start, &event);
-                    debug_assert_eq!(recorded, Recorded::Added);
-                }
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    let decoded: Vec<_> = payloads
-        .iter()
-        .map(|p| events::decode(p.as_bytes(), EventKind::Prediction).unwrap())
-        .collect();
+    let json = Format::from(EventKind::Prediction);
+    end_to_end(
+        &mut group,
+        "decode_window_sketch_20_features",
+        &catalog,
+        &payloads,
+        json,
+    );
+    let decoded: Vec<_> = payloads.iter().map(|p| json.decode(p).unwrap()).collect();
     // The same events as `tidewatch.v1.Event` messages.
     let messages: Vec<Vec<u8>> = decoded.iter().map(events::protobuf::encode).collect();
-    group.bench_function("protobuf_decode_window_sketch_20_features", |b| {
-        b.iter_batched_ref(
-            || {
-                (
-                    WindowAggregates::new(100_000),
-                    EventTimeClock::new(WindowSize::from_millis(60_000).unwrap(), 5_000),
-                )
-            },
-            |(aggregates, clock)| {
-                for message in &messages {
-                    let event = events::protobuf::decode(message, EventKind::Prediction).unwrap();
-                    let Arrival::OnTime { window_start } = clock.observe(event.timestamp_ms) else {
-                        continue;
-                    };
-                    let recorded = aggregates.record(&catalog, window_start, &event);
-                    debug_assert_eq!(recorded, Recorded::Added);
-                }
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    let protobuf = Format {
+        encoding: Encoding::Protobuf,
+        default_kind: EventKind::Prediction,
+    };
+    end_to_end(
+        &mut group,
+        "protobuf_decode_window_sketch_20_features",
+        &catalog,
+        &messages,
+        protobuf,
+    );
     // Decoding alone, each encoding.
-    group.bench_function("decode_only_json", |b| {
-        b.iter(|| {
-            for payload in &payloads {
-                std::hint::black_box(
-                    events::decode(payload.as_bytes(), EventKind::Prediction).unwrap(),
-                );
-            }
-        })
-    });
-    group.bench_function("decode_only_protobuf", |b| {
-        b.iter(|| {
-            for message in &messages {
-                std::hint::black_box(
-                    events::protobuf::decode(message, EventKind::Prediction).unwrap(),
-                );
-            }
-        })
-    });
+    for (name, payloads, format) in [
+        ("decode_only_json", &payloads, json),
+        ("decode_only_protobuf", &messages, protobuf),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for payload in payloads {
+                    std::hint::black_box(format.decode(payload).unwrap());
+                }
+            })
+        });
+    }
     let no_segments = catalog_for(spec_with_segments(Vec::new()));
     for (name, catalog) in [
         ("sketch_updates_only_20_features", &catalog),
@@ -223,6 +191,38 @@ fn hot_path(c: &mut Criterion) {
         resident_updates(&mut group, name, catalog, resident);
     }
     group.finish();
+}
+
+/// Decodes each of `payloads` as `format`, assigns its event-time window
+/// and records it into fresh aggregates.
+fn end_to_end(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    catalog: &Catalog,
+    payloads: &[Vec<u8>],
+    format: Format,
+) {
+    group.bench_function(name, |b| {
+        b.iter_batched_ref(
+            || {
+                (
+                    WindowAggregates::new(100_000),
+                    EventTimeClock::new(WindowSize::from_millis(60_000).unwrap(), 5_000),
+                )
+            },
+            |(aggregates, clock)| {
+                for payload in payloads {
+                    let event = format.decode(payload).unwrap();
+                    let Arrival::OnTime { window_start } = clock.observe(event.timestamp_ms) else {
+                        continue;
+                    };
+                    let recorded = aggregates.record(catalog, window_start, &event);
+                    debug_assert_eq!(recorded, Recorded::Added);
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
 }
 
 /// Records `resident` (events already in cache) 20 times over into fresh

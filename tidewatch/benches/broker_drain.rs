@@ -80,10 +80,11 @@ fn main() {
         store_reference(&config, &directory);
         let drained = drain(&brokers, &topic, &group, &config, instances, events);
         println!(
-            "tidewatch run, {instances} instance(s): {:.0} events/s stored ({:.1} % of bare); all {events} stored {:.1} s after start; peak RSS {} MiB per instance",
+            "tidewatch run, {instances} instance(s): {:.0} events/s stored from the first commit to the last ({:.1} % of bare); all {events} stored {:.1} s after start ({:.0} events/s over that time); peak RSS {} MiB per instance",
             drained.rate,
             100.0 * drained.rate / bare,
             drained.wall.as_secs_f64(),
+            events as f64 / drained.wall.as_secs_f64(),
             drained
                 .peak_rss_kib
                 .iter()
@@ -299,12 +300,16 @@ fn drain(
     }
     let started = Instant::now();
     let mut children: Vec<Child> = (0..instances)
-        .map(|_| {
+        .map(|instance| {
+            let log = std::fs::File::create(config.with_extension(format!("{instance}.log")))
+                .expect("the instance's log");
             Command::new(env!("CARGO_BIN_EXE_tidewatch"))
                 .arg("run")
                 .arg("--config")
                 .arg(config)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "error")
+                .stdout(log.try_clone().expect("the instance's log"))
+                .stderr(log)
                 .spawn()
                 .expect("starting tidewatch run")
         })
