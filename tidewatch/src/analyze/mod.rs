@@ -732,47 +732,59 @@ pub fn analyze(
             }
         }
     };
-    let estimator = match &options.estimation {
-        Some(columns) => Some(Estimator::fit(
-            columns,
-            &reference_columns,
-            &current_columns,
-            options,
-            band_rows,
-        )?),
-        None => None,
-    };
-    let reconstruction = match options.multivariate {
-        Some(share) => Some(Reconstruction::fit(
-            &compared,
-            &reference_columns,
-            &current_columns,
-            share,
-            band_rows,
-        )?),
-        None => None,
-    };
-    let loss = match &options.loss {
-        Some(columns) => Some(LossEstimator::fit(
-            columns,
-            &compared,
-            &reference_columns,
-            &current_columns,
-            options,
-            band_rows,
-        )?),
-        None => None,
-    };
-    let multiclass = match &options.multiclass {
-        Some(columns) => Some(MulticlassEstimator::fit(
-            columns,
-            &reference_columns,
-            &current_columns,
-            options,
-            band_rows,
-        )?),
-        None => None,
-    };
+    // Each estimator only when asked for.
+    let estimator = options
+        .estimation
+        .as_ref()
+        .map(|columns| {
+            Estimator::fit(
+                columns,
+                &reference_columns,
+                &current_columns,
+                options,
+                band_rows,
+            )
+        })
+        .transpose()?;
+    let reconstruction = options
+        .multivariate
+        .map(|share| {
+            Reconstruction::fit(
+                &compared,
+                &reference_columns,
+                &current_columns,
+                share,
+                band_rows,
+            )
+        })
+        .transpose()?;
+    let loss = options
+        .loss
+        .as_ref()
+        .map(|columns| {
+            LossEstimator::fit(
+                columns,
+                &compared,
+                &reference_columns,
+                &current_columns,
+                options,
+                band_rows,
+            )
+        })
+        .transpose()?;
+    let multiclass = options
+        .multiclass
+        .as_ref()
+        .map(|columns| {
+            MulticlassEstimator::fit(
+                columns,
+                &reference_columns,
+                &current_columns,
+                options,
+                band_rows,
+            )
+        })
+        .transpose()?;
     let mut multivariate = Vec::new();
     let mut performance = Vec::new();
     let mut results = Vec::new();
