@@ -9,7 +9,9 @@
 #   scripts/bench-broker.sh [events]     (default 10000000; prints the CPU first)
 #
 # Environment: TIDEWATCH_BENCH_ENCODING (json, the default, or protobuf),
-# TIDEWATCH_CACHE_DIR, TIDEWATCH_BENCH_PORT (broker port, default 19093).
+# TIDEWATCH_BENCH_BINARY (time another tidewatch binary, e.g. one built from
+# an earlier commit, for an A/B run on one machine), TIDEWATCH_CACHE_DIR,
+# TIDEWATCH_BENCH_PORT (broker port, default 19093).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 events=${1:-10000000}

@@ -49,19 +49,22 @@ pub struct PendingPrediction {
     pub event_time: i64,
     /// Model version (interned).
     pub model_version: Arc<str>,
-    /// Segment labels of the prediction (`all`, `key=value`…).
-    pub segments: Box<[Arc<str>]>,
+    /// Segment labels of the prediction (`all`, `key=value`…), interned:
+    /// a model's predictions share a few lists.
+    pub segments: Arc<[Arc<str>]>,
     /// Score, if any.
     pub score: Option<f64>,
     /// Predicted class, if any (interned).
     pub class: Option<Arc<str>>,
 }
 
-/// Shares the strings many pending predictions repeat (versions, classes):
-/// at most `INTERNED` of them, beyond which each gets its own copy.
+/// Shares the strings many pending predictions repeat (versions, classes)
+/// and their lists of segment labels: at most `INTERNED` of each, beyond
+/// which each gets its own copy.
 #[derive(Debug, Clone, Default)]
 struct Interner {
     strings: rustc_hash::FxHashSet<Arc<str>>,
+    lists: rustc_hash::FxHashSet<Arc<[Arc<str>]>>,
 }
 
 impl Interner {
@@ -74,6 +77,17 @@ impl Interner {
         let shared: Arc<str> = Arc::from(text);
         if self.strings.len() < Self::INTERNED {
             self.strings.insert(Arc::clone(&shared));
+        }
+        shared
+    }
+
+    fn list(&mut self, items: &[Arc<str>]) -> Arc<[Arc<str>]> {
+        if let Some(shared) = self.lists.get(items) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<[Arc<str>]> = Arc::from(items);
+        if self.lists.len() < Self::INTERNED {
+            self.lists.insert(Arc::clone(&shared));
         }
         shared
     }
@@ -239,15 +253,18 @@ impl WindowAggregates {
         }
         let spec = catalog.model(&event.model)?;
         event.prediction_id.as_ref()?;
-        let mut segments = Vec::new();
+        let mut segments = std::mem::take(&mut self.scratch_segments);
         // Overflow was counted when the event was recorded.
         self.segments_of(spec, window_start, event, &mut segments, false);
+        let shared = self.interned.list(&segments);
+        segments.clear();
+        self.scratch_segments = segments;
         let prediction = event.prediction.as_ref();
         Some(PendingPrediction {
             window_start,
             event_time: event.timestamp_ms,
             model_version: self.interned.get(&event.model_version),
-            segments: segments.into_boxed_slice(),
+            segments: shared,
             score: prediction.and_then(|p| p.effective_score()),
             class: prediction
                 .and_then(|p| p.predicted_class())

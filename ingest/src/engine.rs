@@ -472,6 +472,39 @@ struct SourceState {
     sealed: Vec<RangeState>,
 }
 
+/// Windows (start, model) seen and not yet finalized, in order of start.
+/// Looked up by `&str` for every recorded event, so without copying the
+/// model's name (a set of `(i64, String)` pairs could not be).
+#[derive(Debug, Default)]
+struct OpenWindows {
+    by_start: BTreeMap<i64, BTreeSet<String>>,
+}
+
+impl OpenWindows {
+    fn insert(&mut self, window_start: i64, model: &str) {
+        let models = self.by_start.entry(window_start).or_default();
+        if !models.contains(model) {
+            models.insert(model.to_owned());
+        }
+    }
+
+    fn remove(&mut self, window_start: i64, model: &str) {
+        if let Some(models) = self.by_start.get_mut(&window_start) {
+            models.remove(model);
+            if models.is_empty() {
+                self.by_start.remove(&window_start);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn contains(&self, window_start: i64, model: &str) -> bool {
+        self.by_start
+            .get(&window_start)
+            .is_some_and(|models| models.contains(model))
+    }
+}
+
 /// What a checkpoint must store, then commit.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
@@ -491,7 +524,7 @@ pub struct Engine {
     catalog: Catalog,
     sources: BTreeMap<String, SourceState>,
     /// (window_start, model) seen and not yet finalized.
-    open_windows: BTreeSet<(i64, String)>,
+    open_windows: OpenWindows,
     counters: EngineCounters,
     join: JoinBuffer,
     /// The wall clock, ms since the epoch (injected so tests can move it).
@@ -520,7 +553,7 @@ impl Engine {
             settings,
             catalog,
             sources: BTreeMap::new(),
-            open_windows: BTreeSet::new(),
+            open_windows: OpenWindows::default(),
             counters: EngineCounters::default(),
             join: JoinBuffer::default(),
             clock,
@@ -559,14 +592,19 @@ impl Engine {
     ) -> Ingested {
         let format = format.into();
         let settings = &self.settings;
-        let state = self
-            .sources
-            .entry(source.to_owned())
-            .or_insert_with(|| SourceState {
-                clock: EventTimeClock::new(settings.window_size, settings.allowed_lateness_ms),
-                current: None,
-                sealed: Vec::new(),
-            });
+        // Looked up before inserting: the entry API would copy `source` for
+        // every message.
+        if !self.sources.contains_key(source) {
+            self.sources.insert(
+                source.to_owned(),
+                SourceState {
+                    clock: EventTimeClock::new(settings.window_size, settings.allowed_lateness_ms),
+                    current: None,
+                    sealed: Vec::new(),
+                },
+            );
+        }
+        let state = self.sources.get_mut(source).expect("inserted above");
         let range_start = range_start_of(offset, settings.range_size);
         if state
             .current
@@ -641,8 +679,7 @@ impl Engine {
                     range.aggregates.take_segment_overflow().displaced;
                 if recorded == Recorded::Added {
                     self.counters.joined += 1;
-                    self.open_windows
-                        .insert((pending.window_start, event.model.to_string()));
+                    self.open_windows.insert(pending.window_start, &event.model);
                 }
             }
         }
@@ -686,13 +723,7 @@ impl Engine {
                         &mut self.counters,
                     );
                 }
-                if !self
-                    .open_windows
-                    .contains(&(window_start, event.model.to_string()))
-                {
-                    self.open_windows
-                        .insert((window_start, event.model.into_owned()));
-                }
+                self.open_windows.insert(window_start, &event.model);
                 Ingested::Recorded
             }
             Recorded::UnknownModel => {
@@ -773,9 +804,10 @@ impl Engine {
         };
         let size = self.settings.window_size;
         self.open_windows
+            .by_start
             .iter()
-            .take_while(|(start, _)| size.window_end(*start) <= watermark)
-            .cloned()
+            .take_while(|(start, _)| size.window_end(**start) <= watermark)
+            .flat_map(|(start, models)| models.iter().map(|model| (*start, model.clone())))
             .collect()
     }
 
@@ -786,7 +818,7 @@ impl Engine {
     /// joined actual can still add to a finalized window's `quality` series
     /// (which puts the window back on the list to finalize).
     pub fn window_finalized(&mut self, window_start: i64, model: &str) {
-        self.open_windows.remove(&(window_start, model.to_owned()));
+        self.open_windows.remove(window_start, model);
     }
 
     /// Closes every window of every source (end of input, or idleness).
@@ -1274,7 +1306,7 @@ mod tests {
         );
         engine.ingest("a/0", 4, &actual("e", 3_200, "yes"), EventKind::Actual);
         assert!(engine.closed_windows().iter().all(|(start, _)| *start != 0));
-        assert!(engine.open_windows.contains(&(3_000, "c".to_owned())));
+        assert!(engine.open_windows.contains(3_000, "c"));
     }
 
     #[test]

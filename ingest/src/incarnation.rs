@@ -85,15 +85,29 @@ impl std::fmt::Display for PartitionId {
 pub struct SourceId {
     partition: PartitionId,
     incarnation: u32,
+    /// The displayed name, made once (every message is ingested under it).
+    name: std::sync::Arc<str>,
 }
 
 impl SourceId {
     /// Incarnation `incarnation` (from 1) of `partition`.
     pub fn new(partition: PartitionId, incarnation: u32) -> Self {
+        let incarnation = incarnation.max(1);
+        let name = if incarnation == 1 {
+            partition.to_string()
+        } else {
+            format!("{partition}#{incarnation}")
+        };
         Self {
             partition,
-            incarnation: incarnation.max(1),
+            incarnation,
+            name: name.into(),
         }
+    }
+
+    /// The name the engine and the store use (what `Display` shows).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The partition this is an incarnation of.
@@ -109,11 +123,7 @@ impl SourceId {
 
 impl std::fmt::Display for SourceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.incarnation <= 1 {
-            write!(f, "{}", self.partition)
-        } else {
-            write!(f, "{}#{}", self.partition, self.incarnation)
-        }
+        f.write_str(&self.name)
     }
 }
 
@@ -121,6 +131,8 @@ impl std::fmt::Display for SourceId {
 struct PartitionState {
     /// `None` until looked up in the store.
     incarnation: Option<u32>,
+    /// The source of `incarnation`, once that is known.
+    source: Option<SourceId>,
     current_range: Option<u64>,
     last_offset: Option<u64>,
     /// range start → (first offset, fingerprint) read in this process.
@@ -177,6 +189,8 @@ impl Incarnations {
 
     /// Where the message at `offset` of `partition` goes (see the module
     /// docs). Store lookups are retried like every store operation.
+    /// `fingerprint` hashes the message; it is called only for the first
+    /// message of a range.
     pub async fn source_for(
         &mut self,
         store: &Store,
@@ -184,8 +198,24 @@ impl Incarnations {
         retry_max_delay: std::time::Duration,
         partition: &PartitionId,
         offset: u64,
-        fingerprint: u64,
+        fingerprint: impl FnOnce() -> u64,
     ) -> Result<Placement, Error> {
+        let range_start = range_start_of(offset, self.range_size);
+        // Most messages follow the previous one in its range: nothing to
+        // look up, nothing to hash.
+        if let Some(state) = self.partitions.get_mut(partition) {
+            if let (Some(source), true) = (
+                &state.source,
+                state.current_range == Some(range_start)
+                    && state.last_offset.is_some_and(|last| offset > last),
+            ) {
+                state.last_offset = Some(offset);
+                return Ok(Placement {
+                    source: source.clone(),
+                    replaced: None,
+                });
+            }
+        }
         if !self.partitions.contains_key(partition) {
             self.partitions
                 .insert(partition.clone(), PartitionState::default());
@@ -202,18 +232,21 @@ impl Incarnations {
                 *state.incarnation.insert(latest.unwrap_or(1))
             }
         };
-        let range_start = range_start_of(offset, self.range_size);
+        let source = state
+            .source
+            .get_or_insert_with(|| SourceId::new(partition.clone(), incarnation))
+            .clone();
         let moved = state.current_range != Some(range_start)
             || state.last_offset.is_some_and(|last| offset <= last);
         state.current_range = Some(range_start);
         state.last_offset = Some(offset);
-        let source = SourceId::new(partition.clone(), incarnation);
         if !moved {
             return Ok(Placement {
                 source,
                 replaced: None,
             });
         }
+        let fingerprint = fingerprint();
         let known = match state.first_read.get(&range_start) {
             Some(first) => Some(*first),
             None => retry_store(telemetry, "fingerprints", retry_max_delay, || async {
@@ -258,9 +291,11 @@ impl Incarnations {
             );
             telemetry.partition_recreated();
             state.incarnation = Some(next);
+            let source = SourceId::new(partition.clone(), next);
+            state.source = Some(source.clone());
             state.first_read.clear();
             placement = Placement {
-                source: SourceId::new(partition.clone(), next),
+                source,
                 replaced: Some(placement.source),
             };
         }
@@ -319,14 +354,9 @@ mod tests {
         let partition = PartitionId::new("t", 0);
         let place = async |member: &mut Incarnations, offset: u64, payload: &str| {
             let placed = member
-                .source_for(
-                    &store,
-                    &telemetry,
-                    DELAY,
-                    &partition,
-                    offset,
-                    fingerprint(Some(1), payload.as_bytes()),
-                )
+                .source_for(&store, &telemetry, DELAY, &partition, offset, || {
+                    fingerprint(Some(1), payload.as_bytes())
+                })
                 .await
                 .unwrap();
             (

@@ -328,6 +328,8 @@ struct Member<O> {
     assigned: HashMap<(usize, i32), PartitionId>,
     /// The incarnation of each partition (see [`crate::incarnation`]).
     incarnations: Incarnations,
+    /// Messages read, per topic (by index in `topics`).
+    consumed: Vec<prometheus_client::metrics::counter::Counter>,
 }
 
 impl<O: WindowObserver> Member<O> {
@@ -433,8 +435,8 @@ impl<O: WindowObserver> Member<O> {
     async fn handle(&mut self, driver: &mut Driver, note: Note) -> Result<(), Error> {
         match note {
             Note::Records(records) => {
-                for record in &records {
-                    self.record(driver, record).await?;
+                for (record, payload) in records.iter() {
+                    self.record(driver, record, payload).await?;
                     if driver.needs_checkpoint() {
                         self.store_and_commit(driver).await?;
                     }
@@ -463,7 +465,12 @@ impl<O: WindowObserver> Member<O> {
         Ok(())
     }
 
-    async fn record(&mut self, driver: &mut Driver, record: &Record) -> Result<(), Error> {
+    async fn record(
+        &mut self,
+        driver: &mut Driver,
+        record: &Record,
+        payload: &[u8],
+    ) -> Result<(), Error> {
         let Some(partition) = self.assigned.get(&(record.topic, record.partition)) else {
             tracing::debug!(
                 partition = record.partition,
@@ -481,23 +488,22 @@ impl<O: WindowObserver> Member<O> {
                 driver.settings().store_retry_max_delay,
                 partition,
                 offset,
-                fingerprint(record.timestamp, &record.payload),
+                || fingerprint(record.timestamp, payload),
             )
             .await?;
         if let Some(old_source) = &placement.replaced {
             self.retire(driver, old_source).await?;
         }
-        let source = placement.source.to_string();
         let spec = &self.topics[record.topic];
         let topic = spec.name.as_str();
         self.report.messages += 1;
-        self.telemetry.consumed(topic);
+        self.consumed[record.topic].inc();
         let message = SourceMessage {
-            source: &source,
+            source: placement.source.name(),
             topic,
             partition: record.partition,
             offset,
-            payload: &record.payload,
+            payload,
             format: spec.format(),
         };
         match driver.ingest(message, &mut self.dead_letters).await? {
@@ -574,6 +580,11 @@ pub async fn run(
         report: RunReport::default(),
         assigned: HashMap::new(),
         incarnations: Incarnations::new(driver.engine().settings().range_size),
+        consumed: settings
+            .topics()
+            .iter()
+            .map(|topic| telemetry.consumed_counter(&topic.name))
+            .collect(),
     };
     let mut ticker = tokio::time::interval(loop_settings.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -59,7 +59,7 @@ pub const BATCH_MESSAGES: usize = 512;
 /// Payload bytes per batch (reached by its last message).
 pub const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// One message as the loop needs it.
+/// One message as the loop needs it (its payload is in its [`Batch`]).
 #[derive(Debug)]
 pub struct Record {
     /// Index of the topic in the subscription list.
@@ -68,17 +68,77 @@ pub struct Record {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// Payload (empty for a message without one).
-    pub payload: Vec<u8>,
+    /// Where the payload is in the batch's bytes (empty for a message
+    /// without one).
+    payload: std::ops::Range<usize>,
     /// The message's timestamp (ms), if it has one.
     pub timestamp: Option<i64>,
+}
+
+/// Messages in the order read, their payloads copied out of librdkafka
+/// into one buffer (one allocation per batch, not per message).
+#[derive(Debug, Default)]
+pub struct Batch {
+    records: Vec<Record>,
+    bytes: Vec<u8>,
+}
+
+impl Batch {
+    fn with_capacity() -> Self {
+        Self {
+            records: Vec::with_capacity(BATCH_MESSAGES),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// Appends a message.
+    pub fn push(
+        &mut self,
+        topic: usize,
+        partition: i32,
+        offset: i64,
+        payload: &[u8],
+        timestamp: Option<i64>,
+    ) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.records.push(Record {
+            topic,
+            partition,
+            offset,
+            payload: start..self.bytes.len(),
+            timestamp,
+        });
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when no message is held.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Payload bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Each message with its payload, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Record, &[u8])> {
+        self.records
+            .iter()
+            .map(|record| (record, &self.bytes[record.payload.clone()]))
+    }
 }
 
 /// What the thread tells the loop, in order.
 #[derive(Debug)]
 pub enum Note {
     /// Messages, in the order read.
-    Records(Vec<Record>),
+    Records(Batch),
     /// Partitions assigned, each rewound (topic index, partition).
     Assigned(Vec<(usize, i32)>),
     /// Partitions revoked (topic index, partition): drop their state, commit nothing for them.
@@ -364,8 +424,7 @@ impl Drop for Poller {
 
 fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
     let context = consumer.context();
-    let mut batch: Vec<Record> = Vec::with_capacity(BATCH_MESSAGES);
-    let mut bytes = 0usize;
+    let mut batch = Batch::with_capacity();
     while !stop.load(Ordering::Relaxed) && !context.failed.load(Ordering::Relaxed) {
         // Block briefly only when there is nothing to hand over.
         let timeout = if batch.is_empty() {
@@ -380,16 +439,14 @@ fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
                 let Some(topic) = context.topic_index(message.topic()) else {
                     continue;
                 };
-                let payload = message.payload().unwrap_or_default().to_vec();
-                bytes += payload.len();
-                batch.push(Record {
+                batch.push(
                     topic,
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    payload,
-                    timestamp: message.timestamp().to_millis(),
-                });
-                if batch.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+                    message.partition(),
+                    message.offset(),
+                    message.payload().unwrap_or_default(),
+                    message.timestamp().to_millis(),
+                );
+                if batch.len() < BATCH_MESSAGES && batch.bytes() < BATCH_BYTES {
                     continue;
                 }
             }
@@ -405,8 +462,7 @@ fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
         if batch.is_empty() {
             continue;
         }
-        let records = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MESSAGES));
-        bytes = 0;
+        let records = std::mem::replace(&mut batch, Batch::with_capacity());
         if context.notes.blocking_send(Note::Records(records)).is_err() {
             return;
         }

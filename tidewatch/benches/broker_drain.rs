@@ -24,7 +24,9 @@
 //! 4. **tidewatch, 2 instances** in one group, sharing the store file.
 //!
 //! Environment: `TIDEWATCH_BENCH_KAFKA_BROKERS` (required),
-//! `TIDEWATCH_BENCH_EVENTS`, `TIDEWATCH_BENCH_ENCODING` (`json`, `protobuf`).
+//! `TIDEWATCH_BENCH_EVENTS`, `TIDEWATCH_BENCH_ENCODING` (`json`, `protobuf`),
+//! `TIDEWATCH_BENCH_BINARY` (another `tidewatch` binary to time, e.g. one
+//! built from an earlier commit for an A/B run on the same machine).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -303,15 +305,18 @@ fn drain(
         .map(|instance| {
             let log = std::fs::File::create(config.with_extension(format!("{instance}.log")))
                 .expect("the instance's log");
-            Command::new(env!("CARGO_BIN_EXE_tidewatch"))
-                .arg("run")
-                .arg("--config")
-                .arg(config)
-                .env("RUST_LOG", "error")
-                .stdout(log.try_clone().expect("the instance's log"))
-                .stderr(log)
-                .spawn()
-                .expect("starting tidewatch run")
+            Command::new(
+                std::env::var_os("TIDEWATCH_BENCH_BINARY")
+                    .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidewatch").into()),
+            )
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "error")
+            .stdout(log.try_clone().expect("the instance's log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting tidewatch run")
         })
         .collect();
     let mut first: Option<(Instant, u64)> = None;

@@ -920,14 +920,9 @@ async fn range_fingerprints_wait_for_the_store() {
         async move {
             let mut member = member;
             let placed = member
-                .source_for(
-                    &store,
-                    &telemetry,
-                    delay,
-                    &partition,
-                    0,
-                    fingerprint(Some(1), b"m0"),
-                )
+                .source_for(&store, &telemetry, delay, &partition, 0, || {
+                    fingerprint(Some(1), b"m0")
+                })
                 .await;
             (member, placed)
         }
@@ -975,27 +970,17 @@ async fn range_fingerprints_wait_for_the_store() {
     // another message at that offset is a new incarnation.
     let mut restarted = Incarnations::new(100);
     let same = restarted
-        .source_for(
-            &store,
-            &telemetry,
-            delay,
-            &partition,
-            0,
-            fingerprint(Some(1), b"m0"),
-        )
+        .source_for(&store, &telemetry, delay, &partition, 0, || {
+            fingerprint(Some(1), b"m0")
+        })
         .await
         .unwrap();
     assert_eq!(same.source.to_string(), "t/0");
     let mut after_recreation = Incarnations::new(100);
     let other = after_recreation
-        .source_for(
-            &store,
-            &telemetry,
-            delay,
-            &partition,
-            0,
-            fingerprint(Some(1), b"other"),
-        )
+        .source_for(&store, &telemetry, delay, &partition, 0, || {
+            fingerprint(Some(1), b"other")
+        })
         .await
         .unwrap();
     assert_eq!(other.source.to_string(), "t/0#2");
