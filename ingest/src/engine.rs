@@ -189,9 +189,9 @@ impl EngineSettings {
 ///
 /// Entries are keyed by a 128-bit hash of (model, prediction id) rather than
 /// the strings. Measured with `cargo run --release -p ingest --example
-/// join_memory`: about 316 bytes of resident memory per pending prediction
-/// (map entry, order queue, interned strings), so the default bound
-/// (1,000,000) holds in about 300 MiB. Two distinct pairs
+/// join_memory`: about 254 bytes of resident memory per pending prediction
+/// (map entry, order queue, interned strings and segment lists), so the
+/// default bound (1,000,000) holds in about 250 MiB. Two distinct pairs
 /// share a key with probability about n²/2¹²⁹ (10⁻²⁶ for a million pending).
 /// The bound counts predictions; eviction and expiry remove a key's
 /// predictions together (the oldest key first).

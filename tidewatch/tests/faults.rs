@@ -632,7 +632,7 @@ async fn cardinality_flood() {
         "unknown models counted"
     );
     assert!(overflow > 0.0, "overflow counted");
-    // The documented bound: the join buffer (about 316 bytes per pending
+    // The documented bound: the join buffer (about 254 bytes per pending
     // prediction; 400 allowed here), librdkafka's fetch queue and the
     // polling channel (64 MiB each), and 64 MiB for everything else.
     let bound = 192 * 1024 + scenario.predictions * 400 / 1024;
