@@ -497,6 +497,15 @@ impl OpenWindows {
         }
     }
 
+    /// (start, model) of the windows, oldest first, while `ended(start)`.
+    fn ending_by(&self, ended: impl Fn(i64) -> bool) -> Vec<(i64, String)> {
+        self.by_start
+            .iter()
+            .take_while(|(start, _)| ended(**start))
+            .flat_map(|(start, models)| models.iter().map(|model| (*start, model.clone())))
+            .collect()
+    }
+
     #[cfg(test)]
     fn contains(&self, window_start: i64, model: &str) -> bool {
         self.by_start
@@ -804,11 +813,7 @@ impl Engine {
         };
         let size = self.settings.window_size;
         self.open_windows
-            .by_start
-            .iter()
-            .take_while(|(start, _)| size.window_end(**start) <= watermark)
-            .flat_map(|(start, models)| models.iter().map(|model| (*start, model.clone())))
-            .collect()
+            .ending_by(|start| size.window_end(start) <= watermark)
     }
 
     /// Forgets a finalized window: it leaves the set of windows to finalize.

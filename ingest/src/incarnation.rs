@@ -129,9 +129,8 @@ impl std::fmt::Display for SourceId {
 
 #[derive(Debug, Default)]
 struct PartitionState {
-    /// `None` until looked up in the store.
-    incarnation: Option<u32>,
-    /// The source of `incarnation`, once that is known.
+    /// The partition's current incarnation; `None` until looked up in the
+    /// store.
     source: Option<SourceId>,
     current_range: Option<u64>,
     last_offset: Option<u64>,
@@ -182,8 +181,8 @@ impl Incarnations {
         let incarnation = self
             .partitions
             .get(partition)
-            .and_then(|state| state.incarnation)
-            .unwrap_or(1);
+            .and_then(|state| state.source.as_ref())
+            .map_or(1, SourceId::incarnation);
         SourceId::new(partition.clone(), incarnation)
     }
 
@@ -204,11 +203,9 @@ impl Incarnations {
         // Most messages follow the previous one in its range: nothing to
         // look up, nothing to hash.
         if let Some(state) = self.partitions.get_mut(partition) {
-            if let (Some(source), true) = (
-                &state.source,
-                state.current_range == Some(range_start)
-                    && state.last_offset.is_some_and(|last| offset > last),
-            ) {
+            let next_in_range = state.current_range == Some(range_start)
+                && state.last_offset.is_some_and(|last| offset > last);
+            if let (Some(source), true) = (&state.source, next_in_range) {
                 state.last_offset = Some(offset);
                 return Ok(Placement {
                     source: source.clone(),
@@ -222,20 +219,20 @@ impl Incarnations {
         }
         let name = partition.to_string();
         let state = self.partitions.get_mut(partition).expect("inserted above");
-        let incarnation = match state.incarnation {
-            Some(incarnation) => incarnation,
+        let source = match &state.source {
+            Some(source) => source.clone(),
             None => {
                 let latest = retry_store(telemetry, "fingerprints", retry_max_delay, || async {
                     Ok(store.latest_incarnation(&name).await?)
                 })
                 .await?;
-                *state.incarnation.insert(latest.unwrap_or(1))
+                state
+                    .source
+                    .insert(SourceId::new(partition.clone(), latest.unwrap_or(1)))
+                    .clone()
             }
         };
-        let source = state
-            .source
-            .get_or_insert_with(|| SourceId::new(partition.clone(), incarnation))
-            .clone();
+        let incarnation = source.incarnation();
         let moved = state.current_range != Some(range_start)
             || state.last_offset.is_some_and(|last| offset <= last);
         state.current_range = Some(range_start);
@@ -290,7 +287,6 @@ impl Incarnations {
                  without its data): reading it as a new incarnation, stored windows keep the old events"
             );
             telemetry.partition_recreated();
-            state.incarnation = Some(next);
             let source = SourceId::new(partition.clone(), next);
             state.source = Some(source.clone());
             state.first_read.clear();
@@ -306,7 +302,7 @@ impl Incarnations {
             }
             self.unstored.push(RangeFingerprint {
                 partition: name,
-                incarnation: state.incarnation.expect("set above"),
+                incarnation: state.source.as_ref().expect("set above").incarnation(),
                 range_start,
                 first_offset: offset,
                 fingerprint,

@@ -232,15 +232,9 @@ where
     F: FnMut(Vec<Vec<u8>>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut config = client_config(settings.connection());
-    config
-        .set(
-            "group.id",
-            format!("{}-follow-{topic}", settings.group_id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    let consumer: Arc<StreamConsumer> = Arc::new(config.create()?);
+    let group_id = format!("{}-follow-{topic}", settings.group_id());
+    let consumer: Arc<StreamConsumer> =
+        Arc::new(consumer_config(settings.connection(), &group_id).create()?);
     tokio::pin!(shutdown);
     loop {
         // A blocking call of up to 10 s: kept off the async workers.

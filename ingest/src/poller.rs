@@ -84,7 +84,7 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn with_capacity() -> Self {
+    fn new() -> Self {
         Self {
             records: Vec::with_capacity(BATCH_MESSAGES),
             bytes: Vec::new(),
@@ -424,7 +424,7 @@ impl Drop for Poller {
 
 fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
     let context = consumer.context();
-    let mut batch = Batch::with_capacity();
+    let mut batch = Batch::new();
     while !stop.load(Ordering::Relaxed) && !context.failed.load(Ordering::Relaxed) {
         // Block briefly only when there is nothing to hand over.
         let timeout = if batch.is_empty() {
@@ -462,7 +462,7 @@ fn poll_until_stopped(consumer: &BaseConsumer<PollContext>, stop: &AtomicBool) {
         if batch.is_empty() {
             continue;
         }
-        let records = std::mem::replace(&mut batch, Batch::with_capacity());
+        let records = std::mem::replace(&mut batch, Batch::new());
         if context.notes.blocking_send(Note::Records(records)).is_err() {
             return;
         }

@@ -368,14 +368,8 @@ impl Telemetry {
         registry
     }
 
-    /// One message read from `topic`.
-    pub fn consumed(&self, topic: &str) {
-        self.consumed_counter(topic).inc();
-    }
-
-    /// The counter of messages read from `topic`, for a reader that counts
-    /// every message (looking it up by label each time costs a hash and a
-    /// lock).
+    /// The counter of messages read from `topic` (a reader holds it:
+    /// looking it up by label for every message costs a hash and a lock).
     pub fn consumed_counter(&self, topic: &str) -> Counter {
         self.consumed
             .get_or_create(&TopicLabel {
@@ -488,8 +482,8 @@ mod tests {
     #[test]
     fn the_text_exposition_carries_names_labels_and_values() {
         let telemetry = Telemetry::default();
-        telemetry.consumed("predictions");
-        telemetry.consumed("predictions");
+        telemetry.consumed_counter("predictions").inc();
+        telemetry.consumed_counter("predictions").inc();
         telemetry.dead_lettered("predictions");
         telemetry.set_lag("actuals", 42);
         telemetry.windows_closed(3);
