@@ -111,7 +111,7 @@ fn drifted_window() -> Vec<WindowMetrics> {
                 window_end: 1_767_625_200_000,
                 metrics,
                 reference_source: None,
-                computed_at: 1,
+                version: 1,
             }
         })
         .collect()

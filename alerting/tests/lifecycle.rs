@@ -42,7 +42,7 @@ fn series(window: i64, feature: &str, psi: f64) -> WindowMetrics {
             metrics
         },
         reference_source: Some("file:train.csv".into()),
-        computed_at: 1,
+        version: 1,
     }
 }
 

@@ -196,9 +196,81 @@ impl Driver {
         self.engine.close_all();
     }
 
-    /// Drops the state of `source` (a revoked or retired partition).
+    /// Drops the state of `source` (a revoked partition).
     pub fn revoke(&mut self, source: &str) {
         self.engine.revoke(source);
+    }
+
+    /// Drops the state of `old` (an incarnation found replaced), handing
+    /// its windows still to finalize to `new`.
+    pub fn retire(&mut self, old: &str, new: &str) {
+        self.engine.retire(old, new);
+    }
+
+    /// Marks `source` idle (nothing left to read there) or active; see
+    /// [`Engine::set_idle`].
+    pub fn set_idle(&mut self, source: &str, idle: bool) {
+        self.engine.set_idle(source, idle);
+    }
+
+    /// Registers `source` (its partition was assigned) with the windows its
+    /// previous owner left to finalize ([`Driver::store_progress`]).
+    pub async fn assign(&mut self, source: &str) -> Result<(), Error> {
+        let store = &self.store;
+        let progress = self
+            .retry("progress", || async {
+                Ok(store.source_progress(source).await?)
+            })
+            .await?;
+        let windows = progress
+            .map(|progress| progress.unfinalized)
+            .unwrap_or_default();
+        if !windows.is_empty() {
+            tracing::info!(
+                source,
+                windows = windows.len(),
+                "windows left to finalize by the previous owner"
+            );
+        }
+        self.engine.restore_unfinalized(
+            source,
+            windows
+                .into_iter()
+                .map(|window| (window.window_start, window.model)),
+        );
+        Ok(())
+    }
+
+    /// Stores, for each source about to be committed, the windows it
+    /// recorded into and that are not finalized since (see
+    /// [`crate::engine`]): called after the windows finalized by the same
+    /// step were handled, before the commit, so that whoever reads the
+    /// source next finalizes what this owner did not.
+    pub async fn store_progress(&self, commits: &[(String, u64)]) -> Result<(), Error> {
+        if commits.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<store::SourceProgress> = commits
+            .iter()
+            .map(|(source, next_offset)| store::SourceProgress {
+                source: source.clone(),
+                next_offset: *next_offset,
+                unfinalized: self
+                    .engine
+                    .unfinalized_windows(source)
+                    .into_iter()
+                    .map(|(window_start, model)| store::WindowRef {
+                        model,
+                        window_start,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let store = &self.store;
+        self.retry("progress", || async {
+            Ok(store.write_source_progress(rows.clone()).await?)
+        })
+        .await
     }
 
     /// The driver's settings.
@@ -302,14 +374,17 @@ impl Driver {
         self.synced = counters.clone();
     }
 
-    /// Finalizes every closed window. The caller must have committed (or
-    /// be about to commit) the offsets of the checkpoint this makes first.
+    /// Stores a checkpoint ([`Driver::checkpoint`]), then finalizes every
+    /// closed window from the stored partials (every window held after
+    /// [`Driver::close_all`]). Returns the checkpoint's commits, which the
+    /// caller commits only once it has handled the finalized windows (and,
+    /// for Kafka, stored the sources' progress: [`Driver::store_progress`]).
     pub async fn finalize_closed(&mut self) -> Result<(Vec<(String, u64)>, Finalized), Error> {
-        let closed = self.engine.closed_windows();
-        if closed.is_empty() {
-            return Ok((Vec::new(), Finalized::default()));
-        }
         let commits = self.checkpoint().await?;
+        let closed = self.engine.take_closed_windows();
+        if closed.is_empty() {
+            return Ok((commits, Finalized::default()));
+        }
         let mut finalized = Finalized::default();
         for (window_start, model) in closed {
             let (store, catalog) = (&self.store, self.engine.catalog());

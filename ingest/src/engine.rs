@@ -19,19 +19,43 @@
 //! dropped as late before a crash may be counted after it.)
 //!
 //! ## Windows
-//! Each source has an [`EventTimeClock`]. The engine's watermark is the
-//! minimum over its sources; a window is *closed* once that watermark passes
-//! its end. The caller then checkpoints and finalizes it (see
-//! [`crate::finalize`]). [`Engine::close_all`] closes everything (end of a
-//! replay, or no event for `idle_close_after`).
+//! Each source has an [`EventTimeClock`]: an event is *late* only when its
+//! own source's event time has moved past its window's end plus the allowed
+//! lateness. No schedule makes an event late: not a pause in traffic, not
+//! another partition running ahead, not an idle close.
 //!
+//! The engine's watermark is the minimum over the sources that are not
+//! *idle*. A source is registered when its partition is assigned
+//! ([`Engine::assign`]) and holds the watermark back until it delivers an
+//! event or its reader marks it idle ([`Engine::set_idle`]: nothing left to
+//! read there); an idle source is left out of the minimum (not advanced),
+//! and becomes active again with its next message. A window is *closed*
+//! once the watermark passes its end; the caller then checkpoints and
+//! finalizes it (see [`crate::finalize`]).
+//!
+//! [`Engine::close_all`] (end of a replay, or no event for
+//! `idle_close_after`) asks for every window held to be finalized once,
+//! *provisionally*: no clock moves, so an event of such a window read
+//! later is recorded (not late) and puts the window back on the list, and
+//! the window is finalized again with it.
+//!
+//! ## Windows still to finalize
+//! Each source keeps the windows it recorded into (its events, or the
+//! actuals it joined to earlier predictions) since each was last finalized
+//! ([`Engine::unfinalized_windows`]). The Kafka loop stores that list with
+//! every commit (`source_progress`), and a source's next owner starts from
+//! it ([`Engine::restore_unfinalized`]): a window whose partials were
+//! committed is finalized by someone even when nobody reads its events
+//! again.
+
 //! ## Bounds
 //! - groups per range: `max_groups` (see `detectors::aggregate`); events that
 //!   would exceed it are refused and counted in `group_limit_events`.
 //! - sealed ranges wait for the next checkpoint; [`Engine::needs_checkpoint`]
 //!   turns true as soon as one exists, and the driver checkpoints before
 //!   reading on.
-//! - open windows tracked for finalization: one entry per (model, window).
+//! - windows tracked for finalization: one entry per (source, model,
+//!   window), dropped when the window is finalized.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -468,13 +492,30 @@ struct RangeState {
 #[derive(Debug)]
 struct SourceState {
     clock: EventTimeClock,
+    /// Marked idle by the reader (nothing left to read): left out of the
+    /// watermark until the source's next message.
+    idle: bool,
     current: Option<RangeState>,
     sealed: Vec<RangeState>,
+    /// Windows this source recorded into since each was last finalized.
+    unfinalized: OpenWindows,
 }
 
-/// Windows (start, model) seen and not yet finalized, in order of start.
-/// Looked up by `&str` for every recorded event, so without copying the
-/// model's name (a set of `(i64, String)` pairs could not be).
+impl SourceState {
+    fn new(settings: &EngineSettings) -> Self {
+        Self {
+            clock: EventTimeClock::new(settings.window_size, settings.allowed_lateness_ms),
+            idle: false,
+            current: None,
+            sealed: Vec::new(),
+            unfinalized: OpenWindows::default(),
+        }
+    }
+}
+
+/// Windows (start, model) recorded into and not yet finalized, in order of
+/// start. Looked up by `&str` for every recorded event, so without copying
+/// the model's name (a set of `(i64, String)` pairs could not be).
 #[derive(Debug, Default)]
 struct OpenWindows {
     by_start: BTreeMap<i64, BTreeSet<String>>,
@@ -498,12 +539,14 @@ impl OpenWindows {
     }
 
     /// (start, model) of the windows, oldest first, while `ended(start)`.
-    fn ending_by(&self, ended: impl Fn(i64) -> bool) -> Vec<(i64, String)> {
+    fn ending_by<'a>(
+        &'a self,
+        ended: impl Fn(i64) -> bool + 'a,
+    ) -> impl Iterator<Item = (i64, &'a str)> + 'a {
         self.by_start
             .iter()
-            .take_while(|(start, _)| ended(**start))
-            .flat_map(|(start, models)| models.iter().map(|model| (*start, model.clone())))
-            .collect()
+            .take_while(move |(start, _)| ended(**start))
+            .flat_map(|(start, models)| models.iter().map(|model| (*start, model.as_str())))
     }
 
     #[cfg(test)]
@@ -532,8 +575,9 @@ pub struct Engine {
     settings: EngineSettings,
     catalog: Catalog,
     sources: BTreeMap<String, SourceState>,
-    /// (window_start, model) seen and not yet finalized.
-    open_windows: OpenWindows,
+    /// Set by [`Engine::close_all`]: the next [`Engine::take_closed_windows`]
+    /// returns every window held, closed or not.
+    close_requested: bool,
     counters: EngineCounters,
     join: JoinBuffer,
     /// The wall clock, ms since the epoch (injected so tests can move it).
@@ -562,7 +606,7 @@ impl Engine {
             settings,
             catalog,
             sources: BTreeMap::new(),
-            open_windows: OpenWindows::default(),
+            close_requested: false,
             counters: EngineCounters::default(),
             join: JoinBuffer::default(),
             clock,
@@ -604,16 +648,11 @@ impl Engine {
         // Looked up before inserting: the entry API would copy `source` for
         // every message.
         if !self.sources.contains_key(source) {
-            self.sources.insert(
-                source.to_owned(),
-                SourceState {
-                    clock: EventTimeClock::new(settings.window_size, settings.allowed_lateness_ms),
-                    current: None,
-                    sealed: Vec::new(),
-                },
-            );
+            self.sources
+                .insert(source.to_owned(), SourceState::new(settings));
         }
         let state = self.sources.get_mut(source).expect("inserted above");
+        state.idle = false;
         let range_start = range_start_of(offset, settings.range_size);
         if state
             .current
@@ -688,7 +727,7 @@ impl Engine {
                     range.aggregates.take_segment_overflow().displaced;
                 if recorded == Recorded::Added {
                     self.counters.joined += 1;
-                    self.open_windows.insert(pending.window_start, &event.model);
+                    state.unfinalized.insert(pending.window_start, &event.model);
                 }
             }
         }
@@ -732,7 +771,7 @@ impl Engine {
                         &mut self.counters,
                     );
                 }
-                self.open_windows.insert(window_start, &event.model);
+                state.unfinalized.insert(window_start, &event.model);
                 Ingested::Recorded
             }
             Recorded::UnknownModel => {
@@ -798,54 +837,144 @@ impl Engine {
         }
     }
 
-    /// The engine's watermark: the minimum over sources that have seen events.
+    /// The engine's watermark: the minimum over the sources that are not
+    /// idle; `None` while one of them has seen no event yet (it may hold
+    /// anything). With every source idle, the minimum over those that have
+    /// seen events: each of them has moved past it by its own data.
     pub fn watermark(&self) -> Option<i64> {
-        self.sources
-            .values()
-            .filter_map(|state| state.clock.watermark())
-            .min()
+        let mut active = self.sources.values().filter(|state| !state.idle).peekable();
+        if active.peek().is_none() {
+            return self
+                .sources
+                .values()
+                .filter_map(|state| state.clock.watermark())
+                .min();
+        }
+        active
+            .map(|state| state.clock.watermark())
+            .try_fold(i64::MAX, |lowest, watermark| {
+                watermark.map(|watermark| lowest.min(watermark))
+            })
     }
 
-    /// Windows (window_start, model) that are closed and not yet finalized.
+    /// Windows (window_start, model) that are closed and not yet finalized,
+    /// oldest first; every window held after [`Engine::close_all`].
     pub fn closed_windows(&self) -> Vec<(i64, String)> {
-        let Some(watermark) = self.watermark() else {
-            return Vec::new();
-        };
         let size = self.settings.window_size;
-        self.open_windows
-            .ending_by(|start| size.window_end(start) <= watermark)
-    }
-
-    /// Forgets a finalized window: it leaves the set of windows to finalize.
-    ///
-    /// Its sketches stay in the current ranges until those seal: a range's
-    /// stored row must always be the sketch of the whole range so far, and a
-    /// joined actual can still add to a finalized window's `quality` series
-    /// (which puts the window back on the list to finalize).
-    pub fn window_finalized(&mut self, window_start: i64, model: &str) {
-        self.open_windows.remove(window_start, model);
-    }
-
-    /// Closes every window of every source (end of input, or idleness).
-    pub fn close_all(&mut self) {
-        let latest = self
+        let watermark = if self.close_requested {
+            i64::MAX
+        } else {
+            match self.watermark() {
+                Some(watermark) => watermark,
+                None => return Vec::new(),
+            }
+        };
+        let closed: BTreeSet<(i64, &str)> = self
             .sources
             .values()
-            .filter_map(|state| state.clock.max_event_time())
-            .max();
-        let Some(latest) = latest else { return };
+            .flat_map(|state| {
+                state
+                    .unfinalized
+                    .ending_by(move |start| size.window_end(start) <= watermark)
+            })
+            .collect();
+        closed
+            .into_iter()
+            .map(|(start, model)| (start, model.to_owned()))
+            .collect()
+    }
+
+    /// [`Engine::closed_windows`], ending a [`Engine::close_all`] request.
+    pub fn take_closed_windows(&mut self) -> Vec<(i64, String)> {
+        let closed = self.closed_windows();
+        self.close_requested = false;
+        closed
+    }
+
+    /// Forgets a finalized window: it leaves every source's list of windows
+    /// to finalize.
+    ///
+    /// Its sketches stay in the current ranges until those seal: a range's
+    /// stored row must always be the sketch of the whole range so far, and
+    /// an event or a joined actual recorded into it later puts the window
+    /// back on its source's list.
+    pub fn window_finalized(&mut self, window_start: i64, model: &str) {
         for state in self.sources.values_mut() {
-            // Every source moves to the latest event time of any source, so
-            // the minimum watermark passes every window held.
-            state.clock.advance_to(latest);
-            state.clock.close_all();
+            state.unfinalized.remove(window_start, model);
+        }
+    }
+
+    /// Asks for every window held to be finalized once, provisionally (end
+    /// of input, or idleness): no clock moves, so later events of those
+    /// windows are still recorded, and finalized again (see the module docs).
+    pub fn close_all(&mut self) {
+        self.close_requested = true;
+    }
+
+    /// Registers a source before its first message (its partition was
+    /// assigned): it holds the watermark back until it delivers an event
+    /// or is marked idle.
+    pub fn assign(&mut self, source: &str) {
+        if !self.sources.contains_key(source) {
+            let state = SourceState::new(&self.settings);
+            self.sources.insert(source.to_owned(), state);
+        }
+    }
+
+    /// Marks a source idle (nothing left to read there: it leaves the
+    /// watermark) or active. A message read from it makes it active again.
+    pub fn set_idle(&mut self, source: &str, idle: bool) {
+        if let Some(state) = self.sources.get_mut(source) {
+            state.idle = idle;
+        }
+    }
+
+    /// The windows `source` recorded into since each was last finalized,
+    /// oldest first.
+    pub fn unfinalized_windows(&self, source: &str) -> Vec<(i64, String)> {
+        self.sources.get(source).map_or_else(Vec::new, |state| {
+            state
+                .unfinalized
+                .ending_by(|_| true)
+                .map(|(start, model)| (start, model.to_owned()))
+                .collect()
+        })
+    }
+
+    /// Adds windows that `source` recorded into before (its stored
+    /// progress) to its list of windows to finalize, registering the
+    /// source as [`Engine::assign`] does.
+    pub fn restore_unfinalized(
+        &mut self,
+        source: &str,
+        windows: impl IntoIterator<Item = (i64, String)>,
+    ) {
+        self.assign(source);
+        let state = self.sources.get_mut(source).expect("assigned above");
+        for (window_start, model) in windows {
+            state.unfinalized.insert(window_start, &model);
         }
     }
 
     /// Drops the state of a source (its partition was revoked). Nothing is
-    /// committed for it: the next owner rewinds to the range start.
+    /// committed for it: the next owner rewinds to the range start and
+    /// starts from the stored progress.
     pub fn revoke(&mut self, source: &str) {
         self.sources.remove(source);
+    }
+
+    /// Drops the state of `old` (an incarnation found replaced), handing
+    /// its windows still to finalize to `new`.
+    pub fn retire(&mut self, old: &str, new: &str) {
+        let Some(state) = self.sources.remove(old) else {
+            return;
+        };
+        let windows: Vec<(i64, String)> = state
+            .unfinalized
+            .ending_by(|_| true)
+            .map(|(start, model)| (start, model.to_owned()))
+            .collect();
+        self.restore_unfinalized(new, windows);
     }
 }
 
@@ -1027,6 +1156,72 @@ mod tests {
             .map(|(s, _)| s)
             .collect();
         assert_eq!(closed, vec![1_000, 2_000]);
+    }
+
+    #[test]
+    fn assigned_sources_hold_the_watermark_until_they_deliver_or_go_idle() {
+        let mut engine = engine(100);
+        engine.assign("t/1");
+        engine.ingest("t/0", 0, &payload(500, 1.0), EventKind::Prediction);
+        engine.ingest("t/0", 1, &payload(3_500, 1.0), EventKind::Prediction);
+        assert_eq!(engine.watermark(), None, "t/1 may still hold anything");
+        assert!(engine.closed_windows().is_empty());
+        // Nothing left to read on t/1: it leaves the minimum.
+        engine.set_idle("t/1", true);
+        assert_eq!(engine.watermark(), Some(3_500));
+        let closed: Vec<i64> = engine.closed_windows().iter().map(|(s, _)| *s).collect();
+        assert_eq!(closed, vec![0]);
+        // Its next message makes it active again, and its events are on
+        // time on its own clock even in a window t/0 has closed.
+        assert_eq!(
+            engine.ingest("t/1", 0, &payload(600, 1.0), EventKind::Prediction),
+            Ingested::Recorded
+        );
+        assert_eq!(engine.watermark(), Some(600));
+        // Every source idle: the minimum over those that have events.
+        engine.set_idle("t/0", true);
+        engine.set_idle("t/1", true);
+        assert_eq!(engine.watermark(), Some(600));
+        // A revoked source no longer holds anything.
+        engine.assign("t/2");
+        engine.set_idle("t/0", false);
+        engine.set_idle("t/1", false);
+        assert_eq!(engine.watermark(), None);
+        engine.revoke("t/2");
+        assert_eq!(engine.watermark(), Some(600));
+    }
+
+    #[test]
+    fn windows_left_to_finalize_travel_with_the_source() {
+        let mut engine = engine(100);
+        engine.ingest("t/0", 0, &payload(500, 1.0), EventKind::Prediction);
+        engine.ingest("t/0", 1, &payload(1_500, 1.0), EventKind::Prediction);
+        assert_eq!(
+            engine.unfinalized_windows("t/0"),
+            vec![(0, "m".to_owned()), (1_000, "m".to_owned())]
+        );
+        engine.window_finalized(0, "m");
+        assert_eq!(
+            engine.unfinalized_windows("t/0"),
+            vec![(1_000, "m".to_owned())]
+        );
+        // A new incarnation takes over what the old one left.
+        engine.retire("t/0", "t/0#2");
+        assert!(engine.unfinalized_windows("t/0").is_empty());
+        assert_eq!(
+            engine.unfinalized_windows("t/0#2"),
+            vec![(1_000, "m".to_owned())]
+        );
+        // A next owner restores what the stored progress names.
+        let mut next = super::Engine::new(engine.settings().clone(), engine.catalog().clone());
+        next.restore_unfinalized("t/0#2", [(1_000, "m".to_owned()), (5_000, "m".to_owned())]);
+        next.close_all();
+        let closed: Vec<i64> = next.take_closed_windows().iter().map(|(s, _)| *s).collect();
+        assert_eq!(closed, vec![1_000, 5_000]);
+        assert!(
+            next.closed_windows().is_empty(),
+            "the request is taken once"
+        );
     }
 
     /// One-second windows, no lateness, 100 groups per range.
@@ -1311,7 +1506,7 @@ mod tests {
         );
         engine.ingest("a/0", 4, &actual("e", 3_200, "yes"), EventKind::Actual);
         assert!(engine.closed_windows().iter().all(|(start, _)| *start != 0));
-        assert!(engine.open_windows.contains(3_000, "c"));
+        assert!(engine.sources["p/0"].unfinalized.contains(3_000, "c"));
     }
 
     #[test]

@@ -2,10 +2,16 @@
 //! (all sources, all ranges, all consumer instances), compute the metrics of
 //! each series against its reference, and store both.
 //!
+//! ## A stored result is a function of the stored partials
 //! Each instance finalizes a window only after storing its own partials of
-//! it, and later events of that window are late, so the instance that
-//! finalizes last has seen every partial. Results are versioned by
-//! `computed_at`, so that last computation is the one readers get.
+//! it. Whatever the order, timing and number of finalizations (on one
+//! instance or several), the result readers get is the one computed from
+//! the largest set of partials: its version is derived from the partials it
+//! was merged from ([`result_version`]), not from a clock, so a result
+//! computed from fewer partials never replaces one computed from more,
+//! whoever writes last. A window whose partials change after it was
+//! finalized is finalized again by whoever recorded the change (see
+//! [`crate::engine`] on the windows still to finalize).
 //!
 //! Each series is also compared with its previous window (merged from the
 //! partials of `window_start − size`), adding the `*_vs_previous` tests.
@@ -80,7 +86,7 @@ pub fn window_results(
     merged: &BTreeMap<SeriesKey, FeatureSketch>,
     previous: &BTreeMap<SeriesKey, FeatureSketch>,
     thresholds: DriftThresholds,
-    computed_at: u64,
+    version: u64,
 ) -> (Vec<WindowMetrics>, Vec<WindowSketch>) {
     let mut metrics = Vec::with_capacity(merged.len());
     let mut sketches = Vec::with_capacity(merged.len());
@@ -104,13 +110,13 @@ pub fn window_results(
                 metrics
             },
             reference_source: reference.map(|r| r.profile().source.clone()),
-            computed_at,
+            version,
         });
         sketches.push(WindowSketch {
             key: key.clone(),
             window_end,
             sketch: sketch.to_bytes(),
-            computed_at,
+            version,
         });
     }
     correct_per_group(&mut metrics, thresholds);
@@ -157,6 +163,43 @@ pub struct FinalizedWindow {
     pub folded_segment_values: u64,
 }
 
+/// Versions derived from partials carry this bit, so that they win over
+/// the wall-clock milliseconds that earlier releases stored as versions
+/// (a window finalized before an upgrade is replaced when finalized again).
+/// Below 2⁶³: SQLite keeps a `UInt64` in a signed integer.
+const DERIVED_VERSION: u64 = 1 << 62;
+
+/// The offsets covered by `partials`: over each (source, range start), the
+/// latest range end minus the range start.
+fn offsets_covered(partials: &[store::PartialSketch]) -> u64 {
+    let mut latest: BTreeMap<(&str, u64), u64> = BTreeMap::new();
+    for partial in partials {
+        let end = latest
+            .entry((&partial.source, partial.range_start))
+            .or_default();
+        *end = (*end).max(partial.range_end);
+    }
+    latest
+        .iter()
+        .map(|((_, start), end)| end.saturating_sub(*start))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// The version of a window's result computed from `window`'s partials and
+/// its previous window's (the `*_vs_previous` tests read those): the
+/// offsets both sets cover, marked [`DERIVED_VERSION`].
+///
+/// A range's rows are only ever replaced by rows of a larger end offset and
+/// new ranges only add offsets, so the partials stored for a window only
+/// grow, and with them this number: a result computed from more partials
+/// has a higher version, and two results of the same version were computed
+/// from the same partials (equal, unless the reference or thresholds
+/// changed in between; then the later write wins, as both backends keep the
+/// last of equal versions).
+pub fn result_version(window: &[store::PartialSketch], previous: &[store::PartialSketch]) -> u64 {
+    DERIVED_VERSION | offsets_covered(window).saturating_add(offsets_covered(previous))
+}
+
 /// Reads, merges, computes and stores one window of one model.
 pub async fn finalize_window(
     store: &Store,
@@ -173,11 +216,12 @@ pub async fn finalize_window(
     // finalizes this window last has stored (or seen stored) every partial of
     // the previous one, whatever order windows were finalized in.
     // (No previous window before the epoch: times are stored as DateTime.)
-    let previous: BTreeMap<SeriesKey, FeatureSketch> = if previous_start >= 0 {
-        merge_partials(
-            catalog,
-            &store.partials_for_window(model, previous_start).await?,
-        )?
+    let previous_partials = if previous_start >= 0 {
+        store.partials_for_window(model, previous_start).await?
+    } else {
+        Vec::new()
+    };
+    let previous: BTreeMap<SeriesKey, FeatureSketch> = merge_partials(catalog, &previous_partials)?
         .sketches
         .into_iter()
         .map(|(key, sketch)| {
@@ -189,18 +233,14 @@ pub async fn finalize_window(
                 sketch,
             )
         })
-        .collect()
-    } else {
-        BTreeMap::new()
-    };
-    let computed_at = now_millis();
+        .collect();
     let (metrics, sketches) = window_results(
         catalog,
         window_size,
         &merged.sketches,
         &previous,
         thresholds,
-        computed_at,
+        result_version(&partials, &previous_partials),
     );
     store
         .write_window_results(metrics.clone(), sketches)
@@ -211,7 +251,7 @@ pub async fn finalize_window(
     })
 }
 
-/// Wall-clock milliseconds, used as the version of computed rows.
+/// Wall-clock milliseconds since the epoch.
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -186,6 +186,32 @@ impl Incarnations {
         SourceId::new(partition.clone(), incarnation)
     }
 
+    /// The source of `partition` before any of its messages is read: its
+    /// latest incarnation with a stored fingerprint (looked up once and
+    /// remembered; 1 when none is stored). Its first message may still find
+    /// it replaced ([`Placement::replaced`]).
+    pub async fn resolve(
+        &mut self,
+        store: &Store,
+        telemetry: &Telemetry,
+        retry_max_delay: std::time::Duration,
+        partition: &PartitionId,
+    ) -> Result<SourceId, Error> {
+        let state = self.partitions.entry(partition.clone()).or_default();
+        if let Some(source) = &state.source {
+            return Ok(source.clone());
+        }
+        let name = partition.to_string();
+        let latest = retry_store(telemetry, "fingerprints", retry_max_delay, || async {
+            Ok(store.latest_incarnation(&name).await?)
+        })
+        .await?;
+        Ok(state
+            .source
+            .insert(SourceId::new(partition.clone(), latest.unwrap_or(1)))
+            .clone())
+    }
+
     /// Where the message at `offset` of `partition` goes (see the module
     /// docs). Store lookups are retried like every store operation.
     /// `fingerprint` hashes the message; it is called only for the first
@@ -213,25 +239,11 @@ impl Incarnations {
                 });
             }
         }
-        if !self.partitions.contains_key(partition) {
-            self.partitions
-                .insert(partition.clone(), PartitionState::default());
-        }
+        let source = self
+            .resolve(store, telemetry, retry_max_delay, partition)
+            .await?;
         let name = partition.to_string();
-        let state = self.partitions.get_mut(partition).expect("inserted above");
-        let source = match &state.source {
-            Some(source) => source.clone(),
-            None => {
-                let latest = retry_store(telemetry, "fingerprints", retry_max_delay, || async {
-                    Ok(store.latest_incarnation(&name).await?)
-                })
-                .await?;
-                state
-                    .source
-                    .insert(SourceId::new(partition.clone(), latest.unwrap_or(1)))
-                    .clone()
-            }
-        };
+        let state = self.partitions.get_mut(partition).expect("resolved above");
         let incarnation = source.incarnation();
         let moved = state.current_range != Some(range_start)
             || state.last_offset.is_some_and(|last| offset <= last);

@@ -18,9 +18,18 @@
 //! - A payload that cannot be decoded goes to the dead-letter topic (with the
 //!   reason in a header, the payload cut to a bound) and is acknowledged
 //!   before any offset after it is committed; see [`crate::dead_letter`].
-//! - Windows finalized by a checkpoint are handed to the [`WindowObserver`]
-//!   (which records the alerts they raise) before that checkpoint's offsets
-//!   are committed.
+//! - Every step that commits (a tick, a sealed range, the drain) runs in one
+//!   order: fingerprints, partials, every closed window finalized from the
+//!   stored partials and handed to the [`WindowObserver`] (which records the
+//!   alerts they raise), each source's progress (the windows it recorded
+//!   into and did not see finalized, `source_progress`), dead letters, and
+//!   the commit last. On assignment a partition's source starts from its
+//!   stored progress, so a window whose partials were committed is
+//!   finalized by the next owner even when it never reads an event of it
+//!   again (see [`crate::engine`]).
+//! - An assigned partition holds the watermark back until it delivers an
+//!   event or librdkafka's statistics show it fetched to its end (idle);
+//!   an idle close finalizes provisionally and moves no clock.
 //! - A store or broker outage makes the loop wait and retry, never exit
 //!   (see [`crate::driver`]); readiness says so meanwhile.
 //!
@@ -31,9 +40,11 @@
 //!
 //! ## Shutdown
 //! [`run`] takes the shutdown signal as a future, which also cuts short any
-//! wait on an outage. On shutdown it stores a last checkpoint and commits
-//! synchronously within [`DRAIN_DEADLINE`]; open windows stay open (their
-//! partials are stored and the next run continues them).
+//! wait on an outage. On shutdown it settles once more (last checkpoint,
+//! closed windows finalized, progress) and commits synchronously within
+//! [`DRAIN_DEADLINE`]; open windows stay open (their partials and the
+//! progress naming them are stored, and the next owner continues them).
+//! Closing the consumer then gets [`CLOSE_DEADLINE`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -348,28 +359,26 @@ struct Member<O> {
 }
 
 impl<O: WindowObserver> Member<O> {
-    /// Stores a checkpoint, waits for the dead letters, commits.
-    async fn store_and_commit(&mut self, driver: &mut Driver) -> Result<(), Error> {
-        let started = Instant::now();
-        self.store_fingerprints(driver).await?;
-        let commits = driver.checkpoint().await?;
-        self.telemetry
-            .store_write("checkpoint", started.elapsed().as_secs_f64());
-        self.dead_letters.flush().await;
-        self.commit(commits, CommitMode::Async)
-    }
-
-    /// Finalizes closed windows, lets the observer record what they raise,
-    /// then commits.
-    async fn finalize(&mut self, driver: &mut Driver) -> Result<(), Error> {
+    /// One step of the delivery guarantee, in this order: fingerprints,
+    /// then the checkpoint's partials; every closed window finalized from
+    /// the stored partials and handed to the observer (which records the
+    /// alerts it raises); each source's progress (the windows it recorded
+    /// into that are still not finalized); the dead letters; and only then
+    /// the commit. A kill between any two steps leaves nothing behind that
+    /// the next owner does not redo: what was not committed is read again,
+    /// and a window whose partials were committed is either finalized or
+    /// named in the stored progress.
+    async fn settle(&mut self, driver: &mut Driver, mode: CommitMode) -> Result<(), Error> {
         let started = Instant::now();
         self.store_fingerprints(driver).await?;
         let (commits, finalized) = driver.finalize_closed().await?;
         if finalized.windows.is_empty() {
-            return Ok(());
+            self.telemetry
+                .store_write("checkpoint", started.elapsed().as_secs_f64());
+        } else {
+            self.telemetry
+                .store_write("finalize", started.elapsed().as_secs_f64());
         }
-        self.telemetry
-            .store_write("finalize", started.elapsed().as_secs_f64());
         for (model, window_start, metrics) in &finalized.windows {
             self.observer
                 .finalized(model, *window_start, metrics)
@@ -378,8 +387,39 @@ impl<O: WindowObserver> Member<O> {
         self.report.windows_finalized += finalized.windows.len() as u64;
         self.telemetry
             .windows_closed(finalized.windows.len() as u64);
+        let commits = self.partitions_of(commits);
+        let sources: Vec<(String, u64)> = commits
+            .iter()
+            .map(|(partition, next_offset)| {
+                (
+                    self.incarnations.current_source(partition).to_string(),
+                    *next_offset,
+                )
+            })
+            .collect();
+        driver.store_progress(&sources).await?;
         self.dead_letters.flush().await;
-        self.commit(commits, CommitMode::Async)
+        let committed = match mode {
+            CommitMode::Async => commit(&self.consumer, &commits, mode)?,
+            // A synchronous commit blocks on the coordinator: off the async workers.
+            CommitMode::Sync => {
+                let consumer = Arc::clone(&self.consumer);
+                tokio::task::spawn_blocking(move || commit(&consumer, &commits, mode))
+                    .await
+                    .map_err(|error| Error::Task(error.to_string()))??
+            }
+        };
+        self.report.commits += u64::from(committed);
+        Ok(())
+    }
+
+    /// Marks each assigned partition's source idle when librdkafka's
+    /// statistics say it has nothing left to fetch, active otherwise.
+    fn mark_idle_sources(&self, driver: &mut Driver) {
+        for ((topic, partition), id) in &self.assigned {
+            let idle = self.consumer.context().partition_idle(*topic, *partition);
+            driver.set_idle(self.incarnations.current_source(id).name(), idle);
+        }
     }
 
     /// Stores the fingerprints of the ranges started since the last
@@ -396,24 +436,36 @@ impl<O: WindowObserver> Member<O> {
 
     /// A partition was found recreated: stores what was read of its old
     /// incarnation (those events are gone from the topic, what was read of
-    /// them is kept), commits nothing for it, and drops its state.
-    async fn retire(&mut self, driver: &mut Driver, old_source: &SourceId) -> Result<(), Error> {
+    /// them is kept), commits nothing for it, and hands its windows still
+    /// to finalize to the new incarnation.
+    async fn retire(
+        &mut self,
+        driver: &mut Driver,
+        old_source: &SourceId,
+        new_source: &SourceId,
+    ) -> Result<(), Error> {
         self.store_fingerprints(driver).await?;
-        let old_source = old_source.to_string();
+        let old_name = old_source.to_string();
         let commits: Vec<(String, u64)> = driver
             .checkpoint()
             .await?
             .into_iter()
-            .filter(|(source, _)| *source != old_source)
+            .filter(|(source, _)| *source != old_name)
             .collect();
+        let commits = self.partitions_of(commits);
+        let sources: Vec<(String, u64)> = commits
+            .iter()
+            .map(|(partition, next_offset)| {
+                (
+                    self.incarnations.current_source(partition).to_string(),
+                    *next_offset,
+                )
+            })
+            .collect();
+        driver.retire(&old_name, new_source.name());
+        driver.store_progress(&sources).await?;
         self.dead_letters.flush().await;
-        self.commit(commits, CommitMode::Async)?;
-        driver.revoke(&old_source);
-        Ok(())
-    }
-
-    fn commit(&mut self, commits: Vec<(String, u64)>, mode: CommitMode) -> Result<(), Error> {
-        if commit(&self.consumer, &self.partitions_of(commits), mode)? {
+        if commit(&self.consumer, &commits, CommitMode::Async)? {
             self.report.commits += 1;
         }
         Ok(())
@@ -453,7 +505,7 @@ impl<O: WindowObserver> Member<O> {
                 for (record, payload) in records.iter() {
                     self.record(driver, record, payload).await?;
                     if driver.needs_checkpoint() {
-                        self.store_and_commit(driver).await?;
+                        self.settle(driver, CommitMode::Async).await?;
                     }
                 }
             }
@@ -461,6 +513,16 @@ impl<O: WindowObserver> Member<O> {
                 for (topic, partition) in partitions {
                     let id = PartitionId::new(self.topics[topic].name.as_str(), partition);
                     self.incarnations.reset_position(&id);
+                    let source = self
+                        .incarnations
+                        .resolve(
+                            driver.store(),
+                            &self.telemetry,
+                            driver.settings().store_retry_max_delay,
+                            &id,
+                        )
+                        .await?;
+                    driver.assign(source.name()).await?;
                     self.assigned.insert((topic, partition), id);
                 }
             }
@@ -507,7 +569,7 @@ impl<O: WindowObserver> Member<O> {
             )
             .await?;
         if let Some(old_source) = &placement.replaced {
-            self.retire(driver, old_source).await?;
+            self.retire(driver, old_source, &placement.source).await?;
         }
         let spec = &self.topics[record.topic];
         let topic = spec.name.as_str();
@@ -620,6 +682,9 @@ pub async fn run(
                     // Idle means nothing left to read, not merely nothing
                     // read: a loop held up by an outage reads nothing either,
                     // and closing its windows would make the backlog late.
+                    member.mark_idle_sources(&mut driver);
+                    // Finalized provisionally: no clock moves, so what
+                    // arrives after the pause is recorded and finalized again.
                     if let Some(idle) = loop_settings.idle_close_after {
                         if last_event.elapsed() >= idle
                             && notes.is_empty()
@@ -628,8 +693,7 @@ pub async fn run(
                             driver.close_all();
                         }
                     }
-                    member.store_and_commit(&mut driver).await?;
-                    member.finalize(&mut driver).await?;
+                    member.settle(&mut driver, CommitMode::Async).await?;
                     telemetry.set_stalled(member.stalled(last_event.elapsed(), loop_settings.stall_after));
                     Ok::<(), Error>(())
                 };
@@ -672,25 +736,17 @@ pub async fn run(
     };
     health.step_finished();
 
-    // Drain: a last checkpoint and a synchronous commit, within the deadline.
+    // Drain: a last settle (checkpoint, closed windows finalized and
+    // observed, progress) and a synchronous commit, within the deadline.
     // Notes still queued are dropped unread (their offsets are not committed).
     notes.close();
     while notes.try_recv().is_ok() {}
     if interrupted {
         tracing::warn!("shutdown interrupted a step: nothing more is committed; the next owner reads from the last commit");
     } else if outcome.is_ok() {
-        let drain = async {
-            // Fingerprints first: a range's partials never go without them.
-            member.store_fingerprints(&driver).await?;
-            let commits = member.partitions_of(driver.checkpoint().await?);
-            member.dead_letters.flush().await;
-            let consumer = Arc::clone(&member.consumer);
-            tokio::task::spawn_blocking(move || commit(&consumer, &commits, CommitMode::Sync))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
-        };
+        let drain = member.settle(&mut driver, CommitMode::Sync);
         match tokio::time::timeout(DRAIN_DEADLINE, drain).await {
-            Ok(Ok(committed)) => member.report.commits += u64::from(committed),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, "last checkpoint failed; what it held is read again on restart")
             }
@@ -702,15 +758,47 @@ pub async fn run(
     let report = member.report.clone();
     let consumer = member.consumer;
     drop(member.dead_letters);
-    // Stopping the thread and closing the consumer (leaving the group) block.
-    let _ = tokio::task::spawn_blocking(move || {
-        poller.stop_and_join();
-        drop(consumer);
-    })
-    .await;
+    close_within(poller, consumer, CLOSE_DEADLINE).await;
     outcome?;
     tracing::info!(?report, "kafka consumer stopped");
     Ok(report)
+}
+
+/// How long stopping the polling thread and closing the consumer (leaving
+/// the group) may take at shutdown.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Stops the polling thread and closes the consumer on a thread of their
+/// own, waiting at most `deadline`. The consumer's close loops until
+/// librdkafka reports it closed, which it may never do when a rebalance
+/// callback runs during the close (a known librdkafka/rust-rdkafka hang):
+/// rebalance callbacks do nothing once closing starts, and past the
+/// deadline the thread is left behind (the process exits without it; the
+/// group's session timeout then frees the partitions).
+async fn close_within(
+    poller: Poller,
+    consumer: Arc<BaseConsumer<PollContext>>,
+    deadline: Duration,
+) {
+    consumer.context().start_closing();
+    let (closed, done) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("tidewatch-kafka-close".into())
+        .spawn(move || {
+            poller.stop_and_join();
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "could not start the thread closing the consumer");
+        return;
+    }
+    if tokio::time::timeout(deadline, done).await.is_err() {
+        tracing::warn!(
+            ?deadline,
+            "closing the Kafka consumer timed out; exiting without it (the group's session timeout frees its partitions)"
+        );
+    }
 }
 
 /// Commits `commits` for the partitions this member still owns; true when

@@ -59,6 +59,8 @@ pub mod incarnation;
 pub mod kafka;
 pub mod lines;
 pub mod poller;
+#[cfg(test)]
+mod schedule_tests;
 pub mod telemetry;
 
 impl Error {

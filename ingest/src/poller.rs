@@ -160,6 +160,12 @@ pub struct PollContext {
     /// librdkafka reported a broker transport failure, and neither a
     /// message nor statistics with a broker up came since.
     brokers_down: AtomicBool,
+    /// Partitions (topic index, partition) that the last statistics showed
+    /// fetched to their end: nothing is left to read there for now.
+    idle_partitions: std::sync::Mutex<std::collections::HashSet<(usize, i32)>>,
+    /// Set when the consumer is being closed: rebalance callbacks then only
+    /// let librdkafka drop the partitions (see `kafka::close_within`).
+    closing: AtomicBool,
 }
 
 impl PollContext {
@@ -183,7 +189,24 @@ impl PollContext {
             failed: AtomicBool::new(false),
             caught_up: AtomicBool::new(false),
             brokers_down: AtomicBool::new(false),
+            idle_partitions: std::sync::Mutex::new(std::collections::HashSet::new()),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the last statistics showed partition `partition` of the
+    /// `topic`-th topic fetched to its end (its high watermark fetched and
+    /// handed over). A partition not in the statistics yet is not idle.
+    pub fn partition_idle(&self, topic: usize, partition: i32) -> bool {
+        self.idle_partitions
+            .lock()
+            .is_ok_and(|idle| idle.contains(&(topic, partition)))
+    }
+
+    /// The consumer is about to be closed: from now on rebalance callbacks
+    /// read no offsets and tell the loop nothing.
+    pub fn start_closing(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     /// Whether the last poll found nothing new while the brokers were
@@ -279,6 +302,17 @@ impl ClientContext for PollContext {
                 .map(|p| p.consumer_lag)
                 .sum();
             self.telemetry.set_lag(name, lag);
+            if let (Some(topic_index), Ok(mut idle)) =
+                (self.topic_index(name), self.idle_partitions.lock())
+            {
+                for p in topic.partitions.values().filter(|p| p.partition >= 0) {
+                    if fetched_to_the_end(p) {
+                        idle.insert((topic_index, p.partition));
+                    } else {
+                        idle.remove(&(topic_index, p.partition));
+                    }
+                }
+            }
         }
         let up = statistics
             .brokers
@@ -288,6 +322,16 @@ impl ClientContext for PollContext {
         self.telemetry.set_brokers_up(up);
         self.brokers_down.store(!up, Ordering::Relaxed);
     }
+}
+
+/// Whether a partition's statistics show nothing left to fetch: actively
+/// fetched, its high watermark known and reached, nothing waiting in the
+/// fetch queue.
+fn fetched_to_the_end(partition: &rdkafka::statistics::Partition) -> bool {
+    partition.fetch_state == "active"
+        && partition.hi_offset >= 0
+        && partition.next_offset >= partition.hi_offset
+        && partition.fetchq_cnt == 0
 }
 
 impl ConsumerContext for PollContext {
@@ -301,6 +345,18 @@ impl ConsumerContext for PollContext {
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
         );
+        if self.closing.load(Ordering::Relaxed) {
+            // Closing: drop what librdkafka revokes, assign nothing, tell
+            // nobody (the loop is gone); no blocking call.
+            if error == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                let _ = if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                };
+            }
+            return;
+        }
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if self.failed.load(Ordering::Relaxed) {

@@ -10,8 +10,8 @@ use detectors::ReferenceProfile;
 
 use crate::{
     AlertRecord, Delivery, MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats,
-    RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction, VersionEvent,
-    WindowMetrics, WindowSketch,
+    RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction, SourceProgress,
+    VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// A store backend. Every write is idempotent as the table's versioning
@@ -118,6 +118,12 @@ pub trait Backend: Send + Sync {
 
     /// The latest incarnation of a partition with a recorded fingerprint.
     async fn latest_incarnation(&self, partition: &str) -> Result<Option<u32>>;
+
+    /// Records sources' progress (the highest `next_offset` per source wins).
+    async fn write_source_progress(&self, rows: Vec<SourceProgress>) -> Result<()>;
+
+    /// The latest progress recorded for `source`.
+    async fn source_progress(&self, source: &str) -> Result<Option<SourceProgress>>;
 
     /// Records model-version events from the registry (idempotent: an
     /// event recorded twice is one row).

@@ -11,13 +11,14 @@ use detectors::ReferenceProfile;
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, VersionEventRow, TABLES,
+    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
+    VersionEventRow, TABLES,
 };
 use crate::schema::{clickhouse_create, clickhouse_select, missing_columns, Table};
 use crate::{
     latest_by, AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary,
     PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel,
-    SampledPrediction, VersionEvent, WindowMetrics, WindowSketch,
+    SampledPrediction, SourceProgress, VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
@@ -514,6 +515,29 @@ impl Backend for ClickHouseStore {
             .fetch_one::<(u64, u32)>()
             .await?;
         Ok((rows > 0).then_some(latest))
+    }
+
+    async fn write_source_progress(&self, rows: Vec<SourceProgress>) -> Result<()> {
+        let rows: Vec<_> = rows
+            .into_iter()
+            .map(SourceProgressRow::from_record)
+            .collect();
+        self.insert(&rows).await
+    }
+
+    async fn source_progress(&self, source: &str) -> Result<Option<SourceProgress>> {
+        // FINAL keeps the highest next_offset; the ORDER BY guards against
+        // a replica that has not merged yet.
+        let row = self
+            .client
+            .query(&format!(
+                "{} WHERE source = ? ORDER BY next_offset DESC LIMIT 1",
+                select::<SourceProgressRow>()
+            ))
+            .bind(source)
+            .fetch_optional::<SourceProgressRow>()
+            .await?;
+        row.map(SourceProgressRow::into_record).transpose()
     }
 
     async fn write_version_events(&self, events: Vec<VersionEvent>) -> Result<()> {

@@ -17,7 +17,8 @@ use rusqlite::{params, Connection};
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, VersionEventRow, TABLES,
+    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
+    VersionEventRow, TABLES,
 };
 use crate::schema::{
     missing_columns, sqlite_create, sqlite_insert_or_ignore, sqlite_select, sqlite_upsert, Table,
@@ -25,7 +26,7 @@ use crate::schema::{
 use crate::{
     AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary, PartialSketch,
     PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction,
-    VersionEvent, WindowMetrics, WindowSketch,
+    SourceProgress, VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// The columns of `table` in the file.
@@ -520,6 +521,26 @@ impl Backend for EmbeddedStore {
                 params![partition],
                 |row| row.get::<_, Option<u32>>(0),
             )?)
+        })
+        .await
+    }
+
+    async fn write_source_progress(&self, rows: Vec<SourceProgress>) -> Result<()> {
+        let rows: Vec<SourceProgressRow> = rows
+            .into_iter()
+            .map(SourceProgressRow::from_record)
+            .collect();
+        self.with(move |connection| upsert(connection, &rows)).await
+    }
+
+    async fn source_progress(&self, source: &str) -> Result<Option<SourceProgress>> {
+        let values = vec![source.to_owned().into()];
+        self.with(move |connection| {
+            let rows: Vec<SourceProgressRow> = select(connection, "source = ?1", values)?;
+            rows.into_iter()
+                .next()
+                .map(SourceProgressRow::into_record)
+                .transpose()
         })
         .await
     }

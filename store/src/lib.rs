@@ -30,12 +30,13 @@
 //! | table | one row per | version (highest wins) |
 //! |---|---|---|
 //! | `window_partials` | (series, window, source, offset range start) | `range_end` |
-//! | `window_sketches` | (series, window): the merged sketch | `computed_at` |
-//! | `window_metrics` | (series, window): counts, moments, quantiles, drift | `computed_at` |
+//! | `window_sketches` | (series, window): the merged sketch | `computed_at` (the result's version, derived from its partials) |
+//! | `window_metrics` | (series, window): counts, moments, quantiles, drift | `computed_at` (as `window_sketches`) |
 //! | `reference_profiles` | (model, version) | `created_at` |
 //! | `alerts` | notification (alert id, status, window) | `created_at` |
 //! | `alert_deliveries` | (notification, channel): the outbox | `updated_at` |
 //! | `alert_progress` | model: the latest window whose alerts are recorded | `window_start` |
+//! | `source_progress` | source: the windows it recorded into that are not finalized since its last commit | `next_offset` |
 //! | `range_fingerprints` | (partition, incarnation, offset range start): the first message read there | none (rows of one key are equal) |
 //! | `sample_predictions` | (model, version, prediction id): a sampled prediction's features and output | none (rows of one key are equal) |
 //! | `sample_labels` | (model, prediction id): the label of a sampled prediction id | none (rows of one key are equal) |
@@ -122,8 +123,10 @@ pub struct WindowSketch {
     pub window_end: i64,
     /// `FeatureSketch::to_bytes`.
     pub sketch: Vec<u8>,
-    /// When it was computed, ms (the row's version).
-    pub computed_at: u64,
+    /// The row's version: derived from the partials it was merged from
+    /// (see `ingest::finalize::result_version`), so that the result of the
+    /// larger set of partials wins whoever writes last.
+    pub version: u64,
 }
 
 /// The metrics of a closed window.
@@ -137,8 +140,8 @@ pub struct WindowMetrics {
     pub metrics: FeatureWindowMetrics,
     /// `source` of the reference profile compared against, if any.
     pub reference_source: Option<String>,
-    /// When it was computed, ms (the row's version).
-    pub computed_at: u64,
+    /// The row's version, as [`WindowSketch::version`].
+    pub version: u64,
 }
 
 /// Which window metrics to read.
@@ -529,6 +532,28 @@ impl std::fmt::Debug for Store {
             .field("backend", &self.backend.name())
             .finish()
     }
+}
+
+/// A window of a model, named in a source's progress.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WindowRef {
+    /// Model name.
+    pub model: String,
+    /// Window start, ms.
+    pub window_start: i64,
+}
+
+/// What a source's reader left for its next owner with a commit: the
+/// windows the source recorded into that are not finalized since (the
+/// `source_progress` table; see the `ingest` crate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceProgress {
+    /// The source (`topic/partition`, with its incarnation).
+    pub source: String,
+    /// The offset committed with it (the row's version).
+    pub next_offset: u64,
+    /// Windows still to finalize, oldest first.
+    pub unfinalized: Vec<WindowRef>,
 }
 
 /// The first message read in one offset range of one incarnation of a

@@ -27,7 +27,7 @@ const SERIES_WINDOW_KEY: &[&str] = &[
 ];
 
 /// Every table, in creation order.
-pub(crate) const TABLES: [TableDef; 12] = [
+pub(crate) const TABLES: [TableDef; 13] = [
     PartialRow::DEF,
     SketchRow::DEF,
     MetricsRow::DEF,
@@ -36,6 +36,7 @@ pub(crate) const TABLES: [TableDef; 12] = [
     PipelineStatsRow::DEF,
     DeliveryRow::DEF,
     RangeFingerprintRow::DEF,
+    SourceProgressRow::DEF,
     AlertProgressRow::DEF,
     VersionEventRow::DEF,
     SamplePredictionRow::DEF,
@@ -105,6 +106,8 @@ macro_rules! metrics_row {
                 window_start: Seconds,
                 window_end: Seconds,
                 reference_source: String,
+                /// The result's version ([`WindowMetrics::version`]; the
+                /// column keeps the name it had when it held a wall-clock time).
                 computed_at: u64,
                 drifted: Option<u8>,
                 constant: Option<u8>,
@@ -150,7 +153,7 @@ macro_rules! metrics_row {
                     window_start: seconds(record.key.window_start)?,
                     window_end: seconds(record.window_end)?,
                     reference_source: record.reference_source.clone().unwrap_or_default(),
-                    computed_at: record.computed_at,
+                    computed_at: record.version,
                     drifted: m.drifted.map(u8::from),
                     constant: m.constant.map(u8::from),
                     p05: quantile(0),
@@ -270,7 +273,7 @@ macro_rules! metrics_row {
                     },
                     reference_source: (!self.reference_source.is_empty())
                         .then_some(self.reference_source),
-                    computed_at: self.computed_at,
+                    version: self.computed_at,
                 })
             }
         }
@@ -415,6 +418,7 @@ table! {
         window_start: Seconds,
         window_end: Seconds,
         sketch: Bytes,
+        /// The result's version ([`WindowSketch::version`]).
         computed_at: u64,
     }
 }
@@ -439,7 +443,7 @@ impl SketchRow {
             segment: record.key.segment,
             feature: record.key.feature,
             sketch: Bytes(record.sketch),
-            computed_at: record.computed_at,
+            computed_at: record.version,
         })
     }
 
@@ -454,7 +458,7 @@ impl SketchRow {
             ),
             window_end: self.window_end.millis(),
             sketch: self.sketch.0,
-            computed_at: self.computed_at,
+            version: self.computed_at,
         }
     }
 }
@@ -721,6 +725,67 @@ impl RangeFingerprintRow {
             first_offset: self.first_offset,
             fingerprint: self.fingerprint,
         }
+    }
+}
+
+table! {
+    /// One row of `source_progress`: the windows a source recorded into and
+    /// did not see finalized by its last commit, as two parallel arrays.
+    pub(crate) struct SourceProgressRow {
+        source: String,
+        next_offset: u64,
+        window_models: Vec<String>,
+        window_starts: Vec<i64>,
+    }
+}
+
+impl Table for SourceProgressRow {
+    const SPEC: TableSpec = TableSpec {
+        name: "source_progress",
+        key: &["source"],
+        versioning: Versioning::Column("next_offset"),
+        partition_by: None,
+        sqlite_index: &[],
+    };
+}
+
+impl SourceProgressRow {
+    pub(crate) fn from_record(record: crate::SourceProgress) -> Self {
+        let (window_models, window_starts) = record
+            .unfinalized
+            .into_iter()
+            .map(|window| (window.model, window.window_start))
+            .unzip();
+        Self {
+            source: record.source,
+            next_offset: record.next_offset,
+            window_models,
+            window_starts,
+        }
+    }
+
+    pub(crate) fn into_record(self) -> Result<crate::SourceProgress, Error> {
+        if self.window_models.len() != self.window_starts.len() {
+            return Err(Error::Corrupt(format!(
+                "source_progress of {}: {} models for {} window starts",
+                self.source,
+                self.window_models.len(),
+                self.window_starts.len()
+            )));
+        }
+        Ok(crate::SourceProgress {
+            source: self.source,
+            next_offset: self.next_offset,
+            unfinalized: self
+                .window_models
+                .into_iter()
+                .zip(self.window_starts)
+                .map(|(model, window_start)| crate::WindowRef {
+                    model,
+                    window_start,
+                })
+                .collect(),
+        })
     }
 }
 

@@ -52,6 +52,8 @@ pub enum SqlType {
     ArrayFloat64,
     /// Array of `UInt8` (JSON text in SQLite).
     ArrayUInt8,
+    /// Array of signed 64-bit integers (JSON text in SQLite).
+    ArrayInt64,
 }
 
 impl SqlType {
@@ -72,6 +74,7 @@ impl SqlType {
             SqlType::ArrayString => "Array(String)",
             SqlType::ArrayFloat64 => "Array(Float64)",
             SqlType::ArrayUInt8 => "Array(UInt8)",
+            SqlType::ArrayInt64 => "Array(Int64)",
         }
     }
 
@@ -89,7 +92,10 @@ impl SqlType {
             SqlType::NullableUInt8 | SqlType::NullableUInt64 => "INTEGER",
             SqlType::NullableFloat64 => "REAL",
             SqlType::NullableString => "TEXT",
-            SqlType::ArrayString | SqlType::ArrayFloat64 | SqlType::ArrayUInt8 => "TEXT",
+            SqlType::ArrayString
+            | SqlType::ArrayFloat64
+            | SqlType::ArrayUInt8
+            | SqlType::ArrayInt64 => "TEXT",
         }
     }
 
@@ -119,6 +125,7 @@ impl SqlType {
                 | SqlType::ArrayString
                 | SqlType::ArrayFloat64
                 | SqlType::ArrayUInt8
+                | SqlType::ArrayInt64
         )
     }
 }
@@ -392,6 +399,7 @@ macro_rules! array_column {
 array_column!(String, ArrayString);
 array_column!(f64, ArrayFloat64);
 array_column!(u8, ArrayUInt8);
+array_column!(i64, ArrayInt64);
 
 /// `CREATE TABLE IF NOT EXISTS` for ClickHouse.
 pub fn clickhouse_create(table: &TableDef) -> String {

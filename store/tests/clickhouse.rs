@@ -100,6 +100,11 @@ async fn alert_progress_moves_forward_only() {
 }
 
 #[tokio::test]
+async fn source_progress_round_trip() {
+    common::source_progress_round_trip(&store("source_progress").await).await;
+}
+
+#[tokio::test]
 async fn range_fingerprints_round_trip() {
     common::range_fingerprints_round_trip(&store("fingerprints").await).await;
 }
@@ -111,7 +116,7 @@ async fn range_fingerprints_round_trip() {
 async fn both_backends_have_the_declared_columns() {
     let clickhouse = store("columns").await;
     let embedded = Store::in_memory().unwrap();
-    assert_eq!(store::tables().len(), 12);
+    assert_eq!(store::tables().len(), 13);
     for table in store::tables() {
         let declared: Vec<&str> = table.columns.iter().map(|column| column.name).collect();
         let in_clickhouse = clickhouse.stored_columns(table.spec.name).await.unwrap();

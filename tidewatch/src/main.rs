@@ -57,8 +57,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(dispatch(cli.command))
+    let outcome = runtime.block_on(dispatch(cli.command));
+    // Blocking tasks still running (a librdkafka close past its deadline)
+    // do not hold the exit.
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    outcome
 }
+
+/// How long the exit waits for blocking tasks still running.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {

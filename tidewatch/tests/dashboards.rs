@@ -504,7 +504,7 @@ async fn every_dashboard_query_returns_rows_with_the_expected_columns_from_click
         window_end: regression_window + 3_600_000,
         metrics,
         reference_source: None,
-        computed_at: 1,
+        version: 1,
     };
     store
         .write_window_results(

@@ -16,6 +16,7 @@
 //! | `rebalance_storm` | three instances joining and leaving (SIGTERM or SIGKILL) every few seconds over 8 partitions |
 //! | `cardinality_flood` | a million events with distinct model names, segment values and categories |
 //! | `range_fingerprints_wait_for_the_store` | ClickHouse unreachable while a member looks up and stores offset-range fingerprints |
+//! | `a_pause_in_traffic_inside_a_window` | the stream stops mid-window for longer than `idle_close_after`, the open windows are finalized provisionally, then the rest arrives |
 
 mod common;
 
@@ -37,6 +38,18 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use store::{clickhouse_store::ClickHouseStore, Store};
 use tidewatch::fixtures::DemoShape;
+
+/// The seed of a case's random schedule: `TIDEWATCH_TEST_SEED` when set
+/// (to replay a failure, or to vary the soak: `scripts/soak-faults.sh`),
+/// else a random one; every case prints the seed it used.
+fn seed() -> u64 {
+    match std::env::var("TIDEWATCH_TEST_SEED") {
+        Ok(seed) => seed
+            .parse()
+            .unwrap_or_else(|_| panic!("TIDEWATCH_TEST_SEED={seed} is not a number")),
+        Err(_) => rand::rng().random(),
+    }
+}
 
 /// GET `path` on 127.0.0.1:`port`: (status, body).
 /// `/api/v1/ready` once the service has had time to notice a recovery:
@@ -97,7 +110,7 @@ async fn sigkill_ten_times_while_consuming() {
     // producer had finished).
     let rate = (events / 90) as u32;
     let mut producer = scenario.replay(Some(rate));
-    let seed: u64 = rand::rng().random();
+    let seed = seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let started = Instant::now();
     let log = scenario.directory.join("tidewatch.log");
@@ -648,7 +661,7 @@ async fn rebalance_storm() {
     let events = scenario.predictions + scenario.actuals;
     // Produce over about 60 s while the group churns.
     let mut producer = scenario.replay(Some((events / 60) as u32));
-    let seed: u64 = rand::rng().random();
+    let seed = seed();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let log = scenario.directory.join("tidewatch.log");
     let started = Instant::now();
@@ -988,5 +1001,100 @@ async fn range_fingerprints_wait_for_the_store() {
         "range fingerprints with the store unreachable: the lookup waited through \
          {failed_lookups} failed attempts and the write through {failed_writes}, both completed \
          when the store came back; a restarted member kept the incarnation"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_in_traffic_inside_a_window() {
+    let scenario = Scenario::new("faults_pause", demo_hours(3, 3_000));
+    let (path, store, expected) = scenario.prepare(1_000, &ConfigOptions::default(), 2).await;
+    // The stream cut in two halves: the first ends inside an hour.
+    let lines: Vec<String> = std::fs::read_to_string(&scenario.stream)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let (first_half, second_half) = lines.split_at(lines.len() / 2);
+    let last_time = |lines: &[String]| {
+        lines
+            .iter()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find_map(|value| value["timestamp"].as_i64())
+            .expect("a timestamp")
+    };
+    let cut_window = last_time(first_half).div_euclid(3_600_000) * 3_600_000;
+    let expected_in_cut = expected
+        .iter()
+        .find(|m| {
+            m.key.window_start == cut_window
+                && m.key.segment == "all"
+                && m.key.feature == "prediction.score"
+        })
+        .expect("the cut window is expected")
+        .metrics
+        .count;
+    let (first_file, second_file) = (
+        scenario.directory.join("first.jsonl"),
+        scenario.directory.join("second.jsonl"),
+    );
+    std::fs::write(&first_file, first_half.join("\n") + "\n").unwrap();
+    std::fs::write(&second_file, second_half.join("\n") + "\n").unwrap();
+
+    let log = scenario.directory.join("tidewatch.log");
+    let process = TidewatchProcess::start(&path, &log, &[]);
+    assert!(scenario
+        .replay_file(&first_file, None)
+        .wait()
+        .unwrap()
+        .success());
+    // The pause: longer than `idle_close_after` (3 s), until the open cut
+    // window is stored provisionally, short of what it will hold.
+    let started = Instant::now();
+    let provisional = loop {
+        let stored = store
+            .window_metrics(store::MetricsQuery {
+                feature: Some("prediction.score".into()),
+                segment: Some("all".into()),
+                from_ms: Some(cut_window),
+                to_ms: Some(cut_window + 1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(count) = stored.first().map(|m| m.metrics.count) {
+            break count;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the cut window was never finalized during the pause; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let paused = started.elapsed();
+    assert!(
+        provisional < expected_in_cut,
+        "the cut window was finalized with {provisional} of {expected_in_cut} during the pause"
+    );
+    assert!(scenario
+        .replay_file(&second_file, None)
+        .wait()
+        .unwrap()
+        .success());
+    // One process read everything once: quality (labels joined in memory)
+    // is compared too.
+    wait_for_metrics(&store, &expected, Duration::from_secs(180), true).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let peak = process.peak_rss_kib();
+    assert!(process.terminate());
+    println!(
+        "pause: {} events; the stream paused inside window {cut_window} for {:.1} s (idle close \
+         after 3 s), which was stored provisionally with {provisional} of {expected_in_cut} \
+         predictions; after the rest arrived predictions stored {stored} of {produced}, and \
+         {} series-windows (quality included) equal the in-process computation; peak RSS {peak} KiB",
+        scenario.predictions + scenario.actuals,
+        paused.as_secs_f64(),
+        expected.len()
     );
 }

@@ -84,7 +84,7 @@ pub async fn window_results_round_trip(store: &Store) {
         window_end: window + 60_000,
         metrics: metrics.clone(),
         reference_source: Some("file:train.csv".into()),
-        computed_at: 7,
+        version: 7,
     };
     let empty_record = WindowMetrics {
         key: key("plan", window),
@@ -95,7 +95,7 @@ pub async fn window_results_round_trip(store: &Store) {
             DriftThresholds::default(),
         ),
         reference_source: None,
-        computed_at: 7,
+        version: 7,
     };
     // Estimated performance: every metric with its error and band, one
     // without a band (absent thresholds survive as `None`).
@@ -123,7 +123,7 @@ pub async fn window_results_round_trip(store: &Store) {
         window_end: window + 60_000,
         metrics: estimated_metrics,
         reference_source: Some("file:train.csv".into()),
-        computed_at: 7,
+        version: 7,
     };
     // Multivariate drift: the mean reconstruction error with its band.
     let mut multivariate_metrics = detectors::FeatureWindowMetrics::empty(
@@ -144,13 +144,13 @@ pub async fn window_results_round_trip(store: &Store) {
         window_end: window + 60_000,
         metrics: multivariate_metrics,
         reference_source: Some("file:train.csv".into()),
-        computed_at: 7,
+        version: 7,
     };
     let window_sketch = WindowSketch {
         key: key("age", window),
         window_end: window + 60_000,
         sketch: sketch.to_bytes(),
-        computed_at: 7,
+        version: 7,
     };
     store
         .write_window_results(
@@ -166,7 +166,7 @@ pub async fn window_results_round_trip(store: &Store) {
         .unwrap();
     // A recomputation with a newer version replaces the row.
     let mut newer = record.clone();
-    newer.computed_at = 8;
+    newer.version = 8;
     newer.metrics.count += 1;
     store
         .write_window_results(vec![newer.clone()], vec![])
@@ -518,6 +518,51 @@ pub async fn range_fingerprints_round_trip(store: &Store) {
         store.range_fingerprint("t/0", 2, 1_000).await.unwrap(),
         None
     );
+}
+
+/// Sources' progress: the highest offset per source wins, windows keep
+/// their order, an empty list is a list.
+pub async fn source_progress_round_trip(store: &Store) {
+    use store::{SourceProgress, WindowRef};
+    assert_eq!(store.source_progress("t/0").await.unwrap(), None);
+    let progress = |source: &str, next_offset, windows: &[(&str, i64)]| SourceProgress {
+        source: source.into(),
+        next_offset,
+        unfinalized: windows
+            .iter()
+            .map(|(model, window_start)| WindowRef {
+                model: (*model).into(),
+                window_start: *window_start,
+            })
+            .collect(),
+    };
+    let newer = progress(
+        "t/0",
+        2_000,
+        &[("churn", 1_767_225_600_000), ("fraud", 1_767_229_200_000)],
+    );
+    store
+        .write_source_progress(vec![
+            progress("t/0", 1_000, &[("churn", 1_767_222_000_000)]),
+            progress("t/0#2", 5, &[]),
+        ])
+        .await
+        .unwrap();
+    store
+        .write_source_progress(vec![newer.clone()])
+        .await
+        .unwrap();
+    // An older row written late (a commit that lost a race) changes nothing.
+    store
+        .write_source_progress(vec![progress("t/0", 1_500, &[])])
+        .await
+        .unwrap();
+    assert_eq!(store.source_progress("t/0").await.unwrap(), Some(newer));
+    assert_eq!(
+        store.source_progress("t/0#2").await.unwrap(),
+        Some(progress("t/0#2", 5, &[]))
+    );
+    assert_eq!(store.source_progress("t/1").await.unwrap(), None);
 }
 
 /// Version events: per model, oldest first by time then sequence, the

@@ -10,8 +10,11 @@ pub struct Args {
 
 /// Runs the service until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Before anything else: a SIGTERM during start-up stops the service
+    // once it is up, rather than killing it mid-step.
+    let shutdown = super::shutdown_signal();
     let config = args.config.load()?;
-    let report = tidewatch::service::run(&config, super::shutdown_signal()).await?;
+    let report = tidewatch::service::run(&config, shutdown).await?;
     eprintln!("stopped: {report:?}");
     Ok(())
 }

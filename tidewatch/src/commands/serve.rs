@@ -13,6 +13,7 @@ pub struct Args {
 
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown = super::shutdown_signal();
     let config = args.config.load()?;
     let settings = config
         .serving
@@ -42,8 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let telemetry =
-        tidewatch::gateway::run(settings, kafka, listener, super::shutdown_signal()).await?;
+    let telemetry = tidewatch::gateway::run(settings, kafka, listener, shutdown).await?;
     if let Some((stop, server)) = http {
         let _ = stop.send(());
         let _ = server.await;

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a child may take to exit after SIGTERM: its drain (15 s), its
+/// consumer close (10 s) and its runtime's shutdown (5 s), with margin.
+pub const TERMINATE_DEADLINE: Duration = Duration::from_secs(45);
+
 /// A running `tidewatch run`.
 pub struct TidewatchProcess {
     child: Child,
@@ -101,13 +105,50 @@ impl TidewatchProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for the exit; true when it exited successfully.
+    /// SIGTERM, then waits for the exit within [`TERMINATE_DEADLINE`];
+    /// true when it exited successfully. Past the deadline it prints the
+    /// child's threads' backtraces (gdb, when installed) and its last log
+    /// lines, kills it, and answers false.
     pub fn terminate(mut self) -> bool {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
+        if let Some(status) = self.wait_exit(TERMINATE_DEADLINE) {
+            return status.success();
+        }
+        eprintln!(
+            "tidewatch (pid {}) did not exit within {TERMINATE_DEADLINE:?} of SIGTERM",
+            self.child.id()
+        );
+        self.print_backtraces_and_log();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// The child's threads' backtraces (when gdb is installed) and the last
+    /// 40 lines of its log, on stderr.
+    fn print_backtraces_and_log(&self) {
+        match Command::new("gdb")
+            .args([
+                "-p",
+                &self.child.id().to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt 30",
+            ])
+            .output()
+        {
+            Ok(output) => eprintln!("{}", String::from_utf8_lossy(&output.stdout)),
+            Err(error) => eprintln!("no backtrace (gdb: {error})"),
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!("last lines of {}:", self.log.display());
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("  {line}");
+        }
     }
 
     /// Waits for the process to exit by itself within `timeout`.
