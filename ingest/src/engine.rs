@@ -979,13 +979,13 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
     use detectors::FeatureSketch;
 
     /// Model `m`, a regression on one numeric feature `x`.
-    fn regression_spec() -> ModelSpec {
+    pub(crate) fn regression_spec() -> ModelSpec {
         ModelSpec::new(
             "m",
             Task::Regression,

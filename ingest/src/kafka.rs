@@ -387,6 +387,18 @@ impl<O: WindowObserver> Member<O> {
         self.report.windows_finalized += finalized.windows.len() as u64;
         self.telemetry
             .windows_closed(finalized.windows.len() as u64);
+        self.progress_and_commit(driver, commits, mode).await
+    }
+
+    /// The end of every step that commits: each committed source's
+    /// progress, the dead letters, then the commit of `commits` (the
+    /// driver's, by source name) for the partitions still assigned here.
+    async fn progress_and_commit(
+        &mut self,
+        driver: &Driver,
+        commits: Vec<(String, u64)>,
+        mode: CommitMode,
+    ) -> Result<(), Error> {
         let commits = self.partitions_of(commits);
         let sources: Vec<(String, u64)> = commits
             .iter()
@@ -452,23 +464,9 @@ impl<O: WindowObserver> Member<O> {
             .into_iter()
             .filter(|(source, _)| *source != old_name)
             .collect();
-        let commits = self.partitions_of(commits);
-        let sources: Vec<(String, u64)> = commits
-            .iter()
-            .map(|(partition, next_offset)| {
-                (
-                    self.incarnations.current_source(partition).to_string(),
-                    *next_offset,
-                )
-            })
-            .collect();
         driver.retire(&old_name, new_source.name());
-        driver.store_progress(&sources).await?;
-        self.dead_letters.flush().await;
-        if commit(&self.consumer, &commits, CommitMode::Async)? {
-            self.report.commits += 1;
-        }
-        Ok(())
+        self.progress_and_commit(driver, commits, CommitMode::Async)
+            .await
     }
 
     /// The driver's commits (by source name) as offsets of the partitions

@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use detectors::catalog::Catalog;
-use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
 use detectors::window::WindowSize;
 use detectors::FeatureSketch;
 use events::EventKind;
@@ -29,20 +28,9 @@ const HOUR: i64 = 3_600_000;
 const START: i64 = 1_767_225_600_000;
 const RANGE: u64 = 100;
 
+/// Model `m`, a regression on one numeric feature `x`.
 fn catalog() -> Catalog {
-    let spec = ModelSpec::new(
-        "m",
-        Task::Regression,
-        vec![FeatureSpec {
-            name: "x".into(),
-            kind: FeatureKind::Numeric,
-        }],
-        vec![],
-        10,
-        10,
-    )
-    .unwrap();
-    Catalog::new([spec])
+    Catalog::new([crate::engine::tests::regression_spec()])
 }
 
 /// Hourly windows, 5 minutes of lateness, ranges of 100 offsets.
