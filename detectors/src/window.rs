@@ -8,7 +8,9 @@
 //! that time minus the allowed lateness: a window `[start, start + size)` is
 //! *closed* once the watermark reaches `start + size`, and an event for a
 //! closed window is *late*. Late events are not added to any window; the
-//! caller counts them (`tidewatch_late_events_total`).
+//! caller counts them (`tidewatch_events_dropped_total{reason="late"}`).
+//! Only events move a clock: nothing else (a pause, an idle close) can make
+//! a later event late.
 
 use crate::Error;
 
@@ -115,26 +117,6 @@ impl EventTimeClock {
     pub fn max_event_time(&self) -> Option<i64> {
         self.max_event_time
     }
-
-    /// Advances the watermark past the window of the latest event, closing
-    /// every window this clock has seen (end of a replay, or an idle source).
-    pub fn close_all(&mut self) {
-        if let Some(latest) = self.max_event_time {
-            let end = self
-                .window_size
-                .window_end(self.window_size.window_start(latest));
-            self.advance_to(end.saturating_add(self.allowed_lateness_ms));
-        }
-    }
-
-    /// Advances the watermark as if an event at `timestamp_ms` had been seen
-    /// (used to close every window at the end of a replay or on idleness).
-    pub fn advance_to(&mut self, timestamp_ms: i64) {
-        self.max_event_time = Some(
-            self.max_event_time
-                .map_or(timestamp_ms, |t| t.max(timestamp_ms)),
-        );
-    }
 }
 
 #[cfg(test)]
@@ -184,27 +166,5 @@ mod tests {
         );
         // A late event does not move the clock backwards or forwards.
         assert_eq!(clock.watermark(), Some(1_900));
-    }
-
-    #[test]
-    fn advance_closes_windows_without_events() {
-        let size = WindowSize::from_millis(1_000).unwrap();
-        let mut clock = EventTimeClock::new(size, 0);
-        clock.observe(10);
-        assert!(!clock.is_closed(0));
-        clock.advance_to(1_000);
-        assert!(clock.is_closed(0));
-        clock.advance_to(5);
-        assert_eq!(
-            clock.watermark(),
-            Some(1_000),
-            "advance never goes backwards"
-        );
-        let mut lagging = EventTimeClock::new(size, 300);
-        lagging.observe(1_500);
-        assert!(!lagging.is_closed(1_000));
-        lagging.close_all();
-        assert!(lagging.is_closed(1_000));
-        assert!(!lagging.is_closed(2_000));
     }
 }

@@ -132,17 +132,17 @@ pub async fn run(
                 report.dead_lettered += 1;
             }
         }
-        driver.checkpoint().await?;
+        // Stores the batch, then finalizes what it closed.
         finalize(&mut driver, &mut observer, &mut report).await?;
         processed.fetch_add(count, Ordering::SeqCst);
     }
     driver.close_all();
-    driver.checkpoint().await?;
     finalize(&mut driver, &mut observer, &mut report).await?;
     Ok(report)
 }
 
-/// Finalizes the closed windows and tells `observer`, in order.
+/// Stores what was read, finalizes the windows it closed and tells
+/// `observer`, in order.
 async fn finalize(
     driver: &mut Driver,
     observer: &mut impl WindowObserver,
@@ -159,7 +159,6 @@ async fn finalize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::DriverSettings;
     use crate::engine::{Engine, EngineSettings};
     use detectors::catalog::Catalog;
     use detectors::spec::{FeatureKind, FeatureSpec, ModelSpec, Task};
@@ -203,18 +202,7 @@ mod tests {
             Catalog::new([spec]),
         );
         let store = store::Store::in_memory().unwrap();
-        let driver = Driver::new(
-            engine,
-            store.clone(),
-            DriverSettings {
-                thresholds: Default::default(),
-                warmup_windows: 0,
-                store_retry_max_delay: Duration::from_millis(10),
-            },
-            crate::telemetry::Telemetry::default(),
-        )
-        .await
-        .unwrap();
+        let driver = crate::driver::test_driver(engine, store.clone()).await;
         (driver, store)
     }
 

@@ -85,6 +85,9 @@ where
     }
 }
 
+/// Windows of a source still to finalize: (window start, model), oldest first.
+type WindowList = Vec<(i64, String)>;
+
 /// Windows finalized in one call, with their metrics.
 #[derive(Debug, Default)]
 pub struct Finalized {
@@ -106,6 +109,9 @@ pub struct Driver {
     windows_finalized: u64,
     /// The engine's counters when last added to the telemetry.
     synced: EngineCounters,
+    /// Per source, the windows still to finalize as last stored (or loaded
+    /// on assignment): a commit that changes nothing there writes no row.
+    stored_progress: BTreeMap<String, WindowList>,
 }
 
 /// One message of a source, handed to [`Driver::ingest`].
@@ -143,6 +149,7 @@ impl Driver {
             installed_references: BTreeMap::new(),
             windows_finalized: 0,
             synced: EngineCounters::default(),
+            stored_progress: BTreeMap::new(),
         };
         driver.refresh_references().await?;
         Ok(driver)
@@ -199,12 +206,14 @@ impl Driver {
     /// Drops the state of `source` (a revoked partition).
     pub fn revoke(&mut self, source: &str) {
         self.engine.revoke(source);
+        self.stored_progress.remove(source);
     }
 
     /// Drops the state of `old` (an incarnation found replaced), handing
     /// its windows still to finalize to `new`.
     pub fn retire(&mut self, old: &str, new: &str) {
         self.engine.retire(old, new);
+        self.stored_progress.remove(old);
     }
 
     /// Marks `source` idle (nothing left to read there) or active; see
@@ -238,6 +247,8 @@ impl Driver {
                 .into_iter()
                 .map(|window| (window.window_start, window.model)),
         );
+        self.stored_progress
+            .insert(source.to_owned(), self.engine.unfinalized_windows(source));
         Ok(())
     }
 
@@ -245,23 +256,34 @@ impl Driver {
     /// recorded into and that are not finalized since (see
     /// [`crate::engine`]): called after the windows finalized by the same
     /// step were handled, before the commit, so that whoever reads the
-    /// source next finalizes what this owner did not.
-    pub async fn store_progress(&self, commits: &[(String, u64)]) -> Result<(), Error> {
-        if commits.is_empty() {
+    /// source next finalizes what this owner did not. A source whose list
+    /// is what was last stored for it writes no row (the stored one says
+    /// the same, whatever its offset).
+    pub async fn store_progress(&mut self, commits: &[(String, u64)]) -> Result<(), Error> {
+        let changed: Vec<(String, u64, WindowList)> = commits
+            .iter()
+            .map(|(source, next_offset)| {
+                (
+                    source.clone(),
+                    *next_offset,
+                    self.engine.unfinalized_windows(source),
+                )
+            })
+            .filter(|(source, _, windows)| self.stored_progress.get(source) != Some(windows))
+            .collect();
+        if changed.is_empty() {
             return Ok(());
         }
-        let rows: Vec<store::SourceProgress> = commits
+        let rows: Vec<store::SourceProgress> = changed
             .iter()
-            .map(|(source, next_offset)| store::SourceProgress {
+            .map(|(source, next_offset, windows)| store::SourceProgress {
                 source: source.clone(),
                 next_offset: *next_offset,
-                unfinalized: self
-                    .engine
-                    .unfinalized_windows(source)
-                    .into_iter()
+                unfinalized: windows
+                    .iter()
                     .map(|(window_start, model)| store::WindowRef {
-                        model,
-                        window_start,
+                        model: model.clone(),
+                        window_start: *window_start,
                     })
                     .collect(),
             })
@@ -270,7 +292,11 @@ impl Driver {
         self.retry("progress", || async {
             Ok(store.write_source_progress(rows.clone()).await?)
         })
-        .await
+        .await?;
+        for (source, _, windows) in changed {
+            self.stored_progress.insert(source, windows);
+        }
+        Ok(())
     }
 
     /// The driver's settings.
@@ -497,4 +523,22 @@ impl Driver {
             &merged,
         )?)
     }
+}
+
+/// A driver of `engine` over `store` as the tests use it: no warm-up,
+/// default thresholds, store retries of at most 10 ms.
+#[cfg(test)]
+pub(crate) async fn test_driver(engine: Engine, store: Store) -> Driver {
+    Driver::new(
+        engine,
+        store,
+        DriverSettings {
+            thresholds: Default::default(),
+            warmup_windows: 0,
+            store_retry_max_delay: Duration::from_millis(10),
+        },
+        Telemetry::default(),
+    )
+    .await
+    .expect("a driver over the test store")
 }

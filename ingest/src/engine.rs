@@ -966,14 +966,8 @@ impl Engine {
     /// Drops the state of `old` (an incarnation found replaced), handing
     /// its windows still to finalize to `new`.
     pub fn retire(&mut self, old: &str, new: &str) {
-        let Some(state) = self.sources.remove(old) else {
-            return;
-        };
-        let windows: Vec<(i64, String)> = state
-            .unfinalized
-            .ending_by(|_| true)
-            .map(|(start, model)| (start, model.to_owned()))
-            .collect();
+        let windows = self.unfinalized_windows(old);
+        self.revoke(old);
         self.restore_unfinalized(new, windows);
     }
 }

@@ -78,13 +78,11 @@ pub async fn replay_into(
             }
         }
         if driver.needs_checkpoint() {
-            driver.checkpoint().await?;
             let (_, finalized) = driver.finalize_closed().await?;
             report.finalized.windows.extend(finalized.windows);
         }
     }
     driver.close_all();
-    driver.checkpoint().await?;
     let (_, finalized) = driver.finalize_closed().await?;
     report.finalized.windows.extend(finalized.windows);
     Ok(report)

@@ -29,6 +29,18 @@ use store::{Store, WindowMetrics, WindowSketch};
 
 use crate::Error;
 
+/// The latest range end of each (source, range start) among `partials`.
+fn latest_range_ends(partials: &[store::PartialSketch]) -> BTreeMap<(&str, u64), u64> {
+    let mut latest: BTreeMap<(&str, u64), u64> = BTreeMap::new();
+    for partial in partials {
+        let end = latest
+            .entry((&partial.source, partial.range_start))
+            .or_default();
+        *end = (*end).max(partial.range_end);
+    }
+    latest
+}
+
 /// Merges partial rows by series, then folds the segments the window as a
 /// whole does not admit into `key=__other__` ([`fold_segment_overflow`]).
 ///
@@ -41,13 +53,7 @@ pub fn merge_partials(
     catalog: &Catalog,
     partials: &[store::PartialSketch],
 ) -> Result<MergedWindow, Error> {
-    let mut latest: BTreeMap<(&str, u64), u64> = BTreeMap::new();
-    for partial in partials {
-        let end = latest
-            .entry((&partial.source, partial.range_start))
-            .or_default();
-        *end = (*end).max(partial.range_end);
-    }
+    let latest = latest_range_ends(partials);
     let mut sketches: BTreeMap<SeriesKey, FeatureSketch> = BTreeMap::new();
     for partial in partials {
         if latest[&(partial.source.as_str(), partial.range_start)] != partial.range_end {
@@ -172,14 +178,7 @@ const DERIVED_VERSION: u64 = 1 << 62;
 /// The offsets covered by `partials`: over each (source, range start), the
 /// latest range end minus the range start.
 fn offsets_covered(partials: &[store::PartialSketch]) -> u64 {
-    let mut latest: BTreeMap<(&str, u64), u64> = BTreeMap::new();
-    for partial in partials {
-        let end = latest
-            .entry((&partial.source, partial.range_start))
-            .or_default();
-        *end = (*end).max(partial.range_end);
-    }
-    latest
+    latest_range_ends(partials)
         .iter()
         .map(|((_, start), end)| end.saturating_sub(*start))
         .fold(0u64, u64::saturating_add)

@@ -395,7 +395,7 @@ impl<O: WindowObserver> Member<O> {
     /// driver's, by source name) for the partitions still assigned here.
     async fn progress_and_commit(
         &mut self,
-        driver: &Driver,
+        driver: &mut Driver,
         commits: Vec<(String, u64)>,
         mode: CommitMode,
     ) -> Result<(), Error> {

@@ -546,4 +546,58 @@ mod tests {
         context.brokers_down.store(false, Ordering::Relaxed);
         assert!(context.is_caught_up());
     }
+
+    fn partition(
+        fetch_state: &str,
+        next_offset: i64,
+        hi_offset: i64,
+        queued: i64,
+    ) -> rdkafka::statistics::Partition {
+        rdkafka::statistics::Partition {
+            partition: 0,
+            broker: 1,
+            leader: 1,
+            desired: true,
+            unknown: false,
+            msgq_cnt: 0,
+            msgq_bytes: 0,
+            xmit_msgq_cnt: 0,
+            xmit_msgq_bytes: 0,
+            fetchq_cnt: queued,
+            fetchq_size: 0,
+            fetch_state: fetch_state.into(),
+            query_offset: -1,
+            next_offset,
+            app_offset: -1001,
+            stored_offset: -1001,
+            committed_offset: -1001,
+            eof_offset: -1001,
+            lo_offset: 0,
+            hi_offset,
+            ls_offset: hi_offset,
+            consumer_lag: -1,
+            consumer_lag_stored: -1,
+            txmsgs: 0,
+            txbytes: 0,
+            rxmsgs: 0,
+            rxbytes: 0,
+            msgs: 0,
+            rx_ver_drops: 0,
+            msgs_inflight: 0,
+            next_ack_seq: 0,
+            next_err_seq: 0,
+            acked_msgid: 0,
+        }
+    }
+
+    #[test]
+    fn a_partition_is_idle_only_once_fetched_to_its_end() {
+        assert!(fetched_to_the_end(&partition("active", 500, 500, 0)));
+        // Messages left on the broker, or fetched and not handed over yet.
+        assert!(!fetched_to_the_end(&partition("active", 400, 500, 0)));
+        assert!(!fetched_to_the_end(&partition("active", 500, 500, 3)));
+        // Not fetching yet (its offset being looked up), or no watermark known.
+        assert!(!fetched_to_the_end(&partition("offset-query", 500, 500, 0)));
+        assert!(!fetched_to_the_end(&partition("active", -1001, -1, 0)));
+    }
 }

@@ -8,9 +8,9 @@
 //! | `a_pause_longer_than_the_idle_close_loses_nothing` | half a window, an idle close, the other half |
 //! | `a_kill_after_the_commit_leaves_no_window_stale` | one partition silent while another closes the window; the silent one's tail committed, then a kill before it finalizes; a restart from the committed ranges |
 //! | `two_instances_finalizing_one_window_in_either_order_store_the_same_row` | a stale finalization written after a newer one, and the other way round |
+//! | `progress_is_stored_when_its_windows_change` | commits that change a source's windows still to finalize, and commits that do not |
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use detectors::catalog::Catalog;
 use detectors::window::WindowSize;
@@ -19,7 +19,7 @@ use events::EventKind;
 use store::{MetricsQuery, Store};
 
 use crate::dead_letter::DeadLetterSink;
-use crate::driver::{Driver, DriverSettings, SourceMessage};
+use crate::driver::{test_driver, Driver, SourceMessage};
 use crate::engine::{range_start_of, Engine, EngineSettings, Ingested};
 use crate::finalize::{merge_partials, result_version, window_results};
 
@@ -40,18 +40,7 @@ async fn driver(store: &Store) -> Driver {
             .with_range_size(RANGE.try_into().unwrap()),
         catalog(),
     );
-    Driver::new(
-        engine,
-        store.clone(),
-        DriverSettings {
-            thresholds: Default::default(),
-            warmup_windows: 0,
-            store_retry_max_delay: Duration::from_millis(10),
-        },
-        crate::telemetry::Telemetry::default(),
-    )
-    .await
-    .unwrap()
+    test_driver(engine, store.clone()).await
 }
 
 fn dead_letters(name: &str) -> DeadLetterSink {
@@ -326,4 +315,38 @@ async fn two_instances_finalizing_one_window_in_either_order_store_the_same_row(
             100
         );
     }
+}
+
+#[tokio::test]
+async fn progress_is_stored_when_its_windows_change() {
+    let store = Store::in_memory().unwrap();
+    let mut driver = driver(&store).await;
+    let mut dead = dead_letters("progress");
+    let mut committed = BTreeMap::new();
+    driver.assign("a/0").await.unwrap();
+    read(&mut driver, &mut dead, "a/0", [(0, START)]).await;
+    settle(&mut driver, &mut committed).await;
+    let stored = |store: Store| async move { store.source_progress("a/0").await.unwrap().unwrap() };
+    let first = stored(store.clone()).await;
+    assert_eq!((first.next_offset, first.unfinalized.len()), (1, 1));
+    // More of the same window: the list is unchanged, no row is written.
+    read(&mut driver, &mut dead, "a/0", [(1, START + 1_000)]).await;
+    settle(&mut driver, &mut committed).await;
+    assert_eq!(committed["a/0"], 2);
+    assert_eq!(stored(store.clone()).await, first);
+    // A new window changes it.
+    read(&mut driver, &mut dead, "a/0", [(2, START + HOUR)]).await;
+    settle(&mut driver, &mut committed).await;
+    let second = stored(store.clone()).await;
+    assert_eq!((second.next_offset, second.unfinalized.len()), (3, 2));
+    // An idle close finalizes both with nothing new to commit: the stored
+    // row keeps naming them (a next owner would finalize them again, from
+    // the same partials, to the same result) until the next commit.
+    driver.close_all();
+    settle(&mut driver, &mut committed).await;
+    assert_eq!(stored(store.clone()).await, second);
+    read(&mut driver, &mut dead, "a/0", [(3, START + HOUR + 1_000)]).await;
+    settle(&mut driver, &mut committed).await;
+    let third = stored(store).await;
+    assert_eq!((third.next_offset, third.unfinalized.len()), (4, 1));
 }
