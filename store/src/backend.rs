@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use detectors::ReferenceProfile;
 
 use crate::{
-    AlertRecord, Delivery, MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats,
+    AlertRecord, Delivery, JoinLabel, JoinPrediction, LateMatch, MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats,
     RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction, SourceProgress,
     VersionEvent, WindowMetrics, WindowSketch,
 };
@@ -124,6 +124,42 @@ pub trait Backend: Send + Sync {
 
     /// The latest progress recorded for `source`.
     async fn source_progress(&self, source: &str) -> Result<Option<SourceProgress>>;
+
+    /// Stores predictions for the durable join (idempotent: a prediction
+    /// stored twice is one row).
+    async fn write_join_predictions(&self, rows: Vec<JoinPrediction>) -> Result<()>;
+
+    /// The stored predictions of `model` under any of `keys` (every
+    /// version's), in key order.
+    async fn join_predictions(&self, model: &str, keys: &[String]) -> Result<Vec<JoinPrediction>>;
+
+    /// Stores labels whose prediction was not found (idempotent by source
+    /// and offset).
+    async fn write_pending_labels(&self, rows: Vec<JoinLabel>) -> Result<()>;
+
+    /// The pending labels of `source` (those not yet expired), by offset.
+    async fn pending_labels(&self, source: &str) -> Result<Vec<JoinLabel>>;
+
+    /// Stores pending labels matched later (idempotent by label and
+    /// prediction version).
+    async fn write_late_matches(&self, rows: Vec<LateMatch>) -> Result<()>;
+
+    /// The late matches whose prediction is in `model`'s window starting
+    /// at `window_start`.
+    async fn late_matches_for_window(
+        &self,
+        model: &str,
+        window_start: i64,
+    ) -> Result<Vec<LateMatch>>;
+
+    /// The late matches of labels read from `source` whose event time is
+    /// `from_ms` or later.
+    async fn late_matches_of_source(&self, source: &str, from_ms: i64) -> Result<Vec<LateMatch>>;
+
+    /// Deletes pending predictions and labels whose event time is before
+    /// `before_ms` (they can no longer join; late matches stay, as the
+    /// windows they belong to).
+    async fn expire_join_state(&self, before_ms: i64) -> Result<()>;
 
     /// Records model-version events from the registry (idempotent: an
     /// event recorded twice is one row).

@@ -11,14 +11,14 @@ use detectors::ReferenceProfile;
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
+    JoinLabelRow, JoinPredictionRow, LateMatchRow, ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
     VersionEventRow, TABLES,
 };
 use crate::schema::{clickhouse_create, clickhouse_select, missing_columns, Table};
 use crate::{
     latest_by, AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary,
     PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel,
-    SampledPrediction, SourceProgress, VersionEvent, WindowMetrics, WindowSketch,
+    SampledPrediction, SourceProgress, VersionEvent, WindowMetrics, WindowSketch, JoinLabel, JoinPrediction, LateMatch,
 };
 
 /// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
@@ -538,6 +538,106 @@ impl Backend for ClickHouseStore {
             .fetch_optional::<SourceProgressRow>()
             .await?;
         row.map(SourceProgressRow::into_record).transpose()
+    }
+
+    async fn write_join_predictions(&self, rows: Vec<JoinPrediction>) -> Result<()> {
+        let rows = rows
+            .into_iter()
+            .map(JoinPredictionRow::from_record)
+            .collect::<Result<Vec<_>>>()?;
+        self.insert(&rows).await
+    }
+
+    async fn join_predictions(&self, model: &str, keys: &[String]) -> Result<Vec<JoinPrediction>> {
+        let mut found = Vec::new();
+        for chunk in keys.chunks(1_000) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "{} WHERE model = ? AND join_key IN ({placeholders}) ORDER BY join_key, model_version",
+                select::<JoinPredictionRow>()
+            );
+            let mut query = self.client.query(&sql).bind(model);
+            for key in chunk {
+                query = query.bind(key.as_str());
+            }
+            let rows = query.fetch_all::<JoinPredictionRow>().await?;
+            found.extend(rows.into_iter().map(JoinPredictionRow::into_record));
+        }
+        found.sort_by(|a, b| (&a.key, &a.model_version).cmp(&(&b.key, &b.model_version)));
+        Ok(found)
+    }
+
+    async fn write_pending_labels(&self, rows: Vec<JoinLabel>) -> Result<()> {
+        let rows = rows
+            .into_iter()
+            .map(JoinLabelRow::from_record)
+            .collect::<Result<Vec<_>>>()?;
+        self.insert(&rows).await
+    }
+
+    async fn pending_labels(&self, source: &str) -> Result<Vec<JoinLabel>> {
+        let rows = self
+            .client
+            .query(&format!(
+                "{} WHERE source = ? ORDER BY label_offset",
+                select::<JoinLabelRow>()
+            ))
+            .bind(source)
+            .fetch_all::<JoinLabelRow>()
+            .await?;
+        Ok(rows.into_iter().map(JoinLabelRow::into_record).collect())
+    }
+
+    async fn write_late_matches(&self, rows: Vec<LateMatch>) -> Result<()> {
+        let rows = rows
+            .into_iter()
+            .map(LateMatchRow::from_record)
+            .collect::<Result<Vec<_>>>()?;
+        self.insert(&rows).await
+    }
+
+    async fn late_matches_for_window(
+        &self,
+        model: &str,
+        window_start: i64,
+    ) -> Result<Vec<LateMatch>> {
+        let rows = self
+            .client
+            .query(&format!(
+                "{} WHERE model = ? AND window_start = ? ORDER BY source, label_offset, model_version",
+                select::<LateMatchRow>()
+            ))
+            .bind(model)
+            .bind(window_start)
+            .fetch_all::<LateMatchRow>()
+            .await?;
+        Ok(rows.into_iter().map(LateMatchRow::into_record).collect())
+    }
+
+    async fn late_matches_of_source(&self, source: &str, from_ms: i64) -> Result<Vec<LateMatch>> {
+        let rows = self
+            .client
+            .query(&format!(
+                "{} WHERE source = ? AND label_time_ms >= ? ORDER BY label_offset, model_version",
+                select::<LateMatchRow>()
+            ))
+            .bind(source)
+            .bind(from_ms.max(0) as u64)
+            .fetch_all::<LateMatchRow>()
+            .await?;
+        Ok(rows.into_iter().map(LateMatchRow::into_record).collect())
+    }
+
+    async fn expire_join_state(&self, before_ms: i64) -> Result<()> {
+        let before = lower_bound_seconds(before_ms);
+        for table in ["pending_predictions", "pending_labels"] {
+            self.client
+                .query(&format!("ALTER TABLE {table} DELETE WHERE time < toDateTime(?)"))
+                .bind(before)
+                .execute()
+                .await?;
+        }
+        Ok(())
     }
 
     async fn write_version_events(&self, events: Vec<VersionEvent>) -> Result<()> {

@@ -17,7 +17,7 @@ use rusqlite::{params, Connection};
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
     FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
+    JoinLabelRow, JoinPredictionRow, LateMatchRow, ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
     VersionEventRow, TABLES,
 };
 use crate::schema::{
@@ -26,7 +26,7 @@ use crate::schema::{
 use crate::{
     AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary, PartialSketch,
     PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction,
-    SourceProgress, VersionEvent, WindowMetrics, WindowSketch,
+    SourceProgress, VersionEvent, WindowMetrics, WindowSketch, JoinLabel, JoinPrediction, LateMatch,
 };
 
 /// The columns of `table` in the file.
@@ -541,6 +541,106 @@ impl Backend for EmbeddedStore {
                 .next()
                 .map(SourceProgressRow::into_record)
                 .transpose()
+        })
+        .await
+    }
+
+    async fn write_join_predictions(&self, rows: Vec<JoinPrediction>) -> Result<()> {
+        let rows: Vec<JoinPredictionRow> = rows
+            .into_iter()
+            .map(JoinPredictionRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| upsert(connection, &rows)).await
+    }
+
+    async fn join_predictions(&self, model: &str, keys: &[String]) -> Result<Vec<JoinPrediction>> {
+        let model = model.to_owned();
+        let keys = keys.to_vec();
+        self.with(move |connection| {
+            let mut found = Vec::new();
+            for chunk in keys.chunks(500) {
+                let placeholders: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("?{}", i + 2)).collect();
+                let condition = format!(
+                    "model = ?1 AND join_key IN ({}) ORDER BY join_key, model_version",
+                    placeholders.join(", ")
+                );
+                let mut values: Vec<rusqlite::types::Value> = vec![model.clone().into()];
+                values.extend(chunk.iter().map(|key| key.clone().into()));
+                let rows: Vec<JoinPredictionRow> = select(connection, &condition, values)?;
+                found.extend(rows.into_iter().map(JoinPredictionRow::into_record));
+            }
+            found.sort_by(|a, b| (&a.key, &a.model_version).cmp(&(&b.key, &b.model_version)));
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn write_pending_labels(&self, rows: Vec<JoinLabel>) -> Result<()> {
+        let rows: Vec<JoinLabelRow> = rows
+            .into_iter()
+            .map(JoinLabelRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| upsert(connection, &rows)).await
+    }
+
+    async fn pending_labels(&self, source: &str) -> Result<Vec<JoinLabel>> {
+        let values = vec![source.to_owned().into()];
+        self.with(move |connection| {
+            let rows: Vec<JoinLabelRow> =
+                select(connection, "source = ?1 ORDER BY label_offset", values)?;
+            Ok(rows.into_iter().map(JoinLabelRow::into_record).collect())
+        })
+        .await
+    }
+
+    async fn write_late_matches(&self, rows: Vec<LateMatch>) -> Result<()> {
+        let rows: Vec<LateMatchRow> = rows
+            .into_iter()
+            .map(LateMatchRow::from_record)
+            .collect::<Result<_>>()?;
+        self.with(move |connection| upsert(connection, &rows)).await
+    }
+
+    async fn late_matches_for_window(
+        &self,
+        model: &str,
+        window_start: i64,
+    ) -> Result<Vec<LateMatch>> {
+        let values = vec![model.to_owned().into(), window_start.into()];
+        self.with(move |connection| {
+            let rows: Vec<LateMatchRow> = select(
+                connection,
+                "model = ?1 AND window_start = ?2 ORDER BY source, label_offset, model_version",
+                values,
+            )?;
+            Ok(rows.into_iter().map(LateMatchRow::into_record).collect())
+        })
+        .await
+    }
+
+    async fn late_matches_of_source(&self, source: &str, from_ms: i64) -> Result<Vec<LateMatch>> {
+        let values = vec![source.to_owned().into(), from_ms.max(0).into()];
+        self.with(move |connection| {
+            let rows: Vec<LateMatchRow> = select(
+                connection,
+                "source = ?1 AND label_time_ms >= ?2 ORDER BY label_offset, model_version",
+                values,
+            )?;
+            Ok(rows.into_iter().map(LateMatchRow::into_record).collect())
+        })
+        .await
+    }
+
+    async fn expire_join_state(&self, before_ms: i64) -> Result<()> {
+        let before = i64::from(lower_bound_seconds(before_ms));
+        self.with(move |connection| {
+            connection.execute(
+                "DELETE FROM pending_predictions WHERE time < ?1",
+                params![before],
+            )?;
+            connection.execute("DELETE FROM pending_labels WHERE time < ?1", params![before])?;
+            Ok(())
         })
         .await
     }

@@ -40,6 +40,9 @@
 //! | `range_fingerprints` | (partition, incarnation, offset range start): the first message read there | none (rows of one key are equal) |
 //! | `sample_predictions` | (model, version, prediction id): a sampled prediction's features and output | none (rows of one key are equal) |
 //! | `sample_labels` | (model, prediction id): the label of a sampled prediction id | none (rows of one key are equal) |
+//! | `pending_predictions` | (model, join key, version): a prediction waiting for its label (the durable join) | none (rows of one key are equal) |
+//! | `pending_labels` | (source, offset): a label whose prediction was not found when its range was stored | none (rows of one key are equal) |
+//! | `late_matches` | (model, window, label source and offset, version): a pending label joined later | none (rows of one key are equal) |
 //! | `version_events` | (model, time, registry sequence): a model version registered, its reference attached, an alias set or deleted | none (rows of one key are equal) |
 //!
 //! A *series* is (model, model_version, segment, feature). `window_partials`
@@ -554,6 +557,69 @@ pub struct SourceProgress {
     pub next_offset: u64,
     /// Windows still to finalize, oldest first.
     pub unfinalized: Vec<WindowRef>,
+}
+
+/// A prediction as the durable join keeps it until its label arrives (the
+/// `pending_predictions` table): what the quality series need of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinPrediction {
+    /// Model name.
+    pub model: String,
+    /// The join key: a hash of (model, prediction id), 32 hex digits.
+    pub key: String,
+    /// Model version.
+    pub model_version: String,
+    /// Start of the prediction's window, ms.
+    pub window_start: i64,
+    /// The prediction's event time, ms.
+    pub time_ms: i64,
+    /// Segment labels of the prediction (`all`, `key=value`…).
+    pub segments: Vec<String>,
+    /// Score, if any.
+    pub score: Option<f64>,
+    /// Predicted class, if any.
+    pub class: Option<String>,
+}
+
+/// A label's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinLabelValue {
+    /// A numeric label (regression targets, 0/1).
+    Number(f64),
+    /// A class name.
+    Class(String),
+}
+
+/// A label read at one offset of a source whose prediction was found
+/// nowhere when its range was checkpointed (the `pending_labels` table):
+/// the source's owner looks for the prediction again until it is found
+/// or the label expires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinLabel {
+    /// The label's source (`topic/partition`, with its incarnation).
+    pub source: String,
+    /// Its offset there.
+    pub offset: u64,
+    /// Model name.
+    pub model: String,
+    /// The join key of its prediction id ([`JoinPrediction::key`]).
+    pub key: String,
+    /// The label's event time, ms.
+    pub time_ms: i64,
+    /// The label.
+    pub value: JoinLabelValue,
+}
+
+/// A pending label matched with a prediction found later (the
+/// `late_matches` table): added to the quality series of the
+/// prediction's window when it is finalized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateMatch {
+    /// The label (its source and offset identify the row, with the
+    /// prediction's version).
+    pub label: JoinLabel,
+    /// The prediction it joined.
+    pub prediction: JoinPrediction,
 }
 
 /// The first message read in one offset range of one incarnation of a

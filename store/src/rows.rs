@@ -27,7 +27,7 @@ const SERIES_WINDOW_KEY: &[&str] = &[
 ];
 
 /// Every table, in creation order.
-pub(crate) const TABLES: [TableDef; 13] = [
+pub(crate) const TABLES: [TableDef; 16] = [
     PartialRow::DEF,
     SketchRow::DEF,
     MetricsRow::DEF,
@@ -41,6 +41,9 @@ pub(crate) const TABLES: [TableDef; 13] = [
     VersionEventRow::DEF,
     SamplePredictionRow::DEF,
     SampleLabelRow::DEF,
+    JoinPredictionRow::DEF,
+    JoinLabelRow::DEF,
+    LateMatchRow::DEF,
 ];
 
 pub(crate) fn to_seconds(millis: i64) -> Result<u32, Error> {
@@ -1019,6 +1022,208 @@ impl MetricsFilter {
             conditions,
             limit: query.limit,
             offset: query.offset,
+        }
+    }
+}
+
+/// Weekly partitions of a `DateTime` column: the join tables' rows expire
+/// by event time, and one insert rarely spans more than a few weeks.
+const WEEKLY: &str = "toMonday(time)";
+
+fn label_columns(value: crate::JoinLabelValue) -> (String, Option<f64>) {
+    match value {
+        crate::JoinLabelValue::Number(number) => (number.to_string(), Some(number)),
+        crate::JoinLabelValue::Class(class) => (class, None),
+    }
+}
+
+fn label_value(label: String, number: Option<f64>) -> crate::JoinLabelValue {
+    match number {
+        Some(number) => crate::JoinLabelValue::Number(number),
+        None => crate::JoinLabelValue::Class(label),
+    }
+}
+
+table! {
+    /// One row of `pending_predictions`: a prediction the durable join
+    /// keeps for its label.
+    pub(crate) struct JoinPredictionRow {
+        model: String,
+        join_key: String,
+        model_version: String,
+        window_start: i64,
+        time: Seconds,
+        time_ms: u64,
+        segments: Vec<String>,
+        score: Option<f64>,
+        class: Option<String>,
+    }
+}
+
+impl Table for JoinPredictionRow {
+    const SPEC: TableSpec = TableSpec {
+        name: "pending_predictions",
+        key: &["model", "join_key", "model_version"],
+        versioning: Versioning::Equal,
+        partition_by: Some(WEEKLY),
+        sqlite_index: &["time"],
+    };
+}
+
+impl JoinPredictionRow {
+    pub(crate) fn from_record(record: crate::JoinPrediction) -> Result<Self, Error> {
+        Ok(Self {
+            model: record.model,
+            join_key: record.key,
+            model_version: record.model_version,
+            window_start: record.window_start,
+            time: seconds(record.time_ms)?,
+            time_ms: non_negative(record.time_ms)?,
+            segments: record.segments,
+            score: record.score,
+            class: record.class,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> crate::JoinPrediction {
+        crate::JoinPrediction {
+            model: self.model,
+            key: self.join_key,
+            model_version: self.model_version,
+            window_start: self.window_start,
+            time_ms: self.time_ms as i64,
+            segments: self.segments,
+            score: self.score,
+            class: self.class,
+        }
+    }
+}
+
+table! {
+    /// One row of `pending_labels`: a label whose prediction was not found
+    /// when its range was stored.
+    pub(crate) struct JoinLabelRow {
+        source: String,
+        label_offset: u64,
+        model: String,
+        join_key: String,
+        time: Seconds,
+        time_ms: u64,
+        label: String,
+        label_number: Option<f64>,
+    }
+}
+
+impl Table for JoinLabelRow {
+    const SPEC: TableSpec = TableSpec {
+        name: "pending_labels",
+        key: &["source", "label_offset"],
+        versioning: Versioning::Equal,
+        partition_by: Some(WEEKLY),
+        sqlite_index: &["time"],
+    };
+}
+
+impl JoinLabelRow {
+    pub(crate) fn from_record(record: crate::JoinLabel) -> Result<Self, Error> {
+        let (label, label_number) = label_columns(record.value);
+        Ok(Self {
+            source: record.source,
+            label_offset: record.offset,
+            model: record.model,
+            join_key: record.key,
+            time: seconds(record.time_ms)?,
+            time_ms: non_negative(record.time_ms)?,
+            label,
+            label_number,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> crate::JoinLabel {
+        crate::JoinLabel {
+            source: self.source,
+            offset: self.label_offset,
+            model: self.model,
+            key: self.join_key,
+            time_ms: self.time_ms as i64,
+            value: label_value(self.label, self.label_number),
+        }
+    }
+}
+
+table! {
+    /// One row of `late_matches`: a pending label and the prediction found
+    /// for it later, everything the window's quality series need.
+    pub(crate) struct LateMatchRow {
+        model: String,
+        window_start: i64,
+        source: String,
+        label_offset: u64,
+        model_version: String,
+        join_key: String,
+        label_time_ms: u64,
+        label: String,
+        label_number: Option<f64>,
+        time: Seconds,
+        time_ms: u64,
+        segments: Vec<String>,
+        score: Option<f64>,
+        class: Option<String>,
+    }
+}
+
+impl Table for LateMatchRow {
+    const SPEC: TableSpec = TableSpec {
+        name: "late_matches",
+        key: &["model", "window_start", "source", "label_offset", "model_version"],
+        versioning: Versioning::Equal,
+        partition_by: None,
+        sqlite_index: &["source", "label_time_ms"],
+    };
+}
+
+impl LateMatchRow {
+    pub(crate) fn from_record(record: crate::LateMatch) -> Result<Self, Error> {
+        let (label, label_number) = label_columns(record.label.value);
+        let prediction = record.prediction;
+        Ok(Self {
+            model: prediction.model,
+            window_start: prediction.window_start,
+            source: record.label.source,
+            label_offset: record.label.offset,
+            model_version: prediction.model_version,
+            join_key: prediction.key,
+            label_time_ms: non_negative(record.label.time_ms)?,
+            label,
+            label_number,
+            time: seconds(prediction.time_ms)?,
+            time_ms: non_negative(prediction.time_ms)?,
+            segments: prediction.segments,
+            score: prediction.score,
+            class: prediction.class,
+        })
+    }
+
+    pub(crate) fn into_record(self) -> crate::LateMatch {
+        crate::LateMatch {
+            label: crate::JoinLabel {
+                source: self.source,
+                offset: self.label_offset,
+                model: self.model.clone(),
+                key: self.join_key.clone(),
+                time_ms: self.label_time_ms as i64,
+                value: label_value(self.label, self.label_number),
+            },
+            prediction: crate::JoinPrediction {
+                model: self.model,
+                key: self.join_key,
+                model_version: self.model_version,
+                window_start: self.window_start,
+                time_ms: self.time_ms as i64,
+                segments: self.segments,
+                score: self.score,
+                class: self.class,
+            },
         }
     }
 }

@@ -100,6 +100,11 @@ async fn alert_progress_moves_forward_only() {
 }
 
 #[tokio::test]
+async fn join_state_round_trip() {
+    common::join_state_round_trip(&store("join_state").await).await;
+}
+
+#[tokio::test]
 async fn source_progress_round_trip() {
     common::source_progress_round_trip(&store("source_progress").await).await;
 }
@@ -116,7 +121,7 @@ async fn range_fingerprints_round_trip() {
 async fn both_backends_have_the_declared_columns() {
     let clickhouse = store("columns").await;
     let embedded = Store::in_memory().unwrap();
-    assert_eq!(store::tables().len(), 13);
+    assert_eq!(store::tables().len(), 16);
     for table in store::tables() {
         let declared: Vec<&str> = table.columns.iter().map(|column| column.name).collect();
         let in_clickhouse = clickhouse.stored_columns(table.spec.name).await.unwrap();

@@ -125,6 +125,11 @@ async fn alert_progress_moves_forward_only() {
 }
 
 #[tokio::test]
+async fn join_state_round_trip() {
+    common::join_state_round_trip(&store()).await;
+}
+
+#[tokio::test]
 async fn source_progress_round_trip() {
     common::source_progress_round_trip(&store()).await;
 }

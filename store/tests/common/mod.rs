@@ -745,3 +745,114 @@ pub async fn samples_round_trip(store: &Store) {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The durable join's tables: predictions found by key (every version),
+/// pending labels by source, late matches by window and by source, each
+/// write idempotent, and expiry by event time.
+pub async fn join_state_round_trip(store: &Store) {
+    use store::{JoinLabel, JoinLabelValue, JoinPrediction, LateMatch};
+    let day = 86_400_000i64;
+    let start = 1_700_000_000_000i64 / day * day;
+    let prediction = |key: &str, version: &str, time_ms: i64| JoinPrediction {
+        model: "m".into(),
+        key: key.into(),
+        model_version: version.into(),
+        window_start: time_ms / 3_600_000 * 3_600_000,
+        time_ms,
+        segments: vec!["all".into(), "region=eu".into()],
+        score: Some(0.25),
+        class: Some("yes".into()),
+    };
+    let a1 = prediction("0a", "1", start + 5);
+    let a2 = JoinPrediction {
+        score: None,
+        class: None,
+        ..prediction("0a", "2", start + 6)
+    };
+    let b = prediction("0b", "1", start + 10 * day);
+    let written = vec![a1.clone(), a2.clone(), b.clone()];
+    store.write_join_predictions(written.clone()).await.unwrap();
+    store.write_join_predictions(written).await.unwrap();
+    let keys = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        store.join_predictions("m", &keys(&["0a", "0c"])).await.unwrap(),
+        vec![a1.clone(), a2.clone()]
+    );
+    assert_eq!(
+        store.join_predictions("other", &keys(&["0a"])).await.unwrap(),
+        vec![]
+    );
+    let many: Vec<String> = (0..1_500).map(|i| format!("{i:x}")).chain(["0b".into()]).collect();
+    assert_eq!(store.join_predictions("m", &many).await.unwrap(), vec![b.clone()]);
+
+    let label = |offset: u64, time_ms: i64, value: JoinLabelValue| JoinLabel {
+        source: "labels/0".into(),
+        offset,
+        model: "m".into(),
+        key: "0a".into(),
+        time_ms,
+        value,
+    };
+    let number = label(7, start + 100, JoinLabelValue::Number(1.5));
+    let class = label(3, start + 11 * day, JoinLabelValue::Class("yes".into()));
+    let labels = vec![number.clone(), class.clone()];
+    store.write_pending_labels(labels.clone()).await.unwrap();
+    store.write_pending_labels(labels).await.unwrap();
+    assert_eq!(
+        store.pending_labels("labels/0").await.unwrap(),
+        vec![class.clone(), number.clone()]
+    );
+    assert_eq!(store.pending_labels("labels/1").await.unwrap(), vec![]);
+
+    let late = |label: &JoinLabel, prediction: &JoinPrediction| LateMatch {
+        label: label.clone(),
+        prediction: prediction.clone(),
+    };
+    let matches = vec![late(&number, &a1), late(&number, &a2)];
+    store.write_late_matches(matches.clone()).await.unwrap();
+    store.write_late_matches(matches.clone()).await.unwrap();
+    assert_eq!(
+        store
+            .late_matches_for_window("m", a1.window_start)
+            .await
+            .unwrap(),
+        matches
+    );
+    assert_eq!(
+        store
+            .late_matches_for_window("m", a1.window_start + 3_600_000)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        store
+            .late_matches_of_source("labels/0", start + 100)
+            .await
+            .unwrap(),
+        matches
+    );
+    assert_eq!(
+        store
+            .late_matches_of_source("labels/0", start + 101)
+            .await
+            .unwrap(),
+        vec![]
+    );
+
+    store.expire_join_state(start + 2 * day).await.unwrap();
+    assert_eq!(
+        store.join_predictions("m", &keys(&["0a", "0b"])).await.unwrap(),
+        vec![b]
+    );
+    assert_eq!(store.pending_labels("labels/0").await.unwrap(), vec![class]);
+    assert_eq!(
+        store
+            .late_matches_for_window("m", a1.window_start)
+            .await
+            .unwrap()
+            .len(),
+        2,
+        "late matches outlive expiry"
+    );
+}
