@@ -111,9 +111,15 @@ pub struct RawWindows {
     /// How long a prediction waits for its actual (event time).
     #[serde(default = "default_join_window", with = "humantime_serde")]
     pub join_window: Duration,
-    /// Predictions held for the join; the oldest is dropped when full.
+    /// Predictions held in memory for the join (a cache in front of the
+    /// store); the oldest leaves memory when full. 0 turns the join off.
     #[serde(default = "default_max_pending_predictions")]
     pub max_pending_predictions: usize,
+    /// Labels whose prediction was not found yet that an instance looks up
+    /// again; beyond, the oldest are left to the store (their source's next
+    /// owner loads them).
+    #[serde(default = "default_max_pending_labels")]
+    pub max_pending_labels: usize,
     /// How far ahead of the wall clock an event time may be; events further
     /// ahead are dead-lettered (they would make later events late).
     #[serde(default = "default_max_future_skew", with = "humantime_serde")]
@@ -156,6 +162,10 @@ fn default_max_pending_predictions() -> usize {
     defaults::MAX_PENDING_PREDICTIONS
 }
 
+fn default_max_pending_labels() -> usize {
+    defaults::MAX_PENDING_LABELS
+}
+
 fn default_window_size() -> Duration {
     Duration::from_secs(3600)
 }
@@ -186,6 +196,7 @@ impl Default for RawWindows {
             max_groups: default_max_groups(),
             join_window: default_join_window(),
             max_pending_predictions: default_max_pending_predictions(),
+            max_pending_labels: default_max_pending_labels(),
             max_future_skew: default_max_future_skew(),
             sample_rate: default_sample_rate(),
             max_samples_per_range: default_max_samples_per_range(),
@@ -431,6 +442,7 @@ impl RawWindows {
                 .with_range_size(range_size)
                 .with_max_groups(max_groups)
                 .with_join(self.join_window, self.max_pending_predictions)
+                .with_max_pending_labels(self.max_pending_labels)
                 .with_max_future_skew(self.max_future_skew)
                 .with_sample(self.sample_rate, self.max_samples_per_range),
             checkpoint_interval: self.checkpoint_interval,

@@ -35,6 +35,7 @@ use store::{Store, WindowMetrics};
 use crate::dead_letter::{DeadLetter, DeadLetterSink};
 use crate::engine::{Engine, EngineCounters, Ingested};
 use crate::finalize::{finalize_window, now_millis};
+use crate::join::{FoundPredictions, Lookups};
 use crate::telemetry::Telemetry;
 use crate::Error;
 
@@ -49,7 +50,14 @@ pub struct DriverSettings {
     /// Longest wait between two attempts of a failing store operation
     /// (retried without limit while the error is retryable).
     pub store_retry_max_delay: Duration,
+    /// Shortest time between two store lookups of the pending labels (the
+    /// late path of [`crate::join`]); one is made at most once per
+    /// checkpoint.
+    pub pending_label_retry: Duration,
 }
+
+/// How often stored join state older than the join window is deleted.
+const JOIN_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Runs `operation` until it succeeds or fails with an error that is not
 /// retryable, as the module docs describe. `name` labels the failures.
@@ -112,6 +120,10 @@ pub struct Driver {
     /// Per source, the windows still to finalize as last stored (or loaded
     /// on assignment): a commit that changes nothing there writes no row.
     stored_progress: BTreeMap<String, WindowList>,
+    /// When the pending labels were last looked up.
+    last_label_retry: Option<std::time::Instant>,
+    /// When expired join state was last deleted.
+    last_join_expiry: Option<std::time::Instant>,
 }
 
 /// One message of a source, handed to [`Driver::ingest`].
@@ -150,6 +162,8 @@ impl Driver {
             windows_finalized: 0,
             synced: EngineCounters::default(),
             stored_progress: BTreeMap::new(),
+            last_label_retry: None,
+            last_join_expiry: None,
         };
         driver.refresh_references().await?;
         Ok(driver)
@@ -223,7 +237,8 @@ impl Driver {
     }
 
     /// Registers `source` (its partition was assigned) with the windows its
-    /// previous owner left to finalize ([`Driver::store_progress`]).
+    /// previous owner left to finalize ([`Driver::store_progress`]) and its
+    /// labels still waiting for their predictions ([`crate::join`]).
     pub async fn assign(&mut self, source: &str) -> Result<(), Error> {
         let store = &self.store;
         let progress = self
@@ -231,6 +246,27 @@ impl Driver {
                 Ok(store.source_progress(source).await?)
             })
             .await?;
+        let pending = self
+            .retry("join", || async { Ok(store.pending_labels(source).await?) })
+            .await?;
+        let late = match pending.iter().map(|label| label.time_ms).min() {
+            Some(oldest) => {
+                self.retry("join", || async {
+                    Ok(store.late_matches_of_source(source, oldest).await?)
+                })
+                .await?
+            }
+            None => Vec::new(),
+        };
+        if !pending.is_empty() {
+            tracing::info!(
+                source,
+                pending = pending.len(),
+                joined_later = late.len(),
+                "labels left pending by earlier owners"
+            );
+        }
+        self.engine.restore_pending(source, pending, &late);
         let windows = progress
             .map(|progress| progress.unfinalized)
             .unwrap_or_default();
@@ -365,13 +401,37 @@ impl Driver {
 
     /// Stores everything read since the last checkpoint and returns the
     /// offsets that may now be committed.
+    ///
+    /// In order: the labels that missed memory are looked up in the store
+    /// and joined or made pending; the range's predictions and pending
+    /// labels are stored, then samples and partials (see [`crate::join`]
+    /// on why predictions come first); then the pending labels are looked
+    /// for again and those found stored as late matches.
     pub async fn checkpoint(&mut self) -> Result<Vec<(String, u64)>, Error> {
+        let lookups = self.engine.lookups();
+        let found = self.find_predictions(&lookups).await?;
+        self.engine.resolve_lookups(&found);
         self.sync_counters();
         let checkpoint = self.engine.checkpoint();
         if checkpoint.commits.is_empty() {
+            self.retry_pending_labels().await?;
             return Ok(Vec::new());
         }
         let store = &self.store;
+        if !checkpoint.predictions.is_empty() {
+            let predictions = &checkpoint.predictions;
+            self.retry("join", || async {
+                Ok(store.write_join_predictions(predictions.clone()).await?)
+            })
+            .await?;
+        }
+        if !checkpoint.pending_labels.is_empty() {
+            let labels = &checkpoint.pending_labels;
+            self.retry("join", || async {
+                Ok(store.write_pending_labels(labels.clone()).await?)
+            })
+            .await?;
+        }
         if !checkpoint.samples.is_empty() || !checkpoint.labels.is_empty() {
             let (samples, labels) = (&checkpoint.samples, &checkpoint.labels);
             self.retry("samples", || async {
@@ -385,7 +445,79 @@ impl Driver {
         })
         .await?;
         self.engine.checkpoint_stored();
+        self.retry_pending_labels().await?;
+        self.expire_join_state().await?;
         Ok(checkpoint.commits)
+    }
+
+    /// The stored predictions under `lookups`' keys.
+    async fn find_predictions(&self, lookups: &Lookups) -> Result<FoundPredictions, Error> {
+        let mut found = Vec::new();
+        for (model, keys) in lookups {
+            let store = &self.store;
+            found.extend(
+                self.retry("join", || async {
+                    Ok(store.join_predictions(model, keys).await?)
+                })
+                .await?,
+            );
+        }
+        Ok(FoundPredictions::new(found))
+    }
+
+    /// Looks for the pending labels' predictions again (at most once per
+    /// `pending_label_retry`) and stores the late matches found.
+    async fn retry_pending_labels(&mut self) -> Result<(), Error> {
+        if self
+            .last_label_retry
+            .is_some_and(|at| at.elapsed() < self.settings.pending_label_retry)
+        {
+            return Ok(());
+        }
+        self.last_label_retry = Some(std::time::Instant::now());
+        let lookups = self.engine.retry_lookups();
+        if lookups.is_empty() {
+            return Ok(());
+        }
+        let found = self.find_predictions(&lookups).await?;
+        let matches = self.engine.late_matches(&found);
+        if matches.is_empty() {
+            return Ok(());
+        }
+        let store = &self.store;
+        self.retry("join", || async {
+            Ok(store.write_late_matches(matches.clone()).await?)
+        })
+        .await?;
+        tracing::debug!(matches = matches.len(), "pending labels joined");
+        self.engine.late_matches_stored(&matches);
+        Ok(())
+    }
+
+    /// Deletes stored predictions and pending labels older than the join
+    /// window behind the newest event read (at most once per
+    /// [`JOIN_EXPIRY_INTERVAL`]).
+    async fn expire_join_state(&mut self) -> Result<(), Error> {
+        if self
+            .last_join_expiry
+            .is_some_and(|at| at.elapsed() < JOIN_EXPIRY_INTERVAL)
+        {
+            return Ok(());
+        }
+        let Some(newest) = self.engine.newest_event_time() else {
+            return Ok(());
+        };
+        self.last_join_expiry = Some(std::time::Instant::now());
+        // A day more than the window: a label may join a prediction
+        // `join_window` older, and retries read what the store still has.
+        let before = newest
+            .saturating_sub(self.engine.settings().join_window_ms)
+            .saturating_sub(86_400_000);
+        let store = &self.store;
+        self.retry("join", || async {
+            Ok(store.expire_join_state(before).await?)
+        })
+        .await
     }
 
     /// Adds what the engine counted since the last call to the telemetry.
@@ -536,6 +668,7 @@ pub(crate) async fn test_driver(engine: Engine, store: Store) -> Driver {
             thresholds: Default::default(),
             warmup_windows: 0,
             store_retry_max_delay: Duration::from_millis(10),
+            pending_label_retry: Duration::ZERO,
         },
         Telemetry::default(),
     )

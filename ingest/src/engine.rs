@@ -57,7 +57,7 @@
 //! - windows tracked for finalization: one entry per (source, model,
 //!   window), dropped when the window is finalized.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use detectors::aggregate::{PendingPrediction, Recorded};
 use detectors::catalog::Catalog;
@@ -65,7 +65,12 @@ use detectors::window::{Arrival, EventTimeClock, WindowSize};
 use detectors::WindowAggregates;
 use events::{EventKind, Format};
 use rustc_hash::FxHashMap;
-use store::PartialSketch;
+use store::{JoinLabel, JoinPrediction, LateMatch, PartialSketch};
+
+use crate::join::{
+    add_lookup, finish_lookups, join_key, joinable, key_text, label_of, pending_of, stored_label,
+    stored_prediction, FoundPredictions, JoinBuffer, Lookups, PendingLabels, UnjoinedLabel,
+};
 
 /// Validated engine settings: built by [`EngineSettings::new`] with the
 /// defaults of `[windows]`, changed by the `with_*` methods, whose argument
@@ -82,9 +87,14 @@ pub struct EngineSettings {
     pub(crate) max_groups: usize,
     /// How long (event time, ms) a prediction waits for its actual.
     pub(crate) join_window_ms: i64,
-    /// Predictions held for the join; when full, the oldest is dropped
-    /// (counted in `join_evicted`).
+    /// Predictions held in memory for the join; when full, the oldest is
+    /// dropped from memory (counted in `join_evicted`; the store still has
+    /// it). 0 turns the join off: no prediction is kept, every actual is
+    /// unmatched.
     pub(crate) max_pending_predictions: usize,
+    /// Pending labels (prediction not found yet) an owner retries; beyond,
+    /// the oldest are left to the store (see [`crate::join`]).
+    pub(crate) max_pending_labels: usize,
     /// How far ahead of the wall clock an event time may be, ms. An event
     /// further ahead would move its partition's event-time clock and make
     /// every later valid event late, so it is refused as malformed (and
@@ -107,6 +117,7 @@ pub(crate) mod defaults {
     pub const MAX_GROUPS: usize = 50_000;
     pub const JOIN_WINDOW: Duration = Duration::from_secs(7 * 86_400);
     pub const MAX_PENDING_PREDICTIONS: usize = 1_000_000;
+    pub const MAX_PENDING_LABELS: usize = 100_000;
     pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
     pub const SAMPLE_RATE: f64 = 0.1;
     pub const MAX_SAMPLES_PER_RANGE: usize = 10_000;
@@ -139,6 +150,7 @@ impl EngineSettings {
             max_groups: defaults::MAX_GROUPS,
             join_window_ms: millis(defaults::JOIN_WINDOW),
             max_pending_predictions: defaults::MAX_PENDING_PREDICTIONS,
+            max_pending_labels: defaults::MAX_PENDING_LABELS,
             max_future_skew_ms: millis(defaults::MAX_FUTURE_SKEW),
             sample_threshold: sample_threshold(defaults::SAMPLE_RATE),
             max_samples_per_range: defaults::MAX_SAMPLES_PER_RANGE,
@@ -171,8 +183,15 @@ impl EngineSettings {
         self
     }
 
+    /// Pending labels retried by an owner at most.
+    pub fn with_max_pending_labels(mut self, max: usize) -> Self {
+        self.max_pending_labels = max;
+        self
+    }
+
     /// How long (event time) a prediction waits for its actual, and how many
-    /// predictions wait at most (0: none, every actual is unmatched).
+    /// predictions wait in memory at most (0: the join is off, every actual
+    /// is unmatched).
     pub fn with_join(mut self, window: std::time::Duration, max_pending: usize) -> Self {
         self.join_window_ms = millis(window);
         self.max_pending_predictions = max_pending;
@@ -193,167 +212,6 @@ impl EngineSettings {
     /// Offsets per checkpoint range.
     pub fn range_size(&self) -> u64 {
         self.range_size
-    }
-}
-
-/// Predictions waiting for their actuals, bounded in count and age.
-///
-/// The join is per engine (consumer instance): an actual finds its
-/// prediction when both were read by the same instance, e.g. when the
-/// prediction and actual topics are co-partitioned by prediction id (same
-/// partition count, prediction id as key). Pending predictions live in
-/// memory only: after a restart, actuals of predictions read before it are
-/// counted as unmatched, and quality windows hold what was joined.
-///
-/// Every version's prediction of a request waits under the same key: a
-/// champion and its shadow or canary challenger logged with one request id
-/// are both joined by the one actual sent for it, so that the versions are
-/// compared on the same labels. A second prediction of the same version
-/// replaces the first (a retried log message).
-///
-/// Entries are keyed by a 128-bit hash of (model, prediction id) rather than
-/// the strings. Measured with `cargo run --release -p ingest --example
-/// join_memory`: about 254 bytes of resident memory per pending prediction
-/// (map entry, order queue, interned strings and segment lists), so the
-/// default bound (1,000,000) holds in about 250 MiB. Two distinct pairs
-/// share a key with probability about n²/2¹²⁹ (10⁻²⁶ for a million pending).
-/// The bound counts predictions; eviction and expiry remove a key's
-/// predictions together (the oldest key first).
-#[derive(Debug, Default)]
-struct JoinBuffer {
-    /// key of (model, prediction id) → its pending predictions.
-    pending: FxHashMap<u128, Held>,
-    /// Predictions held (over every key).
-    held: usize,
-    /// Insertion order with event time, for expiry and eviction; may hold
-    /// entries already matched (skipped when popped, compacted when long).
-    order: VecDeque<(i64, u128)>,
-}
-
-/// The predictions of one (model, prediction id): one version usually.
-#[derive(Debug)]
-enum Held {
-    One(PendingPrediction),
-    Versions(Vec<PendingPrediction>),
-}
-
-impl Held {
-    fn len(&self) -> usize {
-        match self {
-            Held::One(_) => 1,
-            Held::Versions(all) => all.len(),
-        }
-    }
-
-    /// Adds `prediction`, replacing one of the same version; the change in
-    /// count (0 or 1).
-    fn add(&mut self, prediction: PendingPrediction) -> usize {
-        match self {
-            Held::One(held) if held.model_version == prediction.model_version => {
-                *held = prediction;
-                0
-            }
-            Held::One(_) => {
-                let Held::One(first) =
-                    std::mem::replace(self, Held::Versions(Vec::with_capacity(2)))
-                else {
-                    unreachable!("matched One above")
-                };
-                *self = Held::Versions(vec![first, prediction]);
-                1
-            }
-            Held::Versions(all) => match all
-                .iter_mut()
-                .find(|held| held.model_version == prediction.model_version)
-            {
-                Some(held) => {
-                    *held = prediction;
-                    0
-                }
-                None => {
-                    all.push(prediction);
-                    1
-                }
-            },
-        }
-    }
-
-    fn into_vec(self) -> Vec<PendingPrediction> {
-        match self {
-            Held::One(prediction) => vec![prediction],
-            Held::Versions(all) => all,
-        }
-    }
-}
-
-/// The join key of a prediction id of a model.
-fn join_key(model: &str, id: &str) -> u128 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(&(model.len() as u64).to_le_bytes());
-    hasher.update(model.as_bytes());
-    hasher.update(id.as_bytes());
-    hasher.digest128()
-}
-
-impl JoinBuffer {
-    fn insert(
-        &mut self,
-        model: &str,
-        id: &str,
-        prediction: PendingPrediction,
-        max_pending: usize,
-        counters: &mut EngineCounters,
-    ) {
-        while self.held >= max_pending {
-            let Some((_, key)) = self.order.pop_front() else {
-                break;
-            };
-            if let Some(removed) = self.pending.remove(&key) {
-                self.held -= removed.len();
-                counters.join_evicted += removed.len() as u64;
-            }
-        }
-        if max_pending == 0 {
-            counters.join_evicted += 1;
-            return;
-        }
-        let key = join_key(model, id);
-        self.order.push_back((prediction.event_time, key));
-        match self.pending.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut held) => {
-                self.held += held.get_mut().add(prediction);
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Held::One(prediction));
-                self.held += 1;
-            }
-        }
-        if self.order.len() > 2 * max_pending.max(1024) {
-            let pending = &self.pending;
-            self.order.retain(|(_, key)| pending.contains_key(key));
-        }
-    }
-
-    /// Every version's prediction held for (model, id), removed.
-    fn take(&mut self, model: &str, id: &str) -> Vec<PendingPrediction> {
-        match self.pending.remove(&join_key(model, id)) {
-            Some(held) => {
-                self.held -= held.len();
-                held.into_vec()
-            }
-            None => Vec::new(),
-        }
-    }
-
-    /// Drops predictions older than `oldest` (event time).
-    fn expire(&mut self, oldest: i64, counters: &mut EngineCounters) {
-        while self.order.front().is_some_and(|(time, _)| *time < oldest) {
-            let (_, key) = self.order.pop_front().expect("checked above");
-            if let Some(removed) = self.pending.remove(&key) {
-                self.held -= removed.len();
-                counters.join_expired += removed.len() as u64;
-            }
-        }
     }
 }
 
@@ -457,13 +315,22 @@ pub struct EngineCounters {
     pub unknown_model: u64,
     /// Events refused by the group limit.
     pub group_limit: u64,
-    /// Predictions joined with an actual (every version of a request counts).
+    /// Predictions joined with an actual (every version of a request
+    /// counts), when read, when the label's range was stored, or later.
     pub joined: u64,
-    /// Actuals whose prediction was not (or no longer) held.
+    /// Actuals whose prediction was found neither in memory nor in the
+    /// store when their range was stored: they wait as pending labels.
     pub unmatched_actuals: u64,
-    /// Predictions whose actual did not arrive within the join window.
+    /// Pending labels joined later (late matches stored).
+    pub late_joined: u64,
+    /// Pending labels given up: no prediction within the join window.
+    pub pending_labels_expired: u64,
+    /// Pending labels over `max_pending_labels`, left to the store.
+    pub pending_labels_dropped: u64,
+    /// Predictions that left memory by age (the store still has them).
     pub join_expired: u64,
-    /// Predictions dropped because the join buffer was full.
+    /// Predictions that left memory because it was full (the store still
+    /// has them).
     pub join_evicted: u64,
     /// Event segment values counted under `key=__other__` on arrival.
     pub segment_overflow_events: u64,
@@ -487,6 +354,15 @@ struct RangeState {
     /// Sampled rows kept in the range so far (stored ones included).
     sampled_predictions: usize,
     sampled_labels: usize,
+    /// Predictions recorded since the last checkpoint, by model, with
+    /// their join keys: stored for the durable join with the checkpoint.
+    predictions: FxHashMap<String, Vec<(u128, PendingPrediction)>>,
+    /// Labels that missed memory, waiting for the store lookup made before
+    /// the checkpoint ([`Engine::lookups`]).
+    unjoined: Vec<UnjoinedLabel>,
+    /// Labels found nowhere by that lookup: stored pending with the
+    /// checkpoint.
+    pending_labels: Vec<JoinLabel>,
 }
 
 #[derive(Debug)]
@@ -499,6 +375,8 @@ struct SourceState {
     sealed: Vec<RangeState>,
     /// Windows this source recorded into since each was last finalized.
     unfinalized: OpenWindows,
+    /// This source's labels still waiting for their predictions.
+    pending: PendingLabels,
 }
 
 impl SourceState {
@@ -509,6 +387,7 @@ impl SourceState {
             current: None,
             sealed: Vec::new(),
             unfinalized: OpenWindows::default(),
+            pending: PendingLabels::default(),
         }
     }
 }
@@ -557,6 +436,27 @@ impl OpenWindows {
     }
 }
 
+/// Records the outcome of `label` joined with `pending` in `range` (the
+/// label's), and puts the prediction's window on the source's list.
+fn record_joined(
+    catalog: &Catalog,
+    range: &mut RangeState,
+    unfinalized: &mut OpenWindows,
+    counters: &mut EngineCounters,
+    label: &JoinLabel,
+    pending: &PendingPrediction,
+) {
+    let recorded =
+        range
+            .aggregates
+            .record_outcome(catalog, &label.model, pending, &label_of(&label.value));
+    counters.segment_values_displaced += range.aggregates.take_segment_overflow().displaced;
+    if recorded == Recorded::Added {
+        counters.joined += 1;
+        unfinalized.insert(pending.window_start, &label.model);
+    }
+}
+
 /// What a checkpoint must store, then commit.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
@@ -567,6 +467,10 @@ pub struct Checkpoint {
     /// Sampled predictions and labels for the training sample.
     pub samples: Vec<store::SampledPrediction>,
     pub labels: Vec<store::SampledLabel>,
+    /// Predictions for the durable join, stored before the partials.
+    pub predictions: Vec<JoinPrediction>,
+    /// Labels found nowhere, stored pending before the partials.
+    pub pending_labels: Vec<JoinLabel>,
 }
 
 /// The ingestion core. See the module docs.
@@ -670,6 +574,9 @@ impl Engine {
             labels: Vec::new(),
             sampled_predictions: 0,
             sampled_labels: 0,
+            predictions: FxHashMap::default(),
+            unjoined: Vec::new(),
+            pending_labels: Vec::new(),
         });
         range.next_offset = range.next_offset.max(offset + 1);
         range.dirty = true;
@@ -713,21 +620,46 @@ impl Engine {
                     self.counters.sample_overflow += 1;
                 }
             }
-            let pending = self.join.take(&event.model, id);
-            if pending.is_empty() {
-                self.counters.unmatched_actuals += 1;
-            }
-            // Every version's prediction of the request gets the label.
-            for pending in &pending {
-                let recorded =
-                    range
-                        .aggregates
-                        .record_outcome(&self.catalog, &event.model, pending, label);
-                self.counters.segment_values_displaced +=
-                    range.aggregates.take_segment_overflow().displaced;
-                if recorded == Recorded::Added {
-                    self.counters.joined += 1;
-                    state.unfinalized.insert(pending.window_start, &event.model);
+            if settings.max_pending_predictions > 0
+                && self.catalog.model(&event.model).is_some()
+                && !state.pending.known.contains(&offset)
+            {
+                let key = join_key(&event.model, id);
+                let mut joined = false;
+                for pending in self.join.take(key) {
+                    if !joinable(
+                        event.timestamp_ms,
+                        pending.event_time,
+                        settings.join_window_ms,
+                    ) {
+                        continue;
+                    }
+                    joined = true;
+                    let recorded = range.aggregates.record_outcome(
+                        &self.catalog,
+                        &event.model,
+                        &pending,
+                        label,
+                    );
+                    self.counters.segment_values_displaced +=
+                        range.aggregates.take_segment_overflow().displaced;
+                    if recorded == Recorded::Added {
+                        self.counters.joined += 1;
+                        state.unfinalized.insert(pending.window_start, &event.model);
+                    }
+                }
+                if !joined {
+                    range.unjoined.push(UnjoinedLabel {
+                        label: JoinLabel {
+                            source: source.to_owned(),
+                            offset,
+                            model: event.model.to_string(),
+                            key: key_text(key),
+                            time_ms: event.timestamp_ms,
+                            value: stored_label(label),
+                        },
+                        key,
+                    });
                 }
             }
         }
@@ -757,19 +689,31 @@ impl Engine {
                         }
                     }
                 }
-                if let (Some(id), Some(pending)) = (
-                    event.prediction_id.as_ref(),
-                    range
-                        .aggregates
-                        .pending_prediction(&self.catalog, window_start, &event),
-                ) {
-                    self.join.insert(
-                        &event.model,
-                        id,
-                        pending,
-                        settings.max_pending_predictions,
-                        &mut self.counters,
-                    );
+                if settings.max_pending_predictions > 0 {
+                    if let (Some(id), Some(pending)) = (
+                        event.prediction_id.as_ref(),
+                        range
+                            .aggregates
+                            .pending_prediction(&self.catalog, window_start, &event),
+                    ) {
+                        let key = join_key(&event.model, id);
+                        if !range.predictions.contains_key(event.model.as_ref()) {
+                            range
+                                .predictions
+                                .insert(event.model.to_string(), Vec::new());
+                        }
+                        range
+                            .predictions
+                            .get_mut(event.model.as_ref())
+                            .expect("inserted above")
+                            .push((key, pending.clone()));
+                        self.join.insert(
+                            key,
+                            pending,
+                            settings.max_pending_predictions,
+                            &mut self.counters,
+                        );
+                    }
                 }
                 state.unfinalized.insert(window_start, &event.model);
                 Ingested::Recorded
@@ -783,6 +727,176 @@ impl Engine {
                 Ingested::GroupLimit
             }
         }
+    }
+
+    /// The join keys to look up in the store before the next checkpoint:
+    /// labels that missed memory when read. Labels whose prediction has
+    /// reached memory since are joined now and need no lookup.
+    pub fn lookups(&mut self) -> Lookups {
+        let mut lookups = Lookups::new();
+        let join_window_ms = self.settings.join_window_ms;
+        for state in self.sources.values_mut() {
+            let current = state.current.iter_mut();
+            for range in state.sealed.iter_mut().chain(current) {
+                let unjoined = std::mem::take(&mut range.unjoined);
+                for waiting in unjoined {
+                    let held: Vec<PendingPrediction> = self
+                        .join
+                        .take(waiting.key)
+                        .into_iter()
+                        .filter(|pending| {
+                            joinable(waiting.label.time_ms, pending.event_time, join_window_ms)
+                        })
+                        .collect();
+                    if held.is_empty() {
+                        add_lookup(&mut lookups, &waiting.label);
+                        range.unjoined.push(waiting);
+                        continue;
+                    }
+                    for pending in &held {
+                        record_joined(
+                            &self.catalog,
+                            range,
+                            &mut state.unfinalized,
+                            &mut self.counters,
+                            &waiting.label,
+                            pending,
+                        );
+                    }
+                }
+            }
+        }
+        finish_lookups(&mut lookups);
+        lookups
+    }
+
+    /// Joins the labels waiting for [`Engine::lookups`] with the stored
+    /// predictions `found`; those found nowhere become pending, stored with
+    /// the next checkpoint.
+    pub fn resolve_lookups(&mut self, found: &FoundPredictions) {
+        let join_window_ms = self.settings.join_window_ms;
+        for state in self.sources.values_mut() {
+            let current = state.current.iter_mut();
+            for range in state.sealed.iter_mut().chain(current) {
+                for waiting in std::mem::take(&mut range.unjoined) {
+                    let mut joined = false;
+                    for stored in found.for_label(&waiting.label, join_window_ms) {
+                        joined = true;
+                        record_joined(
+                            &self.catalog,
+                            range,
+                            &mut state.unfinalized,
+                            &mut self.counters,
+                            &waiting.label,
+                            &pending_of(stored),
+                        );
+                    }
+                    if !joined {
+                        self.counters.unmatched_actuals += 1;
+                        range.pending_labels.push(waiting.label);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The join keys of the pending labels to look for again; labels
+    /// whose join window has passed (by the newest event time read) are
+    /// given up first.
+    pub fn retry_lookups(&mut self) -> Lookups {
+        let join_window_ms = self.settings.join_window_ms;
+        let newest = self.newest_event_time();
+        let mut lookups = Lookups::new();
+        for state in self.sources.values_mut() {
+            if let Some(newest) = newest {
+                let before = state.pending.retry.len();
+                state
+                    .pending
+                    .retry
+                    .retain(|label| label.time_ms.saturating_add(join_window_ms) >= newest);
+                self.counters.pending_labels_expired += (before - state.pending.retry.len()) as u64;
+            }
+            for label in &state.pending.retry {
+                add_lookup(&mut lookups, label);
+            }
+        }
+        finish_lookups(&mut lookups);
+        lookups
+    }
+
+    /// The late matches of pending labels with the stored predictions
+    /// `found` (nothing changes until [`Engine::late_matches_stored`]).
+    pub fn late_matches(&self, found: &FoundPredictions) -> Vec<LateMatch> {
+        let join_window_ms = self.settings.join_window_ms;
+        self.sources
+            .values()
+            .flat_map(|state| state.pending.retry.iter())
+            .flat_map(|label| {
+                found
+                    .for_label(label, join_window_ms)
+                    .map(move |prediction| LateMatch {
+                        label: label.clone(),
+                        prediction: prediction.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Marks `matches` stored: their labels leave the retry lists, and the
+    /// predictions' windows go on the label sources' lists of windows to
+    /// finalize.
+    pub fn late_matches_stored(&mut self, matches: &[LateMatch]) {
+        let mut matched: BTreeSet<(&str, u64)> = BTreeSet::new();
+        for late in matches {
+            let Some(state) = self.sources.get_mut(&late.label.source) else {
+                continue;
+            };
+            state
+                .unfinalized
+                .insert(late.prediction.window_start, &late.prediction.model);
+            self.counters.joined += 1;
+            matched.insert((&late.label.source, late.label.offset));
+        }
+        for (source, state) in &mut self.sources {
+            let before = state.pending.retry.len();
+            state
+                .pending
+                .retry
+                .retain(|label| !matched.contains(&(source.as_str(), label.offset)));
+            self.counters.late_joined += (before - state.pending.retry.len()) as u64;
+        }
+    }
+
+    /// Registers `source` (as [`Engine::assign`]) with what earlier owners
+    /// stored of its join: its pending `labels` (read again, they are left
+    /// to the late path), of which those in `late` were joined already.
+    /// The windows of `late` go on the source's list of windows to
+    /// finalize: a process that stored them may have stopped before
+    /// finalizing their windows.
+    pub fn restore_pending(&mut self, source: &str, labels: Vec<JoinLabel>, late: &[LateMatch]) {
+        self.assign(source);
+        let state = self.sources.get_mut(source).expect("assigned above");
+        let resolved: BTreeSet<u64> = late.iter().map(|late| late.label.offset).collect();
+        for late in late {
+            state
+                .unfinalized
+                .insert(late.prediction.window_start, &late.prediction.model);
+        }
+        for label in labels {
+            state.pending.known.insert(label.offset);
+            if !resolved.contains(&label.offset) {
+                state.pending.retry.push_back(label);
+            }
+        }
+    }
+
+    /// The newest event time read from any source (minus the allowed
+    /// lateness: the largest watermark of a source).
+    pub fn newest_event_time(&self) -> Option<i64> {
+        self.sources
+            .values()
+            .filter_map(|state| state.clock.watermark())
+            .max()
     }
 
     /// True when a range was sealed and should be stored before reading on.
@@ -804,8 +918,22 @@ impl Engine {
                 if !range.dirty {
                     continue;
                 }
+                debug_assert!(
+                    range.unjoined.is_empty(),
+                    "Engine::resolve_lookups runs before every checkpoint"
+                );
                 checkpoint.samples.extend(range.samples.iter().cloned());
                 checkpoint.labels.extend(range.labels.iter().cloned());
+                for (model, predictions) in &range.predictions {
+                    checkpoint.predictions.extend(
+                        predictions
+                            .iter()
+                            .map(|(key, prediction)| stored_prediction(model, *key, prediction)),
+                    );
+                }
+                checkpoint
+                    .pending_labels
+                    .extend(range.pending_labels.iter().cloned());
                 for (key, sketch) in range.aggregates.snapshot(&self.catalog) {
                     checkpoint.partials.push(PartialSketch {
                         source: source.clone(),
@@ -827,14 +955,56 @@ impl Engine {
     /// Marks the last [`Engine::checkpoint`] as stored: sealed ranges are
     /// dropped and the current ones become clean.
     pub fn checkpoint_stored(&mut self) {
+        let max_pending_labels = self.settings.max_pending_labels;
+        let mut retried: usize = self
+            .sources
+            .values()
+            .map(|state| state.pending.retry.len())
+            .sum();
         for state in self.sources.values_mut() {
+            let current = state.current.iter_mut();
+            for range in state.sealed.iter_mut().chain(current) {
+                for label in range.pending_labels.drain(..) {
+                    state.pending.known.insert(label.offset);
+                    state.pending.retry.push_back(label);
+                    retried += 1;
+                }
+            }
             state.sealed.clear();
             if let Some(range) = &mut state.current {
                 range.dirty = false;
                 range.samples.clear();
                 range.labels.clear();
+                range.predictions.clear();
             }
         }
+        if retried > max_pending_labels {
+            self.drop_oldest_pending(retried - max_pending_labels);
+        }
+    }
+
+    /// Leaves the `excess` oldest pending labels (by event time, over every
+    /// source) to the store.
+    fn drop_oldest_pending(&mut self, excess: usize) {
+        let mut times: Vec<i64> = self
+            .sources
+            .values()
+            .flat_map(|state| state.pending.retry.iter().map(|label| label.time_ms))
+            .collect();
+        let (_, cutoff, _) = times.select_nth_unstable(excess - 1);
+        let cutoff = *cutoff;
+        let mut left = excess;
+        for state in self.sources.values_mut() {
+            state.pending.retry.retain(|label| {
+                if left > 0 && label.time_ms <= cutoff {
+                    left -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.counters.pending_labels_dropped += (excess - left) as u64;
     }
 
     /// The engine's watermark: the minimum over the sources that are not
@@ -992,6 +1162,12 @@ pub(crate) mod tests {
             10,
         )
         .unwrap()
+    }
+
+    /// The store lookup before a checkpoint, when the store has nothing.
+    pub(crate) fn found_nothing(engine: &mut Engine) {
+        engine.lookups();
+        engine.resolve_lookups(&FoundPredictions::default());
     }
 
     fn engine(range_size: u64) -> Engine {
@@ -1443,6 +1619,7 @@ pub(crate) mod tests {
         assert_eq!(engine.counters().join_evicted, 2);
         engine.ingest("a/0", 0, &actual("a", 500, "yes"), EventKind::Actual);
         engine.ingest("a/0", 1, &actual("c", 500, "yes"), EventKind::Actual);
+        found_nothing(&mut engine);
         assert_eq!(engine.counters().unmatched_actuals, 1);
         assert_eq!(engine.counters().joined, 1);
     }
@@ -1458,6 +1635,7 @@ pub(crate) mod tests {
         engine.ingest("a/0", 1, &actual("b", 2_600, "yes"), EventKind::Actual);
         engine.ingest("a/0", 2, &actual("c", 2_650, "no"), EventKind::Actual);
         engine.ingest("a/0", 3, &actual("zzz", 2_700, "no"), EventKind::Actual);
+        found_nothing(&mut engine);
         assert_eq!(engine.counters().joined, 3);
         assert_eq!(engine.counters().unmatched_actuals, 1);
         let partials = engine.checkpoint().partials;
@@ -1557,6 +1735,7 @@ pub(crate) mod tests {
             "the fourth prediction evicts the first"
         );
         engine.ingest("a/0", 0, &actual("a", 200, "yes"), EventKind::Actual);
+        found_nothing(&mut engine);
         assert_eq!(engine.counters().unmatched_actuals, 1);
         // 20 s later (join window 10 s) the rest have expired.
         engine.ingest(
@@ -1567,6 +1746,7 @@ pub(crate) mod tests {
         );
         assert_eq!(engine.counters().join_expired, 3);
         engine.ingest("a/0", 1, &actual("b", 20_001, "yes"), EventKind::Actual);
+        found_nothing(&mut engine);
         assert_eq!(engine.counters().unmatched_actuals, 2);
         assert_eq!(engine.counters().joined, 0);
     }

@@ -41,6 +41,37 @@ fn latest_range_ends(partials: &[store::PartialSketch]) -> BTreeMap<(&str, u64),
     latest
 }
 
+/// Adds the outcomes of a window's late matches (pending labels joined
+/// after their range was stored; see [`crate::join`]) to its merged
+/// sketches: recorded as the engine records a joined label.
+pub fn merge_late_matches(
+    catalog: &Catalog,
+    merged: &mut BTreeMap<SeriesKey, FeatureSketch>,
+    late: &[store::LateMatch],
+) -> Result<(), Error> {
+    if late.is_empty() {
+        return Ok(());
+    }
+    let mut aggregates = detectors::WindowAggregates::new(usize::MAX);
+    for late in late {
+        aggregates.record_outcome(
+            catalog,
+            &late.prediction.model,
+            &crate::join::pending_of(&late.prediction),
+            &crate::join::label_of(&late.label.value),
+        );
+    }
+    for (key, sketch) in aggregates.snapshot(catalog) {
+        match merged.get_mut(&key) {
+            Some(existing) => existing.merge(&sketch)?,
+            None => {
+                merged.insert(key, sketch);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Merges partial rows by series, then folds the segments the window as a
 /// whole does not admit into `key=__other__` ([`fold_segment_overflow`]).
 ///
@@ -185,8 +216,9 @@ fn offsets_covered(partials: &[store::PartialSketch]) -> u64 {
 }
 
 /// The version of a window's result computed from `window`'s partials and
-/// its previous window's (the `*_vs_previous` tests read those): the
-/// offsets both sets cover, marked [`DERIVED_VERSION`].
+/// its previous window's (the `*_vs_previous` tests read those), and
+/// `late_matches` late matches of both: the offsets both sets cover plus
+/// the late matches, marked [`DERIVED_VERSION`].
 ///
 /// A range's rows are only ever replaced by rows of a larger end offset and
 /// new ranges only add offsets, so the partials stored for a window only
@@ -194,9 +226,16 @@ fn offsets_covered(partials: &[store::PartialSketch]) -> u64 {
 /// has a higher version, and two results of the same version were computed
 /// from the same partials (equal, unless the reference or thresholds
 /// changed in between; then the later write wins, as both backends keep the
-/// last of equal versions).
-pub fn result_version(window: &[store::PartialSketch], previous: &[store::PartialSketch]) -> u64 {
-    DERIVED_VERSION | offsets_covered(window).saturating_add(offsets_covered(previous))
+/// last of equal versions). Late matches are only ever added, too.
+pub fn result_version(
+    window: &[store::PartialSketch],
+    previous: &[store::PartialSketch],
+    late_matches: usize,
+) -> u64 {
+    DERIVED_VERSION
+        | offsets_covered(window)
+            .saturating_add(offsets_covered(previous))
+            .saturating_add(late_matches as u64)
 }
 
 /// Reads, merges, computes and stores one window of one model.
@@ -209,19 +248,25 @@ pub async fn finalize_window(
     window_start: i64,
 ) -> Result<FinalizedWindow, Error> {
     let partials = store.partials_for_window(model, window_start).await?;
-    let merged = merge_partials(catalog, &partials)?;
+    let late = store.late_matches_for_window(model, window_start).await?;
+    let mut merged = merge_partials(catalog, &partials)?;
+    merge_late_matches(catalog, &mut merged.sketches, &late)?;
     let previous_start = window_start - window_size.millis();
     // The previous window from its partials, not its stored result: whoever
     // finalizes this window last has stored (or seen stored) every partial of
     // the previous one, whatever order windows were finalized in.
     // (No previous window before the epoch: times are stored as DateTime.)
-    let previous_partials = if previous_start >= 0 {
-        store.partials_for_window(model, previous_start).await?
+    let (previous_partials, previous_late) = if previous_start >= 0 {
+        (
+            store.partials_for_window(model, previous_start).await?,
+            store.late_matches_for_window(model, previous_start).await?,
+        )
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
-    let previous: BTreeMap<SeriesKey, FeatureSketch> = merge_partials(catalog, &previous_partials)?
-        .sketches
+    let mut previous_merged = merge_partials(catalog, &previous_partials)?.sketches;
+    merge_late_matches(catalog, &mut previous_merged, &previous_late)?;
+    let previous: BTreeMap<SeriesKey, FeatureSketch> = previous_merged
         .into_iter()
         .map(|(key, sketch)| {
             (
@@ -239,7 +284,11 @@ pub async fn finalize_window(
         &merged.sketches,
         &previous,
         thresholds,
-        result_version(&partials, &previous_partials),
+        result_version(
+            &partials,
+            &previous_partials,
+            late.len() + previous_late.len(),
+        ),
     );
     store
         .write_window_results(metrics.clone(), sketches)

@@ -12,8 +12,11 @@
 //!   [`driver::Driver::needs_checkpoint`]): checkpoints (store first, then
 //!   hand back the offsets to commit), finalizes closed windows, builds
 //!   warm-up references, refreshes references.
-//! - [`finalize`]: merges every stored partial of a window and computes its
-//!   metrics.
+//! - [`finalize`]: merges every stored partial of a window (and its late
+//!   matches) and computes its metrics.
+//! - [`join`]: the durable join of predictions and labels: the in-memory
+//!   cache, what is stored with each checkpoint, pending labels and late
+//!   matches.
 //! - [`kafka`]: the consumer-group member (`run`) and the file-to-topic
 //!   producer (`replay_file`).
 //! - [`channel`]: the same loop over an in-process bus (the one-process
@@ -56,6 +59,7 @@ pub mod engine;
 pub mod file;
 pub mod finalize;
 pub mod incarnation;
+pub mod join;
 pub mod kafka;
 pub mod lines;
 pub mod poller;

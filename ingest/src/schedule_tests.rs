@@ -9,6 +9,8 @@
 //! | `a_kill_after_the_commit_leaves_no_window_stale` | one partition silent while another closes the window; the silent one's tail committed, then a kill before it finalizes; a restart from the committed ranges |
 //! | `two_instances_finalizing_one_window_in_either_order_store_the_same_row` | a stale finalization written after a newer one, and the other way round |
 //! | `progress_is_stored_when_its_windows_change` | commits that change a source's windows still to finalize, and commits that do not |
+//! | `labels_read_after_a_restart_join_the_predictions_read_before_it` | predictions stored and committed, the process gone, then the labels |
+//! | `labels_read_before_their_predictions_are_stored_join_once` | another instance stores part of the predictions before the labels are read and the rest after; the label reader is killed after storing late matches, before finalizing, and its last range is read again by a new owner |
 
 use std::collections::BTreeMap;
 
@@ -278,7 +280,7 @@ async fn two_instances_finalizing_one_window_in_either_order_store_the_same_row(
                 &merged.sketches,
                 &BTreeMap::new(),
                 Default::default(),
-                result_version(&partials, &previous),
+                result_version(&partials, &previous, 0),
             );
             store.write_window_results(metrics, sketches).await.unwrap();
         };
@@ -349,4 +351,170 @@ async fn progress_is_stored_when_its_windows_change() {
     settle(&mut driver, &mut committed).await;
     let third = stored(store).await;
     assert_eq!((third.next_offset, third.unfinalized.len()), (4, 1));
+}
+
+/// The label (a number) of prediction `id`.
+fn label_value(id: u64) -> f64 {
+    (id % 10) as f64
+}
+
+/// Reads labels (offset, prediction id, event time) of `source`.
+async fn read_labels(
+    driver: &mut Driver,
+    dead_letters: &mut DeadLetterSink,
+    source: &str,
+    labels: impl IntoIterator<Item = (u64, u64, i64)>,
+) {
+    for (offset, id, time) in labels {
+        let payload = format!(
+            r#"{{"model":"m","model_version":"1","prediction_id":"{id}","timestamp":{time},"label":{}}}"#,
+            label_value(id)
+        );
+        let message = SourceMessage {
+            source,
+            topic: source,
+            partition: 0,
+            offset,
+            payload: payload.as_bytes(),
+            format: EventKind::Actual.into(),
+        };
+        let outcome = driver.ingest(message, dead_letters).await.unwrap();
+        assert_eq!(outcome, Ingested::Recorded, "{source}@{offset} at {time}");
+    }
+}
+
+/// (joined predictions, mean absolute error) of the stored `quality`
+/// series of window `window_start`.
+async fn stored_quality(store: &Store, window_start: i64) -> (u64, Option<f64>) {
+    let sketches = store
+        .window_sketches("m", window_start, window_start + 1)
+        .await
+        .unwrap();
+    let Some(row) = sketches
+        .iter()
+        .find(|s| s.key.feature == "quality" && s.key.segment == "all")
+    else {
+        return (0, None);
+    };
+    let FeatureSketch::Quality(quality) = FeatureSketch::from_bytes(&row.sketch).unwrap() else {
+        panic!("the quality series holds a quality sketch");
+    };
+    let metrics = quality.metrics();
+    (metrics.matched, metrics.mae)
+}
+
+/// The exact (joined, MAE) of predictions `ids` (every score is 0.5).
+fn quality_oracle(ids: std::ops::Range<u64>) -> (u64, Option<f64>) {
+    let count = ids.end - ids.start;
+    let error: f64 = ids.map(|id| (0.5 - label_value(id)).abs()).sum();
+    (count, Some(error / count as f64))
+}
+
+fn assert_quality(actual: (u64, Option<f64>), expected: (u64, Option<f64>)) {
+    assert_eq!(actual.0, expected.0, "joined predictions");
+    let (actual, expected) = (actual.1.unwrap(), expected.1.unwrap());
+    assert!(
+        (actual - expected).abs() < 1e-9,
+        "MAE {actual} != {expected}"
+    );
+}
+
+#[tokio::test]
+async fn labels_read_after_a_restart_join_the_predictions_read_before_it() {
+    let store = Store::in_memory().unwrap();
+    let mut dead = dead_letters("restart-join");
+    let mut committed = BTreeMap::new();
+    // 1,000 predictions of the first hour read, stored and committed; then
+    // the process stops (a deploy): what it held in memory is gone.
+    {
+        let mut before = driver(&store).await;
+        before.assign("p/0").await.unwrap();
+        read(
+            &mut before,
+            &mut dead,
+            "p/0",
+            (0..1_000).map(|i| (i, START + i as i64 * 3_000)),
+        )
+        .await;
+        settle(&mut before, &mut committed).await;
+    }
+    assert_eq!(committed["p/0"], 1_000);
+    // The restarted process owns both partitions; the labels arrive in
+    // the next hour, the prediction partition has nothing new (idle).
+    let mut after = driver(&store).await;
+    after.assign("p/0").await.unwrap();
+    after.set_idle("p/0", true);
+    after.assign("a/0").await.unwrap();
+    read_labels(
+        &mut after,
+        &mut dead,
+        "a/0",
+        (0..1_000).map(|i| (i, i, START + HOUR + 400_000 + i as i64 * 1_000)),
+    )
+    .await;
+    settle(&mut after, &mut committed).await;
+    assert_quality(
+        stored_quality(&store, START).await,
+        quality_oracle(0..1_000),
+    );
+    assert_eq!(stored_count(&store, START).await, Some(1_000));
+    assert_eq!(after.engine().counters().unmatched_actuals, 0);
+}
+
+#[tokio::test]
+async fn labels_read_before_their_predictions_are_stored_join_once() {
+    let store = Store::in_memory().unwrap();
+    let mut dead = dead_letters("late-join");
+    let (mut predictions_committed, mut labels_committed) = (BTreeMap::new(), BTreeMap::new());
+    // Instance A reads the predictions; it has stored the first 400 when
+    // instance B reads the labels of all of them (a label topic partitioned
+    // differently, read by another member of the group).
+    let mut a = driver(&store).await;
+    a.assign("p/0").await.unwrap();
+    read(
+        &mut a,
+        &mut dead,
+        "p/0",
+        (0..400).map(|i| (i, START + i as i64 * 3_000)),
+    )
+    .await;
+    a.checkpoint().await.unwrap();
+    let mut b = driver(&store).await;
+    b.assign("a/0").await.unwrap();
+    let label = |i: u64| (i, i, START + HOUR + 400_000 + i as i64 * 1_000);
+    read_labels(&mut b, &mut dead, "a/0", (0..950).map(label)).await;
+    settle(&mut b, &mut labels_committed).await;
+    assert_eq!(labels_committed["a/0"], 950);
+    assert_eq!(b.engine().counters().joined, 400, "found in the store");
+    assert_eq!(b.engine().counters().unmatched_actuals, 550, "pending");
+    // A stores the rest and finalizes the window (400 labels joined so far).
+    read(
+        &mut a,
+        &mut dead,
+        "p/0",
+        (400..1_000).map(|i| (i, START + i as i64 * 3_000)),
+    )
+    .await;
+    a.close_all();
+    settle(&mut a, &mut predictions_committed).await;
+    assert_eq!(stored_quality(&store, START).await.0, 400);
+    // B's next checkpoint finds the pending labels' predictions and stores
+    // them as late matches; B is killed before it finalizes the window.
+    b.checkpoint().await.unwrap();
+    assert_eq!(b.engine().counters().late_joined, 550);
+    drop(b);
+    assert_eq!(stored_quality(&store, START).await.0, 400, "not finalized");
+    // The next owner of a/0 rewinds to the range start of the committed
+    // offset (900) and reads 900..950 again: labels that were pending, and
+    // joined late already. It finalizes the window of the late matches.
+    let mut c = driver(&store).await;
+    c.assign("a/0").await.unwrap();
+    let rewind = range_start_of(labels_committed["a/0"], RANGE);
+    assert_eq!(rewind, 900);
+    read_labels(&mut c, &mut dead, "a/0", (rewind..950).map(label)).await;
+    settle(&mut c, &mut labels_committed).await;
+    assert_eq!(c.engine().counters().unmatched_actuals, 0);
+    assert_eq!(c.engine().counters().joined, 0);
+    assert_quality(stored_quality(&store, START).await, quality_oracle(0..950));
+    assert_eq!(stored_count(&store, START).await, Some(1_000));
 }

@@ -73,6 +73,7 @@ async fn replay(
         thresholds: DriftThresholds::default(),
         warmup_windows,
         store_retry_max_delay: std::time::Duration::from_secs(1),
+        pending_label_retry: std::time::Duration::ZERO,
     };
     let mut driver = Driver::new(engine(), store.clone(), settings, Default::default())
         .await

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use detectors::ReferenceProfile;
 
 use crate::{
-    AlertRecord, Delivery, JoinLabel, JoinPrediction, LateMatch, MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats,
-    RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction, SourceProgress,
-    VersionEvent, WindowMetrics, WindowSketch,
+    AlertRecord, Delivery, JoinLabel, JoinPrediction, LateMatch, MetricsQuery, ModelVersionSummary,
+    PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel,
+    SampledPrediction, SourceProgress, VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// A store backend. Every write is idempotent as the table's versioning

@@ -10,15 +10,16 @@ use detectors::ReferenceProfile;
 
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
-    FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    JoinLabelRow, JoinPredictionRow, LateMatchRow, ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
-    VersionEventRow, TABLES,
+    FilterValue, JoinLabelRow, JoinPredictionRow, LateMatchRow, MetricsFilter, MetricsRow,
+    PartialRow, PipelineStatsRow, RangeFingerprintRow, ReferenceRow, SampleLabelRow,
+    SamplePredictionRow, SketchRow, SourceProgressRow, VersionEventRow, TABLES,
 };
 use crate::schema::{clickhouse_create, clickhouse_select, missing_columns, Table};
 use crate::{
-    latest_by, AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary,
-    PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel,
-    SampledPrediction, SourceProgress, VersionEvent, WindowMetrics, WindowSketch, JoinLabel, JoinPrediction, LateMatch,
+    latest_by, AlertRecord, Backend, Delivery, Error, JoinLabel, JoinPrediction, LateMatch,
+    MetricsQuery, ModelVersionSummary, PartialSketch, PipelineStats, RangeFingerprint,
+    ReferenceSummary, Result, SampledLabel, SampledPrediction, SourceProgress, VersionEvent,
+    WindowMetrics, WindowSketch,
 };
 
 /// A ClickHouse-backed store. Cheap to clone (the HTTP client is shared).
@@ -632,7 +633,9 @@ impl Backend for ClickHouseStore {
         let before = lower_bound_seconds(before_ms);
         for table in ["pending_predictions", "pending_labels"] {
             self.client
-                .query(&format!("ALTER TABLE {table} DELETE WHERE time < toDateTime(?)"))
+                .query(&format!(
+                    "ALTER TABLE {table} DELETE WHERE time < toDateTime(?)"
+                ))
                 .bind(before)
                 .execute()
                 .await?;

@@ -16,17 +16,17 @@ use rusqlite::{params, Connection};
 
 use crate::rows::{
     lower_bound_seconds, to_seconds, upper_bound_seconds, AlertProgressRow, AlertRow, DeliveryRow,
-    FilterValue, MetricsFilter, MetricsRow, PartialRow, PipelineStatsRow, RangeFingerprintRow,
-    JoinLabelRow, JoinPredictionRow, LateMatchRow, ReferenceRow, SampleLabelRow, SamplePredictionRow, SketchRow, SourceProgressRow,
-    VersionEventRow, TABLES,
+    FilterValue, JoinLabelRow, JoinPredictionRow, LateMatchRow, MetricsFilter, MetricsRow,
+    PartialRow, PipelineStatsRow, RangeFingerprintRow, ReferenceRow, SampleLabelRow,
+    SamplePredictionRow, SketchRow, SourceProgressRow, VersionEventRow, TABLES,
 };
 use crate::schema::{
     missing_columns, sqlite_create, sqlite_insert_or_ignore, sqlite_select, sqlite_upsert, Table,
 };
 use crate::{
-    AlertRecord, Backend, Delivery, Error, MetricsQuery, ModelVersionSummary, PartialSketch,
-    PipelineStats, RangeFingerprint, ReferenceSummary, Result, SampledLabel, SampledPrediction,
-    SourceProgress, VersionEvent, WindowMetrics, WindowSketch, JoinLabel, JoinPrediction, LateMatch,
+    AlertRecord, Backend, Delivery, Error, JoinLabel, JoinPrediction, LateMatch, MetricsQuery,
+    ModelVersionSummary, PartialSketch, PipelineStats, RangeFingerprint, ReferenceSummary, Result,
+    SampledLabel, SampledPrediction, SourceProgress, VersionEvent, WindowMetrics, WindowSketch,
 };
 
 /// The columns of `table` in the file.
@@ -639,7 +639,10 @@ impl Backend for EmbeddedStore {
                 "DELETE FROM pending_predictions WHERE time < ?1",
                 params![before],
             )?;
-            connection.execute("DELETE FROM pending_labels WHERE time < ?1", params![before])?;
+            connection.execute(
+                "DELETE FROM pending_labels WHERE time < ?1",
+                params![before],
+            )?;
             Ok(())
         })
         .await

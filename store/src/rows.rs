@@ -1175,7 +1175,13 @@ table! {
 impl Table for LateMatchRow {
     const SPEC: TableSpec = TableSpec {
         name: "late_matches",
-        key: &["model", "window_start", "source", "label_offset", "model_version"],
+        key: &[
+            "model",
+            "window_start",
+            "source",
+            "label_offset",
+            "model_version",
+        ],
         versioning: Versioning::Equal,
         partition_by: None,
         sqlite_index: &["source", "label_time_ms"],

@@ -164,6 +164,7 @@ pub async fn run_into(
         thresholds: DriftThresholds::default(),
         warmup_windows: 0,
         store_retry_max_delay: std::time::Duration::from_secs(5),
+        pending_label_retry: std::time::Duration::ZERO,
     };
     let mut driver = Driver::new(
         engine,

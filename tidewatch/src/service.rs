@@ -32,6 +32,7 @@ pub fn driver_settings(config: &Config) -> DriverSettings {
         thresholds: config.thresholds,
         warmup_windows: config.warmup_windows,
         store_retry_max_delay: config.store.retry_max_delay(),
+        pending_label_retry: config.loop_settings.checkpoint_interval,
     }
 }
 

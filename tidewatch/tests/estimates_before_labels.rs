@@ -147,6 +147,7 @@ async fn replay(
         thresholds: DriftThresholds::default(),
         warmup_windows: 0,
         store_retry_max_delay: std::time::Duration::from_secs(5),
+        pending_label_retry: std::time::Duration::ZERO,
     };
     let mut driver = Driver::new(
         engine,

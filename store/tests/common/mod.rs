@@ -775,15 +775,27 @@ pub async fn join_state_round_trip(store: &Store) {
     store.write_join_predictions(written).await.unwrap();
     let keys = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        store.join_predictions("m", &keys(&["0a", "0c"])).await.unwrap(),
+        store
+            .join_predictions("m", &keys(&["0a", "0c"]))
+            .await
+            .unwrap(),
         vec![a1.clone(), a2.clone()]
     );
     assert_eq!(
-        store.join_predictions("other", &keys(&["0a"])).await.unwrap(),
+        store
+            .join_predictions("other", &keys(&["0a"]))
+            .await
+            .unwrap(),
         vec![]
     );
-    let many: Vec<String> = (0..1_500).map(|i| format!("{i:x}")).chain(["0b".into()]).collect();
-    assert_eq!(store.join_predictions("m", &many).await.unwrap(), vec![b.clone()]);
+    let many: Vec<String> = (0..1_500)
+        .map(|i| format!("{i:x}"))
+        .chain(["0b".into()])
+        .collect();
+    assert_eq!(
+        store.join_predictions("m", &many).await.unwrap(),
+        vec![b.clone()]
+    );
 
     let label = |offset: u64, time_ms: i64, value: JoinLabelValue| JoinLabel {
         source: "labels/0".into(),
@@ -843,7 +855,10 @@ pub async fn join_state_round_trip(store: &Store) {
     store.expire_join_state(start + 2 * day).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let predictions = store.join_predictions("m", &keys(&["0a", "0b"])).await.unwrap();
+        let predictions = store
+            .join_predictions("m", &keys(&["0a", "0b"]))
+            .await
+            .unwrap();
         let labels = store.pending_labels("labels/0").await.unwrap();
         if predictions == vec![b.clone()] && labels == vec![class.clone()] {
             break;
