@@ -37,6 +37,13 @@
 //! pending labels first ([`crate::driver::Driver::assign`]) and leaves
 //! those offsets to the late path.
 //!
+//! A partition changes owner only after its old owner has stored what it
+//! was storing (the revocation waits for the loop; see [`crate::poller`]),
+//! so the new owner loads every pending label the old one stored. If that
+//! wait times out (a store outage longer than its deadline), a label the
+//! old owner stores pending after the new owner loaded the list may be
+//! counted twice: once joined by the new owner, once joined late.
+//!
 //! A prediction and a label join when the label's event time is at most
 //! `join_window` after the prediction's (decided by the data, not by when
 //! either was read). Each label message counts once: a label logged twice

@@ -524,7 +524,7 @@ impl<O: WindowObserver> Member<O> {
                     self.assigned.insert((topic, partition), id);
                 }
             }
-            Note::Revoked(partitions) => {
+            Note::Revoked(partitions, ack) => {
                 for (topic, partition) in partitions {
                     let Some(id) = self.assigned.remove(&(topic, partition)) else {
                         continue;
@@ -534,6 +534,7 @@ impl<O: WindowObserver> Member<O> {
                     tracing::info!(%source, "partition revoked, dropping its state");
                     driver.revoke(&source.to_string());
                 }
+                ack.done();
             }
             Note::Failed(reason) => return Err(Error::Rebalance(reason)),
         }

@@ -21,6 +21,17 @@
 //! loop also ignores messages of partitions it was not told about, so a
 //! message fetched before a revocation cannot recreate a dropped state.
 //!
+//! ## Revocation waits for the loop
+//! A revocation is handed to the loop and the rebalance callback waits
+//! (up to [`REVOKE_ACK_DEADLINE`]) for the loop to acknowledge it: the loop
+//! handles notes in order, so whatever it was storing for those partitions
+//! (a checkpoint, pending labels) is stored before the group can assign
+//! them to another member. Past the deadline (the store away longer) the
+//! revocation goes on; the new owner may then read a range while the old
+//! one still writes it, which partials survive (the longest range wins)
+//! and the join's pending labels do not guard against (see
+//! [`crate::join`]).
+//!
 //! ## Bounds
 //! The channel holds at most [`CHANNEL_BATCHES`] batches, each of at most
 //! [`BATCH_MESSAGES`] messages and [`BATCH_BYTES`] of payload (a batch is
@@ -134,6 +145,20 @@ impl Batch {
     }
 }
 
+/// How long a revocation waits for the loop to drop the partitions' state.
+pub const REVOKE_ACK_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The loop's acknowledgement that it dropped revoked partitions.
+#[derive(Debug)]
+pub struct RevokeAck(std::sync::mpsc::SyncSender<()>);
+
+impl RevokeAck {
+    /// Tells the polling thread the partitions' state is gone.
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
+}
+
 /// What the thread tells the loop, in order.
 #[derive(Debug)]
 pub enum Note {
@@ -141,8 +166,10 @@ pub enum Note {
     Records(Batch),
     /// Partitions assigned, each rewound (topic index, partition).
     Assigned(Vec<(usize, i32)>),
-    /// Partitions revoked (topic index, partition): drop their state, commit nothing for them.
-    Revoked(Vec<(usize, i32)>),
+    /// Partitions revoked (topic index, partition): drop their state,
+    /// commit nothing for them, then acknowledge (the thread waits for it,
+    /// up to [`REVOKE_ACK_DEADLINE`], before it lets librdkafka go on).
+    Revoked(Vec<(usize, i32)>, RevokeAck),
     /// The thread cannot go on; the loop stops with this error.
     Failed(String),
 }
@@ -424,7 +451,18 @@ impl ConsumerContext for PollContext {
                             .map(|topic| (topic, element.partition()))
                     })
                     .collect();
-                self.send(Note::Revoked(revoked));
+                // Wait until the loop has finished what it was doing (a
+                // checkpoint in flight writes these partitions' rows) and
+                // dropped their state: only then may the group hand them to
+                // another member, which reads what this one stored.
+                let (ack, acknowledged) = std::sync::mpsc::sync_channel(1);
+                self.send(Note::Revoked(revoked, RevokeAck(ack)));
+                if acknowledged.recv_timeout(REVOKE_ACK_DEADLINE).is_err() {
+                    tracing::warn!(
+                        deadline = ?REVOKE_ACK_DEADLINE,
+                        "the loop did not drop revoked partitions in time (a store outage?); revoking anyway"
+                    );
+                }
                 let result = if cooperative {
                     consumer.incremental_unassign(partitions)
                 } else {

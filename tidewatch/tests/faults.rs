@@ -17,6 +17,8 @@
 //! | `cardinality_flood` | a million events with distinct model names, segment values and categories |
 //! | `range_fingerprints_wait_for_the_store` | ClickHouse unreachable while a member looks up and stores offset-range fingerprints |
 //! | `a_pause_in_traffic_inside_a_window` | the stream stops mid-window for longer than `idle_close_after`, the open windows are finalized provisionally, then the rest arrives |
+//! | `labels_after_a_restart_and_after_a_kill_join_their_predictions` | every prediction read and committed, a SIGTERM restart, half the labels with a SIGKILL at a random moment while they are read, then the rest |
+//! | `separate_label_topic_read_by_two_instances` | predictions on 4 partitions, labels on their own topic of 3, produced at once, two instances in the group |
 
 mod common;
 
@@ -27,8 +29,8 @@ use common::broker::PrivateBroker;
 use common::child::TidewatchProcess;
 use common::proxy::Proxy;
 use common::{
-    brokers, check_oracle, clickhouse_url, demo_hours, header, small_shape, wait_for_metrics,
-    ConfigOptions, Scenario,
+    brokers, check_oracle, clickhouse_url, demo_hours, header, oracle, small_shape,
+    wait_for_metrics, ConfigOptions, Scenario,
 };
 use ingest::incarnation::{fingerprint, Incarnations, PartitionId};
 use ingest::telemetry::Telemetry;
@@ -132,7 +134,7 @@ async fn sigkill_ten_times_while_consuming() {
         producer.wait().unwrap().success(),
         "tidewatch replay failed"
     );
-    wait_for_metrics(&store, &expected, Duration::from_secs(300), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(300)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let peak = peak.max(process.peak_rss_kib());
     assert!(process.terminate(), "the last process did not stop cleanly");
@@ -273,7 +275,7 @@ async fn adversarial_payloads_are_dead_lettered_and_valid_events_counted_once() 
         .await
         .unwrap_or_else(|(error, _)| panic!("producing the wide event: {error}"));
     assert!(replay.wait().unwrap().success());
-    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(180)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     assert!(
         process.wait_exit(Duration::from_millis(10)).is_none(),
@@ -383,7 +385,7 @@ async fn clickhouse_down_for_a_minute_mid_stream() {
     let peak_in_outage = process.peak_rss_kib();
     proxy.restore();
     assert!(producer.wait().unwrap().success());
-    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(180)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let (_, metrics) = http_get(port, "/metrics").expect("/metrics answers");
     let failures: f64 = metrics
@@ -446,7 +448,7 @@ async fn committed_offsets_unreadable_on_assignment() {
     );
     let third = TidewatchProcess::start(&path, &log, &[]);
     assert!(producer.wait().unwrap().success());
-    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(180)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     peak = peak.max(third.peak_rss_kib());
     assert!(third.terminate());
@@ -586,7 +588,7 @@ async fn cardinality_flood() {
     let producer = scenario.replay(None);
     assert!(producer.wait_with_output().unwrap().status.success());
     let produced_in = started.elapsed() - in_process;
-    wait_for_metrics(&store, &expected, Duration::from_secs(300), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(300)).await;
     let consumed_in = started.elapsed() - in_process;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let metrics = store
@@ -689,7 +691,7 @@ async fn rebalance_storm() {
         members.push(TidewatchProcess::start(&path, &log, &[]));
     }
     assert!(producer.wait().unwrap().success());
-    wait_for_metrics(&store, &expected, Duration::from_secs(240), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(240)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let remaining = members.len();
     for member in members {
@@ -769,7 +771,7 @@ async fn broker_gone_for_30_seconds() {
     let consumed_during = metric(port, "tidewatch_events_consumed_total") - consumed_before;
     proxy.restore();
     assert!(producer.wait().unwrap().success());
-    wait_for_metrics(&store, &expected, Duration::from_secs(180), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(180)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let ready_after = ready_after_recovery(port).map(|(status, _)| status);
     let text = std::fs::read_to_string(&log).unwrap();
@@ -864,7 +866,7 @@ async fn broker_back_empty_with_the_topic_recreated() {
     }) {
         println!("after the second part: {line}");
     }
-    wait_for_metrics(&store, &expected, Duration::from_secs(240), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(240)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let recreated = metric(port, "tidewatch_partitions_recreated_total");
     let ready_answer = ready_after_recovery(port);
@@ -1084,7 +1086,7 @@ async fn a_pause_in_traffic_inside_a_window() {
         .success());
     // One process read everything once: quality (labels joined in memory)
     // is compared too.
-    wait_for_metrics(&store, &expected, Duration::from_secs(180), true).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(180)).await;
     let (stored, produced) = check_oracle(&store, &scenario).await;
     let peak = process.peak_rss_kib();
     assert!(process.terminate());
@@ -1097,4 +1099,167 @@ async fn a_pause_in_traffic_inside_a_window() {
         paused.as_secs_f64(),
         expected.len()
     );
+}
+
+/// Waits until every window holds the oracle's prediction count (stored
+/// results; an idle close finalizes them provisionally).
+async fn wait_for_predictions(store: &Store, scenario: &Scenario, timeout: Duration) {
+    let expected: BTreeMap<i64, u64> = oracle(&scenario.stream)
+        .into_iter()
+        .map(|(window_start, window)| (window_start, window.predictions))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let stored: BTreeMap<i64, u64> = store
+            .window_metrics(store::MetricsQuery {
+                feature: Some("prediction.score".into()),
+                segment: Some("all".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.key.window_start, m.metrics.count))
+            .collect();
+        if stored == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "predictions never all stored: {stored:?} of {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The labels joined so far over every window's `quality` series.
+async fn labels_joined(store: &Store) -> u64 {
+    store
+        .window_metrics(store::MetricsQuery {
+            feature: Some("quality".into()),
+            segment: Some("all".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.metrics.quality.as_ref())
+        .map(|quality| quality.matched)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_after_a_restart_and_after_a_kill_join_their_predictions() {
+    let scenario = Scenario::new("faults_labels_restart", demo_hours(3, 3_000));
+    // The labels arrive after every prediction, on the same topic (as a
+    // deploy between them would see): their times moved 3 h later, so that
+    // they follow the predictions in event time too.
+    let (mut stream, mut labels) = (String::new(), String::new());
+    for line in std::fs::read_to_string(&scenario.stream).unwrap().lines() {
+        if !line.contains(r#""schema":"tidewatch.actual.v1""#) {
+            stream.push_str(line);
+            stream.push('\n');
+            continue;
+        }
+        let mut label: serde_json::Value = serde_json::from_str(line).unwrap();
+        label["timestamp"] = (label["timestamp"].as_i64().unwrap() + 3 * 3_600_000).into();
+        labels.push_str(&label.to_string());
+        labels.push('\n');
+    }
+    std::fs::write(&scenario.stream, stream + &labels).unwrap();
+    let (path, store, expected) = scenario
+        .prepare(1_000, &ConfigOptions::fast_takeover(), 3)
+        .await;
+    let (predictions, labels) = scenario.split_by_kind();
+    let (first, second) = labels.split_at(labels.len() / 2);
+    let (first, second) = (
+        scenario.write_lines("labels-first.jsonl", first),
+        scenario.write_lines("labels-second.jsonl", second),
+    );
+    let log = scenario.directory.join("tidewatch.log");
+    // Every prediction read, stored and committed; then a deploy (SIGTERM).
+    let process = TidewatchProcess::start(&path, &log, &[]);
+    assert!(scenario
+        .replay_file(&predictions, None)
+        .wait()
+        .unwrap()
+        .success());
+    wait_for_predictions(&store, &scenario, Duration::from_secs(120)).await;
+    assert_eq!(labels_joined(&store).await, 0);
+    assert!(
+        process.terminate(),
+        "the first process did not stop cleanly"
+    );
+    // The new process reads the first half of the labels and is killed at
+    // a random moment while it does.
+    let mut process = TidewatchProcess::start(&path, &log, &[]);
+    process.wait_for_assignment(Duration::from_secs(60));
+    let rate = (labels.len() / 2 / 4).max(1) as u32;
+    let mut producer = scenario.replay_file(&first, Some(rate));
+    let seed = seed();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let after = Duration::from_millis(rng.random_range(500..3_500));
+    std::thread::sleep(after);
+    let joined_at_kill = labels_joined(&store).await;
+    process.kill();
+    assert!(producer.wait().unwrap().success());
+    // Restarted, it reads the rest.
+    let process = TidewatchProcess::start(&path, &log, &[]);
+    assert!(scenario
+        .replay_file(&second, None)
+        .wait()
+        .unwrap()
+        .success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(180)).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let joined = labels_joined(&store).await;
+    assert!(process.terminate());
+    println!(
+        "labels after restarts (seed {seed}): {produced} predictions read and committed before a          SIGTERM restart; {} labels produced after it, a SIGKILL {:.1} s into the first half          ({joined_at_kill} joined by then), the second half after a restart: predictions stored          {stored} of {produced}, labels joined {joined} of {}, and {} series-windows (quality          included) equal the in-process computation",
+        labels.len(),
+        after.as_secs_f64(),
+        labels.len(),
+        expected.len()
+    );
+    assert_eq!(joined, labels.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_label_topic_read_by_two_instances() {
+    let scenario = Scenario::new("faults_label_topic", demo_hours(3, 3_000));
+    let options = ConfigOptions {
+        label_topic_partitions: Some(3),
+        ..ConfigOptions::fast_takeover()
+    };
+    let (path, store, expected) = scenario.prepare(1_000, &options, 4).await;
+    let (predictions, labels) = scenario.split_by_kind();
+    let labels_file = scenario.write_lines("labels.jsonl", &labels);
+    let log = scenario.directory.join("tidewatch.log");
+    let mut first = TidewatchProcess::start(&path, &log, &[]);
+    first.wait_for_assignment(Duration::from_secs(60));
+    let mut second = TidewatchProcess::start(&path, &log, &[]);
+    second.wait_for_assignment(Duration::from_secs(60));
+    // Both produced at once at one rate: the labels (fewer, later in event
+    // time) run ahead of their predictions, so many are read before the
+    // other instance has stored their prediction.
+    let rate = (labels.len() / 6).max(1) as u32;
+    let mut predictions_producer =
+        scenario.replay_to(&predictions, &scenario.topic(), Some(rate), "json");
+    let mut labels_producer =
+        scenario.replay_to(&labels_file, &scenario.label_topic(), Some(rate), "json");
+    assert!(predictions_producer.wait().unwrap().success());
+    assert!(labels_producer.wait().unwrap().success());
+    wait_for_metrics(&store, &expected, Duration::from_secs(240)).await;
+    let (stored, produced) = check_oracle(&store, &scenario).await;
+    let joined = labels_joined(&store).await;
+    let peak = first.peak_rss_kib().max(second.peak_rss_kib());
+    assert!(first.terminate());
+    assert!(second.terminate());
+    println!(
+        "separate label topic: {produced} predictions on 4 partitions and {} labels on 3, read by          two instances: predictions stored {stored} of {produced}, labels joined {joined} of {},          {} series-windows (quality included) equal the in-process computation; peak RSS {peak} KiB",
+        labels.len(),
+        labels.len(),
+        expected.len()
+    );
+    assert_eq!(joined, labels.len() as u64);
 }

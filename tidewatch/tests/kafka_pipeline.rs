@@ -36,7 +36,7 @@ async fn replayed_events_become_the_in_process_aggregates_and_malformed_ones_are
     let status = scenario.replay(None).wait().unwrap();
     assert!(status.success(), "tidewatch replay failed");
     let (handle, stop) = start_pipeline(&config);
-    wait_for_metrics(&store, &expected, Duration::from_secs(90), true).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(90)).await;
 
     // The independent oracle agrees on counts and means.
     let (stored_predictions, produced) = check_oracle(&store, &scenario).await;
@@ -131,7 +131,7 @@ async fn a_consumer_killed_mid_stream_and_restarted_neither_loses_nor_double_cou
 
     let (second, second_stop) = start_pipeline(&config);
     assert!(producer.wait().unwrap().success());
-    wait_for_metrics(&store, &expected, Duration::from_secs(120), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(120)).await;
     second_stop.send(()).unwrap();
     second.await.unwrap().unwrap();
     common::check_training_sample(&store, &scenario).await;
@@ -149,7 +149,7 @@ async fn two_consumers_in_one_group_merge_to_the_single_consumer_result() {
     let (first, first_stop) = start_pipeline(&config);
     let (second, second_stop) = start_pipeline(&config);
     assert!(producer.wait().unwrap().success());
-    wait_for_metrics(&store, &expected, Duration::from_secs(120), false).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(120)).await;
     first_stop.send(()).unwrap();
     second_stop.send(()).unwrap();
     let reports = [
@@ -217,7 +217,7 @@ async fn protobuf_events_become_the_same_aggregates() {
         "tidewatch replay --encoding protobuf failed"
     );
     let (handle, stop) = start_pipeline(&config);
-    wait_for_metrics(&store, &expected, Duration::from_secs(90), true).await;
+    wait_for_metrics(&store, &expected, Duration::from_secs(90)).await;
     let (stored_predictions, produced) = check_oracle(&store, &scenario).await;
     assert_eq!(stored_predictions, produced);
 

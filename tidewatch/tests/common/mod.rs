@@ -97,6 +97,9 @@ pub struct ConfigOptions {
     pub model_extra: &'static str,
     /// The topic's `encoding` (`json`, `protobuf`).
     pub encoding: &'static str,
+    /// Partitions of a second topic for the labels (`kind = "actual"`):
+    /// with it, predictions and labels go to separate topics.
+    pub label_topic_partitions: Option<i32>,
 }
 
 impl ConfigOptions {
@@ -127,6 +130,7 @@ impl Default for ConfigOptions {
             idle_close_after: "3s",
             model_extra: "",
             encoding: "json",
+            label_topic_partitions: None,
         }
     }
 }
@@ -156,6 +160,36 @@ impl Scenario {
         format!("predictions-{}", self.name)
     }
 
+    /// The labels' topic, when they have their own
+    /// ([`ConfigOptions::label_topic_partitions`]).
+    pub fn label_topic(&self) -> String {
+        format!("labels-{}", self.name)
+    }
+
+    /// The stream cut in two files by kind: (predictions and whatever
+    /// else, labels), each in stream order.
+    pub fn split_by_kind(&self) -> (PathBuf, Vec<String>) {
+        let (mut predictions, mut labels) = (String::new(), Vec::new());
+        for line in std::fs::read_to_string(&self.stream).unwrap().lines() {
+            if line.contains(r#""schema":"tidewatch.actual.v1""#) {
+                labels.push(line.to_owned());
+            } else {
+                predictions.push_str(line);
+                predictions.push('\n');
+            }
+        }
+        let path = self.directory.join("predictions-only.jsonl");
+        std::fs::write(&path, predictions).unwrap();
+        (path, labels)
+    }
+
+    /// Writes `lines` to a file of the scenario's directory.
+    pub fn write_lines(&self, name: &str, lines: &[String]) -> PathBuf {
+        let path = self.directory.join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    }
+
     pub fn dead_letter_topic(&self) -> String {
         format!("dead-letters-{}", self.name)
     }
@@ -167,6 +201,14 @@ impl Scenario {
     /// Writes `tidewatch.toml` with `options` and loads it; returns the
     /// config and its path (for a `tidewatch run` child).
     pub fn config_with(&self, range_size: u64, options: &ConfigOptions) -> (Config, PathBuf) {
+        let label_topic = match options.label_topic_partitions {
+            Some(_) => format!(
+                r#", {{ name = "{}", kind = "actual", encoding = "{}" }}"#,
+                self.label_topic(),
+                options.encoding
+            ),
+            None => String::new(),
+        };
         let http = options
             .http_listen
             .as_ref()
@@ -179,7 +221,7 @@ version = 1
 brokers = "{brokers}"
 group_id = "tidewatch-{name}"
 dead_letter_topic = "{dead_letters}"
-topics = [{{ name = "{topic}", kind = "prediction", encoding = "{encoding}" }}]
+topics = [{{ name = "{topic}", kind = "prediction", encoding = "{encoding}" }}{label_topic}]
 stall_after = "20s"
 [kafka.properties]
 "session.timeout.ms" = "{session_timeout_ms}"
@@ -241,6 +283,10 @@ features = [
     ) -> (PathBuf, Store, Vec<WindowMetrics>) {
         let (config, path) = self.config_with(range_size, options);
         self.create_topics(partitions).await;
+        if let Some(label_partitions) = options.label_topic_partitions {
+            self.create_topic(&self.label_topic(), label_partitions)
+                .await;
+        }
         let store = self.store_reference(&config).await;
         let expected = self.expected(&config).await;
         (path, store, expected)
@@ -257,6 +303,22 @@ features = [
             .unwrap();
         consumer.subscribe(&[&self.dead_letter_topic()]).unwrap();
         consumer
+    }
+
+    /// Creates one more topic of `partitions`.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .expect("admin client");
+        let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+        for result in admin
+            .create_topics(&topics, &AdminOptions::new())
+            .await
+            .expect("create topics")
+        {
+            result.unwrap_or_else(|(topic, code)| panic!("creating topic {topic}: {code:?}"));
+        }
     }
 
     pub async fn create_topics(&self, partitions: i32) {
@@ -308,6 +370,17 @@ features = [
         rate: Option<u32>,
         encoding: &str,
     ) -> std::process::Child {
+        self.replay_to(file, &self.topic(), rate, encoding)
+    }
+
+    /// Runs `tidewatch replay --encoding <encoding>` on `file` to `topic`.
+    pub fn replay_to(
+        &self,
+        file: &Path,
+        topic: &str,
+        rate: Option<u32>,
+        encoding: &str,
+    ) -> std::process::Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidewatch"));
         command
             .arg("replay")
@@ -317,7 +390,7 @@ features = [
             .arg("--to")
             .arg(&self.brokers)
             .arg("--topic")
-            .arg(self.topic());
+            .arg(topic);
         if let Some(rate) = rate {
             command.arg("--rate").arg(rate.to_string());
         }
@@ -396,14 +469,10 @@ pub fn close_option(a: Option<f64>, b: Option<f64>) -> bool {
     }
 }
 
-/// Compares stored metrics with the expected ones, field by field. Model
-/// quality depends on the in-memory join, which a rebalance or restart
-/// resets, so it is compared only where one consumer read everything once.
-pub fn compare(
-    actual: &[WindowMetrics],
-    expected: &[WindowMetrics],
-    with_quality: bool,
-) -> Result<(), String> {
+/// Compares stored metrics with the expected ones, field by field, the
+/// `quality` series (labels joined, their accuracy, F1, AUC, log loss,
+/// Brier score) included.
+pub fn compare(actual: &[WindowMetrics], expected: &[WindowMetrics]) -> Result<(), String> {
     let actual: HashMap<&SeriesKey, &WindowMetrics> = actual.iter().map(|m| (&m.key, m)).collect();
     if actual.len() != expected.len() {
         let missing: Vec<String> = expected
@@ -470,27 +539,21 @@ pub fn compare(
                     && close(x.threshold, y.threshold)
             })
             && a.warnings == e.warnings;
-        let quality = !with_quality
-            || match (&a.quality, &e.quality) {
-                (Some(x), Some(y)) => {
-                    x.matched == y.matched
-                        && [
-                            (x.accuracy, y.accuracy),
-                            (x.f1, y.f1),
-                            (x.roc_auc, y.roc_auc),
-                            (x.log_loss, y.log_loss),
-                            (x.brier, y.brier),
-                        ]
-                        .iter()
-                        .all(|(p, q)| close_option(*p, *q))
-                }
-                (None, None) => true,
-                _ => false,
-            };
-        let exact = if with_quality {
-            exact
-        } else {
-            exact || stored.key.feature == "quality"
+        let quality = match (&a.quality, &e.quality) {
+            (Some(x), Some(y)) => {
+                x.matched == y.matched
+                    && [
+                        (x.accuracy, y.accuracy),
+                        (x.f1, y.f1),
+                        (x.roc_auc, y.roc_auc),
+                        (x.log_loss, y.log_loss),
+                        (x.brier, y.brier),
+                    ]
+                    .iter()
+                    .all(|(p, q)| close_option(*p, *q))
+            }
+            (None, None) => true,
+            _ => false,
         };
         if !(exact && floats && quantiles && tests && quality) {
             return Err(format!("{:?}: stored {a:?} expected {e:?}", expected.key));
@@ -501,16 +564,11 @@ pub fn compare(
 
 /// Polls ClickHouse until its metrics equal `expected` (windows are
 /// finalized asynchronously), or fails with the last difference.
-pub async fn wait_for_metrics(
-    store: &Store,
-    expected: &[WindowMetrics],
-    timeout: Duration,
-    with_quality: bool,
-) {
+pub async fn wait_for_metrics(store: &Store, expected: &[WindowMetrics], timeout: Duration) {
     let started = Instant::now();
     loop {
         let stored = store.window_metrics(MetricsQuery::default()).await.unwrap();
-        match compare(&stored, expected, with_quality) {
+        match compare(&stored, expected) {
             Ok(()) => return,
             Err(difference) if started.elapsed() > timeout => {
                 panic!("ClickHouse never matched the in-process computation: {difference}")
@@ -520,60 +578,99 @@ pub async fn wait_for_metrics(
     }
 }
 
-/// Independent oracle: predictions of the demo model per hourly window and
-/// the mean of `monthly_charges` per window, straight from the JSON lines.
-pub fn oracle(stream: &Path) -> BTreeMap<i64, (u64, f64, u64)> {
-    let mut windows: BTreeMap<i64, (u64, f64, u64)> = BTreeMap::new();
+/// What the independent oracle expects of one hourly window.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct WindowOracle {
+    /// Predictions of the demo model.
+    pub predictions: u64,
+    /// Sum and count of `monthly_charges` over them.
+    pub charges_sum: f64,
+    pub charges_count: u64,
+    /// Labels of those predictions (each joins its prediction once).
+    pub labels: u64,
+}
+
+/// Independent oracle: predictions of the demo model per hourly window, the
+/// mean of `monthly_charges` per window, and the labels of each window's
+/// predictions, straight from the JSON lines.
+pub fn oracle(stream: &Path) -> BTreeMap<i64, WindowOracle> {
+    let mut windows: BTreeMap<i64, WindowOracle> = BTreeMap::new();
+    let mut window_of: HashMap<String, i64> = HashMap::new();
+    let mut labels: Vec<String> = Vec::new();
     for line in std::fs::read_to_string(stream).unwrap().lines() {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        if value["schema"] != "tidewatch.prediction.v1" || value["model"] != DEMO_MODEL {
+        if value["model"] != DEMO_MODEL {
             continue;
         }
         let Some(timestamp) = value["timestamp"].as_i64() else {
             continue;
         };
-        if !value["features"]["age"].is_number() {
+        let id = value["prediction_id"].as_str().map(str::to_owned);
+        if value["schema"] == "tidewatch.actual.v1" {
+            labels.extend(id);
             continue;
         }
-        let entry = windows
-            .entry(timestamp.div_euclid(3_600_000) * 3_600_000)
-            .or_default();
-        entry.0 += 1;
+        if value["schema"] != "tidewatch.prediction.v1" || !value["features"]["age"].is_number() {
+            continue;
+        }
+        let window_start = timestamp.div_euclid(3_600_000) * 3_600_000;
+        let entry = windows.entry(window_start).or_default();
+        entry.predictions += 1;
         if let Some(charges) = value["features"]["monthly_charges"].as_f64() {
-            entry.1 += charges;
-            entry.2 += 1;
+            entry.charges_sum += charges;
+            entry.charges_count += 1;
+        }
+        if let Some(id) = id {
+            window_of.insert(id, window_start);
+        }
+    }
+    for id in labels {
+        if let Some(window_start) = window_of.get(&id) {
+            windows.entry(*window_start).or_default().labels += 1;
         }
     }
     windows
 }
 
 /// Stored totals against the oracle: (predictions stored, predictions
-/// produced); panics on any window whose count or mean differs.
+/// produced); panics on any window whose count or mean differs, or whose
+/// `quality` series did not join each of its labels exactly once.
 pub async fn check_oracle(store: &Store, scenario: &Scenario) -> (u64, u64) {
     let stored = store.window_metrics(MetricsQuery::default()).await.unwrap();
     let mut total = 0;
-    for (window_start, (predictions, charges_sum, charges_count)) in oracle(&scenario.stream) {
+    for (window_start, expected) in oracle(&scenario.stream) {
         let find = |feature: &str| {
-            stored
-                .iter()
-                .find(|m| {
-                    m.key.window_start == window_start
-                        && m.key.segment == "all"
-                        && m.key.feature == feature
-                })
+            stored.iter().find(|m| {
+                m.key.window_start == window_start
+                    && m.key.segment == "all"
+                    && m.key.feature == feature
+            })
+        };
+        let found = |feature: &str| {
+            find(feature)
                 .unwrap_or_else(|| panic!("no {feature} metrics for window {window_start}"))
         };
-        let score = find("prediction.score");
-        assert_eq!(score.metrics.count, predictions, "window {window_start}");
+        let score = found("prediction.score");
+        assert_eq!(
+            score.metrics.count, expected.predictions,
+            "window {window_start}"
+        );
         total += score.metrics.count;
-        let charges = find("monthly_charges");
-        assert_eq!(charges.metrics.count, charges_count);
+        let charges = found("monthly_charges");
+        assert_eq!(charges.metrics.count, expected.charges_count);
         assert!(close(
             charges.metrics.mean.unwrap(),
-            charges_sum / charges_count as f64
+            expected.charges_sum / expected.charges_count as f64
         ));
+        let joined = find("quality")
+            .and_then(|quality| quality.metrics.quality.as_ref())
+            .map_or(0, |quality| quality.matched);
+        assert_eq!(
+            joined, expected.labels,
+            "labels joined in window {window_start}"
+        );
     }
     (total, scenario.predictions)
 }
