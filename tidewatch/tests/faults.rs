@@ -1215,7 +1215,11 @@ async fn labels_after_a_restart_and_after_a_kill_join_their_predictions() {
     let joined = labels_joined(&store).await;
     assert!(process.terminate());
     println!(
-        "labels after restarts (seed {seed}): {produced} predictions read and committed before a          SIGTERM restart; {} labels produced after it, a SIGKILL {:.1} s into the first half          ({joined_at_kill} joined by then), the second half after a restart: predictions stored          {stored} of {produced}, labels joined {joined} of {}, and {} series-windows (quality          included) equal the in-process computation",
+        "labels after restarts (seed {seed}): {produced} predictions read and committed before a \
+         SIGTERM restart; {} labels produced after it, a SIGKILL {:.1} s into the first half \
+         ({joined_at_kill} joined by then), the second half after a restart: predictions stored \
+         {stored} of {produced}, labels joined {joined} of {}, and {} series-windows (quality \
+         included) equal the in-process computation",
         labels.len(),
         after.as_secs_f64(),
         labels.len(),
@@ -1256,7 +1260,9 @@ async fn separate_label_topic_read_by_two_instances() {
     assert!(first.terminate());
     assert!(second.terminate());
     println!(
-        "separate label topic: {produced} predictions on 4 partitions and {} labels on 3, read by          two instances: predictions stored {stored} of {produced}, labels joined {joined} of {},          {} series-windows (quality included) equal the in-process computation; peak RSS {peak} KiB",
+        "separate label topic: {produced} predictions on 4 partitions and {} labels on 3, read by \
+         two instances: predictions stored {stored} of {produced}, labels joined {joined} of {}, \
+         {} series-windows (quality included) equal the in-process computation; peak RSS {peak} KiB",
         labels.len(),
         labels.len(),
         expected.len()
