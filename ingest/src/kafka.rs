@@ -27,6 +27,11 @@
 //!   stored progress, so a window whose partials were committed is
 //!   finalized by the next owner even when it never reads an event of it
 //!   again (see [`crate::engine`]).
+//! - Each checkpoint stores its ranges' predictions and pending labels for
+//!   the durable join before their partials (see [`crate::join`]); a
+//!   revocation waits for the loop to finish what it was storing before
+//!   librdkafka hands the partitions on (see [`crate::poller`]), and an
+//!   assignment loads the partition's pending labels before reading.
 //! - An assigned partition holds the watermark back until it delivers an
 //!   event or librdkafka's statistics show it fetched to its end (idle);
 //!   an idle close finalizes provisionally and moves no clock.
