@@ -120,6 +120,12 @@ pub struct RawWindows {
     /// owner loads them).
     #[serde(default = "default_max_pending_labels")]
     pub max_pending_labels: usize,
+    /// Whether the join is durable (predictions stored with each
+    /// checkpoint, labels looked up in the store: exact across restarts,
+    /// rebalances and instances) or in memory only (faster; a label whose
+    /// prediction this process does not hold is unmatched).
+    #[serde(default = "default_durable_join")]
+    pub durable_join: bool,
     /// How far ahead of the wall clock an event time may be; events further
     /// ahead are dead-lettered (they would make later events late).
     #[serde(default = "default_max_future_skew", with = "humantime_serde")]
@@ -162,6 +168,10 @@ fn default_max_pending_predictions() -> usize {
     defaults::MAX_PENDING_PREDICTIONS
 }
 
+fn default_durable_join() -> bool {
+    true
+}
+
 fn default_max_pending_labels() -> usize {
     defaults::MAX_PENDING_LABELS
 }
@@ -197,6 +207,7 @@ impl Default for RawWindows {
             join_window: default_join_window(),
             max_pending_predictions: default_max_pending_predictions(),
             max_pending_labels: default_max_pending_labels(),
+            durable_join: default_durable_join(),
             max_future_skew: default_max_future_skew(),
             sample_rate: default_sample_rate(),
             max_samples_per_range: default_max_samples_per_range(),
@@ -443,6 +454,7 @@ impl RawWindows {
                 .with_max_groups(max_groups)
                 .with_join(self.join_window, self.max_pending_predictions)
                 .with_max_pending_labels(self.max_pending_labels)
+                .with_durable_join(self.durable_join)
                 .with_max_future_skew(self.max_future_skew)
                 .with_sample(self.sample_rate, self.max_samples_per_range),
             checkpoint_interval: self.checkpoint_interval,

@@ -421,7 +421,7 @@ impl Driver {
         if !checkpoint.predictions.is_empty() {
             let predictions = &checkpoint.predictions;
             self.retry("join", || async {
-                Ok(store.write_join_predictions(predictions.clone()).await?)
+                Ok(store.write_join_predictions(predictions).await?)
             })
             .await?;
         }

@@ -95,6 +95,11 @@ pub struct EngineSettings {
     /// Pending labels (prediction not found yet) an owner retries; beyond,
     /// the oldest are left to the store (see [`crate::join`]).
     pub(crate) max_pending_labels: usize,
+    /// Whether the join is durable (predictions stored, labels looked up
+    /// in the store, pending labels retried; see [`crate::join`]) or in
+    /// memory only (a label whose prediction is not in memory is
+    /// unmatched).
+    pub(crate) durable_join: bool,
     /// How far ahead of the wall clock an event time may be, ms. An event
     /// further ahead would move its partition's event-time clock and make
     /// every later valid event late, so it is refused as malformed (and
@@ -151,6 +156,7 @@ impl EngineSettings {
             join_window_ms: millis(defaults::JOIN_WINDOW),
             max_pending_predictions: defaults::MAX_PENDING_PREDICTIONS,
             max_pending_labels: defaults::MAX_PENDING_LABELS,
+            durable_join: true,
             max_future_skew_ms: millis(defaults::MAX_FUTURE_SKEW),
             sample_threshold: sample_threshold(defaults::SAMPLE_RATE),
             max_samples_per_range: defaults::MAX_SAMPLES_PER_RANGE,
@@ -180,6 +186,12 @@ impl EngineSettings {
     /// Groups (window × model × version × segment) per range.
     pub fn with_max_groups(mut self, max_groups: std::num::NonZeroUsize) -> Self {
         self.max_groups = max_groups.get();
+        self
+    }
+
+    /// A durable join (the default) or one in memory only.
+    pub fn with_durable_join(mut self, durable: bool) -> Self {
+        self.durable_join = durable;
         self
     }
 
@@ -648,7 +660,9 @@ impl Engine {
                         state.unfinalized.insert(pending.window_start, &event.model);
                     }
                 }
-                if !joined {
+                if !joined && !settings.durable_join {
+                    self.counters.unmatched_actuals += 1;
+                } else if !joined {
                     range.unjoined.push(UnjoinedLabel {
                         label: JoinLabel {
                             source: source.to_owned(),
@@ -697,16 +711,18 @@ impl Engine {
                             .pending_prediction(&self.catalog, window_start, &event),
                     ) {
                         let key = join_key(&event.model, id);
-                        if !range.predictions.contains_key(event.model.as_ref()) {
+                        if settings.durable_join {
+                            if !range.predictions.contains_key(event.model.as_ref()) {
+                                range
+                                    .predictions
+                                    .insert(event.model.to_string(), Vec::new());
+                            }
                             range
                                 .predictions
-                                .insert(event.model.to_string(), Vec::new());
+                                .get_mut(event.model.as_ref())
+                                .expect("inserted above")
+                                .push((key, pending.clone()));
                         }
-                        range
-                            .predictions
-                            .get_mut(event.model.as_ref())
-                            .expect("inserted above")
-                            .push((key, pending.clone()));
                         self.join.insert(
                             key,
                             pending,
@@ -1450,7 +1466,15 @@ pub(crate) mod tests {
     }
 
     fn classifier(max_pending_predictions: usize) -> Engine {
-        let spec = ModelSpec::new(
+        Engine::new(
+            settings(100, 10_000, max_pending_predictions),
+            Catalog::new([classifier_spec()]),
+        )
+    }
+
+    /// Model `c`, a binary classifier (positive class `yes`) on `x`.
+    fn classifier_spec() -> ModelSpec {
+        ModelSpec::new(
             "c",
             Task::Classification,
             vec![FeatureSpec {
@@ -1462,11 +1486,7 @@ pub(crate) mod tests {
             10,
         )
         .unwrap()
-        .with_positive_class(Some("yes".into()));
-        Engine::new(
-            settings(100, 10_000, max_pending_predictions),
-            Catalog::new([spec]),
-        )
+        .with_positive_class(Some("yes".into()))
     }
 
     fn prediction(id: &str, timestamp: i64, score: f64) -> Vec<u8> {
@@ -1749,6 +1769,27 @@ pub(crate) mod tests {
         found_nothing(&mut engine);
         assert_eq!(engine.counters().unmatched_actuals, 2);
         assert_eq!(engine.counters().joined, 0);
+    }
+
+    #[test]
+    fn a_join_in_memory_only_stores_no_prediction_and_looks_nothing_up() {
+        let mut engine = Engine::new(
+            settings(100, 10_000, 10).with_durable_join(false),
+            Catalog::new([classifier_spec()]),
+        );
+        engine.ingest("p/0", 0, &prediction("a", 100, 0.9), EventKind::Prediction);
+        engine.ingest("a/0", 0, &actual("a", 200, "yes"), EventKind::Actual);
+        engine.ingest("a/0", 1, &actual("b", 300, "yes"), EventKind::Actual);
+        assert_eq!(engine.counters().joined, 1);
+        assert_eq!(engine.counters().unmatched_actuals, 1, "at once, no lookup");
+        assert!(engine.lookups().is_empty());
+        let checkpoint = engine.checkpoint();
+        assert!(checkpoint.predictions.is_empty());
+        assert!(checkpoint.pending_labels.is_empty());
+        // Durable (the default): the prediction is stored with the checkpoint.
+        let mut durable = classifier(10);
+        durable.ingest("p/0", 0, &prediction("a", 100, 0.9), EventKind::Prediction);
+        assert_eq!(durable.checkpoint().predictions.len(), 1);
     }
 
     #[test]

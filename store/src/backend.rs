@@ -126,8 +126,10 @@ pub trait Backend: Send + Sync {
     async fn source_progress(&self, source: &str) -> Result<Option<SourceProgress>>;
 
     /// Stores predictions for the durable join (idempotent: a prediction
-    /// stored twice is one row).
-    async fn write_join_predictions(&self, rows: Vec<JoinPrediction>) -> Result<()>;
+    /// stored twice is one row). Taken by reference: a checkpoint holds up
+    /// to two ranges of them per partition, and a failed write is retried
+    /// with the same rows.
+    async fn write_join_predictions(&self, rows: &[JoinPrediction]) -> Result<()>;
 
     /// The stored predictions of `model` under any of `keys` (every
     /// version's), in key order.

@@ -541,9 +541,9 @@ impl Backend for ClickHouseStore {
         row.map(SourceProgressRow::into_record).transpose()
     }
 
-    async fn write_join_predictions(&self, rows: Vec<JoinPrediction>) -> Result<()> {
+    async fn write_join_predictions(&self, rows: &[JoinPrediction]) -> Result<()> {
         let rows = rows
-            .into_iter()
+            .iter()
             .map(JoinPredictionRow::from_record)
             .collect::<Result<Vec<_>>>()?;
         self.insert(&rows).await

@@ -342,6 +342,7 @@ impl Table for MetricsRow {
         versioning: Versioning::Column("computed_at"),
         partition_by: Some("toYYYYMMDD(window_start)"),
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -376,6 +377,7 @@ impl Table for PartialRow {
         versioning: Versioning::Column("range_end"),
         partition_by: Some("toYYYYMMDD(window_start)"),
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -433,6 +435,7 @@ impl Table for SketchRow {
         versioning: Versioning::Column("computed_at"),
         partition_by: Some("toYYYYMMDD(window_start)"),
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -485,6 +488,7 @@ impl Table for ReferenceRow {
         versioning: Versioning::Column("created_at"),
         partition_by: None,
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -541,6 +545,7 @@ impl Table for AlertRow {
         versioning: Versioning::Column("created_at"),
         partition_by: Some("toYYYYMMDD(window_start)"),
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -605,6 +610,7 @@ impl Table for DeliveryRow {
         versioning: Versioning::Column("updated_at"),
         partition_by: None,
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -659,6 +665,7 @@ impl Table for PipelineStatsRow {
         versioning: Versioning::Append,
         partition_by: Some("toYYYYMMDD(at)"),
         sqlite_index: &["at"],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -706,6 +713,7 @@ impl Table for RangeFingerprintRow {
         versioning: Versioning::Equal,
         partition_by: None,
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -749,6 +757,7 @@ impl Table for SourceProgressRow {
         versioning: Versioning::Column("next_offset"),
         partition_by: None,
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -808,6 +817,7 @@ impl Table for AlertProgressRow {
         versioning: Versioning::Column("window_start"),
         partition_by: None,
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -832,6 +842,7 @@ impl Table for VersionEventRow {
         versioning: Versioning::Equal,
         partition_by: None,
         sqlite_index: &[],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -888,6 +899,7 @@ impl Table for SamplePredictionRow {
         versioning: Versioning::Equal,
         partition_by: Some("toYYYYMMDD(window_start)"),
         sqlite_index: &["window_start"],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -938,6 +950,7 @@ impl Table for SampleLabelRow {
         versioning: Versioning::Equal,
         partition_by: Some("toYYYYMMDD(time)"),
         sqlite_index: &["time"],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -1066,22 +1079,25 @@ impl Table for JoinPredictionRow {
         key: &["model", "join_key", "model_version"],
         versioning: Versioning::Equal,
         partition_by: Some(WEEKLY),
-        sqlite_index: &["time"],
+        // One row per prediction, inserted in random key order: one
+        // B-tree (no rowid table, no time index; expiry scans hourly).
+        sqlite_index: &[],
+        sqlite_without_rowid: true,
     };
 }
 
 impl JoinPredictionRow {
-    pub(crate) fn from_record(record: crate::JoinPrediction) -> Result<Self, Error> {
+    pub(crate) fn from_record(record: &crate::JoinPrediction) -> Result<Self, Error> {
         Ok(Self {
-            model: record.model,
-            join_key: record.key,
-            model_version: record.model_version,
+            model: record.model.clone(),
+            join_key: record.key.clone(),
+            model_version: record.model_version.clone(),
             window_start: record.window_start,
             time: seconds(record.time_ms)?,
             time_ms: non_negative(record.time_ms)?,
-            segments: record.segments,
+            segments: record.segments.clone(),
             score: record.score,
-            class: record.class,
+            class: record.class.clone(),
         })
     }
 
@@ -1121,6 +1137,7 @@ impl Table for JoinLabelRow {
         versioning: Versioning::Equal,
         partition_by: Some(WEEKLY),
         sqlite_index: &["time"],
+        sqlite_without_rowid: false,
     };
 }
 
@@ -1185,6 +1202,7 @@ impl Table for LateMatchRow {
         versioning: Versioning::Equal,
         partition_by: None,
         sqlite_index: &["source", "label_time_ms"],
+        sqlite_without_rowid: false,
     };
 }
 

@@ -185,6 +185,9 @@ pub struct TableSpec {
     pub partition_by: Option<&'static str>,
     /// Columns of an extra SQLite index (for range scans).
     pub sqlite_index: &'static [&'static str],
+    /// A SQLite `WITHOUT ROWID` table (the key is the table's only B-tree):
+    /// for tables of many small rows written in key order that is random.
+    pub sqlite_without_rowid: bool,
 }
 
 /// A table: its spec and its columns.
@@ -437,8 +440,13 @@ pub fn sqlite_create(table: &TableDef) -> String {
     if spec.versioning != Versioning::Append {
         definitions.push(format!("PRIMARY KEY ({})", spec.key.join(", ")));
     }
+    let without_rowid = if spec.sqlite_without_rowid && spec.versioning != Versioning::Append {
+        " WITHOUT ROWID"
+    } else {
+        ""
+    };
     let mut sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} ({});",
+        "CREATE TABLE IF NOT EXISTS {} ({}){without_rowid};",
         spec.name,
         definitions.join(", ")
     );
@@ -569,6 +577,7 @@ mod tests {
             versioning: Versioning::Column("version"),
             partition_by: Some("toYYYYMMDD(at)"),
             sqlite_index: &[],
+            sqlite_without_rowid: false,
         };
     }
 

@@ -25,6 +25,9 @@
 //!
 //! Environment: `TIDEWATCH_BENCH_KAFKA_BROKERS` (required),
 //! `TIDEWATCH_BENCH_EVENTS`, `TIDEWATCH_BENCH_ENCODING` (`json`, `protobuf`),
+//! `TIDEWATCH_BENCH_CLICKHOUSE_URL` (a ClickHouse server to store into
+//! instead of the embedded file), `TIDEWATCH_BENCH_WINDOWS` (lines added to
+//! `[windows]`, e.g. `durable_join = false`),
 //! `TIDEWATCH_BENCH_BINARY` (another `tidewatch` binary to time, e.g. one
 //! built from an earlier commit for an A/B run on the same machine).
 
@@ -218,12 +221,11 @@ brokers = "{brokers}"
 group_id = "{group}"
 dead_letter_topic = "{topic}-dead-letters"
 topics = [{{ name = "{topic}", kind = "prediction", encoding = "{encoding}" }}]
-[store]
-type = "embedded"
-path = "{store}"
+{store_section}
 [windows]
 size = "1h"
 allowed_lateness = "5m"
+{windows_extra}
 [[models]]
 name = "{DEMO_MODEL}"
 task = "classification"
@@ -237,11 +239,27 @@ features = [
   {{ name = "payment_method", kind = "categorical" }},
 ]
 "#,
-        store = store.display()
+        store_section = store_section(store, group),
+        windows_extra = std::env::var("TIDEWATCH_BENCH_WINDOWS").unwrap_or_default(),
     );
     let path = directory.join(format!("{group}.toml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// `[store]`: the embedded file, or with `TIDEWATCH_BENCH_CLICKHOUSE_URL`
+/// a database of its own on that ClickHouse server.
+fn store_section(file: &Path, group: &str) -> String {
+    match std::env::var("TIDEWATCH_BENCH_CLICKHOUSE_URL") {
+        Ok(url) => format!(
+            "[store]\ntype = \"clickhouse\"\nurl = \"{url}\"\ndatabase = \"{}\"",
+            group.replace('-', "_")
+        ),
+        Err(_) => format!(
+            "[store]\ntype = \"embedded\"\npath = \"{}\"",
+            file.display()
+        ),
+    }
 }
 
 /// Stores the demo model's reference, built from its training data.

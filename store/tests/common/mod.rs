@@ -771,8 +771,8 @@ pub async fn join_state_round_trip(store: &Store) {
     };
     let b = prediction("0b", "1", start + 10 * day);
     let written = vec![a1.clone(), a2.clone(), b.clone()];
-    store.write_join_predictions(written.clone()).await.unwrap();
-    store.write_join_predictions(written).await.unwrap();
+    store.write_join_predictions(&written).await.unwrap();
+    store.write_join_predictions(&written).await.unwrap();
     let keys = |keys: &[&str]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     assert_eq!(
         store
