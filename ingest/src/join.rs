@@ -297,23 +297,27 @@ pub(crate) struct UnjoinedLabel {
     pub(crate) key: u128,
 }
 
-/// Stored predictions by (model, join key), as a lookup answered them.
+/// Stored predictions by model, then join key, as a lookup answered them
+/// (looked up by `&str`: no allocation per label).
 #[derive(Debug, Default)]
 pub struct FoundPredictions {
-    by_key: FxHashMap<(String, String), Vec<JoinPrediction>>,
+    by_model: FxHashMap<String, FxHashMap<String, Vec<JoinPrediction>>>,
 }
 
 impl FoundPredictions {
     /// Indexes what the store returned.
     pub fn new(found: Vec<JoinPrediction>) -> Self {
-        let mut by_key: FxHashMap<(String, String), Vec<JoinPrediction>> = FxHashMap::default();
+        let mut by_model: FxHashMap<String, FxHashMap<String, Vec<JoinPrediction>>> =
+            FxHashMap::default();
         for prediction in found {
-            by_key
-                .entry((prediction.model.clone(), prediction.key.clone()))
+            by_model
+                .entry(prediction.model.clone())
+                .or_default()
+                .entry(prediction.key.clone())
                 .or_default()
                 .push(prediction);
         }
-        Self { by_key }
+        Self { by_model }
     }
 
     /// The predictions of `label` that it may join.
@@ -322,8 +326,9 @@ impl FoundPredictions {
         label: &'a JoinLabel,
         join_window_ms: i64,
     ) -> impl Iterator<Item = &'a JoinPrediction> + 'a {
-        self.by_key
-            .get(&(label.model.clone(), label.key.clone()))
+        self.by_model
+            .get(label.model.as_str())
+            .and_then(|by_key| by_key.get(label.key.as_str()))
             .into_iter()
             .flatten()
             .filter(move |prediction| joinable(label.time_ms, prediction.time_ms, join_window_ms))
